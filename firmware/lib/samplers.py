@@ -1,0 +1,154 @@
+# One sampler per sensor role: it owns the driver, keeps the interval's statistics and writes its
+# quantities, quality flags and error counts into the record. A sensor that fails is retried and
+# reported as missing; it never stops the others.
+import time
+from machine import I2C, UART, Pin
+from stats import Stat
+from soundlevel import SoundLevel, LevelStat
+
+PM_WARMUP_MS = 30000  # Plantower and Nova: stable readings 30 s after the fan starts
+RETRY_MS = 30000
+
+
+class PM:
+    role = "pm"
+
+    def __init__(self, sec, now):
+        self.kind = sec["type"]
+        uart = UART(sec["uart"], baudrate=9600, tx=sec["tx"], rx=sec["rx"], rxbuf=512)
+        if self.kind == "sds011":
+            from sds011 import SDS011
+            self.dev = SDS011(uart)
+            self.keys = ("pm25", "pm10")
+            self.scale = 10  # SDS011 reports 0.1 ug/m3: keep tenths as integers
+        else:
+            from plantower import PMS5003
+            set_pin = Pin(sec["set"], Pin.OUT, value=1) if "set" in sec else None
+            self.dev = PMS5003(uart, set_pin=set_pin)
+            self.keys = ("pm1", "pm25", "pm10")
+            self.scale = 1
+        self.units = {k: "ug/m3" for k in self.keys}
+        self.stats = [Stat(self.scale, 1) for _ in self.keys]
+        self._warm_until = time.ticks_add(now, PM_WARMUP_MS)
+        self._warming = True
+        self._saw_warmup = True
+        self._errs0 = 0
+
+    def poll(self, now):
+        dev = self.dev
+        while dev.read():
+            if self._warming:
+                if time.ticks_diff(now, self._warm_until) < 0:
+                    continue
+                self._warming = False
+            s = self.scale
+            if s == 1:
+                vals = (dev.pm1, dev.pm25, dev.pm10)
+            else:
+                vals = (int(dev.pm25 * s + 0.5), int(dev.pm10 * s + 0.5))
+            for st, v in zip(self.stats, vals):
+                st.add(v)
+
+    def fill(self, rec, flags, errs, ctx):
+        errors = self.dev.checksum_errors - self._errs0
+        self._errs0 = self.dev.checksum_errors
+        for k, st in zip(self.keys, self.stats):
+            r = st.result()
+            rec[k] = r
+            f = []
+            if r is None:
+                f.append("missing")
+            elif r[3] < ctx["dur"] // 3:
+                f.append("partial")
+            if self._saw_warmup:
+                f.append("warmup")
+            if errors:
+                f.append("checksum")
+            if r is not None and ctx.get("rh_max") is not None and ctx["rh_max"] > ctx["rh_high"]:
+                f.append("rh_high")
+            if f:
+                flags[k] = f
+            st.reset()
+        if errors:
+            errs[self.role] = errors
+        self._saw_warmup = self._warming
+
+
+class Climate:
+    role = "climate"
+    keys = ("temp", "rh", "press")
+    units = {"temp": "degC", "rh": "%", "press": "hPa"}
+
+    def __init__(self, i2c_sec, sec, every_s, now):
+        self.i2c = I2C(i2c_sec.get("id", 0), scl=Pin(i2c_sec["scl"]), sda=Pin(i2c_sec["sda"]),
+                       freq=i2c_sec.get("freq", 100000))
+        self.addr = sec.get("addr", 0x76)
+        self.every_ms = every_s * 1000
+        self.dev = None
+        self.errors = 0
+        self._next = now
+        self._t = Stat(100, 2)    # 0.01 degC
+        self._h = Stat(1024, 1)   # 1/1024 %RH
+        self._p = Stat(100, 2)    # Pa -> hPa
+
+    def poll(self, now):
+        if time.ticks_diff(now, self._next) < 0:
+            return
+        self._next = time.ticks_add(self._next, self.every_ms)
+        if time.ticks_diff(now, self._next) >= 0:  # fell behind: do not catch up in a burst
+            self._next = time.ticks_add(now, self.every_ms)
+        try:
+            if self.dev is None:
+                from bme280 import BME280
+                self.dev = BME280(self.i2c, address=self.addr)
+            self.dev.measure()
+        except OSError:
+            self.errors += 1
+            self.dev = None
+            return
+        self._t.add(self.dev.temperature_centi)
+        self._h.add(self.dev.humidity_q10)
+        self._p.add(self.dev.pressure_pa)
+
+    def rh_max(self):
+        return self._h.hi / 1024 if self._h.n else None
+
+    def fill(self, rec, flags, errs, ctx):
+        expected = ctx["dur"] * 1000 // self.every_ms
+        for k, st in (("temp", self._t), ("rh", self._h), ("press", self._p)):
+            r = st.result()
+            rec[k] = r
+            if r is None:
+                flags[k] = ["missing"]
+            elif r[3] < expected // 2:
+                flags[k] = ["partial"]
+            st.reset()
+        if self.errors:
+            errs[self.role] = self.errors
+            self.errors = 0
+
+
+class Noise:
+    role = "mic"
+    keys = ("LZeq",)
+    units = {"LZeq": "dB"}
+
+    def __init__(self, sec, offset_db):
+        self.level = SoundLevel(sec["i2s"], sec["sck"], sec["ws"], sec["sd"], sec["sens_dbfs"],
+                                offset_db=offset_db, rate=sec.get("rate", 48000))
+        self.stat = LevelStat()
+
+    def read(self):
+        """Read one block of audio: this paces the main loop."""
+        lv = self.level
+        if lv.read() and lv.level is not None:
+            self.stat.add(lv.level)
+
+    def fill(self, rec, flags, errs, ctx):
+        r = self.stat.result()
+        rec["LZeq"] = r
+        if r is None:
+            flags["LZeq"] = ["missing"]
+        elif r[3] < ctx["dur"] // 2:
+            flags["LZeq"] = ["partial"]
+        self.stat.reset()

@@ -1,0 +1,88 @@
+# Sound level from an I2S MEMS microphone (ICS-43434 / INMP441: 32-bit slots, 24 data bits).
+# First version: a flat (Z-weighted) level per second and their energy mean per interval. The
+# A-weighted fixed-point pipeline replaces the kernel here (issue 4); the interface stays.
+import array
+import math
+import micropython
+from machine import I2S, Pin
+
+# Each sample's top 16 bits are squared (<= 2**30) and summed into a low word kept below 2**29 by
+# carrying into a high word (units of 2**29), so no intermediate leaves the ESP32's 32-bit viper
+# int (and every literal stays a small int). 16 bits keep 96 dB of range above the 16-bit LSB,
+# enough for this first, flat level.
+# Mean square of a full-scale sine in 16-bit units: 0 dBFS.
+_FS_MS = 32768.0 * 32768.0 / 2
+
+
+@micropython.viper
+def _sum_squares(buf: ptr16, n: int, acc: ptr32):
+    lo = int(acc[0])
+    hi = int(acc[1])
+    i = 1  # little-endian: the high half of sample k is halfword 2k+1
+    end = 2 * n
+    while i < end:
+        v = (buf[i] ^ 0x8000) - 0x8000  # ptr16 loads zero-extend: sign-extend by hand
+        lo += v * v
+        if lo > 0x1FFFFFFF:
+            hi += lo >> 29
+            lo &= 0x1FFFFFFF
+        i += 2
+    acc[0] = lo
+    acc[1] = hi
+
+
+class SoundLevel:
+    def __init__(self, i2s_id, sck, ws, sd, sens_dbfs, offset_db=0.0, rate=48000, block=1024):
+        self.rate = rate
+        self.block = block
+        self._buf = bytearray(block * 4)
+        self._acc = array.array("i", (0, 0))
+        self._n = 0
+        self._i2s = I2S(i2s_id, sck=Pin(sck), ws=Pin(ws), sd=Pin(sd), mode=I2S.RX, bits=32,
+                        format=I2S.MONO, rate=rate, ibuf=block * 4 * 8)
+        # dB SPL = dBFS - sensitivity (dBFS at 94 dB SPL) + 94 + the node's calibration offset.
+        self._to_spl = 94.0 - sens_dbfs + offset_db
+        self.level = None  # the last complete second, dB SPL (None: the microphone gave silence)
+        self.seconds = 0
+
+    def read(self):
+        """Read one block (blocks until the I2S DMA has it). True when a second is complete."""
+        self._i2s.readinto(self._buf)
+        _sum_squares(self._buf, self.block, self._acc)
+        self._n += self.block
+        if self._n < self.rate:
+            return False
+        ms = (self._acc[1] * 536870912.0 + self._acc[0]) / self._n
+        self._acc[0] = 0
+        self._acc[1] = 0
+        self._n = 0
+        self.seconds += 1
+        # A digital microphone never gives exact zeros: silence means it is absent or dead.
+        self.level = 10.0 * math.log10(ms / _FS_MS) + self._to_spl if ms > 0 else None
+        return True
+
+
+class LevelStat:
+    """Energy mean, min and max of one-second levels over an interval."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.n = 0
+        self.energy = 0.0
+        self.lo = 0.0
+        self.hi = 0.0
+
+    def add(self, db):
+        if self.n == 0 or db < self.lo:
+            self.lo = db
+        if self.n == 0 or db > self.hi:
+            self.hi = db
+        self.energy += 10.0 ** (db / 10.0)
+        self.n += 1
+
+    def result(self):
+        if not self.n:
+            return None
+        return [round(10.0 * math.log10(self.energy / self.n), 1), round(self.lo, 1), round(self.hi, 1), self.n]

@@ -1,0 +1,131 @@
+# Wi-Fi and MQTT. Nothing here blocks the measuring for long: Wi-Fi is started and polled, the
+# broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
+# the connection, to be tried again later. What was not sent stays with the caller.
+import time
+import random
+import network
+import console
+from umqtt.simple import MQTTClient
+
+_WIFI_RETRY_MS = 20000
+_BACKOFF_MIN_MS = 1000
+_BACKOFF_MAX_MS = 60000
+
+
+class Uplink:
+    def __init__(self, cfg, meta):
+        self.wifi = cfg["wifi"]
+        self.broker = cfg["broker"]
+        self.node_id = cfg["node_id"]
+        prefix = cfg["topic_prefix"]
+        self.topic_up = "%s/%s/up" % (prefix, self.node_id)
+        self.topic_status = "%s/%s/status" % (prefix, self.node_id)
+        self.meta = meta  # fw, boot: repeated in the status message
+        self.client = None
+        self.enabled = self.wifi is not None and self.broker is not None
+        self.wlan = network.WLAN(network.STA_IF) if self.enabled else None
+        self._wifi_try = None
+        self._next_try = time.ticks_ms()
+        self._backoff = _BACKOFF_MIN_MS
+        self._last_tx = 0
+        self.connects = 0
+        self.failures = 0
+
+    def rssi(self):
+        try:
+            return self.wlan.status("rssi") if self.wlan and self.wlan.isconnected() else None
+        except (OSError, ValueError):
+            return None
+
+    def network_up(self):
+        return self.enabled and self.wlan.isconnected()
+
+    def service(self, now, up_s):
+        """Move the connection along; call often. Returns True while the broker is connected."""
+        if not self.enabled:
+            return False
+        if not self.wlan.isconnected():
+            if self.client is not None:
+                console.warn("wifi: link lost")
+                self._drop()
+            if self._wifi_try is None or time.ticks_diff(now, self._wifi_try) >= _WIFI_RETRY_MS:
+                retry = self._wifi_try is not None
+                self._wifi_try = now
+                try:
+                    self.wlan.active(True)
+                    if retry:  # the ESP32 refuses connect() while an attempt is under way
+                        self.wlan.disconnect()
+                    self.wlan.connect(self.wifi["ssid"], self.wifi["password"])
+                except OSError as e:
+                    console.warn("wifi: connect: %r" % e)
+            return False
+        if self.client is None:
+            if time.ticks_diff(now, self._next_try) >= 0:
+                self._connect(now, up_s)
+            return self.client is not None
+        keepalive_ms = self.broker["keepalive"] * 500  # ping at half the keepalive
+        if time.ticks_diff(now, self._last_tx) >= keepalive_ms:
+            try:
+                self.client.ping()
+                self.client.check_msg()
+                self._last_tx = now
+            except OSError as e:
+                self._fail(now, "ping", e)
+        return self.client is not None
+
+    def _connect(self, now, up_s):
+        b = self.broker
+        c = MQTTClient(self.node_id, b["host"], port=b["port"], user=b["user"],
+                       password=b["password"], keepalive=b["keepalive"])
+        c.set_last_will(self.topic_status, '{"v":1,"node":"%s","online":false}' % self.node_id,
+                        retain=True, qos=1)
+        try:
+            c.connect()
+            self.client = c
+            self._last_tx = now
+            self._status(up_s)
+        except (OSError, IndexError) as e:  # umqtt raises IndexError on a closed socket
+            try:
+                c.sock.close()
+            except Exception:
+                pass
+            self._fail(now, "connect %s:%d" % (b["host"], b["port"]), e)
+            return
+        self.connects += 1
+        self._backoff = _BACKOFF_MIN_MS
+        console.info("mqtt: connected to %s:%d" % (b["host"], b["port"]))
+
+    def _status(self, up_s):
+        rssi = self.rssi()
+        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s}' % (
+            self.node_id, self.meta["boot"], self.meta["fw"], up_s, "null" if rssi is None else rssi)
+        self.client.publish(self.topic_status, msg, retain=True, qos=1)
+
+    def publish(self, payload, now):
+        """Send one batch with QoS 1. True when the broker took it."""
+        if self.client is None:
+            return False
+        try:
+            self.client.publish(self.topic_up, payload, qos=1)
+        except (OSError, IndexError) as e:
+            self._fail(now, "publish", e)
+            return False
+        self._last_tx = now
+        return True
+
+    def _drop(self):
+        if self.client is not None:
+            try:
+                self.client.sock.close()
+            except Exception:
+                pass
+        self.client = None
+
+    def _fail(self, now, what, err):
+        self.failures += 1
+        self._drop()
+        # Full jitter on an exponential backoff: a street of nodes does not reconnect in step.
+        wait = self._backoff // 2 + random.getrandbits(16) % (self._backoff // 2 + 1)
+        self._next_try = time.ticks_add(now, wait)
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
+        console.warn("mqtt: %s failed (%r); next try in %d s" % (what, err, wait // 1000))

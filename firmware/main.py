@@ -1,0 +1,4 @@
+# Runs after boot.py on every start: the node's measuring loop.
+import node
+
+node.main()
