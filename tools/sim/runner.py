@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -94,7 +95,7 @@ class SimNode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if not spec.chip_id:
-            spec.chip_id = "240ac4" + f"{abs(hash(spec.node_id)) % 0xFFFFFF:06x}"
+            spec.chip_id = "240ac4" + f"{zlib.crc32(spec.node_id.encode()) & 0xFFFFFF:06x}"
 
     # -- the board's flash -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
