@@ -1,0 +1,1 @@
+"""`make bench`: every benchmark appends JSON lines to build/bench/results.jsonl."""

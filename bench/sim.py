@@ -1,0 +1,54 @@
+"""Simulator speed and the firmware's heap: one node, one simulated hour, against a real broker.
+
+sim_speed_x_realtime: simulated seconds per wall second (higher is better), median of 3 runs.
+firmware_peak_heap_bytes: the MicroPython heap's peak over that hour under -X heapsize=96K,
+firmware and simulator models together (the models' own share is in `detail`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from bench.results import median, record
+from meetkit_tools.services import Mosquitto
+from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+
+HOURS = 1.0
+RUNS = 3
+
+
+def run() -> None:
+    walls, peaks, sim_heap, lost, read = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp)).start()
+        try:
+            for i in range(RUNS):
+                spec = NodeSpec(node_id=f"bench-{i}", scenario=load_scenario("busy-road"),
+                                workdir=Path(tmp) / f"n{i}", broker_port=broker.port,
+                                until_s=HOURS * 3600, heapsize="96K")
+                node = SimNode(spec)
+                node.prepare()
+                t0 = time.perf_counter()
+                node.start()
+                code = node.wait(1800)
+                walls.append(time.perf_counter() - t0)
+                if code != 0:
+                    raise SystemExit(f"simulated node failed (exit {code}):\n{node.console_text()[-3000:]}")
+                stats = node.last_state.get("stats", {})
+                peaks.append(stats.get("heap_peak"))
+                sim_heap.append(stats.get("sim_heap"))
+                lost.append(stats.get("i2s_samples_lost"))
+                read.append(stats.get("i2s_samples_read"))
+        finally:
+            broker.stop()
+    wall = median(walls)
+    record("sim_speed_x_realtime", round(HOURS * 3600 / wall, 1), "simulated s per wall s", "higher",
+           {"scenario": "busy-road", "simulated_s": HOURS * 3600, "wall_s_runs": [round(w, 2) for w in walls],
+            "wall_s_median": round(wall, 2), "heapsize": "96K", "audio": "48 kHz, continuous",
+            "i2s_samples_read": read, "i2s_samples_lost": lost})
+    if all(p is not None for p in peaks):
+        record("firmware_peak_heap_bytes", max(peaks), "bytes", "lower",
+               {"runs": peaks, "heapsize": "96K", "simulator_models_heap_bytes": sim_heap,
+                "note": "64-bit unix port: objects take about twice an ESP32's heap, buffers the same"})
