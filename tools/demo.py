@@ -8,13 +8,12 @@ then the broker.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from meetkit_tools.services import Mosquitto, stop_process, wait_listening
+from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
 NODES = (("street-01", "quiet-street", "esp32-devkitc"),
@@ -22,21 +21,6 @@ NODES = (("street-01", "quiet-street", "esp32-devkitc"),
          ("site-01", "construction-site", "esp32-devkitc-sds011"))
 COLUMNS = (("PM2.5", "pm25"), ("PM10", "pm10"), ("T degC", "temp"), ("RH %", "rh"),
            ("hPa", "press"), ("LZeq dB", "LZeq"))
-
-
-def gateway_bin() -> str:
-    here = Path(sys.executable).parent / "meetkit-gateway"
-    return str(here) if here.exists() else "meetkit-gateway"
-
-
-def start_gateway(workdir: Path, broker: Mosquitto) -> tuple[subprocess.Popen, Path]:
-    db = workdir / "gateway.db"
-    conf = workdir / "gateway.toml"
-    conf.write_text(f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "meetkit-demo-gateway"\n\n'
-                    f'[store]\npath = "{db}"\n\n[log]\nlevel = "INFO"\n')
-    log = (workdir / "gateway.log").open("ab")
-    proc = subprocess.Popen([gateway_bin(), "run", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    return proc, db
 
 
 def render(db: Path, nodes: list[SimNode], started: float) -> str:
@@ -82,12 +66,13 @@ def run_demo(workdir: Path, speed: float, hours: float | None, refresh: float = 
     workdir.mkdir(parents=True)
     tty = sys.stdout.isatty()
     broker = Mosquitto(workdir).start()
-    gw_proc, db = start_gateway(workdir, broker)
+    gateway = GatewayProcess(workdir, broker.host, broker.port, client_id="meetkit-demo-gateway").start()
+    db = gateway.db
     nodes: list[SimNode] = []
     started = time.monotonic()
     try:
         time.sleep(0.5)
-        if gw_proc.poll() is not None:
+        if gateway.proc.poll() is not None:
             raise SystemExit(f"the gateway exited: see {workdir / 'gateway.log'}")
         for i, (node_id, scenario, board) in enumerate(NODES):
             spec = NodeSpec(node_id=node_id, scenario=load_scenario(scenario), workdir=workdir / node_id,
@@ -109,7 +94,7 @@ def run_demo(workdir: Path, speed: float, hours: float | None, refresh: float = 
         for n in nodes:
             n.stop()
         time.sleep(0.5)  # let the gateway take the last messages in flight
-        stop_process(gw_proc)
+        gateway.stop()
         broker.stop()
     print(render(db, nodes, started))
     crashed = [n.spec.node_id for n in nodes if n.exit_code not in (None, 0) and n.exit_code >= 0]

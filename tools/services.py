@@ -73,3 +73,33 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class GatewayProcess:
+    """`meetkit-gateway run` as its own process, with a config written into `workdir`."""
+
+    def __init__(self, workdir: Path, broker_host: str, broker_port: int, client_id: str = "meetkit-gateway") -> None:
+        self.workdir = Path(workdir)
+        self.db = self.workdir / "gateway.db"
+        self.conf = self.workdir / "gateway.toml"
+        self.log = self.workdir / "gateway.log"
+        self.broker = (broker_host, broker_port)
+        self.client_id = client_id
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "GatewayProcess":
+        import sys
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        host, port = self.broker
+        self.conf.write_text(f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "{self.client_id}"\n\n'
+                             f'[store]\npath = "{self.db}"\n\n[log]\nlevel = "INFO"\n')
+        exe = Path(sys.executable).parent / "meetkit-gateway"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([str(exe) if exe.exists() else "meetkit-gateway", "run",
+                                          "--config", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self) -> int | None:
+        stop_process(self.proc)
+        return None if self.proc is None else self.proc.returncode
