@@ -1,2 +1,160 @@
-def main() -> int:
+"""`meetkit-gateway`: run the gateway, check its configuration, look at what it stored.
+
+    meetkit-gateway run      --config gateway.toml
+    meetkit-gateway check    --config gateway.toml
+    meetkit-gateway readings --config gateway.toml [--node ams-001] [--since 1h] [--quantity pm25]
+
+Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
+usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+from . import __version__, config as configuration
+from .config import Config, ConfigError
+from .payload import QUANTITIES
+from .store import Store, StoreError
+from .table import readings_table
+from .timefmt import iso, parse_since
+from .topics import Topics
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meetkit-gateway",
+        description="Receives the batches of meetkit nodes over MQTT and stores them in SQLite.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--config", required=True, metavar="PATH", help="the gateway's TOML file")
+        return c
+
+    command("run", "receive and store until SIGTERM or SIGINT")
+    command("check", "validate the configuration and print what it sets")
+    r = command("readings", "print stored readings as a table")
+    r.add_argument("--node", help="only this node (default: all nodes)")
+    r.add_argument(
+        "--since", default="1h", metavar="WHEN",
+        help="intervals starting at or after WHEN: 30m, 1h, 2d, or an ISO time, UTC if no zone "
+             "(default: 1h)",
+    )
+    r.add_argument("--quantity", choices=list(QUANTITIES), help="only this quantity")
+    return p
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return configuration.load(path)
+    except ConfigError as e:
+        n = len(e.errors)
+        print(f"{e.source}: {n} error{'s' if n > 1 else ''}", file=sys.stderr)
+        for err in e.errors:
+            print(f"  {err}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    if not cfg.store.path.parent.is_dir():
+        print(f"{cfg.source}: 1 error", file=sys.stderr)
+        print(f"  store.path: the folder {cfg.store.path.parent} does not exist", file=sys.stderr)
+        return 1
+    m = cfg.mqtt
+    user = f"{m.username}@" if m.username else ""
+    password = " (with password)" if m.password is not None else ""
+    print(f"{cfg.source}: OK")
+    print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")
+    print(f"  subscribes  {', '.join(Topics(m.topic_prefix).subscriptions)}")
+    exists = "" if cfg.store.path.exists() else " (created on the first run)"
+    print(f"  store       {cfg.store.path}{exists}")
+    print(f"  log level   {cfg.log.level}")
     return 0
+
+
+def _setup_logging(cfg: Config) -> None:
+    # Under systemd the journal stamps each line itself.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(
+        stream=sys.stdout, level=cfg.log.level_number,
+        format=stamp + "%(levelname)s %(name)s: %(message)s", force=True,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .service import run  # paho is imported only by the command that talks to the broker
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    _setup_logging(cfg)
+    try:
+        return run(cfg)
+    except StoreError as e:
+        logging.getLogger("meetkit_gateway").error("%s", e)
+        return 1
+
+
+def cmd_readings(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    try:
+        since = parse_since(args.since, time.time())
+    except ValueError as e:
+        print(f"--since: {e}", file=sys.stderr)
+        return 2
+    try:
+        store = Store(cfg.store.path, readonly=True)
+    except StoreError as e:
+        print(e, file=sys.stderr)
+        return 1
+    with store:
+        if args.node is not None:
+            known = [n.node for n in store.nodes()]
+            if args.node not in known:
+                print(
+                    f"no node {args.node!r} in {cfg.store.path}; known: {', '.join(known) or 'none yet'}",
+                    file=sys.stderr,
+                )
+                return 1
+        rows = store.readings(node=args.node, since=since, quantity=args.quantity)
+        untimed = store.untimed(node=args.node, since=since)
+    what = f"node {args.node}" if args.node else "any node"
+    if rows:
+        print(readings_table(rows))
+    else:
+        print(f"no readings of {what} since {iso(since)}")
+    if untimed:
+        print(
+            f"({untimed} record{'s' if untimed > 1 else ''} received since then "
+            f"{'have' if untimed > 1 else 'has'} no known time yet and {'are' if untimed > 1 else 'is'} not shown)"
+        )
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `meetkit-gateway readings | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

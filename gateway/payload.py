@@ -1,0 +1,343 @@
+"""The node payload contract, version 1 (docs/payload.md), as code.
+
+`parse_batch` and `parse_status` turn the bytes of one MQTT message into a typed `Batch` or
+`Status`, or raise `Rejected` with a short machine-readable `code` (used for the counters) and a
+`reason` a person can act on, naming the field: ``recs[2].temp: avg 91.5 is outside -45..90 degC``.
+
+The contract is closed: a field this module does not know is a rejection, not silently dropped. A
+rejected message is kept whole in the dead-letter table, so nothing is lost when the contract grows
+ahead of the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+VERSION = 1
+
+#: The contract says a batch stays under about 2 KB; twice that is clearly not a batch.
+MAX_MESSAGE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Quantity:
+    key: str
+    unit: str
+    low: float
+    high: float
+
+
+#: Known quantities in the order of docs/payload.md, with their unit and valid range.
+QUANTITIES: dict[str, Quantity] = {
+    q.key: q
+    for q in (
+        Quantity("pm1", "ug/m3", 0, 2000),
+        Quantity("pm25", "ug/m3", 0, 2000),
+        Quantity("pm10", "ug/m3", 0, 2000),
+        Quantity("temp", "degC", -45, 90),
+        Quantity("rh", "%", 0, 100),
+        Quantity("press", "hPa", 300, 1100),
+        Quantity("LZeq", "dB", 0, 140),
+    )
+}
+
+FLAGS = ("missing", "checksum", "warmup", "rh_high", "partial")
+
+NODE_ID = re.compile(r"[a-z0-9-]{1,32}")
+
+# SQLite stores integers in 64 bits; anything larger is not a counter a node can have.
+_INT_MAX = 2**63 - 1
+
+# Codes of rejections; each has a counter `rejected.<code>` in the store.
+NOT_JSON = "not_json"
+OVERSIZED = "oversized"
+VERSION_UNKNOWN = "version"
+NODE_MISMATCH = "node_mismatch"
+MISSING_FIELD = "missing_field"
+UNKNOWN_FIELD = "unknown_field"
+WRONG_TYPE = "wrong_type"
+OUT_OF_RANGE = "out_of_range"
+BAD_VALUE = "bad_value"
+
+
+class Rejected(Exception):
+    """A message that does not satisfy the contract."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Value:
+    """One quantity of one record: `[avg, min, max, n]`."""
+
+    avg: float
+    min: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    ts: int | None
+    up: int
+    dur: int
+    #: quantity -> value, or None when the node had no valid sample (then `flags` says why)
+    values: Mapping[str, Value | None]
+    flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    err: Mapping[str, int] = field(default_factory=dict)
+
+    def quantities(self) -> list[str]:
+        """Every quantity the record says something about (a value or flags), in contract order."""
+        return [q for q in QUANTITIES if q in self.values or q in self.flags]
+
+
+@dataclass(frozen=True)
+class Batch:
+    node: str
+    boot: int
+    fw: str
+    board: str
+    sensors: Mapping[str, str]
+    units: Mapping[str, str]
+    records: tuple[Record, ...]
+
+    def unit(self, quantity: str) -> str:
+        return self.units.get(quantity, QUANTITIES[quantity].unit)
+
+
+@dataclass(frozen=True)
+class Status:
+    node: str
+    online: bool
+    boot: int | None = None
+    fw: str | None = None
+    up: int | None = None
+    rssi: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """The JSON object in `payload`, or `Rejected` (size, encoding, syntax, not an object)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Rejected(OVERSIZED, f"{len(payload)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected(NOT_JSON, f"not UTF-8: {e}") from None
+    try:
+        obj = json.loads(
+            text, parse_constant=_no_constant, object_pairs_hook=_no_duplicate_keys
+        )
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise Rejected(NOT_JSON, f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise Rejected(WRONG_TYPE, f"the message must be a JSON object, got {_kind(obj)}")
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on single fields; `where` names the field in the reason.
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _int(v: Any, where: str, low: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise Rejected(WRONG_TYPE, f"{where}: must be an integer, got {_kind(v)}")
+    if not low <= v <= _INT_MAX:
+        raise Rejected(OUT_OF_RANGE, f"{where}: {v} is outside {low}..{_INT_MAX}")
+    return v
+
+
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Rejected(WRONG_TYPE, f"{where}: must be a number, got {_kind(v)}")
+    if not math.isfinite(v):
+        raise Rejected(OUT_OF_RANGE, f"{where}: {v} is not a finite number")
+    return float(v)
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str):
+        raise Rejected(WRONG_TYPE, f"{where}: must be a string, got {_kind(v)}")
+    if not v:
+        raise Rejected(BAD_VALUE, f"{where}: must not be empty")
+    return v
+
+
+def _obj(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise Rejected(WRONG_TYPE, f"{where}: must be an object, got {_kind(v)}")
+    return v
+
+
+def _fields(obj: dict[str, Any], where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    prefix = f"{where}." if where else ""
+    for k in required:
+        if k not in obj:
+            raise Rejected(MISSING_FIELD, f"{prefix}{k}: missing")
+    for k in obj:
+        if k not in required and k not in optional:
+            raise Rejected(UNKNOWN_FIELD, f"{prefix}{k}: not a field of payload v{VERSION}")
+
+
+def _version(obj: dict[str, Any]) -> None:
+    if "v" not in obj:
+        raise Rejected(MISSING_FIELD, "v: missing")
+    v = obj["v"]
+    if v != VERSION or isinstance(v, bool) or not isinstance(v, int):
+        raise Rejected(VERSION_UNKNOWN, f"v: payload version {json.dumps(v)} is not known (this gateway knows {VERSION})")
+
+
+def _node(obj: dict[str, Any], topic_node: str) -> str:
+    if "node" not in obj:
+        raise Rejected(MISSING_FIELD, "node: missing")
+    node = obj["node"]
+    if not isinstance(node, str):
+        raise Rejected(WRONG_TYPE, f"node: must be a string, got {_kind(node)}")
+    if node != topic_node:
+        raise Rejected(NODE_MISMATCH, f"node: {node!r} does not match the topic's node {topic_node!r}")
+    if not NODE_ID.fullmatch(node):
+        raise Rejected(BAD_VALUE, f"node: {node!r} is not a node id ([a-z0-9-]{{1,32}})")
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def parse_batch(payload: bytes, topic_node: str) -> Batch:
+    """Validate one message from `<prefix>/<topic_node>/up` against payload v1."""
+    obj = decode(payload)
+    _version(obj)
+    _fields(obj, "", ("v", "node", "boot", "fw", "board", "sensors", "units", "recs"))
+    node = _node(obj, topic_node)
+    boot = _int(obj["boot"], "boot")
+    fw = _str(obj["fw"], "fw")
+    board = _str(obj["board"], "board")
+    sensors = {k: _str(v, f"sensors.{k}") for k, v in _obj(obj["sensors"], "sensors").items()}
+    units = {}
+    for q, unit in _obj(obj["units"], "units").items():
+        if q not in QUANTITIES:
+            raise Rejected(UNKNOWN_FIELD, f"units.{q}: not a quantity of payload v{VERSION}")
+        unit = _str(unit, f"units.{q}")
+        if unit != QUANTITIES[q].unit:
+            raise Rejected(BAD_VALUE, f"units.{q}: {unit!r}, payload v{VERSION} measures {q} in {QUANTITIES[q].unit!r}")
+        units[q] = unit
+    recs = obj["recs"]
+    if not isinstance(recs, list):
+        raise Rejected(WRONG_TYPE, f"recs: must be an array, got {_kind(recs)}")
+    if not recs:
+        raise Rejected(BAD_VALUE, "recs: must hold at least one record")
+    records = tuple(_record(r, f"recs[{i}]") for i, r in enumerate(recs))
+    for i, rec in enumerate(records):
+        for q in rec.values:
+            if q not in units:
+                raise Rejected(MISSING_FIELD, f"units.{q}: missing, recs[{i}] has {q}")
+        if i and rec.seq <= records[i - 1].seq:
+            raise Rejected(BAD_VALUE, f"recs[{i}].seq: {rec.seq} after {records[i - 1].seq}; records go oldest first, one seq each")
+    return Batch(node, boot, fw, board, sensors, units, records)
+
+
+_RECORD_FIELDS = ("seq", "ts", "up", "dur")
+
+
+def _record(r: Any, where: str) -> Record:
+    r = _obj(r, where)
+    _fields(r, where, _RECORD_FIELDS, ("f", "err", *QUANTITIES))
+    seq = _int(r["seq"], f"{where}.seq")
+    ts = None if r["ts"] is None else _int(r["ts"], f"{where}.ts")
+    up = _int(r["up"], f"{where}.up")
+    dur = _int(r["dur"], f"{where}.dur", low=1)
+    values = {q: _value(r[q], QUANTITIES[q], f"{where}.{q}") for q in QUANTITIES if q in r}
+    flags: dict[str, tuple[str, ...]] = {}
+    for q, fl in _obj(r.get("f", {}), f"{where}.f").items():
+        if q not in QUANTITIES:
+            raise Rejected(UNKNOWN_FIELD, f"{where}.f.{q}: not a quantity of payload v{VERSION}")
+        if not isinstance(fl, list):
+            raise Rejected(WRONG_TYPE, f"{where}.f.{q}: must be an array of flags, got {_kind(fl)}")
+        for flag in fl:
+            if flag not in FLAGS:
+                raise Rejected(BAD_VALUE, f"{where}.f.{q}: {json.dumps(flag)} is not a flag ({', '.join(FLAGS)})")
+        flags[q] = tuple(fl)
+    err = {role: _int(n, f"{where}.err.{role}") for role, n in _obj(r.get("err", {}), f"{where}.err").items()}
+    return Record(seq, ts, up, dur, values, flags, err)
+
+
+def _value(v: Any, q: Quantity, where: str) -> Value | None:
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise Rejected(WRONG_TYPE, f"{where}: must be [avg, min, max, n] or null, got {_kind(v)}")
+    if len(v) != 4:
+        raise Rejected(BAD_VALUE, f"{where}: must be [avg, min, max, n], got {len(v)} elements")
+    avg, lo, hi = (_number(x, f"{where} {name}") for x, name in zip(v, ("avg", "min", "max")))
+    n = _int(v[3], f"{where} n", low=1)
+    for x, name in ((avg, "avg"), (lo, "min"), (hi, "max")):
+        if not q.low <= x <= q.high:
+            raise Rejected(OUT_OF_RANGE, f"{where}: {name} {x:g} is outside {q.low:g}..{q.high:g} {q.unit}")
+    if lo > hi:
+        raise Rejected(BAD_VALUE, f"{where}: min {lo:g} is above max {hi:g}")
+    return Value(avg, lo, hi, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+def parse_status(payload: bytes, topic_node: str) -> Status:
+    """Validate one message from `<prefix>/<topic_node>/status` (also the node's last will)."""
+    obj = decode(payload)
+    _version(obj)
+    _fields(obj, "", ("v", "node", "online"), ("boot", "fw", "up", "rssi"))
+    node = _node(obj, topic_node)
+    online = obj["online"]
+    if not isinstance(online, bool):
+        raise Rejected(WRONG_TYPE, f"online: must be true or false, got {_kind(online)}")
+    boot = _int(obj["boot"], "boot") if "boot" in obj else None
+    fw = _str(obj["fw"], "fw") if "fw" in obj else None
+    up = _int(obj["up"], "up") if "up" in obj else None
+    rssi = _int(obj["rssi"], "rssi", low=-128) if "rssi" in obj else None
+    if rssi is not None and rssi > 0:
+        raise Rejected(OUT_OF_RANGE, f"rssi: {rssi} is outside -128..0 dBm")
+    return Status(node, online, boot, fw, up, rssi)

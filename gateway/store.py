@@ -1,0 +1,491 @@
+"""The store: one SQLite file (WAL mode), the gateway's system of record.
+
+Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_version``; opening a
+store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
+a version this code does not know.
+
+Schema, version 1::
+
+    records        one row per interval record a node measured; (node, boot, seq) is unique
+      id           INTEGER PRIMARY KEY
+      node         TEXT     node id
+      boot         INTEGER  the node's boot counter
+      seq          INTEGER  sequence number within the boot
+      ts           INTEGER  interval start as the node sent it; NULL while its clock was not known
+      start        INTEGER  interval start: `ts`, or, when that is NULL, derived from the next (else
+                            the previous) record of the same boot that has a `ts`:
+                            start = ts' + up - up'; NULL until such a record arrives
+      up           INTEGER  seconds since boot at the interval start
+      dur          INTEGER  interval length, seconds
+      received_at  REAL     when the gateway received the batch
+      fw, board    TEXT     firmware version and board file of the batch
+      sensors      TEXT     JSON object: sensor type per role (for per-type corrections)
+      err          TEXT     JSON object: role -> failed reads in the interval; NULL when none
+
+    readings       one row per quantity of a record
+      record_id    INTEGER  -> records.id
+      quantity     TEXT     pm1, pm25, pm10, temp, rh, press, LZeq
+      avg, min, max REAL    NULL when the node had no valid sample (`flags` says why)
+      n            INTEGER  samples that went into the value; NULL with the value
+      unit         TEXT     unit the batch gave for the quantity
+      flags        TEXT     quality flags, comma-separated; '' when none
+      PRIMARY KEY (record_id, quantity)
+
+    dead_letters   messages that failed validation, kept whole (up to DEAD_LETTER_MAX bytes)
+      id, received_at REAL, topic TEXT, payload BLOB,
+      code         TEXT     kind of problem, as in the counter `rejected.<code>`
+      reason       TEXT     the problem, naming the field
+
+    nodes          one row per node ever heard of
+      node         TEXT PRIMARY KEY
+      online       INTEGER  1/0 from the last status message (0 after its last will); NULL if none
+      boot, fw, up, rssi    from the last status message that carried them
+      status_at    REAL     when the last status message was received
+      last_seen    REAL     when the node last published (a batch or a live status; a retained
+                            status replayed by the broker does not count)
+
+    counters       name TEXT PRIMARY KEY, value INTEGER
+      batches      valid batches        records     records stored      duplicates  records seen again
+      status       valid status messages              rejected.<code>  messages dead-lettered
+
+A `Store` object is used by one thread at a time; open another `Store` on the same file for
+reading from another thread or process (WAL lets readers run beside the writer).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
+
+from .payload import QUANTITIES, Batch, Status
+
+#: Payloads larger than this are kept truncated in the dead-letter table.
+DEAD_LETTER_MAX = 64 * 1024
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE records (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        boot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER,
+        start INTEGER,
+        up INTEGER NOT NULL,
+        dur INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        fw TEXT NOT NULL,
+        board TEXT NOT NULL,
+        sensors TEXT NOT NULL,
+        err TEXT,
+        UNIQUE (node, boot, seq)
+    );
+    CREATE INDEX records_start ON records (start);
+    CREATE INDEX records_node_start ON records (node, start);
+    CREATE INDEX records_untimed ON records (node, boot) WHERE start IS NULL;
+    CREATE TABLE readings (
+        record_id INTEGER NOT NULL REFERENCES records (id),
+        quantity TEXT NOT NULL,
+        avg REAL,
+        min REAL,
+        max REAL,
+        n INTEGER,
+        unit TEXT NOT NULL,
+        flags TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (record_id, quantity)
+    ) WITHOUT ROWID;
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        code TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE nodes (
+        node TEXT PRIMARY KEY,
+        online INTEGER,
+        boot INTEGER,
+        fw TEXT,
+        up INTEGER,
+        rssi INTEGER,
+        status_at REAL,
+        last_seen REAL
+    );
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One quantity of one record."""
+
+    node: str
+    boot: int
+    seq: int
+    start: int | None
+    dur: int
+    quantity: str
+    avg: float | None
+    min: float | None
+    max: float | None
+    n: int | None
+    unit: str
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Latest:
+    """The newest record of a node (highest boot, then seq) with its readings by quantity."""
+
+    node: str
+    boot: int
+    seq: int
+    start: int | None
+    dur: int
+    received_at: float
+    readings: dict[str, Reading]
+
+
+@dataclass(frozen=True)
+class Node:
+    node: str
+    online: bool | None
+    boot: int | None
+    fw: str | None
+    up: int | None
+    rssi: int | None
+    status_at: float | None
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    received_at: float
+    topic: str
+    payload: bytes
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    records: int
+    readings: int
+    dead_letters: int
+    nodes: int
+    duplicates: int
+    rejected: dict[str, int] = field(default_factory=dict)  # code -> messages
+
+
+@dataclass(frozen=True)
+class Added:
+    """What `Store.add_batch` did with a batch's records."""
+
+    stored: int
+    duplicates: int
+
+
+def _order(quantity: str) -> int:
+    return list(QUANTITIES).index(quantity) if quantity in QUANTITIES else len(QUANTITIES)
+
+
+class Store:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.exists():
+                raise StoreError(f"{self.path}: no store there (has the gateway run yet?)")
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            if not self.path.parent.is_dir():
+                raise StoreError(f"{self.path}: the folder {self.path.parent} does not exist")
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode = WAL")
+            # A commit is on disk when it returns: the gateway may acknowledge what it committed.
+            self.db.execute("PRAGMA synchronous = FULL")
+        self._migrate()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise StoreError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+        with self.transaction():
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {step + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction: committed (and fsynced) at the end, rolled back on an exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only this block's writes if it raises."""
+        self.db.execute("SAVEPOINT one")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO one")
+            self.db.execute("RELEASE one")
+            raise
+        self.db.execute("RELEASE one")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self.db.in_transaction:
+            yield
+        else:
+            with self.transaction():
+                yield
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def bump(self, name: str, by: int = 1) -> None:
+        if by:
+            with self._writing():
+                self.db.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    (name, by),
+                )
+
+    def add_batch(self, batch: Batch, received_at: float | None = None) -> Added:
+        """Store a valid batch's records; records already stored count as duplicates."""
+        received_at = time.time() if received_at is None else received_at
+        stored = duplicates = 0
+        sensors = json.dumps(dict(batch.sensors), separators=(",", ":"), sort_keys=True)
+        with self._writing():
+            for rec in batch.records:
+                cur = self.db.execute(
+                    "INSERT INTO records (node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (node, boot, seq) DO NOTHING",
+                    (
+                        batch.node, batch.boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur, received_at,
+                        batch.fw, batch.board, sensors,
+                        json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None,
+                    ),
+                )
+                if cur.rowcount == 0:
+                    duplicates += 1
+                    continue
+                stored += 1
+                record_id = cur.lastrowid
+                rows = []
+                for q in rec.quantities():
+                    v = rec.values.get(q)
+                    rows.append((
+                        record_id, q,
+                        v.avg if v else None, v.min if v else None, v.max if v else None, v.n if v else None,
+                        batch.unit(q), ",".join(rec.flags.get(q, ())),
+                    ))
+                self.db.executemany(
+                    "INSERT INTO readings (record_id, quantity, avg, min, max, n, unit, flags)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            if stored:
+                self._derive_start(batch.node, batch.boot)
+            self.db.execute(
+                "INSERT INTO nodes (node, last_seen) VALUES (?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen)",
+                (batch.node, received_at),
+            )
+            self.bump("batches")
+            self.bump("records", stored)
+            self.bump("duplicates", duplicates)
+        return Added(stored, duplicates)
+
+    def _derive_start(self, node: str, boot: int) -> None:
+        # Records of a boot without `ts` get their start from a record of the same boot that has
+        # one (payload.md: "with one record of the same boot that has ts, any ts of that boot
+        # follows"): the next such record, else the previous one. Runs whenever records of that
+        # boot arrive, so a later batch with a clock fills in the earlier records.
+        ref = """(SELECT ref.ts + (r.up - ref.up) FROM records AS ref
+                  WHERE ref.node = r.node AND ref.boot = r.boot AND ref.ts IS NOT NULL
+                  AND ref.seq {op} r.seq ORDER BY ref.seq {order} LIMIT 1)"""
+        self.db.execute(
+            f"UPDATE records AS r SET start = coalesce({ref.format(op='>', order='ASC')}, "
+            f"{ref.format(op='<', order='DESC')}) WHERE r.node = ? AND r.boot = ? AND r.start IS NULL",
+            (node, boot),
+        )
+
+    def add_dead_letter(
+        self, topic: str, payload: bytes, code: str, reason: str, received_at: float | None = None
+    ) -> int:
+        """Keep a rejected message whole with its reason; counted as `rejected.<code>`."""
+        received_at = time.time() if received_at is None else received_at
+        if len(payload) > DEAD_LETTER_MAX:
+            reason += f" (kept the first {DEAD_LETTER_MAX} of {len(payload)} bytes)"
+            payload = payload[:DEAD_LETTER_MAX]
+        with self._writing():
+            cur = self.db.execute(
+                "INSERT INTO dead_letters (received_at, topic, payload, code, reason) VALUES (?, ?, ?, ?, ?)",
+                (received_at, topic, payload, code, reason),
+            )
+            self.bump(f"rejected.{code}")
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def set_status(self, status: Status, received_at: float | None = None, *, live: bool = True) -> None:
+        """Record a node's status. `live` is False for a retained message the broker replayed:
+        it says what the node last reported, not that the node is there now."""
+        received_at = time.time() if received_at is None else received_at
+        with self._writing():
+            self.db.execute(
+                """
+                INSERT INTO nodes (node, online, boot, fw, up, rssi, status_at, last_seen)
+                VALUES (:node, :online, :boot, :fw, :up, :rssi, :at, :seen)
+                ON CONFLICT (node) DO UPDATE SET
+                    online = excluded.online,
+                    boot = coalesce(excluded.boot, boot),
+                    fw = coalesce(excluded.fw, fw),
+                    up = coalesce(excluded.up, up),
+                    rssi = coalesce(excluded.rssi, rssi),
+                    status_at = excluded.status_at,
+                    last_seen = coalesce(max(last_seen, excluded.last_seen), last_seen, excluded.last_seen)
+                """,
+                {
+                    "node": status.node, "online": int(status.online), "boot": status.boot,
+                    "fw": status.fw, "up": status.up, "rssi": status.rssi, "at": received_at,
+                    "seen": received_at if live else None,
+                },
+            )
+            self.bump("status")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT name, value FROM counters ORDER BY name"))
+
+    def counts(self) -> Counts:
+        c = self.counters()
+        one = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        return Counts(
+            records=one("SELECT count(*) FROM records"),
+            readings=one("SELECT count(*) FROM readings"),
+            dead_letters=one("SELECT count(*) FROM dead_letters"),
+            nodes=one("SELECT count(*) FROM nodes"),
+            duplicates=c.get("duplicates", 0),
+            rejected={k.removeprefix("rejected."): v for k, v in c.items() if k.startswith("rejected.")},
+        )
+
+    _READING_SQL = """
+        SELECT r.node, r.boot, r.seq, r.start, r.dur, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
+        FROM readings AS g JOIN records AS r ON r.id = g.record_id
+    """
+
+    @staticmethod
+    def _reading(row: tuple) -> Reading:
+        *head, flags = row
+        return Reading(*head, flags=tuple(f for f in flags.split(",") if f))
+
+    def readings(
+        self, node: str | None = None, since: float | None = None, quantity: str | None = None
+    ) -> list[Reading]:
+        """Readings of records whose interval starts at or after `since` (records without a known
+        start are left out), by node, start, then quantity in the contract's order."""
+        where, args = ["r.start IS NOT NULL"], []
+        if since is not None:
+            where.append("r.start >= ?")
+            args.append(since)
+        if node is not None:
+            where.append("r.node = ?")
+            args.append(node)
+        if quantity is not None:
+            where.append("g.quantity = ?")
+            args.append(quantity)
+        rows = self.db.execute(self._READING_SQL + " WHERE " + " AND ".join(where), args)
+        out = [self._reading(row) for row in rows]
+        out.sort(key=lambda g: (g.node, g.start, g.boot, g.seq, _order(g.quantity)))
+        return out
+
+    def untimed(self, node: str | None = None, since: float | None = None) -> int:
+        """Records with no known start yet (received at or after `since`)."""
+        sql, args = "SELECT count(*) FROM records WHERE start IS NULL", []
+        if node is not None:
+            sql += " AND node = ?"
+            args.append(node)
+        if since is not None:
+            sql += " AND received_at >= ?"
+            args.append(since)
+        return self.db.execute(sql, args).fetchone()[0]
+
+    def latest(self) -> list[Latest]:
+        """The newest record of every node that has one, by node id: what a live table shows."""
+        recs = self.db.execute(
+            """
+            SELECT id, node, boot, seq, start, dur, received_at FROM records AS r
+            WHERE id = (SELECT id FROM records WHERE node = r.node ORDER BY boot DESC, seq DESC LIMIT 1)
+            ORDER BY node
+            """
+        ).fetchall()
+        out = []
+        for rid, node, boot, seq, start, dur, received_at in recs:
+            rows = self.db.execute(self._READING_SQL + " WHERE g.record_id = ?", (rid,))
+            readings = sorted((self._reading(row) for row in rows), key=lambda g: _order(g.quantity))
+            out.append(Latest(node, boot, seq, start, dur, received_at, {g.quantity: g for g in readings}))
+        return out
+
+    def nodes(self) -> list[Node]:
+        rows = self.db.execute(
+            "SELECT node, online, boot, fw, up, rssi, status_at, last_seen FROM nodes ORDER BY node"
+        )
+        return [Node(r[0], None if r[1] is None else bool(r[1]), *r[2:]) for r in rows]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters first."""
+        rows = self.db.execute(
+            "SELECT id, received_at, topic, payload, code, reason FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [DeadLetter(*r) for r in rows]

@@ -1,0 +1,37 @@
+"""Plain-text tables for the terminal: left-aligned text, right-aligned numbers."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .store import Reading
+from .timefmt import iso
+
+
+def number(v: float | int | None) -> str:
+    """`12.34`, `2`, `1013.21`; `-` for no value."""
+    return "-" if v is None else format(v, ".10g")
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+READINGS_HEADER = ("node", "interval start (UTC)", "quantity", "avg", "min", "max", "n", "unit", "flags")
+_RIGHT = (False, False, False, True, True, True, True, False, False)
+
+
+def readings_table(readings: Sequence[Reading]) -> str:
+    rows = [
+        (g.node, iso(g.start), g.quantity, number(g.avg), number(g.min), number(g.max), number(g.n),
+         g.unit, ",".join(g.flags))
+        for g in readings
+    ]
+    return render(READINGS_HEADER, rows, _RIGHT)

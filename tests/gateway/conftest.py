@@ -1,0 +1,155 @@
+"""Fixtures for the gateway: a real Mosquitto (tests/conftest.py), the real gateway, real SQLite."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from meetkit_gateway import config as configuration
+from meetkit_gateway.config import Config
+from meetkit_gateway.service import Gateway
+from meetkit_gateway.store import Store
+
+CLI = str(Path(sys.executable).parent / "meetkit-gateway")
+
+# The example batch of docs/payload.md, with a second record before the node's clock was known.
+EXAMPLE: dict[str, Any] = {
+    "v": 1, "node": "ams-001", "boot": 3, "fw": "0.1.0", "board": "esp32-devkitc",
+    "sensors": {"pm": "pms5003", "climate": "bme280", "mic": "ics43434"},
+    "units": {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%",
+              "press": "hPa", "LZeq": "dB"},
+    "recs": [
+        {"seq": 16, "ts": None, "up": 960, "dur": 60,
+         "pm1": [3.0, 2, 4, 57], "pm25": None, "temp": [12.3, 12.3, 12.4, 12],
+         "f": {"pm25": ["missing"]}},
+        {"seq": 17, "ts": 1795510800, "up": 1020, "dur": 60,
+         "pm1": [3.1, 2, 5, 58], "pm25": [5.2, 4, 7, 58], "pm10": [8.9, 6, 12, 58],
+         "temp": [12.34, 12.3, 12.4, 12], "rh": [81.2, 80.9, 81.5, 12],
+         "press": [1013.21, 1013.1, 1013.3, 12], "LZeq": [55.2, 48.1, 67.3, 60],
+         "f": {"pm25": ["rh_high"]}, "err": {"pm": 2}},
+    ],
+}
+
+
+def example(**envelope: Any) -> dict[str, Any]:
+    b = copy.deepcopy(EXAMPLE)
+    b.update(envelope)
+    return b
+
+
+def batch(node: str = "ams-001", boot: int = 3, seqs: range | list[int] = range(1), ts0: int | None = 1795510800,
+          dur: int = 60) -> dict[str, Any]:
+    """A valid batch with one record per seq, pm25 and temp in each, times following seq."""
+    return {
+        "v": 1, "node": node, "boot": boot, "fw": "0.1.0", "board": "esp32-devkitc",
+        "sensors": {"pm": "pms5003", "climate": "bme280"},
+        "units": {"pm25": "ug/m3", "temp": "degC"},
+        "recs": [
+            {"seq": s, "ts": None if ts0 is None else ts0 + s * dur, "up": s * dur, "dur": dur,
+             "pm25": [5.0 + s, 4.0, 7.0 + s, 58], "temp": [12.5, 12.0, 13.0, 12]}
+            for s in seqs
+        ],
+    }
+
+
+def encode(doc: dict[str, Any] | bytes) -> bytes:
+    return doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def write_config(tmp_path: Path, port: int, extra_mqtt: str = "", name: str = "gateway.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive = 10\n{extra_mqtt}'
+        f'[store]\npath = "gateway.db"\n[log]\nlevel = "DEBUG"\n'
+    )
+    return path
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class Publisher:
+    """A paho client standing in for nodes: every publish waits for the broker's PUBACK."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-node-{time.monotonic_ns()}")
+        self.client.max_inflight_messages_set(100)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, doc: dict[str, Any] | bytes, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, encode(doc), qos=qos, retain=retain)
+        info.wait_for_publish(5)
+        assert info.is_published(), f"publish to {topic} not acknowledged by the broker"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Running:
+    """A gateway running in this process (paho's thread and the writer thread)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.gateway = Gateway(cfg).start()
+
+    def wait_subscribed(self) -> "Running":
+        assert self.gateway.source.subscribed.wait(10), "the gateway did not subscribe"
+        return self
+
+    def wait_committed(self, n: int) -> None:
+        """Wait until the gateway has committed `n` messages in all."""
+        wait_for(lambda: self.gateway.writer.committed >= n, what=f"{n} messages committed")
+        assert self.gateway.writer.committed == n, f"committed {self.gateway.writer.committed}, expected {n}"
+
+    def store(self) -> Store:
+        """A second connection, as the demo or an operator would open it."""
+        return Store(self.cfg.store.path, readonly=True)
+
+    def stop(self) -> None:
+        self.gateway.stop()
+
+
+@pytest.fixture
+def gateway_config(tmp_path: Path, broker: Any) -> Config:
+    return configuration.load(write_config(tmp_path, broker.port))
+
+
+@pytest.fixture
+def gateway(gateway_config: Config) -> Iterator[Running]:
+    g = Running(gateway_config).wait_subscribed()
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest.fixture
+def node(broker: Any) -> Iterator[Publisher]:
+    p = Publisher(broker.host, broker.port)
+    try:
+        yield p
+    finally:
+        p.close()

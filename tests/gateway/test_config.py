@@ -1,0 +1,113 @@
+"""`meetkit-gateway check`: a good file prints what it sets; a bad one names every bad key, exit 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meetkit_gateway import config as configuration
+
+from .conftest import cli
+
+EXAMPLE = Path(__file__).parents[2] / "gateway" / "gateway.example.toml"
+
+
+def test_good_config_prints_a_summary(tmp_path):
+    (tmp_path / "gateway.toml").write_text(
+        '[mqtt]\nhost = "broker.lan"\nport = 8883\nusername = "gw"\npassword = "s3cret"\n'
+        'topic_prefix = "city"\n[store]\npath = "data.db"\n[log]\nlevel = "warning"\n'
+    )
+    r = cli("check", "--config", str(tmp_path / "gateway.toml"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{tmp_path / 'gateway.toml'}: OK",
+        "  broker      mqtt://gw@broker.lan:8883 (with password), client id meetkit-gateway, keepalive 60 s",
+        "  subscribes  city/+/up, city/+/status",
+        f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
+        "  log level   WARNING",
+    ]
+    assert "s3cret" not in r.stdout + r.stderr
+
+
+def test_only_store_path_is_required(tmp_path):
+    (tmp_path / "g.toml").write_text('[store]\npath = "g.db"\n')
+    cfg = configuration.load(tmp_path / "g.toml")
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix, cfg.mqtt.keepalive, cfg.mqtt.client_id) == (
+        "localhost", 1883, "meetkit", 60, "meetkit-gateway")
+    assert (cfg.mqtt.username, cfg.mqtt.password, cfg.log.level) == (None, None, "INFO")
+
+
+def test_the_example_config_is_valid(tmp_path):
+    cfg = configuration.load(EXAMPLE)
+    assert cfg.mqtt.topic_prefix == "meetkit"
+    assert cfg.store.path == Path("/var/lib/meetkit-gateway/gateway.db")
+
+
+BAD = [
+    ('[mqtt]\nhots = "x"\n[store]\npath = "g.db"\n', ['mqtt.hots: unknown key; did you mean "host"?']),
+    ('[mqtt]\nport = "1883"\n[store]\npath = "g.db"\n',
+     ['mqtt.port: must be an integer from 1 to 65535, got "1883" (a string)']),
+    ('[mqtt]\nport = 70000\n[store]\npath = "g.db"\n',
+     ["mqtt.port: must be an integer from 1 to 65535, got 70000 (an integer)"]),
+    ('[mqtt]\nhost = "localhost"\n', ["store.path: missing (required)"]),
+    ('[store]\npath = "g.db"\n[mqtt]\ntopic_prefix = "meetkit/#"\n',
+     ['mqtt.topic_prefix: must not contain MQTT wildcards (+, #), got "meetkit/#"']),
+    ('[store]\npath = "g.db"\n[mqtt]\npassword = "x"\n', ["mqtt.password: set, but mqtt.username is not"]),
+    ('[store]\npath = "g.db"\n[log]\nlevel = "loud"\n',
+     ['log.level: must be one of DEBUG, INFO, WARNING, ERROR, got "loud" (a string)']),
+    ('[store]\npath = "g.db"\n[mqt]\nhost = "x"\n', ['mqt: unknown key; did you mean "mqtt"?']),
+    ('mqtt = 1\n[store]\npath = "g.db"\n', ["mqtt: must be a table ([mqtt]), got 1 (an integer)"]),
+    ('[store]\npath = "g.db"\n[mqtt]\nkeepalive = true\n',
+     ["mqtt.keepalive: must be an integer from 5 to 65535, got true (a boolean)"]),
+    # every problem at once
+    ('[mqtt]\nport = 0\nclient_id = ""\nfoo = 1\n[log]\nlevel = 3\n', [
+        "mqtt.port: must be an integer from 1 to 65535, got 0 (an integer)",
+        "mqtt.client_id: must not be empty",
+        "mqtt.foo: unknown key (known: host, port, username, password, client_id, topic_prefix, keepalive)",
+        "log.level: must be one of DEBUG, INFO, WARNING, ERROR, got 3 (an integer)",
+        "store.path: missing (required)",
+    ]),
+]
+
+
+@pytest.mark.parametrize("text, errors", BAD, ids=[e[0] for _, e in BAD])
+def test_bad_config_names_the_key(tmp_path, text, errors):
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    r = cli("check", "--config", str(path))
+    assert r.returncode == 1
+    n = len(errors)
+    assert r.stderr.splitlines() == [f"{path}: {n} error{'s' if n > 1 else ''}"] + [f"  {e}" for e in errors]
+    assert r.stdout == ""
+
+
+def test_not_toml(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[mqtt]\nhost = localhost\n')
+    r = cli("check", "--config", str(path))
+    assert r.returncode == 1
+    assert "not valid TOML: Invalid value (at line 2, column 8)" in r.stderr
+
+
+def test_missing_file(tmp_path):
+    r = cli("check", "--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 1
+    assert "cannot read the file: No such file or directory" in r.stderr
+
+
+def test_store_folder_must_exist(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[store]\npath = "missing/gateway.db"\n')
+    r = cli("check", "--config", str(path))
+    assert r.returncode == 1
+    assert f"  store.path: the folder {tmp_path / 'missing'} does not exist" in r.stderr.splitlines()
+
+
+def test_run_refuses_a_bad_config_before_connecting(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[mqtt]\nport = "x"\n[store]\npath = "g.db"\n')
+    r = cli("run", "--config", str(path), timeout=10)
+    assert r.returncode == 1
+    assert 'mqtt.port: must be an integer from 1 to 65535, got "x" (a string)' in r.stderr
+    assert not (tmp_path / "g.db").exists()
