@@ -61,9 +61,9 @@ class Node:
             sensors["mic"] = board["mic"]["type"]
         meta = {"fw": config.FW_VERSION, "boot": boot}
         # The envelope is the same for every batch of this boot: build it once.
-        self.envelope = '{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,"recs":[' % (
+        self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,"recs":[' % (
             json.dumps(cfg["node_id"]), boot, json.dumps(config.FW_VERSION), json.dumps(board["board"]),
-            json.dumps(sensors), json.dumps(units))
+            json.dumps(sensors), json.dumps(units))).replace('", "', '","').replace('": "', '":"')
         self.clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
         self.uplink = Uplink(cfg, meta)
         self.queue = []
@@ -97,8 +97,11 @@ class Node:
             self.iv_deadline = time.ticks_add(self.iv_t0, iv * 1000)
             return
         start_ms = t - elapsed_ms
-        if start_ms % (iv * 1000) < 2000:
-            start_ms -= start_ms % (iv * 1000)  # just past a grid line: the interval starts on it
+        r = start_ms % (iv * 1000)
+        if r < 2000:
+            start_ms -= r  # just past a grid line: the interval starts on it
+        elif iv * 1000 - r < 2000 and not elapsed_ms:
+            start_ms += iv * 1000 - r  # just before one: start there, not a sliver of an interval
         start = start_ms // 1000
         self.iv_ts = start
         left_ms = (start // iv + 1) * iv * 1000 - t
@@ -106,23 +109,25 @@ class Node:
 
     def _close_interval(self, now):
         dur = (time.ticks_diff(now, self.iv_t0) + 500) // 1000
-        rec = {"seq": self.seq, "ts": self.iv_ts, "up": self.iv_up, "dur": dur}
+        parts = ['{"seq":%d,"ts":%s,"up":%d,"dur":%d' % (
+            self.seq, "null" if self.iv_ts is None else str(self.iv_ts), self.iv_up, dur)]
         flags = {}
         errs = {}
         ctx = {"dur": dur, "rh_high": self.cfg["rh_high_pct"],
                "rh_max": self.climate.rh_max() if self.climate else None}
         for s in self.samplers:
-            s.fill(rec, flags, errs, ctx)
-        if flags:
-            rec["f"] = flags
+            s.fill(parts, flags, errs, ctx)
+        if flags:  # by hand: MicroPython's json.dumps puts a space after every ':' and ','
+            parts.append('"f":{' + ",".join('"%s":["%s"]' % (k, '","'.join(v)) for k, v in flags.items()) + "}")
         if errs:
-            rec["err"] = errs
+            parts.append('"err":{' + ",".join('"%s":%d' % kv for kv in errs.items()) + "}")
+        rec = ",".join(parts) + "}"
         self.seq += 1
         if len(self.queue) >= MAX_QUEUED:
             self.queue.pop(0)
             self.dropped += 1
-        self.queue.append(json.dumps(rec))
-        console.info("record %d: %s" % (rec["seq"], self.queue[-1]))
+        self.queue.append(rec)
+        console.info("record %d: %s" % (self.seq - 1, rec))
         self._start_interval(now)
 
     # -- sending -------------------------------------------------------------------------------

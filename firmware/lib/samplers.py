@@ -49,22 +49,22 @@ class PM:
             for st, v in zip(self.stats, vals):
                 st.add(v)
 
-    def fill(self, rec, flags, errs, ctx):
+    def fill(self, parts, flags, errs, ctx):
         errors = self.dev.checksum_errors - self._errs0
         self._errs0 = self.dev.checksum_errors
+        humid = ctx["rh_max"] is not None and ctx["rh_max"] > ctx["rh_high"]
         for k, st in zip(self.keys, self.stats):
-            r = st.result()
-            rec[k] = r
+            parts.append('"%s":%s' % (k, st.result()))
             f = []
-            if r is None:
+            if not st.n:
                 f.append("missing")
-            elif r[3] < ctx["dur"] // 3:
+            elif st.n < ctx["dur"] // 3:
                 f.append("partial")
             if self._saw_warmup:
                 f.append("warmup")
             if errors:
                 f.append("checksum")
-            if r is not None and ctx.get("rh_max") is not None and ctx["rh_max"] > ctx["rh_high"]:
+            if st.n and humid:
                 f.append("rh_high")
             if f:
                 flags[k] = f
@@ -113,14 +113,13 @@ class Climate:
     def rh_max(self):
         return self._h.hi / 1024 if self._h.n else None
 
-    def fill(self, rec, flags, errs, ctx):
+    def fill(self, parts, flags, errs, ctx):
         expected = ctx["dur"] * 1000 // self.every_ms
         for k, st in (("temp", self._t), ("rh", self._h), ("press", self._p)):
-            r = st.result()
-            rec[k] = r
-            if r is None:
+            parts.append('"%s":%s' % (k, st.result()))
+            if not st.n:
                 flags[k] = ["missing"]
-            elif r[3] < expected // 2:
+            elif st.n < expected // 2:
                 flags[k] = ["partial"]
             st.reset()
         if self.errors:
@@ -144,11 +143,11 @@ class Noise:
         if lv.read() and lv.level is not None:
             self.stat.add(lv.level)
 
-    def fill(self, rec, flags, errs, ctx):
-        r = self.stat.result()
-        rec["LZeq"] = r
-        if r is None:
+    def fill(self, parts, flags, errs, ctx):
+        st = self.stat
+        parts.append('"LZeq":' + st.result())
+        if not st.n:
             flags["LZeq"] = ["missing"]
-        elif r[3] < ctx["dur"] // 2:
+        elif st.n < ctx["dur"] // 2:
             flags["LZeq"] = ["partial"]
-        self.stat.reset()
+        st.reset()

@@ -4,6 +4,7 @@
 import array
 import math
 import micropython
+from stats import num
 
 # Each sample's top 16 bits are squared (<= 2**30) and summed into a low word kept below 2**29 by
 # carrying into a high word (units of 2**29), so no intermediate leaves the ESP32's 32-bit viper
@@ -84,6 +85,8 @@ class LevelStat:
         self.n += 1
 
     def result(self):
+        """'[Leq,min,max,n]' as JSON text, or 'null' without a complete second."""
         if not self.n:
-            return None
-        return [round(10.0 * math.log10(self.energy / self.n), 1), round(self.lo, 1), round(self.hi, 1), self.n]
+            return "null"
+        leq = 10.0 * math.log10(self.energy / self.n)
+        return "[%s,%s,%s,%d]" % (num(leq, 1), num(self.lo, 1), num(self.hi, 1), self.n)

@@ -23,9 +23,23 @@ class Stat:
         self.total += v
         self.n += 1
 
+    def mean(self):
+        return self.total / self.n / self.scale if self.n else None
+
     def result(self):
-        """[avg, min, max, n] in the published unit, or None without samples."""
+        """'[avg,min,max,n]' in the published unit as JSON text, or 'null' without samples."""
         if not self.n:
-            return None
+            return "null"
         s, d = self.scale, self.digits
-        return [round(self.total / self.n / s, d), round(self.lo / s, d), round(self.hi / s, d), self.n]
+        return "[%s,%s,%s,%d]" % (num(self.total / self.n / s, d), num(self.lo / s, d), num(self.hi / s, d), self.n)
+
+
+def num(v, digits):
+    """A number as short JSON text: at most `digits` decimals, no trailing zeros.
+
+    Formatting here (not json.dumps of a float) gives the same text on the ESP32's 32-bit floats
+    and the host's 64-bit ones, and no 83.09999999999999 on the wire."""
+    t = "%.*f" % (digits, v)
+    if "." in t:
+        t = t.rstrip("0").rstrip(".")
+    return "0" if t == "-0" else t
