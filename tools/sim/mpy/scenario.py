@@ -6,6 +6,7 @@
 # {"amp", "period"[, "phase"]} = amp * sin(2*pi*(t + phase)/period); `wave` may also be a list of
 # such waves, which add up. A fault {"kind", "from", "to", ...} is active for from <= t < to.
 import math
+from array import array
 
 _TWO_PI = 2 * math.pi
 
@@ -18,7 +19,9 @@ class Scenario:
         truth = obj.get("truth") or {}
         for k in truth:
             spec = truth[k]
-            pts = sorted(spec.get("points") or [[0, 0]], key=lambda p: p[0])
+            pts = spec.get("points") or [[0, 0]]
+            # by time, keeping the order of equal times (a step): MicroPython's sort is not stable
+            pts = [p for i, p in sorted(enumerate(pts), key=lambda ip: (ip[1][0], ip[0]))]
             w = spec.get("wave")
             if w is None:
                 w = []
@@ -27,11 +30,9 @@ class Scenario:
             waves = [(float(x.get("amp", 0)), _TWO_PI / float(x["period"]), float(x.get("phase", 0)))
                      for x in w]
             # [times, values, waves, index of the segment used last]
-            self._q[k] = [[float(p[0]) for p in pts], [float(p[1]) for p in pts], waves, 0]
+            self._q[k] = [array("d", [float(p[0]) for p in pts]), array("d", [float(p[1]) for p in pts]),
+                          waves, 0]
         self.faults = [f for f in (obj.get("faults") or [])]
-
-    def has(self, name):
-        return name in self._q
 
     def value(self, name, t, default=None):
         """The true value of `name` at scenario second `t` (default when the scenario lacks it)."""

@@ -1,6 +1,7 @@
 # `time` as on the ESP32, over the simulator's virtual clock: ticks wrap at 2**30 (and start close
 # to the wrap), time() is an int with the 2000-01-01 epoch from the RTC, gmtime/localtime give the
 # board's 8-tuples. Sleeping advances the virtual clock.
+import micropython
 import simcore as _c
 
 _M = 0x3FFFFFFF
@@ -9,29 +10,35 @@ _T0_MS = 0x40000000 - 30000      # ticks_ms wraps 30 s after boot
 _T0_US = 0x40000000 - 20000000   # ticks_us wraps 20 s after boot
 
 
+@micropython.native
 def ticks_ms():
     _c.tick()
     return ((_c.now - _c.boot) // 1000 + _T0_MS) & _M
 
 
+@micropython.native
 def ticks_us():
     _c.tick()
     return (_c.now - _c.boot + _T0_US) & _M
 
 
+@micropython.native
 def ticks_cpu():
     _c.tick()
     return ((_c.now - _c.boot) * 160) & _M
 
 
+@micropython.native
 def ticks_add(t, delta):
     return (t + delta) & _M
 
 
+@micropython.native
 def ticks_diff(a, b):
     return ((a - b + _H) & _M) - _H
 
 
+@micropython.native
 def sleep_ms(ms):
     if ms > 0:
         _c.advance(int(ms) * 1000)
@@ -39,6 +46,7 @@ def sleep_ms(ms):
         _c.tick()
 
 
+@micropython.native
 def sleep_us(us):
     if us > 0:
         _c.advance(int(us))
@@ -46,6 +54,7 @@ def sleep_us(us):
         _c.tick()
 
 
+@micropython.native
 def sleep(s):
     if s > 0:
         _c.advance(int(s * 1000000))
@@ -53,16 +62,19 @@ def sleep(s):
         _c.tick()
 
 
+@micropython.native
 def time():
     _c.tick()
     return (_c.now + _c.rtc_off) // 1000000
 
 
+@micropython.native
 def time_ns():
     _c.tick()
     return (_c.now + _c.rtc_off) * 1000
 
 
+@micropython.native
 def _days(y, m, d):
     # days since 2000-01-01 of a proleptic Gregorian date (month may be out of 1..12)
     y += (m - 1) // 12
@@ -73,6 +85,7 @@ def _days(y, m, d):
     return 365 * y + y // 4 - y // 100 + y // 400 + (153 * (m - 3) + 2) // 5 + d - 730426
 
 
+@micropython.native
 def gmtime(secs=None):
     if secs is None:
         secs = time()
@@ -98,6 +111,7 @@ def gmtime(secs=None):
 localtime = gmtime
 
 
+@micropython.native
 def mktime(t):
     if len(t) not in (8, 9):
         raise TypeError("mktime needs a tuple of length 8 or 9")

@@ -1,0 +1,87 @@
+"""Run throwaway firmware on the simulated board: a flash folder with main.py, a sim.json, and
+micropython running tools/sim/mpy/simboot.py as the runner would (MICROPYPATH = the simulator's
+modules, build/mpylib, .frozen)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.mpy import MPYLIB, SIM_MPY, run_mpy
+
+START_EPOCH = 1795503600  # 2026-11-24T07:00:00Z
+
+# Constant truth unless a test says otherwise: expected values are then exact.
+SCENARIO: dict[str, Any] = {
+    "name": "test", "start": "2026-11-24T07:00:00Z",
+    "truth": {"temp": {"points": [[0, 12.5]]}, "rh": {"points": [[0, 81.0]]},
+              "press": {"points": [[0, 1013.25]]}, "pm1": {"points": [[0, 5]]},
+              "pm25": {"points": [[0, 8]]}, "pm10": {"points": [[0, 12]]},
+              "noise_dbspl": {"points": [[0, 60.0]]}},
+    "faults": [],
+}
+
+DEVICES: dict[str, Any] = {
+    "i2c": {"0": {"118": {"type": "bme280", "calib": "default"}}},
+    "uart": {"2": {"type": "pms5003"}},
+    "i2s": {"0": {"type": "ics43434", "sens_dbfs": -26.0}},
+}
+
+
+def scenario(**truth: Any) -> dict[str, Any]:
+    """The default scenario with some quantities replaced: name=value (constant) or name=spec."""
+    sc = copy.deepcopy(SCENARIO)
+    for k, v in truth.items():
+        sc["truth"][k] = v if isinstance(v, dict) else {"points": [[0, v]]}
+    return sc
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+    state: dict[str, Any]
+    wall: float
+    flash: Path
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+    def json_lines(self, prefix: str = "@") -> list[Any]:
+        """Lines the firmware printed as `@<json>`."""
+        return [json.loads(l[len(prefix):]) for l in self.lines if l.startswith(prefix)]
+
+
+def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict | None = None,
+            until_ms: int | None = 600_000, t_ms: int = 0, rtc: float | None = None,
+            reset_cause: str = "power_on", heapsize: str | None = "256K", seed: int = 1,
+            extra: dict | None = None, files: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    tmp.mkdir(parents=True, exist_ok=True)
+    flash = tmp / "flash"
+    flash.mkdir(exist_ok=True)
+    (flash / "main.py").write_text(textwrap.dedent(main))
+    for name, text in (files or {}).items():
+        (flash / name).parent.mkdir(parents=True, exist_ok=True)
+        (flash / name).write_text(textwrap.dedent(text))
+    state_file = tmp / "state.json"
+    state_file.unlink(missing_ok=True)
+    sim = {"flash_dir": str(flash.resolve()), "state_file": str(state_file.resolve()),
+           "scenario": scenario or SCENARIO, "start_epoch": START_EPOCH, "t_ms": t_ms,
+           "until_ms": until_ms, "speed": 0, "seed": seed, "chip_id": "240ac4123456", "rtc": rtc,
+           "reset_cause": reset_cause, "devices": DEVICES if devices is None else devices}
+    sim.update(extra or {})
+    (tmp / "sim.json").write_text(json.dumps(sim))
+    t0 = time.perf_counter()
+    p = run_mpy(script=SIM_MPY / "simboot.py", args=[str((tmp / "sim.json").resolve())],
+                path=[SIM_MPY, MPYLIB], heapsize=heapsize, timeout=timeout, cwd=tmp)
+    wall = time.perf_counter() - t0
+    state = json.loads(state_file.read_text()) if state_file.exists() and state_file.stat().st_size else {}
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"),
+               state, wall, flash)

@@ -1,0 +1,52 @@
+# The simulator's entry point: `micropython simboot.py /abs/path/sim.json` (MICROPYPATH =
+# tools/sim/mpy:build/mpylib:.frozen). Sets up the virtual board (simsetup), then runs boot.py and
+# main.py from the node's flash, mounted at '/', as the ESP32 does. Exit codes and state.json: see
+# docs/simulator.md.
+import sys
+import gc
+import os
+import simcore
+
+
+def _run(name, g):
+    try:
+        os.stat(name)
+    except OSError:
+        return
+    execfile(name, g)
+
+
+def _main():
+    import simsetup
+    budget = simsetup.setup(sys.argv[1])
+    del sys.modules["simsetup"]
+    del simsetup
+    gc.collect()
+    simcore.stats["sim_heap"] = gc.mem_alloc()
+    if budget:  # leave the firmware exactly `budget` bytes of heap: the rest is ballast
+        n = gc.mem_free() - budget - 64
+        if n > 0:
+            simcore.ballast = bytearray(n)
+            gc.collect()
+            simcore._held = gc.mem_alloc() - simcore.stats["sim_heap"]
+    simcore.stats["firmware_heap"] = gc.mem_free()
+    g = {"__name__": "__main__"}
+    try:
+        try:
+            _run("boot.py", g)
+        except Exception as e:  # the board reports it and still runs main.py
+            sys.print_exception(e)
+        _run("main.py", g)
+        cause, code = "repl", 2   # main.py returned: the board sits at the REPL
+    except SystemExit:
+        cause, code = "soft", 3   # sys.exit() in the firmware: a soft reset
+    except BaseException as e:
+        sys.print_exception(e)
+        cause, code = "crash", 1
+    if simcore._exit is not None:
+        return simcore._exit
+    simcore.write_state(cause, simcore.now)
+    return code
+
+
+sys.exit(_main())

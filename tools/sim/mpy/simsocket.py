@@ -1,0 +1,142 @@
+# `socket` as on the ESP32, over the unix port's real sockets (a real Mosquitto on 127.0.0.1 works
+# through it), cut by the simulated Wi-Fi: while the station has no link every operation fails as
+# on the board, and a connection made over an earlier link is dead (ECONNRESET) when used again.
+# Addresses are the board's (ip, port) tuples. Each operation costs a fixed virtual time, as a
+# Wi-Fi round trip would (the loopback broker's own timing is neither the board's nor repeatable).
+import micropython
+import usocket as _s
+import simcore as _c
+import network as _n
+
+AF_INET = 2
+AF_INET6 = 10
+SOCK_STREAM = 1
+SOCK_DGRAM = 2
+SOCK_RAW = 3
+IPPROTO_IP = 0
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+SOL_SOCKET = 0xFFF
+SO_REUSEADDR = 4
+TCP_NODELAY = 1
+
+
+@micropython.native
+def _sa(addr):
+    return _s.getaddrinfo(addr[0] or "0.0.0.0", addr[1])[0][-1] if isinstance(addr, tuple) else addr
+
+
+@micropython.native
+def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
+    _c.tick()
+    if not _n._up():
+        raise OSError(-202)  # as lwIP's getaddrinfo without a network
+    try:
+        a = _s.sockaddr(_s.getaddrinfo(host, port, _s.AF_INET, _s.SOCK_STREAM)[0][-1])
+    except (OSError, IndexError):
+        raise OSError(-202)
+    return [(AF_INET, type or SOCK_STREAM, proto, "", (_s.inet_ntop(_s.AF_INET, a[1]), a[2]))]
+
+
+class socket:
+    @micropython.native
+    def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0):
+        _c.tick()
+        self._s = _s.socket(_s.AF_INET, type if type in (1, 2) else 1)
+        self._link = None
+
+    @micropython.native
+    def _io(self, name, us, *a):
+        # on the link the connection was made over, or ECONNRESET (and the socket is closed)
+        t = _n._link_t()
+        if t is None or t != self._link:
+            self.close()
+            _c.count("socket_cut")
+            raise OSError(104)  # ECONNRESET
+        _c.advance(us)
+        return getattr(self._s, name)(*a)
+
+    @micropython.native
+    def connect(self, addr):
+        self._link = _n._link_t()
+        if self._link is None:
+            _c.advance(3000)
+            raise OSError(113)  # EHOSTUNREACH
+        self._io("connect", 20000, _sa(addr))
+
+    @micropython.native
+    def sendto(self, buf, addr):
+        self._link = _n._link_t()
+        return self._io("sendto", 1000, buf, _sa(addr))
+
+    @micropython.native
+    def recvfrom(self, n):
+        d, a = self._io("recvfrom", 2000, n)
+        a = _s.sockaddr(a)
+        return d, (_s.inet_ntop(_s.AF_INET, a[1]), a[2])
+
+    @micropython.native
+    def write(self, *a):
+        return self._io("write", 1000, *a)
+
+    @micropython.native
+    def read(self, *a):
+        return self._io("read", 2000, *a)
+
+    @micropython.native
+    def readinto(self, *a):
+        return self._io("readinto", 2000, *a)
+
+    @micropython.native
+    def readline(self):
+        return self._io("readline", 2000)
+
+    @micropython.native
+    def send(self, buf):
+        return self._io("send", 1000, buf)
+
+    @micropython.native
+    def recv(self, n):
+        return self._io("recv", 2000, n)
+
+    sendall = write
+
+    @micropython.native
+    def setblocking(self, flag):
+        self._s.setblocking(flag)
+
+    @micropython.native
+    def settimeout(self, t):
+        self._s.settimeout(t)
+
+    @micropython.native
+    def setsockopt(self, level, opt, val):
+        if opt == SO_REUSEADDR:
+            self._s.setsockopt(_s.SOL_SOCKET, _s.SO_REUSEADDR, val)
+
+    @micropython.native
+    def bind(self, addr):
+        self._s.bind(_sa(addr))
+
+    @micropython.native
+    def listen(self, n=2):
+        self._s.listen(n)
+
+    @micropython.native
+    def makefile(self, *a, **k):
+        return self
+
+    @micropython.native
+    def close(self):
+        try:
+            self._s.close()
+        except OSError:
+            pass
+
+    @micropython.native
+    def __enter__(self):
+        return self
+
+    @micropython.native
+    def __exit__(self, *a):
+        self.close()
