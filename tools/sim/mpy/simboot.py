@@ -24,11 +24,17 @@ def _main():
     gc.collect()
     simcore.stats["sim_heap"] = gc.mem_alloc()
     if budget:  # leave the firmware exactly `budget` bytes of heap: the rest is ballast
-        n = gc.mem_free() - budget - 64
-        if n > 0:
-            simcore.ballast = bytearray(n)
-            gc.collect()
-            simcore._held = gc.mem_alloc() - simcore.stats["sim_heap"]
+        simcore.ballast = hold = []
+        n = gc.mem_free() - budget
+        while n > 64:   # in pieces: the free heap is not one block
+            try:
+                hold.append(bytearray(n - 64))
+            except MemoryError:
+                n //= 2
+                continue
+            n = gc.mem_free() - budget
+        gc.collect()
+        simcore._held = gc.mem_alloc() - simcore.stats["sim_heap"]
     simcore.stats["firmware_heap"] = gc.mem_free()
     g = {"__name__": "__main__"}
     try:
