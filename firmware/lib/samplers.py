@@ -145,6 +145,9 @@ class Noise:
 
     def fill(self, parts, flags, errs, ctx):
         st = self.stat
+        part = self.level.flush()  # the interval's last, partial second: seconds follow the grid
+        if part is not None:
+            st.add(part[0], part[1])
         parts.append('"LZeq":' + st.result())
         if not st.n:
             flags["LZeq"] = ["missing"]

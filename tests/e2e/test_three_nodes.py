@@ -24,10 +24,11 @@ NODES = (("street-01", "quiet-street", "esp32-devkitc"),
          ("site-01", "construction-site", "esp32-devkitc-sds011"))
 
 # Tolerances: the sensors' own resolution plus what sampling a moving truth at discrete instants
-# can add. BME280: 0.01 degC, ~1 Pa (int32 formula), 1/1024 %RH; PM: whole ug/m3 (Plantower) or
-# 0.1 (SDS011); sound: the energy mean of one-second levels of Gaussian noise.
-TOL = {"temp": 0.05, "rh": 0.2, "press": 0.05, "pm1": 0.75, "pm25": 0.75, "pm10": 0.75, "LZeq": 0.3}
-TOL_MINMAX = {"temp": 0.05, "rh": 0.3, "press": 0.05, "pm1": 1.0, "pm25": 1.0, "pm10": 1.0, "LZeq": 0.6}
+# can add. BME280: 0.01 degC, 1/1024 %RH; pressure: Bosch's int32 formula deviates up to 4.9 Pa
+# from the exact one (tests/firmware/test_bme280.py) on top of 2.6 Pa steps at x1 oversampling;
+# PM: whole ug/m3 (Plantower) or 0.1 (SDS011); sound: one-second levels of Gaussian noise.
+TOL = {"temp": 0.05, "rh": 0.2, "press": 0.06, "pm1": 0.75, "pm25": 0.75, "pm10": 0.75, "LZeq": 0.3}
+TOL_MINMAX = {"temp": 0.05, "rh": 0.3, "press": 0.08, "pm1": 1.0, "pm25": 1.0, "pm10": 1.0, "LZeq": 0.6}
 
 RECORD_LINE = re.compile(r" I record (\d+): (\{.*\})$")
 
@@ -55,10 +56,11 @@ def truth_stats(sc: Scenario, name: str, t0: float, dur: float, step: float) -> 
 
 
 def truth_leq(sc: Scenario, t0: float, dur: float) -> tuple[float, float, float]:
-    # The node's one-second levels are energy means of 1024-sample blocks: sample the truth finely.
+    # The node reads 20 ms blocks, and the simulated microphone sets each block's level from the
+    # truth at the block's start: the node's one-second level is the energy mean of 50 of them.
     secs = []
     for s in range(int(dur)):
-        e = [10 ** (sc.value("noise_dbspl", t0 + s + (k + 0.5) / 47) / 10) for k in range(47)]
+        e = [10 ** (sc.value("noise_dbspl", t0 + s + k / 50) / 10) for k in range(50)]
         secs.append(10 * math.log10(sum(e) / len(e)))
     leq = 10 * math.log10(sum(10 ** (l / 10) for l in secs) / len(secs))
     return leq, min(secs), max(secs)
@@ -126,6 +128,14 @@ def test_intervals_are_on_the_utc_grid_and_contiguous(hour: dict) -> None:
             assert b["ts"] == a["ts"] + a["dur"]
 
 
+def steep(sc: Scenario, t0: float, dur: float) -> bool:
+    """Does the sound level move faster than 2 dB/s anywhere in the interval (a burst's edge)?
+    There the loudest and quietest second depend on sub-second alignment (the node's clock is
+    set by ntptime in whole seconds), so only the energy mean is compared."""
+    return any(abs(sc.value("noise_dbspl", t + 0.1) - sc.value("noise_dbspl", t)) > 0.2
+               for t in (t0 - 1 + k / 10 for k in range(int(dur + 2) * 10)))
+
+
 def test_values_match_the_scenario_truth(hour: dict) -> None:
     db = sqlite3.connect(hour["db"])
     checked = 0
@@ -148,6 +158,8 @@ def test_values_match_the_scenario_truth(hour: dict) -> None:
                 want = truth_stats(sc, q, t0, dur, step)
             ctx = f"{node.spec.node_id} {q} at t={t0}: got {avg, lo, hi}, truth {want}"
             assert abs(avg - want[0]) <= TOL[q], ctx
+            if q == "LZeq" and steep(sc, t0, dur) or "checksum" in flags:
+                continue  # extremes: see steep(); frames lost to garbage may hold the extremes
             assert abs(lo - want[1]) <= TOL_MINMAX[q], ctx
             assert abs(hi - want[2]) <= TOL_MINMAX[q], ctx
             checked += 1

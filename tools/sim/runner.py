@@ -23,6 +23,16 @@ from meetkit_tools.paths import BOARDS, FIRMWARE, MPYLIB, SCENARIOS, SIM_MPY
 
 EXIT_UNTIL = 0
 EXIT_RESET = 3
+# The simulator's own modules share MicroPython's heap with the firmware. The process gets the
+# firmware's budget plus this reserve, and simboot fills what the simulator does not use with
+# ballast, so the firmware starts with exactly its budget free (see docs/simulator.md).
+SIM_HEAP_RESERVE = 64 * 1024
+
+
+def heap_bytes(size: str) -> int:
+    """'96K' -> 98304, '1M' -> 1048576, '4000' -> 4000 (MicroPython's -X heapsize syntax)."""
+    mult = {"K": 1024, "M": 1024 * 1024}.get(size[-1:].upper(), 1)
+    return int(size[:-1] if mult > 1 else size) * mult
 
 
 def micropython_bin() -> str:
@@ -72,7 +82,7 @@ class NodeSpec:
     interval_s: int = 60
     until_s: float | None = 3600
     speed: float = 0
-    heapsize: str | None = "96K"
+    heapsize: str | None = "96K"  # the FIRMWARE's heap, as free on the board when main.py starts
     seed: int = 1
     chip_id: str = ""
     extra_config: dict[str, Any] = field(default_factory=dict)
@@ -125,7 +135,8 @@ class SimNode:
                "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
                "until_ms": None if s.until_s is None else int(s.until_s * 1000),
                "speed": s.speed, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
-               "reset_cause": cause, "devices": devices_for(board)}
+               "reset_cause": cause, "devices": devices_for(board),
+               "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None}
         if nvs is not None:
             sim["nvs"] = nvs
         self.sim_json.write_text(json.dumps(sim))
@@ -134,7 +145,7 @@ class SimNode:
     def command(self) -> list[str]:
         cmd = [micropython_bin()]
         if self.spec.heapsize:
-            cmd += ["-X", f"heapsize={self.spec.heapsize}"]
+            cmd += ["-X", f"heapsize={heap_bytes(self.spec.heapsize) + SIM_HEAP_RESERVE}"]
         return cmd + [str(SIM_MPY / "simboot.py"), str(self.sim_json.resolve())]
 
     def env(self) -> dict[str, str]:
