@@ -175,3 +175,27 @@ def test_registers_reset_defaults_pairs_and_unplugging(tmp_path: Path) -> None:
     assert lines[4] == "@ [118] [0, 0, 0, 0] 96"       # it was power-cycled
     assert lines[5] == "@ 1 b'\\x00\\x00'"               # NVM copy under way: calibration not there yet
     assert lines[6] == "@ 19"
+
+
+def test_normal_mode_converts_by_itself(tmp_path: Path) -> None:
+    sc = scenario(temp={"points": [[0, 10.0], [10, 20.0]]}, rh=55.5, press=1001.0)
+    r = run_sim(tmp_path, """
+        import time, ubinascii
+        from machine import I2C, Pin
+        A = 0x76
+        i2c = I2C(0, scl=Pin(22), sda=Pin(21), freq=100000)
+        i2c.writeto(A, bytes([0xF2, 5, 0xF5, 1 << 5, 0xF4, (5 << 5) | (5 << 2) | 3]))  # t_sb 62.5 ms
+        for s in (2, 7):
+            time.sleep_ms(s * 1000 - time.time_ns() // 1000000)
+            print("@", time.time_ns() // 1000, ubinascii.hexlify(i2c.readfrom_mem(A, 0, 256)).decode())
+        """, scenario=sc, until_ms=None)
+    s = Scenario(sc)
+    for line in r.lines:
+        _, t_us, hx = line.split()
+        img = bytearray.fromhex(hx)
+        img[0xF3] = 0   # adafruit forces its own conversion and waits for the status bit
+        temp, press, rh = adafruit_read(bytes(img))
+        t = int(t_us) / 1e6
+        # the last conversion ended at most one period (98 + 62.5 ms) ago
+        assert s.value("temp", t - 0.161) - 0.01 <= temp <= s.value("temp", t) + 0.01
+        assert press == pytest.approx(1001.0, abs=0.01) and rh == pytest.approx(55.5, abs=0.01)
