@@ -64,7 +64,10 @@ def devices_for(board: dict[str, Any]) -> dict[str, Any]:
         dev["i2c"].setdefault(i2c, {})[str(board["climate"].get("addr", 0x76))] = {
             "type": board["climate"]["type"], "calib": "default"}
     if "pm" in board:
-        dev["uart"][str(board["pm"]["uart"])] = {"type": board["pm"]["type"]}
+        pm = {"type": board["pm"]["type"]}
+        if "set" in board["pm"]:
+            pm["set"] = board["pm"]["set"]
+        dev["uart"][str(board["pm"]["uart"])] = pm
     if "mic" in board:
         dev["i2s"][str(board["mic"]["i2s"])] = {"type": board["mic"]["type"],
                                                 "sens_dbfs": board["mic"]["sens_dbfs"]}
@@ -126,9 +129,9 @@ class SimNode:
         (self.flash / "board.json").write_text(json.dumps(board, indent=1))
         (self.flash / "config.json").write_text(json.dumps(self.config(), indent=1))
         self.state_file.unlink(missing_ok=True)
-        self._write_sim(t_ms=0, rtc=None, cause="power_on", nvs=None)
+        self._write_sim(t_ms=0, rtc=None, cause="power_on", nvs=None, rtc_memory=None)
 
-    def _write_sim(self, t_ms: int, rtc: Any, cause: str, nvs: Any) -> None:
+    def _write_sim(self, t_ms: int, rtc: Any, cause: str, nvs: Any, rtc_memory: Any) -> None:
         s = self.spec
         board = json.loads((self.flash / "board.json").read_text())
         sim = {"flash_dir": str(self.flash.resolve()), "state_file": str(self.state_file.resolve()),
@@ -139,6 +142,8 @@ class SimNode:
                "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None}
         if nvs is not None:
             sim["nvs"] = nvs
+        if rtc_memory is not None:  # survives a reset or deep sleep, not a power cut
+            sim["rtc_memory"] = rtc_memory
         self.sim_json.write_text(json.dumps(sim))
 
     # -- running ---------------------------------------------------------------------------------
@@ -175,7 +180,7 @@ class SimNode:
                 log.write(f"--- reset ({st.get('cause')}) at t={st.get('t_ms')} ms ---\n".encode())
                 log.flush()
                 self._write_sim(t_ms=st["t_ms"], rtc=st.get("rtc"), cause=st.get("cause", "soft"),
-                                nvs=st.get("nvs"))
+                                nvs=st.get("nvs"), rtc_memory=st.get("rtc_memory"))
 
     def _read_state(self) -> dict[str, Any]:
         try:
