@@ -43,8 +43,10 @@ class Gateway:
         self._stopped = True
         log.info("stopping: committing what was received")
         self.source.stop_receiving()
-        self.writer.close()
+        # Stop the network before the writer: paho acknowledges a message once on_message has
+        # handed it to the writer, so every acknowledged message is then committed by close().
         self.source.stop()
+        self.writer.close()
         self.store.close()
         log.info(
             "stopped: %d messages received, %d committed", self.writer.received, self.writer.committed
