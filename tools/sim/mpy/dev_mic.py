@@ -8,6 +8,7 @@ import array
 import math
 import micropython
 import simcore as _c
+from simbus import _zero
 
 # standard deviation of the sum of four uniform 16-bit integers
 _SIGMA = math.sqrt(4 * (65536 * 65536 - 1) / 12)
@@ -44,14 +45,6 @@ def _noise(buf: ptr32, n: int, stride: int, st: ptr32, g: int, bits: int):
         i += stride
     st[0] = int(s & 0xFFFFFFFF)
     st[1] = int(s >> 32)
-
-
-@micropython.viper
-def _zero(buf: ptr8, n: int):
-    i = 0
-    while i < n:
-        buf[i] = 0
-        i += 1
 
 
 class Device:
