@@ -15,6 +15,7 @@ DEFAULTS = {
     "ntp_every_s": 3600,
     "noise_offset_db": 0.0,
     "rh_high_pct": 85,
+    "spool_kb": 1600,   # about 11,000 records of 140 bytes: over 7 days at 1-minute intervals
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
@@ -112,7 +113,7 @@ def load_node(path, problems, chip_id):
         cfg["node_id"] = "esp32-" + chip_id
         problems.append("node_id: %r is not 1-32 of a-z, 0-9, '-'; using %s" % (node_id, cfg["node_id"]))
     for key, lo, hi in (("interval_s", 10, 3600), ("climate_every_s", 1, 600), ("ntp_every_s", 60, 86400),
-                        ("rh_high_pct", 50, 100)):
+                        ("rh_high_pct", 50, 100), ("spool_kb", 32, 16384)):
         if key in raw:
             v = _int(raw, key, lo, hi, problems, "config")
             if v is not None:

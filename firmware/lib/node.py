@@ -1,7 +1,12 @@
-# The node's main loop: measure continuously, close a record per interval, send batches.
+# The node's main loop: measure continuously, close a record per interval, spool it, send batches.
 # The loop is paced by the microphone's blocking I2S reads (about 21 ms of audio each); without a
 # microphone it sleeps for the same time. Everything else is polled between two reads and never
 # blocks for long, so the audio keeps flowing while sensors are read and batches are sent.
+#
+# What survives what (docs/reliability.md): a record is on flash (spool.py) before anything tries
+# to send it and leaves the spool's unacknowledged part only when the gateway says it committed
+# it. New records go out at once; the backlog of an outage drains oldest-first, one batch every
+# BACKLOG_GAP_MS, with at most INFLIGHT_MAX batches waiting for their acknowledgement.
 import gc
 import json
 import sys
@@ -9,13 +14,18 @@ import time
 import machine
 import console
 import config
+import recline
 from clock import Clock
+from spool import Spool
 from uplink import Uplink
 from samplers import PM, Climate, Noise
 
 BOOT_FILE = "boot.count"
-MAX_QUEUED = 20         # records kept in RAM while the uplink is down (the flash spool replaces this)
 BATCH_BYTES = 1800      # a batch stays under about 2 KB
+LIVE_MAX = 8            # new records waiting to be sent first; older ones are the backlog's
+INFLIGHT_MAX = 4        # batches sent and not yet acknowledged
+ACK_WAIT_MS = 120000    # a batch not acknowledged by then is sent again (the gateway de-duplicates)
+BACKLOG_GAP_MS = 2000   # the backlog drains at most one batch per this
 WDT_MS = 90000          # longer than the slowest blocking step (an MQTT connect on a bad link)
 
 
@@ -60,17 +70,28 @@ class Node:
         if self.noise:
             sensors["mic"] = board["mic"]["type"]
         meta = {"fw": config.FW_VERSION, "boot": boot}
-        # The envelope is the same for every batch of this boot: build it once.
-        self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,"recs":[' % (
+        # The envelope is the same for every batch of this boot: built once, kept on flash with the
+        # boot's records so that a backlog from before a firmware update goes out with its own.
+        self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,' % (
             json.dumps(cfg["node_id"]), boot, json.dumps(config.FW_VERSION), json.dumps(board["board"]),
             json.dumps(sensors), json.dumps(units))).replace('", "', '","').replace('": "', '":"')
+        self.keys = None       # quantity order of this boot's record lines, from its first record
+        self.anchor = None     # Unix ms at uptime 0, once the clock is known
         self.clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
         self.uplink = Uplink(cfg, meta)
-        self.queue = []
-        self.dropped = 0
+        self.spool = Spool(cfg["spool_kb"] * 1024)
+        self.spool_errors = 0
+        self._buf = bytearray(BATCH_BYTES + 512)
+        self.live = []         # (pos, end, seq, line) of new records, sent before the backlog
+        self.inflight = []     # [sent ticks, boot, [(pos, end, seq), ...]] awaiting acknowledgement
+        self.scan = 0          # where the backlog reader goes on (0: from the spool's cursor)
+        self._backlog_t = now
+        self._connects = 0
         self.seq = 0
         self.up_s = 0
         self._sec_mark = now
+        if self.clock.unix_ms() is not None:  # the RTC kept the time over a reset
+            self._set_anchor(now)
         self._start_interval(now)
 
     def _make(self, role, factory):
@@ -83,9 +104,22 @@ class Node:
         return s
 
     # -- intervals ---------------------------------------------------------------------------
+    def _up_ms(self, now):
+        return self.up_s * 1000 + time.ticks_diff(now, self._sec_mark)
+
+    def _set_anchor(self, now):
+        t = self.clock.unix_ms()
+        if t is None or self.anchor is not None:
+            return
+        self.anchor = t - self._up_ms(now)
+        try:
+            self.spool.set_anchor(self.boot, self.anchor)
+        except OSError as e:
+            console.error("spool: anchor: %r" % e)
+
     def _start_interval(self, now):
         self.iv_t0 = now
-        self.iv_up = self.up_s
+        self.iv_up = (self._up_ms(now) + 500) // 1000
         self._align(now, 0)
 
     def _align(self, now, elapsed_ms):
@@ -109,40 +143,142 @@ class Node:
 
     def _close_interval(self, now):
         dur = (time.ticks_diff(now, self.iv_t0) + 500) // 1000
-        parts = ['{"seq":%d,"ts":%s,"up":%d,"dur":%d' % (
-            self.seq, "null" if self.iv_ts is None else str(self.iv_ts), self.iv_up, dur)]
+        parts = []
         flags = {}
         errs = {}
         ctx = {"dur": dur, "rh_high": self.cfg["rh_high_pct"],
                "rh_max": self.climate.rh_max() if self.climate else None}
         for s in self.samplers:
             s.fill(parts, flags, errs, ctx)
-        if flags:  # by hand: MicroPython's json.dumps puts a space after every ':' and ','
-            parts.append('"f":{' + ",".join('"%s":["%s"]' % (k, '","'.join(v)) for k, v in flags.items()) + "}")
-        if errs:
-            parts.append('"err":{' + ",".join('"%s":%d' % kv for kv in errs.items()) + "}")
-        rec = ",".join(parts) + "}"
+        line = recline.encode(self.seq, self.iv_ts, self.iv_up, dur, parts, flags, errs)
         self.seq += 1
-        if len(self.queue) >= MAX_QUEUED:
-            self.queue.pop(0)
-            self.dropped += 1
-        self.queue.append(rec)
-        console.info("record %d: %s" % (self.seq - 1, rec))
         self._start_interval(now)
+        try:
+            if self.keys is None:
+                self.keys = recline.keys_of(parts)
+                self.spool.begin_boot(self.boot, self.envelope, self.keys)
+            pos = self.spool.append(self.boot, line)
+        except OSError as e:  # flash failing: count it and go on measuring
+            self.spool_errors += 1
+            console.error("spool: record %d not stored: %r" % (self.seq - 1, e))
+            return
+        console.info("record %d: %s" % (self.seq - 1, recline.to_json(line, self.keys, None)))
+        self.live.append((pos, pos + len(line) + 1, self.seq - 1, line))
+        if len(self.live) > LIVE_MAX:  # an outage: the older ones wait in the backlog
+            p = self.live.pop(0)[0]
+            if self.scan > p:
+                self.scan = p
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, now):
-        q = self.queue
-        if not q:
+        if self.uplink.connects != self._connects:  # a new session: acks of the old one are gone
+            self._connects = self.uplink.connects
+            self.inflight = []
+            self.scan = 0
+        self._take_acks()
+        for b in self.inflight:
+            if time.ticks_diff(now, b[0]) >= ACK_WAIT_MS:
+                self.inflight.remove(b)
+                self.scan = 0
+                break
+        if len(self.inflight) >= INFLIGHT_MAX:
             return
-        size = len(self.envelope) + 2
+        clock_ok = self.anchor is not None
+        extra = 24 + sum(len(k) + 5 for k in self.keys) if self.keys else 100  # JSON over the line
+        room = BATCH_BYTES - len(self.envelope) - 30
+        if self.live and clock_ok:
+            items = []
+            size = 0
+            for it in self.live:
+                if items and size + extra + (it[1] - it[0]) > room:
+                    break
+                items.append(it)
+                size += extra + (it[1] - it[0])
+            if self._publish(self.boot, [it[:3] for it in items], now, [(it[0], it[1], it[3]) for it in items]):
+                del self.live[:len(items)]
+            return
+        if time.ticks_diff(now, self._backlog_t) < BACKLOG_GAP_MS:
+            return
+        self._backlog_t = now
+        skip = {}
+        for b in self.inflight:
+            for it in b[2]:
+                skip[it[0]] = 1
+        for it in self.live:
+            skip[it[0]] = 1
+        boot, lines, nxt = self.spool.read(self.scan, room, skip, self.boot, clock_ok, extra)
+        if boot is None:
+            self.scan = nxt
+            return
+        items = [(p, e, recline.seq_of(line)) for p, e, line in lines]
+        if self._publish(boot, items, now, lines):
+            self.scan = nxt
+
+    def _publish(self, boot, items, now, lines):
+        if boot == self.boot:
+            env, keys, anchor = self.envelope, self.keys, self.anchor
+        else:
+            env, keys, anchor = self.spool.boot_info(boot)
+            if env is None:  # its file is gone: this boot's envelope with the old boot number
+                env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
+            keys = keys or self.keys
+        # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
+        buf = self._buf
+        mv = memoryview(buf)
+        head = env.encode() + b'"dropped":%d,"recs":[' % self.spool.dropped
+        i = len(head)
+        mv[:i] = head
         n = 0
-        while n < len(q) and (n == 0 or size + len(q[n]) + 1 <= BATCH_BYTES):
-            size += len(q[n]) + 1
+        for _, _, line in lines:
+            r = recline.to_json(line, keys, anchor).encode()
+            if n and i + len(r) + 3 > len(buf):
+                break
+            if n:
+                buf[i] = 44  # ,
+                i += 1
+            mv[i:i + len(r)] = r
+            i += len(r)
             n += 1
-        payload = self.envelope + ",".join(q[:n]) + "]}"
-        if self.uplink.publish(payload, now):
-            del q[:n]
+        mv[i:i + 2] = b"]}"
+        payload = mv[:i + 2]
+        items = items[:n]
+        if not self.uplink.publish(payload, now):
+            return False
+        self.inflight.append([now, boot, items])
+        return True
+
+    def _take_acks(self):
+        acks = self.uplink.acks
+        while acks:
+            msg = acks.pop(0)
+            try:
+                a = json.loads(msg)
+                db, boot, ranges = a["db"], a["boot"], a["seq"]
+            except (ValueError, KeyError, TypeError):
+                console.warn("ack: not understood: %r" % msg[:60])
+                continue
+            if db != self.spool.db:
+                if self.spool.db is not None:
+                    console.warn("gateway database changed (%s -> %s): sending the spool again"
+                                 % (self.spool.db, db))
+                    self.spool.replay()
+                    self.inflight = []
+                    self.scan = 0
+                self.spool.db = db
+                self.spool.save(time.ticks_ms(), True)
+            for b in self.inflight:
+                if b[1] != boot:
+                    continue
+                keep = []
+                for it in b[2]:
+                    for r in ranges:
+                        if r[0] <= it[2] <= r[1]:
+                            self.spool.ack(it[0], it[1])
+                            break
+                    else:
+                        keep.append(it)
+                b[2] = keep
+            self.inflight = [b for b in self.inflight if b[2]]
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self):
@@ -160,13 +296,19 @@ class Node:
             self.climate.poll(now)
         if time.ticks_diff(now, self.iv_deadline) >= 0:
             self._close_interval(now)
-        if self.uplink.service(now, self.up_s):
-            if self.clock.due(now) and self.clock.sync(now) and self.iv_ts is None:
-                self._align(now, time.ticks_diff(now, self.iv_t0))
+        if self.uplink.service(now, self.up_s, bool(self.inflight)):
+            if self.clock.due(now) and self.clock.sync(now):
+                self._synced(now)
             self._send(now)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
-            if self.clock.sync(now) and self.iv_ts is None:
-                self._align(now, time.ticks_diff(now, self.iv_t0))
+            if self.clock.sync(now):
+                self._synced(now)
+        self.spool.save(now)
+
+    def _synced(self, now):
+        self._set_anchor(now)
+        if self.iv_ts is None:
+            self._align(now, time.ticks_diff(now, self.iv_t0))
 
     def run(self):
         wdt = machine.WDT(timeout=WDT_MS)

@@ -1,6 +1,8 @@
 # Wi-Fi and MQTT. Nothing here blocks the measuring for long: Wi-Fi is started and polled, the
 # broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
 # the connection, to be tried again later. What was not sent stays with the caller.
+# The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
+# node is away they are lost, and it sends those records again); they wait in `acks` for the node.
 import time
 import random
 import network
@@ -10,6 +12,8 @@ from umqtt.simple import MQTTClient
 _WIFI_RETRY_MS = 20000
 _BACKOFF_MIN_MS = 1000
 _BACKOFF_MAX_MS = 60000
+_POLL_MS = 250          # how often to look for acknowledgements while some are awaited
+_ACKS_MAX = 16
 
 
 class Uplink:
@@ -20,6 +24,8 @@ class Uplink:
         prefix = cfg["topic_prefix"]
         self.topic_up = "%s/%s/up" % (prefix, self.node_id)
         self.topic_status = "%s/%s/status" % (prefix, self.node_id)
+        self.topic_ack = "%s/%s/ack" % (prefix, self.node_id)
+        self.acks = []
         self.meta = meta  # fw, boot: repeated in the status message
         self.client = None
         self.enabled = self.wifi is not None and self.broker is not None
@@ -28,6 +34,7 @@ class Uplink:
         self._next_try = time.ticks_ms()
         self._backoff = _BACKOFF_MIN_MS
         self._last_tx = 0
+        self._last_poll = 0
         self.connects = 0
         self.failures = 0
 
@@ -40,7 +47,7 @@ class Uplink:
     def network_up(self):
         return self.enabled and self.wlan.isconnected()
 
-    def service(self, now, up_s):
+    def service(self, now, up_s, want_acks=False):
         """Move the connection along; call often. Returns True while the broker is connected."""
         if not self.enabled:
             return False
@@ -69,9 +76,20 @@ class Uplink:
                 self.client.ping()
                 self.client.check_msg()
                 self._last_tx = now
-            except OSError as e:
+            except (OSError, IndexError) as e:
                 self._fail(now, "ping", e)
+        elif want_acks and time.ticks_diff(now, self._last_poll) >= _POLL_MS:
+            self._last_poll = now
+            try:
+                self.client.check_msg()
+            except (OSError, IndexError) as e:
+                self._fail(now, "receive", e)
         return self.client is not None
+
+    def _on_msg(self, topic, msg):
+        if len(self.acks) >= _ACKS_MAX:  # the node will send those records again
+            self.acks.pop(0)
+        self.acks.append(msg)
 
     def _connect(self, now, up_s):
         b = self.broker
@@ -79,8 +97,10 @@ class Uplink:
                        password=b["password"], keepalive=b["keepalive"])
         c.set_last_will(self.topic_status, '{"v":1,"node":"%s","online":false}' % self.node_id,
                         retain=True, qos=1)
+        c.set_callback(self._on_msg)
         try:
             c.connect()
+            c.subscribe(self.topic_ack, qos=1)
             self.client = c
             self._last_tx = now
             self._status(up_s)

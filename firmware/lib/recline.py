@@ -1,0 +1,47 @@
+# A record as one short line on flash, and back to the payload's JSON when it is sent.
+#
+#   seq ts up dur|avg,min,max,n|...|flags|errors
+#
+# Quantities go in the boot's key order (stored once per boot, see spool.py), so the line carries
+# no key names: about 140 bytes instead of 200, which is what lets 7 days of 1-minute records fit in
+# the ESP32's 2 MB file system. ts is "-" while the clock is unknown; an empty field is a null.
+# flags: key=flag+flag,key=flag   errors: role=count,role=count
+
+
+def encode(seq, ts, up, dur, parts, flags, errs):
+    """parts: ['"key":[avg,min,max,n]' or '"key":null', ...] as the samplers fill them."""
+    out = ["%d %s %d %d" % (seq, "-" if ts is None else ts, up, dur)]
+    for p in parts:
+        v = p[p.index(":") + 1:]
+        out.append("" if v == "null" else v[1:-1])
+    out.append(",".join("%s=%s" % (k, "+".join(v)) for k, v in flags.items()))
+    out.append(",".join("%s=%d" % kv for kv in errs.items()))
+    return "|".join(out)
+
+
+def keys_of(parts):
+    return [p[1:p.index('"', 1)] for p in parts]
+
+
+def seq_of(line):
+    return int(line[:line.index(" ")])
+
+
+def to_json(line, keys, anchor_ms):
+    """The record as the payload's JSON. A record made before the clock was known gets its time
+    from the boot's anchor (Unix ms at uptime 0) when there is one, else stays "ts":null."""
+    f = line.split("|")
+    seq, ts, up, dur = f[0].split(" ")
+    if ts == "-":
+        ts = "null" if anchor_ms is None else str((anchor_ms + int(up) * 1000 + 500) // 1000)
+    out = ['{"seq":%s,"ts":%s,"up":%s,"dur":%s' % (seq, ts, up, dur)]
+    for i, k in enumerate(keys):
+        v = f[i + 1] if i + 1 < len(f) - 2 else ""
+        out.append('"%s":%s' % (k, "[%s]" % v if v else "null"))
+    fl, er = f[-2], f[-1]
+    if fl:
+        out.append('"f":{' + ",".join('"%s":["%s"]' % (kv[:kv.index("=")], '","'.join(kv[kv.index("=") + 1:].split("+")))
+                                      for kv in fl.split(",")) + "}")
+    if er:
+        out.append('"err":{' + ",".join('"%s":%s' % tuple(kv.split("=")) for kv in er.split(",")) + "}")
+    return ",".join(out) + "}"

@@ -1,0 +1,177 @@
+"""The flash spool (firmware/lib/spool.py) and its record lines (recline.py), under MicroPython.
+
+A record must stay on flash until it is acknowledged, come back after a restart, leave only when
+space is needed, and be counted when it leaves unacknowledged."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from tests.mpy import FIRMWARE_LIB, run_mpy
+
+PRELUDE = """
+import os, json, time
+import spool, recline
+from spool import Spool
+def rec(seq, ts=1795500000, boot=1):
+    parts = ['"pm25":[%d.5,1,9,60]' % seq, '"temp":null']
+    return recline.encode(seq, ts and ts + 60 * seq, 60 * seq, 60, parts, {}, {})
+def fill(sp, boot, seqs, ts=1795500000):
+    return [sp.append(boot, rec(s, ts, boot)) for s in seqs]
+def seqs(lines):
+    return [recline.seq_of(l) for _, _, l in lines]
+def drain(sp, boot_now=99):
+    out = []
+    pos = 0
+    while True:
+        boot, lines, pos = sp.read(pos, 400, {}, boot_now, True)
+        if boot is None:
+            return out
+        out += [(boot, recline.seq_of(l)) for _, _, l in lines]
+"""
+
+
+def mpy(tmp_path: Path, body: str) -> list:
+    code = PRELUDE + textwrap.dedent(body)
+    r = run_mpy(code, path=[FIRMWARE_LIB], cwd=tmp_path, heapsize="256K")
+    out = r.stdout.decode() if isinstance(r.stdout, bytes) else r.stdout
+    err = r.stderr.decode() if isinstance(r.stderr, bytes) else r.stderr
+    assert r.returncode == 0, out + err
+    return [json.loads(line[4:]) for line in out.splitlines() if line.startswith("OUT ")]
+
+
+def test_records_survive_a_restart_until_acknowledged(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    sp = Spool(100000)
+    pos = fill(sp, 1, range(10))
+    boot, lines, nxt = sp.read(0, 10000, {}, 1, True)
+    for p, e, l in lines[:4]:
+        sp.ack(p, e)
+    sp.save(time.ticks_ms(), True)
+    sp = Spool(100000)                     # the node restarts
+    print("OUT", json.dumps(drain(sp)))
+    """)
+    assert out == [[[1, s] for s in range(4, 10)]]
+
+
+def test_out_of_order_acks_move_the_cursor_only_over_a_contiguous_run(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    sp = Spool(100000)
+    fill(sp, 1, range(6))
+    _, lines, _ = sp.read(0, 10000, {}, 1, True)
+    for p, e, l in lines[4:]:      # the live records are acknowledged first
+        sp.ack(p, e)
+    print("OUT", json.dumps(drain(sp)))
+    for p, e, l in lines[:4]:      # then the backlog
+        sp.ack(p, e)
+    print("OUT", json.dumps(drain(sp)))
+    sp.save(time.ticks_ms(), True)
+    print("OUT", json.dumps(drain(Spool(100000))))
+    """)
+    assert out == [[[1, s] for s in range(4)], [], []]
+
+
+def test_batches_hold_one_boot_and_stay_under_the_size(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    sp = Spool(100000)
+    fill(sp, 1, range(20))
+    fill(sp, 2, range(5))
+    pos = 0
+    while True:
+        boot, lines, pos = sp.read(pos, 400, {}, 99, True)
+        if boot is None:
+            break
+        print("OUT", json.dumps([boot, seqs(lines), sum(len(l) + 1 for _, _, l in lines)]))
+    """)
+    assert [b for b, _, _ in out].count(1) >= 2
+    assert all(size <= 400 for _, _, size in out)
+    assert [s for b, ss, _ in out if b == 1 for s in ss] == list(range(20))
+    assert [s for b, ss, _ in out if b == 2 for s in ss] == list(range(5))
+
+
+def test_full_spool_drops_oldest_counts_only_unacknowledged(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    spool.SEG_BYTES = 1000
+    sp = Spool(3000)
+    fill(sp, 1, range(12))                    # 12 lines of ~60 bytes: one segment and a bit
+    _, lines, _ = sp.read(0, 100000, {}, 1, True)
+    for p, e, l in lines:
+        sp.ack(p, e)                          # all acknowledged: these may go without a count
+    fill(sp, 1, range(12, 100))
+    print("OUT", json.dumps([sp.dropped, sp.total <= 3000]))
+    left = drain(sp)
+    print("OUT", json.dumps(left))
+    sp.save(time.ticks_ms(), True)
+    print("OUT", json.dumps(Spool(3000).dropped))
+    """)
+    dropped, within = out[0]
+    left = [s for _, s in out[1]]
+    assert within
+    assert left == list(range(left[0], 100)), "what is left is the newest, without gaps"
+    assert dropped == left[0] - 12, "only never-acknowledged records count as dropped"
+    assert out[2] == dropped, "the count survives a restart"
+
+
+def test_replay_sends_acknowledged_records_again(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    sp = Spool(100000)
+    fill(sp, 1, range(5))
+    _, lines, _ = sp.read(0, 100000, {}, 1, True)
+    for p, e, l in lines:
+        sp.ack(p, e)
+    print("OUT", json.dumps(drain(sp)))
+    sp.replay()
+    print("OUT", json.dumps(drain(sp)))
+    """)
+    assert out == [[], [[1, s] for s in range(5)]]
+
+
+def test_current_boot_waits_for_the_clock(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    sp = Spool(100000)
+    fill(sp, 1, range(3))
+    fill(sp, 2, range(3), ts=None)
+    boot, lines, pos = sp.read(0, 100000, {}, 2, False)
+    print("OUT", json.dumps([boot, seqs(lines)]))
+    print("OUT", json.dumps(sp.read(pos, 100000, {}, 2, False)[0]))
+    """)
+    assert out == [[1, [0, 1, 2]], None]
+
+
+def test_record_line_is_the_payload_record(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    parts = ['"pm1":[3.1,2,5,58]', '"pm25":null', '"temp":[-1.25,-1.3,-1.2,12]', '"LZeq":[55.2,48.1,67.3,60]']
+    flags = {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}
+    line = recline.encode(17, None, 1020, 60, parts, flags, {"pm": 2})
+    keys = recline.keys_of(parts)
+    print("OUT", json.dumps(line))
+    print("OUT", recline.to_json(line, keys, None))
+    print("OUT", recline.to_json(line, keys, 1795509780400))
+    line = recline.encode(18, 1795510800, 1080, 60, parts, {}, {})
+    print("OUT", recline.to_json(line, keys, None))
+    """)
+    line, unknown, anchored, plain = out
+    assert len(line) < 100
+    assert unknown == {"seq": 17, "ts": None, "up": 1020, "dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": None,
+                       "temp": [-1.25, -1.3, -1.2, 12], "LZeq": [55.2, 48.1, 67.3, 60],
+                       "f": {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}, "err": {"pm": 2}}
+    assert anchored["ts"] == 1795510800, "uptime 1020 s after an anchor 1795509780.4 rounds to the second"
+    assert plain == {"seq": 18, "ts": 1795510800, "up": 1080, "dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": None,
+                     "temp": [-1.25, -1.3, -1.2, 12], "LZeq": [55.2, 48.1, 67.3, 60]}
+
+
+def test_unreadable_state_resends_everything(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    sp = Spool(100000)
+    fill(sp, 1, range(3))
+    _, lines, _ = sp.read(0, 100000, {}, 1, True)
+    for p, e, l in lines:
+        sp.ack(p, e)
+    sp.save(time.ticks_ms(), True)
+    with open("sp/state", "w") as f:
+        f.write("{garbage")
+    print("OUT", json.dumps(drain(Spool(100000))))
+    """)
+    assert out == [[[1, 0], [1, 1], [1, 2]]]
