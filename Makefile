@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.meetkit-installed
 MPYLIB := build/mpylib/umqtt/simple.py
 
-.PHONY: setup demo test bench soak clean system-deps
+.PHONY: setup demo test faults bench soak clean system-deps
 
 setup: system-deps $(STAMP) $(MPYLIB)
 
@@ -33,6 +33,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not soak"
+
+# The fault suite alone, with its table and the faults_* figures in build/bench/results.jsonl.
+faults: setup
+	MEETKIT_FAULTS_RECORD=1 $(BIN)/python -m pytest -q -rA tests/faults
 
 soak: setup
 	$(BIN)/python -m pytest -q -m soak

@@ -5,16 +5,20 @@
 # Quantities go in the boot's key order (stored once per boot, see spool.py), so the line carries
 # no key names: about 140 bytes instead of 200, which is what lets 7 days of 1-minute records fit in
 # the ESP32's 2 MB file system. ts is "-" while the clock is unknown; an empty field is a null.
-# flags: key=flag+flag,key=flag   errors: role=count,role=count
+# flags: <key index><flag letters>,...  e.g. 0wh,2w    errors: role=count,role=count
+
+FLAGS = {"missing": "m", "checksum": "c", "warmup": "w", "rh_high": "h", "partial": "p"}
+_NAMES = {v: k for k, v in FLAGS.items()}
 
 
 def encode(seq, ts, up, dur, parts, flags, errs):
     """parts: ['"key":[avg,min,max,n]' or '"key":null', ...] as the samplers fill them."""
     out = ["%d %s %d %d" % (seq, "-" if ts is None else ts, up, dur)]
+    keys = keys_of(parts)
     for p in parts:
         v = p[p.index(":") + 1:]
         out.append("" if v == "null" else v[1:-1])
-    out.append(",".join("%s=%s" % (k, "+".join(v)) for k, v in flags.items()))
+    out.append(",".join("%d%s" % (keys.index(k), "".join(FLAGS[f] for f in v)) for k, v in flags.items()))
     out.append(",".join("%s=%d" % kv for kv in errs.items()))
     return "|".join(out)
 
@@ -40,8 +44,13 @@ def to_json(line, keys, anchor_ms):
         out.append('"%s":%s' % (k, "[%s]" % v if v else "null"))
     fl, er = f[-2], f[-1]
     if fl:
-        out.append('"f":{' + ",".join('"%s":["%s"]' % (kv[:kv.index("=")], '","'.join(kv[kv.index("=") + 1:].split("+")))
-                                      for kv in fl.split(",")) + "}")
+        fs = []
+        for kv in fl.split(","):
+            i = 0
+            while kv[i] <= "9":
+                i += 1
+            fs.append('"%s":["%s"]' % (keys[int(kv[:i])], '","'.join(_NAMES[c] for c in kv[i:])))
+        out.append('"f":{' + ",".join(fs) + "}")
     if er:
         out.append('"err":{' + ",".join('"%s":%s' % tuple(kv.split("=")) for kv in er.split(",")) + "}")
     return ",".join(out) + "}"

@@ -1,0 +1,215 @@
+"""The fault suite's rig and its bookkeeping.
+
+The ground truth is each simulated node's ledger: every record it stored in its flash spool, as
+it printed it on its serial console. After a scenario's faults are over and the nodes have had
+time to drain, every ledger record must be in the gateway's database exactly once, with its
+timestamp: the node's own where it had one, else (a record made before NTP) the true start of its
+interval within TS_TOLERANCE_S. Records the spool dropped for space, as it logged, are
+"dropped by policy", not lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
+
+TS_TOLERANCE_S = 2.5   # the grid snapping of _align (< 2 s) plus rounding
+RESULTS: list["Outcome"] = []   # for the table `make faults` prints
+
+_BOOT = re.compile(r" I node (\S+), boot (\d+),")
+_RECORD = re.compile(r" I record (\d+): (\{.*\})$")
+_DROPPED = re.compile(r" W spool: full, dropped (\d+) unsent records of boot (\d+): seq (\d+)\.\.(\d+)")
+_RESET = re.compile(r"^--- .*\bat t=(\d+) ms")
+
+
+@dataclass
+class Ledger:
+    records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)   # (boot, seq) -> rec
+    boot_t0: dict[int, float] = field(default_factory=dict)   # boot -> virtual seconds at its start
+    dropped: list[tuple[int, int, int, int]] = field(default_factory=list)   # (count, boot, first, last)
+
+    def dropped_keys(self) -> set[tuple[int, int]]:
+        return {(b, s) for _, b, a, z in self.dropped for s in range(a, z + 1)}
+
+
+def read_ledger(console: str) -> Ledger:
+    led = Ledger()
+    boot = None
+    t_reset = 0.0
+    for line in console.splitlines():
+        m = _RESET.search(line)
+        if m:
+            t_reset = int(m.group(1)) / 1000
+            continue
+        m = _BOOT.search(line)
+        if m:
+            boot = int(m.group(2))
+            led.boot_t0[boot] = t_reset
+            continue
+        m = _RECORD.search(line)
+        if m:
+            rec = json.loads(m.group(2))
+            led.records[(boot, rec["seq"])] = rec
+            continue
+        m = _DROPPED.search(line)
+        if m:
+            led.dropped.append(tuple(int(g) for g in m.groups()))  # type: ignore[arg-type]
+    return led
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    generated: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    dropped: int = 0
+    wrong_time: int = 0
+    untimed: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def db_rows(db: Path) -> list[tuple[str, int, int, int | None, int]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT node, boot, seq, ts, up FROM records").fetchall()
+    finally:
+        con.close()
+
+
+def judge(name: str, nodes: dict[str, tuple[Ledger, int]], rows: list[tuple[str, int, int, int | None, int]],
+          reported_dropped: dict[str, int] | None = None) -> Outcome:
+    """nodes: node id -> (ledger, the scenario's start epoch). Compares the ledgers with the db."""
+    out = Outcome(name)
+    seen: dict[tuple[str, int, int], list[tuple[int | None, int]]] = {}
+    for node, boot, seq, ts, up in rows:
+        seen.setdefault((node, boot, seq), []).append((ts, up))
+    for node_id, (led, epoch) in nodes.items():
+        dropped = led.dropped_keys()
+        for (boot, seq), rec in led.records.items():
+            out.generated += 1
+            got = seen.get((node_id, boot, seq))
+            if not got:
+                if (boot, seq) in dropped:
+                    out.dropped += 1
+                else:
+                    out.lost += 1
+                    if len(out.problems) < 10:
+                        out.problems.append(f"lost {node_id} boot {boot} seq {seq}")
+                continue
+            out.delivered += 1
+            out.duplicated += len(got) - 1
+            ts, _ = got[0]
+            if rec["ts"] is not None:
+                ok = ts == rec["ts"]
+            elif ts is None:
+                out.untimed += 1
+                ok = True
+            else:
+                truth = epoch + led.boot_t0.get(boot, 0.0) + rec["up"]
+                ok = abs(ts - truth) <= TS_TOLERANCE_S
+            if not ok:
+                out.wrong_time += 1
+                if len(out.problems) < 10:
+                    out.problems.append(f"time {node_id} boot {boot} seq {seq}: db {ts}, ledger {rec['ts']}")
+        if reported_dropped is not None:
+            logged = sum(c for c, *_ in led.dropped)
+            if reported_dropped.get(node_id, 0) < logged:
+                out.problems.append(f"{node_id}: dropped {logged} but reported {reported_dropped.get(node_id)}")
+    ledger_keys = {(n, b, s) for n, (led, _) in nodes.items() for (b, s) in led.records}
+    extra = [k for k in seen if k not in ledger_keys]
+    out.notes["stored_not_in_ledger"] = len(extra)
+    RESULTS.append(out)
+    return out
+
+
+class Rig:
+    """A real Mosquitto, the gateway as its own process, and simulated nodes, in one folder."""
+
+    def __init__(self, workdir: Path, gateway_dir: Path | None = None) -> None:
+        self.dir = Path(workdir)
+        self.broker = Mosquitto(self.dir / "broker").start()
+        self.gateway = GatewayProcess(gateway_dir or self.dir / "gateway", self.broker.host, self.broker.port,
+                                      client_id="meetkit-gateway-faults").start()
+        self.nodes: dict[str, SimNode] = {}
+        self.epochs: dict[str, int] = {}
+
+    def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", **spec: Any) -> SimNode:
+        sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+        n = SimNode(NodeSpec(node_id=node_id, scenario=sc, workdir=self.dir / node_id,
+                             broker_host=self.broker.host, broker_port=self.broker.port, **spec))
+        n.prepare()
+        self.nodes[node_id] = n
+        self.epochs[node_id] = scenario_epoch(sc)
+        return n
+
+    def start(self) -> None:
+        for n in self.nodes.values():
+            n.start()
+
+    def running(self) -> bool:
+        return any(n.running() for n in self.nodes.values())
+
+    def run(self, while_running: Callable[[], None] | None = None, timeout: float = 900) -> None:
+        """Start the nodes, call `while_running` (faults), then wait for them to finish."""
+        self.start()
+        if while_running:
+            while_running()
+        end = time.monotonic() + timeout
+        for n in self.nodes.values():
+            n.wait(max(1.0, end - time.monotonic()))
+            assert not n.running(), f"{n.spec.node_id} did not finish in {timeout} s"
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until the gateway stops storing (the last batches committed)."""
+        last = -1
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            n = len(db_rows(self.gateway.db)) if self.gateway.db.exists() else 0
+            if n == last:
+                return
+            last = n
+            time.sleep(1.0)
+
+    def judge(self, name: str) -> Outcome:
+        nodes = {nid: (read_ledger(n.console.read_text()), self.epochs[nid]) for nid, n in self.nodes.items()}
+        return judge(name, nodes, db_rows(self.gateway.db), self.reported_dropped())
+
+    def reported_dropped(self) -> dict[str, int]:
+        con = sqlite3.connect(f"file:{self.gateway.db}?mode=ro", uri=True)
+        try:
+            cols = [r[1] for r in con.execute("PRAGMA table_info(nodes)")]
+            col = next((c for c in cols if "dropped" in c), None)
+            if col is None:
+                return {}
+            return {n: d or 0 for n, d in con.execute(f"SELECT node, {col} FROM nodes")}
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        for n in self.nodes.values():
+            n.stop()
+        self.gateway.stop()
+        self.broker.stop()
+
+
+def scenario(base: str = "quiet-street", **faults: list[tuple[float, float]]) -> dict[str, Any]:
+    """A stock scenario with more faults, e.g. scenario(wifi_down=[(3600, 25200)])."""
+    sc = json.loads(json.dumps(load_scenario(base)))
+    sc["faults"] = list(sc.get("faults") or [])
+    for kind, windows in faults.items():
+        sc["faults"] += [{"kind": kind, "from": a, "to": b} for a, b in windows]
+    return sc
