@@ -108,6 +108,8 @@ class Batch:
     sensors: Mapping[str, str]
     units: Mapping[str, str]
     records: tuple[Record, ...]
+    #: records the node's spool dropped by policy (full), ever; None when the batch does not say
+    dropped: int | None = None
 
     def unit(self, quantity: str) -> str:
         return self.units.get(quantity, QUANTITIES[quantity].unit)
@@ -250,9 +252,10 @@ def parse_batch(payload: bytes, topic_node: str) -> Batch:
     """Validate one message from `<prefix>/<topic_node>/up` against payload v1."""
     obj = decode(payload)
     _version(obj)
-    _fields(obj, "", ("v", "node", "boot", "fw", "board", "sensors", "units", "recs"))
+    _fields(obj, "", ("v", "node", "boot", "fw", "board", "sensors", "units", "recs"), ("dropped",))
     node = _node(obj, topic_node)
     boot = _int(obj["boot"], "boot")
+    dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
     fw = _str(obj["fw"], "fw")
     board = _str(obj["board"], "board")
     sensors = {k: _str(v, f"sensors.{k}") for k, v in _obj(obj["sensors"], "sensors").items()}
@@ -276,7 +279,7 @@ def parse_batch(payload: bytes, topic_node: str) -> Batch:
                 raise Rejected(MISSING_FIELD, f"units.{q}: missing, recs[{i}] has {q}")
         if i and rec.seq <= records[i - 1].seq:
             raise Rejected(BAD_VALUE, f"recs[{i}].seq: {rec.seq} after {records[i - 1].seq}; records go oldest first, one seq each")
-    return Batch(node, boot, fw, board, sensors, units, records)
+    return Batch(node, boot, fw, board, sensors, units, records, dropped)
 
 
 _RECORD_FIELDS = ("seq", "ts", "up", "dur")

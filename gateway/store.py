@@ -4,7 +4,7 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 1::
+Schema, version 2 (version 1 lacked `meta`, `alarms` and `nodes.dropped`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -43,10 +43,23 @@ Schema, version 1::
       status_at    REAL     when the last status message was received
       last_seen    REAL     when the node last published (a batch or a live status; a retained
                             status replayed by the broker does not count)
+      dropped      INTEGER  records the node's spool dropped by policy (full), ever: the `dropped`
+                            of the last batch that carried it; NULL if none did
 
     counters       name TEXT PRIMARY KEY, value INTEGER
       batches      valid batches        records     records stored      duplicates  records seen again
       status       valid status messages              rejected.<code>  messages dead-lettered
+      refused      messages refused because the store could not commit (disk full, I/O error)
+      alarm.<code> alarms raised
+
+    meta           key TEXT PRIMARY KEY, value TEXT
+      db_id        16 hex digits, random, made with the database: the nodes' acknowledgements carry
+                   it, and a node that sees a new one sends again all it still holds
+      created_at   Unix seconds
+
+    alarms         what went wrong with the store, newest last (see alarms.py)
+      id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
+      0 over), reason TEXT
 
 A `Store` object is used by one thread at a time; open another `Store` on the same file for
 reading from another thread or process (WAL lets readers run beside the writer).
@@ -124,6 +137,23 @@ MIGRATIONS: list[str] = [
         value INTEGER NOT NULL
     );
     """,
+    # 2: the database's id (acknowledgements carry it), the nodes' dropped count, alarms
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('db_id', lower(hex(randomblob(8))));
+    INSERT INTO meta (key, value) VALUES ('created_at', strftime('%s', 'now'));
+    ALTER TABLE nodes ADD COLUMN dropped INTEGER;
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        code TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -173,6 +203,16 @@ class Node:
     rssi: int | None
     status_at: float | None
     last_seen: float | None
+    dropped: int | None = None
+
+
+@dataclass(frozen=True)
+class AlarmRow:
+    id: int
+    at: float
+    code: str
+    active: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -220,13 +260,20 @@ class Store:
             if not self.path.parent.is_dir():
                 raise StoreError(f"{self.path}: the folder {self.path.parent} does not exist")
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.execute("PRAGMA foreign_keys = ON")
-        if not readonly:
-            self.db.execute("PRAGMA journal_mode = WAL")
-            # A commit is on disk when it returns: the gateway may acknowledge what it committed.
-            self.db.execute("PRAGMA synchronous = FULL")
-        self._migrate()
+        try:
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                # A commit is on disk when it returns: the gateway may acknowledge what it committed.
+                self.db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+            if not readonly and self._meta("db_id") is None:  # only if someone deleted it
+                self.db.execute("INSERT INTO meta (key, value) VALUES ('db_id', lower(hex(randomblob(8))))")
+            self.db_id: str = self._meta("db_id") or ""
+        except BaseException:
+            self.db.close()  # a corrupt file is moved aside next: let go of it
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -256,16 +303,29 @@ class Store:
                         self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {step + 1}")
 
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def verify(self) -> str | None:
+        """None when SQLite finds the file sound (schema readable, `PRAGMA quick_check` ok), else
+        what it found. Reads the whole file: seconds for a large store on an SD card."""
+        self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        problems = [row[0] for row in self.db.execute("PRAGMA quick_check(5)")]
+        return None if problems == ["ok"] else "; ".join(problems)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One transaction: committed (and fsynced) at the end, rolled back on an exception."""
+        """One transaction: committed (and fsynced) at the end, rolled back on an exception, also
+        when the COMMIT itself fails (disk full, I/O error): then nothing of it is in the file."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back by itself already
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -336,9 +396,11 @@ class Store:
             if stored:
                 self._derive_start(batch.node, batch.boot)
             self.db.execute(
-                "INSERT INTO nodes (node, last_seen) VALUES (?, ?)"
-                " ON CONFLICT (node) DO UPDATE SET last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen)",
-                (batch.node, received_at),
+                "INSERT INTO nodes (node, last_seen, dropped) VALUES (?, ?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET"
+                " last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen),"
+                " dropped = coalesce(excluded.dropped, dropped)",
+                (batch.node, received_at, batch.dropped),
             )
             self.bump("batches")
             self.bump("records", stored)
@@ -401,6 +463,16 @@ class Store:
                 },
             )
             self.bump("status")
+
+    def add_alarm(self, at: float, code: str, active: bool, reason: str) -> None:
+        """Keep an alarm; a raised one (`active`) is counted as `alarm.<code>`."""
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO alarms (at, code, active, reason) VALUES (?, ?, ?, ?)",
+                (at, code, int(active), reason),
+            )
+            if active:
+                self.bump(f"alarm.{code}")
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -478,9 +550,21 @@ class Store:
 
     def nodes(self) -> list[Node]:
         rows = self.db.execute(
-            "SELECT node, online, boot, fw, up, rssi, status_at, last_seen FROM nodes ORDER BY node"
+            "SELECT node, online, boot, fw, up, rssi, status_at, last_seen, dropped FROM nodes ORDER BY node"
         )
         return [Node(r[0], None if r[1] is None else bool(r[1]), *r[2:]) for r in rows]
+
+    def alarms(self, limit: int = 100) -> list[AlarmRow]:
+        """The newest alarms, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, at, code, active, reason FROM alarms ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [AlarmRow(i, at, code, bool(active), reason) for i, at, code, active, reason in reversed(rows)]
+
+    @property
+    def created_at(self) -> float | None:
+        value = self._meta("created_at")
+        return None if value is None else float(value)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first."""

@@ -145,7 +145,7 @@ def test_the_store_is_wal_and_versioned_and_survives_a_restart(tmp_path, broker,
         finally:
             g.stop()
     assert rows(cfg.store.path, "PRAGMA journal_mode") == [("wal",)]
-    assert rows(cfg.store.path, "PRAGMA user_version") == [(1,)]
+    assert rows(cfg.store.path, "PRAGMA user_version") == [(2,)]
     assert rows(cfg.store.path, "SELECT seq FROM records ORDER BY seq") == [(0,), (1,)]
 
 
@@ -156,5 +156,5 @@ def test_a_store_from_a_newer_gateway_is_refused(tmp_path):
     db.execute("PRAGMA user_version = 7")
     db.close()
 
-    with pytest.raises(StoreError, match="schema version 7 is newer than this gateway's 1"):
+    with pytest.raises(StoreError, match="schema version 7 is newer than this gateway's 2"):
         Store(path)
