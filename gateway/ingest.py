@@ -7,7 +7,14 @@ next group builds up, so the cost of a commit is shared by however many messages
 
 Each message gets a savepoint of its own: a message that fails, even through a bug, is undone
 alone and dead-lettered, the rest of its group is committed. After each commit the writer calls
-`on_committed(group)`: the place to acknowledge messages only once they are on disk.
+`on_committed(done)` with each message and the `Ack` its node is owed: the place to acknowledge
+messages only once they are on disk.
+
+When the store itself cannot commit for want of space or through an I/O error, the group is rolled
+back and REFUSED: `on_refused(group)` is called (the service then lets the broker go on, while the
+nodes keep those records and send them again), the refusals are counted and an alarm is raised.
+The next group simply tries again, so the gateway takes data again as soon as space is back. Other
+store errors (a lock held too long) are retried with backoff.
 """
 
 from __future__ import annotations
@@ -18,11 +25,15 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import field
+from typing import Callable, NamedTuple, Sequence
 
 from . import payload
+from .acks import Ack, readable
+from .alarms import DISK_ERROR, DISK_FULL, Alarms
 from .payload import Rejected
 from .store import Store
+from .timefmt import iso
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -40,11 +51,26 @@ class Inbound:
     retained: bool = False
     mid: int = 0
     qos: int = 0
+    conn: int = 0  # which connection to the broker it came over (an MQTT ack goes back on it only)
 
 
-def ingest(store: Store, topics: Topics, msg: Inbound) -> None:
+class Done(NamedTuple):
+    """A committed message and the acknowledgement its node is owed (None: none, e.g. a status)."""
+
+    msg: Inbound
+    ack: Ack | None
+
+
+def _store_failed(e: Exception) -> bool:
+    # The store itself failed (disk full, I/O, locked, corrupt), as opposed to a bug in a statement.
+    return isinstance(e, (sqlite3.OperationalError, sqlite3.InternalError)) or type(e) is sqlite3.DatabaseError
+
+
+def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
     """Validate one message and write what it means: records, a node status or a dead letter.
-    Call inside a transaction; the caller commits."""
+    Call inside a transaction; the caller commits. Returns what to acknowledge to the node once
+    that commit is done: every seq of a batch, stored now or before; the readable seqs of a batch
+    that was dead-lettered."""
     topic = topics.parse(msg.topic)
     try:
         with store.savepoint():
@@ -58,6 +84,7 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> None:
                     batch.node, batch.boot, batch.records[0].seq, batch.records[-1].seq,
                     added.stored, added.duplicates,
                 )
+                return Ack.of(batch)
             else:
                 status = payload.parse_status(msg.payload, topic.node)
                 store.set_status(status, msg.received_at, live=not msg.retained)
@@ -65,16 +92,42 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> None:
                     "%s: %s%s", status.node, "online" if status.online else "offline",
                     " (retained)" if msg.retained else "",
                 )
-            return
+                return None
     except Rejected as e:
         code, reason = e.code, e.reason
     except Exception as e:  # a bug must not lose the message: keep it with what went wrong
-        if isinstance(e, sqlite3.OperationalError):
-            raise  # the store itself failed (disk full, I/O): the whole group is retried
+        if _store_failed(e):
+            raise  # the whole group is refused or retried
         log.exception("failed on a message from %s", msg.topic)
         code, reason = INTERNAL, f"gateway error: {type(e).__name__}: {e}"
     dl = store.add_dead_letter(msg.topic, msg.payload, code, reason, msg.received_at)
     log.warning("rejected %s (dead letter %d): %s", msg.topic, dl, reason)
+    return readable(msg.payload, topic.node) if topic is not None and topic.kind == "up" else None
+
+
+# SQLite's primary result codes on which the writer refuses data instead of retrying.
+_REFUSALS = {13: DISK_FULL, 10: DISK_ERROR, 8: DISK_ERROR}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
+
+
+def refusal(e: sqlite3.Error) -> str | None:
+    """The alarm code when `e` means the store cannot take data now (full disk, I/O error, a file
+    that became read-only), else None."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return _REFUSALS.get(code & 0xFF)
+    text = str(e)
+    return DISK_FULL if "is full" in text else DISK_ERROR if "I/O error" in text else None
+
+
+@dataclass
+class Refusal:
+    """A run of refused groups, from the first refusal to the next commit that succeeds."""
+
+    code: str
+    error: str
+    since: float
+    messages: int = 0
+    logged_at: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
@@ -90,13 +143,17 @@ class Writer:
         *,
         max_group: int = 500,
         max_queue: int = 10_000,
-        on_committed: Callable[[Sequence[Inbound]], None] | None = None,
+        on_committed: Callable[[Sequence[Done]], None] | None = None,
+        on_refused: Callable[[Sequence[Inbound]], None] | None = None,
+        alarms: Alarms | None = None,
         summary_every: float = 60.0,
     ) -> None:
         self.store = store
         self.topics = topics
         self.max_group = max_group
         self.on_committed = on_committed
+        self.on_refused = on_refused
+        self.alarms = alarms if alarms is not None else Alarms()
         self.summary_every = summary_every
         # Bounded: when the disk cannot keep up, submit() blocks paho's thread, which stops
         # reading from the broker; the broker holds the rest (QoS 1) instead of our memory.
@@ -106,6 +163,9 @@ class Writer:
         self.received = 0  # messages submitted
         self.committed = 0  # messages committed
         self.groups = 0  # transactions committed
+        self.refused = 0  # messages refused (the store could not commit them)
+        self.refusing: Refusal | None = None  # while commits fail for want of space
+        self._refused_unsaved = 0  # refusals not yet counted in the store
 
     def start(self) -> None:
         self._thread.start()
@@ -156,7 +216,11 @@ class Writer:
             if group:
                 self._commit(group)
             if time.monotonic() - last_summary >= self.summary_every:
-                last_summary, at_summary = time.monotonic(), self._summary(at_summary)
+                last_summary = time.monotonic()
+                try:
+                    at_summary = self._summary(at_summary)
+                except sqlite3.Error as e:
+                    log.warning("could not read the counters: %s", e)
         log.info("writer stopped: %d messages committed in %d transactions", self.committed, self.groups)
 
     def _commit(self, group: list[Inbound]) -> None:
@@ -165,13 +229,19 @@ class Writer:
             started = time.monotonic()
             try:
                 with self.store.transaction():
-                    for msg in group:
-                        ingest(self.store, self.topics, msg)
+                    done = [Done(msg, ingest(self.store, self.topics, msg)) for msg in group]
                 break
             except sqlite3.Error as e:
+                code = refusal(e)
+                if code is not None:
+                    self._refuse(group, code, e)
+                    return
                 attempts += 1
                 if self._closing and attempts >= 3:
-                    log.critical("store failed, %d received messages NOT stored: %s", len(group), e)
+                    log.critical(
+                        "store failed, %d received messages NOT stored and not acknowledged "
+                        "(the broker delivers them again): %s", len(group), e,
+                    )
                     return
                 log.error("store failed (%s); retrying %d messages in %.0f s", e, len(group), delay)
                 time.sleep(delay)
@@ -179,11 +249,56 @@ class Writer:
         self.committed += len(group)
         self.groups += 1
         log.debug("committed %d messages in %.1f ms", len(group), (time.monotonic() - started) * 1000)
+        if self.refusing is not None:
+            self._recovered(self.refusing)
+        self._save_aside()
         if self.on_committed is not None:
             try:
-                self.on_committed(group)
+                self.on_committed(done)
             except Exception:
                 log.exception("on_committed failed")
+
+    def _refuse(self, group: list[Inbound], code: str, e: sqlite3.Error) -> None:
+        self.refused += len(group)
+        self._refused_unsaved += len(group)
+        r = self.refusing
+        if r is None:
+            r = self.refusing = Refusal(code, str(e), time.time())
+            self.alarms.raise_(
+                code, f"the store {self.store.path} cannot commit ({e}): refusing new data, which the "
+                "nodes keep and send again; what is stored is not affected",
+            )
+        r.messages += len(group)
+        if time.monotonic() - r.logged_at >= self.summary_every:
+            r.logged_at = time.monotonic()
+            log.error("still refusing (%s): %d messages since %s", e, r.messages, iso(r.since))
+        if self.on_refused is not None:
+            try:
+                self.on_refused(group)
+            except Exception:
+                log.exception("on_refused failed")
+
+    def _recovered(self, r: Refusal) -> None:
+        self.refusing = None
+        self.alarms.clear(
+            r.code, f"the store {self.store.path} commits again after {time.time() - r.since:.0f} s; "
+            f"{r.messages} messages were refused since {iso(r.since)} ({r.error}); the nodes send them again",
+        )
+
+    def _save_aside(self) -> None:
+        """Count refusals and write alarms that waited for the store to take writes again."""
+        refused = self._refused_unsaved
+        if not refused and not self.alarms.unsaved:
+            return
+        try:
+            with self.store.transaction():
+                self.store.bump("refused", refused)
+                n = self.alarms.write(self.store)
+        except sqlite3.Error as e:
+            log.warning("could not yet write the alarms and refusal counts: %s", e)
+            return
+        self._refused_unsaved -= refused
+        self.alarms.written(n)
 
     def _summary(self, before: dict[str, int]) -> dict[str, int]:
         now = self.store.counters()
@@ -195,4 +310,5 @@ class Writer:
                 self.summary_every, d.get("batches", 0), d.get("records", 0), d.get("duplicates", 0),
                 d.get("status", 0), rejected, self.backlog,
             )
+
         return now

@@ -1,4 +1,15 @@
-"""The broker side: a paho-mqtt 2.x client that hands every message to a sink and nothing more.
+"""The broker side: a paho-mqtt 2.x client in a persistent session that acknowledges by hand.
+
+The client connects with the configured, fixed client id and ``clean_session=False`` (MQTT 3.1.1),
+and subscribes with QoS 1: the broker keeps the gateway's subscriptions and queues what the nodes
+publish while the gateway is away. With ``manual_ack`` paho does NOT acknowledge a message when it
+arrives; the service calls `Source.ack` once the transaction holding it committed. A message the
+broker handed over but the gateway never acknowledged (it died first) is delivered again on the
+next connection.
+
+Packet ids are per connection: an ack is sent only over the connection the message came over. A
+message received before a reconnect is delivered again after it (as part of the session) and is
+acknowledged then, as a duplicate.
 
 paho's network thread (``loop_start``) connects, reconnects by itself when the broker goes away
 (1 s, doubling to 30 s between attempts, also when the broker is not up at start), and subscribes
@@ -25,7 +36,7 @@ QOS = 1
 
 
 class Source:
-    """Subscribes to the node topics and passes each message to `sink`."""
+    """Subscribes to the node topics, passes each message to `sink`, acknowledges when told."""
 
     def __init__(self, cfg: MqttConfig, topics: Topics, sink: Callable[[Inbound], None]) -> None:
         self.cfg = cfg
@@ -33,23 +44,30 @@ class Source:
         self.sink = sink
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # set once the broker granted the subscriptions
-        self._unsubscribed = threading.Event()
+        self.session_present: bool | None = None  # from the last CONNACK
         self._stopping = False
+        self._accepting = True
+        self._accept_lock = threading.Lock()  # held while a message is handed to the sink
+        self._conn_lock = threading.Lock()  # guards `_conn` and `connected` against `ack`
+        self._conn = 0  # connection number, +1 on every successful connect
         self._unreachable = False  # to log a run of failed connection attempts once
+        self.acked = 0  # messages acknowledged to the broker
+        self.stale = 0  # acks not sent: the message came over an earlier connection
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            clean_session=False,
+            manual_ack=True,
         )
         if cfg.username is not None:
             c.username_pw_set(cfg.username, cfg.password)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.max_inflight_messages_set(100)  # our own publishes (acks to the nodes) awaiting a PUBACK
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
-        c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
         self.client = c
 
@@ -60,23 +78,45 @@ class Source:
 
     def start(self) -> None:
         """Connect in the background; retries until the broker answers."""
-        log.info("connecting to %s as %s", self.url, self.cfg.client_id)
+        log.info("connecting to %s as %s (persistent session)", self.url, self.cfg.client_id)
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
 
-    def stop_receiving(self, timeout: float = 3.0) -> None:
-        """Unsubscribe and wait for the broker to confirm: after that, no more messages come."""
-        self._stopping = True
-        if self.connected.is_set():
-            result, _ = self.client.unsubscribe(self.topics.subscriptions)
-            if result == mqtt.MQTT_ERR_SUCCESS and not self._unsubscribed.wait(timeout):
-                log.warning("the broker did not confirm the unsubscribe within %.0f s", timeout)
+    def ack(self, msg: Inbound) -> None:
+        """Tell the broker the gateway has `msg` (call once it is committed, or refused)."""
+        if msg.qos == 0:
+            return
+        with self._conn_lock:
+            if msg.conn != self._conn or not self.connected.is_set():
+                self.stale += 1  # the broker delivers it again on the current connection
+                return
+            self.client.ack(msg.mid, msg.qos)
+            self.acked += 1
 
-    def stop(self) -> None:
-        """Disconnect and end paho's thread."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish with QoS 1 from any thread; paho sends it once connected if it is not now."""
+        self.client.publish(topic, payload, qos=QOS, retain=retain)
+
+    def pause(self) -> None:
+        """Hand no more messages to the sink. The subscriptions stay (they belong to the session):
+        what arrives from now on is not acknowledged, and the broker delivers it again next time."""
+        with self._accept_lock:
+            self._accepting = False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect once what was published (acks included) reached the broker, or after
+        `timeout`, and end paho's thread."""
         self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self.connected.is_set() and self._unsent() and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _unsent(self) -> bool:
+        # paho's queues: packets not yet written (PUBACKs, PUBLISHes), and our QoS 1 publishes
+        # the broker has not confirmed yet.
+        return bool(getattr(self.client, "_out_packet", ())) or bool(getattr(self.client, "_out_messages", ()))
 
     # -- paho callbacks (paho's network thread): keep them tiny ------------------------------------
 
@@ -84,9 +124,15 @@ class Source:
         if rc.is_failure:
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
-        self.connected.set()
+        with self._conn_lock:
+            self._conn += 1
+            self.connected.set()
         self._unreachable = False
-        log.info("connected to %s", self.url)
+        self.session_present = bool(flags.session_present)
+        log.info(
+            "connected to %s (%s)", self.url,
+            "session resumed" if self.session_present else "new session: nothing was queued for us",
+        )
         if not self._stopping:
             client.subscribe([(t, QOS) for t in self.topics.subscriptions])
 
@@ -96,7 +142,8 @@ class Source:
             log.warning("cannot reach the broker %s; retrying", self.url)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        self.connected.clear()
+        with self._conn_lock:
+            self.connected.clear()
         self.subscribed.clear()
         if self._stopping:
             log.info("disconnected from %s", self.url)
@@ -111,11 +158,12 @@ class Source:
         log.info("subscribed to %s", ", ".join(self.topics.subscriptions))
         self.subscribed.set()
 
-    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        self._unsubscribed.set()
-
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.sink(Inbound(msg.topic, msg.payload, time.time(), bool(msg.retain), msg.mid, msg.qos))
-        except Exception:  # an exception here would end paho's thread
-            log.exception("could not queue a message from %s", msg.topic)
+        with self._accept_lock:
+            if not self._accepting:
+                return
+            try:
+                self.sink(Inbound(msg.topic, msg.payload, time.time(), bool(msg.retain), msg.mid, msg.qos,
+                                  self._conn))
+            except Exception:  # an exception here would end paho's thread; unacknowledged, it comes again
+                log.exception("could not queue a message from %s", msg.topic)

@@ -1,7 +1,15 @@
-"""The running gateway: broker -> queue -> writer -> store, and the order to stop them in.
+"""The running gateway: broker -> queue -> writer -> store -> acknowledgements, and the order to
+start and stop them in.
 
-Stopping keeps everything that was received: unsubscribe (the broker confirms, nothing more
-arrives), let the writer commit all that is queued, then disconnect.
+After each commit, for every message in it: the node's acknowledgement is published (batches only),
+then the broker gets its MQTT ack. A group the store refused (disk full) gets MQTT acks but no
+acknowledgements to the nodes: the broker goes on delivering, the nodes keep those records and send
+them again.
+
+Stopping keeps everything that was received: take no more messages (what the broker sends meanwhile
+stays unacknowledged in the session and comes again), let the writer commit and acknowledge all
+that is queued, then disconnect. The subscriptions stay in the broker's session, which queues what
+the nodes publish until the gateway is back.
 """
 
 from __future__ import annotations
@@ -11,10 +19,13 @@ import signal
 import threading
 from types import FrameType
 
+from typing import Sequence
+
+from .alarms import CORRUPT_DB, Alarms
 from .config import Config
-from .ingest import Writer
+from .ingest import Done, Inbound, Writer
 from .mqtt import Source
-from .store import Store
+from .recovery import MovedAside, open_store
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -26,13 +37,32 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.topics = Topics(config.mqtt.topic_prefix)
-        self.store = Store(config.store.path)
-        self.writer = Writer(self.store, self.topics)
+        self.alarms = Alarms()
+        self.store, self.moved = open_store(config.store.path)
+        self.writer = Writer(
+            self.store, self.topics, on_committed=self._committed, on_refused=self._refused, alarms=self.alarms
+        )
         self.source = Source(config.mqtt, self.topics, self.writer.submit)
+        self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)
+        if self.moved is not None:
+            self._corrupt(self.moved)
         self._stopped = False
 
+    @property
+    def db_id(self) -> str:
+        return self.store.db_id
+
+    def _corrupt(self, moved: MovedAside) -> None:
+        files = ", ".join(f"{a} -> {b}" for a, b in moved.moved)
+        self.alarms.raise_(
+            CORRUPT_DB,
+            f"the database was corrupt at start ({moved.problem}); moved it aside: {files}; started a "
+            f"fresh database {self.store.db_id}; the nodes send again what their spools hold",
+        )
+        self.alarms.save(self.store)  # before anything else, so `meetkit-gateway check` shows it
+
     def start(self) -> "Gateway":
-        log.info("store %s", self.config.store.path)
+        log.info("store %s, database %s", self.config.store.path, self.store.db_id)
         self.writer.start()
         self.source.start()
         return self
@@ -42,15 +72,29 @@ class Gateway:
             return
         self._stopped = True
         log.info("stopping: committing what was received")
-        self.source.stop_receiving()
-        # Stop the network before the writer: paho acknowledges a message once on_message has
-        # handed it to the writer, so every acknowledged message is then committed by close().
-        self.source.stop()
+        self.source.pause()
+        # The writer before the network: it commits what is queued, and its acknowledgements go
+        # out over the connection before the disconnect.
         self.writer.close()
+        self.source.stop()
         self.store.close()
         log.info(
-            "stopped: %d messages received, %d committed", self.writer.received, self.writer.committed
+            "stopped: %d messages received, %d committed, %d refused",
+            self.writer.received, self.writer.committed, self.writer.refused,
         )
+
+    # -- the writer's hooks (the writer thread) -----------------------------------------------------
+
+    def _committed(self, done: Sequence[Done]) -> None:
+        for msg, ack in done:
+            if ack is not None:
+                self.source.publish(self.topics.ack(ack.node), ack.payload(self.store.db_id))
+        for msg, _ in done:
+            self.source.ack(msg)
+
+    def _refused(self, group: Sequence[Inbound]) -> None:
+        for msg in group:
+            self.source.ack(msg)
 
     def __enter__(self) -> "Gateway":
         return self.start()

@@ -1,4 +1,8 @@
-"""The MQTT topics of payload v1: `<prefix>/<node_id>/up` and `<prefix>/<node_id>/status`."""
+"""The MQTT topics of payload v1.
+
+The gateway subscribes to `<prefix>/+/up` (batches) and `<prefix>/+/status`, publishes each batch's
+acknowledgement to `<prefix>/<node_id>/ack` and its alarms, retained, to `<prefix>/gateway/alarm`.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,13 @@ class Topics:
     @property
     def subscriptions(self) -> list[str]:
         return [f"{self.prefix}/+/{kind}" for kind in KINDS]
+
+    def ack(self, node: str) -> str:
+        return f"{self.prefix}/{node}/ack"
+
+    @property
+    def alarm(self) -> str:
+        return f"{self.prefix}/gateway/alarm"
 
     def parse(self, topic: str) -> Topic | None:
         """The node and kind of a topic we subscribe to, None for any other topic."""

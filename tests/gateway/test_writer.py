@@ -18,7 +18,7 @@ def messages(n: int) -> list[Inbound]:
 def test_messages_queued_meanwhile_share_one_transaction(tmp_path):
     store = Store(tmp_path / "g.db")
     committed: list[list[int]] = []
-    w = Writer(store, Topics(), on_committed=lambda group: committed.append([m.mid for m in group]))
+    w = Writer(store, Topics(), on_committed=lambda done: committed.append([d.msg.mid for d in done]))
     for m in messages(200):
         w.submit(m)
     w.start()
