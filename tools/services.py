@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -36,21 +39,34 @@ def wait_listening(host: str, port: int, proc: subprocess.Popen, what: str, time
 
 
 class Mosquitto:
-    """A real Mosquitto on 127.0.0.1:<port> with its own config and log in `workdir`."""
+    """A real Mosquitto on 127.0.0.1:<port> with its own config, log and persistence file in
+    `workdir`. Persistent sessions, their queued QoS 1 messages and retained messages survive
+    `stop()` and `start()` again (also a new `Mosquitto` on the same workdir and port), as on the
+    gateway's Raspberry Pi (docs/operator.md)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "",
+                 max_queued_messages: int = 100_000) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.workdir = Path(workdir)
         self.conf = self.workdir / f"mosquitto-{self.port}.conf"
         self.log = self.workdir / f"mosquitto-{self.port}.log"
+        self.db = self.workdir / f"mosquitto-{self.port}.db"  # the persistence file
         self.extra_conf = extra_conf
+        self.max_queued_messages = max_queued_messages
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Mosquitto":
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"mosquitto on port {self.port} is running already")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Run as root, mosquitto switches to the user `mosquitto`, which may not write to the
+        # workdir: it stays the user that runs us instead (no effect when that is not root).
+        user = pwd.getpwuid(os.geteuid()).pw_name
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {user}\n"
+            f"persistence true\npersistence_location {self.workdir}\npersistence_file {self.db.name}\n"
+            f"autosave_interval 1\nmax_queued_messages {self.max_queued_messages}\n"
             f"log_dest stdout\n{self.extra_conf}"
         )
         with self.log.open("ab") as log:
@@ -60,7 +76,13 @@ class Mosquitto:
         return self
 
     def stop(self) -> None:
+        """SIGTERM: mosquitto writes its persistence file and exits."""
         stop_process(self.proc)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: what was saved last (at most `autosave_interval` ago) is what comes back."""
+        kill_process(self.proc)
         self.proc = None
 
 
@@ -75,8 +97,17 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
         proc.wait()
 
 
+def kill_process(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 class GatewayProcess:
-    """`meetkit-gateway run` as its own process, with a config written into `workdir`."""
+    """`meetkit-gateway run` as its own process, with a config written into `workdir`. It can be
+    stopped (SIGTERM) or killed (SIGKILL) and started again: the same client id resumes the
+    broker's persistent session, and the same database is used."""
 
     def __init__(self, workdir: Path, broker_host: str, broker_port: int, client_id: str = "meetkit-gateway") -> None:
         self.workdir = Path(workdir)
@@ -90,6 +121,8 @@ class GatewayProcess:
     def start(self) -> "GatewayProcess":
         import sys
 
+        if self.running:
+            raise RuntimeError("the gateway is running already")
         self.workdir.mkdir(parents=True, exist_ok=True)
         host, port = self.broker
         self.conf.write_text(f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "{self.client_id}"\n\n'
@@ -100,6 +133,14 @@ class GatewayProcess:
                                           "--config", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
         return self
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> int | None:
         stop_process(self.proc)
         return None if self.proc is None else self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or the OOM killer would: no clean shutdown at all."""
+        kill_process(self.proc)
