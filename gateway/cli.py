@@ -3,6 +3,7 @@
     meetkit-gateway run      --config gateway.toml
     meetkit-gateway check    --config gateway.toml
     meetkit-gateway readings --config gateway.toml [--node ams-001] [--since 1h] [--quantity pm25]
+    meetkit-gateway nodes    --config gateway.toml
 
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
 usage.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import sqlite3
 import sys
 import time
 from typing import Sequence
@@ -21,7 +24,7 @@ from . import __version__, config as configuration
 from .config import Config, ConfigError
 from .payload import QUANTITIES
 from .store import Store, StoreError
-from .table import readings_table
+from .table import nodes_table, readings_table
 from .timefmt import iso, parse_since
 from .topics import Topics
 
@@ -40,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     command("run", "receive and store until SIGTERM or SIGINT")
-    command("check", "validate the configuration and print what it sets")
+    command("check", "validate the configuration, print what it sets, the database's state and its alarms")
+    command("nodes", "print the nodes heard of: status, last seen, records their spools dropped")
     r = command("readings", "print stored readings as a table")
     r.add_argument("--node", help="only this node (default: all nodes)")
     r.add_argument(
@@ -75,12 +79,51 @@ def cmd_check(args: argparse.Namespace) -> int:
     user = f"{m.username}@" if m.username else ""
     password = " (with password)" if m.password is not None else ""
     print(f"{cfg.source}: OK")
+    topics = Topics(m.topic_prefix)
     print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")
-    print(f"  subscribes  {', '.join(Topics(m.topic_prefix).subscriptions)}")
+    print(f"  subscribes  {', '.join(topics.subscriptions)}")
+    print(f"  publishes   {topics.ack('<node>')}, {topics.alarm} (retained)")
     exists = "" if cfg.store.path.exists() else " (created on the first run)"
     print(f"  store       {cfg.store.path}{exists}")
     print(f"  log level   {cfg.log.level}")
+    if cfg.store.path.exists():
+        _print_store(cfg)
     return 0
+
+
+ALARMS_SHOWN = 10
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            break
+        n /= 1000
+    else:
+        unit = "TB"
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def _print_store(cfg: Config) -> None:
+    """The database's id and figures, what the nodes' spools dropped, and the latest alarms."""
+    free = _size(shutil.disk_usage(cfg.store.path.parent).free)
+    try:
+        with Store(cfg.store.path, readonly=True) as store:
+            c, counters, nodes = store.counts(), store.counters(), store.nodes()
+            alarms, db_id, created = store.alarms(ALARMS_SHOWN), store.db_id, store.created_at
+    except StoreError as e:
+        print(f"  database    {e}; {free} free")
+        return
+    except sqlite3.DatabaseError as e:
+        print(f"  database    cannot read it: {e} (`run` moves a corrupt one aside and starts afresh); {free} free")
+        return
+    print(f"  database    id {db_id}, since {iso(created)}: {c.records} records, {c.dead_letters} dead letters, "
+          f"{c.nodes} nodes, {counters.get('refused', 0)} messages refused; {free} free")
+    dropped = [f"{n.node} {n.dropped}" for n in nodes if n.dropped]
+    if dropped:
+        print(f"  dropped     records dropped by the nodes' full spools: {', '.join(dropped)}")
+    for a in alarms:
+        print(f"  {'ALARM' if a.active else 'alarm over':<10}  {iso(a.at)} {a.code}: {a.reason}")
 
 
 def _setup_logging(cfg: Config) -> None:
@@ -144,7 +187,22 @@ def cmd_readings(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings}
+def cmd_nodes(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    try:
+        store = Store(cfg.store.path, readonly=True)
+    except StoreError as e:
+        print(e, file=sys.stderr)
+        return 1
+    with store:
+        nodes = store.nodes()
+    print(nodes_table(nodes) if nodes else f"no nodes in {cfg.store.path} yet")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .store import Reading
+from .store import Node, Reading
 from .timefmt import iso
 
 
@@ -35,3 +35,17 @@ def readings_table(readings: Sequence[Reading]) -> str:
         for g in readings
     ]
     return render(READINGS_HEADER, rows, _RIGHT)
+
+
+NODES_HEADER = ("node", "online", "boot", "fw", "rssi", "last seen (UTC)", "dropped")
+_NODES_RIGHT = (False, False, True, False, True, False, True)
+
+
+def nodes_table(nodes: Sequence[Node]) -> str:
+    """One line per node; `dropped` is what its spool dropped by policy (full), as it last said."""
+    rows = [
+        (n.node, "-" if n.online is None else "yes" if n.online else "no", number(n.boot), n.fw or "-",
+         number(n.rssi), iso(n.last_seen), number(n.dropped))
+        for n in nodes
+    ]
+    return render(NODES_HEADER, rows, _NODES_RIGHT)

@@ -67,7 +67,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {user}\n"
             f"persistence true\npersistence_location {self.workdir}\npersistence_file {self.db.name}\n"
             f"autosave_interval 1\nmax_queued_messages {self.max_queued_messages}\n"
-            f"log_dest stdout\n{self.extra_conf}"
+            f"log_dest file {self.log}\n{self.extra_conf}"  # a log file is flushed line by line, stdout is not
         )
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(self.conf)],

@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -108,6 +109,48 @@ class Publisher:
         self.client.loop_stop()
 
 
+class Listener:
+    """A paho client that collects what the gateway publishes: acks, alarms (retained too)."""
+
+    def __init__(self, host: str, port: int, *topics: str) -> None:
+        self.messages: list[tuple[str, dict[str, Any], bool]] = []  # (topic, JSON, retained)
+        self.on_message: Callable[[str, dict[str, Any]], None] | None = None
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-listener-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect(host, port)
+        self.client.loop_start()
+        self.client.subscribe([(t, 1) for t in topics])
+        assert subscribed.wait(5), "the listener did not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        doc = json.loads(msg.payload) if msg.payload else {}
+        if self.on_message is not None:
+            self.on_message(msg.topic, doc)
+        with self._lock:
+            self.messages.append((msg.topic, doc, bool(msg.retain)))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [doc for t, doc, _ in self.messages if t == topic]
+
+    def wait(self, topic: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The first `n` messages on `topic`, once there are that many."""
+        wait_for(lambda: len(self.on(topic)) >= n, timeout, f"{n} messages on {topic}")
+        return self.on(topic)[:n]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def pubacks(broker: Any, client_id: str = "meetkit-gateway") -> int:
+    """PUBACKs the broker received from the gateway (the broker must log with `log_type all`)."""
+    return broker.log.read_text().count(f"Received PUBACK from {client_id} ")
+
+
 class Running:
     """A gateway running in this process (paho's thread and the writer thread)."""
 
@@ -144,6 +187,16 @@ def gateway(gateway_config: Config) -> Iterator[Running]:
         yield g
     finally:
         g.stop()
+
+
+@pytest.fixture
+def acks(broker: Any) -> Iterator[Listener]:
+    """Listens to every node's ack topic (subscribed before the test publishes anything)."""
+    listener = Listener(broker.host, broker.port, "meetkit/+/ack")
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ def test_good_config_prints_a_summary(tmp_path):
         f"{tmp_path / 'gateway.toml'}: OK",
         "  broker      mqtt://gw@broker.lan:8883 (with password), client id meetkit-gateway, keepalive 60 s",
         "  subscribes  city/+/up, city/+/status",
+        "  publishes   city/<node>/ack, city/gateway/alarm (retained)",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
         "  log level   WARNING",
     ]
