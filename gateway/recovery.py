@@ -1,7 +1,7 @@
 """Opening the store at start: a corrupt database is moved aside and a fresh one started.
 
-The check: open the file, read its schema, `PRAGMA quick_check`. When SQLite says the file is not
-a database or is malformed, the file and its -wal, -shm (and -journal) are renamed to
+The check (`check`): open the file read-only, read its schema, `PRAGMA quick_check`. When SQLite
+says the file is not a database or is malformed, the file and its -wal, -shm (and -journal) are renamed to
 `<path>.corrupt-<UTC stamp>` (`-wal` etc. appended, so SQLite finds them together again for a
 forensic look) and a fresh database with a new id takes its place. Nothing is deleted. The nodes
 see the new id in their next acknowledgement and send everything their spools still hold, which
@@ -19,6 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from .store import Store
 
@@ -50,25 +51,39 @@ def is_corruption(e: sqlite3.DatabaseError) -> bool:
 
 def open_store(path: Path) -> tuple[Store, MovedAside | None]:
     """The store at `path`, checked; a corrupt one is moved aside and a fresh one opened instead."""
+    problem = check(path) if path.exists() else None
+    if problem is None:
+        try:
+            return Store(path), None
+        except sqlite3.DatabaseError as e:  # what the read-only look could not see
+            if not is_corruption(e):
+                raise
+            problem = str(e)
+    moved = move_aside(path, problem)
+    return Store(path), moved
+
+
+def check(path: Path) -> str | None:
+    """None when SQLite finds the file sound (its schema reads, `PRAGMA quick_check` says ok), else
+    what it found. Read-only: a writing connection would checkpoint the WAL into a broken file and
+    delete the -wal and -shm when it closes. Reads the whole file: seconds for a large store on an
+    SD card. Raises what is not corruption (a locked or unreadable file)."""
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    con = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
-        store = Store(path)
+        con.execute("PRAGMA busy_timeout = 5000")
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        problems = [row[0] for row in con.execute("PRAGMA quick_check(5)")]
     except sqlite3.DatabaseError as e:
         if not is_corruption(e):
             raise
-        problem = str(e)
-    else:
-        try:
-            problem = store.verify()
-        except sqlite3.DatabaseError as e:
-            if not is_corruption(e):
-                store.close()
-                raise
-            problem = str(e)
-        if problem is None:
-            return store, None
-        store.close()
-    moved = move_aside(path, problem)
-    return Store(path), moved
+        return str(e)
+    finally:
+        con.close()
+    if problems == ["ok"]:
+        return None
+    lines = [line for p in problems for line in str(p).splitlines() if not line.startswith("*** ")]
+    return "quick_check: " + "; ".join(lines)
 
 
 def move_aside(path: Path, problem: str) -> MovedAside:

@@ -307,13 +307,6 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
-    def verify(self) -> str | None:
-        """None when SQLite finds the file sound (schema readable, `PRAGMA quick_check` ok), else
-        what it found. Reads the whole file: seconds for a large store on an SD card."""
-        self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        problems = [row[0] for row in self.db.execute("PRAGMA quick_check(5)")]
-        return None if problems == ["ok"] else "; ".join(problems)
-
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction: committed (and fsynced) at the end, rolled back on an exception, also
