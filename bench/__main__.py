@@ -1,8 +1,9 @@
-from bench import sim
+from bench import sim, wire
 
 
 def main() -> None:
     sim.run()
+    wire.run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""What the node spends on the wire and on flash per measured value.
+
+wire_bytes_per_value: MQTT bytes on the wire (TCP payload both ways between node and broker:
+CONNECT, SUBSCRIBE, status, batches, PUBACKs, the gateway's acknowledgements, pings) per measured
+value the gateway stored. A measured value is one number a data user gets: the avg, min or max of
+one quantity over one interval (n, flags and timestamps are not counted as values). Lower is
+better; airRohr spends about 40 bytes per value (one JSON object {"value_type","value"} per value,
+over HTTP). The bytes are counted by a TCP relay between node and broker, not by the simulator.
+
+spool_days_at_1min: days of 1-minute records the default spool budget holds, from the bytes the
+records of that run take on flash. Higher is better; the issue asks for at least 7.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.results import record
+from meetkit_tools.services import GatewayProcess, Mosquitto, free_port
+from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+
+HOURS = 2.0
+AIRROHR_BYTES_PER_VALUE = 40.0
+SPOOL_BUDGET = 1600 * 1024   # firmware/lib/config.py's default spool_kb
+
+
+class Relay:
+    """A TCP relay that counts the bytes it passes each way."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.up = 0
+        self.down = 0
+        self._lock = threading.Lock()
+        self._srv = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                a, _ = self._srv.accept()
+            except OSError:
+                return
+            b = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(a, b, "up"), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(b, a, "down"), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, way: str) -> None:
+        try:
+            while data := src.recv(65536):
+                with self._lock:
+                    setattr(self, way, getattr(self, way) + len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._srv.close()
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = Path(tmp)
+        broker = Mosquitto(w / "broker").start()
+        gw = GatewayProcess(w / "gw", broker.host, broker.port, client_id="bench-gateway").start()
+        relay = Relay((broker.host, broker.port))
+        try:
+            node = SimNode(NodeSpec(node_id="bench-wire", scenario=load_scenario("busy-road"), workdir=w / "n",
+                                    broker_port=relay.port, until_s=HOURS * 3600))
+            node.prepare()
+            node.start()
+            node.wait(1800)
+            time.sleep(2)
+            con = sqlite3.connect(gw.db)
+            values = con.execute("SELECT count(avg) + count(min) + count(max) FROM readings").fetchone()[0]
+            recs = con.execute("SELECT count(*) FROM records").fetchone()[0]
+            con.close()
+            spool = sum(len(node.read_flash(f"sp/{name}") or b"") for name in node.list_flash("sp")
+                        if name.startswith("s"))
+        finally:
+            relay.close()
+            gw.stop()
+            broker.stop()
+    total = relay.up + relay.down
+    record("wire_bytes_per_value", round(total / values, 2), "bytes/value", "lower",
+           {"bytes_node_to_broker": relay.up, "bytes_broker_to_node": relay.down, "values": values,
+            "records": recs, "hours": HOURS, "board": "esp32-devkitc (PMS5003, BME280, ICS43434)",
+            "vs_airrohr_ratio": round(total / values / AIRROHR_BYTES_PER_VALUE, 3),
+            "value": "one avg, min or max of one quantity over one interval"})
+    per_rec = spool / recs if recs else float("nan")
+    record("spool_days_at_1min", round(SPOOL_BUDGET / per_rec / 1440, 2), "days", "higher",
+           {"spool_bytes": spool, "records": recs, "bytes_per_record": round(per_rec, 1),
+            "budget_bytes": SPOOL_BUDGET, "goal_days": 7})
