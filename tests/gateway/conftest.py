@@ -77,11 +77,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.02)
 
 
-def write_config(tmp_path: Path, port: int, extra_mqtt: str = "", name: str = "gateway.toml") -> Path:
+def write_config(tmp_path: Path, port: int, extra_mqtt: str = "", name: str = "gateway.toml",
+                 store: str | Path = "gateway.db") -> Path:
     path = tmp_path / name
     path.write_text(
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive = 10\n{extra_mqtt}'
-        f'[store]\npath = "gateway.db"\n[log]\nlevel = "DEBUG"\n'
+        f'[store]\npath = "{store}"\n[log]\nlevel = "DEBUG"\n'
     )
     return path
 

@@ -109,7 +109,7 @@ def test_records_without_a_clock_are_stored_acknowledged_and_queryable(gateway, 
         assert s.untimed(node="ams-003") == 4
 
 
-def test_the_mqtt_ack_waits_for_the_commit(tmp_path, node, acks, broker):
+def test_the_mqtt_ack_waits_for_the_commit(tmp_path, broker):
     # The broker logs each PUBACK the gateway sends. While another connection holds the database's
     # write lock, the gateway cannot commit: the broker must not hear from it, nor the node.
     broker.stop()
