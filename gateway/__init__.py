@@ -4,10 +4,14 @@ Modules, one job each:
 
     config    read and validate gateway.toml
     payload   the node payload contract v1: parse and validate a message, or reject it with a reason
-    topics    <prefix>/<node>/up and /status
+    topics    <prefix>/<node>/up, /status, /ack and <prefix>/gateway/alarm
     store     the SQLite store: schema, migrations, writes, queries (`Store`)
-    ingest    the queue and the writer thread that commits messages in groups (`Writer`)
-    mqtt      the paho-mqtt client that feeds the queue (`Source`)
+    recovery  open the store at start; move a corrupt one aside (`open_store`)
+    ingest    the queue and the writer thread that commits messages in groups, or refuses them
+              when the disk is full (`Writer`)
+    acks      the acknowledgement a node gets for each batch once it is committed (`Ack`)
+    alarms    log line, counter, retained MQTT message and table row for what needs an operator
+    mqtt      the paho-mqtt client in a persistent session, acknowledging by hand (`Source`)
     service   wires them together; start and stop in the right order (`Gateway`, `run`)
     timefmt   `--since` spans and ISO times; table: terminal tables; cli: `meetkit-gateway`
 """

@@ -144,8 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg)
     try:
         return run(cfg)
-    except StoreError as e:
-        logging.getLogger("meetkit_gateway").error("%s", e)
+    except (StoreError, sqlite3.Error, OSError) as e:  # a locked or unreadable store: not moved aside
+        logging.getLogger("meetkit_gateway").error("cannot open the store %s: %s", cfg.store.path, e)
         return 1
 
 

@@ -161,3 +161,16 @@ def test_a_version_1_store_is_upgraded_keeping_its_data(tmp_path):
         db_id = s.db_id
     with Store(path, readonly=True) as s:
         assert s.db_id == db_id  # made once, kept
+
+
+def test_run_stops_with_a_clear_error_on_a_store_it_must_not_touch(tmp_path):
+    path = tmp_path / "gateway.db"
+    Store(path).close()
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version = 7")
+    con.close()
+    r = cli("run", "--config", str(write_config(tmp_path, 1)), timeout=30)
+    assert r.returncode == 1
+    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's 2" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
