@@ -163,7 +163,7 @@ class Source:
             if not self._accepting:
                 return
             try:
-                self.sink(Inbound(msg.topic, msg.payload, time.time(), bool(msg.retain), msg.mid, msg.qos,
+                self.sink(Inbound(msg.topic, bytes(msg.payload), time.time(), bool(msg.retain), msg.mid, msg.qos,
                                   self._conn))
             except Exception:  # an exception here would end paho's thread; unacknowledged, it comes again
                 log.exception("could not queue a message from %s", msg.topic)

@@ -88,7 +88,10 @@ class Gateway:
     def _committed(self, done: Sequence[Done]) -> None:
         for msg, ack in done:
             if ack is not None:
-                self.source.publish(self.topics.ack(ack.node), ack.payload(self.store.db_id))
+                try:
+                    self.source.publish(self.topics.ack(ack.node), ack.payload(self.store.db_id))
+                except Exception:  # one odd topic must not hold back the broker's acks below
+                    log.exception("could not acknowledge %s to node %r", msg.topic, ack.node)
         for msg, _ in done:
             self.source.ack(msg)
 

@@ -491,15 +491,16 @@ class Store:
 
     @staticmethod
     def _reading(row: tuple) -> Reading:
-        *head, flags = row
-        return Reading(*head, flags=tuple(f for f in flags.split(",") if f))
+        node, boot, seq, start, dur, quantity, avg, lo, hi, n, unit, flags = row
+        return Reading(node, boot, seq, start, dur, quantity, avg, lo, hi, n, unit,
+                       tuple(f for f in flags.split(",") if f))
 
     def readings(
         self, node: str | None = None, since: float | None = None, quantity: str | None = None
     ) -> list[Reading]:
         """Readings of records whose interval starts at or after `since` (records without a known
         start are left out), by node, start, then quantity in the contract's order."""
-        where, args = ["r.start IS NOT NULL"], []
+        where, args = ["r.start IS NOT NULL"], list[object]()
         if since is not None:
             where.append("r.start >= ?")
             args.append(since)
@@ -516,7 +517,7 @@ class Store:
 
     def untimed(self, node: str | None = None, since: float | None = None) -> int:
         """Records with no known start yet (received at or after `since`)."""
-        sql, args = "SELECT count(*) FROM records WHERE start IS NULL", []
+        sql, args = "SELECT count(*) FROM records WHERE start IS NULL", list[object]()
         if node is not None:
             sql += " AND node = ?"
             args.append(node)
