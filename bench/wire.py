@@ -13,6 +13,7 @@ records of that run take on flash. Higher is better; the issue asks for at least
 
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
 import tempfile
@@ -87,8 +88,8 @@ def run() -> None:
             values = con.execute("SELECT count(avg) + count(min) + count(max) FROM readings").fetchone()[0]
             recs = con.execute("SELECT count(*) FROM records").fetchone()[0]
             con.close()
-            spool = sum(len(node.read_flash(f"sp/{name}") or b"") for name in node.list_flash("sp")
-                        if name.startswith("s"))
+            spool = sum(len(node.read_flash(path) or b"") for path in node.list_flash("sp")
+                        if re.fullmatch(r"sp/s\d+_\d+", path))
         finally:
             relay.close()
             gw.stop()

@@ -22,6 +22,7 @@ from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
 
 TS_TOLERANCE_S = 2.5   # the grid snapping of _align (< 2 s) plus rounding
+TAIL_S = 30
 RESULTS: list["Outcome"] = []   # for the table `make faults` prints
 
 _BOOT = re.compile(r" I node (\S+), boot (\d+),")
@@ -148,7 +149,10 @@ class Rig:
         self.epochs: dict[str, int] = {}
 
     def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", **spec: Any) -> SimNode:
+        """A node; it runs TAIL_S past `until_s`, so the record it closes last has time to go."""
         sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+        if spec.get("until_s") is not None:
+            spec["until_s"] += TAIL_S
         n = SimNode(NodeSpec(node_id=node_id, scenario=sc, workdir=self.dir / node_id,
                              broker_host=self.broker.host, broker_port=self.broker.port, **spec))
         n.prepare()
@@ -156,12 +160,42 @@ class Rig:
         self.epochs[node_id] = scenario_epoch(sc)
         return n
 
+    def virtual_s(self, node_id: str) -> float:
+        """How far a node's simulated time has got: its console's last uptime, after its last reset."""
+        t0 = 0.0
+        up = 0.0
+        try:
+            text = self.nodes[node_id].console.read_text(errors="replace")
+        except FileNotFoundError:
+            return 0.0
+        for line in text.splitlines()[-400:]:
+            m = _RESET.search(line)
+            if m:
+                t0, up = int(m.group(1)) / 1000, 0.0
+                continue
+            head = line[:8].strip()
+            if head.isdigit():
+                up = float(head)
+        if "--- " in text and t0 == 0.0:  # the last reset is further back than 400 lines
+            for line in text.splitlines():
+                m = _RESET.search(line)
+                if m:
+                    t0 = int(m.group(1)) / 1000
+        return t0 + up
+
+    def wait_virtual(self, node_id: str, t_s: float, timeout: float = 300) -> None:
+        end = time.monotonic() + timeout
+        while self.virtual_s(node_id) < t_s:
+            assert time.monotonic() < end, f"{node_id} did not reach {t_s} s of simulated time"
+            assert self.nodes[node_id].running, f"{node_id} stopped before {t_s} s"
+            time.sleep(0.05)
+
     def start(self) -> None:
         for n in self.nodes.values():
             n.start()
 
     def running(self) -> bool:
-        return any(n.running() for n in self.nodes.values())
+        return any(n.running for n in self.nodes.values())
 
     def run(self, while_running: Callable[[], None] | None = None, timeout: float = 900) -> None:
         """Start the nodes, call `while_running` (faults), then wait for them to finish."""
@@ -171,7 +205,7 @@ class Rig:
         end = time.monotonic() + timeout
         for n in self.nodes.values():
             n.wait(max(1.0, end - time.monotonic()))
-            assert not n.running(), f"{n.spec.node_id} did not finish in {timeout} s"
+            assert not n.running, f"{n.spec.node_id} did not finish in {timeout} s"
 
     def settle(self, timeout: float = 30) -> None:
         """Wait until the gateway stops storing (the last batches committed)."""
