@@ -1,7 +1,7 @@
 # The simulator's entry point: `micropython simboot.py /abs/path/sim.json` (MICROPYPATH =
 # tools/sim/mpy:build/mpylib:.frozen). Sets up the virtual board (simsetup), then runs boot.py and
-# main.py from the node's flash, mounted at '/', as the ESP32 does. Exit codes and state.json: see
-# docs/simulator.md.
+# main.py from the node's flash (a littlefs image), mounted at '/', as the ESP32 does. Exit codes
+# and state.json: see docs/simulator.md.
 import sys
 import gc
 import os
@@ -41,18 +41,17 @@ def _main():
         try:
             _run("boot.py", g)
         except Exception as e:  # the board reports it and still runs main.py
-            sys.print_exception(e)
+            if not simcore._cut:
+                sys.print_exception(e)
         _run("main.py", g)
         cause, code = "repl", 2   # main.py returned: the board sits at the REPL
     except SystemExit:
         cause, code = "soft", 3   # sys.exit() in the firmware: a soft reset
     except BaseException as e:
-        sys.print_exception(e)
+        if not simcore._cut:   # after a power cut nothing is printed: the board is off
+            sys.print_exception(e)
         cause, code = "crash", 1
-    if simcore._exit is not None:
-        return simcore._exit
-    simcore.write_state(cause, simcore.now)
-    return code
+    return simcore.stop(cause, code)
 
 
 sys.exit(_main())

@@ -34,6 +34,8 @@ _state = None
 _p0 = 0
 _r0 = 0
 _rnd = 2463534242
+flash = None            # the flash's block device (simflash.Flash), None with a host folder
+_cut = False            # the power was cut (simflash): the process ends at the next time step
 ballast = None          # heap held back from the firmware (sim.json heap_budget)
 _held = 0               # its size
 _gc_next = 0            # next sample of the live heap (us)
@@ -67,6 +69,8 @@ def _event():
     global now, _gc_next
     if _exit is not None:
         raise SystemExit(_exit)
+    if _cut:
+        finish("power_cut", 4)
     if _wdt is not None and now >= _wdt and (until is None or _wdt < until):
         now = _wdt
         finish("wdt", 3)
@@ -104,7 +108,7 @@ def _sched():
         n = now + 2000
     if _gc_next < n:
         n = _gc_next
-    _nxt = -1 if _exit is not None else n
+    _nxt = -1 if _exit is not None or _cut else n
 
 
 @micropython.native
@@ -126,14 +130,37 @@ def wdt_feed():
 
 # -- leaving -------------------------------------------------------------------------------------
 @micropython.native
-def finish(cause, code, t=None):
-    """Write state.json and end the process with `code` (SystemExit, re-raised until it gets out)."""
+def power_cut():
+    """Called by the flash at the torn write, maybe with the heap locked: no allocation here. A
+    SystemExit at the next time step ends the process (firmware `except Exception` lets it by)."""
+    global _cut, _nxt
+    _cut = True
+    _nxt = -1
+
+
+@micropython.native
+def stop(cause, code, t=None):
+    """The board stops: nothing reaches the flash any more (files the firmware left open are not
+    flushed, as at a reset), state.json is written; `code` is the exit code from now on. After a
+    power cut no collection is made: finalisers would only fail to flush."""
     global _exit
     if _exit is None:
+        if _cut:
+            cause, code = "power_cut", 4
+        else:   # the last heap sample; files the GC closes now still reach the flash
+            heap_sample()
+        if flash is not None:
+            flash.live = False
         _exit = code
         write_state(cause, now if t is None else t)
         _sched()
-    raise SystemExit(_exit)
+    return _exit
+
+
+@micropython.native
+def finish(cause, code, t=None):
+    """Write state.json and end the process with `code` (SystemExit, re-raised until it gets out)."""
+    raise SystemExit(stop(cause, code, t))
 
 
 @micropython.native
@@ -150,7 +177,10 @@ def write_state(cause, t):
     global _state
     if _state is None:
         return
-    heap_sample()
+    if flash is not None:   # life totals: the runner carries them over restarts
+        stats["flash_writes"] = flash.writes
+        stats["flash_erases"] = flash.erases
+        stats["flash_bytes"] = flash.nbytes
     st = {"t_ms": t // 1000, "cause": cause, "rtc": ((t + rtc_off) // 1000) / 1000,
           "reset_cause": reset_cause, "stats": stats, "nvs": nvs}
     if rtc_mem:

@@ -1,6 +1,7 @@
 # One-shot setup of the simulated board, imported by simboot and dropped after use (its code is
 # then freed: heap matters). Reads sim.json, sets up simcore, builds the devices, imports every
-# module the firmware may ask for, and mounts the node's flash folder at '/'.
+# module the firmware may ask for, and mounts the node's flash at '/': a littlefs image (formatted
+# and filled from the staged folder on the first boot), or without `flash_image` the folder itself.
 import sys
 import gc
 import os
@@ -74,12 +75,60 @@ def setup(path):
             else:
                 c.devices[bus][int(bid)] = _make(cfg)
     c._sched()
+    fs = _flash(sim) if sim.get("flash_image") else os.VfsPosix(sim["flash_dir"])
     os.umount("/")
-    os.mount(os.VfsPosix(sim["flash_dir"]), "/")
+    os.mount(fs, "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     del sys.argv[:]
     return sim.get("heap_budget")
+
+
+def _flash(sim):
+    """The flash partition as littlefs over simflash; on the first boot (no image yet) formatted
+    and filled from the staged folder, as `mpremote cp` leaves a board. Those writes are not
+    counted: the firmware's life starts at its first boot."""
+    import simflash
+    img = sim["flash_image"]
+    n = int(sim.get("flash_kb") or 2048) * 1024 // simflash.BS
+    try:
+        size = os.stat(img)[6]
+    except OSError:
+        size = None
+        simflash.create(img, n)
+    if size is not None and size != n * simflash.BS:
+        raise ValueError("sim.json: %s is %d bytes, flash_kb says %d" % (img, size, n * simflash.BS))
+    dev = simflash.Flash(img, n)
+    if size is None:
+        os.VfsLfs2.mkfs(dev)
+        fs = os.VfsLfs2(dev)
+        _copy(sim["flash_dir"], fs, "", bytearray(1024))
+    else:
+        fs = os.VfsLfs2(dev)
+    dev.writes = sim.get("flash_writes") or 0
+    dev.erases = sim.get("flash_erases") or 0
+    dev.nbytes = sim.get("flash_bytes") or 0
+    dev.cut_at = sim.get("power_cut_at") or 0
+    dev.clock = c
+    dev.timed = bool(sim.get("flash_timing"))
+    c.flash = dev
+    return fs
+
+
+def _copy(src, fs, rel, buf):
+    for e in os.ilistdir(src + rel):
+        p = rel + "/" + e[0]
+        if e[1] == 0x4000:
+            fs.mkdir(p)
+            _copy(src, fs, p, buf)
+            continue
+        with open(src + p, "rb") as a, fs.open(p, "wb") as b:
+            while True:
+                k = a.readinto(buf)
+                if not k:
+                    break
+                b.write(buf, k)
+        gc.collect()
 
 
 def _make(cfg):
