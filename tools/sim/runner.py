@@ -1,8 +1,12 @@
-"""Run one simulated node: its flash folder, the `micropython` process, restarts after resets.
+"""Run one simulated node: its flash, the `micropython` process, restarts after resets and power cuts.
 
-A reset on the simulated board (machine.reset, the watchdog, deep sleep) ends the micropython
-process with exit code 3 and a state.json; the runner starts a new process with the virtual clock,
-the RTC and the reset cause carried over, as a board's reboot would. The flash folder persists.
+prepare() stages the firmware in a folder as mpremote would copy it; on the node's first boot the
+simulator formats a littlefs image (flash.img) and copies the folder into it, and from then on the
+image is the node's flash. A reset on the simulated board (machine.reset, the watchdog, deep sleep)
+ends the micropython process with exit code 3 and a state.json; the runner starts a new process
+with the virtual clock, the RTC and the reset cause carried over, as a board's reboot would. A
+power cut (NodeSpec.power_cuts) ends it with exit code 4: the runner powers the node on again
+with the RTC and RTC memory lost. The image and the NVS persist.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from meetkit_tools.paths import BOARDS, FIRMWARE, MPYLIB, SCENARIOS, SIM_MPY
+from meetkit_tools.sim import flashimage
 
 EXIT_UNTIL = 0
 EXIT_RESET = 3
+EXIT_POWER_CUT = 4
+POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots again (virtual)
 # The simulator's own modules share MicroPython's heap with the firmware. The process gets the
 # firmware's budget plus this reserve, and simboot fills what the simulator does not use with
-# ballast, so the firmware starts with exactly its budget free (see docs/simulator.md).
-SIM_HEAP_RESERVE = 64 * 1024
+# ballast, so the firmware starts with exactly its budget free (see docs/simulator.md). The
+# simulator takes about 62 KB, littlefs and its block device included.
+SIM_HEAP_RESERVE = 72 * 1024
 
 
 def heap_bytes(size: str) -> int:
@@ -89,6 +97,13 @@ class NodeSpec:
     seed: int = 1
     chip_id: str = ""
     extra_config: dict[str, Any] = field(default_factory=dict)
+    flash_kb: int = 2048  # the littlefs partition: 2 MiB is ESP32_GENERIC's "vfs"
+    # Cut the power at these flash programs (writeblocks calls counted over the node's life,
+    # from 1 at its first boot): that write is torn, the node powers on again.
+    power_cuts: list[int] | None = None
+    firmware: Path = FIRMWARE   # what prepare() stages (tests run their own programs)
+    # Charge flash programs and erases to the virtual clock (a 4 KB erase stalls the CPU 45 ms).
+    flash_timing: bool = False
 
 
 class SimNode:
@@ -97,11 +112,13 @@ class SimNode:
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
         self.dir = Path(spec.workdir)
-        self.flash = self.dir / "flash"
+        self.flash = self.dir / "flash"        # the staged firmware, copied into the image at first boot
+        self.image = self.dir / "flash.img"    # the flash itself (littlefs)
         self.sim_json = self.dir / "sim.json"
         self.state_file = self.dir / "state.json"
         self.console = self.dir / "console.log"
         self.boots = 0
+        self.power_cuts_done = 0
         self.exit_code: int | None = None
         self.last_state: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
@@ -121,25 +138,36 @@ class SimNode:
         return cfg
 
     def prepare(self) -> None:
-        """A fresh flash: the firmware exactly as mpremote would copy it, board.json, config.json."""
+        """A fresh flash: the firmware exactly as mpremote would copy it, board.json, config.json.
+        The image is made from it at the first boot."""
         if self.flash.exists():
             shutil.rmtree(self.flash)
-        shutil.copytree(FIRMWARE, self.flash, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        self.image.unlink(missing_ok=True)
+        shutil.copytree(self.spec.firmware, self.flash,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         board = json.loads((BOARDS / f"{self.spec.board}.json").read_text())
         (self.flash / "board.json").write_text(json.dumps(board, indent=1))
         (self.flash / "config.json").write_text(json.dumps(self.config(), indent=1))
         self.state_file.unlink(missing_ok=True)
-        self._write_sim(t_ms=0, rtc=None, cause="power_on", nvs=None, rtc_memory=None)
+        self.power_cuts_done = 0
+        self._write_sim(t_ms=0, rtc=None, cause="power_on", nvs=None, rtc_memory=None, flash={})
 
-    def _write_sim(self, t_ms: int, rtc: Any, cause: str, nvs: Any, rtc_memory: Any) -> None:
+    def _write_sim(self, t_ms: int, rtc: Any, cause: str, nvs: Any, rtc_memory: Any,
+                   flash: dict[str, Any]) -> None:
         s = self.spec
+        writes = flash.get("flash_writes", 0)
+        cut = min((c for c in s.power_cuts or () if c > writes), default=None)
         board = json.loads((self.flash / "board.json").read_text())
         sim = {"flash_dir": str(self.flash.resolve()), "state_file": str(self.state_file.resolve()),
                "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
                "until_ms": None if s.until_s is None else int(s.until_s * 1000),
                "speed": s.speed, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
                "reset_cause": cause, "devices": devices_for(board),
-               "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None}
+               "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None,
+               "flash_image": str(self.image.resolve()), "flash_kb": s.flash_kb,
+               "flash_writes": writes, "flash_erases": flash.get("flash_erases", 0),
+               "flash_bytes": flash.get("flash_bytes", 0), "power_cut_at": cut,
+               "flash_timing": s.flash_timing}
         if nvs is not None:
             sim["nvs"] = nvs
         if rtc_memory is not None:  # survives a reset or deep sleep, not a power cut
@@ -172,15 +200,23 @@ class SimNode:
                 self._proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 code = self._proc.wait()
-                self.last_state = self._read_state()
-                if code != EXIT_RESET or self._stop.is_set():
+                self.last_state = st = self._read_state()
+                if code not in (EXIT_RESET, EXIT_POWER_CUT) or "t_ms" not in st or self._stop.is_set():
                     self.exit_code = code
                     return
-                st = self.last_state
-                log.write(f"--- reset ({st.get('cause')}) at t={st.get('t_ms')} ms ---\n".encode())
+                flash = st.get("stats", {})
+                if code == EXIT_POWER_CUT:
+                    # power-on: the RTC restarts at 2000-01-01 and RTC memory is gone; NVS stays
+                    self.power_cuts_done += 1
+                    log.write(f"--- power cut at t={st['t_ms']} ms, flash write "
+                              f"{flash.get('flash_writes')} ---\n".encode())
+                    self._write_sim(t_ms=st["t_ms"] + POWER_OFF_MS, rtc=None, cause="power_on",
+                                    nvs=st.get("nvs"), rtc_memory=None, flash=flash)
+                else:
+                    log.write(f"--- reset ({st.get('cause')}) at t={st['t_ms']} ms ---\n".encode())
+                    self._write_sim(t_ms=st["t_ms"], rtc=st.get("rtc"), cause=st.get("cause", "soft"),
+                                    nvs=st.get("nvs"), rtc_memory=st.get("rtc_memory"), flash=flash)
                 log.flush()
-                self._write_sim(t_ms=st["t_ms"], rtc=st.get("rtc"), cause=st.get("cause", "soft"),
-                                nvs=st.get("nvs"), rtc_memory=st.get("rtc_memory"))
 
     def _read_state(self) -> dict[str, Any]:
         try:
@@ -208,6 +244,25 @@ class SimNode:
                 proc.kill()
         if self._thread:
             self._thread.join(10)
+
+    # -- reading the flash (the node stopped) ------------------------------------------------------
+    def read_flash(self, path: str) -> bytes | None:
+        """A file from the node's flash image, read by MicroPython (None: no such file)."""
+        return flashimage.read_file(self.image, path)
+
+    def list_flash(self, dir: str = "") -> list[str]:
+        """Every file under `dir` on the node's flash, e.g. ['boot.count', 'lib/node.py', ...]."""
+        return flashimage.list_files(self.image, dir)
+
+    def flash_files(self, *paths: str) -> dict[str, bytes]:
+        """Several files at once (directories recursively; none: every file), by path."""
+        return flashimage.read_files(self.image, *paths)
+
+    @property
+    def flash_stats(self) -> dict[str, int]:
+        """Flash programs, erases and bytes programmed over the node's life, as of its last exit."""
+        st = self.last_state.get("stats", {})
+        return {k: st.get(k, 0) for k in ("flash_writes", "flash_erases", "flash_bytes")}
 
     def console_text(self) -> str:
         try:
