@@ -1,6 +1,10 @@
 """Run throwaway firmware on the simulated board: a flash folder with main.py, a sim.json, and
 micropython running tools/sim/mpy/simboot.py as the runner would (MICROPYPATH = the simulator's
-modules, build/mpylib, .frozen)."""
+modules, build/mpylib, .frozen).
+
+By default the folder itself is the board's root (no littlefs, no flash timing: device-model tests
+read what the program wrote straight from the folder). With `image=True` the folder is staged into
+a littlefs image as the runner does, and `Run.read_flash()` reads it back through MicroPython."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meetkit_tools.sim import flashimage
 from tests.mpy import MPYLIB, SIM_MPY, run_mpy
 
 START_EPOCH = 1795503600  # 2026-11-24T07:00:00Z
@@ -49,6 +54,14 @@ class Run:
     state: dict[str, Any]
     wall: float
     flash: Path
+    image: Path | None = None
+
+    def read_flash(self, path: str) -> bytes | None:
+        """A file the program left on the board's flash (None: none)."""
+        if self.image is not None:
+            return flashimage.read_file(self.image, path)
+        p = self.flash / path
+        return p.read_bytes() if p.is_file() else None
 
     @property
     def lines(self) -> list[str]:
@@ -62,7 +75,10 @@ class Run:
 def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict | None = None,
             until_ms: int | None = 600_000, t_ms: int = 0, rtc: float | None = None,
             reset_cause: str = "power_on", heapsize: str | None = "256K", seed: int = 1,
-            extra: dict | None = None, files: dict[str, str] | None = None, timeout: float = 120) -> Run:
+            extra: dict | None = None, files: dict[str, str] | None = None, timeout: float = 120,
+            image: bool = False, keep_image: bool = False) -> Run:
+    """`image`: the flash is a littlefs image (tmp/flash.img), made afresh from the folder unless
+    `keep_image` (then the program on it is the one staged when it was made)."""
     tmp.mkdir(parents=True, exist_ok=True)
     flash = tmp / "flash"
     flash.mkdir(exist_ok=True)
@@ -76,6 +92,11 @@ def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict
            "scenario": scenario or SCENARIO, "start_epoch": START_EPOCH, "t_ms": t_ms,
            "until_ms": until_ms, "speed": 0, "seed": seed, "chip_id": "240ac4123456", "rtc": rtc,
            "reset_cause": reset_cause, "devices": DEVICES if devices is None else devices}
+    img = tmp / "flash.img"
+    if image:
+        if not keep_image:
+            img.unlink(missing_ok=True)
+        sim["flash_image"] = str(img.resolve())
     sim.update(extra or {})
     (tmp / "sim.json").write_text(json.dumps(sim))
     t0 = time.perf_counter()
@@ -84,4 +105,4 @@ def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict
     wall = time.perf_counter() - t0
     state = json.loads(state_file.read_text()) if state_file.exists() and state_file.stat().st_size else {}
     return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"),
-               state, wall, flash)
+               state, wall, flash, img if image else None)
