@@ -1,6 +1,8 @@
 """Simulator speed and the firmware's heap: one node, one simulated hour, against a real broker.
 
-sim_speed_x_realtime: simulated seconds per wall second (higher is better), median of 3 runs.
+sim_speed_x_realtime: simulated seconds per wall second (higher is better), median of 3 runs. The
+node's flash is a littlefs image (tools/sim/mpy/simflash.py); its programs and erases are in
+`detail`.
 firmware_peak_heap_bytes: the MicroPython heap's peak over that hour under -X heapsize=96K,
 firmware and simulator models together (the models' own share is in `detail`).
 """
@@ -20,7 +22,7 @@ RUNS = 3
 
 
 def run() -> None:
-    walls, peaks, sim_heap, lost, read = [], [], [], [], []
+    walls, peaks, sim_heap, lost, read, flash = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp)).start()
         try:
@@ -42,13 +44,16 @@ def run() -> None:
                 sim_heap.append(stats.get("sim_heap"))
                 lost.append(stats.get("i2s_samples_lost"))
                 read.append(stats.get("i2s_samples_read"))
+                flash.append(node.flash_stats)
         finally:
             broker.stop()
     wall = median(walls)
     record("sim_speed_x_realtime", round(HOURS * 3600 / wall, 1), "simulated s per wall s", "higher",
            {"scenario": "busy-road", "simulated_s": HOURS * 3600, "wall_s_runs": [round(w, 2) for w in walls],
             "wall_s_median": round(wall, 2), "heapsize": "96K", "audio": "48 kHz, continuous",
-            "i2s_samples_read": read, "i2s_samples_lost": lost})
+            "i2s_samples_read": read, "i2s_samples_lost": lost,
+            "flash": "littlefs image, 2 MiB, untimed", "flash_writes_erases_bytes":
+                [[f["flash_writes"], f["flash_erases"], f["flash_bytes"]] for f in flash]})
     if all(p is not None for p in peaks):
         record("firmware_peak_heap_bytes", max(peaks), "bytes", "lower",
                {"runs": peaks, "heapsize": "96K", "simulator_models_heap_bytes": sim_heap,
