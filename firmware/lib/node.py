@@ -82,6 +82,8 @@ class Node:
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
         self._buf = bytearray(BATCH_BYTES + 512)
+        self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
+        self._room = BATCH_BYTES - len(self.envelope) - 30
         self.live = []         # (pos, end, seq, line) of new records, sent before the backlog
         self.inflight = []     # [sent ticks, boot, [(pos, end, seq), ...]] awaiting acknowledgement
         self.scan = 0          # where the backlog reader goes on (0: from the spool's cursor)
@@ -156,6 +158,7 @@ class Node:
         try:
             if self.keys is None:
                 self.keys = recline.keys_of(parts)
+                self._extra = 24 + sum(len(k) + 5 for k in self.keys)
                 self.spool.begin_boot(self.boot, self.envelope, self.keys)
             pos = self.spool.append(self.boot, line)
         except OSError as e:  # flash failing: count it and go on measuring
@@ -171,21 +174,25 @@ class Node:
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, now):
-        if self.uplink.connects != self._connects:  # a new session: acks of the old one are gone
-            self._connects = self.uplink.connects
-            self.inflight = []
-            self.scan = 0
-        self._take_acks()
-        for b in self.inflight:
-            if time.ticks_diff(now, b[0]) >= ACK_WAIT_MS:
-                self.inflight.remove(b)
+        if self.uplink.acks:
+            self._take_acks()
+        tick = time.ticks_diff(now, self._backlog_t) >= BACKLOG_GAP_MS
+        if tick:  # the slow checks, every BACKLOG_GAP_MS: the loop passes 50 times a second
+            self._backlog_t = now
+            if self.uplink.connects != self._connects:  # a new session: the old one's acks are gone
+                self._connects = self.uplink.connects
+                self.inflight = []
                 self.scan = 0
-                break
+            for b in self.inflight:
+                if time.ticks_diff(now, b[0]) >= ACK_WAIT_MS:
+                    self.inflight.remove(b)
+                    self.scan = 0
+                    break
         if len(self.inflight) >= INFLIGHT_MAX:
             return
         clock_ok = self.anchor is not None
-        extra = 24 + sum(len(k) + 5 for k in self.keys) if self.keys else 100  # JSON over the line
-        room = BATCH_BYTES - len(self.envelope) - 30
+        extra = self._extra
+        room = self._room
         if self.live and clock_ok:
             items = []
             size = 0
@@ -197,9 +204,8 @@ class Node:
             if self._publish(self.boot, [it[:3] for it in items], now, [(it[0], it[1], it[3]) for it in items]):
                 del self.live[:len(items)]
             return
-        if time.ticks_diff(now, self._backlog_t) < BACKLOG_GAP_MS:
+        if not tick:
             return
-        self._backlog_t = now
         skip = {}
         for b in self.inflight:
             for it in b[2]:
@@ -299,11 +305,14 @@ class Node:
         if self.uplink.service(now, self.up_s, bool(self.inflight)):
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
-            self._send(now)
+            if (self.live and self.anchor is not None and len(self.inflight) < INFLIGHT_MAX) \
+                    or self.uplink.acks or time.ticks_diff(now, self._backlog_t) >= BACKLOG_GAP_MS:
+                self._send(now)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
             if self.clock.sync(now):
                 self._synced(now)
-        self.spool.save(now)
+        if self.spool.dirty:
+            self.spool.save(now)
 
     def _synced(self, now):
         self._set_anchor(now)

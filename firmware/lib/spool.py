@@ -38,7 +38,7 @@ class Spool:
         self.dropped = 0        # unacknowledged records dropped for space, ever
         self.db = None          # the gateway database that acknowledged last
         self.bad_lines = 0
-        self._dirty = False
+        self.dirty = False
         self._saved = time.ticks_ms()
         self._boots = {}        # boot -> (envelope, keys, anchor ms or None), cached
         try:
@@ -91,7 +91,7 @@ class Spool:
         self._normalise()
 
     def save(self, now, force=False):
-        if not (self._dirty and (force or time.ticks_diff(now, self._saved) >= SAVE_MS)):
+        if not (self.dirty and (force or time.ticks_diff(now, self._saved) >= SAVE_MS)):
             return
         tmp = self.dir + "/state.new"
         with open(tmp, "w") as f:
@@ -99,7 +99,7 @@ class Spool:
                 self.cur, self.dropped, json.dumps(self.db),
                 ",".join("[%d,%d]" % kv for kv in self.acked.items())))
         os.rename(tmp, self.dir + "/state")
-        self._dirty = False
+        self.dirty = False
         self._saved = now
 
     # -- boots --------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Spool:
             self.dropped += lost
             console.warn("spool: full, dropped %d unsent records of boot %d: seq %s..%s"
                          % (lost, boot, first, last))
-        self._dirty = True
+        self.dirty = True
 
     # -- reading ------------------------------------------------------------------------------
     def _open(self, n, boot, off):
@@ -262,7 +262,7 @@ class Spool:
         while self.cur in self.acked:
             self.cur = self.acked.pop(self.cur)
             self._normalise()
-        self._dirty = True
+        self.dirty = True
 
     def _normalise(self):
         # A cursor before the oldest segment, or at the end of one, moves to the next record's.
@@ -277,7 +277,7 @@ class Spool:
         """Everything on flash is unacknowledged again: the gateway lost what it had."""
         self.cur = self._first()
         self.acked = {}
-        self._dirty = True
+        self.dirty = True
 
     def pending_bytes(self):
         """Bytes of records from the cursor on (acknowledged ones past it included)."""

@@ -12,7 +12,7 @@ from umqtt.simple import MQTTClient
 _WIFI_RETRY_MS = 20000
 _BACKOFF_MIN_MS = 1000
 _BACKOFF_MAX_MS = 60000
-_POLL_MS = 250          # how often to look for acknowledgements while some are awaited
+_POLL_MS = 1000         # how often to look for acknowledgements while some are awaited
 _ACKS_MAX = 16
 
 

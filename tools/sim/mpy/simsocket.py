@@ -63,6 +63,10 @@ class socket:
             _c.advance(3000)
             raise OSError(113)  # EHOSTUNREACH
         self._io("connect", 20000, _sa(addr))
+        try:  # umqtt writes a packet in pieces: without this, Nagle and delayed ACKs cost the host
+            self._s.setsockopt(6, 1, 1)   # 40 ms of real time per packet (virtual time is unaffected)
+        except OSError:
+            pass
 
     @micropython.native
     def sendto(self, buf, addr):
