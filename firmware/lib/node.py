@@ -8,6 +8,9 @@
 # it. New records go out at once; the backlog of an outage drains oldest-first, one batch every
 # BACKLOG_GAP_MS, with at most INFLIGHT_MAX batches waiting for their acknowledgement.
 import gc
+gc.collect()  # first, while the compiler's garbage is all that is free: 2 KB in one piece for the
+BATCH_BYTES = 1800      # batch buffer (a batch stays under about 2 KB); later the heap is fragmented
+_BUF = bytearray(BATCH_BYTES + 512)
 import json
 import sys
 import time
@@ -21,7 +24,6 @@ from uplink import Uplink
 from samplers import PM, Climate, Noise
 
 BOOT_FILE = "boot.count"
-BATCH_BYTES = 1800      # a batch stays under about 2 KB
 LIVE_MAX = 8            # new records waiting to be sent first; older ones are the backlog's
 INFLIGHT_MAX = 4        # batches sent and not yet acknowledged
 ACK_WAIT_MS = 120000    # a batch not acknowledged by then is sent again (the gateway de-duplicates)
@@ -81,7 +83,7 @@ class Node:
         self.uplink = Uplink(cfg, meta)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
-        self._buf = bytearray(BATCH_BYTES + 512)
+        self._buf = _BUF
         self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
         self._room = BATCH_BYTES - len(self.envelope) - 30
         self.live = []         # (pos, end, seq, line) of new records, sent before the backlog
@@ -152,7 +154,7 @@ class Node:
                "rh_max": self.climate.rh_max() if self.climate else None}
         for s in self.samplers:
             s.fill(parts, flags, errs, ctx)
-        line = recline.encode(self.seq, self.iv_ts, self.iv_up, dur, parts, flags, errs)
+        line = recline.encode(self.boot, self.seq, self.iv_ts, self.iv_up, dur, parts, flags, errs)
         self.seq += 1
         self._start_interval(now)
         try:
@@ -160,7 +162,7 @@ class Node:
                 self.keys = recline.keys_of(parts)
                 self._extra = 24 + sum(len(k) + 5 for k in self.keys)
                 self.spool.begin_boot(self.boot, self.envelope, self.keys)
-            pos = self.spool.append(self.boot, line)
+            pos = self.spool.append(line)
         except OSError as e:  # flash failing: count it and go on measuring
             self.spool_errors += 1
             console.error("spool: record %d not stored: %r" % (self.seq - 1, e))
@@ -336,6 +338,7 @@ def main():
         console.error("boot counter: %r" % e)
         boot = 0
     console.info("node %s, boot %d, board %s, interval %d s" % (cfg["node_id"], boot, board["board"], cfg["interval_s"]))
+    gc.collect()
     try:
         node = Node(cfg, board, boot)
         gc.collect()

@@ -1,6 +1,6 @@
 # A record as one short line on flash, and back to the payload's JSON when it is sent.
 #
-#   seq ts up dur|avg,min,max,n|...|flags|errors
+#   boot seq ts up dur|avg,min,max,n|...|flags|errors
 #
 # Quantities go in the boot's key order (stored once per boot, see spool.py), so the line carries
 # no key names: about 140 bytes instead of 200, which is what lets 7 days of 1-minute records fit in
@@ -11,9 +11,9 @@ FLAGS = {"missing": "m", "checksum": "c", "warmup": "w", "rh_high": "h", "partia
 _NAMES = {v: k for k, v in FLAGS.items()}
 
 
-def encode(seq, ts, up, dur, parts, flags, errs):
+def encode(boot, seq, ts, up, dur, parts, flags, errs):
     """parts: ['"key":[avg,min,max,n]' or '"key":null', ...] as the samplers fill them."""
-    out = ["%d %s %d %d" % (seq, "-" if ts is None else ts, up, dur)]
+    out = ["%d %d %s %d %d" % (boot, seq, "-" if ts is None else ts, up, dur)]
     keys = keys_of(parts)
     for p in parts:
         v = p[p.index(":") + 1:]
@@ -27,15 +27,20 @@ def keys_of(parts):
     return [p[1:p.index('"', 1)] for p in parts]
 
 
-def seq_of(line):
+def boot_of(line):
     return int(line[:line.index(" ")])
+
+
+def seq_of(line):
+    i = line.index(" ") + 1
+    return int(line[i:line.index(" ", i)])
 
 
 def to_json(line, keys, anchor_ms):
     """The record as the payload's JSON. A record made before the clock was known gets its time
     from the boot's anchor (Unix ms at uptime 0) when there is one, else stays "ts":null."""
     f = line.split("|")
-    seq, ts, up, dur = f[0].split(" ")
+    _, seq, ts, up, dur = f[0].split(" ")
     if ts == "-":
         ts = "null" if anchor_ms is None else str((anchor_ms + int(up) * 1000 + 500) // 1000)
     out = ['{"seq":%s,"ts":%s,"up":%s,"dur":%s' % (seq, ts, up, dur)]

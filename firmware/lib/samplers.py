@@ -84,6 +84,8 @@ class Climate:
                        freq=i2c_sec.get("freq", 100000))
         self.addr = sec.get("addr", 0x76)
         self.every_ms = every_s * 1000
+        from bme280 import BME280  # now, not at the first reading: compiling needs an unfragmented heap
+        self._cls = BME280
         self.dev = None
         self.errors = 0
         self._next = now
@@ -99,8 +101,7 @@ class Climate:
             self._next = time.ticks_add(now, self.every_ms)
         try:
             if self.dev is None:
-                from bme280 import BME280
-                self.dev = BME280(self.i2c, address=self.addr)
+                self.dev = self._cls(self.i2c, address=self.addr)
             self.dev.measure()
         except OSError:
             self.errors += 1

@@ -6,7 +6,7 @@ import os
 
 from tests.faults.harness import RESULTS
 
-COLUMNS = ("generated", "delivered", "duplicated", "lost", "dropped", "wrong_time", "untimed")
+COLUMNS = ("generated", "delivered", "duplicated", "lost", "dropped", "wrong_time", "untimed", "crashes")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -76,6 +76,7 @@ class Outcome:
     dropped: int = 0
     wrong_time: int = 0
     untimed: int = 0
+    crashes: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -147,6 +148,7 @@ class Rig:
                                       client_id="meetkit-gateway-faults").start()
         self.nodes: dict[str, SimNode] = {}
         self.epochs: dict[str, int] = {}
+        self.cutoff: dict[str, set[tuple[int, int]]] | None = None
 
     def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", **spec: Any) -> SimNode:
         """A node; it runs TAIL_S past `until_s`, so the record it closes last has time to go."""
@@ -198,14 +200,38 @@ class Rig:
         return any(n.running for n in self.nodes.values())
 
     def run(self, while_running: Callable[[], None] | None = None, timeout: float = 900) -> None:
-        """Start the nodes, call `while_running` (faults), then wait for them to finish."""
+        """Start the nodes, call `while_running` (the faults), then let everything recover.
+
+        With faults driven from here (wall-clock actions: a broker stopped, a gateway killed), the
+        nodes' simulated time runs on at full speed meanwhile, so their `until_s` is generous and
+        they are stopped as soon as every record they made is stored: that is "after recovery".
+        Without, the nodes run to their `until_s` (their faults are in the scenario)."""
         self.start()
+        end = time.monotonic() + timeout
         if while_running:
             while_running()
-        end = time.monotonic() + timeout
+            while self.running and time.monotonic() < end and not self.caught_up():
+                time.sleep(0.5)
+            for n in self.nodes.values():
+                n.stop()
         for n in self.nodes.values():
             n.wait(max(1.0, end - time.monotonic()))
             assert not n.running, f"{n.spec.node_id} did not finish in {timeout} s"
+
+    def caught_up(self) -> bool:
+        try:
+            stored = {(node, boot, seq) for node, boot, seq, _, _ in db_rows(self.gateway.db)}
+        except sqlite3.Error:
+            return False
+        seen = {}
+        for nid, n in self.nodes.items():
+            led = read_ledger(n.console.read_text(errors="replace"))
+            dropped = led.dropped_keys()
+            if any((nid, b, s) not in stored for (b, s) in led.records if (b, s) not in dropped):
+                return False
+            seen[nid] = set(led.records)
+        self.cutoff = seen  # what recovered; records the nodes make after this are in transit
+        return True
 
     def settle(self, timeout: float = 30) -> None:
         """Wait until the gateway stops storing (the last batches committed)."""
@@ -219,8 +245,20 @@ class Rig:
             time.sleep(1.0)
 
     def judge(self, name: str) -> Outcome:
-        nodes = {nid: (read_ledger(n.console.read_text()), self.epochs[nid]) for nid, n in self.nodes.items()}
-        return judge(name, nodes, db_rows(self.gateway.db), self.reported_dropped())
+        consoles = {nid: n.console.read_text(errors="replace") for nid, n in self.nodes.items()}
+        nodes = {nid: (read_ledger(text), self.epochs[nid]) for nid, text in consoles.items()}
+        in_transit = 0
+        if self.cutoff is not None:  # stopped after recovery: what came later was still on its way
+            for nid, (led, _) in nodes.items():
+                late = [k for k in led.records if k not in self.cutoff[nid]]
+                in_transit += len(late)
+                for k in late:
+                    del led.records[k]
+        out = judge(name, nodes, db_rows(self.gateway.db), self.reported_dropped())
+        out.notes["in_transit_at_stop"] = in_transit
+        # A firmware exception (it resets the node) is a bug even when nothing was lost.
+        out.crashes = sum(text.count(" E unexpected error") for text in consoles.values())
+        return out
 
     def reported_dropped(self) -> dict[str, int]:
         con = sqlite3.connect(f"file:{self.gateway.db}?mode=ro", uri=True)

@@ -17,9 +17,9 @@ import spool, recline
 from spool import Spool
 def rec(seq, ts=1795500000, boot=1):
     parts = ['"pm25":[%d.5,1,9,60]' % seq, '"temp":null']
-    return recline.encode(seq, ts and ts + 60 * seq, 60 * seq, 60, parts, {}, {})
+    return recline.encode(boot, seq, ts and ts + 60 * seq, 60 * seq, 60, parts, {}, {})
 def fill(sp, boot, seqs, ts=1795500000):
-    return [sp.append(boot, rec(s, ts, boot)) for s in seqs]
+    return [sp.append(rec(s, ts, boot)) for s in seqs]
 def seqs(lines):
     return [recline.seq_of(l) for _, _, l in lines]
 def drain(sp, boot_now=99):
@@ -29,6 +29,7 @@ def drain(sp, boot_now=99):
         boot, lines, pos = sp.read(pos, 400, {}, boot_now, True)
         if boot is None:
             return out
+        assert all(recline.boot_of(l) == boot for _, _, l in lines)
         out += [(boot, recline.seq_of(l)) for _, _, l in lines]
 """
 
@@ -144,12 +145,12 @@ def test_record_line_is_the_payload_record(tmp_path: Path) -> None:
     out = mpy(tmp_path, """
     parts = ['"pm1":[3.1,2,5,58]', '"pm25":null', '"temp":[-1.25,-1.3,-1.2,12]', '"LZeq":[55.2,48.1,67.3,60]']
     flags = {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}
-    line = recline.encode(17, None, 1020, 60, parts, flags, {"pm": 2})
+    line = recline.encode(3, 17, None, 1020, 60, parts, flags, {"pm": 2})
     keys = recline.keys_of(parts)
     print("OUT", json.dumps(line))
     print("OUT", recline.to_json(line, keys, None))
     print("OUT", recline.to_json(line, keys, 1795509780400))
-    line = recline.encode(18, 1795510800, 1080, 60, parts, {}, {})
+    line = recline.encode(3, 18, 1795510800, 1080, 60, parts, {}, {})
     print("OUT", recline.to_json(line, keys, None))
     """)
     line, unknown, anchored, plain = out
@@ -175,3 +176,22 @@ def test_unreadable_state_resends_everything(tmp_path: Path) -> None:
     print("OUT", json.dumps(drain(Spool(100000))))
     """)
     assert out == [[[1, 0], [1, 1], [1, 2]]]
+
+
+def test_many_short_boots_share_segments_and_old_boot_files_go(tmp_path: Path) -> None:
+    out = mpy(tmp_path, """
+    spool.SEG_BYTES = 1000
+    sp = Spool(3000)
+    for boot in range(200):                   # a node on a flaky supply: one record per boot
+        sp.begin_boot(boot, '{"v":1,"boot":%d,' % boot, ["pm25", "temp"])
+        sp.append(rec(0, boot=boot))
+    files = [e[0] for e in os.ilistdir("sp")]
+    print("OUT", json.dumps([len(sp.segs), sum(1 for f in files if f[0] == "b"), sp.dropped]))
+    print("OUT", json.dumps(drain(sp)))
+    """)
+    (segs, boot_files, dropped), left = out
+    assert segs <= 4, "one RAM entry per segment, not per boot"
+    kept_boots = [b for b, _ in left]
+    assert kept_boots == list(range(kept_boots[0], 200)), "the newest boots, in order"
+    assert dropped == kept_boots[0]
+    assert boot_files <= len(kept_boots) + 1, "envelope files of boots no longer on flash are removed"
