@@ -235,7 +235,7 @@ class Spool:
             self.cur = self.segs[0][0] << 16
         for b, c in lost.items():
             self.dropped += c[0]
-            console.warn("spool: full, dropped %d unsent records of boot %d: seq %d..%d" % (c[0], b, c[1], c[2]))
+            console.warn("spool: full, dropped %d unacknowledged records of boot %d: seq %d..%d" % (c[0], b, c[1], c[2]))
         self.dirty = True
 
     # -- reading ------------------------------------------------------------------------------

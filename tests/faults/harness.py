@@ -27,7 +27,7 @@ RESULTS: list["Outcome"] = []   # for the table `make faults` prints
 
 _BOOT = re.compile(r" I node (\S+), boot (\d+),")
 _RECORD = re.compile(r" I record (\d+): (\{.*\})$")
-_DROPPED = re.compile(r" W spool: full, dropped (\d+) unsent records of boot (\d+): seq (\d+)\.\.(\d+)")
+_DROPPED = re.compile(r" W spool: full, dropped (\d+) unacknowledged records of boot (\d+): seq (\d+)\.\.(\d+)")
 _RESET = re.compile(r"^--- .*\bat t=(\d+) ms")
 
 

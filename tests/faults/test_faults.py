@@ -25,6 +25,7 @@ import pytest
 from tests.faults.harness import Rig, db_rows, read_ledger, scenario
 
 AIR = "esp32-devkitc-air"
+INFLIGHT_MAX_RECORDS = 4 * 12   # node.py: INFLIGHT_MAX batches of at most about 12 records
 H = 3600
 
 
@@ -106,6 +107,10 @@ def test_gateway_killed_ten_times_while_ingesting(rig: Rig) -> None:
     def faults() -> None:
         for t in at:
             rig.wait_virtual("air-01", t)
+            before = stored(rig)
+            # killed while storing: once it has committed something since its (re)start
+            wait_for(lambda: stored(rig) > before, 20, "the gateway to store again")
+            time.sleep(rng.uniform(0.0, 0.2))
             p = rig.gateway.proc
             assert p is not None and p.poll() is None, "the gateway should be running"
             p.kill()  # SIGKILL: no clean-up at all
@@ -196,7 +201,10 @@ def test_spool_full_drops_oldest_counts_and_reports(rig: Rig) -> None:
     assert out.lost == 0 and out.duplicated == 0 and out.wrong_time == 0, out.problems
     led = read_ledger(n.console.read_text())
     dropped = led.dropped_keys()
-    assert out.dropped > 0 and out.dropped == sum(c for c, *_ in led.dropped)
+    # The node counts what it dropped without an acknowledgement: a batch in flight when the link
+    # went may have reached the gateway after all, so the count can exceed what is missing.
+    logged = sum(c for c, *_ in led.dropped)
+    assert 0 < out.dropped <= logged <= out.dropped + INFLIGHT_MAX_RECORDS
     first_kept_in_outage = min(k for k, r in led.records.items() if k not in dropped and r["up"] >= outage[0])
     assert max(dropped) < first_kept_in_outage, "the oldest went first"
     assert not out.problems, out.problems   # the node's reported count reached the gateway
