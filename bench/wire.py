@@ -89,7 +89,7 @@ def run() -> None:
             recs = con.execute("SELECT count(*) FROM records").fetchone()[0]
             con.close()
             spool = sum(len(node.read_flash(path) or b"") for path in node.list_flash("sp")
-                        if re.fullmatch(r"sp/s\d+_\d+", path))
+                        if re.fullmatch(r"sp/s\d+", path))
         finally:
             relay.close()
             gw.stop()
