@@ -97,7 +97,7 @@ def run_demo(workdir: Path, speed: float, hours: float | None, refresh: float = 
         gateway.stop()
         broker.stop()
     print(render(db, nodes, started))
-    crashed = [n.spec.node_id for n in nodes if n.exit_code not in (None, 0) and n.exit_code >= 0]
+    crashed = [n.spec.node_id for n in nodes if n.exit_code not in (None, 0, 130) and n.exit_code >= 0]
     if crashed:
         print(f"nodes that crashed: {', '.join(crashed)} (see their console.log)")
         return 1

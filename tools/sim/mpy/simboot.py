@@ -47,6 +47,8 @@ def _main():
         cause, code = "repl", 2   # main.py returned: the board sits at the REPL
     except SystemExit:
         cause, code = "soft", 3   # sys.exit() in the firmware: a soft reset
+    except KeyboardInterrupt:     # Ctrl-C in the terminal that runs the simulator: not a crash
+        cause, code = "interrupted", 130
     except BaseException as e:
         if not simcore._cut:   # after a power cut nothing is printed: the board is off
             sys.print_exception(e)
