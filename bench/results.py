@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 from meetkit_tools.paths import BUILD

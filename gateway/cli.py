@@ -149,6 +149,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _open_readonly(cfg: Config) -> Store | None:
+    """The store for reading, or None after saying on stderr why it cannot be opened."""
+    try:
+        return Store(cfg.store.path, readonly=True)
+    except StoreError as e:
+        print(e, file=sys.stderr)
+        return None
+
+
 def cmd_readings(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
@@ -158,10 +167,8 @@ def cmd_readings(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"--since: {e}", file=sys.stderr)
         return 2
-    try:
-        store = Store(cfg.store.path, readonly=True)
-    except StoreError as e:
-        print(e, file=sys.stderr)
+    store = _open_readonly(cfg)
+    if store is None:
         return 1
     with store:
         if args.node is not None:
@@ -191,10 +198,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    try:
-        store = Store(cfg.store.path, readonly=True)
-    except StoreError as e:
-        print(e, file=sys.stderr)
+    store = _open_readonly(cfg)
+    if store is None:
         return 1
     with store:
         nodes = store.nodes()

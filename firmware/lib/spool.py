@@ -303,13 +303,3 @@ class Spool:
         self.cur = self._first()
         self.acked = {}
         self.dirty = True
-
-    def pending_bytes(self):
-        """Bytes of records from the cursor on (acknowledged ones past it included)."""
-        t = 0
-        for n, size in self.segs:
-            if n > self.cur >> 16:
-                t += size
-            elif n == self.cur >> 16:
-                t += size - (self.cur & 0xFFFF)
-        return t

@@ -11,7 +11,6 @@ import math
 import re
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 

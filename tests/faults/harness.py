@@ -146,9 +146,18 @@ class Rig:
         self.broker = Mosquitto(self.dir / "broker").start()
         self.gateway = GatewayProcess(gateway_dir or self.dir / "gateway", self.broker.host, self.broker.port,
                                       client_id="meetkit-gateway-faults").start()
+        self._wait_subscribed()
         self.nodes: dict[str, SimNode] = {}
         self.epochs: dict[str, int] = {}
         self.cutoff: dict[str, set[tuple[int, int]]] | None = None
+
+    def _wait_subscribed(self, timeout: float = 30) -> None:
+        # Until the gateway's first subscription, the broker keeps nothing for it: a node that
+        # published earlier would lose its first batch to the rig, not to a fault.
+        end = time.monotonic() + timeout
+        while "subscribed to" not in (self.gateway.log.read_text() if self.gateway.log.exists() else ""):
+            assert time.monotonic() < end, "the gateway did not subscribe"
+            time.sleep(0.05)
 
     def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", **spec: Any) -> SimNode:
         """A node; it runs TAIL_S past `until_s`, so the record it closes last has time to go."""
@@ -259,6 +268,15 @@ class Rig:
         # A firmware exception (it resets the node) is a bug even when nothing was lost.
         out.crashes = sum(text.count(" E unexpected error") for text in consoles.values())
         return out
+
+    def counter(self, name: str) -> int:
+        """One of the gateway's counters (store.py), from its database."""
+        con = sqlite3.connect(f"file:{self.gateway.db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            return row[0] if row else 0
+        finally:
+            con.close()
 
     def reported_dropped(self) -> dict[str, int]:
         con = sqlite3.connect(f"file:{self.gateway.db}?mode=ro", uri=True)

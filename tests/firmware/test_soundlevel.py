@@ -4,9 +4,7 @@ plain-Python twin that checks every intermediate fits the ESP32's 32-bit viper i
 from __future__ import annotations
 
 import json
-import math
 import random
-import struct
 
 from tests.mpy import run_mpy
 

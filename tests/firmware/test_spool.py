@@ -20,6 +20,9 @@ def rec(seq, ts=1795500000, boot=1):
     return recline.encode(boot, seq, ts and ts + 60 * seq, 60 * seq, 60, parts, {}, {})
 def fill(sp, boot, seqs, ts=1795500000):
     return [sp.append(rec(s, ts, boot)) for s in seqs]
+def ack_all(sp, lines):
+    for p, e, l in lines:
+        sp.ack(p, e)
 def seqs(lines):
     return [recline.seq_of(l) for _, _, l in lines]
 def drain(sp, boot_now=99):
@@ -48,8 +51,7 @@ def test_records_survive_a_restart_until_acknowledged(tmp_path: Path) -> None:
     sp = Spool(100000)
     pos = fill(sp, 1, range(10))
     boot, lines, nxt = sp.read(0, 10000, {}, 1, True)
-    for p, e, l in lines[:4]:
-        sp.ack(p, e)
+    ack_all(sp, lines[:4])
     sp.save(time.ticks_ms(), True)
     sp = Spool(100000)                     # the node restarts
     print("OUT", json.dumps(drain(sp)))
@@ -62,11 +64,9 @@ def test_out_of_order_acks_move_the_cursor_only_over_a_contiguous_run(tmp_path: 
     sp = Spool(100000)
     fill(sp, 1, range(6))
     _, lines, _ = sp.read(0, 10000, {}, 1, True)
-    for p, e, l in lines[4:]:      # the live records are acknowledged first
-        sp.ack(p, e)
+    ack_all(sp, lines[4:])      # the live records are acknowledged first
     print("OUT", json.dumps(drain(sp)))
-    for p, e, l in lines[:4]:      # then the backlog
-        sp.ack(p, e)
+    ack_all(sp, lines[:4])      # then the backlog
     print("OUT", json.dumps(drain(sp)))
     sp.save(time.ticks_ms(), True)
     print("OUT", json.dumps(drain(Spool(100000))))
@@ -98,8 +98,7 @@ def test_full_spool_drops_oldest_counts_only_unacknowledged(tmp_path: Path) -> N
     sp = Spool(3000)
     fill(sp, 1, range(12))                    # 12 lines of ~60 bytes: one segment and a bit
     _, lines, _ = sp.read(0, 100000, {}, 1, True)
-    for p, e, l in lines:
-        sp.ack(p, e)                          # all acknowledged: these may go without a count
+    ack_all(sp, lines)                          # all acknowledged: these may go without a count
     fill(sp, 1, range(12, 100))
     print("OUT", json.dumps([sp.dropped, sp.total <= 3000]))
     left = drain(sp)
@@ -120,8 +119,7 @@ def test_replay_sends_acknowledged_records_again(tmp_path: Path) -> None:
     sp = Spool(100000)
     fill(sp, 1, range(5))
     _, lines, _ = sp.read(0, 100000, {}, 1, True)
-    for p, e, l in lines:
-        sp.ack(p, e)
+    ack_all(sp, lines)
     print("OUT", json.dumps(drain(sp)))
     sp.replay()
     print("OUT", json.dumps(drain(sp)))
@@ -168,8 +166,7 @@ def test_unreadable_state_resends_everything(tmp_path: Path) -> None:
     sp = Spool(100000)
     fill(sp, 1, range(3))
     _, lines, _ = sp.read(0, 100000, {}, 1, True)
-    for p, e, l in lines:
-        sp.ack(p, e)
+    ack_all(sp, lines)
     sp.save(time.ticks_ms(), True)
     with open("sp/state", "w") as f:
         f.write("{garbage")

@@ -13,7 +13,6 @@ import pytest
 from meetkit_gateway import config as configuration
 from meetkit_gateway.acks import ranges
 
-from tests.conftest import Broker
 
 from .conftest import Listener, Publisher, Running, batch, example, pubacks, wait_for, write_config
 

@@ -3,7 +3,6 @@ unix socket -> a real Mosquitto) that a `wifi_down` fault really cuts."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
