@@ -20,6 +20,8 @@ DEFAULTS = {
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
 MIC_TYPES = ("ics43434", "inmp441")
+# Self-noise in dB(A) SPL: 94 dB minus the datasheet's A-weighted signal-to-noise ratio (65, 61)
+MIC_FLOOR_DB = {"ics43434": 29.0, "inmp441": 33.0}
 
 
 def _read_json(path, problems):
@@ -95,7 +97,17 @@ def load_board(path, problems):
             problems.append("board.mic.type: %r is not one of %s" % (mic.get("type"), ", ".join(MIC_TYPES)))
         elif not isinstance(sens, (int, float)) or not -60 <= sens <= 0:
             problems.append("board.mic.sens_dbfs: %r is not a sensitivity in dBFS (-60 to 0)" % (sens,))
+        elif mic.get("rate", 48000) != 48000:
+            # the A-weighting filter's coefficients are for 48 kHz
+            problems.append("board.mic.rate: %r is not supported (48000)" % (mic.get("rate"),))
+        elif not isinstance(mic.get("floor_db", 0), (int, float)) or not 0 <= mic.get("floor_db", 0) <= 80:
+            problems.append("board.mic.floor_db: %r is not a self-noise level in dB(A) (0 to 80)"
+                            % (mic.get("floor_db"),))
+        elif "ibuf" in mic and _int(mic, "ibuf", 8192, 131072, problems, "board.mic") is None:
+            pass
         else:
+            mic = dict(mic)
+            mic["floor_db"] = float(mic.get("floor_db", MIC_FLOOR_DB[mic["type"]]))
             out["mic"] = mic
     return out
 

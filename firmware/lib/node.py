@@ -150,7 +150,7 @@ class Node:
         parts = []
         flags = {}
         errs = {}
-        ctx = {"dur": dur, "rh_high": self.cfg["rh_high_pct"],
+        ctx = {"dur": dur, "dur_ms": time.ticks_diff(now, self.iv_t0), "rh_high": self.cfg["rh_high_pct"],
                "rh_max": self.climate.rh_max() if self.climate else None}
         for s in self.samplers:
             s.fill(parts, flags, errs, ctx)

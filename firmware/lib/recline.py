@@ -7,17 +7,19 @@
 # the ESP32's 2 MB file system. ts is "-" while the clock is unknown; an empty field is a null.
 # flags: <key index><flag letters>,...  e.g. 0wh,2w    errors: role=count,role=count
 
-FLAGS = {"missing": "m", "checksum": "c", "warmup": "w", "rh_high": "h", "partial": "p"}
+FLAGS = {"missing": "m", "checksum": "c", "warmup": "w", "rh_high": "h", "partial": "p",
+         "overload": "o", "floor": "f"}
 _NAMES = {v: k for k, v in FLAGS.items()}
 
 
 def encode(boot, seq, ts, up, dur, parts, flags, errs):
-    """parts: ['"key":[avg,min,max,n]' or '"key":null', ...] as the samplers fill them."""
+    """parts: ['"key":[avg,min,max,n]', '"key":number' or '"key":null', ...] as the samplers fill
+    them. An array keeps its commas on the line, a number has none: that tells them apart."""
     out = ["%d %d %s %d %d" % (boot, seq, "-" if ts is None else ts, up, dur)]
     keys = keys_of(parts)
     for p in parts:
         v = p[p.index(":") + 1:]
-        out.append("" if v == "null" else v[1:-1])
+        out.append("" if v == "null" else v[1:-1] if v[0] == "[" else v)
     out.append(",".join("%d%s" % (keys.index(k), "".join(FLAGS[f] for f in v)) for k, v in flags.items()))
     out.append(",".join("%s=%d" % kv for kv in errs.items()))
     return "|".join(out)
@@ -46,7 +48,7 @@ def to_json(line, keys, anchor_ms):
     out = ['{"seq":%s,"ts":%s,"up":%s,"dur":%s' % (seq, ts, up, dur)]
     for i, k in enumerate(keys):
         v = f[i + 1] if i + 1 < len(f) - 2 else ""
-        out.append('"%s":%s' % (k, "[%s]" % v if v else "null"))
+        out.append('"%s":%s' % (k, ("[%s]" % v if "," in v else v) if v else "null"))
     fl, er = f[-2], f[-1]
     if fl:
         fs = []

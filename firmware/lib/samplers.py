@@ -4,7 +4,8 @@
 import time
 from machine import I2C, UART, Pin
 from stats import Stat
-from soundlevel import SoundLevel, LevelStat
+from soundlevel import SoundLevel, RATE
+from stats import num
 
 PM_WARMUP_MS = 30000  # Plantower and Nova: stable readings 30 s after the fan starts
 RETRY_MS = 30000
@@ -129,29 +130,48 @@ class Climate:
 
 
 class Noise:
+    """A-weighted indicators per interval from the I2S microphone (soundlevel.py). The audio is
+    read here in 20 ms blocks; the blocking read paces the node's main loop."""
     role = "mic"
-    keys = ("LZeq",)
-    units = {"LZeq": "dB"}
+    keys = ("LAeq", "LA10", "LA50", "LA90", "LZeq", "cov")
+    units = {"LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}
 
     def __init__(self, sec, offset_db):
         self.level = SoundLevel(sec["i2s"], sec["sck"], sec["ws"], sec["sd"], sec["sens_dbfs"],
-                                offset_db=offset_db, rate=sec.get("rate", 48000))
-        self.stat = LevelStat()
+                                offset_db=offset_db, ibuf=sec.get("ibuf", 40960))
+        self.floor = sec["floor_db"]
 
     def read(self):
-        """Read one block of audio: this paces the main loop."""
-        lv = self.level
-        if lv.read() and lv.level is not None:
-            self.stat.add(lv.level)
+        self.level.read()
 
     def fill(self, parts, flags, errs, ctx):
-        st = self.stat
-        part = self.level.flush()  # the interval's last, partial second: seconds follow the grid
-        if part is not None:
-            st.add(part[0], part[1])
-        parts.append('"LZeq":' + st.result())
-        if not st.n:
-            flags["LZeq"] = ["missing"]
-        elif st.n < ctx["dur"] // 2:
-            flags["LZeq"] = ["partial"]
-        st.reset()
+        r = self.level.meter.take()
+        n = r["n"]
+        want = ctx["dur_ms"] * (RATE // 1000)
+        cov = min(1.0, n / want) if want > 0 else 0.0
+        leq = r["LAeq"]
+        if leq is None:  # no audio, or only zeros: a digital microphone is never exactly silent
+            parts.append('"LAeq":null')
+            flags["LAeq"] = ["missing"]
+        else:
+            parts.append('"LAeq":[%s,%s,%s,%d]' % (num(leq, 1), _db(r["LAFmin"]), _db(r["LAFmax"]),
+                                                  n // RATE))
+            f = []
+            if cov < 0.99:
+                f.append("partial")
+            if r["over"]:
+                f.append("overload")
+            if leq < self.floor + 3.0:
+                f.append("floor")
+            if f:
+                flags["LAeq"] = f
+        for k in ("LA10", "LA50", "LA90", "LZeq"):
+            v = r[k] if leq is not None else None
+            parts.append('"%s":%s' % (k, _db(v)))
+            if k != "LZeq" and v is not None and v < self.floor + 3.0:
+                flags[k] = ["floor"]
+        parts.append('"cov":' + num(cov, 3))
+
+
+def _db(v):
+    return "null" if v is None else num(v, 1)
