@@ -15,12 +15,19 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 VERSION = 1
 
 #: The contract says a batch stays under about 2 KB; twice that is clearly not a batch.
 MAX_MESSAGE_BYTES = 4096
+
+
+#: How a quantity is written in a record (besides null).
+Form = Literal["summary", "scalar", "scalar_or_summary"]
+SUMMARY: Form = "summary"  # `[avg, min, max, n]` only
+SCALAR: Form = "scalar"  # a plain number only
+SCALAR_OR_SUMMARY: Form = "scalar_or_summary"  # a number; `[avg, min, max, n]` still accepted (older firmware)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,14 @@ class Quantity:
     unit: str
     low: float
     high: float
+    form: Form = SUMMARY
+    #: the least `n` of a summary
+    n_low: int = 1
+
+    def range(self) -> str:
+        """`-45..90 degC`; a dimensionless quantity (unit "1") has no unit after its range."""
+        unit = "" if self.unit == "1" else f" {self.unit}"
+        return f"{self.low:g}..{self.high:g}{unit}"
 
 
 #: Known quantities in the order of docs/payload.md, with their unit and valid range.
@@ -41,11 +56,21 @@ QUANTITIES: dict[str, Quantity] = {
         Quantity("temp", "degC", -45, 90),
         Quantity("rh", "%", 0, 100),
         Quantity("press", "hPa", 300, 1100),
-        Quantity("LZeq", "dB", 0, 140),
+        # [LAeq, LAFmin, LAFmax, seconds]: avg is the energy mean, min/max are Fast levels, so avg
+        # need not lie between them (only min <= max is checked, as for every quantity); n is whole
+        # seconds of audio, 0 when less than one second was processed (cov says how much)
+        Quantity("LAeq", "dB", 0, 140, n_low=0),
+        Quantity("LA10", "dB", 0, 140, SCALAR),
+        Quantity("LA50", "dB", 0, 140, SCALAR),
+        Quantity("LA90", "dB", 0, 140, SCALAR),
+        # a number since the noise pipeline; firmware 0.1.0 sent [avg, min, max, n], and such
+        # records may still come out of a node's spool after an update
+        Quantity("LZeq", "dB", 0, 140, SCALAR_OR_SUMMARY),
+        Quantity("cov", "1", 0, 1, SCALAR),
     )
 }
 
-FLAGS = ("missing", "checksum", "warmup", "rh_high", "partial")
+FLAGS = ("missing", "checksum", "warmup", "rh_high", "partial", "overload", "floor")
 
 NODE_ID = re.compile(r"[a-z0-9-]{1,32}")
 
@@ -75,12 +100,22 @@ class Rejected(Exception):
 
 @dataclass(frozen=True)
 class Value:
-    """One quantity of one record: `[avg, min, max, n]`."""
+    """One quantity of one record: a summary `[avg, min, max, n]`, or a plain number (a scalar:
+    `avg` only, `min`, `max` and `n` None). Never partly one and partly the other."""
 
     avg: float
-    min: float
-    max: float
-    n: int
+    min: float | None = None
+    max: float | None = None
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        given = (self.min is not None, self.max is not None, self.n is not None)
+        if any(given) and not all(given):
+            raise ValueError(f"a Value has min, max and n all or none of them: {self!r}")
+
+    @property
+    def scalar(self) -> bool:
+        return self.n is None
 
 
 @dataclass(frozen=True)
@@ -307,18 +342,34 @@ def _record(r: Any, where: str) -> Record:
     return Record(seq, ts, up, dur, values, flags, err)
 
 
+_SUMMARY_TEXT = "[avg, min, max, n]"
+_EXPECTED: dict[Form, str] = {
+    SUMMARY: f"{_SUMMARY_TEXT} or null",
+    SCALAR: "a number or null",
+    SCALAR_OR_SUMMARY: f"a number, {_SUMMARY_TEXT} (firmware 0.1.0) or null",
+}
+
+
 def _value(v: Any, q: Quantity, where: str) -> Value | None:
     if v is None:
         return None
-    if not isinstance(v, list):
-        raise Rejected(WRONG_TYPE, f"{where}: must be [avg, min, max, n] or null, got {_kind(v)}")
+    number = not isinstance(v, bool) and isinstance(v, (int, float))
+    if number and q.form in (SCALAR, SCALAR_OR_SUMMARY):
+        avg = _number(v, where)
+        if not q.low <= avg <= q.high:
+            raise Rejected(OUT_OF_RANGE, f"{where}: {avg:g} is outside {q.range()}")
+        return Value(avg)
+    if not isinstance(v, list) or q.form == SCALAR:
+        raise Rejected(WRONG_TYPE, f"{where}: must be {_EXPECTED[q.form]}, got {_kind(v)}")
     if len(v) != 4:
-        raise Rejected(BAD_VALUE, f"{where}: must be [avg, min, max, n], got {len(v)} elements")
+        raise Rejected(BAD_VALUE, f"{where}: must be {_SUMMARY_TEXT}, got {len(v)} elements")
     avg, lo, hi = (_number(x, f"{where} {name}") for x, name in zip(v, ("avg", "min", "max")))
-    n = _int(v[3], f"{where} n", low=1)
+    n = _int(v[3], f"{where} n", low=q.n_low)
     for x, name in ((avg, "avg"), (lo, "min"), (hi, "max")):
         if not q.low <= x <= q.high:
-            raise Rejected(OUT_OF_RANGE, f"{where}: {name} {x:g} is outside {q.low:g}..{q.high:g} {q.unit}")
+            raise Rejected(OUT_OF_RANGE, f"{where}: {name} {x:g} is outside {q.range()}")
+    # Only min <= max: avg between them is not checked for any quantity (and must not be for
+    # LAeq, an energy mean beside Fast-weighted extremes that can lag it).
     if lo > hi:
         raise Rejected(BAD_VALUE, f"{where}: min {lo:g} is above max {hi:g}")
     return Value(avg, lo, hi, n)

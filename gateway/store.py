@@ -24,9 +24,13 @@ Schema, version 2 (version 1 lacked `meta`, `alarms` and `nodes.dropped`)::
 
     readings       one row per quantity of a record
       record_id    INTEGER  -> records.id
-      quantity     TEXT     pm1, pm25, pm10, temp, rh, press, LZeq
-      avg, min, max REAL    NULL when the node had no valid sample (`flags` says why)
-      n            INTEGER  samples that went into the value; NULL with the value
+      quantity     TEXT     pm1, pm25, pm10, temp, rh, press, LAeq, LA10, LA50, LA90, LZeq, cov
+      avg, min, max REAL    the node's [avg, min, max, n]; for a quantity sent as a plain number
+                            (LA10, LA50, LA90, cov, LZeq since the noise pipeline) avg is that
+                            number and min, max and n are NULL; all NULL when the node had no
+                            valid sample (`flags` says why)
+      n            INTEGER  samples that went into the value (for LAeq: whole seconds of audio);
+                            NULL with the value and for a plain number
       unit         TEXT     unit the batch gave for the quantity
       flags        TEXT     quality flags, comma-separated; '' when none
       PRIMARY KEY (record_id, quantity)
@@ -76,7 +80,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
-from .payload import QUANTITIES, Batch, Status
+from .payload import QUANTITIES, SCALAR, Batch, Status
 
 #: Payloads larger than this are kept truncated in the dead-letter table.
 DEAD_LETTER_MAX = 64 * 1024
@@ -178,6 +182,17 @@ class Reading:
     n: int | None
     unit: str
     flags: tuple[str, ...]
+
+    @property
+    def scalar(self) -> bool:
+        """The node sent a plain number (or null for a quantity that is only ever one): `min`,
+        `max` and `n` do not apply, rather than being missing."""
+        if self.n is not None:
+            return False
+        if self.avg is not None:
+            return True
+        q = QUANTITIES.get(self.quantity)
+        return q is not None and q.form == SCALAR
 
 
 @dataclass(frozen=True)
@@ -375,7 +390,7 @@ class Store:
                 record_id = cur.lastrowid
                 rows = []
                 for q in rec.quantities():
-                    v = rec.values.get(q)
+                    v = rec.values.get(q)  # a plain number has only avg: min, max, n stay NULL
                     rows.append((
                         record_id, q,
                         v.avg if v else None, v.min if v else None, v.max if v else None, v.n if v else None,

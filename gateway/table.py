@@ -29,8 +29,11 @@ _RIGHT = (False, False, False, True, True, True, True, False, False)
 
 
 def readings_table(readings: Sequence[Reading]) -> str:
+    """One line per reading; `-` where the node had no valid sample, min, max and n blank for a
+    quantity the node sends as a plain number (LA10, cov, ...)."""
     rows = [
-        (g.node, iso(g.start), g.quantity, number(g.avg), number(g.min), number(g.max), number(g.n),
+        (g.node, iso(g.start), g.quantity, number(g.avg),
+         *(("", "", "") if g.scalar else (number(g.min), number(g.max), number(g.n))),
          g.unit, ",".join(g.flags))
         for g in readings
     ]

@@ -27,9 +27,9 @@ def test_valid_batch_is_stored_with_all_fields(gateway, node):
     db = gateway.cfg.store.path
 
     assert rows(db, "SELECT node, boot, seq, ts, start, up, dur, fw, board, sensors, err FROM records ORDER BY seq") == [
-        ("ams-001", 3, 16, None, 1795510740, 960, 60, "0.1.0", "esp32-devkitc",
+        ("ams-001", 3, 16, None, 1795510740, 960, 60, "0.2.0", "esp32-devkitc",
          '{"climate":"bme280","mic":"ics43434","pm":"pms5003"}', None),
-        ("ams-001", 3, 17, 1795510800, 1795510800, 1020, 60, "0.1.0", "esp32-devkitc",
+        ("ams-001", 3, 17, 1795510800, 1795510800, 1020, 60, "0.2.0", "esp32-devkitc",
          '{"climate":"bme280","mic":"ics43434","pm":"pms5003"}', '{"pm":2}'),
     ]
     readings = rows(
@@ -41,7 +41,13 @@ def test_valid_batch_is_stored_with_all_fields(gateway, node):
         (16, "pm1", 3.0, 2.0, 4.0, 57, "ug/m3", ""),
         (16, "pm25", None, None, None, None, "ug/m3", "missing"),
         (16, "temp", 12.3, 12.3, 12.4, 12, "degC", ""),
-        (17, "LZeq", 55.2, 48.1, 67.3, 60, "dB", ""),
+        # the noise indicators: LAeq a summary (LAFmin, LAFmax, seconds), the others avg only
+        (17, "LA10", 58.4, None, None, None, "dB", ""),
+        (17, "LA50", 53.9, None, None, None, "dB", ""),
+        (17, "LA90", 49.6, None, None, None, "dB", ""),
+        (17, "LAeq", 55.2, 48.3, 67.1, 60, "dB", ""),
+        (17, "LZeq", 63.8, None, None, None, "dB", ""),
+        (17, "cov", 1.0, None, None, None, "1", ""),
         (17, "pm1", 3.1, 2.0, 5.0, 58, "ug/m3", ""),
         (17, "pm10", 8.9, 6.0, 12.0, 58, "ug/m3", ""),
         (17, "pm25", 5.2, 4.0, 7.0, 58, "ug/m3", "rh_high"),

@@ -10,7 +10,7 @@ import pytest
 from meetkit_gateway.payload import parse_batch
 from meetkit_gateway.store import Store
 
-from .conftest import batch, cli, encode, example
+from .conftest import OLD_FIRMWARE, batch, cli, encode, example
 
 T0 = 1795510800  # 2026-11-24T09:00:00Z
 
@@ -44,7 +44,51 @@ ams-001  2026-11-24T09:00:00Z  pm10          8.9       6      12  58  ug/m3
 ams-001  2026-11-24T09:00:00Z  temp        12.34    12.3    12.4  12  degC
 ams-001  2026-11-24T09:00:00Z  rh           81.2    80.9    81.5  12  %
 ams-001  2026-11-24T09:00:00Z  press     1013.21  1013.1  1013.3  12  hPa
-ams-001  2026-11-24T09:00:00Z  LZeq         55.2    48.1    67.3  60  dB
+ams-001  2026-11-24T09:00:00Z  LAeq         55.2    48.3    67.1  60  dB
+ams-001  2026-11-24T09:00:00Z  LA10         58.4                      dB
+ams-001  2026-11-24T09:00:00Z  LA50         53.9                      dB
+ams-001  2026-11-24T09:00:00Z  LA90         49.6                      dB
+ams-001  2026-11-24T09:00:00Z  LZeq         63.8                      dB
+ams-001  2026-11-24T09:00:00Z  cov             1                      1
+"""
+
+
+def test_noise_indicators_old_and_new(config):
+    """Plain numbers show avg only; LZeq of firmware 0.1.0 keeps its min, max and n; a missing
+    plain number is `-` with min, max and n still blank."""
+    new = example()
+    new["recs"][0].update(LAeq=None, LA10=None, LA50=None, LA90=None, LZeq=None, cov=0,
+                          f={"pm25": ["missing"], "LAeq": ["missing"]})
+    new["recs"][1]["f"] = {"LAeq": ["overload", "floor"], "LA90": ["floor"]}
+    fill(config, OLD_FIRMWARE, new)
+    r = cli("readings", "--config", str(config), "--since", "2026-11-24T08:00Z", "--node", "ams-001")
+    assert r.returncode == 0, r.stderr
+    noise = [line for line in r.stdout.splitlines()[2:] if line.split()[2] in ("LAeq", "LA10", "LA50", "LA90", "LZeq", "cov")]
+    assert noise == [
+        "ams-001  2026-11-24T08:00:00Z  LZeq         55.2    48.1    67.3  60  dB",
+        "ams-001  2026-11-24T08:59:00Z  LAeq            -       -       -   -  dB     missing",
+        "ams-001  2026-11-24T08:59:00Z  LA10            -                      dB",
+        "ams-001  2026-11-24T08:59:00Z  LA50            -                      dB",
+        "ams-001  2026-11-24T08:59:00Z  LA90            -                      dB",
+        "ams-001  2026-11-24T08:59:00Z  LZeq            -       -       -   -  dB",
+        "ams-001  2026-11-24T08:59:00Z  cov             0                      1",
+        "ams-001  2026-11-24T09:00:00Z  LAeq         55.2    48.3    67.1  60  dB     overload,floor",
+        "ams-001  2026-11-24T09:00:00Z  LA10         58.4                      dB",
+        "ams-001  2026-11-24T09:00:00Z  LA50         53.9                      dB",
+        "ams-001  2026-11-24T09:00:00Z  LA90         49.6                      dB     floor",
+        "ams-001  2026-11-24T09:00:00Z  LZeq         63.8                      dB",
+        "ams-001  2026-11-24T09:00:00Z  cov             1                      1",
+    ]
+
+
+def test_one_plain_quantity(config):
+    fill(config, example())
+    r = cli("readings", "--config", str(config), "--since", "2026-11-24T08:00Z", "--quantity", "cov")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == """\
+node     interval start (UTC)  quantity  avg  min  max  n  unit  flags
+-------  --------------------  --------  ---  ---  ---  -  ----  -----
+ams-001  2026-11-24T09:00:00Z  cov         1               1
 """
 
 
