@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=int, default=60, help="interval in seconds")
     run.add_argument("--hours", type=float, default=1.0, help="simulated hours to run")
     run.add_argument("--speed", type=float, default=0, help="times real time (0: as fast as possible)")
-    run.add_argument("--heapsize", default="96K", help="MicroPython heap, as on a board")
+    run.add_argument("--heapsize", default="112K", help="MicroPython heap, as on a board")
     run.add_argument("--workdir", type=Path)
     run.set_defaults(func=cmd_sim_run)
 

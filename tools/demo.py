@@ -20,7 +20,7 @@ NODES = (("street-01", "quiet-street", "esp32-devkitc"),
          ("road-01", "busy-road", "esp32-devkitc"),
          ("site-01", "construction-site", "esp32-devkitc-sds011"))
 COLUMNS = (("PM2.5", "pm25"), ("PM10", "pm10"), ("T degC", "temp"), ("RH %", "rh"),
-           ("hPa", "press"), ("LZeq dB", "LZeq"))
+           ("hPa", "press"), ("LAeq dB", "LAeq"), ("LA90 dB", "LA90"))
 
 
 def render(db: Path, nodes: list[SimNode], started: float) -> str:

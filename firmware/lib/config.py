@@ -5,7 +5,7 @@
 import json
 import console
 
-FW_VERSION = "0.1.0"
+FW_VERSION = "0.2.0"
 
 DEFAULTS = {
     "interval_s": 60,

@@ -8,9 +8,12 @@
 # it. New records go out at once; the backlog of an outage drains oldest-first, one batch every
 # BACKLOG_GAP_MS, with at most INFLIGHT_MAX batches waiting for their acknowledgement.
 import gc
-gc.collect()  # first, while the compiler's garbage is all that is free: 2 KB in one piece for the
-BATCH_BYTES = 1800      # batch buffer (a batch stays under about 2 KB); later the heap is fragmented
-_BUF = bytearray(BATCH_BYTES + 512)
+gc.collect()  # first, while the heap is still in one piece, the large buffers, in one block: once the
+BATCH_BYTES = 1800  # modules are compiled, the heap is fragmented and may not have 5 KB in one piece
+_MEM = memoryview(bytearray(BATCH_BYTES + 512 + 5120 + 3840))
+_BUF = _MEM[:BATCH_BYTES + 512]  # a batch (under about 2 KB)
+_HIST = _MEM[BATCH_BYTES + 512:BATCH_BYTES + 512 + 5120]  # the noise histogram (soundlevel.NB uint32)
+_AUDIO = _MEM[BATCH_BYTES + 512 + 5120:]  # a block of audio (20 ms, 960 32-bit samples)
 import json
 import sys
 import time
@@ -61,7 +64,7 @@ class Node:
             self.climate = self._make("climate", lambda: Climate(board["i2c"], board["climate"],
                                                                  cfg["climate_every_s"], now))
         if "mic" in board:
-            self.noise = self._make("mic", lambda: Noise(board["mic"], cfg["noise_offset_db"]))
+            self.noise = self._make("mic", lambda: Noise(board["mic"], cfg["noise_offset_db"], _HIST, _AUDIO))
         units = {}
         for s in self.samplers:
             units.update(s.units)

@@ -136,9 +136,9 @@ class Noise:
     keys = ("LAeq", "LA10", "LA50", "LA90", "LZeq", "cov")
     units = {"LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}
 
-    def __init__(self, sec, offset_db):
+    def __init__(self, sec, offset_db, hist=None, buf=None):
         self.level = SoundLevel(sec["i2s"], sec["sck"], sec["ws"], sec["sd"], sec["sens_dbfs"],
-                                offset_db=offset_db, ibuf=sec.get("ibuf", 40960))
+                                offset_db=offset_db, ibuf=sec.get("ibuf", 40960), hist=hist, buf=buf)
         self.floor = sec["floor_db"]
 
     def read(self):

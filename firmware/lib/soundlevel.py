@@ -323,9 +323,11 @@ class NoiseMeter:
     """The indicators of the audio handed to process(), per interval. No I/O, no board: the node
     feeds it from the microphone, the tests from a file."""
 
-    def __init__(self, sens_dbfs, offset_db=0.0):
+    def __init__(self, sens_dbfs, offset_db=0.0, hist=None):
         self.st = array.array("i", bytes(4 * _S_WORDS))
-        self.hist = array.array("I", bytes(4 * NB))
+        # NB uint32 counters; the node hands in a buffer it allocated at start, while the heap
+        # still has 5 KB in one piece
+        self.hist = bytearray(4 * NB) if hist is None else hist
         self.st[_S_WARM] = WARM_TICKS
         # dB SPL = dBFS - sensitivity (dBFS at 94 dB SPL) + 94 + the node's calibration offset
         self._spl = 94.0 - sens_dbfs + offset_db - 10.0 * math.log10(FS_MS)
@@ -370,16 +372,16 @@ class NoiseMeter:
 class SoundLevel:
     """The microphone on I2S, read in 20 ms blocks (960 samples) into one buffer, and its meter."""
 
-    def __init__(self, i2s_id, sck, ws, sd, sens_dbfs, offset_db=0.0, ibuf=40960):
+    def __init__(self, i2s_id, sck, ws, sd, sens_dbfs, offset_db=0.0, ibuf=40960, hist=None, buf=None):
         from machine import I2S, Pin  # here, so the meter runs without a board
 
         self.block = RATE // 50
-        self._buf = bytearray(self.block * 4)
+        self._buf = bytearray(self.block * 4) if buf is None else buf
         # The DMA buffer bridges the main loop's longest step (a flash erase, a connect): 40960
         # bytes hold 106 ms, as the ESP32 keeps 8 bytes per frame whatever the slot format.
         self._i2s = I2S(i2s_id, sck=Pin(sck), ws=Pin(ws), sd=Pin(sd), mode=I2S.RX, bits=32,
                         format=I2S.MONO, rate=RATE, ibuf=ibuf)
-        self.meter = NoiseMeter(sens_dbfs, offset_db)
+        self.meter = NoiseMeter(sens_dbfs, offset_db, hist)
 
     def read(self):
         """Read one block (blocks until the I2S DMA has it) and process it."""

@@ -28,7 +28,8 @@ blk = 960 * 4
 for i in range(0, len(data), blk):
     part = data[i:i + blk]
     m.process(part, len(part) // 4)
-print(json.dumps([list(m.st), list(m.hist)]))
+import array
+print(json.dumps([list(m.st), list(array.array("I", m.hist))]))
 """
 
 

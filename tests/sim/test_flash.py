@@ -195,7 +195,7 @@ machine.deepsleep()  # boot 3: sleeps to the end of the run
 def life(tmp_path_factory: pytest.TempPathFactory) -> SimNode:
     tmp = tmp_path_factory.mktemp("life")
     spec = NodeSpec(node_id="life", scenario=SCENARIO, workdir=tmp / "node", until_s=120,
-                    heapsize="96K", power_cuts=[40], firmware=fw(tmp, LIFE))
+                    heapsize="112K", power_cuts=[40], firmware=fw(tmp, LIFE))
     node = SimNode(spec)
     node.prepare()
     node.start()
@@ -277,7 +277,7 @@ def test_random_power_cuts_on_a_node_never_break_its_files(tmp_path: Path) -> No
         w += rnd.randint(1, 250)   # fewer than a boot's 100 writes of a few programs each
         cuts.append(w)
     spec = NodeSpec(node_id="cuts", scenario=SCENARIO, workdir=tmp_path / "node", until_s=3600,
-                    heapsize="96K", power_cuts=cuts, firmware=fw(tmp_path, CUTS))
+                    heapsize="112K", power_cuts=cuts, firmware=fw(tmp_path, CUTS))
     node = SimNode(spec)
     node.prepare()
     node.start()
@@ -296,7 +296,7 @@ def test_random_power_cuts_on_a_node_never_break_its_files(tmp_path: Path) -> No
 # -- the real firmware on the image ----------------------------------------------------------------
 def test_the_firmware_boots_from_the_image_and_after_a_power_cut(tmp_path: Path) -> None:
     spec = NodeSpec(node_id="fw-1", scenario=SCENARIO, workdir=tmp_path / "node", until_s=150,
-                    broker_port=1, heapsize="96K", power_cuts=[4])
+                    broker_port=1, heapsize="112K", power_cuts=[4])
     node = SimNode(spec)
     node.prepare()
     node.start()
@@ -315,10 +315,10 @@ def test_the_image_leaves_the_firmware_its_heap_budget(tmp_path: Path) -> None:
         gc.collect()
         print("@free", gc.mem_free())
         """, image=True, heapsize=f"{96 + SIM_HEAP_RESERVE // 1024}K", until_ms=None,
-                extra={"heap_budget": 96 * 1024})
+                extra={"heap_budget": 112 * 1024})
     assert r.code == 2, r.out + r.err
     free = int(r.lines[0].split()[1])
-    assert 96 * 1024 - 2048 < free <= 96 * 1024 + 64
+    assert 112 * 1024 - 2048 < free <= 112 * 1024 + 64
     assert r.state["stats"]["sim_heap"] < 64 * 1024   # littlefs and its block device included
 
 

