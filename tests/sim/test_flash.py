@@ -314,7 +314,7 @@ def test_the_image_leaves_the_firmware_its_heap_budget(tmp_path: Path) -> None:
         import gc
         gc.collect()
         print("@free", gc.mem_free())
-        """, image=True, heapsize=f"{96 + SIM_HEAP_RESERVE // 1024}K", until_ms=None,
+        """, image=True, heapsize=f"{112 + SIM_HEAP_RESERVE // 1024}K", until_ms=None,
                 extra={"heap_budget": 112 * 1024})
     assert r.code == 2, r.out + r.err
     free = int(r.lines[0].split()[1])
