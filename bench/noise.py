@@ -838,10 +838,11 @@ def emulate_run(code: bytes, funtab_obj_index: int, audio: bytes, st0: list[int]
     n = len(audio) // 4
     for done in range(0, n, block):
         k = min(block, n - done)
-        for i, v in enumerate((buf_at + 4 * done, k, st_at, hist_at, tab_at)):
+        call = (buf_at + 4 * done, 0, 0, k, st_at, hist_at, tab_at)  # _run(buf, i, stop, n, st, hist, tab)
+        for i, v in enumerate(call):
             objs[0xA00 + 8 * i] = v
             m.w32(args + 4 * i, 0xA00 + 8 * i)
-        m.call(0, {1: stack_top, 2: fun, 3: 5, 4: 0, 5: args})
+        m.call(0, {1: stack_top, 2: fun, 3: len(call), 4: 0, 5: args})
     st = [_sext(m.r32(st_at + 4 * i), 32) for i in range(len(st0))]
     hist = [m.r32(hist_at + 4 * i) for i in range(NB)]
     return m, st, hist

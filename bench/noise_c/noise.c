@@ -51,84 +51,106 @@ void noise_run(const uint16_t *buf, int32_t n, int32_t *st, uint32_t *hist, cons
     }
     int32_t i = 0;
     int32_t end = 2 * n;
+    int32_t stop;
     while (i < end) {
-        x = (((int32_t)(buf[i + 1] ^ 0x8000) - 0x8000) << 8) | (buf[i] >> 8);
-        i += 2;
-        if (x > 8388543 || x < -8388544)
-            over += 1;
-        /* DC blocker */
-        t = d1 + dr;
-        q = t >> 13;
-        dr = t - (q << 13);
-        d1 = x - x1 + d1 - q;
-        x1 = x;
-        z = (d1 + 8) >> 4;
-        /* Z energy */
-        v = z >= 0 ? z : -z;
-        if (v < 32768) {
-            zl += v * v;
-        } else {
-            v = (v + 32) >> 6;
-            v = v * v;
-            zh += v >> 18;
-            zl += (v & 262143) << 12;
+        stop = i + 2 * (48 - tpos); /* up to the next tick, or to the end of the block */
+        if (stop > end)
+            stop = end;
+        tpos += (stop - i) >> 1;
+        while (i < stop) {
+            x = (((int32_t)(buf[i + 1] ^ 0x8000) - 0x8000) << 8) | (buf[i] >> 8);
+            i += 2;
+            if ((uint32_t)(x + 8388544) > 16777087u)
+                over += 1;
+            /* DC blocker */
+            t = d1 + dr;
+            q = t >> 13;
+            dr = t & 8191;
+            d1 = x - x1 + d1 - q;
+            x1 = x;
+            z = (d1 + 8) >> 4;
+            /* Z energy */
+            if ((uint32_t)(z + 4096) < 8192u) {
+                zl += z * z;
+            } else {
+                v = z >= 0 ? z : -z;
+                v = (v + 32) >> 6;
+                v = v * v;
+                if (zl > m30) {
+                    zl -= m30 + 1;
+                    zh += 1;
+                }
+                zh += v >> 18;
+                zl += (v & 262143) << 12;
+                if (zl > m30) {
+                    zl -= m30 + 1;
+                    zh += 1;
+                }
+            }
+            /* A: four low sections */
+            t = K1 * a1 + ar;
+            q = t >> 19;
+            ar = t & 524287;
+            y = z - z1 + a1 - q;
+            z1 = z;
+            t = K1 * b1 + br;
+            q = t >> 19;
+            br = t & 524287;
+            w = y - a1 + b1 - q;
+            a1 = y;
+            t = K2 * c1 + cr;
+            q = t >> 16;
+            cr = t & 65535;
+            y = w - b1 + c1 - q;
+            b1 = w;
+            t = K3 * e1 + er;
+            q = t >> 14;
+            er = t & 16383;
+            w = y - c1 + e1 - q;
+            c1 = y;
+            /* the top end, Q11 */
+            t = C5 * e1 + P5 * f1 + fr;
+            q = t >> 11;
+            fr = t & 2047;
+            y = w + q;
+            e1 = w;
+            t = C6 * f1 + P6 * g1 + gr;
+            q = t >> 11;
+            gr = t & 2047;
+            w = y + q;
+            f1 = y;
+            g1 = w;
+            /* A energy */
+            if ((uint32_t)(w + 4096) < 8192u) {
+                al += w * w;
+            } else {
+                v = w >= 0 ? w : -w;
+                v = (v + 32) >> 6;
+                v = v * v;
+                if (al > m30) {
+                    al -= m30 + 1;
+                    ah += 1;
+                }
+                ah += v >> 18;
+                al += (v & 262143) << 12;
+                if (al > m30) {
+                    al -= m30 + 1;
+                    ah += 1;
+                }
+            }
+        }
+        if (tpos < 48)
+            break; /* the block ended inside a tick */
+        tpos = 0;
+        /* -- a tick ---------------------------------------------------------------------------- */
+        if (al > m30) {
+            al -= m30 + 1;
+            ah += 1;
         }
         if (zl > m30) {
             zl -= m30 + 1;
             zh += 1;
         }
-        /* A: four low sections */
-        t = K1 * a1 + ar;
-        q = t >> 19;
-        ar = t - (q << 19);
-        y = z - z1 + a1 - q;
-        z1 = z;
-        t = K1 * b1 + br;
-        q = t >> 19;
-        br = t - (q << 19);
-        w = y - a1 + b1 - q;
-        a1 = y;
-        t = K2 * c1 + cr;
-        q = t >> 16;
-        cr = t - (q << 16);
-        y = w - b1 + c1 - q;
-        b1 = w;
-        t = K3 * e1 + er;
-        q = t >> 14;
-        er = t - (q << 14);
-        w = y - c1 + e1 - q;
-        c1 = y;
-        /* the top end, Q11 */
-        t = C5 * e1 + P5 * f1 + fr;
-        q = t >> 11;
-        fr = t - (q << 11);
-        y = w + q;
-        e1 = w;
-        t = C6 * f1 + P6 * g1 + gr;
-        q = t >> 11;
-        gr = t - (q << 11);
-        w = y + q;
-        f1 = y;
-        g1 = w;
-        /* A energy */
-        v = w >= 0 ? w : -w;
-        if (v < 32768) {
-            al += v * v;
-        } else {
-            v = (v + 32) >> 6;
-            v = v * v;
-            ah += v >> 18;
-            al += (v & 262143) << 12;
-        }
-        if (al > m30) {
-            al -= m30 + 1;
-            ah += 1;
-        }
-        tpos += 1;
-        if (tpos < 48)
-            continue;
-        /* -- a tick ---------------------------------------------------------------------------- */
-        tpos = 0;
         u = st[21] + al;
         k = st[22] + ah;
         if (u > m30) {

@@ -59,7 +59,9 @@ _S_PRIMED = 35   # the DC blocker has seen its first sample
 
 
 @micropython.viper
-def _run(buf: ptr16, n: int, st: ptr32, hist: ptr32, tab: ptr16):
+def _run(buf: ptr16, i: int, stop: int, n: int, st: ptr32, hist: ptr32, tab: ptr16):
+    # (i and stop are arguments only to be the first locals: viper keeps those in registers; the
+    # caller passes 0, 0)
     sh = 31
     sb = 1 << sh  # at run time: a literal 2**31 would be an object on the ESP32
     m30 = (1 << 30) - 1
@@ -89,83 +91,99 @@ def _run(buf: ptr16, n: int, st: ptr32, hist: ptr32, tab: ptr16):
     if st[35] == 0 and n > 0:    # start the DC blocker on the first sample, not on a step from 0
         x1 = (((buf[1] ^ 0x8000) - 0x8000) << 8) | (buf[0] >> 8)
         st[35] = 1
-    i = 0
     end = 2 * n
     while i < end:
-        # little-endian 32-bit slot, 24 data bits on top: halfword 2k+1 is the high half
-        x = (((buf[i + 1] ^ 0x8000) - 0x8000) << 8) | (buf[i] >> 8)
-        i += 2
-        if x > 8388543 or x < -8388544:  # within 64 LSB of full scale
-            over += 1
-        # DC blocker: y = x - x1 + y1 * (1 - 2**-13)
-        t = d1 + dr
-        q = t >> 13
-        dr = t - (q << 13)
-        d1 = x - x1 + d1 - q
-        x1 = x
-        z = (d1 + 8) >> 4
-        # Z energy: exact squares below 2**15, above it rounded to 64 (2**-10 of the value)
-        v = z if z >= 0 else -z
-        if v < 32768:
-            zl += v * v
-        else:
-            v = (v + 32) >> 6
-            v = v * v
-            zh += v >> 18
-            zl += (v & 262143) << 12
+        stop = i + 2 * (48 - tpos)  # the samples up to the next tick, or to the end of the block
+        if stop > end:
+            stop = end
+        tpos += (stop - i) >> 1
+        while i < stop:
+            # little-endian 32-bit slot, 24 data bits on top: halfword 2k+1 is the high half
+            x = (((buf[i + 1] ^ 0x8000) - 0x8000) << 8) | (buf[i] >> 8)
+            i += 2
+            if uint(x + 8388544) > uint(16777087):  # within 64 LSB of full scale (one compare)
+                over += 1
+            # DC blocker: y = x - x1 + y1 * (1 - 2**-13)
+            t = d1 + dr
+            q = t >> 13
+            dr = t & 8191
+            d1 = x - x1 + d1 - q
+            x1 = x
+            z = (d1 + 8) >> 4
+            # Z energy. |z| < 2**12: the exact square; 48 of them stay below 2**30, so the common
+            # case needs no carry. Above: rounded to 64 (under 2**-6 of the value), and carried.
+            if uint(z + 4096) < uint(8192):
+                zl += z * z
+            else:
+                v = z if z >= 0 else -z
+                v = (v + 32) >> 6
+                v = v * v
+                if zl > m30:
+                    zl -= m30 + 1
+                    zh += 1
+                zh += v >> 18
+                zl += (v & 262143) << 12
+                if zl > m30:
+                    zl -= m30 + 1
+                    zh += 1
+            # A: (1 - z^-1) / (1 - (1 - k) z^-1) four times: y = x - x1 + y1 - k * y1
+            t = _K1 * a1 + ar
+            q = t >> 19
+            ar = t & 524287
+            y = z - z1 + a1 - q
+            z1 = z
+            t = _K1 * b1 + br
+            q = t >> 19
+            br = t & 524287
+            w = y - a1 + b1 - q
+            a1 = y
+            t = _K2 * c1 + cr
+            q = t >> 16
+            cr = t & 65535
+            y = w - b1 + c1 - q
+            b1 = w
+            t = _K3 * e1 + er
+            q = t >> 14
+            er = t & 16383
+            w = y - c1 + e1 - q
+            c1 = y
+            # the top end: (1 + c z^-1) / (1 - p z^-1) twice, Q11
+            t = _C5 * e1 + _P5 * f1 + fr
+            q = t >> 11
+            fr = t & 2047
+            y = w + q
+            e1 = w
+            t = _C6 * f1 + _P6 * g1 + gr
+            q = t >> 11
+            gr = t & 2047
+            w = y + q
+            f1 = y
+            g1 = w
+            # A energy, as the Z energy
+            if uint(w + 4096) < uint(8192):
+                al += w * w
+            else:
+                v = w if w >= 0 else -w
+                v = (v + 32) >> 6
+                v = v * v
+                if al > m30:
+                    al -= m30 + 1
+                    ah += 1
+                ah += v >> 18
+                al += (v & 262143) << 12
+                if al > m30:
+                    al -= m30 + 1
+                    ah += 1
+        if tpos < 48:
+            break  # the block ended inside a tick
+        tpos = 0
+        # -- a tick: 1 ms of audio ------------------------------------------------------------
+        if al > m30:  # below 2**31 (see above): one carry brings it below 2**30
+            al -= m30 + 1
+            ah += 1
         if zl > m30:
             zl -= m30 + 1
             zh += 1
-        # A: (1 - z^-1) / (1 - (1 - k) z^-1) four times: y = x - x1 + y1 - k * y1
-        t = _K1 * a1 + ar
-        q = t >> 19
-        ar = t - (q << 19)
-        y = z - z1 + a1 - q
-        z1 = z
-        t = _K1 * b1 + br
-        q = t >> 19
-        br = t - (q << 19)
-        w = y - a1 + b1 - q
-        a1 = y
-        t = _K2 * c1 + cr
-        q = t >> 16
-        cr = t - (q << 16)
-        y = w - b1 + c1 - q
-        b1 = w
-        t = _K3 * e1 + er
-        q = t >> 14
-        er = t - (q << 14)
-        w = y - c1 + e1 - q
-        c1 = y
-        # the top end: (1 + c z^-1) / (1 - p z^-1) twice, Q11
-        t = _C5 * e1 + _P5 * f1 + fr
-        q = t >> 11
-        fr = t - (q << 11)
-        y = w + q
-        e1 = w
-        t = _C6 * f1 + _P6 * g1 + gr
-        q = t >> 11
-        gr = t - (q << 11)
-        w = y + q
-        f1 = y
-        g1 = w
-        # A energy
-        v = w if w >= 0 else -w
-        if v < 32768:
-            al += v * v
-        else:
-            v = (v + 32) >> 6
-            v = v * v
-            ah += v >> 18
-            al += (v & 262143) << 12
-        if al > m30:
-            al -= m30 + 1
-            ah += 1
-        tpos += 1
-        if tpos < 48:
-            continue
-        # -- a tick: 1 ms of audio ------------------------------------------------------------
-        tpos = 0
         # the interval's sums, three 30-bit words each
         u = ((st[21] ^ sb) - sb) + al
         k = ((st[22] ^ sb) - sb) + ah
@@ -334,7 +352,7 @@ class NoiseMeter:
 
     def process(self, buf, n):
         """n samples (32-bit little-endian slots, 24 data bits on top) from buf."""
-        _run(buf, n, self.st, self.hist, _LOG2_TAB)
+        _run(buf, 0, 0, n, self.st, self.hist, _LOG2_TAB)
 
     def samples(self):
         return self.st[_S_N]

@@ -175,7 +175,7 @@ class Twin:
             x1 = samples[0]
             st[35] = 1
         for x in samples:
-            if x > 8388543 or x < -8388544:
+            if x > 8388543 or x < -8388544:  # the firmware: one unsigned compare
                 over += 1
             t = d1 + dr
             pk("dc.t", t)
@@ -245,25 +245,35 @@ class Twin:
         st[33] = over
 
     def _square(self, v: int, lo: int, hi: int, name: str) -> tuple[int, int]:
-        v = abs(v)
-        if v < 32768:
+        if -4096 <= v < 4096:  # exact; 48 of them stay below 2**30: no carry
             self._peak(name + ".sq", v * v)
             lo += v * v
         else:
-            v = (v + 32) >> 6
+            v = (abs(v) + 32) >> 6
             self._peak(name + ".sq", v * v)
             v = v * v
+            if lo > M30:
+                lo -= M30 + 1
+                hi += 1
             hi += v >> 18
             lo += (v & 262143) << 12
+            self._peak(name + ".lo", lo)
+            if lo > M30:
+                lo -= M30 + 1
+                hi += 1
         self._peak(name + ".lo", lo)
-        if lo > M30:
-            lo -= M30 + 1
-            hi += 1
         self._peak(name + ".hi", hi)
         return lo, hi
 
     def _tick(self, al: int, ah: int, zl: int, zh: int) -> None:
         st = self.st
+        if al > M30:
+            al -= M30 + 1
+            ah += 1
+        if zl > M30:
+            zl -= M30 + 1
+            zh += 1
+        assert al <= M30 and zl <= M30
         for base, lo, hi in ((21, al, ah), (24, zl, zh)):
             u = st[base] + lo
             k = st[base + 1] + hi

@@ -88,6 +88,8 @@ def test_no_intermediate_can_leave_32_bits_for_any_input() -> None:
         "H5": c["C5"] * b["L3.y"] + c["P5"] * b["H5.y"] + 2**11,
         "H6": c["C6"] * b["H5.y"] + c["P6"] * b["H6.y"] + 2**11,
         "square": max((b["H6.y"] + 32) / 64, b["dc.y"] / 16 / 64) ** 2,
+        # a tick's low energy word: below 2**30 after a carry, plus 48 exact squares (|v| < 2**12)
+        "tick energy": 2**30 + 48 * 4096**2,
     }
     for name, v in products.items():
         assert v < 2**31, f"{name}: worst case {v:.3g} overflows 32 bits"
