@@ -251,11 +251,12 @@ def test_gateway_disk_full_then_space_returns(tmp_path: Path, small_disk: Path) 
 
         def faults() -> None:
             rig.wait_virtual("air-01", 1 * H)
-            with open(filler, "wb") as f:  # fill the disk to the last byte
+            # fill the disk to the last byte; unbuffered, so that closing has nothing left to
+            # flush (a buffered file raised ENOSPC again from close, now and then)
+            with open(filler, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\0" * 65536)
-                        f.flush()
                 except OSError:
                     pass
             full_at.append(stored(rig))
