@@ -23,7 +23,7 @@ S = ref.FS
 @pytest.fixture(scope="module")
 def c_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which(noise.CC) is None:
-        pytest.skip(f"{noise.CC} not found: no C reference to check")
+        pytest.fail(f"{noise.CC} not found: run make setup (it installs gcc)")
     exe, info = noise.build_c(tmp_path_factory.mktemp("noise_c"))
     assert exe is not None, info.get("error")
     assert "warnings" not in info, info["warnings"]
