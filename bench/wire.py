@@ -27,7 +27,7 @@ from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
 HOURS = 2.0
 AIRROHR_BYTES_PER_VALUE = 40.0
-SPOOL_BUDGET = 1600 * 1024   # firmware/lib/config.py's default spool_kb
+SPOOL_BUDGET = 1700 * 1024   # firmware/lib/config.py's default spool_kb
 
 
 class Relay:

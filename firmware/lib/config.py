@@ -15,7 +15,7 @@ DEFAULTS = {
     "ntp_every_s": 3600,
     "noise_offset_db": 0.0,
     "rh_high_pct": 85,
-    "spool_kb": 1600,   # about 11,000 records of 140 bytes: over 7 days at 1-minute intervals
+    "spool_kb": 1700,   # about 10,500 records of 165 bytes (PM, climate, noise): 7.3 days at 1 minute
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
