@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.meetkit-installed
 MPYLIB := build/mpylib/umqtt/simple.py
 
-.PHONY: setup demo test faults bench soak clean system-deps
+.PHONY: setup demo test faults bench soak clean system-deps install-gateway
 
 setup: system-deps $(STAMP) $(MPYLIB)
 
@@ -46,6 +46,25 @@ soak: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The gateway on a Raspberry Pi (Raspberry Pi OS bookworm), as root: a venv with the gateway and
+# its runtime dependency only (no simulator, no dev tools), the config, the systemd unit. DESTDIR
+# installs into another root (the tests do); systemd is started only on a machine that runs it.
+PREFIX ?= /opt/meetkit
+DESTDIR ?=
+install-gateway:
+	@command -v mosquitto >/dev/null 2>&1 || [ -n "$(DESTDIR)" ] || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients python3-venv >/dev/null; }
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)/venv
+	$(DESTDIR)$(PREFIX)/venv/bin/pip install -q --disable-pip-version-check .
+	install -d $(DESTDIR)$(PREFIX)/docs $(DESTDIR)/etc/meetkit $(DESTDIR)/etc/systemd/system
+	install -m 0644 docs/operator.md $(DESTDIR)$(PREFIX)/docs/operator.md
+	[ -f $(DESTDIR)/etc/meetkit/gateway.toml ] || install -m 0644 gateway/gateway.example.toml $(DESTDIR)/etc/meetkit/gateway.toml
+	install -m 0644 packaging/meetkit-gateway.service $(DESTDIR)/etc/systemd/system/meetkit-gateway.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload && systemctl enable --now meetkit-gateway && \
+	  systemctl --no-pager status meetkit-gateway | head -5; \
+	else echo "installed; start it with: systemctl daemon-reload && systemctl enable --now meetkit-gateway"; fi
 
 clean:
 	rm -rf build $(VENV)

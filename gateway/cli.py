@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__, config as configuration
@@ -143,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _setup_logging(cfg)
     try:
-        return run(cfg)
+        return run(cfg, Path(args.config))
     except (StoreError, sqlite3.Error, OSError) as e:  # a locked or unreadable store: not moved aside
         logging.getLogger("meetkit_gateway").error("cannot open the store %s: %s", cfg.store.path, e)
         return 1

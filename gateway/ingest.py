@@ -166,6 +166,8 @@ class Writer:
         self.refused = 0  # messages refused (the store could not commit them)
         self.refusing: Refusal | None = None  # while commits fail for want of space
         self._refused_unsaved = 0  # refusals not yet counted in the store
+        #: monotonic time of the writer loop's last pass (at least once a second while it works)
+        self.alive_at = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -195,6 +197,7 @@ class Writer:
         last_summary, at_summary = time.monotonic(), self.store.counters()
         stop = False
         while not stop:
+            self.alive_at = time.monotonic()
             try:
                 first = self._queue.get(timeout=1.0)
             except queue.Empty:

@@ -82,6 +82,12 @@ class Source:
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
 
+    @property
+    def alive(self) -> bool:
+        """paho's network thread runs (it reconnects by itself while the broker is away)."""
+        t = getattr(self.client, "_thread", None)
+        return t is not None and t.is_alive()
+
     def ack(self, msg: Inbound) -> None:
         """Tell the broker the gateway has `msg` (call once it is committed, or refused)."""
         if msg.qos == 0:

