@@ -582,3 +582,34 @@ class Store:
             (limit,),
         )
         return [DeadLetter(*r) for r in rows]
+
+    # -- reading for the status page and /metrics (gateway/http.py) ---------------------------------
+
+    def boots(self) -> list[tuple[str, int, int, int, int]]:
+        """(node, boot, min seq, max seq, records) per boot of every node, by node then boot: the
+        records missing inside a boot are max - min + 1 - records. One pass over the (node, boot,
+        seq) index, no table rows read."""
+        return self.db.execute(
+            "SELECT node, boot, min(seq), max(seq), count(*) FROM records GROUP BY node, boot ORDER BY node, boot"
+        ).fetchall()
+
+    def readings_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+    def active_alarms(self) -> list[AlarmRow]:
+        """The newest row of each alarm code whose newest row says raised."""
+        rows = self.db.execute(
+            "SELECT id, at, code, active, reason FROM alarms AS a"
+            " WHERE id = (SELECT max(id) FROM alarms WHERE code = a.code) AND active = 1 ORDER BY code"
+        ).fetchall()
+        return [AlarmRow(i, at, code, bool(active), reason) for i, at, code, active, reason in rows]
+
+    def series(self, node: str, since: float, quantities: tuple[str, ...]) -> list[tuple[int, str, float | None]]:
+        """(start, quantity, avg) of a node's records starting at or after `since`, by start:
+        what a plot of the node's last hours draws. Uses the (node, start) index."""
+        marks = ",".join("?" * len(quantities))
+        return self.db.execute(
+            "SELECT r.start, g.quantity, g.avg FROM records AS r JOIN readings AS g ON g.record_id = r.id"
+            f" WHERE r.node = ? AND r.start >= ? AND g.quantity IN ({marks}) ORDER BY r.start, r.boot, r.seq",
+            (node, since, *quantities),
+        ).fetchall()

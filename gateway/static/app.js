@@ -1,0 +1,136 @@
+// The gateway's status page: the fleet, the forwarding targets and per-node plots (uPlot).
+"use strict";
+
+const HOURS = 24;
+const REFRESH_MS = 60000;
+const PLOTS = [
+  // title, series: [key, label, colour, scale], scales' units
+  {title: "PM (µg/m³)", series: [["pm25", "PM2.5", "#c0392b", "ug"], ["pm10", "PM10", "#e67e22", "ug"]]},
+  {title: "Noise (dB(A))", series: [["LAeq", "LAeq", "#2c3e50", "dB"], ["LA10", "LA10", "#8e44ad", "dB"],
+                                    ["LA90", "LA90", "#16a085", "dB"]]},
+  {title: "Temperature (°C), humidity (%)", series: [["temp", "T °C", "#d35400", "degC"], ["rh", "RH %", "#2980b9", "%"]]},
+  {title: "Pressure (hPa)", series: [["press", "p hPa", "#7f8c8d", "hPa"]]},
+];
+const charts = {};  // "node/plot index" -> uPlot
+let win = {since: 0, now: 0};  // the plots' time range, unix s
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return e;
+}
+
+function ago(seconds) {
+  if (seconds == null) return "never";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 90) return s + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return (s / 3600).toFixed(1) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+
+function when(ts, now) {
+  if (ts == null) return "never";
+  const d = new Date(ts * 1000);
+  return d.toISOString().replace("T", " ").slice(0, 19) + " UTC (" + ago(now - ts) + ")";
+}
+
+function num(v) { return v == null ? "–" : v; }
+
+function fleet(doc) {
+  const body = document.querySelector("#fleet tbody");
+  body.replaceChildren();
+  for (const n of doc.nodes) {
+    const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f}, f))
+                                 : [el("span", {class: "flag ok"}, "ok")];
+    const bad = n.flags.includes("stale") || n.flags.includes("offline");
+    body.append(el("tr", {class: bad ? "bad" : "", "data-node": n.node},
+      el("td", {class: "node"}, n.node), el("td", {}, when(n.last_seen, doc.now)),
+      el("td", {class: "num"}, num(n.rssi)), el("td", {class: "num"}, num(n.boot)), el("td", {}, num(n.fw)),
+      el("td", {class: "num"}, n.records), el("td", {class: "num"}, n.gaps),
+      el("td", {class: "num"}, num(n.dropped)), el("td", {}, ...flags)));
+  }
+  if (!doc.nodes.length) body.append(el("tr", {}, el("td", {colspan: 9, class: "empty"}, "no node heard of yet")));
+}
+
+function targets(doc) {
+  const body = document.querySelector("#targets tbody");
+  body.replaceChildren();
+  for (const t of doc.targets) {
+    body.append(el("tr", {class: t.up === false ? "bad" : "", "data-target": t.name},
+      el("td", {}, t.name), el("td", {}, num(t.kind)), el("td", {class: "num"}, num(t.queue_rows)),
+      el("td", {}, t.oldest_age_s == null ? "–" : ago(t.oldest_age_s).replace(" ago", "")),
+      el("td", {}, when(t.last_success, doc.now)), el("td", {class: "num"}, num(t.retries)),
+      el("td", {class: "num"}, num(t.dead_letters)), el("td", {}, num(t.last_error))));
+  }
+  if (!doc.targets.length) {
+    const why = doc.targets_error ? "targets unavailable: " + doc.targets_error : "no forwarding target configured";
+    body.append(el("tr", {}, el("td", {colspan: 8, class: "empty"}, why)));
+  }
+}
+
+function alarms(doc) {
+  const box = document.getElementById("alarms");
+  box.replaceChildren(...doc.alarms.map(a => el("p", {}, "ALARM " + a.code + ": " + a.reason)));
+  box.hidden = !doc.alarms.length;
+}
+
+function width() {
+  return Math.max(320, Math.min(620, Math.floor((document.documentElement.clientWidth - 80) / 2)));
+}
+
+function plot(node, i, spec, data) {
+  const key = node + "/" + i;
+  const scales = [...new Set(spec.series.map(s => s[3]))];
+  const cols = [data.start, ...spec.series.map(s => data[s[0]])];
+  if (charts[key]) { charts[key].setData(cols); return null; }
+  const opts = {
+    title: spec.title, width: width(), height: 220,
+    scales: {x: {time: true, range: () => [win.since, win.now]}},
+    series: [{}, ...spec.series.map(s => ({label: s[1], stroke: s[2], width: 1.5, scale: s[3], spanGaps: false}))],
+    axes: [{}, ...scales.map((u, j) => ({scale: u, side: j ? 1 : 3, grid: {show: j === 0}}))],
+  };
+  const box = el("div", {class: "plot", "data-plot": spec.series.map(s => s[0]).join(",")});
+  charts[key] = new uPlot(opts, cols, box);
+  return box;
+}
+
+async function getJSON(url) {
+  const r = await fetch(url, {cache: "no-store"});
+  if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+  return r.json();
+}
+
+async function refresh() {
+  let doc;
+  try {
+    doc = await getJSON("api/nodes");
+  } catch (e) {
+    document.getElementById("summary").textContent = "the gateway does not answer: " + e.message;
+    return;
+  }
+  const c = doc.counts;
+  document.getElementById("summary").textContent =
+    doc.nodes.length + " nodes, " + c.records + " records, " + c.readings + " readings, " + c.dead_letters +
+    " dead letters; updated " + new Date(doc.now * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  fleet(doc); targets(doc); alarms(doc);
+  const plots = document.getElementById("plots");
+  for (const n of doc.nodes) {
+    let section = plots.querySelector('section[data-node="' + CSS.escape(n.node) + '"]');
+    if (!section) {
+      section = el("section", {"data-node": n.node}, el("h3", {}, n.node), el("div", {class: "node-plots"}));
+      plots.append(section);
+    }
+    const data = await getJSON("api/series?node=" + encodeURIComponent(n.node) + "&hours=" + HOURS);
+    win = {since: data.since, now: data.now};
+    const row = section.querySelector(".node-plots");
+    PLOTS.forEach((spec, i) => { const box = plot(n.node, i, spec, data); if (box) row.append(box); });
+  }
+  document.body.setAttribute("data-loaded", "1");
+}
+
+refresh();
+setInterval(refresh, REFRESH_MS);

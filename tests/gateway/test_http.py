@@ -1,0 +1,266 @@
+"""The status server (gateway/http.py) over a store filled through the store's own API."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from meetkit_gateway import payload
+from meetkit_gateway.http import StatusServer
+from meetkit_gateway.store import Store
+
+from .conftest import batch, encode
+
+NOW = int(time.time()) // 60 * 60
+
+
+def add(store: Store, node: str, boot: int, seqs: list[int], ts0: int | None, dropped: int | None = None,
+        received_at: float | None = None) -> None:
+    doc = batch(node=node, boot=boot, seqs=seqs, ts0=ts0)
+    if dropped is not None:
+        doc["dropped"] = dropped
+    store.add_batch(payload.parse_batch(encode(doc), node), received_at=received_at or time.time())
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.db"
+    with Store(path) as store:
+        t0 = NOW - 3 * 3600
+        add(store, "ams-001", 3, [0, 1, 2, 5, 6], t0)   # 3, 4 missing
+        add(store, "ams-001", 4, [10, 13], t0 + 7200)   # 11, 12 missing: 4 in all
+        add(store, "ams-002", 1, list(range(5)), t0, dropped=7)
+        add(store, "old-01", 1, [0], NOW - 48 * 3600, received_at=NOW - 47 * 3600)  # outside 24 h
+        store.set_status(payload.Status("ams-001", True, boot=4, fw="0.2.0", up=600, rssi=-67))
+        store.set_status(payload.Status('we"ird\\node', False))
+        store.add_dead_letter("meetkit/x/up", b"{", "json", "not JSON")
+        store.bump("dropped.age", 12)
+        store.bump("something.new", 2)
+        store.add_alarm(time.time(), "disk_full", True, "no space left")
+    return path
+
+
+TARGETS = [
+    {"name": "city-influx", "kind": "influxdb", "queue_rows": 1234, "oldest_age_s": 81.5,
+     "last_success": 1795510800.25, "retries": 17, "dead_letters": 2, "sent": 1000, "up": True,
+     "last_error": None},
+    {"name": 'odd "name"\nline', "kind": "mqtt", "queue_rows": 0, "oldest_age_s": None, "last_success": None,
+     "retries": 0, "dead_letters": 0, "up": False, "last_error": "connection refused"},
+]
+
+
+@pytest.fixture
+def server(db: Path) -> Iterator[StatusServer]:
+    with StatusServer(db, "127.0.0.1", 0, targets=lambda: TARGETS) as s:
+        yield s
+
+
+def get(server: StatusServer, path: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(server.url + path, timeout=10) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+# -- a strict reader of the Prometheus text format 0.0.4 ------------------------------------------------
+
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL_VALUE = r'"(?:[^"\\\n]|\\\\|\\"|\\n)*"'
+SAMPLE = re.compile(rf"^({NAME})(?:\{{((?:[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE})(?:,[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE})*)?\}})? "
+                    r"(\S+)(?: (-?\d+))?$")
+LABEL = re.compile(rf'([a-zA-Z_][a-zA-Z0-9_]*)=({LABEL_VALUE})')
+
+
+def unescape(v: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "\\": "\\", '"': '"'}[m.group(1)], v[1:-1])
+
+
+def parse_exposition(text: str) -> dict[str, dict[str, Any]]:
+    """Families by name: {"type", "help", "samples": {frozenset(labels): value}}. Fails on anything
+    the format does not allow: a sample before its TYPE, a family split or declared twice, TYPE
+    after samples, a duplicate series, a bad name, label, escape or value."""
+    assert text.endswith("\n") and not text.endswith("\n\n")
+    families: dict[str, dict[str, Any]] = {}
+    current = None
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            name, _, help = line[7:].partition(" ")
+            assert re.fullmatch(NAME, name), line
+            assert name not in families, f"{name} declared twice"
+            assert not re.search(r"\\[^\\n]", help), f"bad escape in {line!r}"
+            families[name] = {"help": help, "type": None, "samples": {}}
+            current = name
+        elif line.startswith("# TYPE "):
+            name, kind = line[7:].split(" ")
+            assert name == current and families[name]["type"] is None and not families[name]["samples"], line
+            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
+            families[name]["type"] = kind
+        else:
+            assert not line.startswith("#") and line.strip(), f"unexpected line {line!r}"
+            m = SAMPLE.match(line)
+            assert m, f"not a sample: {line!r}"
+            name, labels, value = m.group(1), m.group(2), m.group(3)
+            assert name == current and families[name]["type"] is not None, f"{name} outside its family"
+            if families[name]["type"] == "counter":
+                assert name.endswith("_total"), name
+            pairs = [(k, unescape(v)) for k, v in LABEL.findall(labels or "")]
+            assert len({k for k, _ in pairs}) == len(pairs), f"duplicate label in {line!r}"
+            key = frozenset(pairs)
+            assert key not in families[name]["samples"], f"duplicate series {line!r}"
+            assert value in ("NaN", "+Inf", "-Inf") or re.fullmatch(r"-?\d+(\.\d+)?([eE][-+]?\d+)?", value), line
+            families[name]["samples"][key] = float(value)
+    return families
+
+
+def sample(fams: dict[str, dict[str, Any]], metric: str, **labels: str) -> float:
+    return fams[metric]["samples"][frozenset(labels.items())]
+
+
+# -- the tests -----------------------------------------------------------------------------------------
+
+
+def test_healthz_is_ok_when_the_store_answers(server: StatusServer) -> None:
+    status, ctype, body = get(server, "/healthz")
+    assert status == 200 and ctype == "application/json"
+    doc = json.loads(body)
+    assert doc["status"] == "ok" and doc["nodes"] == 4 and len(doc["db_id"]) == 16
+    assert [a["code"] for a in doc["alarms"]] == ["disk_full"]
+
+
+def test_healthz_is_503_without_a_store(tmp_path: Path) -> None:
+    with StatusServer(tmp_path / "nothing.db", "127.0.0.1", 0) as s:
+        status, _, body = get(s, "/healthz")
+    assert status == 503
+    assert json.loads(body)["status"] == "error"
+    assert not (tmp_path / "nothing.db").exists(), "read-only: must not create the store"
+
+
+def test_metrics_are_valid_exposition_with_the_right_values(server: StatusServer) -> None:
+    status, ctype, body = get(server, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+    fams = parse_exposition(body.decode())
+    assert sample(fams, "meetkit_store_up") == 1
+    assert sample(fams, "meetkit_records_stored_total") == 5 + 2 + 5 + 1
+    assert sample(fams, "meetkit_batches_total") == 4
+    assert sample(fams, "meetkit_messages_rejected_total", code="json") == 1
+    assert sample(fams, "meetkit_store_dropped_total", reason="age") == 12
+    assert sample(fams, "meetkit_store_counter_total", name="something.new") == 2
+    assert sample(fams, "meetkit_alarm_active", code="disk_full") == 1
+    assert sample(fams, "meetkit_readings") == 13 * 2
+    assert sample(fams, "meetkit_node_sequence_gaps", node="ams-001") == 4
+    assert sample(fams, "meetkit_node_sequence_gaps", node="ams-002") == 0
+    assert sample(fams, "meetkit_node_records", node="ams-001") == 7
+    assert sample(fams, "meetkit_node_boot", node="ams-001") == 4
+    assert sample(fams, "meetkit_node_boot", node="ams-002") == 1  # no status: from its records
+    assert sample(fams, "meetkit_node_rssi_dbm", node="ams-001") == -67
+    assert sample(fams, "meetkit_node_spool_dropped_total", node="ams-002") == 7
+    assert abs(sample(fams, "meetkit_node_last_seen_timestamp_seconds", node="ams-001") - time.time()) < 60
+    assert sample(fams, "meetkit_node_online", node='we"ird\\node') == 0  # escaped and read back
+    assert sample(fams, "meetkit_node_sequence_gaps", node='we"ird\\node') == 0
+    t = {"target": "city-influx", "kind": "influxdb"}
+    assert sample(fams, "meetkit_forward_queue_rows", **t) == 1234
+    assert sample(fams, "meetkit_forward_oldest_age_seconds", **t) == 81.5
+    assert sample(fams, "meetkit_forward_last_success_timestamp_seconds", **t) == 1795510800.25
+    assert sample(fams, "meetkit_forward_retries_total", **t) == 17
+    assert sample(fams, "meetkit_forward_dead_letters_total", **t) == 2
+    assert sample(fams, "meetkit_forward_up", **t) == 1
+    odd = {"target": 'odd "name"\nline', "kind": "mqtt"}
+    assert sample(fams, "meetkit_forward_up", **odd) == 0
+    assert frozenset(odd.items()) not in fams["meetkit_forward_oldest_age_seconds"]["samples"]  # None: no sample
+    assert sample(fams, "meetkit_forward_status_error") == 0
+    for f in fams.values():
+        assert f["help"] and f["type"]
+
+
+def test_a_failing_targets_callable_does_not_break_metrics(db: Path) -> None:
+    def broken() -> list[dict[str, Any]]:
+        raise RuntimeError("forwarder gone")
+
+    with StatusServer(db, "127.0.0.1", 0, targets=broken) as s:
+        status, _, body = get(s, "/metrics")
+        assert status == 200
+        assert sample(parse_exposition(body.decode()), "meetkit_forward_status_error") == 1
+        doc = json.loads(get(s, "/api/nodes")[2])
+        assert doc["targets"] == [] and "forwarder gone" in doc["targets_error"]
+
+
+def test_gaps_count_missing_records_per_boot_only(tmp_path: Path) -> None:
+    from meetkit_gateway.http import gaps
+
+    with Store(tmp_path / "g.db") as store:
+        add(store, "n", 1, [0, 1, 2, 3], NOW - 3600)
+        add(store, "n", 2, [5, 9], NOW - 1800)      # a new boot starting at 5 is no gap; 6..8 are
+        add(store, "n", 3, [0], NOW - 600)
+        add(store, "m", 1, [0, 2, 4, 6], NOW - 3600)
+        add(store, "m", 1, [2, 4], NOW - 3600)      # duplicates change nothing
+        assert gaps(store.boots()) == {"n": 3, "m": 3}
+
+
+def test_series_gives_aligned_columns_of_the_last_hours(server: StatusServer) -> None:
+    status, ctype, body = get(server, "/api/series?node=ams-001&hours=24")
+    assert status == 200 and ctype == "application/json"
+    doc = json.loads(body)
+    assert doc["node"] == "ams-001" and doc["hours"] == 24
+    t0 = NOW - 3 * 3600
+    assert doc["start"] == [t0 + s * 60 for s in (0, 1, 2, 5, 6)] + [t0 + 7200 + s * 60 for s in (10, 13)]
+    for q in ("pm25", "pm10", "LAeq", "LA10", "LA90", "temp", "rh", "press"):
+        assert len(doc[q]) == len(doc["start"]), q
+    assert doc["pm25"][:3] == [5.0, 6.0, 7.0]
+    assert doc["temp"][0] == 12.5
+    assert doc["pm10"] == [None] * 7  # the batches carry no PM10
+    assert doc["units"]["pm25"] == "ug/m3"
+    assert json.loads(get(server, "/api/series?node=old-01")[2])["start"] == []  # older than 24 h
+    assert get(server, "/api/series?node=ams-001&hours=0")[0] == 400
+    assert get(server, "/api/series?node=ams-001&hours=x")[0] == 400
+    assert get(server, "/api/series")[0] == 400
+
+
+def test_nodes_api_has_the_fleet_and_targets(server: StatusServer) -> None:
+    doc = json.loads(get(server, "/api/nodes")[2])
+    nodes = {n["node"]: n for n in doc["nodes"]}
+    assert set(nodes) == {"ams-001", "ams-002", "old-01", 'we"ird\\node'}
+    a = nodes["ams-001"]
+    assert (a["rssi"], a["boot"], a["fw"], a["gaps"], a["records"], a["online"]) == (-67, 4, "0.2.0", 4, 7, True)
+    assert a["flags"] == []
+    assert nodes["ams-002"]["dropped"] == 7
+    assert nodes['we"ird\\node']["flags"] == ["offline"]
+    assert nodes["old-01"]["flags"] == ["stale"]
+    assert [t["name"] for t in doc["targets"]] == ["city-influx", 'odd "name"\nline']
+    assert doc["counts"]["dead_letters"] == 1
+    assert json.loads(get(server, "/api/targets")[2])["targets"][0]["queue_rows"] == 1234
+
+
+def test_the_page_and_its_vendored_library_are_served(server: StatusServer) -> None:
+    status, ctype, body = get(server, "/")
+    assert status == 200 and ctype.startswith("text/html")
+    html = body.decode()
+    srcs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert "vendor/uPlot.iife.min.js" in srcs and "vendor/uPlot.min.css" in srcs
+    assert not [s for s in srcs if s.startswith(("http:", "https:", "//"))], "no CDN: the Pi is offline"
+    for src in ("vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "app.js", "style.css"):
+        status, ctype, body = get(server, "/" + src)
+        assert status == 200 and body, src
+    assert get(server, "/app.js")[1].startswith("text/javascript")
+    assert get(server, "/../store.py")[0] == 404
+    assert get(server, "/%2e%2e/store.py")[0] == 404
+    assert get(server, "/nothing")[0] == 404
+
+
+def test_stop_frees_the_port(db: Path) -> None:
+    s = StatusServer(db, "127.0.0.1", 0).start()
+    port = s.port
+    s.stop()
+    s2 = StatusServer(db, "127.0.0.1", port).start()
+    try:
+        assert get(s2, "/healthz")[0] == 200
+    finally:
+        s2.stop()
