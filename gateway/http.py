@@ -14,12 +14,14 @@ Endpoints (all GET; HEAD works too):
     /metrics        Prometheus text exposition format 0.0.4 (see `metrics_text`).
     /api/nodes      {"now", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...}}:
                     the fleet table of the status page.
-    /api/series?node=ID&hours=24
-                    {"node", "since", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
+    /api/series?node=ID&hours=24[&until=UNIX_S]
+                    {"node", "since", "until", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
                     "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],
                     "press": [...], "units": {...}}: one column per quantity aligned with
                     "start" (the record's interval start), null where a record had no value.
-                    hours: 0 < hours <= 168 (default 24).
+                    hours: 0 < hours <= 168 (default 24). Without `until`, the window
+                    ends now, or at the node's newest record when it has none in the last
+                    `hours` (a node long silent still shows its last day of data).
     /api/targets    {"now", "targets": [...]}: the forwarding targets as `targets()` gives them.
     /               the status page: gateway/static/index.html, app.js, style.css and uPlot
                     (gateway/static/vendor/, MIT), all served from here: it works offline.
@@ -302,18 +304,29 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None) -> dict[
     }
 
 
-def series_doc(store: Store, node: str, hours: float, now: float | None = None) -> dict[str, Any]:
+def series_doc(store: Store, node: str, hours: float, now: float | None = None,
+               until: float | None = None) -> dict[str, Any]:
+    """The node's records of the `hours` before `until` (default: now). When the node has no
+    record in that window (silent for longer, or a clock far off), the window ends at its newest
+    record instead: the page then shows the node's last hours of data, dated."""
     now = time.time() if now is None else now
-    since = int(now - hours * 3600)
+    end = now if until is None else until
+    newest = store.newest_start(node)
+    if until is None and newest is not None and not end - hours * 3600 <= newest <= end:
+        end = newest + 60
+    since = int(end - hours * 3600)
     starts: list[int] = []
     cols: dict[str, list[float | None]] = {q: [] for q in SERIES}
     for start, quantity, avg in store.series(node, since, SERIES):
+        if start > end:
+            break
         if not starts or starts[-1] != start:  # a second record of the same start: the later wins
             starts.append(start)
             for col in cols.values():
                 col.append(None)
         cols[quantity][-1] = avg
-    return {"node": node, "since": since, "now": now, "hours": hours, "start": starts, **cols, "units": UNITS}
+    return {"node": node, "since": since, "until": end, "now": now, "hours": hours, "start": starts, **cols,
+            "units": UNITS}
 
 
 # -- the server ------------------------------------------------------------------------------------
@@ -373,10 +386,14 @@ class _Handler(BaseHTTPRequestHandler):
                         raise ValueError
                 except ValueError:
                     return self._json(400, {"error": "hours: a number, 0 < hours <= 168"}, head)
+                try:
+                    until = float(query["until"][0]) if "until" in query else None
+                except ValueError:
+                    return self._json(400, {"error": "until: unix seconds"}, head)
                 if not node:
                     return self._json(400, {"error": "node: required"}, head)
                 with owner.open() as store:
-                    self._json(200, series_doc(store, node, hours), head)
+                    self._json(200, series_doc(store, node, hours, until=until), head)
             else:
                 self._static(path, head)
         except Exception as e:

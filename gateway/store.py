@@ -613,3 +613,7 @@ class Store:
             f" WHERE r.node = ? AND r.start >= ? AND g.quantity IN ({marks}) ORDER BY r.start, r.boot, r.seq",
             (node, since, *quantities),
         ).fetchall()
+
+    def newest_start(self, node: str) -> int | None:
+        """The latest interval start of a node's records (None: no timed record)."""
+        return self.db.execute("SELECT max(start) FROM records WHERE node = ?", (node,)).fetchone()[0]

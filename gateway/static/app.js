@@ -12,7 +12,7 @@ const PLOTS = [
   {title: "Pressure (hPa)", series: [["press", "p hPa", "#7f8c8d", "hPa"]]},
 ];
 const charts = {};  // "node/plot index" -> uPlot
-let win = {since: 0, now: 0};  // the plots' time range, unix s
+const wins = {};  // node -> {since, until}: its plots' time range, unix s
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -89,9 +89,9 @@ function plot(node, i, spec, data) {
   if (charts[key]) { charts[key].setData(cols); return null; }
   const opts = {
     title: spec.title, width: width(), height: 220,
-    scales: {x: {time: true, range: () => [win.since, win.now]}},
+    scales: {x: {time: true, range: () => [wins[node].since, wins[node].until]}},
     series: [{}, ...spec.series.map(s => ({label: s[1], stroke: s[2], width: 1.5, scale: s[3], spanGaps: false}))],
-    axes: [{}, ...scales.map((u, j) => ({scale: u, side: j ? 1 : 3, grid: {show: j === 0}}))],
+    axes: [{}, ...scales.map((u, j) => ({scale: u, side: j ? 1 : 3, size: 64, grid: {show: j === 0}}))],
   };
   const box = el("div", {class: "plot", "data-plot": spec.series.map(s => s[0]).join(",")});
   charts[key] = new uPlot(opts, cols, box);
@@ -125,7 +125,7 @@ async function refresh() {
       plots.append(section);
     }
     const data = await getJSON("api/series?node=" + encodeURIComponent(n.node) + "&hours=" + HOURS);
-    win = {since: data.since, now: data.now};
+    wins[n.node] = {since: data.since, until: data.until};
     const row = section.querySelector(".node-plots");
     PLOTS.forEach((spec, i) => { const box = plot(n.node, i, spec, data); if (box) row.append(box); });
   }

@@ -218,7 +218,6 @@ def test_series_gives_aligned_columns_of_the_last_hours(server: StatusServer) ->
     assert doc["temp"][0] == 12.5
     assert doc["pm10"] == [None] * 7  # the batches carry no PM10
     assert doc["units"]["pm25"] == "ug/m3"
-    assert json.loads(get(server, "/api/series?node=old-01")[2])["start"] == []  # older than 24 h
     assert get(server, "/api/series?node=ams-001&hours=0")[0] == 400
     assert get(server, "/api/series?node=ams-001&hours=x")[0] == 400
     assert get(server, "/api/series")[0] == 400
@@ -264,3 +263,10 @@ def test_stop_frees_the_port(db: Path) -> None:
         assert get(s2, "/healthz")[0] == 200
     finally:
         s2.stop()
+
+
+def test_series_of_a_long_silent_node_ends_at_its_newest_record(server: StatusServer) -> None:
+    doc = json.loads(get(server, "/api/series?node=old-01&hours=24")[2])
+    assert doc["start"] == [NOW - 48 * 3600] and doc["until"] == NOW - 48 * 3600 + 60
+    doc = json.loads(get(server, f"/api/series?node=old-01&hours=24&until={NOW}")[2])
+    assert doc["start"] == [] and doc["until"] == NOW  # an explicit window is kept
