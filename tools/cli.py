@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, speed=args.speed, hours=args.hours)
 
 
+def cmd_broker_init(args: argparse.Namespace) -> int:
+    from meetkit_tools import broker
+
+    nodes = list(args.node)
+    if args.nodes_file:
+        nodes += [ln.split("#", 1)[0].strip() for ln in args.nodes_file.read_text().splitlines()]
+        nodes = [n for n in nodes if n]
+    fleet = broker.Fleet(prefix=args.prefix, hostname=args.hostname, ips=args.ip, plain_port=args.port,
+                         tls_port=args.tls_port, tls_bind_all=args.tls_bind_all,
+                         install_dir=args.install_dir, persistence_location=args.persistence_dir)
+    try:
+        res = broker.init(args.out, fleet, nodes, renew_server_cert=args.renew_server_cert)
+    except broker.BrokerError as e:
+        print(f"meetkit broker init: {e}", file=sys.stderr)
+        return 1
+    for p in res.written:
+        print(f"wrote {p}")
+    for p in res.kept:
+        print(f"kept  {p}")
+    print(f"nodes: {len(res.nodes_added)} new account(s){': ' + ', '.join(res.nodes_added) if res.nodes_added else ''}")
+    print(broker.next_steps(res, args.install_dir))
+    return 0
+
+
+def cmd_broker_add_node(args: argparse.Namespace) -> int:
+    from meetkit_tools import broker
+
+    try:
+        res = broker.add_node(args.out, args.node_id, new_password_if_known=args.new_password)
+    except broker.BrokerError as e:
+        print(f"meetkit broker add-node: {e}", file=sys.stderr)
+        return 1
+    for p in res.written:
+        print(f"wrote {p}")
+    print(f"node {args.node_id}: its password is in {res.out / broker.SECRETS} (mode 0600)")
+    print("next: copy the passwd file to the broker and `sudo systemctl reload mosquitto` (SIGHUP: it reads the "
+          "password file again; connected clients stay)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="meetkit", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -74,6 +115,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=60, help="times real time (default 60: a minute a second)")
     demo.add_argument("--hours", type=float, default=None, help="stop after this many simulated hours")
     demo.set_defaults(func=cmd_demo)
+
+    bro = sub.add_parser("broker", help="Mosquitto's configuration, accounts, ACL and TLS for the fleet"
+                         ).add_subparsers(dest="broker_cmd", required=True)
+    bi = bro.add_parser("init", help="write mosquitto.conf, passwd, acl, the lab CA, the server certificate "
+                        "and the secrets (keeps what exists)")
+    bi.add_argument("--out", type=Path, default=BUILD / "broker", help="folder for everything (default build/broker)")
+    bi.add_argument("--node", action="append", default=[], metavar="ID", help="a node id (repeat)")
+    bi.add_argument("--nodes-file", type=Path, help="node ids, one a line")
+    bi.add_argument("--prefix", default="meetkit", help="the topic prefix (mqtt.topic_prefix)")
+    bi.add_argument("--hostname", default=socket.gethostname(), help="the broker's host name (a SAN)")
+    bi.add_argument("--ip", action="append", default=[], help="the broker's LAN address (a SAN and where "
+                    "the TLS listener listens; repeat)")
+    bi.add_argument("--tls-bind-all", action="store_true", help="the TLS listener on all addresses")
+    bi.add_argument("--port", type=int, default=1883, help="the plaintext listener on 127.0.0.1")
+    bi.add_argument("--tls-port", type=int, default=8883)
+    bi.add_argument("--install-dir", type=Path, help="where mosquitto/ goes on the broker "
+                    "(default: the folder itself), e.g. /etc/mosquitto/meetkit")
+    bi.add_argument("--persistence-dir", default="/var/lib/mosquitto/")
+    bi.add_argument("--renew-server-cert", action="store_true", help="sign a new server certificate")
+    bi.set_defaults(func=cmd_broker_init)
+    ba = bro.add_parser("add-node", help="one more node's account (password file and secrets only)")
+    ba.add_argument("node_id")
+    ba.add_argument("--out", type=Path, default=BUILD / "broker")
+    ba.add_argument("--new-password", action="store_true", help="replace the password of a known node")
+    ba.set_defaults(func=cmd_broker_add_node)
     return ap
 
 
