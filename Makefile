@@ -22,6 +22,10 @@ system-deps:
 	@command -v gcc >/dev/null 2>&1 \
 	  || { echo "installing gcc (apt): the noise kernel's C reference"; apt-get update -qq && \
 	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; }
+	@{ command -v victoria-metrics && command -v chromium && command -v openssl; } >/dev/null 2>&1 \
+	  || { echo "installing victoria-metrics, chromium, openssl (apt): the gateway's upstream, page and TLS tests"; \
+	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	       victoria-metrics chromium openssl >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
