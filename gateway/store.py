@@ -4,7 +4,8 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 2 (version 1 lacked `meta`, `alarms` and `nodes.dropped`)::
+Schema, version 3 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+`forward_*` tables)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -64,6 +65,20 @@ Schema, version 2 (version 1 lacked `meta`, `alarms` and `nodes.dropped`)::
     alarms         what went wrong with the store, newest last (see alarms.py)
       id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
       0 over), reason TEXT
+
+    forward_cursors   one row per upstream target (gateway/forward/), made on its first run
+      target       TEXT PRIMARY KEY  the target's name in gateway.toml
+      last_id      INTEGER  records.id of the last record handed on (sent or dead-lettered)
+      last_success REAL     when the target last accepted a batch; NULL if never
+      last_error   TEXT     the last failure (cleared by a success); NULL if none
+      updated_at   REAL
+
+    forward_dead_letters  batches a target refused for good (a 4xx), with the reason
+      id, target TEXT, first_id, last_id INTEGER (records.id range of the batch), readings
+      INTEGER, at REAL, status INTEGER (HTTP status), reason TEXT
+
+    counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,
+      .dead (readings dead-lettered), .untimed (records passed over without a known start)
 
 A `Store` object is used by one thread at a time; open another `Store` on the same file for
 reading from another thread or process (WAL lets readers run beside the writer).
@@ -157,6 +172,27 @@ MIGRATIONS: list[str] = [
         active INTEGER NOT NULL,
         reason TEXT NOT NULL
     );
+    """,
+    # 3: forwarding upstream: a cursor per target, the batches a target refused
+    """
+    CREATE TABLE forward_cursors (
+        target TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL DEFAULT 0,
+        last_success REAL,
+        last_error TEXT,
+        updated_at REAL
+    );
+    CREATE TABLE forward_dead_letters (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        first_id INTEGER NOT NULL,
+        last_id INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
+        at REAL NOT NULL,
+        status INTEGER,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX forward_dead_letters_target ON forward_dead_letters (target, id);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from meetkit_gateway import config as configuration
-from meetkit_gateway.store import Store, StoreError
+from meetkit_gateway.store import SCHEMA_VERSION, Store, StoreError
 
 from .conftest import Running, batch, example, write_config
 
@@ -151,7 +151,7 @@ def test_the_store_is_wal_and_versioned_and_survives_a_restart(tmp_path, broker,
         finally:
             g.stop()
     assert rows(cfg.store.path, "PRAGMA journal_mode") == [("wal",)]
-    assert rows(cfg.store.path, "PRAGMA user_version") == [(2,)]
+    assert rows(cfg.store.path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert rows(cfg.store.path, "SELECT seq FROM records ORDER BY seq") == [(0,), (1,)]
 
 
@@ -162,5 +162,5 @@ def test_a_store_from_a_newer_gateway_is_refused(tmp_path):
     db.execute("PRAGMA user_version = 7")
     db.close()
 
-    with pytest.raises(StoreError, match="schema version 7 is newer than this gateway's 2"):
+    with pytest.raises(StoreError, match="schema version 7 is newer than this gateway's 3"):
         Store(path)

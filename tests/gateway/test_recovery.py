@@ -151,7 +151,7 @@ def test_a_version_1_store_is_upgraded_keeping_its_data(tmp_path):
     con.close()
 
     with Store(path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert s.db.execute("PRAGMA user_version").fetchone() == (3,)
         assert re.fullmatch(r"[0-9a-f]{16}", s.db_id)
         assert s.counts().records == 1 and s.counters() == {"records": 1}
         (n,) = s.nodes()
@@ -171,6 +171,6 @@ def test_run_stops_with_a_clear_error_on_a_store_it_must_not_touch(tmp_path):
     con.close()
     r = cli("run", "--config", str(write_config(tmp_path, 1)), timeout=30)
     assert r.returncode == 1
-    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's 2" in r.stdout
+    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's 3" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
