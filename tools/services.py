@@ -1,4 +1,5 @@
-"""Real services started on loopback ports of our own: Mosquitto and the gateway process."""
+"""Real services started on loopback ports of our own: Mosquitto, VictoriaMetrics and the gateway
+process."""
 
 from __future__ import annotations
 
@@ -144,3 +145,55 @@ class GatewayProcess:
     def kill(self) -> None:
         """SIGKILL, as a power cut or the OOM killer would: no clean shutdown at all."""
         kill_process(self.proc)
+
+
+def victoria_metrics_bin() -> str:
+    for cand in (shutil.which("victoria-metrics"), "/usr/bin/victoria-metrics"):
+        if cand and Path(cand).exists():
+            return cand
+    raise RuntimeError("victoria-metrics is not installed: run `make setup` (apt package victoria-metrics)")
+
+
+class VictoriaMetrics:
+    """A real VictoriaMetrics (Debian's `victoria-metrics`) on 127.0.0.1:<port>, storage in
+    `workdir`: the InfluxDB-compatible upstream of the forwarding tests. One sample per series and
+    timestamp (`-dedup.minScrapeInterval=1ms`), as InfluxDB keeps one point: a replay overwrites."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.workdir = Path(workdir)
+        self.data = self.workdir / f"vm-{self.port}"
+        self.log = self.workdir / f"vm-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "VictoriaMetrics":
+        self.data.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [victoria_metrics_bin(), f"-storageDataPath={self.data}", f"-httpListenAddr={self.host}:{self.port}",
+                 "-retentionPeriod=100y", "-dedup.minScrapeInterval=1ms", "-search.disableCache",
+                 "-loggerLevel=WARN"],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_listening(self.host, self.port, self.proc, "victoria-metrics")
+        return self
+
+    def export(self, match: str = '{__name__=~".+"}') -> list[dict]:
+        """Every sample stored for `match` (flushed first), one dict per series:
+        {"metric": {...labels}, "values": [...], "timestamps": [ms...]}."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).read()
+        q = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=10) as r:
+            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None

@@ -1,0 +1,383 @@
+"""The forwarding loop of one target, its cursor in the store, and the set of targets.
+
+Each attempt (`Forwarder.step`) reads up to `batch` readings of the records after the target's
+cursor, in record order, never splitting a record (unless one record is bigger than a batch), and
+gives them to the target's `Sender`. The answer decides:
+
+- taken (2xx): the cursor moves past the batch, `forward.<t>.sent` counts its readings, the next
+  batch goes at once;
+- refused for good (a 4xx other than 401, 403, 404, 408, 429): the batch's record range, the
+  status and the target's reason go to `forward_dead_letters`, the cursor moves on, counted in
+  `forward.<t>.dead`; nothing else holds the queue back;
+- anything else (5xx, 408, 429, 401/403/404 which are the target's configuration and not the
+  batch's fault, no connection, a timeout): the same batch is tried again after a jittered
+  exponential backoff (0.5 s doubling up to 30 s, times a random factor in [0.5, 1]) or, when the
+  target says `Retry-After`, after that long (up to 10 minutes); counted in `forward.<t>.retries`.
+
+Records without a known start (a node whose clock is not set yet; the store fills `start` in when
+a record of the same boot with a time arrives) hold the cursor back for `hold_untimed_s` after
+they were received; after that they are passed over and counted in `forward.<t>.untimed`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from ..config import ForwardConfig
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_AFTER_CAP_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One reading to forward, with what a target needs of its record."""
+
+    record_id: int
+    node: str
+    start: int  # interval start, Unix seconds (the reading's timestamp)
+    dur: int
+    board: str
+    fw: str
+    quantity: str
+    avg: float | None
+    min: float | None
+    max: float | None
+    n: int | None
+    unit: str
+    flags: str  # comma-separated, '' when none
+
+
+@dataclass(frozen=True)
+class Result:
+    """A target's answer to one batch."""
+
+    ok: bool
+    reason: str = ""
+    status: int | None = None  # HTTP status, None without an answer
+    permanent: bool = False  # refused for good: dead-letter the batch, do not retry
+    retry_after: float | None = None  # seconds the target asked to wait
+
+
+class Sender(Protocol):
+    kind: str  # for /metrics: influxdb, mqtt, sensorthings, ...
+
+    def send(self, rows: Sequence[Row]) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+def backoff(failures: int, rng: Callable[[], float] = random.random, base: float = BACKOFF_BASE_S,
+            cap: float = BACKOFF_CAP_S) -> float:
+    """Seconds to wait after `failures` failures in a row (>= 1): base * 2^(failures-1), at most
+    `cap`, times a random factor in [0.5, 1] so that targets and gateways do not retry in step."""
+    return min(cap, base * 2 ** min(failures - 1, 30)) * (0.5 + rng() / 2)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A `Retry-After` header in seconds: delta-seconds or an HTTP date; None if absent or odd."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_ROWS_SQL = """
+    SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
+    FROM records AS r JOIN readings AS g ON g.record_id = r.id
+    WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL
+    ORDER BY r.id, g.quantity
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The next batch: `rows` of the records in (`after`, `upto`]; `untimed` records of that range
+    are passed over."""
+
+    after: int
+    upto: int
+    rows: list[Row]
+    untimed: int
+
+
+class Forwarder:
+    """One target: its cursor, its loop, its counters. `clock`, `sleep` and `rng` are injectable
+    for tests; `step()` is one attempt and says how long to wait before the next."""
+
+    def __init__(
+        self,
+        name: str,
+        store_path: str | Path,
+        sender: Sender,
+        *,
+        batch: int = 5000,
+        poll_s: float = 1.0,
+        hold_untimed_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = name
+        self.store_path = Path(store_path)
+        self.sender = sender
+        self.batch = batch
+        self.poll_s = poll_s
+        self.hold_untimed_s = hold_untimed_s
+        self.clock = clock
+        self.rng = rng
+        self.failures = 0  # in a row
+        self.up: bool | None = None
+        self.last_error: str | None = None
+        self._store: Store | None = None
+        self._status_store: Store | None = None
+        self._status_lock = threading.Lock()
+        self.wake = threading.Event()  # set to look for new records before poll_s is over
+
+    # -- the store -----------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.store_path)
+            self._store.db.execute(
+                "INSERT INTO forward_cursors (target, last_id, updated_at) VALUES (?, 0, ?)"
+                " ON CONFLICT (target) DO NOTHING", (self.name, self.clock()))
+        return self._store
+
+    def cursor(self) -> int:
+        row = self.store.db.execute("SELECT last_id FROM forward_cursors WHERE target = ?", (self.name,)).fetchone()
+        return row[0] if row else 0
+
+    def reset(self, last_id: int = 0) -> None:
+        """Set the cursor (an operator's replay): what follows is sent again."""
+        with self.store.transaction():
+            self.store.db.execute("UPDATE forward_cursors SET last_id = ?, updated_at = ? WHERE target = ?",
+                                  (last_id, self.clock(), self.name))
+
+    def pending(self) -> Pending:
+        """The next batch after the cursor (one read snapshot)."""
+        db = self.store.db
+        db.execute("BEGIN")
+        try:
+            after = self.cursor()
+            newest = db.execute("SELECT max(id) FROM records").fetchone()[0] or 0
+            held = db.execute(
+                "SELECT min(id) FROM records WHERE start IS NULL AND id > ? AND received_at > ?",
+                (after, self.clock() - self.hold_untimed_s),
+            ).fetchone()[0]
+            limit = newest if held is None else held - 1
+            rows: list[Row] = []
+            upto = limit
+            if limit > after:
+                cur = db.execute(_ROWS_SQL + " LIMIT ?", (after, limit, self.batch + 1))
+                rows = [Row(*r) for r in cur]
+                if len(rows) > self.batch:  # full: end at a record boundary
+                    last = rows[-1].record_id
+                    whole = [r for r in rows if r.record_id != last]
+                    if whole:
+                        rows, upto = whole, whole[-1].record_id
+                    else:  # one record bigger than a batch: send it whole
+                        rows = [Row(*r) for r in db.execute(_ROWS_SQL, (after, last))]
+                        upto = last
+            untimed = db.execute(
+                "SELECT count(*) FROM records WHERE start IS NULL AND id > ? AND id <= ?", (after, upto)
+            ).fetchone()[0] if upto > after else 0
+        finally:
+            db.execute("COMMIT")
+        return Pending(after, max(upto, after), rows, untimed)
+
+    def _advance(self, p: Pending, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = :{k}" for k in fields)
+        self.store.db.execute(
+            f"UPDATE forward_cursors SET last_id = :upto, updated_at = :now{', ' + sets if sets else ''}"
+            " WHERE target = :target AND last_id = :after",
+            {"upto": p.upto, "after": p.after, "now": self.clock(), "target": self.name, **fields},
+        )
+        self.store.bump(f"forward.{self.name}.untimed", p.untimed)
+
+    # -- one attempt ----------------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Send the next batch if there is one; seconds to wait before the next step."""
+        p = self.pending()
+        if not p.rows:
+            if p.upto > p.after:  # only untimed records, given up on
+                with self.store.transaction():
+                    self._advance(p)
+            return self.poll_s
+        try:
+            result = self.sender.send(p.rows)
+        except Exception as e:  # a bug in a sender: retried, never the end of the thread
+            log.exception("forward %s: sending failed", self.name)
+            result = Result(False, f"{type(e).__name__}: {e}")
+        now = self.clock()
+        if result.ok:
+            with self.store.transaction():
+                self._advance(p, last_success=now, last_error=None)
+                self.store.bump(f"forward.{self.name}.sent", len(p.rows))
+            if self.failures:
+                log.info("forward %s: delivering again after %d failures", self.name, self.failures)
+            self.failures, self.up, self.last_error = 0, True, None
+            return 0.0
+        reason = result.reason or (f"HTTP {result.status}" if result.status else "failed")
+        self.up, self.last_error = False, reason
+        if result.permanent:
+            with self.store.transaction():
+                self.store.db.execute(
+                    "INSERT INTO forward_dead_letters (target, first_id, last_id, readings, at, status, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (self.name, p.rows[0].record_id, p.upto, len(p.rows), now, result.status, reason),
+                )
+                self._advance(p, last_error=reason)
+                self.store.bump(f"forward.{self.name}.dead", len(p.rows))
+            log.error("forward %s: records %d..%d refused for good (dead letter): %s",
+                      self.name, p.rows[0].record_id, p.upto, reason)
+            self.failures = 0
+            return 0.0
+        self.failures += 1
+        with self.store.transaction():
+            self.store.db.execute("UPDATE forward_cursors SET last_error = ?, updated_at = ? WHERE target = ?",
+                                  (reason, now, self.name))
+            self.store.bump(f"forward.{self.name}.retries")
+        delay = (min(result.retry_after, RETRY_AFTER_CAP_S) if result.retry_after is not None
+                 else backoff(self.failures, self.rng))
+        (log.warning if self.failures <= 3 else log.debug)(
+            "forward %s: %s; trying again in %.1f s (failure %d)", self.name, reason, delay, self.failures)
+        return delay
+
+    def run(self, stop: threading.Event) -> None:
+        """Step until `stop` is set (the thread's body)."""
+        try:
+            while not stop.is_set():
+                try:
+                    delay = self.step()
+                except Exception:  # the store locked or failing: try again later, never die
+                    log.exception("forward %s: store error", self.name)
+                    delay = BACKOFF_CAP_S
+                if delay > 0:
+                    self.wake.clear()
+                    deadline = time.monotonic() + delay
+                    while not stop.is_set() and not (delay == self.poll_s and self.wake.is_set()):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        stop.wait(min(left, 0.2))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.sender.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        with self._status_lock:
+            if self._status_store is not None:
+                self._status_store.close()
+                self._status_store = None
+
+    # -- for /metrics and the status page ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The target as gateway/http.py's `targets` callable reports it (any thread)."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.sender.kind, "up": self.up,
+                               "last_error": self.last_error}
+        with self._status_lock:
+            if self._status_store is None:
+                if not self.store_path.exists():
+                    return out
+                self._status_store = Store(self.store_path, readonly=True)
+            db = self._status_store.db
+            db.execute("BEGIN")
+            try:
+                row = db.execute("SELECT last_id, last_success, last_error FROM forward_cursors WHERE target = ?",
+                                 (self.name,)).fetchone()
+                last_id, last_success, last_error = row if row else (0, None, None)
+                out["queue_rows"] = db.execute("SELECT count(*) FROM readings WHERE record_id > ?",
+                                               (last_id,)).fetchone()[0]
+                oldest = db.execute("SELECT received_at FROM records WHERE id > ? ORDER BY id LIMIT 1",
+                                    (last_id,)).fetchone()
+                out["oldest_age_s"] = None if oldest is None else max(0.0, self.clock() - oldest[0])
+                out["last_success"] = last_success
+                counters = dict(db.execute("SELECT name, value FROM counters WHERE name LIKE ?",
+                                           (f"forward.{self.name}.%",)))
+            finally:
+                db.execute("COMMIT")
+        for key in ("sent", "retries", "dead", "untimed"):
+            out["dead_letters" if key == "dead" else key] = counters.get(f"forward.{self.name}.{key}", 0)
+        if out["last_error"] is None and self.up is None:
+            out["last_error"] = last_error
+        return out
+
+
+def make_sender(cfg: ForwardConfig) -> Sender:
+    if cfg.type == "influx":
+        from .influx import InfluxSender
+
+        return InfluxSender(cfg)
+    raise ValueError(f"forward {cfg.name}: unknown type {cfg.type!r}")
+
+
+class Forwarders:
+    """The configured targets, a thread each."""
+
+    def __init__(self, forwarders: Sequence[Forwarder], stop: threading.Event | None = None) -> None:
+        self.forwarders = list(forwarders)
+        self._stop = stop or threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def start(cls, store_path: str | Path, targets: Sequence[ForwardConfig],
+              stop: threading.Event | None = None, **options: Any) -> "Forwarders":
+        """A thread per enabled target, started. `options` go to each `Forwarder` (tests)."""
+        fw = [Forwarder(t.name, store_path, make_sender(t), batch=t.batch, **options) for t in targets if t.enabled]
+        return cls(fw, stop).run()
+
+    def run(self) -> "Forwarders":
+        for f in self.forwarders:
+            t = threading.Thread(target=f.run, args=(self._stop,), name=f"forward-{f.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+            log.info("forwarding to %s (%s)", f.name, f.sender.kind)
+        return self
+
+    def wake(self) -> None:
+        """New records are committed: idle targets look now instead of at their next poll."""
+        for f in self.forwarders:
+            f.wake.set()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop every thread (a request in flight ends within its timeout; its batch is sent again
+        next time: the cursor had not moved)."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+        if self._threads:
+            log.warning("forwarding threads still running: %s", ", ".join(t.name for t in self._threads))
+
+    def status(self) -> list[dict[str, Any]]:
+        return [f.status() for f in self.forwarders]
+
+    def __iter__(self) -> Iterator[Forwarder]:
+        return iter(self.forwarders)
+
+    def __len__(self) -> int:
+        return len(self.forwarders)

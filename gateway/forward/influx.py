@@ -1,0 +1,136 @@
+"""InfluxDB line protocol over HTTP: v1 `POST /write?db=...&precision=s`, v2
+`POST /api/v2/write?org=...&bucket=...&precision=s` (`Authorization: Token ...`). Standard library
+only; one kept-alive connection per target.
+
+The mapping, one line per reading (a quantity of a record):
+
+    meetkit,node=<node>,quantity=<quantity> avg=<f>,min=<f>,max=<f>,n=<i>i,flags="<flags>" <start>
+
+- measurement: `measurement` of the target (default `meetkit`); tags: `node` and `quantity` only,
+  so a series stays one series across firmware updates (board and firmware are in the store);
+- fields: `avg`, `min`, `max` as floats, `n` as an integer; a quantity the node sends as a plain
+  number (LA10, LA50, LA90, LZeq, cov) has `avg` only; `flags` (a string field, comma-separated
+  quality flags) only when there are any; a reading with no value and no flags is not sent;
+- timestamp: the record's interval start, Unix seconds (`precision=s`). The unit is not sent: it is
+  fixed per quantity (docs/payload.md).
+
+A point sent again (a retry, a replay) has the same series and timestamp and overwrites itself in
+InfluxDB. VictoriaMetrics stores fields as metrics `<measurement>_<field>` (meetkit_avg{node,
+quantity}, adds a `db` label from v1's db), reads a string field as 0, and keeps one sample per
+timestamp only when started with `-dedup.minScrapeInterval=1ms`.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import math
+from typing import Sequence
+from urllib.parse import urlencode, urlsplit
+
+from ..config import ForwardConfig
+from .core import Result, Row, retry_after
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_4XX = {401, 403, 404, 408, 429}  # the target's configuration or load, not the batch
+
+
+def _tag(v: str) -> str:
+    return v.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ").replace("\n", "\\n")
+
+
+def _measurement(v: str) -> str:
+    return v.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("\n", "\\n")
+
+
+def _string(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _float(v: float) -> str | None:
+    v = float(v)
+    return repr(v) if math.isfinite(v) else None
+
+
+def encode_lines(rows: Sequence[Row], measurement: str = "meetkit") -> bytes:
+    """The line-protocol body for `rows` (see the module's docstring for the mapping)."""
+    m = _measurement(measurement)
+    out: list[str] = []
+    for r in rows:
+        fields: list[str] = []
+        for key, value in (("avg", r.avg), ("min", r.min), ("max", r.max)):
+            if value is not None and (text := _float(value)) is not None:
+                fields.append(f"{key}={text}")
+        if r.n is not None:
+            fields.append(f"n={int(r.n)}i")
+        if r.flags:
+            fields.append(f"flags={_string(r.flags)}")
+        if fields:
+            out.append(f"{m},node={_tag(r.node)},quantity={_tag(r.quantity)} {','.join(fields)} {int(r.start)}")
+    return ("\n".join(out) + "\n").encode() if out else b""
+
+
+class InfluxSender:
+    """Sends batches to one InfluxDB-compatible endpoint."""
+
+    kind = "influxdb"
+
+    def __init__(self, cfg: ForwardConfig) -> None:
+        self.cfg = cfg
+        parts = urlsplit(cfg.url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.https else 80)
+        base = parts.path.rstrip("/")
+        if cfg.api == "v2":
+            self.path = f"{base}/api/v2/write?" + urlencode({"org": cfg.org, "bucket": cfg.bucket, "precision": "s"})
+        else:
+            self.path = f"{base}/write?" + urlencode({"db": cfg.db, "precision": "s"})
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _auth(self) -> dict[str, str]:
+        """Read the secret now (a fixed file is picked up on the next attempt); OSError if unreadable."""
+        if self.cfg.token_file is not None:
+            return {"Authorization": "Token " + self.cfg.token_file.read_text().strip()}
+        if self.cfg.username is not None and self.cfg.password_file is not None:
+            pw = self.cfg.password_file.read_text().strip()
+            return {"Authorization": "Basic " + base64.b64encode(f"{self.cfg.username}:{pw}".encode()).decode()}
+        return {}
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+            self._conn = cls(self.host, self.port, timeout=self.cfg.timeout)
+        return self._conn
+
+    def send(self, rows: Sequence[Row]) -> Result:
+        body = encode_lines(rows, self.cfg.measurement)
+        if not body:
+            return Result(True)
+        try:
+            headers = {"Content-Type": "text/plain; charset=utf-8", **self._auth()}
+        except OSError as e:
+            return Result(False, f"cannot read the secret file: {e}")
+        try:
+            conn = self._connection()
+            conn.request("POST", self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", "replace").strip()
+            status, wait = resp.status, retry_after(resp.getheader("Retry-After"))
+            if resp.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            return Result(False, f"{self.host}:{self.port}: {type(e).__name__}: {e}")
+        if 200 <= status < 300:
+            return Result(True, status=status)
+        reason = f"HTTP {status}" + (f": {text[:500]}" if text else "")
+        permanent = 400 <= status < 500 and status not in RETRYABLE_4XX
+        return Result(False, reason, status=status, permanent=permanent, retry_after=wait)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
