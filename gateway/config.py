@@ -222,7 +222,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     },
     "store": {"path": _text()},
     "log": {"level": _level},
-    "http": {"host": _text(), "port": _integer(1, 65535)},
+    "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
 }
 REQUIRED = {("store", "path")}
 

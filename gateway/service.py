@@ -26,6 +26,8 @@ from typing import Sequence
 from . import config as configuration
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
+from .forward import Forwarders
+from .http import StatusServer
 from .ingest import Done, Inbound, Writer
 from .mqtt import Source
 from .recovery import MovedAside, open_store
@@ -50,6 +52,8 @@ class Gateway:
         self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)
         if self.moved is not None:
             self._corrupt(self.moved)
+        self.forwarders: Forwarders | None = None
+        self.http: StatusServer | None = None
         self._stopped = False
 
     @property
@@ -69,6 +73,14 @@ class Gateway:
         log.info("store %s, database %s", self.config.store.path, self.store.db_id)
         self.writer.start()
         self.source.start()
+        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward)
+        http = self.config.http
+        try:
+            self.http = StatusServer(self.config.store.path, http.host, http.port,
+                                     targets=self.forwarders.status).start()
+            log.info("status page and /metrics on %s", self.http.url)
+        except OSError as e:  # a busy port must not stop the data: log it and go on without
+            log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
 
     def stop(self) -> None:
@@ -76,11 +88,15 @@ class Gateway:
             return
         self._stopped = True
         log.info("stopping: committing what was received")
+        if self.http is not None:
+            self.http.stop()
         self.source.pause()
         # The writer before the network: it commits what is queued, and its acknowledgements go
         # out over the connection before the disconnect.
         self.writer.close()
         self.source.stop()
+        if self.forwarders is not None:
+            self.forwarders.stop()  # a batch in flight is sent again at the next start
         self.store.close()
         log.info(
             "stopped: %d messages received, %d committed, %d refused",
@@ -105,6 +121,8 @@ class Gateway:
                     log.exception("could not acknowledge %s to node %r", msg.topic, ack.node)
         for msg, _ in done:
             self.source.ack(msg)
+        if self.forwarders is not None:
+            self.forwarders.wake()
 
     def _refused(self, group: Sequence[Inbound]) -> None:
         for msg in group:

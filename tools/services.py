@@ -127,7 +127,8 @@ class GatewayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         host, port = self.broker
         self.conf.write_text(f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "{self.client_id}"\n\n'
-                             f'[store]\npath = "{self.db}"\n\n[log]\nlevel = "INFO"\n')
+                             f'[store]\npath = "{self.db}"\n\n[log]\nlevel = "INFO"\n\n'
+                             f'[http]\nhost = "127.0.0.1"\nport = 0\n')
         exe = Path(sys.executable).parent / "meetkit-gateway"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([str(exe) if exe.exists() else "meetkit-gateway", "run",

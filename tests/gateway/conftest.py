@@ -96,7 +96,7 @@ def write_config(tmp_path: Path, port: int, extra_mqtt: str = "", name: str = "g
     path = tmp_path / name
     path.write_text(
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive = 10\n{extra_mqtt}'
-        f'[store]\npath = "{store}"\n[log]\nlevel = "DEBUG"\n'
+        f'[store]\npath = "{store}"\n[log]\nlevel = "DEBUG"\n[http]\nport = 0\n'
     )
     return path
 
