@@ -773,10 +773,23 @@ class Xtensa:
         return a[2]
 
 
+def _outer_and_inner(back: list[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(edge, top) of the outermost loop (the tick loop, `while i < end`) and of the largest loop
+    nested in it (the per-sample loop, `while i < stop`); the other nested loops are the tick's
+    small normalisation loops."""
+    outer = max(back, key=lambda e: e[0] - e[1])
+    nested = [e for e in back if e != outer and outer[1] <= e[1] and e[0] <= outer[0]]
+    if not nested:
+        raise XtensaUnsupported("no loop nested in the outer loop")
+    return outer, max(nested, key=lambda e: e[0] - e[1])
+
+
 def loop_structure(code: bytes) -> dict[str, Any]:
-    """The viper function's layout: a J over the literal pool, the prologue, a J to the while
-    loop's condition, the loop body, the condition with the back edge. The per-sample part of the
-    body runs from the loop's top to the first jump to the condition (`continue` at tpos < 48)."""
+    """The viper function's layout: a J over the literal pool, the prologue, then the tick loop
+    (`while i < end`) with the per-sample loop (`while i < stop`) inside it. The emitter lays a
+    while loop out as a J to its condition, the body, then the condition with the back edge; the
+    per-sample region is the inner loop's body and condition, the tick region the rest of the
+    outer loop."""
     first = xtensa_decode(code, 0)
     if first[1] != J:
         raise XtensaUnsupported("the code does not start with a jump over its literals")
@@ -789,18 +802,13 @@ def loop_structure(code: bytes) -> dict[str, Any]:
     back = [(pc, _target(d)) for pc, d in insns if _target(d) is not None and _target(d) <= pc]
     if not back:
         raise XtensaUnsupported("no loop")
-    edge, top = max(back, key=lambda e: e[0] - e[1])  # the outermost loop
-    before = [d for pc, d in insns if pc < top][-1]
-    if before[1] != J:
-        raise XtensaUnsupported("no jump to the loop's condition before the loop")
-    cond = before[2]
-    cont = [pc for pc, d in insns if top <= pc < cond and _target(d) == cond]
-    per_sample = [(pc, d) for pc, d in insns if top <= pc <= cont[0]] + \
-                 [(pc, d) for pc, d in insns if cond <= pc <= edge]
+    (edge, top), (in_edge, in_top) = _outer_and_inner(back)
+    per_sample = [(pc, d) for pc, d in insns if in_top <= pc <= in_edge]
     return {"literal_bytes": start, "insns": len(insns), "narrow": sum(1 for _, d in insns if d[0] == 2),
-            "top": top, "cond": cond, "edge": edge, "first_continue": cont[0],
+            "top": top, "edge": edge, "inner_top": in_top, "inner_edge": in_edge,
             "per_sample_insns_static": len(per_sample), "per_sample_bytes_static": sum(d[0] for _, d in per_sample),
-            "per_sample_pcs": {pc for pc, _ in per_sample}, "tick_pcs": {pc for pc, _ in insns if cont[0] < pc < cond}}
+            "per_sample_pcs": {pc for pc, _ in per_sample},
+            "tick_pcs": {pc for pc, _ in insns if top <= pc <= edge and not in_top <= pc <= in_edge}}
 
 
 def emulate_run(code: bytes, funtab_obj_index: int, audio: bytes, st0: list[int], tab: list[int],
@@ -883,7 +891,7 @@ def _emulated(tmp: Path, x: np.ndarray, st0: list[int], tab: list[int], code: by
 
 
 def x64_per_sample_insns(tmp: Path) -> int | None:
-    """The same per-sample region in the x64 viper code the host runs (static count), via objdump
+    """The same per-sample loop in the x64 viper code the host runs (static count), via objdump
     (binutils comes with gcc); None without it."""
     objdump = shutil.which("objdump")
     if objdump is None:
@@ -903,17 +911,13 @@ def x64_per_sample_insns(tmp: Path) -> int | None:
     lines = [(int(m[1], 16), m[2], m[3]) for m in re.finditer(r"^\s+([0-9a-f]+):\t[0-9a-f ]+\t(\S+)\s*(.*)$", dis, re.M)]
     jumps = [(a, int(t[2:], 16)) for a, op, t in lines if op.startswith("j") and re.fullmatch(r"0x[0-9a-f]+", t)]
     back = [(a, t) for a, t in jumps if t <= a]
-    if not back:
+    try:
+        _, (in_edge, in_top) = _outer_and_inner(back) if back else (None, (None, None))
+    except XtensaUnsupported:
         return None
-    edge, top = max(back, key=lambda e: e[0] - e[1])
-    before = [(a, t) for a, t in jumps if a < top]
-    if not before:
+    if in_edge is None:
         return None
-    cond = before[-1][1]
-    cont = min((a for a, t in jumps if top <= a < cond and t == cond), default=None)
-    if cont is None:
-        return None
-    return sum(1 for a, *_ in lines if top <= a <= cont or cond <= a <= edge)
+    return sum(1 for a, *_ in lines if in_top <= a <= in_edge)
 
 
 def esp32_estimate(tmp: Path, x: np.ndarray, st0: list[int], tab: list[int], viper_msps: float | None) -> dict[str, Any]:
@@ -938,7 +942,7 @@ def esp32_estimate(tmp: Path, x: np.ndarray, st0: list[int], tab: list[int], vip
         "run_instructions_2_and_3_bytes": [lay["narrow"], lay["insns"] - lay["narrow"]],
         "per_sample_region_static": {
             "instructions": lay["per_sample_insns_static"], "bytes": lay["per_sample_bytes_static"],
-            "what": "loop top to the `continue` at tpos < 48, plus the while condition: both arms of every if"},
+            "what": "the per-sample loop (`while i < stop`): its body and condition, both arms of every if"},
     }
     # static estimate: the per-sample region at CPI 1.0 - 1.5, plus nothing for ticks and calls
     sta = lay["per_sample_insns_static"]

@@ -128,3 +128,8 @@ def test_the_xtensa_interpreter_runs_the_board_code_bit_exact(fresh: tuple[list[
     assert m.stats["mull"] > 0 and m.stats["calls"] == 7 * -(-len(x) // 500)  # 7 argument conversions a call
     lay = noise.loop_structure(code)
     assert lay["per_sample_insns_static"] < lay["insns"]
+    # the region the benchmark calls per-sample is the loop that runs once per sample, and the
+    # tick region is what runs once per 48 samples (the CPU split in `make bench` rests on this)
+    assert m.counts[lay["inner_top"]] == len(x)
+    tick_first = min(pc for pc in lay["tick_pcs"] if pc > lay["inner_edge"])
+    assert m.counts[tick_first] == pytest.approx(len(x) / 48, abs=7 * -(-len(x) // 500))
