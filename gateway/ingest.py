@@ -183,6 +183,11 @@ class Writer:
     def backlog(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def running(self) -> bool:
+        """The writer thread is alive (it ends only on close() or a bug)."""
+        return self._thread.is_alive()
+
     def close(self, timeout: float | None = None) -> None:
         """Commit everything submitted so far, then stop the thread."""
         if not self._closing:

@@ -109,7 +109,7 @@ class Gateway:
         """Real progress, for systemd's watchdog: the writer's loop passed within `within_s` (it
         passes every second, idle or not; a hung commit stops it) and the MQTT thread runs. A
         broker that is away is not a hang: paho goes on reconnecting."""
-        return (time.monotonic() - self.writer.alive_at < within_s and self.writer._thread.is_alive()
+        return (time.monotonic() - self.writer.alive_at < within_s and self.writer.running
                 and self.source.alive)
 
     def _committed(self, done: Sequence[Done]) -> None:
