@@ -4,7 +4,7 @@ Every problem is reported at once, each naming its key (``mqtt.port: must be an 
 65535, got "1883" (a string)``); unknown keys are errors too, with a suggestion when one is close.
 A relative `store.path` is taken relative to the folder of the configuration file, not the
 working directory, so the same file works from a shell and from systemd; so are a forwarding
-target's `token_file` and `password_file`.
+target's `token_file`, `password_file` and `fleet`, and `[fleet] path`.
 
 `[http]` is where the status page and /metrics listen. Each `[[forward]]` table is one upstream
 target (gateway/forward/); today `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
