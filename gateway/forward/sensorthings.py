@@ -53,9 +53,10 @@ import base64
 import json
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..config import ForwardConfig
 from ..fleet import Fleet, FleetError
@@ -156,6 +157,17 @@ class SensorThingsSender:
                     "UPDATE sensorthings_entities SET sent_until = ? WHERE service = ? AND kind = ? AND key = ?",
                     (ds.sent_until, self.service, ds.kind, ds.key))
 
+    @contextmanager
+    def _gone_on_404(self, kind: str, name: str) -> Iterator[None]:
+        """A 404 under an entity we know means it was deleted upstream: forget it, so that the
+        retry looks it up (and makes it) again instead of failing for ever."""
+        try:
+            yield
+        except Failure as f:
+            if f.status == 404:
+                self._forget(kind, name)
+            raise
+
     # -- entities ------------------------------------------------------------------------------------
 
     def _find(self, path: str, name: str, **properties: str) -> dict[str, Any] | None:
@@ -203,7 +215,8 @@ class SensorThingsSender:
             where = f"the fleet file {self.cfg.fleet}" if self.cfg.fleet else "a fleet file (none is configured)"
             return (f"node {node} has no known position, and the service makes each Observation's "
                     f"FeatureOfInterest from its Thing's Location: add the node to {where}, then replay")
-        self.client.create(f"Things({key(thing.id)})/Locations", loc)
+        with self._gone_on_404("Thing", node):
+            self.client.create(f"Things({key(thing.id)})/Locations", loc)
         log.info("sensorthings %s: Thing %r got its Location", self.cfg.name, node)
         thing.located = True
         self._remember(thing)
@@ -220,7 +233,8 @@ class SensorThingsSender:
                "ObservedProperty": self._entity("ObservedProperty", row.quantity, "ObservedProperties",
                                                 model.observed_property(row.quantity), quantity=row.quantity).id}
         body = model.datastream(row.node, row.quantity, sensor_model, row.unit, ids)
-        found = self._find(f"/Things({key(ids['Thing'])})/Datastreams", name)
+        with self._gone_on_404("Thing", row.node):
+            found = self._find(f"/Things({key(ids['Thing'])})/Datastreams", name)
         if found is not None:
             return self._remember(Entity("Datastream", name, found["@iot.id"], self._newest(found["@iot.id"])))
         try:
@@ -247,10 +261,11 @@ class SensorThingsSender:
     def _existing(self, ds: Entity, rows: list[Row]) -> set[tuple[int, int]]:
         """(start, end) of the Observations the Datastream already has in the rows' resultTime range."""
         lo, hi = min(model.end(r) for r in rows), max(model.end(r) for r in rows)
-        found = self.client.values(
-            f"/Datastreams({key(ds.id)})/Observations",
-            filter=f"resultTime ge {model.iso(lo)} and resultTime le {model.iso(hi)}",
-            select="phenomenonTime", top=str(TOP))
+        with self._gone_on_404("Datastream", ds.key):
+            found = self.client.values(
+                f"/Datastreams({key(ds.id)})/Observations",
+                filter=f"resultTime ge {model.iso(lo)} and resultTime le {model.iso(hi)}",
+                select="phenomenonTime", top=str(TOP))
         return {span for v in found if (span := model.interval(v.get("phenomenonTime", ""))) is not None}
 
     # -- a batch ---------------------------------------------------------------------------------------

@@ -226,6 +226,27 @@ def test_per_row_errors_become_dead_letters_and_the_rest_is_delivered(tmp_path, 
     f.close()
 
 
+def test_a_thing_deleted_upstream_is_made_again(tmp_path, sta, fleet):
+    db = tmp_path / "g.db"
+    fill(db, "ams-001", range(1))
+    f = forwarder(db, target(sta.url, fleet), rng=lambda: 1.0)
+    drain(f)
+    old = by_name(sta, "Things")["ams-001"]["@iot.id"]
+    for ds in sta.all("Datastreams"):
+        sta.delete("Datastreams", ds["@iot.id"])
+    sta.delete("Things", old)
+    fill(db, "ams-001", range(1, 2))
+    assert f.step() == 0.0  # the cached Datastreams are gone: refused row by row, then looked up again
+    assert [(a, n) for a, _, n, _, _ in dead_letters(db)] == [(2, 1), (2, 1)]  # one per reason
+    fill(db, "ams-001", range(2, 3))
+    assert f.step() == 0.5  # the Thing is gone too: 404 under it, retried...
+    drain(f)  # ...and made again, with its Location
+    thing = by_name(sta, "Things")["ams-001"]
+    assert thing["@iot.id"] != old and len(thing["Locations"]) == 1
+    assert [o["result"] for o in observations(sta, "ams-001 pm25 PMS5003")] == [7.0]
+    f.close()
+
+
 def test_a_node_without_a_position_is_refused_until_the_fleet_file_has_it(tmp_path, sta, fleet):
     db = tmp_path / "g.db"
     fill(db, "ams-001", range(2))  # records 1, 2
