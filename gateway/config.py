@@ -4,13 +4,16 @@ Every problem is reported at once, each naming its key (``mqtt.port: must be an 
 65535, got "1883" (a string)``); unknown keys are errors too, with a suggestion when one is close.
 A relative `store.path` is taken relative to the folder of the configuration file, not the
 working directory, so the same file works from a shell and from systemd; so are a forwarding
-target's `token_file` and `password_file`.
+target's `token_file`, `password_file` and `fleet`, and `[fleet] path`.
 
 `[http]` is where the status page and /metrics listen. Each `[[forward]]` table is one upstream
 target (gateway/forward/); today `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
 (`/write?db=`, optional `username` with `password_file`: HTTP basic auth) or `api = "v2"`
-(`/api/v2/write?org=&bucket=`, `token_file` required). Secrets are read from files, never written
-in gateway.toml; the files are read when the forwarder starts.
+(`/api/v2/write?org=&bucket=`, `token_file` required), or `type = "sensorthings"`: an OGC
+SensorThings API service root (optional `username` with `password_file`, or `token_file` for
+"Authorization: Bearer"; optional `fleet`, the file with the nodes' positions, else `[fleet] path`).
+Secrets are read from files, never written in gateway.toml; the files are read when the forwarder
+starts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import difflib
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +61,7 @@ class HttpConfig:
     port: int = 8080
 
 
-FORWARD_TYPES = ("influx",)
+FORWARD_TYPES = ("influx", "sensorthings")
 INFLUX_APIS = ("v1", "v2")
 
 
@@ -80,6 +83,7 @@ class ForwardConfig:
     batch: int = 5000  # readings per request
     timeout: float = 10.0  # seconds per request
     enabled: bool = True
+    fleet: Path | None = None  # sensorthings: the nodes' positions (gateway/fleet.py); default [fleet] path
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Config:
     source: Path | None = None  # the file it came from
     http: HttpConfig = HttpConfig()
     forward: tuple[ForwardConfig, ...] = ()
+    fleet: Path | None = None  # [fleet] path: the nodes' positions (gateway/fleet.py)
 
 
 class ConfigError(Exception):
@@ -223,6 +228,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "store": {"path": _text()},
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
+    "fleet": {"path": _text()},
 }
 REQUIRED = {("store", "path")}
 
@@ -241,8 +247,12 @@ FORWARD_KEYS: dict[str, Check] = {
     "batch": _integer(1, 100_000),
     "timeout": _seconds(0.1, 300),
     "enabled": _boolean,
+    "fleet": _text(),
 }
 FORWARD_REQUIRED = ("name", "type", "url")
+# Keys that mean something to one type of target only.
+FORWARD_TYPE_KEYS = {"influx": ("api", "db", "org", "bucket", "measurement"), "sensorthings": ("fleet",)}
+SENSORTHINGS_BATCH = 1000  # readings per CreateObservations request unless `batch` says otherwise
 
 
 def _relative(value: str, source: Path | None) -> Path:
@@ -302,13 +312,35 @@ def _forward(doc: Any, source: Path | None, errors: list[str]) -> tuple[ForwardC
             if ("username" in table) != ("password_file" in table) and api == "v1":
                 errors.append(f"{where}: username and password_file go together")
                 bad = True
+        kind = values.get("type")
+        for key in table:
+            owner = next((t for t, keys in FORWARD_TYPE_KEYS.items() if key in keys), None)
+            if kind is not None and owner is not None and owner != kind:
+                errors.append(f'{where}.{key}: not used with type = "{kind}"')
+                bad = True
+        if kind == "sensorthings":
+            bad = _sensorthings(table, where, errors) or bad
+            values.setdefault("batch", SENSORTHINGS_BATCH)
         if bad:
             continue
-        for key in ("token_file", "password_file"):
+        for key in ("token_file", "password_file", "fleet"):
             if key in values:
                 values[key] = _relative(values[key], source)
         out.append(ForwardConfig(**values))
     return tuple(out)
+
+
+def _sensorthings(table: dict[str, Any], where: str, errors: list[str]) -> bool:
+    """The auth keys of a sensorthings target: basic (username + password_file) or bearer
+    (token_file), not both. True if there was a problem."""
+    bad = False
+    if ("username" in table) != ("password_file" in table):
+        errors.append(f"{where}: username and password_file go together")
+        bad = True
+    if "token_file" in table and "username" in table:
+        errors.append(f"{where}.token_file: not used with username (basic auth); choose one")
+        bad = True
+    return bad
 
 
 def _unknown(key: str, known: list[str]) -> str:
@@ -346,6 +378,8 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         section = doc.get(name, {})
         if isinstance(section, dict) and key not in section:
             errors.append(f"{name}.{key}: missing (required)")
+    fleet = _relative(values["fleet"]["path"], source) if "path" in values["fleet"] else None
+    forward = tuple(replace(t, fleet=fleet) if t.type == "sensorthings" and t.fleet is None else t for t in forward)
     mqtt = values["mqtt"]
     if "password" in mqtt and "username" not in mqtt:
         errors.append("mqtt.password: set, but mqtt.username is not")
@@ -358,6 +392,7 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         source=source,
         http=HttpConfig(**values["http"]),
         forward=forward,
+        fleet=fleet,
     )
 
 

@@ -12,13 +12,14 @@ is down holds back no other; what it has not taken stays in the store, counted i
 Delivery is at least once: a batch is sent again after a crash between the target's answer and
 the cursor's commit, after a retry, or after an operator resets a cursor. The targets make that
 harmless (idempotent replay): line protocol carries each reading's own timestamp, so a point sent
-again overwrites itself.
+again overwrites itself; the SensorThings target looks up what may already be there before it sends
+again (gateway/forward/sensorthings.py).
 """
 
 from __future__ import annotations
 
-from .core import Forwarder, Forwarders, Result, Row, Sender, backoff, retry_after
+from .core import Forwarder, Forwarders, Refusal, Result, Row, Sender, backoff, retry_after
 from .influx import InfluxSender, encode_lines
 
-__all__ = ["Forwarder", "Forwarders", "InfluxSender", "Result", "Row", "Sender", "backoff", "encode_lines",
-           "retry_after"]
+__all__ = ["Forwarder", "Forwarders", "InfluxSender", "Refusal", "Result", "Row", "Sender", "backoff",
+           "encode_lines", "retry_after"]

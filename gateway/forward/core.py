@@ -5,7 +5,9 @@ cursor, in record order, never splitting a record (unless one record is bigger t
 gives them to the target's `Sender`. The answer decides:
 
 - taken (2xx): the cursor moves past the batch, `forward.<t>.sent` counts its readings, the next
-  batch goes at once;
+  batch goes at once; a target that answers per reading (SensorThings) may refuse some readings
+  for good while taking the rest (`Result.refused`): those go to `forward_dead_letters`, one row
+  per record and reason naming the quantities, counted in `forward.<t>.dead`;
 - refused for good (a 4xx other than 401, 403, 404, 408, 429): the batch's record range, the
   status and the target's reason go to `forward_dead_letters`, the cursor moves on, counted in
   `forward.<t>.dead`; nothing else holds the queue back;
@@ -57,6 +59,16 @@ class Row:
     n: int | None
     unit: str
     flags: str  # comma-separated, '' when none
+    sensors: str = "{}"  # JSON object of the record: sensor model per role (pm, climate, mic)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reading a target refused for good while it took the rest of the batch."""
+
+    row: Row
+    status: int | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class Result:
     status: int | None = None  # HTTP status, None without an answer
     permanent: bool = False  # refused for good: dead-letter the batch, do not retry
     retry_after: float | None = None  # seconds the target asked to wait
+    refused: tuple[Refusal, ...] = ()  # with ok: these readings go to the dead letters, the rest was taken
 
 
 class Sender(Protocol):
@@ -100,7 +113,8 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 
 _ROWS_SQL = """
-    SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
+    SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags,
+           r.sensors
     FROM records AS r JOIN readings AS g ON g.record_id = r.id
     WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL
     ORDER BY r.id, g.quantity
@@ -229,12 +243,17 @@ class Forwarder:
             result = Result(False, f"{type(e).__name__}: {e}")
         now = self.clock()
         if result.ok:
+            refused = result.refused
+            note = f"{len(refused)} readings refused: {refused[0].reason}" if refused else None
             with self.store.transaction():
-                self._advance(p, last_success=now, last_error=None)
-                self.store.bump(f"forward.{self.name}.sent", len(p.rows))
+                self._advance(p, last_success=now, last_error=note)
+                self._dead_readings(refused, now)
+                self.store.bump(f"forward.{self.name}.sent", len(p.rows) - len(refused))
             if self.failures:
                 log.info("forward %s: delivering again after %d failures", self.name, self.failures)
-            self.failures, self.up, self.last_error = 0, True, None
+            if refused:
+                log.error("forward %s: %s (dead letters)", self.name, note)
+            self.failures, self.up, self.last_error = 0, True, note
             return 0.0
         reason = result.reason or (f"HTTP {result.status}" if result.status else "failed")
         self.up, self.last_error = False, reason
@@ -261,6 +280,20 @@ class Forwarder:
         (log.warning if self.failures <= 3 else log.debug)(
             "forward %s: %s; trying again in %.1f s (failure %d)", self.name, reason, delay, self.failures)
         return delay
+
+    def _dead_readings(self, refused: Sequence[Refusal], now: float) -> None:
+        """Readings refused one by one: a dead letter per record and reason, naming the quantities
+        (the batch's range is one record then; `readings` says how many of its readings)."""
+        groups: dict[tuple[int, int | None, str], list[str]] = {}
+        for r in refused:
+            groups.setdefault((r.row.record_id, r.status, r.reason), []).append(r.row.quantity)
+        for (record_id, status, reason), quantities in groups.items():
+            self.store.db.execute(
+                "INSERT INTO forward_dead_letters (target, first_id, last_id, readings, at, status, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.name, record_id, record_id, len(quantities), now, status, f"{','.join(quantities)}: {reason}"),
+            )
+        self.store.bump(f"forward.{self.name}.dead", len(refused))
 
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set (the thread's body)."""
@@ -326,11 +359,15 @@ class Forwarder:
         return out
 
 
-def make_sender(cfg: ForwardConfig) -> Sender:
+def make_sender(cfg: ForwardConfig, store_path: str | Path) -> Sender:
     if cfg.type == "influx":
         from .influx import InfluxSender
 
         return InfluxSender(cfg)
+    if cfg.type == "sensorthings":
+        from .sensorthings import SensorThingsSender
+
+        return SensorThingsSender(cfg, store_path)
     raise ValueError(f"forward {cfg.name}: unknown type {cfg.type!r}")
 
 
@@ -346,7 +383,8 @@ class Forwarders:
     def start(cls, store_path: str | Path, targets: Sequence[ForwardConfig],
               stop: threading.Event | None = None, **options: Any) -> "Forwarders":
         """A thread per enabled target, started. `options` go to each `Forwarder` (tests)."""
-        fw = [Forwarder(t.name, store_path, make_sender(t), batch=t.batch, **options) for t in targets if t.enabled]
+        fw = [Forwarder(t.name, store_path, make_sender(t, store_path), batch=t.batch, **options)
+              for t in targets if t.enabled]
         return cls(fw, stop).run()
 
     def run(self) -> "Forwarders":

@@ -92,7 +92,7 @@ enabled = "yes"
 tokn_file = "t"
 """) == [
         'forward[0] ("a b").name: must be letters, digits, "-", "_" or "." only, got "a b"',
-        'forward[0] ("a b").type: must be one of influx, got "kafka" (a string)',
+        'forward[0] ("a b").type: must be one of influx, sensorthings, got "kafka" (a string)',
         'forward[0] ("a b").url: must be an http:// or https:// URL with a host, got "ftp://x"',
         'forward[0] ("a b").batch: must be an integer from 1 to 100000, got 0 (an integer)',
         'forward[1] ("v2").org: missing (required with api = "v2")',
@@ -109,3 +109,68 @@ tokn_file = "t"
 def test_forward_must_be_an_array_of_tables(tmp_path):
     assert errors(tmp_path, '[forward]\nname = "x"\n') == [
         "forward: must be an array of tables ([[forward]]), got a table"]
+
+
+def test_sensorthings_targets_with_their_auth_fleet_and_batch(tmp_path):
+    cfg = load(tmp_path, """
+[fleet]
+path = "fleet.toml"
+[[forward]]
+name = "frost"
+type = "sensorthings"
+url = "https://sta.city.example/FROST-Server/v1.1/"
+username = "lab"
+password_file = "secrets/sta.password"
+[[forward]]
+name = "frost2"
+type = "sensorthings"
+url = "http://127.0.0.1:8080/v1.1"
+token_file = "/etc/meetkit-gateway/sta.token"
+fleet = "/srv/other-fleet.toml"
+batch = 200
+timeout = 20
+""")
+    assert cfg.fleet == tmp_path / "fleet.toml"
+    assert cfg.forward == (
+        ForwardConfig(name="frost", type="sensorthings", url="https://sta.city.example/FROST-Server/v1.1",
+                      username="lab", password_file=tmp_path / "secrets" / "sta.password",
+                      fleet=tmp_path / "fleet.toml", batch=1000),  # [fleet] path unless the target has its own
+        ForwardConfig(name="frost2", type="sensorthings", url="http://127.0.0.1:8080/v1.1",
+                      token_file=Path("/etc/meetkit-gateway/sta.token"), fleet=Path("/srv/other-fleet.toml"),
+                      batch=200, timeout=20.0),
+    )
+    assert load(tmp_path, '[[forward]]\nname = "s"\ntype = "sensorthings"\nurl = "http://h/v1.1"\n').forward[0].fleet is None
+
+
+def test_every_sensorthings_problem_is_named(tmp_path):
+    assert errors(tmp_path, """
+[fleet]
+path = 3
+[[forward]]
+name = "sta"
+type = "sensorthings"
+url = "http://h/v1.1"
+db = "x"
+measurement = "m"
+username = "lab"
+[[forward]]
+name = "sta2"
+type = "sensorthings"
+url = "http://h/v1.1"
+token_file = "t"
+username = "lab"
+password_file = "p"
+[[forward]]
+name = "vm"
+type = "influx"
+url = "http://h:8428"
+db = "lab"
+fleet = "fleet.toml"
+""") == [
+        "fleet.path: must be a string, got 3 (an integer)",
+        'forward[0] ("sta").db: not used with type = "sensorthings"',
+        'forward[0] ("sta").measurement: not used with type = "sensorthings"',
+        'forward[0] ("sta"): username and password_file go together',
+        'forward[1] ("sta2").token_file: not used with username (basic auth); choose one',
+        'forward[2] ("vm").fleet: not used with type = "influx"',
+    ]

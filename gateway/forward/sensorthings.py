@@ -1,0 +1,335 @@
+"""OGC SensorThings API v1.1 target (`type = "sensorthings"`): readings become Observations of
+Datastreams, sent with the dataArray extension, `POST <root>/CreateObservations` (OGC 18-088
+clause 14.2 "Create Observations with dataArray"; FROST-Server implements it as documented in its
+"DataArray" extension). What each entity holds: sensorthings_model.py. HTTP: sensorthings_client.py.
+
+Entities on first use. Before a reading of a new (node, quantity, sensor model) is sent, its Thing,
+Sensor, ObservedProperty and Datastream are looked up on the service (`GET Things?$filter=name eq
+'ams-001'`, `GET Things(<id>)/Datastreams?$filter=name eq '...'`; an entity counts as ours when its
+`properties.source` is "meetkit") and created only when missing. So a restart, a fresh database
+or a second gateway never creates one twice. Ids are kept in memory and in this module's table
+(the store's schema version is not touched: the table is made with CREATE TABLE IF NOT EXISTS):
+
+    sensorthings_entities   what this target's service holds for us
+      service     TEXT     the service root URL (ids are per service)
+      kind        TEXT     Thing, Sensor, ObservedProperty or Datastream
+      key         TEXT     node id, sensor model, quantity, or the Datastream's name
+      iot_id      TEXT     JSON of the service's @iot.id (a number or a string)
+      sent_until  INTEGER  Datastreams: the latest resultTime (Unix s) ever sent to it; NULL: none
+      located     INTEGER  Things: 1 when it has a Location
+      PRIMARY KEY (service, kind, key)
+
+Positions. A Thing gets a Location when the fleet file (gateway/fleet.py) knows where the node
+is. The service makes each Observation's FeatureOfInterest from the Thing's Location, and refuses
+Observations of a Thing without one (FROST: "No FeatureOfInterest provided, and none can be
+generated"). So the readings of a node with no known position are refused here, with that reason,
+without sending them (the store keeps them; a replay sends them); once the fleet file has the
+node, its Thing gets the Location (`POST Things(<id>)/Locations`) before its next readings go.
+
+Per-row results. CreateObservations answers 201 with one entry per dataArray row, in order: the
+new Observation's self link, or a string starting with "error" (FROST: "error <message>"). Rows in
+error go back as `Result.refused`, so the forwarder dead-letters those readings with the service's
+reason and counts the rest as sent; the Datastream of a refused row is looked up again before its
+next use (it may have been deleted upstream). A reading the gateway cannot describe (an unknown
+sensor model) and the readings of an entity the service refuses with a 4xx (say a Thing it does
+not accept) are refused the same way, without holding back the other nodes.
+
+Idempotent replay. SensorThings has no upsert, and client-chosen ids are not portable (FROST
+only accepts them when configured to; a server-generated id cannot be known in advance). So this
+target keeps, per Datastream, `sent_until`: the latest resultTime (= interval end) of any reading
+it has ever POSTed there, written to the store BEFORE the POST. A reading at or before that mark
+may be upstream already: after an answer that never came (a timeout, a dropped connection, a
+crash between the service's answer and the cursor's commit) or after the operator reset the
+cursor. For those readings only, the Observations of the Datastream in their resultTime range are
+fetched (`GET Datastreams(<id>)/Observations?$filter=resultTime ge .. and resultTime le ..
+&$select=phenomenonTime`) and those whose phenomenonTime interval is already there are not sent
+again. A Datastream found on the service (made by an earlier database or another gateway) starts
+with its newest Observation's resultTime as mark. New readings, the normal case, cost no lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..config import ForwardConfig
+from ..fleet import Fleet, FleetError
+from ..store import Store
+from . import sensorthings_model as model
+from .core import Refusal, Result, Row
+from .sensorthings_client import Client, Failure, key, literal
+
+log = logging.getLogger(__name__)
+
+TABLE = """
+    CREATE TABLE IF NOT EXISTS sensorthings_entities (
+        service TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        iot_id TEXT NOT NULL,
+        sent_until INTEGER,
+        located INTEGER,
+        PRIMARY KEY (service, kind, key)
+    ) WITHOUT ROWID
+"""
+TOP = 1000  # entities asked for per page of a lookup
+
+
+@dataclass
+class Entity:
+    kind: str
+    key: str
+    id: int | str
+    sent_until: int | None = None  # Datastreams
+    located: bool = False  # Things
+
+
+class SensorThingsSender:
+    """Sends batches to one SensorThings service; entity ids cached in `store_path`."""
+
+    kind = "sensorthings"
+
+    def __init__(self, cfg: ForwardConfig, store_path: str | Path) -> None:
+        self.cfg = cfg
+        self.store_path = Path(store_path)
+        self.service = cfg.url
+        self.client = Client(cfg.url, cfg.timeout, self._auth)
+        self.fleet = Fleet(cfg.fleet)
+        self._store: Store | None = None
+        self._known: dict[tuple[str, str], Entity] = {}
+
+    # -- auth, the table -------------------------------------------------------------------------
+
+    def _auth(self) -> dict[str, str]:
+        """Read the secret now (a fixed file is picked up on the next attempt); OSError if unreadable."""
+        if self.cfg.token_file is not None:
+            return {"Authorization": "Bearer " + self.cfg.token_file.read_text().strip()}
+        if self.cfg.username is not None and self.cfg.password_file is not None:
+            pw = self.cfg.password_file.read_text().strip()
+            return {"Authorization": "Basic " + base64.b64encode(f"{self.cfg.username}:{pw}".encode()).decode()}
+        return {}
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.store_path)
+            self._store.db.execute(TABLE)
+        return self._store
+
+    def _cached(self, kind: str, name: str) -> Entity | None:
+        e = self._known.get((kind, name))
+        if e is None:
+            row = self.store.db.execute(
+                "SELECT iot_id, sent_until, located FROM sensorthings_entities"
+                " WHERE service = ? AND kind = ? AND key = ?", (self.service, kind, name)).fetchone()
+            if row is not None:
+                e = self._known[(kind, name)] = Entity(kind, name, json.loads(row[0]), row[1], bool(row[2]))
+        return e
+
+    def _remember(self, e: Entity) -> Entity:
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT OR REPLACE INTO sensorthings_entities (service, kind, key, iot_id, sent_until, located)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (self.service, e.kind, e.key, json.dumps(e.id), e.sent_until, int(e.located)))
+        self._known[(e.kind, e.key)] = e
+        return e
+
+    def _forget(self, kind: str, name: str) -> None:
+        self._known.pop((kind, name), None)
+        with self.store.transaction():
+            self.store.db.execute("DELETE FROM sensorthings_entities WHERE service = ? AND kind = ? AND key = ?",
+                                  (self.service, kind, name))
+
+    def _mark(self, sending: dict[str, tuple[Entity, list[Row]]]) -> None:
+        """Move each Datastream's `sent_until` past what is about to be POSTed, on disk first."""
+        with self.store.transaction():
+            for ds, rows in sending.values():
+                until = max(model.end(r) for r in rows)
+                ds.sent_until = until if ds.sent_until is None else max(ds.sent_until, until)
+                self.store.db.execute(
+                    "UPDATE sensorthings_entities SET sent_until = ? WHERE service = ? AND kind = ? AND key = ?",
+                    (ds.sent_until, self.service, ds.kind, ds.key))
+
+    @contextmanager
+    def _gone_on_404(self, kind: str, name: str) -> Iterator[None]:
+        """A 404 under an entity we know means it was deleted upstream: forget it, so that the
+        retry looks it up (and makes it) again instead of failing for ever."""
+        try:
+            yield
+        except Failure as f:
+            if f.status == 404:
+                self._forget(kind, name)
+            raise
+
+    # -- entities ------------------------------------------------------------------------------------
+
+    def _find(self, path: str, name: str, **properties: str) -> dict[str, Any] | None:
+        """Our entity named `name` in collection `path` (properties.source is ours, and the other
+        `properties` match), None if there is none."""
+        for v in self.client.values(path, filter=f"name eq {literal(name)}", select="id,properties", top=str(TOP)):
+            props = v.get("properties")
+            if isinstance(props, dict) and props.get("source") == model.SOURCE and all(
+                    props.get(k) == x for k, x in properties.items()) and "@iot.id" in v:
+                return v
+        return None
+
+    def _entity(self, kind: str, name: str, collection: str, body: dict[str, Any], **match: str) -> Entity:
+        e = self._cached(kind, name)
+        if e is not None:
+            return e
+        found = self._find(f"/{collection}", body["name"], **match)
+        if found is not None:
+            return self._remember(Entity(kind, name, found["@iot.id"]))
+        iot_id = self.client.create(collection, body)
+        log.info("sensorthings %s: created %s %r (%s)", self.cfg.name, kind, body["name"], iot_id)
+        return self._remember(Entity(kind, name, iot_id))
+
+    def _thing(self, row: Row) -> Entity:
+        e = self._cached("Thing", row.node)
+        if e is not None:
+            return e
+        meta = self.fleet.node_metadata(row.node)  # FleetError: held back until the file is fixed
+        body = model.thing(row.node, row.board, row.fw, meta)
+        found = self._find("/Things", row.node, node=row.node)
+        if found is not None:
+            located = bool(self.client.values(f"/Things({key(found['@iot.id'])})/Locations", pages=1,
+                                              select="id", top="1"))
+            return self._remember(Entity("Thing", row.node, found["@iot.id"], located=located))
+        iot_id = self.client.create("Things", body)
+        log.info("sensorthings %s: created Thing %r (%s)%s", self.cfg.name, row.node, iot_id,
+                 "" if "Locations" in body else " without a Location: its position is not known")
+        return self._remember(Entity("Thing", row.node, iot_id, located="Locations" in body))
+
+    def _locate(self, thing: Entity, node: str) -> str | None:
+        """Give a Thing without a Location the one the fleet file now has; the reason its readings
+        cannot go when there is none."""
+        loc = model.location(node, self.fleet.node_metadata(node))
+        if loc is None:
+            where = f"the fleet file {self.cfg.fleet}" if self.cfg.fleet else "a fleet file (none is configured)"
+            return (f"node {node} has no known position, and the service makes each Observation's "
+                    f"FeatureOfInterest from its Thing's Location: add the node to {where}, then replay")
+        with self._gone_on_404("Thing", node):
+            self.client.create(f"Things({key(thing.id)})/Locations", loc)
+        log.info("sensorthings %s: Thing %r got its Location", self.cfg.name, node)
+        thing.located = True
+        self._remember(thing)
+        return None
+
+    def _datastream(self, row: Row, sensor_model: str) -> Entity:
+        name = model.datastream_name(row.node, row.quantity, sensor_model)
+        e = self._cached("Datastream", name)
+        if e is not None:
+            return e
+        ids = {"Thing": self._thing(row).id,
+               "Sensor": self._entity("Sensor", sensor_model, "Sensors", model.sensor(sensor_model),
+                                      model=sensor_model).id,
+               "ObservedProperty": self._entity("ObservedProperty", row.quantity, "ObservedProperties",
+                                                model.observed_property(row.quantity), quantity=row.quantity).id}
+        body = model.datastream(row.node, row.quantity, sensor_model, row.unit, ids)
+        with self._gone_on_404("Thing", row.node):
+            found = self._find(f"/Things({key(ids['Thing'])})/Datastreams", name)
+        if found is not None:
+            return self._remember(Entity("Datastream", name, found["@iot.id"], self._newest(found["@iot.id"])))
+        try:
+            iot_id = self.client.create("Datastreams", body)
+        except Failure as f:
+            if f.permanent:  # perhaps a Thing, Sensor or ObservedProperty deleted upstream: look again next time
+                for kind, k in (("Thing", row.node), ("Sensor", sensor_model), ("ObservedProperty", row.quantity)):
+                    self._forget(kind, k)
+            raise
+        log.info("sensorthings %s: created Datastream %r (%s)", self.cfg.name, name, iot_id)
+        return self._remember(Entity("Datastream", name, iot_id))
+
+    def _newest(self, iot_id: int | str) -> int | None:
+        """The resultTime (else phenomenonTime end) of the Datastream's newest Observation."""
+        path = f"/Datastreams({key(iot_id)})/Observations"
+        for v in self.client.values(path, pages=1, orderby="resultTime desc", top="1",
+                                    select="phenomenonTime,resultTime")[:1]:
+            if isinstance(v.get("resultTime"), str):
+                return model.parse_time(v["resultTime"])
+            span = model.interval(v.get("phenomenonTime", ""))
+            return span[1] if span else None
+        return None
+
+    def _existing(self, ds: Entity, rows: list[Row]) -> set[tuple[int, int]]:
+        """(start, end) of the Observations the Datastream already has in the rows' resultTime range."""
+        lo, hi = min(model.end(r) for r in rows), max(model.end(r) for r in rows)
+        with self._gone_on_404("Datastream", ds.key):
+            found = self.client.values(
+                f"/Datastreams({key(ds.id)})/Observations",
+                filter=f"resultTime ge {model.iso(lo)} and resultTime le {model.iso(hi)}",
+                select="phenomenonTime", top=str(TOP))
+        return {span for v in found if (span := model.interval(v.get("phenomenonTime", ""))) is not None}
+
+    # -- a batch ---------------------------------------------------------------------------------------
+
+    def send(self, rows: Sequence[Row]) -> Result:
+        try:
+            return self._send(rows)
+        except Failure as f:
+            return Result(False, f.reason, status=f.status, permanent=f.permanent, retry_after=f.retry_after)
+        except FleetError as e:
+            return Result(False, str(e))
+
+    def _send(self, rows: Sequence[Row]) -> Result:
+        refused: list[Refusal] = []
+        groups: dict[tuple[str, str, str], list[Row]] = {}
+        for r in rows:
+            if r.avg is None or not math.isfinite(r.avg):
+                continue  # no value: not an OM_Measurement (the store keeps it, with its flags)
+            try:
+                groups.setdefault((r.node, r.quantity, model.sensor_model(r)), []).append(r)
+            except model.Unmapped as e:
+                refused.append(Refusal(r, None, str(e)))
+        sending: dict[str, tuple[Entity, list[Row]]] = {}
+        for (node, _, sensor_model), group in groups.items():
+            try:
+                ds = self._datastream(group[0], sensor_model)
+                thing = self._thing(group[0])
+                unlocated = None if thing.located else self._locate(thing, node)
+            except (Failure, model.Unmapped) as e:
+                if isinstance(e, Failure) and not e.permanent:
+                    raise
+                status, reason = (e.status, e.reason) if isinstance(e, Failure) else (None, str(e))
+                refused.extend(Refusal(r, status, reason) for r in group)
+                continue
+            if unlocated is not None:
+                refused.extend(Refusal(r, None, unlocated) for r in group)
+                continue
+            if ds.sent_until is not None and any(model.end(r) <= ds.sent_until for r in group):
+                there = self._existing(ds, [r for r in group if model.end(r) <= ds.sent_until])
+                group = [r for r in group if (r.start, model.end(r)) not in there]
+            if group:
+                sending[ds.key] = (ds, group)
+        if not sending:
+            return Result(True, refused=tuple(refused))
+        self._mark(sending)
+        body = [{"Datastream": {"@iot.id": ds.id}, "components": list(model.COMPONENTS),
+                 "dataArray@iot.count": len(group), "dataArray": [model.observation(r) for r in group]}
+                for ds, group in sending.values()]
+        status, answers = self.client.create_observations(body)
+        order = [(ds, r) for ds, group in sending.values() for r in group]
+        if len(answers) != len(order):
+            # the service took something but says not what: sent again, the lookup skips what is there
+            raise Failure(f"POST /CreateObservations: {len(answers)} answers for {len(order)} observations", status)
+        doubtful: set[str] = set()
+        for (ds, r), answer in zip(order, answers):
+            if not isinstance(answer, str) or answer.startswith("error"):
+                refused.append(Refusal(r, status, f"Datastream {ds.key!r}: {str(answer)[:300]}"))
+                doubtful.add(ds.key)
+        for name in doubtful:  # perhaps deleted upstream: looked up again before its next use
+            self._forget("Datastream", name)
+        return Result(True, status=status, refused=tuple(refused))
+
+    def close(self) -> None:
+        self.client.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None

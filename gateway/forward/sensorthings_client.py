@@ -1,0 +1,191 @@
+"""HTTP and OData for one SensorThings API service root: GET with $filter/$select/$top/$orderby
+(following @iot.nextLink), POST of an entity (its id from the Location header), POST of
+CreateObservations. Standard library only; one kept-alive connection.
+
+Every failure is a `Failure` the sender turns into the forwarder's `Result`: no answer, a 5xx,
+408, 429 and 401/403/404 (the target's settings or load, not the data) are to be retried; any
+other 4xx to a POST refuses what was posted for good. A GET is only a lookup of ours, so any
+non-2xx answer to one is retried: a service that rejects our query is the target's problem, not
+the data's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+from .core import retry_after
+
+RETRYABLE_4XX = {401, 403, 404, 408, 429}
+IDLE_S = 4.0  # a connection idle longer than this is not reused: servers close idle ones (Tomcat 20 s, nginx 75 s)
+SAFE = "/:,'()$@"  # left as they are in a query value; everything else (spaces, quotes, &) is %-encoded
+PAGES_MAX = 1000  # @iot.nextLink pages followed at most in one lookup
+
+
+class Failure(Exception):
+    """What went wrong with a request, as the forwarder needs it."""
+
+    def __init__(self, reason: str, status: int | None = None, permanent: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    location: str | None
+    retry_after: float | None
+    text: str
+
+    def json(self, what: str) -> Any:
+        try:
+            return json.loads(self.text)
+        except ValueError:
+            raise Failure(f"{what}: the answer is not JSON: {self.text[:200]!r}", self.status) from None
+
+
+def literal(value: str) -> str:
+    """An OData string literal: quoted, quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def key(iot_id: Any) -> str:
+    """An entity id as it goes into a path: Things(5), Things('a''b')."""
+    return str(iot_id) if isinstance(iot_id, int) else literal(str(iot_id))
+
+
+_ID_IN_LINK = re.compile(r"\((?:(\d+)|'((?:[^']|'')*)')\)/?$")
+
+
+def id_from_link(link: str) -> int | str | None:
+    """The id at the end of a self link (`.../Things(5)`, `.../Things('x')`), None if none."""
+    m = _ID_IN_LINK.search(link.strip())
+    if m is None:
+        return None
+    return int(m.group(1)) if m.group(1) is not None else m.group(2).replace("''", "'")
+
+
+class Client:
+    """Requests to the service root `url` (`https://host/FROST-Server/v1.1`)."""
+
+    def __init__(self, url: str, timeout: float, headers: Callable[[], dict[str, str]]) -> None:
+        parts = urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.https else 80)
+        self.root = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.headers = headers  # called per request: the auth header, read from its file
+        self._conn: http.client.HTTPConnection | None = None
+        self._used = 0.0
+
+    # -- the connection -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        if self._conn is not None and time.monotonic() - self._used > IDLE_S:
+            self.close()
+        fresh = self._conn is None
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+            self._conn = cls(self.host, self.port, timeout=self.timeout)
+        return self._conn, fresh
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer:
+        """One request to `root + path`; Failure (to retry) when there is no answer. A GET that
+        finds its kept-alive connection closed by the server is sent once more on a new one."""
+        data = None if body is None else json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            headers = {"Accept": "application/json", **self.headers()}
+        except OSError as e:
+            raise Failure(f"cannot read the secret file: {e}") from None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            conn, fresh = self._connection()
+            try:
+                conn.request(method, self.root + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                text = resp.read().decode("utf-8", "replace")
+                self._used = time.monotonic()
+                if resp.will_close:
+                    self.close()
+                return Answer(resp.status, resp.getheader("Location"), retry_after(resp.getheader("Retry-After")),
+                              text)
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+                if method == "GET" and attempt == 1 and stale and not fresh:
+                    continue
+                raise Failure(f"{method} {self.root}{path[:120]}: {self.host}:{self.port}: "
+                              f"{type(e).__name__}: {e}") from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def check(answer: Answer, method: str, what: str) -> Answer:
+        """`answer` if 2xx, else the Failure it means."""
+        if 200 <= answer.status < 300:
+            return answer
+        text = answer.text.strip()
+        reason = f"{method} {what}: HTTP {answer.status}" + (f": {text[:400]}" if text else "")
+        permanent = method == "POST" and 400 <= answer.status < 500 and answer.status not in RETRYABLE_4XX
+        raise Failure(reason, answer.status, permanent, answer.retry_after)
+
+    # -- OData ----------------------------------------------------------------------------------------
+
+    def values(self, path: str, pages: int = PAGES_MAX, **options: str) -> list[dict[str, Any]]:
+        """The entities of a collection `path` with query `options` ($filter=... as filter=...),
+        from its first `pages` pages (@iot.nextLink)."""
+        query = "&".join(f"${k}={quote(v, safe=SAFE)}" for k, v in options.items())
+        target = f"{path}?{query}" if query else path
+        out: list[dict[str, Any]] = []
+        for page in range(1, pages + 1):
+            doc = self.check(self.request("GET", target), "GET", path).json(f"GET {path}")
+            if not isinstance(doc, dict) or not isinstance(doc.get("value"), list):
+                raise Failure(f"GET {path}: the answer has no \"value\" array")
+            out.extend(v for v in doc["value"] if isinstance(v, dict))
+            link = doc.get("@iot.nextLink")
+            if not link or page == pages:
+                return out
+            target = self._relative(link, path)
+        raise Failure(f"GET {path}: more than {pages} pages")
+
+    def _relative(self, link: str, path: str) -> str:
+        parts = urlsplit(link)
+        if parts.hostname not in (None, self.host) or not parts.path.startswith(self.root + "/"):
+            raise Failure(f"GET {path}: @iot.nextLink {link!r} is not under {self.root}")
+        return parts.path[len(self.root):] + (f"?{parts.query}" if parts.query else "")
+
+    def create(self, collection: str, body: dict[str, Any]) -> int | str:
+        """POST a new entity; its id (from the Location header the spec requires, else the body)."""
+        answer = self.check(self.request("POST", f"/{collection}", body), "POST", f"/{collection}")
+        iot_id = id_from_link(answer.location) if answer.location else None
+        if iot_id is None:
+            doc = answer.json(f"POST /{collection}")
+            iot_id = doc.get("@iot.id") if isinstance(doc, dict) else None
+        if not isinstance(iot_id, (int, str)) or isinstance(iot_id, bool):
+            raise Failure(f"POST /{collection}: HTTP {answer.status} without the new entity's id", answer.status)
+        return iot_id
+
+    def create_observations(self, body: list[dict[str, Any]]) -> tuple[int, list[Any]]:
+        """POST /CreateObservations: (status, one entry per dataArray row in order: a self link or
+        "error ...")."""
+        answer = self.check(self.request("POST", "/CreateObservations", body), "POST", "/CreateObservations")
+        doc = answer.json("POST /CreateObservations")
+        if not isinstance(doc, list):
+            raise Failure(f"POST /CreateObservations: the answer is not an array: {answer.text[:200]!r}",
+                          answer.status)
+        return answer.status, doc
