@@ -1,8 +1,9 @@
-from bench import noise, sim, wire
+from bench import noise, sim, tls, wire
 
 
 def main() -> None:
     sim.run()
+    tls.run()
     wire.run()
     noise.run()
 
