@@ -1,8 +1,9 @@
-from bench import noise, sensorthings, sim, wire
+from bench import noise, sensorthings, sim, tls, wire
 
 
 def main() -> None:
     sim.run()
+    tls.run()
     wire.run()
     noise.run()
     sensorthings.run()

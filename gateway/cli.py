@@ -78,7 +78,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     m = cfg.mqtt
     user = f"{m.username}@" if m.username else ""
-    password = " (with password)" if m.password is not None else ""
+    password = (f" (password from {m.password_file})" if m.password_file is not None
+                else " (with password)" if m.password is not None else "")
     print(f"{cfg.source}: OK")
     topics = Topics(m.topic_prefix)
     print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")

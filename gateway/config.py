@@ -33,7 +33,8 @@ class MqttConfig:
     host: str = "localhost"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = None  # from mqtt.password, or read from password_file
+    password_file: Path | None = None
     client_id: str = "meetkit-gateway"
     topic_prefix: str = "meetkit"
     keepalive: int = 60
@@ -221,6 +222,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "port": _integer(1, 65535),
         "username": _text(),
         "password": _text(allow_empty=True),
+        "password_file": _text(),
         "client_id": _text(),
         "topic_prefix": _prefix,
         "keepalive": _integer(5, 65535),
@@ -381,7 +383,9 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
     fleet = _relative(values["fleet"]["path"], source) if "path" in values["fleet"] else None
     forward = tuple(replace(t, fleet=fleet) if t.type == "sensorthings" and t.fleet is None else t for t in forward)
     mqtt = values["mqtt"]
-    if "password" in mqtt and "username" not in mqtt:
+    if "password_file" in mqtt:
+        _mqtt_password_file(mqtt, source, errors)
+    elif "password" in mqtt and "username" not in mqtt:
         errors.append("mqtt.password: set, but mqtt.username is not")
     if errors:
         raise ConfigError(source or "<config>", errors)
@@ -394,6 +398,24 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         forward=forward,
         fleet=fleet,
     )
+
+
+def _mqtt_password_file(mqtt: dict[str, Any], source: Path | None, errors: list[str]) -> None:
+    """mqtt.password_file (as `meetkit broker init` writes it): read here, so that `check` names a
+    missing file and a reload sees a changed password. Surrounding whitespace is not part of it."""
+    path = mqtt["password_file"] = _relative(mqtt["password_file"], source)
+    if "password" in mqtt:
+        errors.append("mqtt.password_file: set together with mqtt.password; keep only the file")
+        return
+    if "username" not in mqtt:
+        errors.append("mqtt.password_file: set, but mqtt.username is not")
+    try:
+        mqtt["password"] = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        errors.append(f"mqtt.password_file: cannot read {path}: {getattr(e, 'strerror', None) or e}")
+        return
+    if not mqtt["password"]:
+        errors.append(f"mqtt.password_file: {path} is empty")
 
 
 def load(path: str | Path) -> Config:

@@ -12,7 +12,11 @@
     <out>/mosquitto/server.key        and key, 0600
     <out>/ca/ca.crt, ca.key         the lab CA; the key (0600) stays here: it signs server
                                     certificates, never copy it to the broker or the nodes
+    <out>/ca/ca.der                 the lab CA's certificate in DER form: `ca.der` on each node's
+                                    flash (the firmware's TLS checks the broker against it)
     <out>/secrets.json              0600: the gateway's and every node's password, in clear
+    <out>/gateway.password          0600: the gateway's password alone, for gateway.toml's
+                                    mqtt.password_file (`gateway_toml()` prints the [mqtt] lines)
 
 Certificates are made with the `openssl` command line, passwords with `secrets`; nothing secret
 is written to the terminal or put on a command line (`mosquitto_passwd -U` hashes a file).
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GATEWAY_USER = "gateway"
+GATEWAY_PASSWORD = "gateway.password"
 NODE_ID = re.compile(r"^[a-z0-9-]{1,32}$")  # as firmware/lib/config.py accepts
 PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 CA_DAYS = 3650
@@ -309,6 +314,8 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
     # The secrets first: a password the file does not hold must never be in the password file.
     written.append(save_secrets(out, doc))
     written.append(write_passwd(out, {GATEWAY_USER: gateway["password"], **known}))
+    _write(out / GATEWAY_PASSWORD, gateway["password"] + "\n", 0o600)
+    written.append(out / GATEWAY_PASSWORD)
 
     if (cadir / "ca.key").exists() and (cadir / "ca.crt").exists():
         kept += [cadir / "ca.key", cadir / "ca.crt"]
@@ -322,6 +329,9 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
     else:
         kept += [mdir / "server.key", mdir / "server.crt"]
     _write(mdir / "ca.crt", (cadir / "ca.crt").read_bytes(), 0o644)
+    _run(["openssl", "x509", "-in", str(cadir / "ca.crt"), "-outform", "DER", "-out", str(cadir / "ca.der")],
+         "the CA certificate in DER form")
+    written.append(cadir / "ca.der")
     _write(mdir / "acl", acl_text(fleet.prefix), 0o640)
     _write(mdir / "mosquitto.conf", conf_text(fleet, install_dir), 0o644)
     written += [mdir / "ca.crt", mdir / "acl", mdir / "mosquitto.conf"]
@@ -348,9 +358,22 @@ def add_node(out: Path, node: str, new_password_if_known: bool = False) -> Resul
     return Result(out, paths, [], [node])
 
 
-def next_steps(res: Result, install_dir: Path | None = None) -> str:
+def gateway_toml(out: Path, fleet: Fleet) -> str:
+    """The [mqtt] table of gateway.toml for the gateway's own account, over the loopback listener."""
+    return "\n".join([
+        "[mqtt]",
+        'host = "127.0.0.1"',
+        f"port = {fleet.plain_port}",
+        f'username = "{GATEWAY_USER}"',
+        f'password_file = "{Path(out).absolute() / GATEWAY_PASSWORD}"',
+        f'topic_prefix = "{fleet.prefix}"',
+    ])
+
+
+def next_steps(res: Result, install_dir: Path | None = None, fleet: Fleet | None = None) -> str:
     m = res.out / "mosquitto"
     inst = install_dir or m
+    fleet = fleet or Fleet()
     return "\n".join([
         f"secrets (passwords, mode 0600): {res.out / SECRETS}",
         f"lab CA (keep {res.out / 'ca' / 'ca.key'} off the broker): {res.out / 'ca' / 'ca.crt'}",
@@ -358,6 +381,9 @@ def next_steps(res: Result, install_dir: Path | None = None) -> str:
         *([f"  copy {m}/ to {inst}/ on the broker (root:mosquitto; passwd, acl 0640, server.key 0640)"]
           if inst != m else []),
         f"  sudo cp {inst / 'mosquitto.conf'} /etc/mosquitto/mosquitto.conf && sudo systemctl restart mosquitto",
-        f"  the gateway: mqtt.username = \"{GATEWAY_USER}\" and mqtt.password from {SECRETS} in gateway.toml, mqtt.host = \"127.0.0.1\"",
-        f"  each node: broker.user = its node id, broker.password from {SECRETS}; ca.crt for TLS",
+        f"  each node: config.json broker.user = its node id, broker.password from {SECRETS}, broker.tls = true,",
+        f"    broker.host = the broker's host name or --ip; {res.out / 'ca' / 'ca.der'} on its flash as ca.der",
+        "  the gateway: these lines in gateway.toml (under systemd: docs/operator.md, \"Securing the broker\"):",
+        "",
+        gateway_toml(res.out, fleet),
     ])

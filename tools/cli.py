@@ -73,7 +73,7 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
     for p in res.kept:
         print(f"kept  {p}")
     print(f"nodes: {len(res.nodes_added)} new account(s){': ' + ', '.join(res.nodes_added) if res.nodes_added else ''}")
-    print(broker.next_steps(res, args.install_dir))
+    print(broker.next_steps(res, args.install_dir, fleet))
     return 0
 
 

@@ -3,8 +3,10 @@ process."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -110,8 +112,14 @@ class GatewayProcess:
     stopped (SIGTERM) or killed (SIGKILL) and started again: the same client id resumes the
     broker's persistent session, and the same database is used."""
 
-    def __init__(self, workdir: Path, broker_host: str, broker_port: int, client_id: str = "meetkit-gateway") -> None:
+    def __init__(self, workdir: Path, broker_host: str, broker_port: int, client_id: str = "meetkit-gateway",
+                 mqtt_toml: str | None = None, extra_toml: str = "") -> None:
+        """`mqtt_toml`: the whole [mqtt] table instead of host and port (an account, say: the
+        lines `meetkit broker init` prints); the client id is added to it. `extra_toml`: more
+        tables at the end ([[forward]] targets, say)."""
         self.workdir = Path(workdir)
+        self.mqtt_toml = mqtt_toml
+        self.extra_toml = extra_toml
         self.db = self.workdir / "gateway.db"
         self.conf = self.workdir / "gateway.toml"
         self.log = self.workdir / "gateway.log"
@@ -126,9 +134,10 @@ class GatewayProcess:
             raise RuntimeError("the gateway is running already")
         self.workdir.mkdir(parents=True, exist_ok=True)
         host, port = self.broker
-        self.conf.write_text(f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "{self.client_id}"\n\n'
+        mqtt = self.mqtt_toml or f'[mqtt]\nhost = "{host}"\nport = {port}'
+        self.conf.write_text(f'{mqtt}\nclient_id = "{self.client_id}"\n\n'
                              f'[store]\npath = "{self.db}"\n\n[log]\nlevel = "INFO"\n\n'
-                             f'[http]\nhost = "127.0.0.1"\nport = 0\n')
+                             f'[http]\nhost = "127.0.0.1"\nport = 0\n{self.extra_toml}')
         exe = Path(sys.executable).parent / "meetkit-gateway"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([str(exe) if exe.exists() else "meetkit-gateway", "run",
@@ -138,6 +147,28 @@ class GatewayProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 15) -> "re.Match[str]":
+        """The first match of the regular expression `pattern` in the gateway's log, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log_text())
+            if m:
+                return m
+            if time.monotonic() > deadline or not self.running:
+                raise RuntimeError(f"gateway log: no {pattern!r} within {timeout} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def status_url(self, timeout: float = 15) -> str:
+        """Where the gateway's own status page and /metrics listen ([http] port = 0: a free port),
+        from its log line `status page and /metrics on http://host:port`."""
+        return self.wait_log(r"status page and /metrics on (http://\S+)", timeout)[1]
 
     def stop(self) -> int | None:
         stop_process(self.proc)
@@ -194,6 +225,68 @@ class VictoriaMetrics:
         q = urllib.parse.urlencode({"match[]": match})
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=10) as r:
             return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+class FleetBroker:
+    """A real Mosquitto running what `meetkit broker init` generates for `nodes` (accounts, the
+    ACL, a loopback plaintext listener and a TLS listener with the lab CA), on free loopback
+    ports. Only what a test must have of its own differs from the Pi: ports, persistence, log,
+    no pid file, and the user that runs us (root would switch to `mosquitto`)."""
+
+    def __init__(self, workdir: Path, nodes: list[str], prefix: str = "meetkit") -> None:
+        from meetkit_tools import broker
+
+        self.workdir = Path(workdir)
+        self.out = self.workdir / "broker"
+        self.host = "127.0.0.1"
+        self.fleet = broker.Fleet(prefix=prefix, hostname="meetkit-gw", ips=[self.host], plain_port=free_port(),
+                                  tls_port=free_port(), persistence_location=f"{self.workdir}/", pid_file=None,
+                                  log_dest=f"file {self.workdir / 'mosquitto.log'}",
+                                  user=pwd.getpwuid(os.geteuid()).pw_name)
+        self.nodes = list(nodes)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def plain_port(self) -> int:
+        return self.fleet.plain_port
+
+    @property
+    def tls_port(self) -> int:
+        return self.fleet.tls_port
+
+    def start(self) -> "FleetBroker":
+        from meetkit_tools import broker
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        broker.init(self.out, self.fleet, self.nodes)
+        with (self.workdir / "mosquitto.out").open("ab") as log:
+            self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(self.out / "mosquitto" / "mosquitto.conf")],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_listening(self.host, self.plain_port, self.proc, "mosquitto")
+        wait_listening(self.host, self.tls_port, self.proc, "mosquitto (TLS)")
+        return self
+
+    def password(self, node: str) -> str:
+        return json.loads((self.out / "secrets.json").read_text())["nodes"][node]
+
+    @property
+    def ca_der(self) -> bytes:
+        return (self.out / "ca" / "ca.der").read_bytes()
+
+    def gateway_toml(self) -> str:
+        """The [mqtt] lines `meetkit broker init` prints for the gateway."""
+        from meetkit_tools import broker
+
+        return broker.gateway_toml(self.out, self.fleet)
+
+    def node_broker(self, node: str, password: str | None = None) -> dict:
+        """config.json's broker section for `node` over TLS, with its generated password."""
+        return {"host": self.host, "port": self.tls_port, "user": node,
+                "password": self.password(node) if password is None else password, "tls": True}
 
     def stop(self) -> None:
         stop_process(self.proc)

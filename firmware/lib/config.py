@@ -149,17 +149,34 @@ def load_node(path, problems, chip_id):
         problems.append("config.wifi.ssid: missing; measuring without an uplink")
     broker = raw.get("broker")
     if isinstance(broker, dict) and isinstance(broker.get("host"), str) and broker["host"]:
-        b = {"host": broker["host"], "port": 1883, "user": broker.get("user"),
-             "password": broker.get("password"), "keepalive": 60}
-        if "port" in broker:
-            p = _int(broker, "port", 1, 65535, problems, "config.broker")
-            if p is not None:
-                b["port"] = p
-        cfg["broker"] = b
+        cfg["broker"] = _broker(broker, problems)
     else:
         cfg["broker"] = None
         problems.append("config.broker.host: missing; measuring without an uplink")
     return cfg
+
+
+def _broker(broker, problems):
+    """The broker section, or None (no uplink) where guessing could send the password in clear.
+    Messages name the keys, never a password's value."""
+    tls = broker.get("tls", False)
+    if tls is not True and tls is not False:
+        problems.append("config.broker.tls: %r is not true or false; measuring without an uplink" % (tls,))
+        return None
+    b = {"host": broker["host"], "port": 8883 if tls else 1883, "user": broker.get("user"),
+         "password": broker.get("password"), "keepalive": 60, "tls": tls, "ca": broker.get("ca", "ca.der")}
+    for key in ("user", "password", "ca"):
+        if b[key] is not None and (not isinstance(b[key], str) or not b[key]):
+            problems.append("config.broker.%s: must be a non-empty string; measuring without an uplink" % key)
+            return None
+    if b["password"] is not None and b["user"] is None:
+        problems.append("config.broker.password: set, but broker.user is not; measuring without an uplink")
+        return None
+    if "port" in broker:
+        p = _int(broker, "port", 1, 65535, problems, "config.broker")
+        if p is not None:
+            b["port"] = p
+    return b
 
 
 def load(config_path="config.json", board_path="board.json", chip_id="000000000000"):

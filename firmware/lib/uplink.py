@@ -3,17 +3,22 @@
 # the connection, to be tried again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
 # node is away they are lost, and it sends those records again); they wait in `acks` for the node.
+# With broker.tls the connection is TLS, the broker's certificate checked against the lab CA
+# (ca.der on the flash) and the host name: no CA, no uplink, never a fallback to plaintext.
 import time
 import random
 import network
 import console
-from umqtt.simple import MQTTClient
+from umqtt.simple import MQTTClient, MQTTException
 
 _WIFI_RETRY_MS = 20000
 _BACKOFF_MIN_MS = 1000
 _BACKOFF_MAX_MS = 60000
 _POLL_MS = 1000         # how often to look for acknowledgements while some are awaited
 _ACKS_MAX = 16
+# CONNACK return codes (MQTT 3.1.1): what a technician can act on
+_REFUSED = {1: "protocol version", 2: "client id rejected", 3: "broker unavailable",
+            4: "bad user name or password", 5: "not authorised: check broker.user and broker.password"}
 
 
 class Uplink:
@@ -29,6 +34,10 @@ class Uplink:
         self.meta = meta  # fw, boot: repeated in the status message
         self.client = None
         self.enabled = self.wifi is not None and self.broker is not None
+        self.ssl = None
+        if self.enabled and self.broker["tls"]:
+            self.ssl = _tls_context(self.broker["ca"])
+            self.enabled = self.ssl is not None
         self.wlan = network.WLAN(network.STA_IF) if self.enabled else None
         self._wifi_try = None
         self._next_try = time.ticks_ms()
@@ -93,8 +102,9 @@ class Uplink:
 
     def _connect(self, now, up_s):
         b = self.broker
+        where = "%s:%d%s" % (b["host"], b["port"], " (tls)" if self.ssl else "")
         c = MQTTClient(self.node_id, b["host"], port=b["port"], user=b["user"],
-                       password=b["password"], keepalive=b["keepalive"])
+                       password=b["password"], keepalive=b["keepalive"], ssl=self.ssl)
         c.set_last_will(self.topic_status, '{"v":1,"node":"%s","online":false}' % self.node_id,
                         retain=True, qos=1)
         c.set_callback(self._on_msg)
@@ -104,16 +114,18 @@ class Uplink:
             self.client = c
             self._last_tx = now
             self._status(up_s)
-        except (OSError, IndexError) as e:  # umqtt raises IndexError on a closed socket
+        except (OSError, IndexError, ValueError, AssertionError, MQTTException) as e:
+            # IndexError: a closed socket; ValueError: the TLS layer refused the certificate;
+            # AssertionError: no CONNACK (a TLS port without broker.tls?); MQTTException: refused
             try:
                 c.sock.close()
             except Exception:
                 pass
-            self._fail(now, "connect %s:%d" % (b["host"], b["port"]), e)
+            self._fail(now, "connect " + where, _why(e), isinstance(e, (ValueError, MQTTException)))
             return
         self.connects += 1
         self._backoff = _BACKOFF_MIN_MS
-        console.info("mqtt: connected to %s:%d" % (b["host"], b["port"]))
+        console.info("mqtt: connected to " + where)
 
     def _status(self, up_s):
         rssi = self.rssi()
@@ -141,11 +153,48 @@ class Uplink:
                 pass
         self.client = None
 
-    def _fail(self, now, what, err):
+    def _fail(self, now, what, err, fatal=False):
         self.failures += 1
         self._drop()
         # Full jitter on an exponential backoff: a street of nodes does not reconnect in step.
         wait = self._backoff // 2 + random.getrandbits(16) % (self._backoff // 2 + 1)
         self._next_try = time.ticks_add(now, wait)
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
-        console.warn("mqtt: %s failed (%r); next try in %d s" % (what, err, wait // 1000))
+        # fatal: retrying alone will not help (a certificate, a password): someone must act
+        (console.error if fatal else console.warn)("mqtt: %s failed (%s); next try in %d s"
+                                                   % (what, err if isinstance(err, str) else repr(err), wait // 1000))
+
+
+def _why(e):
+    """A one-line reason; never the password (umqtt's exceptions do not carry it)."""
+    if isinstance(e, MQTTException):
+        rc = e.args[0] if e.args else None
+        if rc == 0x80:
+            return "broker refused the subscription to the acknowledgements (the ACL?)"
+        return "broker refused the login, code %s: %s" % (rc, _REFUSED.get(rc, "unknown"))
+    if isinstance(e, ValueError):  # mbedtls's text, e.g. "The certificate is not correctly signed..."
+        return "tls: certificate rejected: " + " ".join(str(e.args[0] if e.args else e).split())
+    if isinstance(e, AssertionError):
+        return "no MQTT answer (is broker.tls right for this port?)"
+    return repr(e)
+
+
+def _tls_context(ca_path):
+    """An SSLContext that trusts only the lab CA (DER) and checks the broker's host name, or None
+    with the reason on the console. Made once: the parsed CA stays with it."""
+    import ssl  # only with TLS: the module and mbedtls's state cost memory
+    try:
+        with open(ca_path, "rb") as f:
+            ca = f.read()
+    except OSError:
+        console.error("mqtt: tls: %s is missing on the flash: no uplink (copy the lab CA's ca.der "
+                      "next to config.json)" % ca_path)
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cadata=ca)
+    except (ValueError, OSError) as e:
+        console.error("mqtt: tls: %s is not a CA certificate in DER form (%s): no uplink" % (ca_path, e))
+        return None
+    return ctx

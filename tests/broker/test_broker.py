@@ -157,6 +157,13 @@ def test_layout_modes_and_contents(tmp_path: Path) -> None:
     subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca/ca.crt"), str(out / "mosquitto/server.crt")],
                    check=True, capture_output=True)
     assert (out / "mosquitto/ca.crt").read_bytes() == (out / "ca/ca.crt").read_bytes()
+    # the nodes' copy: the same certificate in DER form (the firmware's mbedtls reads DER)
+    der = subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(out / "ca/ca.der"), "-outform", "PEM"],
+                         capture_output=True, text=True, check=True).stdout
+    assert der == (out / "ca/ca.crt").read_text()
+    # the gateway's password alone, for gateway.toml's mqtt.password_file
+    assert mode("gateway.password") == 0o600
+    assert (out / "gateway.password").read_text() == s["gateway"]["password"] + "\n"
 
 
 def test_init_again_keeps_ca_keys_and_passwords(tmp_path: Path) -> None:
@@ -191,6 +198,11 @@ def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.Capture
     for pw in [s["gateway"]["password"], *s["nodes"].values()]:
         assert pw not in text.out and pw not in text.err
     assert str(out / "secrets.json") in text.out and "has an account already" in text.err
+    # the [mqtt] lines for gateway.toml, ready to paste: they name the password file, not the password
+    lines = text.out.splitlines()
+    start = lines.index("[mqtt]")
+    assert lines[start:start + 6] == ["[mqtt]", 'host = "127.0.0.1"', "port = 1883", 'username = "gateway"',
+                                      f'password_file = "{out / "gateway.password"}"', 'topic_prefix = "meetkit"']
     conf = (out / "mosquitto/mosquitto.conf").read_text()
     assert "password_file /etc/mosquitto/meetkit/passwd" in conf and "listener 8883 192.168.1.10" in conf
 

@@ -1,5 +1,7 @@
-"""End to end: the status page in real headless Chromium (Debian's `chromium`), against the
-gateway's store fed by two simulated nodes for a simulated hour through a real Mosquitto.
+"""End to end: the status page in real headless Chromium (Debian's `chromium`), served by the
+gateway process itself (`meetkit-gateway run`, `[http] port = 0`: the address comes from its log
+line "status page and /metrics on http://..."), fed by two simulated nodes for a simulated hour
+through a real Mosquitto, and forwarding to a real VictoriaMetrics.
 
 The screenshot is kept as build/status-page.png.
 """
@@ -18,8 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from meetkit_gateway.http import StatusServer
-from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +28,11 @@ NODES = (("street-01", "quiet-street", "esp32-devkitc"),
          ("site-01", "construction-site", "esp32-devkitc-sds011"))
 HOURS = 1.0
 
-TARGETS = [{"name": "city-influx", "kind": "influxdb", "queue_rows": 42, "oldest_age_s": 95.0,
-            "last_success": time.time() - 30, "retries": 3, "dead_letters": 0, "up": True, "last_error": None}]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
 
 
 def chromium() -> str:
@@ -51,11 +55,15 @@ def browse(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     work = tmp_path_factory.mktemp("status-page")
+    vm = VictoriaMetrics(work).start()
     broker = Mosquitto(work).start()
-    gateway = GatewayProcess(work, broker.host, broker.port, client_id="meetkit-status-page").start()
+    gateway = GatewayProcess(work, broker.host, broker.port, client_id="meetkit-status-page", extra_toml=(
+        f'\n[[forward]]\nname = "city-influx"\ntype = "influx"\nurl = "{vm.url}"\napi = "v1"\ndb = "meetkit"\n'
+    )).start()
     nodes = []
     started = time.monotonic()
     try:
+        url = gateway.status_url()  # the gateway process's own server, from its log
         for i, (node_id, scenario, board) in enumerate(NODES):
             spec = NodeSpec(node_id=node_id, scenario=load_scenario(scenario), workdir=work / node_id,
                             board=board, broker_port=broker.port, until_s=HOURS * 3600, seed=i + 1)
@@ -71,31 +79,44 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                     break
             time.sleep(0.2)
         sim_wall = time.monotonic() - started
-        # The gateway process serves no HTTP yet (service.py is wired separately): the status
-        # server runs here, read-only over the running gateway's store, as it would inside it.
-        with StatusServer(gateway.db, "127.0.0.1", 0, targets=lambda: TARGETS) as server:
-            yield {"server": server, "db": gateway.db, "work": work, "sim_wall": sim_wall, "nodes": nodes}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # and forwarded: the queue to VictoriaMetrics empties
+            if [t.get("queue_rows") for t in get_json(url + "/api/targets")["targets"]] == [0]:
+                break
+            time.sleep(0.2)
+        yield {"url": url, "db": gateway.db, "work": work, "sim_wall": sim_wall, "nodes": nodes, "vm": vm}
     finally:
         for n in nodes:
             n.stop()
         gateway.stop()
         broker.stop()
+        vm.stop()
 
 
 def test_the_gateway_stored_an_hour_of_both_nodes(fed: dict) -> None:
-    with urllib.request.urlopen(fed["server"].url + "/api/nodes", timeout=10) as r:
-        doc = json.load(r)
+    doc = get_json(fed["url"] + "/api/nodes")
     nodes = {n["node"]: n for n in doc["nodes"]}
     assert set(nodes) == {node_id for node_id, _, _ in NODES}
     for n in nodes.values():
         assert n["records"] >= 55 and n["gaps"] == 0 and "stale" not in n["flags"], n
-    with urllib.request.urlopen(fed["server"].url + "/healthz", timeout=10) as r:
+    with urllib.request.urlopen(fed["url"] + "/healthz", timeout=10) as r:
         assert r.status == 200
+    # forwarded: everything the gateway stored reached VictoriaMetrics, and its /metrics says so
+    (target,) = doc["targets"]
+    assert target["name"] == "city-influx" and target["up"] is True and target["queue_rows"] == 0, target
+    with sqlite3.connect(fed["db"]) as db:
+        readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    with urllib.request.urlopen(fed["url"] + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    sent = re.search(r'^meetkit_forward_sent_rows_total\{target="city-influx"[^}]*\} (\d+)', metrics, re.M)
+    assert sent and int(sent[1]) >= readings > 0, metrics[-2000:]
+    assert {s["metric"]["node"] for s in fed["vm"].export('{__name__="meetkit_avg"}')} == {
+        node_id for node_id, _, _ in NODES}
     print(f"simulated {HOURS:g} h of {len(NODES)} nodes in {fed['sim_wall']:.1f} s wall")
 
 
 def test_the_page_shows_the_fleet_and_the_plots_in_chromium(fed: dict) -> None:
-    url = fed["server"].url + "/"
+    url = fed["url"] + "/"
     t0 = time.monotonic()
     done = browse(url, "--dump-dom")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -109,7 +130,11 @@ def test_the_page_shows_the_fleet_and_the_plots_in_chromium(fed: dict) -> None:
         assert section, f"no plots for {node_id}"
         assert section.group(0).count('class="uplot') == 4, "four uPlot charts per node"
         assert section.group(0).count("<canvas") >= 4
-    assert '<tr class="" data-target="city-influx">' in dom and "<td class=\"num\">42</td>" in dom
+    target = re.search(r'<tr class="" data-target="city-influx">(.*?)</tr>', dom, re.S)
+    assert target, "the forwarding target's row, up"
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", target.group(1))
+    assert cells[:3] == ["city-influx", "influxdb", "0"], cells  # name, kind, nothing queued
+    assert " UTC (" in cells[4] and "ago)" in cells[4], cells  # the last success, just now
 
     shot = ROOT / "build" / "status-page.png"
     shot.parent.mkdir(exist_ok=True)

@@ -65,7 +65,7 @@ BAD = [
     ('[mqtt]\nport = 0\nclient_id = ""\nfoo = 1\n[log]\nlevel = 3\n', [
         "mqtt.port: must be an integer from 1 to 65535, got 0 (an integer)",
         "mqtt.client_id: must not be empty",
-        "mqtt.foo: unknown key (known: host, port, username, password, client_id, topic_prefix, keepalive)",
+        "mqtt.foo: unknown key (known: host, port, username, password, password_file, client_id, topic_prefix, keepalive)",
         "log.level: must be one of DEBUG, INFO, WARNING, ERROR, got 3 (an integer)",
         "store.path: missing (required)",
     ]),

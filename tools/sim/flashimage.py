@@ -1,9 +1,9 @@
-"""Read a simulated node's flash image (littlefs) from CPython.
+"""Read a simulated node's flash image (littlefs) from CPython, and put a file on it.
 
 The reading is done by real MicroPython (tools/sim/mpy/flashtool.py, through the simulator's own
 block device, read-only), so the host sees exactly what the firmware would see at its next boot
 and no littlefs package is needed. Read an image while its node is stopped: a running node may
-be half-way through a write.
+be half-way through a write. `write_file` is what `mpremote fs cp` does to a stopped board.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any
 from meetkit_tools.paths import SIM_MPY
 
 
-def _tool(image: Path, *args: str) -> bytes:
+def _tool(image: Path, *args: str, stdin: bytes | None = None) -> bytes:
     from meetkit_tools.sim.runner import micropython_bin
 
     image = Path(image)
     if not image.exists():
         raise FileNotFoundError(f"no flash image {image}: the node has not booted yet")
     p = subprocess.run([micropython_bin(), str(SIM_MPY / "flashtool.py"), str(image.resolve()), *args],
-                       capture_output=True, timeout=60,
+                       capture_output=True, timeout=60, input=stdin,
                        env=dict(os.environ, MICROPYPATH=f"{SIM_MPY}:.frozen"))
     if p.returncode != 0:
         raise RuntimeError(f"flashtool {' '.join(args)} on {image} failed ({p.returncode}):\n"
@@ -54,6 +54,11 @@ def read_files(image: Path, *paths: str) -> dict[str, bytes]:
 def read_file(image: Path, path: str) -> bytes | None:
     """One file's content, or None when there is no such file."""
     return read_files(image, path).get(path.strip("/"))
+
+
+def write_file(image: Path, path: str, data: bytes) -> None:
+    """Create or replace one file (its folder must exist), committed when this returns."""
+    _tool(image, "put", path, stdin=data)
 
 
 def statvfs(image: Path) -> dict[str, Any]:

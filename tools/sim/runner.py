@@ -104,6 +104,8 @@ class NodeSpec:
     firmware: Path = FIRMWARE   # what prepare() stages (tests run their own programs)
     # Charge flash programs and erases to the virtual clock (a 4 KB erase stalls the CPU 45 ms).
     flash_timing: bool = False
+    # More files for the flash, by path, as the technician copies them (the lab CA: "ca.der").
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class SimNode:
@@ -148,6 +150,9 @@ class SimNode:
         board = json.loads((BOARDS / f"{self.spec.board}.json").read_text())
         (self.flash / "board.json").write_text(json.dumps(board, indent=1))
         (self.flash / "config.json").write_text(json.dumps(self.config(), indent=1))
+        for path, data in self.spec.files.items():
+            (self.flash / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.flash / path).write_bytes(data)
         self.state_file.unlink(missing_ok=True)
         self.power_cuts_done = 0
         self._write_sim(t_ms=0, rtc=None, cause="power_on", nvs=None, rtc_memory=None, flash={})
@@ -192,6 +197,21 @@ class SimNode:
                                         daemon=True)
         self._thread.start()
         return self
+
+    def power_on(self, until_s: float | None = None) -> "SimNode":
+        """Power the stopped node on again where its virtual clock stopped (plus POWER_OFF_MS), as
+        a technician's power cycle after a fix: the RTC and RTC memory are lost, the NVS and the
+        flash kept. `until_s`: a new end (simulated seconds since the scenario's start)."""
+        if self.running:
+            raise RuntimeError("the node is running")
+        st = self.last_state or self._read_state()
+        if until_s is not None:
+            self.spec.until_s = until_s
+        self._write_sim(t_ms=st["t_ms"] + POWER_OFF_MS, rtc=None, cause="power_on", nvs=st.get("nvs"),
+                        rtc_memory=None, flash=st.get("stats", {}))
+        self._stop.clear()
+        self.exit_code = None
+        return self.start()
 
     def _supervise(self) -> None:
         with self.console.open("ab") as log:
@@ -253,6 +273,13 @@ class SimNode:
     def list_flash(self, dir: str = "") -> list[str]:
         """Every file under `dir` on the node's flash, e.g. ['boot.count', 'lib/node.py', ...]."""
         return flashimage.list_files(self.image, dir)
+
+    def write_flash(self, path: str, data: bytes) -> None:
+        """Write a file onto the stopped node's flash, as a technician does with `mpremote fs cp`
+        (a corrected config.json, say); it takes effect at the next boot."""
+        if self.running:
+            raise RuntimeError("stop the node first: the firmware may be writing its flash")
+        flashimage.write_file(self.image, path, data)
 
     def flash_files(self, *paths: str) -> dict[str, bytes]:
         """Several files at once (directories recursively; none: every file), by path."""

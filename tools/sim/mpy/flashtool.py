@@ -1,10 +1,11 @@
 # Reads a node's flash image from the host: `micropython flashtool.py IMAGE CMD [ARG...]`, run by
-# tools/sim/flashimage.py. The image is mounted read-only through the simulator's own block
-# device, so the host sees what the firmware would see at its next boot; nothing is written.
+# tools/sim/flashimage.py. The image is mounted through the simulator's own block device, so the
+# host sees what the firmware would see at its next boot; read-only except for `put`.
 #   ls [DIR]        every file under DIR (default the root), one path a line, recursively
 #   get PATH...     each file (a directory: every file under it) as "<size> <path>\n<bytes>";
 #                   missing paths are left out
 #   df              statvfs of the filesystem, as JSON
+#   put PATH        write stdin to PATH (as `mpremote fs cp` would on a stopped board)
 import sys
 import os
 import simflash
@@ -25,7 +26,7 @@ def _files(fs, p, out):
 
 def main(a):
     img, cmd = a[1], a[2]
-    fs = os.VfsLfs2(simflash.Flash(img, os.stat(img)[6] // simflash.BS, readonly=True))
+    fs = os.VfsLfs2(simflash.Flash(img, os.stat(img)[6] // simflash.BS, readonly=cmd != "put"))
     args = [p.strip("/") for p in a[3:]]
     if cmd == "ls":
         for p in _files(fs, args[0] if args else "", []):
@@ -42,6 +43,10 @@ def main(a):
                         if not k:
                             break
                         out.write(buf, k)
+    elif cmd == "put":
+        data = sys.stdin.buffer.read()
+        with fs.open(args[0], "wb") as f:
+            f.write(data)
     elif cmd == "df":
         import json
         print(json.dumps(fs.statvfs("/")))

@@ -3,6 +3,9 @@
 # on the board, and a connection made over an earlier link is dead (ECONNRESET) when used again.
 # Addresses are the board's (ip, port) tuples. Each operation costs a fixed virtual time, as a
 # Wi-Fi round trip would (the loopback broker's own timing is neither the board's nor repeatable).
+# A socket is a stream (io.IOBase: readinto, write, ioctl), so the board's `ssl`/`tls` module
+# (mbedtls) wraps it as on the ESP32: TLS records go through this shim, and the Wi-Fi cuts them.
+import io
 import micropython
 import usocket as _s
 import simcore as _c
@@ -38,7 +41,7 @@ def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
     return [(AF_INET, type or SOCK_STREAM, proto, "", (_s.inet_ntop(_s.AF_INET, a[1]), a[2]))]
 
 
-class socket:
+class socket(io.IOBase):
     @micropython.native
     def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0):
         _c.tick()
@@ -125,6 +128,14 @@ class socket:
     @micropython.native
     def listen(self, n=2):
         self._s.listen(n)
+
+    @micropython.native
+    def ioctl(self, req, arg):
+        # The stream protocol, as the TLS layer uses it: 4 = close. No poll (3): nothing in the
+        # firmware polls a socket.
+        if req == 4:
+            self.close()
+        return 0
 
     @micropython.native
     def makefile(self, *a, **k):
