@@ -62,12 +62,15 @@ def test_sigkill_during_ingest_loses_nothing_and_stores_nothing_twice(tmp_path):
         publisher = threading.Thread(target=publish, daemon=True)
         publisher.start()
         at_kill = []
-        for _ in range(8):
+        for k in range(8):
             time.sleep(rng.uniform(0.2, 0.7))
             gw.kill()
             at_kill.append(count(gw.db, "SELECT count(*) FROM records"))
             time.sleep(rng.uniform(0.0, 0.3))
             gw.start()
+            # kill while ingesting, not while starting (a loaded machine can take longer than the
+            # pause above to subscribe): each start resumes the session before the next kill
+            wait_log(gw, "subscribed to meetkit/+/up", k + 2)
         assert done.wait(60), "the publisher did not finish"
         total = len(NODES) * batches * per_batch
         wait_for(lambda: count(gw.db, "SELECT count(*) FROM records") == total, 60, f"{total} records")
