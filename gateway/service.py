@@ -77,8 +77,7 @@ class Gateway:
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port,
-                                     targets=self.forwarders.status).start()
-            log.info("status page and /metrics on %s", self.http.url)
+                                     targets=self.forwarders.status).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
