@@ -26,9 +26,9 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from ..config import ForwardConfig
 from ..store import Store
@@ -57,6 +57,20 @@ class Row:
     n: int | None
     unit: str
     flags: str  # comma-separated, '' when none
+    boot: int = 0  # (node, boot, seq) identifies the record for ever: a consumer's de-duplication key
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Part of a batch the target refused for good while it took the rest (a target that takes a
+    batch in several requests): dead-lettered on its own."""
+
+    first_id: int
+    last_id: int
+    readings: int
+    status: int | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class Result:
     status: int | None = None  # HTTP status, None without an answer
     permanent: bool = False  # refused for good: dead-letter the batch, do not retry
     retry_after: float | None = None  # seconds the target asked to wait
+    # With ok: readings deliberately not sent, by counter (`forward.<t>.<key>`), e.g. {"stale": 3},
+    # and parts refused for good; `sent` counts the rest.
+    passed_over: Mapping[str, int] = field(default_factory=dict)
+    refused: Sequence[Refused] = ()
 
 
 class Sender(Protocol):
@@ -100,7 +118,8 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 
 _ROWS_SQL = """
-    SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
+    SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags,
+           r.boot, r.seq
     FROM records AS r JOIN readings AS g ON g.record_id = r.id
     WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL
     ORDER BY r.id, g.quantity
@@ -231,7 +250,11 @@ class Forwarder:
         if result.ok:
             with self.store.transaction():
                 self._advance(p, last_success=now, last_error=None)
-                self.store.bump(f"forward.{self.name}.sent", len(p.rows))
+                self._refused(result.refused, now)
+                for key, n in result.passed_over.items():
+                    self.store.bump(f"forward.{self.name}.{key}", n)
+                not_sent = sum(result.passed_over.values()) + sum(r.readings for r in result.refused)
+                self.store.bump(f"forward.{self.name}.sent", len(p.rows) - not_sent)
             if self.failures:
                 log.info("forward %s: delivering again after %d failures", self.name, self.failures)
             self.failures, self.up, self.last_error = 0, True, None
@@ -261,6 +284,15 @@ class Forwarder:
         (log.warning if self.failures <= 3 else log.debug)(
             "forward %s: %s; trying again in %.1f s (failure %d)", self.name, reason, delay, self.failures)
         return delay
+
+    def _refused(self, parts: Sequence[Refused], now: float) -> None:
+        for r in parts:
+            self.store.db.execute(
+                "INSERT INTO forward_dead_letters (target, first_id, last_id, readings, at, status, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (self.name, r.first_id, r.last_id, r.readings, now, r.status, r.reason))
+            self.store.bump(f"forward.{self.name}.dead", r.readings)
+            log.error("forward %s: records %d..%d refused for good (dead letter): %s",
+                      self.name, r.first_id, r.last_id, r.reason)
 
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set (the thread's body)."""
@@ -321,6 +353,11 @@ class Forwarder:
                 db.execute("COMMIT")
         for key in ("sent", "retries", "dead", "untimed"):
             out["dead_letters" if key == "dead" else key] = counters.get(f"forward.{self.name}.{key}", 0)
+        prefix = f"forward.{self.name}."
+        for counter, value in counters.items():  # a target's own, e.g. stale (sensor.community)
+            key = counter[len(prefix):]
+            if counter.startswith(prefix) and key not in out and key != "dead":
+                out[key] = value
         if out["last_error"] is None and self.up is None:
             out["last_error"] = last_error
         return out
@@ -331,6 +368,14 @@ def make_sender(cfg: ForwardConfig) -> Sender:
         from .influx import InfluxSender
 
         return InfluxSender(cfg)
+    if cfg.type == "mqtt":
+        from .mqtt_upstream import MqttSender
+
+        return MqttSender(cfg)
+    if cfg.type == "sensor.community":
+        from .sensor_community import SensorCommunitySender
+
+        return SensorCommunitySender(cfg)
     raise ValueError(f"forward {cfg.name}: unknown type {cfg.type!r}")
 
 
