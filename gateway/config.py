@@ -244,6 +244,12 @@ def _mqtt_url(v: Any) -> tuple[Any, str | None]:
     return v.rstrip("/"), None
 
 
+def _exact_url(v: Any) -> tuple[Any, str | None]:
+    """As `_url`, but kept as written: sensor.community's path ends in "/" and must keep it."""
+    _, err = _url(v)
+    return (None, err) if err else (v, None)
+
+
 def _topic_template(v: Any) -> tuple[Any, str | None]:
     v, err = _text()(v)
     if err:
@@ -339,7 +345,7 @@ TYPE_KEYS: dict[str, tuple[str, ...]] = {
              "client_id", "protocol"),
     "sensor.community": ("url", "sensors", "max_age"),
 }
-TYPE_CHECKS: dict[str, dict[str, Check]] = {"mqtt": {"url": _mqtt_url}}
+TYPE_CHECKS: dict[str, dict[str, Check]] = {"mqtt": {"url": _mqtt_url}, "sensor.community": {"url": _exact_url}}
 TYPE_REQUIRED: dict[str, tuple[str, ...]] = {"sensor.community": ("name", "type", "sensors")}
 SECRET_FILES = ("token_file", "password_file", "ca_file", "cert_file", "key_file")
 

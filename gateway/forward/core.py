@@ -5,7 +5,9 @@ cursor, in record order, never splitting a record (unless one record is bigger t
 gives them to the target's `Sender`. The answer decides:
 
 - taken (2xx): the cursor moves past the batch, `forward.<t>.sent` counts its readings, the next
-  batch goes at once;
+  batch goes at once; a target that takes a batch in several requests may also say which readings
+  it passed over on purpose (counted as `forward.<t>.<why>`, e.g. `stale`) and which parts were
+  refused for good (dead-lettered each on its own, the rest taken);
 - refused for good (a 4xx other than 401, 403, 404, 408, 429): the batch's record range, the
   status and the target's reason go to `forward_dead_letters`, the cursor moves on, counted in
   `forward.<t>.dead`; nothing else holds the queue back;

@@ -115,9 +115,7 @@ class SensorCommunitySender:
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.https else 80)
-        self.path = parts.path or "/"
-        if cfg.url.endswith("/") and not self.path.endswith("/"):
-            self.path += "/"
+        self.path = parts.path or "/"  # as configured: the real one ends in "/"
         self._conn: http.client.HTTPConnection | None = None
         # (record_id, pin) -> None when taken, or the refusal: what a retry of the same batch skips
         self._done: dict[tuple[int, int], Refused | None] = {}

@@ -203,8 +203,9 @@ max_age = 120
     (sc,) = cfg.forward
     assert sc == ForwardConfig(name="sc", type="sensor.community", url="https://api.sensor.community/v1/push-sensor-data/",
                                sensors=(("ams-001", "esp32-12345678"), ("ams-002", "esp32-87654321")), max_age=120.0)
-    assert load(tmp_path, '[[forward]]\nname = "sc"\ntype = "sensor.community"\nurl = "http://127.0.0.1:9/x/"\n'
-                'sensors = { "a" = "esp32-1" }\n').forward[0].max_age == 300.0
+    other = load(tmp_path, '[[forward]]\nname = "sc"\ntype = "sensor.community"\nurl = "http://127.0.0.1:9/x/"\n'
+                 'sensors = { "a" = "esp32-1" }\n').forward[0]
+    assert (other.url, other.max_age) == ("http://127.0.0.1:9/x/", 300.0)  # the path's "/" is kept
 
 
 def test_every_sensor_community_problem_is_named(tmp_path):

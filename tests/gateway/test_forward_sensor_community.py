@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from meetkit_gateway import config as configuration
 from meetkit_gateway import payload
 from meetkit_gateway.config import ForwardConfig
 from meetkit_gateway.forward import Forwarder, Forwarders
@@ -205,11 +206,15 @@ def test_a_pin_the_sensor_is_not_registered_with_is_dead_lettered_alone(tmp_path
 
 
 def test_the_forwarding_thread_delivers_fresh_records_as_they_come(tmp_path, sc):
+    """As the gateway runs it: gateway.toml, the target's thread, the real clock."""
     db = tmp_path / "g.db"
     now = int(time.time())
     add(db, batch(node="ams-001", seqs=range(2), ts0=now - 3600))  # an hour old: stale
     Store(db).close()
-    fw = Forwarders.start(db, [target(sc)], poll_s=0.05)
+    (tmp_path / "g.toml").write_text(f'[store]\npath = "g.db"\n[[forward]]\nname = "sc"\ntype = "sensor.community"\n'
+                                     f'url = "{sc.url}"\nsensors = {{ "ams-001" = "esp32-1111" }}\n')
+    cfg = configuration.load(tmp_path / "g.toml")
+    fw = Forwarders.start(cfg.store.path, cfg.forward, poll_s=0.05)
     try:
         wait_for(lambda: fw.status()[0]["queue_rows"] == 0, 5, "the stale records to be passed over")
         add(db, batch(node="ams-001", boot=4, seqs=range(1), ts0=now - 60))
