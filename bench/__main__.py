@@ -1,10 +1,11 @@
-from bench import noise, sim, wire
+from bench import forward, noise, sim, wire
 
 
 def main() -> None:
     sim.run()
     wire.run()
     noise.run()
+    forward.run()
 
 
 if __name__ == "__main__":

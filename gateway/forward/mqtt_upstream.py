@@ -86,10 +86,10 @@ def _varint_size(n: int) -> int:
     return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
 
 
-def packet_size(m: Message, qos: int, props: Properties | None) -> int:
-    """Bytes of the PUBLISH packet that carries `m` (what a broker's Maximum Packet Size limits)."""
-    rest = 2 + len(m.topic.encode()) + (2 if qos else 0) + (len(props.pack()) if props is not None else 0)
-    rest += len(m.payload)
+def packet_size(m: Message, qos: int, props_size: int) -> int:
+    """Bytes of the PUBLISH packet that carries `m` (what a broker's Maximum Packet Size limits);
+    `props_size`: its packed properties, length included (0 for MQTT 3.1.1)."""
+    rest = 2 + len(m.topic.encode()) + (2 if qos else 0) + props_size + len(m.payload)
     return 1 + _varint_size(rest) + rest
 
 
@@ -217,9 +217,9 @@ class MqttSender:
             conn.acks.clear()
         refused: list[Refused] = []
         mids: dict[int, Message] = {}
+        props_size = len(props.pack()) if props is not None else 0
         for m in messages:
-            size = packet_size(m, self.cfg.qos, props)
-            if conn.max_packet is not None and size > conn.max_packet:
+            if conn.max_packet is not None and (size := packet_size(m, self.cfg.qos, props_size)) > conn.max_packet:
                 refused.append(Refused(m.record_id, m.record_id, m.readings, None,
                                        f"{self._where()}: a message of {size} bytes for {m.topic}, more than the "
                                        f"Maximum Packet Size of {conn.max_packet} bytes the broker takes"))
