@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 PERMANENT_PUBACK = {0x99}  # Payload format invalid: this message, not the setup or the load
 MAX_INFLIGHT = 100
+CHUNK = 10_000  # messages awaited together: message ids (1..65535) stay unique among them
 
 
 @dataclass(frozen=True)
@@ -209,15 +210,24 @@ class MqttSender:
                 return Result(False, conn)
             self._conn = conn
         conn = self._conn
+        refused: list[Refused] = []
+        for first in range(0, len(messages), CHUNK):
+            result = self._publish(conn, messages[first:first + CHUNK])
+            if not result.ok:
+                return result
+            refused += result.refused
+        return Result(True, refused=refused)
+
+    def _publish(self, conn: _Connection, messages: Sequence[Message]) -> Result:
         props = None
         if self.v5:
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = "application/json"
+        props_size = len(props.pack()) if props is not None else 0
         with conn.cond:
             conn.acks.clear()
         refused: list[Refused] = []
         mids: dict[int, Message] = {}
-        props_size = len(props.pack()) if props is not None else 0
         for m in messages:
             if conn.max_packet is not None and (size := packet_size(m, self.cfg.qos, props_size)) > conn.max_packet:
                 refused.append(Refused(m.record_id, m.record_id, m.readings, None,
@@ -233,9 +243,7 @@ class MqttSender:
             result = self._wait_written(conn, len(mids))
         else:
             result = self._wait_acks(conn, mids)
-        if not result.ok or not (refused or result.refused):
-            return result
-        return Result(True, refused=[*refused, *result.refused])
+        return Result(True, refused=[*refused, *result.refused]) if result.ok else result
 
     def _wait_acks(self, conn: _Connection, mids: dict[int, Message]) -> Result:
         """Every PUBACK, as long as one comes at least every `timeout` seconds."""
@@ -243,7 +251,7 @@ class MqttSender:
             seen = 0
             deadline = time.monotonic() + self.cfg.timeout
             while True:
-                done = sum(1 for m in mids if m in conn.acks)
+                done = len(conn.acks)  # only this chunk's: earlier ones all came, failed ones closed
                 if done == len(mids) or conn.lost is not None:
                     break
                 if done > seen:

@@ -368,6 +368,18 @@ def test_mqtt_3_1_1_qos_0_and_retained_also_deliver(tmp_path, upstream):
         clear.loop_stop()
 
 
+def test_a_big_batch_is_awaited_in_chunks_of_unique_message_ids(tmp_path, upstream, reader, monkeypatch):
+    from meetkit_gateway.forward import mqtt_upstream
+
+    monkeypatch.setattr(mqtt_upstream, "CHUNK", 3)  # as 10 000 are, with 65 535 message ids
+    db = tmp_path / "g.db"
+    fill(db, seqs=range(8))
+    f = Forwarder("city", db, MqttSender(target(tmp_path, upstream)))
+    assert f.step() == 0.0 and f.cursor() == 8  # one batch, three chunks
+    assert keys(reader.wait(8)) == [("ams-001", 3, s) for s in range(8)]
+    f.close()
+
+
 def test_encode_records_one_message_per_record_in_order():
     from meetkit_gateway.forward import Row
 
