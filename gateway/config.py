@@ -7,7 +7,7 @@ working directory, so the same file works from a shell and from systemd; so are 
 target's `token_file` and `password_file`.
 
 `[http]` is where the status page and /metrics listen. Each `[[forward]]` table is one upstream
-target (gateway/forward/); today `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
+target (gateway/forward/). `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
 (`/write?db=`, optional `username` with `password_file`: HTTP basic auth) or `api = "v2"`
 (`/api/v2/write?org=&bucket=`, `token_file` required); `type = "mqtt"`: an upstream MQTT broker
 (`mqtt://` or `mqtts://`, with `ca_file` and optionally a client certificate); `type =
@@ -337,7 +337,7 @@ FORWARD_KEYS: dict[str, Check] = {
     "max_age": _seconds(30, 3600),
 }
 FORWARD_REQUIRED = ("name", "type", "url")
-# The keys each type takes besides name, type, batch, timeout and enabled; a check of its own for a key.
+# The keys every type takes; those each type takes besides; a type's own check of a key; what it requires.
 FORWARD_COMMON = ("name", "type", "batch", "timeout", "enabled")
 TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "influx": ("url", "api", "db", "org", "bucket", "token_file", "username", "password_file", "measurement"),
