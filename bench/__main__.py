@@ -1,4 +1,4 @@
-from bench import noise, sensorthings, sim, tls, wire
+from bench import forward, noise, sensorthings, sim, tls, wire
 
 
 def main() -> None:
@@ -6,6 +6,7 @@ def main() -> None:
     tls.run()
     wire.run()
     noise.run()
+    forward.run()
     sensorthings.run()
 
 

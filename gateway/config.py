@@ -7,10 +7,12 @@ working directory, so the same file works from a shell and from systemd; so are 
 target's `token_file`, `password_file` and `fleet`, and `[fleet] path`.
 
 `[http]` is where the status page and /metrics listen. Each `[[forward]]` table is one upstream
-target (gateway/forward/); today `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
+target (gateway/forward/). `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
 (`/write?db=`, optional `username` with `password_file`: HTTP basic auth) or `api = "v2"`
-(`/api/v2/write?org=&bucket=`, `token_file` required), or `type = "sensorthings"`: an OGC
-SensorThings API service root (optional `username` with `password_file`, or `token_file` for
+(`/api/v2/write?org=&bucket=`, `token_file` required); `type = "mqtt"`: an upstream MQTT broker
+(`mqtt://` or `mqtts://`, with `ca_file` and optionally a client certificate); `type =
+"sensor.community"`: its push API, for the nodes mapped in `sensors`; `type = "sensorthings"`: an
+OGC SensorThings API service root (optional `username` with `password_file`, or `token_file` for
 "Authorization: Bearer"; optional `fleet`, the file with the nodes' positions, else `[fleet] path`).
 Secrets are read from files, never written in gateway.toml; the files are read when the forwarder
 starts.
@@ -62,8 +64,11 @@ class HttpConfig:
     port: int = 8080
 
 
-FORWARD_TYPES = ("influx", "sensorthings")
+FORWARD_TYPES = ("influx", "mqtt", "sensor.community", "sensorthings")
 INFLUX_APIS = ("v1", "v2")
+MQTT_TOPIC = "meetkit/{node}/records"  # one message per record
+MQTT_PROTOCOLS = ("v5", "v3.1.1")
+SENSOR_COMMUNITY_URL = "https://api.sensor.community/v1/push-sensor-data/"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,18 @@ class ForwardConfig:
     timeout: float = 10.0  # seconds per request
     enabled: bool = True
     fleet: Path | None = None  # sensorthings: the nodes' positions (gateway/fleet.py); default [fleet] path
+    # type = "mqtt" (username and password_file above: the broker account)
+    ca_file: Path | None = None  # mqtts: the CA that signs the broker's certificate (else the system's)
+    cert_file: Path | None = None  # optional client certificate and its key
+    key_file: Path | None = None
+    topic: str = MQTT_TOPIC  # {node} is replaced by the node id
+    qos: int = 1
+    retain: bool = False
+    client_id: str | None = None  # default: meetkit-gateway-<name>
+    protocol: str = "v5"
+    # type = "sensor.community"
+    sensors: tuple[tuple[str, str], ...] = ()  # (node id, X-Sensor id) pairs
+    max_age: float = 300.0  # seconds after a record's interval ended; older ones are passed over
 
 
 @dataclass(frozen=True)
@@ -210,6 +227,71 @@ def _url(v: Any) -> tuple[Any, str | None]:
     return v.rstrip("/"), None
 
 
+# -- checkers of the mqtt and sensor.community targets -----------------------------------------------
+
+
+def _mqtt_url(v: Any) -> tuple[Any, str | None]:
+    from urllib.parse import urlsplit
+
+    v, err = _text()(v)
+    if err:
+        return None, err
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as e:
+        return None, f'is not a valid URL ({e}), got "{v}"'
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        return None, f'must be an mqtt:// or mqtts:// URL with a host, got "{v}"'
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        return None, f'must be mqtt[s]://host[:port] only (set topic instead), got "{v}"'
+    if parts.username or parts.password:
+        return None, "must not carry credentials (use username/password_file)"
+    return v.rstrip("/"), None
+
+
+def _exact_url(v: Any) -> tuple[Any, str | None]:
+    """As `_url`, but kept as written: sensor.community's path ends in "/" and must keep it."""
+    _, err = _url(v)
+    return (None, err) if err else (v, None)
+
+
+def _topic_template(v: Any) -> tuple[Any, str | None]:
+    v, err = _text()(v)
+    if err:
+        return None, err
+    try:
+        sample = v.format(node="n")
+    except (KeyError, IndexError, ValueError) as e:
+        return None, f'may contain {{node}} and no other placeholder ({type(e).__name__}: {e}), got "{v}"'
+    if any(c in sample for c in "+#\0") or sample.startswith(("/", "$")) or sample.endswith("/") or "//" in sample:
+        return None, f'must be an MQTT topic without wildcards, "$", empty levels or a leading/trailing "/", got "{v}"'
+    return v, None
+
+
+def _client_id(v: Any) -> tuple[Any, str | None]:
+    v, err = _text()(v)
+    if err:
+        return None, err
+    if len(v.encode()) > 128 or any(c in v for c in "+#/\0"):
+        return None, f'must be at most 128 bytes without "+", "#" or "/", got "{v}"'
+    return v, None
+
+
+def _sensor_ids(v: Any) -> tuple[Any, str | None]:
+    """`{ "<node id>" = "esp32-<chip id>", ... }`: the X-Sensor id each node is registered under."""
+    import re
+
+    if not isinstance(v, dict) or not v:
+        return None, f'must be a non-empty table of node id = "esp32-<chip id>", got {_describe(v)}'
+    for node, sensor in v.items():
+        if not re.fullmatch(r"[a-z0-9-]{1,32}", node):
+            return None, f'"{node}": not a node id (1-32 of a-z, 0-9, "-")'
+        if not isinstance(sensor, str) or not re.fullmatch(r"[A-Za-z0-9]+-[A-Za-z0-9]{1,32}", sensor):
+            return None, f'"{node}": must be the sensor id as registered, like "esp32-12345678", got {_describe(sensor)}'
+    return tuple(v.items()), None
+
+
 def _level(v: Any) -> tuple[Any, str | None]:
     if not isinstance(v, str) or v.upper() not in LEVELS:
         return None, f"must be one of {', '.join(LEVELS)}, got {_describe(v)}"
@@ -249,12 +331,35 @@ FORWARD_KEYS: dict[str, Check] = {
     "batch": _integer(1, 100_000),
     "timeout": _seconds(0.1, 300),
     "enabled": _boolean,
+    # mqtt
+    "ca_file": _text(),
+    "cert_file": _text(),
+    "key_file": _text(),
+    "topic": _topic_template,
+    "qos": _integer(0, 1),
+    "retain": _boolean,
+    "client_id": _client_id,
+    "protocol": _choice(MQTT_PROTOCOLS),
+    # sensor.community
+    "sensors": _sensor_ids,
+    "max_age": _seconds(30, 3600),
+    # sensorthings
     "fleet": _text(),
 }
 FORWARD_REQUIRED = ("name", "type", "url")
-# Keys that mean something to one type of target only.
-FORWARD_TYPE_KEYS = {"influx": ("api", "db", "org", "bucket", "measurement"), "sensorthings": ("fleet",)}
+# The keys every type takes; those each type takes besides; a type's own check of a key; what it requires.
+FORWARD_COMMON = ("name", "type", "batch", "timeout", "enabled")
+TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "influx": ("url", "api", "db", "org", "bucket", "token_file", "username", "password_file", "measurement"),
+    "mqtt": ("url", "username", "password_file", "ca_file", "cert_file", "key_file", "topic", "qos", "retain",
+             "client_id", "protocol"),
+    "sensor.community": ("url", "sensors", "max_age"),
+    "sensorthings": ("url", "username", "password_file", "token_file", "fleet"),
+}
+TYPE_CHECKS: dict[str, dict[str, Check]] = {"mqtt": {"url": _mqtt_url}, "sensor.community": {"url": _exact_url}}
+TYPE_REQUIRED: dict[str, tuple[str, ...]] = {"sensor.community": ("name", "type", "sensors")}
 SENSORTHINGS_BATCH = 1000  # readings per CreateObservations request unless `batch` says otherwise
+SECRET_FILES = ("token_file", "password_file", "ca_file", "cert_file", "key_file")
 
 
 def _relative(value: str, source: Path | None) -> Path:
@@ -278,18 +383,23 @@ def _forward(doc: Any, source: Path | None, errors: list[str]) -> tuple[ForwardC
             where = f'forward[{i}] ("{table["name"]}")'
         values: dict[str, Any] = {}
         bad = False
+        kind = table.get("type") if isinstance(table.get("type"), str) else None
         for key, raw in table.items():
             if key not in FORWARD_KEYS:
                 errors.append(_unknown(f"{where}.{key}", list(FORWARD_KEYS)))
                 bad = True
                 continue
-            value, err = FORWARD_KEYS[key](raw)
+            if kind in TYPE_KEYS and key not in FORWARD_COMMON and key not in TYPE_KEYS[kind]:
+                errors.append(f'{where}.{key}: not used with type = "{kind}"')
+                bad = True
+                continue
+            value, err = TYPE_CHECKS.get(kind or "", {}).get(key, FORWARD_KEYS[key])(raw)
             if err:
                 errors.append(f"{where}.{key}: {err}")
                 bad = True
             else:
                 values[key] = value
-        for key in FORWARD_REQUIRED:
+        for key in TYPE_REQUIRED.get(kind or "", FORWARD_REQUIRED):
             if key not in table:
                 errors.append(f"{where}.{key}: missing (required)")
                 bad = True
@@ -314,18 +424,15 @@ def _forward(doc: Any, source: Path | None, errors: list[str]) -> tuple[ForwardC
             if ("username" in table) != ("password_file" in table) and api == "v1":
                 errors.append(f"{where}: username and password_file go together")
                 bad = True
-        kind = values.get("type")
-        for key in table:
-            owner = next((t for t, keys in FORWARD_TYPE_KEYS.items() if key in keys), None)
-            if kind is not None and owner is not None and owner != kind:
-                errors.append(f'{where}.{key}: not used with type = "{kind}"')
-                bad = True
-        if kind == "sensorthings":
+        bad = _check_mqtt(where, table, values, errors) or bad
+        if values.get("type") == "sensorthings":
             bad = _sensorthings(table, where, errors) or bad
             values.setdefault("batch", SENSORTHINGS_BATCH)
         if bad:
             continue
-        for key in ("token_file", "password_file", "fleet"):
+        if values.get("type") == "sensor.community":
+            values.setdefault("url", SENSOR_COMMUNITY_URL)
+        for key in (*SECRET_FILES, "fleet"):  # relative to gateway.toml's folder
             if key in values:
                 values[key] = _relative(values[key], source)
         out.append(ForwardConfig(**values))
@@ -343,6 +450,23 @@ def _sensorthings(table: dict[str, Any], where: str, errors: list[str]) -> bool:
         errors.append(f"{where}.token_file: not used with username (basic auth); choose one")
         bad = True
     return bad
+
+
+def _check_mqtt(where: str, table: dict[str, Any], values: dict[str, Any], errors: list[str]) -> bool:
+    """What a `type = "mqtt"` target's keys must agree on; True when something is wrong."""
+    if values.get("type") != "mqtt":
+        return False
+    problems: list[str] = []
+    if ("username" in table) != ("password_file" in table):
+        problems.append(f"{where}: username and password_file go together")
+    if ("cert_file" in table) != ("key_file" in table):
+        problems.append(f"{where}: cert_file and key_file go together")
+    tls = str(values.get("url", "")).startswith("mqtts://")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in table and "url" in values and not tls:
+            problems.append(f"{where}.{key}: only used with an mqtts:// url")
+    errors.extend(problems)
+    return bool(problems)
 
 
 def _unknown(key: str, known: list[str]) -> str:

@@ -291,3 +291,36 @@ class FleetBroker:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+class SecureMosquitto(Mosquitto):
+    """A real Mosquitto as a city's central broker would be: TLS only (a lab CA and a server
+    certificate for `hostname` and 127.0.0.1, made with openssl by tools/broker.py), accounts from
+    a password file hashed by mosquitto_passwd, and an ACL. `ca` is the CA certificate clients
+    trust; `users` and `acl` may be changed before a `start()`."""
+
+    def __init__(self, workdir: Path, users: dict[str, str], acl: str, hostname: str = "upstream-broker",
+                 port: int | None = None, more_conf: str = "") -> None:
+        super().__init__(workdir, port)
+        self.more_conf = more_conf
+        self.users = dict(users)
+        self.acl = acl
+        self.hostname = hostname
+        self.tls = self.workdir / "tls"
+        self.ca = self.tls / "ca" / "ca.crt"
+
+    def start(self) -> "SecureMosquitto":
+        from meetkit_tools import broker
+
+        if not self.ca.exists():
+            broker.make_ca(self.tls / "ca")
+            broker.make_server_cert(self.tls / "ca", self.tls, broker.Fleet(hostname=self.hostname, ips=[self.host]))
+        passwd, acl = self.workdir / f"passwd-{self.port}", self.workdir / f"acl-{self.port}"
+        passwd.write_text("\n".join(broker.hash_passwords(self.users, self.workdir)) + "\n")
+        acl.write_text(self.acl)
+        # These follow the listener line of Mosquitto.start: they make that listener TLS only; the
+        # later allow_anonymous overrides the earlier one.
+        self.extra_conf = (f"cafile {self.ca}\ncertfile {self.tls / 'server.crt'}\nkeyfile {self.tls / 'server.key'}\n"
+                           f"tls_version tlsv1.2\npassword_file {passwd}\nacl_file {acl}\nallow_anonymous false\n{self.more_conf}")
+        super().start()
+        return self

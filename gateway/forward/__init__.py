@@ -12,14 +12,17 @@ is down holds back no other; what it has not taken stays in the store, counted i
 Delivery is at least once: a batch is sent again after a crash between the target's answer and
 the cursor's commit, after a retry, or after an operator resets a cursor. The targets make that
 harmless (idempotent replay): line protocol carries each reading's own timestamp, so a point sent
-again overwrites itself; the SensorThings target looks up what may already be there before it sends
-again (gateway/forward/sensorthings.py).
+again overwrites itself (influx.py); an MQTT message carries the record's (node, boot, seq) and
+start, the same bytes each time, for the consumer to drop duplicates by (mqtt_upstream.py);
+sensor.community takes no timestamps, so only fresh records are sent and a replay of old ones
+sends nothing (sensor_community.py); the SensorThings target looks up what may already be there
+before it sends again (sensorthings.py).
 """
 
 from __future__ import annotations
 
-from .core import Forwarder, Forwarders, Refusal, Result, Row, Sender, backoff, retry_after
+from .core import Forwarder, Forwarders, Refused, Result, Row, Sender, backoff, refused_readings, retry_after
 from .influx import InfluxSender, encode_lines
 
-__all__ = ["Forwarder", "Forwarders", "InfluxSender", "Refusal", "Result", "Row", "Sender", "backoff",
-           "encode_lines", "retry_after"]
+__all__ = ["Forwarder", "Forwarders", "InfluxSender", "Refused", "Result", "Row", "Sender", "backoff",
+           "encode_lines", "refused_readings", "retry_after"]

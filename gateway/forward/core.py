@@ -5,9 +5,10 @@ cursor, in record order, never splitting a record (unless one record is bigger t
 gives them to the target's `Sender`. The answer decides:
 
 - taken (2xx): the cursor moves past the batch, `forward.<t>.sent` counts its readings, the next
-  batch goes at once; a target that answers per reading (SensorThings) may refuse some readings
-  for good while taking the rest (`Result.refused`): those go to `forward_dead_letters`, one row
-  per record and reason naming the quantities, counted in `forward.<t>.dead`;
+  batch goes at once; a target that takes a batch in several requests, or answers per reading
+  (SensorThings), may also say which readings it passed over on purpose (counted as
+  `forward.<t>.<why>`, e.g. `stale`) and which parts it refused for good (`Result.refused`:
+  dead-lettered each on its own, counted in `forward.<t>.dead`, the rest taken);
 - refused for good (a 4xx other than 401, 403, 404, 408, 429): the batch's record range, the
   status and the target's reason go to `forward_dead_letters`, the cursor moves on, counted in
   `forward.<t>.dead`; nothing else holds the queue back;
@@ -28,9 +29,9 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from ..config import ForwardConfig
 from ..store import Store
@@ -60,13 +61,18 @@ class Row:
     unit: str
     flags: str  # comma-separated, '' when none
     sensors: str = "{}"  # JSON object of the record: sensor model per role (pm, climate, mic)
+    boot: int = 0  # (node, boot, seq) identifies the record for ever: a consumer's de-duplication key
+    seq: int = 0
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """One reading a target refused for good while it took the rest of the batch."""
+class Refused:
+    """Part of a batch the target refused for good while it took the rest: dead-lettered on its
+    own. `refused_readings` makes these from readings refused one by one."""
 
-    row: Row
+    first_id: int
+    last_id: int
+    readings: int
     status: int | None
     reason: str
 
@@ -80,7 +86,19 @@ class Result:
     status: int | None = None  # HTTP status, None without an answer
     permanent: bool = False  # refused for good: dead-letter the batch, do not retry
     retry_after: float | None = None  # seconds the target asked to wait
-    refused: tuple[Refusal, ...] = ()  # with ok: these readings go to the dead letters, the rest was taken
+    # With ok: readings deliberately not sent, by counter (`forward.<t>.<key>`), e.g. {"stale": 3},
+    # and parts refused for good; `sent` counts the rest.
+    passed_over: Mapping[str, int] = field(default_factory=dict)
+    refused: Sequence[Refused] = ()
+
+
+def refused_readings(refusals: Iterable[tuple[Row, int | None, str]]) -> tuple[Refused, ...]:
+    """Readings refused one by one (row, status, reason): a part per record and reason, its reason
+    naming the quantities."""
+    groups: dict[tuple[int, int | None, str], list[str]] = {}
+    for row, status, reason in refusals:
+        groups.setdefault((row.record_id, status, reason), []).append(row.quantity)
+    return tuple(Refused(rid, rid, len(q), status, f"{','.join(q)}: {reason}") for (rid, status, reason), q in groups.items())
 
 
 class Sender(Protocol):
@@ -114,7 +132,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 _ROWS_SQL = """
     SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags,
-           r.sensors
+           r.sensors, r.boot, r.seq
     FROM records AS r JOIN readings AS g ON g.record_id = r.id
     WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL
     ORDER BY r.id, g.quantity
@@ -244,15 +262,16 @@ class Forwarder:
         now = self.clock()
         if result.ok:
             refused = result.refused
-            note = f"{len(refused)} readings refused: {refused[0].reason}" if refused else None
+            note = f"{sum(r.readings for r in refused)} readings refused: {refused[0].reason}" if refused else None
             with self.store.transaction():
                 self._advance(p, last_success=now, last_error=note)
-                self._dead_readings(refused, now)
-                self.store.bump(f"forward.{self.name}.sent", len(p.rows) - len(refused))
+                self._refused(refused, now)
+                for key, n in result.passed_over.items():
+                    self.store.bump(f"forward.{self.name}.{key}", n)
+                not_sent = sum(result.passed_over.values()) + sum(r.readings for r in refused)
+                self.store.bump(f"forward.{self.name}.sent", len(p.rows) - not_sent)
             if self.failures:
                 log.info("forward %s: delivering again after %d failures", self.name, self.failures)
-            if refused:
-                log.error("forward %s: %s (dead letters)", self.name, note)
             self.failures, self.up, self.last_error = 0, True, note
             return 0.0
         reason = result.reason or (f"HTTP {result.status}" if result.status else "failed")
@@ -281,19 +300,14 @@ class Forwarder:
             "forward %s: %s; trying again in %.1f s (failure %d)", self.name, reason, delay, self.failures)
         return delay
 
-    def _dead_readings(self, refused: Sequence[Refusal], now: float) -> None:
-        """Readings refused one by one: a dead letter per record and reason, naming the quantities
-        (the batch's range is one record then; `readings` says how many of its readings)."""
-        groups: dict[tuple[int, int | None, str], list[str]] = {}
-        for r in refused:
-            groups.setdefault((r.row.record_id, r.status, r.reason), []).append(r.row.quantity)
-        for (record_id, status, reason), quantities in groups.items():
+    def _refused(self, parts: Sequence[Refused], now: float) -> None:
+        for r in parts:
             self.store.db.execute(
                 "INSERT INTO forward_dead_letters (target, first_id, last_id, readings, at, status, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.name, record_id, record_id, len(quantities), now, status, f"{','.join(quantities)}: {reason}"),
-            )
-        self.store.bump(f"forward.{self.name}.dead", len(refused))
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (self.name, r.first_id, r.last_id, r.readings, now, r.status, r.reason))
+            self.store.bump(f"forward.{self.name}.dead", r.readings)
+            log.error("forward %s: records %d..%d refused for good (dead letter): %s",
+                      self.name, r.first_id, r.last_id, r.reason)
 
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set (the thread's body)."""
@@ -354,6 +368,11 @@ class Forwarder:
                 db.execute("COMMIT")
         for key in ("sent", "retries", "dead", "untimed"):
             out["dead_letters" if key == "dead" else key] = counters.get(f"forward.{self.name}.{key}", 0)
+        prefix = f"forward.{self.name}."
+        for counter, value in counters.items():  # a target's own, e.g. stale (sensor.community)
+            key = counter[len(prefix):]
+            if counter.startswith(prefix) and key not in out and key != "dead":
+                out[key] = value
         if out["last_error"] is None and self.up is None:
             out["last_error"] = last_error
         return out
@@ -368,6 +387,14 @@ def make_sender(cfg: ForwardConfig, store_path: str | Path) -> Sender:
         from .sensorthings import SensorThingsSender
 
         return SensorThingsSender(cfg, store_path)
+    if cfg.type == "mqtt":
+        from .mqtt_upstream import MqttSender
+
+        return MqttSender(cfg)
+    if cfg.type == "sensor.community":
+        from .sensor_community import SensorCommunitySender
+
+        return SensorCommunitySender(cfg)
     raise ValueError(f"forward {cfg.name}: unknown type {cfg.type!r}")
 
 

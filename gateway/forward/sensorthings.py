@@ -62,7 +62,7 @@ from ..config import ForwardConfig
 from ..fleet import Fleet, FleetError
 from ..store import Store
 from . import sensorthings_model as model
-from .core import Refusal, Result, Row
+from .core import Result, Row, refused_readings
 from .sensorthings_client import Client, Failure, key, literal
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class SensorThingsSender:
             return Result(False, str(e))
 
     def _send(self, rows: Sequence[Row]) -> Result:
-        refused: list[Refusal] = []
+        refused: list[tuple[Row, int | None, str]] = []  # (reading, status, reason)
         groups: dict[tuple[str, str, str], list[Row]] = {}
         for r in rows:
             if r.avg is None or not math.isfinite(r.avg):
@@ -287,7 +287,7 @@ class SensorThingsSender:
             try:
                 groups.setdefault((r.node, r.quantity, model.sensor_model(r)), []).append(r)
             except model.Unmapped as e:
-                refused.append(Refusal(r, None, str(e)))
+                refused.append((r, None, str(e)))
         sending: dict[str, tuple[Entity, list[Row]]] = {}
         for (node, _, sensor_model), group in groups.items():
             try:
@@ -298,10 +298,10 @@ class SensorThingsSender:
                 if isinstance(e, Failure) and not e.permanent:
                     raise
                 status, reason = (e.status, e.reason) if isinstance(e, Failure) else (None, str(e))
-                refused.extend(Refusal(r, status, reason) for r in group)
+                refused.extend((r, status, reason) for r in group)
                 continue
             if unlocated is not None:
-                refused.extend(Refusal(r, None, unlocated) for r in group)
+                refused.extend((r, None, unlocated) for r in group)
                 continue
             if ds.sent_until is not None and any(model.end(r) <= ds.sent_until for r in group):
                 there = self._existing(ds, [r for r in group if model.end(r) <= ds.sent_until])
@@ -309,7 +309,7 @@ class SensorThingsSender:
             if group:
                 sending[ds.key] = (ds, group)
         if not sending:
-            return Result(True, refused=tuple(refused))
+            return Result(True, refused=refused_readings(refused))
         self._mark(sending)
         body = [{"Datastream": {"@iot.id": ds.id}, "components": list(model.COMPONENTS),
                  "dataArray@iot.count": len(group), "dataArray": [model.observation(r) for r in group]}
@@ -322,11 +322,11 @@ class SensorThingsSender:
         doubtful: set[str] = set()
         for (ds, r), answer in zip(order, answers):
             if not isinstance(answer, str) or answer.startswith("error"):
-                refused.append(Refusal(r, status, f"Datastream {ds.key!r}: {str(answer)[:300]}"))
+                refused.append((r, status, f"Datastream {ds.key!r}: {str(answer)[:300]}"))
                 doubtful.add(ds.key)
         for name in doubtful:  # perhaps deleted upstream: looked up again before its next use
             self._forget("Datastream", name)
-        return Result(True, status=status, refused=tuple(refused))
+        return Result(True, status=status, refused=refused_readings(refused))
 
     def close(self) -> None:
         self.client.close()

@@ -217,7 +217,7 @@ def test_per_row_errors_become_dead_letters_and_the_rest_is_delivered(tmp_path, 
     assert len(observations(sta, "ams-002 temp BME280")) == 3
     st = f.status()
     assert (st["sent"], st["dead_letters"], st["queue_rows"], st["up"]) == (10, 2, 0, True)
-    assert st["last_error"] == f"2 readings refused: {reason}"
+    assert st["last_error"] == f"2 readings refused: pm25: {reason}"  # the quantities, then the reason
     # the Datastream is looked up again before its next use: made anew, and the next readings arrive
     fill(db, "ams-002", range(3, 4))
     drain(f)
