@@ -225,8 +225,9 @@ class Pruner:
 
     def _describe(self) -> str:
         b = self.bounds
-        age = f", {b.max_age_days:g} days" if b.max_age_days > 0 else ""
-        return f"{b.max_bytes / 1e6:.0f} MB{age}"
+        age = f", {b.max_age_days:g} day{'' if b.max_age_days == 1 else 's'}" if b.max_age_days > 0 else ""
+        size = f"{b.max_bytes / 1e9:.1f} GB" if b.max_bytes >= 1e9 else f"{b.max_bytes / 1e6:.1f} MB"
+        return f"{size}{age}"
 
 
 def _prefix(rows: list[tuple[int, float]], cutoff: float) -> list[tuple[int, float]]:
