@@ -395,3 +395,50 @@ def test_used_bytes_is_the_file_without_its_free_pages(tmp_path):
         s.drop_records(250)
         assert s.pages()[2] > free  # freed pages are on the free list until reused or given back
         assert s.used_bytes() == (s.pages()[1] - s.pages()[2]) * size
+
+
+# -- the whole gateway ------------------------------------------------------------------------------------------
+
+
+def test_bounded_gateway_drops_the_oldest_and_tells_the_operator(tmp_path, broker):
+    """A real gateway and Mosquitto, a store bound of 1 MB, one forwarding target that is down:
+    every batch is still stored and acknowledged, the store stays within its bound, and the
+    operator hears of the records dropped before the target took them (alarm on MQTT, counters,
+    /metrics)."""
+    from meetkit_gateway import config as configuration
+    from meetkit_tools.services import free_port
+
+    from .conftest import Listener, Publisher, Running
+
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nkeepalive = 10\n'
+        '[store]\npath = "gateway.db"\nmax_bytes = "1 MB"\n[http]\nport = 0\n'
+        f'[[forward]]\nname = "down"\ntype = "influx"\nurl = "http://127.0.0.1:{free_port()}"\ndb = "x"\n'
+    )
+    alarms = Listener(broker.host, broker.port, "meetkit/gateway/alarm", "meetkit/+/ack")
+    g = Running(configuration.load(conf)).wait_subscribed()
+    node = Publisher(broker.host, broker.port)
+    n = 8000
+    try:
+        for k in range(0, n, 25):
+            node.publish("meetkit/ams-001/up", records("ams-001", 1, range(k, k + 25)))
+        alarm = alarms.wait("meetkit/gateway/alarm", 1, timeout=30)[0]
+        assert (alarm["alarm"], alarm["active"]) == ("dropped_unforwarded", True)
+        acks = alarms.wait("meetkit/ams-001/ack", n // 25, timeout=30)
+        assert sorted(s for a in acks for lo, hi in a["seq"] for s in range(lo, hi + 1)) == list(range(n))
+        with g.store() as s:
+            wait_for(lambda: s.used_bytes() <= 1_000_000, 20, "the store within its bound")
+            c = s.counters()
+            assert c["records"] == n and c["dropped.bytes"] == c["dropped.unforwarded"] > 0
+            assert s.counts().records == n - c["dropped.bytes"]
+            assert [a.code for a in s.active_alarms()] == ["dropped_unforwarded"]
+        with urllib.request.urlopen(g.gateway.http.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert re.search(r'^meetkit_store_dropped_total\{reason="bytes"\} [1-9]\d*$', text, re.M)
+        assert re.search(r'^meetkit_alarm_active\{code="dropped_unforwarded"\} 1$', text, re.M)
+        assert g.gateway.writer.refused == 0
+    finally:
+        node.close()
+        g.stop()
+        alarms.close()
