@@ -135,12 +135,7 @@ def known_nodes(store: Store) -> list[str]:
 def rows(store: Store, sel: Selection, summary: Summary) -> Iterator[Row]:
     """The selected readings, by node, then interval start; `summary` is filled in as they go.
     Call inside a read transaction for one consistent snapshot."""
-    known = known_nodes(store)
-    missing = [n for n in sel.nodes if n not in known]
-    if missing:
-        raise ExportError(f"no node {', '.join(map(repr, missing))} in {store.path}; known: "
-                          f"{', '.join(known) or 'none yet'}")
-    nodes = sorted(set(sel.nodes)) if sel.nodes else known
+    nodes = _nodes(store, sel)
     lo, hi = (sel.since if sel.since is not None else -_FAR), (sel.until if sel.until is not None else _FAR)
     summary.untimed = _untimed(store, nodes, lo, hi)
     stored = sel.stored_quantities()
@@ -155,6 +150,16 @@ def rows(store: Store, sel: Selection, summary: Summary) -> Iterator[Row]:
             record.append(row)
         if record:
             yield from _record_rows(node, record, sel, summary)
+
+
+def _nodes(store: Store, sel: Selection) -> list[str]:
+    """The nodes to export, by id; ExportError for one the store has never heard of."""
+    known = known_nodes(store)
+    missing = [n for n in sel.nodes if n not in known]
+    if missing:
+        raise ExportError(f"no node {', '.join(map(repr, missing))} in {store.path}; known: "
+                          f"{', '.join(known) or 'none yet'}")
+    return sorted(set(sel.nodes)) if sel.nodes else known
 
 
 def _untimed(store: Store, nodes: list[str], lo: float, hi: float) -> int:
@@ -311,6 +316,7 @@ def export(store: Store, sel: Selection, fmt: str, output: Path | None, stdout: 
     write = WRITERS[fmt]
     store.db.execute("BEGIN")
     try:
+        _nodes(store, sel)  # before a byte is written
         if output is None:
             write(rows(store, sel, summary), stdout)
             stdout.flush()
