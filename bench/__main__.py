@@ -1,10 +1,11 @@
-from bench import noise, sim, wire
+from bench import noise, sim, store, wire
 
 
 def main() -> None:
     sim.run()
     wire.run()
     noise.run()
+    store.run()
 
 
 if __name__ == "__main__":

@@ -92,8 +92,8 @@ class Selection:
 @dataclass(frozen=True, slots=True)
 class Row:
     node: str
-    start: int
-    end: int
+    start: str  # ISO 8601 UTC
+    end: str
     quantity: str
     avg: float | None
     min: float | None
@@ -176,13 +176,17 @@ def _sensors(text: str) -> dict[str, str]:
     return json.loads(text)
 
 
+_ORDER = {q: i for i, q in enumerate(QUANTITIES)}
+
+
 def _order(quantity: str) -> int:
-    return list(QUANTITIES).index(quantity) if quantity in QUANTITIES else len(QUANTITIES)
+    return _ORDER.get(quantity, len(_ORDER))
 
 
 def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summary) -> Iterator[Row]:
     _id, start, dur, board, fw, sensors_text, *_ = record[0]
     sensors = _sensors(sensors_text)
+    times = iso(start), iso(start + dur)  # once per record: formatting is most of the time per row
     readings = sorted(record, key=lambda r: _order(r[6]))
     rh = next((r[7] for r in readings if r[6] == "rh"), None)
     wrote = False
@@ -190,12 +194,12 @@ def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summar
         flag_list = tuple(f for f in flags.split(",") if f)
         sensor = sensors.get(ROLE.get(quantity, ""), "")
         if sel.wants(quantity):
-            yield Row(node, start, start + dur, quantity, avg, lo, hi, n, unit, flag_list, sensor, board, fw)
+            yield Row(node, *times, quantity, avg, lo, hi, n, unit, flag_list, sensor, board, fw)
             _count(summary, quantity, unit)
             wrote = True
         corr = pm_humidity.CORRECTED.get(quantity)
         if sel.correction is not None and corr is not None and sel.wants(corr):
-            yield _corrected(node, start, dur, corr, (avg, lo, hi), n, unit, flag_list, rh, sel.correction,
+            yield _corrected(node, times, corr, (avg, lo, hi), n, unit, flag_list, rh, sel.correction,
                              sensor, board, fw)
             _count(summary, corr, unit)
             wrote = True
@@ -206,7 +210,7 @@ def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summar
         summary.last = start if summary.last is None else max(summary.last, start)
 
 
-def _corrected(node: str, start: int, dur: int, quantity: str, values: tuple[float | None, ...], n: int | None,
+def _corrected(node: str, times: tuple[str, str], quantity: str, values: tuple[float | None, ...], n: int | None,
                unit: str, flags: tuple[str, ...], rh: float | None, c: Correction, sensor: str, board: str,
                fw: str) -> Row:
     out: list[float | None] = []
@@ -216,7 +220,7 @@ def _corrected(node: str, start: int, dur: int, quantity: str, values: tuple[flo
         dry, why = pm_humidity.correct(v, rh, c.kappa)
         out.append(None if dry is None else round(dry, 2))
     extra = (pm_humidity.FLAG,) + ((why,) if why else ())
-    return Row(node, start, start + dur, quantity, out[0], out[1], out[2], n if out[0] is not None else None,
+    return Row(node, *times, quantity, out[0], out[1], out[2], n if out[0] is not None else None,
                unit, flags + extra, sensor, board, fw)
 
 
@@ -236,13 +240,13 @@ def write_csv(rows: Iterator[Row], out: IO[str]) -> None:
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(COLUMNS)
     for r in rows:
-        w.writerow((r.node, iso(r.start), iso(r.end), r.quantity, _number(r.avg), _number(r.min),
+        w.writerow((r.node, r.start, r.end, r.quantity, _number(r.avg), _number(r.min),
                     _number(r.max), _number(r.n), r.unit, ",".join(r.flags), r.sensor, r.board, r.fw))
 
 
 def write_jsonl(rows: Iterator[Row], out: IO[str]) -> None:
     for r in rows:
-        doc = {"node": r.node, "start": iso(r.start), "end": iso(r.end), "quantity": r.quantity, "avg": r.avg,
+        doc = {"node": r.node, "start": r.start, "end": r.end, "quantity": r.quantity, "avg": r.avg,
                "min": r.min, "max": r.max, "n": r.n, "unit": r.unit, "flags": list(r.flags),
                "sensor": r.sensor, "board": r.board, "fw": r.fw}
         out.write(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
