@@ -100,6 +100,7 @@ def test_the_example_config_is_valid(tmp_path):
     cfg = configuration.load(EXAMPLE)
     assert cfg.mqtt.topic_prefix == "meetkit"
     assert cfg.store.path == Path("/var/lib/meetkit-gateway/gateway.db")
+    assert (cfg.store.max_bytes, cfg.store.max_age_days) == (2_000_000_000, 365)  # the defaults, as it says
 
 
 BAD = [
