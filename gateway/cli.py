@@ -21,16 +21,18 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__, config as configuration, pm_humidity
 from .config import Config, ConfigError
-from .export import FORMATS, Correction, ExportError, Selection, export, metadata_path
 from .payload import QUANTITIES
 from .store import Store, StoreError
 from .table import nodes_table, readings_table
 from .timefmt import iso, parse_since
 from .topics import Topics
+
+if TYPE_CHECKING:
+    from .export import Selection
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quantity", action="append", default=[], metavar="Q",
                    choices=[*QUANTITIES, *pm_humidity.CORRECTED.values()],
                    help="only this quantity (repeatable): " + ", ".join([*QUANTITIES, *pm_humidity.CORRECTED.values()]))
-    e.add_argument("--format", choices=FORMATS, default="csv",
+    e.add_argument("--format", choices=("csv", "json"), default="csv",  # export.FORMATS
                    help="csv (with FILE-metadata.json, CSVW) or json (JSON Lines) (default: csv)")
     e.add_argument("--output", metavar="FILE", help="write FILE (whole or not at all) instead of stdout")
     e.add_argument("--pm-correction", action="store_true",
@@ -260,8 +262,10 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_selection(args: argparse.Namespace, now: float) -> Selection | str:
+def _export_selection(args: argparse.Namespace, now: float) -> "Selection | str":
     """The selection the arguments ask for, or what is wrong with them."""
+    from .export import Correction, Selection
+
     times: dict[str, float | None] = {}
     for name in ("since", "until"):
         text = getattr(args, name)
@@ -284,6 +288,8 @@ def _n(n: int, noun: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export, metadata_path  # only this command needs it (start-up time)
+
     cfg = _load(args.config)
     if cfg is None:
         return 1
