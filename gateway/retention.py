@@ -61,7 +61,7 @@ class Bounds:
 
 @dataclass
 class Dropped:
-    """What one pruning run (the steps from first need to done) dropped."""
+    """What one pruning run dropped: the steps from the first that found work to the first that did not."""
 
     records: dict[str, int] = field(default_factory=dict)  # reason -> records
     unforwarded: int = 0
@@ -97,6 +97,7 @@ class Pruner:
         if not self._busy and now - self._checked_at < self.check_every_s:
             return False
         self._checked_at = now
+        self._busy = False  # an exception below (a full disk) leaves the next look for the next second
         self._busy = self._prune_once() or self._reclaim_once()
         if not self._busy:
             self._finish_run()
@@ -128,17 +129,17 @@ class Pruner:
         return False
 
     def _drop_expired_records(self, cutoff: float) -> bool:
-        expired = [rid for rid, at in _prefix(self.store.oldest_records(self.slice), cutoff)]
-        if not expired:
+        if not _prefix(self.store.oldest_records(1), cutoff):  # the usual case, once a second: one row
             return False
-        self._drop_records(expired[-1], "age")
+        expired = _prefix(self.store.oldest_records(self.slice), cutoff)
+        self._drop_records(expired[-1][0], "age")
         return True
 
     def _drop_expired_dead_letters(self, cutoff: float) -> bool:
-        expired = [i for i, at in _prefix(self.store.oldest_dead_letters(self.slice), cutoff)]
-        if not expired:
+        if not _prefix(self.store.oldest_dead_letters(1), cutoff):
             return False
-        self._drop_dead_letters(expired[-1], "age")
+        expired = _prefix(self.store.oldest_dead_letters(self.slice), cutoff)
+        self._drop_dead_letters(expired[-1][0], "age")
         return True
 
     def _drop_for_bytes(self, used: int) -> bool:
