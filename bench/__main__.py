@@ -1,4 +1,4 @@
-from bench import forward, noise, sensorthings, sim, tls, wire
+from bench import forward, noise, sensorthings, sim, store, tls, wire
 
 
 def main() -> None:
@@ -8,6 +8,7 @@ def main() -> None:
     noise.run()
     forward.run()
     sensorthings.run()
+    store.run()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ VERSION = 1
 CORRUPT_DB = "corrupt_db"  # the database was unreadable at start: moved aside, a fresh one started
 DISK_FULL = "disk_full"  # commits fail for want of space: new data is refused, the nodes keep it
 DISK_ERROR = "disk_error"  # commits fail with an I/O error or a read-only file: refused likewise
+DROPPED_UNFORWARDED = "dropped_unforwarded"  # the store's bounds dropped records a target had not taken yet
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
     meetkit-gateway check    --config gateway.toml
     meetkit-gateway readings --config gateway.toml [--node ams-001] [--since 1h] [--quantity pm25]
     meetkit-gateway nodes    --config gateway.toml
+    meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
+                             [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
 
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
 usage.
@@ -19,15 +21,18 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from . import __version__, config as configuration
+from . import __version__, config as configuration, pm_humidity
 from .config import Config, ConfigError
 from .payload import QUANTITIES
 from .store import Store, StoreError
 from .table import nodes_table, readings_table
 from .timefmt import iso, parse_since
 from .topics import Topics
+
+if TYPE_CHECKING:
+    from .export import Selection
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +59,22 @@ def _parser() -> argparse.ArgumentParser:
              "(default: 1h)",
     )
     r.add_argument("--quantity", choices=list(QUANTITIES), help="only this quantity")
+    e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
+    e.add_argument("--since", metavar="WHEN",
+                   help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
+                        "(default: the oldest stored)")
+    e.add_argument("--until", metavar="WHEN", help="intervals starting before WHEN (default: no end)")
+    e.add_argument("--node", action="append", default=[], metavar="ID", help="only this node (repeatable)")
+    e.add_argument("--quantity", action="append", default=[], metavar="Q",
+                   choices=[*QUANTITIES, *pm_humidity.CORRECTED.values()],
+                   help="only this quantity (repeatable): " + ", ".join([*QUANTITIES, *pm_humidity.CORRECTED.values()]))
+    e.add_argument("--format", choices=("csv", "json"), default="csv",  # export.FORMATS
+                   help="csv (with FILE-metadata.json, CSVW) or json (JSON Lines) (default: csv)")
+    e.add_argument("--output", metavar="FILE", help="write FILE (whole or not at all) instead of stdout")
+    e.add_argument("--pm-correction", action="store_true",
+                   help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
+    e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
+                   help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
     return p
 
 
@@ -85,12 +106,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")
     print(f"  subscribes  {', '.join(topics.subscriptions)}")
     print(f"  publishes   {topics.ack('<node>')}, {topics.alarm} (retained)")
+    h = cfg.http
+    host = f"[{h.host}]" if ":" in h.host else h.host
+    print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
+          + (" (loopback only)" if h.host in ("127.0.0.1", "::1", "localhost") else ""))
     exists = "" if cfg.store.path.exists() else " (created on the first run)"
     print(f"  store       {cfg.store.path}{exists}")
+    age = f"{cfg.store.max_age_days} days from reception" if cfg.store.max_age_days else "no age bound"
+    print(f"  bounds      at most {_size(cfg.store.max_bytes)} in use and {age}; the oldest records are dropped first")
+    for t in cfg.forward:
+        print(f"  forward     {_target(t)}")
+    if not cfg.forward:
+        print("  forward     no targets")
     print(f"  log level   {cfg.log.level}")
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _target(t: object) -> str:
+    """One [[forward]] target: name, type, where to (its url never carries a secret: config.py
+    refuses one; tokens and passwords are in files), enabled."""
+    name, kind, url = getattr(t, "name", "?"), getattr(t, "type", "?"), getattr(t, "url", "")
+    api = getattr(t, "api", None)
+    dest = [f"{k} {getattr(t, k)}" for k in ("db", "org", "bucket") if getattr(t, k, None)]
+    auth = ("token from " + str(t.token_file) if getattr(t, "token_file", None)  # type: ignore[attr-defined]
+            else "basic auth as " + str(t.username) if getattr(t, "username", None)  # type: ignore[attr-defined]
+            else "")
+    details = ", ".join(x for x in (api and f"api {api}", *dest, auth) if x)
+    state = "enabled" if getattr(t, "enabled", True) else "DISABLED"
+    return f"{name}: {kind} {url}{f' ({details})' if details else ''}, {state}"
 
 
 ALARMS_SHOWN = 10
@@ -113,6 +158,8 @@ def _print_store(cfg: Config) -> None:
         with Store(cfg.store.path, readonly=True) as store:
             c, counters, nodes = store.counts(), store.counters(), store.nodes()
             alarms, db_id, created = store.alarms(ALARMS_SHOWN), store.db_id, store.created_at
+            used, incremental = store.used_bytes(), store.incremental
+        file_bytes = sum(p.stat().st_size for p in (cfg.store.path, Path(f"{cfg.store.path}-wal")) if p.exists())
     except StoreError as e:
         print(f"  database    {e}; {free} free")
         return
@@ -121,6 +168,13 @@ def _print_store(cfg: Config) -> None:
         return
     print(f"  database    id {db_id}, since {iso(created)}: {c.records} records, {c.dead_letters} dead letters, "
           f"{c.nodes} nodes, {counters.get('refused', 0)} messages refused; {free} free")
+    print(f"  size        {_size(used)} in use of {_size(cfg.store.max_bytes)}, file {_size(file_bytes)}"
+          f"{'' if incremental else ' (does not shrink: not converted to incremental auto-vacuum)'}")
+    dropped = {k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.")}
+    if dropped:
+        by = ", ".join(f"{dropped[k]} by {k}" for k in ("age", "bytes") if dropped.get(k))
+        print(f"  pruned      {by or 'no'} records; {dropped.get('unforwarded', 0)} of them not yet forwarded "
+              "to every target")
     dropped = [f"{n.node} {n.dropped}" for n in nodes if n.dropped]
     if dropped:
         print(f"  dropped     records dropped by the nodes' full spools: {', '.join(dropped)}")
@@ -209,7 +263,70 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes}
+def _export_selection(args: argparse.Namespace, now: float) -> "Selection | str":
+    """The selection the arguments ask for, or what is wrong with them."""
+    from .export import Correction, Selection
+
+    times: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        text = getattr(args, name)
+        try:
+            times[name] = None if text is None else parse_since(text, now)
+        except ValueError as e:
+            return f"--{name}: {e}"
+    if times["since"] is not None and times["until"] is not None and times["until"] <= times["since"]:
+        return f"--until ({iso(times['until'])}) must be after --since ({iso(times['since'])})"
+    if not args.pm_correction and any(q in pm_humidity.CORRECTED.values() for q in args.quantity):
+        return "--quantity: the corrected quantities (pm25_corr, ...) need --pm-correction"
+    if not 0 < args.kappa <= 1.5:
+        return f"--kappa: must be above 0 and at most 1.5, got {args.kappa:g}"
+    return Selection(times["since"], times["until"], tuple(args.node), tuple(args.quantity),
+                     Correction(args.kappa) if args.pm_correction else None)
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export, metadata_path  # only this command needs it (start-up time)
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    sel = _export_selection(args, time.time())
+    if isinstance(sel, str):
+        print(sel, file=sys.stderr)
+        return 2
+    output = Path(args.output).absolute() if args.output else None
+    if output is not None and not output.parent.is_dir():
+        print(f"--output: the folder {output.parent} does not exist", file=sys.stderr)
+        return 1
+    store = _open_readonly(cfg)
+    if store is None:
+        return 1
+    try:
+        with store:
+            summary = export(store, sel, args.format, output, sys.stdout)
+    except ExportError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"--output: cannot write {output}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    where = "stdout"
+    if output is not None:
+        where = f"{output}" + (f" and {metadata_path(output).name}" if args.format == "csv" else "")
+    period = f"interval starts {iso(summary.first)} to {iso(summary.last)}" if summary.first is not None else "no data"
+    print(f"exported {_n(summary.readings, 'reading')} of {_n(summary.records, 'record')} "
+          f"({_n(len(summary.nodes), 'node')}, {period}) to {where}", file=sys.stderr)
+    if summary.untimed:
+        print(f"left out {summary.untimed} record{'s' if summary.untimed > 1 else ''} received in that period "
+              "without a known time yet (their node had no clock)", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

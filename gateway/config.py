@@ -45,6 +45,9 @@ class MqttConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     path: Path
+    # the bounds (retention.py): pages in use, and age from reception in days (0: no age bound)
+    max_bytes: int = 2_000_000_000
+    max_age_days: int = 365
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,28 @@ def _sensor_ids(v: Any) -> tuple[Any, str | None]:
     return tuple(v.items()), None
 
 
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MIN_STORE_BYTES = 10**6
+
+
+def _size(v: Any) -> tuple[Any, str | None]:
+    """Bytes: an integer, or a string like "2 GB", "500 MB", "1.5 GiB" (KB, MB, GB: powers of 1000)."""
+    import re
+
+    n: float | None = None
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    elif isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", v)
+        if m and m.group(2).lower() in _SIZE_UNITS | {"": 1}:
+            n = float(m.group(1)) * _SIZE_UNITS.get(m.group(2).lower(), 1)
+    if n is None or n < MIN_STORE_BYTES:
+        return None, (f'must be a size like "2 GB" or "500 MB" or a number of bytes, at least 1 MB, '
+                      f"got {_describe(v)}")
+    return int(n), None
+
+
 def _level(v: Any) -> tuple[Any, str | None]:
     if not isinstance(v, str) or v.upper() not in LEVELS:
         return None, f"must be one of {', '.join(LEVELS)}, got {_describe(v)}"
@@ -309,7 +334,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "topic_prefix": _prefix,
         "keepalive": _integer(5, 65535),
     },
-    "store": {"path": _text()},
+    "store": {"path": _text(), "max_bytes": _size, "max_age_days": _integer(0, 36500)},
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
     "fleet": {"path": _text()},
@@ -515,7 +540,7 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         raise ConfigError(source or "<config>", errors)
     return Config(
         mqtt=MqttConfig(**mqtt),
-        store=StoreConfig(path=_relative(values["store"]["path"], source)),
+        store=StoreConfig(**values["store"] | {"path": _relative(values["store"]["path"], source)}),
         log=LogConfig(**values["log"]),
         source=source,
         http=HttpConfig(**values["http"]),

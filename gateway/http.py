@@ -143,7 +143,14 @@ _COUNTERS = {
                 "Messages refused because the store could not commit (disk full, I/O error).", None),
     "rejected.": ("meetkit_messages_rejected_total", "Messages dead-lettered, by problem.", "code"),
     "alarm.": ("meetkit_alarms_raised_total", "Alarms raised, by code.", "code"),
-    "dropped.": ("meetkit_store_dropped_total", "Rows the bounded store dropped, by reason.", "reason"),
+    # whole records pruned by the store's bounds; reason age or bytes (retention.py)
+    "dropped.unforwarded": ("meetkit_store_dropped_unforwarded_total",
+                            "Of the records the bounds dropped, those not yet forwarded to every enabled target.",
+                            None),
+    "dropped.": ("meetkit_store_dropped_total", "Records the store's bounds dropped, by bound (age, bytes).",
+                 "reason"),
+    "dead_letters_dropped.": ("meetkit_dead_letters_dropped_total",
+                              "Dead letters the store's bounds dropped, by bound (age, bytes).", "reason"),
 }
 
 
@@ -198,6 +205,9 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None) -> st
         if p.exists():
             size += p.stat().st_size
     m.add("meetkit_store_bytes", "gauge", "Size of the store's database and WAL files.", size)
+    m.add("meetkit_store_used_bytes", "gauge",
+          "Bytes of the store's pages in use (free pages not counted): what [store] max_bytes bounds.",
+          store.used_bytes())
     m.add("meetkit_alarm_active", "gauge", "1 while an alarm is raised, by code.", None)
     for a in store.active_alarms():
         m.add("meetkit_alarm_active", "gauge", "", 1, {"code": a.code})

@@ -15,6 +15,10 @@ back and REFUSED: `on_refused(group)` is called (the service then lets the broke
 nodes keep those records and send them again), the refusals are counted and an alarm is raised.
 The next group simply tries again, so the gateway takes data again as soon as space is back. Other
 store errors (a lock held too long) are retried with backoff.
+
+Between groups the writer keeps the store within its bounds (`bounds`, retention.py): one small
+pruning transaction per turn of its loop, so a group that arrives meanwhile waits for one slice
+at most; while there is more to prune the loop does not wait for messages.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from . import payload
 from .acks import Ack, readable
 from .alarms import DISK_ERROR, DISK_FULL, Alarms
 from .payload import Rejected
+from .retention import Bounds, Pruner
 from .store import Store
 from .timefmt import iso
 from .topics import Topics
@@ -147,6 +152,7 @@ class Writer:
         on_refused: Callable[[Sequence[Inbound]], None] | None = None,
         alarms: Alarms | None = None,
         summary_every: float = 60.0,
+        bounds: Bounds | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -155,6 +161,8 @@ class Writer:
         self.on_refused = on_refused
         self.alarms = alarms if alarms is not None else Alarms()
         self.summary_every = summary_every
+        self.pruner = Pruner(store, bounds, self.alarms) if bounds is not None else None
+        self._prune_failed_at = -summary_every
         # Bounded: when the disk cannot keep up, submit() blocks paho's thread, which stops
         # reading from the broker; the broker holds the rest (QoS 1) instead of our memory.
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
@@ -200,11 +208,11 @@ class Writer:
 
     def _run(self) -> None:
         last_summary, at_summary = time.monotonic(), self.store.counters()
-        stop = False
+        stop = more_pruning = False
         while not stop:
             self.alive_at = time.monotonic()
             try:
-                first = self._queue.get(timeout=1.0)
+                first = self._queue.get(timeout=0.0 if more_pruning else 1.0)
             except queue.Empty:
                 first = None
             group: list[Inbound] = []
@@ -223,6 +231,8 @@ class Writer:
                     group.append(m)  # type: ignore[arg-type]
             if group:
                 self._commit(group)
+            if not stop:
+                more_pruning = self._prune()
             if time.monotonic() - last_summary >= self.summary_every:
                 last_summary = time.monotonic()
                 try:
@@ -265,6 +275,20 @@ class Writer:
                 self.on_committed(done)
             except Exception:
                 log.exception("on_committed failed")
+
+    def _prune(self) -> bool:
+        """One pruning step if one is due; True when more should follow at once."""
+        if self.pruner is None:
+            return False
+        try:
+            more = self.pruner.step()
+        except sqlite3.Error as e:  # a full disk, a lock: the bounds are looked at again later
+            if time.monotonic() - self._prune_failed_at >= self.summary_every:
+                self._prune_failed_at = time.monotonic()
+                log.warning("could not prune the store (tried again every second): %s", e)
+            more = False
+        self._save_aside()  # the alarm a step may have raised
+        return more
 
     def _refuse(self, group: list[Inbound], code: str, e: sqlite3.Error) -> None:
         self.refused += len(group)

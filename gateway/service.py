@@ -31,6 +31,7 @@ from .http import StatusServer
 from .ingest import Done, Inbound, Writer
 from .mqtt import Source
 from .recovery import MovedAside, open_store
+from .retention import Bounds
 from .systemd import Notifier
 from .topics import Topics
 
@@ -46,7 +47,8 @@ class Gateway:
         self.alarms = Alarms()
         self.store, self.moved = open_store(config.store.path)
         self.writer = Writer(
-            self.store, self.topics, on_committed=self._committed, on_refused=self._refused, alarms=self.alarms
+            self.store, self.topics, on_committed=self._committed, on_refused=self._refused, alarms=self.alarms,
+            bounds=Bounds.of(config),
         )
         self.source = Source(config.mqtt, self.topics, self.writer.submit)
         self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)

@@ -4,8 +4,8 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 3 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
-`forward_*` tables)::
+Schema, version 4 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+`forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -61,6 +61,8 @@ Schema, version 3 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       db_id        16 hex digits, random, made with the database: the nodes' acknowledgements carry
                    it, and a node that sees a new one sends again all it still holds
       created_at   Unix seconds
+      pruned_upto  the highest records.id ever pruned (retention.py): new records get ids above it,
+                   so ids only grow even when every record was pruned (forward cursors are ids)
 
     alarms         what went wrong with the store, newest last (see alarms.py)
       id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
@@ -80,6 +82,15 @@ Schema, version 3 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
     counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,
       .dead (readings dead-lettered), .untimed (records passed over without a known start)
 
+    counters of the bounds (retention.py): dropped.age, dropped.bytes (records pruned, by the bound
+      that pruned them), dropped.unforwarded (of those, records not yet forwarded to every enabled
+      target), dead_letters_dropped.age, dead_letters_dropped.bytes
+
+Space: new stores use `auto_vacuum = INCREMENTAL`, so pages freed by pruning can be given back to
+the file system (`reclaim`); a store upgraded from schema 3 or older is converted by one VACUUM
+when it is small enough (`VACUUM_AT_UPGRADE_MAX`), else it keeps its size and reuses freed pages.
+`used_bytes` (pages in use, free pages not counted) is what the bound compares.
+
 A `Store` object is used by one thread at a time; open another `Store` on the same file for
 reading from another thread or process (WAL lets readers run beside the writer).
 """
@@ -87,6 +98,8 @@ reading from another thread or process (WAL lets readers run beside the writer).
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -96,6 +109,8 @@ from typing import Iterator
 from urllib.parse import quote
 
 from .payload import QUANTITIES, SCALAR, Batch, Status
+
+log = logging.getLogger(__name__)
 
 #: Payloads larger than this are kept truncated in the dead-letter table.
 DEAD_LETTER_MAX = 64 * 1024
@@ -194,8 +209,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX forward_dead_letters_target ON forward_dead_letters (target, id);
     """,
+    # 4: the bounded store (retention.py): the record id high-water mark of pruning; the switch to
+    # incremental auto-vacuum is done outside the transaction (`_convert_to_incremental`)
+    """
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('pruned_upto', '0');
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: An older store at most this big is converted to incremental auto-vacuum by one VACUUM when it is
+#: upgraded. VACUUM writes the whole file twice (a copy, then back through the WAL): bench/store.py
+#: measures it at about 3 times the quick_check every start does. At the 10 MB/s an SD card of
+#: speed class 10 writes at least, 256 MB take under a minute, inside systemd's 90 s for a start.
+VACUUM_AT_UPGRADE_MAX = 256 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -287,6 +313,15 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Pruned:
+    """What `Store.drop_records` deleted."""
+
+    records: int
+    unforwarded: int  # of them, records above the lowest forward cursor
+    first_id: int | None  # the lowest id deleted; None when nothing was
+
+
+@dataclass(frozen=True)
 class Added:
     """What `Store.add_batch` did with a batch's records."""
 
@@ -315,6 +350,9 @@ class Store:
             self.db.execute("PRAGMA busy_timeout = 5000")
             self.db.execute("PRAGMA foreign_keys = ON")
             if not readonly:
+                # Only possible before the first table (and before WAL mode writes the header): a
+                # new store can give the pages that pruning frees back to the file system.
+                self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self.db.execute("PRAGMA journal_mode = WAL")
                 # A commit is on disk when it returns: the gateway may acknowledge what it committed.
                 self.db.execute("PRAGMA synchronous = FULL")
@@ -353,6 +391,40 @@ class Store:
                     if statement.strip():
                         self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {step + 1}")
+        if version > 0:
+            self._convert_to_incremental()
+
+    @property
+    def incremental(self) -> bool:
+        """Freed pages can be given back to the file system (auto_vacuum = INCREMENTAL)."""
+        return self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+    def _convert_to_incremental(self) -> None:
+        """Part of migration 4 for an older store: switch it to incremental auto-vacuum, which only
+        a VACUUM (a rewrite of the whole file) can do. Skipped for a big file (it would hold up the
+        start for minutes) or without room for the copy; such a store stays as big as it is, reuses
+        the pages pruning frees, and can be converted by hand (docs/operator.md)."""
+        if self.incremental:
+            return
+        size = self.path.stat().st_size
+        free = shutil.disk_usage(self.path.parent).free
+        if size > VACUUM_AT_UPGRADE_MAX or free < 2 * size:
+            log.warning(
+                "%s: not converted to incremental auto-vacuum (%d MB, %d MB free): the file keeps its "
+                "size and reuses freed pages; to let it shrink, stop the gateway and run "
+                "sqlite3 %s 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;'",
+                self.path, size // 10**6, free // 10**6, self.path,
+            )
+            return
+        started = time.monotonic()
+        try:
+            self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self.db.execute("VACUUM")
+        except sqlite3.OperationalError as e:  # a full disk: VACUUM rolls back, nothing is lost
+            log.warning("%s: VACUUM to convert to incremental auto-vacuum failed: %s", self.path, e)
+            return
+        log.info("%s: converted to incremental auto-vacuum in %.1f s (%d MB)",
+                 self.path, time.monotonic() - started, size // 10**6)
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -408,13 +480,14 @@ class Store:
         stored = duplicates = 0
         sensors = json.dumps(dict(batch.sensors), separators=(",", ":"), sort_keys=True)
         with self._writing():
+            next_id = self._next_record_id()
             for rec in batch.records:
                 cur = self.db.execute(
-                    "INSERT INTO records (node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO records (id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (node, boot, seq) DO NOTHING",
                     (
-                        batch.node, batch.boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur, received_at,
+                        next_id, batch.node, batch.boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur, received_at,
                         batch.fw, batch.board, sensors,
                         json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None,
                     ),
@@ -423,7 +496,8 @@ class Store:
                     duplicates += 1
                     continue
                 stored += 1
-                record_id = cur.lastrowid
+                record_id = next_id
+                next_id += 1
                 rows = []
                 for q in rec.quantities():
                     v = rec.values.get(q)  # a plain number has only avg: min, max, n stay NULL
@@ -450,6 +524,14 @@ class Store:
             self.bump("records", stored)
             self.bump("duplicates", duplicates)
         return Added(stored, duplicates)
+
+    def _next_record_id(self) -> int:
+        # Above every id there is and every id ever pruned: SQLite alone would start again at 1
+        # once all records were pruned, behind the forward cursors, which would then skip them.
+        return self.db.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM records), 0),"
+            " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_upto'), 0)) + 1"
+        ).fetchone()[0]
 
     def _derive_start(self, node: str, boot: int) -> None:
         # Records of a boot without `ts` get their start from a record of the same boot that has
@@ -517,6 +599,81 @@ class Store:
             )
             if active:
                 self.bump(f"alarm.{code}")
+
+    # -- pruning (retention.py decides what; these do it, inside the caller's transaction) --------
+
+    def oldest_records(self, limit: int) -> list[tuple[int, float]]:
+        """(id, received_at) of the `limit` records with the lowest ids: the next to prune."""
+        return self.db.execute("SELECT id, received_at FROM records ORDER BY id LIMIT ?", (limit,)).fetchall()
+
+    def oldest_dead_letters(self, limit: int) -> list[tuple[int, float]]:
+        """(id, received_at) of the `limit` oldest dead letters."""
+        return self.db.execute("SELECT id, received_at FROM dead_letters ORDER BY id LIMIT ?", (limit,)).fetchall()
+
+    def record_id_span(self) -> tuple[int, int] | None:
+        """(lowest, highest) record id, None when there are no records."""
+        lo, hi = self.db.execute("SELECT min(id), max(id) FROM records").fetchone()
+        return None if lo is None else (lo, hi)
+
+    def drop_records(self, upto: int, after: int = 0) -> Pruned:
+        """Delete the records with ids up to `upto` and their readings; `after` is a forward cursor
+        (the lowest of the enabled targets'): records above it count as not yet forwarded
+        everywhere. Ids stay monotonic: see `pruned_upto`."""
+        with self._writing():
+            n, unforwarded, first = self.db.execute(
+                "SELECT count(*), count(*) FILTER (WHERE id > ?), min(id) FROM records WHERE id <= ?",
+                (after, upto),
+            ).fetchone()
+            self.db.execute("DELETE FROM readings WHERE record_id <= ?", (upto,))
+            self.db.execute("DELETE FROM records WHERE id <= ?", (upto,))
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('pruned_upto', ?) ON CONFLICT (key) DO UPDATE"
+                " SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (str(upto),),
+            )
+        return Pruned(n, unforwarded, first)
+
+    def drop_dead_letters(self, upto: int) -> int:
+        """Delete the dead letters with ids up to `upto`; returns how many."""
+        with self._writing():
+            return self.db.execute("DELETE FROM dead_letters WHERE id <= ?", (upto,)).rowcount
+
+    def forward_cursor_min(self, targets: tuple[str, ...]) -> int | None:
+        """The lowest `last_id` of these targets (0 for one that has not run yet); None without
+        targets: then nothing waits to be forwarded."""
+        if not targets:
+            return None
+        marks = ",".join("?" * len(targets))
+        cursors = dict(self.db.execute(
+            f"SELECT target, last_id FROM forward_cursors WHERE target IN ({marks})", targets))
+        return min(cursors.get(t, 0) for t in targets)
+
+    @property
+    def pruned_upto(self) -> int:
+        return int(self._meta("pruned_upto") or 0)
+
+    def pages(self) -> tuple[int, int, int]:
+        """(page size, pages in the file, free pages)."""
+        size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        count = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return size, count, free
+
+    def used_bytes(self) -> int:
+        """Bytes of the pages in use: the file without its free pages (what the bound compares;
+        the write-ahead log, at most a few MB between checkpoints, is not counted)."""
+        size, count, free = self.pages()
+        return (count - free) * size
+
+    def reclaim(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system (the file shrinks), outside a
+        transaction; only an incremental auto-vacuum store can. Returns the pages given back."""
+        if pages <= 0 or not self.incremental:
+            return 0
+        before = self.pages()[2]
+        # executescript steps the pragma to its end; execute() would free one page per call
+        self.db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        return before - self.pages()[2]
 
     # -- reading ---------------------------------------------------------------------------------
 

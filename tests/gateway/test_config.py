@@ -25,10 +25,66 @@ def test_good_config_prints_a_summary(tmp_path):
         "  broker      mqtt://gw@broker.lan:8883 (with password), client id meetkit-gateway, keepalive 60 s",
         "  subscribes  city/+/up, city/+/status",
         "  publishes   city/<node>/ack, city/gateway/alarm (retained)",
+        "  http        http://127.0.0.1:8080/ (status page, /healthz, /metrics) (loopback only)",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
+        "  bounds      at most 2.0 GB in use and 365 days from reception; the oldest records are dropped first",
+        "  forward     no targets",
         "  log level   WARNING",
     ]
     assert "s3cret" not in r.stdout + r.stderr
+
+
+def test_check_lists_http_bounds_and_every_target_without_secrets(tmp_path):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("tok-SECRET\n")
+    (tmp_path / "influx.password").write_text("pw-SECRET\n")
+    (tmp_path / "gateway.toml").write_text("""
+[store]
+path = "data.db"
+max_bytes = "500 MB"
+max_age_days = 30
+[http]
+host = "0.0.0.0"
+port = 9100
+[[forward]]
+name = "vm"
+type = "influx"
+url = "http://127.0.0.1:8428/"
+db = "lab"
+username = "lab"
+password_file = "influx.password"
+[[forward]]
+name = "city"
+type = "influx"
+url = "https://influx.city.example/base"
+api = "v2"
+org = "city"
+bucket = "meetkit"
+token_file = "secrets/token"
+enabled = false
+""")
+    r = cli("check", "--config", str(tmp_path / "gateway.toml"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[4:9] == [
+        "  http        http://0.0.0.0:9100/ (status page, /healthz, /metrics)",
+        f"  store       {tmp_path / 'data.db'} (created on the first run)",
+        "  bounds      at most 500.0 MB in use and 30 days from reception; the oldest records are dropped first",
+        "  forward     vm: influx http://127.0.0.1:8428 (api v1, db lab, basic auth as lab), enabled",
+        "  forward     city: influx https://influx.city.example/base (api v2, org city, bucket meetkit, "
+        f"token from {tmp_path / 'secrets' / 'token'}), DISABLED",
+    ]
+    assert "SECRET" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("value, expected", [
+    ('"2 GB"', 2_000_000_000), ('"500MB"', 500_000_000), ('"1.5 GiB"', 1_610_612_736), ("3000000", 3_000_000),
+    ('"64 mb"', 64_000_000),
+])
+def test_store_bounds(tmp_path, value, expected):
+    (tmp_path / "g.toml").write_text(f'[store]\npath = "g.db"\nmax_bytes = {value}\nmax_age_days = 0\n')
+    cfg = configuration.load(tmp_path / "g.toml")
+    assert (cfg.store.max_bytes, cfg.store.max_age_days) == (expected, 0)
 
 
 def test_only_store_path_is_required(tmp_path):
@@ -37,12 +93,14 @@ def test_only_store_path_is_required(tmp_path):
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix, cfg.mqtt.keepalive, cfg.mqtt.client_id) == (
         "localhost", 1883, "meetkit", 60, "meetkit-gateway")
     assert (cfg.mqtt.username, cfg.mqtt.password, cfg.log.level) == (None, None, "INFO")
+    assert (cfg.store.max_bytes, cfg.store.max_age_days) == (2_000_000_000, 365)
 
 
 def test_the_example_config_is_valid(tmp_path):
     cfg = configuration.load(EXAMPLE)
     assert cfg.mqtt.topic_prefix == "meetkit"
     assert cfg.store.path == Path("/var/lib/meetkit-gateway/gateway.db")
+    assert (cfg.store.max_bytes, cfg.store.max_age_days) == (2_000_000_000, 365)  # the defaults, as it says
 
 
 BAD = [
@@ -61,6 +119,14 @@ BAD = [
     ('mqtt = 1\n[store]\npath = "g.db"\n', ["mqtt: must be a table ([mqtt]), got 1 (an integer)"]),
     ('[store]\npath = "g.db"\n[mqtt]\nkeepalive = true\n',
      ["mqtt.keepalive: must be an integer from 5 to 65535, got true (a boolean)"]),
+    ('[store]\npath = "g.db"\nmax_bytes = "2 GX"\nmax_age_days = -1\n', [
+        'store.max_bytes: must be a size like "2 GB" or "500 MB" or a number of bytes, at least 1 MB, '
+        'got "2 GX" (a string)',
+        "store.max_age_days: must be an integer from 0 to 36500, got -1 (an integer)"]),
+    ('[store]\npath = "g.db"\nmax_bytes = 1000\n', [
+        'store.max_bytes: must be a size like "2 GB" or "500 MB" or a number of bytes, at least 1 MB, '
+        "got 1000 (an integer)"]),
+    ('[store]\npath = "g.db"\nmax_byte = 1000\n', ['store.max_byte: unknown key; did you mean "max_bytes"?']),
     # every problem at once
     ('[mqtt]\nport = 0\nclient_id = ""\nfoo = 1\n[log]\nlevel = 3\n', [
         "mqtt.port: must be an integer from 1 to 65535, got 0 (an integer)",

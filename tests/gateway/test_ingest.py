@@ -162,5 +162,5 @@ def test_a_store_from_a_newer_gateway_is_refused(tmp_path):
     db.execute("PRAGMA user_version = 7")
     db.close()
 
-    with pytest.raises(StoreError, match="schema version 7 is newer than this gateway's 3"):
+    with pytest.raises(StoreError, match=f"schema version 7 is newer than this gateway's {SCHEMA_VERSION}"):
         Store(path)

@@ -14,7 +14,7 @@ import pytest
 from meetkit_gateway import config as configuration
 from meetkit_gateway.payload import parse_batch
 from meetkit_gateway.recovery import open_store
-from meetkit_gateway.store import MIGRATIONS, Store, StoreError
+from meetkit_gateway.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 
 from .conftest import Listener, Running, batch, cli, encode, write_config
 
@@ -94,7 +94,8 @@ def test_a_malformed_database_is_moved_aside_and_gets_a_new_id(tmp_path):
     try:
         assert moved is not None
         assert moved.target.name.startswith("g.db.corrupt-")
-        assert moved.problem.startswith("quick_check: Page ")  # what SQLite found
+        # what SQLite found (an incremental auto-vacuum store also has pointer-map pages to complain of)
+        assert moved.problem.startswith("quick_check: ") and "Page " in moved.problem
         assert store.db_id != old_id and re.fullmatch(r"[0-9a-f]{16}", store.db_id)
         assert store.counts().records == 0
     finally:
@@ -151,7 +152,7 @@ def test_a_version_1_store_is_upgraded_keeping_its_data(tmp_path):
     con.close()
 
     with Store(path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert s.db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert re.fullmatch(r"[0-9a-f]{16}", s.db_id)
         assert s.counts().records == 1 and s.counters() == {"records": 1}
         (n,) = s.nodes()
@@ -171,6 +172,6 @@ def test_run_stops_with_a_clear_error_on_a_store_it_must_not_touch(tmp_path):
     con.close()
     r = cli("run", "--config", str(write_config(tmp_path, 1)), timeout=30)
     assert r.returncode == 1
-    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's 3" in r.stdout
+    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's {SCHEMA_VERSION}" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []

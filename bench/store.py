@@ -1,0 +1,200 @@
+"""The bounded store and the open-data export, on a store of full records (the 12 quantities of the
+contract's example record, as the busy-road node sends them).
+
+store_bytes_per_record: bytes of pages in use per stored record; what `[store] max_bytes` holds.
+  The detail says how many days of 50 nodes at 1-minute intervals 2 GB (the default) holds.
+prune_step_vs_group_commit_ratio: the longest pruning transaction (a slice of SLICE records, what
+  ingest may wait for) over the median commit of a group of 50 batches, side by side on one file.
+upgrade_vacuum_vs_quick_check_ratio: the one VACUUM that converts a schema-3 store to incremental
+  auto-vacuum, over the `PRAGMA quick_check` every start already does (both read the whole file).
+export_peak_rss_ratio_10x_rows: peak RSS of `export` over 10x the readings, over 1x: 1.0 is
+  constant memory (it streams).
+export_vs_sqlite3_cli_ratio: readings per second of `export --format csv` over the sqlite3 CLI's
+  `.mode csv` of the same join, the least work that writes those rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.results import median, record
+from meetkit_gateway.alarms import Alarms
+from meetkit_gateway.payload import parse_batch
+from meetkit_gateway.retention import SLICE, Bounds, Pruner
+from meetkit_gateway.store import MIGRATIONS, Store
+
+T0 = 1795510800
+PER_BATCH = 5
+SMALL, LARGE = 20_000, 200_000  # records (x 12 readings)
+
+RECORD = {"dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": [5.2, 4, 7, 58], "pm10": [8.9, 6, 12, 58],
+          "temp": [12.34, 12.3, 12.4, 12], "rh": [81.2, 80.9, 81.5, 12], "press": [1013.21, 1013.1, 1013.3, 12],
+          "LAeq": [55.2, 48.3, 67.1, 60], "LA10": 58.4, "LA50": 53.9, "LA90": 49.6, "LZeq": 63.8, "cov": 1,
+          "f": {"pm25": ["rh_high"]}}
+ENVELOPE = {"v": 1, "boot": 1, "fw": "0.2.0", "board": "esp32-devkitc",
+            "sensors": {"pm": "pms5003", "climate": "bme280", "mic": "ics43434"},
+            "units": {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%", "press": "hPa",
+                      "LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}}
+
+
+def batches(n: int, nodes: int = 10, first: int = 0):
+    """Batches of PER_BATCH records, round robin over the nodes."""
+    for k in range(first, first + n, PER_BATCH):
+        node = f"ams-{k // PER_BATCH % nodes:03d}"
+        seq0 = k // (PER_BATCH * nodes) * PER_BATCH
+        doc = copy.deepcopy(ENVELOPE) | {"node": node}
+        doc["recs"] = [dict(RECORD, seq=s, ts=T0 + 60 * s, up=60 * s) for s in range(seq0, seq0 + PER_BATCH)]
+        yield parse_batch(json.dumps(doc, separators=(",", ":")).encode(), node), T0 + 60 * seq0
+
+
+def fill(store: Store, n: int, first: int = 0, group: int = 200) -> list[float]:
+    """Commit `n` records in groups of `group` batches; the commit times."""
+    times, pending = [], []
+    for b, at in batches(n, first=first):
+        pending.append((b, at))
+        if len(pending) == group:
+            t = time.perf_counter()
+            with store.transaction():
+                for b2, at2 in pending:
+                    store.add_batch(b2, received_at=at2)
+            times.append(time.perf_counter() - t)
+            pending = []
+    if pending:
+        with store.transaction():
+            for b2, at2 in pending:
+                store.add_batch(b2, received_at=at2)
+    return times
+
+
+def bench_size_and_pruning(work: Path) -> None:
+    with Store(work / "prune.db") as s:
+        fill(s, SMALL)
+        per_record = s.used_bytes() / SMALL
+        # the bound at 3/4 of what is there; then more groups of 50 batches arrive, pruned between them
+        p = Pruner(s, Bounds(s.used_bytes() * 3 // 4, 0), Alarms(), check_every_s=0)
+        steps: list[float] = []
+        commits: list[float] = []
+        for round_ in range(20):
+            commits += fill(s, 50 * PER_BATCH, first=SMALL + round_ * 50 * PER_BATCH, group=50)
+            while True:
+                t = time.perf_counter()
+                more = p.step()
+                steps.append(time.perf_counter() - t)
+                if not more:
+                    break
+        dropped = s.counters().get("dropped.bytes", 0)
+    per_day = 50 * 1440
+    record("store_bytes_per_record", round(per_record, 1), "bytes/record", "lower",
+           {"quantities_per_record": 12, "records": SMALL,
+            "days_in_2GB_for_50_nodes_at_1min": round(2e9 / per_record / per_day, 1),
+            "days_in_2GB_for_10_nodes_at_1min": round(2e9 / per_record / (10 * 1440), 1)})
+    record("prune_step_vs_group_commit_ratio", round(max(steps) / median(commits), 3), "ratio", "lower",
+           {"prune_step_max_ms": round(max(steps) * 1000, 2), "prune_step_median_ms": round(median(steps) * 1000, 2),
+            "prune_steps": len(steps), "slice_records": SLICE, "records_dropped": dropped,
+            "group_commit_median_ms": round(median(commits) * 1000, 2), "group_batches": 50,
+            "synchronous": "FULL (every commit fsynced)", "disk": "this machine's, not an SD card"})
+
+
+def schema3(path: Path, n: int) -> None:
+    with Store(path) as s:
+        fill(s, n)
+    # back to what a schema-3 gateway made: no auto-vacuum (a VACUUM with it off), user_version 3
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA auto_vacuum = NONE")
+    con.execute("VACUUM")
+    con.execute("DELETE FROM meta WHERE key = 'pruned_upto'")
+    con.execute("PRAGMA user_version = 3")
+    assert con.execute("PRAGMA auto_vacuum").fetchone() == (0,) and len(MIGRATIONS) == 4
+    con.close()
+
+
+def bench_upgrade(work: Path) -> None:
+    vac, chk = [], []
+    size = 0
+    for k in range(3):
+        path = work / f"v3-{k}.db"
+        schema3(path, LARGE // 4)
+        size = path.stat().st_size
+        con = sqlite3.connect(path)
+        t = time.perf_counter()
+        con.execute("PRAGMA quick_check").fetchall()
+        chk.append(time.perf_counter() - t)
+        con.close()
+        t = time.perf_counter()
+        with Store(path) as s:
+            assert s.incremental
+        vac.append(time.perf_counter() - t)
+        for side in ("", "-wal", "-shm"):
+            Path(f"{path}{side}").unlink(missing_ok=True)
+    record("upgrade_vacuum_vs_quick_check_ratio", round(median(vac) / median(chk), 2), "ratio", "lower",
+           {"file_mb": round(size / 1e6, 1), "upgrade_s_median": round(median(vac), 3),
+            "quick_check_s_median": round(median(chk), 3), "vacuum_mb_per_s": round(size / 1e6 / median(vac), 1),
+            "runs": len(vac), "note": "the upgrade VACUUMs stores up to VACUUM_AT_UPGRADE_MAX only"})
+
+
+EXPORT = """
+import resource, sys, time
+from pathlib import Path
+from meetkit_gateway.export import Selection, export
+from meetkit_gateway.store import Store
+with Store(sys.argv[1], readonly=True) as s, open(sys.argv[2], "w") as out:
+    t = time.perf_counter()
+    n = export(s, Selection(), "csv", None, out).readings
+    print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_export(work: Path) -> None:
+    out = {}
+    for name, n in (("small", SMALL), ("large", LARGE)):
+        path = work / f"export-{name}.db"
+        with Store(path) as s:
+            fill(s, n)
+        runs = []
+        for _ in range(3):
+            r = subprocess.run([sys.executable, "-c", EXPORT, str(path), os.devnull], capture_output=True,
+                               text=True, check=True)
+            readings, secs, rss_kb = r.stdout.split()
+            runs.append((int(readings), float(secs), int(rss_kb)))
+        out[name] = (path, runs)
+    small_rss = median([r[2] for r in out["small"][1]])
+    large_rss = median([r[2] for r in out["large"][1]])
+    readings = out["large"][1][0][0]
+    ours = median([r[1] for r in out["large"][1]])
+    query = ("SELECT r.node, r.start, r.start + r.dur, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags, "
+             "json_extract(r.sensors, '$.pm'), r.board, r.fw FROM records AS r JOIN readings AS g ON "
+             "g.record_id = r.id WHERE r.start IS NOT NULL ORDER BY r.node, r.start, r.id;")
+    cli = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run(["sqlite3", "-readonly", "-csv", "-header", str(out["large"][0]), query],
+                       stdout=subprocess.DEVNULL, check=True)
+        cli.append(time.perf_counter() - t)
+    record("export_peak_rss_ratio_10x_rows", round(large_rss / small_rss, 3), "ratio", "lower",
+           {"readings_small": out["small"][1][0][0], "readings_large": readings,
+            "peak_rss_mb_small": round(small_rss / 1024, 1), "peak_rss_mb_large": round(large_rss / 1024, 1),
+            "runs": 3, "note": "a fresh process each, interpreter included"})
+    record("export_vs_sqlite3_cli_ratio", round(median(cli) / ours, 3), "ratio", "higher",
+           {"readings": readings, "export_s_median": round(ours, 3),
+            "export_readings_per_s": round(readings / ours), "sqlite3_cli_s_median": round(median(cli), 3),
+            "format": "csv to /dev/null"})
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bench_size_and_pruning(work)
+        bench_upgrade(work)
+        bench_export(work)
+
+
+if __name__ == "__main__":
+    run()

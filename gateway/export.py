@@ -1,0 +1,376 @@
+"""Open-data export: the stored readings as CSV or JSON Lines, one row per reading.
+
+Columns (both formats): node, start and end of the interval (ISO 8601 UTC), quantity, avg, min,
+max, n, unit, flags, sensor (the sensor type of the quantity's role: pms5003, bme280, ...), board,
+fw. CSV is RFC 4180 with one header row (flags comma-separated inside the field); next to a CSV
+file goes `<file>-metadata.json`, its W3C CSV on the Web (CSVW) description: the columns, the
+quantities with their units, the period, the correction if one was applied. JSON Lines is one
+object per line, flags as a list, null for no value: it streams, and BigQuery, DuckDB, pandas and
+jq read it as it is.
+
+Streaming: one read transaction (a consistent snapshot beside the running gateway, WAL), a query
+per node walking the (node, start) index, rows written as the cursor yields them; memory does not
+grow with the number of rows. Records without a known start are left out and counted.
+
+With a `Correction` (pm_humidity.py), each PM reading is followed by its humidity-corrected twin
+(`pm25_corr`, flagged `corrected`), computed with the RH of the same record.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from . import pm_humidity
+from .payload import QUANTITIES
+from .store import Store
+from .timefmt import iso
+
+FORMATS = ("csv", "json")
+COLUMNS = ("node", "start", "end", "quantity", "avg", "min", "max", "n", "unit", "flags", "sensor", "board", "fw")
+
+#: the sensor role (the batch's `sensors` key) each quantity comes from
+ROLE = {"pm1": "pm", "pm25": "pm", "pm10": "pm", "temp": "climate", "rh": "climate", "press": "climate",
+        "LAeq": "mic", "LA10": "mic", "LA50": "mic", "LA90": "mic", "LZeq": "mic", "cov": "mic"}
+
+DESCRIPTION = {
+    "pm1": "PM1 mass concentration (optical sensor)",
+    "pm25": "PM2.5 mass concentration (optical sensor)",
+    "pm10": "PM10 mass concentration (optical sensor)",
+    "temp": "air temperature in the node's housing",
+    "rh": "relative humidity in the node's housing",
+    "press": "air pressure",
+    "LAeq": "A-weighted equivalent continuous sound level of the interval; min, max: LAFmin, LAFmax",
+    "LA10": "A-weighted Fast level exceeded 10 % of the interval",
+    "LA50": "A-weighted Fast level exceeded 50 % of the interval",
+    "LA90": "A-weighted Fast level exceeded 90 % of the interval",
+    "LZeq": "Z-weighted (flat) equivalent continuous sound level of the interval",
+    "cov": "fraction of the interval's audio the node processed",
+}
+
+
+class ExportError(Exception):
+    """A selection that cannot be exported (an unknown node, say); the message says why."""
+
+
+@dataclass(frozen=True)
+class Correction:
+    kappa: float = pm_humidity.KAPPA
+
+
+@dataclass(frozen=True)
+class Selection:
+    since: float | None = None  # interval starts at or after (None: from the first)
+    until: float | None = None  # interval starts before (None: to the last)
+    nodes: tuple[str, ...] = ()  # () all
+    quantities: tuple[str, ...] = ()  # () all; may name corrected ones (pm25_corr)
+    correction: Correction | None = None
+
+    def wants(self, quantity: str) -> bool:
+        return not self.quantities or quantity in self.quantities
+
+    def stored_quantities(self) -> tuple[str, ...]:
+        """What to read from the store: the raw quantities asked for, the PM a corrected one
+        comes from, and RH for the correction."""
+        if not self.quantities:
+            return ()
+        raw = {q for q in self.quantities if q in QUANTITIES}
+        if self.correction is not None:
+            raw |= {pm for pm, corr in pm_humidity.CORRECTED.items() if corr in self.quantities}
+            if raw & set(pm_humidity.CORRECTED):
+                raw.add("rh")
+        return tuple(sorted(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    node: str
+    start: str  # ISO 8601 UTC
+    end: str
+    quantity: str
+    avg: float | None
+    min: float | None
+    max: float | None
+    n: int | None
+    unit: str
+    flags: tuple[str, ...]
+    sensor: str
+    board: str
+    fw: str
+
+
+@dataclass
+class Summary:
+    """What an export wrote."""
+
+    readings: int = 0
+    records: int = 0
+    untimed: int = 0  # records in the period's reception window left out: no known start yet
+    first: int | None = None  # earliest interval start written
+    last: int | None = None
+    nodes: set[str] = field(default_factory=set)
+    units: dict[str, str] = field(default_factory=dict)  # quantity -> unit, as written
+
+
+_ROWS_SQL = """
+    SELECT r.id, r.start, r.dur, r.board, r.fw, r.sensors, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
+    FROM records AS r JOIN readings AS g ON g.record_id = r.id
+    WHERE r.node = ? AND r.start >= ? AND r.start < ? {quantities}
+    ORDER BY r.start, r.id
+"""
+_FAR = 2**62  # an open end of the period
+
+
+def known_nodes(store: Store) -> list[str]:
+    return [r[0] for r in store.db.execute("SELECT node FROM nodes ORDER BY node")]
+
+
+def rows(store: Store, sel: Selection, summary: Summary) -> Iterator[Row]:
+    """The selected readings, by node, then interval start; `summary` is filled in as they go.
+    Call inside a read transaction for one consistent snapshot."""
+    nodes = _nodes(store, sel)
+    lo, hi = (sel.since if sel.since is not None else -_FAR), (sel.until if sel.until is not None else _FAR)
+    summary.untimed = _untimed(store, nodes, lo, hi)
+    stored = sel.stored_quantities()
+    where = f"AND g.quantity IN ({','.join('?' * len(stored))})" if stored else ""
+    sql = _ROWS_SQL.format(quantities=where)
+    for node in nodes:
+        record: list[tuple] = []
+        for row in store.db.execute(sql, (node, lo, hi, *stored)):
+            if record and row[0] != record[0][0]:
+                yield from _record_rows(node, record, sel, summary)
+                record = []
+            record.append(row)
+        if record:
+            yield from _record_rows(node, record, sel, summary)
+
+
+def _nodes(store: Store, sel: Selection) -> list[str]:
+    """The nodes to export, by id; ExportError for one the store has never heard of."""
+    known = known_nodes(store)
+    missing = [n for n in sel.nodes if n not in known]
+    if missing:
+        raise ExportError(f"no node {', '.join(map(repr, missing))} in {store.path}; known: "
+                          f"{', '.join(known) or 'none yet'}")
+    return sorted(set(sel.nodes)) if sel.nodes else known
+
+
+def _untimed(store: Store, nodes: list[str], lo: float, hi: float) -> int:
+    if not nodes:
+        return 0
+    marks = ",".join("?" * len(nodes))
+    return store.db.execute(
+        f"SELECT count(*) FROM records WHERE start IS NULL AND node IN ({marks})"
+        " AND received_at >= ? AND received_at < ?", (*nodes, lo, hi)).fetchone()[0]
+
+
+@lru_cache(maxsize=64)
+def _sensors(text: str) -> dict[str, str]:
+    return json.loads(text)
+
+
+_ORDER = {q: i for i, q in enumerate(QUANTITIES)}
+
+
+def _order(quantity: str) -> int:
+    return _ORDER.get(quantity, len(_ORDER))
+
+
+def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summary) -> Iterator[Row]:
+    _id, start, dur, board, fw, sensors_text, *_ = record[0]
+    sensors = _sensors(sensors_text)
+    times = iso(start), iso(start + dur)  # once per record: formatting is most of the time per row
+    readings = sorted(record, key=lambda r: _order(r[6]))
+    rh = next((r[7] for r in readings if r[6] == "rh"), None)
+    wrote = False
+    for *_x, quantity, avg, lo, hi, n, unit, flags in readings:
+        flag_list = tuple(f for f in flags.split(",") if f)
+        sensor = sensors.get(ROLE.get(quantity, ""), "")
+        if sel.wants(quantity):
+            yield Row(node, *times, quantity, avg, lo, hi, n, unit, flag_list, sensor, board, fw)
+            _count(summary, quantity, unit)
+            wrote = True
+        corr = pm_humidity.CORRECTED.get(quantity)
+        if sel.correction is not None and corr is not None and sel.wants(corr):
+            yield _corrected(node, times, corr, (avg, lo, hi), n, unit, flag_list, rh, sel.correction,
+                             sensor, board, fw)
+            _count(summary, corr, unit)
+            wrote = True
+    if wrote:
+        summary.records += 1
+        summary.nodes.add(node)
+        summary.first = start if summary.first is None else min(summary.first, start)
+        summary.last = start if summary.last is None else max(summary.last, start)
+
+
+def _corrected(node: str, times: tuple[str, str], quantity: str, values: tuple[float | None, ...], n: int | None,
+               unit: str, flags: tuple[str, ...], rh: float | None, c: Correction, sensor: str, board: str,
+               fw: str) -> Row:
+    out: list[float | None] = []
+    why: str | None = None
+    for v in values:
+        # one factor for avg, min and max: the record has the interval's mean RH only
+        dry, why = pm_humidity.correct(v, rh, c.kappa)
+        out.append(None if dry is None else round(dry, 2))
+    extra = (pm_humidity.FLAG,) + ((why,) if why else ())
+    return Row(node, *times, quantity, out[0], out[1], out[2], n if out[0] is not None else None,
+               unit, flags + extra, sensor, board, fw)
+
+
+def _count(summary: Summary, quantity: str, unit: str) -> None:
+    summary.readings += 1
+    summary.units.setdefault(quantity, unit)
+
+
+# -- formats ------------------------------------------------------------------------------------------
+
+
+def _number(v: float | int | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def write_csv(rows: Iterator[Row], out: IO[str]) -> None:
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow((r.node, r.start, r.end, r.quantity, _number(r.avg), _number(r.min),
+                    _number(r.max), _number(r.n), r.unit, ",".join(r.flags), r.sensor, r.board, r.fw))
+
+
+def write_jsonl(rows: Iterator[Row], out: IO[str]) -> None:
+    for r in rows:
+        doc = {"node": r.node, "start": r.start, "end": r.end, "quantity": r.quantity, "avg": r.avg,
+               "min": r.min, "max": r.max, "n": r.n, "unit": r.unit, "flags": list(r.flags),
+               "sensor": r.sensor, "board": r.board, "fw": r.fw}
+        out.write(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
+
+
+WRITERS = {"csv": write_csv, "json": write_jsonl}
+
+
+def metadata(csv_name: str, sel: Selection, summary: Summary, db_id: str) -> dict[str, Any]:
+    """The CSVW description of an exported CSV file (W3C "Metadata Vocabulary for Tabular Data")."""
+    described = {
+        "node": ("string", "the node's id"),
+        "start": ("dateTime", "start of the measuring interval, UTC"),
+        "end": ("dateTime", "end of the measuring interval, UTC"),
+        "quantity": ("string", "what was measured; its unit is in `unit` (see schema:variableMeasured)"),
+        "avg": ("double", "mean of the interval's samples (LAeq: energy mean); empty: no valid sample"),
+        "min": ("double", "lowest sample; empty for a quantity sent as one number"),
+        "max": ("double", "highest sample; empty for a quantity sent as one number"),
+        "n": ("integer", "samples in the interval (LAeq: seconds of audio)"),
+        "unit": ("string", "unit of avg, min and max"),
+        "flags": ("string", "quality flags, comma-separated (docs/payload.md); 'corrected' marks a "
+                            "humidity-corrected value"),
+        "sensor": ("string", "sensor type that measured the quantity"),
+        "board": ("string", "the node's board"),
+        "fw": ("string", "the node's firmware version"),
+    }
+    columns = [{"name": c, "titles": c, "datatype": t, "dc:description": d,
+                **({"null": ""} if t in ("double", "integer") else {})}
+               for c, (t, d) in described.items()]
+    variables = []
+    for q, unit in sorted(summary.units.items(), key=lambda kv: _order(kv[0].removesuffix("_corr"))):
+        raw = q.removesuffix("_corr")
+        text = DESCRIPTION.get(raw, q)
+        if q != raw:
+            text += ", corrected for humidity (kappa-Koehler)"
+        variables.append({"@type": "schema:PropertyValue", "schema:name": q, "schema:unitText": unit,
+                          "schema:description": text})
+    description = ("Readings of meetkit street sensor nodes: one row per quantity per measuring interval, "
+                   "as the nodes sent them.")
+    if sel.correction is not None:
+        description += (
+            f" PM humidity correction (pm*_corr rows, next to the raw values): PM_dry = PM / (1 + "
+            f"(kappa/{pm_humidity.DENSITY_RATIO}) / (-1 + 100/RH)), kappa = {sel.correction.kappa:g}, RH of the "
+            f"same record from the node's BME280 (in the housing: it can read lower than ambient); not "
+            f"corrected above RH {pm_humidity.RH_MAX:g} % (flag rh_too_high) or without RH (flag no_rh). "
+            "Crilley et al. 2018, AMT 11, 709-720, doi:10.5194/amt-11-709-2018."
+        )
+    period = f"{iso(summary.first) if summary.first is not None else '..'}/" \
+             f"{iso(summary.last) if summary.last is not None else '..'}"
+    return {
+        "@context": "http://www.w3.org/ns/csvw",
+        "url": csv_name,
+        "dc:title": "meetkit sensor readings",
+        "dc:description": description,
+        "dc:created": iso(time.time()),
+        "dc:source": f"meetkit gateway store {db_id}",
+        "schema:temporalCoverage": period,
+        "schema:variableMeasured": variables,
+        "dialect": {"header": True, "delimiter": ",", "encoding": "utf-8"},
+        "tableSchema": {"columns": columns},
+    }
+
+
+# -- output -------------------------------------------------------------------------------------------
+
+
+def export(store: Store, sel: Selection, fmt: str, output: Path | None, stdout: IO[str]) -> Summary:
+    """Write the selection to `output` (atomically: the file appears whole or not at all; a CSV
+    gets its `-metadata.json`) or to `stdout`. One read transaction for the whole export."""
+    summary = Summary()
+    write = WRITERS[fmt]
+    store.db.execute("BEGIN")
+    try:
+        _nodes(store, sel)  # before a byte is written
+        if output is None:
+            write(rows(store, sel, summary), stdout)
+            stdout.flush()
+        else:
+            with _atomic(output) as f:
+                write(rows(store, sel, summary), f)
+            if fmt == "csv":
+                doc = metadata(output.name, sel, summary, store.db_id)
+                with _atomic(metadata_path(output)) as f:
+                    json.dump(doc, f, indent=2)
+                    f.write("\n")
+    finally:
+        store.db.execute("COMMIT")
+    return summary
+
+
+def metadata_path(output: Path) -> Path:
+    """Where CSVW looks for a CSV file's description: `<file>-metadata.json`."""
+    return output.with_name(output.name + "-metadata.json")
+
+
+class _atomic:
+    """A text file written beside `path` and renamed over it when complete; removed on failure."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> IO[str]:
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        self.file = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        return self.file
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if exc_type is None:
+                os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
