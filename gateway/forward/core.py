@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 from ..config import ForwardConfig
 from ..store import Store
@@ -40,9 +40,9 @@ BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One reading to forward, with what a target needs of its record."""
+class Row(NamedTuple):
+    """One reading to forward, with what a target needs of its record. A named tuple, not a
+    dataclass: a backlog makes millions of them, and a tuple is made four times as fast."""
 
     record_id: int
     node: str
