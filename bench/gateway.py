@@ -23,6 +23,7 @@ gateway_rss_mb: the gateway process's peak resident memory (VmHWM) under either 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import tempfile
@@ -53,6 +54,12 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.05) -> None:
@@ -238,6 +245,8 @@ class DrainRun:
     seconds: float
     rss_mib: float
     counters: dict[str, int]
+    gateway_cpu_s: float
+    vm_cpu_s: float
 
 
 def drain_run(workdir: Path, b: backlog.Backlog, broker: Mosquitto, i: int) -> DrainRun:
@@ -247,7 +256,7 @@ def drain_run(workdir: Path, b: backlog.Backlog, broker: Mosquitto, i: int) -> D
     con.close()
     vm = VictoriaMetrics(workdir / f"vm{i}").start()
     gw = GatewayProcess(b.path.parent, broker.host, broker.port, client_id=f"bench-drain-{i}",
-                        extra_conf=_FORWARD.format(url=vm.url))
+                        extra_toml=_FORWARD.format(url=vm.url))
     watch = sqlite3.connect(f"file:{b.path}?mode=ro", uri=True, isolation_level=None)
     try:
         t0 = time.monotonic()
@@ -262,7 +271,8 @@ def drain_run(workdir: Path, b: backlog.Backlog, broker: Mosquitto, i: int) -> D
 
         wait_until(lambda: cursor() >= b.records, TIMEOUT_S, "the backlog to drain", every=0.1)
         seconds = time.monotonic() - t0
-        rss = peak_rss_mib(gw.proc.pid)  # type: ignore[union-attr]
+        assert gw.proc is not None and vm.proc is not None
+        rss, gw_cpu, vm_cpu = peak_rss_mib(gw.proc.pid), cpu_s(gw.proc.pid), cpu_s(vm.proc.pid)
         gw.stop()
         counters = dict(watch.execute("SELECT name, value FROM counters WHERE name LIKE 'forward.%'"))
         points = {m: vm_count(vm, m, b) for m in ("meetkit_avg", "meetkit_min", "meetkit_max", "meetkit_n")}
@@ -273,7 +283,7 @@ def drain_run(workdir: Path, b: backlog.Backlog, broker: Mosquitto, i: int) -> D
     want = {"meetkit_avg": b.readings, "meetkit_min": b.summaries, "meetkit_max": b.summaries, "meetkit_n": b.summaries}
     if points != want or counters.get("forward.vm.sent") != b.readings:
         raise SystemExit(f"benchmark: VictoriaMetrics holds {points}, expected {want}; counters {counters}")
-    return DrainRun(seconds, rss, counters)
+    return DrainRun(seconds, rss, counters, gw_cpu, vm_cpu)
 
 
 def measure_drain(tmp: Path) -> float:
@@ -295,6 +305,8 @@ def measure_drain(tmp: Path) -> float:
             "seconds_runs": [round(s, 2) for s in secs],
             "readings_per_s": round(b.readings / median(secs)), "runs": DRAIN_RUNS, "goal_s": 60,
             "target": "VictoriaMetrics (influx v1 /write, dedup 1 ms), fresh per run, loopback",
+            "gateway_cpu_s_runs": [round(r.gateway_cpu_s, 1) for r in runs],
+            "victoria_metrics_cpu_s_runs": [round(r.vm_cpu_s, 1) for r in runs],
             "batch_readings": 5000, "retries": [r.counters.get("forward.vm.retries", 0) for r in runs],
             "clock": "gateway process start to the cursor at the newest record",
             "store_build_s": round(build_s, 1), "store_mb": round(b.path.stat().st_size / 1e6)})

@@ -111,14 +111,15 @@ class GatewayProcess:
     broker's persistent session, and the same database is used."""
 
     def __init__(self, workdir: Path, broker_host: str, broker_port: int, client_id: str = "meetkit-gateway",
-                 extra_conf: str = "") -> None:
+                 extra_toml: str = "") -> None:
+        """`extra_toml`: more tables at the end of its gateway.toml ([[forward]] targets, say)."""
         self.workdir = Path(workdir)
         self.db = self.workdir / "gateway.db"
         self.conf = self.workdir / "gateway.toml"
         self.log = self.workdir / "gateway.log"
         self.broker = (broker_host, broker_port)
         self.client_id = client_id
-        self.extra_conf = extra_conf  # appended to gateway.toml: [[forward]] targets, say
+        self.extra_toml = extra_toml
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
@@ -130,7 +131,7 @@ class GatewayProcess:
         host, port = self.broker
         self.conf.write_text(f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "{self.client_id}"\n\n'
                              f'[store]\npath = "{self.db}"\n\n[log]\nlevel = "INFO"\n\n'
-                             f'[http]\nhost = "127.0.0.1"\nport = 0\n{self.extra_conf}')
+                             f'[http]\nhost = "127.0.0.1"\nport = 0\n{self.extra_toml}')
         exe = Path(sys.executable).parent / "meetkit-gateway"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([str(exe) if exe.exists() else "meetkit-gateway", "run",
