@@ -46,6 +46,7 @@ DRAIN_READINGS = 3_000_000
 DRAIN_RUNS = 3
 READY_TOPIC = "bench/ready"  # retained: a subscriber that got it is subscribed to the rest too
 TIMEOUT_S = 600.0
+FIRMWARE_BACKLOG_GAP_MS = 2000  # firmware/lib/node.py: a node's backlog drains one batch per this
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -60,6 +61,11 @@ def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a running process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def log_tail(gw: GatewayProcess, lines: int = 30) -> str:
+    """The end of the gateway's log, for a benchmark that stops (its folder is deleted)."""
+    return "\n".join(gw.log.read_text(errors="replace").splitlines()[-lines:]) if gw.log.exists() else ""
 
 
 def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.05) -> None:
@@ -79,30 +85,47 @@ class Subscriber:
 
     def __init__(self, broker: Mosquitto, topic: str, count: int, out: Path, payload: bool) -> None:
         self.out = out
-        self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-i", f"bench-sub-{out.stem}",
-             "-t", topic, "-t", READY_TOPIC, "-C", str(count + 1), "-F", "%U %t " + ("%p" if payload else "%l")],
-            stdout=out.open("wb"), stderr=subprocess.DEVNULL)
-        wait_until(lambda: out.stat().st_size > 0, 10, f"mosquitto_sub on {topic} to subscribe")
+        with out.open("wb") as f:
+            self.proc = subprocess.Popen(
+                ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-i", f"bench-{out.stem}",
+                 "-t", topic, "-t", READY_TOPIC, "-C", str(count + 1), "-F", "%U %t " + ("%p" if payload else "%l")],
+                stdout=f, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: out.stat().st_size > 0, 10, f"mosquitto_sub on {topic} to subscribe")
+        except BaseException:
+            self.stop()
+            raise
 
     def wait(self, timeout: float) -> list[tuple[float, str, str]]:
+        """What arrived, once `count` messages did or after `timeout`."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            stop_process(self.proc)
+            self.stop()
         lines = [line.split(" ", 2) for line in self.out.read_text().splitlines()]
         return [(float(t), topic, rest) for t, topic, rest in lines if topic != READY_TOPIC]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def publish(broker: Mosquitto, streams: list[batches.NodeStream], files: dict[str, Path]) -> float:
     """Every node's batches, one `mosquitto_pub` per node at once; returns when all are through."""
     t0 = time.time()
-    pubs = [subprocess.Popen(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-M", "100",
-                              "-i", f"bench-pub-{s.node}", "-t", f"meetkit/{s.node}/up", "-l"],
-                             stdin=files[s.node].open("rb"), stderr=subprocess.DEVNULL) for s in streams]
-    for p in pubs:
-        if p.wait(TIMEOUT_S) != 0:
-            raise SystemExit(f"benchmark: mosquitto_pub exited with {p.returncode}")
+    pubs = []
+    for s in streams:
+        with files[s.node].open("rb") as lines:
+            pubs.append(subprocess.Popen(
+                ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-M", "100",
+                 "-i", f"bench-pub-{s.node}", "-t", f"meetkit/{s.node}/up", "-l"],
+                stdin=lines, stderr=subprocess.DEVNULL))
+    try:
+        for p in pubs:
+            if p.wait(TIMEOUT_S) != 0:
+                raise SystemExit(f"benchmark: mosquitto_pub exited with {p.returncode}")
+    finally:
+        for p in pubs:
+            stop_process(p)
     return time.time() - t0
 
 
@@ -118,17 +141,21 @@ class IngestRun:
     seconds: float  # first publish to the last message received (acknowledgement, or the batch itself)
     publish_s: float  # until every publisher had its messages through the broker
     rss_mib: float | None = None  # the gateway's peak
+    cpu_s: float | None = None  # the gateway's CPU time (user + system) on the stream
 
 
 def mosquitto_sub_run(workdir: Path, streams: list[batches.NodeStream], files: dict[str, Path]) -> IngestRun:
     messages = sum(len(s.messages) for s in streams)
     broker = new_broker(workdir)
+    sub = None
     try:
         sub = Subscriber(broker, "meetkit/+/up", messages, workdir / "received.txt", payload=False)
         t0 = time.time()
         publish_s = publish(broker, streams, files)
         got = sub.wait(TIMEOUT_S)
     finally:
+        if sub is not None:
+            sub.stop()
         broker.stop()
     sent_bytes = sum(len(m) for s in streams for m in s.messages)
     if len(got) != messages or sum(int(n) for _, _, n in got) != sent_bytes:
@@ -140,18 +167,25 @@ def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[st
     messages = sum(len(s.messages) for s in streams)
     broker = new_broker(workdir)
     gw = GatewayProcess(workdir / "gw", broker.host, broker.port, client_id="bench-gateway").start()
+    acks = None
     try:
         wait_until(lambda: gw.log.exists() and "subscribed to" in gw.log.read_text(), 30, "the gateway to subscribe")
         acks = Subscriber(broker, "meetkit/+/ack", messages, workdir / "acks.txt", payload=True)
+        assert gw.proc is not None
+        cpu0 = cpu_s(gw.proc.pid)
         t0 = time.time()
         publish_s = publish(broker, streams, files)
         got = acks.wait(TIMEOUT_S)
-        rss = peak_rss_mib(gw.proc.pid) if gw.running else None
+        if not gw.running:
+            raise SystemExit(f"benchmark: the gateway exited with {gw.proc.returncode}:\n{log_tail(gw)}")
+        rss, cpu = peak_rss_mib(gw.proc.pid), cpu_s(gw.proc.pid) - cpu0
     finally:
+        if acks is not None:
+            acks.stop()
         gw.stop()
         broker.stop()
     check_ingested(gw, streams, got)
-    return IngestRun(got[-1][0] - t0, publish_s, rss)
+    return IngestRun(got[-1][0] - t0, publish_s, rss, cpu)
 
 
 def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: list[tuple[float, str, str]]) -> None:
@@ -178,7 +212,7 @@ def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: 
             problems.append(f"{s.node}: {len(acked.get(s.node, ()))} of {s.records} records acknowledged")
     if problems:
         raise SystemExit("benchmark: the gateway did not take the stream:\n  " + "\n  ".join(problems[:10])
-                         + f"\n(log: {gw.log})")
+                         + f"\n{log_tail(gw)}")
 
 
 def measure_ingest(tmp: Path) -> float | None:
@@ -208,7 +242,11 @@ def measure_ingest(tmp: Path) -> float | None:
            dict(common, readings_per_s_runs=[round(r) for r in gw_rate],
                 seconds_runs=[round(r.seconds, 3) for r in gw_runs],
                 publish_s_runs=[round(r.publish_s, 3) for r in gw_runs],
+                gateway_cpu_us_per_message_runs=[round(r.cpu_s / messages * 1e6) for r in gw_runs if r.cpu_s],
                 clock="first publish to the last acknowledgement on meetkit/<node>/ack",
+                # A node drains its backlog at one batch per BACKLOG_GAP_MS (firmware/lib/node.py):
+                nodes_draining_backlogs_at_once_kept_up_with=round(
+                    median(gw_rate) / (readings / messages / (FIRMWARE_BACKLOG_GAP_MS / 1000))),
                 checked="every record in the store, none rejected, every seq acknowledged with the store's db id"))
     ratios = [g / s for g, s in zip(gw_rate, sub_rate)]
     record("gateway_ingest_vs_mosquitto_sub_ratio", round(median(gw_rate) / median(sub_rate), 3), "ratio", "higher",
@@ -264,8 +302,8 @@ def drain_run(workdir: Path, b: backlog.Backlog, broker: Mosquitto, i: int) -> D
 
         def cursor() -> int:
             if not gw.running:
-                raise SystemExit(f"benchmark: the gateway exited with {gw.proc.returncode if gw.proc else None} "
-                                 f"(log: {gw.log})")
+                raise SystemExit(f"benchmark: the gateway exited with {gw.proc.returncode if gw.proc else None}:\n"
+                                 f"{log_tail(gw)}")
             row = watch.execute("SELECT last_id FROM forward_cursors WHERE target = 'vm'").fetchone()
             return row[0] if row else 0
 
