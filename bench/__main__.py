@@ -1,4 +1,4 @@
-from bench import forward, noise, sensorthings, sim, store, tls, wire
+from bench import forward, gateway, noise, sensorthings, sim, store, tls, wire
 
 
 def main() -> None:
@@ -6,6 +6,7 @@ def main() -> None:
     tls.run()
     wire.run()
     noise.run()
+    gateway.run()
     forward.run()
     sensorthings.run()
     store.run()

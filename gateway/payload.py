@@ -327,7 +327,7 @@ def _record(r: Any, where: str) -> Record:
     ts = None if r["ts"] is None else _int(r["ts"], f"{where}.ts")
     up = _int(r["up"], f"{where}.up")
     dur = _int(r["dur"], f"{where}.dur", low=1)
-    values = {q: _value(r[q], QUANTITIES[q], f"{where}.{q}") for q in QUANTITIES if q in r}
+    values = {k: _plainly_valid(r[k], q) or _value(r[k], q, f"{where}.{k}") for k, q in QUANTITIES.items() if k in r}
     flags: dict[str, tuple[str, ...]] = {}
     for q, fl in _obj(r.get("f", {}), f"{where}.f").items():
         if q not in QUANTITIES:
@@ -348,6 +348,25 @@ _EXPECTED: dict[Form, str] = {
     SCALAR: "a number or null",
     SCALAR_OR_SUMMARY: f"a number, {_SUMMARY_TEXT} (firmware 0.1.0) or null",
 }
+
+
+_NUMBER = (int, float)
+
+
+def _plainly_valid(v: Any, q: Quantity) -> Value | None:
+    """`_value`'s answer for a value that is plainly valid (nearly all are), found quickly; None
+    for anything else, which `_value` then checks in full to name what is wrong. The range checks
+    also keep out NaN and infinities (they fail every comparison or the bounds)."""
+    t = type(v)  # exactly int or float: a bool is neither here
+    if t is float or t is int:
+        if q.form != SUMMARY and q.low <= v <= q.high:
+            return Value(float(v))
+    elif t is list and len(v) == 4 and q.form != SCALAR:
+        avg, lo, hi, n = v
+        if (type(avg) in _NUMBER and type(lo) in _NUMBER and type(hi) in _NUMBER and type(n) is int
+                and q.low <= avg <= q.high and q.low <= lo <= hi <= q.high and q.n_low <= n <= _INT_MAX):
+            return Value(float(avg), float(lo), float(hi), n)
+    return None
 
 
 def _value(v: Any, q: Quantity, where: str) -> Value | None:

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 from ..config import ForwardConfig
 from ..store import Store
@@ -43,9 +43,9 @@ BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One reading to forward, with what a target needs of its record."""
+class Row(NamedTuple):
+    """One reading to forward, with what a target needs of its record. A named tuple, not a
+    dataclass: a backlog makes millions of them, and a tuple is made four times as fast."""
 
     record_id: int
     node: str

@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
-import math
+from math import isfinite
 from typing import Sequence
 from urllib.parse import urlencode, urlsplit
 
@@ -49,26 +49,25 @@ def _string(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _float(v: float) -> str | None:
-    v = float(v)
-    return repr(v) if math.isfinite(v) else None
-
-
 def encode_lines(rows: Sequence[Row], measurement: str = "meetkit") -> bytes:
     """The line-protocol body for `rows` (see the module's docstring for the mapping)."""
     m = _measurement(measurement)
+    series: dict[tuple[str, str], str] = {}  # escaped once per node and quantity, not once per row
     out: list[str] = []
     for r in rows:
         fields: list[str] = []
         for key, value in (("avg", r.avg), ("min", r.min), ("max", r.max)):
-            if value is not None and (text := _float(value)) is not None:
-                fields.append(f"{key}={text}")
+            if value is not None and isfinite(value):
+                fields.append(f"{key}={float(value)!r}")
         if r.n is not None:
             fields.append(f"n={int(r.n)}i")
         if r.flags:
             fields.append(f"flags={_string(r.flags)}")
         if fields:
-            out.append(f"{m},node={_tag(r.node)},quantity={_tag(r.quantity)} {','.join(fields)} {int(r.start)}")
+            head = series.get((r.node, r.quantity))
+            if head is None:
+                head = series[r.node, r.quantity] = f"{m},node={_tag(r.node)},quantity={_tag(r.quantity)}"
+            out.append(f"{head} {','.join(fields)} {int(r.start)}")
     return ("\n".join(out) + "\n").encode() if out else b""
 
 

@@ -1,0 +1,109 @@
+"""A fixed stream of payload-v1 batches as the firmware makes them, for the gateway's benchmarks.
+
+Each simulated node (PMS5003, BME280, ICS43434: the 12 quantities of docs/payload.md) closes one
+record a minute; its samples are summed by the firmware's own `Stat` (firmware/lib/stats.py) and
+the record is written and turned into JSON by the firmware's own `recline` (firmware/lib/recline.py),
+then packed into batches of at most `BATCH_BYTES` as firmware/lib/node.py does when a backlog
+drains: about five records (60 readings) per message. Seeded: the same stream every run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from dataclasses import dataclass
+from types import ModuleType
+
+from meetkit_tools.paths import FIRMWARE
+
+BATCH_BYTES = 1800  # firmware/lib/node.py: a batch stays under about 2 KB
+QUANTITIES_PER_RECORD = 12
+INTERVAL_S = 60
+
+
+def _firmware_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"firmware_{name}", FIRMWARE / "lib" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+stats = _firmware_module("stats")
+recline = _firmware_module("recline")
+
+
+@dataclass(frozen=True)
+class NodeStream:
+    node: str
+    boot: int
+    messages: list[bytes]  # the batches, oldest first, each one MQTT message
+    records: int
+
+    @property
+    def readings(self) -> int:
+        return self.records * QUANTITIES_PER_RECORD
+
+
+def _envelope(node: str, boot: int) -> str:
+    # As firmware/lib/node.py builds it once per boot.
+    units = {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%", "press": "hPa",
+             "LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}
+    sensors = {"pm": "pms5003", "climate": "bme280", "mic": "ics43434"}
+    dumps = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
+    return (f'{{"v":1,"node":{dumps(node)},"boot":{boot},"fw":"0.3.0","board":"esp32-devkitc",'
+            f'"sensors":{dumps(sensors)},"units":{dumps(units)},')
+
+
+def _record_line(rng: random.Random, boot: int, seq: int, ts: int) -> tuple[str, list[str]]:
+    """One minute of a street: PM frames every ~1 s, climate every 5 s, noise levels."""
+    pm = rng.uniform(2.0, 35.0)
+    pm_stats = [stats.Stat(1, 1) for _ in range(3)]
+    for _ in range(58):
+        frame = pm * rng.uniform(0.8, 1.25)
+        for st, share in zip(pm_stats, (0.6, 1.0, 1.6)):
+            st.add(int(frame * share))
+    t, h, p = stats.Stat(100, 2), stats.Stat(1024, 1), stats.Stat(100, 2)
+    temp, rh = rng.uniform(2.0, 28.0), rng.uniform(40.0, 95.0)
+    for _ in range(12):
+        t.add(int((temp + rng.uniform(-0.1, 0.1)) * 100))
+        h.add(int((rh + rng.uniform(-0.5, 0.5)) * 1024))
+        p.add(int(rng.uniform(101300, 101330)))
+    la = rng.uniform(45.0, 75.0)
+    num = stats.num
+    parts = [f'"{k}":{st.result()}' for k, st in zip(("pm1", "pm25", "pm10"), pm_stats)]
+    parts += [f'"temp":{t.result()}', f'"rh":{h.result()}', f'"press":{p.result()}']
+    parts.append(f'"LAeq":[{num(la, 1)},{num(la - rng.uniform(5, 12), 1)},{num(la + rng.uniform(6, 20), 1)},60]')
+    parts += [f'"LA10":{num(la + 3.1, 1)}', f'"LA50":{num(la - 1.2, 1)}', f'"LA90":{num(la - 5.4, 1)}',
+              f'"LZeq":{num(la + 8.3, 1)}', f'"cov":{num(rng.uniform(0.995, 1.0), 3)}']
+    flags = {"pm25": ["rh_high"], "pm10": ["rh_high"]} if rh > 85 else {}
+    errs = {"pm": 1} if rng.random() < 0.02 else {}
+    return recline.encode(boot, seq, ts, seq * INTERVAL_S + 12, INTERVAL_S, parts, flags, errs), parts
+
+
+def node_stream(node: str, records: int, t0: int, seed: int, boot: int = 1) -> NodeStream:
+    """`records` one-minute records of `node` from Unix time `t0`, as batches of a backlog."""
+    rng = random.Random(seed)
+    head = _envelope(node, boot) + '"dropped":0,"recs":['
+    messages: list[bytes] = []
+    batch: list[str] = []
+    size = len(head) + 2
+    keys: list[str] = []
+    for seq in range(records):
+        line, parts = _record_line(rng, boot, seq, t0 + seq * INTERVAL_S)
+        keys = keys or recline.keys_of(parts)
+        rec = recline.to_json(line, keys, None)
+        if batch and size + len(rec) + 1 > BATCH_BYTES:
+            messages.append((head + ",".join(batch) + "]}").encode())
+            batch, size = [], len(head) + 2
+        batch.append(rec)
+        size += len(rec) + 1
+    if batch:
+        messages.append((head + ",".join(batch) + "]}").encode())
+    return NodeStream(node, boot, messages, records)
+
+
+def streams(nodes: int, records: int, t0: int) -> list[NodeStream]:
+    """`nodes` nodes (bench-000, bench-001, ...) with `records` records each."""
+    return [node_stream(f"bench-{i:03d}", records, t0, seed=i) for i in range(nodes)]
