@@ -26,6 +26,7 @@ import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import SplitResult, urlsplit
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -210,19 +211,25 @@ def _name(v: Any) -> tuple[Any, str | None]:
     return v, None
 
 
-def _url(v: Any) -> tuple[Any, str | None]:
-    from urllib.parse import urlsplit
-
+def _split_url(v: Any, schemes: tuple[str, str]) -> tuple[SplitResult | None, str, str | None]:
+    """`v` split, if it is a URL with a host, a valid port and one of `schemes`; else the problem."""
     v, err = _text()(v)
     if err:
-        return None, err
+        return None, v, err
     try:
         parts = urlsplit(v)
         parts.port  # noqa: B018  (raises on a bad port)
     except ValueError as e:
-        return None, f'is not a valid URL ({e}), got "{v}"'
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None, f'must be an http:// or https:// URL with a host, got "{v}"'
+        return None, v, f'is not a valid URL ({e}), got "{v}"'
+    if parts.scheme not in schemes or not parts.hostname:
+        return None, v, f'must be an {schemes[0]}:// or {schemes[1]}:// URL with a host, got "{v}"'
+    return parts, v, None
+
+
+def _url(v: Any) -> tuple[Any, str | None]:
+    parts, v, err = _split_url(v, ("http", "https"))
+    if parts is None:
+        return None, err
     if parts.query or parts.fragment:
         return None, f'must not have a query or fragment (set db/org/bucket instead), got "{v}"'
     if parts.username or parts.password:
@@ -234,18 +241,9 @@ def _url(v: Any) -> tuple[Any, str | None]:
 
 
 def _mqtt_url(v: Any) -> tuple[Any, str | None]:
-    from urllib.parse import urlsplit
-
-    v, err = _text()(v)
-    if err:
+    parts, v, err = _split_url(v, ("mqtt", "mqtts"))
+    if parts is None:
         return None, err
-    try:
-        parts = urlsplit(v)
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as e:
-        return None, f'is not a valid URL ({e}), got "{v}"'
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        return None, f'must be an mqtt:// or mqtts:// URL with a host, got "{v}"'
     if parts.path.strip("/") or parts.query or parts.fragment:
         return None, f'must be mqtt[s]://host[:port] only (set topic instead), got "{v}"'
     if parts.username or parts.password:
