@@ -221,3 +221,21 @@ def node(broker: Any) -> Iterator[Publisher]:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def store_toml(tmp_path: Path) -> Path:
+    """A gateway.toml with only its store, `gateway.db` beside it (for the read-only commands)."""
+    path = tmp_path / "gateway.toml"
+    path.write_text('[store]\npath = "gateway.db"\n')
+    return path
+
+
+def fill_store(config: Path, *batches: dict[str, Any]) -> None:
+    """Store `batches` (batch() documents) in the store of `config` through the store's own API."""
+    from meetkit_gateway.payload import parse_batch
+    from meetkit_gateway.store import Store
+
+    with Store(config.parent / "gateway.db") as s:
+        for b in batches:
+            s.add_batch(parse_batch(encode(b), b["node"]))

@@ -13,25 +13,17 @@ import pytest
 
 from meetkit_gateway import pm_humidity
 from meetkit_gateway.export import COLUMNS
-from meetkit_gateway.payload import parse_batch
-from meetkit_gateway.store import Store
 
-from .conftest import Publisher, Running, batch, cli, encode, example, wait_for
+from .conftest import Publisher, Running, batch, cli, example, wait_for
+from .conftest import fill_store as fill
 
 T0 = 1795510800  # 2026-11-24T09:00:00Z
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text('[store]\npath = "gateway.db"\n')
-    return path
+def config(store_toml: Path) -> Path:
+    return store_toml
 
-
-def fill(config: Path, *batches: dict) -> None:
-    with Store(config.parent / "gateway.db") as s:
-        for b in batches:
-            s.add_batch(parse_batch(encode(b), b["node"]))
 
 
 def export(config: Path, *args: str):

@@ -7,25 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from meetkit_gateway.payload import parse_batch
-from meetkit_gateway.store import Store
 
-from .conftest import OLD_FIRMWARE, batch, cli, encode, example
+from .conftest import OLD_FIRMWARE, batch, cli, example
+from .conftest import fill_store as fill
 
 T0 = 1795510800  # 2026-11-24T09:00:00Z
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text('[store]\npath = "gateway.db"\n')
-    return path
+def config(store_toml: Path) -> Path:
+    return store_toml
 
-
-def fill(config: Path, *batches: dict) -> None:
-    with Store(config.parent / "gateway.db") as s:
-        for b in batches:
-            s.add_batch(parse_batch(encode(b), b["node"]))
 
 
 def test_one_node(config):
