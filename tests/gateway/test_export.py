@@ -25,7 +25,6 @@ def config(store_toml: Path) -> Path:
     return store_toml
 
 
-
 def export(config: Path, *args: str):
     return cli("export", "--config", str(config), *args)
 

@@ -19,7 +19,6 @@ def config(store_toml: Path) -> Path:
     return store_toml
 
 
-
 def test_one_node(config):
     fill(config, example(), batch(node="ams-002", seqs=[0], ts0=T0))
     r = cli("readings", "--config", str(config), "--node", "ams-001", "--since", "2026-11-24T08:00Z")
