@@ -477,41 +477,45 @@ class Store:
     def add_batch(self, batch: Batch, received_at: float | None = None) -> Added:
         """Store a valid batch's records; records already stored count as duplicates."""
         received_at = time.time() if received_at is None else received_at
-        stored = duplicates = 0
         sensors = json.dumps(dict(batch.sensors), separators=(",", ":"), sort_keys=True)
         with self._writing():
+            # One look for the seqs already held, then one statement for all new records and one
+            # for all their readings: a statement per row was most of the time a batch took.
+            seqs = [rec.seq for rec in batch.records]
+            held = {seq for (seq,) in self.db.execute(
+                "SELECT seq FROM records WHERE node = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                (batch.node, batch.boot, min(seqs), max(seqs)),
+            )}
             next_id = self._next_record_id()
+            units = {q: batch.unit(q) for q in QUANTITIES}
+            records, readings = [], []
             for rec in batch.records:
-                cur = self.db.execute(
-                    "INSERT INTO records (id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (node, boot, seq) DO NOTHING",
-                    (
-                        next_id, batch.node, batch.boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur, received_at,
-                        batch.fw, batch.board, sensors,
-                        json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None,
-                    ),
-                )
-                if cur.rowcount == 0:
-                    duplicates += 1
+                if rec.seq in held:
                     continue
-                stored += 1
-                record_id = next_id
+                held.add(rec.seq)  # a seq twice in one batch: the second is a duplicate
+                err = json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None
+                records.append((next_id, batch.node, batch.boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur,
+                                received_at, batch.fw, batch.board, sensors, err))
+                values, flags = rec.values, rec.flags
+                for q in QUANTITIES:  # contract order, as `Record.quantities`
+                    if q in values or q in flags:
+                        v = values.get(q)  # a plain number has only avg: min, max, n stay NULL
+                        avg, lo, hi, n = (None, None, None, None) if v is None else v
+                        readings.append((next_id, q, avg, lo, hi, n, units[q], ",".join(flags.get(q, ()))))
                 next_id += 1
-                rows = []
-                for q in rec.quantities():
-                    v = rec.values.get(q)  # a plain number has only avg: min, max, n stay NULL
-                    rows.append((
-                        record_id, q,
-                        v.avg if v else None, v.min if v else None, v.max if v else None, v.n if v else None,
-                        batch.unit(q), ",".join(rec.flags.get(q, ())),
-                    ))
+            stored = len(records)
+            duplicates = len(batch.records) - stored
+            if stored:
+                self.db.executemany(
+                    "INSERT INTO records (id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    records,
+                )
                 self.db.executemany(
                     "INSERT INTO readings (record_id, quantity, avg, min, max, n, unit, flags)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    readings,
                 )
-            if stored:
                 self._derive_start(batch.node, batch.boot)
             self.db.execute(
                 "INSERT INTO nodes (node, last_seen, dropped) VALUES (?, ?, ?)"
