@@ -110,6 +110,46 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
     return readable(msg.payload, topic.node) if topic is not None and topic.kind == "up" else None
 
 
+def ingest_group(store: Store, topics: Topics, group: Sequence[Inbound]) -> list[Ack | None]:
+    """`ingest` for each message of `group`, in one transaction the caller holds and commits; what
+    to acknowledge for each, in order.
+
+    The valid batches, nearly all messages, are written together (`Store.add_batches`): a few
+    statements for the whole group instead of several per message. Statuses and rejected messages
+    go through `ingest` one by one. Should the joint write fail through a bug, it is undone and
+    the batches go through `ingest` one by one too, so the bad one is dead-lettered alone."""
+    acks: list[Ack | None] = [None] * len(group)
+    valid: list[tuple[int, payload.Batch]] = []
+    for i, msg in enumerate(group):
+        topic = topics.parse(msg.topic)
+        if topic is not None and topic.kind == "up":
+            try:
+                valid.append((i, payload.parse_batch(msg.payload, topic.node)))
+                continue
+            except Exception:  # Rejected, or a bug: `ingest` parses it again and keeps the dead letter
+                pass
+        acks[i] = ingest(store, topics, msg)
+    if not valid:
+        return acks
+    try:
+        with store.savepoint():
+            added = store.add_batches([(batch, group[i].received_at) for i, batch in valid])
+    except Exception as e:
+        if _store_failed(e):
+            raise  # the whole group is refused or retried
+        log.exception("failed on %d batches together; taking them one by one", len(valid))
+        for i, _ in valid:
+            acks[i] = ingest(store, topics, group[i])
+        return acks
+    for (i, batch), a in zip(valid, added):
+        log.debug(
+            "%s: boot %d seq %d..%d: %d stored, %d duplicates",
+            batch.node, batch.boot, batch.records[0].seq, batch.records[-1].seq, a.stored, a.duplicates,
+        )
+        acks[i] = Ack.of(batch)
+    return acks
+
+
 # SQLite's primary result codes on which the writer refuses data instead of retrying.
 _REFUSALS = {13: DISK_FULL, 10: DISK_ERROR, 8: DISK_ERROR}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
 
@@ -247,7 +287,7 @@ class Writer:
             started = time.monotonic()
             try:
                 with self.store.transaction():
-                    done = [Done(msg, ingest(self.store, self.topics, msg)) for msg in group]
+                    done = [Done(m, a) for m, a in zip(group, ingest_group(self.store, self.topics, group))]
                 break
             except sqlite3.Error as e:
                 code = refusal(e)
