@@ -5,8 +5,10 @@ paho's network thread never waits for the disk. The writer thread takes everythi
 `max_group` messages, and handles them in ONE transaction: while one commit is being synced, the
 next group builds up, so the cost of a commit is shared by however many messages arrived meanwhile.
 
-Each message gets a savepoint of its own: a message that fails, even through a bug, is undone
-alone and dead-lettered, the rest of its group is committed. After each commit the writer calls
+The valid batches of a group are written together, with a few statements (`ingest_group`); every
+other message (a status, a rejected batch) gets a savepoint of its own. A message that fails, even
+through a bug, is undone alone and dead-lettered, the rest of its group is committed: should the
+joint write fail, it is undone and the group's batches are taken one by one, each in its savepoint. After each commit the writer calls
 `on_committed(done)` with each message and the `Ack` its node is owed: the place to acknowledge
 messages only once they are on disk.
 
