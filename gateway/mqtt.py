@@ -63,7 +63,10 @@ class Source:
         if cfg.username is not None:
             c.username_pw_set(cfg.username, cfg.password)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.max_inflight_messages_set(100)  # our own publishes (acks to the nodes) awaiting a PUBACK
+        # No limit on our own publishes (acks to the nodes) awaiting a PUBACK: paho keeps each
+        # until its PUBACK either way, but under a limit it walks through all of them at every
+        # PUBACK, and a group commit publishes hundreds of acks at once (bench/gateway.py).
+        c.max_inflight_messages_set(0)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect

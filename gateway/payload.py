@@ -15,7 +15,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, NamedTuple
 
 VERSION = 1
 
@@ -98,24 +98,36 @@ class Rejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Value:
-    """One quantity of one record: a summary `[avg, min, max, n]`, or a plain number (a scalar:
-    `avg` only, `min`, `max` and `n` None). Never partly one and partly the other."""
-
+class _ValueFields(NamedTuple):
     avg: float
     min: float | None = None
     max: float | None = None
     n: int | None = None
 
-    def __post_init__(self) -> None:
-        given = (self.min is not None, self.max is not None, self.n is not None)
+
+class Value(_ValueFields):
+    """One quantity of one record: a summary `[avg, min, max, n]`, or a plain number (a scalar:
+    `avg` only, `min`, `max` and `n` None). Never partly one and partly the other.
+
+    A tuple rather than a dataclass: the ingest path makes one per reading, tens of thousands a
+    second, and a frozen dataclass costs several times more to make."""
+
+    __slots__ = ()
+
+    def __new__(cls, avg: float, min: float | None = None, max: float | None = None, n: int | None = None) -> "Value":
+        given = (min is not None, max is not None, n is not None)
         if any(given) and not all(given):
-            raise ValueError(f"a Value has min, max and n all or none of them: {self!r}")
+            raise ValueError(f"a Value has min, max and n all or none of them: {(avg, min, max, n)!r}")
+        return super().__new__(cls, avg, min, max, n)
 
     @property
     def scalar(self) -> bool:
         return self.n is None
+
+
+def _checked_value(fields: tuple[float, float | None, float | None, int | None]) -> Value:
+    """A Value of fields just checked, without `Value.__new__`'s check again (the hot path)."""
+    return tuple.__new__(Value, fields)
 
 
 @dataclass(frozen=True)
@@ -285,7 +297,12 @@ def _node(obj: dict[str, Any], topic_node: str) -> str:
 
 def parse_batch(payload: bytes, topic_node: str) -> Batch:
     """Validate one message from `<prefix>/<topic_node>/up` against payload v1."""
-    obj = decode(payload)
+    batch = _plainly_valid_batch(payload, topic_node)
+    return batch if batch is not None else _checked_batch(decode(payload), topic_node)
+
+
+def _checked_batch(obj: dict[str, Any], topic_node: str) -> Batch:
+    """The batch in `obj`, checked field by field so that a rejection names the first field wrong."""
     _version(obj)
     _fields(obj, "", ("v", "node", "boot", "fw", "board", "sensors", "units", "recs"), ("dropped",))
     node = _node(obj, topic_node)
@@ -320,6 +337,117 @@ def parse_batch(payload: bytes, topic_node: str) -> Batch:
 _RECORD_FIELDS = ("seq", "ts", "up", "dur")
 
 
+# -- the quick way for batches as the firmware sends them ----------------------------------------
+# Nearly every batch is valid. `_plainly_valid_batch` accepts those with a few C-level checks per
+# field and gives up (None) on anything unusual, which `_checked_batch` then checks in full: every
+# rejection, its code and its reason, comes from the full checks only. What the quick way accepts,
+# the full way accepts too, as an equal Batch (tests/gateway/test_payload_quick.py).
+
+_ENVELOPE = frozenset(("v", "node", "boot", "fw", "board", "sensors", "units", "recs"))
+_ENVELOPE_DROPPED = _ENVELOPE | {"dropped"}
+_RECORD_REQUIRED = frozenset(_RECORD_FIELDS)
+_RECORD_ALLOWED = _RECORD_REQUIRED | {"f", "err", *QUANTITIES}
+_UNITS = {q.key: q.unit for q in QUANTITIES.values()}
+_UNIT_ITEMS = _UNITS.items()
+#: (key, low, high, a plain number allowed, [avg, min, max, n] allowed, least n) in contract order
+_QUICK_QUANTITIES = tuple(
+    (q.key, q.low, q.high, q.form != SUMMARY, q.form != SCALAR, q.n_low) for q in QUANTITIES.values()
+)
+_NUMBER = (int, float)
+_new_tuple = tuple.__new__  # a Value of fields just checked, without Value.__new__'s check again
+
+
+def _count(v: Any, low: int = 0) -> bool:
+    """`v` is an integer (not a bool) in low.._INT_MAX."""
+    return type(v) is int and low <= v <= _INT_MAX
+
+
+def _plainly_valid_batch(payload: bytes, topic_node: str) -> Batch | None:
+    """`_checked_batch(decode(payload))` for a batch that is plainly valid, found quickly; None
+    for anything else.
+
+    Duplicate keys: the JSON is decoded without `decode`'s hook (a Python call per object), so an
+    object with a key twice would come out with one of them. Every `:` outside a string separates
+    a key from its value, so when the keys of all the objects the batch holds add up to the `:` in
+    the whole text, no key was lost; a string with a `:` in it only makes the count differ, and
+    then the full way decides."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if type(obj) is not dict or not (obj.keys() == _ENVELOPE or obj.keys() == _ENVELOPE_DROPPED):
+        return None
+    v, node, boot, fw, board = obj["v"], obj["node"], obj["boot"], obj["fw"], obj["board"]
+    sensors, units, recs = obj["sensors"], obj["units"], obj["recs"]
+    dropped = obj["dropped"] if "dropped" in obj else None
+    if not (type(v) is int and v == VERSION and type(node) is str and node == topic_node
+            and NODE_ID.fullmatch(node) and _count(boot) and ("dropped" not in obj or _count(dropped))
+            and type(fw) is str and fw and type(board) is str and board
+            and type(sensors) is dict and all(type(s) is str and s for s in sensors.values())
+            and type(units) is dict and units.items() <= _UNIT_ITEMS
+            and type(recs) is list and recs):
+        return None
+    keys = len(obj) + len(sensors) + len(units)
+    records = []
+    last_seq = -1
+    for r in recs:
+        if type(r) is not dict or not _RECORD_REQUIRED <= r.keys() <= _RECORD_ALLOWED:
+            return None
+        seq, ts, up, dur = r["seq"], r["ts"], r["up"], r["dur"]
+        if not (_count(seq) and seq > last_seq and (ts is None or _count(ts)) and _count(up) and _count(dur, 1)):
+            return None
+        last_seq = seq
+        keys += len(r)
+        values: dict[str, Value | None] = {}
+        # `_plainly_valid` inlined, with each quantity's bounds in locals: this loop runs once per
+        # reading. The range checks also keep out NaN and infinities.
+        for k, low, high, number_ok, summary_ok, n_low in _QUICK_QUANTITIES:
+            if k in r:
+                x = r[k]
+                t = type(x)  # exactly int or float: a bool is neither here
+                if x is None:
+                    values[k] = None
+                elif t is float or t is int:
+                    if not (number_ok and low <= x <= high):
+                        return None
+                    values[k] = _new_tuple(Value, (float(x), None, None, None))
+                elif t is list and summary_ok and len(x) == 4:
+                    avg, lo, hi, n = x
+                    if not (type(avg) in _NUMBER and type(lo) in _NUMBER and type(hi) in _NUMBER
+                            and type(n) is int and low <= avg <= high and low <= lo <= hi <= high
+                            and n_low <= n <= _INT_MAX):
+                        return None
+                    values[k] = _new_tuple(Value, (float(avg), float(lo), float(hi), n))
+                else:
+                    return None
+        if not values.keys() <= units.keys():
+            return None
+        flags: dict[str, tuple[str, ...]] = {}
+        if "f" in r:
+            f = r["f"]
+            if type(f) is not dict:
+                return None
+            for q, fl in f.items():
+                if q not in QUANTITIES or type(fl) is not list or not all(type(x) is str and x in FLAGS for x in fl):
+                    return None
+                flags[q] = tuple(fl)
+            keys += len(f)
+        err: dict[str, int] = {}
+        if "err" in r:
+            err = r["err"]
+            if type(err) is not dict or not all(_count(n) for n in err.values()):
+                return None
+            keys += len(err)
+        records.append(Record(seq, ts, up, dur, values, flags, err))
+    if keys != text.count(":"):
+        return None  # a key twice, or a `:` inside a string: the full way tells which
+    return Batch(node, boot, fw, board, sensors, units, tuple(records), dropped)
+
+
+
 def _record(r: Any, where: str) -> Record:
     r = _obj(r, where)
     _fields(r, where, _RECORD_FIELDS, ("f", "err", *QUANTITIES))
@@ -350,9 +478,6 @@ _EXPECTED: dict[Form, str] = {
 }
 
 
-_NUMBER = (int, float)
-
-
 def _plainly_valid(v: Any, q: Quantity) -> Value | None:
     """`_value`'s answer for a value that is plainly valid (nearly all are), found quickly; None
     for anything else, which `_value` then checks in full to name what is wrong. The range checks
@@ -360,12 +485,12 @@ def _plainly_valid(v: Any, q: Quantity) -> Value | None:
     t = type(v)  # exactly int or float: a bool is neither here
     if t is float or t is int:
         if q.form != SUMMARY and q.low <= v <= q.high:
-            return Value(float(v))
+            return _checked_value((float(v), None, None, None))
     elif t is list and len(v) == 4 and q.form != SCALAR:
         avg, lo, hi, n = v
         if (type(avg) in _NUMBER and type(lo) in _NUMBER and type(hi) in _NUMBER and type(n) is int
                 and q.low <= avg <= q.high and q.low <= lo <= hi <= q.high and q.n_low <= n <= _INT_MAX):
-            return Value(float(avg), float(lo), float(hi), n)
+            return _checked_value((float(avg), float(lo), float(hi), n))
     return None
 
 

@@ -105,7 +105,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 from urllib.parse import quote
 
 from .payload import QUANTITIES, SCALAR, Batch, Status
@@ -329,6 +329,15 @@ class Added:
     duplicates: int
 
 
+_UNITS = {q.key: q.unit for q in QUANTITIES.values()}
+_NO_VALUE = (None, None, None, None)  # avg, min, max, n of a quantity without a value
+#: Rows in one INSERT: at most 999 parameters (SQLite builds before 3.32), and few statements
+#: to prepare (a last, shorter statement has each count up to this one).
+_ROWS_PER_INSERT = 32
+#: Multi-row INSERT statements by (insert, rows).
+_MULTI_ROW_SQL: dict[tuple[str, int], str] = {}
+
+
 def _order(quantity: str) -> int:
     return list(QUANTITIES).index(quantity) if quantity in QUANTITIES else len(QUANTITIES)
 
@@ -337,6 +346,9 @@ class Store:
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        #: counter increments made inside `transaction()`, written once just before its COMMIT
+        #: (a group of hundreds of messages bumps the same few counters hundreds of times)
+        self._counts: dict[str, int] | None = None
         if readonly:
             if not self.path.exists():
                 raise StoreError(f"{self.path}: no store there (has the gateway run yet?)")
@@ -435,10 +447,14 @@ class Store:
         """One transaction: committed (and fsynced) at the end, rolled back on an exception, also
         when the COMMIT itself fails (disk full, I/O error): then nothing of it is in the file."""
         self.db.execute("BEGIN IMMEDIATE")
+        self._counts = {}
         try:
             yield
+            self._write_counts()
+            self._counts = None
             self.db.execute("COMMIT")
         except BaseException:
+            self._counts = None  # the increments go with the rest
             if self.db.in_transaction:  # SQLite may have rolled back by itself already
                 self.db.execute("ROLLBACK")
             raise
@@ -446,14 +462,25 @@ class Store:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Inside a transaction: undo only this block's writes if it raises."""
+        counts = None if self._counts is None else dict(self._counts)
         self.db.execute("SAVEPOINT one")
         try:
             yield
         except BaseException:
             self.db.execute("ROLLBACK TO one")
             self.db.execute("RELEASE one")
+            self._counts = counts  # its counter increments too (also any written meanwhile: rolled back)
             raise
         self.db.execute("RELEASE one")
+
+    def _write_counts(self) -> None:
+        if self._counts:
+            self.db.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                self._counts.items(),
+            )
+            self._counts.clear()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -466,64 +493,111 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------
 
     def bump(self, name: str, by: int = 1) -> None:
-        if by:
-            with self._writing():
-                self.db.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                    (name, by),
-                )
+        if not by:
+            return
+        if self._counts is not None:  # inside transaction(): written at its commit
+            self._counts[name] = self._counts.get(name, 0) + by
+            return
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (name, by),
+            )
 
     def add_batch(self, batch: Batch, received_at: float | None = None) -> Added:
         """Store a valid batch's records; records already stored count as duplicates."""
-        received_at = time.time() if received_at is None else received_at
-        stored = duplicates = 0
-        sensors = json.dumps(dict(batch.sensors), separators=(",", ":"), sort_keys=True)
+        return self.add_batches([(batch, time.time() if received_at is None else received_at)])[0]
+
+    def add_batches(self, batches: Sequence[tuple[Batch, float]]) -> list[Added]:
+        """Store valid batches (each with when it was received), in order, as `add_batch` one
+        after the other would; what each did with its records.
+
+        A few statements for all of them (the writer passes a whole group): one look per node and
+        boot for the seqs already held, one INSERT per `_ROWS_PER_INSERT` rows. A statement per
+        batch and per row was most of the time a batch took, also because SQLite lets go of the
+        GIL at every statement, to the MQTT thread, and waits to get it back."""
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for batch, _ in batches:
+            seqs = [rec.seq for rec in batch.records]
+            if not seqs:
+                continue
+            span = spans.get((batch.node, batch.boot))
+            lo, hi = min(seqs), max(seqs)
+            spans[batch.node, batch.boot] = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
+        out: list[Added] = []
         with self._writing():
+            held = {
+                key: {seq for (seq,) in self.db.execute(
+                    "SELECT seq FROM records WHERE node = ? AND boot = ? AND seq BETWEEN ? AND ?", (*key, lo, hi))}
+                for key, (lo, hi) in spans.items()
+            }
             next_id = self._next_record_id()
-            for rec in batch.records:
-                cur = self.db.execute(
-                    "INSERT INTO records (id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (node, boot, seq) DO NOTHING",
-                    (
-                        next_id, batch.node, batch.boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur, received_at,
-                        batch.fw, batch.board, sensors,
-                        json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None,
-                    ),
-                )
-                if cur.rowcount == 0:
-                    duplicates += 1
-                    continue
-                stored += 1
-                record_id = next_id
-                next_id += 1
-                rows = []
-                for q in rec.quantities():
-                    v = rec.values.get(q)  # a plain number has only avg: min, max, n stay NULL
-                    rows.append((
-                        record_id, q,
-                        v.avg if v else None, v.min if v else None, v.max if v else None, v.n if v else None,
-                        batch.unit(q), ",".join(rec.flags.get(q, ())),
-                    ))
-                self.db.executemany(
-                    "INSERT INTO readings (record_id, quantity, avg, min, max, n, unit, flags)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            if stored:
-                self._derive_start(batch.node, batch.boot)
-            self.db.execute(
+            # The rows go flat, one parameter after the other, as a multi-row INSERT takes them.
+            records: list[object] = []
+            readings: list[object] = []
+            stored_to: set[tuple[str, int]] = set()  # (node, boot) with records stored now
+            seen: dict[str, tuple[float, int | None]] = {}  # node -> (last received, last `dropped` said)
+            for batch, received_at in batches:
+                node, boot, held_now = batch.node, batch.boot, held.setdefault((batch.node, batch.boot), set())
+                sensors = json.dumps(dict(batch.sensors), separators=(",", ":"), sort_keys=True)
+                units = {**_UNITS, **batch.units}  # as `batch.unit(q)`, looked up once
+                stored = 0
+                for rec in batch.records:
+                    if rec.seq in held_now:
+                        continue
+                    held_now.add(rec.seq)  # a seq twice: the second is a duplicate
+                    err = json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None
+                    records += (next_id, node, boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur,
+                                received_at, batch.fw, batch.board, sensors, err)
+                    values, flags = rec.values, rec.flags
+                    for q, v in values.items():  # a plain number has only avg: min, max, n stay NULL
+                        if q in QUANTITIES:
+                            fl = flags.get(q)
+                            readings += (next_id, q, *(v or _NO_VALUE), units[q], ",".join(fl) if fl else "")
+                    for q, fl in flags.items():  # flags without a value
+                        if q not in values and q in QUANTITIES:
+                            readings += (next_id, q, *_NO_VALUE, units[q], ",".join(fl))
+                    next_id += 1
+                    stored += 1
+                if stored:
+                    stored_to.add((node, boot))
+                last = seen.get(node)
+                seen[node] = (received_at if last is None else max(last[0], received_at),
+                              batch.dropped if batch.dropped is not None or last is None else last[1])
+                out.append(Added(stored, len(batch.records) - stored))
+            self._insert_rows(
+                "INSERT INTO records (id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)",
+                13, records,
+            )
+            self._insert_rows("INSERT INTO readings (record_id, quantity, avg, min, max, n, unit, flags)", 8, readings)
+            for node, boot in stored_to:
+                self._derive_start(node, boot)
+            self.db.executemany(
                 "INSERT INTO nodes (node, last_seen, dropped) VALUES (?, ?, ?)"
                 " ON CONFLICT (node) DO UPDATE SET"
                 " last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen),"
                 " dropped = coalesce(excluded.dropped, dropped)",
-                (batch.node, received_at, batch.dropped),
+                [(node, at, dropped) for node, (at, dropped) in seen.items()],
             )
-            self.bump("batches")
-            self.bump("records", stored)
-            self.bump("duplicates", duplicates)
-        return Added(stored, duplicates)
+            self.bump("batches", len(batches))
+            self.bump("records", sum(a.stored for a in out))
+            self.bump("duplicates", sum(a.duplicates for a in out))
+        return out
+
+    def _insert_rows(self, insert: str, width: int, flat: list[object]) -> None:
+        """`insert` ("INSERT INTO t (a, b)") of the rows in `flat` (`width` values each, one row
+        after the other), `_ROWS_PER_INSERT` rows per statement: a statement per row costs a third
+        more in SQLite. Fixed-size statements: SQLite prepares each once (the connection caches them)."""
+        step = _ROWS_PER_INSERT * width
+        for i in range(0, len(flat), step):
+            part = flat[i:i + step] if len(flat) > step else flat
+            rows = len(part) // width
+            sql = _MULTI_ROW_SQL.get((insert, rows))
+            if sql is None:
+                marks = "(" + ", ".join("?" * width) + ")"
+                sql = _MULTI_ROW_SQL[insert, rows] = f"{insert} VALUES {', '.join([marks] * rows)}"
+            self.db.execute(sql, part)
 
     def _next_record_id(self) -> int:
         # Above every id there is and every id ever pruned: SQLite alone would start again at 1
@@ -678,6 +752,8 @@ class Store:
     # -- reading ---------------------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
+        if self._counts:  # inside a transaction: what it has counted so far, too
+            self._write_counts()
         return dict(self.db.execute("SELECT name, value FROM counters ORDER BY name"))
 
     def counts(self) -> Counts:
