@@ -24,6 +24,7 @@ they were received; after that they are passed over and counted in `forward.<t>.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import logging
 import random
@@ -99,6 +100,18 @@ def refused_readings(refusals: Iterable[tuple[Row, int | None, str]]) -> tuple[R
     for row, status, reason in refusals:
         groups.setdefault((row.record_id, status, reason), []).append(row.quantity)
     return tuple(Refused(rid, rid, len(q), status, f"{','.join(q)}: {reason}") for (rid, status, reason), q in groups.items())
+
+
+def auth_header(cfg: ForwardConfig, token_scheme: str) -> dict[str, str]:
+    """The Authorization header of an HTTP target, its secret read now (a fixed file is picked up on
+    the next attempt; OSError if unreadable): `<token_scheme> <token>` from token_file, else basic
+    auth from username and password_file, else none."""
+    if cfg.token_file is not None:
+        return {"Authorization": f"{token_scheme} " + cfg.token_file.read_text().strip()}
+    if cfg.username is not None and cfg.password_file is not None:
+        pw = cfg.password_file.read_text().strip()
+        return {"Authorization": "Basic " + base64.b64encode(f"{cfg.username}:{pw}".encode()).decode()}
+    return {}
 
 
 class Sender(Protocol):

@@ -22,7 +22,6 @@ timestamp only when started with `-dedup.minScrapeInterval=1ms`.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 from math import isfinite
@@ -30,7 +29,7 @@ from typing import Sequence
 from urllib.parse import urlencode, urlsplit
 
 from ..config import ForwardConfig
-from .core import Result, Row, retry_after
+from .core import Result, Row, auth_header, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +89,7 @@ class InfluxSender:
         self._conn: http.client.HTTPConnection | None = None
 
     def _auth(self) -> dict[str, str]:
-        """Read the secret now (a fixed file is picked up on the next attempt); OSError if unreadable."""
-        if self.cfg.token_file is not None:
-            return {"Authorization": "Token " + self.cfg.token_file.read_text().strip()}
-        if self.cfg.username is not None and self.cfg.password_file is not None:
-            pw = self.cfg.password_file.read_text().strip()
-            return {"Authorization": "Basic " + base64.b64encode(f"{self.cfg.username}:{pw}".encode()).decode()}
-        return {}
+        return auth_header(self.cfg, "Token")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

@@ -49,7 +49,6 @@ with its newest Observation's resultTime as mark. New readings, the normal case,
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -62,7 +61,7 @@ from ..config import ForwardConfig
 from ..fleet import Fleet, FleetError
 from ..store import Store
 from . import sensorthings_model as model
-from .core import Result, Row, refused_readings
+from .core import Result, Row, auth_header, refused_readings
 from .sensorthings_client import Client, Failure, key, literal
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,7 @@ class SensorThingsSender:
     # -- auth, the table -------------------------------------------------------------------------
 
     def _auth(self) -> dict[str, str]:
-        """Read the secret now (a fixed file is picked up on the next attempt); OSError if unreadable."""
-        if self.cfg.token_file is not None:
-            return {"Authorization": "Bearer " + self.cfg.token_file.read_text().strip()}
-        if self.cfg.username is not None and self.cfg.password_file is not None:
-            pw = self.cfg.password_file.read_text().strip()
-            return {"Authorization": "Basic " + base64.b64encode(f"{self.cfg.username}:{pw}".encode()).decode()}
-        return {}
+        return auth_header(self.cfg, "Bearer")
 
     @property
     def store(self) -> Store:
