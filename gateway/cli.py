@@ -312,6 +312,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     except OSError as e:
+        if output is None:
+            raise  # stdout: a closed pipe (`export | head`) is handled in main(), other errors are not ours
         print(f"--output: cannot write {output}: {e.strerror or e}", file=sys.stderr)
         return 1
     where = "stdout"

@@ -7,6 +7,7 @@ import copy
 import csv
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from meetkit_gateway import pm_humidity
 from meetkit_gateway.export import COLUMNS
 
-from .conftest import Publisher, Running, batch, cli, example, wait_for
+from .conftest import CLI, Publisher, Running, batch, cli, example, wait_for
 from .conftest import fill_store as fill
 
 T0 = 1795510800  # 2026-11-24T09:00:00Z
@@ -249,6 +250,17 @@ def test_no_store_and_no_folder(config, tmp_path):
     fill(config, batch(seqs=range(2)))
     r = export(config, "--output", str(tmp_path / "nowhere" / "x.csv"))
     assert r.returncode == 1 and r.stderr.strip() == f"--output: the folder {tmp_path / 'nowhere'} does not exist"
+
+
+def test_a_reader_that_stops_early_is_not_an_error(config):
+    """`export | head -1`: the closed pipe ends the export quietly, with exit status 0."""
+    fill(config, *(batch(seqs=range(k * 30, (k + 1) * 30)) for k in range(40)))  # far more than a pipe holds
+    p = subprocess.Popen([CLI, "export", "--config", str(config), "--since", "2026-01-01"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().startswith("node,")
+    p.stdout.close()
+    assert p.wait(30) == 0
+    assert p.stderr is not None and "cannot write" not in p.stderr.read()
 
 
 def test_output_is_replaced_whole_or_left_alone(config, tmp_path):
