@@ -812,11 +812,14 @@ class Store:
 
     def latest(self) -> list[Latest]:
         """The newest record of every node that has one, by node id: what a live table shows."""
+        # Driven from `nodes` (every node that sent a batch has a row): one index lookup on
+        # UNIQUE (node, boot, seq) per node, instead of a walk over all records.
         recs = self.db.execute(
             """
-            SELECT id, node, boot, seq, start, dur, received_at FROM records AS r
-            WHERE id = (SELECT id FROM records WHERE node = r.node ORDER BY boot DESC, seq DESC LIMIT 1)
-            ORDER BY node
+            SELECT r.id, r.node, r.boot, r.seq, r.start, r.dur, r.received_at
+            FROM nodes AS n JOIN records AS r
+              ON r.id = (SELECT id FROM records WHERE node = n.node ORDER BY boot DESC, seq DESC LIMIT 1)
+            ORDER BY n.node
             """
         ).fetchall()
         out = []
