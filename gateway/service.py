@@ -32,6 +32,7 @@ from .ingest import Done, Inbound, Writer
 from .mqtt import Source
 from .recovery import MovedAside, open_store
 from .retention import Bounds
+from .store import Store
 from .systemd import Notifier
 from .topics import Topics
 
@@ -41,11 +42,16 @@ log = logging.getLogger(__name__)
 class Gateway:
     """Start it, stop it; `run` does both around the process's signals."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        """`store`: the open store of the gateway this one replaces (a reload with the same
+        store.path), so the whole file is not checked again."""
         self.config = config
         self.topics = Topics(config.mqtt.topic_prefix)
         self.alarms = Alarms()
-        self.store, self.moved = open_store(config.store.path)
+        if store is None:
+            self.store, self.moved = open_store(config.store.path)
+        else:
+            self.store, self.moved = store, None
         self.writer = Writer(
             self.store, self.topics, on_committed=self._committed, on_refused=self._refused, alarms=self.alarms,
             bounds=Bounds.of(config),
@@ -84,7 +90,8 @@ class Gateway:
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
 
-    def stop(self) -> None:
+    def stop(self, close_store: bool = True) -> None:
+        """`close_store=False`: leave the store open for the gateway that replaces this one."""
         if self._stopped:
             return
         self._stopped = True
@@ -98,7 +105,8 @@ class Gateway:
         self.source.stop()
         if self.forwarders is not None:
             self.forwarders.stop()  # a batch in flight is sent again at the next start
-        self.store.close()
+        if close_store:
+            self.store.close()
         log.info(
             "stopped: %d messages received, %d committed, %d refused",
             self.writer.received, self.writer.committed, self.writer.refused,
@@ -184,7 +192,10 @@ def _reload(gateway: Gateway, path: Path | None, sd: Notifier) -> Gateway:
     sd.reloading()
     log.info("SIGHUP: applying %s", path)
     logging.getLogger().setLevel(new.log.level_number)
-    gateway.stop()
-    gateway = Gateway(new).start()
+    # The same store stays open: reopening it would run quick_check over the whole file (minutes
+    # for a large store on an SD card) while nothing is ingested and the watchdog is not fed.
+    same = new.store.path == gateway.config.store.path
+    gateway.stop(close_store=not same)
+    gateway = Gateway(new, store=gateway.store if same else None).start()
     sd.ready(f"store {new.store.path}")
     return gateway

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import Broker
 from tests.mpy import ROOT
 
-from .conftest import CLI, Publisher, batch, wait_for, write_config
+from .conftest import CLI, Publisher, batch, encode, wait_for, write_config
 from .test_process import count
 
 UNIT = ROOT / "packaging" / "meetkit-gateway.service"
@@ -107,6 +107,66 @@ def test_no_watchdog_without_progress(tmp_path: Path) -> None:
         gw.writer.close()  # the writer thread ends: no more progress
         time.sleep(2.1)
         assert not gw.progressing(2.0)
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+def test_a_writer_hung_in_a_commit_starves_the_watchdog(tmp_path: Path) -> None:
+    """The case the heartbeat is for: the writer thread is alive but stuck in a commit (another
+    connection holds the write lock); once the commit goes through, progress is back."""
+    import sqlite3
+
+    from meetkit_gateway.config import load
+    from meetkit_gateway.ingest import Inbound
+    from meetkit_gateway.service import Gateway
+
+    broker = Broker(tmp_path).start()
+    gw = Gateway(load(write_config(tmp_path, broker.port))).start()
+    lock = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+    try:
+        wait_for(lambda: gw.progressing(1.0), 5, "progress")
+        lock.execute("BEGIN IMMEDIATE")
+        gw.writer.submit(Inbound("meetkit/ams-001/up", encode(batch(seqs=range(3))), time.time()))
+        time.sleep(2.5)  # the commit waits for the lock (busy_timeout 5 s)
+        assert gw.writer.running and not gw.progressing(2.0)
+        lock.execute("ROLLBACK")
+        wait_for(lambda: gw.progressing(1.0), 10, "progress after the lock is gone")
+        wait_for(lambda: count(tmp_path / "gateway.db", "SELECT count(*) FROM records") == 3, 10, "the batch stored")
+    finally:
+        lock.close()
+        gw.stop()
+        broker.stop()
+
+
+def test_a_reload_keeps_the_same_store_open_and_checks_a_new_one(tmp_path: Path, monkeypatch) -> None:
+    """SIGHUP with the same store.path does not check the whole file again (quick_check reads all
+    of it: minutes on an SD card, with ingest stopped); a new store.path is opened and checked."""
+    from meetkit_gateway import recovery, service
+    from meetkit_gateway.config import load
+    from meetkit_gateway.ingest import Inbound
+    from meetkit_gateway.systemd import Notifier
+
+    checked: list[Path] = []
+    real_check = recovery.check
+    monkeypatch.setattr(recovery, "check", lambda path: checked.append(path) or real_check(path))
+    broker = Broker(tmp_path).start()
+    conf = write_config(tmp_path, broker.port)
+    gw = service.Gateway(load(conf)).start()
+    gw.stop()  # a second start, so that the store file exists and is checked
+    gw = service.Gateway(load(conf)).start()
+    try:
+        assert checked == [tmp_path / "gateway.db"]
+        store = gw.store
+        conf.write_text(conf.read_text().replace('level = "DEBUG"', 'level = "INFO"'))
+        gw = service._reload(gw, conf, Notifier())
+        assert gw.store is store and checked == [tmp_path / "gateway.db"]
+        gw.writer.submit(Inbound("meetkit/ams-001/up", encode(batch(seqs=range(2))), time.time()))
+        wait_for(lambda: count(tmp_path / "gateway.db", "SELECT count(*) FROM records") == 2, 10, "stored after it")
+        write_config(tmp_path, broker.port, store="other.db")
+        (tmp_path / "other.db").touch()
+        gw = service._reload(gw, conf, Notifier())
+        assert gw.store is not store and checked[-1] == tmp_path / "other.db"
     finally:
         gw.stop()
         broker.stop()
