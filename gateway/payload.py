@@ -125,11 +125,6 @@ class Value(_ValueFields):
         return self.n is None
 
 
-def _checked_value(fields: tuple[float, float | None, float | None, int | None]) -> Value:
-    """A Value of fields just checked, without `Value.__new__`'s check again (the hot path)."""
-    return tuple.__new__(Value, fields)
-
-
 @dataclass(frozen=True)
 class Record:
     seq: int
@@ -402,8 +397,8 @@ def _plainly_valid_batch(payload: bytes, topic_node: str) -> Batch | None:
         last_seq = seq
         keys += len(r)
         values: dict[str, Value | None] = {}
-        # `_plainly_valid` inlined, with each quantity's bounds in locals: this loop runs once per
-        # reading. The range checks also keep out NaN and infinities.
+        # Each quantity's bounds in locals: this loop runs once per reading. The range checks also
+        # keep out NaN and infinities (they fail every comparison).
         for k, low, high, number_ok, summary_ok, n_low in _QUICK_QUANTITIES:
             if k in r:
                 x = r[k]
@@ -455,7 +450,7 @@ def _record(r: Any, where: str) -> Record:
     ts = None if r["ts"] is None else _int(r["ts"], f"{where}.ts")
     up = _int(r["up"], f"{where}.up")
     dur = _int(r["dur"], f"{where}.dur", low=1)
-    values = {k: _plainly_valid(r[k], q) or _value(r[k], q, f"{where}.{k}") for k, q in QUANTITIES.items() if k in r}
+    values = {k: _value(r[k], q, f"{where}.{k}") for k, q in QUANTITIES.items() if k in r}
     flags: dict[str, tuple[str, ...]] = {}
     for q, fl in _obj(r.get("f", {}), f"{where}.f").items():
         if q not in QUANTITIES:
@@ -476,22 +471,6 @@ _EXPECTED: dict[Form, str] = {
     SCALAR: "a number or null",
     SCALAR_OR_SUMMARY: f"a number, {_SUMMARY_TEXT} (firmware 0.1.0) or null",
 }
-
-
-def _plainly_valid(v: Any, q: Quantity) -> Value | None:
-    """`_value`'s answer for a value that is plainly valid (nearly all are), found quickly; None
-    for anything else, which `_value` then checks in full to name what is wrong. The range checks
-    also keep out NaN and infinities (they fail every comparison or the bounds)."""
-    t = type(v)  # exactly int or float: a bool is neither here
-    if t is float or t is int:
-        if q.form != SUMMARY and q.low <= v <= q.high:
-            return _checked_value((float(v), None, None, None))
-    elif t is list and len(v) == 4 and q.form != SCALAR:
-        avg, lo, hi, n = v
-        if (type(avg) in _NUMBER and type(lo) in _NUMBER and type(hi) in _NUMBER and type(n) is int
-                and q.low <= avg <= q.high and q.low <= lo <= hi <= q.high and q.n_low <= n <= _INT_MAX):
-            return _checked_value((float(avg), float(lo), float(hi), n))
-    return None
 
 
 def _value(v: Any, q: Quantity, where: str) -> Value | None:
