@@ -36,26 +36,6 @@ from .timefmt import iso
 FORMATS = ("csv", "json")
 COLUMNS = ("node", "start", "end", "quantity", "avg", "min", "max", "n", "unit", "flags", "sensor", "board", "fw")
 
-#: the sensor role (the batch's `sensors` key) each quantity comes from
-ROLE = {"pm1": "pm", "pm25": "pm", "pm10": "pm", "temp": "climate", "rh": "climate", "press": "climate",
-        "LAeq": "mic", "LA10": "mic", "LA50": "mic", "LA90": "mic", "LZeq": "mic", "cov": "mic"}
-
-DESCRIPTION = {
-    "pm1": "PM1 mass concentration (optical sensor)",
-    "pm25": "PM2.5 mass concentration (optical sensor)",
-    "pm10": "PM10 mass concentration (optical sensor)",
-    "temp": "air temperature in the node's housing",
-    "rh": "relative humidity in the node's housing",
-    "press": "air pressure",
-    "LAeq": "A-weighted equivalent continuous sound level of the interval; min, max: LAFmin, LAFmax",
-    "LA10": "A-weighted Fast level exceeded 10 % of the interval",
-    "LA50": "A-weighted Fast level exceeded 50 % of the interval",
-    "LA90": "A-weighted Fast level exceeded 90 % of the interval",
-    "LZeq": "Z-weighted (flat) equivalent continuous sound level of the interval",
-    "cov": "fraction of the interval's audio the node processed",
-}
-
-
 class ExportError(Exception):
     """A selection that cannot be exported (an unknown node, say); the message says why."""
 
@@ -192,7 +172,7 @@ def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summar
     wrote = False
     for *_x, quantity, avg, lo, hi, n, unit, flags in readings:
         flag_list = tuple(f for f in flags.split(",") if f)
-        sensor = sensors.get(ROLE.get(quantity, ""), "")
+        sensor = sensors.get(q.role, "") if (q := QUANTITIES.get(quantity)) else ""
         if sel.wants(quantity):
             yield Row(node, *times, quantity, avg, lo, hi, n, unit, flag_list, sensor, board, fw)
             _count(summary, quantity, unit)
@@ -279,7 +259,7 @@ def metadata(csv_name: str, sel: Selection, summary: Summary, db_id: str) -> dic
     variables = []
     for q, unit in sorted(summary.units.items(), key=lambda kv: _order(kv[0].removesuffix("_corr"))):
         raw = q.removesuffix("_corr")
-        text = DESCRIPTION.get(raw, q)
+        text = QUANTITIES[raw].description if raw in QUANTITIES else q
         if q != raw:
             text += ", corrected for humidity (kappa-Koehler)"
         variables.append({"@type": "schema:PropertyValue", "schema:name": q, "schema:unitText": unit,

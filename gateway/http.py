@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
+from .payload import QUANTITIES
 from .store import SCHEMA_VERSION, Store
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 #: the quantities the status page plots, in its order
 SERIES = ("pm25", "pm10", "LAeq", "LA10", "LA90", "temp", "rh", "press")
-UNITS = {"pm25": "ug/m3", "pm10": "ug/m3", "LAeq": "dB", "LA10": "dB", "LA90": "dB",
-         "temp": "degC", "rh": "%", "press": "hPa"}
+UNITS = {q: QUANTITIES[q].unit for q in SERIES}
 #: a node not heard from for this long is flagged `stale` on the page (records are 1 min apart,
 #: batches a few minutes)
 STALE_S = 15 * 60

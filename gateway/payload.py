@@ -39,6 +39,10 @@ class Quantity:
     form: Form = SUMMARY
     #: the least `n` of a summary
     n_low: int = 1
+    #: the sensor role in a batch's `sensors` that measures it (pm, climate, mic)
+    role: str = ""
+    #: what it is, for data users (export metadata, SensorThings ObservedProperty)
+    description: str = ""
 
     def range(self) -> str:
         """`-45..90 degC`; a dimensionless quantity (unit "1") has no unit after its range."""
@@ -50,23 +54,32 @@ class Quantity:
 QUANTITIES: dict[str, Quantity] = {
     q.key: q
     for q in (
-        Quantity("pm1", "ug/m3", 0, 2000),
-        Quantity("pm25", "ug/m3", 0, 2000),
-        Quantity("pm10", "ug/m3", 0, 2000),
-        Quantity("temp", "degC", -45, 90),
-        Quantity("rh", "%", 0, 100),
-        Quantity("press", "hPa", 300, 1100),
+        Quantity("pm1", "ug/m3", 0, 2000, role="pm",
+                 description="PM1 mass concentration, particles below 1 µm (optical sensor)"),
+        Quantity("pm25", "ug/m3", 0, 2000, role="pm",
+                 description="PM2.5 mass concentration, particles below 2.5 µm (optical sensor)"),
+        Quantity("pm10", "ug/m3", 0, 2000, role="pm",
+                 description="PM10 mass concentration, particles below 10 µm (optical sensor)"),
+        Quantity("temp", "degC", -45, 90, role="climate", description="air temperature in the node's housing"),
+        Quantity("rh", "%", 0, 100, role="climate", description="relative humidity in the node's housing"),
+        Quantity("press", "hPa", 300, 1100, role="climate", description="air pressure at the node"),
         # [LAeq, LAFmin, LAFmax, seconds]: avg is the energy mean, min/max are Fast levels, so avg
         # need not lie between them (only min <= max is checked, as for every quantity); n is whole
         # seconds of audio, 0 when less than one second was processed (cov says how much)
-        Quantity("LAeq", "dB", 0, 140, n_low=0),
-        Quantity("LA10", "dB", 0, 140, SCALAR),
-        Quantity("LA50", "dB", 0, 140, SCALAR),
-        Quantity("LA90", "dB", 0, 140, SCALAR),
+        Quantity("LAeq", "dB", 0, 140, n_low=0, role="mic",
+                 description="A-weighted equivalent continuous sound level of the interval, re 20 µPa; min, max: "
+                             "LAFmin, LAFmax (Fast, IEC 61672-1); n: whole seconds of audio"),
+        Quantity("LA10", "dB", 0, 140, SCALAR, role="mic",
+                 description="A-weighted Fast sound level exceeded during 10 % of the interval"),
+        Quantity("LA50", "dB", 0, 140, SCALAR, role="mic",
+                 description="A-weighted Fast sound level exceeded during 50 % of the interval"),
+        Quantity("LA90", "dB", 0, 140, SCALAR, role="mic",
+                 description="A-weighted Fast sound level exceeded during 90 % of the interval"),
         # a number since the noise pipeline; firmware 0.1.0 sent [avg, min, max, n], and such
         # records may still come out of a node's spool after an update
-        Quantity("LZeq", "dB", 0, 140, SCALAR_OR_SUMMARY),
-        Quantity("cov", "1", 0, 1, SCALAR),
+        Quantity("LZeq", "dB", 0, 140, SCALAR_OR_SUMMARY, role="mic",
+                 description="Z-weighted (flat) equivalent continuous sound level of the interval, re 20 µPa"),
+        Quantity("cov", "1", 0, 1, SCALAR, role="mic", description="fraction of the interval's audio the node processed"),
     )
 }
 

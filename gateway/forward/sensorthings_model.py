@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..payload import QUANTITIES
 from .core import Row
 
 SOURCE = "meetkit"  # properties.source of every entity this gateway makes: how it finds them again
@@ -50,32 +51,25 @@ COMPONENTS = ("phenomenonTime", "result", "resultTime", "parameters")
 class Property:
     name: str
     definition: str
-    description: str
-    role: str  # the sensor role of the batch's `sensors` that measures it
 
 
 _EEA = "http://dd.eionet.europa.eu/vocabulary/aq/pollutant/"
 _CF = "http://vocab.nerc.ac.uk/collection/P07/current/"
 _SPL = "http://qudt.org/vocab/quantitykind/SoundPressureLevel"
 
-PROPERTIES: dict[str, Property] = {
-    "pm1": Property("PM1", _EEA + "6002", "Mass concentration of particulate matter < 1 µm (aerosol)", "pm"),
-    "pm25": Property("PM2.5", _EEA + "6001", "Mass concentration of particulate matter < 2.5 µm (aerosol)", "pm"),
-    "pm10": Property("PM10", _EEA + "5", "Mass concentration of particulate matter < 10 µm (aerosol)", "pm"),
-    "temp": Property("Air temperature", _CF + "CFSN0023/", "Air temperature (CF standard name air_temperature)",
-                     "climate"),
-    "rh": Property("Relative humidity", _CF + "CFSN0413/", "Relative humidity of the air (CF relative_humidity)",
-                   "climate"),
-    "press": Property("Air pressure", _CF + "CFSN0015/", "Air pressure at the sensor (CF air_pressure)", "climate"),
-    "LAeq": Property("LAeq", _SPL, "A-weighted equivalent continuous sound level of the interval, re 20 µPa; "
-                     "parameters min/max are LAFmin/LAFmax (Fast, IEC 61672-1), n the seconds of audio", "mic"),
-    "LA10": Property("LA10", _SPL, "A-weighted Fast sound level exceeded during 10 % of the interval", "mic"),
-    "LA50": Property("LA50", _SPL, "A-weighted Fast sound level exceeded during 50 % of the interval", "mic"),
-    "LA90": Property("LA90", _SPL, "A-weighted Fast sound level exceeded during 90 % of the interval", "mic"),
-    "LZeq": Property("LZeq", _SPL, "Flat (Z-weighted) equivalent continuous sound level of the interval, re 20 µPa",
-                     "mic"),
-    "cov": Property("Audio coverage", "http://qudt.org/vocab/quantitykind/DimensionlessRatio",
-                    "Fraction of the interval's audio the node processed", "mic"),
+PROPERTIES: dict[str, Property] = {  # role and description: payload.QUANTITIES
+    "pm1": Property("PM1", _EEA + "6002"),
+    "pm25": Property("PM2.5", _EEA + "6001"),
+    "pm10": Property("PM10", _EEA + "5"),
+    "temp": Property("Air temperature", _CF + "CFSN0023/"),  # CF standard name air_temperature
+    "rh": Property("Relative humidity", _CF + "CFSN0413/"),  # CF relative_humidity
+    "press": Property("Air pressure", _CF + "CFSN0015/"),  # CF air_pressure
+    "LAeq": Property("LAeq", _SPL),
+    "LA10": Property("LA10", _SPL),
+    "LA50": Property("LA50", _SPL),
+    "LA90": Property("LA90", _SPL),
+    "LZeq": Property("LZeq", _SPL),
+    "cov": Property("Audio coverage", "http://qudt.org/vocab/quantitykind/DimensionlessRatio"),
 }
 
 #: The payload's units (docs/payload.md) as SensorThings unitOfMeasurement.
@@ -126,9 +120,9 @@ def sensor_model(row: Row) -> str:
         sensors = json.loads(row.sensors)
     except ValueError:
         sensors = {}
-    model = sensors.get(prop.role) if isinstance(sensors, dict) else None
+    model = sensors.get(QUANTITIES[row.quantity].role) if isinstance(sensors, dict) else None
     if not isinstance(model, str):
-        raise Unmapped(f"the record names no {prop.role!r} sensor (sensors {row.sensors})")
+        raise Unmapped(f"the record names no {QUANTITIES[row.quantity].role!r} sensor (sensors {row.sensors})")
     if model.lower() not in SENSORS:
         raise Unmapped(f"sensor model {model!r} is unknown to this gateway (known: {', '.join(SENSORS)})")
     return model.lower()
@@ -170,7 +164,7 @@ def sensor(model: str) -> dict[str, Any]:
 
 def observed_property(quantity: str) -> dict[str, Any]:
     p = PROPERTIES[quantity]
-    return {"name": p.name, "definition": p.definition, "description": p.description,
+    return {"name": p.name, "definition": p.definition, "description": QUANTITIES[quantity].description,
             "properties": {"source": SOURCE, "quantity": quantity}}
 
 
