@@ -172,6 +172,9 @@ def _broker(broker, problems):
     if b["password"] is not None and b["user"] is None:
         problems.append("config.broker.password: set, but broker.user is not; measuring without an uplink")
         return None
+    if b["user"] is not None and b["password"] is None:  # umqtt would fail on it at every connect
+        problems.append("config.broker.password: missing, but broker.user is set; measuring without an uplink")
+        return None
     if "port" in broker:
         p = _int(broker, "port", 1, 65535, problems, "config.broker")
         if p is not None:

@@ -36,12 +36,14 @@ def test_tls_defaults_to_port_8883_and_ca_der(tmp_path: Path) -> None:
     (dict(user=""), "config.broker.user: must be a non-empty string; measuring without an uplink"),
     (dict(password=7), "config.broker.password: must be a non-empty string; measuring without an uplink"),
     (dict(user=None), "config.broker.password: set, but broker.user is not; measuring without an uplink"),
+    (dict(password=None), "config.broker.password: missing, but broker.user is set; measuring without an uplink"),
     (dict(tls=True, ca=""), "config.broker.ca: must be a non-empty string; measuring without an uplink"),
 ])
 def test_an_unclear_broker_section_switches_the_uplink_off(tmp_path: Path, section: dict, message: str) -> None:
     cfg = broker(**section)
-    if section.get("user", "x") is None:
-        del cfg["broker"]["user"]
+    for key in ("user", "password"):
+        if section.get(key, "x") is None:
+            del cfg["broker"][key]
     r, out = load(tmp_path, cfg)
     assert r["cfg"]["broker"] is None and r["problems"] == [message.removeprefix("config: ")]
     assert "W config: " + message in out and SECRET not in out
