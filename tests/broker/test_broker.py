@@ -295,9 +295,11 @@ def test_tls_needs_the_lab_ca(running: Running) -> None:
 
 
 def test_client_id_is_the_username_on_tls(running: Running, gateway: Client) -> None:
-    b = Client(running, "ams-002", tls=True, cafile=running.ca)
+    # b uses its username as its client id, as a node does; a claims that id with its own account:
+    # without use_username_as_clientid the broker would hand a b's session and disconnect b
+    b = Client(running, "ams-002", tls=True, cafile=running.ca, client_id="ams-002")
     b.sub(f"{P}/ams-002/ack")
-    a = Client(running, "ams-001", tls=True, cafile=running.ca, client_id="ams-002")  # would kick b off
+    a = Client(running, "ams-001", tls=True, cafile=running.ca, client_id="ams-002")
     assert a.ok
     gateway.pub(f"{P}/ams-002/ack", "still here")
     assert b.next() == (f"{P}/ams-002/ack", b"still here") and not b.disconnected.is_set()
