@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from types import ModuleType
 
+from meetkit_gateway.payload import QUANTITIES
 from meetkit_tools.paths import FIRMWARE
 
 BATCH_BYTES = 1800  # firmware/lib/node.py: a batch stays under about 2 KB
@@ -48,8 +49,7 @@ class NodeStream:
 
 def _envelope(node: str, boot: int) -> str:
     # As firmware/lib/node.py builds it once per boot.
-    units = {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%", "press": "hPa",
-             "LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}
+    units = {k: q.unit for k, q in QUANTITIES.items()}
     sensors = {"pm": "pms5003", "climate": "bme280", "mic": "ics43434"}
     dumps = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
     return (f'{{"v":1,"node":{dumps(node)},"boot":{boot},"fw":"0.3.0","board":"esp32-devkitc",'

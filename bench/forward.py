@@ -30,8 +30,7 @@ from meetkit_tools.services import Mosquitto
 RECORDS = 3000
 RUNS = 3
 T0 = 1795510800
-UNITS = {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%", "press": "hPa",
-         "LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}
+UNITS = {k: q.unit for k, q in payload.QUANTITIES.items()}
 
 
 def fill(db: Path, records: int) -> None:

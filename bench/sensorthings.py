@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.gateway.sensorthings_server import SensorThingsServer  # noqa: E402
 
 NODES, RECORDS, T0 = 10, 60, 1795510800
-UNITS = {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%", "press": "hPa",
-         "LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}
+UNITS = {k: q.unit for k, q in payload.QUANTITIES.items()}
 
 
 def _batch(node: str, seqs: range) -> bytes:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.results import median, record
 from meetkit_gateway.alarms import Alarms
-from meetkit_gateway.payload import parse_batch
+from meetkit_gateway.payload import QUANTITIES, parse_batch
 from meetkit_gateway.retention import SLICE, Bounds, Pruner
 from meetkit_gateway.store import MIGRATIONS, Store
 
@@ -41,8 +41,7 @@ RECORD = {"dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": [5.2, 4, 7, 58], "pm10": [8
           "f": {"pm25": ["rh_high"]}}
 ENVELOPE = {"v": 1, "boot": 1, "fw": "0.2.0", "board": "esp32-devkitc",
             "sensors": {"pm": "pms5003", "climate": "bme280", "mic": "ics43434"},
-            "units": {"pm1": "ug/m3", "pm25": "ug/m3", "pm10": "ug/m3", "temp": "degC", "rh": "%", "press": "hPa",
-                      "LAeq": "dB", "LA10": "dB", "LA50": "dB", "LA90": "dB", "LZeq": "dB", "cov": "1"}}
+            "units": {k: q.unit for k, q in QUANTITIES.items()}}
 
 
 def batches(n: int, nodes: int = 10, first: int = 0):
@@ -63,14 +62,12 @@ def fill(store: Store, n: int, first: int = 0, group: int = 200) -> list[float]:
         if len(pending) == group:
             t = time.perf_counter()
             with store.transaction():
-                for b2, at2 in pending:
-                    store.add_batch(b2, received_at=at2)
+                store.add_batches(pending)  # as the writer commits a group
             times.append(time.perf_counter() - t)
             pending = []
     if pending:
         with store.transaction():
-            for b2, at2 in pending:
-                store.add_batch(b2, received_at=at2)
+            store.add_batches(pending)
     return times
 
 
