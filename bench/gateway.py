@@ -65,7 +65,7 @@ def cpu_s(pid: int) -> float:
 
 def log_tail(gw: GatewayProcess, lines: int = 30) -> str:
     """The end of the gateway's log, for a benchmark that stops (its folder is deleted)."""
-    return "\n".join(gw.log.read_text(errors="replace").splitlines()[-lines:]) if gw.log.exists() else ""
+    return "\n".join(gw.log_text().splitlines()[-lines:])
 
 
 def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.05) -> None:
@@ -169,7 +169,7 @@ def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[st
     gw = GatewayProcess(workdir / "gw", broker.host, broker.port, client_id="bench-gateway").start()
     acks = None
     try:
-        wait_until(lambda: gw.log.exists() and "subscribed to" in gw.log.read_text(), 30, "the gateway to subscribe")
+        gw.wait_log("subscribed to", 30)
         acks = Subscriber(broker, "meetkit/+/ack", messages, workdir / "acks.txt", payload=True)
         assert gw.proc is not None
         cpu0 = cpu_s(gw.proc.pid)
