@@ -378,8 +378,9 @@ def next_steps(res: Result, install_dir: Path | None = None, fleet: Fleet | None
         f"secrets (passwords, mode 0600): {res.out / SECRETS}",
         f"lab CA (keep {res.out / 'ca' / 'ca.key'} off the broker): {res.out / 'ca' / 'ca.crt'}",
         "next:",
-        *([f"  copy {m}/ to {inst}/ on the broker (root:mosquitto; passwd, acl 0640, server.key 0640)"]
-          if inst != m else []),
+        *([f"  on the broker, with {m}/ copied there if it is another machine:",
+           f"  sudo install -d -o root -g mosquitto -m 0750 {inst}",
+           f"  sudo install -o root -g mosquitto -m 0640 {m}/* {inst}/"] if inst != m else []),
         f"  sudo cp {inst / 'mosquitto.conf'} /etc/mosquitto/mosquitto.conf && sudo systemctl restart mosquitto",
         f"  each node: config.json broker.user = its node id, broker.password from {SECRETS}, broker.tls = true,",
         f"    broker.host = the broker's host name or --ip; {res.out / 'ca' / 'ca.der'} on its flash as ca.der",

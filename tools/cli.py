@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--tls-bind-all", action="store_true", help="the TLS listener on all addresses")
     bi.add_argument("--port", type=int, default=1883, help="the plaintext listener on 127.0.0.1")
     bi.add_argument("--tls-port", type=int, default=8883)
-    bi.add_argument("--install-dir", type=Path, help="where mosquitto/ goes on the broker "
-                    "(default: the folder itself), e.g. /etc/mosquitto/meetkit")
+    # Not the output folder itself: Mosquitto reads the files as user mosquitto, which cannot read
+    # the 0600/0640 files of whoever ran init.
+    bi.add_argument("--install-dir", type=Path, default=Path("/etc/mosquitto/meetkit"),
+                    help="where mosquitto/ goes on the broker (default /etc/mosquitto/meetkit)")
     bi.add_argument("--persistence-dir", default="/var/lib/mosquitto/")
     bi.add_argument("--renew-server-cert", action="store_true", help="sign a new server certificate")
     bi.set_defaults(func=cmd_broker_init)

@@ -190,7 +190,7 @@ def test_bad_node_ids_refused(tmp_path: Path, bad: str) -> None:
 def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["broker", "init", "--out", str(out), "--node", "ams-001", "--hostname", "gw",
-                 "--ip", "192.168.1.10", "--install-dir", "/etc/mosquitto/meetkit"]) == 0
+                 "--ip", "192.168.1.10"]) == 0  # --install-dir /etc/mosquitto/meetkit by default
     assert main(["broker", "add-node", "ams-002", "--out", str(out)]) == 0
     assert main(["broker", "add-node", "ams-002", "--out", str(out)]) == 1  # known: not replaced silently
     text = capsys.readouterr()
@@ -205,6 +205,8 @@ def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.Capture
                                       f'password_file = "{out / "gateway.password"}"', 'topic_prefix = "meetkit"']
     conf = (out / "mosquitto/mosquitto.conf").read_text()
     assert "password_file /etc/mosquitto/meetkit/passwd" in conf and "listener 8883 192.168.1.10" in conf
+    # how the files get to where Mosquitto (user mosquitto) can read them
+    assert f"sudo install -o root -g mosquitto -m 0640 {out / 'mosquitto'}/* /etc/mosquitto/meetkit/\n" in text.out
 
 
 # ---------------------------------------------------------------------------------------------
