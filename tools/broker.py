@@ -249,13 +249,26 @@ def make_ca(ca_dir: Path, days: int = CA_DAYS) -> None:
           "-addext", "subjectKeyIdentifier=hash"], "the CA certificate")
 
 
-def make_server_cert(ca_dir: Path, dest: Path, fleet: Fleet, days: int = SERVER_DAYS) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    key, crt = dest / "server.key", dest / "server.crt"
+def server_sans(fleet: Fleet) -> list[str]:
+    """The names the broker's certificate must carry, as openssl's subjectAltName takes them."""
     sans = [f"DNS:{fleet.hostname}"]
     if "." not in fleet.hostname:
         sans.append(f"DNS:{fleet.hostname}.local")  # mDNS, as Raspberry Pi OS announces it
-    sans += [f"IP:{ip}" for ip in fleet.ips]
+    return sans + [f"IP:{ip}" for ip in fleet.ips]
+
+
+def cert_sans(crt: Path) -> set[str]:
+    """The subjectAltName entries of a certificate, in server_sans' spelling."""
+    res = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(crt)],
+                         capture_output=True, text=True)
+    body = res.stdout.split("\n", 1)[1] if res.returncode == 0 and "\n" in res.stdout else ""
+    return {e.strip().replace("IP Address:", "IP:") for e in body.split(",") if e.strip()}
+
+
+def make_server_cert(ca_dir: Path, dest: Path, fleet: Fleet, days: int = SERVER_DAYS) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    key, crt = dest / "server.key", dest / "server.crt"
+    sans = server_sans(fleet)
     if not key.exists():
         _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
               "-out", str(key)], "the server key")
@@ -323,6 +336,10 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
         make_ca(cadir)
         written += [cadir / "ca.key", cadir / "ca.crt"]
         renew_server_cert = True  # a new CA: the old server certificate is not signed by it
+    # A new host name or address (the TLS listener binds it) needs a certificate that names it,
+    # or every node fails the name check: signed again by the same CA, the nodes need nothing new.
+    if (mdir / "server.crt").exists() and cert_sans(mdir / "server.crt") != set(server_sans(fleet)):
+        renew_server_cert = True
     if renew_server_cert or not (mdir / "server.crt").exists():
         make_server_cert(cadir, mdir, fleet)
         written += [mdir / "server.key", mdir / "server.crt"]

@@ -3,6 +3,7 @@ against a real Mosquitto started on free loopback ports (a plaintext and a TLS l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -179,6 +180,18 @@ def test_init_again_keeps_ca_keys_and_passwords(tmp_path: Path) -> None:
     broker.init(out, fleet(tmp_path), [], renew_server_cert=True)
     assert (out / "mosquitto/server.crt").read_bytes() != before["mosquitto/server.crt"]
     assert (out / "ca/ca.key").read_bytes() == before["ca/ca.key"]
+
+
+def test_init_again_with_a_new_address_signs_a_certificate_that_names_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    broker.init(out, fleet(tmp_path), ["ams-001"])
+    crt, ca = (out / "mosquitto/server.crt").read_bytes(), (out / "ca/ca.crt").read_bytes()
+    moved = dataclasses.replace(fleet(tmp_path), ips=["127.0.0.1", "192.168.1.20"])
+    res = broker.init(out, moved, [])
+    assert (out / "mosquitto/server.crt").read_bytes() != crt and out / "mosquitto/server.crt" in res.written
+    assert broker.cert_sans(out / "mosquitto/server.crt") == {
+        "DNS:meetkit-gw", "DNS:meetkit-gw.local", "IP:127.0.0.1", "IP:192.168.1.20"}
+    assert (out / "ca/ca.crt").read_bytes() == ca  # the nodes' ca.der stays valid
 
 
 @pytest.mark.parametrize("bad", ["gateway", "AMS-001", "a/b", "+", "#", "", "x" * 33])
