@@ -91,7 +91,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ca = broker.ca_der
         setups = {"sec-01": (broker.node_broker("sec-01"), ca), "sec-02": (broker.node_broker("sec-02"), ca),
                   "sec-03": (broker.node_broker("sec-03", password=WRONG), ca),
-                  "sec-09": (broker.node_broker("sec-01"), other_ca_der(work))}
+                  "sec-09": (broker.node_broker("sec-01"), other_ca_der(work)),
+                  # the right CA, but a name the broker's certificate does not carry
+                  "sec-08": (dict(broker.node_broker("sec-01"), host="localhost"), ca)}
         for i, (node_id, (b, ca_file)) in enumerate(setups.items()):
             spec = NodeSpec(node_id=node_id, scenario=load_scenario("quiet-street"), workdir=work / node_id,
                             until_s=MINUTES * 60, seed=i + 1, extra_config={"broker": b}, files={"ca.der": ca_file})
@@ -179,3 +181,12 @@ def test_a_node_that_trusts_another_ca_never_sends(fleet: dict) -> None:
     assert waits[-1] >= 30 and waits[0] <= 1, f"backoff: {waits}"
     assert "mqtt: connected" not in text and "Traceback" not in text
     assert fleet["before_fix"]["sec-09"] == [] and len(fleet["first"]["sec-09"]) >= MINUTES - 2
+
+
+def test_a_broker_whose_certificate_does_not_name_the_host_is_refused(fleet: dict) -> None:
+    """The node checks the broker's name, not only its CA: `localhost` reaches the same broker,
+    whose certificate names meetkit-gw and 127.0.0.1 only."""
+    text = fleet["consoles"]["sec-08"]
+    assert re.search(r" E mqtt: connect localhost:\d+ \(tls\) failed \(tls: certificate rejected: The certificate "
+                     r"Common Name \(CN\) does not match with the expected CN\)", text), text[-3000:]
+    assert "mqtt: connected" not in text and fleet["before_fix"]["sec-08"] == []
