@@ -12,7 +12,7 @@ from pathlib import Path
 from meetkit_tools.services import VictoriaMetrics
 from tests.conftest import Broker
 
-from .conftest import CLI, Publisher, batch, wait_for, write_config
+from .conftest import CLI, Listener, Publisher, batch, wait_for, write_config
 
 
 def test_the_gateway_forwards_and_serves_metrics(tmp_path: Path) -> None:
@@ -25,10 +25,13 @@ def test_the_gateway_forwards_and_serves_metrics(tmp_path: Path) -> None:
     with log.open("w") as out:
         proc = subprocess.Popen([CLI, "run", "--config", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     pub = Publisher("127.0.0.1", broker.port)
+    acks = Listener("127.0.0.1", broker.port, "meetkit/ams-001/ack")
     try:
         url = wait_for(lambda: re.search(r"status page and /metrics on (http://\S+)", log.read_text()), 15,
                        "the status page's address")[1]
         pub.publish("meetkit/ams-001/up", batch(seqs=range(0, 6)))
+        (ack,) = acks.wait("meetkit/ams-001/ack", 1)
+        assert ack["seq"] == [[0, 5]]  # committed, then acknowledged to the node
         wait_for(lambda: len(vm.export('{node="ams-001"}')) >= 2, 20, "the readings in VictoriaMetrics")
         series = {s["metric"]["__name__"]: s for s in vm.export('{node="ams-001",quantity="pm25"}')}
         assert series["meetkit_avg"]["values"] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
@@ -46,6 +49,7 @@ def test_the_gateway_forwards_and_serves_metrics(tmp_path: Path) -> None:
         assert proc.wait(20) == 0
     finally:
         pub.close()
+        acks.close()
         if proc.poll() is None:
             proc.kill()
         vm.stop()
