@@ -14,6 +14,7 @@ import pytest
 
 from meetkit_gateway import pm_humidity
 from meetkit_gateway.export import COLUMNS
+from meetkit_gateway.timefmt import iso
 
 from .conftest import CLI, Publisher, Running, batch, cli, example, wait_for
 from .conftest import fill_store as fill
@@ -281,7 +282,7 @@ def test_output_is_replaced_whole_or_left_alone(config, tmp_path):
 # -- beside the running gateway ----------------------------------------------------------------------------------
 
 
-def test_export_reads_a_consistent_snapshot_while_the_gateway_writes(tmp_path, broker):
+def test_export_beside_the_running_gateway_gives_whole_records_and_batches(tmp_path, broker):
     from meetkit_gateway import config as configuration
 
     from .conftest import write_config
@@ -308,6 +309,32 @@ def test_export_reads_a_consistent_snapshot_while_the_gateway_writes(tmp_path, b
         assert all(q == ["pm25", "temp"] for q in per_start.values())  # whole records only
         assert len(per_start) % 20 == 0 and len(per_start) >= 20  # whole batches only
     assert len(exports[-1]) >= len(exports[0])
+
+
+def test_an_export_is_one_snapshot_across_nodes(config):
+    """Each node is read by its own statement; what is committed meanwhile (here: while node A's
+    rows are being written out) is not in the export, for any node."""
+    from meetkit_gateway.export import Selection, export
+    from meetkit_gateway.store import Store
+
+    fill(config, batch(node="ams-001", seqs=range(3)), batch(node="ams-002", seqs=range(3)))
+    db = config.parent / "gateway.db"
+
+    class Out(io.StringIO):
+        def write(self, text: str) -> int:
+            if not self.getvalue():  # the first row: another connection commits more of both nodes
+                fill(config, batch(node="ams-001", seqs=range(3, 6)), batch(node="ams-002", seqs=range(3, 6)))
+            return super().write(text)
+
+    out = Out()
+    with Store(db, readonly=True) as store:
+        summary = export(store, Selection(), "json", None, out)
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert summary.records == 6 and len(docs) == 12
+    assert {(d["node"], d["start"]) for d in docs} == {
+        (n, iso(T0 + 60 * s)) for n in ("ams-001", "ams-002") for s in range(3)}
+    with Store(db, readonly=True) as store:  # the later batches are there for the next export
+        assert store.readings_count() == 24
 
 
 def test_the_example_batch_exports_what_the_node_sent(config):
