@@ -19,7 +19,9 @@ gives them to the target's `Sender`. The answer decides:
 
 Records without a known start (a node whose clock is not set yet; the store fills `start` in when
 a record of the same boot with a time arrives) hold the cursor back for `hold_untimed_s` after
-they were received; after that they are passed over and counted in `forward.<t>.untimed`.
+they were received; after that they are passed over and counted in `forward.<t>.untimed`. A boot
+that has gone without a clock for longer than that holds nothing back any more (a node that never
+gets one must not delay the others).
 """
 
 from __future__ import annotations
@@ -223,9 +225,15 @@ class Forwarder:
         try:
             after = self.cursor()
             newest = db.execute("SELECT max(id) FROM records").fetchone()[0] or 0
+            # The first recent record still waiting for its node's clock holds the batch back,
+            # unless its boot has gone without a clock for longer than the hold already: a node
+            # that never gets one must not keep every other node hold_untimed_s behind.
             held = db.execute(
-                "SELECT min(id) FROM records WHERE start IS NULL AND id > ? AND received_at > ?",
-                (after, self.clock() - self.hold_untimed_s),
+                """SELECT min(r.id) FROM records AS r
+                   WHERE r.start IS NULL AND r.id > :after AND r.received_at > :since
+                     AND NOT EXISTS (SELECT 1 FROM records AS o WHERE o.node = r.node AND o.boot = r.boot
+                                     AND o.start IS NULL AND o.received_at <= :since)""",
+                {"after": after, "since": self.clock() - self.hold_untimed_s},
             ).fetchone()[0]
             limit = newest if held is None else held - 1
             rows: list[Row] = []

@@ -230,6 +230,24 @@ def test_untimed_records_hold_the_cursor_then_are_passed_over(tmp_path, contract
     f.close()
 
 
+def test_a_node_that_never_gets_a_clock_holds_back_no_other(tmp_path, contract):
+    """Once a boot has gone without a clock for longer than the hold, its new untimed records no
+    longer hold the batch: the other nodes are forwarded as they arrive, not hold_untimed_s late."""
+    db = tmp_path / "g.db"
+    t0 = time.time()
+    with Store(db) as s:
+        for minute in range(30):
+            for node, ts0 in (("clockless", None), ("fine", T0)):
+                b = batch(node=node, seqs=range(minute, minute + 1), ts0=ts0)
+                s.add_batch(payload.parse_batch(encode(b), node), received_at=t0 + 60 * minute)
+    now = [t0 + 60 * 29 + 1]
+    f = Forwarder("c", db, InfluxSender(influx("c", contract.url)), hold_untimed_s=600, clock=lambda: now[0])
+    drain(f)
+    assert f.cursor() == 60  # the newest record, fine's minute 29, is forwarded
+    assert f.status()["untimed"] == 30
+    f.close()
+
+
 def test_backoff_and_retry_after_and_escaping():
     assert [backoff(k, lambda: 1.0) for k in (1, 2, 3, 6, 7, 50)] == [0.5, 1.0, 2.0, 16.0, 30.0, 30.0]
     assert backoff(3, lambda: 0.0) == 1.0  # jitter: half to all of it
