@@ -26,14 +26,13 @@ import http.client
 import logging
 from math import isfinite
 from typing import Sequence
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from ..config import ForwardConfig
-from .core import Result, Row, auth_header, retry_after
+from .core import Result, Row, auth_header
+from .http_target import RETRYABLE_4XX, Connection
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_4XX = {401, 403, 404, 408, 429}  # the target's configuration or load, not the batch
 
 
 def _tag(v: str) -> str:
@@ -77,25 +76,15 @@ class InfluxSender:
 
     def __init__(self, cfg: ForwardConfig) -> None:
         self.cfg = cfg
-        parts = urlsplit(cfg.url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.https else 80)
-        base = parts.path.rstrip("/")
+        self.conn = Connection(cfg.url, cfg.timeout)
+        base = self.conn.path.rstrip("/")
         if cfg.api == "v2":
             self.path = f"{base}/api/v2/write?" + urlencode({"org": cfg.org, "bucket": cfg.bucket, "precision": "s"})
         else:
             self.path = f"{base}/write?" + urlencode({"db": cfg.db, "precision": "s"})
-        self._conn: http.client.HTTPConnection | None = None
 
     def _auth(self) -> dict[str, str]:
         return auth_header(self.cfg, "Token")
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            self._conn = cls(self.host, self.port, timeout=self.cfg.timeout)
-        return self._conn
 
     def send(self, rows: Sequence[Row]) -> Result:
         body = encode_lines(rows, self.cfg.measurement)
@@ -105,24 +94,16 @@ class InfluxSender:
             headers = {"Content-Type": "text/plain; charset=utf-8", **self._auth()}
         except OSError as e:
             return Result(False, f"cannot read the secret file: {e}")
-        try:
-            conn = self._connection()
-            conn.request("POST", self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            text = resp.read().decode("utf-8", "replace").strip()
-            status, wait = resp.status, retry_after(resp.getheader("Retry-After"))
-            if resp.will_close:
-                self.close()
+        try:  # a write sent twice overwrites itself: safe to resend on a connection the server closed
+            answer = self.conn.request("POST", self.path, body, headers, resend=True)
         except (OSError, http.client.HTTPException) as e:
-            self.close()
-            return Result(False, f"{self.host}:{self.port}: {type(e).__name__}: {e}")
+            return Result(False, f"{self.conn.host}:{self.conn.port}: {type(e).__name__}: {e}")
+        status, text = answer.status, answer.text.strip()
         if 200 <= status < 300:
             return Result(True, status=status)
         reason = f"HTTP {status}" + (f": {text[:500]}" if text else "")
         permanent = 400 <= status < 500 and status not in RETRYABLE_4XX
-        return Result(False, reason, status=status, permanent=permanent, retry_after=wait)
+        return Result(False, reason, status=status, permanent=permanent, retry_after=answer.retry_after)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.conn.close()

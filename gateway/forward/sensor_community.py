@@ -55,14 +55,12 @@ import json
 import logging
 import time
 from typing import Callable, Sequence
-from urllib.parse import urlsplit
 
 from ..config import ForwardConfig
-from .core import Refused, Result, Row, retry_after
+from .core import Refused, Result, Row
+from .http_target import RETRYABLE_4XX, Connection
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_4XX = {401, 403, 404, 408, 429}
 
 # quantity -> (pin, [(value_type, which value of the reading, scale)])
 MAPPING: dict[str, tuple[int, list[tuple[str, str, float]]]] = {
@@ -111,36 +109,20 @@ class SensorCommunitySender:
         self.cfg = cfg
         self.sensors = dict(cfg.sensors)
         self.clock = clock
-        parts = urlsplit(cfg.url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.https else 80)
-        self.path = parts.path or "/"  # as configured: the real one ends in "/"
-        self._conn: http.client.HTTPConnection | None = None
+        self.conn = Connection(cfg.url, cfg.timeout)
+        self.path = self.conn.path or "/"  # as configured: the real one ends in "/"
         # (record_id, pin) -> None when taken, or the refusal: what a retry of the same batch skips
         self._done: dict[tuple[int, int], Refused | None] = {}
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            self._conn = cls(self.host, self.port, timeout=self.cfg.timeout)
-        return self._conn
-
     def _post(self, sensor: str, pin: int, body: bytes) -> tuple[int, str, float | None] | str:
-        """(status, text, Retry-After) or why there is no answer."""
+        """(status, text, Retry-After) or why there is no answer. Not resent on a closed
+        connection: the API takes no timestamps, so a push that did arrive would count twice."""
         headers = {"Content-Type": "application/json", "X-Sensor": sensor, "X-Pin": str(pin)}
         try:
-            conn = self._connection()
-            conn.request("POST", self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            text = resp.read().decode("utf-8", "replace").strip()
-            answer = resp.status, text, retry_after(resp.getheader("Retry-After"))
-            if resp.will_close:
-                self.close()
-            return answer
+            answer = self.conn.request("POST", self.path, body, headers)
         except (OSError, http.client.HTTPException) as e:
-            self.close()
-            return f"{self.host}:{self.port}: {type(e).__name__}: {e}"
+            return f"{self.conn.host}:{self.conn.port}: {type(e).__name__}: {e}"
+        return answer.status, answer.text.strip(), answer.retry_after
 
     def send(self, rows: Sequence[Row]) -> Result:
         passed = {"stale": 0, "unmapped": 0, "unsupported": 0}
@@ -183,6 +165,4 @@ class SensorCommunitySender:
         return Result(True, passed_over={k: v for k, v in passed.items() if v}, refused=refused)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.conn.close()

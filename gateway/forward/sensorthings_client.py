@@ -14,15 +14,12 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
-from .core import retry_after
+from .http_target import RETRYABLE_4XX, Connection
 
-RETRYABLE_4XX = {401, 403, 404, 408, 429}
-IDLE_S = 4.0  # a connection idle longer than this is not reused: servers close idle ones (Tomcat 20 s, nginx 75 s)
 SAFE = "/:,'()$@"  # left as they are in a query value; everything else (spaces, quotes, &) is %-encoded
 PAGES_MAX = 1000  # @iot.nextLink pages followed at most in one lookup
 
@@ -78,31 +75,15 @@ class Client:
     """Requests to the service root `url` (`https://host/FROST-Server/v1.1`)."""
 
     def __init__(self, url: str, timeout: float, headers: Callable[[], dict[str, str]]) -> None:
-        parts = urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.https else 80)
-        self.root = parts.path.rstrip("/")
-        self.timeout = timeout
+        self.conn = Connection(url, timeout)
+        self.host = self.conn.host
+        self.root = self.conn.path.rstrip("/")
         self.headers = headers  # called per request: the auth header, read from its file
-        self._conn: http.client.HTTPConnection | None = None
-        self._used = 0.0
 
     # -- the connection -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        if self._conn is not None and time.monotonic() - self._used > IDLE_S:
-            self.close()
-        fresh = self._conn is None
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            self._conn = cls(self.host, self.port, timeout=self.timeout)
-        return self._conn, fresh
+        self.conn.close()
 
     def request(self, method: str, path: str, body: Any = None) -> Answer:
         """One request to `root + path`; Failure (to retry) when there is no answer. A GET that
@@ -114,25 +95,12 @@ class Client:
             raise Failure(f"cannot read the secret file: {e}") from None
         if data is not None:
             headers["Content-Type"] = "application/json"
-        for attempt in (1, 2):
-            conn, fresh = self._connection()
-            try:
-                conn.request(method, self.root + path, body=data, headers=headers)
-                resp = conn.getresponse()
-                text = resp.read().decode("utf-8", "replace")
-                self._used = time.monotonic()
-                if resp.will_close:
-                    self.close()
-                return Answer(resp.status, resp.getheader("Location"), retry_after(resp.getheader("Retry-After")),
-                              text)
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
-                if method == "GET" and attempt == 1 and stale and not fresh:
-                    continue
-                raise Failure(f"{method} {self.root}{path[:120]}: {self.host}:{self.port}: "
-                              f"{type(e).__name__}: {e}") from None
-        raise AssertionError("unreachable")
+        try:
+            r = self.conn.request(method, self.root + path, data, headers, resend=method == "GET")
+        except (OSError, http.client.HTTPException) as e:
+            raise Failure(f"{method} {self.root}{path[:120]}: {self.conn.host}:{self.conn.port}: "
+                          f"{type(e).__name__}: {e}") from None
+        return Answer(r.status, r.location, r.retry_after, r.text)
 
     @staticmethod
     def check(answer: Answer, method: str, what: str) -> Answer:

@@ -176,6 +176,45 @@ def contract() -> Iterator[Contract]:
         c.server_close()
 
 
+class IdleClosing(http.server.ThreadingHTTPServer):
+    """HTTP/1.1 with keep-alive announced, but each connection closed after one answer, as a
+    server closes a connection that sat idle: the client learns of it only at its next request."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        super().__init__(("127.0.0.1", 0), IdleClosingHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class IdleClosingHandler(http.server.BaseHTTPRequestHandler):
+    server: IdleClosing
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(204)
+        self.end_headers()
+        self.close_connection = True  # without "Connection: close": the client thinks it is open
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_connection_the_server_closed_is_replaced_without_a_failure(tmp_path):
+    server = IdleClosing()
+    db = tmp_path / "g.db"
+    try:
+        fill(db, seqs=range(4))
+        f = Forwarder("c", db, InfluxSender(influx("c", f"http://127.0.0.1:{server.server_address[1]}")), batch=4)
+        assert drain(f) == 2 and f.cursor() == 4
+        st = f.status()
+        assert (st["retries"], st["up"], len(server.bodies)) == (0, True, 2)
+        f.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def rows(db: Path, sql: str) -> list[tuple]:
     with Store(db, readonly=True) as s:
         return s.db.execute(sql).fetchall()
