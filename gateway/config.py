@@ -14,8 +14,8 @@ target (gateway/forward/). `type = "influx"`: InfluxDB line protocol over HTTP, 
 "sensor.community"`: its push API, for the nodes mapped in `sensors`; `type = "sensorthings"`: an
 OGC SensorThings API service root (optional `username` with `password_file`, or `token_file` for
 "Authorization: Bearer"; optional `fleet`, the file with the nodes' positions, else `[fleet] path`).
-Secrets are read from files, never written in gateway.toml; the files are read when the forwarder
-starts.
+Secrets are read from files, never written in gateway.toml; the files are read at every attempt, so a
+fixed file is picked up without a restart.
 """
 
 from __future__ import annotations

@@ -334,13 +334,13 @@ class Forwarder:
         """Step until `stop` is set (the thread's body)."""
         try:
             while not stop.is_set():
+                self.wake.clear()  # before the step: a wake() during it means records it may not have seen
                 try:
                     delay = self.step()
                 except Exception:  # the store locked or failing: try again later, never die
                     log.exception("forward %s: store error", self.name)
                     delay = BACKOFF_CAP_S
                 if delay > 0:
-                    self.wake.clear()
                     deadline = time.monotonic() + delay
                     while not stop.is_set() and not (delay == self.poll_s and self.wake.is_set()):
                         left = deadline - time.monotonic()
@@ -383,16 +383,16 @@ class Forwarder:
                                     (last_id,)).fetchone()
                 out["oldest_age_s"] = None if oldest is None else max(0.0, self.clock() - oldest[0])
                 out["last_success"] = last_success
-                counters = dict(db.execute("SELECT name, value FROM counters WHERE name LIKE ?",
-                                           (f"forward.{self.name}.%",)))
+                prefix = f"forward.{self.name}."  # not LIKE: "_" in a target's name would be a wildcard
+                counters = dict(db.execute("SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
+                                           (len(prefix), prefix)))
             finally:
                 db.execute("COMMIT")
         for key in ("sent", "retries", "dead", "untimed"):
             out["dead_letters" if key == "dead" else key] = counters.get(f"forward.{self.name}.{key}", 0)
-        prefix = f"forward.{self.name}."
         for counter, value in counters.items():  # a target's own, e.g. stale (sensor.community)
-            key = counter[len(prefix):]
-            if counter.startswith(prefix) and key not in out and key != "dead":
+            key = counter[len(prefix):]  # "v2.sent" is target "<name>.v2"'s, not ours
+            if "." not in key and key not in out and key != "dead":
                 out[key] = value
         if out["last_error"] is None and self.up is None:
             out["last_error"] = last_error

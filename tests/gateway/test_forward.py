@@ -287,6 +287,19 @@ def test_a_node_that_never_gets_a_clock_holds_back_no_other(tmp_path, contract):
     f.close()
 
 
+def test_a_targets_status_counts_its_own_counters_only(tmp_path, contract):
+    """Target names may hold "_" and "."; "city" does not take the counters of "city.v2" or "cityXa"."""
+    db = tmp_path / "g.db"
+    fill(db, seqs=range(2))
+    fs = [Forwarder(n, db, InfluxSender(influx(n, contract.url))) for n in ("city_a", "cityXa", "city", "city.v2")]
+    drain(fs[1])
+    drain(fs[3])
+    assert [f.status()["sent"] for f in fs] == [0, 4, 0, 4]
+    assert not any("." in k for k in fs[2].status())
+    for f in fs:
+        f.close()
+
+
 def test_backoff_and_retry_after_and_escaping():
     assert [backoff(k, lambda: 1.0) for k in (1, 2, 3, 6, 7, 50)] == [0.5, 1.0, 2.0, 16.0, 30.0, 30.0]
     assert backoff(3, lambda: 0.0) == 1.0  # jitter: half to all of it
