@@ -198,6 +198,25 @@ class IdleClosingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def test_the_secrets_go_as_the_apis_want_them(tmp_path, contract):
+    """v2: `Authorization: Token <token>` and org/bucket in the path; v1: basic auth and db (the
+    real VictoriaMetrics ignores both, so they are checked here)."""
+    db = tmp_path / "g.db"
+    fill(db, seqs=range(1))
+    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "pw").write_text("hunter2\n")
+    v2 = ForwardConfig(name="v2", type="influx", url=contract.url + "/base", api="v2", org="city",
+                       bucket="meetkit", token_file=tmp_path / "token")
+    v1 = influx("v1", contract.url, username="lab", password_file=tmp_path / "pw")
+    for cfg in (v2, v1):
+        f = Forwarder(cfg.name, db, InfluxSender(cfg))
+        drain(f)
+        f.close()
+    (p2, h2, _), (p1, h1, _) = contract.requests
+    assert (p2, h2["Authorization"]) == ("/base/api/v2/write?org=city&bucket=meetkit&precision=s", "Token s3cret")
+    assert (p1, h1["Authorization"]) == ("/write?db=lab&precision=s", "Basic bGFiOmh1bnRlcjI=")  # lab:hunter2
+
+
 def test_a_connection_the_server_closed_is_replaced_without_a_failure(tmp_path):
     server = IdleClosing()
     db = tmp_path / "g.db"
