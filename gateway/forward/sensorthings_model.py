@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..payload import QUANTITIES
+from ..timefmt import iso
 from .core import Row
 
 SOURCE = "meetkit"  # properties.source of every entity this gateway makes: how it finds them again
@@ -188,10 +189,6 @@ def datastream(node: str, quantity: str, model: str, unit: str, ids: dict[str, A
         "Sensor": {"@iot.id": ids["Sensor"]},
         "ObservedProperty": {"@iot.id": ids["ObservedProperty"]},
     }
-
-
-def iso(t: int) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> int:
