@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -93,6 +94,92 @@ def cmd_broker_add_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from meetkit_tools import provision as pv
+
+    settings = {}
+    for kv in args.set:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            print(f"meetkit provision: --set {kv!r}: expected KEY=VALUE", file=sys.stderr)
+            return pv.EXIT_UNCHANGED
+        settings[key] = pv.nodeconfig.parse_value(value)
+    fleet_fields: dict = {k: v for k, v in (("name", args.name), ("lat", args.lat), ("lon", args.lon),
+                                            ("height_m", args.height), ("notes", args.notes)) if v is not None}
+    if args.installed:
+        fleet_fields["installed"] = args.installed
+    if args.serial:
+        fleet_fields["serials"] = dict(s.partition("=")[::2] for s in args.serial)
+    wifi_password = None
+    if args.wifi:
+        wifi_password = pv.read_secret("MEETKIT_WIFI_PASSWORD", args.wifi_password_file,
+                                       f"Wi-Fi password for {args.wifi}: ")
+    broker_password = None
+    if args.broker_user:
+        broker_password = pv.read_secret("MEETKIT_BROKER_PASSWORD", args.broker_password_file,
+                                         f"broker password for {args.broker_user}: ")
+    fleet = args.fleet or (Path(os.environ["MEETKIT_FLEET"]) if os.environ.get("MEETKIT_FLEET") else None)
+    o = pv.Options(port=args.port, board=args.board, node_id=args.node_id, wifi_ssid=args.wifi,
+                   wifi_password=wifi_password, broker=args.broker, broker_dir=args.broker_dir, tls=args.tls,
+                   broker_user=args.broker_user, broker_password=broker_password,
+                   broker_reload=args.broker_reload, interval_s=args.interval, settings=settings,
+                   source=args.source, fleet=fleet, fleet_fields=fleet_fields, gateway=args.gateway,
+                   timeout_s=args.timeout)
+    return pv.provision(o)
+
+
+def _date(s: str) -> object:
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a date, YYYY-MM-DD") from None
+
+
+def _add_provision(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("provision", help="put meetkit on a board with MicroPython, configure it as a node, "
+                       "and check that it measures and delivers",
+                       description="Builds the app for the board, writes the node's config (secrets are never "
+                       "shown), copies both with mpremote (the old app stays until the new one is complete), "
+                       "resets the board and reads its self-test. Exit status: 0 every check passed, 1 "
+                       "provisioned but a check failed, 2 nothing was changed on the board.")
+    p.add_argument("--port", required=True, help="the board's serial port (meetkit ports lists them)")
+    p.add_argument("--board", required=True, help="the board file in boards/, e.g. esp32-devkitc")
+    p.add_argument("--node-id", required=True, help="1-32 of a-z, 0-9, '-'; the node's name everywhere")
+    net = p.add_argument_group("network and broker (kept from the board when it is this node already)")
+    net.add_argument("--wifi", metavar="SSID", help="the Wi-Fi network; its password from $MEETKIT_WIFI_PASSWORD, "
+                     "--wifi-password-file or a prompt")
+    net.add_argument("--wifi-password-file", type=Path)
+    net.add_argument("--broker", metavar="HOST[:PORT]", help="the broker as the node reaches it")
+    net.add_argument("--broker-dir", type=Path, help="the folder of `meetkit broker init`: the node's account is made "
+                     "there if new, and TLS uses its lab CA (ca/ca.der)")
+    net.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                     help="TLS to the broker (default: on with --broker-dir)")
+    net.add_argument("--broker-user", help="an account made elsewhere (password from $MEETKIT_BROKER_PASSWORD, "
+                     "--broker-password-file or a prompt)")
+    net.add_argument("--broker-password-file", type=Path)
+    net.add_argument("--broker-reload", metavar="CMD", help="run after a new account is written, e.g. "
+                     "'sudo systemctl reload mosquitto' when the broker runs here")
+    p.add_argument("--interval", type=int, default=60, help="seconds per record (10-3600, default 60)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config.json key (docs/technician.md), e.g. noise_offset_db=-1.2")
+    p.add_argument("--source", action="store_true", help="copy the .py sources instead of compiled .mpy")
+    reg = p.add_argument_group("the fleet register")
+    reg.add_argument("--fleet", type=Path, help="the register (TOML) to add the node to (default $MEETKIT_FLEET)")
+    reg.add_argument("--name", help="the place, e.g. 'Dam, lamp post 12'")
+    reg.add_argument("--lat", type=float)
+    reg.add_argument("--lon", type=float)
+    reg.add_argument("--height", type=float, help="mounting height above the ground, metres")
+    reg.add_argument("--installed", type=_date, help="the day it was mounted, YYYY-MM-DD")
+    reg.add_argument("--serial", action="append", metavar="PART=SERIAL", help="e.g. pm=PMS5003-2211-0042 (repeat)")
+    reg.add_argument("--notes")
+    p.add_argument("--gateway", metavar="URL", help="the gateway's status page (http://pi:8080): wait until it "
+                   "shows the node's first records")
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the self-test (default 180)")
+    p.set_defaults(func=cmd_provision)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="meetkit", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -142,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--out", type=Path, default=BUILD / "broker")
     ba.add_argument("--new-password", action="store_true", help="replace the password of a known node")
     ba.set_defaults(func=cmd_broker_add_node)
+
+    _add_provision(sub)
     return ap
 
 
