@@ -143,3 +143,24 @@ def test_a_wrong_file_stays_wrong_until_it_is_fixed_and_then_is_read(tmp_path):
     path.unlink()
     with pytest.raises(FleetError, match="cannot read the file"):
         fleet.nodes()
+
+
+def test_meetkit_gateway_check_shows_the_register_and_its_problems(tmp_path):
+    from .conftest import cli
+
+    conf = tmp_path / "gateway.toml"
+    conf.write_text('[store]\npath = "data.db"\n[fleet]\npath = "fleet.toml"\n')
+    (tmp_path / "fleet.toml").write_text(FULL + '[nodes."ams-002"]\nname = "Spui"\n')
+    r = cli("check", "--config", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert f"  fleet       {tmp_path / 'fleet.toml'}: 2 nodes, 1 with a position" in r.stdout.splitlines()
+    (tmp_path / "fleet.toml").write_text('[nodes."ams-001"]\nlat = 152.4\nlon = 4.9\ncolour = "red"\n')
+    r = cli("check", "--config", str(conf))
+    assert r.returncode == 0, r.stderr  # gateway.toml is good, and the gateway runs with a bad register
+    lines = r.stdout.splitlines()
+    i = lines.index(f"  fleet       {tmp_path / 'fleet.toml'}: CANNOT BE USED, 2 problems (ingest goes on; the "
+                    "status page shows no names; sensorthings holds back new nodes):")
+    assert lines[i + 1:i + 3] == [
+        '                nodes."ams-001".lat: must be a number from -90 to 90, got 152.4 (a number)',
+        '                nodes."ams-001".colour: unknown key (known: board, name, lat, lon, height_m, installed, '
+        'serials, noise_offset_db, calibrated, notes, chip, fw, provisioned)']
