@@ -118,10 +118,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  forward     {_target(t)}")
     if not cfg.forward:
         print("  forward     no targets")
+    if cfg.fleet is not None:
+        _print_fleet(cfg.fleet)
     print(f"  log level   {cfg.log.level}")
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _print_fleet(path: Path) -> None:
+    """The fleet register: how many nodes, or every problem (the gateway runs all the same)."""
+    from .fleet import FleetError, load
+
+    try:
+        nodes = load(path)
+    except FleetError as e:
+        print(f"  fleet       {path}: CANNOT BE USED, {len(e.errors)} problem{'s' if len(e.errors) != 1 else ''} "
+              "(ingest goes on; the status page shows no names; sensorthings holds back new nodes):")
+        for err in e.errors:
+            print(f"                {err}")
+        return
+    placed = sum("lat" in m for m in nodes.values())
+    print(f"  fleet       {path}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {placed} with a position")
 
 
 def _target(t: object) -> str:

@@ -12,8 +12,13 @@ Endpoints (all GET; HEAD works too):
                     otherwise. Active alarms (disk full, ...) are listed but do not make it 503:
                     alert on `meetkit_alarm_active` instead.
     /metrics        Prometheus text exposition format 0.0.4 (see `metrics_text`).
-    /api/nodes      {"now", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...}}:
-                    the fleet table of the status page.
+    /api/nodes      {"now", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...},
+                    "fleet": {"path", "errors", "registered", "never_seen", "unregistered"}}:
+                    the fleet table of the status page. Each node has "register": what the
+                    fleet register says of it (name, board, installed, lat, lon, height_m, ...;
+                    never its notes) or null; nodes of the register the store never heard of
+                    are listed too, flagged "never seen"; with a readable register, nodes not
+                    in it are flagged "not in the register".
     /api/series?node=ID&hours=24[&until=UNIX_S]
                     {"node", "since", "until", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
                     "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],
@@ -43,11 +48,15 @@ must return a list of dicts (missing keys are left out of the output; it must no
         "last_error": "HTTP 503",     # str | None: the last failure, for the page (not a metric)
     }
 
+The fleet register (gateway/fleet.py) is read, when it changed, at each /metrics and /api/nodes
+request; a register that cannot be read shows its problems there and fails nothing.
+
 Wiring (gateway/service.py): build it next to the writer and start/stop it with the gateway,
 stopping it first:
 
     self.http = StatusServer(config.store.path, config.http.host, config.http.port,
-                             targets=lambda: [t.status() for t in self.forwarders])
+                             targets=lambda: [t.status() for t in self.forwarders],
+                             fleet=Fleet(config.fleet))
     ... start(): self.http.start()       stop(): self.http.stop() before self.writer.close()
 """
 
@@ -65,6 +74,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
+from .fleet import Fleet
+from .fleet_view import FleetView, view
 from .payload import QUANTITIES
 from .store import SCHEMA_VERSION, Store
 
@@ -174,8 +185,26 @@ def _targets(targets: Targets) -> tuple[list[dict[str, Any]], str | None]:
         return [], f"{type(e).__name__}: {e}"
 
 
-def metrics_text(store: Store, targets: Targets, now: float | None = None) -> str:
-    """All metrics of the gateway: the store's counters, per node, per forwarding target."""
+def _fleet_metrics(m: Exposition, fleet: FleetView, heard: set[str]) -> None:
+    fams = (
+        ("meetkit_fleet_error", "1 while the fleet register cannot be read (its problems are on the status page)."),
+        ("meetkit_fleet_nodes_registered", "Nodes in the fleet register."),
+        ("meetkit_fleet_nodes_never_seen", "Nodes in the fleet register the gateway never heard of."),
+        ("meetkit_fleet_nodes_unregistered", "Nodes the gateway heard of that are not in the fleet register."),
+    )
+    for name, help in fams:
+        m.add(name, "gauge", help, None)
+    if not fleet.configured:
+        return  # no register: nothing to say
+    m.add(fams[0][0], "gauge", "", int(fleet.errors is not None))
+    if fleet.usable:
+        m.add(fams[1][0], "gauge", "", len(fleet.nodes))
+        m.add(fams[2][0], "gauge", "", len(set(fleet.nodes) - heard))
+        m.add(fams[3][0], "gauge", "", len(heard - set(fleet.nodes)))
+
+
+def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None) -> str:
+    """All metrics of the gateway: the store's counters, per node, per forwarding target, the fleet register."""
     now = time.time() if now is None else now
     m = Exposition()
     m.add("meetkit_store_up", "gauge", "1 when the store opened read-only and answered.", 1)
@@ -233,7 +262,9 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None) -> st
     )
     for name, kind, help in fams:
         m.add(name, kind, help, None)
+    heard: set[str] = set()
     for n in store.nodes():
+        heard.add(n.node)
         lab = {"node": n.node}
         if n.last_seen is not None:
             m.add(fams[0][0], "gauge", "", n.last_seen, lab)
@@ -248,6 +279,8 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None) -> st
         m.add(fams[5][0], "gauge", "", per_node_gaps.get(n.node, 0), lab)
         if n.dropped is not None:
             m.add(fams[6][0], "counter", "", n.dropped, lab)
+
+    _fleet_metrics(m, view(fleet), heard)
 
     rows, error = _targets(targets)
     m.add("meetkit_forward_status_error", "gauge",
@@ -278,8 +311,13 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None) -> st
 # -- JSON for the page -----------------------------------------------------------------------------
 
 
-def nodes_doc(store: Store, targets: Targets, now: float | None = None) -> dict[str, Any]:
+NEVER_SEEN = "never seen"  # in the register, never heard of
+UNREGISTERED = "not in the register"  # heard of, not in a readable register
+
+
+def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
+    reg = view(fleet)
     boots = store.boots()
     per_node_gaps = gaps(boots)
     records: dict[str, int] = {}
@@ -298,16 +336,29 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None) -> dict[
             health.insert(0, "offline")
         if n.last_seen is None or now - n.last_seen > STALE_S:
             health.insert(0, "stale")
+        if reg.usable and n.node not in reg.nodes:
+            health.append(UNREGISTERED)
         out.append({
             "node": n.node, "online": n.online, "last_seen": n.last_seen, "rssi": n.rssi,
             "boot": n.boot if n.boot is not None else (l.boot if l else None), "fw": n.fw, "up": n.up,
             "dropped": n.dropped, "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
-            "last_start": l.start if l else None, "flags": health,
+            "last_start": l.start if l else None, "flags": health, "register": reg.nodes.get(n.node),
+        })
+    heard = {n["node"] for n in out}
+    never = [node for node in reg.nodes if node not in heard]
+    for node in never:
+        out.append({
+            "node": node, "online": None, "last_seen": None, "rssi": None, "boot": None, "fw": None, "up": None,
+            "dropped": None, "records": 0, "gaps": 0, "last_start": None, "flags": [NEVER_SEEN],
+            "register": reg.nodes[node],
         })
     rows, error = _targets(targets)
     c = store.counts()
     return {
         "now": now, "nodes": out, "targets": rows, "targets_error": error,
+        "fleet": {"path": reg.path, "errors": reg.errors, "registered": len(reg.nodes) if reg.usable else None,
+                  "never_seen": len(never) if reg.usable else None,
+                  "unregistered": len(heard - set(reg.nodes)) if reg.usable else None},
         "alarms": [{"code": a.code, "at": a.at, "reason": a.reason} for a in store.active_alarms()],
         "counts": {"records": c.records, "readings": c.readings, "dead_letters": c.dead_letters,
                    "duplicates": c.duplicates},
@@ -380,11 +431,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._healthz(head)
             elif path == "/metrics":
                 with owner.open() as store:
-                    body = metrics_text(store, owner.targets).encode()
+                    body = metrics_text(store, owner.targets, fleet=owner.fleet).encode()
                 self._send(200, body, "text/plain; version=0.0.4; charset=utf-8", head)
             elif path == "/api/nodes":
                 with owner.open() as store:
-                    self._json(200, nodes_doc(store, owner.targets), head)
+                    self._json(200, nodes_doc(store, owner.targets, fleet=owner.fleet), head)
             elif path == "/api/targets":
                 rows, error = _targets(owner.targets)
                 self._json(200, {"now": time.time(), "targets": rows, "targets_error": error}, head)
@@ -449,8 +500,9 @@ class StatusServer:
     `port` 0 picks a free one (see `.port` after `start()`)."""
 
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
-                 targets: Targets = lambda: [], static: Path = STATIC) -> None:
+                 targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None) -> None:
         self.store_path = Path(store_path)
+        self.fleet = fleet  # the fleet register, shared by the request threads (it locks itself)
         self.host = host
         self.requested_port = port
         self.targets = targets

@@ -26,6 +26,7 @@ from typing import Sequence
 from . import config as configuration
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
+from .fleet import Fleet
 from .forward import Forwarders
 from .http import StatusServer
 from .ingest import Done, Inbound, Writer
@@ -84,8 +85,8 @@ class Gateway:
         self.forwarders = Forwarders.start(self.config.store.path, self.config.forward)
         http = self.config.http
         try:
-            self.http = StatusServer(self.config.store.path, http.host, http.port,
-                                     targets=self.forwarders.status).start()  # logs where it listens
+            self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
+                                     fleet=Fleet(self.config.fleet)).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self

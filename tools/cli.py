@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import datetime as dt
 import signal
 import socket
 import sys
@@ -109,7 +110,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if args.installed:
         fleet_fields["installed"] = args.installed
     if args.serial:
-        fleet_fields["serials"] = dict(s.partition("=")[::2] for s in args.serial)
+        fleet_fields["serials"] = {role: serial for role, serial in args.serial if serial}
     wifi_password = None
     if args.wifi:
         wifi_password = pv.read_secret("MEETKIT_WIFI_PASSWORD", args.wifi_password_file,
@@ -126,15 +127,6 @@ def cmd_provision(args: argparse.Namespace) -> int:
                    source=args.source, fleet=fleet, fleet_fields=fleet_fields, gateway=args.gateway,
                    timeout_s=args.timeout)
     return pv.provision(o)
-
-
-def _date(s: str) -> object:
-    import datetime
-
-    try:
-        return datetime.date.fromisoformat(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected a date, YYYY-MM-DD") from None
 
 
 def _add_provision(sub: "argparse._SubParsersAction") -> None:
@@ -171,13 +163,169 @@ def _add_provision(sub: "argparse._SubParsersAction") -> None:
     reg.add_argument("--lat", type=float)
     reg.add_argument("--lon", type=float)
     reg.add_argument("--height", type=float, help="mounting height above the ground, metres")
-    reg.add_argument("--installed", type=_date, help="the day it was mounted, YYYY-MM-DD")
-    reg.add_argument("--serial", action="append", metavar="PART=SERIAL", help="e.g. pm=PMS5003-2211-0042 (repeat)")
+    reg.add_argument("--installed", type=_date, help="the day it was mounted, YYYY-MM-DD or today")
+    reg.add_argument("--serial", action="append", type=_serial, metavar="PART=SERIAL", help="e.g. pm=PMS5003-2211-0042 (repeat)")
     reg.add_argument("--notes")
     p.add_argument("--gateway", metavar="URL", help="the gateway's status page (http://pi:8080): wait until it "
                    "shows the node's first records")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the self-test (default 180)")
     p.set_defaults(func=cmd_provision)
+# -- meetkit fleet: the fleet register (tools/fleetfile.py) ---------------------------------------------
+
+
+def _fleet_path(args: argparse.Namespace) -> Path:
+    import os
+
+    return args.fleet or Path(os.environ.get("MEETKIT_FLEET") or "fleet.toml")
+
+
+def _fleet_error(path: Path, e: Exception) -> int:
+    errors = getattr(e, "errors", [str(e)])
+    print(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}", file=sys.stderr)
+    for err in errors:
+        print(f"  {err}", file=sys.stderr)
+    return 1
+
+
+def _fleet_value(key: str, v: object) -> str:
+    if key == "serials" and isinstance(v, dict):
+        return ", ".join(f"{role} {serial}" for role, serial in v.items())
+    if isinstance(v, (dt.date, dt.datetime)):
+        return v.isoformat().replace("+00:00", "Z")
+    if key == "notes":
+        return str(v).replace("\n", " / ")
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _fleet_node(node: str, meta: dict) -> None:
+    from meetkit_gateway.fleet import KEYS
+
+    print(node)
+    for key in KEYS:
+        if key in meta:
+            print(f"  {key:<16} {_fleet_value(key, meta[key])}")
+    if "lat" in meta:
+        print(f"  {'map':<16} https://www.openstreetmap.org/?mlat={meta['lat']:.5f}&mlon={meta['lon']:.5f}"
+              f"#map=18/{meta['lat']:.5f}/{meta['lon']:.5f}")
+
+
+def cmd_fleet_show(args: argparse.Namespace) -> int:
+    from meetkit_gateway.fleet import FleetError, load
+
+    path = _fleet_path(args)
+    if not path.exists():
+        print(f"{path}: no such file (`meetkit fleet set ID ...` or `meetkit provision --fleet {path}` "
+              "starts it; --fleet FILE or $MEETKIT_FLEET to use another)", file=sys.stderr)
+        return 1
+    try:
+        nodes = load(path)
+    except FleetError as e:
+        return _fleet_error(path, e)
+    if args.node_id:
+        if args.node_id not in nodes:
+            print(f"{path}: node {args.node_id} is not in the register", file=sys.stderr)
+            return 1
+        _fleet_node(args.node_id, nodes[args.node_id])
+        return 0
+    rows = [("node", "board", "name", "position", "installed", "fw")]
+    for node, m in nodes.items():
+        where = f"{m['lat']:.5f}, {m['lon']:.5f}" if "lat" in m else "-"
+        if "height_m" in m:
+            where += f" at {m['height_m']:g} m"
+        rows.append((node, m.get("board", "-"), m.get("name", "-"), where,
+                     m["installed"].isoformat() if "installed" in m else "-", m.get("fw", "-")))
+    print(f"{path}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _date(s: str) -> "dt.date":
+    if s == "today":
+        return dt.date.today()
+    try:
+        return dt.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a date like 2026-11-24, or today") from None
+
+
+def _serial(s: str) -> tuple[str, str | None]:
+    role, eq, serial = s.partition("=")
+    if not eq or not role:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected ROLE=SERIAL, like pm=PMS5003-2311-0412 (ROLE= removes it)")
+    return role, serial or None
+
+
+def cmd_fleet_set(args: argparse.Namespace) -> int:
+    from meetkit_gateway.fleet import FleetError
+    from meetkit_tools import fleetfile
+
+    path = _fleet_path(args)
+    fields: dict = {k: v for k, v in (("board", args.board), ("name", args.name), ("lat", args.lat),
+                                      ("lon", args.lon), ("height_m", args.height), ("installed", args.installed),
+                                      ("noise_offset_db", args.noise_offset), ("calibrated", args.calibrated),
+                                      ("notes", args.notes)) if v is not None}
+    if args.serial:
+        fields["serials"] = dict(args.serial)
+    for key in args.unset:
+        fields[key] = None
+    if not fields:
+        print("meetkit fleet set: nothing to set (see --help)", file=sys.stderr)
+        return 2
+    try:
+        fleetfile.upsert(path, args.node_id, fields)
+        meta = fleetfile.get(path, args.node_id)
+    except FleetError as e:
+        print(f"meetkit fleet set: not written, {path} is as it was", file=sys.stderr)
+        return _fleet_error(path, e)
+    print(f"{path}: {args.node_id} written")
+    _fleet_node(args.node_id, meta or {})
+    return 0
+
+
+def cmd_fleet_check(args: argparse.Namespace) -> int:
+    from meetkit_gateway.fleet import FleetError, load
+
+    path = _fleet_path(args)
+    try:
+        nodes = load(path)
+    except FleetError as e:
+        return _fleet_error(path, e)
+    placed = sum("lat" in m for m in nodes.values())
+    print(f"{path}: OK, {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {placed} with a position")
+    for node, m in nodes.items():
+        if "lat" not in m:
+            print(f"  {node}: no position (lat, lon): a sensorthings target refuses its readings")
+    return 0
+
+
+def add_fleet_parser(sub: argparse._SubParsersAction) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--fleet", type=Path, metavar="FILE",
+                       help="the register (default: $MEETKIT_FLEET, else ./fleet.toml)")
+    fleet = sub.add_parser("fleet", help="the fleet register: where each node is, its sensors' serials, "
+                           "calibration").add_subparsers(dest="fleet_cmd", required=True)
+    show = fleet.add_parser("show", parents=[where], help="every node, or one node's every key")
+    show.add_argument("node_id", nargs="?", metavar="ID")
+    show.set_defaults(func=cmd_fleet_show)
+    fs = fleet.add_parser("set", parents=[where], help="add a node or change its keys (comments are kept)")
+    fs.add_argument("node_id", metavar="ID")
+    fs.add_argument("--board", help="the board's name, like esp32-devkitc")
+    fs.add_argument("--name", help='where it is, for people: "Dam, lamp post 12"')
+    fs.add_argument("--lat", type=float, help="latitude, WGS84 degrees (north positive)")
+    fs.add_argument("--lon", type=float, help="longitude, WGS84 degrees (east positive)")
+    fs.add_argument("--height", type=float, help="mounting height above the ground, m")
+    fs.add_argument("--installed", type=_date, help="installation date: 2026-11-24 or today")
+    fs.add_argument("--serial", type=_serial, action="append", default=[], metavar="ROLE=SERIAL",
+                    help="a sensor's serial number, ROLE pm, mic or climate (repeat; ROLE= removes it)")
+    fs.add_argument("--noise-offset", type=float, metavar="DB", help="the microphone's calibration offset, dB")
+    fs.add_argument("--calibrated", type=_date, help="when it was calibrated: 2026-11-20 or today")
+    fs.add_argument("--notes", help="free text (never sent upstream)")
+    fs.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a key (repeat)")
+    fs.set_defaults(func=cmd_fleet_set)
+    check = fleet.add_parser("check", parents=[where], help="is the register valid, as the gateway reads it")
+    check.set_defaults(func=cmd_fleet_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.set_defaults(func=cmd_broker_add_node)
 
     _add_provision(sub)
+    add_fleet_parser(sub)
     return ap
 
 

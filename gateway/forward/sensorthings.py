@@ -17,14 +17,33 @@ or a second gateway never creates one twice. Ids are kept in memory and in this 
       iot_id      TEXT     JSON of the service's @iot.id (a number or a string)
       sent_until  INTEGER  Datastreams: the latest resultTime (Unix s) ever sent to it; NULL: none
       located     INTEGER  Things: 1 when it has a Location
+      sent        TEXT     Things: JSON of what the service has of it (description, properties,
+                           its Location's place, name and id), to compare the register with
       PRIMARY KEY (service, kind, key)
 
-Positions. A Thing gets a Location when the fleet file (gateway/fleet.py) knows where the node
-is. The service makes each Observation's FeatureOfInterest from the Thing's Location, and refuses
-Observations of a Thing without one (FROST: "No FeatureOfInterest provided, and none can be
-generated"). So the readings of a node with no known position are refused here, with that reason,
-without sending them (the store keeps them; a replay sends them); once the fleet file has the
-node, its Thing gets the Location (`POST Things(<id>)/Locations`) before its next readings go.
+(`sent` came with the fleet register: a table without it gets it by ALTER TABLE; a Thing cached
+without it is read back from the service once.)
+
+Positions. A Thing gets a Location when the fleet register (gateway/fleet.py) knows where the
+node is. The service makes each Observation's FeatureOfInterest from the Thing's Location, and
+refuses Observations of a Thing without one (FROST: "No FeatureOfInterest provided, and none can
+be generated"). So the readings of a node with no known position are refused here, with that
+reason, without sending them (the store keeps them; a replay sends them); once the register has
+the node, its Thing gets the Location (`POST Things(<id>)/Locations`) before its next readings go.
+
+The register changes. Before a node's readings go, what the register says of it is compared, in
+memory, with what the service was last sent (`sent`), so an unchanged register costs no request.
+A new position (lat, lon or height_m) is a new Location, `POST Things(<id>)/Locations`: the
+service links it in place of the old one and records a HistoricalLocation (18-088 clause 8.2.3),
+so the old place stays in the Thing's history, and the readings from then on get a
+FeatureOfInterest at the new place. A new name only is `PATCH Locations(<id>)` (same place, same
+FeatureOfInterest). Other changes (board, name, installed, serials, calibration) are one `PATCH
+Things(<id>)` of its description and properties. A PATCH the service refuses with a 4xx is logged
+and not tried again until the register changes: the readings are right without it. A position
+the register no longer has leaves the Thing at its last Location. A register that cannot be read
+holds the target back (retried, nothing lost) while a batch has a node that needs it (a new
+Thing, one without a position); batches of nodes already described go on as last described, and
+the status page shows the register's problem.
 
 Per-row results. CreateObservations answers 201 with one entry per dataArray row, in order: the
 new Observation's self link, or a string starting with "error" (FROST: "error <message>"). Rows in
@@ -74,6 +93,7 @@ TABLE = """
         iot_id TEXT NOT NULL,
         sent_until INTEGER,
         located INTEGER,
+        sent TEXT,
         PRIMARY KEY (service, kind, key)
     ) WITHOUT ROWID
 """
@@ -87,6 +107,16 @@ class Entity:
     id: int | str
     sent_until: int | None = None  # Datastreams
     located: bool = False  # Things
+    sent: dict[str, Any] | None = None  # Things: what the service has (`_upstream` says what)
+
+
+def _plain(value: Any) -> Any:
+    """`value` as it comes back from JSON (tuples as lists): what is compared with `sent`."""
+    return json.loads(json.dumps(value))
+
+
+def _label(loc: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {"name": loc.get("name"), "description": loc.get("description")} if isinstance(loc, dict) else None
 
 
 class SensorThingsSender:
@@ -113,24 +143,29 @@ class SensorThingsSender:
         if self._store is None:
             self._store = Store(self.store_path)
             self._store.db.execute(TABLE)
+            columns = {r[1] for r in self._store.db.execute("PRAGMA table_info(sensorthings_entities)")}
+            if "sent" not in columns:  # made before the fleet register
+                self._store.db.execute("ALTER TABLE sensorthings_entities ADD COLUMN sent TEXT")
         return self._store
 
     def _cached(self, kind: str, name: str) -> Entity | None:
         e = self._known.get((kind, name))
         if e is None:
             row = self.store.db.execute(
-                "SELECT iot_id, sent_until, located FROM sensorthings_entities"
+                "SELECT iot_id, sent_until, located, sent FROM sensorthings_entities"
                 " WHERE service = ? AND kind = ? AND key = ?", (self.service, kind, name)).fetchone()
             if row is not None:
-                e = self._known[(kind, name)] = Entity(kind, name, json.loads(row[0]), row[1], bool(row[2]))
+                e = self._known[(kind, name)] = Entity(kind, name, json.loads(row[0]), row[1], bool(row[2]),
+                                                       None if row[3] is None else json.loads(row[3]))
         return e
 
     def _remember(self, e: Entity) -> Entity:
         with self.store.transaction():
             self.store.db.execute(
-                "INSERT OR REPLACE INTO sensorthings_entities (service, kind, key, iot_id, sent_until, located)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (self.service, e.kind, e.key, json.dumps(e.id), e.sent_until, int(e.located)))
+                "INSERT OR REPLACE INTO sensorthings_entities (service, kind, key, iot_id, sent_until, located, sent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.service, e.kind, e.key, json.dumps(e.id), e.sent_until, int(e.located),
+                 None if e.sent is None else json.dumps(e.sent)))
         self._known[(e.kind, e.key)] = e
         return e
 
@@ -192,28 +227,88 @@ class SensorThingsSender:
         body = model.thing(row.node, row.board, row.fw, meta)
         found = self._find("/Things", row.node, node=row.node)
         if found is not None:
-            located = bool(self.client.values(f"/Things({key(found['@iot.id'])})/Locations", pages=1,
-                                              select="id", top="1"))
-            return self._remember(Entity("Thing", row.node, found["@iot.id"], located=located))
+            e = Entity("Thing", row.node, found["@iot.id"])
+            e.sent = self._upstream(e)  # compared with the register before its readings go
+            e.located = e.sent["place"] is not None
+            return self._remember(e)
         iot_id = self.client.create("Things", body)
         log.info("sensorthings %s: created Thing %r (%s)%s", self.cfg.name, row.node, iot_id,
                  "" if "Locations" in body else " without a Location: its position is not known")
-        return self._remember(Entity("Thing", row.node, iot_id, located="Locations" in body))
+        loc = body.get("Locations", [None])[0]
+        sent = {"description": body["description"], "properties": body["properties"], "place": model.place(loc),
+                "label": _label(loc), "location_id": None}  # the deep insert's Location id: looked up if needed
+        return self._remember(Entity("Thing", row.node, iot_id, located=loc is not None, sent=_plain(sent)))
 
-    def _locate(self, thing: Entity, node: str) -> str | None:
-        """Give a Thing without a Location the one the fleet file now has; the reason its readings
-        cannot go when there is none."""
-        loc = model.location(node, self.fleet.node_metadata(node))
+    def _upstream(self, thing: Entity) -> dict[str, Any]:
+        """What the service has of `thing`: its description, properties and current Location."""
+        path = f"/Things({key(thing.id)})"
+        with self._gone_on_404("Thing", thing.key):
+            t = self.client.entity(path, select="id,description,properties")
+            locs = self.client.values(f"{path}/Locations", pages=1, top="1",
+                                      select="id,name,description,location,properties")
+        loc = locs[0] if locs else None
+        return _plain({"description": t.get("description"), "properties": t.get("properties") or {},
+                       "place": model.place(loc), "label": _label(loc),
+                       "location_id": loc.get("@iot.id") if loc else None})
+
+    def _describe(self, thing: Entity, row: Row) -> str | None:
+        """Bring the Thing and its Location up to what the register says of the node (requests
+        only for what changed); the reason its readings cannot go when it has no position."""
+        node = row.node
+        try:
+            meta = self.fleet.node_metadata(node)
+        except FleetError:
+            if thing.located:
+                return None  # goes on as last described; the status page shows the register's problem
+            raise
+        if thing.sent is None:  # cached before the register: read back once
+            thing.sent = self._upstream(thing)
+            self._remember(thing)
+        sent = thing.sent
+        props = sent["properties"]
+        want = _plain(model.thing_update(node, props.get("board", row.board), props.get("fw", row.fw), meta))
+        if want != {"description": sent["description"], "properties": props}:
+            self._patch("Thing", node, f"/Things({key(thing.id)})", want)
+            sent.update(want)
+            self._remember(thing)
+        loc = model.location(node, meta)
         if loc is None:
+            if sent["place"] is not None:
+                return None  # no position in the register any more: the Thing stays where it was last put
             where = f"the fleet file {self.cfg.fleet}" if self.cfg.fleet else "a fleet file (none is configured)"
             return (f"node {node} has no known position, and the service makes each Observation's "
                     f"FeatureOfInterest from its Thing's Location: add the node to {where}, then replay")
-        with self._gone_on_404("Thing", node):
-            self.client.create(f"Things({key(thing.id)})/Locations", loc)
-        log.info("sensorthings %s: Thing %r got its Location", self.cfg.name, node)
-        thing.located = True
-        self._remember(thing)
+        if _plain(model.place(loc)) != sent["place"]:
+            with self._gone_on_404("Thing", node):
+                loc_id = self.client.create(f"Things({key(thing.id)})/Locations", loc)
+            log.info("sensorthings %s: Thing %r %s", self.cfg.name, node,
+                     "got its Location" if sent["place"] is None else "moved: a new Location")
+            sent.update(place=_plain(model.place(loc)), label=_label(loc), location_id=loc_id)
+            thing.located = True
+            self._remember(thing)
+        elif _label(loc) != sent["label"]:
+            if sent["location_id"] is None:
+                with self._gone_on_404("Thing", node):
+                    found = self.client.values(f"/Things({key(thing.id)})/Locations", pages=1, top="1", select="id")
+                sent["location_id"] = found[0].get("@iot.id") if found else None
+            if sent["location_id"] is not None:
+                self._patch("Thing", node, f"/Locations({key(sent['location_id'])})", _label(loc) or {})
+            sent["label"] = _label(loc)
+            self._remember(thing)
         return None
+
+    def _patch(self, kind: str, name: str, path: str, body: dict[str, Any]) -> None:
+        """PATCH `path`; a refusal for good is logged, not retried: the readings are right without it."""
+        try:
+            with self._gone_on_404(kind, name):
+                self.client.update(path, body)
+        except Failure as f:
+            if not f.permanent:
+                raise
+            log.warning("sensorthings %s: the service refused to update %s of node %r: %s; not tried again "
+                        "until the fleet register changes", self.cfg.name, path, name, f.reason)
+            return
+        log.info("sensorthings %s: updated %s of node %r from the fleet register", self.cfg.name, path, name)
 
     def _datastream(self, row: Row, sensor_model: str) -> Entity:
         name = model.datastream_name(row.node, row.quantity, sensor_model)
@@ -282,11 +377,13 @@ class SensorThingsSender:
             except model.Unmapped as e:
                 refused.append((r, None, str(e)))
         sending: dict[str, tuple[Entity, list[Row]]] = {}
+        described: dict[str, str | None] = {}  # node -> the reason its readings cannot go, once a batch
         for (node, _, sensor_model), group in groups.items():
             try:
                 ds = self._datastream(group[0], sensor_model)
-                thing = self._thing(group[0])
-                unlocated = None if thing.located else self._locate(thing, node)
+                if node not in described:
+                    described[node] = self._describe(self._thing(group[0]), group[0])
+                unlocated = described[node]
             except (Failure, model.Unmapped) as e:
                 if isinstance(e, Failure) and not e.permanent:
                     raise

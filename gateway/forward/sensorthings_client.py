@@ -1,10 +1,10 @@
 """HTTP and OData for one SensorThings API service root: GET with $filter/$select/$top/$orderby
 (following @iot.nextLink), POST of an entity (its id from the Location header), POST of
-CreateObservations. Standard library only; one kept-alive connection.
+CreateObservations, PATCH of an entity's properties. Standard library only; one kept-alive connection.
 
 Every failure is a `Failure` the sender turns into the forwarder's `Result`: no answer, a 5xx,
 408, 429 and 401/403/404 (the target's settings or load, not the data) are to be retried; any
-other 4xx to a POST refuses what was posted for good. A GET is only a lookup of ours, so any
+other 4xx to a POST or PATCH refuses what was sent for good. A GET is only a lookup of ours, so any
 non-2xx answer to one is retried: a service that rejects our query is the target's problem, not
 the data's.
 """
@@ -96,7 +96,8 @@ class Client:
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
-            r = self.conn.request(method, self.root + path, data, headers, resend=method == "GET")
+            # a GET or PATCH may be sent twice (a PATCH sets, it does not add)
+            r = self.conn.request(method, self.root + path, data, headers, resend=method in ("GET", "PATCH"))
         except (OSError, http.client.HTTPException) as e:
             raise Failure(f"{method} {self.root}{path[:120]}: {self.conn.host}:{self.conn.port}: "
                           f"{type(e).__name__}: {e}") from None
@@ -109,7 +110,7 @@ class Client:
             return answer
         text = answer.text.strip()
         reason = f"{method} {what}: HTTP {answer.status}" + (f": {text[:400]}" if text else "")
-        permanent = method == "POST" and 400 <= answer.status < 500 and answer.status not in RETRYABLE_4XX
+        permanent = method in ("POST", "PATCH") and 400 <= answer.status < 500 and answer.status not in RETRYABLE_4XX
         raise Failure(reason, answer.status, permanent, answer.retry_after)
 
     # -- OData ----------------------------------------------------------------------------------------
@@ -130,6 +131,18 @@ class Client:
                 return out
             target = self._relative(link, path)
         raise Failure(f"GET {path}: more than {pages} pages")
+
+    def entity(self, path: str, **options: str) -> dict[str, Any]:
+        """One entity (`/Things(5)`), with query `options` like `values`."""
+        query = "&".join(f"${k}={quote(v, safe=SAFE)}" for k, v in options.items())
+        doc = self.check(self.request("GET", f"{path}?{query}" if query else path), "GET", path).json(f"GET {path}")
+        if not isinstance(doc, dict):
+            raise Failure(f"GET {path}: the answer is not an entity: {str(doc)[:200]!r}")
+        return doc
+
+    def update(self, path: str, body: dict[str, Any]) -> None:
+        """PATCH the properties in `body` of the entity at `path` (18-088 clause 10.3: 200 or 204)."""
+        self.check(self.request("PATCH", path, body), "PATCH", path)
 
     def _relative(self, link: str, path: str) -> str:
         parts = urlsplit(link)

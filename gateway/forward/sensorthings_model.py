@@ -2,11 +2,14 @@
 entities (OGC 18-088, https://docs.ogc.org/is/18-088/18-088.html, clause 8: the entities and their
 mandatory properties). Pure functions: no I/O here.
 
-- Thing: one per node, `name` = node id, `properties` {source, node, board, fw} as first seen;
-  with a Location (deep insert, GeoJSON Point in lon, lat order, `encodingType`
-  application/geo+json) when the fleet file knows where the node is. `height_m` is the mounting
-  height above ground, so it goes to the Location's `properties`, not to a third coordinate (which
-  GeoJSON reserves for altitude). An Observation created without a FeatureOfInterest gets one
+- Thing: one per node, `name` = node id, `properties` {source, node, board, fw} plus what the
+  fleet register says of the node for data users: name, installed, serials, noise_offset_db,
+  calibrated (dates as ISO 8601 strings; the register's notes, chip and provisioning time stay
+  home). board and fw are the register's when it has them, else the node's as first seen. With a
+  Location (deep insert, GeoJSON Point in lon, lat order, `encodingType` application/geo+json)
+  when the register knows where the node is. `height_m` is the mounting height above ground, so it
+  goes to the Location's `properties`, not to a third coordinate (which GeoJSON reserves for
+  altitude). An Observation created without a FeatureOfInterest gets one
   made from its Thing's Location (v1.1 behaviour, opengeospatial/sensorthings issue 185); without
   a Location FROST answers "No FeatureOfInterest provided, and none can be generated". So the
   readings of a node without a position cannot be sent (sensorthings.py says what happens).
@@ -145,13 +148,39 @@ def location(node: str, meta: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def place(loc: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """Where a Location (ours, or as the service renders it) puts the node: coordinates and
+    mounting height. A change of place is a new Location (the old one stays, in the Thing's
+    HistoricalLocations); a change of name alone is not."""
+    if not isinstance(loc, dict) or not isinstance(loc.get("location"), dict):
+        return None
+    props = loc.get("properties") if isinstance(loc.get("properties"), dict) else {}
+    coords = loc["location"].get("coordinates")
+    return (tuple(coords) if isinstance(coords, list) else coords, props.get("height_m"))
+
+
+#: the register's keys a Thing's properties carry (fleet.py): for data users, who ask which
+#: sensors and calibration a reading comes from
+THING_KEYS = ("name", "installed", "serials", "noise_offset_db", "calibrated")
+
+
+def thing_update(node: str, board: str, fw: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The Thing's description and properties for the register's `meta`; `board` and `fw` where
+    the register has none (the node's, as first seen)."""
+    meta = meta or {}
+    props: dict[str, Any] = {"source": SOURCE, "node": node, "board": meta.get("board", board),
+                             "fw": meta.get("fw", fw)}
+    for k in THING_KEYS:
+        if k in meta:
+            v = meta[k]
+            props[k] = v.isoformat() if hasattr(v, "isoformat") else v
+    return {"description": f"meetkit street sensor node {node}" + (f" at {meta['name']}" if "name" in meta else ""),
+            "properties": props}
+
+
 def thing(node: str, board: str, fw: str, meta: dict[str, Any] | None) -> dict[str, Any]:
     """The node's Thing, with its Location inline (deep insert) when its position is known."""
-    body: dict[str, Any] = {
-        "name": node,
-        "description": f"meetkit street sensor node {node}" + (f" at {meta['name']}" if meta and "name" in meta else ""),
-        "properties": {"source": SOURCE, "node": node, "board": board, "fw": fw},
-    }
+    body: dict[str, Any] = {"name": node, **thing_update(node, board, fw, meta)}
     if (loc := location(node, meta)) is not None:
         body["Locations"] = [loc]
     return body

@@ -40,20 +40,42 @@ function when(ts, now) {
 
 function num(v) { return v == null ? "–" : v; }
 
+// where the register puts the node: an OpenStreetMap link (opened only when clicked: the page
+// itself needs no internet), with the mounting height
+function position(r) {
+  if (!r || r.lat == null) return ["–"];
+  const lat = r.lat.toFixed(5), lon = r.lon.toFixed(5);
+  const link = el("a", {class: "map", target: "_blank", rel: "noopener",
+                        href: "https://www.openstreetmap.org/?mlat=" + lat + "&mlon=" + lon + "#map=18/" + lat + "/" + lon},
+                  lat + ", " + lon);
+  return r.height_m == null ? [link] : [link, " at " + r.height_m + " m"];
+}
+
 function fleet(doc) {
   const body = document.querySelector("#fleet tbody");
   body.replaceChildren();
   for (const n of doc.nodes) {
-    const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f}, f))
+    const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f.replace(/ /g, "-")}, f))
                                  : [el("span", {class: "flag ok"}, "ok")];
     const bad = n.flags.includes("stale") || n.flags.includes("offline");
-    body.append(el("tr", {class: bad ? "bad" : "", "data-node": n.node},
-      el("td", {class: "node"}, n.node), el("td", {}, when(n.last_seen, doc.now)),
+    const r = n.register || {};
+    body.append(el("tr", {class: n.flags.includes("never seen") ? "never" : bad ? "bad" : "", "data-node": n.node},
+      el("td", {class: "node"}, n.node), el("td", {class: "name"}, num(r.name)),
+      el("td", {class: "board"}, num(r.board)),
+      el("td", {class: "date"}, num(r.installed)), el("td", {class: "position"}, ...position(n.register)),
+      el("td", n.last_seen == null ? {class: "seen"} : {class: "seen", title: when(n.last_seen, doc.now)},
+         n.last_seen == null ? "never" : ago(doc.now - n.last_seen)),
       el("td", {class: "num"}, num(n.rssi)), el("td", {class: "num"}, num(n.boot)), el("td", {}, num(n.fw)),
       el("td", {class: "num"}, n.records), el("td", {class: "num"}, n.gaps),
       el("td", {class: "num"}, num(n.dropped)), el("td", {}, ...flags)));
   }
-  if (!doc.nodes.length) body.append(el("tr", {}, el("td", {colspan: 9, class: "empty"}, "no node heard of yet")));
+  if (!doc.nodes.length) body.append(el("tr", {}, el("td", {colspan: 13, class: "empty"}, "no node heard of yet")));
+  const box = document.getElementById("fleet-errors");
+  const errors = (doc.fleet && doc.fleet.errors) || [];
+  box.replaceChildren(...(errors.length ? [el("p", {}, "The fleet register " + doc.fleet.path +
+      " cannot be read; names, positions and never-seen nodes are not shown until it is fixed (ingest goes on):"),
+    el("ul", {}, ...errors.map(e => el("li", {}, e)))] : []));
+  box.hidden = !errors.length;
 }
 
 function targets(doc) {
@@ -113,12 +135,15 @@ async function refresh() {
     return;
   }
   const c = doc.counts;
+  const heard = doc.nodes.filter(n => !n.flags.includes("never seen"));
+  const f = doc.fleet || {};
+  const reg = f.registered == null ? "" : " (" + f.registered + " in the register, " + f.never_seen + " never seen)";
   document.getElementById("summary").textContent =
-    doc.nodes.length + " nodes, " + c.records + " records, " + c.readings + " readings, " + c.dead_letters +
+    heard.length + " nodes heard of" + reg + ", " + c.records + " records, " + c.readings + " readings, " + c.dead_letters +
     " dead letters; updated " + new Date(doc.now * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
   fleet(doc); targets(doc); alarms(doc);
   const plots = document.getElementById("plots");
-  for (const n of doc.nodes) {
+  for (const n of heard) {
     let section = plots.querySelector('section[data-node="' + CSS.escape(n.node) + '"]');
     if (!section) {
       section = el("section", {"data-node": n.node}, el("h3", {}, n.node), el("div", {class: "node-plots"}));

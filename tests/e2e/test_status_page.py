@@ -1,7 +1,9 @@
 """End to end: the status page in real headless Chromium (Debian's `chromium`), served by the
 gateway process itself (`meetkit-gateway run`, `[http] port = 0`: the address comes from its log
 line "status page and /metrics on http://..."), fed by two simulated nodes for a simulated hour
-through a real Mosquitto, and forwarding to a real VictoriaMetrics.
+through a real Mosquitto, and forwarding to a real VictoriaMetrics. A fleet register names one of
+the nodes, places it on the map and lists a spare node that never reported; the other node is not
+in it.
 
 The screenshot is kept as build/status-page.png.
 """
@@ -27,6 +29,20 @@ ROOT = Path(__file__).resolve().parents[2]
 NODES = (("street-01", "quiet-street", "esp32-devkitc"),
          ("site-01", "construction-site", "esp32-devkitc-sds011"))
 HOURS = 1.0
+REGISTER = """
+# the test lab's register, as `meetkit fleet set` writes it
+[nodes."street-01"]
+board = "esp32-devkitc"
+name = "Dam, lamp post 12"
+lat = 52.3731
+lon = 4.8922
+height_m = 3.5
+installed = 2026-11-24
+
+[nodes."spare-01"]
+board = "olimex-esp32-poe"
+name = "Spui (bracket only)"
+"""
 
 
 
@@ -57,8 +73,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     work = tmp_path_factory.mktemp("status-page")
     vm = VictoriaMetrics(work).start()
     broker = Mosquitto(work).start()
+    (work / "fleet.toml").write_text(REGISTER)
     gateway = GatewayProcess(work, broker.host, broker.port, client_id="meetkit-status-page", extra_toml=(
         f'\n[[forward]]\nname = "city-influx"\ntype = "influx"\nurl = "{vm.url}"\napi = "v1"\ndb = "meetkit"\n'
+        '\n[fleet]\npath = "fleet.toml"\n'  # relative to gateway.toml's folder
     )).start()
     nodes = []
     started = time.monotonic()
@@ -96,9 +114,12 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def test_the_gateway_stored_an_hour_of_both_nodes(fed: dict) -> None:
     doc = get_json(fed["url"] + "/api/nodes")
     nodes = {n["node"]: n for n in doc["nodes"]}
-    assert set(nodes) == {node_id for node_id, _, _ in NODES}
-    for n in nodes.values():
+    assert set(nodes) == {node_id for node_id, _, _ in NODES} | {"spare-01"}
+    for node_id, _, _ in NODES:
+        n = nodes[node_id]
         assert n["records"] >= 55 and n["gaps"] == 0 and "stale" not in n["flags"], n
+    assert nodes["spare-01"]["flags"] == ["never seen"] and nodes["spare-01"]["records"] == 0
+    assert nodes["site-01"]["flags"][-1] == "not in the register" and nodes["street-01"]["register"]["lat"] == 52.3731
     with urllib.request.urlopen(fed["url"] + "/healthz", timeout=10) as r:
         assert r.status == 200
     # forwarded: everything the gateway stored reached VictoriaMetrics, and its /metrics says so
@@ -108,6 +129,8 @@ def test_the_gateway_stored_an_hour_of_both_nodes(fed: dict) -> None:
         readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
     with urllib.request.urlopen(fed["url"] + "/metrics", timeout=10) as r:
         metrics = r.read().decode()
+    fleet = {k: int(v) for k, v in re.findall(r"^meetkit_fleet_(\w+) (\d+)$", metrics, re.M)}
+    assert fleet == {"error": 0, "nodes_registered": 2, "nodes_never_seen": 1, "nodes_unregistered": 1}, fleet
     sent = re.search(r'^meetkit_forward_sent_rows_total\{target="city-influx"[^}]*\} (\d+)', metrics, re.M)
     assert sent and int(sent[1]) >= readings > 0, metrics[-2000:]
     assert {s["metric"]["node"] for s in fed["vm"].export('{__name__="meetkit_avg"}')} == {
@@ -130,6 +153,21 @@ def test_the_page_shows_the_fleet_and_the_plots_in_chromium(fed: dict) -> None:
         assert section, f"no plots for {node_id}"
         assert section.group(0).count('class="uplot') == 4, "four uPlot charts per node"
         assert section.group(0).count("<canvas") >= 4
+    rows = {m[1]: re.findall(r"<td[^>]*>(.*?)</td>", m[2])
+            for m in re.finditer(r'<tr class="[^"]*" data-node="([^"]+)">(.*?)</tr>', fleet.group(0), re.S)}
+    street = rows["street-01"]  # node, name, board, installed, position, last seen, ...
+    assert street[1:4] == ["Dam, lamp post 12", "esp32-devkitc", "2026-11-24"], street
+    assert street[4] == ('<a class="map" target="_blank" rel="noopener" href="https://www.openstreetmap.org/'
+                         '?mlat=52.37310&amp;mlon=4.89220#map=18/52.37310/4.89220">52.37310, 4.89220</a> at 3.5 m'), street
+    assert re.fullmatch(r"\d+ s ago", street[5]), street  # the time itself in the cell's title
+    assert "register" not in street[-1] and "never" not in street[-1], street
+    spare = rows["spare-01"]
+    assert spare[1:6] == ["Spui (bracket only)", "olimex-esp32-poe", "–", "–", "never"], spare
+    assert '<span class="flag never-seen">never seen</span>' in spare[-1], spare
+    assert not re.search(r'<section data-node="spare-01">', dom), "no plots for a node that never reported"
+    site = rows["site-01"]
+    assert site[1:5] == ["–"] * 4 and '<span class="flag not-in-the-register">not in the register</span>' in site[-1]
+    assert "2 nodes heard of (2 in the register, 1 never seen), " in dom, dom[:2000]
     target = re.search(r'<tr class="" data-target="city-influx">(.*?)</tr>', dom, re.S)
     assert target, "the forwarding target's row, up"
     cells = re.findall(r"<td[^>]*>(.*?)</td>", target.group(1))

@@ -13,9 +13,16 @@ reference implementation) would reject, and answers as it would:
   unitOfMeasurement {name, symbol, definition}, observationType, Thing, Sensor, ObservedProperty),
   a property the entity type does not have, a wrong type, or a link to an entity that does not
   exist. Deep insert: Locations inside a Thing; `POST Things(<id>)/Locations` links the new
-  Location to the Thing (replacing its current one, as FROST does).
+  Location to the Thing (replacing its current one, as FROST does). Whenever a Thing gets a
+  Location (made with one, a new one POSTed under it, a PATCH of its Locations) the service makes
+  a HistoricalLocation {time: now, Thing, Locations} (18-088 clause 8.2.3).
+- PATCH of one entity (`Things(<id>)`, `Locations(<id>)`, ...; 18-088 clause 10.3): the given
+  properties replace the entity's (a JSON object such as `properties` as a whole), checked as on
+  creation (400 for an unknown property, a wrong type, a mandatory one set to null, the id, a
+  broken GeoJSON; 404 for no such entity); links to existing entities only. Answer 200, no body.
 - GET of a collection, of a navigation path (Things(<id>)/Datastreams, Things(<id>)/Locations,
-  Datastreams(<id>)/Observations) or of one entity, with `$filter` (comparisons eq ne gt ge lt le
+  Things(<id>)/HistoricalLocations, Datastreams(<id>)/Observations) or of one entity (`$select`
+  only), with `$filter` (comparisons eq ne gt ge lt le
   joined by `and`; string literals in single quotes with '' for a quote, numbers, ISO 8601
   instants; paths into JSON like properties/source), `$select`, `$top`, `$skip`, `$orderby`;
   `max_top` entities per page at most, then `@iot.nextLink`. 400 for anything else in the query.
@@ -76,9 +83,12 @@ TYPES: dict[str, dict[str, Any]] = {
     "Observations": {"required": {}, "optional": {"phenomenonTime": STR, "result": ANY, "resultTime": STR,
                                                   "resultQuality": ANY, "validTime": STR, "parameters": OBJ},
                      "one": {"Datastream": "Datastreams", "FeatureOfInterest": "FeaturesOfInterest"}, "many": {}},
+    "HistoricalLocations": {"required": {"time": STR}, "optional": {}, "one": {"Thing": "Things"},
+                            "many": {"Locations": "Locations"}},
 }
+REQUIRED_LINKS = {"Datastreams": ("Thing", "Sensor", "ObservedProperty"), "HistoricalLocations": ("Thing",)}
 NAVIGATION = {("Things", "Datastreams"): "Thing", ("Things", "Locations"): "Things",
-              ("Datastreams", "Observations"): "Datastream"}
+              ("Things", "HistoricalLocations"): "Thing", ("Datastreams", "Observations"): "Datastream"}
 
 
 class Invalid(Exception):
@@ -202,7 +212,8 @@ class SensorThingsServer(http.server.ThreadingHTTPServer):
         for k, target in spec["one"].items():
             ref = body.get(k)
             if ref is None:
-                if collection == "Datastreams" or (collection == "Observations" and k == "Datastream" and not parent):
+                if k in REQUIRED_LINKS.get(collection, ()) or (
+                        collection == "Observations" and k == "Datastream" and not parent):
                     raise Invalid(f"Missing required property '{k}'")
                 entity[k] = None
                 continue
@@ -221,7 +232,53 @@ class SensorThingsServer(http.server.ThreadingHTTPServer):
             entity["@iot.id"] = iot_id
             entity.update(links)
             self.state.entities[collection][iot_id] = entity
+            if collection == "Things" and links.get("Locations"):
+                self.historical(iot_id, links["Locations"])
         return iot_id
+
+    def historical(self, thing: int, locations: list[int]) -> None:
+        """The HistoricalLocation the service makes when a Thing gets a Location."""
+        with self.state.lock:
+            iot_id = self._new_id()
+            self.state.entities["HistoricalLocations"][iot_id] = {
+                "@iot.id": iot_id, "time": iso(datetime.now(timezone.utc)), "Thing": thing, "Locations": list(locations)}
+
+    def update(self, collection: str, iot_id: int, body: Any) -> None:
+        """PATCH: validate `body` and set its properties and links on the entity."""
+        if not isinstance(body, dict) or not body:
+            raise Invalid("a PATCH takes a JSON object with the properties to change")
+        if "@iot.id" in body or "id" in body:
+            raise Invalid("the id of an entity cannot be changed")
+        spec = TYPES[collection]
+        plain = {**spec["required"], **spec["optional"]}
+        for k in body:
+            if k not in plain and k not in spec["one"] and k not in spec["many"]:
+                raise Invalid(f"unknown property {k!r} of {collection}")
+        with self.state.lock:
+            entity = dict(self.state.entities[collection][iot_id])
+            for k, kind in plain.items():
+                if k not in body:
+                    continue
+                if body[k] is None and k in spec["required"]:
+                    raise Invalid(f"property {k!r} is mandatory and cannot be null")
+                if body[k] is not None and kind is not ANY and not isinstance(body[k], kind):
+                    raise Invalid(f"property {k!r} must be a {'string' if kind is str else 'JSON object'}")
+                entity[k] = body[k]
+            self._check(collection, entity)
+            for k, target in spec["one"].items():
+                if k in body:
+                    entity[k] = self._ref(target, body[k])
+            moved = None
+            for k, target in spec["many"].items():
+                if k in body:
+                    if not isinstance(body[k], list):
+                        raise Invalid(f"{k} must be an array")
+                    entity[k] = [self._ref(target, r) for r in body[k]]
+                    if collection == "Things" and k == "Locations" and entity[k]:
+                        moved = entity[k]
+            self.state.entities[collection][iot_id] = entity
+            if moved:
+                self.historical(iot_id, moved)
 
     def _ref(self, collection: str, ref: Any) -> int:
         if not isinstance(ref, dict) or set(ref) != {"@iot.id"}:
@@ -244,6 +301,11 @@ class SensorThingsServer(http.server.ThreadingHTTPServer):
                 raise Invalid(f"a Point has 2 or 3 numbers, got {c!r}")
             if not (-180 <= c[0] <= 180 and -90 <= c[1] <= 90):
                 raise Invalid(f"Point {c!r} is not [longitude, latitude]")
+        if collection == "HistoricalLocations":
+            try:
+                parse_instant(e["time"])
+            except ValueError as x:
+                raise Invalid(f"time: {x}") from None
         if collection == "Sensors" and e["encodingType"] not in SENSOR_ENCODINGS:
             raise Invalid(f"Sensor encodingType {e['encodingType']!r} is none of {SENSOR_ENCODINGS}")
         if collection == "Datastreams":
@@ -527,7 +589,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         return self._error(404, "navigation needs an id")
                     items, target = list(s.state.entities[coll].values()), coll
                 elif nav is None:
-                    return self._answer(200, s.render(coll, s.state.entities[coll][iot_id]))
+                    select = None
+                    for k, v in query.items():
+                        if k != "$select":
+                            raise Invalid(f"query option {k!r} is not supported on one entity (this subset)")
+                        select = [x.strip() for x in v.split(",")]
+                        props = set(TYPES[coll]["required"]) | set(TYPES[coll]["optional"]) | {"id", "@iot.id"}
+                        if not set(select) <= props:
+                            raise Invalid(f"$select: {coll} has no property {sorted(set(select) - props)[0]!r}")
+                    return self._answer(200, s.render(coll, s.state.entities[coll][iot_id], select))
                 elif (coll, nav) in NAVIGATION:
                     back = NAVIGATION[(coll, nav)]
                     if (coll, nav) == ("Things", "Locations"):
@@ -585,6 +655,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 elif (coll, nav) == ("Things", "Locations") and iot_id in s.state.entities["Things"]:
                     new = s.create("Locations", body)
                     s.state.entities["Things"][iot_id]["Locations"] = [new]  # one real-world place at a time
+                    s.historical(iot_id, [new])
                     target = "Locations"
                 else:
                     return self._error(404 if iot_id is not None else 400, f"cannot POST to {rest}")
@@ -592,3 +663,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Invalid as e:
             return self._error(400, str(e))
         self._answer(201, doc, {"Location": s.link(target, new)})
+
+    def do_PATCH(self) -> None:
+        length = self.headers.get("Content-Length")
+        raw = self.rfile.read(int(length)) if length else b""
+        try:
+            body, bad_json = json.loads(raw), False
+        except ValueError:
+            body, bad_json = None, True
+        if not self._gate(body if not bad_json else raw):
+            return
+        route = self._route()
+        if route is None:
+            return
+        rest, query, coll, iot_id, nav = route
+        s = self.server
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            return self._error(400, "Content-Type must be application/json")
+        if bad_json:
+            return self._error(400, "Could not parse json.")
+        if query:
+            return self._error(400, "no query options on PATCH in this subset")
+        if coll not in TYPES or iot_id is None or nav is not None:
+            return self._error(400 if coll in TYPES else 404, f"cannot PATCH {rest}: one entity only")
+        try:
+            with s.state.lock:
+                if iot_id not in s.state.entities[coll]:
+                    return self._error(404, f"No such entity '{coll}' with id {iot_id}")
+                s.update(coll, iot_id, body)
+        except Invalid as e:
+            return self._error(400, str(e))
+        self._answer(200)

@@ -107,7 +107,9 @@ def test_first_use_creates_each_entity_once_and_the_values_arrive_with_their_tim
     things = by_name(sta, "Things")
     assert sorted(things) == ["ams-001", "ams-002"]
     assert things["ams-001"]["properties"] == {"source": "meetkit", "node": "ams-001", "board": "esp32-devkitc",
-                                               "fw": "0.1.0"}
+                                               "fw": "0.1.0", "name": "Dam, lamp post 12"}
+    assert things["ams-002"]["properties"] == {"source": "meetkit", "node": "ams-002", "board": "esp32-devkitc",
+                                               "fw": "0.1.0"}  # the register has only its position
     loc = {e["name"]: e for e in sta.all("Locations")}["Dam, lamp post 12"]
     assert loc["location"] == {"type": "Point", "coordinates": [4.8922, 52.3731]}  # GeoJSON: lon, lat
     assert loc["encodingType"] == "application/geo+json" and loc["properties"]["height_m"] == 3.5

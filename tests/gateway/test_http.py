@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -269,3 +270,68 @@ def test_series_of_a_long_silent_node_ends_at_its_newest_record(server: StatusSe
     assert doc["start"] == [NOW - 48 * 3600] and doc["until"] == NOW - 48 * 3600 + 60
     doc = json.loads(get(server, f"/api/series?node=old-01&hours=24&until={NOW}")[2])
     assert doc["start"] == [] and doc["until"] == NOW  # an explicit window is kept
+
+
+# -- the fleet register beside the nodes -----------------------------------------------------------------
+
+REGISTER = '''
+[nodes."ams-001"]
+board = "esp32-devkitc"
+name = "Dam, lamp post 12"
+lat = 52.3731
+lon = 4.8922
+height_m = 3.5
+installed = 2026-11-24
+notes = "key under the mat"
+
+[nodes."ams-009"]   # mounted, not heard of yet
+name = "Spui"
+'''
+
+
+def test_the_register_names_the_nodes_and_lists_those_never_seen(db: Path, tmp_path: Path) -> None:
+    from meetkit_gateway.fleet import Fleet
+
+    path = tmp_path / "fleet.toml"
+    path.write_text(REGISTER)
+    with StatusServer(db, "127.0.0.1", 0, targets=lambda: TARGETS, fleet=Fleet(path)) as s:
+        doc = json.loads(get(s, "/api/nodes")[2])
+        nodes = {n["node"]: n for n in doc["nodes"]}
+        assert nodes["ams-001"]["register"] == {"name": "Dam, lamp post 12", "board": "esp32-devkitc",
+                                                "installed": "2026-11-24", "lat": 52.3731, "lon": 4.8922,
+                                                "height_m": 3.5}  # never the notes: the page has no login
+        assert nodes["ams-001"]["flags"] == []
+        assert nodes["ams-002"]["flags"] == ["not in the register"] and nodes["ams-002"]["register"] is None
+        assert nodes["old-01"]["flags"] == ["stale", "not in the register"]
+        assert nodes["ams-009"]["flags"] == ["never seen"] and nodes["ams-009"]["register"] == {"name": "Spui"}
+        assert (nodes["ams-009"]["records"], nodes["ams-009"]["last_seen"]) == (0, None)
+        assert doc["fleet"] == {"path": str(path), "errors": None, "registered": 2, "never_seen": 1,
+                                "unregistered": 3}
+        fams = parse_exposition(get(s, "/metrics")[2].decode())
+        assert [sample(fams, f"meetkit_fleet_{k}") for k in (
+            "error", "nodes_registered", "nodes_never_seen", "nodes_unregistered")] == [0, 2, 1, 3]
+        # the register broken: the page and /metrics say so, and nothing else fails
+        path.write_text(REGISTER + '[nodes."ams-010"]\nlat = 152.4\nlon = 4.9\n')
+        os.utime(path, ns=(1, 2_000_000_000_000_000_000))
+        status, _, body = get(s, "/api/nodes")
+        doc = json.loads(body)
+        assert status == 200 and doc["fleet"]["errors"] == [
+            'nodes."ams-010".lat: must be a number from -90 to 90, got 152.4 (a number)']
+        assert [n["node"] for n in doc["nodes"] if "not in the register" in n["flags"] or n["register"]] == []
+        assert "ams-009" not in {n["node"] for n in doc["nodes"]}  # unknown while the file is wrong
+        fams = parse_exposition(get(s, "/metrics")[2].decode())
+        assert sample(fams, "meetkit_fleet_error") == 1 and not fams["meetkit_fleet_nodes_registered"]["samples"]
+        assert sample(fams, "meetkit_records_stored_total") == 13  # the rest as always
+        assert get(s, "/healthz")[0] == 200
+        path.unlink()
+        doc = json.loads(get(s, "/api/nodes")[2])
+        assert doc["fleet"]["errors"] == ["cannot read the file: No such file or directory"]
+
+
+def test_without_a_register_no_node_is_flagged_for_it(server: StatusServer) -> None:
+    doc = json.loads(get(server, "/api/nodes")[2])
+    assert doc["fleet"] == {"path": None, "errors": None, "registered": None, "never_seen": None,
+                            "unregistered": None}
+    assert all("not in the register" not in n["flags"] and n["register"] is None for n in doc["nodes"])
+    fams = parse_exposition(get(server, "/metrics")[2].decode())
+    assert fams["meetkit_fleet_error"]["samples"] == {} and fams["meetkit_fleet_nodes_registered"]["samples"] == {}

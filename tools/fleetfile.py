@@ -1,0 +1,201 @@
+"""Editing the fleet register (gateway/fleet.py) on the technician's laptop: `meetkit provision`
+and `meetkit fleet set` add and change nodes, keeping the operator's comments, blank lines and
+order (tomlkit).
+
+    upsert(path, "ams-001", {"lat": 52.3731, "lon": 4.8922, "serials": {"pm": "PMS-1"}})
+    get(path, "ams-001")  # {"lat": 52.3731, ...} typed as the gateway reads it, or None
+
+`upsert` sets the given keys of the node's table (a new table at the end for a new node, a new
+file with a short header for a new register); None removes a key. `serials` is merged role by
+role (None removes a role), so a replaced PM sensor keeps the microphone's serial. A new key goes
+after the keys that come before it in the register's order (fleet.KEYS), not after the comments
+that follow the table.
+
+Nothing half-written is ever seen: the edited text is checked with `meetkit_gateway.fleet.parse`
+exactly as the gateway will read it (a bad value raises FleetError, naming it, and the file stays
+as it was), then written to a temporary file beside it, fsynced, and renamed over it (its mode
+kept). A lock file (`<name>.lock`, left in place: removing it would race) is held around the
+read-modify-write, so two provisions at once on one laptop both keep their rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, Iterator
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import KeyType, SingleKey, Table
+
+from meetkit_gateway.fleet import KEYS, FleetError, load, parse
+
+HEADER = (
+    "meetkit fleet register: one [nodes.\"<id>\"] table per node (docs/operator.md, \"The fleet register\").",
+    "`meetkit provision` and `meetkit fleet set` add to it and keep comments; the gateway reads it",
+    "at [fleet] path of gateway.toml.",
+)
+NEW_MODE = 0o644  # a new register: the gateway's service user must be able to read it
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold `<path>.lock` exclusively (waits for another holder)."""
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except ImportError:  # Windows
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s: go on waiting
+                    continue
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read(path: Path) -> tuple[tomlkit.TOMLDocument, int | None]:
+    """The register as a tomlkit document (a new one with the header when there is no file) and
+    its mode (None for a new file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        doc = tomlkit.document()
+        for line in HEADER:
+            doc.add(tomlkit.comment(line))
+        doc.add(tomlkit.nl())
+        return doc, None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FleetError(path, [f"cannot read the file: {getattr(e, 'strerror', None) or e}"]) from None
+    try:
+        return tomlkit.parse(text), mode
+    except TOMLKitError as e:
+        raise FleetError(path, [f"not valid TOML: {e}"]) from None
+
+
+def _nodes(doc: tomlkit.TOMLDocument, path: Path) -> Table:
+    nodes = doc.get("nodes")
+    if nodes is None:
+        nodes = tomlkit.table(is_super_table=True)  # [nodes."<id>"] headers without a bare [nodes]
+        doc.append("nodes", nodes)
+    if not isinstance(nodes, Table):
+        raise FleetError(path, ['nodes: must be tables [nodes."<id>"]'])
+    return nodes
+
+
+def _place(table: Table, key: str, value: Any) -> None:
+    """Add `key` after the keys that precede it in KEYS (so before the comments that close the table)."""
+    body = table.value.body
+    present = [k.key for k, _ in body if k is not None]
+    earlier = [k for k in KEYS[:KEYS.index(key)] if k in present] if key in KEYS else present
+    if not present:
+        table.append(key, value)
+        return
+    # tomlkit 0.15 (pinned) has no public insert: the container's, then the table's own dict view
+    if earlier:
+        table.value._insert_after(earlier[-1], key, value)
+    else:
+        table.value._insert_at(next(i for i, (k, _) in enumerate(body) if k is not None), key, value)
+    dict.__setitem__(table, key, table.value.item(key))
+
+
+def _serials(table: Table, roles: dict[str, Any]) -> None:
+    current = table.get("serials")
+    if current is None and all(v is None for v in roles.values()):
+        return  # nothing to remove
+    if not isinstance(current, dict):  # none yet (or a wrong value, which is replaced)
+        current = tomlkit.inline_table()
+        if "serials" in table:
+            table["serials"] = current
+        else:
+            _place(table, "serials", current)
+        current = table["serials"]
+    for role, serial in roles.items():
+        if serial is None:
+            current.pop(role, None)
+        else:
+            current[role] = serial
+    if not current:
+        del table["serials"]
+
+
+def _apply(table: Table, fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        if key == "serials" and isinstance(value, dict):
+            _serials(table, value)
+        elif value is None:
+            table.pop(key, None)
+        elif key in table:
+            table[key] = value
+        else:
+            _place(table, key, value)
+
+
+def _write(path: Path, text: str, mode: int | None) -> None:
+    """Replace `path` by `text` atomically: a temporary file beside it, fsynced, renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            if hasattr(os, "fchmod"):  # POSIX; mkstemp made it 0600
+                os.fchmod(f.fileno(), NEW_MODE if mode is None else mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # the rename itself on disk (POSIX)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def upsert(path: Path | str, node_id: str, fields: dict[str, Any]) -> None:
+    """Set `fields` of `node_id` in the register at `path` (created if missing). FleetError, with
+    the file untouched, when the result would not be a valid register or it cannot be written."""
+    path = Path(path)
+    with locked(path):
+        doc, mode = _read(path)
+        nodes = _nodes(doc, path)
+        table = nodes.get(node_id)
+        if table is None:
+            table = tomlkit.table()
+            nodes.append(SingleKey(node_id, t=KeyType.Basic), table)  # [nodes."ams-001"], as the docs write it
+        elif not isinstance(table, Table):
+            raise FleetError(path, [f'nodes."{node_id}": must be a table'])
+        try:
+            _apply(table, fields)
+            text = tomlkit.dumps(doc)
+        except (TOMLKitError, TypeError, ValueError) as e:  # a value TOML has no type for
+            raise FleetError(path, [f'nodes."{node_id}": cannot be written: {e}']) from None
+        parse(tomllib.loads(text), path)  # exactly what the gateway will read; FleetError names the problem
+        try:
+            _write(path, text, mode)
+        except OSError as e:
+            raise FleetError(path, [f"cannot write the file: {e.strerror or e}"]) from None
+
+
+def get(path: Path | str, node_id: str) -> dict[str, Any] | None:
+    """What the register at `path` says of `node_id`, typed as the gateway reads it; None when the
+    node (or the file) is not there. FleetError when the file is wrong."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return load(path).get(node_id)
