@@ -1,5 +1,5 @@
 # Why a self-test item failed, in words a technician can act on (docs/technician.md, "The
-# self-test"). Loaded only when something fails and dropped after (samplers.why, Uplink): the
+# self-test"). Loaded only when something fails and dropped after (console.why): the
 # texts cost heap the measuring needs. Never a secret in a text.
 import time
 

@@ -20,14 +20,14 @@ _OFF = (0, 0, 0)
 
 class Led:
     def __init__(self, sec):
-        pin = Pin(sec["pin"], Pin.OUT, value=0)
         self._np = None
-        self._pin = pin
         if sec["type"] == "ws2812":
-            from neopixel import NeoPixel  # frozen in the ESP32 firmware
-            self._np = NeoPixel(pin, 1)
+            from neopixel import NeoPixel  # frozen in the ESP32 firmware; it makes the pin an output
+            self._np = NeoPixel(Pin(sec["pin"]), 1)
             self._np[0] = _OFF
             self._np.write()
+        else:
+            self._pin = Pin(sec["pin"], Pin.OUT, value=0)
         self._mode = 0
         self._on = False
         self._t0 = time.ticks_ms()

@@ -19,12 +19,9 @@ import sys
 import time
 import machine
 import console
-import config
-import recline
-from clock import Clock
-from spool import Spool
-from uplink import Uplink
-from samplers import PM, Climate, Noise
+# The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
+# been compiled, used and dropped; the samplers only where the board has the sensor (heap).
+recline = Clock = Spool = Uplink = PM = Climate = Noise = None
 
 BOOT_FILE = "boot.count"
 LIVE_MAX = 8            # new records waiting to be sent first; older ones are the backlog's
@@ -56,7 +53,7 @@ def next_boot():
 
 
 class Node:
-    def __init__(self, cfg, board, boot):
+    def __init__(self, cfg, board, boot, fw):
         now = time.ticks_ms()
         self.cfg = cfg
         self.boot = boot
@@ -80,11 +77,11 @@ class Node:
             sensors["climate"] = "bme280"
         if self.noise:
             sensors["mic"] = board["mic"]["type"]
-        meta = {"fw": config.FW_VERSION, "boot": boot}
+        meta = {"fw": fw, "boot": boot}
         # The envelope is the same for every batch of this boot: built once, kept on flash with the
         # boot's records so that a backlog from before a firmware update goes out with its own.
         self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,' % (
-            json.dumps(cfg["node_id"]), boot, json.dumps(config.FW_VERSION), json.dumps(board["board"]),
+            json.dumps(cfg["node_id"]), boot, json.dumps(fw), json.dumps(board["board"]),
             json.dumps(sensors), json.dumps(units))).replace('", "', '","').replace('": "', '":"')
         self.keys = None       # quantity order of this boot's record lines, from its first record
         self.anchor = None     # Unix ms at uptime 0, once the clock is known
@@ -368,8 +365,14 @@ class Node:
 
 def main():
     chip = "".join("%02x" % b for b in machine.unique_id())
-    console.info("meetkit %s, chip %s, reset cause %d" % (config.FW_VERSION, chip, machine.reset_cause()))
+    # config.py is needed only now: loaded here and dropped after, its code is heap the node needs
+    import config
+    fw = config.FW_VERSION
+    console.info("meetkit %s, chip %s, reset cause %d" % (fw, chip, machine.reset_cause()))
     cfg, board, _ = config.load(chip_id=chip)
+    del config
+    del sys.modules["config"]
+    gc.collect()
     if board["usable"] and not board["problems"]:
         console.check("board", True, "%s (%s)" % (board["board"], board["name"]))
     else:
@@ -384,6 +387,17 @@ def main():
         console.check("config", False, "; ".join(cfg["problems"]))
     else:
         console.check("config", True, "node %s, interval %d s" % (cfg["node_id"], cfg["interval_s"]))
+    global recline, Clock, Spool, Uplink, PM, Climate, Noise
+    if "mic" in board:   # the largest compile (the noise kernel) first, while the heap is emptiest
+        from sample_noise import Noise
+    from uplink import Uplink
+    from spool import Spool
+    import recline
+    from clock import Clock
+    if "climate" in board:
+        from sample_climate import Climate
+    if "pm" in board:
+        from sample_pm import PM
     try:
         boot = next_boot()
     except OSError as e:
@@ -392,7 +406,7 @@ def main():
     console.info("node %s, boot %d, board %s, interval %d s" % (cfg["node_id"], boot, board["board"], cfg["interval_s"]))
     gc.collect()
     try:
-        node = Node(cfg, board, boot)
+        node = Node(cfg, board, boot, fw)
         gc.collect()
         node.run()
     except Exception as e:  # a bug, not a sensor: log it, wait, start afresh

@@ -50,7 +50,11 @@ class Uplink:
             self.enabled = self.ssl is not None
         self.iface = None
         if self.enabled:
-            self.iface = _lan(net) if self.lan else network.WLAN(network.STA_IF)
+            if self.lan:
+                from lan import start   # only an Ethernet board needs it
+                self.iface = start(net)
+            else:
+                self.iface = network.WLAN(network.STA_IF)
             self.enabled = self.iface is not None
         self._link = False
         self._down_since = time.ticks_ms()
@@ -85,10 +89,7 @@ class Uplink:
                     self._drop()
             if self._net_ok is not False and time.ticks_diff(now, self._down_since) >= NET_TIMEOUT_MS:
                 self._net_ok = False
-                import sys
-                import diag   # the reason's texts: loaded for this, then dropped
-                console.check("network", False, diag.network(self, now))
-                del sys.modules["diag"]
+                console.check("network", False, console.why("network", self, now))
             if self.lan:   # the Ethernet driver brings the link up by itself
                 return False
             if self._wifi_try is None or time.ticks_diff(now, self._wifi_try) >= _WIFI_RETRY_MS:
@@ -239,21 +240,3 @@ def _tls_context(ca_path):
         return None
     return ctx
 
-
-def _lan(net):
-    """The Ethernet interface of board.json's net section, started; None (and the self-test's
-    network fail) when the driver refuses it."""
-    from machine import Pin
-    try:
-        lan = network.LAN(mdc=Pin(net["mdc"]), mdio=Pin(net["mdio"]),
-                          power=None if net.get("power") is None else Pin(net["power"]),
-                          phy_type=getattr(network, "PHY_" + net["phy"]), phy_addr=net["phy_addr"],
-                          ref_clk=Pin(net["ref_clk"]),
-                          ref_clk_mode=Pin.OUT if net["ref_clk_mode"] == "out" else Pin.IN)
-        lan.active(True)
-    except (OSError, ValueError, AttributeError, TypeError) as e:
-        console.error("ethernet: cannot start the %s: %r" % (net["phy"], e))
-        console.check("network", False, "ethernet: the %s does not start (%r): is board.json's net section "
-                                        "right for this board?" % (net["phy"], e))
-        return None
-    return lan
