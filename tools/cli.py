@@ -49,6 +49,26 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     return 0 if node.exit_code in (0, None) else 1
 
 
+def cmd_sim_board(args: argparse.Namespace) -> int:
+    from meetkit_tools.sim.board import SimBoard
+
+    ssid, sep, password = args.wifi.partition(":")
+    board = SimBoard(args.workdir or BUILD / "sim-board" / args.board, board=args.board, flash=args.flash,
+                     flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password))
+    board.start()
+    print(board.port, flush=True)
+    print(f"simulated {args.board} on {board.port}: flash {board.node.image}, console also in {board.console_log}; "
+          f"Ctrl-C (or SIGTERM) powers it off", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from meetkit_tools.demo import run_demo
 
@@ -344,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heapsize", default="112K", help="MicroPython heap, as on a board")
     run.add_argument("--workdir", type=Path)
     run.set_defaults(func=cmd_sim_run)
+    sb = sim.add_parser("board", help="a simulated board on a serial port (a pty) for mpremote and meetkit provision",
+                        description="Prints the board's device path on the first line, then runs until Ctrl-C or "
+                        "SIGTERM. The board behaves as an ESP32 with MicroPython: its flash is a littlefs image "
+                        "that persists, its sensors are the board file's, its Wi-Fi finds one access point.")
+    sb.add_argument("--board", default="esp32-devkitc", help="the board design: sensors and chip (boards/)")
+    sb.add_argument("--flash", type=Path, help="the flash image (default build/sim-board/<board>/flash.img; "
+                    "made empty when missing)")
+    sb.add_argument("--flash-kb", type=int, default=2048, help="the filesystem's size (2048: ESP32_GENERIC's vfs)")
+    sb.add_argument("--speed", type=float, default=1, help="times real time for the simulated clock (default 1)")
+    sb.add_argument("--scenario", default="busy-road", help="what the sensors measure (tools/sim/scenarios)")
+    sb.add_argument("--wifi", default="meetkit-lab:simulated", metavar="SSID:PASSWORD",
+                    help="the access point the board finds (default meetkit-lab:simulated)")
+    sb.add_argument("--workdir", type=Path)
+    sb.set_defaults(func=cmd_sim_board)
 
     demo = sub.add_parser("demo", help="a broker, the gateway and three simulated nodes, live")
     demo.add_argument("--workdir", type=Path, default=BUILD / "demo")
