@@ -109,12 +109,12 @@ class BoardLink:
         self.t = transport
 
     @classmethod
-    def open(cls, port: str, timeout_s: float = 10) -> "BoardLink":
+    def open(cls, port: str, timeout_s: float = 5) -> "BoardLink":
         """Connect and enter the raw REPL with a soft reset: the node's loop stops and its heap is
         freed (on the board only boot.py runs in raw REPL mode, not main.py)."""
         check_port(port)
         try:
-            t = SerialTransport(port, baudrate=BAUD)
+            t = SerialTransport(port, baudrate=BAUD, timeout=1)  # a silent port must not block a read for ever
         except TransportError as e:
             raise BoardError(f"{port}: {e}") from None
         said = io.StringIO()
@@ -141,6 +141,7 @@ class BoardLink:
     @staticmethod
     def _rom_answers(t: SerialTransport) -> bool:
         try:
+            t.serial.timeout = 0.1   # mpremote's port blocks on read
             t.serial.reset_input_buffer()
             t.serial.write(ROM_SYNC)
             end = time.monotonic() + 0.6

@@ -41,6 +41,10 @@ HINTS = {
 }
 
 
+# An item cannot be tried while the one it needs fails.
+NEEDS = {"broker": "network", "clock": "network", "gateway": "broker"}
+
+
 def expected_items(board: dict[str, Any]) -> list[str]:
     """The items a node on this board must pass before the technician leaves the ladder."""
     items = ["board", "config"]
@@ -72,26 +76,33 @@ class Checklist:
     def decided(self, item: str) -> bool:
         return item in self.results
 
+    def blocked_by(self, item: str) -> str | None:
+        """The failed item that keeps `item` from being tried, if any."""
+        need = NEEDS.get(item)
+        while need:
+            r = self.results.get(need)
+            if r is not None and not r.ok:
+                return need
+            need = NEEDS.get(need)
+        return None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to wait for but a change: each item has a result or cannot be tried."""
+        return all(self.decided(i) or self.blocked_by(i) or i == "gateway" for i in self.items)
+
     @property
     def passed(self) -> bool:
         return all(i in self.results and self.results[i].ok for i in self.items)
-
-    @property
-    def complete(self) -> bool:
-        """Every item passed, or every item has a result and a failure will not mend by waiting
-        (only network, broker, clock and gateway can still come good later)."""
-        if self.passed:
-            return True
-        return all(i in self.results for i in self.items) and not any(
-            not self.results[i].ok for i in ("network", "broker", "clock") if i in self.items)
 
     def render(self, waited_s: float) -> str:
         rows = []
         for i in self.items:
             r = self.results.get(i)
+            blocked = None if r else self.blocked_by(i)
             mark = "PASS" if r and r.ok else "FAIL"
-            detail = r.detail if r else f"no result in {waited_s:.0f} s"
+            detail = r.detail if r else (f"not tried: no {blocked}" if blocked else f"no result in {waited_s:.0f} s")
             rows.append(f"  [{mark}] {ITEMS.get(i, i):32} {detail}")
-            if not (r and r.ok):
+            if not (r and r.ok) and not blocked:
                 rows.append(f"         -> {HINTS.get(i, '')}")
         return "\n".join(rows)
