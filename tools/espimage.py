@@ -224,6 +224,17 @@ def app_desc_of(image: Image) -> AppDesc | None:
     return parse_app_desc(seg.data) if seg else None
 
 
+def peek_app_desc(head: bytes) -> AppDesc | None:
+    """The descriptor of an app image from its first bytes only (header, first segment's header
+    and 256 bytes): enough to name what a board runs without reading the whole app."""
+    if len(head) < 32 or head[0] != IMAGE_MAGIC:
+        return None
+    chip_id = struct.unpack_from("<H", head, 12)[0]
+    addr = struct.unpack_from("<I", head, 24)[0]
+    lo, hi = DROM.get(chip_id, (0, 0))
+    return parse_app_desc(head[32:]) if lo <= addr < hi else None
+
+
 # -- partition table ----------------------------------------------------------------------------------
 
 _PART = struct.Struct("<2sBBII16sI")
