@@ -167,7 +167,7 @@ def _esptool_logger(out: TextIO, verbose: bool):
         """esptool's own lines only with --verbose; its warnings always; its progress as ours."""
 
         def __init__(self) -> None:
-            self.shown = -1
+            self.shown = 0
             self.tty = out.isatty()
 
         def print(self, *args, **kwargs) -> None:
@@ -205,7 +205,7 @@ def _esptool_logger(out: TextIO, verbose: bool):
             pass
 
         def reset_progress(self) -> None:
-            self.shown = -1
+            self.shown = 0
 
     return Lines()
 
@@ -347,9 +347,10 @@ def flash_micropython(port: str, firmware: Path, board: str | None = None, *, re
         stage = "done"
         reset_chip(esp, after)
         if reset:
-            say("Reset the board: MicroPython starts")
+            say("Reset the board through RTS: MicroPython is starting")
         else:
             say("The board still waits in its bootloader: press EN (RST) to start MicroPython")
+        say(f"Next: meetkit provision --port {port} --board {board or 'BOARD'} --node-id ID")
         return Result(detected.name, description, mac, flash_size, erase, previous, time.monotonic() - started)
     except FlashError:
         if reset and esp is not None and stage in ("connecting", "starting esptool's flasher stub"):
