@@ -7,7 +7,7 @@ and takes over) and flash writes. RomBootloader is that protocol as a pure engin
 in, SLIP frames out, over a NOR flash image (erase sets 0xFF, programming can only clear bits).
 Real esptool 5 talks to it unchanged with `--before no-reset` (a pty cannot pulse DTR/RTS).
 
-What is simulated, and how (docs/simulator.md has the user's view):
+What is simulated, and how (docs/technician.md, "Practising without a board", has the user's view):
 - ROM: 4 status bytes, error 0x05 for commands it does not know (GET_SECURITY_INFO on an ESP32,
   the stub's 0xD0-0xD3 commands), MD5 as 32 hex digits, FLASH_BEGIN erasing up front,
   READ_FLASH_SLOW in 64-byte blocks (ESP32 only, as on the chip).
