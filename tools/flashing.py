@@ -117,6 +117,8 @@ def board_mcu(board: str, boards_dir: Path = BOARDS) -> tuple[str, dict]:
 
 def _holders(port: str) -> list[str]:
     """Processes (of this user) that have the port open: who to close before flashing."""
+    if not os.path.isdir("/proc"):
+        return []  # not Linux: the message does without names
     real = os.path.realpath(port)
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -137,14 +139,18 @@ def check_port(port: str) -> None:
     """The port exists, this user may open it and nobody else holds it (pyserial's exclusive lock)."""
     import serial
 
-    if not os.path.exists(port):
-        raise FlashError(f"{port}: no such port. `meetkit ports` lists the boards plugged in; a board that "
-                         "is not listed needs a data cable (some only charge) or its USB driver")
+    missing = (f"{port}: no such port. `meetkit ports` lists the boards plugged in; a board that is not "
+               "listed needs a data cable (some only charge) or its USB driver")
+    if port.startswith("/") and not os.path.exists(port):
+        raise FlashError(missing)
     try:
         s = serial.Serial(port, exclusive=True)
     except serial.SerialException as e:
         code = e.errno
-        if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in str(e):
+        if "FileNotFoundError" in str(e):  # Windows: COM9 that is not there
+            raise FlashError(missing) from None
+        if (code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in str(e)
+                or "Access is denied" in str(e)):  # the last: how Windows says another program has it
             who = _holders(port)
             raise FlashError(f"{port} is busy: another program has it open"
                              f"{' (' + '; '.join(who) + ')' if who else ''}. Close it (a serial monitor, "

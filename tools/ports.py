@@ -88,7 +88,7 @@ def board_usb_index(boards_dir: Path = BOARDS) -> dict[str, list[str]]:
 
 def classify(info: ListPortInfo, usb_index: dict[str, list[str]]) -> Port:
     """What one port pyserial lists may be."""
-    access = os.access(info.device, os.R_OK | os.W_OK)
+    access = not info.device.startswith("/dev/") or os.access(info.device, os.R_OK | os.W_OK)
     if info.vid is None or info.pid is None:
         return Port(info.device, None, None, False, description=_text(info.description),
                     note="a built-in serial port, not USB", access=access)

@@ -152,3 +152,18 @@ def test_slip_round_trip(payload: bytes) -> None:
     framed = slip(payload)
     got = dec.feed(b"boot noise" + framed[:3]) + dec.feed(framed[3:] + slip(b"next"))
     assert got == [payload, b"next"]
+
+
+@pytest.mark.parametrize("chip,base", [("esp32", 0x1000), ("esp32s3", 0x0)])
+def test_esptool_image_info_reads_the_stand_in_firmware(tmp_path: Path, chip: str, base: int) -> None:
+    fw = micropython_firmware(chip, "v1.24.1")
+    (tmp_path / "boot.bin").write_bytes(fw[:0x8000 - base])
+    (tmp_path / "app.bin").write_bytes(fw[0x10000 - base:])
+    for part, expect in [("boot.bin", "Bootloader Information"), ("app.bin", "Project name: micropython")]:
+        r = subprocess.run([sys.executable, "-m", "esptool", "image-info", str(tmp_path / part)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "(valid)" in r.stdout.split("Checksum:")[1].splitlines()[0]
+        assert "(valid)" in r.stdout.split("Validation hash:")[1].splitlines()[0]
+        assert expect in r.stdout
+    assert "App version: v1.24.1" in r.stdout
