@@ -348,6 +348,55 @@ def add_fleet_parser(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=cmd_fleet_check)
 
 
+# -- meetkit ports, meetkit flash-micropython (tools/ports.py, tools/flashing.py) -----------------------
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    from meetkit_tools import ports
+
+    found, stale = ports.list_ports()
+    print(ports.as_json(found, stale) if args.json else ports.as_table(found, stale))
+    return 0
+
+
+def cmd_flash_micropython(args: argparse.Namespace) -> int:
+    from meetkit_tools.flashing import FlashError, flash_micropython
+
+    try:
+        flash_micropython(args.port, args.firmware, args.board, reset=not args.no_reset, baud=args.baud,
+                          erase=args.erase, verbose=args.verbose)
+    except FlashError as e:
+        print(f"meetkit flash-micropython: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("meetkit flash-micropython: interrupted; if it was writing, run it again before unplugging "
+              "the board", file=sys.stderr)
+        return 130
+    return 0
+
+
+def add_board_parsers(sub: argparse._SubParsersAction) -> None:
+    po = sub.add_parser("ports", help="the serial ports that may be ESP32 boards (and simulated boards)")
+    po.add_argument("--json", action="store_true", help="machine-readable")
+    po.set_defaults(func=cmd_ports)
+    fm = sub.add_parser("flash-micropython", help="write MicroPython's .bin onto a board (esptool)",
+                        description="Check a MicroPython firmware .bin (from micropython.org) and write it "
+                        "onto the board at --port with esptool: at 0x1000 on an ESP32, 0x0 on an ESP32-S3.")
+    fm.add_argument("--port", required=True, help="the board's serial port (see `meetkit ports`)")
+    fm.add_argument("--firmware", required=True, type=Path, metavar="FILE.bin",
+                    help="MicroPython's .bin for the board, e.g. ESP32_GENERIC-20241129-v1.24.1.bin")
+    fm.add_argument("--board", help="the board file (boards/NAME.json): its chip must be the file's")
+    fm.add_argument("--no-reset", action="store_true",
+                    help="do not reset the board through DTR/RTS: it is already waiting in its bootloader "
+                    "(hold BOOT, press EN) or cannot be reset that way (a simulated board)")
+    fm.add_argument("--baud", type=int, default=460800, help="serial speed while writing (default 460800)")
+    fm.add_argument("--erase", action=argparse.BooleanOptionalAction, default=None,
+                    help="erase the whole flash first (default: only when the board holds no MicroPython, "
+                    "so an update keeps the node's files)")
+    fm.add_argument("-v", "--verbose", action="store_true", help="show esptool's own output")
+    fm.set_defaults(func=cmd_flash_micropython)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="meetkit", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -414,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_provision(sub)
     add_fleet_parser(sub)
+    add_board_parsers(sub)
     return ap
 
 
