@@ -54,7 +54,8 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
 
     ssid, sep, password = args.wifi.partition(":")
     board = SimBoard(args.workdir or BUILD / "sim-board" / args.board, board=args.board, flash=args.flash,
-                     flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password))
+                     flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password),
+                     blank=args.blank)
     board.start()
     print(board.port, flush=True)
     print(f"simulated {args.board} on {board.port}: flash {board.node.image}, console also in {board.console_log}; "
@@ -425,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--scenario", default="busy-road", help="what the sensors measure (tools/sim/scenarios)")
     sb.add_argument("--wifi", default="meetkit-lab:simulated", metavar="SSID:PASSWORD",
                     help="the access point the board finds (default meetkit-lab:simulated)")
+    sb.add_argument("--blank", action="store_true", help="a board without MicroPython: its port speaks the ESP32 "
+                    "ROM bootloader until `meetkit flash-micropython --no-reset` has flashed MicroPython")
     sb.add_argument("--workdir", type=Path)
     sb.set_defaults(func=cmd_sim_board)
 

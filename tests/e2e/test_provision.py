@@ -157,3 +157,24 @@ def test_a_board_that_does_not_answer(site: dict) -> None:
         os.close(master)
     assert res.returncode == 2
     assert "does not answer" in res.stdout and "nothing was changed" in res.stdout
+
+
+def test_a_blank_board_is_flashed_then_provisioned(site: dict, tmp_path: Path) -> None:
+    from meetkit_tools.sim.mpimage import micropython_firmware
+
+    firmware = tmp_path / "ESP32_GENERIC-v1.29.0.bin"
+    firmware.write_bytes(micropython_firmware("esp32", "v1.29.0"))
+    with SimBoard(tmp_path / "board", speed=10, wifi=WIFI, blank=True) as board:
+        res = provision(site, board.port, *full(site), node="lamp-018")
+        assert res.returncode == 2, res.stdout
+        assert "no MicroPython on the board" in res.stdout and "meetkit flash-micropython" in res.stdout
+        flash = subprocess.run([sys.executable, "-m", "meetkit_tools.cli", "flash-micropython", "--port", board.port,
+                                "--firmware", str(firmware), "--board", "esp32-devkitc", "--no-reset"],
+                               capture_output=True, text=True, timeout=120)
+        assert flash.returncode == 0, flash.stdout + flash.stderr
+        deadline = time.monotonic() + 10   # the board boots MicroPython once the flasher lets go
+        while "flashed; the board boots it" not in board.console_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        res = provision(site, board.port, *full(site), node="lamp-018")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "result: PASS" in res.stdout

@@ -62,7 +62,7 @@ class SimBoard:
     def __init__(self, workdir: Path, board: str = "esp32-devkitc", flash: Path | None = None,
                  flash_kb: int = 2048, speed: float = 1.0, scenario: str = "busy-road",
                  wifi: tuple[str, str] = ("meetkit-lab", "simulated"), heapsize: str | None = "112K",
-                 seed: int = 1, chip_id: str = "") -> None:
+                 seed: int = 1, chip_id: str = "", blank: bool = False) -> None:
         self.workdir = Path(workdir)
         spec = NodeSpec(node_id=f"board-{board}", scenario=load_scenario(scenario), workdir=self.workdir,
                         board=board, until_s=None, speed=speed, heapsize=heapsize, seed=seed, chip_id=chip_id,
@@ -81,6 +81,11 @@ class SimBoard:
         self._thread: threading.Thread | None = None
         self._registry: Path | None = None
         self._soft_pending = False
+        # A blank board (no MicroPython): its pty speaks the ROM bootloader's protocol until a
+        # MicroPython image is flashed and the flasher lets go of the port (tools/sim/rom.py).
+        self.blank = blank
+        self._rom: Any = None
+        self._rom_open = False
 
     # -- life --------------------------------------------------------------------------------------
     def start(self) -> "SimBoard":
@@ -93,14 +98,27 @@ class SimBoard:
         self.port = os.ttyname(self._slave)
         self._log = self.console_log.open("ab")
         self._t_ms = 0
-        self._spawn("board", 0, None, "power_on", {})
+        if self.blank:
+            from meetkit_tools.paths import BOARDS
+            from meetkit_tools.sim.rom import RomBootloader
+
+            chip = json.loads((BOARDS / f"{self.board}.json").read_text()).get("mcu", "esp32")
+            self._rom = RomBootloader(chip, self.workdir / "rom-flash.bin")
+            os.close(self._slave)   # the port's closing by the flasher must show (EIO on our side)
+            self._slave = -1
+        else:
+            self._spawn("board", 0, None, "power_on", {})
         self._thread = threading.Thread(target=self._pump, name=f"simboard-{self.port}", daemon=True)
         self._thread.start()
         REGISTRY.mkdir(parents=True, exist_ok=True)
         self._registry = REGISTRY / f"{os.getpid()}-{Path(self.port).name}.json"
-        self._registry.write_text(json.dumps({"port": self.port, "pid": os.getpid(), "board": self.board,
-                                              "blank": False, "flash": str(self.node.image)}))
+        self._register()
         return self
+
+    def _register(self) -> None:
+        if self._registry:
+            self._registry.write_text(json.dumps({"port": self.port, "pid": os.getpid(), "board": self.board,
+                                                  "blank": self._rom is not None, "flash": str(self.node.image)}))
 
     def stop(self) -> None:
         """Power off: the process ends at once (the image is as a power cut leaves it)."""
@@ -254,8 +272,53 @@ class SimBoard:
             except OSError:
                 return
 
+    def _pump_rom(self) -> None:
+        try:
+            ready, _, _ = select.select([self._master], [], [], 0.05)
+        except (OSError, ValueError):
+            return
+        if not ready:
+            return
+        try:
+            data = os.read(self._master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:   # EIO: nobody has the port open
+            if self._rom_open:
+                self._rom_open = False
+                self._rom.save()
+                if self._rom.micropython():
+                    self._boot_flashed()
+            self._stop.wait(0.02)
+            return
+        if data:
+            self._rom_open = True
+            out = memoryview(self._rom.feed(data))
+            while out and not self._stop.is_set():   # SLIP replies (read_flash is large): all of them
+                try:
+                    out = out[os.write(self._master, out):]
+                except BlockingIOError:
+                    self._stop.wait(0.001)
+                except OSError:
+                    break
+
+    def _boot_flashed(self) -> None:
+        """MicroPython was flashed and the flasher let go: the board boots it (as after EN), with
+        the empty filesystem a fresh MicroPython makes."""
+        version = self._rom.micropython()
+        self._rom = None
+        self._slave = os.open(self.port, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self._slave)
+        self.node.image.unlink(missing_ok=True)
+        self._register()
+        self._log.write(f"[simulator: MicroPython {version[0]} flashed; the board boots it]\n".encode())
+        self._spawn("board", 0, None, "power_on", {})
+
     def _pump(self) -> None:
         while not self._stop.is_set():
+            if self._rom is not None:
+                self._pump_rom()
+                continue
             fds = [self._master] + ([self._inner] if self._inner >= 0 else [])
             try:
                 ready, _, _ = select.select(fds, [], [], 0.1)
