@@ -61,9 +61,7 @@ def _main():
         if not simcore._cut:   # after a power cut nothing is printed: the board is off
             sys.print_exception(e)
         cause, code = "crash", 1
-    return simcore.stop(cause, code)
+    sys.exit(simcore.stop(cause, code))
 
 
-_code = _main()
-if _code is not None:
-    sys.exit(_code)
+_main()   # returns only on a serial port (simcore.repl): micropython -i then runs the REPL
