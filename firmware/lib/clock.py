@@ -43,9 +43,12 @@ class Clock:
             ntptime.settime()
         except (OSError, OverflowError, IndexError) as e:
             console.warn("ntp: %s: %r" % (self.ntp_host, e))
+            if not self.synced:   # a failed resync leaves a set clock: no fault to show
+                console.check("clock", False, "ntp %s: %r: is UDP port 123 open to it?" % (self.ntp_host, e))
             self._retry_ms = min(self._retry_ms * 2, 600000) if not self.synced else self._retry_ms
             return False
         if not self.synced:
             console.info("ntp: clock set, %d" % self.unix())
+            console.check("clock", True, "ntp %s" % self.ntp_host)
         self.synced = True
         return True

@@ -1,7 +1,9 @@
 # The node's configuration: config.json (this node: id, Wi-Fi, broker, intervals) and board.json
 # (this board: pins, sensors, microphone), both on the flash. A bad or missing field is reported on
 # the console and replaced by a safe default where one exists, so the node keeps measuring what it
-# can; only what cannot work (no Wi-Fi settings: no uplink) is switched off.
+# can; only what cannot work (no Wi-Fi settings: no uplink) is switched off. A board file that
+# cannot be used at all (missing, not JSON, made for another chip) stops the node from measuring:
+# the pins could be wrong for this board, and driving a pin that is wired as an output could harm it.
 import json
 import console
 
@@ -52,68 +54,32 @@ def _int(d, key, lo, hi, problems, where):
     return None
 
 
-def _section(board, key, problems, needed):
-    sec = board.get(key)
-    if sec is None:
+def chip_mcu():
+    """The chip this runs on ("esp32", "esp32s3", ...) from os.uname().machine, e.g. "Generic ESP32
+    module with ESP32"; None where the port does not say."""
+    try:
+        import os
+        m = os.uname().machine
+    except (AttributeError, ImportError):
         return None
-    if not isinstance(sec, dict):
-        problems.append("board.%s: must be an object" % key)
-        return None
-    for pin in needed:
-        if _int(sec, pin, 0, 48, problems, "board." + key) is None:
-            return None
-    return sec
+    i = m.rfind(" with ")
+    return m[i + 6:].lower() if i >= 0 else None
 
 
-def load_board(path, problems):
-    """Return the usable parts of the board file; unusable sections are dropped with a message."""
-    board = _read_json(path, problems)
-    if not isinstance(board, dict):
-        if board is not None:
-            problems.append("%s: must be an object" % path)
-        return {"board": "unknown"}
-    out = {"board": board.get("board", "unknown"), "led": board.get("led")}
-    i2c = _section(board, "i2c", problems, ("scl", "sda"))
-    clim = board.get("climate")
-    if clim is not None:
-        if not isinstance(clim, dict) or clim.get("type") != "bme280":
-            problems.append("board.climate.type: %r is not a supported sensor (bme280)"
-                            % (clim.get("type") if isinstance(clim, dict) else clim))
-        elif i2c is None:
-            problems.append("board.climate: needs an i2c section")
-        else:
-            out["i2c"] = i2c
-            out["climate"] = {"type": "bme280", "addr": clim.get("addr", 0x76)}
-    pm = _section(board, "pm", problems, ("uart", "tx", "rx"))
-    if pm is not None:
-        if pm.get("type") not in PM_TYPES:
-            problems.append("board.pm.type: %r is not one of %s" % (pm.get("type"), ", ".join(PM_TYPES)))
-        else:
-            out["pm"] = pm
-    mic = _section(board, "mic", problems, ("i2s", "sck", "ws", "sd"))
-    if mic is not None:
-        sens = mic.get("sens_dbfs")
-        if mic.get("type") not in MIC_TYPES:
-            problems.append("board.mic.type: %r is not one of %s" % (mic.get("type"), ", ".join(MIC_TYPES)))
-        elif not isinstance(sens, (int, float)) or not -60 <= sens <= 0:
-            problems.append("board.mic.sens_dbfs: %r is not a sensitivity in dBFS (-60 to 0)" % (sens,))
-        elif mic.get("rate", 48000) != 48000:
-            # the A-weighting filter's coefficients are for 48 kHz
-            problems.append("board.mic.rate: %r is not supported (48000)" % (mic.get("rate"),))
-        elif not isinstance(mic.get("floor_db", 0), (int, float)) or not 0 <= mic.get("floor_db", 0) <= 80:
-            problems.append("board.mic.floor_db: %r is not a self-noise level in dB(A) (0 to 80)"
-                            % (mic.get("floor_db"),))
-        elif "ibuf" in mic and _int(mic, "ibuf", 8192, 131072, problems, "board.mic") is None:
-            pass
-        else:
-            mic = dict(mic)
-            mic["floor_db"] = float(mic.get("floor_db", MIC_FLOOR_DB[mic["type"]]))
-            out["mic"] = mic
-    return out
+def load_board(path, problems, chip=None):
+    """The board file's usable parts (boardfile.py, loaded for this and dropped: its tables are
+    not needed once the node runs)."""
+    import sys
+    import boardfile
+    try:
+        return boardfile.load_board(path, problems, chip)
+    finally:
+        del sys.modules["boardfile"]
 
 
-def load_node(path, problems, chip_id):
-    """Return the node config with defaults filled in; never raises."""
+def load_node(path, problems, chip_id, wifi=True):
+    """Return the node config with defaults filled in; never raises. `wifi`: the board's network
+    is Wi-Fi (an Ethernet board needs no wifi section)."""
     raw = _read_json(path, problems)
     if not isinstance(raw, dict):
         raw = {}
@@ -141,12 +107,13 @@ def load_node(path, problems, chip_id):
                 cfg[key] = raw[key]
             else:
                 problems.append("config.%s: must be a non-empty string" % key)
-    wifi = raw.get("wifi")
-    if isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str) and wifi["ssid"]:
-        cfg["wifi"] = {"ssid": wifi["ssid"], "password": wifi.get("password") or ""}
+    w = raw.get("wifi")
+    if isinstance(w, dict) and isinstance(w.get("ssid"), str) and w["ssid"]:
+        cfg["wifi"] = {"ssid": w["ssid"], "password": w.get("password") or ""}
     else:
         cfg["wifi"] = None
-        problems.append("config.wifi.ssid: missing; measuring without an uplink")
+        if wifi:
+            problems.append("config.wifi.ssid: missing; measuring without an uplink")
     broker = raw.get("broker")
     if isinstance(broker, dict) and isinstance(broker.get("host"), str) and broker["host"]:
         cfg["broker"] = _broker(broker, problems)
@@ -182,10 +149,39 @@ def _broker(broker, problems):
     return b
 
 
-def load(config_path="config.json", board_path="board.json", chip_id="000000000000"):
-    problems = []
-    cfg = load_node(config_path, problems, chip_id)
-    board = load_board(board_path, problems)
-    for p in problems:
+def load(config_path="config.json", board_path="board.json", chip_id="000000000000", chip=-1):
+    """(cfg, board, problems): board["problems"] and cfg["problems"] hold each file's own (the
+    self-test's board and config lines), `problems` both. `chip`: the chip's mcu (default: ask
+    os.uname(); None: do not compare)."""
+    bprob = []
+    cprob = []
+    board = load_board(board_path, bprob, chip_mcu() if chip == -1 else chip)
+    net = board["net"]
+    cfg = load_node(config_path, cprob, chip_id, net is not None and net["type"] == "wifi")
+    board["problems"] = bprob
+    cfg["problems"] = cprob
+    for p in cprob + bprob:
         console.warn("config: " + p)
-    return cfg, board, problems
+    return cfg, board, cprob + bprob
+
+
+def start(chip_id):
+    """load(), then the self-test's board and config lines; (cfg, board). A board file the node
+    cannot use: its E line, and board["usable"] False (the caller measures nothing)."""
+    cfg, board, _ = load(chip_id=chip_id)
+    if board["usable"] and not board["problems"]:
+        console.check("board", True, "%s (%s)" % (board["board"], board["name"]))
+    else:
+        console.check("board", False, "; ".join(board["problems"]))
+    if not board["usable"]:
+        # Measuring with pins that may be wrong for this board could harm what is wired to it.
+        # No reset either: the technician needs the REPL to put the right board.json there.
+        console.error("board.json cannot be used: measuring nothing. Copy this board's file to "
+                      "board.json and reset the node; the REPL is open meanwhile")
+        return cfg, board
+    if cfg["problems"]:
+        console.check("config", False, "; ".join(cfg["problems"]))
+    else:
+        console.check("config", True, "node %s, interval %d s" % (cfg["node_id"], cfg["interval_s"]))
+    return cfg, board
+

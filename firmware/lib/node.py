@@ -19,12 +19,11 @@ import sys
 import time
 import machine
 import console
-import config
-import recline
-from clock import Clock
-from spool import Spool
-from uplink import Uplink
-from samplers import PM, Climate, Noise
+import soundlevel   # the largest compile (the noise kernel) first, while the heap is emptiest;
+del soundlevel      # sample_noise takes it from sys.modules
+# The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
+# been compiled, used and dropped; the samplers only where the board has the sensor (heap).
+recline = Clock = Spool = Uplink = PM = Climate = Noise = None
 
 BOOT_FILE = "boot.count"
 LIVE_MAX = 8            # new records waiting to be sent first; older ones are the backlog's
@@ -32,6 +31,12 @@ INFLIGHT_MAX = 4        # batches sent and not yet acknowledged
 ACK_WAIT_MS = 120000    # a batch not acknowledged by then is sent again (the gateway de-duplicates)
 BACKLOG_GAP_MS = 2000   # the backlog drains at most one batch per this
 WDT_MS = 90000          # longer than the slowest blocking step (an MQTT connect on a bad link)
+# After a Ctrl-C (a technician's mpremote): the ESP32's watchdog cannot be stopped, only given
+# a longer timeout. Long enough to work at the REPL, short enough that a node left interrupted
+# starts measuring again by itself (docs/technician.md, "The watchdog and the REPL").
+TECH_WDT_MS = 30 * 60 * 1000
+ACK_LATE_MS = 30000     # a batch unacknowledged for longer: the status LED says "not delivering"
+LED_OK, LED_QUIET, LED_FAIL = 1, 2, 3   # the status LED's modes (led.py)
 
 
 def next_boot():
@@ -50,7 +55,7 @@ def next_boot():
 
 
 class Node:
-    def __init__(self, cfg, board, boot):
+    def __init__(self, cfg, board, boot, fw):
         now = time.ticks_ms()
         self.cfg = cfg
         self.boot = boot
@@ -74,16 +79,24 @@ class Node:
             sensors["climate"] = "bme280"
         if self.noise:
             sensors["mic"] = board["mic"]["type"]
-        meta = {"fw": config.FW_VERSION, "boot": boot}
+        meta = {"fw": fw, "boot": boot}
         # The envelope is the same for every batch of this boot: built once, kept on flash with the
         # boot's records so that a backlog from before a firmware update goes out with its own.
         self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,' % (
-            json.dumps(cfg["node_id"]), boot, json.dumps(config.FW_VERSION), json.dumps(board["board"]),
+            json.dumps(cfg["node_id"]), boot, json.dumps(fw), json.dumps(board["board"]),
             json.dumps(sensors), json.dumps(units))).replace('", "', '","').replace('": "', '":"')
         self.keys = None       # quantity order of this boot's record lines, from its first record
         self.anchor = None     # Unix ms at uptime 0, once the clock is known
         self.clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
-        self.uplink = Uplink(cfg, meta)
+        self.uplink = Uplink(cfg, meta, board.get("net"))
+        self.acked = False      # the gateway acknowledged a batch of this boot
+        self.led = None
+        if board.get("led"):
+            try:
+                from led import Led   # only on a board with a status LED
+                self.led = Led(board["led"])
+            except (OSError, ValueError, ImportError) as e:
+                console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
         self._buf = _BUF
@@ -268,6 +281,9 @@ class Node:
             except (ValueError, KeyError, TypeError):
                 console.warn("ack: not understood: %r" % msg[:60])
                 continue
+            if not self.acked:
+                self.acked = True
+                console.check("gateway", True, "first batch stored (db %s)" % db)
             if db != self.spool.db:
                 if self.spool.db is not None:
                     console.warn("gateway database changed (%s -> %s): sending the spool again"
@@ -301,6 +317,8 @@ class Node:
         while time.ticks_diff(now, self._sec_mark) >= 1000:
             self._sec_mark = time.ticks_add(self._sec_mark, 1000)
             self.up_s += 1
+            if console.pending:
+                console.flush()
         if self.pm:
             self.pm.poll(now)
         if self.climate:
@@ -318,6 +336,16 @@ class Node:
                 self._synced(now)
         if self.spool.dirty:
             self.spool.save(now)
+        if self.led:
+            self.led.update(now, self._led_mode(now))
+
+    def _led_mode(self, now):
+        if console.failing:
+            return LED_FAIL
+        if self.acked and self.uplink.client is not None and \
+                (not self.inflight or time.ticks_diff(now, self.inflight[0][0]) < ACK_LATE_MS):
+            return LED_OK
+        return LED_QUIET
 
     def _synced(self, now):
         self._set_anchor(now)
@@ -326,15 +354,40 @@ class Node:
 
     def run(self):
         wdt = machine.WDT(timeout=WDT_MS)
-        while True:
-            self.step()
-            wdt.feed()  # only after a whole pass of the loop: a hang anywhere resets the node
+        try:
+            while True:
+                self.step()
+                wdt.feed()  # only after a whole pass of the loop: a hang anywhere resets the node
+        except KeyboardInterrupt:   # Ctrl-C: a technician at the REPL (mpremote)
+            machine.WDT(timeout=TECH_WDT_MS)   # on the ESP32 this sets the running watchdog's timeout
+            console.warn("interrupted: the REPL is yours for %d min; then the watchdog resets the node "
+                         "(machine.reset() sooner)" % (TECH_WDT_MS // 60000))
+            raise
 
 
 def main():
     chip = "".join("%02x" % b for b in machine.unique_id())
-    console.info("meetkit %s, chip %s, reset cause %d" % (config.FW_VERSION, chip, machine.reset_cause()))
-    cfg, board, _ = config.load(chip_id=chip)
+    # config.py is needed only now: loaded here and dropped after, its code is heap the node needs
+    import config
+    fw = config.FW_VERSION
+    console.info("meetkit %s, chip %s, reset cause %d" % (fw, chip, machine.reset_cause()))
+    cfg, board = config.start(chip)   # the board and config self-test lines too
+    del config
+    del sys.modules["config"]
+    gc.collect()
+    if not board["usable"]:   # no measuring, no reset: the REPL stays for the technician
+        return
+    global recline, Clock, Spool, Uplink, PM, Climate, Noise
+    if "mic" in board:
+        from sample_noise import Noise
+    from uplink import Uplink
+    from spool import Spool
+    import recline
+    from clock import Clock
+    if "climate" in board:
+        from sample_climate import Climate
+    if "pm" in board:
+        from sample_pm import PM
     try:
         boot = next_boot()
     except OSError as e:
@@ -343,7 +396,7 @@ def main():
     console.info("node %s, boot %d, board %s, interval %d s" % (cfg["node_id"], boot, board["board"], cfg["interval_s"]))
     gc.collect()
     try:
-        node = Node(cfg, board, boot)
+        node = Node(cfg, board, boot, fw)
         gc.collect()
         node.run()
     except Exception as e:  # a bug, not a sensor: log it, wait, start afresh

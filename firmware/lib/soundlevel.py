@@ -357,6 +357,19 @@ class NoiseMeter:
     def samples(self):
         return self.st[_S_N]
 
+    def over_so_far(self):
+        return self.st[_S_OVER]
+
+    def _leq(self, i, g):
+        st = self.st
+        n = st[_S_N]
+        e = (st[i + 2] * 1073741824.0 + st[i + 1]) * 1073741824.0 + st[i]
+        return 10.0 * math.log10(e / n) + self._spl - g if n and e > 0 else None
+
+    def level_so_far(self):
+        """The interval's LAeq so far in dB SPL (None: no audio, or only zeros); nothing is reset."""
+        return self._leq(21, A_GAIN_DB)
+
     def take(self):
         """The interval so far, then start the next one. A dict of dB SPL values (None where
         there was nothing to measure), 'n' samples processed and 'over' samples at full scale."""
@@ -365,11 +378,8 @@ class NoiseMeter:
         spl = self._spl
         r = {"n": n, "over": st[_S_OVER], "LAeq": None, "LZeq": None, "LAFmax": None,
              "LAFmin": None, "LA10": None, "LA50": None, "LA90": None}
-        if n:
-            for key, i, g in (("LAeq", 21, A_GAIN_DB), ("LZeq", 24, 0.0)):
-                e = (st[i + 2] * 1073741824.0 + st[i + 1]) * 1073741824.0 + st[i]
-                if e > 0:
-                    r[key] = 10.0 * math.log10(e / n) + spl - g
+        r["LAeq"] = self._leq(21, A_GAIN_DB)
+        r["LZeq"] = self._leq(24, 0.0)
         ticks = st[_S_TICKS]
         if ticks:
             # a Fast level in Q15 log2 of a tick's energy (48 samples) -> dB SPL

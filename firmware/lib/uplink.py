@@ -1,4 +1,5 @@
-# Wi-Fi and MQTT. Nothing here blocks the measuring for long: Wi-Fi is started and polled, the
+# The network (Wi-Fi, or Ethernet on a board whose board.json says net.type "lan") and MQTT.
+# Nothing here blocks the measuring for long: the network is started and polled, the
 # broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
 # the connection, to be tried again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
@@ -16,15 +17,24 @@ _BACKOFF_MIN_MS = 1000
 _BACKOFF_MAX_MS = 60000
 _POLL_MS = 1000         # how often to look for acknowledgements while some are awaited
 _ACKS_MAX = 16
+NET_TIMEOUT_MS = 30000  # the self-test's network item fails after this long without a link
 # CONNACK return codes (MQTT 3.1.1): what a technician can act on
 _REFUSED = {1: "protocol version", 2: "client id rejected", 3: "broker unavailable",
             4: "bad user name or password", 5: "not authorised: check broker.user and broker.password"}
+# WLAN.status() while not connected: the ESP32 port reports ESP-IDF's reason codes
+_PASSWORD = "the access point refused the password: check wifi.password in config.json"
+_WIFI = {201: "no access point of this name in range: check wifi.ssid in config.json",
+         202: _PASSWORD, 15: _PASSWORD, 204: _PASSWORD,
+         203: "the access point refused the association (full? a MAC filter?)",
+         200: "the access point stopped answering"}
 
 
 class Uplink:
-    def __init__(self, cfg, meta):
+    def __init__(self, cfg, meta, net={"type": "wifi"}):
+        """net: board.json's net section as config.load_board passed it (None: unusable)."""
         self.wifi = cfg["wifi"]
         self.broker = cfg["broker"]
+        self.lan = net is not None and net["type"] == "lan"
         self.node_id = cfg["node_id"]
         prefix = cfg["topic_prefix"]
         self.topic_up = "%s/%s/up" % (prefix, self.node_id)
@@ -33,12 +43,28 @@ class Uplink:
         self.acks = []
         self.meta = meta  # fw, boot: repeated in the status message
         self.client = None
-        self.enabled = self.wifi is not None and self.broker is not None
+        self.enabled = net is not None and (self.lan or self.wifi is not None) and self.broker is not None
+        if net is None:
+            console.check("network", False, "board.json: the net section cannot be used: no uplink")
+        elif not self.lan and self.wifi is None:
+            console.check("network", False, "config.json has no wifi.ssid: no uplink")
+        if self.broker is None:
+            console.check("broker", False, "config.json has no usable broker section: no uplink")
         self.ssl = None
         if self.enabled and self.broker["tls"]:
             self.ssl = _tls_context(self.broker["ca"])
             self.enabled = self.ssl is not None
-        self.wlan = network.WLAN(network.STA_IF) if self.enabled else None
+        self.iface = None
+        if self.enabled:
+            if self.lan:
+                from lan import start   # only an Ethernet board needs it
+                self.iface = start(net)
+            else:
+                self.iface = network.WLAN(network.STA_IF)
+            self.enabled = self.iface is not None
+        self._link = False
+        self._down_since = time.ticks_ms()
+        self._net_ok = None     # the self-test's network result so far
         self._wifi_try = None
         self._next_try = time.ticks_ms()
         self._backoff = _BACKOFF_MIN_MS
@@ -49,32 +75,47 @@ class Uplink:
 
     def rssi(self):
         try:
-            return self.wlan.status("rssi") if self.wlan and self.wlan.isconnected() else None
+            return self.iface.status("rssi") if self.iface and not self.lan and self.iface.isconnected() else None
         except (OSError, ValueError):
             return None
 
     def network_up(self):
-        return self.enabled and self.wlan.isconnected()
+        return self.enabled and self.iface.isconnected()
 
     def service(self, now, up_s, want_acks=False):
         """Move the connection along; call often. Returns True while the broker is connected."""
         if not self.enabled:
             return False
-        if not self.wlan.isconnected():
-            if self.client is not None:
-                console.warn("wifi: link lost")
-                self._drop()
+        if not self.iface.isconnected():
+            if self._link:
+                self._link = False
+                self._down_since = now
+                if self.client is not None:
+                    console.warn("%s: link lost" % ("ethernet" if self.lan else "wifi"))
+                    self._drop()
+            if self._net_ok is not False and time.ticks_diff(now, self._down_since) >= NET_TIMEOUT_MS:
+                self._net_ok = False
+                console.check("network", False, self._why_down(now))
+            if self.lan:   # the Ethernet driver brings the link up by itself
+                return False
             if self._wifi_try is None or time.ticks_diff(now, self._wifi_try) >= _WIFI_RETRY_MS:
                 retry = self._wifi_try is not None
                 self._wifi_try = now
                 try:
-                    self.wlan.active(True)
+                    self.iface.active(True)
                     if retry:  # the ESP32 refuses connect() while an attempt is under way
-                        self.wlan.disconnect()
-                    self.wlan.connect(self.wifi["ssid"], self.wifi["password"])
+                        self.iface.disconnect()
+                    self.iface.connect(self.wifi["ssid"], self.wifi["password"])
                 except OSError as e:
                     console.warn("wifi: connect: %r" % e)
             return False
+        if not self._link:
+            self._link = True
+            if self._net_ok is not True:
+                self._net_ok = True
+                ip = self.iface.ifconfig()[0]
+                console.check("network", True, "ethernet %s" % ip if self.lan else
+                              "wifi %s %s %s dBm" % (self.wifi["ssid"], ip, self.rssi()))
         if self.client is None:
             if time.ticks_diff(now, self._next_try) >= 0:
                 self._connect(now, up_s)
@@ -94,6 +135,20 @@ class Uplink:
             except (OSError, IndexError) as e:
                 self._fail(now, "receive", e)
         return self.client is not None
+
+    def _why_down(self, now):
+        """Why the network is not up, for the self-test: what the interface reports."""
+        t = time.ticks_diff(now, self._down_since) // 1000
+        try:
+            st = self.iface.status()
+        except (OSError, ValueError):
+            st = None
+        if self.lan:
+            if st == getattr(network, "ETH_CONNECTED", 3):
+                return "ethernet: link up but no address from DHCP for %d s" % t
+            return "ethernet: no link for %d s: check the cable, the switch port and its PoE" % t
+        return "wifi %s: no connection for %d s (status %s): %s" % (
+            self.wifi["ssid"], t, st, _WIFI.get(st, "is the access point in range and on?"))
 
     def _on_msg(self, topic, msg):
         if len(self.acks) >= _ACKS_MAX:  # the node will send those records again
@@ -121,11 +176,15 @@ class Uplink:
                 c.sock.close()
             except Exception:
                 pass
-            self._fail(now, "connect " + where, _why(e), isinstance(e, (ValueError, MQTTException)))
+            why = _why(e)
+            console.check("broker", False, "%s:%d: %s" % (b["host"], b["port"], why))
+            self._fail(now, "connect " + where, why, isinstance(e, (ValueError, MQTTException)))
             return
         self.connects += 1
         self._backoff = _BACKOFF_MIN_MS
         console.info("mqtt: connected to " + where)
+        console.check("broker", True, "%s:%d (%s) as %s" % (b["host"], b["port"], "tls" if self.ssl else "plain",
+                                                           b["user"] or "anonymous"))
 
     def _status(self, up_s):
         rssi = self.rssi()
@@ -189,6 +248,7 @@ def _tls_context(ca_path):
     except OSError:
         console.error("mqtt: tls: %s is missing on the flash: no uplink (copy the lab CA's ca.der "
                       "next to config.json)" % ca_path)
+        console.check("broker", False, "tls: %s is missing on the flash: no uplink" % ca_path)
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -196,5 +256,7 @@ def _tls_context(ca_path):
         ctx.load_verify_locations(cadata=ca)
     except (ValueError, OSError) as e:
         console.error("mqtt: tls: %s is not a CA certificate in DER form (%s): no uplink" % (ca_path, e))
+        console.check("broker", False, "tls: %s is not a CA certificate in DER form: no uplink" % ca_path)
         return None
     return ctx
+

@@ -33,8 +33,9 @@ POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots 
 # The simulator's own modules share MicroPython's heap with the firmware. The process gets the
 # firmware's budget plus this reserve, and simboot fills what the simulator does not use with
 # ballast, so the firmware starts with exactly its budget free (see docs/simulator.md). The
-# simulator takes about 62 KB, littlefs and its block device included.
-SIM_HEAP_RESERVE = 72 * 1024
+# simulator takes about 62 KB, littlefs and its block device included; with an Ethernet PHY
+# (simlan.py) up to 78 KB (its new names open a new block of MicroPython's interned strings).
+SIM_HEAP_RESERVE = 84 * 1024
 
 
 def heap_bytes(size: str) -> int:
@@ -79,6 +80,9 @@ def devices_for(board: dict[str, Any]) -> dict[str, Any]:
     if "mic" in board:
         dev["i2s"][str(board["mic"]["i2s"])] = {"type": board["mic"]["type"],
                                                 "sens_dbfs": board["mic"]["sens_dbfs"]}
+    net = board.get("net") or {}
+    if net.get("type") == "lan":   # the Ethernet PHY, as wired: network.LAN finds it only there
+        dev["lan"] = {k: net.get(k) for k in ("phy", "mdc", "mdio", "power", "phy_addr", "ref_clk")}
     return dev
 
 
@@ -106,6 +110,10 @@ class NodeSpec:
     flash_timing: bool = False
     # More files for the flash, by path, as the technician copies them (the lab CA: "ca.der").
     files: dict[str, bytes] = field(default_factory=dict)
+    # The access point the node finds: only this SSID and password connect (sim.json "wifi").
+    wifi_ap: tuple[str, str] = ("meetkit-lab", "simulated")
+    # The simulated chip ("esp32", "esp32s3"); None: the board file's mcu.
+    mcu: str | None = None
 
 
 class SimNode:
@@ -133,7 +141,7 @@ class SimNode:
     def config(self) -> dict[str, Any]:
         s = self.spec
         cfg = {"node_id": s.node_id, "interval_s": s.interval_s,
-               "wifi": {"ssid": "meetkit-lab", "password": "simulated"},
+               "wifi": {"ssid": s.wifi_ap[0], "password": s.wifi_ap[1]},
                "broker": {"host": s.broker_host, "port": s.broker_port},
                "ntp_host": "pool.ntp.org"}
         cfg.update(s.extra_config)
@@ -162,7 +170,9 @@ class SimNode:
         s = self.spec
         writes = flash.get("flash_writes", 0)
         cut = min((c for c in s.power_cuts or () if c > writes), default=None)
-        board = json.loads((self.flash / "board.json").read_text())
+        # What is wired to the buses is the board's design (boards/<board>.json); the board.json
+        # on the flash is what the firmware is told, and may be wrong (the self-test shows it).
+        board = json.loads((BOARDS / f"{s.board}.json").read_text())
         sim = {"flash_dir": str(self.flash.resolve()), "state_file": str(self.state_file.resolve()),
                "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
                "until_ms": None if s.until_s is None else int(s.until_s * 1000),
@@ -172,7 +182,8 @@ class SimNode:
                "flash_image": str(self.image.resolve()), "flash_kb": s.flash_kb,
                "flash_writes": writes, "flash_erases": flash.get("flash_erases", 0),
                "flash_bytes": flash.get("flash_bytes", 0), "power_cut_at": cut,
-               "flash_timing": s.flash_timing}
+               "flash_timing": s.flash_timing, "mcu": s.mcu or board["mcu"],
+               "wifi": {"ssid": s.wifi_ap[0], "password": s.wifi_ap[1]}}
         if nvs is not None:
             sim["nvs"] = nvs
         if rtc_memory is not None:  # survives a reset or deep sleep, not a power cut

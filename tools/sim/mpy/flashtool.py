@@ -6,6 +6,8 @@
 #                   missing paths are left out
 #   df              statvfs of the filesystem, as JSON
 #   put PATH        write stdin to PATH (as `mpremote fs cp` would on a stopped board)
+#   putmany         write the files on stdin, each "<size> <path>\n<bytes>" (as `get` prints them),
+#                   making their folders as needed
 import sys
 import os
 import simflash
@@ -26,7 +28,7 @@ def _files(fs, p, out):
 
 def main(a):
     img, cmd = a[1], a[2]
-    fs = os.VfsLfs2(simflash.Flash(img, os.stat(img)[6] // simflash.BS, readonly=cmd != "put"))
+    fs = os.VfsLfs2(simflash.Flash(img, os.stat(img)[6] // simflash.BS, readonly=cmd not in ("put", "putmany")))
     args = [p.strip("/") for p in a[3:]]
     if cmd == "ls":
         for p in _files(fs, args[0] if args else "", []):
@@ -47,6 +49,23 @@ def main(a):
         data = sys.stdin.buffer.read()
         with fs.open(args[0], "wb") as f:
             f.write(data)
+    elif cmd == "putmany":
+        data = sys.stdin.buffer.read()
+        i = 0
+        while i < len(data):
+            nl = data.index(b"\n", i)
+            size, _, name = data[i:nl].decode().partition(" ")
+            i = nl + 1 + int(size)
+            name = name.strip("/")
+            d = ""
+            for part in name.split("/")[:-1]:
+                d = d + "/" + part if d else part
+                try:
+                    fs.stat(d)
+                except OSError:
+                    fs.mkdir(d)
+            with fs.open(name, "wb") as f:
+                f.write(data[nl + 1:i])
     elif cmd == "df":
         import json
         print(json.dumps(fs.statvfs("/")))

@@ -38,7 +38,8 @@ class Pin:
     def __init__(self, id, mode=-1, pull=-1, **kw):
         if isinstance(id, Pin):
             id = id._id
-        if not 0 <= id <= 39 or id in (20, 24, 28, 29, 30, 31):
+        if not 0 <= id <= 48 or (id in (20, 24, 28, 29, 30, 31) or id > 39 if _c.mcu == "esp32"
+                                 else 22 <= id <= 25):  # the ESP32's and the S3's GPIOs
             raise ValueError("invalid pin")
         self._id = id
         self._pull = None
@@ -46,7 +47,7 @@ class Pin:
 
     @micropython.native
     def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
-        if mode in (3, 7) and self._id > 33:
+        if mode in (3, 7) and self._id > 33 and _c.mcu == "esp32":
             raise ValueError("pin can only be input")
         if pull != -1:
             self._pull = pull

@@ -1,6 +1,10 @@
 # `network` as on the ESP32, simulated: one access point that is there except during `wifi_down`
 # faults. connect() brings the link up 1-3 s (virtual) later; a fault drops it and, as the ESP32
 # reconnects by itself, it comes back 1-3 s after the fault unless the firmware disconnected.
+# With sim.json "wifi" (simsetup sets _ap) only that SSID and password connect: another SSID
+# reports STAT_NO_AP_FOUND, another password STAT_WRONG_PASSWORD, as the ESP32 port does.
+# network.LAN and its constants come from simlan.py, on a board with an Ethernet PHY wired
+# (simsetup adds them): while a LAN is active, sockets go over it.
 import micropython
 import simcore as _c
 
@@ -23,6 +27,9 @@ MODE_11B = 1
 MODE_11G = 2
 MODE_11N = 4
 
+_ap = None               # (ssid, password) of the access point; None: any connects
+_key = ""                # the password given to connect()
+_lan = None              # the LAN interface, once made (simlan.py)
 _host = "mpy-esp32"
 _country = "EU"
 _active = [False, False]
@@ -48,9 +55,22 @@ def country(code=None):
 
 
 @micropython.native
+def _refused():
+    """The station's reason code when the access point will not have it, else None."""
+    if _ap is None:
+        return None
+    if _cfg["ssid"] != _ap[0]:
+        return STAT_NO_AP_FOUND
+    return STAT_WRONG_PASSWORD if _key != _ap[1] else None
+
+
+@micropython.native
 def _link_t():
-    """When the station's current link came up (us), or None while it is down."""
-    if not (_want and _active[0]):
+    """When the current link came up (us), or None while it is down: the LAN's while one is
+    active, else the station's."""
+    if _lan is not None and _lan._t is not None:
+        return _lan.link_t()
+    if not (_want and _active[0]) or _refused() is not None:
         return None
     t = _c.now
     s = _c.scen
@@ -93,7 +113,7 @@ class WLAN:
 
     @micropython.native
     def connect(self, ssid=None, key=None, *, bssid=None):
-        global _want, _t_conn
+        global _want, _t_conn, _key
         if self._if:
             raise OSError("Wifi Invalid Interface")
         if not _active[0]:
@@ -103,6 +123,7 @@ class WLAN:
         _c.tick()
         if ssid is not None:
             _cfg["ssid"] = ssid
+        _key = key or ""
         _want = True
         _t_conn = _c.now
 
@@ -124,6 +145,9 @@ class WLAN:
                 return STAT_IDLE
             if _up():
                 return STAT_GOT_IP
+            r = _refused()
+            if r is not None and _c.now >= _t_conn + 2000000:   # after the scan and the handshake
+                return r
             if _c.scen.fault("wifi_down", _c.t_s()):
                 return STAT_NO_AP_FOUND
             return STAT_CONNECTING
@@ -183,5 +207,6 @@ class WLAN:
         _c.advance(2200000)
         if _c.scen.fault("wifi_down", _c.t_s()):
             return []
-        return [((_cfg["ssid"] or "meetkit-lab").encode(), b"\x24\x0a\xc4\x7a\x00\x01", 6, -63,
-                 AUTH_WPA2_PSK, False)]
+        return [((_ap[0] if _ap else _cfg["ssid"] or "meetkit-lab").encode(), b"\x24\x0a\xc4\x7a\x00\x01", 6,
+                 -63, AUTH_WPA2_PSK, False)]
+

@@ -48,7 +48,7 @@ def setup(path):
     sim = None
     # Everything the firmware may import, before the host's folders go out of reach; the biggest
     # first, while the heap is emptiest (compiling takes several times a module's size).
-    for name in ("machine", "network", "simsocket", "esp32", "time", "ntptime"):
+    for name in ("machine", "network", "simsocket", "esp32", "time", "ntptime", "neopixel"):
         gc.collect()
         __import__(name)
     m = sys.modules
@@ -74,6 +74,15 @@ def setup(path):
                     d[int(addr)] = _make(dc)
             else:
                 c.devices[bus][int(bid)] = _make(cfg)
+    c.devices["lan"] = devs.get("lan")   # the Ethernet PHY's wiring (network.LAN)
+    if c.devices["lan"]:
+        import simlan
+        for k in dir(simlan):
+            if k == "LAN" or k.startswith("PHY_") or k.startswith("ETH_"):
+                setattr(m["network"], k, getattr(simlan, k))
+    w = sim.get("wifi")
+    if w:   # the access point: only this SSID and password connect
+        m["network"]._ap = (w["ssid"], w["password"])
     c._sched()
     fs = _flash(sim) if sim.get("flash_image") else os.VfsPosix(sim["flash_dir"])
     os.umount("/")
