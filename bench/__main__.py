@@ -1,8 +1,9 @@
-from bench import forward, gateway, noise, sensorthings, sim, store, tls, wire
+from bench import forward, gateway, noise, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
     sim.run()
+    start_heap.run()
     tls.run()
     wire.run()
     noise.run()

@@ -69,7 +69,8 @@ def _files(path):
     i = text.index("{", i)
     names = text[i + 1:text.index("}", i)].split('"')[1::4]
     for n in names:
-        if not n or n.startswith("/") or ".." in n.split("/") or n == MANIFEST or n.endswith(SWP):
+        if not n or n.startswith("/") or ".." in n.split("/") or n in (MANIFEST, MARK, ".ready") \
+                or n.startswith(NEW + "/") or n.endswith(SWP):
             raise ValueError("bad path %r" % n)
     names.sort(key=lambda n: (n != "appswap.py", n != "boot.py", n))
     return names

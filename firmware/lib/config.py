@@ -163,3 +163,25 @@ def load(config_path="config.json", board_path="board.json", chip_id="0000000000
     for p in cprob + bprob:
         console.warn("config: " + p)
     return cfg, board, cprob + bprob
+
+
+def start(chip_id):
+    """load(), then the self-test's board and config lines; (cfg, board). A board file the node
+    cannot use: its E line, and board["usable"] False (the caller measures nothing)."""
+    cfg, board, _ = load(chip_id=chip_id)
+    if board["usable"] and not board["problems"]:
+        console.check("board", True, "%s (%s)" % (board["board"], board["name"]))
+    else:
+        console.check("board", False, "; ".join(board["problems"]))
+    if not board["usable"]:
+        # Measuring with pins that may be wrong for this board could harm what is wired to it.
+        # No reset either: the technician needs the REPL to put the right board.json there.
+        console.error("board.json cannot be used: measuring nothing. Copy this board's file to "
+                      "board.json and reset the node; the REPL is open meanwhile")
+        return cfg, board
+    if cfg["problems"]:
+        console.check("config", False, "; ".join(cfg["problems"]))
+    else:
+        console.check("config", True, "node %s, interval %d s" % (cfg["node_id"], cfg["interval_s"]))
+    return cfg, board
+

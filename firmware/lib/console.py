@@ -77,16 +77,6 @@ def flush():
             pending -= 1
 
 
-def why(item, *a):
-    """The reason for a fail, from diag.py: loaded when something fails, then dropped (heap)."""
-    import sys
-    import diag
-    try:
-        return getattr(diag, item)(*a)
-    finally:
-        del sys.modules["diag"]
-
-
 def result(item):
     """The item's latest result: True, False, or None while not known."""
     c = _checks.get(item)

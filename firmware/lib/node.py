@@ -19,6 +19,8 @@ import sys
 import time
 import machine
 import console
+import soundlevel   # the largest compile (the noise kernel) first, while the heap is emptiest;
+del soundlevel      # sample_noise takes it from sys.modules
 # The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
 # been compiled, used and dropped; the samplers only where the board has the sensor (heap).
 recline = Clock = Spool = Uplink = PM = Climate = Noise = None
@@ -369,26 +371,14 @@ def main():
     import config
     fw = config.FW_VERSION
     console.info("meetkit %s, chip %s, reset cause %d" % (fw, chip, machine.reset_cause()))
-    cfg, board, _ = config.load(chip_id=chip)
+    cfg, board = config.start(chip)   # the board and config self-test lines too
     del config
     del sys.modules["config"]
     gc.collect()
-    if board["usable"] and not board["problems"]:
-        console.check("board", True, "%s (%s)" % (board["board"], board["name"]))
-    else:
-        console.check("board", False, "; ".join(board["problems"]))
-    if not board["usable"]:
-        # Measuring with pins that may be wrong for this board could harm what is wired to it.
-        # No reset either: the technician needs the REPL to put the right board.json there.
-        console.error("board.json cannot be used: measuring nothing. Copy this board's file to "
-                      "board.json and reset the node; the REPL is open meanwhile")
+    if not board["usable"]:   # no measuring, no reset: the REPL stays for the technician
         return
-    if cfg["problems"]:
-        console.check("config", False, "; ".join(cfg["problems"]))
-    else:
-        console.check("config", True, "node %s, interval %d s" % (cfg["node_id"], cfg["interval_s"]))
     global recline, Clock, Spool, Uplink, PM, Climate, Noise
-    if "mic" in board:   # the largest compile (the noise kernel) first, while the heap is emptiest
+    if "mic" in board:
         from sample_noise import Noise
     from uplink import Uplink
     from spool import Spool

@@ -46,7 +46,7 @@ class Climate:
             self.dev = None
             if self._ok is not False:
                 self._ok = False
-                console.check("climate", False, console.why("climate", self, e))
+                console.check("climate", False, self._why(e))
             return
         d = self.dev
         self._t.add(d.temperature_centi)
@@ -56,6 +56,19 @@ class Climate:
             self._ok = True
             console.check("climate", True, "bme280 at 0x%02x: %.1f C, %d %%RH, %.1f hPa" % (
                 self.addr, d.temperature_centi / 100, (d.humidity_q10 + 512) // 1024, d.pressure_pa / 100))
+
+    def _why(self, e):
+        try:
+            found = self.i2c.scan()
+        except OSError:
+            found = []
+        if self.addr in found:   # something answers there: the driver's reason (a wrong chip id)
+            return "%s on %s" % (e.args[0] if e.args and isinstance(e.args[0], str) else repr(e), self.where)
+        if found:
+            return "no bme280 at 0x%02x on %s; the bus answers at %s: is climate.addr in board.json right?" % (
+                self.addr, self.where, ", ".join("0x%02x" % a for a in found))
+        return "no bme280 at 0x%02x on %s, and no device answers: check its wiring and 3.3 V supply" % (
+            self.addr, self.where)
 
     def rh_max(self):
         return self._h.hi / 1024 if self._h.n else None

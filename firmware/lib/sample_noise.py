@@ -38,7 +38,9 @@ class Noise:
         # only zeros (a digital microphone is never exactly silent), or clipping
         if leq is None or over * 100 > n:
             if console.result("mic") is not False:
-                console.check("mic", False, console.why("mic", self, (over, n)))
+                console.check("mic", False, "%s: %d of %d samples at full scale: broken, or a wrong sens_dbfs" % (
+                    self.kind, over, n) if leq is not None else "only zeros from the %s on %s: check its wiring "
+                    "(SD, SCK, WS), its L/R pin (to GND) and 3.3 V supply" % (self.kind, self.where))
         elif console.result("mic") is not True:
             console.check("mic", True, "%s: %.1f dB(A)" % (self.kind, leq))
 

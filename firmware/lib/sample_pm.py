@@ -48,7 +48,7 @@ class PM:
             if self._ok is not False and \
                     time.ticks_diff(now, self._last) >= (PM_WARMUP_MS if self._ok is None else PM_STALE_MS):
                 self._ok = False
-                console.check("pm", False, console.why("pm", self, now))
+                console.check("pm", False, self._why(now))
             return
         self._last = now
         if self._ok is not True:
@@ -94,3 +94,14 @@ class PM:
         if errors:
             errs[self.role] = errors
         self._saw_warmup = self._warming
+
+    def _why(self, now):
+        dev = self.dev
+        t = time.ticks_diff(now, self._last) // 1000
+        if dev.checksum_errors + dev.bytes_skipped > self._bad0:
+            if dev.checksum_errors:
+                return "only damaged frames from the %s on %s for %d s (%d checksum errors): check its wiring" % (
+                    self.kind, self.where, t, dev.checksum_errors)
+            return "unreadable data on %s for %d s: is a %s connected there?" % (self.where, t, self.kind)
+        return "no data from the %s on %s for %d s: check its wiring (its TX to rx) and 5 V supply" % (
+            self.kind, self.where, t)

@@ -21,6 +21,12 @@ NET_TIMEOUT_MS = 30000  # the self-test's network item fails after this long wit
 # CONNACK return codes (MQTT 3.1.1): what a technician can act on
 _REFUSED = {1: "protocol version", 2: "client id rejected", 3: "broker unavailable",
             4: "bad user name or password", 5: "not authorised: check broker.user and broker.password"}
+# WLAN.status() while not connected: the ESP32 port reports ESP-IDF's reason codes
+_PASSWORD = "the access point refused the password: check wifi.password in config.json"
+_WIFI = {201: "no access point of this name in range: check wifi.ssid in config.json",
+         202: _PASSWORD, 15: _PASSWORD, 204: _PASSWORD,
+         203: "the access point refused the association (full? a MAC filter?)",
+         200: "the access point stopped answering"}
 
 
 class Uplink:
@@ -89,7 +95,7 @@ class Uplink:
                     self._drop()
             if self._net_ok is not False and time.ticks_diff(now, self._down_since) >= NET_TIMEOUT_MS:
                 self._net_ok = False
-                console.check("network", False, console.why("network", self, now))
+                console.check("network", False, self._why_down(now))
             if self.lan:   # the Ethernet driver brings the link up by itself
                 return False
             if self._wifi_try is None or time.ticks_diff(now, self._wifi_try) >= _WIFI_RETRY_MS:
@@ -129,6 +135,20 @@ class Uplink:
             except (OSError, IndexError) as e:
                 self._fail(now, "receive", e)
         return self.client is not None
+
+    def _why_down(self, now):
+        """Why the network is not up, for the self-test: what the interface reports."""
+        t = time.ticks_diff(now, self._down_since) // 1000
+        try:
+            st = self.iface.status()
+        except (OSError, ValueError):
+            st = None
+        if self.lan:
+            if st == getattr(network, "ETH_CONNECTED", 3):
+                return "ethernet: link up but no address from DHCP for %d s" % t
+            return "ethernet: no link for %d s: check the cable, the switch port and its PoE" % t
+        return "wifi %s: no connection for %d s (status %s): %s" % (
+            self.wifi["ssid"], t, st, _WIFI.get(st, "is the access point in range and on?"))
 
     def _on_msg(self, topic, msg):
         if len(self.acks) >= _ACKS_MAX:  # the node will send those records again
