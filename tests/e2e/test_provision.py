@@ -91,9 +91,16 @@ def test_a_fresh_board_is_provisioned_and_delivers(site: dict, tmp_path: Path) -
         # Provisioned again (a firmware update): Wi-Fi and broker are kept from the board, the
         # account is not made again, the spool and boot counter stay.
         before = records(site, "lamp-012")
-        res = provision(site, board.port, "--board", "esp32-devkitc", "--set", "noise_offset_db=-1.5")
+        # The microphone was calibrated meanwhile: the register's offset goes into the node's config.
+        from meetkit_tools import fleetfile
+        fleetfile.upsert(site["work"] / "fleet.toml", "lamp-012", {"noise_offset_db": -1.3})
+        res = provision(site, board.port, "--board", "esp32-devkitc")
         out = res.stdout + res.stderr
         assert res.returncode == 0, out
+        assert "calibration noise_offset_db -1.3 dB from the fleet register" in out
+        cfg = subprocess.run([MPREMOTE, "connect", board.port, "fs", "cat", "config.json"], capture_output=True,
+                             text=True, timeout=30).stdout
+        assert json.loads(cfg)["noise_offset_db"] == -1.3
         assert "wifi        kept from the board: lamppost-lan" in out
         assert "broker      kept from the board: 127.0.0.1" in out
         assert "installed   meetkit" in out and "as node lamp-012" in out
