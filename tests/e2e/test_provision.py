@@ -185,3 +185,51 @@ def test_a_blank_board_is_flashed_then_provisioned(site: dict, tmp_path: Path) -
         res = provision(site, board.port, *full(site), node="lamp-018")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "result: PASS" in res.stdout
+
+
+CONSISTENT = r"""
+import os, json, hashlib
+def sha(p):
+    h = hashlib.sha256()
+    with open(p, 'rb') as f:
+        h.update(f.read())
+    return h.digest().hex()
+m = json.load(open('app.json'))
+bad = [f for f, d in m['files'].items() if sha(f) != d]
+try:
+    os.stat('new')
+    staged = True
+except OSError:
+    staged = False
+print(json.dumps({'built': m['built'], 'bad': bad, 'staged': staged}))
+"""
+
+
+def test_an_interrupted_provisioning_leaves_one_whole_app(site: dict, tmp_path: Path) -> None:
+    with SimBoard(tmp_path / "board", speed=10, wifi=WIFI) as board:
+        assert provision(site, board.port, *full(site), node="lamp-019").returncode == 0
+        # Again, killed the moment it starts copying (the laptop's lid closed, the cable pulled).
+        cmd = [sys.executable, "-m", "meetkit_tools.cli", "provision", "--port", board.port, "--node-id", "lamp-019",
+               "--board", "esp32-devkitc", "--source"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        assert p.stdout
+        for line in p.stdout:
+            if line.startswith("  flash "):
+                time.sleep(0.3)   # into the copy of the sources (about 1.5 s here)
+                p.kill()
+                break
+        p.wait(10)
+        left = subprocess.run([MPREMOTE, "connect", board.port, "resume", "fs", "ls", ":new/lib"], capture_output=True,
+                              text=True, timeout=30)
+        print("left by the killed provisioning:", left.stdout.count(".py"), "files in new/lib")
+        # The board is reset (EN, or the watchdog): it runs one whole app, the old or the new.
+        mark = len(board.console_text())
+        subprocess.run([MPREMOTE, "connect", board.port, "reset"], check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 20
+        while "check: board: pass" not in board.console_text()[mark:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "check: board: pass" in board.console_text()[mark:]
+        res = subprocess.run([MPREMOTE, "connect", board.port, "exec", CONSISTENT], capture_output=True, text=True,
+                             timeout=30)
+        state = json.loads(res.stdout.strip().splitlines()[-1])
+        assert state["bad"] == [] and state["staged"] is False, state
