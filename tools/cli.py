@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import signal
 import socket
@@ -46,6 +47,27 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     sys.stdout.write(node.console_text()[sent:])
     print(f"node {spec.node_id}: stopped (exit {node.exit_code}, {node.boots} boot(s)); state {node.last_state.get('stats')}")
     return 0 if node.exit_code in (0, None) else 1
+
+
+def cmd_sim_board(args: argparse.Namespace) -> int:
+    from meetkit_tools.sim.board import SimBoard
+
+    ssid, sep, password = args.wifi.partition(":")
+    board = SimBoard(args.workdir or BUILD / "sim-board" / args.board, board=args.board, flash=args.flash,
+                     flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password),
+                     blank=args.blank)
+    board.start()
+    print(board.port, flush=True)
+    print(f"simulated {args.board} on {board.port}: flash {board.node.image}, console also in {board.console_log}; "
+          f"Ctrl-C (or SIGTERM) powers it off", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -94,6 +116,81 @@ def cmd_broker_add_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from meetkit_tools import provision as pv
+
+    settings = {}
+    for kv in args.set:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            print(f"meetkit provision: --set {kv!r}: expected KEY=VALUE", file=sys.stderr)
+            return pv.EXIT_UNCHANGED
+        settings[key] = pv.nodeconfig.parse_value(value)
+    fleet_fields: dict = {k: v for k, v in (("name", args.name), ("lat", args.lat), ("lon", args.lon),
+                                            ("height_m", args.height), ("notes", args.notes)) if v is not None}
+    if args.installed:
+        fleet_fields["installed"] = args.installed
+    if args.serial:
+        fleet_fields["serials"] = {role: serial for role, serial in args.serial if serial}
+    wifi_password = None
+    if args.wifi:
+        wifi_password = pv.read_secret("MEETKIT_WIFI_PASSWORD", args.wifi_password_file,
+                                       f"Wi-Fi password for {args.wifi}: ")
+    broker_password = None
+    if args.broker_user:
+        broker_password = pv.read_secret("MEETKIT_BROKER_PASSWORD", args.broker_password_file,
+                                         f"broker password for {args.broker_user}: ")
+    fleet = args.fleet or (Path(os.environ["MEETKIT_FLEET"]) if os.environ.get("MEETKIT_FLEET") else None)
+    o = pv.Options(port=args.port, board=args.board, node_id=args.node_id, wifi_ssid=args.wifi,
+                   wifi_password=wifi_password, broker=args.broker, broker_dir=args.broker_dir, tls=args.tls,
+                   broker_user=args.broker_user, broker_password=broker_password,
+                   broker_reload=args.broker_reload, interval_s=args.interval, settings=settings,
+                   source=args.source, fleet=fleet, fleet_fields=fleet_fields, gateway=args.gateway,
+                   timeout_s=args.timeout)
+    return pv.provision(o)
+
+
+def _add_provision(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("provision", help="put meetkit on a board with MicroPython, configure it as a node, "
+                       "and check that it measures and delivers",
+                       description="Builds the app for the board, writes the node's config (secrets are never "
+                       "shown), copies both with mpremote (the old app stays until the new one is complete), "
+                       "resets the board and reads its self-test. Exit status: 0 every check passed, 1 "
+                       "provisioned but a check failed, 2 nothing was changed on the board.")
+    p.add_argument("--port", required=True, help="the board's serial port (meetkit ports lists them)")
+    p.add_argument("--board", required=True, help="the board file in boards/, e.g. esp32-devkitc")
+    p.add_argument("--node-id", required=True, help="1-32 of a-z, 0-9, '-'; the node's name everywhere")
+    net = p.add_argument_group("network and broker (kept from the board when it is this node already)")
+    net.add_argument("--wifi", metavar="SSID", help="the Wi-Fi network; its password from $MEETKIT_WIFI_PASSWORD, "
+                     "--wifi-password-file or a prompt")
+    net.add_argument("--wifi-password-file", type=Path)
+    net.add_argument("--broker", metavar="HOST[:PORT]", help="the broker as the node reaches it")
+    net.add_argument("--broker-dir", type=Path, help="the folder of `meetkit broker init`: the node's account is made "
+                     "there if new, and TLS uses its lab CA (ca/ca.der)")
+    net.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                     help="TLS to the broker (default: on with --broker-dir)")
+    net.add_argument("--broker-user", help="an account made elsewhere (password from $MEETKIT_BROKER_PASSWORD, "
+                     "--broker-password-file or a prompt)")
+    net.add_argument("--broker-password-file", type=Path)
+    net.add_argument("--broker-reload", metavar="CMD", help="run after a new account is written, e.g. "
+                     "'sudo systemctl reload mosquitto' when the broker runs here")
+    p.add_argument("--interval", type=int, default=60, help="seconds per record (10-3600, default 60)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config.json key (docs/technician.md), e.g. noise_offset_db=-1.2")
+    p.add_argument("--source", action="store_true", help="copy the .py sources instead of compiled .mpy")
+    reg = p.add_argument_group("the fleet register")
+    reg.add_argument("--fleet", type=Path, help="the register (TOML) to add the node to (default $MEETKIT_FLEET)")
+    reg.add_argument("--name", help="the place, e.g. 'Dam, lamp post 12'")
+    reg.add_argument("--lat", type=float)
+    reg.add_argument("--lon", type=float)
+    reg.add_argument("--height", type=float, help="mounting height above the ground, metres")
+    reg.add_argument("--installed", type=_date, help="the day it was mounted, YYYY-MM-DD or today")
+    reg.add_argument("--serial", action="append", type=_serial, metavar="PART=SERIAL", help="e.g. pm=PMS5003-2211-0042 (repeat)")
+    reg.add_argument("--notes")
+    p.add_argument("--gateway", metavar="URL", help="the gateway's status page (http://pi:8080): wait until it "
+                   "shows the node's first records")
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the self-test (default 180)")
+    p.set_defaults(func=cmd_provision)
 # -- meetkit fleet: the fleet register (tools/fleetfile.py) ---------------------------------------------
 
 
@@ -317,6 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heapsize", default="112K", help="MicroPython heap, as on a board")
     run.add_argument("--workdir", type=Path)
     run.set_defaults(func=cmd_sim_run)
+    sb = sim.add_parser("board", help="a simulated board on a serial port (a pty) for mpremote and meetkit provision",
+                        description="Prints the board's device path on the first line, then runs until Ctrl-C or "
+                        "SIGTERM. The board behaves as an ESP32 with MicroPython: its flash is a littlefs image "
+                        "that persists, its sensors are the board file's, its Wi-Fi finds one access point.")
+    sb.add_argument("--board", default="esp32-devkitc", help="the board design: sensors and chip (boards/)")
+    sb.add_argument("--flash", type=Path, help="the flash image (default build/sim-board/<board>/flash.img; "
+                    "made empty when missing)")
+    sb.add_argument("--flash-kb", type=int, default=2048, help="the filesystem's size (2048: ESP32_GENERIC's vfs)")
+    sb.add_argument("--speed", type=float, default=1, help="times real time for the simulated clock (default 1)")
+    sb.add_argument("--scenario", default="busy-road", help="what the sensors measure (tools/sim/scenarios)")
+    sb.add_argument("--wifi", default="meetkit-lab:simulated", metavar="SSID:PASSWORD",
+                    help="the access point the board finds (default meetkit-lab:simulated)")
+    sb.add_argument("--blank", action="store_true", help="a board without MicroPython: its port speaks the ESP32 "
+                    "ROM bootloader until `meetkit flash-micropython --no-reset` has flashed MicroPython")
+    sb.add_argument("--workdir", type=Path)
+    sb.set_defaults(func=cmd_sim_board)
 
     demo = sub.add_parser("demo", help="a broker, the gateway and three simulated nodes, live")
     demo.add_argument("--workdir", type=Path, default=BUILD / "demo")
@@ -350,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--out", type=Path, default=BUILD / "broker")
     ba.add_argument("--new-password", action="store_true", help="replace the password of a known node")
     ba.set_defaults(func=cmd_broker_add_node)
+
+    _add_provision(sub)
     add_fleet_parser(sub)
     add_board_parsers(sub)
     return ap

@@ -37,23 +37,31 @@ def _main():
         simcore._held = gc.mem_alloc() - simcore.stats["sim_heap"]
     simcore.stats["firmware_heap"] = gc.mem_free()
     g = {"__name__": "__main__"}
+    repl = simcore.repl
     try:
         try:
             _run("boot.py", g)
         except Exception as e:  # the board reports it and still runs main.py
             if not simcore._cut:
                 sys.print_exception(e)
+        if repl == "raw":   # a soft reset in raw REPL mode runs boot.py only, as the ESP32's
+            return None
         _run("main.py", g)
+        if repl:
+            return None
         cause, code = "repl", 2   # main.py returned: the board sits at the REPL
     except SystemExit:
         cause, code = "soft", 3   # sys.exit() in the firmware: a soft reset
-    except KeyboardInterrupt:     # Ctrl-C in the terminal that runs the simulator: not a crash
+    except KeyboardInterrupt as e:  # Ctrl-C in the terminal that runs the simulator: not a crash
+        if repl:   # on a serial port: the board's REPL takes over (micropython -i)
+            sys.print_exception(e)
+            return None
         cause, code = "interrupted", 130
     except BaseException as e:
         if not simcore._cut:   # after a power cut nothing is printed: the board is off
             sys.print_exception(e)
         cause, code = "crash", 1
-    return simcore.stop(cause, code)
+    sys.exit(simcore.stop(cause, code))
 
 
-sys.exit(_main())
+_main()   # returns only on a serial port (simcore.repl): micropython -i then runs the REPL
