@@ -1,4 +1,4 @@
-from bench import forward, gateway, noise, sensorthings, sim, start_heap, store, tls, wire
+from bench import forward, gateway, noise, provision, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
@@ -11,6 +11,7 @@ def main() -> None:
     forward.run()
     sensorthings.run()
     store.run()
+    provision.run()
 
 
 if __name__ == "__main__":

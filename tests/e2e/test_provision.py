@@ -233,3 +233,17 @@ def test_an_interrupted_provisioning_leaves_one_whole_app(site: dict, tmp_path: 
                              timeout=30)
         state = json.loads(res.stdout.strip().splitlines()[-1])
         assert state["bad"] == [] and state["staged"] is False, state
+
+
+@pytest.mark.parametrize("board_name, node, wifi", [("esp32-s3-devkitc-1", "lamp-020", True),
+                                                    ("olimex-esp32-poe", "lamp-021", False)])
+def test_the_other_boards(site: dict, tmp_path: Path, board_name: str, node: str, wifi: bool) -> None:
+    """The ESP32-S3 (its own chip, RGB LED) and the Ethernet board (no Wi-Fi to give)."""
+    b: FleetBroker = site["broker"]
+    args = ["--board", board_name, "--broker", f"127.0.0.1:{b.tls_port}", "--broker-dir", str(b.out),
+            "--broker-reload", f"kill -HUP {b.proc.pid}"] + (["--wifi", WIFI[0]] if wifi else [])
+    with SimBoard(tmp_path / "board", board=board_name, speed=10, wifi=WIFI) as board:
+        res = provision(site, board.port, *args, node=node)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert ("ethernet " if not wifi else f"wifi {WIFI[0]}") in res.stdout
+        assert ("ESP32S3" if wifi else "with ESP32,") in res.stdout.splitlines()[1]
