@@ -146,7 +146,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
                    broker_user=args.broker_user, broker_password=broker_password,
                    broker_reload=args.broker_reload, interval_s=args.interval, settings=settings,
                    source=args.source, fleet=fleet, fleet_fields=fleet_fields, gateway=args.gateway,
-                   timeout_s=args.timeout)
+                   timeout_s=args.timeout, reassign=args.reassign)
     return pv.provision(o)
 
 
@@ -178,6 +178,8 @@ def _add_provision(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config.json key (docs/technician.md), e.g. noise_offset_db=-1.2")
     p.add_argument("--source", action="store_true", help="copy the .py sources instead of compiled .mpy")
+    p.add_argument("--reassign", action="store_true", help="the board was another node: make it this one and delete "
+                   "the old node's records still in its spool")
     reg = p.add_argument_group("the fleet register")
     reg.add_argument("--fleet", type=Path, help="the register (TOML) to add the node to (default $MEETKIT_FLEET)")
     reg.add_argument("--name", help="the place, e.g. 'Dam, lamp post 12'")

@@ -57,6 +57,7 @@ class Options:
     interval_s: int = 60
     settings: dict[str, Any] = field(default_factory=dict)   # --set key=value
     source: bool = False
+    reassign: bool = False             # the board was another node: delete its spool
     fleet: Path | None = None
     fleet_fields: dict[str, Any] = field(default_factory=dict)
     gateway: str | None = None         # the gateway's status server, http://host:port
@@ -236,6 +237,11 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
         if info.app:
             say("installed", f"meetkit {info.app.get('fw')} as node {info.app.get('node')} "
                              f"(provisioned {info.app.get('built')})")
+        was = (info.app or {}).get("node")
+        if was and was != o.node_id and "sp" in info.files and not o.reassign:
+            # Its spool holds records of the old node that nobody else can deliver.
+            raise InputError(f"this board is node {was}, with its spool (sp/) of records not yet delivered: to make it "
+                             f"{o.node_id}, run again with --reassign (the records of {was} still on it are deleted)")
         cfg, ca = make_config(o, board, info, say)
         target = None if o.source else appbuild.Target.from_sys_mpy(info.mpy)
         if target is not None:
@@ -281,7 +287,11 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
             after = link.probe()
             if not after.app or after.app.get("built") != manifest["built"]:
                 raise BoardError("installing the new app: /app.json on the board is not the new one")
-            say("install", "done: the new app is in place (sp/ and boot.count kept)")
+            kept = "sp/ and boot.count kept"
+            if was and was != o.node_id and o.reassign and "sp" in info.files:
+                link.remove_tree("sp")
+                kept = f"the spool of {was} deleted: the board is {o.node_id} from now on"
+            say("install", f"done: the new app is in place ({kept})")
     except FlashFull as e:
         _clean(link)
         out(f"error: {e}: the flash is full. Nothing was changed on the board: the old app is in place.\n"

@@ -247,3 +247,16 @@ def test_the_other_boards(site: dict, tmp_path: Path, board_name: str, node: str
         assert res.returncode == 0, res.stdout + res.stderr
         assert ("ethernet " if not wifi else f"wifi {WIFI[0]}") in res.stdout
         assert ("ESP32S3" if wifi else "with ESP32,") in res.stdout.splitlines()[1]
+
+
+def test_a_board_moves_to_another_node_only_when_asked(site: dict, tmp_path: Path) -> None:
+    with SimBoard(tmp_path / "board", speed=10, wifi=WIFI) as board:
+        assert provision(site, board.port, *full(site), node="lamp-022").returncode == 0
+        res = provision(site, board.port, *full(site), node="lamp-023")
+        assert res.returncode == 2, res.stdout
+        assert "this board is node lamp-022, with its spool (sp/) of records not yet delivered" in res.stdout
+        assert "--reassign" in res.stdout and "nothing was changed on the board" in res.stdout
+        res = provision(site, board.port, *full(site), "--reassign", node="lamp-023")
+        assert res.returncode == 0, res.stdout
+        assert "the spool of lamp-022 deleted: the board is lamp-023 from now on" in res.stdout
+        assert records(site, "lamp-023")
