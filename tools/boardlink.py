@@ -23,6 +23,8 @@ import serial
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
+from meetkit_tools import serialport
+
 BAUD = 115200
 # esptool's SYNC command: a board held in its ROM bootloader (download mode) answers it.
 ROM_SYNC = b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0"
@@ -39,22 +41,10 @@ def _flash_first(port: str) -> str:
 
 
 def check_port(port: str) -> None:
-    """The port exists, we may open it, and nobody else holds it (pyserial's exclusive lock, as
-    mpremote and esptool take it)."""
-    if "://" not in port and not os.path.exists(port):
-        raise BoardError(f"{port}: no such port (is the board plugged in? `meetkit ports` lists the boards)")
     try:
-        s = serial.serial_for_url(port, BAUD, timeout=0.1, exclusive=True)
-    except serial.SerialException as e:
-        text = str(e)
-        if "exclusively lock" in text or getattr(e, "errno", None) in (errno.EBUSY, errno.EAGAIN):
-            raise BoardError(f"{port}: busy: another program has the port open (an mpremote or a serial "
-                             "terminal in another window? close it and try again)") from None
-        if getattr(e, "errno", None) == errno.EACCES or "Permission denied" in text:
-            raise BoardError(f"{port}: permission denied: add yourself to the serial group "
-                             "(`sudo usermod -aG dialout $USER`, then log in again)") from None
-        raise BoardError(f"{port}: cannot open: {text}") from None
-    s.close()
+        serialport.check_port(port)
+    except serialport.PortError as e:
+        raise BoardError(str(e)) from None
 
 
 @dataclass
@@ -189,7 +179,7 @@ class BoardLink:
             self.t.fs_writefile(dest, local.read_bytes(), chunk_size=1024)
         except OSError as e:  # mpremote turns the board's OSError into ours
             if e.errno == errno.ENOSPC:
-                raise FlashFull(dest) from None
+                raise FlashFull(f"writing {dest} failed") from None
             raise BoardError(f"writing {dest}: {os.strerror(e.errno) if e.errno else e}") from None
         except TransportExecError as e:
             raise BoardError(f"writing {dest}: {e.error_output.strip()[-120:]}") from None
@@ -238,8 +228,10 @@ class BoardLink:
 
 
 class FlashFull(BoardError):
-    def __init__(self, dest: str) -> None:
-        super().__init__(f"writing {dest}: the flash is full")
+    """The flash has no room for the new app beside the old one."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the flash is full: {what}")
 
 
 RMTREE = """

@@ -132,14 +132,17 @@ def cmd_provision(args: argparse.Namespace) -> int:
         fleet_fields["installed"] = args.installed
     if args.serial:
         fleet_fields["serials"] = {role: serial for role, serial in args.serial if serial}
-    wifi_password = None
-    if args.wifi:
-        wifi_password = pv.read_secret("MEETKIT_WIFI_PASSWORD", args.wifi_password_file,
-                                       f"Wi-Fi password for {args.wifi}: ")
-    broker_password = None
-    if args.broker_user:
-        broker_password = pv.read_secret("MEETKIT_BROKER_PASSWORD", args.broker_password_file,
-                                         f"broker password for {args.broker_user}: ")
+    wifi_password = broker_password = None
+    try:
+        if args.wifi:
+            wifi_password = pv.read_secret("MEETKIT_WIFI_PASSWORD", args.wifi_password_file,
+                                           f"Wi-Fi password for {args.wifi}: ")
+        if args.broker_user:
+            broker_password = pv.read_secret("MEETKIT_BROKER_PASSWORD", args.broker_password_file,
+                                             f"broker password for {args.broker_user}: ")
+    except pv.InputError as e:
+        print(f"error: {e}\nnothing was changed on the board.")
+        return pv.EXIT_UNCHANGED
     fleet = args.fleet or (Path(os.environ["MEETKIT_FLEET"]) if os.environ.get("MEETKIT_FLEET") else None)
     o = pv.Options(port=args.port, board=args.board, node_id=args.node_id, wifi_ssid=args.wifi,
                    wifi_password=wifi_password, broker=args.broker, broker_dir=args.broker_dir, tls=args.tls,
@@ -174,7 +177,7 @@ def _add_provision(sub: "argparse._SubParsersAction") -> None:
     net.add_argument("--broker-password-file", type=Path)
     net.add_argument("--broker-reload", metavar="CMD", help="run after a new account is written, e.g. "
                      "'sudo systemctl reload mosquitto' when the broker runs here")
-    p.add_argument("--interval", type=int, default=60, help="seconds per record (10-3600, default 60)")
+    p.add_argument("--interval", type=int, help="seconds per record (10-3600; default: the board's own, else 60)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config.json key (docs/technician.md), e.g. noise_offset_db=-1.2")
     p.add_argument("--source", action="store_true", help="copy the .py sources instead of compiled .mpy")

@@ -10,15 +10,14 @@ verified by MD5 and by reading MicroPython's descriptor back.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from meetkit_tools import serialport
 from meetkit_tools.espimage import (
     CHIPS, PARTITION_TABLE_OFFSET, PARTITION_TABLE_SIZE, Chip, ImageError, app_desc_of, chip_for_id,
     chip_id_label, parse_image, parse_partition_table, peek_app_desc, read_flash_app,
@@ -115,53 +114,11 @@ def board_mcu(board: str, boards_dir: Path = BOARDS) -> tuple[str, dict]:
     return mcu, spec
 
 
-def _holders(port: str) -> list[str]:
-    """Processes (of this user) that have the port open: who to close before flashing."""
-    if not os.path.isdir("/proc"):
-        return []  # not Linux: the message does without names
-    real = os.path.realpath(port)
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == os.getpid():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == real for fd in fds):
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                cmd = " ".join(cmd.split())
-                found.append(f"pid {pid}: {cmd[:60]}{'...' if len(cmd) > 60 else ''}")
-        except OSError:
-            continue
-    return found
-
-
 def check_port(port: str) -> None:
-    """The port exists, this user may open it and nobody else holds it (pyserial's exclusive lock)."""
-    import serial
-
-    missing = (f"{port}: no such port. `meetkit ports` lists the boards plugged in; a board that is not "
-               "listed needs a data cable (some only charge) or its USB driver")
-    if port.startswith("/") and not os.path.exists(port):
-        raise FlashError(missing)
     try:
-        s = serial.Serial(port, exclusive=True)
-    except serial.SerialException as e:
-        code = e.errno
-        if "FileNotFoundError" in str(e):  # Windows: COM9 that is not there
-            raise FlashError(missing) from None
-        if (code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in str(e)
-                or "Access is denied" in str(e)):  # the last: how Windows says another program has it
-            who = _holders(port)
-            raise FlashError(f"{port} is busy: another program has it open"
-                             f"{' (' + '; '.join(who) + ')' if who else ''}. Close it (a serial monitor, "
-                             "mpremote, Thonny, another meetkit) and run this again") from None
-        if code == errno.EACCES:
-            raise FlashError(f"{port}: no permission to open it. Add yourself to the 'dialout' group "
-                             "(sudo usermod -aG dialout $USER) and log in again") from None
-        if code == errno.ENOENT:
-            raise FlashError(f"{port}: no such port (unplugged?)") from None
-        raise FlashError(f"{port}: cannot open it ({e})") from None
-    s.close()
+        serialport.check_port(port)
+    except serialport.PortError as e:
+        raise FlashError(str(e)) from None
 
 
 # -- esptool's output, folded into ours ---------------------------------------------------------------

@@ -45,6 +45,31 @@ def firmware_config() -> types.ModuleType:
     return mod
 
 
+def board_problems(path: Path) -> list[str]:
+    """What the firmware (firmware/lib/boardfile.py) says of a board file, chip check aside."""
+    console = types.ModuleType("console")
+    for name in ("say", "info", "warn", "error"):
+        setattr(console, name, lambda *a: None)
+    saved = {k: sys.modules.get(k) for k in ("console", "config", "boardfile")}
+    sys.modules["console"] = console
+    sys.path.insert(0, str(FIRMWARE / "lib"))
+    try:
+        for k in ("config", "boardfile"):
+            sys.modules.pop(k, None)
+        import boardfile  # type: ignore[import-not-found]
+
+        problems: list[str] = []
+        boardfile.load_board(str(path), problems, None)
+        return problems
+    finally:
+        sys.path.remove(str(FIRMWARE / "lib"))
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
 def fw_version() -> str:
     return str(firmware_config().FW_VERSION)
 
@@ -57,13 +82,16 @@ def check(cfg: dict[str, Any], wired: bool = False, broker_optional: bool = Fals
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "config.json"
         p.write_text(json.dumps(cfg))
-        fw.load_node(str(p), problems, "000000000000")
-    if wired:
-        problems = [p for p in problems if not p.startswith("config.wifi.ssid: missing")]
+        fw.load_node(str(p), problems, "000000000000", wifi=not wired)
     if broker_optional:
         problems = [p for p in problems if not p.startswith("config.broker.host: missing")]
     if problems:
         raise ConfigError(problems)
+
+
+def settable() -> list[str]:
+    """The config.json keys `--set` may give: the firmware's own, less what provision sets."""
+    return sorted(k for k in firmware_config().DEFAULTS if k != "interval_s")
 
 
 def build(node_id: str, interval_s: int, wifi: tuple[str, str] | None, broker: dict[str, Any] | None,

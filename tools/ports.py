@@ -42,6 +42,10 @@ USB_CHIPS: dict[tuple[int, int], UsbChip] = {
     (ESPRESSIF_VID, 0x1001): UsbChip("ESP32 built-in USB-Serial/JTAG",
                                      "ESP32-S3 (or C3/C6) 'USB' port: esptool resets it, no BOOT button needed",
                                      mcu="esp32s3"),
+    # MicroPython's own USB serial (TinyUSB, Espressif's default VID:PID) once it runs on the S3's USB
+    # port; from MicroPython's sources, not seen on a board here.
+    (ESPRESSIF_VID, 0x4001): UsbChip("MicroPython's USB serial on an ESP32-S3 (TinyUSB)",
+                                     "the S3's 'USB' port with MicroPython running", mcu="esp32s3"),
     (ESPRESSIF_VID, 0x0009): UsbChip("ESP32-S3 USB-OTG in download mode", "flash it as it is", mcu="esp32s3"),
     (ESPRESSIF_VID, 0x0002): UsbChip("ESP32-S2 USB-OTG in download mode", "meetkit has no ESP32-S2 board",
                                      mcu="esp32s2"),

@@ -54,7 +54,7 @@ class Options:
     broker_user: str | None = None
     broker_password: str | None = None
     broker_reload: str | None = None   # a command that makes the running broker read its password file
-    interval_s: int = 60
+    interval_s: int | None = None     # None: the board's own, else 60
     settings: dict[str, Any] = field(default_factory=dict)   # --set key=value
     source: bool = False
     reassign: bool = False             # the board was another node: delete its spool
@@ -66,14 +66,18 @@ class Options:
 
 
 def load_board(name: str) -> dict[str, Any]:
+    """The board file, refused here when the firmware would refuse it (nothing measured)."""
     path = BOARDS / f"{name}.json"
     known = sorted(p.stem for p in BOARDS.glob("*.json") if not p.stem.endswith(".schema"))
-    if not path.exists():
+    if name not in known:
         raise InputError(f"--board {name}: unknown board (known: {', '.join(known)})")
     try:
         board = json.loads(path.read_text())
     except ValueError as e:
         raise InputError(f"{path}: not valid JSON: {e}") from None
+    problems = nodeconfig.board_problems(path)
+    if problems:
+        raise InputError(f"{path}: the firmware would not use it as it is: " + "; ".join(problems))
     return board
 
 
@@ -120,6 +124,8 @@ def broker_section(o: Options, say: Callable[[str, str], None],
             _reload_broker(o, say)
         else:
             say("broker", f"account {o.node_id} exists in {o.broker_dir}; its password is kept")
+            if o.broker_reload:   # a reload that failed last time is tried again
+                _reload_broker(o, say)
         user = o.node_id
         password = secrets_doc["nodes"][o.node_id] if precheck else broker.load_secrets(o.broker_dir)["nodes"][o.node_id]
         der = Path(o.broker_dir) / "ca" / "ca.der"
@@ -171,12 +177,17 @@ def make_config(o: Options, board: dict[str, Any], info: BoardInfo | None,
         say("broker", f"kept from the board: {brk.get('host')}")
     if brk is None and not precheck:
         raise InputError("--broker HOST[:PORT]: required (where the node sends its data)")
-    extra = dict(o.settings)
+    # An update keeps what this node had (its interval, calibration, topic prefix...) unless given anew.
+    extra = {k: v for k, v in (old or {}).items() if k not in ("node_id", "wifi", "broker", "interval_s")}
+    if old and extra:
+        say("config", "kept from the board: " + ", ".join(sorted(extra)))
+    extra.update(o.settings)
+    interval = o.interval_s or (old or {}).get("interval_s") or 60
     reg = _fleet_entry(o)
-    if reg and "noise_offset_db" in reg and "noise_offset_db" not in extra:
+    if reg and "noise_offset_db" in reg and "noise_offset_db" not in o.settings:
         extra["noise_offset_db"] = reg["noise_offset_db"]
         say("calibration", f"noise_offset_db {reg['noise_offset_db']:+g} dB from the fleet register")
-    cfg = nodeconfig.build(o.node_id, o.interval_s, wifi, brk, extra)
+    cfg = nodeconfig.build(o.node_id, interval, wifi, brk, extra)
     try:
         nodeconfig.check(cfg, wired=wired(board) or (precheck and wifi is None),
                          broker_optional=precheck and brk is None)
@@ -190,9 +201,26 @@ def make_config(o: Options, board: dict[str, Any], info: BoardInfo | None,
 def _fleet_entry(o: Options) -> dict[str, Any] | None:
     if not o.fleet or not o.fleet.exists():
         return None
+    from meetkit_gateway.fleet import FleetError
     from meetkit_tools import fleetfile
 
-    return fleetfile.get(o.fleet, o.node_id)
+    try:
+        return fleetfile.get(o.fleet, o.node_id)
+    except FleetError as e:
+        raise InputError(f"--fleet: {e}") from None
+
+
+def _check_fleet_fields(o: Options) -> None:
+    """The register's fields as the gateway will check them, before the board is touched."""
+    if not o.fleet:
+        return
+    from meetkit_gateway.fleet import FleetError, parse
+
+    fields = dict(o.fleet_fields, board=o.board)
+    try:
+        parse({"nodes": {o.node_id: fields}}, o.fleet)
+    except FleetError as e:
+        raise InputError("the fleet register would refuse: " + "; ".join(e.errors)) from None
 
 
 def provision(o: Options, out: Callable[[str], None] = print) -> int:
@@ -209,6 +237,11 @@ def provision(o: Options, out: Callable[[str], None] = print) -> int:
         make_config(o, board, None, lambda *a: None, precheck=True)  # every input checked before the board is touched
         if not (FIRMWARE / "appswap.py").exists():
             raise InputError(f"{FIRMWARE / 'appswap.py'}: missing from this meetkit")
+        unknown = sorted(set(o.settings) - set(nodeconfig.settable()))
+        if unknown:
+            raise InputError(f"--set {', '.join(unknown)}: not a config.json key provision leaves to --set "
+                             f"(those are: {', '.join(nodeconfig.settable())}; the others have options)")
+        _check_fleet_fields(o)
     except InputError as e:
         out(f"error: {e}\nnothing was changed on the board.")
         return EXIT_UNCHANGED
@@ -220,6 +253,10 @@ def provision(o: Options, out: Callable[[str], None] = print) -> int:
         return EXIT_UNCHANGED
     try:
         return _on_board(o, board, link, say, out, started)
+    except KeyboardInterrupt:
+        out("\ninterrupted: the board has its old app, or the new one complete (boot.py finishes an "
+            "install at the next start); run provision again to see the checklist")
+        return EXIT_CHECKS
     finally:
         link.close()
 
@@ -266,7 +303,7 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
             say("flash", f"{info.free_bytes / 1024:.0f} KB free of {info.blocks * info.block_size / 1024:.0f} KB; "
                          f"the new app needs {need / 1024:.0f} KB beside the old one")
             if need > info.free_bytes:
-                raise FlashFull(f"new app ({need / 1024:.0f} KB, {info.free_bytes / 1024:.0f} KB free)")
+                raise FlashFull(f"the new app needs {need / 1024:.0f} KB, {info.free_bytes / 1024:.0f} KB are free")
             t0 = time.monotonic()
             link.mkdir("new")
             link.mkdir("new/lib")
@@ -294,7 +331,7 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
             say("install", f"done: the new app is in place ({kept})")
     except FlashFull as e:
         _clean(link)
-        out(f"error: {e}: the flash is full. Nothing was changed on the board: the old app is in place.\n"
+        out(f"error: {e}. Nothing was changed on the board: the old app is in place.\n"
             "  free space: remove files you put on the board yourself (mpremote fs ls), or, if the spool "
             "(sp/) holds undelivered records, let the node deliver them first")
         return EXIT_UNCHANGED
@@ -325,9 +362,11 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
         if checks.settled and time.monotonic() - last_change > o.settle_s:
             break   # a failure the node has given up on for now; the technician takes it from here
     gw_note = ""
-    if o.gateway:
+    if o.gateway and not checks.blocked_by("gateway"):
         gw_ok, gw_note = _wait_gateway(o.gateway, o.node_id, before, deadline)
-        if not gw_ok and checks.results.get("gateway", selftest.Result(False, "")).ok:
+        if gw_ok and "gateway" not in checks.results:   # stored, the node's own line not read yet
+            checks.results["gateway"] = selftest.Result(True, gw_note)
+        elif not gw_ok and checks.results.get("gateway", selftest.Result(False, "")).ok:
             checks.results["gateway"] = selftest.Result(False, gw_note)
     waited = time.time() - started
     out("checklist:")
@@ -396,7 +435,10 @@ def read_secret(env: str, file: Path | None, prompt: str) -> str | None:
     """A secret from a file, the environment or a prompt: never from the command line, where it
     would stay in the shell's history and show in `ps`."""
     if file:
-        return file.read_text().strip("\r\n")
+        try:
+            return file.read_text().strip("\r\n")
+        except OSError as e:
+            raise InputError(f"{file}: cannot read it ({e.strerror})") from None
     if os.environ.get(env):
         return os.environ[env]
     if sys.stdin.isatty():

@@ -101,6 +101,7 @@ def test_a_fresh_board_is_provisioned_and_delivers(site: dict, tmp_path: Path) -
         cfg = subprocess.run([MPREMOTE, "connect", board.port, "fs", "cat", "config.json"], capture_output=True,
                              text=True, timeout=30).stdout
         assert json.loads(cfg)["noise_offset_db"] == -1.3
+        assert json.loads(cfg)["interval_s"] == 10   # kept from the board: not given this time
         assert "wifi        kept from the board: lamppost-lan" in out
         assert "broker      kept from the board: 127.0.0.1" in out
         assert "installed   meetkit" in out and "as node lamp-012" in out
@@ -146,21 +147,31 @@ def test_a_full_flash_leaves_the_board_as_it_was(site: dict, tmp_path: Path) -> 
 
 def test_a_busy_port_is_named(site: dict, tmp_path: Path) -> None:
     with SimBoard(tmp_path / "board", wifi=WIFI) as board:
-        holder = serial.Serial(board.port, 115200, exclusive=True)   # a terminal left open
+        # A terminal left open on the port (screen and minicom take no lock), and one that locks it.
+        with open(board.port, "rb") as tty:
+            screen = subprocess.Popen(["sleep", "60"], stdin=tty)
+        try:
+            res = provision(site, board.port, *full(site), node="lamp-016")
+        finally:
+            screen.kill()
+            screen.wait()
+        assert res.returncode == 2
+        assert f"{board.port} is busy: another program has it open (pid {screen.pid}: sleep 60)" in res.stdout
+        holder = serial.Serial(board.port, 115200, exclusive=True)
         try:
             res = provision(site, board.port, *full(site), node="lamp-016")
         finally:
             holder.close()
-        assert res.returncode == 2
-        assert "busy: another program has the port open" in res.stdout
+        assert res.returncode == 2 and f"{board.port} is busy: another program has it open" in res.stdout
 
 
 def test_a_board_that_does_not_answer(site: dict) -> None:
     master, slave = os.openpty()   # a port with nothing behind it: a charge-only cable, say
+    port = os.ttyname(slave)
+    os.close(slave)   # we do not hold it: a holder would make it "busy"
     try:
-        res = provision(site, os.ttyname(slave), *full(site), node="lamp-017")
+        res = provision(site, port, *full(site), node="lamp-017")
     finally:
-        os.close(slave)
         os.close(master)
     assert res.returncode == 2
     assert "does not answer" in res.stdout and "nothing was changed" in res.stdout
@@ -235,13 +246,14 @@ def test_an_interrupted_provisioning_leaves_one_whole_app(site: dict, tmp_path: 
         assert state["bad"] == [] and state["staged"] is False, state
 
 
-@pytest.mark.parametrize("board_name, node, wifi", [("esp32-s3-devkitc-1", "lamp-020", True),
-                                                    ("olimex-esp32-poe", "lamp-021", False)])
-def test_the_other_boards(site: dict, tmp_path: Path, board_name: str, node: str, wifi: bool) -> None:
-    """The ESP32-S3 (its own chip, RGB LED) and the Ethernet board (no Wi-Fi to give)."""
+@pytest.mark.parametrize("board_name, node, wifi, interval", [("esp32-s3-devkitc-1", "lamp-020", True, "300"),
+                                                              ("olimex-esp32-poe", "lamp-021", False, "10")])
+def test_the_other_boards(site: dict, tmp_path: Path, board_name: str, node: str, wifi: bool, interval: str) -> None:
+    """The ESP32-S3 (its own chip, RGB LED), with a first batch that comes long after every other
+    check (a 5-minute interval: 30 s here), and the Ethernet board (no Wi-Fi to give)."""
     b: FleetBroker = site["broker"]
     args = ["--board", board_name, "--broker", f"127.0.0.1:{b.tls_port}", "--broker-dir", str(b.out),
-            "--broker-reload", f"kill -HUP {b.proc.pid}"] + (["--wifi", WIFI[0]] if wifi else [])
+            "--broker-reload", f"kill -HUP {b.proc.pid}", "--interval", interval] + (["--wifi", WIFI[0]] if wifi else [])
     with SimBoard(tmp_path / "board", board=board_name, speed=10, wifi=WIFI) as board:
         res = provision(site, board.port, *args, node=node)
         assert res.returncode == 0, res.stdout + res.stderr

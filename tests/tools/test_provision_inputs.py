@@ -27,7 +27,12 @@ PW = {"MEETKIT_WIFI_PASSWORD": "wifi-secret-123"}
     (["--node-id", "Lamp 12"], "--node-id 'Lamp 12': 1-32 of a-z, 0-9 and '-'"),
     (["--interval", "5"], "config.interval_s: 5 is not a whole number from 10 to 3600"),
     (["--set", "noise_offset_db=loud"], "config.noise_offset_db: 'loud' is not a number from -20 to 20"),
-    (["--set", "broker_port=x", "--broker", "10.0.0.2:99999"], "config.broker.port: 99999 is not a whole number"),
+    (["--broker", "10.0.0.2:99999"], "config.broker.port: 99999 is not a whole number"),
+    (["--set", "noise_ofset_db=-3"], "--set noise_ofset_db: not a config.json key provision leaves to --set"),
+    (["--set", "node_id=other"], "--set node_id: not a config.json key"),
+    (["--wifi-password-file", "/nonexistent/pw"], "/nonexistent/pw: cannot read it (No such file or directory)"),
+    (["--board", "board.schema"], "--board board.schema: unknown board"),
+    (["--fleet", "/tmp/meetkit-test-fleet.toml", "--lat", "95"], "the fleet register would refuse: "),
 ])
 def test_bad_input_is_refused_before_the_board_is_touched(tmp_path: Path, args: list[str], message: str) -> None:
     # A port that does not exist: the input is checked first, so the message is the input's.

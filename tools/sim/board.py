@@ -39,6 +39,7 @@ from meetkit_tools.sim.runner import EXIT_RESET, NodeSpec, SimNode, load_scenari
 REGISTRY = BUILD / "sim-boards"
 FRIENDLY_PROMPTS = (b">>> ", b"... ")
 RAW_PROMPTS = (b"raw REPL; CTRL-B to exit\r\n>", b"\x04>")
+STARTUP_S = 0.3   # the unix port installs its SIGINT handler once it runs the script
 
 
 class _Node(SimNode):
@@ -74,7 +75,7 @@ class SimBoard:
         self.port = ""
         self.console_log = self.workdir / "console.log"
         self.resets = 0
-        self._master = self._slave = -1
+        self._master = -1
         self._proc: subprocess.Popen | None = None
         self._inner = -1
         self._stop = threading.Event()
@@ -92,10 +93,15 @@ class SimBoard:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.node.stage_empty()
         self.node.state_file.unlink(missing_ok=True)
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)   # no \n -> \r\n on the way out: mpremote counts bytes
+        self._master, slave = pty.openpty()
+        tty.setraw(slave)   # no \n -> \r\n on the way out: mpremote counts bytes
         os.set_blocking(self._master, False)
-        self.port = os.ttyname(self._slave)
+        self.port = os.ttyname(slave)
+        # Not held open here: a USB port is not held by the board, and `meetkit provision` names
+        # the processes that hold a port as the ones keeping it busy. Without a client the
+        # master reads EIO, and output is dropped as a UART drops it.
+        os.close(slave)
+        self._quiet_until = 0.0
         self._log = self.console_log.open("ab")
         self._t_ms = 0
         if self.blank:
@@ -104,8 +110,6 @@ class SimBoard:
 
             chip = json.loads((BOARDS / f"{self.board}.json").read_text()).get("mcu", "esp32")
             self._rom = RomBootloader(chip, self.workdir / "rom-flash.bin")
-            os.close(self._slave)   # the port's closing by the flasher must show (EIO on our side)
-            self._slave = -1
         else:
             self._spawn("board", 0, None, "power_on", {})
         self._thread = threading.Thread(target=self._pump, name=f"simboard-{self.port}", daemon=True)
@@ -126,10 +130,9 @@ class SimBoard:
         if self._thread:
             self._thread.join(10)
         self._kill()
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
+        if self._master >= 0:
+            os.close(self._master)
+        self._master = -1
         if self._registry:
             self._registry.unlink(missing_ok=True)
         if getattr(self, "_log", None):
@@ -167,6 +170,7 @@ class SimBoard:
         self._tail = b""
         self._queue = b""        # input that arrived while the board restarts
         self._started = time.monotonic()
+        self._intr_at = 0.0      # a Ctrl-C to deliver as SIGINT at this time
 
     def _kill(self) -> None:
         p = self._proc
@@ -234,8 +238,9 @@ class SimBoard:
                 continue
             if c == b"\x03":
                 if self._running:
-                    if self._proc and self._proc.poll() is None:
-                        self._proc.send_signal(signal.SIGINT)
+                    # The interpreter takes SIGINT as KeyboardInterrupt only once it runs code; in
+                    # its first moments the signal would kill it: sent from the pump when due.
+                    self._intr_at = max(time.monotonic(), self._started + STARTUP_S)
                     continue
                 self._line = b""
             elif self._running:
@@ -307,8 +312,6 @@ class SimBoard:
         the empty filesystem a fresh MicroPython makes."""
         version = self._rom.micropython()
         self._rom = None
-        self._slave = os.open(self.port, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(self._slave)
         self.node.image.unlink(missing_ok=True)
         self._register()
         self._log.write(f"[simulator: MicroPython {version[0]} flashed; the board boots it]\n".encode())
@@ -319,7 +322,8 @@ class SimBoard:
             if self._rom is not None:
                 self._pump_rom()
                 continue
-            fds = [self._master] + ([self._inner] if self._inner >= 0 else [])
+            listen = time.monotonic() >= self._quiet_until   # no client: look again in a moment
+            fds = ([self._master] if listen else []) + ([self._inner] if self._inner >= 0 else [])
             try:
                 ready, _, _ = select.select(fds, [], [], 0.1)
             except (OSError, ValueError):
@@ -334,11 +338,18 @@ class SimBoard:
             if self._master in ready:
                 try:
                     data = os.read(self._master, 65536)
-                except OSError:
+                except BlockingIOError:
                     data = b""
+                except OSError:   # EIO: nobody has the port open
+                    data = b""
+                    self._quiet_until = time.monotonic() + 0.02
                 if data:
                     self._from_client(data)
             p = self._proc
+            if self._intr_at and time.monotonic() >= self._intr_at:
+                self._intr_at = 0.0
+                if self._running and p is not None and p.poll() is None:
+                    p.send_signal(signal.SIGINT)
             if p is not None and p.poll() is not None:
                 # what the process wrote before it ended
                 while self._inner >= 0:
