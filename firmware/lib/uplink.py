@@ -26,7 +26,10 @@ _PASSWORD = "the access point refused the password: check wifi.password in confi
 _WIFI = {201: "no access point of this name in range: check wifi.ssid in config.json",
          202: _PASSWORD, 15: _PASSWORD, 204: _PASSWORD,
          203: "the access point refused the association (full? a MAC filter?)",
-         200: "the access point stopped answering"}
+         200: "the access point stopped answering",
+         # STAT_CONNECTING: the official port reports 201/202 itself, other failures (a WPA2
+         # handshake timing out on a wrong password, say) only as "still connecting"
+         1001: "still trying: a wrong wifi.password, or the signal too weak (check both)"}
 
 
 class Uplink:
