@@ -380,6 +380,9 @@ def main():
     global recline, Clock, Spool, Uplink, PM, Climate, Noise
     if "mic" in board:
         from sample_noise import Noise
+    else:   # compiled first in case it is needed; a board without a microphone gives its heap back
+        del sys.modules["soundlevel"]
+        gc.collect()
     from uplink import Uplink
     from spool import Spool
     import recline
