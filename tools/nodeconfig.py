@@ -6,13 +6,13 @@ node would refuse is refused before anything touches the board, with the node's 
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from meetkit_tools.paths import FIRMWARE
 
@@ -25,49 +25,43 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def firmware_config() -> types.ModuleType:
-    """firmware/lib/config.py as a CPython module; its console goes nowhere (problems are returned)."""
+@contextlib.contextmanager
+def _firmware_lib() -> Iterator[None]:
+    """firmware/lib importable under CPython, its console going nowhere (problems are returned);
+    sys.path and sys.modules as they were afterwards."""
+    names = ("console", "config", "boardfile")
+    saved = {k: sys.modules.pop(k, None) for k in names}
     console = types.ModuleType("console")
-    for name in ("say", "info", "warn", "error"):
+    for name in ("say", "info", "warn", "error", "check"):
         setattr(console, name, lambda *a: None)
-    saved = sys.modules.get("console")
     sys.modules["console"] = console
+    sys.path.insert(0, str(FIRMWARE / "lib"))
     try:
-        spec = importlib.util.spec_from_file_location("meetkit_firmware_config", FIRMWARE / "lib" / "config.py")
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        yield
     finally:
-        if saved is None:
-            sys.modules.pop("console", None)
-        else:
-            sys.modules["console"] = saved
-    return mod
+        sys.path.remove(str(FIRMWARE / "lib"))
+        for k in names:
+            sys.modules.pop(k, None)
+            if saved[k] is not None:
+                sys.modules[k] = saved[k]
+
+
+def firmware_config() -> types.ModuleType:
+    """firmware/lib/config.py as a CPython module."""
+    with _firmware_lib():
+        import config  # type: ignore[import-not-found]
+
+        return config
 
 
 def board_problems(path: Path) -> list[str]:
     """What the firmware (firmware/lib/boardfile.py) says of a board file, chip check aside."""
-    console = types.ModuleType("console")
-    for name in ("say", "info", "warn", "error"):
-        setattr(console, name, lambda *a: None)
-    saved = {k: sys.modules.get(k) for k in ("console", "config", "boardfile")}
-    sys.modules["console"] = console
-    sys.path.insert(0, str(FIRMWARE / "lib"))
-    try:
-        for k in ("config", "boardfile"):
-            sys.modules.pop(k, None)
+    with _firmware_lib():
         import boardfile  # type: ignore[import-not-found]
 
         problems: list[str] = []
         boardfile.load_board(str(path), problems, None)
         return problems
-    finally:
-        sys.path.remove(str(FIRMWARE / "lib"))
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 def fw_version() -> str:
