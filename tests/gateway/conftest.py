@@ -20,6 +20,8 @@ from meetkit_gateway.config import Config
 from meetkit_gateway.service import Gateway
 from meetkit_gateway.store import Store
 
+from .sensorthings_server import SensorThingsServer
+
 CLI = str(Path(sys.executable).parent / "meetkit-gateway")
 
 # The example batch of docs/payload.md, with a second record before the node's clock was known.
@@ -239,3 +241,13 @@ def fill_store(config: Path, *batches: dict[str, Any]) -> None:
     with Store(config.parent / "gateway.db") as s:
         for b in batches:
             s.add_batch(parse_batch(encode(b), b["node"]))
+
+
+@pytest.fixture
+def sta() -> Iterator[SensorThingsServer]:
+    """A strict SensorThings contract server (no real one installs here), stopped after."""
+    s = SensorThingsServer()
+    try:
+        yield s
+    finally:
+        s.stop()

@@ -613,29 +613,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._error(400, str(e))
         self._answer(200, doc)
 
-    def do_POST(self) -> None:
+    def _json_request(self, verb: str) -> tuple[str, str | None, int | None, str | None, Any] | None:
+        """A POST's or PATCH's route and JSON body, or None once the error is answered."""
         length = self.headers.get("Content-Length")
         raw = self.rfile.read(int(length)) if length else b""
         try:
-            body = json.loads(raw)
+            body, bad_json = json.loads(raw), False
         except ValueError:
-            body = None
-            bad_json = True
-        else:
-            bad_json = False
+            body, bad_json = None, True
         if not self._gate(body if not bad_json else raw):
-            return
+            return None
         route = self._route()
         if route is None:
-            return
+            return None
         rest, query, coll, iot_id, nav = route
-        s = self.server
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
             return self._error(400, "Content-Type must be application/json")
         if bad_json:
             return self._error(400, "Could not parse json.")
         if query:
-            return self._error(400, "no query options on POST in this subset")
+            return self._error(400, f"no query options on {verb} in this subset")
+        return rest, coll, iot_id, nav, body
+
+    def do_POST(self) -> None:
+        req = self._json_request("POST")
+        if req is None:
+            return
+        rest, coll, iot_id, nav, body = req
+        s = self.server
         try:
             if coll == "CreateObservations" and iot_id is None and nav is None:
                 with s.state.lock:
@@ -665,25 +670,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._answer(201, doc, {"Location": s.link(target, new)})
 
     def do_PATCH(self) -> None:
-        length = self.headers.get("Content-Length")
-        raw = self.rfile.read(int(length)) if length else b""
-        try:
-            body, bad_json = json.loads(raw), False
-        except ValueError:
-            body, bad_json = None, True
-        if not self._gate(body if not bad_json else raw):
+        req = self._json_request("PATCH")
+        if req is None:
             return
-        route = self._route()
-        if route is None:
-            return
-        rest, query, coll, iot_id, nav = route
+        rest, coll, iot_id, nav, body = req
         s = self.server
-        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-            return self._error(400, "Content-Type must be application/json")
-        if bad_json:
-            return self._error(400, "Could not parse json.")
-        if query:
-            return self._error(400, "no query options on PATCH in this subset")
         if coll not in TYPES or iot_id is None or nav is not None:
             return self._error(400 if coll in TYPES else 404, f"cannot PATCH {rest}: one entity only")
         try:

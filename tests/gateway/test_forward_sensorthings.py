@@ -9,7 +9,7 @@ import http.client
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,15 +34,6 @@ name = "Dam, lamp post 12"
 lat = 52.3584
 lon = 4.8811
 """
-
-
-@pytest.fixture
-def sta() -> Iterator[SensorThingsServer]:
-    s = SensorThingsServer()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def fill(db: Path, node: str = "ams-001", seqs: range = range(3), ts0: int | None = T0, **envelope: Any) -> None:

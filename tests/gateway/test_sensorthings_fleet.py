@@ -11,9 +11,6 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from meetkit_gateway.forward.sensorthings import TABLE
 from meetkit_tools import fleetfile
@@ -38,15 +35,6 @@ chip = "240ac4123456"
 fw = "0.2.0"
 provisioned = 2026-11-24T10:12:00Z
 '''
-
-
-@pytest.fixture
-def sta() -> Iterator[SensorThingsServer]:
-    s = SensorThingsServer()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def register(tmp_path: Path, text: str = REGISTER) -> Path:
