@@ -90,6 +90,29 @@ NODE_ID = re.compile(r"[a-z0-9-]{1,32}")
 # SQLite stores integers in 64 bits; anything larger is not a counter a node can have.
 _INT_MAX = 2**63 - 1
 
+# The contract's plausible values (docs/payload.md, "Plausible values"). A record outside them is
+# refused on its own; readers of an older store, which may hold anything, use them to tell a
+# value they can show from one they print raw.
+#: boot and seq are small ints on the ESP32 (below 2**30): a billion boots, and 340 years of
+#: records at the shortest interval (10 s)
+BOOT_MAX = 2**30 - 1
+SEQ_MAX = 2**30 - 1
+#: seconds since boot: 34 years
+UP_MAX = 2**30 - 1
+#: 2026-01-01T00:00:00Z: no meetkit node measured before
+TS_MIN = 1767225600
+#: how far past the gateway's clock a record may start (a node's clock a little fast, a Pi whose
+#: clock is behind until NTP answers); beyond it the node's clock is wrong
+FUTURE_MARGIN_S = 86400
+#: the longest interval a node can be configured for (config.py: interval_s 10..3600) plus the
+#: watchdog's 90 s and room to spare
+DUR_MAX = 3600 + 300
+
+
+def plausible_ts(ts: float, now: float) -> bool:
+    """`ts` can be a record's interval start: not before the project, not far past `now`."""
+    return TS_MIN <= ts <= now + FUTURE_MARGIN_S
+
 # Codes of rejections; each has a counter `rejected.<code>` in the store.
 NOT_JSON = "not_json"
 OVERSIZED = "oversized"
