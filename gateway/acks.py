@@ -4,9 +4,11 @@
     {"v":1,"db":"3f9c0a1b2c3d4e5f","boot":3,"seq":[[16,17],[20,20]]}
 
 `seq` lists, as sorted inclusive ranges, the seqs of that one batch that the database now holds:
-stored now, stored before (duplicates), or kept in the dead-letter table with the batch when it was
-rejected but its boot and seqs could still be read (`readable`). `db` is the database's id: a node
-that sees another id than before sends again everything its spool still holds.
+stored now, stored before (duplicates), or kept in the dead-letter table: a record refused on its
+own, or the whole batch when it was rejected but its boot and seqs could still be read
+(`readable`). Only values the contract allows are acknowledged: a boot or seq beyond `BOOT_MAX` /
+`SEQ_MAX` never is. `db` is the database's id: a node that sees another id than before sends again
+everything its spool still holds.
 """
 
 from __future__ import annotations
@@ -15,13 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .payload import Batch
+from .payload import BOOT_MAX, MAX_MESSAGE_BYTES, SEQ_MAX, Batch
 
 VERSION = 1
 
-# A dead letter is kept whole up to this many bytes (store.DEAD_LETTER_MAX); a longer one is cut,
-# so its records are not held and must not be acknowledged.
-_READABLE_MAX = 64 * 1024
 
 
 def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -45,29 +44,30 @@ class Ack:
 
     @classmethod
     def of(cls, batch: Batch) -> "Ack":
-        return cls(batch.node, batch.boot, tuple(r.seq for r in batch.records))
+        return cls(batch.node, batch.boot, batch.held_seqs())
 
     def payload(self, db_id: str) -> bytes:
         doc = {"v": VERSION, "db": db_id, "boot": self.boot, "seq": [list(r) for r in ranges(self.seqs)]}
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _count(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+def _count(v: Any, high: int) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high else None
 
 
 def readable(payload: bytes, node: str) -> Ack | None:
     """The boot and seqs of a REJECTED batch from `node`'s up topic, if they can still be read: a
-    JSON object with an integer `boot` and `recs` of objects with integer `seq`s. None otherwise
-    (then the node is not told, and sends the batch again until a gateway can read it)."""
-    if len(payload) > _READABLE_MAX:
+    JSON object with an integer `boot` and `recs` of objects with integer `seq`s, within the
+    contract. None otherwise (then the node is not told, and sends the batch again until a gateway
+    can read it). A message over the contract's size is not kept whole, so never acknowledged."""
+    if len(payload) > MAX_MESSAGE_BYTES:
         return None
     try:
         doc = json.loads(payload)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    if not isinstance(doc, dict) or _count(doc.get("boot")) is None or not isinstance(doc.get("recs"), list):
+    if not isinstance(doc, dict) or _count(doc.get("boot"), BOOT_MAX) is None or not isinstance(doc.get("recs"), list):
         return None
-    seqs = [_count(r.get("seq")) for r in doc["recs"] if isinstance(r, dict)]
+    seqs = [_count(r.get("seq"), SEQ_MAX) for r in doc["recs"] if isinstance(r, dict)]
     held = tuple(s for s in seqs if s is not None)
     return Ack(node, doc["boot"], held) if held else None

@@ -29,6 +29,7 @@ CORRUPT_DB = "corrupt_db"  # the database was unreadable at start: moved aside, 
 DISK_FULL = "disk_full"  # commits fail for want of space: new data is refused, the nodes keep it
 DISK_ERROR = "disk_error"  # commits fail with an I/O error or a read-only file: refused likewise
 DROPPED_UNFORWARDED = "dropped_unforwarded"  # the store's bounds dropped records a target had not taken yet
+DEAD_LETTER_FLOOD = "dead_letter_flood"  # a node sends what is refused faster than its dead-letter budget keeps
 
 
 @dataclass(frozen=True)

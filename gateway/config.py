@@ -49,6 +49,10 @@ class StoreConfig:
     # the bounds (retention.py): pages in use, and age from reception in days (0: no age bound)
     max_bytes: int = 2_000_000_000
     max_age_days: int = 365
+    # what was refused has budgets of its own, outside max_bytes: in all, and per node
+    dead_letters_max_bytes: int = 64_000_000
+    dead_letters_node_max_bytes: int = 2_000_000
+    dead_letters_node_max: int = 2000
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,9 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "topic_prefix": _prefix,
         "keepalive": _integer(5, 65535),
     },
-    "store": {"path": _text(), "max_bytes": _size, "max_age_days": _integer(0, 36500)},
+    "store": {"path": _text(), "max_bytes": _size, "max_age_days": _integer(0, 36500),
+              "dead_letters_max_bytes": _size, "dead_letters_node_max_bytes": _size,
+              "dead_letters_node_max": _integer(1, 10_000_000)},
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
     "fleet": {"path": _text()},

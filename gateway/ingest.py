@@ -6,7 +6,11 @@ paho's network thread never waits for the disk. The writer thread takes everythi
 next group builds up, so the cost of a commit is shared by however many messages arrived meanwhile.
 
 The valid batches of a group are written together, with a few statements (`ingest_group`); every
-other message (a status, a rejected batch) gets a savepoint of its own. A message that fails, even
+other message (a status, a rejected batch, a retained message) gets a savepoint of its own. A batch
+is judged record by record (payload.py): what it refused, records or values, is kept as ONE dead
+letter beside the records stored, and the seqs of refused records are acknowledged with the rest
+(the dead letter holds them). A retained message the broker hands over again at a new subscription
+is taken once (`Store.retained_seen`). A message that fails, even
 through a bug, is undone alone and dead-lettered, the rest of its group is committed: should the
 joint write fail, it is undone and the group's batches are taken one by one, each in its savepoint. After each commit the writer calls
 `on_committed(done)` with each message and the `Ack` its node is owed: the place to acknowledge
@@ -25,6 +29,7 @@ at most; while there is more to prune the loop does not wait for messages.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import sqlite3
@@ -41,7 +46,7 @@ from .payload import Rejected
 from .retention import Bounds, Pruner
 from .store import Store
 from .timefmt import iso
-from .topics import Topics
+from .topics import Topic, Topics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ class Inbound:
     mid: int = 0
     qos: int = 0
     conn: int = 0  # which connection to the broker it came over (an MQTT ack goes back on it only)
+    size: int | None = None  # the message's size when `payload` holds only its first bytes
 
 
 class Done(NamedTuple):
@@ -73,27 +79,59 @@ def _store_failed(e: Exception) -> bool:
     return isinstance(e, (sqlite3.OperationalError, sqlite3.InternalError)) or type(e) is sqlite3.DatabaseError
 
 
+def _dead_letter_node(topic: Topic | None) -> str | None:
+    # the node a dead letter counts against (its budget); one of no valid node id counts as none
+    return topic.node if topic is not None and payload.NODE_ID.fullmatch(topic.node) else None
+
+
+def _ack(batch: payload.Batch) -> Ack | None:
+    ack = Ack.of(batch)
+    return ack if ack.seqs else None
+
+
+def _keep_refused(store: Store, msg: Inbound, batch: payload.Batch) -> None:
+    """What `batch` refused, as one dead letter, and the counters of refusals and range flags."""
+    letter = batch.dead_letter()
+    if letter is not None:
+        body, code, reason = letter
+        dl = store.add_dead_letter(msg.topic, body, code, reason, msg.received_at, batch.node, count=False)
+        log.warning("%s: refused in boot %d (dead letter %d): %s", batch.node, batch.boot, dl, reason)
+        for f in batch.refused:
+            store.bump(f"refused_{'records' if f.whole else 'values'}.{f.code}", f.count)
+    flagged = sum(payload.RANGE in fl for rec in batch.records for fl in rec.flags.values())
+    store.bump("flagged.range", flagged)
+
+
 def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
     """Validate one message and write what it means: records, a node status or a dead letter.
     Call inside a transaction; the caller commits. Returns what to acknowledge to the node once
-    that commit is done: every seq of a batch, stored now or before; the readable seqs of a batch
-    that was dead-lettered."""
+    that commit is done: every seq of a batch the store now holds (stored now or before, or kept
+    as a refused record); the readable seqs of a batch that was dead-lettered whole."""
     topic = topics.parse(msg.topic)
+    if msg.retained:
+        digest = hashlib.sha256(msg.payload).digest()
+        if store.retained_seen(msg.topic, digest):
+            store.bump("retained_again")
+            log.debug("%s: the retained message again, taken before", msg.topic)
+            return None
+        store.set_retained_seen(msg.topic, digest, msg.received_at)
     try:
         with store.savepoint():
             if topic is None:
                 raise Rejected(payload.BAD_VALUE, f"topic {msg.topic!r} is not <prefix>/<node>/up or /status")
             if topic.kind == "up":
-                batch = payload.parse_batch(msg.payload, topic.node)
+                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size)
                 added = store.add_batch(batch, msg.received_at)
-                log.debug(
-                    "%s: boot %d seq %d..%d: %d stored, %d duplicates",
-                    batch.node, batch.boot, batch.records[0].seq, batch.records[-1].seq,
-                    added.stored, added.duplicates,
-                )
-                return Ack.of(batch)
+                _keep_refused(store, msg, batch)
+                if batch.records:
+                    log.debug(
+                        "%s: boot %d seq %d..%d: %d stored, %d duplicates",
+                        batch.node, batch.boot, batch.records[0].seq, batch.records[-1].seq,
+                        added.stored, added.duplicates,
+                    )
+                return _ack(batch)
             else:
-                status = payload.parse_status(msg.payload, topic.node)
+                status = payload.parse_status(msg.payload, topic.node, msg.size)
                 store.set_status(status, msg.received_at, live=not msg.retained)
                 log.info(
                     "%s: %s%s", status.node, "online" if status.online else "offline",
@@ -107,7 +145,7 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
             raise  # the whole group is refused or retried
         log.exception("failed on a message from %s", msg.topic)
         code, reason = INTERNAL, f"gateway error: {type(e).__name__}: {e}"
-    dl = store.add_dead_letter(msg.topic, msg.payload, code, reason, msg.received_at)
+    dl = store.add_dead_letter(msg.topic, msg.payload, code, reason, msg.received_at, _dead_letter_node(topic))
     log.warning("rejected %s (dead letter %d): %s", msg.topic, dl, reason)
     return readable(msg.payload, topic.node) if topic is not None and topic.kind == "up" else None
 
@@ -138,9 +176,9 @@ def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound]) -> 
     valid: list[tuple[int, payload.Batch]] = []
     for i, msg in enumerate(group):
         topic = topics.parse(msg.topic)
-        if topic is not None and topic.kind == "up":
+        if topic is not None and topic.kind == "up" and not msg.retained:
             try:
-                valid.append((i, payload.parse_batch(msg.payload, topic.node)))
+                valid.append((i, payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size)))
                 continue
             except Exception:  # Rejected, or a bug: `ingest` parses it again and keeps the dead letter
                 pass
@@ -150,6 +188,8 @@ def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound]) -> 
     try:
         with store.savepoint():
             added = store.add_batches([(batch, group[i].received_at) for i, batch in valid])
+            for i, batch in valid:
+                _keep_refused(store, group[i], batch)
     except Exception as e:
         if _store_failed(e):
             raise  # the whole group is refused or retried
@@ -158,11 +198,12 @@ def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound]) -> 
             acks[i] = ingest(store, topics, group[i])
         return acks
     for (i, batch), a in zip(valid, added):
-        log.debug(
-            "%s: boot %d seq %d..%d: %d stored, %d duplicates",
-            batch.node, batch.boot, batch.records[0].seq, batch.records[-1].seq, a.stored, a.duplicates,
-        )
-        acks[i] = Ack.of(batch)
+        if batch.records:
+            log.debug(
+                "%s: boot %d seq %d..%d: %d stored, %d duplicates",
+                batch.node, batch.boot, batch.records[0].seq, batch.records[-1].seq, a.stored, a.duplicates,
+            )
+        acks[i] = _ack(batch)
     return acks
 
 

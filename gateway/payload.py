@@ -2,11 +2,16 @@
 
 `parse_batch` and `parse_status` turn the bytes of one MQTT message into a typed `Batch` or
 `Status`, or raise `Rejected` with a short machine-readable `code` (used for the counters) and a
-`reason` a person can act on, naming the field: ``recs[2].temp: avg 91.5 is outside -45..90 degC``.
+`reason` a person can act on, naming the field: ``boot: 4294967296 is outside 0..1073741823``.
 
-The contract is closed: a field this module does not know is a rejection, not silently dropped. A
-rejected message is kept whole in the dead-letter table, so nothing is lost when the contract grows
-ahead of the gateway.
+A batch is judged record by record: a broken envelope (not JSON, an unknown version, the node or
+the boot wrong) rejects the whole message, but a bad record only refuses that record, and a bad
+value only that value (`Refusal`): the rest of the batch is stored. A value outside its sensor's
+rated range that is still physically possible is kept and flagged `range`; an impossible one is
+refused (stored as null, flagged `refused`). What is refused is kept whole in the dead-letter table
+(ingest.py), from where an operator can replay it after a fix (replay.py).
+
+The contract is closed: a field this module does not know is refused, not silently dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, NamedTuple
 
@@ -34,8 +40,12 @@ SCALAR_OR_SUMMARY: Form = "scalar_or_summary"  # a number; `[avg, min, max, n]` 
 class Quantity:
     key: str
     unit: str
+    #: the sensor's rated range (its datasheet): a value outside it is kept, flagged `range`
     low: float
     high: float
+    #: what can physically be measured at all: a value outside it is refused
+    lowest: float
+    highest: float
     form: Form = SUMMARY
     #: the least `n` of a summary
     n_low: int = 1
@@ -44,46 +54,68 @@ class Quantity:
     #: what it is, for data users (export metadata, SensorThings ObservedProperty)
     description: str = ""
 
+    def _span(self, low: float, high: float) -> str:
+        unit = "" if self.unit == "1" else f" {self.unit}"  # a dimensionless quantity has no unit after it
+        return f"{low:g}..{high:g}{unit}"
+
     def range(self) -> str:
-        """`-45..90 degC`; a dimensionless quantity (unit "1") has no unit after its range."""
-        unit = "" if self.unit == "1" else f" {self.unit}"
-        return f"{self.low:g}..{self.high:g}{unit}"
+        """The rated range, `-40..85 degC`."""
+        return self._span(self.low, self.high)
+
+    def possible(self) -> str:
+        """The physically possible range, `-90..100 degC`."""
+        return self._span(self.lowest, self.highest)
 
 
-#: Known quantities in the order of docs/payload.md, with their unit and valid range.
+_PM_NOTE = ("Plantower PMS5003/PMS7003: maximum range at least 1000 ug/m3 (effective 0..500); Nova SDS011: "
+            "0..999.9 ug/m3. Both send 16-bit values: 65535 is the most they can say.")
+
+#: Known quantities in the order of docs/payload.md, with their unit, the sensor's rated range and
+#: the physically possible one (docs/payload.md, "Quantities", gives the sources).
 QUANTITIES: dict[str, Quantity] = {
     q.key: q
     for q in (
-        Quantity("pm1", "ug/m3", 0, 2000, role="pm",
+        Quantity("pm1", "ug/m3", 0, 1000, 0, 65535, role="pm",
                  description="PM1 mass concentration, particles below 1 µm (optical sensor)"),
-        Quantity("pm25", "ug/m3", 0, 2000, role="pm",
+        Quantity("pm25", "ug/m3", 0, 1000, 0, 65535, role="pm",
                  description="PM2.5 mass concentration, particles below 2.5 µm (optical sensor)"),
-        Quantity("pm10", "ug/m3", 0, 2000, role="pm",
+        Quantity("pm10", "ug/m3", 0, 1000, 0, 65535, role="pm",
                  description="PM10 mass concentration, particles below 10 µm (optical sensor)"),
-        Quantity("temp", "degC", -45, 90, role="climate", description="air temperature in the node's housing"),
-        Quantity("rh", "%", 0, 100, role="climate", description="relative humidity in the node's housing"),
-        Quantity("press", "hPa", 300, 1100, role="climate", description="air pressure at the node"),
+        # BME280: operating range -40..85 degC, 0..100 %RH, 300..1100 hPa
+        Quantity("temp", "degC", -40, 85, -90, 100, role="climate",
+                 description="air temperature in the node's housing"),
+        Quantity("rh", "%", 0, 100, 0, 100, role="climate", description="relative humidity in the node's housing"),
+        Quantity("press", "hPa", 300, 1100, 250, 1200, role="climate", description="air pressure at the node"),
         # [LAeq, LAFmin, LAFmax, seconds]: avg is the energy mean, min/max are Fast levels, so avg
         # need not lie between them (only min <= max is checked, as for every quantity); n is whole
-        # seconds of audio, 0 when less than one second was processed (cov says how much)
-        Quantity("LAeq", "dB", 0, 140, n_low=0, role="mic",
+        # seconds of audio, 0 when less than one second was processed (cov says how much). Rated:
+        # what the node's pipeline reports (it flags `floor` and `overload` itself); possible: 194 dB
+        # is the loudest sound air carries undistorted, -50 dB far below any microphone's self-noise.
+        Quantity("LAeq", "dB", 0, 140, -50, 194, n_low=0, role="mic",
                  description="A-weighted equivalent continuous sound level of the interval, re 20 µPa; min, max: "
                              "LAFmin, LAFmax (Fast, IEC 61672-1); n: whole seconds of audio"),
-        Quantity("LA10", "dB", 0, 140, SCALAR, role="mic",
+        Quantity("LA10", "dB", 0, 140, -50, 194, SCALAR, role="mic",
                  description="A-weighted Fast sound level exceeded during 10 % of the interval"),
-        Quantity("LA50", "dB", 0, 140, SCALAR, role="mic",
+        Quantity("LA50", "dB", 0, 140, -50, 194, SCALAR, role="mic",
                  description="A-weighted Fast sound level exceeded during 50 % of the interval"),
-        Quantity("LA90", "dB", 0, 140, SCALAR, role="mic",
+        Quantity("LA90", "dB", 0, 140, -50, 194, SCALAR, role="mic",
                  description="A-weighted Fast sound level exceeded during 90 % of the interval"),
         # a number since the noise pipeline; firmware 0.1.0 sent [avg, min, max, n], and such
         # records may still come out of a node's spool after an update
-        Quantity("LZeq", "dB", 0, 140, SCALAR_OR_SUMMARY, role="mic",
+        Quantity("LZeq", "dB", 0, 140, -50, 194, SCALAR_OR_SUMMARY, role="mic",
                  description="Z-weighted (flat) equivalent continuous sound level of the interval, re 20 µPa"),
-        Quantity("cov", "1", 0, 1, SCALAR, role="mic", description="fraction of the interval's audio the node processed"),
+        Quantity("cov", "1", 0, 1, 0, 1, SCALAR, role="mic",
+                 description="fraction of the interval's audio the node processed"),
     )
 }
 
+#: Quality flags a node may send.
 FLAGS = ("missing", "checksum", "warmup", "rh_high", "partial", "overload", "floor")
+#: Flags the gateway adds: a value outside its sensor's rated range, kept as measured; a value
+#: refused as impossible (stored as null; the record as received is kept as a dead letter).
+RANGE = "range"
+REFUSED = "refused"
+GATEWAY_FLAGS = (RANGE, REFUSED)
 
 NODE_ID = re.compile(r"[a-z0-9-]{1,32}")
 
@@ -113,7 +145,9 @@ def plausible_ts(ts: float, now: float) -> bool:
     """`ts` can be a record's interval start: not before the project, not far past `now`."""
     return TS_MIN <= ts <= now + FUTURE_MARGIN_S
 
-# Codes of rejections; each has a counter `rejected.<code>` in the store.
+
+# Codes of rejections and refusals; counted as `rejected.<code>` (messages), `refused_records.<code>`
+# and `refused_values.<code>` in the store.
 NOT_JSON = "not_json"
 OVERSIZED = "oversized"
 VERSION_UNKNOWN = "version"
@@ -123,10 +157,11 @@ UNKNOWN_FIELD = "unknown_field"
 WRONG_TYPE = "wrong_type"
 OUT_OF_RANGE = "out_of_range"
 BAD_VALUE = "bad_value"
+IMPLAUSIBLE = "implausible"  # a time, duration or counter outside the contract's plausible values
 
 
 class Rejected(Exception):
-    """A message that does not satisfy the contract."""
+    """A message, a record or a value that does not satisfy the contract."""
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
@@ -178,6 +213,24 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A record of a batch, or some of its values, that the gateway refused while it took the rest."""
+
+    index: int  # its place in `recs`
+    #: its seq when it can be read within the contract, else None. A refused record is kept as a
+    #: dead letter, so its seq is acknowledged; one without a readable seq is not (the node sends
+    #: it again until a gateway can read it).
+    seq: int | None
+    code: str
+    reason: str  # naming the field: `recs[6].ts: ...`
+    raw: Any  # the record as received, for the dead letter
+    #: True: the record is not stored; False: it is, without the refused values (null, `refused`)
+    whole: bool
+    #: the problems it stands for: 1 for a whole record, the values refused for a partial one
+    count: int = 1
+
+
+@dataclass(frozen=True)
 class Batch:
     node: str
     boot: int
@@ -188,9 +241,33 @@ class Batch:
     records: tuple[Record, ...]
     #: records the node's spool dropped by policy (full), ever; None when the batch does not say
     dropped: int | None = None
+    #: records and values refused, in the order of `recs`
+    refused: tuple[Refusal, ...] = ()
 
     def unit(self, quantity: str) -> str:
         return self.units.get(quantity, QUANTITIES[quantity].unit)
+
+    def held_seqs(self) -> tuple[int, ...]:
+        """The seqs the gateway holds once the batch is committed: its records, and the refused
+        records whose seq can be read (kept in the dead-letter table)."""
+        seqs = [r.seq for r in self.records]
+        seqs += [f.seq for f in self.refused if f.whole and f.seq is not None]
+        return tuple(seqs)
+
+    def dead_letter(self) -> tuple[bytes, str, str] | None:
+        """(payload, code, reason) of the dead letter that keeps what was refused: a batch with
+        this one's envelope and the refused records as received, so that it can be replayed as
+        it is; None when nothing was refused."""
+        if not self.refused:
+            return None
+        doc: dict[str, Any] = {"v": VERSION, "node": self.node, "boot": self.boot, "fw": self.fw,
+                               "board": self.board, "sensors": dict(self.sensors), "units": dict(self.units),
+                               "recs": [f.raw for f in self.refused]}
+        codes = {f.code for f in self.refused}
+        code = self.refused[0].code if len(codes) > 1 else codes.pop()
+        reasons = [f.reason if f.whole else f"{f.reason} (the record was stored without it)" for f in self.refused]
+        reason = "; ".join(reasons[:5]) + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
+        return json.dumps(doc, separators=(",", ":")).encode(), code, reason
 
 
 @dataclass(frozen=True)
@@ -220,10 +297,13 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def decode(payload: bytes) -> dict[str, Any]:
-    """The JSON object in `payload`, or `Rejected` (size, encoding, syntax, not an object)."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise Rejected(OVERSIZED, f"{len(payload)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+def decode(payload: bytes, size: int | None = None) -> dict[str, Any]:
+    """The JSON object in `payload`, or `Rejected` (size, encoding, syntax, not an object). `size`:
+    the message's size when `payload` is only its first bytes (the gateway does not hold a message
+    larger than the contract allows)."""
+    size = len(payload) if size is None else size
+    if size > MAX_MESSAGE_BYTES:
+        raise Rejected(OVERSIZED, f"{size} bytes, the limit is {MAX_MESSAGE_BYTES}")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -232,7 +312,7 @@ def decode(payload: bytes) -> dict[str, Any]:
         obj = json.loads(
             text, parse_constant=_no_constant, object_pairs_hook=_no_duplicate_keys
         )
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise Rejected(NOT_JSON, f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise Rejected(WRONG_TYPE, f"the message must be a JSON object, got {_kind(obj)}")
@@ -261,11 +341,14 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-def _int(v: Any, where: str, low: int = 0) -> int:
+def _int(v: Any, where: str, low: int = 0, high: int = _INT_MAX) -> int:
+    """An integer in low..high; above `high` (the contract's bound, below SQLite's) is implausible."""
     if isinstance(v, bool) or not isinstance(v, int):
         raise Rejected(WRONG_TYPE, f"{where}: must be an integer, got {_kind(v)}")
-    if not low <= v <= _INT_MAX:
-        raise Rejected(OUT_OF_RANGE, f"{where}: {v} is outside {low}..{_INT_MAX}")
+    if v < low:
+        raise Rejected(OUT_OF_RANGE, f"{where}: {v} is outside {low}..{high}")
+    if v > high:
+        raise Rejected(IMPLAUSIBLE if high < _INT_MAX else OUT_OF_RANGE, f"{where}: {v} is outside {low}..{high}")
     return v
 
 
@@ -322,59 +405,154 @@ def _node(obj: dict[str, Any], topic_node: str) -> str:
     return node
 
 
+def _when(ts: int) -> str:
+    """`ts` as an ISO date for a reason, when it has one."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return "no date a calendar has"
+
+
+def _ts(v: Any, where: str, now: float) -> int | None:
+    if v is None:
+        return None
+    ts = _int(v, where)
+    if ts < TS_MIN:
+        raise Rejected(IMPLAUSIBLE, f"{where}: {ts} ({_when(ts)}) is before {_when(TS_MIN)[:10]}, "
+                                    "when no meetkit node measured yet: the node's clock is wrong")
+    if ts > now + FUTURE_MARGIN_S:
+        ahead = (ts - now) / 86400
+        raise Rejected(IMPLAUSIBLE, f"{where}: {ts} ({_when(ts)}) is {ahead:.4g} days past the gateway's clock "
+                                    f"({_when(int(now))}), more than the {FUTURE_MARGIN_S // 3600} h allowed: "
+                                    "the node's clock (or the gateway's) is wrong")
+    return ts
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches
 
-
-def parse_batch(payload: bytes, topic_node: str) -> Batch:
-    """Validate one message from `<prefix>/<topic_node>/up` against payload v1."""
-    batch = _plainly_valid_batch(payload, topic_node)
-    return batch if batch is not None else _checked_batch(decode(payload), topic_node)
+_ENVELOPE_REQUIRED = ("v", "node", "boot", "fw", "board", "sensors", "units", "recs")
 
 
-def _checked_batch(obj: dict[str, Any], topic_node: str) -> Batch:
-    """The batch in `obj`, checked field by field so that a rejection names the first field wrong."""
+def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size: int | None = None) -> Batch:
+    """Validate one message from `<prefix>/<topic_node>/up` against payload v1: the envelope as a
+    whole (`Rejected`), each record and value on its own (`Batch.refused`). `now`: the gateway's
+    clock when it received the message (a record may not start far past it); `size`: see `decode`."""
+    now = time.time() if now is None else now
+    if size is None or size <= MAX_MESSAGE_BYTES:
+        batch = _plainly_valid_batch(payload, topic_node, now)
+        if batch is not None:
+            return batch
+    return _checked_batch(decode(payload, size), topic_node, now)
+
+
+def _checked_batch(obj: dict[str, Any], topic_node: str, now: float) -> Batch:
+    """The batch in `obj`, checked field by field so that each refusal names the field wrong."""
     _version(obj)
-    _fields(obj, "", ("v", "node", "boot", "fw", "board", "sensors", "units", "recs"), ("dropped",))
+    _fields(obj, "", _ENVELOPE_REQUIRED, ("dropped",))
     node = _node(obj, topic_node)
-    boot = _int(obj["boot"], "boot")
+    boot = _int(obj["boot"], "boot", high=BOOT_MAX)
     dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
     fw = _str(obj["fw"], "fw")
     board = _str(obj["board"], "board")
     sensors = {k: _str(v, f"sensors.{k}") for k, v in _obj(obj["sensors"], "sensors").items()}
-    units = {}
-    for q, unit in _obj(obj["units"], "units").items():
-        if q not in QUANTITIES:
-            raise Rejected(UNKNOWN_FIELD, f"units.{q}: not a quantity of payload v{VERSION}")
-        unit = _str(unit, f"units.{q}")
-        if unit != QUANTITIES[q].unit:
-            raise Rejected(BAD_VALUE, f"units.{q}: {unit!r}, payload v{VERSION} measures {q} in {QUANTITIES[q].unit!r}")
-        units[q] = unit
+    # A unit is checked with the values that use it: a quantity this gateway does not know yet (a
+    # newer firmware's) or a wrong unit costs those values only.
+    units = {q: _str(unit, f"units.{q}") for q, unit in _obj(obj["units"], "units").items()}
     recs = obj["recs"]
     if not isinstance(recs, list):
         raise Rejected(WRONG_TYPE, f"recs: must be an array, got {_kind(recs)}")
     if not recs:
         raise Rejected(BAD_VALUE, "recs: must hold at least one record")
-    records = tuple(_record(r, f"recs[{i}]") for i, r in enumerate(recs))
-    for i, rec in enumerate(records):
-        for q in rec.values:
-            if q not in units:
-                raise Rejected(MISSING_FIELD, f"units.{q}: missing, recs[{i}] has {q}")
-        if i and rec.seq <= records[i - 1].seq:
-            raise Rejected(BAD_VALUE, f"recs[{i}].seq: {rec.seq} after {records[i - 1].seq}; records go oldest first, one seq each")
-    return Batch(node, boot, fw, board, sensors, units, records, dropped)
+    records: list[Record] = []
+    refused: list[Refusal] = []
+    for i, r in enumerate(recs):
+        where = f"recs[{i}]"
+        try:
+            rec, problems = _record(r, where, units, now)
+            if records and rec.seq <= records[-1].seq:
+                raise Rejected(BAD_VALUE, f"{where}.seq: {rec.seq} after {records[-1].seq}; records go oldest "
+                                          "first, one seq each")
+        except Rejected as e:
+            refused.append(Refusal(i, _readable_seq(r), e.code, e.reason, r, whole=True))
+            continue
+        records.append(rec)
+        if problems:
+            refused.append(Refusal(i, rec.seq, problems[0].code, "; ".join(p.reason for p in problems), r,
+                                   whole=False, count=len(problems)))
+    return Batch(node, boot, fw, board, sensors, units, tuple(records), dropped, tuple(refused))
+
+
+def _readable_seq(r: Any) -> int | None:
+    """The seq of a refused record, when it is one the contract allows."""
+    seq = r.get("seq") if isinstance(r, dict) else None
+    return seq if type(seq) is int and 0 <= seq <= SEQ_MAX else None
 
 
 _RECORD_FIELDS = ("seq", "ts", "up", "dur")
+_RECORD_OTHER = frozenset(("f", "err"))
+
+
+def _record(r: Any, where: str, units: Mapping[str, str], now: float) -> tuple[Record, list[Rejected]]:
+    """A record, and the problems of values it is stored without; `Rejected` when the record
+    itself cannot be stored (its seq, times or duration, its flags or error counts)."""
+    r = _obj(r, where)
+    for k in _RECORD_FIELDS:
+        if k not in r:
+            raise Rejected(MISSING_FIELD, f"{where}.{k}: missing")
+    seq = _int(r["seq"], f"{where}.seq", high=SEQ_MAX)
+    ts = _ts(r["ts"], f"{where}.ts", now)
+    up = _int(r["up"], f"{where}.up", high=UP_MAX)
+    dur = _int(r["dur"], f"{where}.dur", low=1, high=DUR_MAX)
+    problems: list[Rejected] = []
+    flags: dict[str, tuple[str, ...]] = {}
+    for q, fl in _obj(r.get("f", {}), f"{where}.f").items():
+        if not isinstance(fl, list):
+            raise Rejected(WRONG_TYPE, f"{where}.f.{q}: must be an array of flags, got {_kind(fl)}")
+        bad = [x for x in fl if x not in FLAGS]
+        if q not in QUANTITIES:
+            problems.append(Rejected(UNKNOWN_FIELD, f"{where}.f.{q}: not a quantity of payload v{VERSION}"))
+        elif bad:
+            problems.append(Rejected(BAD_VALUE, f"{where}.f.{q}: {json.dumps(bad[0])} is not a flag "
+                                                f"({', '.join(FLAGS)})"))
+            flags[q] = tuple(x for x in fl if x in FLAGS)
+        else:
+            flags[q] = tuple(fl)
+    err = {role: _int(n, f"{where}.err.{role}") for role, n in _obj(r.get("err", {}), f"{where}.err").items()}
+    values: dict[str, Value | None] = {}
+    for k, v in r.items():
+        if k in _RECORD_OTHER or k in _RECORD_FIELDS:
+            continue
+        q = QUANTITIES.get(k)
+        try:
+            if q is None:
+                raise Rejected(UNKNOWN_FIELD, f"{where}.{k}: not a field of payload v{VERSION}")
+            unit = units.get(k)
+            if unit is None:
+                raise Rejected(MISSING_FIELD, f"units.{k}: missing, {where} has {k}")
+            if unit != q.unit:
+                raise Rejected(BAD_VALUE, f"units.{k}: {unit!r}, payload v{VERSION} measures {k} in {q.unit!r}")
+            values[k], rated = _value(v, q, f"{where}.{k}")
+            if not rated:
+                flags[k] = (*flags.get(k, ()), RANGE)
+        except Rejected as e:
+            problems.append(e)
+            if q is not None:
+                values[k] = None
+                flags[k] = (*flags.get(k, ()), REFUSED)
+    # the contract's order, as the quick path makes them
+    values = {q: values[q] for q in QUANTITIES if q in values}
+    return Record(seq, ts, up, dur, values, flags, err), problems
 
 
 # -- the quick way for batches as the firmware sends them ----------------------------------------
 # Nearly every batch is valid. `_plainly_valid_batch` accepts those with a few C-level checks per
 # field and gives up (None) on anything unusual, which `_checked_batch` then checks in full: every
-# rejection, its code and its reason, comes from the full checks only. What the quick way accepts,
-# the full way accepts too, as an equal Batch (tests/gateway/test_payload_quick.py).
+# refusal, its code and its reason, comes from the full checks only; so does the `range` flag (the
+# quick way takes values within the rated range only). What the quick way accepts, the full way
+# accepts too, as an equal Batch (tests/gateway/test_payload_quick.py).
 
-_ENVELOPE = frozenset(("v", "node", "boot", "fw", "board", "sensors", "units", "recs"))
+_ENVELOPE = frozenset(_ENVELOPE_REQUIRED)
 _ENVELOPE_DROPPED = _ENVELOPE | {"dropped"}
 _RECORD_REQUIRED = frozenset(_RECORD_FIELDS)
 _RECORD_ALLOWED = _RECORD_REQUIRED | {"f", "err", *QUANTITIES}
@@ -388,12 +566,12 @@ _NUMBER = (int, float)
 _new_tuple = tuple.__new__  # a Value of fields just checked, without Value.__new__'s check again
 
 
-def _count(v: Any, low: int = 0) -> bool:
-    """`v` is an integer (not a bool) in low.._INT_MAX."""
-    return type(v) is int and low <= v <= _INT_MAX
+def _count(v: Any, low: int = 0, high: int = _INT_MAX) -> bool:
+    """`v` is an integer (not a bool) in low..high."""
+    return type(v) is int and low <= v <= high
 
 
-def _plainly_valid_batch(payload: bytes, topic_node: str) -> Batch | None:
+def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch | None:
     """`_checked_batch(decode(payload))` for a batch that is plainly valid, found quickly; None
     for anything else.
 
@@ -415,7 +593,7 @@ def _plainly_valid_batch(payload: bytes, topic_node: str) -> Batch | None:
     sensors, units, recs = obj["sensors"], obj["units"], obj["recs"]
     dropped = obj["dropped"] if "dropped" in obj else None
     if not (type(v) is int and v == VERSION and type(node) is str and node == topic_node
-            and NODE_ID.fullmatch(node) and _count(boot) and ("dropped" not in obj or _count(dropped))
+            and NODE_ID.fullmatch(node) and _count(boot, 0, BOOT_MAX) and ("dropped" not in obj or _count(dropped))
             and type(fw) is str and fw and type(board) is str and board
             and type(sensors) is dict and all(type(s) is str and s for s in sensors.values())
             and type(units) is dict and units.items() <= _UNIT_ITEMS
@@ -424,11 +602,13 @@ def _plainly_valid_batch(payload: bytes, topic_node: str) -> Batch | None:
     keys = len(obj) + len(sensors) + len(units)
     records = []
     last_seq = -1
+    ts_max = now + FUTURE_MARGIN_S
     for r in recs:
         if type(r) is not dict or not _RECORD_REQUIRED <= r.keys() <= _RECORD_ALLOWED:
             return None
         seq, ts, up, dur = r["seq"], r["ts"], r["up"], r["dur"]
-        if not (_count(seq) and seq > last_seq and (ts is None or _count(ts)) and _count(up) and _count(dur, 1)):
+        if not (_count(seq, 0, SEQ_MAX) and seq > last_seq and (ts is None or _count(ts, TS_MIN, ts_max))
+                and _count(up, 0, UP_MAX) and _count(dur, 1, DUR_MAX)):
             return None
         last_seq = seq
         keys += len(r)
@@ -478,29 +658,6 @@ def _plainly_valid_batch(payload: bytes, topic_node: str) -> Batch | None:
     return Batch(node, boot, fw, board, sensors, units, tuple(records), dropped)
 
 
-
-def _record(r: Any, where: str) -> Record:
-    r = _obj(r, where)
-    _fields(r, where, _RECORD_FIELDS, ("f", "err", *QUANTITIES))
-    seq = _int(r["seq"], f"{where}.seq")
-    ts = None if r["ts"] is None else _int(r["ts"], f"{where}.ts")
-    up = _int(r["up"], f"{where}.up")
-    dur = _int(r["dur"], f"{where}.dur", low=1)
-    values = {k: _value(r[k], q, f"{where}.{k}") for k, q in QUANTITIES.items() if k in r}
-    flags: dict[str, tuple[str, ...]] = {}
-    for q, fl in _obj(r.get("f", {}), f"{where}.f").items():
-        if q not in QUANTITIES:
-            raise Rejected(UNKNOWN_FIELD, f"{where}.f.{q}: not a quantity of payload v{VERSION}")
-        if not isinstance(fl, list):
-            raise Rejected(WRONG_TYPE, f"{where}.f.{q}: must be an array of flags, got {_kind(fl)}")
-        for flag in fl:
-            if flag not in FLAGS:
-                raise Rejected(BAD_VALUE, f"{where}.f.{q}: {json.dumps(flag)} is not a flag ({', '.join(FLAGS)})")
-        flags[q] = tuple(fl)
-    err = {role: _int(n, f"{where}.err.{role}") for role, n in _obj(r.get("err", {}), f"{where}.err").items()}
-    return Record(seq, ts, up, dur, values, flags, err)
-
-
 _SUMMARY_TEXT = "[avg, min, max, n]"
 _EXPECTED: dict[Form, str] = {
     SUMMARY: f"{_SUMMARY_TEXT} or null",
@@ -509,15 +666,18 @@ _EXPECTED: dict[Form, str] = {
 }
 
 
-def _value(v: Any, q: Quantity, where: str) -> Value | None:
+def _value(v: Any, q: Quantity, where: str) -> tuple[Value | None, bool]:
+    """The value and whether it lies within its sensor's rated range; `Rejected` when it cannot be
+    a measurement of `q` at all (a wrong type or shape, outside the physically possible range,
+    min above max)."""
     if v is None:
-        return None
+        return None, True
     number = not isinstance(v, bool) and isinstance(v, (int, float))
     if number and q.form in (SCALAR, SCALAR_OR_SUMMARY):
         avg = _number(v, where)
-        if not q.low <= avg <= q.high:
-            raise Rejected(OUT_OF_RANGE, f"{where}: {avg:g} is outside {q.range()}")
-        return Value(avg)
+        if not q.lowest <= avg <= q.highest:
+            raise Rejected(OUT_OF_RANGE, f"{where}: {avg:g} is outside {q.possible()}, what can be measured")
+        return Value(avg), q.low <= avg <= q.high
     if not isinstance(v, list) or q.form == SCALAR:
         raise Rejected(WRONG_TYPE, f"{where}: must be {_EXPECTED[q.form]}, got {_kind(v)}")
     if len(v) != 4:
@@ -525,31 +685,31 @@ def _value(v: Any, q: Quantity, where: str) -> Value | None:
     avg, lo, hi = (_number(x, f"{where} {name}") for x, name in zip(v, ("avg", "min", "max")))
     n = _int(v[3], f"{where} n", low=q.n_low)
     for x, name in ((avg, "avg"), (lo, "min"), (hi, "max")):
-        if not q.low <= x <= q.high:
-            raise Rejected(OUT_OF_RANGE, f"{where}: {name} {x:g} is outside {q.range()}")
+        if not q.lowest <= x <= q.highest:
+            raise Rejected(OUT_OF_RANGE, f"{where}: {name} {x:g} is outside {q.possible()}, what can be measured")
     # Only min <= max: avg between them is not checked for any quantity (and must not be for
     # LAeq, an energy mean beside Fast-weighted extremes that can lag it).
     if lo > hi:
         raise Rejected(BAD_VALUE, f"{where}: min {lo:g} is above max {hi:g}")
-    return Value(avg, lo, hi, n)
+    return Value(avg, lo, hi, n), all(q.low <= x <= q.high for x in (avg, lo, hi))
 
 
 # ---------------------------------------------------------------------------------------------
 # Status
 
 
-def parse_status(payload: bytes, topic_node: str) -> Status:
+def parse_status(payload: bytes, topic_node: str, size: int | None = None) -> Status:
     """Validate one message from `<prefix>/<topic_node>/status` (also the node's last will)."""
-    obj = decode(payload)
+    obj = decode(payload, size)
     _version(obj)
     _fields(obj, "", ("v", "node", "online"), ("boot", "fw", "up", "rssi"))
     node = _node(obj, topic_node)
     online = obj["online"]
     if not isinstance(online, bool):
         raise Rejected(WRONG_TYPE, f"online: must be true or false, got {_kind(online)}")
-    boot = _int(obj["boot"], "boot") if "boot" in obj else None
+    boot = _int(obj["boot"], "boot", high=BOOT_MAX) if "boot" in obj else None
     fw = _str(obj["fw"], "fw") if "fw" in obj else None
-    up = _int(obj["up"], "up") if "up" in obj else None
+    up = _int(obj["up"], "up", high=UP_MAX) if "up" in obj else None
     rssi = _int(obj["rssi"], "rssi", low=-128) if "rssi" in obj else None
     if rssi is not None and rssi > 0:
         raise Rejected(OUT_OF_RANGE, f"rssi: {rssi} is outside -128..0 dBm")

@@ -4,8 +4,9 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 4 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
-`forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum)::
+Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+`forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
+`dead_letters.node` and `.size` and `retained_seen`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -36,10 +37,20 @@ Schema, version 4 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       flags        TEXT     quality flags, comma-separated; '' when none
       PRIMARY KEY (record_id, quantity)
 
-    dead_letters   messages that failed validation, kept whole (up to DEAD_LETTER_MAX bytes)
+    dead_letters   what the gateway refused, kept to be looked at and replayed (replay.py): a
+                   message rejected whole (up to DEAD_LETTER_MAX bytes of it), or the records of
+                   one batch that were refused (that batch's envelope with those records)
       id, received_at REAL, topic TEXT, payload BLOB,
-      code         TEXT     kind of problem, as in the counter `rejected.<code>`
+      code         TEXT     kind of problem, as in the counters `rejected.<code>` (whole messages)
+                            and `refused_records.<code>`, `refused_values.<code>`
       reason       TEXT     the problem, naming the field
+      node         TEXT     the node of the topic; NULL for another topic (and dead letters kept
+                            by a gateway before schema 5)
+      size         INTEGER  bytes of `payload`: what the dead-letter budgets count (retention.py)
+
+    retained_seen  retained messages already handled, so that the copy the broker hands over again
+                   at every new subscription is taken once
+      topic TEXT PRIMARY KEY, digest BLOB (sha256 of the payload), at REAL
 
     nodes          one row per node ever heard of
       node         TEXT PRIMARY KEY
@@ -55,6 +66,10 @@ Schema, version 4 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       batches      valid batches        records     records stored      duplicates  records seen again
       status       valid status messages              rejected.<code>  messages dead-lettered
       refused      messages refused because the store could not commit (disk full, I/O error)
+      refused_records.<code>   records refused on their own (the rest of their batch stored)
+      refused_values.<code>    values refused (their record stored without them, flagged `refused`)
+      flagged.range            values outside their sensor's rated range, kept and flagged `range`
+      retained_again           retained messages the broker handed over again, taken once before
       alarm.<code> alarms raised
 
     meta           key TEXT PRIMARY KEY, value TEXT
@@ -84,7 +99,8 @@ Schema, version 4 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
 
     counters of the bounds (retention.py): dropped.age, dropped.bytes (records pruned, by the bound
       that pruned them), dropped.unforwarded (of those, records not yet forwarded to every enabled
-      target), dead_letters_dropped.age, dead_letters_dropped.bytes
+      target), dead_letters_dropped.age, .bytes (the dead letters' own budget), .flood (a node's
+      budget); dead_letters_replayed, dead_letters_deleted (by the operator)
 
 Space: new stores use `auto_vacuum = INCREMENTAL`, so pages freed by pruning can be given back to
 the file system (`reclaim`); a store upgraded from schema 3 or older is converted by one VACUUM
@@ -108,12 +124,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import quote
 
-from .payload import QUANTITIES, SCALAR, Batch, Status
+from .payload import MAX_MESSAGE_BYTES, QUANTITIES, REFUSED, SCALAR, Batch, Status
 
 log = logging.getLogger(__name__)
 
-#: Payloads larger than this are kept truncated in the dead-letter table.
-DEAD_LETTER_MAX = 64 * 1024
+#: Payloads larger than this are kept truncated in the dead-letter table: a message over the
+#: contract's size is kept as evidence, not whole (docs/payload.md).
+DEAD_LETTER_MAX = MAX_MESSAGE_BYTES
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -214,6 +231,19 @@ MIGRATIONS: list[str] = [
     """
     INSERT OR IGNORE INTO meta (key, value) VALUES ('pruned_upto', '0');
     """,
+    # 5: dead letters by node with their size (their own budgets, retention.py); retained messages
+    # handled once. Older dead letters keep node NULL: they count in the total budget and age out.
+    """
+    ALTER TABLE dead_letters ADD COLUMN node TEXT;
+    ALTER TABLE dead_letters ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE dead_letters SET size = length(payload);
+    CREATE INDEX dead_letters_node ON dead_letters (node, id);
+    CREATE TABLE retained_seen (
+        topic TEXT PRIMARY KEY,
+        digest BLOB NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -300,6 +330,8 @@ class DeadLetter:
     payload: bytes
     code: str
     reason: str
+    node: str | None = None
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -349,6 +381,8 @@ class Store:
         #: counter increments made inside `transaction()`, written once just before its COMMIT
         #: (a group of hundreds of messages bumps the same few counters hundreds of times)
         self._counts: dict[str, int] | None = None
+        #: nodes that got dead letters since the pruner last looked at their budgets
+        self.dead_letter_nodes: set[str | None] = set()
         if readonly:
             if not self.path.exists():
                 raise StoreError(f"{self.path}: no store there (has the gateway run yet?)")
@@ -622,21 +656,72 @@ class Store:
         )
 
     def add_dead_letter(
-        self, topic: str, payload: bytes, code: str, reason: str, received_at: float | None = None
+        self, topic: str, payload: bytes, code: str, reason: str, received_at: float | None = None,
+        node: str | None = None, *, count: bool = True,
     ) -> int:
-        """Keep a rejected message whole with its reason; counted as `rejected.<code>`."""
+        """Keep a rejected message (or a batch's refused records) with its reason; counted as
+        `rejected.<code>` unless `count` is False (the caller counts refused records itself)."""
         received_at = time.time() if received_at is None else received_at
         if len(payload) > DEAD_LETTER_MAX:
             reason += f" (kept the first {DEAD_LETTER_MAX} of {len(payload)} bytes)"
             payload = payload[:DEAD_LETTER_MAX]
         with self._writing():
             cur = self.db.execute(
-                "INSERT INTO dead_letters (received_at, topic, payload, code, reason) VALUES (?, ?, ?, ?, ?)",
-                (received_at, topic, payload, code, reason),
+                "INSERT INTO dead_letters (received_at, topic, payload, code, reason, node, size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (received_at, topic, payload, code, reason, node, len(payload)),
             )
-            self.bump(f"rejected.{code}")
+            if count:
+                self.bump(f"rejected.{code}")
+        self.dead_letter_nodes.add(node)
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def dead_letter(self, id: int) -> "DeadLetter | None":
+        row = self.db.execute(
+            f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (id,)).fetchone()
+        return None if row is None else DeadLetter(*row)
+
+    def delete_dead_letter(self, id: int) -> bool:
+        with self._writing():
+            return self.db.execute("DELETE FROM dead_letters WHERE id = ?", (id,)).rowcount > 0
+
+    def retained_seen(self, topic: str, digest: bytes) -> bool:
+        """This retained message was handled before (the broker hands it over at every subscription)."""
+        row = self.db.execute("SELECT digest FROM retained_seen WHERE topic = ?", (topic,)).fetchone()
+        return row is not None and row[0] == digest
+
+    def set_retained_seen(self, topic: str, digest: bytes, at: float) -> None:
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO retained_seen (topic, digest, at) VALUES (?, ?, ?) ON CONFLICT (topic)"
+                " DO UPDATE SET digest = excluded.digest, at = excluded.at", (topic, digest, at))
+
+    def restore_values(self, batch: Batch) -> int:
+        """For records of `batch` that are stored already: write the values the store lacks or
+        holds as refused (flag `refused`), as a replayed dead letter brings them after a fix; the
+        values it holds are left as they are. Returns how many were written."""
+        units = {**_UNITS, **batch.units}
+        restored = 0
+        with self._writing():
+            for rec in batch.records:
+                row = self.db.execute("SELECT id FROM records WHERE node = ? AND boot = ? AND seq = ?",
+                                      (batch.node, batch.boot, rec.seq)).fetchone()
+                if row is None:
+                    continue
+                have = dict(self.db.execute("SELECT quantity, flags FROM readings WHERE record_id = ?", (row[0],)))
+                for q in rec.quantities():
+                    fl = rec.flags.get(q, ())
+                    if q not in QUANTITIES or REFUSED in fl:
+                        continue
+                    if q in have and REFUSED not in have[q].split(","):
+                        continue
+                    v = rec.values.get(q)
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO readings (record_id, quantity, avg, min, max, n, unit, flags)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (row[0], q, *(v or _NO_VALUE), units[q], ",".join(fl)))
+                    restored += 1
+        return restored
 
     def set_status(self, status: Status, received_at: float | None = None, *, live: bool = True) -> None:
         """Record a node's status. `live` is False for a retained message the broker replayed:
@@ -738,6 +823,11 @@ class Store:
         the write-ahead log, at most a few MB between checkpoints, is not counted)."""
         size, count, free = self.pages()
         return (count - free) * size
+
+    def bounded_bytes(self) -> int:
+        """What `[store] max_bytes` bounds: the pages in use without the dead letters' (they have
+        budgets of their own, retention.py)."""
+        return self.used_bytes() - self.dead_letter_pages_bytes()
 
     def reclaim(self, pages: int) -> int:
         """Give up to `pages` free pages back to the file system (the file shrinks), outside a
@@ -847,13 +937,61 @@ class Store:
         value = self._meta("created_at")
         return None if value is None else float(value)
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The newest dead letters first."""
-        rows = self.db.execute(
-            "SELECT id, received_at, topic, payload, code, reason FROM dead_letters ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
+    _DEAD_LETTER_COLUMNS = "id, received_at, topic, payload, code, reason, node, size"
+
+    def dead_letters(self, limit: int = 100, node: str | None = None, code: str | None = None,
+                     before: int | None = None) -> list[DeadLetter]:
+        """The newest dead letters first (of `node`, with `code`, with ids below `before`)."""
+        where, args = [], list[object]()
+        for cond, value in (("node = ?", node), ("code = ?", code), ("id < ?", before)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        sql = f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [DeadLetter(*r) for r in rows]
+
+    # -- the dead letters' own budgets (retention.py) --------------------------------------------
+
+    def dead_letter_usage(self, node: str | None = None, *, every: bool = False) -> tuple[int, int]:
+        """(dead letters, bytes of their payloads) of `node` (None: those of no node), or of all
+        with `every`."""
+        sql = "SELECT count(*), coalesce(sum(size), 0) FROM dead_letters"
+        row = self.db.execute(sql if every else sql + " WHERE node IS ?", () if every else (node,)).fetchone()
+        return row[0], row[1]
+
+    def dead_letter_sizes(self, node: str | None = None, *, every: bool = False,
+                          limit: int = 100_000) -> list[tuple[int, int]]:
+        """(id, size) of the oldest dead letters of `node` (or of all), oldest first."""
+        if every:
+            return self.db.execute("SELECT id, size FROM dead_letters ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return self.db.execute("SELECT id, size FROM dead_letters WHERE node IS ? ORDER BY id LIMIT ?",
+                               (node, limit)).fetchall()
+
+    def drop_dead_letters_of(self, node: str | None, upto: int) -> int:
+        """Delete `node`'s dead letters with ids up to `upto`; returns how many."""
+        with self._writing():
+            return self.db.execute("DELETE FROM dead_letters WHERE node IS ? AND id <= ?", (node, upto)).rowcount
+
+    def dead_letter_pages_bytes(self) -> int:
+        """Bytes of the pages the dead letters (table and index) take in the file: what the
+        readings' bound leaves out. From SQLite's dbstat table where it is built in (Debian's and
+        Raspberry Pi OS's library); else estimated from their sizes (a payload near a page's size
+        takes two)."""
+        try:
+            row = self.db.execute(
+                "SELECT sum(pgsize) FROM dbstat WHERE name IN ('dead_letters', 'dead_letters_node')"
+                " AND aggregate = TRUE").fetchone()
+            return int(row[0] or 0)
+        except sqlite3.OperationalError:  # no dbstat in this SQLite
+            count, size = self.dead_letter_usage(every=True)
+            return 2 * size + 64 * count
+
+    def drop_retained_seen(self, before: float) -> int:
+        with self._writing():
+            return self.db.execute("DELETE FROM retained_seen WHERE at < ?", (before,)).rowcount
 
     # -- reading for the status page and /metrics (gateway/http.py) ---------------------------------
 

@@ -1,12 +1,13 @@
 """The quick way through a batch (payload._plainly_valid_batch) changes nothing a node or an operator
-sees: for every payload, valid or not, `parse_batch` gives the same Batch, or the same rejection code
-and reason, as the full field-by-field checks alone. Batches as the firmware sends them do go the
+sees: for every payload, valid or not, `parse_batch` gives the same Batch (with the same refusals
+and flags), or the same rejection code and reason, as the full field-by-field checks alone. Batches as the firmware sends them do go the
 quick way (else the ingest rate of bench/gateway.py falls back to what it was)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -16,20 +17,22 @@ from meetkit_gateway import payload
 from meetkit_gateway.payload import Batch, Rejected
 
 from .conftest import EXAMPLE, OLD_FIRMWARE, batch, encode
-from .test_rejects import CASES
+from .test_rejects import ENVELOPE, RANGE, RECORD, VALUE, _value_case, bad
+
+NOW = time.time()
 
 
 def outcome(parse: Any, data: bytes, node: str) -> Batch | tuple[str, str] | tuple[str, type]:
     try:
-        return parse(data, node)
+        return parse(data, node, NOW)
     except Rejected as e:
         return e.code, e.reason
     except Exception as e:  # a bug is dead-lettered as `internal`: it must be the same bug
         return "raised", type(e)
 
 
-def full(data: bytes, node: str) -> Batch:
-    return payload._checked_batch(payload.decode(data), node)
+def full(data: bytes, node: str, now: float = NOW) -> Batch:
+    return payload._checked_batch(payload.decode(data), node, now)
 
 
 def same(data: bytes, node: str = "ams-001") -> Batch | tuple[str, Any]:
@@ -45,7 +48,7 @@ FIRMWARE = [m for s in batches.streams(3, 30, 1795500000) for m in s.messages]
                          ids=["example", "old-firmware", "five-records", "no-clock"])
 def test_valid_batches_go_the_quick_way_and_come_out_the_same(doc):
     data = encode(doc)
-    quick = payload._plainly_valid_batch(data, doc["node"])
+    quick = payload._plainly_valid_batch(data, doc["node"], NOW)
     assert quick is not None
     assert quick == full(data, doc["node"])
     assert [type(v) for r in quick.records for v in r.values.values() if v is not None] == \
@@ -55,15 +58,27 @@ def test_valid_batches_go_the_quick_way_and_come_out_the_same(doc):
 def test_firmware_batches_go_the_quick_way():
     for data in FIRMWARE:
         node = json.loads(data)["node"]
-        quick = payload._plainly_valid_batch(data, node)
+        quick = payload._plainly_valid_batch(data, node, NOW)
         assert quick is not None and quick == full(data, node)
 
 
-@pytest.mark.parametrize("node_id, data", [c[1:3] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("node_id, data", [c[1:3] for c in ENVELOPE], ids=[c[0] for c in ENVELOPE])
 def test_every_rejection_is_the_same(node_id, data):
     got = same(data, node_id)
     assert not isinstance(got, Batch)
-    assert payload._plainly_valid_batch(data, node_id) is None
+    assert payload._plainly_valid_batch(data, node_id, NOW) is None
+
+
+REFUSING = ([(c[0], bad(c[1])) for c in RECORD] + [(c[0], _value_case(c[0], c[1])) for c in VALUE]
+            + [(c[0], bad(c[1])) for c in RANGE])
+
+
+@pytest.mark.parametrize("data", [c[1] for c in REFUSING], ids=[c[0] for c in REFUSING])
+def test_refusals_and_range_flags_come_from_the_full_checks_only(data):
+    got = same(data)
+    assert isinstance(got, Batch) and (got.refused or any(payload.RANGE in fl for r in got.records
+                                                          for fl in r.flags.values()))
+    assert payload._plainly_valid_batch(data, "ams-001", NOW) is None
 
 
 DUPLICATES = [

@@ -93,7 +93,7 @@ def test_the_bytes_bound_drops_the_oldest_whole_records_and_the_file_shrinks(tmp
         bound = 1_000_000
         p = Pruner(s, Bounds(bound, 0), Alarms())
         prune(p)
-        assert bound * (LOW_WATER - 0.02) < s.used_bytes() <= bound * LOW_WATER  # down to the low-water mark
+        assert bound * (LOW_WATER - 0.02) < s.bounded_bytes() <= bound * LOW_WATER  # down to the low-water mark
         kept = ids(s)
         assert kept == list(range(8000 - len(kept) + 1, 8001))  # the newest, a contiguous suffix
         assert orphans(s) == 0
@@ -113,7 +113,7 @@ def test_pruning_is_small_transactions_and_stops_under_the_bound(tmp_path):
         before = s.counts().records
         assert p.step() and before - s.counts().records == 200  # one step: one slice at most
         assert prune(p) > 5
-        assert s.used_bytes() <= bound * LOW_WATER and not p.step()
+        assert s.bounded_bytes() <= bound * LOW_WATER and not p.step()
         dropped = s.counters()["dropped.bytes"]
         fill(s, 10, first=6000)  # a little more: under the bound still (the low-water band), nothing dropped
         assert not p.step() and s.counters()["dropped.bytes"] == dropped
@@ -144,20 +144,64 @@ def test_only_a_prefix_goes_so_ids_stay_ordered(tmp_path):
         assert ids(s) == list(range(6, 16))
 
 
-def test_dead_letters_are_bounded_too(tmp_path):
+def test_dead_letters_expire_with_the_age_bound(tmp_path):
     with Store(tmp_path / "g.db") as s:
         for k in range(30):
-            s.add_dead_letter("meetkit/x/up", b"x" * 60_000, "not_json", "not JSON", received_at=T0 - 50 * DAY + k)
+            s.add_dead_letter("meetkit/x/up", b"x" * 4000, "not_json", "not JSON", received_at=T0 - 50 * DAY + k,
+                              node="x")
         fill(s, 200, received_at=T0 - DAY)
         prune(Pruner(s, Bounds(2_000_000_000, 40), Alarms(), clock=lambda: T0))
         assert s.counts().dead_letters == 0 and s.counters()["dead_letters_dropped.age"] == 30
-        for k in range(30):
-            s.add_dead_letter("meetkit/x/up", b"x" * 60_000, "not_json", "not JSON", received_at=T0 - 2 * DAY + k)
-        assert s.used_bytes() > 1_500_000
-        prune(Pruner(s, Bounds(1_000_000, 0), Alarms(), clock=lambda: T0))
-        # the dead letters were older than the records: they went first, the records stay
-        assert s.used_bytes() <= 1_000_000 and s.counts().records == 200
-        assert s.counters()["dead_letters_dropped.bytes"] >= 10
+        assert s.counts().records == 200
+
+
+def test_dead_letters_never_displace_readings(tmp_path):
+    """The audit's flood: 150 oversized messages from one node under an 8 MB bound took every
+    record. Dead letters now have budgets of their own, outside max_bytes."""
+    with Store(tmp_path / "g.db") as s:
+        fill(s, 2000, received_at=T0 - DAY)
+        records, readings_bytes = s.counts().records, s.bounded_bytes()
+        bound = readings_bytes + 200_000  # the readings are just under their bound
+        for k in range(600):  # 2.4 MB of garbage, three nodes
+            s.add_dead_letter(f"meetkit/spew-{k % 3}/up", bytes([65 + k % 26]) * 4096, "oversized", "garbage",
+                              received_at=T0 + k, node=f"spew-{k % 3}")
+        assert s.used_bytes() > bound
+        prune(Pruner(s, Bounds(bound, 0), Alarms(), clock=lambda: T0 + 600))
+        assert s.counts().records == records and "dropped.bytes" not in s.counters()
+        assert s.counts().dead_letters == 600  # within their budgets: kept
+
+
+def test_a_flooding_node_loses_its_oldest_dead_letters_and_raises_an_alarm(tmp_path):
+    published = Published()
+    now = [T0]
+    with Store(tmp_path / "g.db") as s:
+        fill(s, 100, received_at=T0 - DAY)
+        s.add_dead_letter("meetkit/quiet/up", b"{}", "missing_field", "v: missing", received_at=T0, node="quiet")
+        for k in range(1000):
+            s.add_dead_letter("meetkit/spew/up", b"x" * 4096, "oversized", "garbage", received_at=T0 + k, node="spew")
+        p = Pruner(s, Bounds(2_000_000_000, 0, dead_letters_node_max_bytes=1_000_000, dead_letters_node_max=500),
+                   Alarms(published), clock=lambda: now[0], check_every_s=0)
+        prune(p)
+        kept = s.dead_letters(limit=10_000, node="spew")
+        assert len(kept) == 1_000_000 // 4096  # the bytes budget binds before the count
+        assert min(d.received_at for d in kept) == T0 + 1000 - len(kept)  # the newest kept
+        assert len(s.dead_letters(node="quiet")) == 1  # another node's are not touched
+        assert s.counts().records == 100
+        assert s.counters()["dead_letters_dropped.flood"] == 1000 - len(kept)
+        assert [(d["alarm"], d["active"]) for d in published.docs] == [("dead_letter_flood", True)]
+        assert "node spew" in published.docs[0]["reason"]
+        # the count budget, and the total budget over all nodes
+        for k in range(300):
+            s.add_dead_letter("meetkit/chatty/up", b"{}", "not_json", "x", received_at=T0 + k, node="chatty")
+        p.bounds = Bounds(2_000_000_000, 0, dead_letters_node_max=100, dead_letters_max_bytes=900_000)
+        prune(p)
+        assert len(s.dead_letters(limit=10_000, node="chatty")) == 100
+        assert s.dead_letter_usage(every=True)[1] <= 900_000
+        assert s.counters()["dead_letters_dropped.bytes"] > 0
+        # quiet for FLOOD_QUIET_S: the alarm is over
+        now[0] += 3600
+        prune(p)
+        assert [(d["alarm"], d["active"]) for d in published.docs][-1] == ("dead_letter_flood", False)
 
 
 # -- what was not forwarded ---------------------------------------------------------------------------------
@@ -293,7 +337,7 @@ def test_a_schema_3_store_is_upgraded_with_its_data_and_vacuumed_once(tmp_path, 
     schema3(path, 3000)
     caplog.set_level("INFO")
     with Store(path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert s.db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
         assert s.incremental  # converted by one VACUUM
         assert s.counts().records == 3000 and s.counts().readings == 6000 and s.pruned_upto == 0
         assert [(r.quantity, r.avg) for r in s.readings(node="ams-001", since=T0 + 60 * 2999)] == [
@@ -303,7 +347,7 @@ def test_a_schema_3_store_is_upgraded_with_its_data_and_vacuumed_once(tmp_path, 
         used = s.used_bytes()
         prune(Pruner(s, Bounds(used // 2, 0, targets=("vm",)), Alarms()))
         c = s.counters()
-        assert s.used_bytes() <= used // 2 and c["dropped.bytes"] > 1000
+        assert s.bounded_bytes() <= used // 2 and c["dropped.bytes"] > 1000
         assert c["dropped.unforwarded"] == c["dropped.bytes"] - 1500  # the cursor of "vm" was at 1500
     assert any("converted to incremental auto-vacuum" in r.message for r in caplog.records)
     assert file_size(path) <= used // 2 * (1 + SLACK) + 4096
@@ -325,7 +369,7 @@ def test_a_big_schema_3_store_is_not_vacuumed_at_start_and_still_bounded(tmp_pat
         for k in range(5):  # as much again as there was, in rounds, pruning after each
             fill(s, 1200, boot=2 + k, received_at=T0 + DAY)
             prune(p)
-            assert s.used_bytes() <= bound
+            assert s.bounded_bytes() <= bound
         assert file_size(path) <= size  # the freed pages were reused
     assert any("not converted to incremental auto-vacuum" in r.message and "sqlite3" in r.message
                for r in caplog.records if r.levelname == "WARNING")

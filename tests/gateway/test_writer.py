@@ -59,14 +59,15 @@ def test_a_group_with_a_mix_comes_out_as_one_by_one(tmp_path):
     store = Store(tmp_path / "g.db")
     got: list = []
     w = Writer(store, Topics(), on_committed=lambda done: got.extend(done))
+    t = 1795600000.0  # received a day after the batches' records started
     msgs = [
-        Inbound("meetkit/ams-001/up", encode(dict(batch(seqs=[0, 1]), dropped=4)), 100.0),
-        Inbound("meetkit/ams-002/up", encode(batch(node="ams-002", seqs=[5], ts0=None)), 101.0),
-        Inbound("meetkit/ams-001/status", b'{"v":1,"node":"ams-001","online":true}', 102.0),
-        Inbound("meetkit/ams-001/up", encode(batch(seqs=[1, 2])), 103.0),  # seq 1 again
-        Inbound("meetkit/ams-002/up", b'{"v":1,"node":"ams-002","boot":3,"recs":[{"seq":6}]}', 104.0),
-        Inbound("meetkit/ams-002/up", encode(batch(node="ams-002", seqs=[7])), 105.0),
-        Inbound("meetkit/x", b"{}", 106.0),
+        Inbound("meetkit/ams-001/up", encode(dict(batch(seqs=[0, 1]), dropped=4)), t),
+        Inbound("meetkit/ams-002/up", encode(batch(node="ams-002", seqs=[5], ts0=None)), t + 1),
+        Inbound("meetkit/ams-001/status", b'{"v":1,"node":"ams-001","online":true}', t + 2),
+        Inbound("meetkit/ams-001/up", encode(batch(seqs=[1, 2])), t + 3),  # seq 1 again
+        Inbound("meetkit/ams-002/up", b'{"v":1,"node":"ams-002","boot":3,"recs":[{"seq":6}]}', t + 4),
+        Inbound("meetkit/ams-002/up", encode(batch(node="ams-002", seqs=[7])), t + 5),
+        Inbound("meetkit/x", b"{}", t + 6),
     ]
     for m in msgs:
         w.submit(m)
@@ -84,7 +85,7 @@ def test_a_group_with_a_mix_comes_out_as_one_by_one(tmp_path):
     starts = {(r.node, r.seq): r.start for r in store.readings()}
     assert starts[("ams-002", 5)] == starts[("ams-002", 7)] - 2 * 60
     nodes = {n.node: n for n in store.nodes()}
-    assert (nodes["ams-001"].last_seen, nodes["ams-001"].online, nodes["ams-002"].last_seen) == (103.0, True, 105.0)
+    assert (nodes["ams-001"].last_seen, nodes["ams-001"].online, nodes["ams-002"].last_seen) == (t + 3, True, t + 5)
     assert (nodes["ams-001"].dropped, nodes["ams-002"].dropped) == (4, None)  # a later batch not saying keeps it
     store.close()
 
