@@ -4,7 +4,8 @@
 
     <out>/mosquitto/mosquitto.conf  the broker's whole configuration: a plaintext listener on
                                     127.0.0.1 only (the gateway on the Pi), a TLS listener on the
-                                    LAN address(es), no anonymous clients, persistence
+                                    LAN address(es), no anonymous clients, persistence, a size
+                                    limit (MAX_PACKET_BYTES)
     <out>/mosquitto/passwd          made by the real `mosquitto_passwd -U` (hashes only), 0640
     <out>/mosquitto/acl             each node publishes and reads only under its own id; the
                                     monitor account only reads the alarm and the statuses, 0640
@@ -57,9 +58,10 @@ SERVER_DAYS = 825
 SECRETS = "secrets.json"
 
 # The size limit (mosquitto.conf's max_packet_size, one value for every account: Mosquitto 2.0 has
-# none per listener or per user). Mosquitto 2.0.11 disconnects a client whose packet's remaining
-# length reaches it, reading no further, and nothing of that packet reaches anyone: no message
-# with a payload of MAX_PACKET_BYTES or more reaches the gateway (a node's batch is under 2 KB).
+# none per listener or per user). Mosquitto 2.0.11 disconnects a client that sends a bigger packet
+# (it counts the type byte and all that follows the length field), at the header, reading no
+# further, and nothing of that packet reaches anyone: no message with a payload of
+# MAX_PACKET_BYTES or more reaches the gateway (a node's batch is under 2 KB).
 # It is sized for what the gateway will send the nodes (issue 15: releases in chunks, remote
 # configuration): a payload of GATEWAY_PAYLOAD_BYTES on a topic of up to TOPIC_ROOM_BYTES goes
 # through, with room to spare for the header and MQTT 5 properties.
@@ -187,10 +189,11 @@ def conf_text(fleet: Fleet, install_dir: Path) -> str:
         "max_queued_messages 100000",
         "max_queued_bytes 100000000",
         "",
-        "# Bytes, the whole MQTT packet: a client that sends a bigger one is disconnected (the log says",
-        "# `disconnected due to oversize packet`) and nothing of it reaches anyone. A node's batch is",
-        f"# under 2 KB; the gateway's largest message to the nodes is {GATEWAY_PAYLOAD_BYTES} bytes plus",
-        "# its topic. (message_size_limit would drop a bigger message but keep its sender connected.)",
+        "# Bytes of one MQTT packet (2.0.11 leaves out its length field): a client that sends a bigger",
+        "# one is disconnected (the log says `disconnected due to oversize packet`) and nothing of it",
+        "# reaches anyone. A node's batch is under 2 KB; the gateway's largest message to the nodes",
+        f"# is {GATEWAY_PAYLOAD_BYTES} bytes plus its topic. (message_size_limit would drop a bigger",
+        "# message after reading all of it, and keep its sender connected.)",
         f"max_packet_size {MAX_PACKET_BYTES}",
         "",
         "# Plaintext for the gateway on this machine only.",

@@ -8,6 +8,8 @@ import json
 import os
 import pwd
 import queue
+import re
+import shlex
 import signal
 import socket
 import ssl
@@ -563,3 +565,100 @@ def test_one_garbage_spewing_node_gets_nothing_above_the_limit_to_the_gateway(
     assert sorted(got) == sorted(expected)
     assert max(len(p) for _, p in got) < broker.MAX_PACKET_BYTES
     honest.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The monitor account
+
+
+def follow(cmd: str, until: str | re.Pattern, timeout: float = 10) -> list[str]:
+    """Run the shell command `cmd` (split as a shell would) and read its lines until one equals
+    `until` (or matches it whole); then stop it. The lines up to that one."""
+    proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln.rstrip("\n")) for ln in proc.stdout or ()], daemon=True).start()
+    seen: list[str] = []
+    done = (lambda ln: until.fullmatch(ln) is not None) if isinstance(until, re.Pattern) else until.__eq__
+    try:
+        deadline = time.monotonic() + timeout
+        while not seen or not done(seen[-1]):
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"{cmd}: no {until!r} within {timeout} s; it printed {seen}") from None
+        return seen
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["loopback", "tls"])
+def test_the_printed_monitor_command_reads_the_retained_alarm(running: Running, gateway: Client, tls: bool) -> None:
+    alarm = f'{{"v":1,"alarm":"disk_full","active":true,"at":1795510800,"reason":"test {tls}"}}'
+    gateway.pub(f"{P}/gateway/alarm", alarm, retain=True)
+    cmd = broker.monitor_command(running.out, running.fleet, tls_host="127.0.0.1" if tls else None)
+    assert "-P" not in cmd and running.password("monitor") not in cmd  # the password stays off `ps`
+    assert f"{P}/gateway/alarm {alarm}" in follow(cmd, f"{P}/gateway/alarm {alarm}")
+    # it follows the nodes' statuses too (online, and the last will when one is gone)
+    n = Client(running, "ams-002", tls=True, cafile=running.ca)
+    n.pub(f"{P}/ams-002/status", f'{{"online":true,"tls":{str(tls).lower()}}}', retain=True)
+    follow(cmd, f'{P}/ams-002/status {{"online":true,"tls":{str(tls).lower()}}}')
+    n.close()
+
+
+def test_the_monitor_publishes_nowhere(running: Running, gateway: Client) -> None:
+    node = Client(running, "ams-001", tls=True, cafile=running.ca)
+    node.sub(f"{P}/ams-001/ack", f"{P}/ams-001/config")
+    reader = Client(running, broker.MONITOR_USER)
+    reader.sub(f"{P}/gateway/alarm")
+    mon = Client(running, broker.MONITOR_USER, tls=True, cafile=running.ca,
+                 will=(f"{P}/ams-001/status", "forged will"))
+    assert mon.ok and reader.ok
+    # its own id's topics too: the node patterns of the ACL would give it those
+    for topic in (f"{P}/ams-001/up", f"{P}/ams-001/status", f"{P}/ams-001/ack", f"{P}/ams-001/config",
+                  f"{P}/gateway/alarm", f"{P}/monitor/up", f"{P}/monitor/status", f"{P}/monitor/ack"):
+        mon.c.publish(topic, "forged", qos=1, retain=topic.endswith("alarm")).wait_for_publish(5)
+    mon.c.loop_stop()
+    mon.c.socket().close()  # gone without a DISCONNECT: its will is due, and denied
+    node.pub(f"{P}/ams-001/up", "control")
+    assert gateway.next() == (f"{P}/ams-001/up", b"control")  # not forged, nor the will
+    gateway.pub(f"{P}/ams-001/ack", "control")
+    assert node.next() == (f"{P}/ams-001/ack", b"control")
+    gateway.pub(f"{P}/gateway/alarm", "control")
+    assert reader.next() == (f"{P}/gateway/alarm", b"control")
+    assert gateway.got.empty() and node.got.empty() and reader.got.empty()
+    fresh = Client(running, broker.MONITOR_USER)
+    fresh.sub(f"{P}/gateway/alarm")
+    assert fresh.retained.get(timeout=5)[1] != b"forged"  # the retained alarm is still the gateway's
+    for c in (node, reader, fresh):
+        c.close()
+
+
+def test_the_monitor_reads_the_alarm_and_the_statuses_only(running: Running, gateway: Client) -> None:
+    mon = Client(running, broker.MONITOR_USER)
+    mon.sub("#", f"{P}/+/up", f"{P}/+/ack", f"{P}/ams-001/ack", f"{P}/+/config", "$SYS/#")
+    node = Client(running, "ams-001", tls=True, cafile=running.ca)
+    node.sub(f"{P}/ams-001/ack")
+    node.pub(f"{P}/ams-001/up", "a batch")
+    node.pub(f"{P}/ams-001/status", '{"online":true}')
+    assert gateway.next() == (f"{P}/ams-001/up", b"a batch")
+    gateway.pub(f"{P}/ams-001/ack", "an ack")
+    assert node.next() == (f"{P}/ams-001/ack", b"an ack")
+    gateway.pub(f"{P}/gateway/alarm", "the alarm")
+    # (no account writes <prefix>/<node>/config yet: the ACL gives the monitor no read of it)
+    got = [mon.next(), mon.next()]
+    assert got == [(f"{P}/ams-001/status", b'{"online":true}'), (f"{P}/gateway/alarm", b"the alarm")]
+    with pytest.raises(queue.Empty):
+        mon.next(timeout=0.3)
+    mon.close()
+    node.close()
+
+
+def test_nodes_cannot_read_the_alarm(running: Running, gateway: Client) -> None:
+    gateway.pub(f"{P}/gateway/alarm", "retained alarm", retain=True)
+    n = Client(running, "ams-002", tls=True, cafile=running.ca)
+    n.sub(f"{P}/gateway/alarm", "#", f"{P}/ams-002/ack")
+    gateway.pub(f"{P}/gateway/alarm", "live alarm")
+    gateway.pub(f"{P}/ams-002/ack", "control")
+    assert n.next() == (f"{P}/ams-002/ack", b"control")
+    assert n.got.empty() and all(t != f"{P}/gateway/alarm" for t, _ in list(n.retained.queue))
+    n.close()
