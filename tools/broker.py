@@ -4,9 +4,11 @@
 
     <out>/mosquitto/mosquitto.conf  the broker's whole configuration: a plaintext listener on
                                     127.0.0.1 only (the gateway on the Pi), a TLS listener on the
-                                    LAN address(es), no anonymous clients, persistence
+                                    LAN address(es), no anonymous clients, persistence, a size
+                                    limit (MAX_PACKET_BYTES)
     <out>/mosquitto/passwd          made by the real `mosquitto_passwd -U` (hashes only), 0640
-    <out>/mosquitto/acl             each node publishes and reads only under its own id, 0640
+    <out>/mosquitto/acl             each node publishes and reads only under its own id; the
+                                    monitor account only reads the alarm and the statuses, 0640
     <out>/mosquitto/ca.crt          the lab CA's certificate (also for the nodes and clients)
     <out>/mosquitto/server.crt,     the broker's certificate (the Pi's hostname and IPs as SANs)
     <out>/mosquitto/server.key        and key, 0600
@@ -14,9 +16,13 @@
                                     certificates, never copy it to the broker or the nodes
     <out>/ca/ca.der                 the lab CA's certificate in DER form: `ca.der` on each node's
                                     flash (the firmware's TLS checks the broker against it)
-    <out>/secrets.json              0600: the gateway's and every node's password, in clear
+    <out>/secrets.json              0600: the gateway's, the monitor's and every node's password,
+                                    in clear
     <out>/gateway.password          0600: the gateway's password alone, for gateway.toml's
                                     mqtt.password_file (`gateway_toml()` prints the [mqtt] lines)
+    <out>/monitor.password          0600: the monitor account's password alone
+    <out>/monitor/mosquitto_sub     0600: `-u monitor` and `-P <its password>`, the options file
+                                    mosquitto_sub reads from $XDG_CONFIG_HOME (`monitor_command()`)
 
 Certificates are made with the `openssl` command line, passwords with `secrets`; nothing secret
 is written to the terminal or put on a command line (`mosquitto_passwd -U` hashes a file).
@@ -40,11 +46,29 @@ from pathlib import Path
 
 GATEWAY_USER = "gateway"
 GATEWAY_PASSWORD = "gateway.password"
+# Monitoring (alarms, nodes online): reads <prefix>/gateway/alarm and <prefix>/+/status, nothing else.
+MONITOR_USER = "monitor"
+MONITOR_PASSWORD = "monitor.password"
+MONITOR_DIR = "monitor"  # holds `mosquitto_sub`, for XDG_CONFIG_HOME
+RESERVED = (GATEWAY_USER, MONITOR_USER)  # accounts that are not nodes: no node may take their ids
 NODE_ID = re.compile(r"^[a-z0-9-]{1,32}$")  # as firmware/lib/config.py accepts
 PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 CA_DAYS = 3650
 SERVER_DAYS = 825
 SECRETS = "secrets.json"
+
+# The size limit (mosquitto.conf's max_packet_size, one value for every account: Mosquitto 2.0 has
+# none per listener or per user). Mosquitto 2.0.11 disconnects a client that sends a bigger packet
+# (it counts the type byte and all that follows the length field), at the header, reading no
+# further, and nothing of that packet reaches anyone: no message with a payload of
+# MAX_PACKET_BYTES or more reaches the gateway (a node's batch is under 2 KB).
+# It is sized for what the gateway will send the nodes (issue 15: releases in chunks, remote
+# configuration): a payload of GATEWAY_PAYLOAD_BYTES on a topic of up to TOPIC_ROOM_BYTES goes
+# through, with room to spare for the header and MQTT 5 properties.
+GATEWAY_PAYLOAD_BYTES = 16384
+TOPIC_ROOM_BYTES = 256
+MAX_PACKET_BYTES = GATEWAY_PAYLOAD_BYTES + 512
+MAX_PREFIX = 128  # <prefix>/<node id, 32>/<a level> stays under TOPIC_ROOM_BYTES
 
 
 class BrokerError(Exception):
@@ -56,6 +80,8 @@ def check_node_id(node: str) -> str:
         raise BrokerError(f"node id {node!r}: must be 1-32 of a-z, 0-9, '-' (as the firmware accepts)")
     if node == GATEWAY_USER:
         raise BrokerError(f"node id {node!r}: reserved for the gateway's account and <prefix>/gateway/alarm")
+    if node == MONITOR_USER:
+        raise BrokerError(f"node id {node!r}: reserved for the monitoring account")
     return node
 
 
@@ -83,6 +109,9 @@ class Fleet:
     def check(self) -> None:
         if not PREFIX.match(self.prefix):
             raise BrokerError(f"prefix {self.prefix!r}: letters, digits, '-', '_' in '/'-separated levels")
+        if len(self.prefix) > MAX_PREFIX:
+            raise BrokerError(f"prefix {self.prefix[:20]!r}...: at most {MAX_PREFIX} characters (every topic "
+                              f"must stay under {TOPIC_ROOM_BYTES} bytes, for the broker's size limit)")
         for ip in self.ips:
             try:
                 ipaddress.ip_address(ip)
@@ -116,6 +145,17 @@ def acl_text(prefix: str) -> str:
         f"topic read {p}/+/status\n"
         f"topic write {p}/+/ack\n"
         f"topic write {p}/gateway/alarm\n"
+        "\n"
+        "# Monitoring: reads the gateway's alarm and the nodes' statuses (online, boot, rssi), and\n"
+        "# nothing else: not the batches (the readings reach people through the gateway, and a\n"
+        "# monitor's session would make the broker queue every batch a second time), not the acks\n"
+        "# or configs (the gateway's to the nodes). It publishes nowhere: the deny line takes from\n"
+        f"# it what the patterns above give every username ({p}/{MONITOR_USER}/up would reach the\n"
+        "# gateway as a node's batch); Mosquitto applies deny lines first.\n"
+        f"user {MONITOR_USER}\n"
+        f"topic read {p}/gateway/alarm\n"
+        f"topic read {p}/+/status\n"
+        f"topic deny {p}/{MONITOR_USER}/#\n"
     )
 
 
@@ -143,9 +183,18 @@ def conf_text(fleet: Fleet, install_dir: Path) -> str:
         f"persistence_location {fleet.persistence_location}",
         "# Seconds; the default 1800 is half an hour of queue lost on a crash.",
         "autosave_interval 60",
-        "# Per client: the default 1000 is 20 minutes of 50 nodes; but at most 100 MB of RAM on the Pi.",
+        "# Per client (it is the gateway's session that queues while the gateway is away): the",
+        "# default 1000 is 20 minutes of 50 nodes; but at most 100 MB of RAM on the Pi. What a full",
+        "# queue drops is still in the nodes' spools, unacknowledged: they send it again.",
         "max_queued_messages 100000",
         "max_queued_bytes 100000000",
+        "",
+        "# Bytes of one MQTT packet (2.0.11 leaves out its length field): a client that sends a bigger",
+        "# one is disconnected (the log says `disconnected due to oversize packet`) and nothing of it",
+        "# reaches anyone. A node's batch is under 2 KB; the gateway's largest message to the nodes",
+        f"# is {GATEWAY_PAYLOAD_BYTES} bytes plus its topic. (message_size_limit would drop a bigger",
+        "# message after reading all of it, and keep its sender connected.)",
+        f"max_packet_size {MAX_PACKET_BYTES}",
         "",
         "# Plaintext for the gateway on this machine only.",
         f"listener {fleet.plain_port} 127.0.0.1",
@@ -319,16 +368,24 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
     if doc and doc.get("prefix") != fleet.prefix:
         raise BrokerError(f"{out / SECRETS}: made for prefix {doc.get('prefix')!r}, not {fleet.prefix!r}")
     gateway = doc.get("gateway") or {"username": GATEWAY_USER, "password": new_password()}
+    monitor = doc.get("monitor") or {"username": MONITOR_USER, "password": new_password()}
     known: dict[str, str] = dict(doc.get("nodes", {}))
+    for user in RESERVED:
+        if user in known:  # made before the id was reserved: it would share the account's password line
+            raise BrokerError(f"{out / SECRETS}: has a node {user!r}, an id reserved for the {user} account; "
+                              "remove it from `nodes` and give that node another id")
     added = [n for n in dict.fromkeys(nodes) if n not in known]
     for n in added:
         known[n] = new_password()
-    doc = {"prefix": fleet.prefix, "gateway": gateway, "nodes": known}
+    doc = {"prefix": fleet.prefix, "gateway": gateway, "monitor": monitor, "nodes": known}
     # The secrets first: a password the file does not hold must never be in the password file.
     written.append(save_secrets(out, doc))
-    written.append(write_passwd(out, {GATEWAY_USER: gateway["password"], **known}))
+    written.append(write_passwd(out, {GATEWAY_USER: gateway["password"], MONITOR_USER: monitor["password"],
+                                      **known}))
     _write(out / GATEWAY_PASSWORD, gateway["password"] + "\n", 0o600)
-    written.append(out / GATEWAY_PASSWORD)
+    _write(out / MONITOR_PASSWORD, monitor["password"] + "\n", 0o600)
+    _write(out / MONITOR_DIR / "mosquitto_sub", mosquitto_sub_options(monitor["password"]), 0o600)
+    written += [out / GATEWAY_PASSWORD, out / MONITOR_PASSWORD, out / MONITOR_DIR / "mosquitto_sub"]
 
     if (cadir / "ca.key").exists() and (cadir / "ca.crt").exists():
         kept += [cadir / "ca.key", cadir / "ca.crt"]
@@ -387,6 +444,26 @@ def gateway_toml(out: Path, fleet: Fleet) -> str:
     ])
 
 
+def mosquitto_sub_options(password: str) -> str:
+    """mosquitto_sub's options file (`$XDG_CONFIG_HOME/mosquitto_sub`, one `-option value` a line,
+    read before the command line): the monitor's password stays off the command line and `ps`."""
+    return ("# meetkit: the monitor account, made by `meetkit broker init`. mosquitto_sub reads it as\n"
+            "# $XDG_CONFIG_HOME/mosquitto_sub: XDG_CONFIG_HOME=<this folder> mosquitto_sub ...\n"
+            f"-u {MONITOR_USER}\n"
+            f"-P {password}\n")
+
+
+def monitor_command(out: Path, fleet: Fleet, tls_host: str | None = None, cafile: Path | None = None) -> str:
+    """The shell command that follows the alarm and the nodes' statuses with the monitor account:
+    on the broker's machine over the loopback listener, or with `tls_host` over TLS from the LAN
+    (`cafile`: where the lab CA's certificate is on that machine)."""
+    opts = Path(out).absolute() / MONITOR_DIR
+    where = (f"-h {tls_host} -p {fleet.tls_port} --cafile {cafile or Path(out).absolute() / 'ca' / 'ca.crt'}"
+             if tls_host else f"-h 127.0.0.1 -p {fleet.plain_port}")
+    return (f"env XDG_CONFIG_HOME={opts} mosquitto_sub {where} -v "
+            f"-t '{fleet.prefix}/gateway/alarm' -t '{fleet.prefix}/+/status'")
+
+
 def next_steps(res: Result, install_dir: Path | None = None, fleet: Fleet | None = None) -> str:
     m = res.out / "mosquitto"
     inst = install_dir or m
@@ -401,6 +478,9 @@ def next_steps(res: Result, install_dir: Path | None = None, fleet: Fleet | None
         f"  sudo cp {inst / 'mosquitto.conf'} /etc/mosquitto/mosquitto.conf && sudo systemctl restart mosquitto",
         f"  each node: config.json broker.user = its node id, broker.password from {SECRETS}, broker.tls = true,",
         f"    broker.host = the broker's host name or --ip; {res.out / 'ca' / 'ca.der'} on its flash as ca.der",
+        "  monitoring: the account `monitor` reads the gateway's alarm and the nodes' statuses and nothing",
+        f"    else (password in {res.out / MONITOR_PASSWORD}); on the broker's machine:",
+        f"  {monitor_command(res.out, fleet)}",
         "  the gateway: these lines in gateway.toml (under systemd: docs/operator.md, \"Securing the broker\"):",
         "",
         gateway_toml(res.out, fleet),

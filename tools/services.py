@@ -283,6 +283,13 @@ class FleetBroker:
 
         return broker.gateway_toml(self.out, self.fleet)
 
+    def monitor_command(self, tls: bool = False) -> str:
+        """The shell command `meetkit broker init` prints for the monitor account (the alarm and
+        the nodes' statuses): over the loopback listener, or over TLS with the lab CA."""
+        from meetkit_tools import broker
+
+        return broker.monitor_command(self.out, self.fleet, tls_host=self.host if tls else None)
+
     def node_broker(self, node: str, password: str | None = None) -> dict:
         """config.json's broker section for `node` over TLS, with its generated password."""
         return {"host": self.host, "port": self.tls_port, "user": node,

@@ -8,11 +8,16 @@ import json
 import os
 import pwd
 import queue
+import re
+import shlex
 import signal
+import socket
 import ssl
 import stat
+import struct
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -37,8 +42,9 @@ def fleet(tmp: Path, plain_port: int = 1883, tls_port: int = 8883) -> broker.Fle
 
 
 class Running:
-    def __init__(self, out: Path, plain: int, tls: int, proc: subprocess.Popen) -> None:
-        self.out, self.plain, self.tls, self.proc = out, plain, tls, proc
+    def __init__(self, out: Path, plain: int, tls: int, proc: subprocess.Popen, fleet: broker.Fleet,
+                 log: Path) -> None:
+        self.out, self.plain, self.tls, self.proc, self.fleet, self.log = out, plain, tls, proc, fleet, log
         self.ca = out / "ca" / "ca.crt"
 
     @property
@@ -47,21 +53,22 @@ class Running:
 
     def password(self, user: str) -> str:
         s = self.secrets
-        return s["gateway"]["password"] if user == broker.GATEWAY_USER else s["nodes"][user]
+        return s[user]["password"] if user in broker.RESERVED else s["nodes"][user]
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("broker")
     plain, tls = free_port(), free_port()
-    res = broker.init(tmp / "out", fleet(tmp, plain, tls), NODES)
+    f = fleet(tmp, plain, tls)
+    res = broker.init(tmp / "out", f, NODES)
     conf = res.out / "mosquitto" / "mosquitto.conf"
     with (tmp / "mosquitto.out").open("ab") as log:
         proc = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_listening("127.0.0.1", plain, proc, "mosquitto")
         wait_listening("127.0.0.1", tls, proc, "mosquitto (TLS)")
-        yield Running(res.out, plain, tls, proc)
+        yield Running(res.out, plain, tls, proc, f, tmp / "mosquitto.log")
     finally:
         stop_process(proc)
 
@@ -108,7 +115,7 @@ class Client:
         self.c.subscribe([(t, 1) for t in topics])
         return self.subacks.get(timeout=5)
 
-    def pub(self, topic: str, payload: str, retain: bool = False) -> None:
+    def pub(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
         self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def next(self, timeout: float = 5) -> tuple[str, bytes]:
@@ -142,13 +149,16 @@ def test_layout_modes_and_contents(tmp_path: Path) -> None:
     assert mode("mosquitto/passwd") == 0o640 and mode("mosquitto/acl") == 0o640
     s = json.loads((out / "secrets.json").read_text())
     assert s["prefix"] == P and set(s["nodes"]) == set(NODES) and s["gateway"]["username"] == "gateway"
-    pwds = [s["gateway"]["password"], *s["nodes"].values()]
-    assert len(set(pwds)) == 3 and all(len(p) >= 32 for p in pwds)
+    assert s["monitor"]["username"] == "monitor"
+    pwds = [s["gateway"]["password"], s["monitor"]["password"], *s["nodes"].values()]
+    assert len(set(pwds)) == 4 and all(len(p) >= 32 for p in pwds)
     passwd = (out / "mosquitto/passwd").read_text()
-    assert [ln.split(":")[0] for ln in passwd.splitlines()] == ["gateway", *NODES]
-    assert all(p not in passwd for p in pwds) and passwd.count("$7$") == 3  # hashed by mosquitto_passwd
+    assert [ln.split(":")[0] for ln in passwd.splitlines()] == ["gateway", "monitor", *NODES]
+    assert all(p not in passwd for p in pwds) and passwd.count("$7$") == 4  # hashed by mosquitto_passwd
     conf = (out / "mosquitto/mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 1883 127.0.0.1" in conf and "listener 8883 127.0.0.1" in conf
+    assert f"\nmax_packet_size {broker.MAX_PACKET_BYTES}\n" in conf and broker.MAX_PACKET_BYTES == 16896
+    assert "\nmax_queued_bytes 100000000\n" in conf  # the gateway's queue while it is away stays generous
     assert f"password_file {out}/mosquitto/passwd" in conf and f"acl_file {out}/mosquitto/acl" in conf
     acl = (out / "mosquitto/acl").read_text()
     assert "pattern write meetkit/%u/up\npattern write meetkit/%u/status\npattern read meetkit/%u/ack\n" in acl
@@ -165,6 +175,11 @@ def test_layout_modes_and_contents(tmp_path: Path) -> None:
     # the gateway's password alone, for gateway.toml's mqtt.password_file
     assert mode("gateway.password") == 0o600
     assert (out / "gateway.password").read_text() == s["gateway"]["password"] + "\n"
+    # the monitor's: alone, and as mosquitto_sub's options file
+    assert mode("monitor.password") == 0o600 and mode("monitor/mosquitto_sub") == 0o600
+    assert (out / "monitor.password").read_text() == s["monitor"]["password"] + "\n"
+    opts = [ln for ln in (out / "monitor/mosquitto_sub").read_text().splitlines() if not ln.startswith("#")]
+    assert opts == ["-u monitor", f"-P {s['monitor']['password']}"]
 
 
 def test_init_again_keeps_ca_keys_and_passwords(tmp_path: Path) -> None:
@@ -177,6 +192,8 @@ def test_init_again_keeps_ca_keys_and_passwords(tmp_path: Path) -> None:
     assert before == {p: (out / p).read_bytes() for p in before}
     s2 = json.loads((out / "secrets.json").read_text())
     assert s2["gateway"] == s1["gateway"] and s2["nodes"]["ams-001"] == s1["nodes"]["ams-001"]
+    assert s2["monitor"] == s1["monitor"]
+    assert (out / "monitor.password").read_text() == s1["monitor"]["password"] + "\n"
     broker.init(out, fleet(tmp_path), [], renew_server_cert=True)
     assert (out / "mosquitto/server.crt").read_bytes() != before["mosquitto/server.crt"]
     assert (out / "ca/ca.key").read_bytes() == before["ca/ca.key"]
@@ -194,10 +211,28 @@ def test_init_again_with_a_new_address_signs_a_certificate_that_names_it(tmp_pat
     assert (out / "ca/ca.crt").read_bytes() == ca  # the nodes' ca.der stays valid
 
 
-@pytest.mark.parametrize("bad", ["gateway", "AMS-001", "a/b", "+", "#", "", "x" * 33])
+@pytest.mark.parametrize("bad", ["gateway", "monitor", "AMS-001", "a/b", "+", "#", "", "x" * 33])
 def test_bad_node_ids_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(broker.BrokerError):
         broker.init(tmp_path / "out", fleet(tmp_path), [bad])
+
+
+def test_init_again_on_files_from_before_the_monitor_account(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    broker.init(out, fleet(tmp_path), ["ams-001"])
+    s = json.loads((out / "secrets.json").read_text())
+    del s["monitor"]  # secrets.json as `init` wrote it before it made the monitor account
+    (out / "secrets.json").write_text(json.dumps(s))
+    broker.init(out, fleet(tmp_path), [])
+    s2 = json.loads((out / "secrets.json").read_text())
+    assert s2["gateway"] == s["gateway"] and s2["nodes"] == s["nodes"] and len(s2["monitor"]["password"]) >= 32
+    assert [ln.split(":")[0] for ln in (out / "mosquitto/passwd").read_text().splitlines()] == \
+        ["gateway", "monitor", "ams-001"]
+    # a node that took the id `monitor` before it was reserved: said, not merged into the account
+    s2["nodes"]["monitor"] = "its-password"
+    (out / "secrets.json").write_text(json.dumps(s2))
+    with pytest.raises(broker.BrokerError, match="reserved for the monitor account"):
+        broker.init(out, fleet(tmp_path), [])
 
 
 def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,8 +243,12 @@ def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.Capture
     assert main(["broker", "add-node", "ams-002", "--out", str(out)]) == 1  # known: not replaced silently
     text = capsys.readouterr()
     s = json.loads((out / "secrets.json").read_text())
-    for pw in [s["gateway"]["password"], *s["nodes"].values()]:
+    for pw in [s["gateway"]["password"], s["monitor"]["password"], *s["nodes"].values()]:
         assert pw not in text.out and pw not in text.err
+    # how to follow the alarm with the monitor account: the command, its options file named, no password
+    assert f"  {broker.monitor_command(out, broker.Fleet())}\n" in text.out
+    assert f"XDG_CONFIG_HOME={out / 'monitor'} mosquitto_sub -h 127.0.0.1 -p 1883 " in text.out
+    assert str(out / "monitor.password") in text.out
     assert str(out / "secrets.json") in text.out and "has an account already" in text.err
     # the [mqtt] lines for gateway.toml, ready to paste: they name the password file, not the password
     lines = text.out.splitlines()
@@ -287,7 +326,7 @@ def test_node_reads_only_its_own_ack(running: Running, gateway: Client) -> None:
 
 
 def test_gateway_account(running: Running, gateway: Client) -> None:
-    mon = Client(running, broker.GATEWAY_USER, client_id="monitor")  # a second gateway session
+    mon = Client(running, broker.GATEWAY_USER, client_id="second-gateway")  # a second gateway session
     mon.sub(f"{P}/gateway/alarm", f"{P}/ams-001/ack", f"{P}/ams-001/up")  # it writes the first two only
     n = Client(running, "ams-001")
     n.sub(f"{P}/ams-001/ack")
@@ -343,3 +382,283 @@ def test_add_node_with_the_broker_running(running: Running, gateway: Client) -> 
     assert old.ok
     c.close()
     old.close()
+
+
+def test_a_prefix_too_long_for_the_size_limit_refused(tmp_path: Path) -> None:
+    long = dataclasses.replace(fleet(tmp_path), prefix="p" * (broker.MAX_PREFIX + 1))
+    with pytest.raises(broker.BrokerError, match="at most 128 characters"):
+        broker.init(tmp_path / "out", long, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The size limit (max_packet_size), with a real Mosquitto
+
+
+def _remaining_length(n: int) -> bytes:
+    out = b""
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _s(b: bytes) -> bytes:
+    return struct.pack("!H", len(b)) + b
+
+
+class RawNode:
+    """A node's account over TLS, speaking MQTT 3.1.1 by hand, as a node gone wrong might: it writes
+    its packets without waiting for anything, so what the broker does with each one shows."""
+
+    def __init__(self, b: Running, user: str) -> None:
+        ctx = ssl.create_default_context(cafile=str(b.ca))
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", b.tls), timeout=5),
+                                    server_hostname="127.0.0.1")
+        body = (_s(b"MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 30) + _s(user.encode())
+                + _s(user.encode()) + _s(b.password(user).encode()))
+        self.sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
+        assert self._read(4) == b"\x20\x02\x00\x00", "CONNACK: accepted"
+        self.mid = 0
+
+    def _read(self, n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            chunk = self.sock.recv(n - len(got))
+            if not chunk:
+                raise ConnectionError("closed by the broker")
+            got += chunk
+        return got
+
+    def header(self, topic: str, payload_len: int) -> bytes:
+        """A QoS 1 PUBLISH's fixed header and variable header, for a payload of `payload_len` bytes."""
+        self.mid += 1
+        var = _s(topic.encode()) + struct.pack("!H", self.mid)
+        return b"\x32" + _remaining_length(len(var) + payload_len) + var
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """False when the broker had closed the connection already."""
+        try:
+            self.sock.sendall(self.header(topic, len(payload)) + payload)
+            return True
+        except OSError:
+            return False
+
+    def closed_by_broker(self, timeout: float = 5) -> bool:
+        """Whether the broker closes the connection within `timeout` (PUBACKs are read past)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(4096):
+                pass
+            return True
+        except (ConnectionError, ssl.SSLError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_log(b: Running, text: str, timeout: float = 5) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := b.log.read_text(errors="replace")):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mosquitto log: no {text!r} within {timeout} s")
+        time.sleep(0.05)
+    return log
+
+
+def largest_payload(topic: str) -> int:
+    """The largest QoS 1 payload on `topic` that Mosquitto 2.0.11 takes under max_packet_size: it
+    counts the packet's remaining length (topic, packet id, payload) plus one byte."""
+    return broker.MAX_PACKET_BYTES - 1 - (2 + len(topic.encode()) + 2)
+
+
+def test_a_node_over_the_limit_is_disconnected_and_gets_nothing_through(running: Running, gateway: Client) -> None:
+    up = f"{P}/ams-001/up"
+    n = RawNode(running, "ams-001")
+    # back to back on one connection: a batch, a message over the limit, another batch
+    assert n.publish(up, b"batch 1")
+    n.publish(up, b"x" * 70_000)
+    n.publish(up, b"batch 2")
+    assert n.closed_by_broker()
+    assert gateway.next() == (up, b"batch 1")
+    with pytest.raises(queue.Empty):
+        gateway.next(timeout=0.5)  # neither the big one nor what followed it on that connection
+    assert "Client ams-001 disconnected due to oversize packet." in wait_log(running, "oversize packet")
+    # the account is not locked out: connected again, the node sends what it still holds
+    n = RawNode(running, "ams-001")
+    assert n.publish(up, b"batch 2")
+    assert gateway.next() == (up, b"batch 2")
+    n.close()
+
+
+def test_the_limit_to_the_byte(running: Running, gateway: Client) -> None:
+    up = f"{P}/ams-002/up"
+    n = RawNode(running, "ams-002")
+    fits = largest_payload(up)
+    assert fits == broker.MAX_PACKET_BYTES - 23 and fits < broker.MAX_PACKET_BYTES
+    assert n.publish(up, b"a" * fits)
+    got = gateway.next()
+    assert got[0] == up and len(got[1]) == fits
+    n.publish(up, b"b" * (fits + 1))
+    assert n.closed_by_broker()
+    n.close()
+    control = Client(running, "ams-002", tls=True, cafile=running.ca)
+    control.pub(up, "control")
+    assert gateway.next() == (up, b"control")
+    control.close()
+
+
+def test_the_broker_reads_no_further_than_the_header(running: Running) -> None:
+    # A PUBLISH that announces a megabyte: the broker closes the connection at its header, with
+    # the megabyte not sent; it never holds it in memory.
+    n = RawNode(running, "ams-001")
+    n.sock.sendall(n.header(f"{P}/ams-001/up", 1_000_000) + b"x" * 1000)
+    assert n.closed_by_broker()
+    n.close()
+
+
+def test_a_batch_and_the_gateways_16_kb_go_through(running: Running, gateway: Client) -> None:
+    a = Client(running, "ams-001", tls=True, cafile=running.ca)
+    a.sub(f"{P}/ams-001/ack")
+    batch = ('{"v":1,"node":"ams-001","recs":[' + ",".join(["[1,2,3,4.5,6.7]"] * 120))[:1800].encode()
+    a.pub(f"{P}/ams-001/up", batch)
+    assert gateway.next() == (f"{P}/ams-001/up", batch)
+    chunk = bytes(range(256)) * (broker.GATEWAY_PAYLOAD_BYTES // 256)  # a release chunk to come (issue 15)
+    gateway.pub(f"{P}/ams-001/ack", chunk)
+    assert a.next() == (f"{P}/ams-001/ack", chunk) and len(chunk) == 16384
+    # the room the limit keeps: 16384 bytes on a topic of TOPIC_ROOM_BYTES still fits
+    assert largest_payload("t" * broker.TOPIC_ROOM_BYTES) >= broker.GATEWAY_PAYLOAD_BYTES
+    a.close()
+
+
+def test_one_garbage_spewing_node_gets_nothing_above_the_limit_to_the_gateway(
+        running: Running, gateway: Client) -> None:
+    """The audit's scenario: a node spews 70 KB messages (150 of them, and a megabyte) as fast as
+    it can write them, reconnecting whenever the broker drops it; another node sends its batches
+    meanwhile. The gateway gets every batch of both, and nothing at or over the limit."""
+    garbage = bytes(range(256)) * (70_000 // 256)
+    spewer_up, honest_up = f"{P}/ams-001/up", f"{P}/ams-002/up"
+    honest = Client(running, "ams-002", tls=True, cafile=running.ca)
+    expected: list[tuple[str, bytes]] = []
+    spewed = 0
+    for round_ in range(15):
+        s = RawNode(running, "ams-001")
+        s.publish(spewer_up, f"spewer's batch {round_}".encode())  # what it sends between the garbage goes through
+        expected.append((spewer_up, f"spewer's batch {round_}".encode()))
+        for _ in range(10):
+            s.publish(spewer_up, garbage)  # False once the broker has closed the connection
+            spewed += 1
+        if round_ == 7:
+            s.publish(spewer_up, b"y" * 1_000_000)
+        assert s.closed_by_broker()
+        s.close()
+        honest.pub(honest_up, f"honest batch {round_}")
+        expected.append((honest_up, f"honest batch {round_}".encode()))
+    honest.pub(honest_up, "the last")  # every spewer connection is closed by now: all it got through is in
+    got: list[tuple[str, bytes]] = []
+    while (m := gateway.next()) != (honest_up, b"the last"):
+        got.append(m)
+    assert spewed == 150
+    assert sorted(got) == sorted(expected)
+    assert max(len(p) for _, p in got) < broker.MAX_PACKET_BYTES
+    honest.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The monitor account
+
+
+def follow(cmd: str, until: str | re.Pattern, timeout: float = 10) -> list[str]:
+    """Run the shell command `cmd` (split as a shell would) and read its lines until one equals
+    `until` (or matches it whole); then stop it. The lines up to that one."""
+    proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln.rstrip("\n")) for ln in proc.stdout or ()], daemon=True).start()
+    seen: list[str] = []
+    done = (lambda ln: until.fullmatch(ln) is not None) if isinstance(until, re.Pattern) else until.__eq__
+    try:
+        deadline = time.monotonic() + timeout
+        while not seen or not done(seen[-1]):
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"{cmd}: no {until!r} within {timeout} s; it printed {seen}") from None
+        return seen
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["loopback", "tls"])
+def test_the_printed_monitor_command_reads_the_retained_alarm(running: Running, gateway: Client, tls: bool) -> None:
+    alarm = f'{{"v":1,"alarm":"disk_full","active":true,"at":1795510800,"reason":"test {tls}"}}'
+    gateway.pub(f"{P}/gateway/alarm", alarm, retain=True)
+    cmd = broker.monitor_command(running.out, running.fleet, tls_host="127.0.0.1" if tls else None)
+    assert "-P" not in cmd and running.password("monitor") not in cmd  # the password stays off `ps`
+    assert f"{P}/gateway/alarm {alarm}" in follow(cmd, f"{P}/gateway/alarm {alarm}")
+    # it follows the nodes' statuses too (online, and the last will when one is gone)
+    n = Client(running, "ams-002", tls=True, cafile=running.ca)
+    n.pub(f"{P}/ams-002/status", f'{{"online":true,"tls":{str(tls).lower()}}}', retain=True)
+    follow(cmd, f'{P}/ams-002/status {{"online":true,"tls":{str(tls).lower()}}}')
+    n.close()
+
+
+def test_the_monitor_publishes_nowhere(running: Running, gateway: Client) -> None:
+    node = Client(running, "ams-001", tls=True, cafile=running.ca)
+    node.sub(f"{P}/ams-001/ack", f"{P}/ams-001/config")
+    reader = Client(running, broker.MONITOR_USER)
+    reader.sub(f"{P}/gateway/alarm")
+    mon = Client(running, broker.MONITOR_USER, tls=True, cafile=running.ca,
+                 will=(f"{P}/ams-001/status", "forged will"))
+    assert mon.ok and reader.ok
+    # its own id's topics too: the node patterns of the ACL would give it those
+    for topic in (f"{P}/ams-001/up", f"{P}/ams-001/status", f"{P}/ams-001/ack", f"{P}/ams-001/config",
+                  f"{P}/gateway/alarm", f"{P}/monitor/up", f"{P}/monitor/status", f"{P}/monitor/ack"):
+        mon.c.publish(topic, "forged", qos=1, retain=topic.endswith("alarm")).wait_for_publish(5)
+    mon.c.loop_stop()
+    mon.c.socket().close()  # gone without a DISCONNECT: its will is due, and denied
+    node.pub(f"{P}/ams-001/up", "control")
+    assert gateway.next() == (f"{P}/ams-001/up", b"control")  # not forged, nor the will
+    gateway.pub(f"{P}/ams-001/ack", "control")
+    assert node.next() == (f"{P}/ams-001/ack", b"control")
+    gateway.pub(f"{P}/gateway/alarm", "control")
+    assert reader.next() == (f"{P}/gateway/alarm", b"control")
+    assert gateway.got.empty() and node.got.empty() and reader.got.empty()
+    fresh = Client(running, broker.MONITOR_USER)
+    fresh.sub(f"{P}/gateway/alarm")
+    assert fresh.retained.get(timeout=5)[1] != b"forged"  # the retained alarm is still the gateway's
+    for c in (node, reader, fresh):
+        c.close()
+
+
+def test_the_monitor_reads_the_alarm_and_the_statuses_only(running: Running, gateway: Client) -> None:
+    mon = Client(running, broker.MONITOR_USER)
+    mon.sub("#", f"{P}/+/up", f"{P}/+/ack", f"{P}/ams-001/ack", f"{P}/+/config", "$SYS/#")
+    node = Client(running, "ams-001", tls=True, cafile=running.ca)
+    node.sub(f"{P}/ams-001/ack")
+    node.pub(f"{P}/ams-001/up", "a batch")
+    node.pub(f"{P}/ams-001/status", '{"online":true}')
+    assert gateway.next() == (f"{P}/ams-001/up", b"a batch")
+    gateway.pub(f"{P}/ams-001/ack", "an ack")
+    assert node.next() == (f"{P}/ams-001/ack", b"an ack")
+    gateway.pub(f"{P}/gateway/alarm", "the alarm")
+    # (no account writes <prefix>/<node>/config yet: the ACL gives the monitor no read of it)
+    got = [mon.next(), mon.next()]
+    assert got == [(f"{P}/ams-001/status", b'{"online":true}'), (f"{P}/gateway/alarm", b"the alarm")]
+    with pytest.raises(queue.Empty):
+        mon.next(timeout=0.3)
+    mon.close()
+    node.close()
+
+
+def test_nodes_cannot_read_the_alarm(running: Running, gateway: Client) -> None:
+    gateway.pub(f"{P}/gateway/alarm", "retained alarm", retain=True)
+    n = Client(running, "ams-002", tls=True, cafile=running.ca)
+    n.sub(f"{P}/gateway/alarm", "#", f"{P}/ams-002/ack")
+    gateway.pub(f"{P}/gateway/alarm", "live alarm")
+    gateway.pub(f"{P}/ams-002/ack", "control")
+    assert n.next() == (f"{P}/ams-002/ack", b"control")
+    assert n.got.empty() and all(t != f"{P}/gateway/alarm" for t, _ in list(n.retained.queue))
+    n.close()
