@@ -108,7 +108,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import quote
 
-from .payload import QUANTITIES, SCALAR, Batch, Status
+from .payload import BOOT_MAX, DUR_MAX, FUTURE_MARGIN_S, QUANTITIES, SCALAR, SEQ_MAX, TS_MIN, Batch, Status
 
 log = logging.getLogger(__name__)
 
@@ -809,6 +809,26 @@ class Store:
             sql += " AND received_at >= ?"
             args.append(since)
         return self.db.execute(sql, args).fetchone()[0]
+
+    def implausible(self, nodes: Sequence[str], since: float | None, until: float | None, now: float) -> int:
+        """Records of `nodes` received in [since, until) (None: open) whose start is known but whose
+        interval or counters an older gateway stored outside the contract's plausible values: the
+        rule of plausible.record, in SQL (a TEXT or an infinity fails every BETWEEN, as there)."""
+        if not nodes:
+            return 0
+        where, args = [f"node IN ({','.join('?' * len(nodes))})"], list[object](nodes)
+        if since is not None:
+            where.append("received_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("received_at < ?")
+            args.append(until)
+        return self.db.execute(
+            "SELECT count(*) FROM records WHERE start IS NOT NULL AND " + " AND ".join(where) +
+            " AND NOT (start BETWEEN ? AND ? AND dur BETWEEN 1 AND ? AND boot BETWEEN 0 AND ?"
+            " AND seq BETWEEN 0 AND ?)",
+            (*args, TS_MIN, now + FUTURE_MARGIN_S, DUR_MAX, BOOT_MAX, SEQ_MAX),
+        ).fetchone()[0]
 
     def latest(self) -> list[Latest]:
         """The newest record of every node that has one, by node id: what a live table shows."""
