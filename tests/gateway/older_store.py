@@ -82,14 +82,16 @@ def implausible(t0: int) -> list[Batch]:
 
 def build(path: Path, t0: int = T0, *, implausible_too: bool = True, received_at: float | None = None) -> None:
     """Fill the store at `path` (made if missing) as the module's docstring says."""
+    odd = implausible(t0) if implausible_too else []
     with Store(path) as s:
-        for doc in ordinary(t0):
-            s.add_batch(payload.parse_batch(encode(doc), doc["node"]), received_at)
-        if implausible_too:
-            for b in implausible(t0):
-                s.add_batch(b, received_at)
-            # a record without ts whose node never sent one, stamped by a clock set to the far future
+        if implausible_too:  # first: a record without ts whose node never sent one, stamped by a
+            # clock set to the far future (it must not hold back forwarding what comes after it)
             s.add_batch(_batch("ams-003", 3, _rec(0, None)), 1e308)
+        # ordinary and implausible batches interleaved, as the records of one fleet arrive
+        for doc, mixed in zip(ordinary(t0), (odd[:3], odd[3:5], odd[5:])):
+            s.add_batch(payload.parse_batch(encode(doc), doc["node"]), received_at)
+            for b in mixed:
+                s.add_batch(b, received_at)
         db = s.db
         (rid,) = db.execute("SELECT id FROM records WHERE node = 'ams-004'").fetchone()
         for q, (avg, lo, hi, n) in ODD_VALUES.items():
