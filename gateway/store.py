@@ -80,7 +80,9 @@ Schema, version 4 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       INTEGER, at REAL, status INTEGER (HTTP status), reason TEXT
 
     counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,
-      .dead (readings dead-lettered), .untimed (records passed over without a known start)
+      .dead (readings dead-lettered), .untimed (records passed over without a known start),
+      .implausible (records passed over: an older gateway stored them with an implausible interval
+      or counters, plausible.py)
 
     counters of the bounds (retention.py): dropped.age, dropped.bytes (records pruned, by the bound
       that pruned them), dropped.unforwarded (of those, records not yet forwarded to every enabled
