@@ -11,10 +11,11 @@ The message, on the topic template with `{node}` filled in (UTF-8 JSON, no white
                  "LA90":{"avg":49.6,"min":null,"max":null,"n":null,"unit":"dB","flags":[]}, ...}}
 
 (node, boot, seq) identifies a record for ever (docs/payload.md) and `start` is its interval start
-in UTC Unix seconds (records with implausible ones are passed over: core.py); a value JSON cannot
-hold (a REAL infinity in an older store) is null: a message that comes again (a retry after a lost PUBACK, a restart between
+in UTC Unix seconds: a message that comes again (a retry after a lost PUBACK, a restart between
 the broker's PUBACK and the cursor's commit, an operator's replay) is byte for byte the same, so a
-consumer drops duplicates by that key (idempotent replay).
+consumer drops duplicates by that key (idempotent replay). Records an older gateway stored with an
+implausible start or counters are passed over (core.py); a value JSON cannot hold (a REAL infinity
+in an older store) is null.
 
 Delivery: a new paho client (MQTT v5 by default) per connection, with a fixed client id; every
 message of a batch is published, and the batch is taken only when every PUBACK came back with a
