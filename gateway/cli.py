@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from . import __version__, config as configuration, pm_humidity
+from . import __version__, config as configuration, plausible, pm_humidity
 from .config import Config, ConfigError
 from .payload import QUANTITIES
 from .store import Store, StoreError
@@ -236,8 +236,9 @@ def cmd_readings(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
+    now = time.time()
     try:
-        since = parse_since(args.since, time.time())
+        since = parse_since(args.since, now)
     except ValueError as e:
         print(f"--since: {e}", file=sys.stderr)
         return 2
@@ -257,7 +258,7 @@ def cmd_readings(args: argparse.Namespace) -> int:
         untimed = store.untimed(node=args.node, since=since)
     what = f"node {args.node}" if args.node else "any node"
     if rows:
-        print(readings_table(rows))
+        print(readings_table(rows, now))
     else:
         print(f"no readings of {what} since {iso(since)}")
     if untimed:
@@ -265,6 +266,10 @@ def cmd_readings(args: argparse.Namespace) -> int:
             f"({untimed} record{'s' if untimed > 1 else ''} received since then "
             f"{'have' if untimed > 1 else 'has'} no known time yet and {'are' if untimed > 1 else 'is'} not shown)"
         )
+    odd = len({(g.node, g.boot, g.seq) for g in rows if not plausible.start(g.start, now)})
+    if odd:
+        print(f"({_n(odd, 'record')} with an interval start outside the plausible times, stored by an older "
+              "gateway: shown as the raw number stored, Unix seconds)")
     return 0
 
 
@@ -343,6 +348,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if summary.untimed:
         print(f"left out {summary.untimed} record{'s' if summary.untimed > 1 else ''} received in that period "
               "without a known time yet (their node had no clock)", file=sys.stderr)
+    if summary.implausible:
+        print(f"left out {_n(summary.implausible, 'record')} received in that period with an implausible interval "
+              "start, length or counters, stored by an older gateway (docs/operator.md)", file=sys.stderr)
     return 0
 
 

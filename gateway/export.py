@@ -12,6 +12,13 @@ Streaming: one read transaction (a consistent snapshot beside the running gatewa
 per node walking the (node, start) index, rows written as the cursor yields them; memory does not
 grow with the number of rows. Records without a known start are left out and counted.
 
+Records an older gateway stored with an implausible interval or counters (plausible.py: a start
+before 2026 or more than a day past the time of the export, a length outside 1..3900 s, a boot or
+seq above 2**30-1) are left out too: such a start is no time a data user can put on a reading, and
+some are no date at all. Those received in the selected period are counted, on stderr and in the
+CSVW metadata. A value no JSON can hold (a REAL infinity an older store may have) is written as no
+value (empty in CSV, null in JSON).
+
 With a `Correction` (pm_humidity.py), each PM reading is followed by its humidity-corrected twin
 (`pm25_corr`, flagged `corrected`), computed with the RH of the same record.
 """
@@ -28,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from . import pm_humidity
+from . import plausible, pm_humidity
 from .payload import QUANTITIES
 from .store import Store
 from .timefmt import iso
@@ -93,6 +100,7 @@ class Summary:
     readings: int = 0
     records: int = 0
     untimed: int = 0  # records in the period's reception window left out: no known start yet
+    implausible: int = 0  # records in that window left out: an implausible interval or counters
     first: int | None = None  # earliest interval start written
     last: int | None = None
     nodes: set[str] = field(default_factory=set)
@@ -100,24 +108,28 @@ class Summary:
 
 
 _ROWS_SQL = """
-    SELECT r.id, r.start, r.dur, r.board, r.fw, r.sensors, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
+    SELECT r.id, r.start, r.dur, r.boot, r.seq, r.board, r.fw, r.sensors,
+           g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
     FROM records AS r JOIN readings AS g ON g.record_id = r.id
     WHERE r.node = ? AND r.start >= ? AND r.start < ? {quantities}
     ORDER BY r.start, r.id
 """
-_FAR = 2**62  # an open end of the period
+_FAR = float("inf")  # an open end of the period: past any start or reception time a store may hold
 
 
 def known_nodes(store: Store) -> list[str]:
     return [r[0] for r in store.db.execute("SELECT node FROM nodes ORDER BY node")]
 
 
-def rows(store: Store, sel: Selection, summary: Summary) -> Iterator[Row]:
+def rows(store: Store, sel: Selection, summary: Summary, now: float | None = None) -> Iterator[Row]:
     """The selected readings, by node, then interval start; `summary` is filled in as they go.
-    Call inside a read transaction for one consistent snapshot."""
+    Call inside a read transaction for one consistent snapshot. `now` (default: the clock) is
+    what a plausible interval start may not be more than a day past."""
+    now = time.time() if now is None else now
     nodes = _nodes(store, sel)
     lo, hi = (sel.since if sel.since is not None else -_FAR), (sel.until if sel.until is not None else _FAR)
     summary.untimed = _untimed(store, nodes, lo, hi)
+    summary.implausible = store.implausible(nodes, sel.since, sel.until, now)
     stored = sel.stored_quantities()
     where = f"AND g.quantity IN ({','.join('?' * len(stored))})" if stored else ""
     sql = _ROWS_SQL.format(quantities=where)
@@ -125,11 +137,11 @@ def rows(store: Store, sel: Selection, summary: Summary) -> Iterator[Row]:
         record: list[tuple] = []
         for row in store.db.execute(sql, (node, lo, hi, *stored)):
             if record and row[0] != record[0][0]:
-                yield from _record_rows(node, record, sel, summary)
+                yield from _record_rows(node, record, sel, summary, now)
                 record = []
             record.append(row)
         if record:
-            yield from _record_rows(node, record, sel, summary)
+            yield from _record_rows(node, record, sel, summary, now)
 
 
 def _nodes(store: Store, sel: Selection) -> list[str]:
@@ -163,14 +175,17 @@ def _order(quantity: str) -> int:
     return _ORDER.get(quantity, len(_ORDER))
 
 
-def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summary) -> Iterator[Row]:
-    _id, start, dur, board, fw, sensors_text, *_ = record[0]
+def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summary, now: float) -> Iterator[Row]:
+    _id, start, dur, boot, seq, board, fw, sensors_text, *_ = record[0]
+    if not plausible.record(start, dur, boot, seq, now):
+        return  # counted in summary.implausible (by reception time, as untimed)
     sensors = _sensors(sensors_text)
     times = iso(start), iso(start + dur)  # once per record: formatting is most of the time per row
-    readings = sorted(record, key=lambda r: _order(r[6]))
-    rh = next((r[7] for r in readings if r[6] == "rh"), None)
+    readings = sorted(record, key=lambda r: _order(r[8]))
+    rh = next((plausible.finite(r[9]) for r in readings if r[8] == "rh"), None)
     wrote = False
     for *_x, quantity, avg, lo, hi, n, unit, flags in readings:
+        avg, lo, hi = plausible.finite(avg), plausible.finite(lo), plausible.finite(hi)
         flag_list = tuple(f for f in flags.split(",") if f)
         sensor = sensors.get(q.role, "") if (q := QUANTITIES.get(quantity)) else ""
         if sel.wants(quantity):
@@ -271,9 +286,11 @@ def metadata(csv_name: str, sel: Selection, summary: Summary, db_id: str) -> dic
             f" PM humidity correction (pm*_corr rows, next to the raw values): PM_dry = PM / (1 + "
             f"(kappa/{pm_humidity.DENSITY_RATIO}) / (-1 + 100/RH)), kappa = {sel.correction.kappa:g}, RH of the "
             f"same record from the node's BME280 (in the housing: it can read lower than ambient); not "
-            f"corrected above RH {pm_humidity.RH_MAX:g} % (flag rh_too_high) or without RH (flag no_rh). "
+            f"corrected above RH {pm_humidity.RH_MAX:g} % (flag rh_too_high) or without RH, or with one "
+            "below 0 % (flag no_rh). "
             "Crilley et al. 2018, AMT 11, 709-720, doi:10.5194/amt-11-709-2018."
         )
+    description += left_out(summary)
     period = f"{iso(summary.first) if summary.first is not None else '..'}/" \
              f"{iso(summary.last) if summary.last is not None else '..'}"
     return {
@@ -290,23 +307,39 @@ def metadata(csv_name: str, sel: Selection, summary: Summary, db_id: str) -> dic
     }
 
 
+def left_out(summary: Summary) -> str:
+    """The sentence of the metadata that counts the records left out ('' when none were)."""
+    parts = []
+    if summary.implausible:
+        parts.append(f"{summary.implausible} record{'s' if summary.implausible != 1 else ''} with an implausible "
+                     "interval start, length or counters, stored by an older gateway (docs/payload.md, "
+                     "plausible values)")
+    if summary.untimed:
+        parts.append(f"{summary.untimed} record{'s' if summary.untimed != 1 else ''} without a known start "
+                     "(the node had no clock yet)")
+    return f" Left out, of the records received in the period: {'; '.join(parts)}." if parts else ""
+
+
 # -- output -------------------------------------------------------------------------------------------
 
 
-def export(store: Store, sel: Selection, fmt: str, output: Path | None, stdout: IO[str]) -> Summary:
+def export(store: Store, sel: Selection, fmt: str, output: Path | None, stdout: IO[str],
+           now: float | None = None) -> Summary:
     """Write the selection to `output` (atomically: the file appears whole or not at all; a CSV
-    gets its `-metadata.json`) or to `stdout`. One read transaction for the whole export."""
+    gets its `-metadata.json`) or to `stdout`. One read transaction for the whole export. `now`
+    (default: the clock) is what a plausible interval start may not be more than a day past."""
+    now = time.time() if now is None else now
     summary = Summary()
     write = WRITERS[fmt]
     store.db.execute("BEGIN")
     try:
         _nodes(store, sel)  # before a byte is written
         if output is None:
-            write(rows(store, sel, summary), stdout)
+            write(rows(store, sel, summary, now), stdout)
             stdout.flush()
         else:
             with _atomic(output) as f:
-                write(rows(store, sel, summary), f)
+                write(rows(store, sel, summary, now), f)
             if fmt == "csv":
                 doc = metadata(output.name, sel, summary, store.db_id)
                 with _atomic(metadata_path(output)) as f:

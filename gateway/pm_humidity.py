@@ -46,8 +46,9 @@ def growth(rh: float, kappa: float = KAPPA) -> float:
 
 
 def correct(pm: float | None, rh: float | None, kappa: float = KAPPA) -> tuple[float | None, str | None]:
-    """(PM_dry, None), or (None, the flag saying why there is none)."""
-    if rh is None:
+    """(PM_dry, None), or (None, the flag saying why there is none). An RH below 0 % (which an
+    older store may hold) is no RH at all: as without one."""
+    if rh is None or rh < 0:
         return None, FLAG_NO_RH
     if rh > RH_MAX:
         return None, FLAG_RH_TOO_HIGH

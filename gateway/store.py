@@ -95,7 +95,9 @@ Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       INTEGER, at REAL, status INTEGER (HTTP status), reason TEXT
 
     counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,
-      .dead (readings dead-lettered), .untimed (records passed over without a known start)
+      .dead (readings dead-lettered), .untimed (records passed over without a known start),
+      .implausible (records passed over: an older gateway stored them with an implausible interval
+      or counters, plausible.py)
 
     counters of the bounds (retention.py): dropped.age, dropped.bytes (records pruned, by the bound
       that pruned them), dropped.unforwarded (of those, records not yet forwarded to every enabled
@@ -124,7 +126,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import quote
 
-from .payload import MAX_MESSAGE_BYTES, QUANTITIES, REFUSED, SCALAR, Batch, Status
+from .payload import (BOOT_MAX, DUR_MAX, FUTURE_MARGIN_S, MAX_MESSAGE_BYTES, QUANTITIES, REFUSED, SCALAR, SEQ_MAX,
+                      TS_MIN, Batch, Status)
 
 log = logging.getLogger(__name__)
 
@@ -899,6 +902,26 @@ class Store:
             sql += " AND received_at >= ?"
             args.append(since)
         return self.db.execute(sql, args).fetchone()[0]
+
+    def implausible(self, nodes: Sequence[str], since: float | None, until: float | None, now: float) -> int:
+        """Records of `nodes` received in [since, until) (None: open) whose start is known but whose
+        interval or counters an older gateway stored outside the contract's plausible values: the
+        rule of plausible.record, in SQL (a TEXT or an infinity fails every BETWEEN, as there)."""
+        if not nodes:
+            return 0
+        where, args = [f"node IN ({','.join('?' * len(nodes))})"], list[object](nodes)
+        if since is not None:
+            where.append("received_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("received_at < ?")
+            args.append(until)
+        return self.db.execute(
+            "SELECT count(*) FROM records WHERE start IS NOT NULL AND " + " AND ".join(where) +
+            " AND NOT (start BETWEEN ? AND ? AND dur BETWEEN 1 AND ? AND boot BETWEEN 0 AND ?"
+            " AND seq BETWEEN 0 AND ?)",
+            (*args, TS_MIN, now + FUTURE_MARGIN_S, DUR_MAX, BOOT_MAX, SEQ_MAX),
+        ).fetchone()[0]
 
     def latest(self) -> list[Latest]:
         """The newest record of every node that has one, by node id: what a live table shows."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 from .store import Node, Reading
-from .timefmt import iso
+from .timefmt import iso, start_text
 
 
 def number(v: float | int | None) -> str:
-    """`12.34`, `2`, `1013.21`; `-` for no value."""
-    return "-" if v is None else format(v, ".10g")
+    """`12.34`, `2`, `1013.21`; `-` for no value. A count is written whole, however big (an older
+    store may hold a boot of 2**63-1: the table shows it as it is)."""
+    if v is None:
+        return "-"
+    return str(v) if isinstance(v, int) else format(v, ".10g")
 
 
 def render(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
@@ -28,11 +32,13 @@ READINGS_HEADER = ("node", "interval start (UTC)", "quantity", "avg", "min", "ma
 _RIGHT = (False, False, False, True, True, True, True, False, False)
 
 
-def readings_table(readings: Sequence[Reading]) -> str:
+def readings_table(readings: Sequence[Reading], now: float | None = None) -> str:
     """One line per reading; `-` where the node had no valid sample, min, max and n blank for a
-    quantity the node sends as a plain number (LA10, cov, ...)."""
+    quantity the node sends as a plain number (LA10, cov, ...). An interval start outside the
+    contract's plausible times (at `now`) is the raw number stored (timefmt.start_text)."""
+    now = time.time() if now is None else now
     rows = [
-        (g.node, iso(g.start), g.quantity, number(g.avg),
+        (g.node, start_text(g.start, now), g.quantity, number(g.avg),
          *(("", "", "") if g.scalar else (number(g.min), number(g.max), number(g.n))),
          g.unit, ",".join(g.flags))
         for g in readings

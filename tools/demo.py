@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from meetkit_tools.services import GatewayProcess, Mosquitto
@@ -25,6 +24,7 @@ COLUMNS = (("PM2.5", "pm25"), ("PM10", "pm10"), ("T degC", "temp"), ("RH %", "rh
 
 def render(db: Path, nodes: list[SimNode], started: float) -> str:
     from meetkit_gateway.store import Store
+    from meetkit_gateway.timefmt import start_text
 
     lines = []
     try:
@@ -41,7 +41,9 @@ def render(db: Path, nodes: list[SimNode], started: float) -> str:
         if l is None:
             lines.append(f"{node.spec.node_id:10s} {node.spec.scenario['name']:18s} (no record yet)")
             continue
-        when = datetime.fromtimestamp(l.start, timezone.utc).strftime("%Y-%m-%d %H:%M") if l.start else "clock unknown"
+        # an older store's implausible start is shown as its raw number, never a crash of the table
+        when = "clock unknown" if l.start is None else start_text(l.start, time.time())
+        when = when[:16].replace("T", " ") if when.endswith("Z") else when
         cells, flags = [], set()
         for _, q in COLUMNS:
             r = l.readings.get(q)

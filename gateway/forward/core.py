@@ -22,6 +22,12 @@ a record of the same boot with a time arrives) hold the cursor back for `hold_un
 they were received; after that they are passed over and counted in `forward.<t>.untimed`. A boot
 that has gone without a clock for longer than that holds nothing back any more (a node that never
 gets one must not delay the others).
+
+Records an older gateway stored with an implausible interval or counters (plausible.py: a start
+before 2026 or more than a day past the forwarder's clock, a length outside 1..3900 s, a boot or seq
+above 2**30-1) are passed over and counted in `forward.<t>.implausible`, for every target alike: no
+target is sent a time it would refuse (InfluxDB's nanosecond timestamps end in 2262) or file in the
+wrong year, and the cursor moves past them like past any other record.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
+from .. import plausible
 from ..config import ForwardConfig
 from ..store import Store
 
@@ -154,15 +161,30 @@ _ROWS_SQL = """
 """
 
 
+def _plausible(rows: list[Row], now: float) -> tuple[list[Row], int]:
+    """The rows of plausible records (plausible.record), and how many records were not."""
+    kept: list[Row] = []
+    bad = 0
+    last, ok = None, True
+    for r in rows:
+        if r.record_id != last:  # rows come by record: one check each
+            last, ok = r.record_id, plausible.record(r.start, r.dur, r.boot, r.seq, now)
+            bad += not ok
+        if ok:
+            kept.append(r)
+    return kept, bad
+
+
 @dataclass(frozen=True)
 class Pending:
     """The next batch: `rows` of the records in (`after`, `upto`]; `untimed` records of that range
-    are passed over."""
+    and `implausible` ones (plausible.record) are passed over."""
 
     after: int
     upto: int
     rows: list[Row]
     untimed: int
+    implausible: int = 0
 
 
 class Forwarder:
@@ -227,13 +249,16 @@ class Forwarder:
             newest = db.execute("SELECT max(id) FROM records").fetchone()[0] or 0
             # The first recent record still waiting for its node's clock holds the batch back,
             # unless its boot has gone without a clock for longer than the hold already: a node
-            # that never gets one must not keep every other node hold_untimed_s behind.
+            # that never gets one must not keep every other node hold_untimed_s behind. Nor may a
+            # record an older gateway stamped far in the future (its clock wrong): "recent" ends
+            # hold_untimed_s past now.
+            now = self.clock()
             held = db.execute(
                 """SELECT min(r.id) FROM records AS r
-                   WHERE r.start IS NULL AND r.id > :after AND r.received_at > :since
+                   WHERE r.start IS NULL AND r.id > :after AND r.received_at > :since AND r.received_at <= :ahead
                      AND NOT EXISTS (SELECT 1 FROM records AS o WHERE o.node = r.node AND o.boot = r.boot
                                      AND o.start IS NULL AND o.received_at <= :since)""",
-                {"after": after, "since": self.clock() - self.hold_untimed_s},
+                {"after": after, "since": now - self.hold_untimed_s, "ahead": now + self.hold_untimed_s},
             ).fetchone()[0]
             limit = newest if held is None else held - 1
             rows: list[Row] = []
@@ -254,7 +279,8 @@ class Forwarder:
             ).fetchone()[0] if upto > after else 0
         finally:
             db.execute("COMMIT")
-        return Pending(after, max(upto, after), rows, untimed)
+        rows, implausible = _plausible(rows, self.clock())
+        return Pending(after, max(upto, after), rows, untimed, implausible)
 
     def _advance(self, p: Pending, **fields: Any) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in fields)
@@ -264,6 +290,7 @@ class Forwarder:
             {"upto": p.upto, "after": p.after, "now": self.clock(), "target": self.name, **fields},
         )
         self.store.bump(f"forward.{self.name}.untimed", p.untimed)
+        self.store.bump(f"forward.{self.name}.implausible", p.implausible)
 
     # -- one attempt ----------------------------------------------------------------------------------
 
@@ -271,9 +298,10 @@ class Forwarder:
         """Send the next batch if there is one; seconds to wait before the next step."""
         p = self.pending()
         if not p.rows:
-            if p.upto > p.after:  # only untimed records, given up on
+            if p.upto > p.after:  # only records passed over (untimed, implausible): on to the next at once
                 with self.store.transaction():
                     self._advance(p)
+                return 0.0
             return self.poll_s
         try:
             result = self.sender.send(p.rows)

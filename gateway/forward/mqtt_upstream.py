@@ -13,7 +13,9 @@ The message, on the topic template with `{node}` filled in (UTF-8 JSON, no white
 (node, boot, seq) identifies a record for ever (docs/payload.md) and `start` is its interval start
 in UTC Unix seconds: a message that comes again (a retry after a lost PUBACK, a restart between
 the broker's PUBACK and the cursor's commit, an operator's replay) is byte for byte the same, so a
-consumer drops duplicates by that key (idempotent replay).
+consumer drops duplicates by that key (idempotent replay). Records an older gateway stored with an
+implausible start or counters are passed over (core.py); a value JSON cannot hold (a REAL infinity
+in an older store) is null.
 
 Delivery: a new paho client (MQTT v5 by default) per connection, with a fixed client id; every
 message of a batch is published, and the batch is taken only when every PUBACK came back with a
@@ -48,6 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..config import ForwardConfig
+from ..plausible import finite
 from ..timefmt import iso
 from .core import Refused, Result, Row
 
@@ -76,7 +79,8 @@ def encode_records(rows: Sequence[Row], topic: str) -> list[Message]:
         r = rs[0]
         doc = {"v": 1, "node": r.node, "boot": r.boot, "seq": r.seq, "start": r.start, "time": iso(r.start),
                "dur": r.dur, "fw": r.fw, "board": r.board,
-               "readings": {g.quantity: {"avg": g.avg, "min": g.min, "max": g.max, "n": g.n, "unit": g.unit,
+               "readings": {g.quantity: {"avg": finite(g.avg), "min": finite(g.min), "max": finite(g.max),
+                                         "n": g.n, "unit": g.unit,
                                          "flags": g.flags.split(",") if g.flags else []} for g in rs}}
         payload = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         out.append(Message(record_id, len(rs), topic.format(node=r.node), payload))

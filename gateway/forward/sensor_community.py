@@ -18,8 +18,9 @@ decimals:
 
 Passed over and counted (`forward.<t>.<counter>` in the store, on /metrics): the readings of nodes
 without an X-Sensor id in `sensors` (`unmapped`), and readings sensor.community has no value type
-for: LA10/50/90, LZeq, cov, and null values (`unsupported`). Quality flags have no place in the API
-and are not sent.
+for: LA10/50/90, LZeq, cov, null values and an older store's infinities (`unsupported`); records
+with an implausible time or counters (an older store's) are passed over before, by the forwarder
+(core.py, `implausible`). Quality flags have no place in the API and are not sent.
 
 The API takes no time: the server stamps each value with its arrival. So only fresh records are
 sent: a record whose interval ended more than `max_age` seconds ago (default 300: the map shows the
@@ -53,6 +54,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import time
 from typing import Callable, Sequence
 
@@ -88,7 +90,7 @@ def requests_for(rows: Sequence[Row]) -> tuple[list[tuple[int, int, str, list[di
         values = []
         for value_type, which, scale in fields:
             v = getattr(r, which)
-            if v is not None:
+            if v is not None and math.isfinite(v * scale):  # a REAL infinity (an older store) is no value
                 values.append({"value_type": value_type, "value": f"{v * scale:.2f}"})
         if not values:
             unsupported += 1  # null: nothing to send

@@ -64,6 +64,13 @@ fetched (`GET Datastreams(<id>)/Observations?$filter=resultTime ge .. and result
 &$select=phenomenonTime`) and those whose phenomenonTime interval is already there are not sent
 again. A Datastream found on the service (made by an earlier database or another gateway) starts
 with its newest Observation's resultTime as mark. New readings, the normal case, cost no lookup.
+
+Older stores. Records with an implausible time never reach this target (core.py passes them
+over). But a gateway before issue 13 may have sent one (a phenomenonTime in 2100) or marked one
+(`sent_until` of the year 318857, when formatting it failed after the mark was written): a mark
+later than any plausible interval end is taken again from the service, its newest Observation up
+to that limit, and a Datastream's newest Observation is looked for only up to it; otherwise every
+later reading would be looked up, or fail to be.
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +86,7 @@ from typing import Any, Iterator, Sequence
 
 from ..config import ForwardConfig
 from ..fleet import Fleet, FleetError
+from ..payload import DUR_MAX, FUTURE_MARGIN_S
 from ..store import Store
 from . import sensorthings_model as model
 from .core import Result, Row, auth_header, refused_readings
@@ -98,6 +107,11 @@ TABLE = """
     ) WITHOUT ROWID
 """
 TOP = 1000  # entities asked for per page of a lookup
+
+
+def _latest_end() -> int:
+    """The latest interval end a plausible record can have now (plausible.py)."""
+    return int(time.time()) + FUTURE_MARGIN_S + DUR_MAX
 
 
 @dataclass
@@ -314,6 +328,12 @@ class SensorThingsSender:
         name = model.datastream_name(row.node, row.quantity, sensor_model)
         e = self._cached("Datastream", name)
         if e is not None:
+            if e.sent_until is not None and not e.sent_until <= _latest_end():  # an older gateway's mark
+                log.warning("sensorthings %s: Datastream %r was marked as sent up to %s, later than any reading "
+                            "can end: taking the mark from the service again", self.cfg.name, name,
+                            model.iso(e.sent_until))
+                e.sent_until = self._newest(e.id)
+                self._remember(e)
             return e
         ids = {"Thing": self._thing(row).id,
                "Sensor": self._entity("Sensor", sensor_model, "Sensors", model.sensor(sensor_model),
@@ -336,9 +356,11 @@ class SensorThingsSender:
         return self._remember(Entity("Datastream", name, iot_id))
 
     def _newest(self, iot_id: int | str) -> int | None:
-        """The resultTime (else phenomenonTime end) of the Datastream's newest Observation."""
+        """The resultTime (else phenomenonTime end) of the Datastream's newest Observation that
+        a plausible reading can have (not one in 2100 an older gateway sent)."""
         path = f"/Datastreams({key(iot_id)})/Observations"
         for v in self.client.values(path, pages=1, orderby="resultTime desc", top="1",
+                                    filter=f"resultTime le {model.iso(_latest_end())}",
                                     select="phenomenonTime,resultTime")[:1]:
             if isinstance(v.get("resultTime"), str):
                 return model.parse_time(v["resultTime"])

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..payload import QUANTITIES
+from ..plausible import finite
 from ..timefmt import iso
 from .core import Row
 
@@ -247,8 +248,8 @@ def observation(row: Row) -> list[Any]:
     """The dataArray row for `row`, in COMPONENTS' order (the reading must have a value)."""
     assert row.avg is not None
     params: dict[str, Any] = {}
-    if row.n is not None:
-        params.update({"min": row.min, "max": row.max, "n": row.n})
+    if row.n is not None:  # an infinity an older store may hold: null, JSON has no way to write it
+        params.update({"min": finite(row.min), "max": finite(row.max), "n": row.n})
     if row.flags:
         params["flags"] = row.flags.split(",")
     return [f"{iso(row.start)}/{iso(end(row))}", row.avg, iso(end(row)), params]

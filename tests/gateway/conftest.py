@@ -251,3 +251,35 @@ def sta() -> Iterator[SensorThingsServer]:
         yield s
     finally:
         s.stop()
+
+
+class StorePair:
+    """Two stores with the same ordinary records (tests/gateway/older_store.py): `older` also holds
+    what a gateway before issue 13 stored with implausible times and counters, `clean` does not.
+    Each has a gateway.toml beside it for the read-only commands."""
+
+    def __init__(self, root: Path, t0: int, received_at: float | None = None) -> None:
+        from .older_store import build
+
+        self.t0 = t0
+        self.dirs = {}
+        for name in ("older", "clean"):
+            d = root / name
+            d.mkdir()
+            (d / "gateway.toml").write_text('[store]\npath = "gateway.db"\n')
+            build(d / "gateway.db", t0, implausible_too=name == "older", received_at=received_at)
+            self.dirs[name] = d
+
+    def config(self, name: str) -> Path:
+        return self.dirs[name] / "gateway.toml"
+
+    def db(self, name: str) -> Path:
+        return self.dirs[name] / "gateway.db"
+
+
+@pytest.fixture
+def older(tmp_path: Path) -> StorePair:
+    """An older store and its clean twin, ordinary times from 2026-11-24T09:00Z."""
+    from .older_store import T0
+
+    return StorePair(tmp_path, T0)
