@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
              "(default: 1h)",
     )
     r.add_argument("--quantity", choices=list(QUANTITIES), help="only this quantity")
+    d = command("dead-letters", "list, show or replay what the gateway refused (docs/operator.md, \"Dead letters\")")
+    d.add_argument("action", choices=("list", "show", "replay"),
+                   help="list: the newest first; show: one whole; replay: through the checks again, after a fix")
+    d.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letters (show: one; replay: these)")
+    d.add_argument("--node", help="only this node's")
+    d.add_argument("--code", help="only those with this reason code (not_json, out_of_range, implausible, ...)")
+    d.add_argument("--all", action="store_true", help="replay: every dead letter (of --node, --code)")
+    d.add_argument("--limit", type=int, default=50, help="list: at most this many (default 50)")
     e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
     e.add_argument("--since", metavar="WHEN",
                    help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
@@ -354,7 +362,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export}
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from . import deadletters
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return deadletters.run(cfg, args)
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export,
+            "dead-letters": cmd_dead_letters}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -685,6 +685,12 @@ class Store:
             f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (id,)).fetchone()
         return None if row is None else DeadLetter(*row)
 
+    def update_dead_letter(self, id: int, payload: bytes, code: str, reason: str) -> None:
+        """What a dead letter still holds after a replay, and why."""
+        with self._writing():
+            self.db.execute("UPDATE dead_letters SET payload = ?, code = ?, reason = ?, size = ? WHERE id = ?",
+                            (payload, code, reason, len(payload), id))
+
     def delete_dead_letter(self, id: int) -> bool:
         with self._writing():
             return self.db.execute("DELETE FROM dead_letters WHERE id = ?", (id,)).rowcount > 0
