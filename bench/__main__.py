@@ -1,4 +1,4 @@
-from bench import forward, gateway, noise, provision, sensorthings, sim, start_heap, store, tls, wire
+from bench import forward, gateway, hostile, noise, provision, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
@@ -12,6 +12,7 @@ def main() -> None:
     sensorthings.run()
     store.run()
     provision.run()
+    hostile.run()
 
 
 if __name__ == "__main__":

@@ -141,11 +141,11 @@ def judge(name: str, nodes: dict[str, tuple[Ledger, int]], rows: list[tuple[str,
 class Rig:
     """A real Mosquitto, the gateway as its own process, and simulated nodes, in one folder."""
 
-    def __init__(self, workdir: Path, gateway_dir: Path | None = None) -> None:
+    def __init__(self, workdir: Path, gateway_dir: Path | None = None, store_toml: str = "") -> None:
         self.dir = Path(workdir)
         self.broker = Mosquitto(self.dir / "broker").start()
         self.gateway = GatewayProcess(gateway_dir or self.dir / "gateway", self.broker.host, self.broker.port,
-                                      client_id="meetkit-gateway-faults").start()
+                                      client_id="meetkit-gateway-faults", store_toml=store_toml).start()
         self._wait_subscribed()
         self.nodes: dict[str, SimNode] = {}
         self.epochs: dict[str, int] = {}
