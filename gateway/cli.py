@@ -122,6 +122,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  store       {cfg.store.path}{exists}")
     age = f"{cfg.store.max_age_days} days from reception" if cfg.store.max_age_days else "no age bound"
     print(f"  bounds      at most {_size(cfg.store.max_bytes)} in use and {age}; the oldest records are dropped first")
+    st = cfg.store
+    print(f"  refused     dead letters within {st.dead_letters_node_max} and {_size(st.dead_letters_node_max_bytes)} per "
+          f"node, {_size(st.dead_letters_max_bytes)} in all (outside the bound above)")
     for t in cfg.forward:
         print(f"  forward     {_target(t)}")
     if not cfg.forward:
@@ -184,7 +187,8 @@ def _print_store(cfg: Config) -> None:
         with Store(cfg.store.path, readonly=True) as store:
             c, counters, nodes = store.counts(), store.counters(), store.nodes()
             alarms, db_id, created = store.alarms(ALARMS_SHOWN), store.db_id, store.created_at
-            used, incremental = store.used_bytes(), store.incremental
+            used, incremental = store.bounded_bytes(), store.incremental
+            letters = store.dead_letter_usage(every=True)
         file_bytes = sum(p.stat().st_size for p in (cfg.store.path, Path(f"{cfg.store.path}-wal")) if p.exists())
     except StoreError as e:
         print(f"  database    {e}; {free} free")
@@ -196,6 +200,13 @@ def _print_store(cfg: Config) -> None:
           f"{c.nodes} nodes, {counters.get('refused', 0)} messages refused; {free} free")
     print(f"  size        {_size(used)} in use of {_size(cfg.store.max_bytes)}, file {_size(file_bytes)}"
           f"{'' if incremental else ' (does not shrink: not converted to incremental auto-vacuum)'}")
+    refused = {what: sum(v for k, v in counters.items() if k.startswith(f"refused_{what}."))
+               for what in ("records", "values")}
+    if letters[0] or any(refused.values()):
+        print(f"  refused     {refused['records']} records and {refused['values']} values refused alone, "
+              f"{counters.get('flagged.range', 0)} values kept beyond their sensor's rating (flag range); "
+              f"{letters[0]} dead letters of {_size(letters[1])}, {counters.get('dead_letters_dropped.flood', 0)} "
+              "dropped for a flooding node (`dead-letters list`)")
     dropped = {k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.")}
     if dropped:
         by = ", ".join(f"{dropped[k]} by {k}" for k in ("age", "bytes") if dropped.get(k))

@@ -28,6 +28,7 @@ def test_good_config_prints_a_summary(tmp_path):
         "  http        http://127.0.0.1:8080/ (status page, /healthz, /metrics) (loopback only)",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
         "  bounds      at most 2.0 GB in use and 365 days from reception; the oldest records are dropped first",
+        "  refused     dead letters within 2000 and 2.0 MB per node, 64.0 MB in all (outside the bound above)",
         "  forward     no targets",
         "  log level   WARNING",
     ]
@@ -66,10 +67,11 @@ enabled = false
     r = cli("check", "--config", str(tmp_path / "gateway.toml"))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[4:9] == [
+    assert lines[4:10] == [
         "  http        http://0.0.0.0:9100/ (status page, /healthz, /metrics)",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",
         "  bounds      at most 500.0 MB in use and 30 days from reception; the oldest records are dropped first",
+        "  refused     dead letters within 2000 and 2.0 MB per node, 64.0 MB in all (outside the bound above)",
         "  forward     vm: influx http://127.0.0.1:8428 (api v1, db lab, basic auth as lab), enabled",
         "  forward     city: influx https://influx.city.example/base (api v2, org city, bucket meetkit, "
         f"token from {tmp_path / 'secrets' / 'token'}), DISABLED",
