@@ -203,10 +203,10 @@ def _print_store(cfg: Config) -> None:
     refused = {what: sum(v for k, v in counters.items() if k.startswith(f"refused_{what}."))
                for what in ("records", "values")}
     if letters[0] or any(refused.values()):
-        print(f"  refused     {refused['records']} records and {refused['values']} values refused alone, "
-              f"{counters.get('flagged.range', 0)} values kept beyond their sensor's rating (flag range); "
-              f"{letters[0]} dead letters of {_size(letters[1])}, {counters.get('dead_letters_dropped.flood', 0)} "
-              "dropped for a flooding node (`dead-letters list`)")
+        print(f"  refused     {_n(refused['records'], 'record')} and {_n(refused['values'], 'value')} refused alone, "
+              f"{_n(counters.get('flagged.range', 0), 'value')} kept beyond their sensor's rating (flag range); "
+              f"{_n(letters[0], 'dead letter')} of {_size(letters[1])}, "
+              f"{counters.get('dead_letters_dropped.flood', 0)} dropped for a flooding node (`dead-letters list`)")
     dropped = {k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.")}
     if dropped:
         by = ", ".join(f"{dropped[k]} by {k}" for k in ("age", "bytes") if dropped.get(k))

@@ -78,6 +78,9 @@ def test_list_and_show(config: Path) -> None:
     assert cli("dead-letters", "show", "99", "--config", str(config)).returncode == 1
     assert cli("dead-letters", "show", "--config", str(config)).returncode == 2
     assert cli("dead-letters", "replay", "--config", str(config)).returncode == 2
+    check = cli("check", "--config", str(config))
+    assert ("  refused     1 record and 0 values refused alone, 0 values kept beyond their sensor's rating "
+            "(flag range); 3 dead letters of ") in check.stdout
 
 
 def test_replay_after_a_widened_range_stores_what_was_refused_once(config: Path) -> None:
