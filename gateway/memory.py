@@ -2,8 +2,8 @@
 
 glibc's malloc serves a block of 128 KiB or more with mmap of its own and unmaps it when freed,
 but raises that threshold to the size of every such block freed (up to 32 MiB): after the first
-large message, paho's packet buffers (a few MB each for a message of 1 MB) come from the heap,
-which does not shrink past what is still in use above them. A burst of 1 MB messages left the
+large message, paho's buffers for each one (a few copies of it while it is read and decoded)
+come from the heap, which does not shrink past what is still in use above them. A burst of 1 MB messages left the
 gateway 12 to 18 MB larger for good (bench/flood.py). Setting the threshold once turns that
 adjustment off: large blocks stay mmapped and go back to the system when freed. A no-op where
 the C library is not glibc.

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 QOS = 1
 
-#: The bytes kept of a message over MAX_MESSAGE_BYTES: what its dead letter keeps (store.py).
-KEEP_BYTES = DEAD_LETTER_MAX
+#: The bytes kept of a message over MAX_MESSAGE_BYTES: what its dead letter keeps (store.py), and
+#: over that limit too, so that no parser takes the part for a valid message.
+KEEP_BYTES = max(DEAD_LETTER_MAX, MAX_MESSAGE_BYTES + 1)
 
 
 class Source:
