@@ -1,4 +1,4 @@
-from bench import forward, gateway, hostile, noise, provision, sensorthings, sim, start_heap, store, tls, wire
+from bench import flood, forward, gateway, hostile, noise, provision, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
@@ -8,6 +8,7 @@ def main() -> None:
     wire.run()
     noise.run()
     gateway.run()
+    flood.run()
     forward.run()
     sensorthings.run()
     store.run()

@@ -1,9 +1,12 @@
 """From received messages to committed rows: a queue and the one thread that writes the store.
 
 The MQTT side only wraps each message in an `Inbound` and calls `Writer.submit` (a queue put), so
-paho's network thread never waits for the disk. The writer thread takes everything queued, up to
-`max_group` messages, and handles them in ONE transaction: while one commit is being synced, the
-next group builds up, so the cost of a commit is shared by however many messages arrived meanwhile.
+paho's network thread does not wait for the disk while the gateway keeps up. The writer thread
+takes everything queued, up to `max_group` messages, and handles them in ONE transaction: while one
+commit is being synced, the next group builds up, so the cost of a commit is shared by however many
+messages arrived meanwhile. What is held, queued or in the group being committed, is bounded in
+messages and in bytes (`MAX_QUEUE_BYTES`): past either, `submit` blocks paho's thread, which stops
+reading, and the broker keeps the rest unacknowledged until the store takes some.
 
 The valid batches of a group are written together, with a few statements (`ingest_group`); every
 other message (a status, a rejected batch, a retained message) gets a savepoint of its own. A batch
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -42,6 +44,7 @@ from typing import Callable, NamedTuple, Sequence
 from . import payload
 from .acks import Ack, readable
 from .alarms import DISK_ERROR, DISK_FULL, Alarms
+from .inbox import Inbox
 from .payload import Rejected
 from .retention import Bounds, Pruner
 from .store import Store
@@ -55,7 +58,8 @@ INTERNAL = "internal"  # rejection code for a message the gateway failed on
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One MQTT message as received."""
+    """One MQTT message as received. A message over the contract's size limit is not held whole
+    (mqtt.py): `payload` is its first bytes, `size` the size it had (-1: len(payload))."""
 
     topic: str
     payload: bytes
@@ -64,7 +68,26 @@ class Inbound:
     mid: int = 0
     qos: int = 0
     conn: int = 0  # which connection to the broker it came over (an MQTT ack goes back on it only)
-    size: int | None = None  # the message's size when `payload` holds only its first bytes
+    size: int = -1  # the message's size; more than len(payload) when only its first bytes are kept
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.payload))
+
+    @property
+    def truncated(self) -> bool:
+        """Only the first bytes of the payload were kept."""
+        return self.size > len(self.payload)
+
+    @property
+    def held_bytes(self) -> int:
+        """About what the message takes in memory while the gateway holds it (object headers,
+        the topic and the payload)."""
+        return len(self.payload) + len(self.topic) + INBOUND_OVERHEAD
+
+
+#: Bytes an `Inbound` takes besides its payload and topic (tracemalloc: about 240).
+INBOUND_OVERHEAD = 256
 
 
 class Done(NamedTuple):
@@ -119,6 +142,8 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
         with store.savepoint():
             if topic is None:
                 raise Rejected(payload.BAD_VALUE, f"topic {msg.topic!r} is not <prefix>/<node>/up or /status")
+            if msg.truncated:  # its first bytes only (mqtt.py)
+                raise Rejected(payload.OVERSIZED, f"{msg.size} bytes, the limit is {payload.MAX_MESSAGE_BYTES}")
             if topic.kind == "up":
                 batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size)
                 added = store.add_batch(batch, msg.received_at)
@@ -145,9 +170,10 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
             raise  # the whole group is refused or retried
         log.exception("failed on a message from %s", msg.topic)
         code, reason = INTERNAL, f"gateway error: {type(e).__name__}: {e}"
-    dl = store.add_dead_letter(msg.topic, msg.payload, code, reason, msg.received_at, _dead_letter_node(topic))
+    dl = store.add_dead_letter(msg.topic, msg.payload, code, reason, msg.received_at, _dead_letter_node(topic),
+                               size=msg.size)
     log.warning("rejected %s (dead letter %d): %s", msg.topic, dl, reason)
-    return readable(msg.payload, topic.node) if topic is not None and topic.kind == "up" else None
+    return readable(msg.payload, topic.node) if topic is not None and topic.kind == "up" and not msg.truncated else None
 
 
 #: Messages whose valid batches are written together: a few statements for all of them, and the
@@ -234,6 +260,11 @@ class Refusal:
 
 _STOP = object()
 
+#: What the messages held (queued, or in the group being committed) may take in memory: about 4000
+#: node messages of 4 KB, 8 times the largest group. Past it (or past `max_queue` messages),
+#: `submit` blocks: paho's thread stops reading and the broker keeps the rest (docs/reliability.md).
+MAX_QUEUE_BYTES = 16 * 1024 * 1024
+
 
 class Writer:
     """Commits submitted messages to the store in groups, from a thread of its own."""
@@ -245,6 +276,7 @@ class Writer:
         *,
         max_group: int = 500,
         max_queue: int = 10_000,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
         on_committed: Callable[[Sequence[Done]], None] | None = None,
         on_refused: Callable[[Sequence[Inbound]], None] | None = None,
         alarms: Alarms | None = None,
@@ -260,12 +292,15 @@ class Writer:
         self.summary_every = summary_every
         self.pruner = Pruner(store, bounds, self.alarms) if bounds is not None else None
         self._prune_failed_at = -summary_every
-        # Bounded: when the disk cannot keep up, submit() blocks paho's thread, which stops
-        # reading from the broker; the broker holds the rest (QoS 1) instead of our memory.
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        # Bounded in messages and bytes, until committed: when the disk cannot keep up, submit()
+        # blocks paho's thread, which stops reading from the broker; the broker holds the rest
+        # (QoS 1, unacknowledged) instead of our memory.
+        self._queue: Inbox[object] = Inbox(max_queue, max_queue_bytes)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._closing = False
         self.received = 0  # messages submitted
+        self.waits = 0  # times submit() waited for room
+        self._wait_logged_at = -summary_every
         self.committed = 0  # messages committed
         self.groups = 0  # transactions committed
         self.refused = 0  # messages refused (the store could not commit them)
@@ -278,15 +313,32 @@ class Writer:
         self._thread.start()
 
     def submit(self, msg: Inbound) -> None:
-        """Queue a message for the next group (any thread; blocks while the queue is full)."""
+        """Queue a message for the next group (any thread; blocks while the messages held take
+        `max_queue` messages or `max_queue_bytes` bytes, until a commit makes room)."""
         if self._closing:
             raise RuntimeError("the writer is closed")
         self.received += 1
-        self._queue.put(msg)
+        if self._queue.put(msg, msg.held_bytes, timeout=0):
+            return
+        self.waits += 1
+        if time.monotonic() - self._wait_logged_at >= self.summary_every:
+            self._wait_logged_at = time.monotonic()
+            items, nbytes = self._queue.held
+            log.warning(
+                "holding %d messages (%.1f MB), all it may: not reading from the broker until the store "
+                "commits some (the broker keeps the rest); %d such waits so far", items, nbytes / 1e6, self.waits,
+            )
+        self._queue.put(msg, msg.held_bytes)
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Messages queued, not yet taken into a group."""
+        return self._queue.queued
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """Messages held, queued or in the group being committed, and the bytes they take."""
+        return self._queue.held
 
     @property
     def running(self) -> bool:
@@ -297,7 +349,7 @@ class Writer:
         """Commit everything submitted so far, then stop the thread."""
         if not self._closing:
             self._closing = True
-            self._queue.put(_STOP)
+            self._queue.put_last(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -308,26 +360,25 @@ class Writer:
         stop = more_pruning = False
         while not stop:
             self.alive_at = time.monotonic()
-            try:
-                first = self._queue.get(timeout=0.0 if more_pruning else 1.0)
-            except queue.Empty:
-                first = None
+            first = self._queue.get(timeout=0.0 if more_pruning else 1.0)
             group: list[Inbound] = []
             if first is _STOP:
                 stop = True
             elif first is not None:
                 group.append(first)  # type: ignore[arg-type]
                 while len(group) < self.max_group:
-                    try:
-                        m = self._queue.get_nowait()
-                    except queue.Empty:
+                    m = self._queue.get(timeout=0)
+                    if m is None:
                         break
                     if m is _STOP:
                         stop = True
                         break
                     group.append(m)  # type: ignore[arg-type]
             if group:
-                self._commit(group)
+                try:
+                    self._commit(group)
+                finally:  # committed, refused or given up: no longer held
+                    self._queue.done(len(group), sum(m.held_bytes for m in group))
             if not stop:
                 more_pruning = self._prune()
             if time.monotonic() - last_summary >= self.summary_every:

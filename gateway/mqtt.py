@@ -13,7 +13,15 @@ acknowledged then, as a duplicate.
 
 paho's network thread (``loop_start``) connects, reconnects by itself when the broker goes away
 (1 s, doubling to 30 s between attempts, also when the broker is not up at start), and subscribes
-again on every connect. The callbacks only log and call the sink, which must be quick (a queue put).
+again on every connect. The callbacks only log and call the sink, a queue put that blocks while
+the gateway holds all it may (ingest.py): paho then stops reading, nothing is acknowledged, and
+the broker keeps the rest. Blocked for longer than 1.5 keepalives, the broker drops the
+connection; what was held is committed but acknowledged only when delivered again on the next.
+The writer's publishes and acks never wait for this thread (paho holds only its callback lock
+while it calls us, which `publish` and `ack` do not take): they go out once it reads again.
+
+A message over the contract's size limit is never held whole, whatever the broker lets through:
+only its first `KEEP_BYTES` (what its dead letter keeps) and its size.
 """
 
 from __future__ import annotations
@@ -28,11 +36,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import MqttConfig
 from .ingest import Inbound
+from .payload import MAX_MESSAGE_BYTES
+from .store import DEAD_LETTER_MAX
 from .topics import Topics
 
 log = logging.getLogger(__name__)
 
 QOS = 1
+
+#: The bytes kept of a message over MAX_MESSAGE_BYTES: what its dead letter keeps (store.py), and
+#: over that limit too, so that no parser takes the part for a valid message.
+KEEP_BYTES = max(DEAD_LETTER_MAX, MAX_MESSAGE_BYTES + 1)
 
 
 class Source:
@@ -172,7 +186,13 @@ class Source:
             if not self._accepting:
                 return
             try:
-                self.sink(Inbound(msg.topic, bytes(msg.payload), time.time(), bool(msg.retain), msg.mid, msg.qos,
-                                  self._conn))
+                self.sink(_inbound(msg, self._conn))
             except Exception:  # an exception here would end paho's thread; unacknowledged, it comes again
                 log.exception("could not queue a message from %s", msg.topic)
+
+
+def _inbound(msg: mqtt.MQTTMessage, conn: int) -> Inbound:
+    size = len(msg.payload)
+    # Past the contract's limit only the first bytes are kept (a copy: the whole goes with paho's packet).
+    data = bytes(msg.payload[:KEEP_BYTES]) if size > MAX_MESSAGE_BYTES else bytes(msg.payload)
+    return Inbound(msg.topic, data, time.time(), bool(msg.retain), msg.mid, msg.qos, conn, size)

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Sequence
 
 from . import config as configuration
+from . import memory
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
 from .fleet import Fleet
@@ -162,6 +163,7 @@ def run(config: Config, path: Path | None = None, notifier: Notifier | None = No
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    memory.fix_mmap_threshold()  # before the threads: RSS comes back down after large messages
     gateway = Gateway(config).start()
     sd.ready(f"store {config.store.path}")
     tick = min(1.0, sd.watchdog_s / 4) if sd.watchdog_s else 1.0

@@ -660,13 +660,15 @@ class Store:
 
     def add_dead_letter(
         self, topic: str, payload: bytes, code: str, reason: str, received_at: float | None = None,
-        node: str | None = None, *, count: bool = True,
+        node: str | None = None, *, count: bool = True, size: int | None = None,
     ) -> int:
         """Keep a rejected message (or a batch's refused records) with its reason; counted as
-        `rejected.<code>` unless `count` is False (the caller counts refused records itself)."""
+        `rejected.<code>` unless `count` is False (the caller counts refused records itself).
+        `size`: the message's size when `payload` is already only its first bytes."""
         received_at = time.time() if received_at is None else received_at
-        if len(payload) > DEAD_LETTER_MAX:
-            reason += f" (kept the first {DEAD_LETTER_MAX} of {len(payload)} bytes)"
+        size = max(len(payload), size or 0)
+        if size > DEAD_LETTER_MAX:
+            reason += f" (kept the first {DEAD_LETTER_MAX} of {size} bytes)"
             payload = payload[:DEAD_LETTER_MAX]
         with self._writing():
             cur = self.db.execute(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 
+import pytest
+
 from meetkit_gateway.ingest import Inbound, Writer
+from meetkit_gateway.mqtt import KEEP_BYTES
 from meetkit_gateway.store import Store
 from meetkit_gateway.topics import Topics
 
-from .conftest import batch, encode
+from .conftest import batch, encode, wait_for
 
 
 def messages(n: int) -> list[Inbound]:
@@ -116,4 +121,84 @@ def test_a_bug_in_one_batch_of_a_group_loses_only_that_one(tmp_path):
     assert dl.code == "internal" and "a bug" in dl.reason and dl.payload == encode(bad)
     c = store.counters()
     assert (c["batches"], c["records"], c["rejected.internal"]) == (5, 5, 1)
+    store.close()
+
+
+def write_locked(db) -> sqlite3.Connection:
+    """Another connection holding the store's write lock, as a long query or a backup would: the
+    writer's commits wait, then fail with "database is locked" and are retried."""
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    return con
+
+
+@pytest.mark.parametrize("bound", ["messages", "bytes"])
+def test_submit_waits_while_the_messages_held_are_at_a_bound_and_loses_none(tmp_path, bound):
+    # The writer cannot commit (the store is locked): what it holds, queued or in the group it is
+    # trying to commit, stays within max_queue messages and max_queue_bytes bytes, and submit()
+    # blocks (paho's thread, which then stops reading) until a commit makes room. None is
+    # acknowledged before its commit; once the lock goes, every message is committed once, in order.
+    store = Store(tmp_path / "g.db")
+    msgs = messages(60)
+    size = max(m.held_bytes for m in msgs)
+    limits = dict(max_queue=10) if bound == "messages" else dict(max_queue_bytes=10 * size + size // 2)
+    committed: list[int] = []
+    w = Writer(store, Topics(), on_committed=lambda done: committed.extend(d.msg.mid for d in done), **limits)
+    lock = write_locked(tmp_path / "g.db")
+    submitted: list[int] = []
+
+    def submit_all() -> None:
+        for m in msgs:
+            w.submit(m)
+            submitted.append(m.mid)
+
+    w.start()
+    t = threading.Thread(target=submit_all)
+    t.start()
+    try:
+        wait_for(lambda: w.waits >= 1, what="submit() to wait for room")
+        items, nbytes = w.held
+        assert items == len(submitted) == 10, "ten held, the eleventh waits"
+        assert nbytes <= 10 * size + size // 2
+        assert committed == [] and store.counts().records == 0
+    finally:
+        lock.rollback()
+        lock.close()
+    t.join(30)
+    assert not t.is_alive(), "submit() went on once the writer committed"
+    w.close()
+    assert committed == [m.mid for m in msgs]
+    assert store.counts().records == 60
+    assert w.held == (0, 0) and w.received == w.committed == 60
+    store.close()
+
+
+def test_the_bytes_bound_lets_one_message_in_whatever_its_size(tmp_path):
+    # A message larger than the bound is still taken when nothing else is held: no deadlock.
+    store = Store(tmp_path / "g.db")
+    w = Writer(store, Topics(), max_queue_bytes=100)
+    w.submit(messages(1)[0])
+    w.start()
+    w.close()
+    assert store.counts().records == 1
+    store.close()
+
+
+def test_a_message_held_truncated_is_dead_lettered_by_the_size_it_had(tmp_path):
+    # mqtt.py keeps only the first bytes of a message over the contract's limit. Here those first
+    # bytes are a valid batch followed by spaces (valid JSON): it must not be stored, nor its seqs
+    # acknowledged, and the dead letter says the size the message had.
+    store = Store(tmp_path / "g.db")
+    whole = encode(batch(seqs=[1, 2])).ljust(1 << 20)
+    got: list = []
+    w = Writer(store, Topics(), on_committed=lambda done: got.extend(done))
+    w.submit(Inbound("meetkit/ams-001/up", whole[:KEEP_BYTES], time.time(), mid=5, qos=1, size=len(whole)))
+    w.submit(messages(1)[0])
+    w.start()
+    w.close()
+    assert [d.ack for d in got][0] is None and got[1].ack is not None
+    (dl,) = store.dead_letters()
+    assert (dl.code, dl.reason) == ("oversized", "1048576 bytes, the limit is 4096 (kept the first 4096 of 1048576 bytes)")
+    assert dl.payload == whole[:4096]
+    assert store.counts().records == 1 and store.counters()["rejected.oversized"] == 1
     store.close()
