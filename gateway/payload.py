@@ -21,7 +21,10 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Annotated, Any, Literal, Mapping, NamedTuple
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 
 VERSION = 1
 
@@ -546,116 +549,109 @@ def _record(r: Any, where: str, units: Mapping[str, str], now: float) -> tuple[R
 
 
 # -- the quick way for batches as the firmware sends them ----------------------------------------
-# Nearly every batch is valid. `_plainly_valid_batch` accepts those with a few C-level checks per
-# field and gives up (None) on anything unusual, which `_checked_batch` then checks in full: every
-# refusal, its code and its reason, comes from the full checks only; so does the `range` flag (the
-# quick way takes values within the rated range only). What the quick way accepts, the full way
-# accepts too, as an equal Batch (tests/gateway/test_payload_quick.py).
+# Nearly every batch is valid. `_plainly_valid_batch` decodes it with msgspec into types that carry
+# the contract's checks (`_Envelope`: types, ranges, required and unknown fields, checked in C while
+# the JSON is read) and gives up (None) on anything unusual, which `_checked_batch` then checks in
+# full: every refusal, its code and its reason, comes from the full checks only; so does the `range`
+# flag (the types take values within the rated range only). What the quick way accepts, the full way
+# accepts too, as an equal Batch (tests/gateway/test_payload_quick.py); docs/payload.schema.json is
+# the oracle of both (tests/gateway/test_payload_schema.py).
+#
+# Duplicate keys: msgspec keeps the last of a key given twice, as `json.loads` does. So the quick
+# way takes a batch only when encoding what it decoded gives back the message byte for byte: a key
+# given twice would be missing from that. The firmware writes compact JSON with its keys in the
+# order of the types below (recs last), so its batches pass; one in any other form (spaces, another
+# key order, a number written `1.0e1`) takes the full checks, with the same outcome.
 
-_ENVELOPE = frozenset(_ENVELOPE_REQUIRED)
-_ENVELOPE_DROPPED = _ENVELOPE | {"dropped"}
-_RECORD_REQUIRED = frozenset(_RECORD_FIELDS)
-_RECORD_ALLOWED = _RECORD_REQUIRED | {"f", "err", *QUANTITIES}
+
+def _ints(low: int, high: int) -> Any:
+    return Annotated[int, Meta(ge=low, le=high)]
+
+
+def _numbers(low: float, high: float) -> Any:
+    # An integer stays an int (and a fraction a float) so that the batch encodes back as written;
+    # the bounds also keep out infinities (1e400) as msgspec reads them.
+    return Annotated[int, Meta(ge=low, le=high)] | Annotated[float, Meta(ge=low, le=high)]
+
+
+def _quick_type(q: Quantity) -> Any:
+    """A value of `q` within its rated range, null, or absent (UNSET)."""
+    number = _numbers(q.low, q.high)
+    # An array_like Struct rather than tuple[...]: msgspec 0.19-0.23 mixes up the bounds of a
+    # number and those of a fixed-length tuple in one union (and can crash on them).
+    summary = msgspec.defstruct(f"_Summary_{q.key}", [("avg", number), ("min", number), ("max", number),
+                                                      ("n", _ints(q.n_low, _INT_MAX))],
+                                array_like=True, forbid_unknown_fields=True)
+    form = {SUMMARY: summary, SCALAR: number, SCALAR_OR_SUMMARY: number | summary}[q.form]
+    return form | None | UnsetType
+
+
+_Record = msgspec.defstruct(
+    "_Record",
+    [("seq", _ints(0, SEQ_MAX)), ("ts", _ints(TS_MIN, _INT_MAX) | None), ("up", _ints(0, UP_MAX)),
+     ("dur", _ints(1, DUR_MAX)),
+     *((k, _quick_type(q), UNSET) for k, q in QUANTITIES.items()),
+     ("f", dict[Literal[tuple(QUANTITIES)], list[Literal[FLAGS]]] | UnsetType, UNSET),  # type: ignore[misc]
+     ("err", dict[str, _ints(0, _INT_MAX)] | UnsetType, UNSET)],
+    forbid_unknown_fields=True)
+
+_Text = Annotated[str, Meta(min_length=1)]
+_Envelope = msgspec.defstruct(
+    "_Envelope",
+    [("v", Literal[VERSION]), ("node", str), ("boot", _ints(0, BOOT_MAX)), ("fw", _Text), ("board", _Text),
+     ("sensors", dict[str, _Text]), ("units", dict[str, str]), ("dropped", _ints(0, _INT_MAX) | UnsetType, UNSET),
+     ("recs", Annotated[list[_Record], Meta(min_length=1)])],  # type: ignore[valid-type]
+    kw_only=True, forbid_unknown_fields=True)
+
+_quick_decode = msgspec.json.Decoder(_Envelope).decode
+_encode = msgspec.json.Encoder().encode
+_quick_fields = msgspec.structs.astuple
 _UNITS = {q.key: q.unit for q in QUANTITIES.values()}
 _UNIT_ITEMS = _UNITS.items()
-#: (key, low, high, a plain number allowed, [avg, min, max, n] allowed, least n) in contract order
-_QUICK_QUANTITIES = tuple(
-    (q.key, q.low, q.high, q.form != SUMMARY, q.form != SCALAR, q.n_low) for q in QUANTITIES.values()
-)
-_NUMBER = (int, float)
+_KEYS = tuple(QUANTITIES)
 _new_tuple = tuple.__new__  # a Value of fields just checked, without Value.__new__'s check again
-
-
-def _count(v: Any, low: int = 0, high: int = _INT_MAX) -> bool:
-    """`v` is an integer (not a bool) in low..high."""
-    return type(v) is int and low <= v <= high
 
 
 def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch | None:
     """`_checked_batch(decode(payload))` for a batch that is plainly valid, found quickly; None
-    for anything else.
-
-    Duplicate keys: the JSON is decoded without `decode`'s hook (a Python call per object), so an
-    object with a key twice would come out with one of them. Every `:` outside a string separates
-    a key from its value, so when the keys of all the objects the batch holds add up to the `:` in
-    the whole text, no key was lost; a string with a `:` in it only makes the count differ, and
-    then the full way decides."""
+    for anything else."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return None
     try:
-        text = payload.decode("utf-8")
-        obj = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        doc = _quick_decode(payload)
+    except msgspec.MsgspecError:  # not JSON, not UTF-8, or not plainly valid
         return None
-    if type(obj) is not dict or not (obj.keys() == _ENVELOPE or obj.keys() == _ENVELOPE_DROPPED):
+    node, units = doc.node, doc.units
+    if not (node == topic_node and NODE_ID.fullmatch(node) and units.items() <= _UNIT_ITEMS
+            and _encode(doc) == payload):
         return None
-    v, node, boot, fw, board = obj["v"], obj["node"], obj["boot"], obj["fw"], obj["board"]
-    sensors, units, recs = obj["sensors"], obj["units"], obj["recs"]
-    dropped = obj["dropped"] if "dropped" in obj else None
-    if not (type(v) is int and v == VERSION and type(node) is str and node == topic_node
-            and NODE_ID.fullmatch(node) and _count(boot, 0, BOOT_MAX) and ("dropped" not in obj or _count(dropped))
-            and type(fw) is str and fw and type(board) is str and board
-            and type(sensors) is dict and all(type(s) is str and s for s in sensors.values())
-            and type(units) is dict and units.items() <= _UNIT_ITEMS
-            and type(recs) is list and recs):
-        return None
-    keys = len(obj) + len(sensors) + len(units)
     records = []
     last_seq = -1
     ts_max = now + FUTURE_MARGIN_S
-    for r in recs:
-        if type(r) is not dict or not _RECORD_REQUIRED <= r.keys() <= _RECORD_ALLOWED:
-            return None
-        seq, ts, up, dur = r["seq"], r["ts"], r["up"], r["dur"]
-        if not (_count(seq, 0, SEQ_MAX) and seq > last_seq and (ts is None or _count(ts, TS_MIN, ts_max))
-                and _count(up, 0, UP_MAX) and _count(dur, 1, DUR_MAX)):
+    for r in doc.recs:
+        seq, ts, up, dur, *given, f, err = _quick_fields(r)
+        if seq <= last_seq or (ts is not None and ts > ts_max):
             return None
         last_seq = seq
-        keys += len(r)
         values: dict[str, Value | None] = {}
-        # Each quantity's bounds in locals: this loop runs once per reading. The range checks also
-        # keep out NaN and infinities (they fail every comparison).
-        for k, low, high, number_ok, summary_ok, n_low in _QUICK_QUANTITIES:
-            if k in r:
-                x = r[k]
-                t = type(x)  # exactly int or float: a bool is neither here
-                if x is None:
-                    values[k] = None
-                elif t is float or t is int:
-                    if not (number_ok and low <= x <= high):
-                        return None
-                    values[k] = _new_tuple(Value, (float(x), None, None, None))
-                elif t is list and summary_ok and len(x) == 4:
-                    avg, lo, hi, n = x
-                    if not (type(avg) in _NUMBER and type(lo) in _NUMBER and type(hi) in _NUMBER
-                            and type(n) is int and low <= avg <= high and low <= lo <= hi <= high
-                            and n_low <= n <= _INT_MAX):
-                        return None
-                    values[k] = _new_tuple(Value, (float(avg), float(lo), float(hi), n))
-                else:
+        for k, x in zip(_KEYS, given):
+            if x is UNSET:
+                continue
+            if x is None:
+                values[k] = None
+            elif type(x) is int or type(x) is float:
+                values[k] = _new_tuple(Value, (float(x), None, None, None))
+            else:  # a summary
+                avg, lo, hi, n = _quick_fields(x)
+                if lo > hi:
                     return None
+                values[k] = _new_tuple(Value, (float(avg), float(lo), float(hi), n))
         if not values.keys() <= units.keys():
             return None
-        flags: dict[str, tuple[str, ...]] = {}
-        if "f" in r:
-            f = r["f"]
-            if type(f) is not dict:
-                return None
-            for q, fl in f.items():
-                if q not in QUANTITIES or type(fl) is not list or not all(type(x) is str and x in FLAGS for x in fl):
-                    return None
-                flags[q] = tuple(fl)
-            keys += len(f)
-        err: dict[str, int] = {}
-        if "err" in r:
-            err = r["err"]
-            if type(err) is not dict or not all(_count(n) for n in err.values()):
-                return None
-            keys += len(err)
-        records.append(Record(seq, ts, up, dur, values, flags, err))
-    if keys != text.count(":"):
-        return None  # a key twice, or a `:` inside a string: the full way tells which
-    return Batch(node, boot, fw, board, sensors, units, tuple(records), dropped)
+        flags = {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()}
+        records.append(Record(seq, ts, up, dur, values, flags, {} if err is UNSET else err))
+    return Batch(node, doc.boot, doc.fw, doc.board, doc.sensors, units, tuple(records),
+                 None if doc.dropped is UNSET else doc.dropped)
 
 
 _SUMMARY_TEXT = "[avg, min, max, n]"
