@@ -1,4 +1,4 @@
-from bench import flood, forward, gateway, hostile, noise, provision, sensorthings, sim, start_heap, store, tls, wire
+from bench import flood, forward, gateway, hostile, noise, payload, provision, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
@@ -7,6 +7,7 @@ def main() -> None:
     tls.run()
     wire.run()
     noise.run()
+    payload.run()
     gateway.run()
     flood.run()
     forward.run()
