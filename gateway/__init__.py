@@ -1,19 +1,38 @@
 """meetkit gateway: receives the nodes' MQTT batches (docs/payload.md) and keeps them in SQLite.
 
-Modules, one job each:
+Modules, one job each, in the order a batch meets them (docs/developer.md has the same map and a
+picture of the data path; tests/gateway/test_docs.py fails when either misses a module):
 
-    config    read and validate gateway.toml
-    payload   the node payload contract v1: parse and validate a message, or reject it with a reason
-    topics    <prefix>/<node>/up, /status, /ack and <prefix>/gateway/alarm
-    store     the SQLite store: schema, migrations, writes, queries (`Store`)
-    recovery  open the store at start; move a corrupt one aside (`open_store`)
-    ingest    the queue and the writer thread that commits messages in groups, or refuses them
-              when the disk is full (`Writer`)
-    acks      the acknowledgement a node gets for each batch once it is committed (`Ack`)
-    alarms    log line, counter, retained MQTT message and table row for what needs an operator
-    mqtt      the paho-mqtt client in a persistent session, acknowledging by hand (`Source`)
-    service   wires them together; start and stop in the right order (`Gateway`, `run`)
-    timefmt   `--since` spans and ISO times; table: terminal tables; cli: `meetkit-gateway`
+    mqtt         the paho-mqtt client in a persistent session, acknowledging by hand (`Source`)
+    topics       <prefix>/<node>/up, /status, /ack and <prefix>/gateway/alarm
+    memory       give the heap back after a burst of large messages (glibc's mmap threshold)
+    inbox        the FIFO between paho's thread and the writer, bounded in items and in bytes
+    ingest       the writer thread: commits messages in groups, or refuses them when the disk is
+                 full (`Writer`)
+    payload      the node payload contract v1: parse and validate a message, or reject it with a
+                 reason (docs/payload.schema.json is its oracle)
+    acks         the acknowledgement a node gets for each batch once it is committed (`Ack`)
+    store        the SQLite store: schema, migrations, writes, queries (`Store`)
+    recovery     open the store at start; move a corrupt one aside (`open_store`)
+    retention    keep the store within `max_bytes` and `max_age_days`, oldest records first
+    plausible    which stored records a reader can pass on as they are (an older store's)
+    deadletters  `meetkit-gateway dead-letters list|show|replay`: what the gateway refused
+    replay       dead letters back through the checks after a fix
+    alarms       log line, counter, retained MQTT message and table row for what needs an operator
+    forward/     forwarding upstream, each target from its own cursor in the store: core (the
+                 loop, the set of targets), influx, mqtt_upstream, sensor_community, sensorthings
+                 (with sensorthings_client and sensorthings_model), http_target (the connection)
+    http         the status page, /healthz and /metrics
+    fleet        the fleet register: names, positions, serials of the nodes (fleet.toml)
+    fleet_view   the register beside the nodes the store knows, for the page and /metrics
+    export       open-data export: CSV or JSON Lines, one row per reading
+    pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
+    config       read and validate gateway.toml
+    systemd      systemd's notify protocol: ready, watchdog, stopping
+    service      wires them together; start and stop in the right order (`Gateway`, `run`)
+    cli          `meetkit-gateway`: run, check, and look at what is stored
+    timefmt      `--since` spans and ISO times
+    table        plain-text tables for the terminal
 """
 
 __version__ = "0.1.0"
