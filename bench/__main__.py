@@ -1,4 +1,4 @@
-from bench import forward, gateway, noise, provision, sensorthings, sim, start_heap, store, tls, wire
+from bench import forward, gateway, http_clients, noise, provision, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
@@ -8,6 +8,7 @@ def main() -> None:
     wire.run()
     noise.run()
     gateway.run()
+    http_clients.run()
     forward.run()
     sensorthings.run()
     store.run()

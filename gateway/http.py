@@ -2,8 +2,8 @@
 
 Standard library only: a Raspberry Pi installs nothing more. The server itself
 (gateway/http_server.py) is one asyncio loop with limits a hostile client cannot get around:
-a cap on connections, timeouts for idle connections and slow request heads, and a share of the
-CPU it may use, so that the status page never costs ingest more than that share. Answers from the
+a cap on connections, timeouts for idle connections and slow request heads, a request rate and a
+share of the CPU it may use, so that the status page never costs ingest more than that share. Answers from the
 store are computed on at most two worker threads, each on its own READ-ONLY connection (WAL lets
 it read beside the writer), and served again for `cache_s` (5 s): sixteen pages refreshing as fast
 as they can cost the store one computation per answer every 5 s. A store moved aside and started
@@ -681,7 +681,7 @@ class _App:
         for key in sorted(k for k in c if k.startswith(("requests.", "bad_request."))):
             m.add("meetkit_http_requests_total", "counter", "", c[key], {"code": key.split(".", 1)[1]})
         m.add("meetkit_http_throttled_total", "counter",
-              "Requests that waited because the status server had used its share of the CPU.", c["throttled"])
+              "Requests that waited for the status server's request rate or share of the CPU.", c["throttled"])
         m.add("meetkit_http_store_reads_total", "counter",
               "Answers computed from the store (the others came from the few seconds' cache).", c["store_reads"])
         m.add("meetkit_http_accept_errors_total", "counter",

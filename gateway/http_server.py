@@ -13,10 +13,12 @@ few hundred bytes, not a thread. What the application computes from the store ru
   a slowloris too (408). A head over `max_head_bytes` or `max_headers` lines gets 431, a body 400,
   another method 405; each then closes the connection.
 - A client must take its response within `write_timeout_s`, else the connection is aborted.
-- The server's threads (the loop and the store workers) use at most `cpu_share` of one core on
-  average, with bursts of `cpu_burst_s` CPU seconds: beyond it, requests wait their turn (first
-  come, first served) and accepting pauses. Whatever the clients do, the writer thread of the
-  gateway keeps the rest of the interpreter (the GIL) and of the CPU.
+- At most `requests_per_s` requests a second are served (bursts of `request_burst`), and the
+  server's threads (the loop and the store workers) use at most `cpu_share` of one core on average
+  (bursts of `cpu_burst_s` CPU seconds): beyond either, requests wait their turn (first come,
+  first served), and beyond the CPU share accepting pauses too. Whatever the clients do, the
+  writer thread of the gateway keeps the rest of the interpreter (the GIL) and of the CPU, and
+  clients on the same machine get no more answers than that to spend their own CPU on.
 - accept() failing for want of descriptors pauses accepting for `accept_pause_s` (no busy loop)
   and is counted and logged once a minute at most.
 - A client that goes away mid-response is a debug line and a counter, never a traceback; an
@@ -55,6 +57,8 @@ class Limits:
     max_headers: int = 64
     cpu_share: float = 0.05
     cpu_burst_s: float = 0.25
+    requests_per_s: float = 100.0
+    request_burst: int = 50
     store_workers: int = 2
     backlog: int = 64
     accept_pause_s: float = 1.0
@@ -128,19 +132,20 @@ def parse_head(head: bytes, limits: Limits) -> Request:
     return Request(method, target, path, query, version, headers, keep_alive)
 
 
-class CpuBudget:
-    """A bucket of CPU seconds: it fills at `share` seconds per second up to `burst`, and work is
-    charged once it has run. `wait_s` says how long to wait before more work may start."""
+class Bucket:
+    """A token bucket: it fills at `rate` a second up to `burst`, and what is used is charged
+    (CPU seconds once the work has run, or one per request). `wait_s` says how long to wait
+    before more may start."""
 
-    def __init__(self, share: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.share, self.burst, self.clock = share, burst, clock
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
         self.tokens = burst
         self.at = clock()
-        self.charged = 0.0  # CPU seconds, ever
+        self.charged = 0.0  # ever
 
     def _fill(self) -> None:
         now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.share)
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
 
     def charge(self, cpu_s: float) -> None:
@@ -150,7 +155,7 @@ class CpuBudget:
 
     def wait_s(self) -> float:
         self._fill()
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.share
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class _RateLimitedLog:
@@ -350,7 +355,8 @@ class HttpServer:
         self.app = app
         self.host, self.requested_port = host, port
         self.limits = limits
-        self.budget = CpuBudget(limits.cpu_share, limits.cpu_burst_s)
+        self.budget = Bucket(limits.cpu_share, limits.cpu_burst_s)  # CPU seconds
+        self.requests = Bucket(limits.requests_per_s, limits.request_burst)
         self.counters: Counter[str] = Counter()
         self.trouble = _RateLimitedLog()
         self.stopping = False
@@ -479,17 +485,19 @@ class HttpServer:
         self._loop_cpu = now
 
     async def admit(self) -> None:
-        """Wait until the CPU budget allows more work; waiters go first come, first served."""
+        """Wait until the request rate and the CPU budget allow one more request; waiters go
+        first come, first served."""
         assert self._gate is not None
         async with self._gate:
+            self.requests.charge(1)
             self._charge_loop()
-            wait = self.budget.wait_s()
+            wait = max(self.requests.wait_s(), self.budget.wait_s())
             if wait > 0:
                 self.count("throttled")
             while wait > 0 and not self.stopping:
-                await asyncio.sleep(min(wait, 1.0))  # waits on: the CPU budget to fill
+                await asyncio.sleep(min(wait, 1.0))  # waits on: the buckets to fill
                 self._charge_loop()
-                wait = self.budget.wait_s()
+                wait = max(self.requests.wait_s(), self.budget.wait_s())
 
     async def compute(self, fn: Callable[[], T]) -> T:
         """`fn()` on a store worker thread (at most `store_workers` at once), its CPU charged."""
@@ -564,7 +572,7 @@ class HttpServer:
         assert self._loop is not None
         try:
             await self._loop.connect_accepted_socket(lambda: conn, sock)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: evicted (closed) before asyncio got to it
             log.debug("status page: a connection failed at its start: %s", e)
             sock.close()
             self.forget(conn)

@@ -25,7 +25,7 @@ import pytest
 
 from meetkit_gateway import payload
 from meetkit_gateway.http import StatusServer, series_doc
-from meetkit_gateway.http_server import CpuBudget, Limits
+from meetkit_gateway.http_server import Bucket, Limits
 from meetkit_gateway.payload import TS_MIN
 from meetkit_gateway.store import Store
 
@@ -340,12 +340,12 @@ def test_out_of_descriptors_the_server_pauses_instead_of_spinning(db: Path) -> N
     assert any("cannot accept a connection (Too many open files)" in line for line in lines), err
 
 
-# -- the CPU budget and the cache ---------------------------------------------------------------------
+# -- the request rate, the CPU budget and the cache ---------------------------------------------------------------------
 
 
-def test_the_cpu_budget_fills_at_its_share_up_to_its_burst() -> None:
+def test_a_bucket_fills_at_its_rate_up_to_its_burst() -> None:
     t = [0.0]
-    b = CpuBudget(share=0.05, burst=0.25, clock=lambda: t[0])
+    b = Bucket(rate=0.05, burst=0.25, clock=lambda: t[0])  # the CPU share: 5 % of a core
     assert b.wait_s() == 0
     b.charge(0.25)
     assert b.wait_s() == 0  # the burst, spent
@@ -356,6 +356,19 @@ def test_the_cpu_budget_fills_at_its_share_up_to_its_burst() -> None:
     t[0] += 100.0
     assert b.wait_s() == 0 and b.tokens == 0.25  # never more than the burst
     assert math.isclose(b.charged, 0.35)
+
+
+def test_requests_beyond_the_rate_wait_their_turn(db: Path) -> None:  # noqa: F811
+    with StatusServer(db, "127.0.0.1", 0, limits=Limits(requests_per_s=20, request_burst=5)) as srv:
+        assert srv.server is not None
+        c = connect(srv)
+        t0 = time.monotonic()
+        for _ in range(25):
+            c.sendall(b"GET /app.js HTTP/1.1\r\n\r\n")
+            assert c.response()[0] == 200
+        # 5 at once, 20 more at 20 a second: at least a second (the clock only bounds from below)
+        assert time.monotonic() - t0 >= 0.95
+        assert srv.server.counters["throttled"] >= 15
 
 
 def test_busy_clients_get_cached_answers_one_computation_each(db: Path) -> None:  # noqa: F811
