@@ -678,8 +678,13 @@ class _App:
         for reason in ("idle", "slow_head", "evicted", "busy", "write_timeout", "client_gone"):
             m.add("meetkit_http_connections_closed_total", "counter", "", c[f"closed.{reason}"], {"reason": reason})
         m.add("meetkit_http_requests_total", "counter", "Requests answered, by status code.", None)
-        for key in sorted(k for k in c if k.startswith(("requests.", "bad_request."))):
-            m.add("meetkit_http_requests_total", "counter", "", c[key], {"code": key.split(".", 1)[1]})
+        codes: dict[str, int] = {}  # answered by the application, or refused before it (400, 408, 431, ...)
+        for key in c:
+            if key.startswith(("requests.", "bad_request.")):
+                code = key.split(".", 1)[1]
+                codes[code] = codes.get(code, 0) + c[key]
+        for code in sorted(codes):
+            m.add("meetkit_http_requests_total", "counter", "", codes[code], {"code": code})
         m.add("meetkit_http_throttled_total", "counter",
               "Requests that waited for the status server's request rate or share of the CPU.", c["throttled"])
         m.add("meetkit_http_store_reads_total", "counter",

@@ -187,6 +187,9 @@ def test_a_request_it_cannot_serve_gets_its_status_then_the_connection_closes(
     if status != 405:
         assert s.closed_by_server()
     assert get(server, "/healthz")[0] == 200
+    assert get(server, "/api/nodes?x=1")[0] == 400  # a 400 of the application beside the server's
+    fams = parse_exposition(get(server, "/metrics")[2].decode())  # one series per code, counted
+    assert sample(fams, "meetkit_http_requests_total", code=str(status)) >= 1
 
 
 # -- timeouts and the connection cap -----------------------------------------------------------------
