@@ -1,4 +1,4 @@
-from bench import flood, forward, gateway, hostile, noise, provision, sensorthings, sim, start_heap, store, tls, wire
+from bench import flood, forward, gateway, hostile, http_clients, noise, provision, sensorthings, sim, start_heap, store, tls, wire
 
 
 def main() -> None:
@@ -9,6 +9,7 @@ def main() -> None:
     noise.run()
     gateway.run()
     flood.run()
+    http_clients.run()
     forward.run()
     sensorthings.run()
     store.run()
