@@ -177,7 +177,20 @@ _COUNTERS = {
     "dropped.": ("meetkit_store_dropped_total", "Records the store's bounds dropped, by bound (age, bytes).",
                  "reason"),
     "dead_letters_dropped.": ("meetkit_dead_letters_dropped_total",
-                              "Dead letters the store's bounds dropped, by bound (age, bytes).", "reason"),
+                              "Dead letters the store's bounds dropped, by bound (age, bytes: their budget in "
+                              "all; flood: a node's budget).", "reason"),
+    # per-record judgement (payload.py): what was refused on its own while the rest was stored
+    "refused_records.": ("meetkit_records_refused_total",
+                         "Records refused on their own (kept as dead letters), by problem.", "code"),
+    "refused_values.": ("meetkit_values_refused_total",
+                        "Values refused on their own (stored as null, flagged refused), by problem.", "code"),
+    "flagged.": ("meetkit_values_flagged_total",
+                 "Values the gateway flagged, by flag (range: outside the sensor's rated range, kept).", "flag"),
+    "retained_again": ("meetkit_retained_again_total",
+                       "Retained messages the broker handed over again, taken once before.", None),
+    "dead_letters_replayed": ("meetkit_dead_letters_replayed_total",
+                              "Dead letters that went through on a replay (meetkit-gateway dead-letters replay).",
+                              None),
 }
 
 
@@ -300,7 +313,10 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet
     counts = store.counts()
     m.add("meetkit_records", "gauge", "Records in the store.", counts.records)
     m.add("meetkit_readings", "gauge", "Readings (one per quantity of a record) in the store.", counts.readings)
-    m.add("meetkit_dead_letters", "gauge", "Dead-lettered messages kept in the store.", counts.dead_letters)
+    m.add("meetkit_dead_letters", "gauge", "Dead letters (what was refused) kept in the store.", counts.dead_letters)
+    m.add("meetkit_dead_letter_payload_bytes", "gauge",
+          "Bytes of the dead letters' payloads: what [store] dead_letters_max_bytes bounds.",
+          store.dead_letter_usage(every=True)[1])
     m.add("meetkit_nodes", "gauge", "Nodes ever heard of.", counts.nodes)
     size = 0
     for suffix in ("", "-wal"):
@@ -309,8 +325,10 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet
             size += p.stat().st_size
     m.add("meetkit_store_bytes", "gauge", "Size of the store's database and WAL files.", size)
     m.add("meetkit_store_used_bytes", "gauge",
-          "Bytes of the store's pages in use (free pages not counted): what [store] max_bytes bounds.",
-          store.used_bytes())
+          "Bytes of the store's pages in use (free pages not counted).", store.used_bytes())
+    m.add("meetkit_store_bounded_bytes", "gauge",
+          "Bytes of the store's pages in use without the dead letters': what [store] max_bytes bounds.",
+          store.bounded_bytes())
     m.add("meetkit_alarm_active", "gauge", "1 while an alarm is raised, by code.", None)
     for a in store.active_alarms():
         m.add("meetkit_alarm_active", "gauge", "", 1, {"code": a.code})
