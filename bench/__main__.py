@@ -1,4 +1,5 @@
-from bench import flood, forward, gateway, hostile, noise, payload, provision, sensorthings, sim, start_heap, store, tls, wire
+from bench import (flood, forward, gateway, hostile, http_clients, noise, payload, provision, sensorthings, sim,
+                   start_heap, store, tls, wire)
 
 
 def main() -> None:
@@ -10,6 +11,7 @@ def main() -> None:
     payload.run()
     gateway.run()
     flood.run()
+    http_clients.run()
     forward.run()
     sensorthings.run()
     store.run()

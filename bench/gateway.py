@@ -30,9 +30,10 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench import backlog, batches
 from bench.results import median, record
@@ -163,7 +164,10 @@ def mosquitto_sub_run(workdir: Path, streams: list[batches.NodeStream], files: d
     return IngestRun(got[-1][0] - t0, publish_s)
 
 
-def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[str, Path]) -> IngestRun:
+def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[str, Path],
+                load: Callable[[GatewayProcess], AbstractContextManager[object]] | None = None) -> IngestRun:
+    """`load`: something more to run against the gateway from just before the first publish to the
+    last acknowledgement (bench/http_clients.py: busy status-page clients)."""
     messages = sum(len(s.messages) for s in streams)
     broker = new_broker(workdir)
     gw = GatewayProcess(workdir / "gw", broker.host, broker.port, client_id="bench-gateway").start()
@@ -172,10 +176,11 @@ def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[st
         gw.wait_log("subscribed to", 30)
         acks = Subscriber(broker, "meetkit/+/ack", messages, workdir / "acks.txt", payload=True)
         assert gw.proc is not None
-        cpu0 = cpu_s(gw.proc.pid)
-        t0 = time.time()
-        publish_s = publish(broker, streams, files)
-        got = acks.wait(TIMEOUT_S)
+        with load(gw) if load is not None else nullcontext():
+            cpu0 = cpu_s(gw.proc.pid)
+            t0 = time.time()
+            publish_s = publish(broker, streams, files)
+            got = acks.wait(TIMEOUT_S)
         if not gw.running:
             raise SystemExit(f"benchmark: the gateway exited with {gw.proc.returncode}:\n{log_tail(gw)}")
         rss, cpu = peak_rss_mib(gw.proc.pid), cpu_s(gw.proc.pid) - cpu0

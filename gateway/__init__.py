@@ -23,6 +23,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
                  loop, the set of targets), influx, mqtt_upstream, sensor_community, sensorthings
                  (with sensorthings_client and sensorthings_model), http_target (the connection)
     http         the status page, /healthz and /metrics
+    http_server  the HTTP/1.1 server under it: one asyncio loop, a connection cap, timeouts, a CPU share
     fleet        the fleet register: names, positions, serials of the nodes (fleet.toml)
     fleet_view   the register beside the nodes the store knows, for the page and /metrics
     export       open-data export: CSV or JSON Lines, one row per reading

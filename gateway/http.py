@@ -1,17 +1,24 @@
 """The gateway's own small web server: `/healthz`, `/metrics` (Prometheus) and the status page.
 
-Standard library only (`http.server.ThreadingHTTPServer`): a Raspberry Pi installs nothing more.
-Every request opens the store READ-ONLY on its own connection (WAL lets it read beside the writer),
-so a slow client never holds up ingest, and a store moved aside and started afresh is simply
-what the next request sees.
+Standard library only: a Raspberry Pi installs nothing more. The server itself
+(gateway/http_server.py) is one asyncio loop with limits a hostile client cannot get around:
+a cap on connections, timeouts for idle connections and slow request heads, a request rate and a
+share of the CPU it may use, so that the status page never costs ingest more than that share. Answers from the
+store are computed on at most two worker threads, each on its own READ-ONLY connection (WAL lets
+it read beside the writer), and served again for `cache_s` (5 s): sixteen pages refreshing as fast
+as they can cost the store one computation per answer every 5 s. A store moved aside and started
+afresh is simply what the next computation sees.
 
-Endpoints (all GET; HEAD works too):
+Endpoints (GET; HEAD works too). Every query string is checked: a key an endpoint does not take,
+a key given twice, or a value outside its range (NaN, infinity, a sign, an exponent, anything not
+a plain decimal) is a 400 {"error": "..."} that names the parameter.
 
     /healthz        200 {"status": "ok", "db_id", "schema", "nodes", "alarms": [...]} when the
                     store opens read-only and answers a query; 503 {"status": "error", "reason"}
                     otherwise. Active alarms (disk full, ...) are listed but do not make it 503:
-                    alert on `meetkit_alarm_active` instead.
-    /metrics        Prometheus text exposition format 0.0.4 (see `metrics_text`).
+                    alert on `meetkit_alarm_active` instead. Served again for 1 s.
+    /metrics        Prometheus text exposition format 0.0.4 (see `metrics_text`), then the status
+                    server's own counters (meetkit_http_*, live).
     /api/nodes      {"now", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...},
                     "fleet": {"path", "errors", "registered", "never_seen", "unregistered"}}:
                     the fleet table of the status page. Each node has "register": what the
@@ -24,16 +31,23 @@ Endpoints (all GET; HEAD works too):
                     "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],
                     "press": [...], "units": {...}}: one column per quantity aligned with
                     "start" (the record's interval start), null where a record had no value.
-                    hours: 0 < hours <= 168 (default 24). Without `until`, the window
+                    node: 1 to 64 printable characters; hours: 0 < hours <= 168 (default 24);
+                    until: from TS_MIN (2026-01-01) to a day from now. Without `until`, the window
                     ends now, or at the node's newest record when it has none in the last
                     `hours` (a node long silent still shows its last day of data).
     /api/targets    {"now", "targets": [...]}: the forwarding targets as `targets()` gives them.
     /               the status page: gateway/static/index.html, app.js, style.css and uPlot
-                    (gateway/static/vendor/, MIT), all served from here: it works offline.
+                    (gateway/static/vendor/, MIT), all served from memory (read at start, with an
+                    ETag): it works offline.
+
+Values of an older store: a store written by an older gateway may hold records the contract now
+refuses (a start of 0 or 2**62, a seq or boot of 2**63-1). The page and /metrics leave such values
+out (null, no sample), count no sequence gap for such a boot, and flag the node "implausible
+values" (see `_finite`, `_start`, `_boot_ok`).
 
 The forwarding side reports its targets through the `targets` callable given to `StatusServer`:
-it is called once per /metrics, /api/nodes or /api/targets request, from a request thread, and
-must return a list of dicts (missing keys are left out of the output; it must not block long):
+it is called when /metrics, /api/nodes or /api/targets is computed, from a store worker thread,
+and must return a list of dicts (missing keys are left out of the output; it must not block long):
 
     {
         "name": "city-influx",        # str, required: the target's name in gateway.toml
@@ -48,8 +62,8 @@ must return a list of dicts (missing keys are left out of the output; it must no
         "last_error": "HTTP 503",     # str | None: the last failure, for the page (not a metric)
     }
 
-The fleet register (gateway/fleet.py) is read, when it changed, at each /metrics and /api/nodes
-request; a register that cannot be read shows its problems there and fails nothing.
+The fleet register (gateway/fleet.py) is read, when it changed, whenever /metrics or /api/nodes is
+computed; a register that cannot be read shows its problems there and fails nothing.
 
 Wiring (gateway/service.py): build it next to the writer and start/stop it with the gateway,
 stopping it first:
@@ -59,25 +73,27 @@ stopping it first:
                              fleet=Fleet(config.fleet))
     ... start(): self.http.start()       stop(): self.http.stop() before self.writer.close()
 """
-
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import math
 import mimetypes
-import socket
-import threading
+import re
+import sqlite3
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Awaitable, Callable, Iterable
+from urllib.parse import parse_qsl
 
 from .fleet import Fleet
 from .fleet_view import FleetView, view
-from .payload import QUANTITIES
-from .store import SCHEMA_VERSION, Store
+from .http_server import HttpServer, Limits, Request, Response
+from .payload import BOOT_MAX, FUTURE_MARGIN_S, QUANTITIES, SEQ_MAX, TS_MIN, UP_MAX, plausible_ts
+from .store import SCHEMA_VERSION, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +177,86 @@ _COUNTERS = {
     "dropped.": ("meetkit_store_dropped_total", "Records the store's bounds dropped, by bound (age, bytes).",
                  "reason"),
     "dead_letters_dropped.": ("meetkit_dead_letters_dropped_total",
-                              "Dead letters the store's bounds dropped, by bound (age, bytes).", "reason"),
+                              "Dead letters the store's bounds dropped, by bound (age, bytes: their budget in "
+                              "all; flood: a node's budget).", "reason"),
+    # per-record judgement (payload.py): what was refused on its own while the rest was stored
+    "refused_records.": ("meetkit_records_refused_total",
+                         "Records refused on their own (kept as dead letters), by problem.", "code"),
+    "refused_values.": ("meetkit_values_refused_total",
+                        "Values refused on their own (stored as null, flagged refused), by problem.", "code"),
+    "flagged.": ("meetkit_values_flagged_total",
+                 "Values the gateway flagged, by flag (range: outside the sensor's rated range, kept).", "flag"),
+    "retained_again": ("meetkit_retained_again_total",
+                       "Retained messages the broker handed over again, taken once before.", None),
+    "dead_letters_replayed": ("meetkit_dead_letters_replayed_total",
+                              "Dead letters that went through on a replay (meetkit-gateway dead-letters replay).",
+                              None),
 }
 
 
+# -- values of an older store ----------------------------------------------------------------------
+# The gateway refuses records outside the contract's plausible values (payload.py), but a store
+# written by an older gateway may hold anything, of any SQLite type. What the page and /metrics
+# show of it is checked here: a value outside the contract is left out (null on the page, no
+# sample on /metrics) and the node flagged IMPLAUSIBLE, rather than printed as if it meant something.
+
+IMPLAUSIBLE = "implausible values"  # a node's flag: some of its values in the store are outside the contract
+JS_INT_MAX = 2**53 - 1  # the largest integer a browser reads exactly
+
+
+def _int_in(v: object, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _finite(v: object) -> float | int | None:
+    """A number the page and /metrics can show, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, int) and not -JS_INT_MAX <= v <= JS_INT_MAX:
+        return None
+    return v
+
+
+def _start(v: object, now: float) -> float | int | None:
+    """A record's interval start, if it can be one (payload.plausible_ts)."""
+    f = _finite(v)
+    return f if f is not None and plausible_ts(f, now) else None
+
+
+def _boot_ok(boot: object, lo: object, hi: object) -> bool:
+    """A boot's number and its sequence numbers are what a node can have sent."""
+    return _int_in(boot, 0, BOOT_MAX) and _int_in(lo, 0, SEQ_MAX) and _int_in(hi, 0, SEQ_MAX)
+
+
+def _boot(status_boot: object, record_boot: int | None) -> int | None:
+    """The node's boot: from its status if that is plausible, else its highest plausible record boot."""
+    return status_boot if _int_in(status_boot, 0, BOOT_MAX) else record_boot  # type: ignore[return-value]
+
+
 def gaps(boots: Iterable[tuple[str, int, int, int, int]]) -> dict[str, int]:
-    """Records missing between the lowest and highest seq of each boot, summed per node."""
+    """Records missing between the lowest and highest seq of each boot, summed per node. A boot
+    whose number or seqs lie outside the contract counts no gap: those are no node's counters."""
     out: dict[str, int] = {}
-    for node, _boot, lo, hi, n in boots:
-        out[node] = out.get(node, 0) + (hi - lo + 1 - n)
+    for node, boot, lo, hi, n in boots:
+        gap = hi - lo + 1 - n if _boot_ok(boot, lo, hi) else 0
+        out[node] = out.get(node, 0) + max(0, gap)
     return out
+
+
+def _boots(boots: Iterable[tuple[str, int, int, int, int]]) -> tuple[dict[str, int], dict[str, int], set[str]]:
+    """Per node: its records, its highest plausible boot, and whether any boot or seq was not."""
+    records: dict[str, int] = {}
+    last_boot: dict[str, int] = {}
+    odd: set[str] = set()
+    for node, boot, lo, hi, n in boots:
+        records[node] = records.get(node, 0) + n
+        if _boot_ok(boot, lo, hi):
+            last_boot[node] = max(boot, last_boot.get(node, boot))
+        else:
+            odd.add(node)
+    return records, last_boot, odd
 
 
 def _targets(targets: Targets) -> tuple[list[dict[str, Any]], str | None]:
@@ -209,6 +295,7 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet
     m = Exposition()
     m.add("meetkit_store_up", "gauge", "1 when the store opened read-only and answered.", 1)
     counters = store.counters()
+    counters = {k: v for k, v in counters.items() if isinstance(k, str) and _finite(v) is not None}
     for key, (name, help, label) in _COUNTERS.items():
         m.add(name, "counter", help, None)
         if label is None:
@@ -226,7 +313,10 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet
     counts = store.counts()
     m.add("meetkit_records", "gauge", "Records in the store.", counts.records)
     m.add("meetkit_readings", "gauge", "Readings (one per quantity of a record) in the store.", counts.readings)
-    m.add("meetkit_dead_letters", "gauge", "Dead-lettered messages kept in the store.", counts.dead_letters)
+    m.add("meetkit_dead_letters", "gauge", "Dead letters (what was refused) kept in the store.", counts.dead_letters)
+    m.add("meetkit_dead_letter_payload_bytes", "gauge",
+          "Bytes of the dead letters' payloads: what [store] dead_letters_max_bytes bounds.",
+          store.dead_letter_usage(every=True)[1])
     m.add("meetkit_nodes", "gauge", "Nodes ever heard of.", counts.nodes)
     size = 0
     for suffix in ("", "-wal"):
@@ -235,19 +325,17 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet
             size += p.stat().st_size
     m.add("meetkit_store_bytes", "gauge", "Size of the store's database and WAL files.", size)
     m.add("meetkit_store_used_bytes", "gauge",
-          "Bytes of the store's pages in use (free pages not counted): what [store] max_bytes bounds.",
-          store.used_bytes())
+          "Bytes of the store's pages in use (free pages not counted).", store.used_bytes())
+    m.add("meetkit_store_bounded_bytes", "gauge",
+          "Bytes of the store's pages in use without the dead letters': what [store] max_bytes bounds.",
+          store.bounded_bytes())
     m.add("meetkit_alarm_active", "gauge", "1 while an alarm is raised, by code.", None)
     for a in store.active_alarms():
         m.add("meetkit_alarm_active", "gauge", "", 1, {"code": a.code})
 
     boots = store.boots()
     per_node_gaps = gaps(boots)
-    records: dict[str, int] = {}
-    last_boot: dict[str, int] = {}
-    for node, boot, _lo, _hi, n in boots:
-        records[node] = records.get(node, 0) + n
-        last_boot[node] = max(boot, last_boot.get(node, boot))
+    records, last_boot, _odd = _boots(boots)
     fams = (
         ("meetkit_node_last_seen_timestamp_seconds", "gauge",
          "When the node last published (a batch or a live status), unix seconds."),
@@ -265,20 +353,12 @@ def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet
     heard: set[str] = set()
     for n in store.nodes():
         heard.add(n.node)
-        lab = {"node": n.node}
-        if n.last_seen is not None:
-            m.add(fams[0][0], "gauge", "", n.last_seen, lab)
-        boot = n.boot if n.boot is not None else last_boot.get(n.node)
-        if boot is not None:
-            m.add(fams[1][0], "gauge", "", boot, lab)
-        if n.online is not None:
-            m.add(fams[2][0], "gauge", "", n.online, lab)
-        if n.rssi is not None:
-            m.add(fams[3][0], "gauge", "", n.rssi, lab)
-        m.add(fams[4][0], "gauge", "", records.get(n.node, 0), lab)
-        m.add(fams[5][0], "gauge", "", per_node_gaps.get(n.node, 0), lab)
-        if n.dropped is not None:
-            m.add(fams[6][0], "counter", "", n.dropped, lab)
+        lab = {"node": str(n.node)}
+        for i, value in ((0, _finite(n.last_seen)), (1, _boot(n.boot, last_boot.get(n.node))), (2, n.online),
+                         (3, _finite(n.rssi)), (4, records.get(n.node, 0)), (5, per_node_gaps.get(n.node, 0)),
+                         (6, _finite(n.dropped))):
+            if value is not None:
+                m.add(fams[i][0], fams[i][1], "", value, lab)
 
     _fleet_metrics(m, view(fleet), heard)
 
@@ -320,9 +400,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
     reg = view(fleet)
     boots = store.boots()
     per_node_gaps = gaps(boots)
-    records: dict[str, int] = {}
-    for node, _boot, _lo, _hi, n in boots:
-        records[node] = records.get(node, 0) + n
+    records, last_boot, odd = _boots(boots)
     latest = {l.node: l for l in store.latest()}
     out = []
     for n in store.nodes():
@@ -332,17 +410,24 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
             for r in l.readings.values():
                 flags.update(r.flags)
         health = sorted(flags)
+        last_seen = _finite(n.last_seen)
         if n.online is False:
             health.insert(0, "offline")
-        if n.last_seen is None or now - n.last_seen > STALE_S:
+        if last_seen is None or now - last_seen > STALE_S:
             health.insert(0, "stale")
         if reg.usable and n.node not in reg.nodes:
             health.append(UNREGISTERED)
+        boot = _boot(n.boot, last_boot.get(n.node))
+        up = n.up if _int_in(n.up, 0, UP_MAX) else None
+        last_start = _start(l.start, now) if l else None
+        if (n.node in odd or (n.boot is not None and boot != n.boot) or (n.up is not None and up is None)
+                or (l is not None and l.start is not None and last_start is None)):
+            health.append(IMPLAUSIBLE)
         out.append({
-            "node": n.node, "online": n.online, "last_seen": n.last_seen, "rssi": n.rssi,
-            "boot": n.boot if n.boot is not None else (l.boot if l else None), "fw": n.fw, "up": n.up,
-            "dropped": n.dropped, "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
-            "last_start": l.start if l else None, "flags": health, "register": reg.nodes.get(n.node),
+            "node": n.node, "online": n.online, "last_seen": last_seen, "rssi": _finite(n.rssi),
+            "boot": boot, "fw": n.fw if isinstance(n.fw, str) else None, "up": up,
+            "dropped": _finite(n.dropped), "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
+            "last_start": last_start, "flags": health, "register": reg.nodes.get(n.node),
         })
     heard = {n["node"] for n in out}
     never = [node for node in reg.nodes if node not in heard]
@@ -369,154 +454,300 @@ def series_doc(store: Store, node: str, hours: float, now: float | None = None,
                until: float | None = None) -> dict[str, Any]:
     """The node's records of the `hours` before `until` (default: now). When the node has no
     record in that window (silent for longer, or a clock far off), the window ends at its newest
-    record instead: the page then shows the node's last hours of data, dated."""
+    record instead: the page then shows the node's last hours of data, dated. Records whose
+    start is not plausible (payload.plausible_ts: before the project, or far past now) are left
+    out, and so is a value that is not a finite number."""
     now = time.time() if now is None else now
     end = now if until is None else until
-    newest = store.newest_start(node)
+    newest = _start(store.newest_start(node, upto=now + FUTURE_MARGIN_S), now)
     if until is None and newest is not None and not end - hours * 3600 <= newest <= end:
         end = newest + 60
     since = int(end - hours * 3600)
-    starts: list[int] = []
-    cols: dict[str, list[float | None]] = {q: [] for q in SERIES}
+    starts: list[float | int] = []
+    cols: dict[str, list[float | int | None]] = {q: [] for q in SERIES}
     for start, quantity, avg in store.series(node, since, SERIES):
+        start = _start(start, now)
+        if start is None or quantity not in cols:
+            continue
         if start > end:
             break
         if not starts or starts[-1] != start:  # a second record of the same start: the later wins
             starts.append(start)
             for col in cols.values():
                 col.append(None)
-        cols[quantity][-1] = avg
+        cols[quantity][-1] = _finite(avg)
     return {"node": node, "since": since, "until": end, "now": now, "hours": hours, "start": starts, **cols,
             "units": UNITS}
 
 
+# -- query strings -----------------------------------------------------------------------------------
+
+
+class BadQuery(Exception):
+    """A query string an endpoint cannot take; the message says which value and why (400)."""
+
+
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+
+
+def parse_query(query: str, takes: tuple[str, ...]) -> dict[str, str]:
+    """`key=value&...` with each key at most once and only the keys in `takes`, percent-decoded
+    as UTF-8; BadQuery otherwise."""
+    if not query:
+        return {}
+    if not takes:
+        raise BadQuery("this endpoint takes no query parameters")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict",
+                          max_num_fields=len(takes))
+    except (ValueError, UnicodeDecodeError):  # UnicodeDecodeError is a ValueError; said for the reader
+        raise BadQuery(f"the query string must be at most {len(takes)} key=value pairs joined by &, in UTF-8; "
+                       f"this endpoint takes {', '.join(takes)}") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in takes:
+            raise BadQuery(f"unknown parameter {key[:40]!r}; this endpoint takes {', '.join(takes)}")
+        if key in out:
+            raise BadQuery(f"{key}: given more than once")
+        out[key] = value
+    return out
+
+
+def decimal(name: str, text: str, low: float, high: float, what: str, low_open: bool = False) -> float:
+    """A plain decimal number (digits, an optional fraction: no sign, exponent, NaN or infinity)
+    from `low` to `high`; BadQuery naming `name` and `what` otherwise."""
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not (low < value if low_open else low <= value) or not value <= high:
+        raise BadQuery(f"{name}: {what}, got {text[:40]!r}")
+    return value
+
+
+def series_query(query: str, now: float) -> tuple[str, float, float | None]:
+    """node, hours, until of /api/series."""
+    q = parse_query(query, ("node", "hours", "until"))
+    node = q.get("node", "")
+    if not node or len(node) > NODE_MAX or not node.isprintable():
+        raise BadQuery(f"node: required, a node id of 1 to {NODE_MAX} printable characters")
+    hours = decimal("hours", q.get("hours", "24"), 0, MAX_HOURS, f"a number of hours, more than 0 and at most {MAX_HOURS}",
+                    low_open=True)
+    until = None
+    if "until" in q:
+        until = decimal("until", q["until"], TS_MIN, now + FUTURE_MARGIN_S,
+                        f"unix seconds from {TS_MIN} (2026-01-01) to a day from now")
+    return node, hours, until
+
+
 # -- the server ------------------------------------------------------------------------------------
 
+#: how long a computed answer is served again: the page refreshes every minute, Prometheus scrapes
+#: every 15 s or more, and every answer from the store costs the writer's interpreter time
+CACHE_S = 5.0
+HEALTH_CACHE_S = 1.0
+CACHED_ANSWERS = 256  # at most this many answers kept (each /api/series query is one)
+NODE_MAX = 64
+MAX_HOURS = 168
+JSON = "application/json"
+METRICS = "text/plain; version=0.0.4; charset=utf-8"
+_NO_PARAMS: tuple[str, ...] = ()
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
-    protocol_version = "HTTP/1.1"
-    server_version = "meetkit-gateway"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s %s", self.address_string(), format % args)
+def _json(status: int, doc: Any) -> Response:
+    return Response(status, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(), JSON)
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._handle(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._handle(head=False)
+class _Static:
+    """The page's files, read once: every other path is a 404 without touching the disk."""
 
-    def _send(self, status: int, body: bytes, ctype: str, head: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+    def __init__(self, root: Path) -> None:
+        self.files: dict[str, Response] = {}
+        for f in sorted(root.rglob("*")):
+            if not f.is_file():
+                continue
+            ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+            if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):
+                ctype += "; charset=utf-8"
+            body = f.read_bytes()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+            self.files["/" + f.relative_to(root).as_posix()] = Response(200, body, ctype, (("ETag", etag),))
+        if "/index.html" in self.files:
+            self.files["/"] = self.files["/index.html"]
 
-    def _json(self, status: int, doc: Any, head: bool) -> None:
-        self._send(status, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(),
-                   "application/json", head)
+    def get(self, path: str, if_none_match: str | None) -> Response | None:
+        r = self.files.get(path)
+        if r is not None and if_none_match is not None and dict(r.headers)["ETag"] in if_none_match:
+            return Response(304, b"", r.ctype, r.headers)
+        return r
 
-    def _handle(self, head: bool) -> None:
-        url = urlsplit(self.path)
-        path = url.path
-        query = parse_qs(url.query)
-        owner = self.server.owner
+
+class _Answers:
+    """Answers computed from the store, kept for a few seconds; one computation per key at a time
+    (the others wait for it). The loop thread only."""
+
+    def __init__(self, size: int = CACHED_ANSWERS) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple[Any, ...], tuple[float, Response]] = OrderedDict()
+        self._pending: dict[tuple[Any, ...], asyncio.Future[Response]] = {}
+
+    async def get(self, key: tuple[Any, ...], ttl: float, make: Callable[[], Awaitable[Response]]) -> Response:
+        now = time.monotonic()
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] > now:
+            self._kept.move_to_end(key)
+            return kept[1]
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
         try:
-            if path == "/healthz":
-                self._healthz(head)
-            elif path == "/metrics":
-                with owner.open() as store:
-                    body = metrics_text(store, owner.targets, fleet=owner.fleet).encode()
-                self._send(200, body, "text/plain; version=0.0.4; charset=utf-8", head)
-            elif path == "/api/nodes":
-                with owner.open() as store:
-                    self._json(200, nodes_doc(store, owner.targets, fleet=owner.fleet), head)
-            elif path == "/api/targets":
-                rows, error = _targets(owner.targets)
-                self._json(200, {"now": time.time(), "targets": rows, "targets_error": error}, head)
-            elif path == "/api/series":
-                node = query.get("node", [""])[0]
-                try:
-                    hours = float(query.get("hours", ["24"])[0])
-                    if not 0 < hours <= 168:
-                        raise ValueError
-                except ValueError:
-                    return self._json(400, {"error": "hours: a number, 0 < hours <= 168"}, head)
-                try:
-                    until = float(query["until"][0]) if "until" in query else None
-                except ValueError:
-                    return self._json(400, {"error": "until: unix seconds"}, head)
-                if not node:
-                    return self._json(400, {"error": "node: required"}, head)
-                with owner.open() as store:
-                    self._json(200, series_doc(store, node, hours, until=until), head)
-            else:
-                self._static(path, head)
-        except Exception as e:
-            log.exception("%s failed", self.path)
-            self._json(503 if path != "/" else 500, {"error": f"{type(e).__name__}: {e}"}, head)
+            answer = await make()  # make() answers errors itself; only a shutdown cancels it
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            del self._pending[key]
+        fut.set_result(answer)
+        if ttl > 0:
+            self._kept[key] = (time.monotonic() + ttl, answer)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return answer
 
-    def _healthz(self, head: bool) -> None:
+
+class _App:
+    """The endpoints, on the server's loop thread; what needs the store runs through `compute`."""
+
+    def __init__(self, owner: "StatusServer") -> None:
+        self.owner = owner
+        self.static = _Static(owner.static)
+        self.answers = _Answers()
+
+    async def __call__(self, req: Request) -> Response:
+        path, query = req.path, req.query
         try:
-            with self.server.owner.open() as store:
-                nodes = store.db.execute("SELECT count(*) FROM nodes").fetchone()[0]
-                alarms = [{"code": a.code, "at": a.at, "reason": a.reason} for a in store.active_alarms()]
-                doc = {"status": "ok", "db_id": store.db_id, "schema": SCHEMA_VERSION, "nodes": nodes,
-                       "alarms": alarms}
-        except Exception as e:
-            return self._json(503, {"status": "error", "reason": f"{type(e).__name__}: {e}"}, head)
-        self._json(200, doc, head)
+            if path == "/api/series":
+                node, hours, until = series_query(query, time.time())
+                return await self._answer(("series", node, hours, until), self.owner.cache_s,
+                                          lambda store: _json(200, series_doc(store, node, hours, until=until)))
+            parse_query(query, _NO_PARAMS)
+        except BadQuery as e:
+            return _json(400, {"error": str(e)})
+        owner = self.owner
+        if path == "/healthz":
+            return await self._answer(("healthz",), min(HEALTH_CACHE_S, owner.cache_s), _healthz, health=True)
+        if path == "/metrics":
+            r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
+                200, metrics_text(store, owner.targets, fleet=owner.fleet).encode(), METRICS))
+            return Response(r.status, r.body + self._server_metrics(), r.ctype) if r.status == 200 else r
+        if path == "/api/nodes":
+            return await self._answer(("nodes",), owner.cache_s,
+                                      lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet)))
+        if path == "/api/targets":
+            return await self._answer(("targets",), owner.cache_s, self._targets, store=False)
+        r = self.static.get(path, req.headers.get("if-none-match"))
+        return r if r is not None else Response(404, b"not found\n")
 
-    def _static(self, path: str, head: bool) -> None:
-        root = self.server.owner.static
-        rel = "index.html" if path in ("/", "/index.html") else path.lstrip("/")
-        target = (root / rel).resolve()
-        if root not in target.parents or not target.is_file():
-            return self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
-        ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):
-            ctype += "; charset=utf-8"
-        self._send(200, target.read_bytes(), ctype, head)
+    def _targets(self) -> Response:
+        rows, error = _targets(self.owner.targets)
+        return _json(200, {"now": time.time(), "targets": rows, "targets_error": error})
+
+    async def _answer(self, key: tuple[Any, ...], ttl: float, make: Callable[..., Response], store: bool = True,
+                      health: bool = False) -> Response:
+        server = self.owner.server
+        assert server is not None
+
+        def compute() -> Response:
+            if not store:
+                return make()
+            try:
+                with self.owner.open() as st:
+                    return make(st)
+            except StoreError as e:  # no store yet, or one this gateway cannot read: said, not a traceback
+                return _json(503, {"status": "error", "reason": str(e)} if health else {"error": str(e)})
+            except sqlite3.Error as e:
+                if health:
+                    return _json(503, {"status": "error", "reason": f"{type(e).__name__}: {e}"})
+                raise
+
+        async def run() -> Response:
+            try:
+                return await server.compute(compute)
+            except Exception as e:
+                server.trouble(key[0], logging.ERROR, "status page: %s failed", key[0], exc_info=True)
+                return _json(503, {"error": f"{type(e).__name__}: {e}"})
+
+        return await self.answers.get(key, ttl, run)
+
+    def _server_metrics(self) -> bytes:
+        """The status server's own counters: live, after the cached part."""
+        server = self.owner.server
+        assert server is not None
+        c = server.counters
+        m = Exposition()
+        m.add("meetkit_http_connections", "gauge", "Connections to the status server open now.",
+              server.open_connections)
+        m.add("meetkit_http_connections_total", "counter", "Connections the status server accepted.",
+              c["connections"])
+        m.add("meetkit_http_connections_closed_total", "counter",
+              "Connections the status server closed early, by reason: idle (no request within the head "
+              "timeout), slow_head (a request head not whole in time), evicted (for a new connection at the "
+              "cap), busy (refused at the cap), write_timeout, client_gone (before its response).", None)
+        for reason in ("idle", "slow_head", "evicted", "busy", "write_timeout", "client_gone"):
+            m.add("meetkit_http_connections_closed_total", "counter", "", c[f"closed.{reason}"], {"reason": reason})
+        m.add("meetkit_http_requests_total", "counter", "Requests answered, by status code.", None)
+        codes: dict[str, int] = {}  # answered by the application, or refused before it (400, 408, 431, ...)
+        for key in c:
+            if key.startswith(("requests.", "bad_request.")):
+                code = key.split(".", 1)[1]
+                codes[code] = codes.get(code, 0) + c[key]
+        for code in sorted(codes):
+            m.add("meetkit_http_requests_total", "counter", "", codes[code], {"code": code})
+        m.add("meetkit_http_throttled_total", "counter",
+              "Requests that waited for the status server's request rate or share of the CPU.", c["throttled"])
+        m.add("meetkit_http_store_reads_total", "counter",
+              "Answers computed from the store (the others came from the few seconds' cache).", c["store_reads"])
+        m.add("meetkit_http_accept_errors_total", "counter",
+              "Connections the status server could not accept for want of descriptors or memory.",
+              c["accept_errors"])
+        m.add("meetkit_http_cpu_seconds_total", "counter", "CPU time the status server's threads used.",
+              round(server.budget.charged, 3))
+        return m.text().encode()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: "StatusServer"
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+def _healthz(store: Store) -> Response:
+    nodes = store.db.execute("SELECT count(*) FROM nodes").fetchone()[0]
+    alarms = [{"code": a.code, "at": a.at, "reason": a.reason} for a in store.active_alarms()]
+    return _json(200, {"status": "ok", "db_id": store.db_id, "schema": SCHEMA_VERSION, "nodes": nodes,
+                       "alarms": alarms})
 
 
 class StatusServer:
     """`/healthz`, `/metrics`, the JSON API and the status page over `store_path`, read-only.
 
-    `port` 0 picks a free one (see `.port` after `start()`)."""
+    `port` 0 picks a free one (see `.port` after `start()`). `cache_s`: how long an answer from the
+    store is served again (0: never, for tests that change the store between requests)."""
 
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
-                 targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None) -> None:
+                 targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
+                 limits: Limits = Limits(), cache_s: float = CACHE_S) -> None:
         self.store_path = Path(store_path)
-        self.fleet = fleet  # the fleet register, shared by the request threads (it locks itself)
+        self.fleet = fleet  # the fleet register, shared with the forwarders (it locks itself)
         self.host = host
         self.requested_port = port
         self.targets = targets
         self.static = Path(static).resolve()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self.limits = limits
+        self.cache_s = cache_s
+        self.server: HttpServer | None = None
 
     def open(self) -> Store:
         return Store(self.store_path, readonly=True)
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "not started"
-        return self._server.server_address[1]
+        assert self.server is not None, "not started"
+        return self.server.port
 
     @property
     def url(self) -> str:
@@ -524,25 +755,16 @@ class StatusServer:
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
 
     def start(self) -> "StatusServer":
-        if self._server is not None:
+        if self.server is not None:
             raise RuntimeError("the status server is running already")
-        server_class = _Server6 if ":" in self.host else _Server
-        self._server = server_class((self.host, self.requested_port), _Handler)
-        self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="http", daemon=True)
-        self._thread.start()
+        self.server = HttpServer(_App(self), self.host, self.requested_port, self.limits).start()
         log.info("status page and /metrics on %s", self.url)
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._server = self._thread = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
     def __enter__(self) -> "StatusServer":
         return self.start()

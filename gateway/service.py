@@ -15,7 +15,9 @@ the nodes publish until the gateway is back.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -65,6 +67,7 @@ class Gateway:
         self.forwarders: Forwarders | None = None
         self.http: StatusServer | None = None
         self._stopped = False
+        self._socket_problem: str | None = None  # why the last probe could not open a socket
 
     @property
     def db_id(self) -> str:
@@ -117,11 +120,25 @@ class Gateway:
     # -- the writer's hooks (the writer thread) -----------------------------------------------------
 
     def progressing(self, within_s: float) -> bool:
-        """Real progress, for systemd's watchdog: the writer's loop passed within `within_s` (it
-        passes every second, idle or not; a hung commit stops it) and the MQTT thread runs. A
-        broker that is away is not a hang: paho goes on reconnecting."""
-        return (time.monotonic() - self.writer.alive_at < within_s and self.writer.running
-                and self.source.alive)
+        """Real progress, for systemd's watchdog (docs/operator.md, "As a systemd service"), all of:
+
+        - the writer's loop passed within `within_s` (it passes every second, idle or not; a hung
+          commit stops it);
+        - paho's network thread runs (it reconnects by itself: a broker that is away is no hang);
+        - the process can open a socket, so paho can open its next connection to the broker: a
+          gateway out of file descriptors can neither reconnect nor take a message, and waits for
+          the restart the starved watchdog brings."""
+        if not (time.monotonic() - self.writer.alive_at < within_s and self.writer.running and self.source.alive):
+            return False
+        problem = can_open_socket()
+        if problem != self._socket_problem:
+            if problem:
+                log.error("cannot open a socket (%s): the broker cannot be reached again; the systemd "
+                          "watchdog is no longer fed", problem)
+            else:
+                log.info("sockets can be opened again")
+            self._socket_problem = problem
+        return problem is None
 
     def _committed(self, done: Sequence[Done]) -> None:
         for msg, ack in done:
@@ -146,6 +163,37 @@ class Gateway:
         self.stop()
 
 
+def can_open_socket() -> str | None:
+    """None if the process can open a TCP socket now, else why not (out of descriptors, say)."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+#: the soft limit of open files the gateway asks for at start (the hard limit permitting): the
+#: status server keeps at most Limits.max_connections (64) of them, far below either
+FILES_SOFT = 8192
+
+
+def raise_open_files(want: int = FILES_SOFT) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit toward `want` (never above the hard limit, never lower
+    it); returns (soft before, soft now). systemd gives services 1024 unless the unit says more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as e:
+            log.warning("open files: cannot raise the soft limit from %d to %d: %s", soft, target, e)
+            return soft, soft
+        log.info("open files: soft limit raised from %d to %d (hard limit %s)", soft, target,
+                 "unlimited" if hard == resource.RLIM_INFINITY else hard)
+        return soft, target
+    return soft, soft
+
+
 def run(config: Config, path: Path | None = None, notifier: Notifier | None = None) -> int:
     """Run until SIGTERM or SIGINT (main thread only). SIGHUP reads the configuration at `path`
     again: a valid new one replaces the running gateway (stop commits and acknowledges all it
@@ -164,6 +212,7 @@ def run(config: Config, path: Path | None = None, notifier: Notifier | None = No
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     memory.fix_mmap_threshold()  # before the threads: RSS comes back down after large messages
+    raise_open_files()
     gateway = Gateway(config).start()
     sd.ready(f"store {config.store.path}")
     tick = min(1.0, sd.watchdog_s / 4) if sd.watchdog_s else 1.0

@@ -1055,6 +1055,10 @@ class Store:
             (node, since, *quantities),
         ).fetchall()
 
-    def newest_start(self, node: str) -> int | None:
-        """The latest interval start of a node's records (None: no timed record)."""
-        return self.db.execute("SELECT max(start) FROM records WHERE node = ?", (node,)).fetchone()[0]
+    def newest_start(self, node: str, upto: float | None = None) -> int | None:
+        """The latest interval start of a node's records (None: no timed record), of those
+        starting at or before `upto` when given (an older store may hold starts far in the future)."""
+        if upto is None:
+            return self.db.execute("SELECT max(start) FROM records WHERE node = ?", (node,)).fetchone()[0]
+        return self.db.execute("SELECT max(start) FROM records WHERE node = ? AND start <= ?",
+                               (node, upto)).fetchone()[0]

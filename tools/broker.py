@@ -24,8 +24,10 @@
     <out>/monitor/mosquitto_sub     0600: `-u monitor` and `-P <its password>`, the options file
                                     mosquitto_sub reads from $XDG_CONFIG_HOME (`monitor_command()`)
 
-Certificates are made with the `openssl` command line, passwords with `secrets`; nothing secret
-is written to the terminal or put on a command line (`mosquitto_passwd -U` hashes a file).
+Keys and certificates are made with the `cryptography` library (RSA 2048, SHA-256: what the
+nodes' mbedtls verifies), passwords with `secrets`; every key and secret is written atomically,
+created 0600, and nothing secret is written to the terminal or put on a command line
+(`mosquitto_passwd -U` hashes a file).
 `init` again keeps what exists (the CA, the keys, the passwords) and adds what is missing;
 `add-node` adds one node's account to the password file and the secrets and nothing else (the
 ACL is made of `pattern` lines, so it does not change).
@@ -33,6 +35,7 @@ ACL is made of `pattern` lines, so it does not change).
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -43,6 +46,14 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 GATEWAY_USER = "gateway"
 GATEWAY_PASSWORD = "gateway.password"
@@ -282,61 +293,142 @@ def write_passwd(out: Path, users: dict[str, str]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# The lab CA and the server certificate (openssl command line)
+# The lab CA and the server certificate (the `cryptography` library)
+
+# RSA 2048 with SHA-256, as the openssl command line made them before: what the nodes' TLS (mbedtls
+# in MicroPython, on the ESP32 as in the unix port the tests run) has verified since the first
+# fleet. A stronger choice must be proven on the firmware's TLS first (tests/e2e/test_secure_fleet.py).
+KEY_BITS = 2048
+CA_NAME = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meetkit"),
+                     x509.NameAttribute(NameOID.COMMON_NAME, "meetkit lab CA")])
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
+    # PKCS#8 PEM, unencrypted, as `openssl genpkey` wrote it: Mosquitto reads it without a passphrase.
+    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()), 0o600)
+
+
+def load_key(path: Path) -> PrivateKey:
+    """A private key in PEM (PKCS#8 or the older PKCS#1, as openssl made them), unencrypted."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # not PEM, encrypted, unknown type
+        raise BrokerError(f"{path}: not an unencrypted private key in PEM form ({e})") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise BrokerError(f"{path}: a {type(key).__name__}; the nodes' TLS takes RSA or EC keys only")
+    return key
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as e:
+        raise BrokerError(f"{path}: not a certificate in PEM form ({e})") from None
+
+
+def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+    # From now (to the second, as openssl did) for `days` days.
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return builder.not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
 
 
 def make_ca(ca_dir: Path, days: int = CA_DAYS) -> None:
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    key, crt = ca_dir / "ca.key", ca_dir / "ca.crt"
-    _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-          "-out", str(key)], "the CA key")
-    os.chmod(key, 0o600)
-    _run(["openssl", "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", str(days),
-          "-subj", "/O=meetkit/CN=meetkit lab CA", "-out", str(crt),
-          "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-          "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-          "-addext", "subjectKeyIdentifier=hash"], "the CA certificate")
+    """A new lab CA: ca.key (0600) and its self-signed ca.crt, valid for `days` days, that may sign
+    server certificates and nothing that signs further (pathlen 0)."""
+    key = _new_key()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    crt = (_validity(x509.CertificateBuilder(), days)
+           .subject_name(CA_NAME).issuer_name(CA_NAME)
+           .public_key(key.public_key()).serial_number(x509.random_serial_number())
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                        key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                        key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                        decipher_only=False), critical=True)
+           .add_extension(ski, critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+           .sign(key, hashes.SHA256()))
+    # The key first: a certificate without its key would be kept by the next `init`.
+    _write_key(ca_dir / "ca.key", key)
+    _write(ca_dir / "ca.crt", crt.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def server_sans(fleet: Fleet) -> list[str]:
-    """The names the broker's certificate must carry, as openssl's subjectAltName takes them."""
+    """The names the broker's certificate must carry: `DNS:<name>`, `IP:<address>` (an address in
+    Python's spelling, so 0:0::1 and ::1 are one)."""
     sans = [f"DNS:{fleet.hostname}"]
     if "." not in fleet.hostname:
         sans.append(f"DNS:{fleet.hostname}.local")  # mDNS, as Raspberry Pi OS announces it
-    return sans + [f"IP:{ip}" for ip in fleet.ips]
+    return sans + [f"IP:{ipaddress.ip_address(ip)}" for ip in fleet.ips]
+
+
+def _san_entries(sans: list[str]) -> list[x509.GeneralName]:
+    return [x509.IPAddress(ipaddress.ip_address(s[3:])) if s.startswith("IP:") else x509.DNSName(s[4:])
+            for s in sans]
 
 
 def cert_sans(crt: Path) -> set[str]:
-    """The subjectAltName entries of a certificate, in server_sans' spelling."""
-    res = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(crt)],
-                         capture_output=True, text=True)
-    body = res.stdout.split("\n", 1)[1] if res.returncode == 0 and "\n" in res.stdout else ""
-    return {e.strip().replace("IP Address:", "IP:") for e in body.split(",") if e.strip()}
+    """The subjectAltName entries of a certificate, in server_sans' spelling; none if the file is
+    not a certificate (`init` then signs a new one)."""
+    try:
+        ext = x509.load_pem_x509_certificate(crt.read_bytes()).extensions
+        names = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return set()
+    return ({f"DNS:{n}" for n in names.get_values_for_type(x509.DNSName)}
+            | {f"IP:{a}" for a in names.get_values_for_type(x509.IPAddress)})
 
 
 def make_server_cert(ca_dir: Path, dest: Path, fleet: Fleet, days: int = SERVER_DAYS) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    key, crt = dest / "server.key", dest / "server.crt"
-    sans = server_sans(fleet)
-    if not key.exists():
-        _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-              "-out", str(key)], "the server key")
-    os.chmod(key, 0o600)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        csr, ext = Path(tmp) / "server.csr", Path(tmp) / "ext.cnf"
-        ext.write_text(
-            "basicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth\n"
-            "subjectKeyIdentifier=hash\n"
-            "authorityKeyIdentifier=keyid,issuer\n"
-            f"subjectAltName={','.join(sans)}\n")
-        _run(["openssl", "req", "-new", "-key", str(key), "-subj", f"/O=meetkit/CN={fleet.hostname}",
-              "-out", str(csr)], "the server certificate request")
-        _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_dir / "ca.crt"),
-              "-CAkey", str(ca_dir / "ca.key"), "-set_serial", str(secrets.randbits(63) | 1),
-              "-sha256", "-days", str(days), "-extfile", str(ext), "-out", str(crt)],
-             "signing the server certificate")
+    """The broker's certificate for `fleet`'s host name(s) and addresses, signed by the lab CA in
+    `ca_dir`, valid for `days` days; its key (0600) is kept if there is one."""
+    ca_key, ca_crt = load_key(ca_dir / "ca.key"), load_cert(ca_dir / "ca.crt")
+    if _spki(ca_key.public_key()) != _spki(ca_crt.public_key()):
+        raise BrokerError(f"{ca_dir / 'ca.key'} is not the key of {ca_dir / 'ca.crt'}: "
+                          "restore the pair, or move both away to make a new CA (the nodes then need the new ca.der)")
+    key_path, crt_path = dest / "server.key", dest / "server.crt"
+    if key_path.exists():
+        key = load_key(key_path)
+        os.chmod(key_path, 0o600)
+    else:
+        key = _new_key()
+        _write_key(key_path, key)
+    try:
+        ca_ski = ca_crt.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:  # a CA made elsewhere without one
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_crt.public_key())
+    crt = (_validity(x509.CertificateBuilder(), days)
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meetkit"),
+                                    x509.NameAttribute(NameOID.COMMON_NAME, fleet.hostname)]))
+           .issuer_name(ca_crt.subject)
+           .public_key(key.public_key()).serial_number(x509.random_serial_number())
+           .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+           .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                        key_encipherment=True, data_encipherment=False, key_agreement=False,
+                                        key_cert_sign=False, crl_sign=False, encipher_only=False,
+                                        decipher_only=False), critical=True)
+           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+           .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+           .add_extension(aki, critical=False)
+           .add_extension(x509.SubjectAlternativeName(_san_entries(server_sans(fleet))), critical=False)
+           .sign(ca_key, hashes.SHA256()))
+    _write(crt_path, crt.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def ca_der(ca_dir: Path) -> None:
+    """ca.der: the lab CA's certificate in DER form, which the firmware's TLS (mbedtls) reads."""
+    _write(ca_dir / "ca.der", load_cert(ca_dir / "ca.crt").public_bytes(serialization.Encoding.DER), 0o644)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,8 +495,7 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
     else:
         kept += [mdir / "server.key", mdir / "server.crt"]
     _write(mdir / "ca.crt", (cadir / "ca.crt").read_bytes(), 0o644)
-    _run(["openssl", "x509", "-in", str(cadir / "ca.crt"), "-outform", "DER", "-out", str(cadir / "ca.der")],
-         "the CA certificate in DER form")
+    ca_der(cadir)
     written.append(cadir / "ca.der")
     _write(mdir / "acl", acl_text(fleet.prefix), 0o640)
     _write(mdir / "mosquitto.conf", conf_text(fleet, install_dir), 0o644)

@@ -294,7 +294,8 @@ def test_the_register_names_the_nodes_and_lists_those_never_seen(db: Path, tmp_p
 
     path = tmp_path / "fleet.toml"
     path.write_text(REGISTER)
-    with StatusServer(db, "127.0.0.1", 0, targets=lambda: TARGETS, fleet=Fleet(path)) as s:
+    # cache_s=0: the register changes between requests, and each answer must show it at once
+    with StatusServer(db, "127.0.0.1", 0, targets=lambda: TARGETS, fleet=Fleet(path), cache_s=0) as s:
         doc = json.loads(get(s, "/api/nodes")[2])
         nodes = {n["node"]: n for n in doc["nodes"]}
         assert nodes["ams-001"]["register"] == {"name": "Dam, lamp post 12", "board": "esp32-devkitc",

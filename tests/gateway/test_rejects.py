@@ -365,3 +365,23 @@ def test_a_retained_message_is_taken_once(gateway_config, broker, node):
         assert s.counts().records == 1
         c = s.counters()
     assert (c["rejected.not_json"], c["batches"], c["retained_again"]) == (1, 1, 4)
+
+
+def test_metrics_count_what_was_refused_alone(gateway, node):
+    import urllib.request
+
+    from meetkit_gateway.http import StatusServer
+
+    doc = example()
+    doc["recs"][1]["pm25"] = [-1, -3, 7, 58]  # impossible: the value refused
+    doc["recs"][1]["pm10"] = [2150.0, 1210.0, 3020.0, 58]  # beyond the rating: kept, flagged
+    node.publish("meetkit/ams-001/up", doc)
+    node.publish("meetkit/ams-001/up", bad(lambda b: (b["recs"][1].update(ts=0), b.update(boot=4))))
+    gateway.wait_committed(2)
+    with StatusServer(gateway.cfg.store.path, port=0, cache_s=0) as srv:
+        with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    assert 'meetkit_values_refused_total{code="out_of_range"} 1' in text
+    assert 'meetkit_values_flagged_total{flag="range"} 1' in text
+    assert 'meetkit_records_refused_total{code="implausible"} 1' in text
+    assert "meetkit_dead_letters 2" in text

@@ -387,7 +387,7 @@ def test_metrics_show_the_drops_by_reason_and_the_size(tmp_path):
         fill(s, 3000, boot=2, received_at=T0)
         prune(Pruner(s, Bounds(s.used_bytes() * 3 // 4, 0, targets=("vm",)), Alarms(), clock=lambda: T0))
         c = s.counters()
-        used = s.used_bytes()
+        used, bounded = s.used_bytes(), s.bounded_bytes()
     with StatusServer(path, port=0) as srv:
         with urllib.request.urlopen(srv.url + "/metrics", timeout=5) as r:
             text = r.read().decode()
@@ -401,6 +401,7 @@ def test_metrics_show_the_drops_by_reason_and_the_size(tmp_path):
     assert sample("meetkit_store_dropped_total", '{reason="bytes"}') == c["dropped.bytes"] > 0
     assert sample("meetkit_store_dropped_unforwarded_total") == 60 + c["dropped.bytes"] == c["dropped.unforwarded"]
     assert sample("meetkit_store_used_bytes") == used
+    assert sample("meetkit_store_bounded_bytes") == bounded < used  # the dead letters' pages left out
     assert sample("meetkit_store_bytes") >= used
     assert "# TYPE meetkit_store_dropped_total counter" in text
     assert 'meetkit_store_dropped_total{reason="unforwarded"}' not in text  # its own metric: sums stay right

