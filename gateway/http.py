@@ -120,7 +120,8 @@ Targets = Callable[[], Iterable[dict[str, Any]]]
 
 
 def _family(kind: str, name: str, help: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily | CounterMetricFamily:
-    """An empty family; CounterMetricFamily takes the name with `_total` and writes it back as is."""
+    """An empty family. CounterMetricFamily drops a name's `_total` and writes it back: every counter
+    here ends in `_total`, so each is exposed under the name written here."""
     cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
     return cls(name, help, labels=labels)
 

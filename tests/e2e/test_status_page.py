@@ -130,7 +130,8 @@ def test_the_gateway_stored_an_hour_of_both_nodes(fed: dict) -> None:
         readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
     with urllib.request.urlopen(fed["url"] + "/metrics", timeout=10) as r:
         metrics = parse_exposition(r.read().decode())
-    fleet = {name[len("meetkit_fleet_"):]: sample(metrics, name) for name in metrics if name.startswith("meetkit_fleet_")}
+    fleet = {name[len("meetkit_fleet_"):]: sample(metrics, name)
+             for name in metrics if name.startswith("meetkit_fleet_")}
     assert fleet == {"error": 0, "nodes_registered": 2, "nodes_never_seen": 1, "nodes_unregistered": 1}, fleet
     sent = sample(metrics, "meetkit_forward_sent_rows_total", target="city-influx", kind="influxdb")
     assert sent >= readings > 0, metrics["meetkit_forward_sent_rows_total"]
