@@ -1,6 +1,6 @@
 """The gateway's own small web server: `/healthz`, `/metrics` (Prometheus) and the status page.
 
-Standard library only: a Raspberry Pi installs nothing more. The server itself
+Standard library, and prometheus-client for the text format of /metrics. The server itself
 (gateway/http_server.py) is one asyncio loop with limits a hostile client cannot get around:
 a cap on connections, timeouts for idle connections and slow request heads, a request rate and a
 share of the CPU it may use, so that the status page never costs ingest more than that share. Answers from the
@@ -17,7 +17,8 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
                     store opens read-only and answers a query; 503 {"status": "error", "reason"}
                     otherwise. Active alarms (disk full, ...) are listed but do not make it 503:
                     alert on `meetkit_alarm_active` instead. Served again for 1 s.
-    /metrics        Prometheus text exposition format 0.0.4 (see `metrics_text`), then the status
+    /metrics        Prometheus text exposition format 0.0.4, written by prometheus-client from
+                    `StoreCollector` (cached like the rest), then from `ServerCollector`: the status
                     server's own counters (meetkit_http_*, live).
     /api/nodes      {"now", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...},
                     "fleet": {"path", "errors", "registered", "never_seen", "unregistered"}}:
@@ -86,8 +87,12 @@ import sqlite3
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from .fleet import Fleet
 from .fleet_view import FleetView, view
@@ -109,54 +114,16 @@ STALE_S = 15 * 60
 Targets = Callable[[], Iterable[dict[str, Any]]]
 
 
-# -- Prometheus text format ------------------------------------------------------------------------
+# -- /metrics ---------------------------------------------------------------------------------------
+# prometheus-client writes the text format (names, label escaping, numbers, HELP and TYPE lines);
+# what is here only says which families there are and reads their values at scrape time.
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float | int | bool) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-class Exposition:
-    """Metric families in the text format: each family's HELP and TYPE once, then its samples."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, tuple[str, str, list[str]]] = {}
-
-    def add(self, name: str, kind: str, help: str, value: float | int | None,
-            labels: dict[str, str] | None = None) -> None:
-        """One sample; a None value declares the family without a sample."""
-        fam = self._families.setdefault(name, (kind, help, []))
-        assert fam[0] == kind, f"{name} declared {fam[0]}, then {kind}"
-        if value is None:
-            return
-        lab = ""
-        if labels:
-            lab = "{" + ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in labels.items()) + "}"
-        fam[2].append(f"{name}{lab} {_number(value)}")
-
-    def text(self) -> str:
-        out = []
-        for name, (kind, help, samples) in self._families.items():
-            out.append(f"# HELP {name} {_escape_help(help)}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(samples)
-        return "\n".join(out) + "\n"
+def _family(kind: str, name: str, help: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily | CounterMetricFamily:
+    """An empty family. CounterMetricFamily drops a name's `_total` and writes it back: every counter
+    here ends in `_total`, so each is exposed under the name written here."""
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return cls(name, help, labels=labels)
 
 
 #: counters of the store's `counters` table with a metric of their own: exact name, or a prefix
@@ -271,121 +238,150 @@ def _targets(targets: Targets) -> tuple[list[dict[str, Any]], str | None]:
         return [], f"{type(e).__name__}: {e}"
 
 
-def _fleet_metrics(m: Exposition, fleet: FleetView, heard: set[str]) -> None:
-    fams = (
+def _fleet_metrics(fleet: FleetView, heard: set[str]) -> Iterator[Metric]:
+    fams = [_family("gauge", name, help) for name, help in (
         ("meetkit_fleet_error", "1 while the fleet register cannot be read (its problems are on the status page)."),
         ("meetkit_fleet_nodes_registered", "Nodes in the fleet register."),
         ("meetkit_fleet_nodes_never_seen", "Nodes in the fleet register the gateway never heard of."),
         ("meetkit_fleet_nodes_unregistered", "Nodes the gateway heard of that are not in the fleet register."),
-    )
-    for name, help in fams:
-        m.add(name, "gauge", help, None)
-    if not fleet.configured:
-        return  # no register: nothing to say
-    m.add(fams[0][0], "gauge", "", int(fleet.errors is not None))
-    if fleet.usable:
-        m.add(fams[1][0], "gauge", "", len(fleet.nodes))
-        m.add(fams[2][0], "gauge", "", len(set(fleet.nodes) - heard))
-        m.add(fams[3][0], "gauge", "", len(heard - set(fleet.nodes)))
+    )]
+    if fleet.configured:  # no register: the families, with nothing to say
+        fams[0].add_metric([], int(fleet.errors is not None))
+        if fleet.usable:
+            fams[1].add_metric([], len(fleet.nodes))
+            fams[2].add_metric([], len(set(fleet.nodes) - heard))
+            fams[3].add_metric([], len(heard - set(fleet.nodes)))
+    yield from fams
 
 
-def metrics_text(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None) -> str:
-    """All metrics of the gateway: the store's counters, per node, per forwarding target, the fleet register."""
-    now = time.time() if now is None else now
-    m = Exposition()
-    m.add("meetkit_store_up", "gauge", "1 when the store opened read-only and answered.", 1)
-    counters = store.counters()
-    counters = {k: v for k, v in counters.items() if isinstance(k, str) and _finite(v) is not None}
-    for key, (name, help, label) in _COUNTERS.items():
-        m.add(name, "counter", help, None)
-        if label is None:
-            m.add(name, "counter", help, counters.get(key, 0))
-    other = "meetkit_store_counter_total"
-    for key, value in counters.items():
-        if key in _COUNTERS:
-            continue
-        for prefix, (name, help, label) in _COUNTERS.items():
-            if label is not None and key.startswith(prefix):
-                m.add(name, "counter", help, value, {label: key[len(prefix):]})
-                break
-        else:
-            m.add(other, "counter", "Other counters of the store, by name.", value, {"name": key})
-    counts = store.counts()
-    m.add("meetkit_records", "gauge", "Records in the store.", counts.records)
-    m.add("meetkit_readings", "gauge", "Readings (one per quantity of a record) in the store.", counts.readings)
-    m.add("meetkit_dead_letters", "gauge", "Dead letters (what was refused) kept in the store.", counts.dead_letters)
-    m.add("meetkit_dead_letter_payload_bytes", "gauge",
-          "Bytes of the dead letters' payloads: what [store] dead_letters_max_bytes bounds.",
-          store.dead_letter_usage(every=True)[1])
-    m.add("meetkit_nodes", "gauge", "Nodes ever heard of.", counts.nodes)
+class StoreCollector:
+    """All metrics of the gateway, read when collected: the store's counters, per node, the fleet
+    register, per forwarding target. A prometheus-client custom collector over one open store
+    (a read-only connection lives for one computation: see `_App._answer`)."""
+
+    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None) -> None:
+        self.store = store
+        self.targets = targets
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._store()
+        heard: set[str] = set()
+        yield from self._nodes(heard)
+        yield from _fleet_metrics(view(self.fleet), heard)
+        yield from self._targets()
+
+    def _store(self) -> Iterator[Metric]:
+        store = self.store
+        yield GaugeMetricFamily("meetkit_store_up", "1 when the store opened read-only and answered.", 1)
+        counters = {k: v for k, v in store.counters().items() if isinstance(k, str) and _finite(v) is not None}
+        fams = {key: CounterMetricFamily(name, help, labels=(label,) if label else ())
+                for key, (name, help, label) in _COUNTERS.items()}
+        other = CounterMetricFamily("meetkit_store_counter_total", "Other counters of the store, by name.",
+                                    labels=("name",))
+        for key, (_name, _help, label) in _COUNTERS.items():
+            if label is None:
+                fams[key].add_metric([], counters.get(key, 0))
+        for key, value in counters.items():
+            if key in _COUNTERS:
+                continue
+            for prefix, (_name, _help, label) in _COUNTERS.items():
+                if label is not None and key.startswith(prefix):
+                    fams[prefix].add_metric([key[len(prefix):]], value)
+                    break
+            else:
+                other.add_metric([key], value)
+        yield from fams.values()
+        yield other
+        counts = store.counts()
+        for name, help, value in (
+            ("meetkit_records", "Records in the store.", counts.records),
+            ("meetkit_readings", "Readings (one per quantity of a record) in the store.", counts.readings),
+            ("meetkit_dead_letters", "Dead letters (what was refused) kept in the store.", counts.dead_letters),
+            ("meetkit_dead_letter_payload_bytes",
+             "Bytes of the dead letters' payloads: what [store] dead_letters_max_bytes bounds.",
+             store.dead_letter_usage(every=True)[1]),
+            ("meetkit_nodes", "Nodes ever heard of.", counts.nodes),
+            ("meetkit_store_bytes", "Size of the store's database and WAL files.", _files_size(store.path)),
+            ("meetkit_store_used_bytes", "Bytes of the store's pages in use (free pages not counted).",
+             store.used_bytes()),
+            ("meetkit_store_bounded_bytes",
+             "Bytes of the store's pages in use without the dead letters': what [store] max_bytes bounds.",
+             store.bounded_bytes()),
+        ):
+            yield GaugeMetricFamily(name, help, value)
+        alarms = _family("gauge", "meetkit_alarm_active", "1 while an alarm is raised, by code.", ("code",))
+        for a in store.active_alarms():
+            alarms.add_metric([a.code], 1)
+        yield alarms
+
+    def _nodes(self, heard: set[str]) -> Iterator[Metric]:
+        boots = self.store.boots()
+        per_node_gaps = gaps(boots)
+        records, last_boot, _odd = _boots(boots)
+        fams = [_family(kind, name, help, ("node",)) for name, kind, help in (
+            ("meetkit_node_last_seen_timestamp_seconds", "gauge",
+             "When the node last published (a batch or a live status), unix seconds."),
+            ("meetkit_node_boot", "gauge", "The node's boot counter: from its status, else its newest records."),
+            ("meetkit_node_online", "gauge", "1 online, 0 offline (last will), per the node's last status."),
+            ("meetkit_node_rssi_dbm", "gauge", "Wi-Fi signal the node last reported, dBm."),
+            ("meetkit_node_records", "gauge", "Records of the node in the store."),
+            ("meetkit_node_sequence_gaps", "gauge",
+             "Records missing between the lowest and highest sequence number of each boot, summed."),
+            ("meetkit_node_spool_dropped_total", "counter",
+             "Records the node's spool dropped by policy (full), as the node last reported."),
+        )]
+        for n in self.store.nodes():
+            heard.add(n.node)
+            lab = [str(n.node)]
+            for fam, value in zip(fams, (_finite(n.last_seen), _boot(n.boot, last_boot.get(n.node)), n.online,
+                                         _finite(n.rssi), records.get(n.node, 0), per_node_gaps.get(n.node, 0),
+                                         _finite(n.dropped))):
+                if value is not None:
+                    fam.add_metric(lab, value)
+        yield from fams
+
+    def _targets(self) -> Iterator[Metric]:
+        rows, error = _targets(self.targets)
+        yield GaugeMetricFamily("meetkit_forward_status_error",
+                                "1 when the forwarding side could not report its targets.", int(error is not None))
+        fams = [(key, _family(kind, name, help, ("target", "kind"))) for key, name, kind, help in (
+            ("queue_rows", "meetkit_forward_queue_rows", "gauge", "Rows stored and not yet forwarded to the target."),
+            ("oldest_age_s", "meetkit_forward_oldest_age_seconds", "gauge",
+             "Age of the oldest row not yet forwarded to the target, seconds."),
+            ("last_success", "meetkit_forward_last_success_timestamp_seconds", "gauge",
+             "Last successful delivery to the target, unix seconds."),
+            ("retries", "meetkit_forward_retries_total", "counter", "Failed attempts that were retried."),
+            ("dead_letters", "meetkit_forward_dead_letters_total", "counter",
+             "Rows the target refused for good (client errors), dead-lettered with the reason."),
+            ("sent", "meetkit_forward_sent_rows_total", "counter", "Rows delivered to the target."),
+            ("up", "meetkit_forward_up", "gauge", "1 when the last attempt to deliver to the target succeeded."),
+        )]
+        for t in rows:
+            lab = [t["name"], str(t.get("kind") or "")]
+            for key, fam in fams:
+                v = t.get(key)
+                if isinstance(v, (int, float)):
+                    fam.add_metric(lab, v)
+        yield from (fam for _key, fam in fams)
+
+
+def _files_size(path: Path) -> int:
+    """The store's database and WAL files, in bytes."""
     size = 0
     for suffix in ("", "-wal"):
-        p = Path(str(store.path) + suffix)
+        p = Path(str(path) + suffix)
         if p.exists():
             size += p.stat().st_size
-    m.add("meetkit_store_bytes", "gauge", "Size of the store's database and WAL files.", size)
-    m.add("meetkit_store_used_bytes", "gauge",
-          "Bytes of the store's pages in use (free pages not counted).", store.used_bytes())
-    m.add("meetkit_store_bounded_bytes", "gauge",
-          "Bytes of the store's pages in use without the dead letters': what [store] max_bytes bounds.",
-          store.bounded_bytes())
-    m.add("meetkit_alarm_active", "gauge", "1 while an alarm is raised, by code.", None)
-    for a in store.active_alarms():
-        m.add("meetkit_alarm_active", "gauge", "", 1, {"code": a.code})
+    return size
 
-    boots = store.boots()
-    per_node_gaps = gaps(boots)
-    records, last_boot, _odd = _boots(boots)
-    fams = (
-        ("meetkit_node_last_seen_timestamp_seconds", "gauge",
-         "When the node last published (a batch or a live status), unix seconds."),
-        ("meetkit_node_boot", "gauge", "The node's boot counter: from its status, else its newest records."),
-        ("meetkit_node_online", "gauge", "1 online, 0 offline (last will), per the node's last status."),
-        ("meetkit_node_rssi_dbm", "gauge", "Wi-Fi signal the node last reported, dBm."),
-        ("meetkit_node_records", "gauge", "Records of the node in the store."),
-        ("meetkit_node_sequence_gaps", "gauge",
-         "Records missing between the lowest and highest sequence number of each boot, summed."),
-        ("meetkit_node_spool_dropped_total", "counter",
-         "Records the node's spool dropped by policy (full), as the node last reported."),
-    )
-    for name, kind, help in fams:
-        m.add(name, kind, help, None)
-    heard: set[str] = set()
-    for n in store.nodes():
-        heard.add(n.node)
-        lab = {"node": str(n.node)}
-        for i, value in ((0, _finite(n.last_seen)), (1, _boot(n.boot, last_boot.get(n.node))), (2, n.online),
-                         (3, _finite(n.rssi)), (4, records.get(n.node, 0)), (5, per_node_gaps.get(n.node, 0)),
-                         (6, _finite(n.dropped))):
-            if value is not None:
-                m.add(fams[i][0], fams[i][1], "", value, lab)
 
-    _fleet_metrics(m, view(fleet), heard)
-
-    rows, error = _targets(targets)
-    m.add("meetkit_forward_status_error", "gauge",
-          "1 when the forwarding side could not report its targets.", int(error is not None))
-    tfams = (
-        ("queue_rows", "meetkit_forward_queue_rows", "gauge", "Rows stored and not yet forwarded to the target."),
-        ("oldest_age_s", "meetkit_forward_oldest_age_seconds", "gauge",
-         "Age of the oldest row not yet forwarded to the target, seconds."),
-        ("last_success", "meetkit_forward_last_success_timestamp_seconds", "gauge",
-         "Last successful delivery to the target, unix seconds."),
-        ("retries", "meetkit_forward_retries_total", "counter", "Failed attempts that were retried."),
-        ("dead_letters", "meetkit_forward_dead_letters_total", "counter",
-         "Rows the target refused for good (client errors), dead-lettered with the reason."),
-        ("sent", "meetkit_forward_sent_rows_total", "counter", "Rows delivered to the target."),
-        ("up", "meetkit_forward_up", "gauge", "1 when the last attempt to deliver to the target succeeded."),
-    )
-    for _key, name, kind, help in tfams:
-        m.add(name, kind, help, None)
-    for t in rows:
-        lab = {"target": t["name"], "kind": str(t.get("kind") or "")}
-        for key, name, kind, _help in tfams:
-            v = t.get(key)
-            if isinstance(v, (int, float)):
-                m.add(name, kind, "", v, lab)
-    return m.text()
+def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None) -> str:
+    """/metrics but the status server's own counters, in the text format 0.0.4. A registry of its
+    own for each render, since its collector reads the store this computation opened."""
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store, targets, fleet))
+    return generate_latest(registry).decode()
 
 
 # -- JSON for the page -----------------------------------------------------------------------------
@@ -547,7 +543,7 @@ CACHED_ANSWERS = 256  # at most this many answers kept (each /api/series query i
 NODE_MAX = 64
 MAX_HOURS = 168
 JSON = "application/json"
-METRICS = "text/plain; version=0.0.4; charset=utf-8"
+METRICS = CONTENT_TYPE_PLAIN_0_0_4
 _NO_PARAMS: tuple[str, ...] = ()
 
 
@@ -622,6 +618,8 @@ class _App:
         self.owner = owner
         self.static = _Static(owner.static)
         self.answers = _Answers()
+        self.live = CollectorRegistry()  # the server's own counters: never cached
+        self.live.register(ServerCollector(owner))
 
     async def __call__(self, req: Request) -> Response:
         path, query = req.path, req.query
@@ -639,7 +637,9 @@ class _App:
         if path == "/metrics":
             r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
                 200, metrics_text(store, owner.targets, fleet=owner.fleet).encode(), METRICS))
-            return Response(r.status, r.body + self._server_metrics(), r.ctype) if r.status == 200 else r
+            # the one hand-made join: two renders of prometheus-client, the cached one and the live one
+            # (their families are distinct), so that a cached answer still shows the server's counters now
+            return Response(r.status, r.body + generate_latest(self.live), r.ctype) if r.status == 200 else r
         if path == "/api/nodes":
             return await self._answer(("nodes",), owner.cache_s,
                                       lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet)))
@@ -679,40 +679,52 @@ class _App:
 
         return await self.answers.get(key, ttl, run)
 
-    def _server_metrics(self) -> bytes:
-        """The status server's own counters: live, after the cached part."""
+
+class ServerCollector:
+    """The status server's own counters (prometheus-client custom collector), read live on the
+    loop thread, which alone changes them."""
+
+    def __init__(self, owner: "StatusServer") -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterator[Metric]:
         server = self.owner.server
-        assert server is not None
+        if server is None:
+            return
         c = server.counters
-        m = Exposition()
-        m.add("meetkit_http_connections", "gauge", "Connections to the status server open now.",
-              server.open_connections)
-        m.add("meetkit_http_connections_total", "counter", "Connections the status server accepted.",
-              c["connections"])
-        m.add("meetkit_http_connections_closed_total", "counter",
-              "Connections the status server closed early, by reason: idle (no request within the head "
-              "timeout), slow_head (a request head not whole in time), evicted (for a new connection at the "
-              "cap), busy (refused at the cap), write_timeout, client_gone (before its response).", None)
+        yield GaugeMetricFamily("meetkit_http_connections", "Connections to the status server open now.",
+                                server.open_connections)
+        yield CounterMetricFamily("meetkit_http_connections_total", "Connections the status server accepted.",
+                                  c["connections"])
+        closed = CounterMetricFamily(
+            "meetkit_http_connections_closed_total",
+            "Connections the status server closed early, by reason: idle (no request within the head "
+            "timeout), slow_head (a request head not whole in time), evicted (for a new connection at the "
+            "cap), busy (refused at the cap), write_timeout, client_gone (before its response).", labels=("reason",))
         for reason in ("idle", "slow_head", "evicted", "busy", "write_timeout", "client_gone"):
-            m.add("meetkit_http_connections_closed_total", "counter", "", c[f"closed.{reason}"], {"reason": reason})
-        m.add("meetkit_http_requests_total", "counter", "Requests answered, by status code.", None)
+            closed.add_metric([reason], c[f"closed.{reason}"])
+        yield closed
+        requests = CounterMetricFamily("meetkit_http_requests_total", "Requests answered, by status code.",
+                                       labels=("code",))
         codes: dict[str, int] = {}  # answered by the application, or refused before it (400, 408, 431, ...)
         for key in c:
             if key.startswith(("requests.", "bad_request.")):
                 code = key.split(".", 1)[1]
                 codes[code] = codes.get(code, 0) + c[key]
         for code in sorted(codes):
-            m.add("meetkit_http_requests_total", "counter", "", codes[code], {"code": code})
-        m.add("meetkit_http_throttled_total", "counter",
-              "Requests that waited for the status server's request rate or share of the CPU.", c["throttled"])
-        m.add("meetkit_http_store_reads_total", "counter",
-              "Answers computed from the store (the others came from the few seconds' cache).", c["store_reads"])
-        m.add("meetkit_http_accept_errors_total", "counter",
-              "Connections the status server could not accept for want of descriptors or memory.",
-              c["accept_errors"])
-        m.add("meetkit_http_cpu_seconds_total", "counter", "CPU time the status server's threads used.",
-              round(server.budget.charged, 3))
-        return m.text().encode()
+            requests.add_metric([code], codes[code])
+        yield requests
+        for name, help, value in (
+            ("meetkit_http_throttled_total",
+             "Requests that waited for the status server's request rate or share of the CPU.", c["throttled"]),
+            ("meetkit_http_store_reads_total",
+             "Answers computed from the store (the others came from the few seconds' cache).", c["store_reads"]),
+            ("meetkit_http_accept_errors_total",
+             "Connections the status server could not accept for want of descriptors or memory.", c["accept_errors"]),
+            ("meetkit_http_cpu_seconds_total", "CPU time the status server's threads used.",
+             round(server.budget.charged, 3)),
+        ):
+            yield CounterMetricFamily(name, help, value)
 
 
 def _healthz(store: Store) -> Response:

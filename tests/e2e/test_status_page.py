@@ -24,6 +24,7 @@ import pytest
 
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+from tests.metrics import parse_exposition, sample
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = (("street-01", "quiet-street", "esp32-devkitc"),
@@ -128,11 +129,12 @@ def test_the_gateway_stored_an_hour_of_both_nodes(fed: dict) -> None:
     with sqlite3.connect(fed["db"]) as db:
         readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
     with urllib.request.urlopen(fed["url"] + "/metrics", timeout=10) as r:
-        metrics = r.read().decode()
-    fleet = {k: int(v) for k, v in re.findall(r"^meetkit_fleet_(\w+) (\d+)$", metrics, re.M)}
+        metrics = parse_exposition(r.read().decode())
+    fleet = {name[len("meetkit_fleet_"):]: sample(metrics, name)
+             for name in metrics if name.startswith("meetkit_fleet_")}
     assert fleet == {"error": 0, "nodes_registered": 2, "nodes_never_seen": 1, "nodes_unregistered": 1}, fleet
-    sent = re.search(r'^meetkit_forward_sent_rows_total\{target="city-influx"[^}]*\} (\d+)', metrics, re.M)
-    assert sent and int(sent[1]) >= readings > 0, metrics[-2000:]
+    sent = sample(metrics, "meetkit_forward_sent_rows_total", target="city-influx", kind="influxdb")
+    assert sent >= readings > 0, metrics["meetkit_forward_sent_rows_total"]
     assert {s["metric"]["node"] for s in fed["vm"].export('{__name__="meetkit_avg"}')} == {
         node_id for node_id, _, _ in NODES}
     print(f"simulated {HOURS:g} h of {len(NODES)} nodes in {fed['sim_wall']:.1f} s wall")

@@ -25,6 +25,7 @@ from meetkit_gateway.http import metrics_text
 from meetkit_gateway.store import Store
 from meetkit_tools import broker as labca
 from meetkit_tools.services import SecureMosquitto
+from tests.metrics import parse_exposition, sample
 
 from .conftest import batch, encode, example, wait_for
 
@@ -157,9 +158,9 @@ def test_every_record_arrives_once_with_its_values_units_and_flags(tmp_path, ups
     assert (st["kind"], st["up"], st["queue_rows"], st["sent"], st["retries"], st["dead_letters"]) == (
         "mqtt", True, 0, 15 + 10, 0, 0)
     with Store(db, readonly=True) as s:
-        text = metrics_text(s, lambda: [f.status()])
-    assert 'meetkit_forward_sent_rows_total{target="city",kind="mqtt"} 25' in text
-    assert 'meetkit_forward_up{target="city",kind="mqtt"} 1' in text
+        fams = parse_exposition(metrics_text(s, lambda: [f.status()]))
+    assert sample(fams, "meetkit_forward_sent_rows_total", target="city", kind="mqtt") == 25
+    assert sample(fams, "meetkit_forward_up", target="city", kind="mqtt") == 1
     f.close()
 
 

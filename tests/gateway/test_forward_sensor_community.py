@@ -18,6 +18,7 @@ from meetkit_gateway.forward import Forwarder, Forwarders
 from meetkit_gateway.forward.sensor_community import SensorCommunitySender
 from meetkit_gateway.http import metrics_text
 from meetkit_gateway.store import Store
+from tests.metrics import parse_exposition, sample
 
 from .conftest import batch, encode, example, wait_for
 from .sensor_community_server import PATH, Push, SensorCommunityServer
@@ -109,9 +110,9 @@ def test_old_records_are_passed_over_and_counted_never_sent_late(tmp_path, sc):
     st = f.status()
     assert (st["stale"], st["sent"], st["queue_rows"]) == (16, 4, 0)
     with Store(db, readonly=True) as s:
-        text = metrics_text(s, lambda: [f.status()])
-    assert 'meetkit_store_counter_total{name="forward.sc.stale"} 16' in text
-    assert 'meetkit_forward_sent_rows_total{target="sc",kind="sensor.community"} 4' in text
+        fams = parse_exposition(metrics_text(s, lambda: [f.status()]))
+    assert sample(fams, "meetkit_store_counter_total", name="forward.sc.stale") == 16
+    assert sample(fams, "meetkit_forward_sent_rows_total", target="sc", kind="sensor.community") == 4
     # A replay (the cursor reset) ten minutes later sends nothing again: everything is stale by now.
     clock.now += 600
     f.reset(0)

@@ -16,6 +16,7 @@ import pytest
 from meetkit_gateway import payload
 from meetkit_gateway.http import StatusServer
 from meetkit_gateway.store import Store
+from tests.metrics import parse_exposition, promtool, sample
 
 from .conftest import batch, encode
 
@@ -69,60 +70,6 @@ def get(server: StatusServer, path: str) -> tuple[int, str, bytes]:
             return r.status, r.headers["Content-Type"], r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers["Content-Type"], e.read()
-
-
-# -- a strict reader of the Prometheus text format 0.0.4 ------------------------------------------------
-
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL_VALUE = r'"(?:[^"\\\n]|\\\\|\\"|\\n)*"'
-SAMPLE = re.compile(rf"^({NAME})(?:\{{((?:[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE})(?:,[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE})*)?\}})? "
-                    r"(\S+)(?: (-?\d+))?$")
-LABEL = re.compile(rf'([a-zA-Z_][a-zA-Z0-9_]*)=({LABEL_VALUE})')
-
-
-def unescape(v: str) -> str:
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "\\": "\\", '"': '"'}[m.group(1)], v[1:-1])
-
-
-def parse_exposition(text: str) -> dict[str, dict[str, Any]]:
-    """Families by name: {"type", "help", "samples": {frozenset(labels): value}}. Fails on anything
-    the format does not allow: a sample before its TYPE, a family split or declared twice, TYPE
-    after samples, a duplicate series, a bad name, label, escape or value."""
-    assert text.endswith("\n") and not text.endswith("\n\n")
-    families: dict[str, dict[str, Any]] = {}
-    current = None
-    for line in text[:-1].split("\n"):
-        if line.startswith("# HELP "):
-            name, _, help = line[7:].partition(" ")
-            assert re.fullmatch(NAME, name), line
-            assert name not in families, f"{name} declared twice"
-            assert not re.search(r"\\[^\\n]", help), f"bad escape in {line!r}"
-            families[name] = {"help": help, "type": None, "samples": {}}
-            current = name
-        elif line.startswith("# TYPE "):
-            name, kind = line[7:].split(" ")
-            assert name == current and families[name]["type"] is None and not families[name]["samples"], line
-            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
-            families[name]["type"] = kind
-        else:
-            assert not line.startswith("#") and line.strip(), f"unexpected line {line!r}"
-            m = SAMPLE.match(line)
-            assert m, f"not a sample: {line!r}"
-            name, labels, value = m.group(1), m.group(2), m.group(3)
-            assert name == current and families[name]["type"] is not None, f"{name} outside its family"
-            if families[name]["type"] == "counter":
-                assert name.endswith("_total"), name
-            pairs = [(k, unescape(v)) for k, v in LABEL.findall(labels or "")]
-            assert len({k for k, _ in pairs}) == len(pairs), f"duplicate label in {line!r}"
-            key = frozenset(pairs)
-            assert key not in families[name]["samples"], f"duplicate series {line!r}"
-            assert value in ("NaN", "+Inf", "-Inf") or re.fullmatch(r"-?\d+(\.\d+)?([eE][-+]?\d+)?", value), line
-            families[name]["samples"][key] = float(value)
-    return families
-
-
-def sample(fams: dict[str, dict[str, Any]], metric: str, **labels: str) -> float:
-    return fams[metric]["samples"][frozenset(labels.items())]
 
 
 # -- the tests -----------------------------------------------------------------------------------------
@@ -179,6 +126,44 @@ def test_metrics_are_valid_exposition_with_the_right_values(server: StatusServer
     assert sample(fams, "meetkit_forward_status_error") == 0
     for f in fams.values():
         assert f["help"] and f["type"]
+
+
+ODD = ['a"b', "back\\slash", "new\nline", "lit\\n", 'all\\"of\n"it\\', "zürich-01", "{x=\"1\"}"]
+
+
+def test_odd_names_are_escaped_and_read_back_exactly(tmp_path: Path) -> None:
+    """Node ids, target names and counter names with quotes, backslashes, newlines (and a literal
+    backslash-n, which is no newline) come back as they were, each series on its own line."""
+    path = tmp_path / "odd.db"
+    with Store(path) as store:
+        for i, node in enumerate(ODD):
+            store.set_status(payload.Status(node, True, boot=i))
+            store.bump("rejected." + node, i + 1)
+    targets = [{"name": name, "kind": name[::-1], "queue_rows": i} for i, name in enumerate(ODD)]
+    with StatusServer(path, "127.0.0.1", 0, targets=lambda: targets) as s:
+        status, _, body = get(s, "/metrics")
+    assert status == 200
+    text = body.decode()
+    fams = parse_exposition(text)
+    for i, name in enumerate(ODD):
+        assert sample(fams, "meetkit_node_boot", node=name) == i
+        assert sample(fams, "meetkit_messages_rejected_total", code=name) == i + 1
+        assert sample(fams, "meetkit_forward_queue_rows", target=name, kind=name[::-1]) == i
+    assert len(fams["meetkit_node_boot"]["samples"]) == len(ODD)
+    assert len([line for line in text.splitlines() if line.startswith("meetkit_node_boot{")]) == len(ODD)
+
+
+def test_metrics_pass_promtool_check_metrics(server: StatusServer) -> None:
+    """The reference parser and linter takes /metrics; it does refuse a broken exposition."""
+    text = get(server, "/metrics")[2].decode()
+    assert "meetkit_http_requests_total" in text and 'odd \\"name\\"\\nline' in text  # all of it, escaped
+    code, said = promtool(text)
+    assert (code, said) == (3, {"meetkit_store_counter_total metric name should not include type 'counter'"})
+    # the check can fail: a raw quote in a label value, a family declared twice
+    broken = text.replace('{node="ams-001"}', '{node="ams"001"}', 1)
+    assert broken != text and promtool(broken)[0] == 1
+    twice = text + "# TYPE meetkit_records gauge\nmeetkit_records 1\n"
+    assert promtool(twice)[0] == 1
 
 
 def test_a_failing_targets_callable_does_not_break_metrics(db: Path) -> None:

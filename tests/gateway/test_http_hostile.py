@@ -28,9 +28,10 @@ from meetkit_gateway.http import StatusServer, series_doc
 from meetkit_gateway.http_server import Bucket, Limits
 from meetkit_gateway.payload import TS_MIN
 from meetkit_gateway.store import Store
+from tests.metrics import parse_exposition, sample
 
 from .conftest import wait_for
-from .test_http import add, db, get, parse_exposition, sample  # noqa: F401 (db: the fixture)
+from .test_http import add, db, get  # noqa: F401 (db: the fixture)
 
 NOW = int(time.time()) // 60 * 60
 

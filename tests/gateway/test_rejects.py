@@ -19,6 +19,7 @@ import pytest
 
 from meetkit_gateway import payload
 from meetkit_gateway.store import Store
+from tests.metrics import parse_exposition, sample
 
 from .conftest import Running, batch, encode, example, wait_for
 
@@ -380,8 +381,8 @@ def test_metrics_count_what_was_refused_alone(gateway, node):
     gateway.wait_committed(2)
     with StatusServer(gateway.cfg.store.path, port=0, cache_s=0) as srv:
         with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-    assert 'meetkit_values_refused_total{code="out_of_range"} 1' in text
-    assert 'meetkit_values_flagged_total{flag="range"} 1' in text
-    assert 'meetkit_records_refused_total{code="implausible"} 1' in text
-    assert "meetkit_dead_letters 2" in text
+            fams = parse_exposition(r.read().decode())
+    assert sample(fams, "meetkit_values_refused_total", code="out_of_range") == 1
+    assert sample(fams, "meetkit_values_flagged_total", flag="range") == 1
+    assert sample(fams, "meetkit_records_refused_total", code="implausible") == 1
+    assert sample(fams, "meetkit_dead_letters") == 2

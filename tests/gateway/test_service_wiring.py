@@ -8,9 +8,11 @@ import signal
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from meetkit_tools.services import VictoriaMetrics
 from tests.conftest import Broker
+from tests.metrics import parse_exposition, sample
 
 from .conftest import CLI, Listener, Publisher, batch, wait_for, write_config
 
@@ -36,13 +38,14 @@ def test_the_gateway_forwards_and_serves_metrics(tmp_path: Path) -> None:
         series = {s["metric"]["__name__"]: s for s in vm.export('{node="ams-001",quantity="pm25"}')}
         assert series["meetkit_avg"]["values"] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
 
-        def metrics() -> str:
+        def metrics() -> dict[str, dict[str, Any]]:
             with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-                return r.read().decode()
+                return parse_exposition(r.read().decode())
 
-        wait_for(lambda: re.search(r'meetkit_forward_sent_rows_total\{target="vm"[^}]*\} ([1-9]\d*)', metrics()),
+        vm_target = frozenset({("target", "vm"), ("kind", "influxdb")})
+        wait_for(lambda: metrics()["meetkit_forward_sent_rows_total"]["samples"].get(vm_target, 0) > 0,
                  10, "the forwarded rows on /metrics")
-        assert re.search(r'meetkit_records_stored_total 6\b', metrics())
+        assert sample(metrics(), "meetkit_records_stored_total") == 6
         with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
             assert r.status == 200
         proc.send_signal(signal.SIGTERM)
