@@ -3,7 +3,7 @@
 # broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
 # the connection, to be tried again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
-# node is away they are lost, and it sends those records again); they wait in `acks` for the node.
+# node is away they are lost, and it sends those records again); they wait here for take_ack().
 # With broker.tls the connection is TLS, the broker's certificate checked against the lab CA
 # (ca.der on the flash) and the host name: no CA, no uplink, never a fallback to plaintext.
 import time
@@ -43,7 +43,7 @@ class Uplink:
         self.topic_up = "%s/%s/up" % (prefix, self.node_id)
         self.topic_status = "%s/%s/status" % (prefix, self.node_id)
         self.topic_ack = "%s/%s/ack" % (prefix, self.node_id)
-        self.acks = []
+        self._acks = []
         self.meta = meta  # fw, boot: repeated in the status message
         self.client = None
         self.enabled = net is not None and (self.lan or self.wifi is not None) and self.broker is not None
@@ -154,9 +154,13 @@ class Uplink:
             self.wifi["ssid"], t, st, _WIFI.get(st, "is the access point in range and on?"))
 
     def _on_msg(self, topic, msg):
-        if len(self.acks) >= _ACKS_MAX:  # the node will send those records again
-            self.acks.pop(0)
-        self.acks.append(msg)
+        if len(self._acks) >= _ACKS_MAX:  # the node will send those records again
+            self._acks.pop(0)
+        self._acks.append(msg)
+
+    def take_ack(self):
+        """The oldest acknowledgement received and not taken yet (bytes), or None."""
+        return self._acks.pop(0) if self._acks else None
 
     def _connect(self, now, up_s):
         b = self.broker
