@@ -89,13 +89,13 @@ class Outbox:
     # -- sending ------------------------------------------------------------------------------------
     def send(self, now, session):
         """Send a batch if one is due; session: the link's connection count (a new one forgets)."""
+        if session != self._session:  # a new session: the old one's acknowledgements are gone
+            self._session = session
+            self._inflight = []
+            self._scan = 0
         tick = time.ticks_diff(now, self._tick) >= BACKLOG_GAP_MS
-        if tick:  # the slow checks, once per BACKLOG_GAP_MS: the loop passes 50 times a second
+        if tick:  # the slow check, once per BACKLOG_GAP_MS: the loop passes 50 times a second
             self._tick = now
-            if session != self._session:  # a new session: the old one's acknowledgements are gone
-                self._session = session
-                self._inflight = []
-                self._scan = 0
             for b in self._inflight:
                 if time.ticks_diff(now, b[_SENT]) >= ACK_WAIT_MS:
                     self._inflight.remove(b)
