@@ -8,15 +8,16 @@
 # it. What goes out when, and what an acknowledgement does: outbox.py. Here: the batch's JSON.
 import gc
 gc.collect()  # first, while the heap is still in one piece, the large buffers, in one block: once the
-BATCH_BYTES = 1800  # modules are compiled, the heap is fragmented and may not have 5 KB in one piece
-_MEM = memoryview(bytearray(BATCH_BYTES + 512 + 5120 + 3840))
-_BUF = _MEM[:BATCH_BYTES + 512]  # a batch (under about 2 KB)
-_HIST = _MEM[BATCH_BYTES + 512:BATCH_BYTES + 512 + 5120]  # the noise histogram (soundlevel.NB uint32)
-_AUDIO = _MEM[BATCH_BYTES + 512 + 5120:]  # a block of audio (20 ms, 960 32-bit samples)
+_BATCH_BYTES = const(1800)  # modules are compiled, the heap is fragmented and may not have 5 KB in one piece
+_MEM = memoryview(bytearray(_BATCH_BYTES + 512 + 5120 + 3840))
+_BUF = _MEM[:_BATCH_BYTES + 512]  # a batch (under about 2 KB)
+_HIST = _MEM[_BATCH_BYTES + 512:_BATCH_BYTES + 512 + 5120]  # the noise histogram (soundlevel.NB uint32)
+_AUDIO = _MEM[_BATCH_BYTES + 512 + 5120:]  # a block of audio (20 ms, 960 32-bit samples)
 import json
 import sys
 import time
 import machine
+from micropython import const
 import console
 import soundlevel   # the largest compile (the noise kernel) first, while the heap is emptiest;
 del soundlevel      # sample_noise takes it from sys.modules
@@ -25,12 +26,12 @@ del soundlevel      # sample_noise takes it from sys.modules
 recline = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
 
 BOOT_FILE = "boot.count"
-WDT_MS = 90000          # longer than the slowest blocking step (an MQTT connect on a bad link)
+_WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
 # After a Ctrl-C (a technician's mpremote): the ESP32's watchdog cannot be stopped, only given
 # a longer timeout. Long enough to work at the REPL, short enough that a node left interrupted
 # starts measuring again by itself (docs/technician.md, "The watchdog and the REPL").
-TECH_WDT_MS = 30 * 60 * 1000
-ACK_LATE_MS = 30000     # a batch unacknowledged for longer: the status LED says "not delivering"
+_TECH_WDT_MS = const(30 * 60 * 1000)
+_ACK_LATE_MS = const(30000)  # a batch unacknowledged for longer: the status LED says "not delivering"
 
 
 def next_boot():
@@ -82,7 +83,6 @@ class Node:
         self.keys = None       # quantity order of this boot's record lines, from its first record
         self.anchor = None     # Unix ms at uptime 0, once the clock is known
         self.clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
-        self.uplink = Uplink(cfg, meta, board.get("net"))
         self.led = None
         if board.get("led"):
             try:
@@ -92,7 +92,9 @@ class Node:
                 console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
-        self.outbox = Outbox(self.spool, boot, BATCH_BYTES - len(self.envelope) - 30, self._publish, now)
+        self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
+        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now)
+        self.uplink = Uplink(cfg, meta, board.get("net"), self.outbox.take_ack)
         self.seq = 0
         self.up_s = 0
         self._sec_mark = now
@@ -118,7 +120,6 @@ class Node:
         if t is None or self.anchor is not None:
             return
         self.anchor = t - self._up_ms(now)
-        self.outbox.anchored()
         try:
             self.spool.set_anchor(self.boot, self.anchor)
         except OSError as e:
@@ -163,8 +164,7 @@ class Node:
         try:
             if self.keys is None:
                 self.keys = recline.keys_of(parts)
-                # what a record's JSON adds to its line (key names): how many fit in a batch
-                self.outbox.set_extra(24 + sum(len(k) + 5 for k in self.keys))
+                self._extra = 24 + sum(len(k) + 5 for k in self.keys)
                 self.spool.begin_boot(self.boot, self.envelope, self.keys)
             pos = self.spool.append(line)
         except OSError as e:  # flash failing: count it and go on measuring
@@ -225,15 +225,10 @@ class Node:
         if time.ticks_diff(now, self.iv_deadline) >= 0:
             self._close_interval(now)
         outbox = self.outbox
-        if self.uplink.service(now, self.up_s, outbox.awaiting()):
+        if self.uplink.service(now, self.up_s, outbox.waited(now) >= 0):
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
-            msg = self.uplink.take_ack()
-            while msg is not None:
-                outbox.take_ack(msg, now)
-                msg = self.uplink.take_ack()
-            if outbox.due(now):
-                outbox.send(now, self.uplink.connects)
+            outbox.send(now, self.uplink.connects, self.anchor is not None, self._extra)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
             if self.clock.sync(now):
                 self._synced(now)
@@ -241,7 +236,7 @@ class Node:
             self.spool.save(now)
         if self.led:
             self.led.update(now, console.failing, outbox.acked and self.uplink.client is not None
-                            and outbox.waited(now) < ACK_LATE_MS)
+                            and outbox.waited(now) < _ACK_LATE_MS)
 
     def _synced(self, now):
         self._set_anchor(now)
@@ -249,15 +244,15 @@ class Node:
             self._align(now, time.ticks_diff(now, self.iv_t0))
 
     def run(self):
-        wdt = machine.WDT(timeout=WDT_MS)
+        wdt = machine.WDT(timeout=_WDT_MS)
         try:
             while True:
                 self.step()
                 wdt.feed()  # only after a whole pass of the loop: a hang anywhere resets the node
         except KeyboardInterrupt:   # Ctrl-C: a technician at the REPL (mpremote)
-            machine.WDT(timeout=TECH_WDT_MS)   # on the ESP32 this sets the running watchdog's timeout
+            machine.WDT(timeout=_TECH_WDT_MS)   # on the ESP32 this sets the running watchdog's timeout
             console.warn("interrupted: the REPL is yours for %d min; then the watchdog resets the node "
-                         "(machine.reset() sooner)" % (TECH_WDT_MS // 60000))
+                         "(machine.reset() sooner)" % (_TECH_WDT_MS // 60000))
             raise
 
 
@@ -281,11 +276,12 @@ def main():
         gc.collect()
     from uplink import Uplink
     from spool import Spool
-    from outbox import Outbox
     import recline
     from clock import Clock
+    from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:
         from sample_climate import Climate
+        import bme280   # compiled now, before the samplers' buffers: Climate takes it from sys.modules
     if "pm" in board:
         from sample_pm import PM
     try:

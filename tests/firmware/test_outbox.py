@@ -47,8 +47,9 @@ import time, recline, outbox
 from spool import Spool
 from outbox import Outbox
 
-link = {"up": True, "cap": 1000, "session": 1}
+link = {"up": True, "cap": 1000, "session": 1, "timed": False, "inject": []}
 sent = []
+TOPIC = "meetkit/ob-001/ack"
 
 
 def publish(b, lines, now):
@@ -56,7 +57,20 @@ def publish(b, lines, now):
         return 0
     n = min(len(lines), link["cap"])
     sent.append([b, [[recline.boot_of(l), recline.seq_of(l)] for l in lines[:n]]])
+    for msg in link["inject"]:    # as umqtt: what arrives while it waits for the PUBACK
+        ob.take_ack(TOPIC, msg.encode())
+    link["inject"] = []
     return n
+
+
+def loop(ms):
+    for _ in range(ms // 20):
+        simcore.advance(20000)
+        now = time.ticks_ms()
+        if link["up"]:
+            ob.send(now, link["session"], link["timed"], 60)
+        if sp.dirty:
+            sp.save(now)
 
 
 def rec(seq):
@@ -66,7 +80,6 @@ def rec(seq):
 
 sp = Spool(int(sys.argv[4]))
 ob = Outbox(sp, boot, int(sys.argv[5]), publish, time.ticks_ms())
-ob.set_extra(60)
 seq = 0
 
 
@@ -94,32 +107,27 @@ for cmd in sys.stdin:
             ob.add(pos, pos + len(line) + 1, seq, line)
             seq += 1
     elif op == "anchor":
-        ob.anchored()
+        link["timed"] = True
     elif op == "link":
         link.update(c["set"])
     elif op == "run":     # the node's loop: a pass every 20 ms
-        del sent[:]
-        for _ in range(c["ms"] // 20):
-            simcore.advance(20000)
-            now = time.ticks_ms()
-            if link["up"] and ob.due(now):
-                ob.send(now, link["session"])
-            if sp.dirty:
-                sp.save(now)
-        r["sent"] = sent
-    elif op == "ack":
-        ob.take_ack(c["msg"].encode(), time.ticks_ms())
+        loop(c["ms"])
+    elif op == "ack":     # it arrives, and the next pass takes it
+        ob.take_ack(TOPIC, c["msg"].encode())
+        loop(20)
     elif op == "cut":     # the power goes at the flash's n-th program from now
         dev.cut_at = dev.writes + c["after"]
     elif op == "exit":    # the power goes: nothing more reaches the flash
         print("R {}")
         break
     r["unacked"] = unacked()
-    r["awaiting"] = ob.awaiting()
     r["waited"] = ob.waited(time.ticks_ms())
+    r["awaiting"] = r["waited"] >= 0
     r["writes"] = dev.writes
     r["db"] = sp.db
+    r["sent"] = sent
     print("R " + json.dumps(r))
+    del sent[:]
 """
 
 
@@ -134,6 +142,7 @@ class Rig:
         self.prog.write_text(textwrap.dedent(RIG))
         self.budget = budget
         self.console: list[str] = []
+        self.sent: list[list[Any]] = []   # batches sent since the last run() returned
         self.proc: subprocess.Popen[bytes] | None = None
         self._start(boot, fresh=True)
 
@@ -172,31 +181,36 @@ class Rig:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write((json.dumps(dict(op=op, **kw)) + "\n").encode())
         self.proc.stdin.flush()
-        return self._reply()
+        r = self._reply()
+        self.sent += r.get("sent", [])
+        return r
 
     # -- what the node does ------------------------------------------------------------------------
     def add(self, n: int) -> dict[str, Any]:
         return self.do("add", n=n)
 
     def run(self, ms: int) -> list[list[int]]:
-        """The loop for `ms`; the batches sent meanwhile, each as the seqs of its records."""
-        r = self.do("run", ms=ms)
-        for boot, recs in r["sent"]:
-            assert all(b == boot for b, _ in recs), f"a batch mixes boots: {boot} {recs}"
-        self.last = r
-        return [[s for _, s in recs] for _, recs in r["sent"]]
+        """The loop for `ms`; the batches sent meanwhile (and since the last run), each as the seqs
+        of its records."""
+        return [s for _, s in self.run_batches(ms)]
 
     def run_batches(self, ms: int) -> list[tuple[int, list[int]]]:
         """As run(), with each batch's boot."""
-        self.run(ms)
-        return [(boot, [s for _, s in recs]) for boot, recs in self.last["sent"]]
+        self.last = self.do("run", ms=ms)
+        sent, self.sent = self.sent, []
+        for boot, recs in sent:
+            assert all(b == boot for b, _ in recs), f"a batch mixes boots: {boot} {recs}"
+        return [(boot, [s for _, s in recs]) for boot, recs in sent]
 
     def link(self, **kw: Any) -> None:
         self.do("link", set=kw)
 
     def ack(self, seqs: list[int], boot: int | None = None, db: str = DB) -> dict[str, Any]:
-        msg = Ack(NODE, self.boot if boot is None else boot, tuple(seqs)).payload(db).decode()
-        return self.do("ack", msg=msg)
+        return self.do("ack", msg=self.ack_msg(seqs, boot, db))
+
+    def ack_msg(self, seqs: list[int], boot: int | None = None, db: str = DB) -> str:
+        """The gateway's acknowledgement (meetkit_gateway.acks) of `seqs` of `boot` (this one)."""
+        return Ack(NODE, self.boot if boot is None else boot, tuple(seqs)).payload(db).decode()
 
     def state(self) -> dict[str, Any]:
         return self.do("state")
@@ -312,6 +326,34 @@ def test_an_acknowledgement_of_records_not_in_flight_changes_nothing(rig: Rig) -
     assert rig.run(200) == [[6, 7]], "and after all that, new records go out as before"
     rig.ack([6, 7])
     assert rig.unacked() == []
+
+
+def test_acknowledgements_that_arrive_while_a_batch_is_published(rig: Rig) -> None:
+    """umqtt hands over what arrives while it waits for the broker's PUBACK: an acknowledgement
+    can come in the middle of a publish, even that of its own batch."""
+    rig.do("anchor")
+    rig.link(cap=2)
+    rig.add(2)
+    rig.link(inject=[rig.ack_msg([0, 1])])     # the batch's own, before publish() returns
+    assert rig.run(200) == [[0, 1]]
+    assert rig.state()["unacked"] == []
+    rig.add(2)
+    rig.add(2)
+    rig.link(inject=[rig.ack_msg([2, 3])])
+    assert rig.run(200) == [[2, 3], [4, 5]]
+    rig.ack([4, 5])
+    assert rig.unacked() == []
+    assert rig.run(125_000) == [], "nothing is left in flight to be sent again"
+    # a new database, named while a batch is published: the whole spool goes again
+    rig.link(up=False)
+    rig.add(12)
+    rig.link(up=True, inject=[rig.ack_msg([10, 11], db="bbbb")])
+    got = []
+    for _ in range(30):
+        for s in rig.run(2000):
+            got += s
+            rig.ack(s, db="bbbb")
+    assert sorted(set(got)) == list(range(18)) and rig.unacked() == []
 
 
 def test_a_late_acknowledgement_after_the_resend_counts_once(rig: Rig) -> None:
