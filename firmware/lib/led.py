@@ -6,12 +6,13 @@
 # A plain LED (board.json "led": {"pin": 2}) or the WS2812 RGB LED of the S3 DevKitC ("type":
 # "ws2812": green, yellow, red). update() runs every loop: it allocates nothing and writes the
 # LED only when its state changes.
+from micropython import const
 import time
 from machine import Pin
 
-OK = 1
-QUIET = 2
-FAIL = 3
+_OK = const(1)      # the modes, by what update() is told
+_QUIET = const(2)
+_FAIL = const(3)
 _PERIOD = (0, 0, 2000, 200)   # ms per blink cycle, by mode (on for the first half)
 # GRB order is the driver's business; these are (r, g, b), dim: the LED is seen from metres away
 _COLOUR = ((0, 0, 0), (0, 40, 0), (40, 28, 0), (60, 0, 0))
@@ -32,7 +33,9 @@ class Led:
         self._on = False
         self._t0 = time.ticks_ms()
 
-    def update(self, now, mode):
+    def update(self, now, failing, delivering):
+        """failing: a self-test item failed; delivering: the gateway acknowledges what is sent."""
+        mode = _FAIL if failing else _OK if delivering else _QUIET
         if mode != self._mode:
             self._mode = mode
             self._t0 = now

@@ -5,38 +5,33 @@
 #
 # What survives what (docs/reliability.md): a record is on flash (spool.py) before anything tries
 # to send it and leaves the spool's unacknowledged part only when the gateway says it committed
-# it. New records go out at once; the backlog of an outage drains oldest-first, one batch every
-# BACKLOG_GAP_MS, with at most INFLIGHT_MAX batches waiting for their acknowledgement.
+# it. What goes out when, and what an acknowledgement does: outbox.py. Here: the batch's JSON.
 import gc
 gc.collect()  # first, while the heap is still in one piece, the large buffers, in one block: once the
-BATCH_BYTES = 1800  # modules are compiled, the heap is fragmented and may not have 5 KB in one piece
-_MEM = memoryview(bytearray(BATCH_BYTES + 512 + 5120 + 3840))
-_BUF = _MEM[:BATCH_BYTES + 512]  # a batch (under about 2 KB)
-_HIST = _MEM[BATCH_BYTES + 512:BATCH_BYTES + 512 + 5120]  # the noise histogram (soundlevel.NB uint32)
-_AUDIO = _MEM[BATCH_BYTES + 512 + 5120:]  # a block of audio (20 ms, 960 32-bit samples)
+_BATCH_BYTES = const(1800)  # modules are compiled, the heap is fragmented and may not have 5 KB in one piece
+_MEM = memoryview(bytearray(_BATCH_BYTES + 512 + 5120 + 3840))
+_BUF = _MEM[:_BATCH_BYTES + 512]  # a batch (under about 2 KB)
+_HIST = _MEM[_BATCH_BYTES + 512:_BATCH_BYTES + 512 + 5120]  # the noise histogram (soundlevel.NB uint32)
+_AUDIO = _MEM[_BATCH_BYTES + 512 + 5120:]  # a block of audio (20 ms, 960 32-bit samples)
 import json
 import sys
 import time
 import machine
+from micropython import const
 import console
 import soundlevel   # the largest compile (the noise kernel) first, while the heap is emptiest;
 del soundlevel      # sample_noise takes it from sys.modules
 # The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
 # been compiled, used and dropped; the samplers only where the board has the sensor (heap).
-recline = Clock = Spool = Uplink = PM = Climate = Noise = None
+recline = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
 
 BOOT_FILE = "boot.count"
-LIVE_MAX = 8            # new records waiting to be sent first; older ones are the backlog's
-INFLIGHT_MAX = 4        # batches sent and not yet acknowledged
-ACK_WAIT_MS = 120000    # a batch not acknowledged by then is sent again (the gateway de-duplicates)
-BACKLOG_GAP_MS = 2000   # the backlog drains at most one batch per this
-WDT_MS = 90000          # longer than the slowest blocking step (an MQTT connect on a bad link)
+_WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
 # After a Ctrl-C (a technician's mpremote): the ESP32's watchdog cannot be stopped, only given
 # a longer timeout. Long enough to work at the REPL, short enough that a node left interrupted
 # starts measuring again by itself (docs/technician.md, "The watchdog and the REPL").
-TECH_WDT_MS = 30 * 60 * 1000
-ACK_LATE_MS = 30000     # a batch unacknowledged for longer: the status LED says "not delivering"
-LED_OK, LED_QUIET, LED_FAIL = 1, 2, 3   # the status LED's modes (led.py)
+_TECH_WDT_MS = const(30 * 60 * 1000)
+_ACK_LATE_MS = const(30000)  # a batch unacknowledged for longer: the status LED says "not delivering"
 
 
 def next_boot():
@@ -88,8 +83,6 @@ class Node:
         self.keys = None       # quantity order of this boot's record lines, from its first record
         self.anchor = None     # Unix ms at uptime 0, once the clock is known
         self.clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
-        self.uplink = Uplink(cfg, meta, board.get("net"))
-        self.acked = False      # the gateway acknowledged a batch of this boot
         self.led = None
         if board.get("led"):
             try:
@@ -99,14 +92,9 @@ class Node:
                 console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
-        self._buf = _BUF
         self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
-        self._room = BATCH_BYTES - len(self.envelope) - 30
-        self.live = []         # (pos, end, seq, line) of new records, sent before the backlog
-        self.inflight = []     # [sent ticks, boot, [(pos, end, seq), ...]] awaiting acknowledgement
-        self.scan = 0          # where the backlog reader goes on (0: from the spool's cursor)
-        self._backlog_t = now
-        self._connects = 0
+        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now)
+        self.uplink = Uplink(cfg, meta, board.get("net"), self.outbox.take_ack)
         self.seq = 0
         self.up_s = 0
         self._sec_mark = now
@@ -184,61 +172,11 @@ class Node:
             console.error("spool: record %d not stored: %r" % (self.seq - 1, e))
             return
         console.info("record %d: %s" % (self.seq - 1, recline.to_json(line, self.keys, None)))
-        self.live.append((pos, pos + len(line) + 1, self.seq - 1, line))
-        if len(self.live) > LIVE_MAX:  # an outage: the older ones wait in the backlog
-            p = self.live.pop(0)[0]
-            if self.scan > p:
-                self.scan = p
+        self.outbox.add(pos, pos + len(line) + 1, self.seq - 1, line)
 
-    # -- sending -------------------------------------------------------------------------------
-    def _send(self, now):
-        if self.uplink.acks:
-            self._take_acks()
-        tick = time.ticks_diff(now, self._backlog_t) >= BACKLOG_GAP_MS
-        if tick:  # the slow checks, every BACKLOG_GAP_MS: the loop passes 50 times a second
-            self._backlog_t = now
-            if self.uplink.connects != self._connects:  # a new session: the old one's acks are gone
-                self._connects = self.uplink.connects
-                self.inflight = []
-                self.scan = 0
-            for b in self.inflight:
-                if time.ticks_diff(now, b[0]) >= ACK_WAIT_MS:
-                    self.inflight.remove(b)
-                    self.scan = 0
-                    break
-        if len(self.inflight) >= INFLIGHT_MAX:
-            return
-        clock_ok = self.anchor is not None
-        extra = self._extra
-        room = self._room
-        if self.live and clock_ok:
-            items = []
-            size = 0
-            for it in self.live:
-                if items and size + extra + (it[1] - it[0]) > room:
-                    break
-                items.append(it)
-                size += extra + (it[1] - it[0])
-            if self._publish(self.boot, [it[:3] for it in items], now, [(it[0], it[1], it[3]) for it in items]):
-                del self.live[:len(items)]
-            return
-        if not tick:
-            return
-        skip = {}
-        for b in self.inflight:
-            for it in b[2]:
-                skip[it[0]] = 1
-        for it in self.live:
-            skip[it[0]] = 1
-        boot, lines, nxt = self.spool.read(self.scan, room, skip, self.boot, clock_ok, extra)
-        if boot is None:
-            self.scan = nxt
-            return
-        items = [(p, e, recline.seq_of(line)) for p, e, line in lines]
-        if self._publish(boot, items, now, lines):
-            self.scan = nxt
-
-    def _publish(self, boot, items, now, lines):
+    # -- sending: the outbox chooses the records, this makes them a batch -----------------------------
+    def _publish(self, boot, lines, now):
+        """One batch of record lines of `boot`, as many as fit; returns how many went out (0: none)."""
         if boot == self.boot:
             env, keys, anchor = self.envelope, self.keys, self.anchor
         else:
@@ -247,13 +185,13 @@ class Node:
                 env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
             keys = keys or self.keys
         # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
-        buf = self._buf
+        buf = _BUF
         mv = memoryview(buf)
         head = env.encode() + b'"dropped":%d,"recs":[' % self.spool.dropped
         i = len(head)
         mv[:i] = head
         n = 0
-        for _, _, line in lines:
+        for line in lines:
             r = recline.to_json(line, keys, anchor).encode()
             if n and i + len(r) + 3 > len(buf):
                 break
@@ -264,48 +202,9 @@ class Node:
             i += len(r)
             n += 1
         mv[i:i + 2] = b"]}"
-        payload = mv[:i + 2]
-        items = items[:n]
-        if not self.uplink.publish(payload, now):
-            return False
-        self.inflight.append([now, boot, items])
-        return True
-
-    def _take_acks(self):
-        acks = self.uplink.acks
-        while acks:
-            msg = acks.pop(0)
-            try:
-                a = json.loads(msg)
-                db, boot, ranges = a["db"], a["boot"], a["seq"]
-            except (ValueError, KeyError, TypeError):
-                console.warn("ack: not understood: %r" % msg[:60])
-                continue
-            if not self.acked:
-                self.acked = True
-                console.check("gateway", True, "first batch stored (db %s)" % db)
-            if db != self.spool.db:
-                if self.spool.db is not None:
-                    console.warn("gateway database changed (%s -> %s): sending the spool again"
-                                 % (self.spool.db, db))
-                    self.spool.replay()
-                    self.inflight = []
-                    self.scan = 0
-                self.spool.db = db
-                self.spool.save(time.ticks_ms(), True)
-            for b in self.inflight:
-                if b[1] != boot:
-                    continue
-                keep = []
-                for it in b[2]:
-                    for r in ranges:
-                        if r[0] <= it[2] <= r[1]:
-                            self.spool.ack(it[0], it[1])
-                            break
-                    else:
-                        keep.append(it)
-                b[2] = keep
-            self.inflight = [b for b in self.inflight if b[2]]
+        if not self.uplink.publish(mv[:i + 2], now):
+            return 0
+        return n
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self):
@@ -325,27 +224,19 @@ class Node:
             self.climate.poll(now)
         if time.ticks_diff(now, self.iv_deadline) >= 0:
             self._close_interval(now)
-        if self.uplink.service(now, self.up_s, bool(self.inflight)):
+        outbox = self.outbox
+        if self.uplink.service(now, self.up_s, outbox.waited(now) >= 0):
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
-            if (self.live and self.anchor is not None and len(self.inflight) < INFLIGHT_MAX) \
-                    or self.uplink.acks or time.ticks_diff(now, self._backlog_t) >= BACKLOG_GAP_MS:
-                self._send(now)
+            outbox.send(now, self.uplink.connects, self.anchor is not None, self._extra)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
             if self.clock.sync(now):
                 self._synced(now)
         if self.spool.dirty:
             self.spool.save(now)
         if self.led:
-            self.led.update(now, self._led_mode(now))
-
-    def _led_mode(self, now):
-        if console.failing:
-            return LED_FAIL
-        if self.acked and self.uplink.client is not None and \
-                (not self.inflight or time.ticks_diff(now, self.inflight[0][0]) < ACK_LATE_MS):
-            return LED_OK
-        return LED_QUIET
+            self.led.update(now, console.failing, outbox.acked and self.uplink.client is not None
+                            and outbox.waited(now) < _ACK_LATE_MS)
 
     def _synced(self, now):
         self._set_anchor(now)
@@ -353,15 +244,15 @@ class Node:
             self._align(now, time.ticks_diff(now, self.iv_t0))
 
     def run(self):
-        wdt = machine.WDT(timeout=WDT_MS)
+        wdt = machine.WDT(timeout=_WDT_MS)
         try:
             while True:
                 self.step()
                 wdt.feed()  # only after a whole pass of the loop: a hang anywhere resets the node
         except KeyboardInterrupt:   # Ctrl-C: a technician at the REPL (mpremote)
-            machine.WDT(timeout=TECH_WDT_MS)   # on the ESP32 this sets the running watchdog's timeout
+            machine.WDT(timeout=_TECH_WDT_MS)   # on the ESP32 this sets the running watchdog's timeout
             console.warn("interrupted: the REPL is yours for %d min; then the watchdog resets the node "
-                         "(machine.reset() sooner)" % (TECH_WDT_MS // 60000))
+                         "(machine.reset() sooner)" % (_TECH_WDT_MS // 60000))
             raise
 
 
@@ -377,7 +268,7 @@ def main():
     gc.collect()
     if not board["usable"]:   # no measuring, no reset: the REPL stays for the technician
         return
-    global recline, Clock, Spool, Uplink, PM, Climate, Noise
+    global recline, Clock, Spool, Uplink, Outbox, PM, Climate, Noise
     if "mic" in board:
         from sample_noise import Noise
     else:   # compiled first in case it is needed; a board without a microphone gives its heap back
@@ -387,8 +278,10 @@ def main():
     from spool import Spool
     import recline
     from clock import Clock
+    from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:
         from sample_climate import Climate
+        import bme280   # compiled now, before the samplers' buffers: Climate takes it from sys.modules
     if "pm" in board:
         from sample_pm import PM
     try:

@@ -49,13 +49,13 @@ _LOG2_TAB = array.array("H", (int(math.log(1 + i / 256) / math.log(2) * 32768 + 
 # State words of _run (int32, sign-extended on load: the host's ptr32 loads zero-extend)
 _S_WORDS = 40
 _S_N = 27        # samples processed in the interval
-_S_G = 28        # Fast-weighted tick energy: mantissa, exponent
+# (28, 29: the Fast-weighted tick energy, mantissa and exponent; only _run uses them)
 _S_MAX = 30      # highest and lowest Fast level in the interval (log2 of tick energy, Q15)
 _S_MIN = 31
 _S_TICKS = 32    # ticks in the histogram
 _S_OVER = 33     # samples at the microphone's full scale
 _S_WARM = 34     # ticks still to wait before Fast levels count
-_S_PRIMED = 35   # the DC blocker has seen its first sample
+# (35: the DC blocker has seen its first sample; only _run uses it)
 
 
 @micropython.viper

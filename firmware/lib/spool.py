@@ -298,6 +298,20 @@ class Spool:
             i += 1
             self.cur = self.segs[i][0] << 16
 
+    def set_db(self, db, now):
+        """The gateway database that acknowledged, from an acknowledgement. Another than the last
+        one lost what it had: everything on flash is unacknowledged again (replay). A new id is
+        saved at once. Returns the id it replaced, None if it is the first or the same."""
+        old = self.db
+        if db == old:
+            return None
+        if old is not None:
+            self.replay()
+        self.db = db
+        self.dirty = True
+        self.save(now, True)
+        return old
+
     def replay(self):
         """Everything on flash is unacknowledged again: the gateway lost what it had."""
         self.cur = self._first()

@@ -3,7 +3,8 @@
 # broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
 # the connection, to be tried again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
-# node is away they are lost, and it sends those records again); they wait in `acks` for the node.
+# node is away they are lost, and it sends those records again); each goes to `on_ack` as it comes,
+# which may be in the middle of a publish (umqtt reads what arrives while it waits for a PUBACK).
 # With broker.tls the connection is TLS, the broker's certificate checked against the lab CA
 # (ca.der on the flash) and the host name: no CA, no uplink, never a fallback to plaintext.
 import time
@@ -16,7 +17,6 @@ _WIFI_RETRY_MS = 20000
 _BACKOFF_MIN_MS = 1000
 _BACKOFF_MAX_MS = 60000
 _POLL_MS = 1000         # how often to look for acknowledgements while some are awaited
-_ACKS_MAX = 16
 NET_TIMEOUT_MS = 30000  # the self-test's network item fails after this long without a link
 # CONNACK return codes (MQTT 3.1.1): what a technician can act on
 _REFUSED = {1: "protocol version", 2: "client id rejected", 3: "broker unavailable",
@@ -33,8 +33,10 @@ _WIFI = {201: "no access point of this name in range: check wifi.ssid in config.
 
 
 class Uplink:
-    def __init__(self, cfg, meta, net={"type": "wifi"}):
-        """net: board.json's net section as config.load_board passed it (None: unusable)."""
+    def __init__(self, cfg, meta, net, on_ack):
+        """net: board.json's net section as config.load_board passed it (None: unusable);
+        on_ack(topic, msg): takes each acknowledgement message (bytes) from the gateway (umqtt's
+        callback: the acknowledgements are the only topic subscribed to)."""
         self.wifi = cfg["wifi"]
         self.broker = cfg["broker"]
         self.lan = net is not None and net["type"] == "lan"
@@ -43,7 +45,7 @@ class Uplink:
         self.topic_up = "%s/%s/up" % (prefix, self.node_id)
         self.topic_status = "%s/%s/status" % (prefix, self.node_id)
         self.topic_ack = "%s/%s/ack" % (prefix, self.node_id)
-        self.acks = []
+        self._on_ack = on_ack
         self.meta = meta  # fw, boot: repeated in the status message
         self.client = None
         self.enabled = net is not None and (self.lan or self.wifi is not None) and self.broker is not None
@@ -153,11 +155,6 @@ class Uplink:
         return "wifi %s: no connection for %d s (status %s): %s" % (
             self.wifi["ssid"], t, st, _WIFI.get(st, "is the access point in range and on?"))
 
-    def _on_msg(self, topic, msg):
-        if len(self.acks) >= _ACKS_MAX:  # the node will send those records again
-            self.acks.pop(0)
-        self.acks.append(msg)
-
     def _connect(self, now, up_s):
         b = self.broker
         where = "%s:%d%s" % (b["host"], b["port"], " (tls)" if self.ssl else "")
@@ -165,7 +162,7 @@ class Uplink:
                        password=b["password"], keepalive=b["keepalive"], ssl=self.ssl)
         c.set_last_will(self.topic_status, '{"v":1,"node":"%s","online":false}' % self.node_id,
                         retain=True, qos=1)
-        c.set_callback(self._on_msg)
+        c.set_callback(self._on_ack)
         try:
             c.connect()
             c.subscribe(self.topic_ack, qos=1)

@@ -1,5 +1,5 @@
 """A technician interrupts a running node (Ctrl-C in mpremote): on the ESP32 the started watchdog
-cannot be stopped, so the node gives it its longest sensible timeout (node.TECH_WDT_MS, 30 min)
+cannot be stopped, so the node gives it its longest sensible timeout (node.py's _TECH_WDT_MS, 30 min)
 before the KeyboardInterrupt reaches the REPL. The REPL is then usable for 30 minutes (not the
 measuring loop's 90 s), after which the watchdog resets the node and it measures again by itself."""
 

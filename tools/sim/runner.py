@@ -26,7 +26,6 @@ from typing import Any
 from meetkit_tools.paths import BOARDS, FIRMWARE, MPYLIB, SCENARIOS, SIM_MPY
 from meetkit_tools.sim import flashimage
 
-EXIT_UNTIL = 0
 EXIT_RESET = 3
 EXIT_POWER_CUT = 4
 POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots again (virtual)
