@@ -4,7 +4,7 @@ floods, poisoned records, implausible times, idle and busy HTTP clients), each o
 ledger of the real nodes running beside the attacker: the valid records lost, summed over all of
 them. The same drivers as tests/faults/test_hostile_*.py, which assert on them; here nothing is
 asserted. A scenario that cannot run to its end is named in `detail` ("failed") and left out of
-the sum. About five minutes; alone: `python -m bench.hostile`."""
+the sum. About three minutes; alone: `python -m bench.hostile`."""
 
 from __future__ import annotations
 
