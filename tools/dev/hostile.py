@@ -150,7 +150,8 @@ def oversized_flood(rig: Rig) -> Run:
     out = rig.judge("hostile: oversized flood, 1 MB bound")
     seen["dead_letters_kept"], seen["dead_letters_bytes"] = _query(
         rig, "SELECT count(*), sum(size) FROM dead_letters WHERE node = 'spew-01'")
-    out.notes["flood"] = {"messages": OVERSIZED_FLOOD, "bytes_each": 70_000, "dead_letters_kept": seen["dead_letters_kept"]}
+    out.notes["flood"] = {"messages": OVERSIZED_FLOOD, "bytes_each": 70_000,
+                          "dead_letters_kept": seen["dead_letters_kept"]}
     return Run(out, seen)
 
 

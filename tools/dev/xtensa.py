@@ -356,4 +356,3 @@ def loop_structure(code: bytes) -> dict[str, Any]:
             "per_sample_insns_static": len(per_sample), "per_sample_bytes_static": sum(d[0] for _, d in per_sample),
             "per_sample_pcs": {pc for pc, _ in per_sample},
             "tick_pcs": {pc for pc, _ in insns if top <= pc <= edge and not in_top <= pc <= in_edge}}
-
