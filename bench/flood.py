@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import batches
 from bench import gateway as gwbench
 from bench.results import median, record
 from meetkit_gateway import payload
+from meetkit_tools.dev import batches
 from meetkit_tools.services import GatewayProcess, Mosquitto, stop_process
 
 FLOOD_MESSAGES = 1000

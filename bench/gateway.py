@@ -1,7 +1,7 @@
 """The gateway's figures (issue 5): ingest through a real broker, draining a backlog upstream, memory.
 
 gateway_ingest_readings_per_s: readings the real `meetkit-gateway run` process committed AND
-acknowledged per wall second. A fixed stream (bench/batches.py: NODES nodes, firmware-made batches
+acknowledged per wall second. A fixed stream (tools/dev/batches.py: NODES nodes, firmware-made batches
 of about 60 readings) is published by one `mosquitto_pub` per node (QoS 1) into a real Mosquitto;
 the clock runs from the first publish to the last acknowledgement received on meetkit/<node>/ack
 (by `mosquitto_sub`, which stamps each arrival). Every record must be in the store and every seq
@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import backlog, batches
+from bench import backlog
 from bench.results import median, record
 from meetkit_gateway.store import Store
+from meetkit_tools.dev import batches
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics, stop_process
 
 NODES = 20

@@ -7,88 +7,37 @@ fast as they can, over the same rate without them. The two kinds of run alternat
 alternating too), each on a fresh broker and gateway; medians of RUNS each. Higher is better; the
 issue asks for 0.8.
 
-A page client does what gateway/static/app.js does on each refresh, with no pause between
-refreshes: GET /api/nodes, then /api/series?node=<id>&hours=24 for every node heard, one request at
-a time over one keep-alive connection; it loads the page and its files (/, app.js, style.css,
-uPlot) at its start and every RELOAD_EVERY refreshes. The clients are threads of this process (one
-core at most: on a 2-core machine, 16 processes would take the CPU from the gateway by themselves,
-which says nothing about the gateway).
+A page client (tools/dev/page_client.py) does what gateway/static/app.js does on each refresh, with
+no pause between refreshes: GET /api/nodes, then /api/series?node=<id>&hours=24 for every node
+heard, one request at a time over one keep-alive connection; it loads the page and its files (/,
+app.js, style.css, uPlot) at its start and every RELOAD_EVERY refreshes. The clients are threads of
+this process (one core at most: on a 2-core machine, 16 processes would take the CPU from the
+gateway by themselves, which says nothing about the gateway).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench import batches
 from bench.gateway import IngestRun, gateway_run
 from bench.results import median, record
+from meetkit_tools.dev import batches
+from meetkit_tools.dev.page_client import RELOAD_EVERY, PageClient
 from meetkit_tools.services import GatewayProcess
 
 NODES = 20
 RECORDS_PER_NODE = 2000  # 40 000 records, 480 000 readings: a few seconds of ingest
 RUNS = 5
 CLIENTS = 16
-RELOAD_EVERY = 10
-PAGE = ("/", "/app.js", "/style.css", "/vendor/uPlot.iife.min.js", "/vendor/uPlot.min.css")
 #: this benchmark on the thread-per-connection server it replaced (commit c5d0582), same machine
 BEFORE = {"value": 0.099, "readings_per_s_alone": 120721, "readings_per_s_with_clients": 11932,
           "client_requests_per_s": 49, "measured": "2026-12-06, commit c5d0582, 5 runs each"}
-
-
-class PageClient(threading.Thread):
-    def __init__(self, url: str, stop: threading.Event, counts: Counter[str], lock: threading.Lock) -> None:
-        super().__init__(daemon=True)
-        u = urllib.parse.urlsplit(url)
-        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
-        self.stop_event, self.counts, self.lock = stop, counts, lock
-        self.conn: http.client.HTTPConnection | None = None
-
-    def get(self, path: str) -> bytes | None:
-        try:
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-            self.conn.request("GET", path)
-            r = self.conn.getresponse()
-            body = r.read()
-            if r.will_close:
-                self.conn.close()
-                self.conn = None
-            key = str(r.status)
-        except (OSError, http.client.HTTPException) as e:
-            if self.conn is not None:
-                self.conn.close()
-            self.conn, body, key = None, None, type(e).__name__
-            self.stop_event.wait(0.05)  # waits on: a refused client does not spin
-        with self.lock:
-            self.counts[key] += 1
-        return body if key == "200" else None
-
-    def run(self) -> None:
-        refreshes = 0
-        while not self.stop_event.is_set():
-            if refreshes % RELOAD_EVERY == 0:
-                for path in PAGE:
-                    self.get(path)
-            refreshes += 1
-            body = self.get("/api/nodes")
-            if body is None:
-                continue
-            for n in json.loads(body)["nodes"]:
-                if self.stop_event.is_set():
-                    break
-                if "never seen" not in n["flags"]:
-                    self.get("/api/series?node=" + urllib.parse.quote(n["node"]) + "&hours=24")
-        if self.conn is not None:
-            self.conn.close()
 
 
 class Clients:

@@ -1,6 +1,6 @@
 """The SensorThings target (gateway/forward/sensorthings.py): what sending and replaying cost.
 
-The target is the contract server of the tests (tests/gateway/sensorthings_server.py, in this
+The target is the contract server of the tests (tools/dev/sensorthings_server.py, in this
 process, on loopback): no real SensorThings server can be installed here, so the times are those
 of our client plus a small Python server, not of FROST-Server. The figures that matter are counts
 and a ratio measured side by side in one run:
@@ -20,7 +20,6 @@ sensorthings_readings_per_s           readings delivered per second to the contr
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +30,7 @@ from meetkit_gateway.config import ForwardConfig
 from meetkit_gateway.forward import Forwarder
 from meetkit_gateway.forward.sensorthings import SensorThingsSender
 from meetkit_gateway.store import Store
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.gateway.sensorthings_server import SensorThingsServer  # noqa: E402
+from meetkit_tools.dev.sensorthings_server import SensorThingsServer
 
 NODES, RECORDS, T0 = 10, 60, 1795510800
 UNITS = {k: q.unit for k, q in payload.QUANTITIES.items()}
@@ -101,7 +98,7 @@ def run() -> None:
             runs.append(_one_run(Path(tmp)))
     n = runs[0]["readings"]
     detail = {"nodes": NODES, "readings_per_delivery": n, "batch": 1000, "runs": runs,
-              "target": "tests/gateway/sensorthings_server.py in-process (not FROST-Server)"}
+              "target": "tools/dev/sensorthings_server.py in-process (not FROST-Server)"}
     record("sensorthings_lookups_per_new_batch", max(r["steady_gets"] / r["steady_posts"] for r in runs), "requests",
            "lower", detail)
     record("sensorthings_replay_vs_send_ratio", median([r["replay_s"] for r in runs]) / median(

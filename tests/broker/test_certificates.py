@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meetkit_tools import broker
+from meetkit_tools.dev.micropython import FIRMWARE_LIB, MPYLIB, SIM_MPY, run_mpy
 from meetkit_tools.services import free_port, mosquitto_bin, stop_process, wait_listening
 from tests.broker.test_broker import fleet
-from tests.mpy import FIRMWARE_LIB, MPYLIB, SIM_MPY, run_mpy
 
 SANS = {"DNS:meetkit-gw", "DNS:meetkit-gw.local", "IP:127.0.0.1"}
 

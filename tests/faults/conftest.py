@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.faults.harness import RESULTS
+from meetkit_tools.dev.faultrig import RESULTS
 
 COLUMNS = ("generated", "delivered", "duplicated", "lost", "dropped", "wrong_time", "untimed", "crashes")
 
@@ -24,15 +24,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         if r.problems or r.notes:
             tr.write_line(f"  {r.scenario}: {r.notes} {r.problems[:3] if r.problems else ''}")
     if os.environ.get("MEETKIT_FAULTS_RECORD"):
-        from bench.results import record
+        from meetkit_tools.dev.hostile import record_lost
+        from meetkit_tools.dev.results import record
 
         hostile = [r for r in RESULTS if r.scenario.startswith("hostile:")]
         if hostile:
-            record("hostile_valid_records_lost", sum(r.lost for r in hostile), "records", "lower",
-                   {"scenarios": [r.row() for r in hostile], "generated": sum(r.generated for r in hostile),
-                    "duplicated": sum(r.duplicated for r in hostile),
-                    "command": "make faults (tests/faults/test_hostile_*.py; alone: python -m bench.hostile)",
-                    "note": "valid records of real nodes (and an attacker's valid ones) lost beside hostile input"})
+            record_lost(hostile, "make faults (tests/faults/test_hostile_*.py; alone: python -m bench.hostile)")
         faults = [r for r in RESULTS if not r.scenario.startswith("hostile:")]
         if faults:
             tot = {c: sum(getattr(r, c) for r in faults) for c in COLUMNS}

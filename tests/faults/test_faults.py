@@ -2,7 +2,7 @@
 
 Each test runs real parts (Mosquitto, the gateway process, SQLite, simulated nodes running the
 unmodified firmware), breaks one thing the way it breaks in a street, lets everything recover,
-then compares every node's ledger with the gateway's database (harness.judge). `make faults`
+then compares every node's ledger with the gateway's database (tools/dev/faultrig.py). `make faults`
 prints the table of all of them. The nodes are air-only boards (no microphone): the faults are
 about the data's path, and a node without audio simulates an hour in a few seconds.
 """
@@ -23,7 +23,7 @@ from typing import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.faults.harness import Rig, db_rows, read_ledger, scenario
+from meetkit_tools.dev.faultrig import Rig, db_rows, read_ledger, scenario
 
 AIR = "esp32-devkitc-air"
 INFLIGHT_MAX_RECORDS = 4 * 12   # node.py: INFLIGHT_MAX batches of at most about 12 records

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mpy import run_mpy
+from meetkit_tools.dev.micropython import run_mpy
 
 ADDR = 0x76
 

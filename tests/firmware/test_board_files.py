@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jsonschema
 import pytest
 
-from tests.mpy import ROOT, run_mpy
+from meetkit_tools.dev.micropython import ROOT, run_mpy
 
 BOARDS = ROOT / "boards"
 SCHEMA = json.loads((BOARDS / "board.schema.json").read_text())

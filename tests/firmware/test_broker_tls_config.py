@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from meetkit_tools.dev.micropython import FIRMWARE_LIB, MPYLIB, SIM_MPY, run_mpy
 from tests.firmware.test_config import GOOD, load
-from tests.mpy import FIRMWARE_LIB, MPYLIB, SIM_MPY, run_mpy
 
 SECRET = "s3cret-broker-pw"
 

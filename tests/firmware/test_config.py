@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.mpy import run_mpy
+from meetkit_tools.dev.micropython import run_mpy
 
 BOARD = json.loads((Path(__file__).resolve().parents[2] / "boards" / "esp32-devkitc.json").read_text())
 

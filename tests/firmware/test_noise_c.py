@@ -1,10 +1,10 @@
-"""The C translation of the noise kernel (bench/noise_c/noise.c, the reference of the benchmark's
+"""The C translation of the noise kernel (tools/dev/noise_c/noise.c, the reference of the benchmark's
 noise_viper_vs_c_ratio) computes exactly what the firmware's viper `_run` computes under micropython:
 the same state words and histogram, bit for bit, on inputs that reach every branch. That is what makes
 the ratio a comparison of one algorithm in two languages.
 
-The Xtensa interpreter of bench/noise.py, which runs the board's own machine code for
-noise_esp32_cpu_load_pct, is held to the same standard."""
+The Xtensa interpreter (tools/dev/xtensa.py), which runs the board's own machine code for the
+benchmark's noise_esp32_cpu_load_pct, is held to the same standard."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import noise
-from tests.firmware import noise_ref as ref
+from meetkit_tools.dev import noise_kernel as noise
+from meetkit_tools.dev import noise_ref as ref
+from meetkit_tools.dev.xtensa import loop_structure
 
 S = ref.FS
 
@@ -108,25 +109,19 @@ def test_the_xtensa_interpreter_runs_the_board_code_bit_exact(fresh: tuple[list[
     st0, tab = fresh
     st0 = list(st0)
     st0[34] = 0
-    data, _ = noise.compile_xtensawin(noise.SOURCE, tmp_path / "soundlevel.mpy")
-    mpy = noise.parse_mpy(data)
-    assert mpy["arch"] == 10  # xtensawin
-    names = noise.viper_functions(noise.SOURCE.read_text())
-    vipers = [c for c in mpy["codes"] if c["kind"] == 2]
-    assert len(vipers) == len(names)
-    code = vipers[names.index("_run")]["code"]
+    code, funtab_index, _ = noise.board_code(tmp_path)  # checks the arch and finds _run among the vipers
     rng = np.random.default_rng(3)
     x = np.concatenate([ref.to_int24(ref.traffic(S // 20, rng, base_db=90)),  # loud: the rounded squares
                         rng.integers(-(2**23), 2**23, S // 40)])
     audio = ref.to_slots(x)
-    m, st, hist = noise.emulate_run(code, mpy["obj_types"].index(0), audio, st0, tab, block=500)
+    m, st, hist = noise.emulate_run(code, funtab_index, audio, st0, tab, block=500)
     path = tmp_path / "audio.bin"
     path.write_bytes(audio)
     want_st, want_hist = noise.firmware_state(path, st0, 500)
     assert st == want_st
     assert hist == want_hist
     assert m.stats["mull"] > 0 and m.stats["calls"] == 7 * -(-len(x) // 500)  # 7 argument conversions a call
-    lay = noise.loop_structure(code)
+    lay = loop_structure(code)
     assert lay["per_sample_insns_static"] < lay["insns"]
     # the region the benchmark calls per-sample is the loop that runs once per sample, and the
     # tick region is what runs once per 48 samples (the CPU split in `make bench` rests on this)

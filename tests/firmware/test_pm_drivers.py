@@ -9,7 +9,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from tests.mpy import run_mpy
+from meetkit_tools.dev.micropython import run_mpy
 
 # machine.UART as a driver sees it, and a machine.Pin output.
 FAKE = r"""

@@ -1,5 +1,5 @@
 """The noise pipeline (firmware/lib/soundlevel.py), run under micropython as the board runs it,
-against the exact A curve, float64 references and a 32-bit twin (tests/firmware/noise_ref.py)."""
+against the exact A curve, float64 references and a 32-bit twin (tools/dev/noise_ref.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from scipy import signal
 
 from meetkit_tools import aweight_design as design
-from tests.firmware import noise_ref as ref
-from tests.mpy import run_mpy
+from meetkit_tools.dev import noise_ref as ref
+from meetkit_tools.dev.micropython import run_mpy
 
 S = ref.FS  # samples per second
 

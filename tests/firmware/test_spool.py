@@ -9,7 +9,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from tests.mpy import FIRMWARE_LIB, run_mpy
+from meetkit_tools.dev.micropython import FIRMWARE_LIB, run_mpy
 
 PRELUDE = """
 import os, json, time

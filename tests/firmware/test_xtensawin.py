@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meetkit_tools.appbuild import mpy_cross_bin
-from tests.mpy import ROOT
+from meetkit_tools.paths import ROOT
 
 FIRMWARE = ROOT / "firmware"
 SOURCES = sorted(FIRMWARE.rglob("*.py"))

@@ -20,7 +20,7 @@ from meetkit_gateway.config import Config
 from meetkit_gateway.service import Gateway
 from meetkit_gateway.store import Store
 
-from .sensorthings_server import SensorThingsServer
+from meetkit_tools.dev.sensorthings_server import SensorThingsServer
 
 CLI = str(Path(sys.executable).parent / "meetkit-gateway")
 

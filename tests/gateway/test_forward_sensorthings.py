@@ -1,5 +1,5 @@
 """Forwarding to an OGC SensorThings API service: against the STRICT contract server of
-sensorthings_server.py (no real SensorThings server can be installed here), through the real
+tools/dev/sensorthings_server.py (no real SensorThings server can be installed here), through the real
 forwarder and a real SQLite store."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from meetkit_gateway.config import ForwardConfig
 from meetkit_gateway.forward import Forwarder, Forwarders
 from meetkit_gateway.forward.sensorthings import SensorThingsSender
 from meetkit_gateway.store import Store
+from meetkit_tools.dev.sensorthings_server import ROOT, SensorThingsServer
 
 from .conftest import batch, encode, example, wait_for
-from .sensorthings_server import ROOT, SensorThingsServer
 
 T0 = 1795510800  # 2026-11-24T02:20:00Z
 FLEET = """

@@ -19,12 +19,12 @@ from meetkit_gateway.forward.sensor_community import SensorCommunitySender
 from meetkit_gateway.forward.sensorthings import SensorThingsSender
 from meetkit_gateway.forward.mqtt_upstream import MqttSender
 from meetkit_gateway.store import Store
+from meetkit_tools.dev.sensorthings_server import SensorThingsServer
 from meetkit_tools.services import VictoriaMetrics
 
 from .conftest import StorePair, batch, encode
 from .older_store import IMPLAUSIBLE, UNTIMED_FUTURE
 from .sensor_community_server import SensorCommunityServer
-from .sensorthings_server import SensorThingsServer
 from .test_forward_mqtt import Reader, target as mqtt_target, upstream  # noqa: F401 (a fixture)
 
 ORDINARY_READINGS = 15 + 6 + 3  # of the ordinary records: ams-001's example, ams-002, ams-004

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bench import batches
 from meetkit_gateway import payload
 from meetkit_gateway.payload import Batch, Rejected
+from meetkit_tools.dev import batches
 
 from .conftest import EXAMPLE, OLD_FIRMWARE, batch, encode
 from .test_rejects import ENVELOPE, RANGE, RECORD, VALUE, _value_case, bad

@@ -1,7 +1,7 @@
 """The fleet register as the SensorThings target uses it: the Things carry what the register says
 of each node, a moved node gets a new Location (its Thing's HistoricalLocations keep the old one),
-and each change is sent once. Against the STRICT contract server of sensorthings_server.py (no real
-SensorThings server can be installed here), through the real forwarder, store and register
+and each change is sent once. Against the STRICT contract server of tools/dev/sensorthings_server.py
+(no real SensorThings server can be installed here), through the real forwarder, store and register
 editor (tools/fleetfile.py)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from meetkit_gateway.forward.sensorthings import TABLE
 from meetkit_tools import fleetfile
 
-from .sensorthings_server import SensorThingsServer
+from meetkit_tools.dev.sensorthings_server import SensorThingsServer
 from .test_forward_sensorthings import by_name, call, drain, fill, forwarder, observations, target
 
 REGISTER = '''

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Broker
-from tests.mpy import ROOT
+from meetkit_tools.paths import ROOT
 
 from .conftest import CLI, Publisher, batch, encode, wait_for, write_config
 from .test_process import count

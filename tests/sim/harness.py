@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meetkit_tools.dev.micropython import MPYLIB, SIM_MPY, run_mpy
 from meetkit_tools.sim import flashimage
-from tests.mpy import MPYLIB, SIM_MPY, run_mpy
 
 START_EPOCH = 1795503600  # 2026-11-24T07:00:00Z
 

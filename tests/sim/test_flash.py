@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from meetkit_tools.dev.micropython import SIM_MPY, run_mpy
 from meetkit_tools.paths import FIRMWARE
 from meetkit_tools.sim.runner import SIM_HEAP_RESERVE, NodeSpec, SimNode
-from tests.mpy import SIM_MPY, run_mpy
 from tests.sim.harness import SCENARIO, run_sim
 
 EPOCH_2000 = 946684800

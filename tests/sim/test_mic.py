@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from tests.mpy import SIM_MPY, run_mpy
+from meetkit_tools.dev.micropython import SIM_MPY, run_mpy
 from tests.sim.harness import DEVICES, run_sim, scenario
 
 FS = 48000

@@ -14,9 +14,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from meetkit_gateway import payload
+from meetkit_tools.paths import ROOT
 from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
-from tests.mpy import ROOT
 
 AUDIO_BYTES_PER_S = 48000 * 3  # 24-bit samples
 SECONDS = 900

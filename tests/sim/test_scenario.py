@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from meetkit_tools.dev.micropython import SIM_MPY, run_mpy
 from meetkit_tools.paths import SCENARIOS
 from meetkit_tools.sim.mpy.scenario import Scenario
-from tests.mpy import SIM_MPY, run_mpy
 
 SC = {"name": "x", "start": "2026-11-24T07:00:00Z",
       "truth": {"a": {"points": [[100, 1.0], [200, 3.0], [200, 10.0], [300, 0.0]]},

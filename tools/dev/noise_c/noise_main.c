@@ -1,4 +1,4 @@
-/* Harness for noise.c (bench/noise.py, tests/firmware/test_noise_c.py):
+/* Harness for noise.c (tools/dev/noise_kernel.py, for bench/noise.py and tests/firmware/test_noise_c.py):
  *
  *   noise_c AUDIO INIT RUNS BLOCK
  *

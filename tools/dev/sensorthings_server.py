@@ -1,8 +1,9 @@
 """A STRICT contract server for the OGC SensorThings API v1.1 subset the gateway uses.
 
 No SensorThings server can be installed here (FROST-Server needs Java, Tomcat and PostGIS), so the
-tests run against this one. It rejects what a real service (OGC 18-088; FROST-Server as the
-reference implementation) would reject, and answers as it would:
+tests (tests/gateway/) and bench/sensorthings.py run against this one. It rejects what a real
+service (OGC 18-088; FROST-Server as the reference implementation) would reject, and answers as it
+would:
 
 - entity collections Things, Locations, Sensors, ObservedProperties, Datastreams, Observations,
   FeaturesOfInterest: POST creates (201, `Location` header with the self link, the entity as

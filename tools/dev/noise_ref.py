@@ -1,11 +1,14 @@
 """References for the node's noise pipeline (firmware/lib/soundlevel.py):
 
-- `Twin`: the viper kernel `_run` step by step in plain Python, asserting that every intermediate
+- `Twin`: the viper kernel `_run` step by step in plain Python, checking that every intermediate
   fits the ESP32's 32-bit viper int (the host's viper int is 64-bit, so overflow cannot be seen
   by running the kernel here).
 - float64 references with numpy/scipy: the exact A curve applied in the frequency domain, and the
   same filter design in float64 with per-sample Fast time weighting.
 - `run_meter`: the firmware's own NoiseMeter under the real micropython, fed from a file.
+
+The tests (tests/firmware/test_soundlevel.py, test_noise_c.py) and the noise benchmark
+(bench/noise.py) share them. numpy and scipy: the `dev` extra only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from scipy import signal
 
 from meetkit_tools import aweight_design as design
-from tests.mpy import FIRMWARE_LIB, run_mpy
+from meetkit_tools.dev.micropython import FIRMWARE_LIB, run_mpy
 
 FS = 48000
 SENS = -26.0  # dBFS at 94 dB SPL, as the tests' microphone
@@ -136,7 +139,8 @@ def run_meter(tmp: Path, x: np.ndarray, cuts: list[int]) -> list[dict]:
     # the cuts go on stdin: a long argument crashes this micropython build ("uncaught NLR")
     res = run_mpy(METER_RUN % {"sens": SENS}, args=[str(path)], stdin=json.dumps(cuts), heapsize="4M",
                   timeout=600)
-    assert res.returncode == 0, res.stderr.decode() + res.stdout.decode()
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.decode() + res.stdout.decode())
     return json.loads(res.stdout)
 
 
@@ -144,11 +148,13 @@ def run_meter(tmp: Path, x: np.ndarray, cuts: list[int]) -> list[dict]:
 
 def _chk(*vals: int) -> None:
     for v in vals:
-        assert INT32[0] <= v <= INT32[1], f"{v} leaves the 32-bit int"
+        if not INT32[0] <= v <= INT32[1]:
+            raise OverflowError(f"{v} leaves the 32-bit int")
 
 
 class Twin:
-    """The kernel _run in plain Python, every intermediate checked against the 32-bit range.
+    """The kernel _run in plain Python, every intermediate checked against the 32-bit range
+    (OverflowError when one leaves it).
     `st` and `hist` mirror the firmware's arrays; `peaks` records the largest magnitude seen per
     named intermediate, so a test can show the headroom that is left."""
 
@@ -273,7 +279,8 @@ class Twin:
         if zl > M30:
             zl -= M30 + 1
             zh += 1
-        assert al <= M30 and zl <= M30
+        if al > M30 or zl > M30:
+            raise OverflowError(f"a tick's low energy word {max(al, zl)} is over 2**30 after its carry")
         for base, lo, hi in ((21, al, ah), (24, zl, zh)):
             u = st[base] + lo
             k = st[base + 1] + hi

@@ -1,4 +1,5 @@
-"""The fault suite's rig and its bookkeeping.
+"""The fault suite's rig and its bookkeeping: tests/faults/ asserts with it, bench/hostile.py
+measures with it (through meetkit_tools.dev.hostile).
 
 The ground truth is each simulated node's ledger: every record it stored in its flash spool, as
 it printed it on its serial console. After a scenario's faults are over and the nodes have had
@@ -6,6 +7,9 @@ time to drain, every ledger record must be in the gateway's database exactly onc
 timestamp: the node's own where it had one, else (a record made before NTP) the true start of its
 interval within TS_TOLERANCE_S. Records the spool dropped for space, as it logged, are
 "dropped by policy", not lost.
+
+The rig's waits have deadlines and raise TimeoutError (RuntimeError when something stopped); it
+judges, it does not assert: the tests do, on the Outcome.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Callable
 from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
 
+AIR = "esp32-devkitc-air"   # the nodes' board: no microphone, so an hour simulates in seconds
+H = 3600
 TS_TOLERANCE_S = 2.5   # the grid snapping of _align (< 2 s) plus rounding
 TAIL_S = 30
 RESULTS: list["Outcome"] = []   # for the table `make faults` prints
@@ -156,8 +162,9 @@ class Rig:
         # published earlier would lose its first batch to the rig, not to a fault.
         end = time.monotonic() + timeout
         while "subscribed to" not in (self.gateway.log.read_text() if self.gateway.log.exists() else ""):
-            assert time.monotonic() < end, "the gateway did not subscribe"
-            time.sleep(0.05)
+            if time.monotonic() > end:
+                raise TimeoutError("the gateway did not subscribe")
+            time.sleep(0.05)  # waits on: the gateway's log
 
     def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", **spec: Any) -> SimNode:
         """A node; it runs TAIL_S past `until_s`, so the record it closes last has time to go."""
@@ -197,9 +204,11 @@ class Rig:
     def wait_virtual(self, node_id: str, t_s: float, timeout: float = 300) -> None:
         end = time.monotonic() + timeout
         while self.virtual_s(node_id) < t_s:
-            assert time.monotonic() < end, f"{node_id} did not reach {t_s} s of simulated time"
-            assert self.nodes[node_id].running, f"{node_id} stopped before {t_s} s"
-            time.sleep(0.05)
+            if time.monotonic() > end:
+                raise TimeoutError(f"{node_id} did not reach {t_s} s of simulated time")
+            if not self.nodes[node_id].running:
+                raise RuntimeError(f"{node_id} stopped before {t_s} s")
+            time.sleep(0.05)  # waits on: the node's console
 
     def start(self) -> None:
         for n in self.nodes.values():
@@ -220,12 +229,13 @@ class Rig:
         if while_running:
             while_running()
             while self.running and time.monotonic() < end and not self.caught_up():
-                time.sleep(0.5)
+                time.sleep(0.5)  # waits on: every record the nodes made to be stored
             for n in self.nodes.values():
                 n.stop()
         for n in self.nodes.values():
             n.wait(max(1.0, end - time.monotonic()))
-            assert not n.running, f"{n.spec.node_id} did not finish in {timeout} s"
+            if n.running:
+                raise TimeoutError(f"{n.spec.node_id} did not finish in {timeout} s")
 
     def caught_up(self) -> bool:
         try:
@@ -251,9 +261,11 @@ class Rig:
             if n == last:
                 return
             last = n
-            time.sleep(1.0)
+            time.sleep(1.0)  # waits on: the store's record count to stay the same for a second
 
-    def judge(self, name: str) -> Outcome:
+    def judge(self, name: str, extra: dict[str, tuple[Ledger, int]] | None = None) -> Outcome:
+        """Every node's ledger against the store; `extra`: more ledgers (node id -> (ledger, start
+        epoch)) to hold the store to, e.g. the valid records an attacker sent."""
         consoles = {nid: n.console.read_text(errors="replace") for nid, n in self.nodes.items()}
         nodes = {nid: (read_ledger(text), self.epochs[nid]) for nid, text in consoles.items()}
         in_transit = 0
@@ -263,11 +275,19 @@ class Rig:
                 in_transit += len(late)
                 for k in late:
                     del led.records[k]
+        nodes |= extra or {}
         out = judge(name, nodes, db_rows(self.gateway.db), self.reported_dropped())
         out.notes["in_transit_at_stop"] = in_transit
         # A firmware exception (it resets the node) is a bug even when nothing was lost.
         out.crashes = sum(text.count(" E unexpected error") for text in consoles.values())
         return out
+
+    def stored(self) -> int:
+        """How many records the store holds (0 before it exists)."""
+        try:
+            return len(db_rows(self.gateway.db))
+        except sqlite3.Error:
+            return 0
 
     def counter(self, name: str) -> int:
         """One of the gateway's counters (store.py), from its database."""
@@ -303,3 +323,12 @@ def scenario(base: str = "quiet-street", **faults: list[tuple[float, float]]) ->
     for kind, windows in faults.items():
         sc["faults"] += [{"kind": kind, "from": a, "to": b} for a, b in windows]
     return sc
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> None:
+    """Until `cond()` is true; TimeoutError naming `what` after `timeout` s."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(step)  # waits on: cond

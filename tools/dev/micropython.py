@@ -1,4 +1,4 @@
-"""Run code under the real MicroPython unix port, as the board would, from the tests."""
+"""Run code under the real MicroPython unix port, as the board would (the tests, the benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from meetkit_tools.paths import FIRMWARE, MPYLIB, ROOT, SIM_MPY
 from meetkit_tools.sim.runner import micropython_bin
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE_LIB = ROOT / "firmware" / "lib"
-SIM_MPY = ROOT / "tools" / "sim" / "mpy"
-MPYLIB = ROOT / "build" / "mpylib"
+__all__ = ["FIRMWARE_LIB", "MPYLIB", "ROOT", "SIM_MPY", "run_mpy"]
+
+FIRMWARE_LIB = FIRMWARE / "lib"
 
 
 def run_mpy(

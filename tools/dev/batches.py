@@ -1,4 +1,5 @@
-"""A fixed stream of payload-v1 batches as the firmware makes them, for the gateway's benchmarks.
+"""A fixed stream of payload-v1 batches as the firmware makes them, for the gateway's benchmarks
+(bench/gateway.py, flood.py, http_clients.py) and tests/gateway/test_payload_quick.py.
 
 Each simulated node (PMS5003, BME280, ICS43434: the 12 quantities of docs/payload.md) closes one
 record a minute; its samples are summed by the firmware's own `Stat` (firmware/lib/stats.py) and

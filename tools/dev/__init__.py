@@ -1,0 +1,16 @@
+"""The development machinery the tests (tests/) and the benchmarks (bench/) share, so that neither
+imports the other. Nothing the gateway or the technician's CLI runs imports it; some of it needs
+the `dev` extra (numpy, scipy, micropython).
+
+- `micropython`: run code under the real MicroPython unix port (`run_mpy`), the firmware's paths
+- `noise_ref`: references of the noise pipeline: test signals, float64 designs, a 32-bit twin
+- `noise_kernel`: the noise kernel under micropython, in C (`noise_c/`) and on the Xtensa model
+- `mpyfile`: .mpy files from mpy-cross, read back to each function's machine code
+- `xtensa`: the ESP32's Xtensa core, enough to run and count one viper function
+- `batches`: firmware-made payload batches, a fixed seeded stream
+- `sensorthings_server`: a strict OGC SensorThings contract server
+- `page_client`: a status-page client refreshing as fast as it can
+- `faultrig`: the fault suite's rig (broker, gateway process, simulated nodes) and ledger judge
+- `hostile`: the hostile-input scenarios as drivers on the rig
+- `results`: benchmark figures appended to build/bench/results.jsonl
+"""
