@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 
-from bench import batches
+from meetkit_tools.dev import batches
 from bench.results import median, record
 from meetkit_gateway import payload
 
