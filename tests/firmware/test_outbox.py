@@ -24,7 +24,7 @@ import pytest
 
 from meetkit_gateway.acks import Ack
 from meetkit_tools.sim.runner import micropython_bin
-from tests.mpy import FIRMWARE_LIB, SIM_MPY
+from meetkit_tools.dev.micropython import FIRMWARE_LIB, SIM_MPY
 
 NODE = "ob-001"
 DB = "3f9c0a1b2c3d4e5f"

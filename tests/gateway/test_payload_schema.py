@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 from jsonschema import validators
 
-from bench import batches
+from meetkit_tools.dev import batches
 from meetkit_gateway import acks, payload
 from meetkit_gateway.payload import QUANTITIES, RANGE, SCALAR, SUMMARY, Rejected
 
