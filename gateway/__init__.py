@@ -5,7 +5,11 @@ Modules, one job each:
     config    read and validate gateway.toml
     payload   the node payload contract v1: parse and validate a message, or reject it with a reason
     topics    <prefix>/<node>/up, /status, /ack and <prefix>/gateway/alarm
-    store     the SQLite store: schema, migrations, writes, queries (`Store`)
+    store     the SQLite store (`Store`), the only module with SQL; a package, a module per concern:
+              schema (tables, migrations), base (connection, transactions, counters), rows
+              (`Reading`, the one type of a reading, and the other rows), writes (ingest),
+              dead_letters, pruning, readers (CLI, page, export), cursors (forwarding),
+              sensorthings (its entity ids), integrity (quick_check)
     recovery  open the store at start; move a corrupt one aside (`open_store`)
     ingest    the queue and the writer thread that commits messages in groups, or refuses them
               when the disk is full (`Writer`)

@@ -151,7 +151,6 @@ def _record_rows(record: list[Reading], sel: Selection, summary: Summary, now: f
     start = first.start
     if not plausible.record(start, first.dur, first.boot, first.seq, now):
         return  # counted in summary.implausible (by reception time, as untimed)
-    assert start is not None  # plausible
     record.sort(key=_key)
     rh = next((plausible.finite(r.avg) for r in record if r.quantity == "rh"), None)
     wrote = False
@@ -199,7 +198,6 @@ class _Texts:
 
     def of(self, r: Reading) -> tuple[str, str, str]:
         if r.record_id != self.record_id:
-            assert r.start is not None  # export writes timed records only
             self.record_id, self.start, self.end = r.record_id, iso(r.start), iso(r.start + r.dur)
             self.sensors = _sensors(r.sensors)
         role = _ROLE.get(r.quantity)

@@ -17,7 +17,10 @@ class Reading(NamedTuple):
 
     record_id: int
     node: str
-    start: int | None  # interval start, Unix seconds; None only from `Store.latest` (not known yet)
+    # Interval start, Unix seconds. Every reader but one reads timed records only: `Store.latest`
+    # gives a node's newest record also before its start is known, and then its readings' start is
+    # None, as `Latest.start` says (typed int for the hot paths' sake: the forwarders add to it).
+    start: int
     dur: int
     board: str
     fw: str
