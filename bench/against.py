@@ -1,6 +1,6 @@
 """The store's readers against an earlier commit of the gateway, side by side in one run.
 
-    .venv/bin/python -m bench.against <git rev>     (e.g. main, or the commit before a change)
+    .venv/bin/python -m bench.against <git rev> [--gateway]    (e.g. main, or the commit before a change)
 
 The gateway of <rev> is taken out of git (`git archive`) into a temporary folder and put first on
 the import path of its subprocesses; this checkout's gateway runs in the others. Both read the same
@@ -15,6 +15,12 @@ drain         a forwarder from cursor 0 to the newest record, the batches encode
 readings      `Store.readings` of every node since 6 hours before the newest record (the CLI's
               `readings --since 6h`)
 series        the status page's plot of one node: `series_doc` of 24 hours
+
+With `--gateway` also:
+
+drain_vm      bench/gateway.py's drain, side by side: the real `meetkit-gateway run` process
+              forwarding a backlog of 3 million readings to a fresh VictoriaMetrics, from process
+              start to the cursor at the newest record (`drain_run`); 3 runs a side
 
 Each figure `against_<workload>_ratio` is this checkout's median time over <rev>'s: below 1 is
 faster now. Never asserts."""
@@ -90,7 +96,44 @@ def once(what: str, db: Path, tag: str, old: Path | None) -> dict:
     return json.loads(r.stdout)
 
 
-def run(rev: str) -> None:
+def drain_vm(rev: str, old: Path, work: Path) -> None:
+    import os
+
+    from bench import gateway
+    from meetkit_tools.services import Mosquitto
+
+    (work / "drain").mkdir()
+    b = backlog.build(work / "drain" / "gateway.db", gateway.DRAIN_READINGS)
+    broker = Mosquitto(work / "drain-broker").start()
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    cpu: dict[str, list[float]] = {"old": [], "new": []}
+    saved = os.environ.get("PYTHONPATH")
+    try:
+        for k in range(gateway.DRAIN_RUNS):
+            for side in ("old", "new") if k % 2 == 0 else ("new", "old"):
+                if side == "old":
+                    os.environ["PYTHONPATH"] = str(old)  # the gateway process imports <rev>'s
+                else:
+                    os.environ.pop("PYTHONPATH", None)
+                r = gateway.drain_run(work, b, broker, 2 * k + (side == "new"))
+                times[side].append(r.seconds)
+                cpu[side].append(r.gateway_cpu_s)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+        broker.stop()
+    ratio = median(times["new"]) / median(times["old"])
+    record("against_drain_vm_ratio", round(ratio, 3), "ratio", "lower", {
+        "rev": rev, "new_s": [round(t, 2) for t in times["new"]], "old_s": [round(t, 2) for t in times["old"]],
+        "new_gateway_cpu_s": [round(t, 1) for t in cpu["new"]], "old_gateway_cpu_s": [round(t, 1) for t in cpu["old"]],
+        "readings": b.readings, "records": b.records, "what": "this checkout's median drain time over rev's"})
+    print(f"drain_vm: new/old {ratio:.3f} (new {median(times['new']):.2f} s, old {median(times['old']):.2f} s)",
+          flush=True)
+
+
+def run(rev: str, with_gateway: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
         work = Path(tmp)
         old = work / "old"
@@ -115,7 +158,10 @@ def run(rev: str) -> None:
                 "runs": RUNS, "what": "this checkout's median time over rev's"})
             print(f"{what}: new/old {ratio:.3f} (new {median(times['new']):.3f} s, old {median(times['old']):.3f} s, "
                   f"{counts})", flush=True)
+        if with_gateway:
+            drain_vm(rev, old, work)
 
 
 if __name__ == "__main__":
-    run(sys.argv[1] if len(sys.argv) > 1 else "HEAD")
+    args = [a for a in sys.argv[1:] if a != "--gateway"]
+    run(args[0] if args else "HEAD", "--gateway" in sys.argv[1:])

@@ -13,7 +13,13 @@ import ast
 import re
 from pathlib import Path
 
-from meetkit_gateway.store import Store
+from meetkit_gateway.export import Selection, Summary, rows
+from meetkit_gateway.forward import Forwarder
+from meetkit_gateway.forward.core import Result
+from meetkit_gateway.payload import parse_batch
+from meetkit_gateway.store import Reading, Store
+
+from .conftest import batch, encode
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 STORE = GATEWAY / "store"
@@ -110,3 +116,41 @@ def test_the_check_finds_sql_planted_outside_the_store(tmp_path: Path) -> None:
         "gateway/export.py:7: SQL 'update forward_cursors'",
         "gateway/export.py:8: SQL 'PRAGMA'",
     ], found
+
+
+class _Unused:
+    kind = "test"
+
+    def send(self, rows: object) -> Result:
+        raise AssertionError("pending() only reads")
+
+    def close(self) -> None:
+        pass
+
+
+def test_every_reader_gets_the_same_reading(tmp_path: Path) -> None:
+    """The CLI's readings, the page's latest, export and a forwarder read one reading alike: one
+    type, the same values, the flags as the node sent them."""
+    t0 = 1795510800
+    doc = batch(seqs=range(2), ts0=t0)
+    doc["recs"][1]["f"] = {"pm25": ["rh_high", "partial"]}
+    path = tmp_path / "gateway.db"
+    with Store(path) as s:
+        s.add_batch(parse_batch(encode(doc), "ams-001"), received_at=t0 + 200)
+        listed = s.readings()
+        (latest,) = s.latest()
+        with s.snapshot():
+            exported = list(rows(s, Selection(), Summary(), now=t0 + 3600))
+    f = Forwarder("t", path, _Unused(), clock=lambda: t0 + 3600)
+    try:
+        forwarded = f.pending().rows
+    finally:
+        f.close()
+    assert all(type(r) is Reading for r in [*listed, *latest.readings.values(), *exported, *forwarded])
+    assert [(r.node, r.boot, r.seq, r.start, r.quantity, r.avg, r.min, r.max, r.n) for r in listed] == [
+        ("ams-001", 3, 0, t0, "pm25", 5.0, 4.0, 7.0, 58), ("ams-001", 3, 0, t0, "temp", 12.5, 12.0, 13.0, 12),
+        ("ams-001", 3, 1, t0 + 60, "pm25", 6.0, 4.0, 8.0, 58), ("ams-001", 3, 1, t0 + 60, "temp", 12.5, 12.0, 13.0, 12)]
+    assert listed == exported == forwarded
+    assert list(latest.readings.values()) == listed[2:]
+    assert (listed[2].flags, listed[2].flag_names) == ("rh_high,partial", ("rh_high", "partial"))
+    assert (listed[3].flags, listed[3].flag_names) == ("", ())
