@@ -5,11 +5,17 @@ Modules, one job each:
     config    read and validate gateway.toml
     payload   the node payload contract v1: parse and validate a message, or reject it with a reason
     topics    <prefix>/<node>/up, /status, /ack and <prefix>/gateway/alarm
-    store     the SQLite store (`Store`), the only module with SQL; a package, a module per concern:
-              schema (tables, migrations), base (connection, transactions, counters), rows
-              (`Reading`, the one type of a reading, and the other rows), writes (ingest),
-              dead_letters, pruning, readers (CLI, page, export), cursors (forwarding),
-              sensorthings (its entity ids), integrity (quick_check)
+    store     the SQLite store (`Store`), the only package with SQL, a module per concern:
+      store.schema        the tables, their migrations, auto-vacuum
+      store.base          the connection: open, transactions, read snapshots, counters
+      store.rows          `Reading`, the one type of a reading (CLI, page, export, forwarders); other rows
+      store.writes        ingest's writes: batches, status, alarms, retained messages, replayed values
+      store.dead_letters  what was refused, kept for replay, and its budgets
+      store.pruning       dropping the oldest records; the file's pages
+      store.readers       queries for the CLI, the status page and /metrics, export
+      store.cursors       forwarding: the cursors, the next readings, refused batches, a target's state
+      store.sensorthings  the SensorThings targets' entity ids
+      store.integrity     quick_check, for recovery
     recovery  open the store at start; move a corrupt one aside (`open_store`)
     ingest    the queue and the writer thread that commits messages in groups, or refuses them
               when the disk is full (`Writer`)
