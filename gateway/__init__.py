@@ -12,7 +12,17 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     payload      the node payload contract v1: parse and validate a message, or reject it with a
                  reason (docs/payload.schema.json is its oracle)
     acks         the acknowledgement a node gets for each batch once it is committed (`Ack`)
-    store        the SQLite store: schema, migrations, writes, queries (`Store`)
+    store        the SQLite store (`Store`), the only package with SQL, a module per concern:
+      store.schema        the tables, their migrations, auto-vacuum
+      store.base          the connection: open, transactions, read snapshots, counters
+      store.rows          `Reading`, the one type of a reading (CLI, page, export, forwarders); other rows
+      store.writes        ingest's writes: batches, status, alarms, retained messages, replayed values
+      store.dead_letters  what was refused, kept for replay, and its budgets
+      store.pruning       dropping the oldest records; the file's pages
+      store.readers       queries for the CLI, the status page and /metrics, export
+      store.cursors       forwarding: the cursors, the next readings, refused batches, a target's state
+      store.sensorthings  the SensorThings targets' entity ids
+      store.integrity     quick_check, for recovery
     recovery     open the store at start; move a corrupt one aside (`open_store`)
     retention    keep the store within `max_bytes` and `max_age_days`, oldest records first
     plausible    which stored records a reader can pass on as they are (an older store's)

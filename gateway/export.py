@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 import time
@@ -37,7 +38,7 @@ from typing import IO, Any, Iterator
 
 from . import plausible, pm_humidity
 from .payload import QUANTITIES
-from .store import Store
+from .store import Reading, Store
 from .timefmt import iso
 
 FORMATS = ("csv", "json")
@@ -76,23 +77,6 @@ class Selection:
         return tuple(sorted(raw))
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    node: str
-    start: str  # ISO 8601 UTC
-    end: str
-    quantity: str
-    avg: float | None
-    min: float | None
-    max: float | None
-    n: int | None
-    unit: str
-    flags: tuple[str, ...]
-    sensor: str
-    board: str
-    fw: str
-
-
 @dataclass
 class Summary:
     """What an export wrote."""
@@ -107,60 +91,39 @@ class Summary:
     units: dict[str, str] = field(default_factory=dict)  # quantity -> unit, as written
 
 
-_ROWS_SQL = """
-    SELECT r.id, r.start, r.dur, r.boot, r.seq, r.board, r.fw, r.sensors,
-           g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags
-    FROM records AS r JOIN readings AS g ON g.record_id = r.id
-    WHERE r.node = ? AND r.start >= ? AND r.start < ? {quantities}
-    ORDER BY r.start, r.id
-"""
 _FAR = float("inf")  # an open end of the period: past any start or reception time a store may hold
 
 
-def known_nodes(store: Store) -> list[str]:
-    return [r[0] for r in store.db.execute("SELECT node FROM nodes ORDER BY node")]
-
-
-def rows(store: Store, sel: Selection, summary: Summary, now: float | None = None) -> Iterator[Row]:
-    """The selected readings, by node, then interval start; `summary` is filled in as they go.
-    Call inside a read transaction for one consistent snapshot. `now` (default: the clock) is
-    what a plausible interval start may not be more than a day past."""
+def rows(store: Store, sel: Selection, summary: Summary, now: float | None = None) -> Iterator[Reading]:
+    """The selected readings (and corrected twins), by node, then interval start, a record's in
+    the contract's order; `summary` is filled in as they go. Call inside `store.snapshot()` for one
+    consistent snapshot. `now` (default: the clock) is what a plausible interval start may not be
+    more than a day past."""
     now = time.time() if now is None else now
     nodes = _nodes(store, sel)
     lo, hi = (sel.since if sel.since is not None else -_FAR), (sel.until if sel.until is not None else _FAR)
-    summary.untimed = _untimed(store, nodes, lo, hi)
+    summary.untimed = store.untimed_received(nodes, lo, hi)
     summary.implausible = store.implausible(nodes, sel.since, sel.until, now)
     stored = sel.stored_quantities()
-    where = f"AND g.quantity IN ({','.join('?' * len(stored))})" if stored else ""
-    sql = _ROWS_SQL.format(quantities=where)
     for node in nodes:
-        record: list[tuple] = []
-        for row in store.db.execute(sql, (node, lo, hi, *stored)):
-            if record and row[0] != record[0][0]:
-                yield from _record_rows(node, record, sel, summary, now)
+        record: list[Reading] = []
+        for r in store.export_readings(node, lo, hi, stored):
+            if record and r.record_id != record[0].record_id:
+                yield from _record_rows(record, sel, summary, now)
                 record = []
-            record.append(row)
+            record.append(r)
         if record:
-            yield from _record_rows(node, record, sel, summary, now)
+            yield from _record_rows(record, sel, summary, now)
 
 
 def _nodes(store: Store, sel: Selection) -> list[str]:
     """The nodes to export, by id; ExportError for one the store has never heard of."""
-    known = known_nodes(store)
+    known = store.node_ids()
     missing = [n for n in sel.nodes if n not in known]
     if missing:
         raise ExportError(f"no node {', '.join(map(repr, missing))} in {store.path}; known: "
                           f"{', '.join(known) or 'none yet'}")
     return sorted(set(sel.nodes)) if sel.nodes else known
-
-
-def _untimed(store: Store, nodes: list[str], lo: float, hi: float) -> int:
-    if not nodes:
-        return 0
-    marks = ",".join("?" * len(nodes))
-    return store.db.execute(
-        f"SELECT count(*) FROM records WHERE start IS NULL AND node IN ({marks})"
-        " AND received_at >= ? AND received_at < ?", (*nodes, lo, hi)).fetchone()[0]
 
 
 @lru_cache(maxsize=64)
@@ -169,54 +132,76 @@ def _sensors(text: str) -> dict[str, str]:
 
 
 _ORDER = {q: i for i, q in enumerate(QUANTITIES)}
+#: the sensor role of each quantity written, corrected ones included (pm25_corr: pm25's)
+_ROLE = {q.key: q.role for q in QUANTITIES.values()} | {
+    corr: QUANTITIES[pm].role for pm, corr in pm_humidity.CORRECTED.items()}
+_INF, _NINF = math.inf, -math.inf
 
 
 def _order(quantity: str) -> int:
     return _ORDER.get(quantity, len(_ORDER))
 
 
-def _record_rows(node: str, record: list[tuple], sel: Selection, summary: Summary, now: float) -> Iterator[Row]:
-    _id, start, dur, boot, seq, board, fw, sensors_text, *_ = record[0]
-    if not plausible.record(start, dur, boot, seq, now):
+def _key(r: Reading) -> int:
+    return _ORDER.get(r.quantity, len(_ORDER))
+
+
+def _record_rows(record: list[Reading], sel: Selection, summary: Summary, now: float) -> Iterator[Reading]:
+    first = record[0]
+    start = first.start
+    if not plausible.record(start, first.dur, first.boot, first.seq, now):
         return  # counted in summary.implausible (by reception time, as untimed)
-    sensors = _sensors(sensors_text)
-    times = iso(start), iso(start + dur)  # once per record: formatting is most of the time per row
-    readings = sorted(record, key=lambda r: _order(r[8]))
-    rh = next((plausible.finite(r[9]) for r in readings if r[8] == "rh"), None)
+    record.sort(key=_key)
+    rh = next((plausible.finite(r.avg) for r in record if r.quantity == "rh"), None)
     wrote = False
-    for *_x, quantity, avg, lo, hi, n, unit, flags in readings:
-        avg, lo, hi = plausible.finite(avg), plausible.finite(lo), plausible.finite(hi)
-        flag_list = tuple(f for f in flags.split(",") if f)
-        sensor = sensors.get(q.role, "") if (q := QUANTITIES.get(quantity)) else ""
-        if sel.wants(quantity):
-            yield Row(node, *times, quantity, avg, lo, hi, n, unit, flag_list, sensor, board, fw)
-            _count(summary, quantity, unit)
+    for r in record:
+        values = r[7:10]  # avg, min, max
+        if _INF in values or _NINF in values:  # an older store's infinity: no value (no NaN: SQLite has none)
+            r = r._replace(avg=plausible.finite(r.avg), min=plausible.finite(r.min), max=plausible.finite(r.max))
+        if sel.wants(r.quantity):
+            yield r
+            _count(summary, r.quantity, r.unit)
             wrote = True
-        corr = pm_humidity.CORRECTED.get(quantity)
+        corr = pm_humidity.CORRECTED.get(r.quantity)
         if sel.correction is not None and corr is not None and sel.wants(corr):
-            yield _corrected(node, times, corr, (avg, lo, hi), n, unit, flag_list, rh, sel.correction,
-                             sensor, board, fw)
-            _count(summary, corr, unit)
+            yield _corrected(r, corr, rh, sel.correction)
+            _count(summary, corr, r.unit)
             wrote = True
     if wrote:
         summary.records += 1
-        summary.nodes.add(node)
+        summary.nodes.add(first.node)
         summary.first = start if summary.first is None else min(summary.first, start)
         summary.last = start if summary.last is None else max(summary.last, start)
 
 
-def _corrected(node: str, times: tuple[str, str], quantity: str, values: tuple[float | None, ...], n: int | None,
-               unit: str, flags: tuple[str, ...], rh: float | None, c: Correction, sensor: str, board: str,
-               fw: str) -> Row:
+def _corrected(r: Reading, quantity: str, rh: float | None, c: Correction) -> Reading:
+    """The humidity-corrected twin of PM reading `r`, as `quantity` (pm25_corr, ...)."""
     out: list[float | None] = []
     why: str | None = None
-    for v in values:
+    for v in (r.avg, r.min, r.max):
         # one factor for avg, min and max: the record has the interval's mean RH only
         dry, why = pm_humidity.correct(v, rh, c.kappa)
         out.append(None if dry is None else round(dry, 2))
-    extra = (pm_humidity.FLAG,) + ((why,) if why else ())
-    return Row(node, *times, quantity, out[0], out[1], out[2], n if out[0] is not None else None,
-               unit, flags + extra, sensor, board, fw)
+    flags = ",".join(f for f in (r.flags, pm_humidity.FLAG, why) if f)
+    return r._replace(quantity=quantity, avg=out[0], min=out[1], max=out[2], n=r.n if out[0] is not None else None,
+                      flags=flags)
+
+
+class _Texts:
+    """The ISO start and end, and the sensor models, of the record being written: made once per
+    record (formatting the times is most of the time per row), as readings come by record."""
+
+    def __init__(self) -> None:
+        self.record_id: int | None = None
+        self.start = self.end = ""
+        self.sensors: dict[str, str] = {}
+
+    def of(self, r: Reading) -> tuple[str, str, str]:
+        if r.record_id != self.record_id:
+            self.record_id, self.start, self.end = r.record_id, iso(r.start), iso(r.start + r.dur)
+            self.sensors = _sensors(r.sensors)
+        role = _ROLE.get(r.quantity)
+        return self.start, self.end, self.sensors.get(role, "") if role else ""
 
 
 def _count(summary: Summary, quantity: str, unit: str) -> None:
@@ -231,19 +216,23 @@ def _number(v: float | int | None) -> str:
     return "" if v is None else repr(v)
 
 
-def write_csv(rows: Iterator[Row], out: IO[str]) -> None:
+def write_csv(rows: Iterator[Reading], out: IO[str]) -> None:
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(COLUMNS)
+    texts = _Texts()
     for r in rows:
-        w.writerow((r.node, r.start, r.end, r.quantity, _number(r.avg), _number(r.min),
-                    _number(r.max), _number(r.n), r.unit, ",".join(r.flags), r.sensor, r.board, r.fw))
+        start, end, sensor = texts.of(r)
+        w.writerow((r.node, start, end, r.quantity, _number(r.avg), _number(r.min),
+                    _number(r.max), _number(r.n), r.unit, r.flags, sensor, r.board, r.fw))
 
 
-def write_jsonl(rows: Iterator[Row], out: IO[str]) -> None:
+def write_jsonl(rows: Iterator[Reading], out: IO[str]) -> None:
+    texts = _Texts()
     for r in rows:
-        doc = {"node": r.node, "start": r.start, "end": r.end, "quantity": r.quantity, "avg": r.avg,
-               "min": r.min, "max": r.max, "n": r.n, "unit": r.unit, "flags": list(r.flags),
-               "sensor": r.sensor, "board": r.board, "fw": r.fw}
+        start, end, sensor = texts.of(r)
+        doc = {"node": r.node, "start": start, "end": end, "quantity": r.quantity, "avg": r.avg,
+               "min": r.min, "max": r.max, "n": r.n, "unit": r.unit, "flags": list(r.flag_names),
+               "sensor": sensor, "board": r.board, "fw": r.fw}
         out.write(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
 
 
@@ -331,8 +320,7 @@ def export(store: Store, sel: Selection, fmt: str, output: Path | None, stdout: 
     now = time.time() if now is None else now
     summary = Summary()
     write = WRITERS[fmt]
-    store.db.execute("BEGIN")
-    try:
+    with store.snapshot():
         _nodes(store, sel)  # before a byte is written
         if output is None:
             write(rows(store, sel, summary, now), stdout)
@@ -345,8 +333,6 @@ def export(store: Store, sel: Selection, fmt: str, output: Path | None, stdout: 
                 with _atomic(metadata_path(output)) as f:
                     json.dump(doc, f, indent=2)
                     f.write("\n")
-    finally:
-        store.db.execute("COMMIT")
     return summary
 
 

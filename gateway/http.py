@@ -404,7 +404,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         flags: set[str] = set()
         if l is not None:
             for r in l.readings.values():
-                flags.update(r.flags)
+                flags.update(r.flag_names)
         health = sorted(flags)
         last_seen = _finite(n.last_seen)
         if n.online is False:
@@ -728,7 +728,7 @@ class ServerCollector:
 
 
 def _healthz(store: Store) -> Response:
-    nodes = store.db.execute("SELECT count(*) FROM nodes").fetchone()[0]
+    nodes = store.node_count()
     alarms = [{"code": a.code, "at": a.at, "reason": a.reason} for a in store.active_alarms()]
     return _json(200, {"status": "ok", "db_id": store.db_id, "schema": SCHEMA_VERSION, "nodes": nodes,
                        "alarms": alarms})

@@ -19,13 +19,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from .store import Store
+from .store import Store, integrity
+from .store.integrity import is_corruption
 
 log = logging.getLogger(__name__)
 
-_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
@@ -39,14 +38,6 @@ class MovedAside:
     @property
     def target(self) -> Path:
         return self.moved[0][1]
-
-
-def is_corruption(e: sqlite3.DatabaseError) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _CORRUPT_CODES
-    text = str(e)
-    return "file is not a database" in text or "malformed" in text
 
 
 def open_store(path: Path) -> tuple[Store, MovedAside | None]:
@@ -64,26 +55,9 @@ def open_store(path: Path) -> tuple[Store, MovedAside | None]:
 
 
 def check(path: Path) -> str | None:
-    """None when SQLite finds the file sound (its schema reads, `PRAGMA quick_check` says ok), else
-    what it found. Read-only: a writing connection would checkpoint the WAL into a broken file and
-    delete the -wal and -shm when it closes. Reads the whole file: seconds for a large store on an
-    SD card. Raises what is not corruption (a locked or unreadable file)."""
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
-    con = sqlite3.connect(uri, uri=True, isolation_level=None)
-    try:
-        con.execute("PRAGMA busy_timeout = 5000")
-        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        problems = [row[0] for row in con.execute("PRAGMA quick_check(5)")]
-    except sqlite3.DatabaseError as e:
-        if not is_corruption(e):
-            raise
-        return str(e)
-    finally:
-        con.close()
-    if problems == ["ok"]:
-        return None
-    lines = [line for p in problems for line in str(p).splitlines() if not line.startswith("*** ")]
-    return "quick_check: " + "; ".join(lines)
+    """None when SQLite finds the file sound, else what it found (store/integrity.py: read-only,
+    `PRAGMA quick_check`). Raises what is not corruption (a locked or unreadable file)."""
+    return integrity.check(path)
 
 
 def move_aside(path: Path, problem: str) -> MovedAside:

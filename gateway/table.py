@@ -40,7 +40,7 @@ def readings_table(readings: Sequence[Reading], now: float | None = None) -> str
     rows = [
         (g.node, start_text(g.start, now), g.quantity, number(g.avg),
          *(("", "", "") if g.scalar else (number(g.min), number(g.max), number(g.n))),
-         g.unit, ",".join(g.flags))
+         g.unit, g.flags)
         for g in readings
     ]
     return render(READINGS_HEADER, rows, _RIGHT)

@@ -49,7 +49,7 @@ def render(db: Path, nodes: list[SimNode], started: float) -> str:
             r = l.readings.get(q)
             cells.append(f"{r.avg:8.1f}" if r is not None and r.avg is not None else f"{'-':>8s}")
             if r is not None:
-                flags.update(r.flags)
+                flags.update(r.flag_names)
         lines.append(f"{node.spec.node_id:10s} {node.spec.scenario['name']:18s} {when:17s} "
                      + " ".join(cells) + "  " + ",".join(sorted(flags)))
     lines.append("")

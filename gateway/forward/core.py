@@ -40,11 +40,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from .. import plausible
 from ..config import ForwardConfig
-from ..store import Store
+from ..store import Reading, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +53,9 @@ BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 600.0
 
 
-class Row(NamedTuple):
-    """One reading to forward, with what a target needs of its record. A named tuple, not a
-    dataclass: a backlog makes millions of them, and a tuple is made four times as fast."""
-
-    record_id: int
-    node: str
-    start: int  # interval start, Unix seconds (the reading's timestamp)
-    dur: int
-    board: str
-    fw: str
-    quantity: str
-    avg: float | None
-    min: float | None
-    max: float | None
-    n: int | None
-    unit: str
-    flags: str  # comma-separated, '' when none
-    sensors: str = "{}"  # JSON object of the record: sensor model per role (pm, climate, mic)
-    boot: int = 0  # (node, boot, seq) identifies the record for ever: a consumer's de-duplication key
-    seq: int = 0
+#: One reading to forward: the store's `Reading` (one type for every reader of readings), under
+#: the name the senders have always used.
+Row = Reading
 
 
 @dataclass(frozen=True)
@@ -152,15 +135,6 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-_ROWS_SQL = """
-    SELECT r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags,
-           r.sensors, r.boot, r.seq
-    FROM records AS r JOIN readings AS g ON g.record_id = r.id
-    WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL
-    ORDER BY r.id, g.quantity
-"""
-
-
 def _plausible(rows: list[Row], now: float) -> tuple[list[Row], int]:
     """The rows of plausible records (plausible.record), and how many records were not."""
     kept: list[Row] = []
@@ -225,70 +199,48 @@ class Forwarder:
     def store(self) -> Store:
         if self._store is None:
             self._store = Store(self.store_path)
-            self._store.db.execute(
-                "INSERT INTO forward_cursors (target, last_id, updated_at) VALUES (?, 0, ?)"
-                " ON CONFLICT (target) DO NOTHING", (self.name, self.clock()))
+            self._store.add_cursor(self.name, self.clock())
         return self._store
 
     def cursor(self) -> int:
-        row = self.store.db.execute("SELECT last_id FROM forward_cursors WHERE target = ?", (self.name,)).fetchone()
-        return row[0] if row else 0
+        return self.store.cursor(self.name)
 
     def reset(self, last_id: int = 0) -> None:
         """Set the cursor (an operator's replay): what follows is sent again."""
-        with self.store.transaction():
-            self.store.db.execute("UPDATE forward_cursors SET last_id = ?, updated_at = ? WHERE target = ?",
-                                  (last_id, self.clock(), self.name))
+        self.store.set_cursor(self.name, last_id, self.clock())
 
     def pending(self) -> Pending:
         """The next batch after the cursor (one read snapshot)."""
-        db = self.store.db
-        db.execute("BEGIN")
-        try:
-            after = self.cursor()
-            newest = db.execute("SELECT max(id) FROM records").fetchone()[0] or 0
+        s = self.store
+        with s.snapshot():
+            after = s.cursor(self.name)
+            newest = s.newest_record_id()
             # The first recent record still waiting for its node's clock holds the batch back,
             # unless its boot has gone without a clock for longer than the hold already: a node
             # that never gets one must not keep every other node hold_untimed_s behind. Nor may a
             # record an older gateway stamped far in the future (its clock wrong): "recent" ends
             # hold_untimed_s past now.
             now = self.clock()
-            held = db.execute(
-                """SELECT min(r.id) FROM records AS r
-                   WHERE r.start IS NULL AND r.id > :after AND r.received_at > :since AND r.received_at <= :ahead
-                     AND NOT EXISTS (SELECT 1 FROM records AS o WHERE o.node = r.node AND o.boot = r.boot
-                                     AND o.start IS NULL AND o.received_at <= :since)""",
-                {"after": after, "since": now - self.hold_untimed_s, "ahead": now + self.hold_untimed_s},
-            ).fetchone()[0]
+            held = s.first_held_untimed(after, now - self.hold_untimed_s, now + self.hold_untimed_s)
             limit = newest if held is None else held - 1
-            rows: list[Row] = []
+            rows: list[Reading] = []
             upto = limit
             if limit > after:
-                cur = db.execute(_ROWS_SQL + " LIMIT ?", (after, limit, self.batch + 1))
-                rows = [Row(*r) for r in cur]
+                rows = s.forward_readings(after, limit, self.batch + 1)
                 if len(rows) > self.batch:  # full: end at a record boundary
                     last = rows[-1].record_id
                     whole = [r for r in rows if r.record_id != last]
                     if whole:
                         rows, upto = whole, whole[-1].record_id
                     else:  # one record bigger than a batch: send it whole
-                        rows = [Row(*r) for r in db.execute(_ROWS_SQL, (after, last))]
+                        rows = s.forward_readings(after, last)
                         upto = last
-            untimed = db.execute(
-                "SELECT count(*) FROM records WHERE start IS NULL AND id > ? AND id <= ?", (after, upto)
-            ).fetchone()[0] if upto > after else 0
-        finally:
-            db.execute("COMMIT")
+            untimed = s.untimed_between(after, upto) if upto > after else 0
         rows, implausible = _plausible(rows, self.clock())
         return Pending(after, max(upto, after), rows, untimed, implausible)
 
     def _advance(self, p: Pending, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = :{k}" for k in fields)
-        self.store.db.execute(
-            f"UPDATE forward_cursors SET last_id = :upto, updated_at = :now{', ' + sets if sets else ''}"
-            " WHERE target = :target AND last_id = :after",
-            {"upto": p.upto, "after": p.after, "now": self.clock(), "target": self.name, **fields},
-        )
+        self.store.advance_cursor(self.name, p.after, p.upto, self.clock(), **fields)
         self.store.bump(f"forward.{self.name}.untimed", p.untimed)
         self.store.bump(f"forward.{self.name}.implausible", p.implausible)
 
@@ -327,11 +279,8 @@ class Forwarder:
         self.up, self.last_error = False, reason
         if result.permanent:
             with self.store.transaction():
-                self.store.db.execute(
-                    "INSERT INTO forward_dead_letters (target, first_id, last_id, readings, at, status, reason)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (self.name, p.rows[0].record_id, p.upto, len(p.rows), now, result.status, reason),
-                )
+                self.store.add_forward_dead_letter(self.name, p.rows[0].record_id, p.upto, len(p.rows), now,
+                                                   result.status, reason)
                 self._advance(p, last_error=reason)
                 self.store.bump(f"forward.{self.name}.dead", len(p.rows))
             log.error("forward %s: records %d..%d refused for good (dead letter): %s",
@@ -340,8 +289,7 @@ class Forwarder:
             return 0.0
         self.failures += 1
         with self.store.transaction():
-            self.store.db.execute("UPDATE forward_cursors SET last_error = ?, updated_at = ? WHERE target = ?",
-                                  (reason, now, self.name))
+            self.store.cursor_error(self.name, reason, now)
             self.store.bump(f"forward.{self.name}.retries")
         delay = (min(result.retry_after, RETRY_AFTER_CAP_S) if result.retry_after is not None
                  else backoff(self.failures, self.rng))
@@ -351,9 +299,7 @@ class Forwarder:
 
     def _refused(self, parts: Sequence[Refused], now: float) -> None:
         for r in parts:
-            self.store.db.execute(
-                "INSERT INTO forward_dead_letters (target, first_id, last_id, readings, at, status, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)", (self.name, r.first_id, r.last_id, r.readings, now, r.status, r.reason))
+            self.store.add_forward_dead_letter(self.name, r.first_id, r.last_id, r.readings, now, r.status, r.reason)
             self.store.bump(f"forward.{self.name}.dead", r.readings)
             log.error("forward %s: records %d..%d refused for good (dead letter): %s",
                       self.name, r.first_id, r.last_id, r.reason)
@@ -399,23 +345,12 @@ class Forwarder:
                 if not self.store_path.exists():
                     return out
                 self._status_store = Store(self.store_path, readonly=True)
-            db = self._status_store.db
-            db.execute("BEGIN")
-            try:
-                row = db.execute("SELECT last_id, last_success, last_error FROM forward_cursors WHERE target = ?",
-                                 (self.name,)).fetchone()
-                last_id, last_success, last_error = row if row else (0, None, None)
-                out["queue_rows"] = db.execute("SELECT count(*) FROM readings WHERE record_id > ?",
-                                               (last_id,)).fetchone()[0]
-                oldest = db.execute("SELECT received_at FROM records WHERE id > ? ORDER BY id LIMIT 1",
-                                    (last_id,)).fetchone()
-                out["oldest_age_s"] = None if oldest is None else max(0.0, self.clock() - oldest[0])
-                out["last_success"] = last_success
-                prefix = f"forward.{self.name}."  # not LIKE: "_" in a target's name would be a wildcard
-                counters = dict(db.execute("SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
-                                           (len(prefix), prefix)))
-            finally:
-                db.execute("COMMIT")
+            state = self._status_store.target_state(self.name)
+        out["queue_rows"] = state.queue_rows
+        out["oldest_age_s"] = (None if state.oldest_received_at is None
+                               else max(0.0, self.clock() - state.oldest_received_at))
+        out["last_success"] = state.last_success
+        counters, prefix = state.counters, f"forward.{self.name}."
         for key in ("sent", "retries", "dead", "untimed"):
             out["dead_letters" if key == "dead" else key] = counters.get(f"forward.{self.name}.{key}", 0)
         for counter, value in counters.items():  # a target's own, e.g. stale (sensor.community)
@@ -423,7 +358,7 @@ class Forwarder:
             if "." not in key and key not in out and key != "dead":
                 out[key] = value
         if out["last_error"] is None and self.up is None:
-            out["last_error"] = last_error
+            out["last_error"] = state.last_error
         return out
 
 

@@ -7,22 +7,10 @@ Entities on first use. Before a reading of a new (node, quantity, sensor model) 
 Sensor, ObservedProperty and Datastream are looked up on the service (`GET Things?$filter=name eq
 'ams-001'`, `GET Things(<id>)/Datastreams?$filter=name eq '...'`; an entity counts as ours when its
 `properties.source` is "meetkit") and created only when missing. So a restart, a fresh database
-or a second gateway never creates one twice. Ids are kept in memory and in this module's table
-(the store's schema version is not touched: the table is made with CREATE TABLE IF NOT EXISTS):
-
-    sensorthings_entities   what this target's service holds for us
-      service     TEXT     the service root URL (ids are per service)
-      kind        TEXT     Thing, Sensor, ObservedProperty or Datastream
-      key         TEXT     node id, sensor model, quantity, or the Datastream's name
-      iot_id      TEXT     JSON of the service's @iot.id (a number or a string)
-      sent_until  INTEGER  Datastreams: the latest resultTime (Unix s) ever sent to it; NULL: none
-      located     INTEGER  Things: 1 when it has a Location
-      sent        TEXT     Things: JSON of what the service has of it (description, properties,
-                           its Location's place, name and id), to compare the register with
-      PRIMARY KEY (service, kind, key)
-
-(`sent` came with the fleet register: a table without it gets it by ALTER TABLE; a Thing cached
-without it is read back from the service once.)
+or a second gateway never creates one twice. Ids are kept in memory and in the store's
+`sensorthings_entities` (gateway/store/sensorthings.py: per service, kind and key, the @iot.id, a
+Datastream's `sent_until`, whether a Thing has a Location, what the service was last `sent` of a
+Thing; a Thing cached before the fleet register, without `sent`, is read back from the service once).
 
 Positions. A Thing gets a Location when the fleet register (gateway/fleet.py) knows where the
 node is. The service makes each Observation's FeatureOfInterest from the Thing's Location, and
@@ -94,18 +82,6 @@ from .sensorthings_client import Client, Failure, key, literal
 
 log = logging.getLogger(__name__)
 
-TABLE = """
-    CREATE TABLE IF NOT EXISTS sensorthings_entities (
-        service TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        key TEXT NOT NULL,
-        iot_id TEXT NOT NULL,
-        sent_until INTEGER,
-        located INTEGER,
-        sent TEXT,
-        PRIMARY KEY (service, kind, key)
-    ) WITHOUT ROWID
-"""
 TOP = 1000  # entities asked for per page of a lookup
 
 
@@ -156,38 +132,27 @@ class SensorThingsSender:
     def store(self) -> Store:
         if self._store is None:
             self._store = Store(self.store_path)
-            self._store.db.execute(TABLE)
-            columns = {r[1] for r in self._store.db.execute("PRAGMA table_info(sensorthings_entities)")}
-            if "sent" not in columns:  # made before the fleet register
-                self._store.db.execute("ALTER TABLE sensorthings_entities ADD COLUMN sent TEXT")
+            self._store.prepare_sensorthings()
         return self._store
 
     def _cached(self, kind: str, name: str) -> Entity | None:
         e = self._known.get((kind, name))
         if e is None:
-            row = self.store.db.execute(
-                "SELECT iot_id, sent_until, located, sent FROM sensorthings_entities"
-                " WHERE service = ? AND kind = ? AND key = ?", (self.service, kind, name)).fetchone()
+            row = self.store.sensorthings_entity(self.service, kind, name)
             if row is not None:
                 e = self._known[(kind, name)] = Entity(kind, name, json.loads(row[0]), row[1], bool(row[2]),
                                                        None if row[3] is None else json.loads(row[3]))
         return e
 
     def _remember(self, e: Entity) -> Entity:
-        with self.store.transaction():
-            self.store.db.execute(
-                "INSERT OR REPLACE INTO sensorthings_entities (service, kind, key, iot_id, sent_until, located, sent)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.service, e.kind, e.key, json.dumps(e.id), e.sent_until, int(e.located),
-                 None if e.sent is None else json.dumps(e.sent)))
+        self.store.save_sensorthings_entity(self.service, e.kind, e.key, json.dumps(e.id), e.sent_until, e.located,
+                                            None if e.sent is None else json.dumps(e.sent))
         self._known[(e.kind, e.key)] = e
         return e
 
     def _forget(self, kind: str, name: str) -> None:
         self._known.pop((kind, name), None)
-        with self.store.transaction():
-            self.store.db.execute("DELETE FROM sensorthings_entities WHERE service = ? AND kind = ? AND key = ?",
-                                  (self.service, kind, name))
+        self.store.forget_sensorthings_entity(self.service, kind, name)
 
     def _mark(self, sending: dict[str, tuple[Entity, list[Row]]]) -> None:
         """Move each Datastream's `sent_until` past what is about to be POSTed, on disk first."""
@@ -195,9 +160,7 @@ class SensorThingsSender:
             for ds, rows in sending.values():
                 until = max(model.end(r) for r in rows)
                 ds.sent_until = until if ds.sent_until is None else max(ds.sent_until, until)
-                self.store.db.execute(
-                    "UPDATE sensorthings_entities SET sent_until = ? WHERE service = ? AND kind = ? AND key = ?",
-                    (ds.sent_until, self.service, ds.kind, ds.key))
+                self.store.set_sent_until(self.service, ds.kind, ds.key, ds.sent_until)
 
     @contextmanager
     def _gone_on_404(self, kind: str, name: str) -> Iterator[None]:

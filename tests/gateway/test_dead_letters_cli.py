@@ -100,7 +100,7 @@ def test_replay_after_a_widened_range_stores_what_was_refused_once(config: Path)
     with Store(db(config), readonly=True) as s:
         pm10 = {g.seq: g for g in s.readings(quantity="pm10")}
         assert sorted(pm10) == list(range(12))
-        assert pm10[6].avg == 2150.0 and "range" in pm10[6].flags
+        assert pm10[6].avg == 2150.0 and "range" in pm10[6].flag_names
         assert s.counts().records == 12 and s.counts().dead_letters == 1  # the garbage stays
         assert s.counters()["dead_letters_replayed"] == 1
     again = cli("dead-letters", "replay", "--all", "--config", str(config))
@@ -119,7 +119,7 @@ def test_replay_fills_in_a_refused_value_and_nothing_else(config: Path, monkeypa
     with Store(db(config)) as s:
         take(s, "meetkit/ams-001/up", doc)
         before = {g.quantity: g for g in s.readings() if g.seq == 17}
-        assert before["pm25"].avg is None and before["pm25"].flags == ("rh_high", "refused")
+        assert before["pm25"].avg is None and before["pm25"].flag_names == ("rh_high", "refused")
         (dl,) = s.dead_letters()
         # still refused by today's contract: replay keeps it and changes nothing
         out = replay(s, Topics(), [dl])
@@ -129,7 +129,7 @@ def test_replay_fills_in_a_refused_value_and_nothing_else(config: Path, monkeypa
         out = replay(s, Topics(), s.dead_letters())
         assert (out.replayed, out.kept, out.records, out.duplicates, out.values) == (1, 0, 0, 1, 1)
         after = {g.quantity: g for g in s.readings() if g.seq == 17}
-        assert (after["pm25"].avg, after["pm25"].max, after["pm25"].flags) == (70000.0, 71000.0, ("rh_high", "range"))
+        assert (after["pm25"].avg, after["pm25"].max, after["pm25"].flag_names) == (70000.0, 71000.0, ("rh_high", "range"))
         assert {q: g for q, g in after.items() if q != "pm25"} == {q: g for q, g in before.items() if q != "pm25"}
         assert s.counts().dead_letters == 0 and s.counts().records == 2
 

@@ -234,8 +234,8 @@ def test_the_page_and_its_vendored_library_are_served(server: StatusServer) -> N
         status, ctype, body = get(server, "/" + src)
         assert status == 200 and body, src
     assert get(server, "/app.js")[1].startswith("text/javascript")
-    assert get(server, "/../store.py")[0] == 404
-    assert get(server, "/%2e%2e/store.py")[0] == 404
+    assert get(server, "/../http.py")[0] == 404  # gateway/http.py, beside static/
+    assert get(server, "/%2e%2e/http.py")[0] == 404
     assert get(server, "/nothing")[0] == 404
 
 

@@ -83,7 +83,7 @@ def test_overload_and_floor_flags_are_stored(gateway, node):
     assert got["LZeq"][-1] == "overload"
     assert got["LA10"][-1] == ""
     with gateway.store() as s:
-        flags = {g.quantity: g.flags for g in s.readings() if g.seq == 17}
+        flags = {g.quantity: g.flag_names for g in s.readings() if g.seq == 17}
     assert flags["LAeq"] == ("partial", "overload", "floor")
     assert flags["LA90"] == ("floor",)
 

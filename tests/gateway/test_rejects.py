@@ -258,9 +258,9 @@ def test_an_impossible_value_is_refused_and_its_record_kept(gateway, node, acks,
     assert {q for (seq, q) in readings if seq == 17} == full
     refused = readings[17, quantity]
     assert (refused.avg, refused.min, refused.max, refused.n) == (None, None, None, None)
-    assert "refused" in refused.flags
+    assert "refused" in refused.flag_names
     for q in full - {quantity}:  # the record's other values are as sent
-        assert readings[17, q].avg is not None and "refused" not in readings[17, q].flags, q
+        assert readings[17, q].avg is not None and "refused" not in readings[17, q].flag_names, q
     assert {seq for (seq, _) in readings} == {16, 17}
     assert (dl.code, dl.reason) == (code, reason + " (the record was stored without it)")
     assert json.loads(dl.payload)["recs"] == [json.loads(body)["recs"][1]]
@@ -286,7 +286,7 @@ def test_an_unknown_flag_is_refused_and_the_value_kept(gateway, node):
     with gateway.store() as s:
         laeq = {r.seq: r for r in s.readings(quantity="LAeq")}[17]
         (dl,) = s.dead_letters()
-    assert (laeq.avg, laeq.flags) == (55.2, ("overload",))
+    assert (laeq.avg, laeq.flag_names) == (55.2, ("overload",))
     assert dl.reason.startswith('recs[1].f.LAeq: "clipped" is not a flag (missing, checksum, warmup')
 
 
@@ -312,7 +312,7 @@ def test_a_value_outside_the_rated_range_is_kept_and_flagged(gateway, node, chan
         r = {(g.seq, g.quantity): g for g in s.readings()}[17, quantity]
         counts = s.counts()
         counters = s.counters()
-    assert r.avg == avg and "range" in r.flags
+    assert r.avg == avg and "range" in r.flag_names
     assert counts.dead_letters == 0
     assert counters == {"batches": 1, "records": 2, "flagged.range": 1}
 

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from meetkit_gateway import store as store_module
+from meetkit_gateway.store import schema as store_schema
 from meetkit_gateway.alarms import DROPPED_UNFORWARDED, Alarms
 from meetkit_gateway.forward import Forwarder, Result
 from meetkit_gateway.http import StatusServer
@@ -357,7 +357,7 @@ def test_a_schema_3_store_is_upgraded_with_its_data_and_vacuumed_once(tmp_path, 
 def test_a_big_schema_3_store_is_not_vacuumed_at_start_and_still_bounded(tmp_path, caplog, monkeypatch):
     """Above VACUUM_AT_UPGRADE_MAX the upgrade skips the rewrite: the file keeps its size, and new
     records reuse the pages pruning frees instead of growing it."""
-    monkeypatch.setattr(store_module, "VACUUM_AT_UPGRADE_MAX", 0)
+    monkeypatch.setattr(store_schema, "VACUUM_AT_UPGRADE_MAX", 0)
     path = tmp_path / "g.db"
     schema3(path, 6000)
     with Store(path) as s:

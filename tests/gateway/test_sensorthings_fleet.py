@@ -12,7 +12,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from meetkit_gateway.forward.sensorthings import TABLE
+from meetkit_gateway.store.sensorthings import TABLE
 from meetkit_tools import fleetfile
 
 from meetkit_tools.dev.sensorthings_server import SensorThingsServer

@@ -1,0 +1,39 @@
+"""The store: one SQLite file (WAL mode), the gateway's system of record, and the one home of every
+SQL statement on it (tests/gateway/test_store_home.py checks that no other module holds one).
+
+`Store` is one class made of a part per concern, each a module here:
+
+    schema        the tables (described there), their migrations, auto-vacuum
+    base          the connection: open (and migrate), transactions, read snapshots, counters, meta
+    rows          what readers get: `Reading` (one type for the CLI, the page, export and the
+                  forwarders) and the rows of the other tables
+    writes        ingest's writes: batches, status, alarms, retained messages seen, replayed values
+    dead_letters  what was refused: kept, listed, replayed, and their own budgets
+    pruning       dropping the oldest records, the file's pages (what the bound compares)
+    readers       queries for the CLI, the status page and /metrics, export
+    cursors       forwarding: each target's cursor, its next readings, its dead letters, its state
+    sensorthings  the SensorThings targets' entity ids
+    integrity     is the file sound (quick_check), for recovery.py
+
+Times are UTC Unix seconds. A `Store` object is used by one thread at a time; open another `Store`
+on the same file for reading from another thread or process (WAL lets readers run beside the
+writer)."""
+
+from __future__ import annotations
+
+from .cursors import Cursors
+from .dead_letters import DEAD_LETTER_MAX
+from .pruning import Pruning
+from .readers import Readers
+from .rows import AlarmRow, Added, Counts, DeadLetter, Latest, Node, Pruned, Reading, TargetState
+from .schema import MIGRATIONS, SCHEMA_VERSION, VACUUM_AT_UPGRADE_MAX, StoreError
+from .sensorthings import SensorThingsIds
+from .writes import Writes
+
+
+class Store(Writes, Pruning, Readers, Cursors, SensorThingsIds):
+    """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
+
+
+__all__ = ["DEAD_LETTER_MAX", "MIGRATIONS", "SCHEMA_VERSION", "VACUUM_AT_UPGRADE_MAX", "Added", "AlarmRow", "Counts",
+           "DeadLetter", "Latest", "Node", "Pruned", "Reading", "Store", "StoreError", "TargetState"]

@@ -1,0 +1,310 @@
+"""The store's schema: the tables, their migrations, the file's auto-vacuum mode.
+
+Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_version``; opening a
+store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
+a version this code does not know.
+
+Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+`forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
+`dead_letters.node` and `.size` and `retained_seen`)::
+
+    records        one row per interval record a node measured; (node, boot, seq) is unique
+      id           INTEGER PRIMARY KEY
+      node         TEXT     node id
+      boot         INTEGER  the node's boot counter
+      seq          INTEGER  sequence number within the boot
+      ts           INTEGER  interval start as the node sent it; NULL while its clock was not known
+      start        INTEGER  interval start: `ts`, or, when that is NULL, derived from the next (else
+                            the previous) record of the same boot that has a `ts`:
+                            start = ts' + up - up'; NULL until such a record arrives
+      up           INTEGER  seconds since boot at the interval start
+      dur          INTEGER  interval length, seconds
+      received_at  REAL     when the gateway received the batch
+      fw, board    TEXT     firmware version and board file of the batch
+      sensors      TEXT     JSON object: sensor type per role (for per-type corrections)
+      err          TEXT     JSON object: role -> failed reads in the interval; NULL when none
+
+    readings       one row per quantity of a record
+      record_id    INTEGER  -> records.id
+      quantity     TEXT     pm1, pm25, pm10, temp, rh, press, LAeq, LA10, LA50, LA90, LZeq, cov
+      avg, min, max REAL    the node's [avg, min, max, n]; for a quantity sent as a plain number
+                            (LA10, LA50, LA90, cov, LZeq since the noise pipeline) avg is that
+                            number and min, max and n are NULL; all NULL when the node had no
+                            valid sample (`flags` says why)
+      n            INTEGER  samples that went into the value (for LAeq: whole seconds of audio);
+                            NULL with the value and for a plain number
+      unit         TEXT     unit the batch gave for the quantity
+      flags        TEXT     quality flags, comma-separated; '' when none
+      PRIMARY KEY (record_id, quantity)
+
+    dead_letters   what the gateway refused, kept to be looked at and replayed (replay.py): a
+                   message rejected whole (up to DEAD_LETTER_MAX bytes of it), or the records of
+                   one batch that were refused (that batch's envelope with those records)
+      id, received_at REAL, topic TEXT, payload BLOB,
+      code         TEXT     kind of problem, as in the counters `rejected.<code>` (whole messages)
+                            and `refused_records.<code>`, `refused_values.<code>`
+      reason       TEXT     the problem, naming the field
+      node         TEXT     the node of the topic; NULL for another topic (and dead letters kept
+                            by a gateway before schema 5)
+      size         INTEGER  bytes of `payload`: what the dead-letter budgets count (retention.py)
+
+    retained_seen  retained messages already handled, so that the copy the broker hands over again
+                   at every new subscription is taken once
+      topic TEXT PRIMARY KEY, digest BLOB (sha256 of the payload), at REAL
+
+    nodes          one row per node ever heard of
+      node         TEXT PRIMARY KEY
+      online       INTEGER  1/0 from the last status message (0 after its last will); NULL if none
+      boot, fw, up, rssi    from the last status message that carried them
+      status_at    REAL     when the last status message was received
+      last_seen    REAL     when the node last published (a batch or a live status; a retained
+                            status replayed by the broker does not count)
+      dropped      INTEGER  records the node's spool dropped by policy (full), ever: the `dropped`
+                            of the last batch that carried it; NULL if none did
+
+    counters       name TEXT PRIMARY KEY, value INTEGER
+      batches      valid batches        records     records stored      duplicates  records seen again
+      status       valid status messages              rejected.<code>  messages dead-lettered
+      refused      messages refused because the store could not commit (disk full, I/O error)
+      refused_records.<code>   records refused on their own (the rest of their batch stored)
+      refused_values.<code>    values refused (their record stored without them, flagged `refused`)
+      flagged.range            values outside their sensor's rated range, kept and flagged `range`
+      retained_again           retained messages the broker handed over again, taken once before
+      alarm.<code> alarms raised
+
+    meta           key TEXT PRIMARY KEY, value TEXT
+      db_id        16 hex digits, random, made with the database: the nodes' acknowledgements carry
+                   it, and a node that sees a new one sends again all it still holds
+      created_at   Unix seconds
+      pruned_upto  the highest records.id ever pruned (retention.py): new records get ids above it,
+                   so ids only grow even when every record was pruned (forward cursors are ids)
+
+    alarms         what went wrong with the store, newest last (see alarms.py)
+      id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
+      0 over), reason TEXT
+
+    forward_cursors   one row per upstream target (gateway/forward/), made on its first run
+      target       TEXT PRIMARY KEY  the target's name in gateway.toml
+      last_id      INTEGER  records.id of the last record handed on (sent or dead-lettered)
+      last_success REAL     when the target last accepted a batch; NULL if never
+      last_error   TEXT     the last failure (cleared by a success); NULL if none
+      updated_at   REAL
+
+    forward_dead_letters  batches a target refused for good (a 4xx), with the reason
+      id, target TEXT, first_id, last_id INTEGER (records.id range of the batch), readings
+      INTEGER, at REAL, status INTEGER (HTTP status), reason TEXT
+
+    counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,
+      .dead (readings dead-lettered), .untimed (records passed over without a known start),
+      .implausible (records passed over: an older gateway stored them with an implausible interval
+      or counters, plausible.py)
+
+    counters of the bounds (retention.py): dropped.age, dropped.bytes (records pruned, by the bound
+      that pruned them), dropped.unforwarded (of those, records not yet forwarded to every enabled
+      target), dead_letters_dropped.age, .bytes (the dead letters' own budget), .flood (a node's
+      budget); dead_letters_replayed, dead_letters_deleted (by the operator)
+
+Space: new stores use `auto_vacuum = INCREMENTAL`, so pages freed by pruning can be given back to
+the file system (`reclaim`); a store upgraded from schema 3 or older is converted by one VACUUM
+when it is small enough (`VACUUM_AT_UPGRADE_MAX`), else it keeps its size and reuses freed pages.
+`used_bytes` (pages in use, free pages not counted) is what the bound compares.
+
+Outside the schema's version: `sensorthings_entities`, the ids a SensorThings target's service
+gave its entities, made with CREATE TABLE IF NOT EXISTS when such a target first runs
+(store/sensorthings.py says what it holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    pass
+
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE records (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        boot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER,
+        start INTEGER,
+        up INTEGER NOT NULL,
+        dur INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        fw TEXT NOT NULL,
+        board TEXT NOT NULL,
+        sensors TEXT NOT NULL,
+        err TEXT,
+        UNIQUE (node, boot, seq)
+    );
+    CREATE INDEX records_start ON records (start);
+    CREATE INDEX records_node_start ON records (node, start);
+    CREATE INDEX records_untimed ON records (node, boot) WHERE start IS NULL;
+    CREATE TABLE readings (
+        record_id INTEGER NOT NULL REFERENCES records (id),
+        quantity TEXT NOT NULL,
+        avg REAL,
+        min REAL,
+        max REAL,
+        n INTEGER,
+        unit TEXT NOT NULL,
+        flags TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (record_id, quantity)
+    ) WITHOUT ROWID;
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        code TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE nodes (
+        node TEXT PRIMARY KEY,
+        online INTEGER,
+        boot INTEGER,
+        fw TEXT,
+        up INTEGER,
+        rssi INTEGER,
+        status_at REAL,
+        last_seen REAL
+    );
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+    # 2: the database's id (acknowledgements carry it), the nodes' dropped count, alarms
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('db_id', lower(hex(randomblob(8))));
+    INSERT INTO meta (key, value) VALUES ('created_at', strftime('%s', 'now'));
+    ALTER TABLE nodes ADD COLUMN dropped INTEGER;
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        code TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
+    # 3: forwarding upstream: a cursor per target, the batches a target refused
+    """
+    CREATE TABLE forward_cursors (
+        target TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL DEFAULT 0,
+        last_success REAL,
+        last_error TEXT,
+        updated_at REAL
+    );
+    CREATE TABLE forward_dead_letters (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        first_id INTEGER NOT NULL,
+        last_id INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
+        at REAL NOT NULL,
+        status INTEGER,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX forward_dead_letters_target ON forward_dead_letters (target, id);
+    """,
+    # 4: the bounded store (retention.py): the record id high-water mark of pruning; the switch to
+    # incremental auto-vacuum is done outside the transaction (`_convert_to_incremental`)
+    """
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('pruned_upto', '0');
+    """,
+    # 5: dead letters by node with their size (their own budgets, retention.py); retained messages
+    # handled once. Older dead letters keep node NULL: they count in the total budget and age out.
+    """
+    ALTER TABLE dead_letters ADD COLUMN node TEXT;
+    ALTER TABLE dead_letters ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE dead_letters SET size = length(payload);
+    CREATE INDEX dead_letters_node ON dead_letters (node, id);
+    CREATE TABLE retained_seen (
+        topic TEXT PRIMARY KEY,
+        digest BLOB NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: An older store at most this big is converted to incremental auto-vacuum by one VACUUM when it is
+#: upgraded. VACUUM writes the whole file twice (a copy, then back through the WAL): bench/store.py
+#: measures it at about 3 times the quick_check every start does. At the 10 MB/s an SD card of
+#: speed class 10 writes at least, 256 MB take under a minute, inside systemd's 90 s for a start.
+VACUUM_AT_UPGRADE_MAX = 256 * 1024 * 1024
+
+
+def migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
+    """Apply the missing steps of `MIGRATIONS` (in one transaction), or refuse a version this code
+    does not know; a store opened read-only must be at `SCHEMA_VERSION` already."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION}")
+    if version == SCHEMA_VERSION:
+        return
+    if readonly:
+        raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    if version > 0:
+        convert_to_incremental(db, path)
+
+
+def incremental(db: sqlite3.Connection) -> bool:
+    """Freed pages can be given back to the file system (auto_vacuum = INCREMENTAL)."""
+    return db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
+def convert_to_incremental(db: sqlite3.Connection, path: Path) -> None:
+    """Part of migration 4 for an older store: switch it to incremental auto-vacuum, which only
+    a VACUUM (a rewrite of the whole file) can do. Skipped for a big file (it would hold up the
+    start for minutes) or without room for the copy; such a store stays as big as it is, reuses
+    the pages pruning frees, and can be converted by hand (docs/operator.md)."""
+    if incremental(db):
+        return
+    size = path.stat().st_size
+    free = shutil.disk_usage(path.parent).free
+    if size > VACUUM_AT_UPGRADE_MAX or free < 2 * size:
+        log.warning(
+            "%s: not converted to incremental auto-vacuum (%d MB, %d MB free): the file keeps its "
+            "size and reuses freed pages; to let it shrink, stop the gateway and run "
+            "sqlite3 %s 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;'",
+            path, size // 10**6, free // 10**6, path,
+        )
+        return
+    started = time.monotonic()
+    try:
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        db.execute("VACUUM")
+    except sqlite3.OperationalError as e:  # a full disk: VACUUM rolls back, nothing is lost
+        log.warning("%s: VACUUM to convert to incremental auto-vacuum failed: %s", path, e)
+        return
+    log.info("%s: converted to incremental auto-vacuum in %.1f s (%d MB)",
+             path, time.monotonic() - started, size // 10**6)
