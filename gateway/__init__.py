@@ -12,7 +12,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     payload      the node payload contract v1: parse and validate a message, or reject it with a
                  reason (docs/payload.schema.json is its oracle)
     acks         the acknowledgement a node gets for each batch once it is committed (`Ack`)
-    store        the SQLite store (`Store`), the only package with SQL, a module per concern:
+    store/       the SQLite store (`Store`), the only package with SQL, a module per concern:
       store.schema        the tables, their migrations, auto-vacuum
       store.base          the connection: open, transactions, read snapshots, counters
       store.rows          `Reading`, the one type of a reading (CLI, page, export, forwarders); other rows
