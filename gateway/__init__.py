@@ -38,6 +38,9 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     fleet_view   the register beside the nodes the store knows, for the page and /metrics
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
+    envelope     the signed envelope of the gateway's messages to one node (HMAC-SHA256 with the
+                 node's key), the node keys file
+    releases     signed app releases: verify the Ed25519 signature and every file, keep them
     config       read and validate gateway.toml
     systemd      systemd's notify protocol: ready, watchdog, stopping
     service      wires them together; start and stop in the right order (`Gateway`, `run`)

@@ -63,6 +63,13 @@ def flash_ls(port: str, path: str = "") -> str:
     return res.stdout
 
 
+def flash_cat(port: str, path: str) -> str:
+    res = subprocess.run([MPREMOTE, "connect", port, "fs", "cat", ":" + path], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
 def test_a_fresh_board_is_provisioned_and_delivers(site: dict, tmp_path: Path) -> None:
     with SimBoard(tmp_path / "board", speed=10, wifi=WIFI) as board:
         res = provision(site, board.port, *full(site), "--name", "Dam, lamp post 12", "--lat", "52.3731",
@@ -87,6 +94,12 @@ def test_a_fresh_board_is_provisioned_and_delivers(site: dict, tmp_path: Path) -
         assert "node.mpy" in lib and "node.py" not in lib
         root = flash_ls(board.port)
         assert "app.json" in root and "new/" not in root and "config.json" in root and "ca.der" in root
+        # The node key (what authenticates the gateway's configuration and releases to this node) is the
+        # broker folder's, on the flash as hex, and never shown.
+        keys = json.loads((site["broker"].out / "node-keys.json").read_text())
+        assert len(bytes.fromhex(keys["lamp-012"])) == 32
+        assert flash_cat(board.port, "node.key") == keys["lamp-012"]
+        assert keys["lamp-012"] not in out and "node key    from" in out
 
         # Provisioned again (a firmware update): Wi-Fi and broker are kept from the board, the
         # account is not made again, the spool and boot counter stay.
@@ -104,6 +117,8 @@ def test_a_fresh_board_is_provisioned_and_delivers(site: dict, tmp_path: Path) -
         assert json.loads(cfg)["interval_s"] == 10   # kept from the board: not given this time
         assert "wifi        kept from the board: lamppost-lan" in out
         assert "broker      kept from the board: 127.0.0.1" in out
+        assert "node key    the board's node.key is kept" in out
+        assert flash_cat(board.port, "node.key") == keys["lamp-012"]
         assert "installed   meetkit" in out and "as node lamp-012" in out
         after = records(site, "lamp-012")
         assert max(b for b, _ in after) > max(b for b, _ in before)   # a new boot, counted on
