@@ -116,9 +116,10 @@ class Source:
             self.client.ack(msg.mid, msg.qos)
             self.acked += 1
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish with QoS 1 from any thread; paho sends it once connected if it is not now."""
-        self.client.publish(topic, payload, qos=QOS, retain=retain)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish with QoS 1 from any thread; paho sends it once connected if it is not now. The
+        returned info's `is_published()` says when the broker took it (its PUBACK)."""
+        return self.client.publish(topic, payload, qos=QOS, retain=retain)
 
     def pause(self) -> None:
         """Hand no more messages to the sink. The subscriptions stay (they belong to the session):

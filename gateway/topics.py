@@ -1,7 +1,9 @@
 """The MQTT topics of payload v1.
 
-The gateway subscribes to `<prefix>/+/up` (batches) and `<prefix>/+/status`, publishes each batch's
-acknowledgement to `<prefix>/<node_id>/ack` and its alarms, retained, to `<prefix>/gateway/alarm`.
+The gateway subscribes to `<prefix>/+/up` (batches), `<prefix>/+/status` and `<prefix>/+/event`
+(what a node did: docs/payload.md, "Events"), publishes each batch's acknowledgement to
+`<prefix>/<node_id>/ack`, its alarms, retained, to `<prefix>/gateway/alarm`, a node's wanted
+configuration, retained, to `<prefix>/<node_id>/config` and commands to `<prefix>/<node_id>/cmd`.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-Kind = Literal["up", "status"]
-KINDS: tuple[Kind, ...] = ("up", "status")
+Kind = Literal["up", "status", "event"]
+KINDS: tuple[Kind, ...] = ("up", "status", "event")
 
 
 class Topic(NamedTuple):
@@ -28,6 +30,15 @@ class Topics:
 
     def ack(self, node: str) -> str:
         return f"{self.prefix}/{node}/ack"
+
+    def config(self, node: str) -> str:
+        return f"{self.prefix}/{node}/config"
+
+    def cmd(self, node: str) -> str:
+        return f"{self.prefix}/{node}/cmd"
+
+    def event(self, node: str) -> str:
+        return f"{self.prefix}/{node}/event"
 
     @property
     def alarm(self) -> str:

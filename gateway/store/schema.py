@@ -4,9 +4,10 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 6 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
-`dead_letters.node` and `.size` and `retained_seen`)::
+`dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
+`node_config` and `commands`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -61,6 +62,38 @@ Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
                             status replayed by the broker does not count)
       dropped      INTEGER  records the node's spool dropped by policy (full), ever: the `dropped`
                             of the last batch that carried it; NULL if none did
+      mode         TEXT     normal, trial or safe: from the last status that said it; NULL if none
+      cfg          INTEGER  the configuration version the node runs: from the last status (`cfg`)
+                            or config event (`version`) that said it; NULL if none
+
+    events         what the nodes reported on <prefix>/<node>/event (docs/payload.md, "Events"),
+                   as received and checked; the newest `EVENTS_KEPT` per node and kind are kept
+                   (store/fleet.py), crash reports `CRASHES_KEPT`
+      id, node TEXT, kind TEXT (config, ota, crash, safe_mode, selftest),
+      state        TEXT     the event's `state` (ota: accepted, refused, installed, proved,
+                            rolled_back; config: refused), NULL when it has none
+      at           REAL     when the gateway received it
+      body         TEXT     the event, JSON, as the node sent it
+
+    node_config    the configuration each node is sent (gateway/configpub.py), one row per node
+                   the register has configuration for
+      node         TEXT PRIMARY KEY
+      version      INTEGER  the version of the wanted configuration; counts up per node; 0 while
+                            none could be made
+      digest       TEXT     HMAC-SHA256 (node key) of the configuration: tells a change without
+                            keeping a secret (a Wi-Fi or broker password) in the store
+      shown        TEXT     JSON: the configuration with every password left out, for the page,
+                            /api/nodes and the CLI
+      made_at      REAL     when this version was made
+      published_at REAL     when the broker took it (retained); NULL until it did
+      problem      TEXT     why the node's configuration cannot be made or sent now (a missing
+                            secret or node key, a register that cannot be read); NULL when none
+
+    commands       commands asked of a node (`meetkit-gateway fleet selftest`): the gateway
+                   sends each once; the node answers with an event carrying the same id
+      id INTEGER PRIMARY KEY (the command's `id`), node TEXT, cmd TEXT (selftest), at REAL
+      (asked), sent_at REAL (the broker took it; NULL until then), problem TEXT (why it cannot be
+      sent: no node key)
 
     counters       name TEXT PRIMARY KEY, value INTEGER
       batches      valid batches        records     records stored      duplicates  records seen again
@@ -239,6 +272,39 @@ MIGRATIONS: list[str] = [
         topic TEXT PRIMARY KEY,
         digest BLOB NOT NULL,
         at REAL NOT NULL
+    );
+    """,
+    # 6: the fleet over the air (issue 15): what a node runs (mode, configuration version), its
+    # events, the configuration it is sent (versions), the commands asked of it
+    """
+    ALTER TABLE nodes ADD COLUMN mode TEXT;
+    ALTER TABLE nodes ADD COLUMN cfg INTEGER;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT,
+        at REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_node_kind ON events (node, kind, id);
+    CREATE INDEX events_kind ON events (kind, id);
+    CREATE TABLE node_config (
+        node TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        shown TEXT NOT NULL,
+        made_at REAL NOT NULL,
+        published_at REAL,
+        problem TEXT
+    );
+    CREATE TABLE commands (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        cmd TEXT NOT NULL,
+        at REAL NOT NULL,
+        sent_at REAL,
+        problem TEXT
     );
     """,
 ]
