@@ -41,8 +41,6 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
                  the node keys file
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
-    envelope     the signed envelope of the gateway's messages to one node (HMAC-SHA256 with the
-                 node's key), the node keys file
     releases     signed app releases: verify the Ed25519 signature and every file, keep them
     config       read and validate gateway.toml
     systemd      systemd's notify protocol: ready, watchdog, stopping

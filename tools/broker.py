@@ -291,7 +291,8 @@ def new_node_key() -> str:
 
 
 def load_node_keys(out: Path) -> dict[str, str]:
-    """node id -> key (hex) from the folder's node-keys.json; {} when there is none yet."""
+    """node id -> key (hex) from the folder's node-keys.json ({"nodes": {"<id>": "<64 hex>"}}, the shape
+    of secrets.json's `nodes`, as the gateway reads it: gateway/signed.py); {} when there is none yet."""
     path = Path(out) / NODE_KEYS
     if not path.exists():
         return {}
@@ -299,15 +300,16 @@ def load_node_keys(out: Path) -> dict[str, str]:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise BrokerError(f"{path}: cannot be read ({e}); restore it from a copy (the nodes hold these keys)") from None
-    if not isinstance(doc, dict) or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
-                                            for v in doc.values()):
-        raise BrokerError(f"{path}: not an object of node id: 64 hex digits; restore it from a copy")
-    return doc
+    nodes = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(nodes, dict) or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                                              for v in nodes.values()):
+        raise BrokerError(f'{path}: not {{"nodes": {{"<node id>": "<64 hex digits>"}}}}; restore it from a copy')
+    return dict(nodes)
 
 
 def save_node_keys(out: Path, keys: dict[str, str]) -> Path:
     path = Path(out) / NODE_KEYS
-    _write(path, json.dumps(keys, indent=2) + "\n", 0o600)
+    _write(path, json.dumps({"nodes": keys}, indent=2) + "\n", 0o600)
     return path
 
 

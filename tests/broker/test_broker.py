@@ -165,7 +165,7 @@ def test_layout_modes_and_contents(tmp_path: Path) -> None:
             "pattern write meetkit/%u/ota/get\npattern read meetkit/%u/ack\n") in acl
     # one key per node, 32 random bytes, readable by the owner only
     assert mode("node-keys.json") == 0o600
-    keys = json.loads((out / "node-keys.json").read_text())
+    keys = json.loads((out / "node-keys.json").read_text())["nodes"]
     assert set(keys) == set(NODES) and len(set(keys.values())) == 2
     assert all(len(bytes.fromhex(k)) == 32 for k in keys.values())
     text = subprocess.run(["openssl", "x509", "-in", str(out / "mosquitto/server.crt"), "-noout", "-text"],
@@ -208,25 +208,28 @@ def test_init_again_keeps_ca_keys_and_passwords(tmp_path: Path) -> None:
 def test_node_keys_are_kept_like_passwords(tmp_path: Path) -> None:
     out = tmp_path / "out"
     broker.init(out, fleet(tmp_path), ["ams-001"])
-    k1 = json.loads((out / "node-keys.json").read_text())
+    k1 = json.loads((out / "node-keys.json").read_text())["nodes"]
     os.chmod(out / "node-keys.json", 0o644)
     broker.init(out, fleet(tmp_path), ["ams-001", "ams-003"])
-    k2 = json.loads((out / "node-keys.json").read_text())
+    k2 = json.loads((out / "node-keys.json").read_text())["nodes"]
     assert k2["ams-001"] == k1["ams-001"] and set(k2) == {"ams-001", "ams-003"}  # the node holds its key: kept
     assert stat.S_IMODE((out / "node-keys.json").stat().st_mode) == 0o600
     broker.add_node(out, "ams-004")
-    k3 = json.loads((out / "node-keys.json").read_text())
+    k3 = json.loads((out / "node-keys.json").read_text())["nodes"]
     assert {n: k3[n] for n in k2} == k2 and len(bytes.fromhex(k3["ams-004"])) == 32
     pw = json.loads((out / "secrets.json").read_text())["nodes"]["ams-004"]
     broker.add_node(out, "ams-004", new_key_if_known=True)  # a stolen board: a new key, the password kept
-    k4 = json.loads((out / "node-keys.json").read_text())
+    k4 = json.loads((out / "node-keys.json").read_text())["nodes"]
     assert k4["ams-004"] != k3["ams-004"] and json.loads((out / "secrets.json").read_text())["nodes"]["ams-004"] == pw
     assert broker.node_key(out, "ams-004") == bytes.fromhex(k4["ams-004"])
+    from meetkit_gateway.signed import NodeKeys  # the gateway reads the same file ([fleet] node_keys)
+
+    assert NodeKeys(out / "node-keys.json").key("ams-004") == bytes.fromhex(k4["ams-004"])
     # a folder made before node keys: init again gives every known node one, ensure_node_key one node
     (out / "node-keys.json").unlink()
     assert broker.ensure_node_key(out, "ams-001")[1] is True
     broker.init(out, fleet(tmp_path), [])
-    assert set(json.loads((out / "node-keys.json").read_text())) == {"ams-001", "ams-003", "ams-004"}
+    assert set(json.loads((out / "node-keys.json").read_text())["nodes"]) == {"ams-001", "ams-003", "ams-004"}
     # a damaged file is said, never replaced by new keys the nodes do not have
     (out / "node-keys.json").write_text("{not json")
     with pytest.raises(broker.BrokerError, match="node-keys.json: cannot be read"):
@@ -279,7 +282,7 @@ def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.Capture
     assert main(["broker", "add-node", "ams-002", "--out", str(out)]) == 1  # known: not replaced silently
     text = capsys.readouterr()
     s = json.loads((out / "secrets.json").read_text())
-    keys = json.loads((out / "node-keys.json").read_text())
+    keys = json.loads((out / "node-keys.json").read_text())["nodes"]
     for pw in [s["gateway"]["password"], s["monitor"]["password"], *s["nodes"].values(), *keys.values()]:
         assert pw not in text.out and pw not in text.err
     assert f'[fleet]\nnode_keys = "{out / "node-keys.json"}"\n' in text.out  # for gateway.toml

@@ -96,7 +96,7 @@ def test_a_fresh_board_is_provisioned_and_delivers(site: dict, tmp_path: Path) -
         assert "app.json" in root and "new/" not in root and "config.json" in root and "ca.der" in root
         # The node key (what authenticates the gateway's configuration and releases to this node) is the
         # broker folder's, on the flash as hex, and never shown.
-        keys = json.loads((site["broker"].out / "node-keys.json").read_text())
+        keys = json.loads((site["broker"].out / "node-keys.json").read_text())["nodes"]
         assert len(bytes.fromhex(keys["lamp-012"])) == 32
         assert flash_cat(board.port, "node.key") == keys["lamp-012"]
         assert keys["lamp-012"] not in out and "node key    from" in out
