@@ -24,6 +24,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
       store.sensorthings  the SensorThings targets' entity ids
       store.integrity     quick_check, for recovery
       store.fleet         the nodes' events, the configuration each node is sent, commands
+      store.rollouts      staged rollouts of signed releases: a rollout, its nodes by stage
     recovery     open the store at start; move a corrupt one aside (`open_store`)
     retention    keep the store within `max_bytes` and `max_age_days`, oldest records first
     plausible    which stored records a reader can pass on as they are (an older store's)
@@ -42,6 +43,10 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
     releases     signed app releases: verify the Ed25519 signature and every file, keep them
+    ota          releases over MQTT on a connection of their own, beside the writer: the offers,
+                 and the pieces a node asks for, from verified releases only (`OtaLink`)
+    rollouts     staged rollouts: canaries, then waves, halting by themselves (`RolloutManager`)
+    rolloutcli   `meetkit-gateway release add|list`, `fleet update|stop|status`
     config       read and validate gateway.toml
     systemd      systemd's notify protocol: ready, watchdog, stopping
     service      wires them together; start and stop in the right order (`Gateway`, `run`)

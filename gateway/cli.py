@@ -6,6 +6,9 @@
     meetkit-gateway nodes    --config gateway.toml
     meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
                              [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
+    meetkit-gateway release  add DIR | list --config gateway.toml
+    meetkit-gateway fleet    update --release R [--nodes a,b] [--canary N] [--wave M] [--force] | stop | status
+                             --config gateway.toml
 
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
 usage.
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from . import __version__, config as configuration, plausible, pm_humidity
+from . import __version__, config as configuration, plausible, pm_humidity, rolloutcli
 from .config import Config, ConfigError
 from .payload import QUANTITIES
 from .store import Store, StoreError
@@ -83,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
     e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
                    help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, metavar="PATH", help="the gateway's TOML file")
+    rolloutcli.add_parsers(sub, common)
     return p
 
 
@@ -125,6 +131,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     st = cfg.store
     print(f"  refused     dead letters within {st.dead_letters_node_max} and {_size(st.dead_letters_node_max_bytes)} per "
           f"node, {_size(st.dead_letters_max_bytes)} in all (outside the bound above)")
+    _print_ota(cfg)
     for t in cfg.forward:
         print(f"  forward     {_target(t)}")
     if not cfg.forward:
@@ -135,6 +142,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _print_ota(cfg: Config) -> None:
+    """[ota]: the release keys (by fingerprint), the releases kept, how offers and pieces go."""
+    o = cfg.ota
+    if o is None:  # no releases, no rollouts
+        return
+    from .releases import ReleaseError, Releases, load_public_key
+
+    try:
+        keys = [load_public_key(p) for p in o.release_keys]
+        kept = Releases(o.releases, keys).versions()
+    except ReleaseError as e:  # the config checked the keys; a file changed since
+        print(f"  releases    {e}")
+        return
+    print(f"  releases    signed by {', '.join(k.name for k in keys)}; kept in {o.releases}: "
+          f"{', '.join(kept) or 'none yet'}")
+    print(f"  rollouts    offers again every {o.offer_every_s:g} s until answered, proved within {o.prove_within_s:g} s; "
+          f"pieces of at most {o.piece_max_bytes} bytes, {o.pieces_per_s:g} a second per node")
 
 
 def _print_fleet(path: Path) -> None:
@@ -389,6 +415,9 @@ COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if hasattr(args, "run"):  # release ..., fleet ... (rolloutcli.py)
+            cfg = _load(args.config)
+            return 1 if cfg is None else args.run(cfg, args)
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # `meetkit-gateway readings | head`
         sys.stderr.close()

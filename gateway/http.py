@@ -97,6 +97,7 @@ from prometheus_client.registry import CollectorRegistry
 from .fleet import Fleet
 from .fleet_view import FleetView, view
 from .http_server import HttpServer, Limits, Request, Response
+from .rollouts import NODE_STATES, ROLLOUT_STATES
 from .payload import BOOT_MAX, FUTURE_MARGIN_S, QUANTITIES, SEQ_MAX, TS_MIN, UP_MAX, plausible_ts
 from .store import SCHEMA_VERSION, Store, StoreError
 
@@ -112,6 +113,8 @@ UNITS = {q: QUANTITIES[q].unit for q in SERIES}
 STALE_S = 15 * 60
 
 Targets = Callable[[], Iterable[dict[str, Any]]]
+#: the serving side of releases (ota.Pieces.status): {"served", "bytes", "refused": {reason: n}, ...}
+OtaStatus = Callable[[], dict[str, Any]]
 
 
 # -- /metrics ---------------------------------------------------------------------------------------
@@ -254,15 +257,69 @@ def _fleet_metrics(fleet: FleetView, heard: set[str]) -> Iterator[Metric]:
     yield from fams
 
 
+def rollout_doc(store: Store) -> dict[str, Any] | None:
+    """The newest rollout (gateway/rollouts.py) and its nodes, for the page; None if there was none."""
+    rows = store.rollouts(limit=1)
+    if not rows:
+        return None
+    r = rows[0]
+    return {"id": r.id, "release": r.release, "state": r.state, "stage": r.stage, "reason": r.reason,
+            "force": r.force, "canary": r.canary, "wave": r.wave, "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "nodes": [{"node": n.node, "stage": n.stage, "state": n.state, "reason": n.reason, "offers": n.offers,
+                       "offered_at": n.offered_at, "updated_at": n.updated_at} for n in store.rollout_nodes(r.id)]}
+
+
+def _rollout_metrics(store: Store, ota: OtaStatus | None) -> Iterator[Metric]:
+    state = _family("gauge", "meetkit_rollout_state",
+                    "The newest rollout: 1 for the state it is in (running, done, halted, stopped), 0 for the others.",
+                    ("rollout", "release", "state"))
+    stage = _family("gauge", "meetkit_rollout_stage", "The newest rollout's stage under way: 0 canaries, 1.. waves.",
+                    ("rollout", "release"))
+    nodes = _family("gauge", "meetkit_rollout_nodes", "Nodes of the newest rollout, by state.",
+                    ("rollout", "release", "state"))
+    offers = _family("counter", "meetkit_rollout_offers_total", "Offers sent in the newest rollout (repeated until a "
+                     "node answers).", ("rollout", "release"))
+    doc = rollout_doc(store)
+    if doc is not None:
+        lab = [str(doc["id"]), str(doc["release"])]
+        for s in ROLLOUT_STATES:
+            state.add_metric([*lab, s], int(doc["state"] == s))
+        stage.add_metric(lab, doc["stage"])
+        for s in NODE_STATES:
+            nodes.add_metric([*lab, s], sum(n["state"] == s for n in doc["nodes"]))
+        offers.add_metric(lab, sum(n["offers"] for n in doc["nodes"]))
+    yield from (state, stage, nodes, offers)
+    if ota is None:
+        return
+    try:
+        st = ota()
+    except Exception:  # the page and /metrics must not fail with the serving side
+        log.exception("ota() failed")
+        return
+    yield CounterMetricFamily("meetkit_ota_pieces_served_total", "Pieces of releases served to nodes (ota/chunk).",
+                              st["served"])
+    yield CounterMetricFamily("meetkit_ota_bytes_served_total", "Bytes of releases served to nodes.", st["bytes"])
+    refused = CounterMetricFamily("meetkit_ota_requests_refused_total",
+                                  "Requests for pieces (ota/get) not answered, by reason: not_offered (no such release "
+                                  "offered to that node), bad_request, beyond_end, rate (over [ota] pieces_per_s).",
+                                  labels=("reason",))
+    for reason, n in st["refused"].items():
+        refused.add_metric([reason], n)
+    yield refused
+
+
 class StoreCollector:
     """All metrics of the gateway, read when collected: the store's counters, per node, the fleet
-    register, per forwarding target. A prometheus-client custom collector over one open store
-    (a read-only connection lives for one computation: see `_App._answer`)."""
+    register, per forwarding target, the newest rollout and the pieces served. A prometheus-client
+    custom collector over one open store (a read-only connection lives for one computation: see
+    `_App._answer`)."""
 
-    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None) -> None:
+    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None, ota: OtaStatus | None = None) -> None:
         self.store = store
         self.targets = targets
         self.fleet = fleet
+        self.ota = ota
 
     def collect(self) -> Iterator[Metric]:
         yield from self._store()
@@ -270,6 +327,7 @@ class StoreCollector:
         yield from self._nodes(heard)
         yield from _fleet_metrics(view(self.fleet), heard)
         yield from self._targets()
+        yield from _rollout_metrics(self.store, self.ota)
 
     def _store(self) -> Iterator[Metric]:
         store = self.store
@@ -376,11 +434,11 @@ def _files_size(path: Path) -> int:
     return size
 
 
-def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None) -> str:
+def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None, ota: OtaStatus | None = None) -> str:
     """/metrics but the status server's own counters, in the text format 0.0.4. A registry of its
     own for each render, since its collector reads the store this computation opened."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store, targets, fleet))
+    registry.register(StoreCollector(store, targets, fleet, ota))
     return generate_latest(registry).decode()
 
 
@@ -443,6 +501,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         "alarms": [{"code": a.code, "at": a.at, "reason": a.reason} for a in store.active_alarms()],
         "counts": {"records": c.records, "readings": c.readings, "dead_letters": c.dead_letters,
                    "duplicates": c.duplicates},
+        "rollout": rollout_doc(store),
     }
 
 
@@ -636,7 +695,7 @@ class _App:
             return await self._answer(("healthz",), min(HEALTH_CACHE_S, owner.cache_s), _healthz, health=True)
         if path == "/metrics":
             r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
-                200, metrics_text(store, owner.targets, fleet=owner.fleet).encode(), METRICS))
+                200, metrics_text(store, owner.targets, fleet=owner.fleet, ota=owner.ota).encode(), METRICS))
             # the one hand-made join: two renders of prometheus-client, the cached one and the live one
             # (their families are distinct), so that a cached answer still shows the server's counters now
             return Response(r.status, r.body + generate_latest(self.live), r.ctype) if r.status == 200 else r
@@ -742,8 +801,9 @@ class StatusServer:
 
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
                  targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
-                 limits: Limits = Limits(), cache_s: float = CACHE_S) -> None:
+                 limits: Limits = Limits(), cache_s: float = CACHE_S, ota: OtaStatus | None = None) -> None:
         self.store_path = Path(store_path)
+        self.ota = ota  # the pieces served (gateway/ota.py), when [ota] is configured
         self.fleet = fleet  # the fleet register, shared with the forwarders (it locks itself)
         self.host = host
         self.requested_port = port

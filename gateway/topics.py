@@ -53,3 +53,26 @@ class Topics:
         if not sep or "/" in kind or kind not in KINDS:
             return None
         return Topic(node, kind)  # type: ignore[arg-type]
+
+    # -- releases (gateway/ota.py: a connection of their own, beside the writer) ----------------------
+
+    def ota(self, node: str) -> str:
+        """A release offered to the node (QoS 1, signed: docs/payload.md, "Release offer")."""
+        return f"{self.prefix}/{node}/ota"
+
+    def ota_chunk(self, node: str) -> str:
+        """A piece of a release file, the answer to an ota/get (QoS 0)."""
+        return f"{self.prefix}/{node}/ota/chunk"
+
+    @property
+    def ota_get(self) -> str:
+        """What nodes ask pieces on: the OTA connection's one subscription (QoS 0)."""
+        return f"{self.prefix}/+/ota/get"
+
+    def parse_ota_get(self, topic: str) -> str | None:
+        """The node of `<prefix>/<node>/ota/get`, None for any other topic."""
+        head, tail = self.prefix + "/", "/ota/get"
+        if not topic.startswith(head) or not topic.endswith(tail):
+            return None
+        node = topic[len(head):-len(tail)]
+        return node if node and "/" not in node else None

@@ -140,8 +140,7 @@ def build(key_path: Path, out: Path, boards: list[str] | None = None, firmware: 
     key = load_private_key(key_path)
     if out.exists():
         raise ReleaseToolError(f"--out {out}: exists; a release is built into a new folder")
-    if not out.parent.is_dir():
-        raise ReleaseToolError(f"--out {out}: the folder {out.parent} does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)
     version = fw_version(firmware)
     newest = newest_beside(out)
     if newest is not None and version_key(version) <= version_key(newest[0]):

@@ -15,6 +15,7 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
     sensorthings  the SensorThings targets' entity ids
     integrity     is the file sound (quick_check), for recovery.py
     fleet         the fleet over the air: the nodes' events, the configuration each is sent, commands
+    rollouts      staged rollouts of signed releases: a rollout, its nodes by stage
 
 Times are UTC Unix seconds. A `Store` object is used by one thread at a time; open another `Store`
 on the same file for reading from another thread or process (WAL lets readers run beside the
@@ -27,17 +28,18 @@ from .dead_letters import DEAD_LETTER_MAX
 from .fleet import FleetState
 from .pruning import Pruning
 from .readers import Readers
+from .rollouts import Rollouts
 from .rows import (AlarmRow, Added, CommandRow, Counts, DeadLetter, EventRow, Latest, Node, NodeConfigRow, Pruned,
-                   Reading, TargetState)
+                   Reading, RolloutNodeRow, RolloutRow, TargetState)
 from .schema import MIGRATIONS, SCHEMA_VERSION, VACUUM_AT_UPGRADE_MAX, StoreError
 from .sensorthings import SensorThingsIds
 from .writes import Writes
 
 
-class Store(Writes, Pruning, Readers, Cursors, SensorThingsIds, FleetState):
+class Store(Writes, Pruning, Readers, Cursors, SensorThingsIds, FleetState, Rollouts):
     """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
 
 
 __all__ = ["DEAD_LETTER_MAX", "MIGRATIONS", "SCHEMA_VERSION", "VACUUM_AT_UPGRADE_MAX", "Added", "AlarmRow",
            "CommandRow", "Counts", "DeadLetter", "EventRow", "Latest", "Node", "NodeConfigRow", "Pruned", "Reading",
-           "Store", "StoreError", "TargetState"]
+           "RolloutNodeRow", "RolloutRow", "Store", "StoreError", "TargetState"]

@@ -190,3 +190,35 @@ _ORDER = {q: i for i, q in enumerate(QUANTITIES)}
 def order(quantity: str) -> int:
     """A quantity's place in the contract's order (an unknown one last)."""
     return _ORDER.get(quantity, len(_ORDER))
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """A staged rollout (`meetkit-gateway fleet update`, gateway/rollouts.py)."""
+
+    id: int
+    release: str  # the release's version
+    force: bool  # a downgrade allowed
+    canary: int  # nodes in stage 0
+    wave: int  # nodes in each later stage
+    state: str  # running, done, halted, stopped
+    stage: int  # the stage under way: 0 the canaries, 1 the first wave...
+    reason: str | None  # why it halted or stopped
+    created_at: float
+    updated_at: float
+    events_seen: int  # events.id of the last event the manager took
+
+
+@dataclass(frozen=True)
+class RolloutNodeRow:
+    """A node of a rollout."""
+
+    rollout: int
+    node: str
+    stage: int
+    state: str  # waiting, offered, accepted, installed, proved, done, failed
+    reason: str | None
+    offers: int
+    offered_at: float | None
+    accepted_at: float | None
+    updated_at: float

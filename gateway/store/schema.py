@@ -4,10 +4,10 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 6 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 7 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
-`node_config` and `commands`)::
+`node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -94,6 +94,25 @@ Schema, version 6 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       id INTEGER PRIMARY KEY (the command's `id`), node TEXT, cmd TEXT (selftest), at REAL
       (asked), sent_at REAL (the broker took it; NULL until then), problem TEXT (why it cannot be
       sent: no node key)
+
+    rollouts       staged rollouts of a signed release (`meetkit-gateway fleet update`, gateway/rollouts.py)
+      id INTEGER PRIMARY KEY, release TEXT (its version), force INTEGER (1: a downgrade allowed),
+      canary INTEGER, wave INTEGER (nodes per stage), created_at REAL, updated_at REAL,
+      state        TEXT     running, done, halted (by itself: `reason` says why) or stopped (by
+                            the operator)
+      stage        INTEGER  the stage being rolled out: 0 the canaries, 1 the first wave, ...
+      reason       TEXT     why it halted or stopped; NULL otherwise
+      events_seen  INTEGER  events.id of the last event the rollout manager took
+
+    rollout_nodes  one row per node of a rollout
+      rollout INTEGER, node TEXT, PRIMARY KEY (rollout, node); stage INTEGER (0 canary, 1.. wave)
+      state        TEXT     waiting (its stage has not come), offered, accepted, installed, proved
+                            (the event), done (proved, and its status says the release), failed
+                            (rolled back, refused, not proved in time: `reason`)
+      reason       TEXT     the node's reason, or how it ended ("already runs it")
+      offers       INTEGER  offers sent (repeated until the node answers)
+      offered_at   REAL     the last offer; accepted_at REAL: its "accepted" (the clock of
+                            [ota] prove_within_s); updated_at REAL
 
     counters       name TEXT PRIMARY KEY, value INTEGER
       batches      valid batches        records     records stored      duplicates  records seen again
@@ -306,6 +325,34 @@ MIGRATIONS: list[str] = [
         sent_at REAL,
         problem TEXT
     );
+    """,
+    # 7: staged rollouts of signed releases (issue 15): a rollout, its nodes by stage
+    """
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        release TEXT NOT NULL,
+        force INTEGER NOT NULL,
+        canary INTEGER NOT NULL,
+        wave INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        stage INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        events_seen INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE rollout_nodes (
+        rollout INTEGER NOT NULL REFERENCES rollouts (id),
+        node TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        offers INTEGER NOT NULL DEFAULT 0,
+        offered_at REAL,
+        accepted_at REAL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (rollout, node)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
