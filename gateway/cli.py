@@ -113,7 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     topics = Topics(m.topic_prefix)
     print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")
     print(f"  subscribes  {', '.join(topics.subscriptions)}")
-    print(f"  publishes   {topics.ack('<node>')}, {topics.alarm} (retained)")
+    print(f"  publishes   {topics.ack('<node>')}, {topics.config('<node>')} (retained), {topics.cmd('<node>')}, "
+          f"{topics.alarm} (retained)")
     h = cfg.http
     host = f"[{h.host}]" if ":" in h.host else h.host
     print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
@@ -131,6 +132,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  forward     no targets")
     if cfg.fleet is not None:
         _print_fleet(cfg.fleet)
+    _print_fleet_files(cfg)
     print(f"  log level   {cfg.log.level}")
     if cfg.store.path.exists():
         _print_store(cfg)
@@ -151,6 +153,16 @@ def _print_fleet(path: Path) -> None:
         return
     placed = sum("lat" in m for m in nodes.values())
     print(f"  fleet       {path}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {placed} with a position")
+
+
+def _print_fleet_files(cfg: Config) -> None:
+    """The files remote configuration reads: where they are and whether they can be read (never
+    what they hold)."""
+    f = cfg.fleet_files
+    for name, path in (("node keys", f.node_keys), ("secrets", f.secrets), ("broker pw", f.broker_secrets)):
+        if path is not None:
+            state = "readable" if os.access(path, os.R_OK) else "CANNOT BE READ (what needs it is held back)"
+            print(f"  {name:<11} {path}: {state}")
 
 
 def _target(t: object) -> str:

@@ -4,7 +4,7 @@ Every problem is reported at once, each naming its key (``mqtt.port: must be an 
 65535, got "1883" (a string)``); unknown keys are errors too, with a suggestion when one is close.
 A relative `store.path` is taken relative to the folder of the configuration file, not the
 working directory, so the same file works from a shell and from systemd; so are a forwarding
-target's `token_file`, `password_file` and `fleet`, and `[fleet] path`.
+target's `token_file`, `password_file` and `fleet`, and the files of `[fleet]`.
 
 `[http]` is where the status page and /metrics listen. Each `[[forward]]` table is one upstream
 target (gateway/forward/). `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
@@ -113,6 +113,16 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True)
+class FleetFiles:
+    """The files remote configuration and commands need ([fleet] in gateway.toml), each read
+    when needed and again when it changes; None: not configured (what needs it is held back)."""
+
+    node_keys: Path | None = None  # the broker folder's node-keys.json: signs what a node is sent
+    secrets: Path | None = None  # Wi-Fi passwords by network name (gateway/fleet_secrets.py)
+    broker_secrets: Path | None = None  # the broker folder's secrets.json: each node's broker password
+
+
+@dataclass(frozen=True)
 class Config:
     mqtt: MqttConfig
     store: StoreConfig
@@ -121,6 +131,7 @@ class Config:
     http: HttpConfig = HttpConfig()
     forward: tuple[ForwardConfig, ...] = ()
     fleet: Path | None = None  # [fleet] path: the nodes' positions (gateway/fleet.py)
+    fleet_files: FleetFiles = FleetFiles()  # [fleet] node_keys, secrets, broker_secrets
 
 
 class ConfigError(Exception):
@@ -341,7 +352,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
               "dead_letters_node_max": _integer(1, 10_000_000)},
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
-    "fleet": {"path": _text()},
+    "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
 }
 REQUIRED = {("store", "path")}
 
@@ -550,6 +561,7 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         http=HttpConfig(**values["http"]),
         forward=forward,
         fleet=fleet,
+        fleet_files=FleetFiles(**{k: _relative(v, source) for k, v in values["fleet"].items() if k != "path"}),
     )
 
 

@@ -29,13 +29,16 @@ from . import config as configuration
 from . import memory
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
+from .configpub import ConfigPublisher
 from .fleet import Fleet
+from .fleet_secrets import FleetSecrets
 from .forward import Forwarders
 from .http import StatusServer
 from .ingest import Done, Inbound, Writer
 from .mqtt import Source
 from .recovery import MovedAside, open_store
 from .retention import Bounds
+from .signed import NodeKeys
 from .store import Store
 from .systemd import Notifier
 from .topics import Topics
@@ -64,6 +67,13 @@ class Gateway:
         self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)
         if self.moved is not None:
             self._corrupt(self.moved)
+        self.fleet = Fleet(config.fleet)
+        files = config.fleet_files
+        self.node_keys = NodeKeys(files.node_keys)
+        self.secrets = FleetSecrets(files.secrets, files.broker_secrets)
+        self.configpub = ConfigPublisher(config.store.path, self.fleet, self.node_keys, self.secrets, self.topics,
+                                         self.source.publish, self.source.connected)
+        self.source.on_new_session = self.configpub.session_lost
         self.forwarders: Forwarders | None = None
         self.http: StatusServer | None = None
         self._stopped = False
@@ -86,11 +96,12 @@ class Gateway:
         log.info("store %s, database %s", self.config.store.path, self.store.db_id)
         self.writer.start()
         self.source.start()
+        self.configpub.start()
         self.forwarders = Forwarders.start(self.config.store.path, self.config.forward)
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
-                                     fleet=Fleet(self.config.fleet)).start()  # logs where it listens
+                                     fleet=self.fleet, secrets=self.secrets).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
@@ -103,6 +114,7 @@ class Gateway:
         log.info("stopping: committing what was received")
         if self.http is not None:
             self.http.stop()
+        self.configpub.stop()
         self.source.pause()
         # The writer before the network: it commits what is queued, and its acknowledgements go
         # out over the connection before the disconnect.

@@ -53,7 +53,6 @@ class FleetState(Base):
                 " last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen),"
                 " cfg = coalesce(excluded.cfg, cfg)",
                 (event.node, received_at, version))
-            self.bump("events")
             self.bump(f"events.{event.kind}")
         return eid
 
