@@ -48,6 +48,8 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     systemd      systemd's notify protocol: ready, watchdog, stopping
     service      wires them together; start and stop in the right order (`Gateway`, `run`)
     cli          `meetkit-gateway`: run, check, and look at what is stored
+    fleetcli     `meetkit-gateway fleet status|selftest`: the fleet over the air
+    fleet_status  each node's state over the air (mode, configuration, crashes, self-test), as shown
     timefmt      `--since` spans and ISO times
     table        plain-text tables for the terminal
 """

@@ -6,9 +6,11 @@
     meetkit-gateway nodes    --config gateway.toml
     meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
                              [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
+    meetkit-gateway fleet status   --config gateway.toml [--node ID]
+    meetkit-gateway fleet selftest NODE --config gateway.toml [--wait S]     (fleetcli.py)
 
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
-usage.
+usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--code", help="only those with this reason code (not_json, out_of_range, implausible, ...)")
     d.add_argument("--all", action="store_true", help="replay: every dead letter (of --node, --code)")
     d.add_argument("--limit", type=int, default=50, help="list: at most this many (default 50)")
+    from .fleetcli import add_parser as fleet_parser
+
+    fleet_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
+                                               help="the gateway's TOML file"))
     e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
     e.add_argument("--since", metavar="WHEN",
                    help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
@@ -394,8 +400,17 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return deadletters.run(cfg, args)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from . import fleetcli
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return fleetcli.run(cfg, args)
+
+
 COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export,
-            "dead-letters": cmd_dead_letters}
+            "dead-letters": cmd_dead_letters, "fleet": cmd_fleet}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

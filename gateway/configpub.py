@@ -12,7 +12,8 @@ Once a second (`every`) it
   register publishes nothing. A node the register stops configuring is sent `config: {}` once (it
   keeps the values it has: nothing is reset remotely);
 - sends each command `meetkit-gateway fleet selftest` queued in the store (`commands`) on
-  `<prefix>/<node>/cmd`, signed, QoS 1, not retained.
+  `<prefix>/<node>/cmd`, signed, QoS 1, not retained; one not sent within `COMMAND_TTL_S` of its
+  asking never is.
 
 Versions only go up for a node: a new one is above both the last the store made and the one the
 node says it runs (status `cfg`), so a gateway that lost its database (moved aside, replaced)
@@ -54,6 +55,10 @@ class Info(Protocol):
 
 
 Publish = Callable[[str, bytes, bool], Info]
+
+#: A command not sent within this long after it was asked is not sent at all: whoever asked has
+#: given up (`fleet selftest --wait` is at most this), and a self-test long after is no answer.
+COMMAND_TTL_S = 600.0
 
 
 @dataclass
@@ -128,7 +133,7 @@ class ConfigPublisher:
         resend = self._resend.is_set()
         self._resend.clear()
         self._configs(store, now, resend)
-        self._commands(store)
+        self._commands(store, now)
 
     def _confirm(self, store: Store, now: float) -> None:
         for key, f in list(self._inflight.items()):
@@ -191,8 +196,8 @@ class ConfigPublisher:
             log.warning("%s: configuration held back: %s", node, problem)
             store.config_problem(node, problem, now)
 
-    def _commands(self, store: Store) -> None:
-        for c in store.pending_commands():
+    def _commands(self, store: Store, now: float) -> None:
+        for c in store.pending_commands(since=now - COMMAND_TTL_S):
             if ("cmd", c.id) in self._inflight:
                 continue
             key = self.keys.key(c.node)
