@@ -38,6 +38,9 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     http_server  the HTTP/1.1 server under it: one asyncio loop, a connection cap, timeouts, a CPU share
     fleet        the fleet register: names, positions, serials of the nodes (fleet.toml)
     fleet_view   the register beside the nodes the store knows, for the page and /metrics
+    fleet_secrets  the Wi-Fi passwords and the nodes' broker passwords a configuration carries
+    wanted       a node's wanted configuration, from the register and the secrets
+    configpub    the thread that sends the nodes their configuration (versions, retained) and commands
     signed       the signed envelope (HMAC-SHA256, the node's key) of what the gateway sends a node;
                  the node keys file
     export       open-data export: CSV or JSON Lines, one row per reading
@@ -51,6 +54,8 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     systemd      systemd's notify protocol: ready, watchdog, stopping
     service      wires them together; start and stop in the right order (`Gateway`, `run`)
     cli          `meetkit-gateway`: run, check, and look at what is stored
+    fleetcli     `meetkit-gateway fleet status|selftest`: the fleet over the air
+    fleet_status  each node's state over the air (mode, configuration, crashes, self-test), as shown
     timefmt      `--since` spans and ISO times
     table        plain-text tables for the terminal
 """

@@ -6,12 +6,14 @@
     meetkit-gateway nodes    --config gateway.toml
     meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
                              [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
-    meetkit-gateway release  add DIR | list --config gateway.toml
-    meetkit-gateway fleet    update --release R [--nodes a,b] [--canary N] [--wave M] [--force] | stop | status
-                             --config gateway.toml
+    meetkit-gateway fleet status   --config gateway.toml [--node ID]
+    meetkit-gateway fleet selftest NODE --config gateway.toml [--wait S]     (fleetcli.py)
+    meetkit-gateway fleet update   --release R --config gateway.toml [--nodes a,b] [--canary N] [--wave M]
+                                   [--force];  fleet stop --config gateway.toml                (rolloutcli.py)
+    meetkit-gateway release add DIR --config gateway.toml;  release list --config gateway.toml
 
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
-usage.
+usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--code", help="only those with this reason code (not_json, out_of_range, implausible, ...)")
     d.add_argument("--all", action="store_true", help="replay: every dead letter (of --node, --code)")
     d.add_argument("--limit", type=int, default=50, help="list: at most this many (default 50)")
+    from .fleetcli import add_parser as fleet_parser
+
+    fleet_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
+                                               help="the gateway's TOML file"))
     e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
     e.add_argument("--since", metavar="WHEN",
                    help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
@@ -86,9 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
     e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
                    help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", required=True, metavar="PATH", help="the gateway's TOML file")
-    rolloutcli.add_parsers(sub, common)
+    rolloutcli.add_release_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
+                                                                help="the gateway's TOML file"))
     return p
 
 
@@ -119,7 +124,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     topics = Topics(m.topic_prefix)
     print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")
     print(f"  subscribes  {', '.join(topics.subscriptions)}")
-    print(f"  publishes   {topics.ack('<node>')}, {topics.alarm} (retained)")
+    print(f"  publishes   {topics.ack('<node>')}, {topics.config('<node>')} (retained), {topics.cmd('<node>')}, "
+          f"{topics.alarm} (retained)")
     h = cfg.http
     host = f"[{h.host}]" if ":" in h.host else h.host
     print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
@@ -138,6 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  forward     no targets")
     if cfg.fleet is not None:
         _print_fleet(cfg.fleet)
+    _print_fleet_files(cfg)
     print(f"  log level   {cfg.log.level}")
     if cfg.store.path.exists():
         _print_store(cfg)
@@ -177,6 +184,16 @@ def _print_fleet(path: Path) -> None:
         return
     placed = sum("lat" in m for m in nodes.values())
     print(f"  fleet       {path}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {placed} with a position")
+
+
+def _print_fleet_files(cfg: Config) -> None:
+    """The files remote configuration reads: where they are and whether they can be read (never
+    what they hold)."""
+    f = cfg.fleet_files
+    for name, path in (("node keys", f.node_keys), ("secrets", f.secrets), ("broker pw", f.broker_secrets)):
+        if path is not None:
+            state = "readable" if os.access(path, os.R_OK) else "CANNOT BE READ (what needs it is held back)"
+            print(f"  {name:<11} {path}: {state}")
 
 
 def _target(t: object) -> str:
@@ -408,16 +425,29 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return deadletters.run(cfg, args)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from . import fleetcli
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return fleetcli.run(cfg, args)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return args.run(cfg, args)
+
+
 COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export,
-            "dead-letters": cmd_dead_letters}
+            "dead-letters": cmd_dead_letters, "fleet": cmd_fleet, "release": cmd_release}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if hasattr(args, "run"):  # release ..., fleet ... (rolloutcli.py)
-            cfg = _load(args.config)
-            return 1 if cfg is None else args.run(cfg, args)
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # `meetkit-gateway readings | head`
         sys.stderr.close()

@@ -115,10 +115,12 @@ class ForwardConfig:
 
 @dataclass(frozen=True)
 class FleetFiles:
-    """The files of `[fleet]` besides the register, each read when needed and again when it
-    changes; None: not configured (what needs it is held back)."""
+    """The files remote configuration and commands need ([fleet] in gateway.toml), each read
+    when needed and again when it changes; None: not configured (what needs it is held back)."""
 
     node_keys: Path | None = None  # the broker folder's node-keys.json: signs what a node is sent
+    secrets: Path | None = None  # Wi-Fi passwords by network name (gateway/fleet_secrets.py)
+    broker_secrets: Path | None = None  # the broker folder's secrets.json: each node's broker password
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class Config:
     http: HttpConfig = HttpConfig()
     forward: tuple[ForwardConfig, ...] = ()
     fleet: Path | None = None  # [fleet] path: the nodes' positions (gateway/fleet.py)
-    fleet_files: FleetFiles = FleetFiles()  # [fleet] node_keys (gateway/signed.py)
+    fleet_files: FleetFiles = FleetFiles()  # [fleet] node_keys, secrets, broker_secrets
     ota: OtaConfig | None = None  # [ota]; None: no releases, no rollouts
 
 
@@ -373,7 +375,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
               "dead_letters_node_max": _integer(1, 10_000_000)},
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
-    "fleet": {"path": _text(), "node_keys": _text()},
+    "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
     "ota": {"release_keys": _paths, "releases": _text(), "offer_every_s": _seconds(1, 86400),
             "prove_within_s": _seconds(1, 7 * 86400), "piece_max_bytes": _integer(256, 8192),
             "pieces_per_s": _seconds(0.1, 1000)},

@@ -95,6 +95,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import CollectorRegistry
 
 from .fleet import Fleet
+from .fleet_secrets import FleetSecrets
+from .fleet_status import NodeState, as_json, states
 from .fleet_view import FleetView, view
 from .http_server import HttpServer, Limits, Request, Response
 from .rollouts import NODE_STATES, ROLLOUT_STATES
@@ -161,6 +163,8 @@ _COUNTERS = {
     "dead_letters_replayed": ("meetkit_dead_letters_replayed_total",
                               "Dead letters that went through on a replay (meetkit-gateway dead-letters replay).",
                               None),
+    "events.": ("meetkit_events_total", "Events the nodes reported (config, ota, crash, safe_mode, selftest), by kind.",
+                "kind"),
 }
 
 
@@ -315,16 +319,19 @@ class StoreCollector:
     custom collector over one open store (a read-only connection lives for one computation: see
     `_App._answer`)."""
 
-    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None, ota: OtaStatus | None = None) -> None:
+    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None,
+                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None) -> None:
         self.store = store
         self.targets = targets
         self.fleet = fleet
+        self.secrets = secrets
         self.ota = ota
 
     def collect(self) -> Iterator[Metric]:
         yield from self._store()
         heard: set[str] = set()
         yield from self._nodes(heard)
+        yield from _over_the_air(states(self.store, self.secrets))
         yield from _fleet_metrics(view(self.fleet), heard)
         yield from self._targets()
         yield from _rollout_metrics(self.store, self.ota)
@@ -424,6 +431,47 @@ class StoreCollector:
         yield from (fam for _key, fam in fams)
 
 
+def _over_the_air(nodes: dict[str, NodeState]) -> Iterator[Metric]:
+    """Per node: its mode, its configuration wanted versus running, its crashes and self-test."""
+    mode = _family("gauge", "meetkit_node_mode", "1 for the mode the node last reported (normal, trial, safe).",
+                   ("node", "mode"))
+    fams = {key: _family("gauge", name, help, ("node",)) for key, name, help in (
+        ("wanted", "meetkit_node_config_wanted_version", "The configuration version the gateway sends the node."),
+        ("running", "meetkit_node_config_running_version", "The configuration version the node says it runs."),
+        ("behind", "meetkit_node_config_behind",
+         "1 while the node does not run the configuration version it is sent."),
+        ("problem", "meetkit_node_config_problem",
+         "1 while the node's configuration is held back (a secret or key missing, the register unreadable)."),
+        ("refused", "meetkit_node_config_refused_keys",
+         "Keys the node refused in its latest configuration event (0: it took them all)."),
+        ("crash_at", "meetkit_node_last_crash_timestamp_seconds", "When the node's latest crash report came, unix s."),
+        ("in_a_row", "meetkit_node_crashes_in_a_row", "Crashes in a row, as the node's latest crash report says."),
+        ("selftest_at", "meetkit_node_selftest_timestamp_seconds", "When the node's latest self-test came, unix s."),
+        ("selftest_failed", "meetkit_node_selftest_failed_items", "Items its latest self-test failed."),
+    )}
+    for node, st in nodes.items():
+        lab = [node]
+        if st.mode is not None:
+            mode.add_metric([node, st.mode], 1)
+        c = st.config
+        if c is not None:
+            values: dict[str, Any] = {"wanted": c.wanted, "running": c.running, "behind": int(c.behind),
+                                      "problem": int(c.problem is not None)}
+            if c.last is not None:
+                values["refused"] = len(c.last.get("refused", {}))
+            for key, v in values.items():
+                if _finite(v) is not None:
+                    fams[key].add_metric(lab, v)
+        if st.crash is not None:
+            fams["crash_at"].add_metric(lab, st.crash["at"])
+            fams["in_a_row"].add_metric(lab, st.crash["count"])
+        if st.selftest is not None and "checks" in st.selftest:
+            fams["selftest_at"].add_metric(lab, st.selftest["at"])
+            fams["selftest_failed"].add_metric(lab, sum(r[0] != "pass" for r in st.selftest["checks"].values()))
+    yield mode
+    yield from fams.values()
+
+
 def _files_size(path: Path) -> int:
     """The store's database and WAL files, in bytes."""
     size = 0
@@ -434,11 +482,12 @@ def _files_size(path: Path) -> int:
     return size
 
 
-def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None, ota: OtaStatus | None = None) -> str:
+def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None,
+                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None) -> str:
     """/metrics but the status server's own counters, in the text format 0.0.4. A registry of its
     own for each render, since its collector reads the store this computation opened."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store, targets, fleet, ota))
+    registry.register(StoreCollector(store, targets, fleet, secrets, ota))
     return generate_latest(registry).decode()
 
 
@@ -449,9 +498,11 @@ NEVER_SEEN = "never seen"  # in the register, never heard of
 UNREGISTERED = "not in the register"  # heard of, not in a readable register
 
 
-def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None) -> dict[str, Any]:
+def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None,
+              secrets: FleetSecrets | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     reg = view(fleet)
+    air = states(store, secrets)
     boots = store.boots()
     per_node_gaps = gaps(boots)
     records, last_boot, odd = _boots(boots)
@@ -482,6 +533,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
             "boot": boot, "fw": n.fw if isinstance(n.fw, str) else None, "up": up,
             "dropped": _finite(n.dropped), "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
             "last_start": last_start, "flags": health, "register": reg.nodes.get(n.node),
+            **as_json(air.get(n.node, NodeState(n.node))),
         })
     heard = {n["node"] for n in out}
     never = [node for node in reg.nodes if node not in heard]
@@ -489,7 +541,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         out.append({
             "node": node, "online": None, "last_seen": None, "rssi": None, "boot": None, "fw": None, "up": None,
             "dropped": None, "records": 0, "gaps": 0, "last_start": None, "flags": [NEVER_SEEN],
-            "register": reg.nodes[node],
+            "register": reg.nodes[node], **as_json(air.get(node, NodeState(node))),
         })
     rows, error = _targets(targets)
     c = store.counts()
@@ -695,13 +747,15 @@ class _App:
             return await self._answer(("healthz",), min(HEALTH_CACHE_S, owner.cache_s), _healthz, health=True)
         if path == "/metrics":
             r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
-                200, metrics_text(store, owner.targets, fleet=owner.fleet, ota=owner.ota).encode(), METRICS))
+                200, metrics_text(store, owner.targets, fleet=owner.fleet, secrets=owner.secrets,
+                                  ota=owner.ota).encode(), METRICS))
             # the one hand-made join: two renders of prometheus-client, the cached one and the live one
             # (their families are distinct), so that a cached answer still shows the server's counters now
             return Response(r.status, r.body + generate_latest(self.live), r.ctype) if r.status == 200 else r
         if path == "/api/nodes":
             return await self._answer(("nodes",), owner.cache_s,
-                                      lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet)))
+                                      lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet,
+                                                                         secrets=owner.secrets)))
         if path == "/api/targets":
             return await self._answer(("targets",), owner.cache_s, self._targets, store=False)
         r = self.static.get(path, req.headers.get("if-none-match"))
@@ -801,10 +855,12 @@ class StatusServer:
 
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
                  targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
-                 limits: Limits = Limits(), cache_s: float = CACHE_S, ota: OtaStatus | None = None) -> None:
+                 limits: Limits = Limits(), cache_s: float = CACHE_S, secrets: FleetSecrets | None = None,
+                 ota: OtaStatus | None = None) -> None:
         self.store_path = Path(store_path)
         self.ota = ota  # the pieces served (gateway/ota.py), when [ota] is configured
         self.fleet = fleet  # the fleet register, shared with the forwarders (it locks itself)
+        self.secrets = secrets  # what a node reports is shown with every password known taken out
         self.host = host
         self.requested_port = port
         self.targets = targets

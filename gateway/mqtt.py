@@ -65,6 +65,9 @@ class Source:
         self._conn_lock = threading.Lock()  # guards `_conn` and `connected` against `ack`
         self._conn = 0  # connection number, +1 on every successful connect
         self._unreachable = False  # to log a run of failed connection attempts once
+        #: called (in paho's thread; keep it tiny) when the broker had no session for the gateway:
+        #: what it queued and retained for us may be gone (configpub.py sends again)
+        self.on_new_session: Callable[[], None] | None = None
         self.acked = 0  # messages acknowledged to the broker
         self.stale = 0  # acks not sent: the message came over an earlier connection
         c = mqtt.Client(
@@ -159,6 +162,11 @@ class Source:
         )
         if not self._stopping:
             client.subscribe([(t, QOS) for t in self.topics.subscriptions])
+        if not self.session_present and self.on_new_session is not None:
+            try:
+                self.on_new_session()
+            except Exception:
+                log.exception("on_new_session failed")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._unreachable:

@@ -5,7 +5,7 @@
     meetkit-gateway release list --config gateway.toml
     meetkit-gateway fleet update --release R [--nodes a,b,...] [--canary N] [--wave M] [--force] --config ...
     meetkit-gateway fleet stop --config ...                    end the rollout under way
-    meetkit-gateway fleet status [--all] --config ...          (the rollout's part: `print_rollouts`)
+    meetkit-gateway fleet status [--rollouts] --config ...     (fleetcli.py; the rollouts' part here)
 
 `fleet update` writes the rollout into the store; the running gateway's rollout manager
 (rollouts.py) does it. Exit status: 0 done, 1 a problem (printed to stderr, nothing written).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 from .config import Config
 from .releases import PublicKey, ReleaseError, Releases, load_public_key
@@ -210,31 +210,41 @@ def _print_rollout(store: Store, r: RolloutRow, out: TextIO) -> None:
     print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()), file=out)
 
 
-def fleet_status(cfg: Config, args: argparse.Namespace) -> int:
-    try:
-        store = Store(cfg.store.path, readonly=True)
-    except StoreError as e:
-        print(f"fleet status: {e}", file=sys.stderr)
-        return 1
-    with store:
-        print_rollouts(store, every=args.all)
-    return 0
+def node_lines(node: str, store: Store) -> list[str]:
+    """`fleet status`'s line for a node in the newest rollout (fleetcli.SECTIONS)."""
+    rows = store.rollouts(limit=1)
+    if not rows:
+        return []
+    r = rows[0]
+    for n in store.rollout_nodes(r.id):
+        if n.node == node:
+            return [f"rollout {r.id} of {r.release} ({r.state}): {stage_name(n.stage)}, {n.state}"
+                    + (f": {n.reason}" if n.reason else "")]
+    return []
 
 
-def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]",
-                common: argparse.ArgumentParser) -> None:
-    """`release add|list` and `fleet update|stop|status` (`common` gives --config)."""
+Common = Callable[[argparse.ArgumentParser], None]
+
+
+def add_release_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common: Common) -> None:
+    """`release add|list` (`common` adds --config)."""
     rel = sub.add_parser("release", help="signed app releases: verify and keep them (docs/operator.md)")
     rs = rel.add_subparsers(dest="release_cmd", required=True, metavar="ACTION")
-    add = rs.add_parser("add", parents=[common], help="verify a release (signature, every file) and keep it")
+    add = rs.add_parser("add", help="verify a release (signature, every file) and keep it")
+    common(add)
     add.add_argument("dir", metavar="DIR", help="the folder `meetkit release build` wrote")
     add.set_defaults(run=release_add)
-    rs.add_parser("list", parents=[common], help="the releases kept, each verified again").set_defaults(run=release_list)
-    fleet = sub.add_parser("fleet", help="the fleet over the air: rollouts of releases")
-    fs = fleet.add_subparsers(dest="fleet_cmd", required=True, metavar="ACTION")
-    up = fs.add_parser("update", parents=[common], help="roll a kept release out: canaries first, then waves",
+    ls = rs.add_parser("list", help="the releases kept, each verified again")
+    common(ls)
+    ls.set_defaults(run=release_list)
+
+
+def add_fleet_parsers(fs: "argparse._SubParsersAction[argparse.ArgumentParser]", common: Common) -> None:
+    """`fleet update|stop` under fleetcli's `fleet` (`common` adds --config)."""
+    up = fs.add_parser("update", help="roll a kept release out: canaries first, then waves",
                        description="Writes the rollout into the store; the running gateway does it, and halts it "
                        "by itself when a node rolls back, refuses it, or does not prove it in time.")
+    common(up)
     up.add_argument("--release", required=True, metavar="VERSION", help="a release kept with `release add`")
     up.add_argument("--nodes", metavar="A,B,...", help="these nodes, in this order (default: the fleet register's, "
                     "else every node heard of)")
@@ -242,7 +252,6 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]",
     up.add_argument("--wave", type=int, default=WAVE, metavar="M", help=f"then waves of M (default {WAVE})")
     up.add_argument("--force", action="store_true", help="allow a downgrade (nodes running a newer release)")
     up.set_defaults(run=fleet_update)
-    fs.add_parser("stop", parents=[common], help="end the rollout under way").set_defaults(run=fleet_stop)
-    st = fs.add_parser("status", parents=[common], help="the newest rollout: each node's stage, state and reason")
-    st.add_argument("--all", action="store_true", help="the last 20 rollouts")
-    st.set_defaults(run=fleet_status)
+    stop = fs.add_parser("stop", help="end the rollout under way (nodes that installed the release keep it)")
+    common(stop)
+    stop.set_defaults(run=fleet_stop)

@@ -29,7 +29,9 @@ from . import config as configuration
 from . import memory
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
+from .configpub import ConfigPublisher
 from .fleet import Fleet
+from .fleet_secrets import FleetSecrets
 from .forward import Forwarders
 from .http import StatusServer
 from .ingest import Done, Inbound, Writer
@@ -67,7 +69,13 @@ class Gateway:
         self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)
         if self.moved is not None:
             self._corrupt(self.moved)
-        self.node_keys = NodeKeys(config.fleet_files.node_keys)
+        self.fleet = Fleet(config.fleet)
+        files = config.fleet_files
+        self.node_keys = NodeKeys(files.node_keys)
+        self.secrets = FleetSecrets(files.secrets, files.broker_secrets)
+        self.configpub = ConfigPublisher(config.store.path, self.fleet, self.node_keys, self.secrets, self.topics,
+                                         self.source.publish, self.source.connected)
+        self.source.on_new_session = self.configpub.session_lost
         # Releases: a connection of their own and a thread of their own, beside the writer (ota.py)
         self.ota: OtaLink | None = None
         self.rollouts: RolloutManager | None = None
@@ -97,6 +105,7 @@ class Gateway:
         log.info("store %s, database %s", self.config.store.path, self.store.db_id)
         self.writer.start()
         self.source.start()
+        self.configpub.start()
         if self.ota is not None and self.rollouts is not None:
             self.ota.start()
             self.rollouts.start()
@@ -104,7 +113,7 @@ class Gateway:
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
-                                     fleet=Fleet(self.config.fleet),
+                                     fleet=self.fleet, secrets=self.secrets,
                                      ota=self.ota.pieces.status if self.ota is not None else None,
                                      ).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
@@ -119,6 +128,7 @@ class Gateway:
         log.info("stopping: committing what was received")
         if self.http is not None:
             self.http.stop()
+        self.configpub.stop()
         if self.rollouts is not None and self.ota is not None:
             self.rollouts.stop()  # it writes its state as it goes: nothing to finish
             self.ota.stop()

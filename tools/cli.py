@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import datetime as dt
 import signal
@@ -219,6 +220,8 @@ def _fleet_error(path: Path, e: Exception) -> int:
 def _fleet_value(key: str, v: object) -> str:
     if key == "serials" and isinstance(v, dict):
         return ", ".join(f"{role} {serial}" for role, serial in v.items())
+    if key == "config" and isinstance(v, dict):
+        return ", ".join(f"{k} {json.dumps(x) if isinstance(x, (dict, list)) else x}" for k, x in v.items())
     if isinstance(v, (dt.date, dt.datetime)):
         return v.isoformat().replace("+00:00", "Z")
     if key == "notes":
@@ -279,6 +282,15 @@ def _date(s: str) -> "dt.date":
         raise argparse.ArgumentTypeError(f"{s!r}: expected a date like 2026-11-24, or today") from None
 
 
+def _config_key(s: str) -> tuple[str, object]:
+    from meetkit_tools.nodeconfig import parse_value
+
+    key, eq, value = s.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected KEY=VALUE, like interval_s=120 (KEY= removes it)")
+    return key, parse_value(value) if value else None
+
+
 def _serial(s: str) -> tuple[str, str | None]:
     role, eq, serial = s.partition("=")
     if not eq or not role:
@@ -297,6 +309,11 @@ def cmd_fleet_set(args: argparse.Namespace) -> int:
                                       ("notes", args.notes)) if v is not None}
     if args.serial:
         fields["serials"] = dict(args.serial)
+    config = dict(args.set_config)
+    if args.wifi:
+        config["wifi"] = {"ssid": args.wifi[0]} if len(args.wifi) == 1 else [{"ssid": w} for w in args.wifi]
+    if config:
+        fields["config"] = config
     for key in args.unset:
         fields[key] = None
     if not fields:
@@ -315,10 +332,14 @@ def cmd_fleet_set(args: argparse.Namespace) -> int:
 
 def cmd_fleet_check(args: argparse.Namespace) -> int:
     from meetkit_gateway.fleet import FleetError, load
+    from meetkit_tools.fleetfile import rule_problems
 
     path = _fleet_path(args)
     try:
         nodes = load(path)
+        problems = rule_problems(nodes)  # what the nodes would refuse of their configuration
+        if problems:
+            raise FleetError(path, problems)
     except FleetError as e:
         return _fleet_error(path, e)
     placed = sum("lat" in m for m in nodes.values())
@@ -351,6 +372,12 @@ def add_fleet_parser(sub: argparse._SubParsersAction) -> None:
     fs.add_argument("--noise-offset", type=float, metavar="DB", help="the microphone's calibration offset, dB")
     fs.add_argument("--calibrated", type=_date, help="when it was calibrated: 2026-11-20 or today")
     fs.add_argument("--notes", help="free text (never sent upstream)")
+    fs.add_argument("--config", dest="set_config", type=_config_key, action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting the gateway sends the node ([nodes.\"<id>\".config], checked with the firmware's "
+                         "rules): interval_s=120, ntp_host=..., broker='{\"host\": \"gw\", \"tls\": true}' "
+                         "(repeat; KEY= removes it; no passwords: docs/operator.md, \"Remote configuration\")")
+    fs.add_argument("--wifi", action="append", default=[], metavar="SSID",
+                    help="the Wi-Fi network the gateway sends the node (its password: the gateway's secrets file)")
     fs.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a key (repeat)")
     fs.set_defaults(func=cmd_fleet_set)
     check = fleet.add_parser("check", parents=[where], help="is the register valid, as the gateway reads it")

@@ -53,7 +53,6 @@ class FleetState(Base):
                 " last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen),"
                 " cfg = coalesce(excluded.cfg, cfg)",
                 (event.node, received_at, version))
-            self.bump("events")
             self.bump(f"events.{event.kind}")
         return eid
 
@@ -133,11 +132,17 @@ class FleetState(Base):
             cur = self.db.execute("INSERT INTO commands (node, cmd, at) VALUES (?, ?, ?)", (node, cmd, at))
             return int(cur.lastrowid or 0)
 
-    def pending_commands(self) -> list[CommandRow]:
-        """Commands not yet taken by the broker, oldest first."""
+    def pending_commands(self, since: float = 0.0) -> list[CommandRow]:
+        """Commands asked at or after `since` and not yet taken by the broker, oldest first."""
         rows = self.db.execute(
-            "SELECT id, node, cmd, at, sent_at, problem FROM commands WHERE sent_at IS NULL ORDER BY id")
+            "SELECT id, node, cmd, at, sent_at, problem FROM commands WHERE sent_at IS NULL AND at >= ? ORDER BY id",
+            (since,))
         return [CommandRow(*r) for r in rows]
+
+    def withdraw_command(self, cid: int) -> bool:
+        """Take back a command the broker has not taken yet (its asker gave up); True if it was."""
+        with self._writing():
+            return self.db.execute("DELETE FROM commands WHERE id = ? AND sent_at IS NULL", (cid,)).rowcount > 0
 
     def command(self, cid: int) -> CommandRow | None:
         r = self.db.execute("SELECT id, node, cmd, at, sent_at, problem FROM commands WHERE id = ?", (cid,)).fetchone()

@@ -23,8 +23,8 @@ def test_good_config_prints_a_summary(tmp_path):
     assert r.stdout.splitlines() == [
         f"{tmp_path / 'gateway.toml'}: OK",
         "  broker      mqtt://gw@broker.lan:8883 (with password), client id meetkit-gateway, keepalive 60 s",
-        "  subscribes  city/+/up, city/+/status",
-        "  publishes   city/<node>/ack, city/gateway/alarm (retained)",
+        "  subscribes  city/+/up, city/+/status, city/+/event",
+        "  publishes   city/<node>/ack, city/<node>/config (retained), city/<node>/cmd, city/gateway/alarm (retained)",
         "  http        http://127.0.0.1:8080/ (status page, /healthz, /metrics) (loopback only)",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
         "  bounds      at most 2.0 GB in use and 365 days from reception; the oldest records are dropped first",
