@@ -26,7 +26,9 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
                     fleet register says of it (name, board, installed, lat, lon, height_m, ...;
                     never its notes) or null; nodes of the register the store never heard of
                     are listed too, flagged "never seen"; with a readable register, nodes not
-                    in it are flagged "not in the register".
+                    in it are flagged "not in the register". "rollout": the newest rollout of a
+                    release ({"id", "release", "state", "stage", "reason", ..., "nodes": [{"node",
+                    "stage", "state", "reason", "offers", ...}]}, gateway/rollouts.py) or null.
     /api/series?node=ID&hours=24[&until=UNIX_S]
                     {"node", "since", "until", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
                     "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],

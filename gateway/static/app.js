@@ -94,6 +94,26 @@ function targets(doc) {
   }
 }
 
+// the newest rollout of a release (meetkit-gateway fleet update): its state, and each node's stage and state
+function rollout(doc) {
+  const box = document.getElementById("rollout");
+  const r = doc.rollout;
+  box.hidden = !r;
+  if (!r) return;
+  const stage = s => s === 0 ? "canary" : "wave " + s;
+  const count = {};
+  for (const n of r.nodes) count[n.state] = (count[n.state] || 0) + 1;
+  document.getElementById("rollout-summary").textContent =
+    "Rollout " + r.id + " of release " + r.release + ": " + (r.state === "halted" ? "HALTED" : r.state) +
+    (r.reason ? " (" + r.reason + ")" : "") + (r.state === "running" ? ", " + stage(r.stage) + " under way" : "") +
+    "; " + Object.entries(count).map(([k, v]) => v + " " + k).join(", ") + "; started " + when(r.created_at, doc.now);
+  box.className = r.state === "halted" ? "halted" : "";
+  const body = document.querySelector("#rollout-nodes tbody");
+  body.replaceChildren(...r.nodes.map(n => el("tr", {class: n.state === "failed" ? "bad" : "", "data-node": n.node},
+    el("td", {}, n.node), el("td", {}, stage(n.stage)), el("td", {class: "state"}, n.state),
+    el("td", {class: "num"}, n.offers), el("td", {}, ago(doc.now - n.updated_at)), el("td", {}, num(n.reason)))));
+}
+
 function alarms(doc) {
   const box = document.getElementById("alarms");
   box.replaceChildren(...doc.alarms.map(a => el("p", {}, "ALARM " + a.code + ": " + a.reason)));
@@ -141,7 +161,7 @@ async function refresh() {
   document.getElementById("summary").textContent =
     heard.length + " nodes heard of" + reg + ", " + c.records + " records, " + c.readings + " readings, " + c.dead_letters +
     " dead letters; updated " + new Date(doc.now * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
-  fleet(doc); targets(doc); alarms(doc);
+  fleet(doc); targets(doc); alarms(doc); rollout(doc);
   const plots = document.getElementById("plots");
   for (const n of heard) {
     let section = plots.querySelector('section[data-node="' + CSS.escape(n.node) + '"]');

@@ -7,7 +7,9 @@ page's JSON, the alarm, and what each node got."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -23,6 +25,7 @@ from meetkit_tools import release as rel
 from meetkit_tools.paths import FIRMWARE
 from meetkit_tools.services import FleetBroker, GatewayProcess
 
+from ..e2e.test_status_page import browse
 from ..metrics import parse_exposition, sample
 from .conftest import CLI, wait_for
 from .ota_node import OtaNode
@@ -187,6 +190,10 @@ def test_a_canary_that_rolls_back_halts_the_rollout_and_no_other_node_changes(si
     assert "n02   wave 1   waiting        0" in status
     page = wait_for(lambda: (d := site.rollout()) and d["state"] == "halted" and d, 15, "the page")
     assert page["reason"] == reason
+    dom = browse(site.url + "/", "--dump-dom").stdout  # the page itself, in a real browser
+    summary = re.search(r'<p id="rollout-summary">([^<]*)</p>', dom)
+    assert summary and summary[1].startswith(f"Rollout 1 of release 0.3.0: HALTED ({html.escape(reason, quote=False)})")
+    assert re.search(r'<tr class="bad" data-node="n01"><td>n01</td><td>canary</td><td class="state">failed</td>', dom)
     fams = wait_for(lambda: (m := site.metrics()) and HALTED in m["meetkit_alarm_active"]["samples"] and m, 15,
                     "the rollout_halted alarm on /metrics")
     assert sample(fams, "meetkit_rollout_state", rollout="1", release="0.3.0", state="halted") == 1
