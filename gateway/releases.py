@@ -274,7 +274,9 @@ class Releases:
                 return release, False
             raise ReleaseError(f"{dest}: another release {release.version} is kept already; a new build needs a "
                                "new version (firmware/lib/config.py's FW_VERSION)")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True)
+            os.chmod(self.folder, 0o755)
         tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".incoming-{release.version}-"))
         try:
             (tmp / MANIFEST).write_bytes(release.manifest_bytes)
@@ -283,7 +285,10 @@ class Releases:
                 p = tmp / FILES / f["path"]
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(blob)  # the bytes that were checked, not the source read again
-            for p in [tmp / MANIFEST, tmp / SIGNATURE, *(tmp / FILES).rglob("*")]:
+            # Readable by all (a release is no secret): `release add` runs as root, the service as
+            # its own (dynamic) user, which must read what root kept
+            for p in [tmp, tmp / MANIFEST, tmp / SIGNATURE, *(tmp / FILES).rglob("*"), tmp / FILES]:
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
                 if p.is_file():
                     with open(p, "rb") as fh:
                         os.fsync(fh.fileno())

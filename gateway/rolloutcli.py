@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Callable, TextIO
@@ -136,8 +137,15 @@ def fleet_update(cfg: Config, args: argparse.Namespace) -> int:
         nodes, boards, problems = _nodes(cfg, store, args.nodes)
         if not nodes and not problems:
             problems.append("no nodes: none given (--nodes), none in the register, none heard of")
-        keys = NodeKeys(cfg.fleet_files.node_keys)
-        problems += [f"{n}: {keys.problem(n)}" for n in nodes if keys.key(n) is None]
+        path = cfg.fleet_files.node_keys
+        if path is None:
+            problems.append("no [fleet] node_keys in the configuration: every offer is signed with the node's key")
+        elif os.access(path, os.R_OK):
+            keys = NodeKeys(path)
+            problems += [f"{n}: {keys.problem(n)}" for n in nodes if keys.key(n) is None]
+        else:  # a credential of the service (/run/credentials/...): only the running gateway reads it
+            print(f"fleet update: {path} cannot be read here; the running gateway checks each node's key (a node "
+                  "without one halts the rollout)", file=sys.stderr)
         fw = {n.node: n.fw for n in store.nodes()}
         try:
             p = plan(release, nodes, fw, boards, args.canary, args.wave, args.force)

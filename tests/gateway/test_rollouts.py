@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -75,8 +77,9 @@ class Site:
         self.url = self.gw.status_url()
         self.nodes: dict[str, OtaNode] = {}
 
-    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([CLI, *args, "--config", str(self.gw.conf)], capture_output=True, text=True, timeout=60)
+    def cli(self, *args: str, ok: bool = True, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([CLI, *args, "--config", str(self.gw.conf)], capture_output=True, text=True, timeout=60,
+                           preexec_fn=lambda: os.umask(umask) and None)
         assert (r.returncode == 0) == ok, r.stdout + r.stderr
         return r
 
@@ -266,7 +269,11 @@ def test_a_release_with_a_bad_signature_or_a_changed_file_is_refused(site: Site,
     assert "no release 0.3.0" in r.stderr
     a = site.node("n01")
     site.known({"n01": "0.2.0"})
-    add(site, "0.3.0")
+    site.cli("release", "add", str(site.built["0.3.0"]), umask=0o077)  # as root under a strict umask
+    # readable by the service's own user: folders 0755, files 0644
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (kept / "0.3.0").rglob("*") if p.is_dir()} == {0o755}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (kept / "0.3.0").rglob("*") if p.is_file()} == {0o644}
+    assert stat.S_IMODE((kept / "0.3.0").stat().st_mode) == 0o755 == stat.S_IMODE(kept.stat().st_mode)
     # a kept release changed on the gateway's disk afterwards: `fleet update` refuses it...
     mpy = kept / "0.3.0" / "files" / "lib" / "node.mpy"
     mpy.write_bytes(mpy.read_bytes()[:-1] + bytes([mpy.read_bytes()[-1] ^ 1]))
@@ -331,3 +338,26 @@ def test_a_node_that_does_not_prove_in_time_halts_the_rollout(site: Site) -> Non
     halted = site.wait_rollout("halted", timeout=30)
     assert halted["row"].reason == "n01 (canary) not proved within 2 s of accepting it (last: accepted)"
     assert site.nodes["n02"].offers == []
+
+
+def test_a_node_without_a_node_key_is_refused_up_front_and_halts_a_rollout_under_way(site: Site) -> None:
+    for n in ("n01", "n02"):
+        site.node(n)
+    site.known({"n01": "0.2.0", "n02": "0.2.0"})
+    add(site, "0.3.0")
+    path = site.broker.out / "node-keys.json"
+    keys = json.loads(path.read_text())
+    without = {"nodes": {k: v for k, v in keys["nodes"].items() if k != "n02"}}
+    path.write_text(json.dumps(without))
+    r = site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", ok=False)
+    assert f"n02: {path}: no key for n02 (`meetkit broker add-node n02` makes one)" in r.stderr
+    path.write_text(json.dumps(keys))
+    gate = threading.Event()
+    site.nodes["n01"].gate = gate  # the canary waits on trial while its wave's key goes
+    site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    wait_for(lambda: "installed" in site.nodes["n01"].event_at, 30, "the canary installed")
+    path.write_text(json.dumps(without))
+    gate.set()
+    halted = site.wait_rollout("halted")
+    assert halted["row"].reason == f"n02 (wave 1) not offered: {path}: no key for n02 (`meetkit broker add-node n02` makes one)"
+    assert halted["nodes"]["n01"].state == "done" and site.nodes["n02"].offers == []
