@@ -1,4 +1,4 @@
-from bench import (flood, forward, gateway, hostile, http_clients, noise, payload, provision, sensorthings, sim,
+from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, payload, provision, sensorthings, sim,
                    start_heap, store, tls, wire)
 
 
@@ -12,6 +12,7 @@ def main() -> None:
     gateway.run()
     flood.run()
     http_clients.run()
+    ota.run()
     forward.run()
     sensorthings.run()
     store.run()

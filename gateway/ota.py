@@ -151,6 +151,7 @@ class OtaLink:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._stopping = False
+        self._unreachable = False  # to log a run of failed connection attempts once
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cfg.client_id}-ota", protocol=mqtt.MQTTv311,
                         clean_session=True)
         if cfg.username is not None:
@@ -158,6 +159,7 @@ class OtaLink:
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.max_inflight_messages_set(0)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
@@ -182,8 +184,14 @@ class OtaLink:
             log.error("releases: the broker refused the connection: %s", rc)
             return
         self.connected.set()
+        self._unreachable = False
         if not self._stopping:
             client.subscribe(self.topics.ota_get, qos=0)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._unreachable:
+            self._unreachable = True
+            log.warning("releases: cannot reach the broker; retrying")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connected.clear()

@@ -183,14 +183,15 @@ class RolloutManager:
         events = store.events(kind="ota", since_id=r.events_seen, limit=1000)
         d = decide(r, nodes, fw, events, now, self.ota)
         offers: list[tuple[str, bytes]] = []
+        keys = {node: self.keys.key(node) for node in d.offer}
+        for node, key in keys.items():  # a node without a key: nothing is offered to anyone
+            if key is None:
+                why = f"not offered: {self.keys.problem(node)}"
+                nodes[node].fail(why)
+                d.failed.append(f"{node} ({stage_name(nodes[node].stage)}) {why}")
         if not d.failed:
-            for node in d.offer:
-                key = self.keys.key(node)
-                if key is None:
-                    why = f"not offered: {self.keys.problem(node)}"
-                    nodes[node].fail(why)
-                    d.failed.append(f"{node} ({stage_name(nodes[node].stage)}) {why}")
-                    continue
+            for node, key in keys.items():
+                assert key is not None
                 body = {"node": node, "release": release.manifest, "force": r.force}
                 offers.append((node, envelope(key, body)))
                 nodes[node].state, nodes[node].offered_at, nodes[node].offers = "offered", now, nodes[node].offers + 1

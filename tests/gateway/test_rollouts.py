@@ -140,6 +140,10 @@ def test_canary_first_then_waves_and_every_node_ends_on_the_release(site: Site) 
         site.node(n)
     site.known({n: "0.2.0" for n in NODES})
     add(site, "0.3.0")
+    check = site.cli("check").stdout
+    assert re.search(rf"^  releases    signed by release\.pub \([0-9a-f]{{16}}\); kept in {re.escape(str(site.tmp))}/kept: "
+                     r"0\.3\.0$", check, re.M), check
+    assert "  rollouts    offers again every 30 s until answered, proved within 600 s; pieces of at most 4096 bytes" in check
     r = site.cli("fleet", "update", "--release", "0.3.0", "--canary", "1", "--wave", "2")
     assert "rollout 1: release 0.3.0 to 5 nodes" in r.stdout
     assert "  canary   n01\n  wave 1   n02, n03\n  wave 2   n04, n05\n" in r.stdout
