@@ -130,7 +130,7 @@ class OtaConfig:
     release_keys: tuple[Path, ...]  # Ed25519 public keys (release.pub): a release must be signed by one
     releases: Path  # the folder of kept releases (`meetkit-gateway release add`)
     offer_every_s: float = 60.0  # an offer no node answered is sent again after this long
-    prove_within_s: float = 3600.0  # from its "accepted": a node that has not proved the release by then halts the rollout
+    prove_within_s: float = 3600.0  # from "accepted": a node not proved by then halts the rollout
     piece_max_bytes: int = 4096  # the most a node gets in one ota/chunk, whatever it asks
     pieces_per_s: float = 20.0  # per node: more requests than this are dropped (counted)
 

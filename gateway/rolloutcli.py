@@ -78,7 +78,8 @@ def release_list(cfg: Config, args: argparse.Namespace) -> int:
     for v in versions:
         try:
             r = kept.get(v)
-            print(f"  {v:<10} {len(r.files)} files, {r.size} bytes, boards {', '.join(r.boards)}, signed by {r.signed_by}")
+            print(f"  {v:<10} {len(r.files)} files, {r.size} bytes, boards {', '.join(r.boards)}, "
+                  f"signed by {r.signed_by}")
         except ReleaseError as e:
             print(f"  {v:<10} DOES NOT VERIFY: {e}")
     return 0
@@ -256,7 +257,8 @@ def add_fleet_parsers(fs: "argparse._SubParsersAction[argparse.ArgumentParser]",
     up.add_argument("--release", required=True, metavar="VERSION", help="a release kept with `release add`")
     up.add_argument("--nodes", metavar="A,B,...", help="these nodes, in this order (default: the fleet register's, "
                     "else every node heard of)")
-    up.add_argument("--canary", type=int, default=CANARY, metavar="N", help=f"the first N nodes go first (default {CANARY})")
+    up.add_argument("--canary", type=int, default=CANARY, metavar="N",
+                    help=f"the first N nodes go first (default {CANARY})")
     up.add_argument("--wave", type=int, default=WAVE, metavar="M", help=f"then waves of M (default {WAVE})")
     up.add_argument("--force", action="store_true", help="allow a downgrade (nodes running a newer release)")
     up.set_defaults(run=fleet_update)

@@ -10,7 +10,8 @@ from typing import Iterable
 from .base import Base
 from .rows import RolloutNodeRow, RolloutRow
 
-_ROLLOUT = "SELECT id, release, force, canary, wave, state, stage, reason, created_at, updated_at, events_seen FROM rollouts"
+_ROLLOUT = ("SELECT id, release, force, canary, wave, state, stage, reason, created_at, updated_at, events_seen"
+            " FROM rollouts")
 _NODE = "SELECT rollout, node, stage, state, reason, offers, offered_at, accepted_at, updated_at FROM rollout_nodes"
 
 

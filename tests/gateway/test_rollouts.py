@@ -141,9 +141,10 @@ def test_canary_first_then_waves_and_every_node_ends_on_the_release(site: Site) 
     site.known({n: "0.2.0" for n in NODES})
     add(site, "0.3.0")
     check = site.cli("check").stdout
-    assert re.search(rf"^  releases    signed by release\.pub \([0-9a-f]{{16}}\); kept in {re.escape(str(site.tmp))}/kept: "
-                     r"0\.3\.0$", check, re.M), check
-    assert "  rollouts    offers again every 30 s until answered, proved within 600 s; pieces of at most 4096 bytes" in check
+    kept = re.escape(str(site.tmp / "kept"))
+    line = rf"^  releases    signed by release\.pub \([0-9a-f]{{16}}\); kept in {kept}: 0\.3\.0$"
+    assert re.search(line, check, re.M), check
+    assert "  rollouts    offers again every 30 s until answered, proved within 600 s; pieces of at most 4096" in check
     r = site.cli("fleet", "update", "--release", "0.3.0", "--canary", "1", "--wave", "2")
     assert "rollout 1: release 0.3.0 to 5 nodes" in r.stdout
     assert "  canary   n01\n  wave 1   n02, n03\n  wave 2   n04, n05\n" in r.stdout
@@ -322,9 +323,11 @@ def test_pieces_go_only_to_the_node_offered_and_only_of_its_release(site: Site) 
     a.c.publish("meetkit/n01/ota/get", b"{not json", qos=1).wait_for_publish(5)
     a.ask("0.3.0", 0, 0, length=1_000_000)  # the control: answered, capped
     head, _, piece = a.chunks.get(timeout=10).partition(b"\n")
-    assert json.loads(head) == {"release": "0.3.0", "file": 0, "off": 0} and len(piece) == min(4096, m["files"][0]["size"])
+    assert json.loads(head) == {"release": "0.3.0", "file": 0, "off": 0}
+    assert len(piece) == min(4096, m["files"][0]["size"])
     fams = wait_for(lambda: (f := site.metrics()) and sample(f, "meetkit_ota_requests_refused_total",
-                                                            reason="bad_request") == 1 and f, 15, "the refusals counted")
+                                                            reason="bad_request") == 1 and f,
+                    15, "the refusals counted")
     assert {r: sample(fams, "meetkit_ota_requests_refused_total", reason=r)
             for r in ("not_offered", "bad_request", "beyond_end", "rate")} == {
         "not_offered": 2, "bad_request": 1, "beyond_end": 2, "rate": 0}
@@ -363,5 +366,6 @@ def test_a_node_without_a_node_key_is_refused_up_front_and_halts_a_rollout_under
     path.write_text(json.dumps(without))
     gate.set()
     halted = site.wait_rollout("halted")
-    assert halted["row"].reason == f"n02 (wave 1) not offered: {path}: no key for n02 (`meetkit broker add-node n02` makes one)"
+    assert halted["row"].reason == (f"n02 (wave 1) not offered: {path}: no key for n02 "
+                                    "(`meetkit broker add-node n02` makes one)")
     assert halted["nodes"]["n01"].state == "done" and site.nodes["n02"].offers == []

