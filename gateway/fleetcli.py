@@ -72,11 +72,13 @@ def _version(v: int | None) -> str:
 
 def _config_cell(s: NodeState) -> str:
     c = s.config
-    if c is None or (c.wanted is None and c.running is None):
+    if c is None:
         return "-"
     text = f"{_version(c.wanted)} / {_version(c.running)}"
     if c.problem:
         return text + " held back"
+    if c.wanted is None and c.running is None:
+        return "-"
     if c.behind:
         return text + (" sent" if c.published else " to send")
     return text

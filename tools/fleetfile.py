@@ -217,12 +217,15 @@ def upsert(path: Path | str, node_id: str, fields: dict[str, Any]) -> None:
         nodes = _nodes(doc, path)
         table = nodes.get(node_id)
         if table is None:
-            table = tomlkit.table()
+            # not a super table: its [nodes."<id>"] header is written even when it holds only its config
+            table = tomlkit.table(is_super_table=False)
             nodes.append(SingleKey(node_id, t=KeyType.Basic), table)  # [nodes."ams-001"], as the docs write it
         elif not isinstance(table, Table):
             raise FleetError(path, [f'nodes."{node_id}": must be a table'])
         try:
             _apply(table, fields)
+            if not table and table.is_super_table():  # its last key gone: keep the node, with a header
+                nodes[node_id] = tomlkit.table(is_super_table=False)
             text = tomlkit.dumps(doc)
         except (TOMLKitError, TypeError, ValueError) as e:  # a value TOML has no type for
             raise FleetError(path, [f'nodes."{node_id}": cannot be written: {e}']) from None
