@@ -22,17 +22,23 @@ GARBAGE = bytes(range(256)) * 32
 
 
 def corrupted_copy(path: Path) -> str:
-    """A store with records whose pages after the first (the schema) are then overwritten: SQLite
-    opens it and reads the schema, `quick_check` finds the damage. Returns its db id."""
+    """A store with records whose pages but the schema's are then overwritten: SQLite opens it and
+    reads the schema, `quick_check` finds the damage. Returns its db id. (The schema has outgrown
+    its first page: SQLite's dbstat says which pages hold it.)"""
     with Store(path) as s:
         for k in range(20):
             s.add_batch(parse_batch(encode(batch(seqs=range(10 * k, 10 * k + 10))), "ams-001"))
         db_id = s.db_id
         s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = s.db.execute("PRAGMA page_size").fetchone()[0]
+        schema = {n for (n,) in s.db.execute("SELECT pageno FROM dbstat WHERE name = 'sqlite_schema'")}
     size = path.stat().st_size
+    rng = random.Random(1)  # fixed bytes: the same damage every run
     with path.open("r+b") as f:
-        f.seek(4096)
-        f.write(random.Random(1).randbytes(size - 4096))  # fixed bytes: the same damage every run
+        for n in range(2, size // page + 1):
+            if n not in schema:
+                f.seek((n - 1) * page)
+                f.write(rng.randbytes(page))
     return db_id
 
 

@@ -104,7 +104,7 @@ def test_a_bad_edit_names_the_problem_and_leaves_the_file_as_it_was(tmp_path):
                                        'quotes), got "2026-11-24" (a string)']),
         ({"serials": {"pms": "X"}}, ['nodes."ams-001".serials.pms: unknown sensor role; did you mean "pm"?']),
         ({"colour": "red"}, ['nodes."ams-001".colour: unknown key (known: board, name, lat, lon, height_m, '
-                             'installed, serials, noise_offset_db, calibrated, notes, chip, fw, provisioned)']),
+                             'installed, serials, noise_offset_db, calibrated, notes, chip, fw, provisioned, config)']),
         ({"lon": None}, ['nodes."ams-001": lat and lon go together']),
     ]
     for fields, errors in cases:
