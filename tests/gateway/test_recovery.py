@@ -139,7 +139,7 @@ def test_a_newer_schema_is_refused_not_moved(tmp_path):
     path = tmp_path / "g.db"
     Store(path).close()
     con = sqlite3.connect(path)
-    con.execute("PRAGMA user_version = 7")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     with pytest.raises(StoreError, match="newer than this gateway's"):
         open_store(path)
@@ -174,10 +174,11 @@ def test_run_stops_with_a_clear_error_on_a_store_it_must_not_touch(tmp_path):
     path = tmp_path / "gateway.db"
     Store(path).close()
     con = sqlite3.connect(path)
-    con.execute("PRAGMA user_version = 7")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     r = cli("run", "--config", str(write_config(tmp_path, 1)), timeout=30)
     assert r.returncode == 1
-    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's {SCHEMA_VERSION}" in r.stdout
+    assert (f"cannot open the store {path}: {path}: schema version {SCHEMA_VERSION + 1} is newer than this "
+            f"gateway's {SCHEMA_VERSION}") in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
