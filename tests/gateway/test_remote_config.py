@@ -35,6 +35,7 @@ from meetkit_gateway.store import Store
 from meetkit_tools import fleetfile
 from meetkit_tools.services import GatewayProcess
 from tests.conftest import Broker
+from tests.e2e.test_status_page import browse
 from tests.metrics import parse_exposition, sample
 
 from .conftest import CLI, Listener, Publisher, wait_for
@@ -309,7 +310,20 @@ def test_selftest_a_wrong_key_bad_events_and_crash_reports(fleet: Fleet):
         assert "crash in boot 31 after 3620 s (20 reports kept):" in status.stdout
         assert "  OSError: [Errno 5] EIO ***" in status.stdout
         assert "self-test mic: fail: no samples" in status.stdout
-        fleet.get("/")
+
+        # the status page in Chromium: the over-the-air table
+        done = browse(fleet.url + "/", "--dump-dom")
+        dom = done.stdout
+        fleet.outputs.append(dom)
+        assert 'data-loaded="1"' in dom, done.stderr[-2000:]
+        table = re.search(r'<table id="air">.*?</table>', dom, re.S)
+        assert table, dom[:3000]
+        rows = {m[1]: m[2] for m in re.finditer(r'<tr class="[^"]*" data-node="([^"]+)">(.*?)</tr>', table[0], re.S)}
+        assert '<span class="flag failed" title="no samples">mic fail</span>' in rows["ams-001"]
+        assert "OSError: [Errno 5] EIO *** (22 in a row, 20 kept)" in rows["ams-001"]
+        assert '<span class="flag ok">running</span>' in rows["ams-001"]
+        assert '<span class="flag refused">refused whole</span> bad mac' in rows["ams-002"]
+        assert '<span class="flag behind">sent, not yet running</span>' in rows["ams-002"]
     finally:
         for c in (good, wrong, bad):
             c.close()
