@@ -125,6 +125,9 @@ def details(s: NodeState) -> list[str]:
     if s.safe_mode is not None and s.mode == "safe":
         out.append(f"safe mode since {iso(s.safe_mode['at'])} after {s.safe_mode['crashes']} crashes in a row: "
                    "measuring nothing until a new release or configuration arrives")
+    r = s.cmd_refused
+    if r is not None:
+        out.append(f"command {r.get('id', '?')} refused at {iso(r['at'])}: {r.get('reason')}")
     t = s.selftest
     if t is not None:
         if "checks" not in t:
@@ -216,6 +219,12 @@ def selftest(cfg: Config, node: str, wait: float) -> int:
             if c is not None and c.problem and not said_problem:
                 print(f"the gateway cannot send it: {c.problem}", file=sys.stderr)
                 said_problem = True
+            if c is not None and c.sent_at is not None:
+                unread = [e for e in store.refused_commands(node, c.at) if "id" not in e.body]
+                if unread:  # a command it could not read (a bad MAC): ours, most likely
+                    print(f"{node} refused a command it could not read at {iso(unread[-1].at)}: "
+                          f"{secrets.redact(str(unread[-1].body.get('reason')))}", file=sys.stderr)
+                    return 1
             if time.monotonic() >= deadline:
                 break
             time.sleep(POLL_S)  # waits on the node's answer in the store, up to the deadline

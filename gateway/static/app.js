@@ -109,7 +109,9 @@ function crashCell(n, now) {
 }
 
 function selftestCell(n, now) {
-  const t = n.selftest;
+  const t = n.selftest, r = n.cmd_refused;
+  if (r && (!t || r.at > t.at)) return [when(r.at, now) + " ", el("span", {class: "flag refused"}, "command refused"),
+                                        " " + r.reason];
   if (!t) return ["–"];
   if (!t.checks) return [when(t.at, now) + " ", el("span", {class: "flag refused"}, "refused"), " " + t.reason];
   const items = Object.entries(t.checks).map(([k, [r, d]]) =>
@@ -120,7 +122,7 @@ function selftestCell(n, now) {
 function air(doc) {
   const body = document.querySelector("#air tbody");
   body.replaceChildren();
-  const shown = doc.nodes.filter(n => n.mode || n.config || n.crash || n.selftest);
+  const shown = doc.nodes.filter(n => n.mode || n.config || n.crash || n.selftest || n.cmd_refused);
   for (const n of shown) {
     const bad = n.mode === "safe" || (n.config && (n.config.problem || (n.config.last && n.config.last.state)));
     body.append(el("tr", {class: bad ? "bad" : "", "data-node": n.node},

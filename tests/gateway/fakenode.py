@@ -78,7 +78,7 @@ class FakeNode:
         if isinstance(body, str):
             with self._lock:
                 self.refused.append(body)
-            self.event("config" if kind == "config" else "selftest", state="refused", reason=body)
+            self.event(kind, state="refused", reason=body)  # config or cmd, as docs/payload.md says
             return
         with self._lock:
             self.bodies.append(body)

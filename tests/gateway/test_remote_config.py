@@ -279,8 +279,12 @@ def test_selftest_a_wrong_key_bad_events_and_crash_reports(fleet: Fleet):
         n = wait_for(lambda: (d := fleet.nodes()["ams-002"])["config"]["last"] and d, 15, "the refusal")
         assert n["config"]["last"]["state"] == "refused" and n["config"]["last"]["reason"] == "bad mac"
         assert n["config"]["behind"] is True
+        r = fleet.cli("fleet", "selftest", "ams-002", "--wait", "30")
+        assert r.returncode == 1 and "ams-002 refused a command it could not read at " in r.stderr, r.stderr
+        assert r.stderr.rstrip().endswith(": bad mac")
         status = fleet.cli("fleet", "status", "--node", "ams-002")
         assert "config refused whole at" in status.stdout and ": bad mac" in status.stdout
+        assert "command ? refused at " in status.stdout
 
         # bad events: dead-lettered with a reason; good ones around them stored
         bad.publish("meetkit/ams-001/event", {"v": 1, "node": "ams-001", "kind": "reboot"})
@@ -301,7 +305,7 @@ def test_selftest_a_wrong_key_bad_events_and_crash_reports(fleet: Fleet):
         assert sample(fams, "meetkit_messages_rejected_total", code="node_mismatch") == 1
         assert sample(fams, "meetkit_node_crashes_in_a_row", node="ams-001") == 22
         letters = fleet.cli("dead-letters", "list", "--node", "ams-001")
-        assert 'kind: "reboot" is not one of config, ota, crash, safe_mode, selftest' in letters.stdout
+        assert 'kind: "reboot" is not one of config, ota, cmd, crash, safe_mode, selftest' in letters.stdout
         assert "at_up: missing" in letters.stdout
         n = fleet.nodes()["ams-001"]
         assert n["crashes"] == 20 and n["crash"]["boot"] == 31
@@ -324,6 +328,7 @@ def test_selftest_a_wrong_key_bad_events_and_crash_reports(fleet: Fleet):
         assert '<span class="flag ok">running</span>' in rows["ams-001"]
         assert '<span class="flag refused">refused whole</span> bad mac' in rows["ams-002"]
         assert '<span class="flag behind">sent, not yet running</span>' in rows["ams-002"]
+        assert '<span class="flag refused">command refused</span> bad mac' in rows["ams-002"]
     finally:
         for c in (good, wrong, bad):
             c.close()
