@@ -100,14 +100,14 @@ def _selftest_cell(s: NodeState) -> str:
     return f"{iso(t['at'])} " + (f"FAILED {', '.join(failed)}" if failed else f"{len(t['checks'])} passed")
 
 
-def details(s: NodeState) -> list[str]:
-    """What needs a look, one line each."""
+def details(s: NodeState, full: bool = False) -> list[str]:
+    """What needs a look, one line each; `full`: the wanted configuration also when the node runs it."""
     out: list[str] = []
     c = s.config
     if c is not None:
         if c.problem:
             out.append(f"config held back: {c.problem}")
-        if c.shown:
+        if c.shown and (full or c.behind):
             out.append("config wanted: " + ", ".join(f"{k} {_value(v)}" for k, v in c.shown.items()))
         last = c.last
         if last is not None:
@@ -120,7 +120,8 @@ def details(s: NodeState) -> list[str]:
                     out.append(f"  refused {key}: {why}")
     if s.crash is not None:
         lines = [ln for ln in str(s.crash.get("trace", "")).splitlines() if ln.strip()]
-        out.append(f"crash in boot {s.crash['boot']} after {s.crash['at_up']} s ({s.crashes} reports kept):")
+        kept = f"{s.crashes} report{'s' if s.crashes != 1 else ''} kept"
+        out.append(f"crash in boot {s.crash['boot']} after {s.crash['at_up']} s ({kept}):")
         out += [f"  {ln.strip()}" for ln in lines[-TRACE_LINES:]]
     if s.safe_mode is not None and s.mode == "safe":
         out.append(f"safe mode since {iso(s.safe_mode['at'])} after {s.safe_mode['crashes']} crashes in a row: "
@@ -168,7 +169,7 @@ def status(cfg: Config, node: str | None) -> int:
         print(render(("node", "mode", "fw", "config wanted / running", "last crash (UTC)", "self-test (UTC)"), rows,
                      (False,) * 6))
         for n, s in air.items():
-            lines = details(s) + [ln for section in SECTIONS for ln in section(n, s, store)]
+            lines = details(s, full=node is not None) + [ln for section in SECTIONS for ln in section(n, s, store)]
             if lines:
                 print(f"\n{n}")
                 for ln in lines:
