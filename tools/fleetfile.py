@@ -15,10 +15,11 @@ that follow the table.
 
 Nothing half-written is ever seen: the edited text is checked with `meetkit_gateway.fleet.parse`
 exactly as the gateway will read it, and the node's configuration with the firmware's own rules
-(`rule_problems`: tools/nodeconfig.py, which the gateway on a Pi does not have) (a bad value raises
-FleetError, naming it, and the file stays as it was), then written to a temporary file beside it, fsynced, and renamed over it (its mode
-kept). A lock file (`<name>.lock`, left in place: removing it would race) is held around the
-read-modify-write, so two provisions at once on one laptop both keep their rows.
+(`rule_problems`: tools/nodeconfig.py, which the gateway on a Pi does not have); a bad value
+raises FleetError, naming it, and the file stays as it was. Then it is written to a temporary
+file beside it, fsynced, and renamed over it (its mode kept). A lock file (`<name>.lock`, left
+in place: removing it would race) is held around the read-modify-write, so two provisions at once
+on one laptop both keep their rows.
 """
 
 from __future__ import annotations

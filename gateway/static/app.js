@@ -87,7 +87,8 @@ function configCell(c, now) {
                          el("div", {class: "why"}, c.problem)];
   const state = c.behind ? el("span", {class: "flag behind"}, c.published ? "sent, not yet running" : "to send")
                          : el("span", {class: "flag ok"}, "running");
-  const shown = Object.entries(c.shown || {}).map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v));
+  const shown = Object.entries(c.shown || {})
+    .map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v));
   return [el("span", shown.length ? {title: shown.join("\n")} : {}, text + " "), state];
 }
 

@@ -71,10 +71,13 @@ def test_a_node_the_register_configures_nothing_for_is_sent_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("table, error", [
-    ('[nodes."a".config]\ninterval_s = "60"', 'nodes."a".config.interval_s: must be a whole number, got "60" (a string)'),
-    ('[nodes."a".config]\ninterval_s = 60.0', 'nodes."a".config.interval_s: must be a whole number, got 60.0 (a number)'),
+    ('[nodes."a".config]\ninterval_s = "60"',
+     'nodes."a".config.interval_s: must be a whole number, got "60" (a string)'),
+    ('[nodes."a".config]\ninterval_s = 60.0',
+     'nodes."a".config.interval_s: must be a whole number, got 60.0 (a number)'),
     ('[nodes."a".config]\nntp_host = ""', 'nodes."a".config.ntp_host: must be a non-empty string, got "" (a string)'),
-    ('[nodes."a".config]\nnoise_offset_db = 1.0', 'nodes."a".config.noise_offset_db: the calibration is the node\'s own'),
+    ('[nodes."a".config]\nnoise_offset_db = 1.0',
+     'nodes."a".config.noise_offset_db: the calibration is the node\'s own'),
     ('[nodes."a".config]\nnode_id = "b"', 'nodes."a".config.node_id: a node\'s id is never changed remotely'),
     ('[nodes."a".config]\nintervals = 60', 'nodes."a".config.intervals: unknown key; did you mean "interval_s"?'),
     ('[nodes."a".config]\nwifi = { ssid = "lab", password = "hunter2-SECRET" }',
