@@ -171,8 +171,9 @@ class ConfigPublisher:
             for node, row in rows.items():
                 self._problem(store, node, row.problem, problem, now)
             return
-        running = {n.node: n.cfg for n in store.nodes()}
-        for node in sorted(set(register) | set(rows)):
+        nodes = sorted(set(register) | set(rows))
+        running = {n.node: n.cfg for n in store.nodes()} if nodes else {}
+        for node in nodes:
             row = rows.get(node)
             w = wanted(node, register[node], self.secrets, self.topics.prefix) if node in register else None
             if w is None and (row is None or row.version == 0):
