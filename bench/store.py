@@ -109,11 +109,14 @@ def schema3(path: Path, n: int) -> None:
     con.execute("VACUUM")
     con.execute("DELETE FROM meta WHERE key = 'pruned_upto'")
     # and without what the steps after 3 add (MIGRATIONS[3:]: pruned_upto above; schema 5's
-    # dead-letter columns and retained_seen), so that the upgrade runs them all again
+    # dead-letter columns and retained_seen; schema 6's node state, events, node_config and
+    # commands), so that the upgrade runs them all again
     con.executescript("DROP TABLE retained_seen; DROP INDEX dead_letters_node;"
-                      " ALTER TABLE dead_letters DROP COLUMN node; ALTER TABLE dead_letters DROP COLUMN size;")
+                      " ALTER TABLE dead_letters DROP COLUMN node; ALTER TABLE dead_letters DROP COLUMN size;"
+                      " DROP TABLE events; DROP TABLE node_config; DROP TABLE commands;"
+                      " ALTER TABLE nodes DROP COLUMN mode; ALTER TABLE nodes DROP COLUMN cfg;")
     con.execute("PRAGMA user_version = 3")
-    if con.execute("PRAGMA auto_vacuum").fetchone() != (0,) or len(MIGRATIONS) != 5:
+    if con.execute("PRAGMA auto_vacuum").fetchone() != (0,) or len(MIGRATIONS) != 6:
         raise RuntimeError("bench/store.py's schema-3 store no longer matches the migrations: update schema3()")
     con.close()
 

@@ -59,6 +59,8 @@ Publish = Callable[[str, bytes, bool], Info]
 #: A command not sent within this long after it was asked is not sent at all: whoever asked has
 #: given up (`fleet selftest --wait` is at most this), and a self-test long after is no answer.
 COMMAND_TTL_S = 600.0
+#: At stop, how long to wait for the broker to take what was just published.
+DRAIN_S = 2.0
 
 
 @dataclass
@@ -123,6 +125,19 @@ class ConfigPublisher:
                 except Exception:  # a bug or a locked store: logged, tried again next time
                     log.exception("sending the configuration failed; trying again")
                 self._stop.wait(self.every)
+            self._drain(store)
+
+    def _drain(self, store: Store, timeout: float = DRAIN_S) -> None:
+        """At stop: what the broker takes within `timeout` is marked taken, so that the next start
+        does not send it again (what it has not taken by then is, under the same version)."""
+        deadline = time.monotonic() + timeout
+        while self._inflight and self.connected.is_set() and time.monotonic() < deadline:
+            try:
+                self._confirm(store, time.time())
+            except Exception:
+                log.exception("could not mark what the broker took")
+                return
+            time.sleep(0.02)  # waits on paho's thread for the broker's PUBACKs, up to the deadline
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -156,8 +171,9 @@ class ConfigPublisher:
             for node, row in rows.items():
                 self._problem(store, node, row.problem, problem, now)
             return
-        running = {n.node: n.cfg for n in store.nodes()}
-        for node in sorted(set(register) | set(rows)):
+        nodes = sorted(set(register) | set(rows))
+        running = {n.node: n.cfg for n in store.nodes()} if nodes else {}
+        for node in nodes:
             row = rows.get(node)
             w = wanted(node, register[node], self.secrets, self.topics.prefix) if node in register else None
             if w is None and (row is None or row.version == 0):

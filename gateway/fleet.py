@@ -31,8 +31,10 @@ fleet set` and `meetkit fleet check` apply (tools/nodeconfig.py) and the node ap
 names what it refuses). The calibration offset is the node's `noise_offset_db` above, not a key of
 `config`: one place for it, beside the date it was measured; the gateway sends it with the rest.
 No password is ever in the register: a `password` or `user` key in `wifi` or `broker` is an error
-(the secrets come from files the gateway reads: gateway/fleet_secrets.py). A board name is checked for its form only: the gateway on a Pi
-does not ship boards/, and a lab may have boards of its own.
+(the secrets come from files the gateway reads: gateway/fleet_secrets.py).
+
+A board name is checked for its form only: the gateway on a Pi does not ship boards/, and a lab
+may have boards of its own.
 
     fleet = Fleet(path)
     fleet.node_metadata("ams-001")  # {"lat": 52.3731, "lon": 4.8922, "installed": date(2026, 11, 24), ...} or None

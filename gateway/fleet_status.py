@@ -40,6 +40,7 @@ class NodeState:
     crashes: int = 0  # crash reports kept
     safe_mode: dict[str, Any] | None = None  # the latest safe_mode event: at, crashes
     selftest: dict[str, Any] | None = None  # the latest self-test: id, at, checks / state, reason
+    cmd_refused: dict[str, Any] | None = None  # the latest command the node did not take: at, reason, id
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,7 +74,7 @@ def states(store: Store, secrets: FleetSecrets | None = None) -> dict[str, NodeS
     with store.snapshot():
         nodes = store.nodes()
         configs = store.node_configs()
-        last = {k: store.latest_events(k) for k in ("config", "crash", "safe_mode", "selftest")}
+        last = {k: store.latest_events(k) for k in ("config", "crash", "safe_mode", "selftest", "cmd")}
         crash_counts = {n: store.event_count("crash", n) for n in last["crash"]}
     running = {n.node: n.cfg for n in nodes}
     modes = {n.node: n.mode for n in nodes}
@@ -90,7 +91,8 @@ def states(store: Store, secrets: FleetSecrets | None = None) -> dict[str, NodeS
                 shown=row.shown if row is not None else {}, last=_shown(cfg_event, secrets))
         out[node] = NodeState(node, modes.get(node), config, _shown(_first(last["crash"], node), secrets),
                               crash_counts.get(node, 0), _shown(_first(last["safe_mode"], node), secrets),
-                              _shown(_first(last["selftest"], node), secrets))
+                              _shown(_first(last["selftest"], node), secrets),
+                              _shown(_first(last["cmd"], node), secrets))
     return out
 
 
@@ -103,4 +105,5 @@ def as_json(s: NodeState) -> dict[str, Any]:
             "wanted": c.wanted, "running": c.running, "behind": c.behind, "published": c.published,
             "problem": c.problem, "shown": c.shown, "last": c.last},
         "crash": s.crash, "crashes": s.crashes, "safe_mode": s.safe_mode, "selftest": s.selftest,
+        "cmd_refused": s.cmd_refused,
     }

@@ -81,11 +81,13 @@ def _version(v: int | None) -> str:
 
 def _config_cell(s: NodeState) -> str:
     c = s.config
-    if c is None or (c.wanted is None and c.running is None):
+    if c is None:
         return "-"
     text = f"{_version(c.wanted)} / {_version(c.running)}"
     if c.problem:
         return text + " held back"
+    if c.wanted is None and c.running is None:
+        return "-"
     if c.behind:
         return text + (" sent" if c.published else " to send")
     return text
@@ -107,14 +109,14 @@ def _selftest_cell(s: NodeState) -> str:
     return f"{iso(t['at'])} " + (f"FAILED {', '.join(failed)}" if failed else f"{len(t['checks'])} passed")
 
 
-def details(s: NodeState) -> list[str]:
-    """What needs a look, one line each."""
+def details(s: NodeState, full: bool = False) -> list[str]:
+    """What needs a look, one line each; `full`: the wanted configuration also when the node runs it."""
     out: list[str] = []
     c = s.config
     if c is not None:
         if c.problem:
             out.append(f"config held back: {c.problem}")
-        if c.shown:
+        if c.shown and (full or c.behind):
             out.append("config wanted: " + ", ".join(f"{k} {_value(v)}" for k, v in c.shown.items()))
         last = c.last
         if last is not None:
@@ -127,11 +129,15 @@ def details(s: NodeState) -> list[str]:
                     out.append(f"  refused {key}: {why}")
     if s.crash is not None:
         lines = [ln for ln in str(s.crash.get("trace", "")).splitlines() if ln.strip()]
-        out.append(f"crash in boot {s.crash['boot']} after {s.crash['at_up']} s ({s.crashes} reports kept):")
+        kept = f"{s.crashes} report{'s' if s.crashes != 1 else ''} kept"
+        out.append(f"crash in boot {s.crash['boot']} after {s.crash['at_up']} s ({kept}):")
         out += [f"  {ln.strip()}" for ln in lines[-TRACE_LINES:]]
     if s.safe_mode is not None and s.mode == "safe":
         out.append(f"safe mode since {iso(s.safe_mode['at'])} after {s.safe_mode['crashes']} crashes in a row: "
                    "measuring nothing until a new release or configuration arrives")
+    r = s.cmd_refused
+    if r is not None:
+        out.append(f"command {r.get('id', '?')} refused at {iso(r['at'])}: {r.get('reason')}")
     t = s.selftest
     if t is not None:
         if "checks" not in t:
@@ -173,7 +179,7 @@ def status(cfg: Config, node: str | None, rollouts: bool = False) -> int:
         print(render(("node", "mode", "fw", "config wanted / running", "last crash (UTC)", "self-test (UTC)"), rows,
                      (False,) * 6))
         for n, s in air.items():
-            lines = details(s) + [ln for section in SECTIONS for ln in section(n, s, store)]
+            lines = details(s, full=node is not None) + [ln for section in SECTIONS for ln in section(n, s, store)]
             if lines:
                 print(f"\n{n}")
                 for ln in lines:
@@ -227,6 +233,12 @@ def selftest(cfg: Config, node: str, wait: float) -> int:
             if c is not None and c.problem and not said_problem:
                 print(f"the gateway cannot send it: {c.problem}", file=sys.stderr)
                 said_problem = True
+            if c is not None and c.sent_at is not None:
+                unread = [e for e in store.refused_commands(node, c.at) if "id" not in e.body]
+                if unread:  # a command it could not read (a bad MAC): ours, most likely
+                    print(f"{node} refused a command it could not read at {iso(unread[-1].at)}: "
+                          f"{secrets.redact(str(unread[-1].body.get('reason')))}", file=sys.stderr)
+                    return 1
             if time.monotonic() >= deadline:
                 break
             time.sleep(POLL_S)  # waits on the node's answer in the store, up to the deadline

@@ -26,9 +26,14 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
                     fleet register says of it (name, board, installed, lat, lon, height_m, ...;
                     never its notes) or null; nodes of the register the store never heard of
                     are listed too, flagged "never seen"; with a readable register, nodes not
-                    in it are flagged "not in the register". "rollout": the newest rollout of a
-                    release ({"id", "release", "state", "stage", "reason", ..., "nodes": [{"node",
-                    "stage", "state", "reason", "offers", ...}]}, gateway/rollouts.py) or null.
+                    in it are flagged "not in the register". Over the air (fleet_status.py): its
+                    "mode", "config" {"wanted", "running", "behind", "published", "problem",
+                    "shown" (without passwords), "last" (its latest config event)}, "crash",
+                    "crashes", "safe_mode", "selftest", "cmd_refused"; what a node wrote is shown
+                    with every password the gateway knows replaced by ***. "rollout": the
+                    newest rollout of a release ({"id", "release", "state", "stage", "reason", ...,
+                    "nodes": [{"node", "stage", "state", "reason", "offers", ...}]},
+                    gateway/rollouts.py) or null.
     /api/series?node=ID&hours=24[&until=UNIX_S]
                     {"node", "since", "until", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
                     "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],
@@ -73,7 +78,7 @@ stopping it first:
 
     self.http = StatusServer(config.store.path, config.http.host, config.http.port,
                              targets=lambda: [t.status() for t in self.forwarders],
-                             fleet=Fleet(config.fleet))
+                             fleet=self.fleet, secrets=self.secrets)
     ... start(): self.http.start()       stop(): self.http.stop() before self.writer.close()
 """
 from __future__ import annotations

@@ -191,6 +191,8 @@ def _log_event(event: payload.Event, eid: int) -> None:
                 + (f", refused: {', '.join(sorted(b.get('refused', {})))}" if b.get("refused") else ""))
     elif event.kind == "ota":
         what = f"update {b.get('release', '?')}: {event.state}" + (f" ({b['reason']})" if "reason" in b else "")
+    elif event.kind == "cmd":
+        what = f"command {b.get('id', '?')} refused: {b['reason']}"
     elif event.kind == "crash":
         what = f"crashed in boot {b['boot']} after {b['at_up']} s ({b['count']} in a row)"
     elif event.kind == "safe_mode":
@@ -199,7 +201,7 @@ def _log_event(event: payload.Event, eid: int) -> None:
         failed = sorted(k for k, (result, _) in b.get("checks", {}).items() if result != "pass")
         what = (f"self-test {b.get('id', '?')} refused: {b.get('reason')}" if event.state else
                 f"self-test {b.get('id', '?')}: " + (f"failed {', '.join(failed)}" if failed else "all passed"))
-    bad = event.state == "refused" or event.state == "rolled_back" or event.kind in ("crash", "safe_mode") \
+    bad = event.state in ("refused", "rolled_back") or event.kind in ("crash", "safe_mode") \
         or bool(b.get("refused"))
     log.log(logging.WARNING if bad else logging.INFO, "%s: %s (event %d)", event.node, what, eid)
 

@@ -287,8 +287,9 @@ class Status:
 
 #: A node's modes (status `mode`): measuring as usual, a new app on trial, safe mode after crashes.
 MODES = ("normal", "trial", "safe")
-#: The kinds of event a node reports on <prefix>/<node>/event (docs/payload.md, "Events").
-EVENT_KINDS = ("config", "ota", "crash", "safe_mode", "selftest")
+#: The kinds of event a node reports on <prefix>/<node>/event (docs/payload.md, "Events"); `cmd`
+#: is a command the node did not take (a bad MAC, another node's, a command it does not know).
+EVENT_KINDS = ("config", "ota", "cmd", "crash", "safe_mode", "selftest")
 #: An update's steps, as the node reports them (`"kind":"ota"`).
 OTA_STATES = ("accepted", "refused", "installed", "proved", "rolled_back")
 #: A self-test item's result.
@@ -753,6 +754,7 @@ def _one_of(v: Any, where: str, options: tuple[str, ...]) -> str:
 _EVENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "config": ((), ("version", "applied", "refused", "state", "reason")),
     "ota": (("state",), ("release", "back_to", "reason")),
+    "cmd": (("state", "reason"), ("id",)),
     "crash": (("boot", "at_up", "count", "trace"), ()),
     "safe_mode": (("crashes",), ()),
     "selftest": ((), ("id", "checks", "state", "reason")),
@@ -787,6 +789,11 @@ def parse_event(payload: bytes, topic_node: str, size: int | None = None) -> Eve
         for k in ("release", "back_to", "reason"):
             if k in obj:
                 _str(obj[k], k)
+    elif kind == "cmd":
+        state = _one_of(obj["state"], "state", ("refused",))
+        _str(obj["reason"], "reason")
+        if "id" in obj:
+            _int(obj["id"], "id", high=BOOT_MAX)
     elif kind == "crash":
         _int(obj["boot"], "boot", high=BOOT_MAX)
         _int(obj["at_up"], "at_up", high=UP_MAX)

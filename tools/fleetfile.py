@@ -15,10 +15,11 @@ that follow the table.
 
 Nothing half-written is ever seen: the edited text is checked with `meetkit_gateway.fleet.parse`
 exactly as the gateway will read it, and the node's configuration with the firmware's own rules
-(`rule_problems`: tools/nodeconfig.py, which the gateway on a Pi does not have) (a bad value raises
-FleetError, naming it, and the file stays as it was), then written to a temporary file beside it, fsynced, and renamed over it (its mode
-kept). A lock file (`<name>.lock`, left in place: removing it would race) is held around the
-read-modify-write, so two provisions at once on one laptop both keep their rows.
+(`rule_problems`: tools/nodeconfig.py, which the gateway on a Pi does not have); a bad value
+raises FleetError, naming it, and the file stays as it was. Then it is written to a temporary
+file beside it, fsynced, and renamed over it (its mode kept). A lock file (`<name>.lock`, left
+in place: removing it would race) is held around the read-modify-write, so two provisions at once
+on one laptop both keep their rows.
 """
 
 from __future__ import annotations
@@ -217,12 +218,15 @@ def upsert(path: Path | str, node_id: str, fields: dict[str, Any]) -> None:
         nodes = _nodes(doc, path)
         table = nodes.get(node_id)
         if table is None:
-            table = tomlkit.table()
+            # not a super table: its [nodes."<id>"] header is written even when it holds only its config
+            table = tomlkit.table(is_super_table=False)
             nodes.append(SingleKey(node_id, t=KeyType.Basic), table)  # [nodes."ams-001"], as the docs write it
         elif not isinstance(table, Table):
             raise FleetError(path, [f'nodes."{node_id}": must be a table'])
         try:
             _apply(table, fields)
+            if not table and table.is_super_table():  # its last key gone: keep the node, with a header
+                nodes[node_id] = tomlkit.table(is_super_table=False)
             text = tomlkit.dumps(doc)
         except (TOMLKitError, TypeError, ValueError) as e:  # a value TOML has no type for
             raise FleetError(path, [f'nodes."{node_id}": cannot be written: {e}']) from None

@@ -78,6 +78,66 @@ function fleet(doc) {
   box.hidden = !errors.length;
 }
 
+// the fleet over the air: mode, configuration wanted versus running (what the node refused and
+// why, what is held back), the last crash report and self-test; nothing secret is in the API
+function configCell(c, now) {
+  if (!c) return ["–"];
+  const text = (c.wanted == null ? "–" : c.wanted) + " / " + (c.running == null ? "–" : c.running);
+  if (c.problem) return [text + " ", el("span", {class: "flag held-back", title: c.problem}, "held back"),
+                         el("div", {class: "why"}, c.problem)];
+  const state = c.behind ? el("span", {class: "flag behind"}, c.published ? "sent, not yet running" : "to send")
+                         : el("span", {class: "flag ok"}, "running");
+  const shown = Object.entries(c.shown || {})
+    .map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v));
+  return [el("span", shown.length ? {title: shown.join("\n")} : {}, text + " "), state];
+}
+
+function refusedCell(c, now) {
+  const last = c && c.last;
+  if (!last) return ["–"];
+  if (last.state === "refused") return [el("span", {class: "flag refused"}, "refused whole"), " " + last.reason];
+  const keys = Object.entries(last.refused || {});
+  if (!keys.length) return ["none (version " + last.version + ")"];
+  return keys.map(([k, why]) => el("div", {}, el("span", {class: "flag refused"}, k), " " + why));
+}
+
+function crashCell(n, now) {
+  if (!n.crash) return ["–"];
+  const lines = (n.crash.trace || "").split("\n").filter(l => l.trim());
+  return [el("span", {title: n.crash.trace}, when(n.crash.at, now)),
+          el("div", {class: "why"}, (lines[lines.length - 1] || "") + " (" + n.crash.count + " in a row, " +
+             n.crashes + " kept)")];
+}
+
+function selftestCell(n, now) {
+  const t = n.selftest, r = n.cmd_refused;
+  if (r && (!t || r.at > t.at)) return [when(r.at, now) + " ", el("span", {class: "flag refused"}, "command refused"),
+                                        " " + r.reason];
+  if (!t) return ["–"];
+  if (!t.checks) return [when(t.at, now) + " ", el("span", {class: "flag refused"}, "refused"), " " + t.reason];
+  const items = Object.entries(t.checks).map(([k, [r, d]]) =>
+    el("span", {class: "flag " + (r === "pass" ? "ok" : "failed"), title: d}, k + " " + r));
+  return [el("div", {}, when(t.at, now)), ...items];
+}
+
+function air(doc) {
+  const body = document.querySelector("#air tbody");
+  body.replaceChildren();
+  const shown = doc.nodes.filter(n => n.mode || n.config || n.crash || n.selftest || n.cmd_refused);
+  for (const n of shown) {
+    const bad = n.mode === "safe" || (n.config && (n.config.problem || (n.config.last && n.config.last.state)));
+    body.append(el("tr", {class: bad ? "bad" : "", "data-node": n.node},
+      el("td", {class: "node"}, n.node),
+      el("td", {}, n.mode ? el("span", {class: "flag mode-" + n.mode}, n.mode) : "–"),
+      el("td", {class: "config"}, ...configCell(n.config, doc.now)),
+      el("td", {class: "refused"}, ...refusedCell(n.config, doc.now)),
+      el("td", {class: "crash"}, ...crashCell(n, doc.now)),
+      el("td", {class: "selftest"}, ...selftestCell(n, doc.now))));
+  }
+  if (!shown.length) body.append(el("tr", {}, el("td", {colspan: 6, class: "empty"},
+    "nothing over the air yet: no configuration in the register, no event from a node")));
+}
+
 function targets(doc) {
   const body = document.querySelector("#targets tbody");
   body.replaceChildren();
@@ -161,7 +221,7 @@ async function refresh() {
   document.getElementById("summary").textContent =
     heard.length + " nodes heard of" + reg + ", " + c.records + " records, " + c.readings + " readings, " + c.dead_letters +
     " dead letters; updated " + new Date(doc.now * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
-  fleet(doc); targets(doc); alarms(doc); rollout(doc);
+  fleet(doc); air(doc); targets(doc); alarms(doc); rollout(doc);
   const plots = document.getElementById("plots");
   for (const n of heard) {
     let section = plots.querySelector('section[data-node="' + CSS.escape(n.node) + '"]');

@@ -157,8 +157,17 @@ class FleetState(Base):
             self.db.execute("UPDATE commands SET problem = ? WHERE id = ?", (problem, cid))
 
     def answer(self, node: str, kind: str, cid: int) -> EventRow | None:
-        """The node's answer to command `cid` (the newest event of `kind` carrying that id)."""
+        """The node's answer to command `cid`: the newest event of `kind` carrying that id, or of
+        kind `cmd` (the command refused) carrying it."""
         rows = self.db.execute(
-            "SELECT id, node, kind, state, at, body FROM events WHERE node = ? AND kind = ?"
+            "SELECT id, node, kind, state, at, body FROM events WHERE node = ? AND kind IN (?, 'cmd')"
             " AND json_extract(body, '$.id') = ? ORDER BY id DESC LIMIT 1", (node, kind, cid)).fetchall()
         return _event(rows[0]) if rows else None
+
+    def refused_commands(self, node: str, since: float) -> list[EventRow]:
+        """`cmd` events of `node` received at or after `since`, oldest first: commands it did not
+        take, with or without their id (a bad MAC leaves it unread)."""
+        rows = self.db.execute(
+            "SELECT id, node, kind, state, at, body FROM events WHERE node = ? AND kind = 'cmd' AND at >= ?"
+            " ORDER BY id", (node, since))
+        return [_event(r) for r in rows]

@@ -69,9 +69,9 @@ Schema, version 7 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
     events         what the nodes reported on <prefix>/<node>/event (docs/payload.md, "Events"),
                    as received and checked; the newest `EVENTS_KEPT` per node and kind are kept
                    (store/fleet.py), crash reports `CRASHES_KEPT`
-      id, node TEXT, kind TEXT (config, ota, crash, safe_mode, selftest),
+      id, node TEXT, kind TEXT (config, ota, cmd, crash, safe_mode, selftest),
       state        TEXT     the event's `state` (ota: accepted, refused, installed, proved,
-                            rolled_back; config: refused), NULL when it has none
+                            rolled_back; config, cmd, selftest: refused), NULL when it has none
       at           REAL     when the gateway received it
       body         TEXT     the event, JSON, as the node sent it
 

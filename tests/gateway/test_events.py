@@ -43,6 +43,8 @@ MORE = [
      "reason": "no batch acknowledged within 900 s"},
     {"v": 1, "node": NODE, "kind": "safe_mode", "crashes": 3},
     {"v": 1, "node": NODE, "kind": "selftest", "state": "refused", "reason": "another node's"},
+    {"v": 1, "node": NODE, "kind": "cmd", "state": "refused", "reason": "bad mac"},
+    {"v": 1, "node": NODE, "kind": "cmd", "state": "refused", "id": 12, "reason": "unknown command 'reboot'"},
 ]
 
 
@@ -122,7 +124,7 @@ def test_the_mutants_take_and_refuse_some_of_each_kind():
     (b"{\"v\":1,", payload.NOT_JSON, "not JSON"),
     ({"v": 2, "node": NODE, "kind": "crash"}, payload.VERSION_UNKNOWN, "v: payload version 2 is not known"),
     ({"v": 1, "node": NODE, "kind": "reboot"}, payload.BAD_VALUE,
-     'kind: "reboot" is not one of config, ota, crash, safe_mode, selftest'),
+     'kind: "reboot" is not one of config, ota, cmd, crash, safe_mode, selftest'),
     ({"v": 1, "node": "ams-002", "kind": "safe_mode", "crashes": 3}, payload.NODE_MISMATCH,
      "node: 'ams-002' does not match the topic's node 'ams-001'"),
     ({"v": 1, "node": NODE, "kind": "config", "applied": []}, payload.MISSING_FIELD,
