@@ -24,7 +24,6 @@ import json
 import os
 import re
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
