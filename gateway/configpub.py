@@ -177,6 +177,8 @@ class ConfigPublisher:
             row = rows.get(node)
             w = wanted(node, register[node], self.secrets, self.topics.prefix) if node in register else None
             if w is None and (row is None or row.version == 0):
+                if row is not None:  # held back once, wanted no more: nothing to show either
+                    store.forget_config(node)
                 continue  # nothing wanted, nothing ever sent
             if w is not None and w.problem:
                 self._problem(store, node, row.problem if row else None, w.problem, now)

@@ -17,7 +17,8 @@ for the node's answer, which the gateway stores as an event: the checklist the n
 start. A command the broker had not taken when the wait ends is taken back.
 
 Exit status: 0 done (status; selftest: every item passed); 1 the configuration or store cannot be
-used, or the self-test failed an item or was refused; 2 wrong usage; 3 no answer within the wait.
+used, the gateway cannot send the command (no node key: said at once), or the self-test failed an
+item or was refused; 2 wrong usage; 3 no answer within the wait.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .config import Config
 from .configpub import COMMAND_TTL_S
 from .fleet_secrets import FleetSecrets
 from .fleet_status import NodeState, states
+from .payload import NODE_ID
 from .store import EventRow, Store, StoreError
 from .table import render
 from .timefmt import iso
@@ -204,6 +206,9 @@ def selftest(cfg: Config, node: str, wait: float) -> int:
     if not 0 < wait <= COMMAND_TTL_S:
         print(f"--wait: must be above 0 and at most {COMMAND_TTL_S:.0f} s, got {wait:g}", file=sys.stderr)
         return 2
+    if not NODE_ID.fullmatch(node):
+        print(f"{node!r}: not a node id ([a-z0-9-], 1 to 32 characters)", file=sys.stderr)
+        return 2
     if not cfg.store.path.exists():
         print(f"{cfg.store.path}: no store there (has the gateway run yet?)", file=sys.stderr)
         return 1
@@ -217,7 +222,7 @@ def selftest(cfg: Config, node: str, wait: float) -> int:
         cid = store.add_command(node, "selftest", time.time())
         print(f"asked {node} for its self-test (command {cid}); waiting up to {wait:g} s for the answer")
         deadline = time.monotonic() + wait
-        said_sent = said_problem = False
+        said_sent = False
         while True:
             answer = store.answer(node, "selftest", cid)
             if answer is not None:
@@ -230,9 +235,11 @@ def selftest(cfg: Config, node: str, wait: float) -> int:
             if c is not None and c.sent_at is not None and not said_sent:
                 print(f"sent at {iso(c.sent_at)} (the broker took it)")
                 said_sent = True
-            if c is not None and c.problem and not said_problem:
-                print(f"the gateway cannot send it: {c.problem}", file=sys.stderr)
-                said_problem = True
+            if c is not None and c.problem and c.sent_at is None:  # no key for it: waiting would not help
+                taken_back = store.withdraw_command(cid)
+                print(f"the gateway cannot send it: {c.problem}" + ("; taken back" if taken_back else ""),
+                      file=sys.stderr)
+                return 1
             if c is not None and c.sent_at is not None:
                 unread = [e for e in store.refused_commands(node, c.at) if "id" not in e.body]
                 if unread:  # a command it could not read (a bad MAC): ours, most likely

@@ -151,22 +151,22 @@ class Source:
         if rc.is_failure:
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
+        self.session_present = bool(flags.session_present)
+        if not self.session_present and self.on_new_session is not None:
+            try:  # before `connected` is set: whoever publishes on it sees the lost session first
+                self.on_new_session()
+            except Exception:
+                log.exception("on_new_session failed")
         with self._conn_lock:
             self._conn += 1
             self.connected.set()
         self._unreachable = False
-        self.session_present = bool(flags.session_present)
         log.info(
             "connected to %s (%s)", self.url,
             "session resumed" if self.session_present else "new session: nothing was queued for us",
         )
         if not self._stopping:
             client.subscribe([(t, QOS) for t in self.topics.subscriptions])
-        if not self.session_present and self.on_new_session is not None:
-            try:
-                self.on_new_session()
-            except Exception:
-                log.exception("on_new_session failed")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._unreachable:

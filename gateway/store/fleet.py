@@ -124,6 +124,11 @@ class FleetState(Base):
                 "INSERT INTO node_config (node, version, digest, shown, made_at, problem) VALUES (?, 0, '', '{}', ?, ?)"
                 " ON CONFLICT (node) DO UPDATE SET problem = excluded.problem", (node, at, problem))
 
+    def forget_config(self, node: str) -> None:
+        """`node` is configured no more, and was never sent a configuration: no row to show."""
+        with self._writing():
+            self.db.execute("DELETE FROM node_config WHERE node = ? AND version = 0", (node,))
+
     # -- commands (`meetkit-gateway fleet selftest`) -----------------------------------------------
 
     def add_command(self, node: str, cmd: str, at: float) -> int:

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -222,10 +221,14 @@ def test_register_edits_go_out_as_new_versions_retained_and_signed_and_nothing_e
         assert [b["version"] for b in configs(seen, "ams-001")] == [1, 2]  # one pass after, nothing new
         assert [b["version"] for b in node.taken()] == [2]
 
-        # removed from the register's configuration: sent an empty one once (the node keeps its values)
+        # removed from the register's configuration: sent an empty one once (the node keeps its values);
+        # one that was only ever held back is simply no more
         fleetfile.upsert(fleet.register, "ams-002", {"config": None})
+        fleetfile.upsert(fleet.register, "ams-003", {"config": None})
         seen.wait("meetkit/ams-002/config", 4)
         assert configs(seen, "ams-002")[3] == {"node": "ams-002", "version": 4, "config": {}}
+        wait_for(lambda: "ams-003" not in fleet.store().node_configs(), 10, "ams-003's held back row gone")
+        assert not seen.on("meetkit/ams-003/config")
         node.close()
     finally:
         seen.close()
@@ -270,10 +273,16 @@ def test_selftest_a_wrong_key_bad_events_and_crash_reports(fleet: Fleet):
         assert n["selftest"]["id"] == 1 and n["selftest"]["checks"]["mic"] == ["fail", "no samples"]
         assert sample(fleet.metrics(), "meetkit_node_selftest_failed_items", node="ams-001") == 1
         # a node without a key: the command cannot be sent, said, and taken back
-        r = fleet.cli("fleet", "selftest", "ams-004", "--wait", "3")
-        assert r.returncode == 3
+        r = fleet.cli("fleet", "selftest", "ams-004", "--wait", "30")
+        assert r.returncode == 1
         assert "the gateway cannot send it" in r.stderr and "no key for ams-004" in r.stderr
-        assert "taken back" in r.stderr
+        assert r.stderr.rstrip().endswith("; taken back")
+        with fleet.store() as s:
+            assert s.pending_commands() == []
+        # a node that is not there: no answer, and the command stays sent (its answer would be kept)
+        r = fleet.cli("fleet", "selftest", "ams-003", "--wait", "2")
+        assert r.returncode == 3 and "no answer from ams-003 within 2 s: it was sent" in r.stderr
+        assert fleet.cli("fleet", "selftest", "AMS 1").returncode == 2
         # the node with the wrong key takes nothing and says why
         assert wrong.running == 0
         n = wait_for(lambda: (d := fleet.nodes()["ams-002"])["config"]["last"] and d, 15, "the refusal")
