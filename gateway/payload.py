@@ -731,7 +731,8 @@ def parse_status(payload: bytes, topic_node: str, size: int | None = None) -> St
     boot = _int(obj["boot"], "boot", high=BOOT_MAX) if "boot" in obj else None
     fw = _str(obj["fw"], "fw") if "fw" in obj else None
     up = _int(obj["up"], "up", high=UP_MAX) if "up" in obj else None
-    rssi = _int(obj["rssi"], "rssi", low=-128) if "rssi" in obj else None
+    # null: a board on Ethernet has no signal to report (uplink.py sends "rssi":null there)
+    rssi = _int(obj["rssi"], "rssi", low=-128) if obj.get("rssi") is not None else None
     if rssi is not None and rssi > 0:
         raise Rejected(OUT_OF_RANGE, f"rssi: {rssi} is outside -128..0 dBm")
     mode = _one_of(obj["mode"], "mode", MODES) if "mode" in obj else None
