@@ -88,7 +88,8 @@ def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict
         (flash / name).write_text(textwrap.dedent(text))
     state_file = tmp / "state.json"
     state_file.unlink(missing_ok=True)
-    sim = {"flash_dir": str(flash.resolve()), "state_file": str(state_file.resolve()),
+    # relative to `tmp`, the process's working directory, as the runner writes them
+    sim = {"flash_dir": flash.name, "state_file": state_file.name,
            "scenario": scenario or SCENARIO, "start_epoch": START_EPOCH, "t_ms": t_ms,
            "until_ms": until_ms, "speed": 0, "seed": seed, "chip_id": "240ac4123456", "rtc": rtc,
            "reset_cause": reset_cause, "devices": DEVICES if devices is None else devices}
@@ -96,7 +97,7 @@ def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict
     if image:
         if not keep_image:
             img.unlink(missing_ok=True)
-        sim["flash_image"] = str(img.resolve())
+        sim["flash_image"] = img.name
     sim.update(extra or {})
     (tmp / SIM_JSON).write_text(json.dumps(sim))
     link_host(tmp)

@@ -205,13 +205,15 @@ class SimNode:
         # What is wired to the buses is the board's design (boards/<board>.json); the board.json
         # on the flash is what the firmware is told, and may be wrong (the self-test shows it).
         board = json.loads((BOARDS / f"{s.board}.json").read_text())
-        sim = {"flash_dir": str(self.flash.resolve()), "state_file": str(self.state_file.resolve()),
+        # Paths relative to the node's folder, the process's working directory: absolute ones
+        # would leave the folder's path in the heap the firmware shares (see SIM_LINK).
+        sim = {"flash_dir": self._rel(self.flash), "state_file": self._rel(self.state_file),
                "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
                "until_ms": None if s.until_s is None else int(s.until_s * 1000),
                "speed": s.speed, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
                "reset_cause": cause, "devices": devices_for(board),
                "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None,
-               "flash_image": str(self.image.resolve()), "flash_kb": s.flash_kb,
+               "flash_image": self._rel(self.image), "flash_kb": s.flash_kb,
                "flash_writes": writes, "flash_erases": flash.get("flash_erases", 0),
                "flash_bytes": flash.get("flash_bytes", 0), "power_cut_at": cut,
                "flash_timing": s.flash_timing, "mcu": s.mcu or board["mcu"],
@@ -221,6 +223,9 @@ class SimNode:
         if rtc_memory is not None:  # survives a reset or deep sleep, not a power cut
             sim["rtc_memory"] = rtc_memory
         self.sim_json.write_text(json.dumps(sim))
+
+    def _rel(self, p: Path) -> str:
+        return os.path.relpath(p.absolute(), self.dir.absolute())
 
     # -- running ---------------------------------------------------------------------------------
     def spawn(self, *flags: str, **popen: Any) -> subprocess.Popen:
