@@ -39,9 +39,9 @@ SIM_HEAP_RESERVE = 84 * 1024
 # The simulator's process starts in the node's folder (`-m simboot sim.json`) and reaches its modules
 # and the frozen libraries through two links there, by these relative names. MicroPython interns
 # every MICROPYPATH entry, the script's folder and every module's file name as a qstr that lives in
-# the heap the firmware shares: with absolute paths the simulator's share grew with the checkout's
-# path (18 names, 3.6 KB more at a 190-character path than at a 16-character one), and so did what
-# was left to the firmware. With these names it is the same wherever the checkout is.
+# the heap the firmware shares: with absolute paths 19 such names (16 modules' files, 2 MICROPYPATH
+# entries, simboot.py) held the checkout's path, 3.6 KB more at a 190-character path than at a
+# 16-character one, taken from the firmware. With these names it is the same wherever it is.
 SIM_LINK = ".sim"
 LIB_LINK = ".mpylib"
 SIM_JSON = "sim.json"
