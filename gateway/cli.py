@@ -166,8 +166,8 @@ def _print_ota(cfg: Config) -> None:
         return
     print(f"  releases    signed by {', '.join(k.name for k in keys)}; kept in {o.releases}: "
           f"{', '.join(kept) or 'none yet'}")
-    print(f"  rollouts    offers again every {o.offer_every_s:g} s until answered, proved within "
-          f"{o.prove_within_s:g} s; "
+    print(f"  rollouts    offers again every {o.offer_every_s:g} s until answered, skips a node that "
+          f"answers none within {o.answer_within_s:g} s, proved within {o.prove_within_s:g} s; "
           f"pieces of at most {o.piece_max_bytes} bytes, {o.pieces_per_s:g} a second per node")
 
 

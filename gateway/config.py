@@ -131,6 +131,9 @@ class OtaConfig:
     releases: Path  # the folder of kept releases (`meetkit-gateway release add`)
     offer_every_s: float = 60.0  # an offer no node answered is sent again after this long
     prove_within_s: float = 3600.0  # from "accepted": a node not proved by then halts the rollout
+    # from the first offer: a node that answered none by then is skipped (the rollout goes on). Six
+    # hours: a power cut or a Wi-Fi outage of an afternoon, 360 offers at the default pace
+    answer_within_s: float = 21600.0
     piece_max_bytes: int = 4096  # the most a node gets in one ota/chunk, whatever it asks
     pieces_per_s: float = 20.0  # per node: more requests than this are dropped (counted)
 
@@ -377,7 +380,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
     "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
     "ota": {"release_keys": _paths, "releases": _text(), "offer_every_s": _seconds(1, 86400),
-            "prove_within_s": _seconds(1, 7 * 86400), "piece_max_bytes": _integer(256, 8192),
+            "prove_within_s": _seconds(1, 7 * 86400), "answer_within_s": _seconds(1, 30 * 86400),
+            "piece_max_bytes": _integer(256, 8192),
             "pieces_per_s": _seconds(0.1, 1000)},
 }
 REQUIRED = {("store", "path")}
@@ -622,7 +626,11 @@ def _ota(section: Any, values: dict[str, Any], store: dict[str, Any], node_keys:
     else:  # beside the store: a folder the gateway's service may write
         folder = _relative(store.get("path", "gateway.db"), source).parent / "releases"
     rest = {k: v for k, v in values.items() if k not in ("release_keys", "releases")}
-    return OtaConfig(release_keys=keys, releases=folder, **rest)
+    ota = OtaConfig(release_keys=keys, releases=folder, **rest)
+    if ota.answer_within_s < ota.offer_every_s:
+        errors.append(f"ota.answer_within_s: {ota.answer_within_s:g} is less than ota.offer_every_s "
+                      f"({ota.offer_every_s:g}): a node would be skipped before a second offer")
+    return ota
 
 
 def _mqtt_password_file(mqtt: dict[str, Any], source: Path | None, errors: list[str]) -> None:

@@ -278,7 +278,8 @@ def rollout_doc(store: Store) -> dict[str, Any] | None:
             "force": r.force, "canary": r.canary, "wave": r.wave, "created_at": r.created_at,
             "updated_at": r.updated_at,
             "nodes": [{"node": n.node, "stage": n.stage, "state": n.state, "reason": n.reason, "offers": n.offers,
-                       "offered_at": n.offered_at, "updated_at": n.updated_at} for n in store.rollout_nodes(r.id)]}
+                       "offered_at": n.offered_at, "first_offered_at": n.first_offered_at, "updated_at": n.updated_at}
+                      for n in store.rollout_nodes(r.id)]}
 
 
 def _rollout_metrics(store: Store, ota: OtaStatus | None) -> Iterator[Metric]:

@@ -169,7 +169,9 @@ function rollout(doc) {
     "; " + Object.entries(count).map(([k, v]) => v + " " + k).join(", ") + "; started " + when(r.created_at, doc.now);
   box.className = r.state === "halted" ? "halted" : "";
   const body = document.querySelector("#rollout-nodes tbody");
-  body.replaceChildren(...r.nodes.map(n => el("tr", {class: n.state === "failed" ? "bad" : "", "data-node": n.node},
+  // failed halts the rollout; skipped (no answer in time: away, or silent) does not, but needs a look
+  const cls = {failed: "bad", skipped: "skipped"};
+  body.replaceChildren(...r.nodes.map(n => el("tr", {class: cls[n.state] || "", "data-node": n.node},
     el("td", {}, n.node), el("td", {}, stage(n.stage)), el("td", {class: "state"}, n.state),
     el("td", {class: "num"}, n.offers), el("td", {}, ago(doc.now - n.updated_at)), el("td", {}, num(n.reason)))));
 }

@@ -12,7 +12,8 @@ from .rows import RolloutNodeRow, RolloutRow
 
 _ROLLOUT = ("SELECT id, release, force, canary, wave, state, stage, reason, created_at, updated_at, events_seen"
             " FROM rollouts")
-_NODE = "SELECT rollout, node, stage, state, reason, offers, offered_at, accepted_at, updated_at FROM rollout_nodes"
+_NODE = ("SELECT rollout, node, stage, state, reason, offers, offered_at, accepted_at, updated_at, first_offered_at"
+         " FROM rollout_nodes")
 
 
 def _rollout(r: tuple) -> RolloutRow:  # type: ignore[type-arg]
@@ -62,13 +63,14 @@ class Rollouts(Base):
                 (state, stage, reason, events_seen, at, rid))
 
     def set_rollout_node(self, rid: int, node: str, state: str, reason: str | None, offers: int,
-                         offered_at: float | None, accepted_at: float | None, at: float) -> None:
+                         offered_at: float | None, accepted_at: float | None, at: float,
+                         first_offered_at: float | None = None) -> None:
         """A node of rollout `rid` as the rollout manager now has it."""
         with self._writing():
             self.db.execute(
                 "UPDATE rollout_nodes SET state = ?, reason = ?, offers = ?, offered_at = ?, accepted_at = ?,"
-                " updated_at = ? WHERE rollout = ? AND node = ?",
-                (state, reason, offers, offered_at, accepted_at, at, rid, node))
+                " updated_at = ?, first_offered_at = coalesce(?, first_offered_at) WHERE rollout = ? AND node = ?",
+                (state, reason, offers, offered_at, accepted_at, at, first_offered_at, rid, node))
 
     def node_boards(self) -> dict[str, str]:
         """The board of every node's newest record (what it said it is)."""

@@ -216,9 +216,10 @@ class RolloutNodeRow:
     rollout: int
     node: str
     stage: int
-    state: str  # waiting, offered, accepted, installed, proved, done, failed
+    state: str  # waiting, offered, accepted, installed, proved, done, failed, skipped
     reason: str | None
     offers: int
-    offered_at: float | None
+    offered_at: float | None  # the last offer
     accepted_at: float | None
     updated_at: float
+    first_offered_at: float | None = None  # the first offer: [ota] answer_within_s counts from it

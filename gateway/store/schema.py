@@ -4,10 +4,11 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 7 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 8 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
-`node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`)::
+`node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
+`rollout_nodes.first_offered_at`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -108,11 +109,13 @@ Schema, version 7 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       rollout INTEGER, node TEXT, PRIMARY KEY (rollout, node); stage INTEGER (0 canary, 1.. wave)
       state        TEXT     waiting (its stage has not come), offered, accepted, installed, proved
                             (the event), done (proved, and its status says the release), failed
-                            (rolled back, refused, not proved in time: `reason`)
+                            (rolled back, refused, not proved in time: `reason`), skipped (no
+                            answer within [ota] answer_within_s: `reason`; not a failure)
       reason       TEXT     the node's reason, or how it ended ("already runs it")
       offers       INTEGER  offers sent (repeated until the node answers)
       offered_at   REAL     the last offer; accepted_at REAL: its "accepted" (the clock of
                             [ota] prove_within_s); updated_at REAL
+      first_offered_at REAL the first offer (the clock of [ota] answer_within_s); NULL until then
 
     counters       name TEXT PRIMARY KEY, value INTEGER
       batches      valid batches        records     records stored      duplicates  records seen again
@@ -353,6 +356,13 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL,
         PRIMARY KEY (rollout, node)
     ) WITHOUT ROWID;
+    """,
+    # 8: when a node was first offered the release: one that answers none of the offers within
+    # [ota] answer_within_s of it is skipped. A rollout under way at the upgrade counts from its
+    # last offer (later than the first: such a node only gets more time).
+    """
+    ALTER TABLE rollout_nodes ADD COLUMN first_offered_at REAL;
+    UPDATE rollout_nodes SET first_offered_at = offered_at WHERE offered_at IS NOT NULL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -144,7 +144,8 @@ def test_canary_first_then_waves_and_every_node_ends_on_the_release(site: Site) 
     kept = re.escape(str(site.tmp / "kept"))
     line = rf"^  releases    signed by release\.pub \([0-9a-f]{{16}}\); kept in {kept}: 0\.3\.0$"
     assert re.search(line, check, re.M), check
-    assert "  rollouts    offers again every 30 s until answered, proved within 600 s; pieces of at most 4096" in check
+    assert ("  rollouts    offers again every 30 s until answered, skips a node that answers none within 21600 s, "
+            "proved within 600 s; pieces of at most 4096") in check
     r = site.cli("fleet", "update", "--release", "0.3.0", "--canary", "1", "--wave", "2")
     assert "rollout 1: release 0.3.0 to 5 nodes" in r.stdout
     assert "  canary   n01\n  wave 1   n02, n03\n  wave 2   n04, n05\n" in r.stdout
@@ -258,6 +259,73 @@ def test_offers_are_repeated_until_the_node_answers(site: Site) -> None:
     a.behaviour = "ok"  # it is back
     site.wait_rollout("done")
     assert a.fetched and all(a.fetched[0].sha_ok.values())
+
+
+@pytest.mark.parametrize("site", [{"offer_every_s": 1, "answer_within_s": 3}], indirect=True)
+def test_a_node_away_or_silent_is_skipped_and_the_rollout_ends_without_it(site: Site) -> None:
+    for n in ("n01", "n02", "n03", "n04"):
+        site.node(n, behaviour="silent" if n == "n03" else "ok")
+    site.known({n: "0.2.0" for n in ("n01", "n02", "n03", "n04")})
+    site.nodes["n02"].close()  # its lamp post loses power: not heard again
+    add(site, "0.3.0")
+    site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02,n03,n04", "--canary", "1", "--wave", "3")
+    mute = site.nodes["n03"]
+    wait_for(lambda: mute.offers, 60, "n03 offered the release")
+    mute.status()  # n03 is there (heard after its first offer) but answers no offer
+    done = site.wait_rollout("done", timeout=60)
+    assert done["row"].reason == "2 nodes skipped: n02, n03"
+    assert {n: x.state for n, x in done["nodes"].items()} == {
+        "n01": "done", "n02": "skipped", "n03": "skipped", "n04": "done"}
+    away, silent = done["nodes"]["n02"], done["nodes"]["n03"]
+    assert re.fullmatch(r"not heard since \S+Z, no answer to \d+ offers in 3 s", away.reason or ""), away.reason
+    assert re.fullmatch(r"heard at \S+Z but no answer to \d+ offers in 3 s \(does its firmware take offers\? is its "
+                        r"ota topic in the broker's ACL\?\)", silent.reason or ""), silent.reason
+    assert away.offers >= 3 and silent.offers == len(mute.offers) >= 3
+    # skipping is no failure: no alarm, and the operator sees who did not get the release, and why
+    status = site.cli("fleet", "status").stdout
+    assert "rollout 1: release 0.3.0, done: 2 nodes skipped: n02, n03" in status
+    assert re.search(r"^  n02   wave 1   skipped +\d+  not heard since ", status, re.M), status
+    assert "2 done, 2 skipped" in status
+    assert f"rollout 1 of 0.3.0 (done): wave 1, skipped: {away.reason}" in status  # under the node
+    fams = wait_for(lambda: (m := site.metrics()) and sample(m, "meetkit_rollout_state", rollout="1", release="0.3.0",
+                                                              state="done") == 1 and m, 15, "/metrics: done")
+    assert sample(fams, "meetkit_rollout_nodes", rollout="1", release="0.3.0", state="skipped") == 2
+    assert HALTED not in fams["meetkit_alarm_active"]["samples"]
+    page = site.rollout()
+    assert page["reason"] == "2 nodes skipped: n02, n03"
+    assert {n["node"]: n["state"] for n in page["nodes"]}["n02"] == "skipped"
+    dom = browse(site.url + "/", "--dump-dom").stdout
+    summary = re.search(r'<p id="rollout-summary">([^<]*)</p>', dom)
+    assert summary and summary[1].startswith("Rollout 1 of release 0.3.0: done (2 nodes skipped: n02, n03); "
+                                             "2 done, 2 skipped"), summary
+    assert re.search(r'<tr class="skipped" data-node="n02"><td>n02</td><td>wave 1</td><td class="state">skipped</td>',
+                     dom)
+    # n02 comes back: this rollout is over for it; a new one of the same release offers it
+    back = site.node("n02")
+    site.known({"n02": "0.2.0"})
+    r = site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    assert "  canary   n02\n  already  n01 (they run 0.3.0)" in r.stdout
+    site.wait_rollout("done")
+    assert back.fetched and all(back.fetched[0].sha_ok.values())
+
+
+@pytest.mark.parametrize("site", [{"offer_every_s": 1, "answer_within_s": 2}], indirect=True)
+def test_a_rollout_whose_every_canary_is_skipped_halts_before_any_wave(site: Site) -> None:
+    for n in ("n01", "n02"):
+        site.node(n)
+    site.known({"n01": "0.2.0", "n02": "0.2.0"})
+    site.nodes["n01"].close()  # the canary is away
+    add(site, "0.3.0")
+    site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    halted = site.wait_rollout("halted", timeout=60)
+    reason = ("no canary proved 0.3.0: n01 skipped; the waves are not offered a release no node has proved "
+              "(`fleet update` again once a canary is back, or with --nodes naming canaries that are on the air)")
+    assert halted["row"].reason == reason
+    assert halted["nodes"]["n01"].state == "skipped" and halted["nodes"]["n02"].state == "waiting"
+    assert site.nodes["n02"].offers == []
+    site.gw.wait_log(r"ALARM rollout_halted: rollout 1 of release 0\.3\.0 halted: "
+                     r"no canary proved 0\.3\.0: n01 skipped")
+    assert f"rollout 1: release 0.3.0, HALTED: {reason}" in site.cli("fleet", "status").stdout
 
 
 def test_a_release_with_a_bad_signature_or_a_changed_file_is_refused(site: Site, tmp_path: Path) -> None:
