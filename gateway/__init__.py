@@ -43,12 +43,15 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     configpub    the thread that sends the nodes their configuration (versions, retained) and commands
     signed       the signed envelope (HMAC-SHA256, the node's key) of what the gateway sends a node;
                  the node keys file
+    credentials  systemd's service credentials: is a file one (a copy made at start), and the
+                 restart that renews it
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
     releases     signed app releases: verify the Ed25519 signature and every file, keep them
     ota          releases over MQTT on a connection of their own, beside the writer: the offers,
                  and the pieces a node asks for, from verified releases only (`OtaLink`)
-    rollouts     staged rollouts: canaries, then waves, halting by themselves (`RolloutManager`)
+    rollouts     staged rollouts: canaries, then waves, halting by themselves, skipping a node
+                 that answers no offer in time (`RolloutManager`)
     rolloutcli   `meetkit-gateway release add|list`, `fleet update|stop|status`
     config       read and validate gateway.toml
     systemd      systemd's notify protocol: ready, watchdog, stopping

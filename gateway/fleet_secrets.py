@@ -12,7 +12,9 @@ and the node's own broker account.
   `add-node`), whose `nodes` holds each node's broker password; its user name is its node id.
 
 Both are read again when they change, and may be missing (then a node whose configuration needs
-one is held back, and the page says which file). No method returns a secret in an error or a
+one is held back, and the page says which file). Handed to the service as systemd credentials they
+are copies made at the gateway's start: what is missing from one is said with the restart that
+renews it (credentials.py). No method returns a secret in an error or a
 problem: messages name the file and the key, never a value. `redact` takes every secret known out
 of a text, for what a node reports (a crash's traceback, a refusal's reason) before it is shown.
 
@@ -29,6 +31,8 @@ import threading
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
+
+from .credentials import copied_at_start, is_credential
 
 MASK = "***"
 
@@ -107,7 +111,10 @@ class FleetSecrets:
             if f.error is not None:
                 return None, f"the Wi-Fi password of {ssid!r}: {f.error}"
             if ssid not in f.values:
-                return None, f"the Wi-Fi password of {ssid!r}: not in {f.path} ([wifi] \"{ssid}\" = \"...\")"
+                why = f"the Wi-Fi password of {ssid!r}: not in {f.path} ([wifi] \"{ssid}\" = \"...\")"
+                if is_credential(f.path):
+                    why += f"; {copied_at_start(f.path, 'adding it to the file it is copied from')}"
+                return None, why
             return f.values[ssid], None
 
     def broker_password(self, node: str) -> tuple[str | None, str | None]:
@@ -117,6 +124,9 @@ class FleetSecrets:
             if f.error is not None:
                 return None, f"the broker password of {node}: {f.error}"
             if node not in f.values:
+                if is_credential(f.path):
+                    return None, (f"the broker password of {node}: not in "
+                                  f"{copied_at_start(f.path, f'`meetkit broker add-node {node}`')}")
                 return None, f"the broker password of {node}: not in {f.path} (`meetkit broker add-node {node}`)"
             return f.values[node], None
 

@@ -11,9 +11,11 @@ The keys are in the broker folder's `node-keys.json` (made by `meetkit broker in
 
     {"nodes": {"ams-001": "<64 hex digits>", "ams-002": "..."}}
 
-`NodeKeys` reads it again when it changes (a node added needs no restart) and never says a key in
-an error; a node without a key (or a file that cannot be read) gets nothing signed: the caller
-holds back what it would have sent and shows why (`NodeKeys.problem`).
+`NodeKeys` reads it again when it changes and never says a key in an error; a node without a key
+(or a file that cannot be read) gets nothing signed: the caller holds back what it would have sent
+and shows why (`NodeKeys.problem`). Read from its own path, a node added needs no restart; handed
+to the service as a systemd credential, the file is a copy made at the gateway's start, so a node
+missing from it is said with the restart that renews the copy (credentials.py).
 
     keys = NodeKeys(path)
     key = keys.key("ams-001")            # bytes, or None (keys.problem("ams-001") says why)
@@ -30,6 +32,8 @@ import re
 import threading
 from pathlib import Path
 from typing import Any
+
+from .credentials import copied_at_start, is_credential
 
 VERSION = 1
 KEY_BYTES = 32
@@ -135,4 +139,6 @@ class NodeKeys:
                 return None
             if node in self._bad:
                 return f"{self.path}: the key of {node} is not 64 hex digits"
+            if is_credential(self.path):
+                return f"no key for {node}: {copied_at_start(self.path, f'`meetkit broker add-node {node}`')}"
             return f"{self.path}: no key for {node} (`meetkit broker add-node {node}` makes one)"

@@ -117,6 +117,10 @@ def cmd_broker_add_node(args: argparse.Namespace) -> int:
           "the node)")
     print("next: copy the passwd file to the broker and `sudo systemctl reload mosquitto` (SIGHUP: it reads the "
           "password file again; connected clients stay)")
+    print(f"then the gateway: where it takes {broker.NODE_KEYS} and {broker.SECRETS} as service credentials "
+          "(LoadCredential=, docs/operator.md \"Remote configuration\"), `sudo systemctl restart meetkit-gateway` "
+          f"(systemd copies a credential when the service starts, and a reload does not renew it: until the restart "
+          f"the gateway signs nothing for {args.node_id}); read from their own paths, it sees them within a second")
     return 0
 
 
