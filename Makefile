@@ -44,7 +44,7 @@ demo: setup
 	$(BIN)/meetkit demo
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not soak"
+	$(BIN)/python -m pytest -q -m "not soak" -n 3 --dist loadfile
 
 # The fault suite alone, with its table and the faults_* figures in build/bench/results.jsonl.
 faults: setup

@@ -246,7 +246,7 @@ def test_a_node_running_a_version_above_the_wanted_one_gets_the_next(fleet: Flee
         node.wait_running(8)
         assert node.config == {"interval_s": 90, "wifi": {"ssid": "lab", "password": WIFI_PW}}
         assert [b["version"] for b in node.taken()][-1] == 8
-        wait_for(lambda: fleet.nodes()["ams-002"]["config"]["running"] == 8, 15, "running 8")
+        wait_for(lambda: fleet.nodes()["ams-002"]["config"]["running"] == 8, 30, "running 8")
     finally:
         node.close()
     assert fleet.leaks() == []

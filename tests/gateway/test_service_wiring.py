@@ -31,6 +31,7 @@ def test_the_gateway_forwards_and_serves_metrics(tmp_path: Path) -> None:
     try:
         url = wait_for(lambda: re.search(r"status page and /metrics on (http://\S+)", log.read_text()), 15,
                        "the status page's address")[1]
+        wait_for(lambda: "subscribed to" in log.read_text(), 15, "the gateway's subscription")  # else the batch is lost
         pub.publish("meetkit/ams-001/up", batch(seqs=range(0, 6)))
         (ack,) = acks.wait("meetkit/ams-001/ack", 1)
         assert ack["seq"] == [[0, 5]]  # committed, then acknowledged to the node
