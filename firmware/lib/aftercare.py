@@ -1,16 +1,17 @@
 # What a start owes the gateway after an update, a rollback or a crash: loaded at start only when
-# one of these files is on the flash (node.py and safemode.py look), dropped when done.
+# one of these files is on the flash (node.py and safemode.py look), dropped when done. The files
+# and their API are the boot side's (lib/trial.py, lib/crash.py).
 #   app.trial     the app runs on trial (boot.py installed it): it proves itself (started, the
 #                 broker reached, a batch acknowledged, every self-test item that passed before the
-#                 update passes now: app.json's "checks", written by ota.py) -> trial.prove(), event
-#                 "proved". A sensor's item failing, or no proof within trial_s -> trial.fail(why)
-#                 and a restart: boot.py puts the previous app back.
+#                 update passes now: trial.state()["checks"], written by ota.py) -> trial.prove(),
+#                 event "proved". A sensor's item failing, or no proof within trial_s ->
+#                 trial.fail(why) and a restart once the interval is spooled: boot.py puts the
+#                 previous app back.
 #   app.rollback  boot.py rolled back: event "rolled_back" once connected, then the file goes.
-#   crash.txt     the last crash: event "crash" once connected (crash.take()).
+#   crash.txt     the last crash: event "crash" once connected (crash.report(), then reported()).
 #   crash.count   crashes in a row: counted from zero again (crash.clear()) after 10 minutes of
 #                 running with a batch acknowledged.
 import os
-import json
 import console
 import mgmt
 
@@ -55,40 +56,32 @@ class Aftercare:
         self.count = _exists("crash.count")
         self.want = []
         if self.trial:
-            try:
-                with open("app.json") as f:
-                    self.want = json.load(f).get("checks") or []
-            except (OSError, ValueError, AttributeError):
-                pass
-            console.info("trial: %s must prove itself within %d s (a batch acknowledged%s)" % (
+            import trial
+            t = trial.state() or {}
+            self.want = t.get("checks") or []
+            console.info("trial: %s must prove itself within %d s: a batch acknowledged%s" % (
                 fw, host.cfg["trial_s"], "; " + ", ".join(self.want) if self.want else ""))
 
     def step(self, host, acked):
         """Once a second; drops itself when nothing is left to do."""
-        up = host.uplink
-        connected = up.client is not None
+        connected = host.uplink.client is not None
         if connected and self.rollback:
             self.rollback = False
-            try:
-                with open("app.rollback") as f:
-                    r = json.load(f)
-                r = {"kind": "ota", "state": "rolled_back", "release": r.get("release"),
-                     "back_to": r.get("back_to"), "reason": r.get("reason")}
-            except (OSError, ValueError, AttributeError) as e:
-                r = {"kind": "ota", "state": "rolled_back", "reason": "app.rollback unreadable: %r" % (e,)}
-            console.warn("ota: rolled back from %s to %s: %s" % (r.get("release"), r.get("back_to"), r["reason"]))
+            import trial
+            r = trial.rollback_report() or {}
+            r = {"kind": "ota", "state": "rolled_back", "release": r.get("release"),
+                 "back_to": r.get("back_to"), "reason": r.get("reason")}
+            console.warn("ota: rolled back from %s to %s: %s" % (r["release"], r["back_to"], r["reason"]))
             mgmt.event(host, r)
-            try:
-                os.remove("app.rollback")
-            except OSError:
-                pass
+            trial.clear_rollback()
         if connected and self.crash:
             self.crash = False
             import crash
-            r = crash.take()
+            r = crash.report()
             if r:
                 r["kind"] = "crash"
                 mgmt.event(host, r)
+            crash.reported()
         if self.count and acked and host.up_s >= _CLEAN_S:
             self.count = False
             import crash

@@ -8,9 +8,10 @@
 # commits it at close, so a power cut leaves the file as it was before the piece or after it), or
 # hash 1 KB of a whole file. The next piece is asked only once the last is written and GAP_MS have
 # passed. A file whose sha256 does not match is fetched again; the third mismatch refuses the
-# release. When every file matches: new/app.json (appswap.py's manifest) and new/.ready (its
-# commit point), event "installed", and the host restarts into the new app once the interval it
-# measures is spooled (boot.py installs it, on trial).
+# release. When every file matches: new/app.json (appswap.py's manifest), new/trial.json (the
+# trial's note: lib/trial.py) and new/.ready (the commit point), event "installed", and the host
+# restarts into the new app once the interval it measures is spooled (boot.py installs it, on
+# trial: aftercare.py proves it).
 import os
 import json
 import time
@@ -246,22 +247,23 @@ class Download:
         refuse(host, self.ver, why)
 
     def _finish(self):
-        """Every file matches: appswap's manifest, its commit point, and the restart."""
+        """Every file matches: appswap's manifest, the trial's note (lib/trial.py: the self-test
+        items that pass now must pass on trial), the commit point, and the restart."""
         host = self.host
-        checks = [k for k, r in console.checks().items() if r[0] == "pass"]
-        m = NEW + "/app.json"
         try:
-            with open(m, "w") as f:   # a file at a time: no string of the whole manifest in the heap
-                f.write('{"fw":%s,"prev":%s,"checks":%s,"files":{' % (
-                    json.dumps(self.ver), json.dumps(host.uplink.meta["fw"]), json.dumps(checks)))
+            with open(NEW + "/app.json", "w") as f:   # a file at a time: no string of it all in the heap
+                f.write('{"fw":%s,"files":{' % json.dumps(self.ver))
                 sep = ""
                 for p, _, h in self.files:
                     f.write('%s%s:"%s"' % (sep, json.dumps(p), h))
                     sep = ","
                 f.write("}}")
+            with open(NEW + "/trial.json", "w") as f:
+                f.write('{"release":%s,"prev":%s,"checks":%s}' % (json.dumps(self.ver), json.dumps(
+                    host.uplink.meta["fw"]), json.dumps([k for k, r in console.checks().items() if r[0] == "pass"])))
             open(READY, "w").close()
         except OSError as e:
-            self._stop("cannot write %s: %r" % (m, e))
+            self._stop("cannot write the manifest: %r" % (e,))
             return
         _drop(host)
         console.info("ota: %s complete: every file matches; installing it at the restart" % self.ver)

@@ -67,7 +67,7 @@ def _why_not(host, rel, files, force):
         mine_arch = ARCHS[a] if a < len(ARCHS) else "arch-%d" % a
         if rel.get("mpy") != mine or arch != mine_arch:
             return "built for .mpy %s %s; this MicroPython loads .mpy %s %s" % (rel.get("mpy"), arch, mine, mine_arch)
-    st = os.statvfs("/")
+    st = os.statvfs(".")   # the flash: the node works from its root
     bs = st[0]
     need = 2 + SPARE_BLOCKS + 2 * _SEG // bs   # new/, its folders; the spare; the spool's two segments
     for f in files:
