@@ -128,6 +128,7 @@ class SimNode:
         self.sim_json = self.dir / "sim.json"
         self.state_file = self.dir / "state.json"
         self.console = self.dir / "console.log"
+        self.switch = self.dir / "power.switch"  # "1": on; cut_power() writes "0"
         self.boots = 0
         self.power_cuts_done = 0
         self.exit_code: int | None = None
@@ -184,7 +185,9 @@ class SimNode:
                "flash_writes": writes, "flash_erases": flash.get("flash_erases", 0),
                "flash_bytes": flash.get("flash_bytes", 0), "power_cut_at": cut,
                "flash_timing": s.flash_timing, "mcu": s.mcu or board["mcu"],
-               "wifi": {"ssid": s.wifi_ap[0], "password": s.wifi_ap[1]}}
+               "wifi": {"ssid": s.wifi_ap[0], "password": s.wifi_ap[1]},
+               "power_switch": str(self.switch.resolve())}
+        self.switch.write_text("1")
         if nvs is not None:
             sim["nvs"] = nvs
         if rtc_memory is not None:  # survives a reset or deep sleep, not a power cut
@@ -224,6 +227,12 @@ class SimNode:
         self._stop.clear()
         self.exit_code = None
         return self.start()
+
+    def cut_power(self) -> None:
+        """Cut the power now, wherever the firmware is (within a simulated second): no write is torn
+        (NodeSpec.power_cuts tears one), what was not on flash is lost, and the node powers on again
+        POWER_OFF_MS later as after any power cut (counted in power_cuts_done)."""
+        self.switch.write_text("0")
 
     def _supervise(self) -> None:
         with self.console.open("ab") as log:
