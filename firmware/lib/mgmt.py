@@ -78,6 +78,10 @@ def verify(msg, node_id):
 def handle(host):
     """The next message from the gateway in host.inbox, then the events that wait."""
     try:
+        if host.dropped_msgs:
+            console.warn("mgmt: %d messages from the gateway dropped: they came while two waited"
+                         % host.dropped_msgs)
+            host.dropped_msgs = 0
         if host.inbox:
             topic, msg = host.inbox.pop(0)
             try:
@@ -120,7 +124,7 @@ def flush(host):
         now = time.ticks_ms()
         try:
             up.client.publish(up.base + "event", ev[0], qos=1)
-        except (OSError, IndexError) as e:
+        except (OSError, IndexError, MemoryError) as e:   # half a message read: the link goes
             up._fail(now, "event", e)
             return
         ev.pop(0)
@@ -134,7 +138,7 @@ def send(host, sub, payload, now):
         return False
     try:
         up.client.publish(up.base + sub, payload)
-    except (OSError, IndexError) as e:
+    except (OSError, IndexError, MemoryError) as e:
         up._fail(now, sub, e)
         return False
     up._last_tx = now
@@ -150,7 +154,7 @@ def status(host):
         try:
             up._status(host.up_s)
             up._last_tx = now
-        except (OSError, IndexError) as e:
+        except (OSError, IndexError, MemoryError) as e:   # half a message read: the link goes
             up._fail(now, "status", e)
 
 

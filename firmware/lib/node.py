@@ -108,6 +108,7 @@ class Node:
         # restart_why: restart once the interval being measured is spooled; ota: the release being
         # fetched (ota.py); after: what this start owes the gateway (aftercare.py)
         self.restart_why = self.ota = self.after = None
+        self.dropped_msgs = 0   # the gateway's messages that came while two waited (mgmt.py says so)
         for p in ("new", "app.trial", "app.rollback", "crash.txt", "crash.count"):
             if p in root:   # a download to go on with, an update, a rollback or a crash to see to
                 import aftercare
@@ -278,8 +279,10 @@ class Node:
         elif topic.endswith(b"/chunk"):
             if self.ota:
                 self.ota.take(msg)
-        elif len(self.inbox) < 4:
+        elif len(self.inbox) < 2:   # an offer is 4 KB: more would be a heap the node needs
             self.inbox.append((topic, msg))
+        else:
+            self.dropped_msgs += 1
 
     def _synced(self, now):
         self._set_anchor(now)

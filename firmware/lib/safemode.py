@@ -24,6 +24,7 @@ class Safe:
         self.inbox = []
         self.restart_why = self.ota = self.after = None
         self.up_s = 0
+        self.dropped_msgs = 0
         boot = 0
         try:
             with open("boot.count") as f:   # read, not counted: safe mode makes no records
@@ -43,8 +44,11 @@ class Safe:
         if topic.endswith(b"/chunk"):
             if self.ota:
                 self.ota.take(msg)
-        elif not topic.endswith(b"/ack") and len(self.inbox) < 4:
-            self.inbox.append((topic, msg))
+        elif not topic.endswith(b"/ack"):
+            if len(self.inbox) < 2:
+                self.inbox.append((topic, msg))
+            else:
+                self.dropped_msgs += 1
 
     def run(self):
         import mgmt

@@ -179,7 +179,7 @@ class Uplink:
             self.client = c
             self._last_tx = now
             self._status(up_s)
-        except (OSError, IndexError, ValueError, AssertionError, MQTTException) as e:
+        except (OSError, IndexError, ValueError, AssertionError, MQTTException, MemoryError) as e:
             # IndexError: a closed socket; ValueError: the TLS layer refused the certificate;
             # AssertionError: no CONNACK (a TLS port without broker.tls?); MQTTException: refused
             try:
@@ -217,7 +217,7 @@ class Uplink:
             return False
         try:
             self.client.publish(self.topic_up, payload, qos=1)
-        except (OSError, IndexError) as e:
+        except (OSError, IndexError, MemoryError) as e:   # MemoryError: a message read half (umqtt)
             self._fail(now, "publish", e)
             return False
         self._last_tx = now

@@ -108,6 +108,23 @@ def build_release(version: str, *, arch: str | None = "x64", boards: list[str] |
     return Release(manifest, files)
 
 
+def mpy_firmware(out: Path, arch: str = "x64", firmware: Path = FIRMWARE) -> Path:
+    """firmware/ as `meetkit provision` puts it on a board (lib/ as .mpy), for the simulator's
+    MicroPython (x64): a node then loads its modules as the board does, without compiling them in
+    its heap. Returns `out` (made afresh)."""
+    import shutil
+
+    from meetkit_tools.appbuild import mpy_cross_bin
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(firmware, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for src in sorted((out / "lib").glob("*.py")):
+        subprocess.run([mpy_cross_bin(), f"-march={arch}", "-o", str(src.with_suffix(".mpy")), str(src)], check=True)
+        src.unlink()
+    return out
+
+
 @dataclass
 class Get:
     node: str
