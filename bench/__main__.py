@@ -1,10 +1,11 @@
-from bench import (flood, forward, gateway, hostile, http_clients, noise, payload, provision, sensorthings, sim,
-                   start_heap, store, tls, wire)
+from bench import (flood, forward, gateway, hostile, http_clients, noise, ota_heap, payload, provision, sensorthings,
+                   sim, start_heap, store, tls, wire)
 
 
 def main() -> None:
     sim.run()
     start_heap.run()
+    ota_heap.run()
     tls.run()
     wire.run()
     noise.run()

@@ -15,6 +15,7 @@ import json
 import console
 
 KEY_FILE = "node.key"
+OFFER_FILE = "ota.offer"   # an offer as received, while it is looked at (ota.py keeps it as new/ota.json)
 _KIND = {b"config": "config", b"ota": "ota", b"cmd": "cmd"}
 _EVENTS_MAX = 6   # events kept while the broker is away; past it the oldest goes
 
@@ -42,11 +43,15 @@ def node_key():
     return k if len(k) >= 16 else None
 
 
-def verify(msg, node_id):
-    """(body, None) for an envelope signed with this node's key and naming this node, else
-    (None, reason)."""
+def verify(msg, node_id, path=None):
+    """(body, None) for an envelope (msg, or the file at `path`) signed with this node's key and
+    naming this node, else (None, reason)."""
     try:
-        env = json.loads(msg)
+        if path is None:
+            env = json.loads(msg)
+        else:
+            with open(path) as f:
+                env = json.load(f)
         text = env["body"]
         mac = env["mac"]
         if not isinstance(text, str) or not isinstance(mac, str):
@@ -84,18 +89,31 @@ def handle(host):
             host.dropped_msgs = 0
         if host.inbox:
             topic, msg = host.inbox.pop(0)
+            kind = topic[len(host.uplink.base):]
             try:
-                _handle(host, topic[len(host.uplink.base):], msg)
-            except MemoryError:   # the heap as it is now: the message is refused, the node measures on
+                if kind == b"ota":   # 4 KB: on flash, and out of the heap before its body is parsed
+                    with open(OFFER_FILE, "wb") as f:
+                        f.write(msg)
+                    msg = None
+                    import gc
+                    gc.collect()   # the body's text takes the message's place: no second 4 KB piece
+                _handle(host, kind, msg)
+            except MemoryError as e:   # the heap as it is now: the message is refused, the node measures on
                 msg = None
                 import gc
                 gc.collect()
-                why = "not enough memory free (%d bytes) to take it" % gc.mem_free()
+                why = "not enough memory to take it (%s; %d bytes free, in pieces)" % (e, gc.mem_free())
                 console.error("%s: refused: %s" % (topic.decode(), why))
-                event(host, {"kind": _KIND.get(topic[len(host.uplink.base):], "cmd"), "state": "refused",
-                             "reason": why})
+                event(host, {"kind": _KIND.get(kind, "cmd"), "state": "refused", "reason": why})
+            except OSError as e:   # the offer not written (a full flash)
+                event(host, {"kind": "ota", "state": "refused", "reason": "%s not written: %r" % (OFFER_FILE, e)})
         flush(host)
     finally:   # their code is heap the node needs; mgmt.py is kept while ota.py or aftercare.py use it
+        try:
+            import os
+            os.remove(OFFER_FILE)   # taken (new/ota.json) or refused
+        except OSError:
+            pass
         import sys
         if "otaoffer" in sys.modules:
             del sys.modules["otaoffer"]
@@ -162,7 +180,7 @@ def _handle(host, kind, msg):
     what = _KIND.get(kind)
     if what is None:
         return
-    body, why = verify(msg, host.cfg["node_id"])
+    body, why = verify(msg, host.cfg["node_id"], OFFER_FILE if msg is None else None)
     if why is not None:
         if why.startswith("no node key"):
             if getattr(host, "said_no_key", False):   # once per boot: the configuration comes at every connect
@@ -176,7 +194,7 @@ def _handle(host, kind, msg):
         cfgapply.apply(host, body)
     elif what == "ota":
         import otaoffer
-        otaoffer.offer(host, body, msg)
+        otaoffer.offer(host, body, OFFER_FILE)
     elif body.get("cmd") == "selftest":
         event(host, {"kind": "selftest", "id": body.get("id"), "checks": console.checks()})
     else:

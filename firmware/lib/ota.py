@@ -87,12 +87,7 @@ def resume(host):
     """At start: the download new/ota.json holds, checked again, or None (new/ cleared)."""
     if _exists(READY):
         return None
-    try:
-        with open(OFFER, "rb") as f:
-            msg = f.read()
-    except OSError:
-        return None
-    body, why = mgmt.verify(msg, host.cfg["node_id"])
+    body, why = mgmt.verify(None, host.cfg["node_id"], OFFER)
     try:   # checked when it was accepted, and its MAC now
         rel = body["release"]
         d = Download(host, rel["version"], [(f["path"], f["size"], f["sha256"]) for f in rel["files"]])

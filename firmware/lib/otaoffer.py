@@ -78,8 +78,9 @@ def _why_not(host, rel, files, force):
     return None
 
 
-def offer(host, body, msg):
-    """A release offer (body: {"node", "release": manifest, "force"}; msg: the envelope as received)."""
+def offer(host, body, path):
+    """A release offer (body: {"node", "release": manifest, "force"}; path: the envelope as received,
+    on flash: it becomes new/ota.json)."""
     rel = body.get("release")
     try:
         v = rel["version"]
@@ -107,9 +108,7 @@ def offer(host, body, msg):
     ota.rmtree(ota.NEW)
     try:
         os.mkdir(ota.NEW)
-        with open(ota.OFFER + ".new", "wb") as f:
-            f.write(msg)
-        os.rename(ota.OFFER + ".new", ota.OFFER)
+        os.rename(path, ota.OFFER)   # a cut here: no new/ota.json, the offer is lost, new/ goes at the start
     except OSError as e:
         ota.rmtree(ota.NEW)
         ota.refuse(host, v, "cannot write %s: %r" % (ota.OFFER, e))

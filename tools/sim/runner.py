@@ -32,9 +32,9 @@ POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots 
 # The simulator's own modules share MicroPython's heap with the firmware. The process gets the
 # firmware's budget plus this reserve, and simboot fills what the simulator does not use with
 # ballast, so the firmware starts with exactly its budget free (see docs/simulator.md). The
-# simulator takes about 62 KB, littlefs and its block device included; with an Ethernet PHY
-# (simlan.py) up to 78 KB (its new names open a new block of MicroPython's interned strings); and
-# about 26 KB more for the pool of interned strings it opens for the firmware's names
+# simulator takes about 74 KB, littlefs and its block device included; with an Ethernet PHY
+# (simlan.py) up to 79 KB (its new names open a new block of MicroPython's interned strings); and
+# about 18 KB more for the pool of interned strings it opens for the firmware's names
 # (simboot.py's _qstr_room: the board's firmware never pays for pools that size).
 SIM_HEAP_RESERVE = 112 * 1024
 
