@@ -7,9 +7,12 @@ Files at the flash's root, each written whole (a temporary file, then one rename
                 then the traceback as sys.print_exception writes it (its last 1500 characters).
   crash.count   crashes in a row (a decimal number).
 
-main.py catches what escapes node (its import included, not KeyboardInterrupt): record(), then
-trial.fail() when an app is on trial, then a reset. Before it imports node, main.py starts
-safemode.main() instead when crash.count >= 3 and no app is on trial (a trial's crash rolls back).
+main.py, at a start with crash.count, calls safe_mode(): when crash.count >= 3 and no app is on
+trial (a trial's crash rolls back instead), it imports safemode and runs safemode.main() instead of
+node (which should never return: a reset when a fix arrives; if it does, the board resets). An app
+without safemode.py starts normally and says so. main.py hands what escapes node (its import
+included, not KeyboardInterrupt) to died(): record(), trial.fail() when an app is on trial; then it
+waits 5 s and resets.
 
 The API:
   record(exc)  -> "ValueError: the message" (the traceback's last line). Prints the traceback,
@@ -79,6 +82,45 @@ def record(exc):
     except Exception as e:
         print("crash: crash.count: %r" % (e,))
     return why
+
+
+def safe_mode():
+    """main.py, at a start with crash.count: True when safe mode ran instead of node."""
+    import sys
+    sys.modules.pop("crash", None)   # main.py keeps no reference: its code goes after this call
+    if count() < 3:
+        return False
+    try:
+        os.stat("app.trial")
+        return False   # a new app on trial: a crash rolls it back instead (app.failed)
+    except OSError:
+        pass
+    try:
+        import safemode
+    except ImportError as e:
+        if "safemode" not in str(e):
+            raise
+        print("crash: %d crashes in a row, and this app has no safe mode: a normal start" % count())
+        return False
+    safemode.main()
+    import machine
+    machine.reset()
+    return True
+
+
+def died(exc):
+    """main.py, with what escaped node: the report, app.failed on trial (main.py then resets)."""
+    import sys
+    import gc
+    sys.modules.pop("node", None)   # its buffers: heap for the report
+    gc.collect()
+    why = record(exc)
+    try:
+        import trial
+        if trial.fail("crash: " + why):
+            print("crash: the app on trial failed: the previous one is put back at the next start")
+    except Exception as e:
+        print("crash: app.failed: %r" % (e,))
 
 
 def clear():

@@ -22,12 +22,13 @@ technician's choice). A release never carries config.json, board.json, ca.der, n
 boot.count, crash.*, app.* or sp/: appswap refuses such a release (removes new/, keeps the old app).
 appswap refuses a trial install while another app is on trial (state() is not None: refuse offers).
 
-At every start with app.trial, boot.py (appswap.trial()) counts the start in "boots"; the start
-after the 3rd without proving rolls back ("not proved in 3 starts"), as does app.failed (its
-reason). Rolling back: the new app's added files removed, every kept X.old renamed back to X,
-app.rollback written, app.failed and app.trial removed; a power cut anywhere is finished by the
-next start. main.py: an unhandled exception in node (or at its import) is recorded by crash.py and,
-on trial, written to app.failed ("crash: ValueError: ..."), then the board resets.
+The start that installs a release resets the board; at every start with app.trial, boot.py calls
+start() here, which counts it in "boots"; the start after the 3rd without proving rolls back ("not
+proved in 3 starts"), as does app.failed (its reason): lib/trialboot.py, then a reset. Rolling
+back: every kept X.old renamed back to X, the new app's added files removed, app.rollback
+written, app.failed and app.trial removed; a power cut anywhere is finished by the next start.
+main.py: an unhandled exception in node (or at its import) is recorded by crash.py and, on trial,
+written to app.failed ("crash: ValueError: ..."), then the board resets.
 
 The API:
   state()            -> app.trial's dict ({"release", "prev", "boots", ...}), or None when no app
@@ -50,6 +51,7 @@ import os
 TRIAL = "app.trial"
 FAILED = "app.failed"
 ROLLBACK = "app.rollback"
+BOOTS = 3   # starts a new app gets to prove itself
 
 
 def _load(path):
@@ -73,6 +75,24 @@ def _write(path, obj):
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f)
     os.rename(path + ".tmp", path)
+
+
+def start():
+    """boot.py, at a start with app.trial: True when the start is counted (the node starts on
+    trial). Else trialboot.py rolls back (app.failed, or the start after the 3rd) or finishes a
+    proof a power cut interrupted, and boot.py resets the board. Here, not in trialboot.py: the node
+    loads this module on trial anyway, so counting adds no names to the heap."""
+    t = _load(TRIAL)
+    if isinstance(t, dict) and not (t.get("proved") or t.get("back") or _exists(FAILED)):
+        n = t.get("boots", 0) + 1
+        if n <= BOOTS:
+            t["boots"] = n
+            _write(TRIAL, t)
+            print("trial: %s on trial, start %d of %d" % (t.get("release"), n, BOOTS))
+            return True
+    import trialboot
+    trialboot.settle(False)
+    return False
 
 
 def state():
