@@ -11,6 +11,7 @@
 # The host is the running node (node.py) or safe mode (safemode.py); what is used of it: cfg,
 # board (its name), mode, up_s, inbox, uplink, ota (the download), after (aftercare.py),
 # restart_why (set: restart once the interval being measured is spooled; safe mode: at once).
+import io
 import json
 import console
 
@@ -21,15 +22,143 @@ _EVENTS_MAX = 6   # events kept while the broker is away; past it the oldest goe
 
 
 def hmac_sha256(key, msg):
+    """RFC 2104 with SHA-256; msg: bytes, a str (its UTF-8), or a stream read to its end."""
     import hashlib
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     key = key + bytes(64 - len(key))
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    inner.update(msg)
+    if hasattr(msg, "readinto"):
+        buf = bytearray(64)
+        n = msg.readinto(buf)
+        while n:
+            inner.update(buf if n == 64 else buf[:n])
+            n = msg.readinto(buf)
+    else:
+        inner.update(msg)
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
+
+
+class _Str(io.IOBase):
+    """A JSON string read from the stream `f` (its opening quote taken) up to its closing quote,
+    unescaped to UTF-8: the envelope's body is hashed and parsed from it, never held whole in the
+    heap (an offer's body is 4 KB: a second piece that size is what a fragmented heap lacks).
+    Read to its end, it leaves `f` just past the closing quote."""
+
+    def __init__(self, f):
+        self.f = f
+        self.b = bytearray(64)   # read ahead from f, a native call per 64 characters
+        self.i = self.n = 0
+        self.out = b""     # what a \u escape gave and was not handed over yet
+        self.end = False
+
+    def _get(self):
+        if self.i >= self.n:
+            self.n = self.f.readinto(self.b)
+            self.i = 0
+            if not self.n:
+                raise ValueError("cut short")
+        c = self.b[self.i]
+        self.i += 1
+        return c
+
+    def _hex4(self):
+        v = 0
+        for _ in range(4):
+            v = v * 16 + int(chr(self._get()), 16)
+        return v
+
+    def readinto(self, buf):
+        n = 0
+        while n < len(buf):
+            if self.out:
+                buf[n] = self.out[0]
+                self.out = self.out[1:]
+                n += 1
+                continue
+            if self.end:
+                break
+            c = self._get()
+            if c == 34:   # "
+                self.end = True
+                self.f.seek(self.i - self.n, 1)   # what was read ahead goes back
+                self.i = self.n = 0
+            elif c == 92:   # a backslash: an escape
+                e = self._get()
+                if e == 117:   # \uXXXX, a surrogate pair as one code point
+                    cp = self._hex4()
+                    if 0xD800 <= cp < 0xDC00 and self._get() == 92 and self._get() == 117:
+                        cp = 0x10000 + (cp - 0xD800 << 10) + self._hex4() - 0xDC00
+                    self.out = chr(cp).encode()
+                else:   # a character: no heap object (the body's keys are all \" ... \")
+                    buf[n] = _ESC[e]
+                    n += 1
+            else:
+                buf[n] = c
+                n += 1
+        return n
+
+    def ioctl(self, req, arg):
+        return 0
+
+
+_ESC = {34: 34, 92: 92, 47: 47, 98: 8, 102: 12, 110: 10, 114: 13, 116: 9}
+
+
+def _skip(f, c):
+    """The next character of `f` that is not white space (c: a bytearray(1))."""
+    while f.readinto(c):
+        if c[0] not in b" \t\r\n":
+            return c[0]
+    return -1
+
+
+def _envelope(f):
+    """(the mac, the offset of the body's first character) of the envelope in stream `f`."""
+    c = bytearray(1)
+    mac = body = None
+    if _skip(f, c) != 123:   # {
+        raise ValueError
+    while True:
+        k = _skip(f, c)
+        if k == 125:   # }
+            return mac, body
+        if k == 44:   # ,
+            continue
+        if k != 34:
+            raise ValueError
+        ks = _Str(f)
+        key = bytearray(8)
+        key = key[:ks.readinto(key)]   # "v", "body", "mac": short keys; the rest of a longer one goes
+        while ks.readinto(c):
+            pass
+        if _skip(f, c) != 58:   # :
+            raise ValueError
+        v = _skip(f, c)
+        if v == 34:
+            s = _Str(f)
+            if key == b"body":
+                body = f.tell()
+            if key == b"mac":
+                m = bytearray(80)
+                mac = bytes(m[:s.readinto(m)])
+            buf = bytearray(32)
+            while s.readinto(buf):   # to the string's end
+                pass
+        else:   # a number ("v"), or a key of a later version: to the next , or } at this level
+            depth = 0
+            while v != -1 and (depth or v not in (44, 125)):
+                if v == 34:
+                    while _Str(f).readinto(c):
+                        pass
+                elif v in (91, 123):   # [ {
+                    depth += 1
+                elif v in (93, 125):
+                    depth -= 1
+                v = f.readinto(c) and c[0] or -1
+            f.seek(-1, 1)
 
 
 def node_key():
@@ -43,35 +172,36 @@ def node_key():
     return k if len(k) >= 16 else None
 
 
-def verify(msg, node_id, path=None):
-    """(body, None) for an envelope (msg, or the file at `path`) signed with this node's key and
-    naming this node, else (None, reason)."""
+def verify(f, node_id):
+    """(body, None) for the envelope in stream `f` (a file, or io.BytesIO of a message) signed with
+    this node's key and naming this node, else (None, reason). The body is hashed, then parsed,
+    from the stream: never whole in the heap. (json.load of a Python stream makes a small heap
+    object per character: the garbage is gone at the next collection, but what the parse keeps lies
+    scattered among it; otaoffer keeps copies of the manifest's strings for that reason.)"""
     try:
-        if path is None:
-            env = json.loads(msg)
-        else:
-            with open(path) as f:
-                env = json.load(f)
-        text = env["body"]
-        mac = env["mac"]
-        if not isinstance(text, str) or not isinstance(mac, str):
+        mac, at = _envelope(f)
+        if mac is None or at is None:
             raise ValueError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, IndexError, OSError):
         return None, "not a signed message"
     key = node_key()
     if key is None:
         return None, "no node key on the flash (%s): provision the node again" % KEY_FILE
     import binascii
-    want = binascii.hexlify(hmac_sha256(key, text))   # a str hashes as its UTF-8 bytes
-    got = mac.encode()
-    diff = len(want) ^ len(got)
-    for i in range(min(len(want), len(got))):   # the same time for every wrong MAC
-        diff |= want[i] ^ got[i]
+    f.seek(at)
+    try:
+        want = binascii.hexlify(hmac_sha256(key, _Str(f)))
+    except (ValueError, KeyError):
+        return None, "not a signed message"
+    diff = len(want) ^ len(mac)
+    for i in range(min(len(want), len(mac))):   # the same time for every wrong MAC
+        diff |= want[i] ^ mac[i]
     if diff:
         return None, "bad mac"
+    f.seek(at)
     try:
-        body = json.loads(text)
-    except ValueError:
+        body = json.load(_Str(f))
+    except (ValueError, KeyError):
         body = None
     if not isinstance(body, dict):
         return None, "not a signed message"
@@ -94,9 +224,9 @@ def handle(host):
                 if kind == b"ota":   # 4 KB: on flash, and out of the heap before its body is parsed
                     with open(OFFER_FILE, "wb") as f:
                         f.write(msg)
-                    msg = None
+                    msg = None   # read from the file, a character at a time: no 4 KB piece
                     import gc
-                    gc.collect()   # the body's text takes the message's place: no second 4 KB piece
+                    gc.collect()   # now, while no stale pointer to the message is on the stack
                 _handle(host, kind, msg)
             except MemoryError as e:   # the heap as it is now: the message is refused, the node measures on
                 msg = None
@@ -180,7 +310,11 @@ def _handle(host, kind, msg):
     what = _KIND.get(kind)
     if what is None:
         return
-    body, why = verify(msg, host.cfg["node_id"], OFFER_FILE if msg is None else None)
+    if msg is None:
+        with open(OFFER_FILE, "rb") as f:
+            body, why = verify(f, host.cfg["node_id"])
+    else:
+        body, why = verify(io.BytesIO(msg), host.cfg["node_id"])
     if why is not None:
         if why.startswith("no node key"):
             if getattr(host, "said_no_key", False):   # once per boot: the configuration comes at every connect

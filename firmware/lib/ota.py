@@ -87,10 +87,16 @@ def resume(host):
     """At start: the download new/ota.json holds, checked again, or None (new/ cleared)."""
     if _exists(READY):
         return None
-    body, why = mgmt.verify(None, host.cfg["node_id"], OFFER)
+    try:
+        with open(OFFER, "rb") as f:
+            body, why = mgmt.verify(f, host.cfg["node_id"])
+    except OSError:
+        body, why = None, "missing"
     try:   # checked when it was accepted, and its MAC now
         rel = body["release"]
-        d = Download(host, rel["version"], [(f["path"], f["size"], f["sha256"]) for f in rel["files"]])
+        import gc
+        gc.collect()   # copies, as otaoffer._files makes them: a heap in pieces fetches nothing
+        d = Download(host, rel["version"], [("%s" % f["path"], f["size"], "%s" % f["sha256"]) for f in rel["files"]])
     except (ValueError, KeyError, TypeError):
         console.warn("ota: %s: cannot resume (%s): removed" % (OFFER, why or "not a release"))
         rmtree(NEW)

@@ -36,12 +36,16 @@ def _path_ok(p):
 
 def _files(rel):
     """[(path, size, sha256 hex)] of a manifest, or raise ValueError."""
+    import gc
+    gc.collect()   # the parse's garbage gone: the copies below fill its holes
     out = []
     for f in rel["files"]:
         p, n, h = f["path"], f["size"], f["sha256"]
         if not _path_ok(p) or type(n) is not int or n < 0 or not isinstance(h, str) or len(h) != 64:
             raise ValueError("file %r" % (p,))
-        out.append((p, n, h))
+        # copies, kept for the whole download: the parsed strings lie scattered among the
+        # manifest's dicts, which go, and would leave the heap in pieces smaller than a piece
+        out.append(("%s" % p, n, "%s" % h))
     if not out:
         raise ValueError("no files")
     return out

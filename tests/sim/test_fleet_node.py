@@ -12,6 +12,8 @@ usual 112 KB."""
 
 from __future__ import annotations
 
+import collections
+
 import json
 import time
 from pathlib import Path
@@ -192,7 +194,8 @@ def test_a_download_goes_on_after_a_broker_restart_and_a_power_cut(fleet: Fleet,
     statuses = len(gw.statuses)
     fleet.broker.stop()
     fleet.broker.start()
-    wait_for(lambda: len(gw.statuses) > statuses and gw.last_status("dl-01"), 120, "the node back after the restart")
+    wait_for(lambda: len(gw.statuses) > statuses and gw.last_status("dl-01"), 120,
+             "the node back after the restart")
     allow[0] = 20
     wait_for(lambda: len(served) >= 20, 60, "ten more pieces")
     cuts = n.power_cuts_done
@@ -201,14 +204,18 @@ def test_a_download_goes_on_after_a_broker_restart_and_a_power_cut(fleet: Fleet,
     assert "ota: resuming 0.3.0 from what new/ holds" in wait_for(
         lambda: "resuming" in n.console_text() and n.console_text(), 60, "the resumption")
     allow[0] = 10_000
-    assert gw.wait_event("dl-01", lambda e: e["kind"] == "ota" and e["state"] != "accepted", 120)["state"] == "installed"
+    done = gw.wait_event("dl-01", lambda e: e["kind"] == "ota" and e["state"] != "accepted", 120)
+    assert done["state"] == "installed"
     fleet.online("dl-01", fw="0.3.0", timeout=120)
     pieces = {(g.file, g.off) for g in served}
     want = {(i, off) for i, f in enumerate(release.manifest["files"]) for off in range(0, max(f["size"], 1), 2048)}
     assert pieces == want
-    assert len(served) <= len(want) + 3, "pieces fetched again: the download started over"
+    # a piece asked again (its answer lost in the restart or the cut, or late on a busy machine) is
+    # a retry; starting over would fetch again the ten pieces served before each
+    again = [k for k, c in collections.Counter((g.file, g.off) for g in served).items() if c > 1]
+    assert len(again) < 10, f"pieces fetched again: the download started over ({again})"
     n.stop()
-    on_flash = n.flash_files("lib", "boot.py", "main.py")
+    on_flash = n.flash_files("lib", "boot.py", "main.py", "appswap.py")
     for f in release.manifest["files"]:
         assert on_flash.get(f["path"]) == release.files[f["path"]], f["path"]
 
