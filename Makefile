@@ -50,8 +50,11 @@ test: setup
 faults: setup
 	MEETKIT_FAULTS_RECORD=1 $(BIN)/python -m pytest -q -rA tests/faults
 
+# The long runs (tests/soak), never part of `make test`: a simulated week of the fault suite's
+# faults on two nodes (about half an hour) and a day of steady load on the gateway process, its
+# memory and descriptors watched (24 hours; MEETKIT_SOAK_HOURS=1 for a shorter one).
 soak: setup
-	$(BIN)/python -m pytest -q -m soak
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak
 
 bench: setup
 	$(BIN)/python -m bench

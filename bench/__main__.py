@@ -1,9 +1,10 @@
-from bench import (flood, forward, gateway, hostile, http_clients, noise, ota_heap, payload, provision, sensorthings,
-                   sim, start_heap, store, tls, wire)
+from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_heap, payload, provision,
+                   sensorthings, sim, sim_time, start_heap, store, tls, wire)
 
 
 def main() -> None:
     sim.run()
+    sim_time.run()
     start_heap.run()
     ota_heap.run()
     tls.run()
@@ -13,6 +14,7 @@ def main() -> None:
     gateway.run()
     flood.run()
     http_clients.run()
+    ota.run()
     forward.run()
     sensorthings.run()
     store.run()

@@ -166,12 +166,15 @@ def mosquitto_sub_run(workdir: Path, streams: list[batches.NodeStream], files: d
 
 
 def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[str, Path],
-                load: Callable[[GatewayProcess], AbstractContextManager[object]] | None = None) -> IngestRun:
+                load: Callable[[GatewayProcess], AbstractContextManager[object]] | None = None,
+                extra_toml: str = "") -> IngestRun:
     """`load`: something more to run against the gateway from just before the first publish to the
-    last acknowledgement (bench/http_clients.py: busy status-page clients)."""
+    last acknowledgement (bench/http_clients.py: busy status-page clients; bench/ota.py: nodes
+    fetching a release). `extra_toml`: more of gateway.toml ([ota], say)."""
     messages = sum(len(s.messages) for s in streams)
     broker = new_broker(workdir)
-    gw = GatewayProcess(workdir / "gw", broker.host, broker.port, client_id="bench-gateway").start()
+    gw = GatewayProcess(workdir / "gw", broker.host, broker.port, client_id="bench-gateway",
+                        extra_toml=extra_toml).start()
     acks = None
     try:
         gw.wait_log("subscribed to", 30)

@@ -101,20 +101,26 @@ def bench_size_and_pruning(work: Path) -> None:
 
 
 def schema3(path: Path, n: int) -> None:
-    with Store(path) as s:
-        fill(s, n)
-    # back to what a schema-3 gateway made: no auto-vacuum (a VACUUM with it off), user_version 3
+    """A schema-3 store as a gateway of that schema made it (MIGRATIONS[:3], rowid ids, no
+    auto-vacuum), with `n` records of two readings: what the upgrade to today's schema starts from.
+    Built from the first three migrations, so later ones never need an edit here."""
     con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA auto_vacuum = NONE")
-    con.execute("VACUUM")
-    con.execute("DELETE FROM meta WHERE key = 'pruned_upto'")
-    # and without what the steps after 3 add (MIGRATIONS[3:]: pruned_upto above; schema 5's
-    # dead-letter columns and retained_seen), so that the upgrade runs them all again
-    con.executescript("DROP TABLE retained_seen; DROP INDEX dead_letters_node;"
-                      " ALTER TABLE dead_letters DROP COLUMN node; ALTER TABLE dead_letters DROP COLUMN size;")
+    con.execute("PRAGMA journal_mode = WAL")
+    for m in MIGRATIONS[:3]:
+        con.executescript(m)
     con.execute("PRAGMA user_version = 3")
-    if con.execute("PRAGMA auto_vacuum").fetchone() != (0,) or len(MIGRATIONS) != 5:
-        raise RuntimeError("bench/store.py's schema-3 store no longer matches the migrations: update schema3()")
+    t0 = 1795510800
+    con.execute("BEGIN")
+    for k in range(n):
+        rid = con.execute(
+            "INSERT INTO records (node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors)"
+            " VALUES (?, 1, ?, ?, ?, ?, 60, ?, '0.1.0', 'esp32-devkitc', '{\"pm\":\"pms5003\"}')",
+            (f"ams-{k % 50:03d}", k, t0 + 60 * k, t0 + 60 * k, 60 * k, t0 + 60 * k)).lastrowid
+        con.executemany("INSERT INTO readings (record_id, quantity, avg, min, max, n, unit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(rid, "pm25", 5.0 + k % 7, 4.0, 9.0, 58, "ug/m3"), (rid, "temp", 12.5, 12.0, 13.0, 12, "degC")])
+    con.execute("COMMIT")
+    if con.execute("PRAGMA auto_vacuum").fetchone() != (0,):
+        raise RuntimeError("bench/store.py: the schema-3 store has auto-vacuum on")
     con.close()
 
 

@@ -4,7 +4,7 @@ Modules, one job each, in the order a batch meets them (docs/developer.md has th
 picture of the data path; tests/gateway/test_docs.py fails when either misses a module):
 
     mqtt         the paho-mqtt client in a persistent session, acknowledging by hand (`Source`)
-    topics       <prefix>/<node>/up, /status, /ack and <prefix>/gateway/alarm
+    topics       <prefix>/<node>/up, /status, /event, /ack, /config, /cmd and <prefix>/gateway/alarm
     memory       give the heap back after a burst of large messages (glibc's mmap threshold)
     inbox        the FIFO between paho's thread and the writer, bounded in items and in bytes
     ingest       the writer thread: commits messages in groups, or refuses them when the disk is
@@ -23,6 +23,8 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
       store.cursors       forwarding: the cursors, the next readings, refused batches, a target's state
       store.sensorthings  the SensorThings targets' entity ids
       store.integrity     quick_check, for recovery
+      store.fleet         the nodes' events, the configuration each node is sent, commands
+      store.rollouts      staged rollouts of signed releases: a rollout, its nodes by stage
     recovery     open the store at start; move a corrupt one aside (`open_store`)
     retention    keep the store within `max_bytes` and `max_age_days`, oldest records first
     plausible    which stored records a reader can pass on as they are (an older store's)
@@ -36,12 +38,27 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     http_server  the HTTP/1.1 server under it: one asyncio loop, a connection cap, timeouts, a CPU share
     fleet        the fleet register: names, positions, serials of the nodes (fleet.toml)
     fleet_view   the register beside the nodes the store knows, for the page and /metrics
+    fleet_secrets  the Wi-Fi passwords and the nodes' broker passwords a configuration carries
+    wanted       a node's wanted configuration, from the register and the secrets
+    configpub    the thread that sends the nodes their configuration (versions, retained) and commands
+    signed       the signed envelope (HMAC-SHA256, the node's key) of what the gateway sends a node;
+                 the node keys file
+    credentials  systemd's service credentials: is a file one (a copy made at start), and the
+                 restart that renews it
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
+    releases     signed app releases: verify the Ed25519 signature and every file, keep them
+    ota          releases over MQTT on a connection of their own, beside the writer: the offers,
+                 and the pieces a node asks for, from verified releases only (`OtaLink`)
+    rollouts     staged rollouts: canaries, then waves, halting by themselves, skipping a node
+                 that answers no offer in time (`RolloutManager`)
+    rolloutcli   `meetkit-gateway release add|list`, `fleet update|stop|status`
     config       read and validate gateway.toml
     systemd      systemd's notify protocol: ready, watchdog, stopping
     service      wires them together; start and stop in the right order (`Gateway`, `run`)
     cli          `meetkit-gateway`: run, check, and look at what is stored
+    fleetcli     `meetkit-gateway fleet status|selftest`: the fleet over the air
+    fleet_status  each node's state over the air (mode, configuration, crashes, self-test), as shown
     timefmt      `--since` spans and ISO times
     table        plain-text tables for the terminal
 """

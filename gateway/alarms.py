@@ -30,6 +30,7 @@ DISK_FULL = "disk_full"  # commits fail for want of space: new data is refused, 
 DISK_ERROR = "disk_error"  # commits fail with an I/O error or a read-only file: refused likewise
 DROPPED_UNFORWARDED = "dropped_unforwarded"  # the store's bounds dropped records a target had not taken yet
 DEAD_LETTER_FLOOD = "dead_letter_flood"  # a node sends what is refused faster than its dead-letter budget keeps
+ROLLOUT_HALTED = "rollout_halted"  # a rollout stopped by itself: a node rolled back, refused, or did not prove in time
 
 
 @dataclass(frozen=True)

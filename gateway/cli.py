@@ -6,9 +6,14 @@
     meetkit-gateway nodes    --config gateway.toml
     meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
                              [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
+    meetkit-gateway fleet status   --config gateway.toml [--node ID]
+    meetkit-gateway fleet selftest NODE --config gateway.toml [--wait S]     (fleetcli.py)
+    meetkit-gateway fleet update   --release R --config gateway.toml [--nodes a,b] [--canary N] [--wave M]
+                                   [--force];  fleet stop --config gateway.toml                (rolloutcli.py)
+    meetkit-gateway release add DIR --config gateway.toml;  release list --config gateway.toml
 
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
-usage.
+usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from . import __version__, config as configuration, plausible, pm_humidity
+from . import __version__, config as configuration, plausible, pm_humidity, rolloutcli
 from .config import Config, ConfigError
 from .payload import QUANTITIES
 from .store import Store, StoreError
@@ -67,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--code", help="only those with this reason code (not_json, out_of_range, implausible, ...)")
     d.add_argument("--all", action="store_true", help="replay: every dead letter (of --node, --code)")
     d.add_argument("--limit", type=int, default=50, help="list: at most this many (default 50)")
+    from .fleetcli import add_parser as fleet_parser
+
+    fleet_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
+                                               help="the gateway's TOML file"))
     e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
     e.add_argument("--since", metavar="WHEN",
                    help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
@@ -83,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
     e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
                    help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
+    rolloutcli.add_release_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
+                                                                help="the gateway's TOML file"))
     return p
 
 
@@ -113,7 +124,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     topics = Topics(m.topic_prefix)
     print(f"  broker      mqtt://{user}{m.host}:{m.port}{password}, client id {m.client_id}, keepalive {m.keepalive} s")
     print(f"  subscribes  {', '.join(topics.subscriptions)}")
-    print(f"  publishes   {topics.ack('<node>')}, {topics.alarm} (retained)")
+    print(f"  publishes   {topics.ack('<node>')}, {topics.config('<node>')} (retained), {topics.cmd('<node>')}, "
+          f"{topics.alarm} (retained)")
     h = cfg.http
     host = f"[{h.host}]" if ":" in h.host else h.host
     print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
@@ -125,16 +137,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     st = cfg.store
     print(f"  refused     dead letters within {st.dead_letters_node_max} and {_size(st.dead_letters_node_max_bytes)} per "
           f"node, {_size(st.dead_letters_max_bytes)} in all (outside the bound above)")
+    _print_ota(cfg)
     for t in cfg.forward:
         print(f"  forward     {_target(t)}")
     if not cfg.forward:
         print("  forward     no targets")
     if cfg.fleet is not None:
         _print_fleet(cfg.fleet)
+    _print_fleet_files(cfg)
     print(f"  log level   {cfg.log.level}")
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _print_ota(cfg: Config) -> None:
+    """[ota]: the release keys (by fingerprint), the releases kept, how offers and pieces go."""
+    o = cfg.ota
+    if o is None:  # no releases, no rollouts
+        return
+    from .releases import ReleaseError, Releases, load_public_key
+
+    try:
+        keys = [load_public_key(p) for p in o.release_keys]
+        kept = Releases(o.releases, keys).versions()
+    except ReleaseError as e:  # the config checked the keys; a file changed since
+        print(f"  releases    {e}")
+        return
+    print(f"  releases    signed by {', '.join(k.name for k in keys)}; kept in {o.releases}: "
+          f"{', '.join(kept) or 'none yet'}")
+    print(f"  rollouts    offers again every {o.offer_every_s:g} s until answered, skips a node that "
+          f"answers none within {o.answer_within_s:g} s, proved within {o.prove_within_s:g} s; "
+          f"pieces of at most {o.piece_max_bytes} bytes, {o.pieces_per_s:g} a second per node")
 
 
 def _print_fleet(path: Path) -> None:
@@ -151,6 +185,16 @@ def _print_fleet(path: Path) -> None:
         return
     placed = sum("lat" in m for m in nodes.values())
     print(f"  fleet       {path}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {placed} with a position")
+
+
+def _print_fleet_files(cfg: Config) -> None:
+    """The files remote configuration reads: where they are and whether they can be read (never
+    what they hold)."""
+    f = cfg.fleet_files
+    for name, path in (("node keys", f.node_keys), ("secrets", f.secrets), ("broker pw", f.broker_secrets)):
+        if path is not None:
+            state = "readable" if os.access(path, os.R_OK) else "CANNOT BE READ (what needs it is held back)"
+            print(f"  {name:<11} {path}: {state}")
 
 
 def _target(t: object) -> str:
@@ -382,8 +426,24 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return deadletters.run(cfg, args)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from . import fleetcli
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return fleetcli.run(cfg, args)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return args.run(cfg, args)
+
+
 COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export,
-            "dead-letters": cmd_dead_letters}
+            "dead-letters": cmd_dead_letters, "fleet": cmd_fleet, "release": cmd_release}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,8 @@ Every problem is reported at once, each naming its key (``mqtt.port: must be an 
 65535, got "1883" (a string)``); unknown keys are errors too, with a suggestion when one is close.
 A relative `store.path` is taken relative to the folder of the configuration file, not the
 working directory, so the same file works from a shell and from systemd; so are a forwarding
-target's `token_file`, `password_file` and `fleet`, and `[fleet] path`.
+target's `token_file`, `password_file` and `fleet`, the files of `[fleet]`, and `[ota]`'s
+`release_keys` and `releases`.
 
 `[http]` is where the status page and /metrics listen. Each `[[forward]]` table is one upstream
 target (gateway/forward/). `type = "influx"`: InfluxDB line protocol over HTTP, `api = "v1"`
@@ -113,6 +114,31 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True)
+class FleetFiles:
+    """The files remote configuration and commands need ([fleet] in gateway.toml), each read
+    when needed and again when it changes; None: not configured (what needs it is held back)."""
+
+    node_keys: Path | None = None  # the broker folder's node-keys.json: signs what a node is sent
+    secrets: Path | None = None  # Wi-Fi passwords by network name (gateway/fleet_secrets.py)
+    broker_secrets: Path | None = None  # the broker folder's secrets.json: each node's broker password
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    """[ota]: signed app releases and staged rollouts (docs/operator.md, "Running the fleet over the air")."""
+
+    release_keys: tuple[Path, ...]  # Ed25519 public keys (release.pub): a release must be signed by one
+    releases: Path  # the folder of kept releases (`meetkit-gateway release add`)
+    offer_every_s: float = 60.0  # an offer no node answered is sent again after this long
+    prove_within_s: float = 3600.0  # from "accepted": a node not proved by then halts the rollout
+    # from the first offer: a node that answered none by then is skipped (the rollout goes on). Six
+    # hours: a power cut or a Wi-Fi outage of an afternoon, 360 offers at the default pace
+    answer_within_s: float = 21600.0
+    piece_max_bytes: int = 4096  # the most a node gets in one ota/chunk, whatever it asks
+    pieces_per_s: float = 20.0  # per node: more requests than this are dropped (counted)
+
+
+@dataclass(frozen=True)
 class Config:
     mqtt: MqttConfig
     store: StoreConfig
@@ -121,6 +147,8 @@ class Config:
     http: HttpConfig = HttpConfig()
     forward: tuple[ForwardConfig, ...] = ()
     fleet: Path | None = None  # [fleet] path: the nodes' positions (gateway/fleet.py)
+    fleet_files: FleetFiles = FleetFiles()  # [fleet] node_keys, secrets, broker_secrets
+    ota: OtaConfig | None = None  # [ota]; None: no releases, no rollouts
 
 
 class ConfigError(Exception):
@@ -319,6 +347,15 @@ def _size(v: Any) -> tuple[Any, str | None]:
     return int(n), None
 
 
+def _paths(v: Any) -> tuple[Any, str | None]:
+    """A list of one or more file paths (a single string is taken as a list of one)."""
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        return None, f'must be a file path or a list of them, like ["release.pub"], got {_describe(v)}'
+    return tuple(v), None
+
+
 def _level(v: Any) -> tuple[Any, str | None]:
     if not isinstance(v, str) or v.upper() not in LEVELS:
         return None, f"must be one of {', '.join(LEVELS)}, got {_describe(v)}"
@@ -341,7 +378,11 @@ SECTIONS: dict[str, dict[str, Check]] = {
               "dead_letters_node_max": _integer(1, 10_000_000)},
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
-    "fleet": {"path": _text()},
+    "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
+    "ota": {"release_keys": _paths, "releases": _text(), "offer_every_s": _seconds(1, 86400),
+            "prove_within_s": _seconds(1, 7 * 86400), "answer_within_s": _seconds(1, 30 * 86400),
+            "piece_max_bytes": _integer(256, 8192),
+            "pieces_per_s": _seconds(0.1, 1000)},
 }
 REQUIRED = {("store", "path")}
 
@@ -534,6 +575,8 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         if isinstance(section, dict) and key not in section:
             errors.append(f"{name}.{key}: missing (required)")
     fleet = _relative(values["fleet"]["path"], source) if "path" in values["fleet"] else None
+    fleet_files = FleetFiles(**{k: _relative(v, source) for k, v in values["fleet"].items() if k != "path"})
+    ota = _ota(doc.get("ota"), values["ota"], values["store"], fleet_files.node_keys, source, errors)
     forward = tuple(replace(t, fleet=fleet) if t.type == "sensorthings" and t.fleet is None else t for t in forward)
     mqtt = values["mqtt"]
     if "password_file" in mqtt:
@@ -550,7 +593,44 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         http=HttpConfig(**values["http"]),
         forward=forward,
         fleet=fleet,
+        fleet_files=fleet_files,
+        ota=ota,
     )
+
+
+def _ota(section: Any, values: dict[str, Any], store: dict[str, Any], node_keys: Path | None,
+         source: Path | None, errors: list[str]) -> OtaConfig | None:
+    """[ota] with its paths made absolute; None when there is no [ota]. A release key that cannot
+    be read is an error here, so that `check` names it (releases.py reads it again when it verifies)."""
+    if not isinstance(section, dict):
+        return None
+    if "release_keys" not in section:
+        errors.append("ota.release_keys: missing (required: the release public key(s), release.pub of "
+                      "`meetkit release keygen`)")
+        return None
+    if node_keys is None:
+        errors.append("ota: needs [fleet] node_keys (the broker folder's node-keys.json): every offer is signed "
+                      "with the node's key")
+    if "release_keys" not in values:
+        return None
+    keys = tuple(_relative(k, source) for k in values["release_keys"])
+    from .releases import ReleaseError, load_public_key  # cryptography: only when [ota] is used
+
+    for k in keys:
+        try:
+            load_public_key(k)
+        except ReleaseError as e:
+            errors.append(f"ota.release_keys: {e}")
+    if "releases" in values:
+        folder = _relative(values["releases"], source)
+    else:  # beside the store: a folder the gateway's service may write
+        folder = _relative(store.get("path", "gateway.db"), source).parent / "releases"
+    rest = {k: v for k, v in values.items() if k not in ("release_keys", "releases")}
+    ota = OtaConfig(release_keys=keys, releases=folder, **rest)
+    if ota.answer_within_s < ota.offer_every_s:
+        errors.append(f"ota.answer_within_s: {ota.answer_within_s:g} is less than ota.offer_every_s "
+                      f"({ota.offer_every_s:g}): a node would be skipped before a second offer")
+    return ota
 
 
 def _mqtt_password_file(mqtt: dict[str, Any], source: Path | None, errors: list[str]) -> None:

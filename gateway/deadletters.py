@@ -103,7 +103,8 @@ def _replay(store: Store, cfg: Config, args: argparse.Namespace) -> int:
     out = replay(store, Topics(cfg.mqtt.topic_prefix), [d for d in letters if d is not None])
     print(f"replayed {len(letters)} dead letter{'s' if len(letters) != 1 else ''}: {out.replayed} went through "
           f"and were deleted, {out.kept} still refuse something; {out.records} records stored, "
-          f"{out.duplicates} held already, {out.values} values filled in, {out.statuses} status messages")
+          f"{out.duplicates} held already, {out.values} values filled in, {out.statuses} status messages, "
+          f"{out.events} events")
     for id_, reason in out.still:
         print(f"  {id_}: {_short(reason)}")
     return 0

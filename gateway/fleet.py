@@ -18,9 +18,23 @@ One TOML file, its path in `[fleet] path` of gateway.toml (or a sensorthings tar
     fw = "0.2.0"                            # written by `meetkit provision`
     provisioned = 2026-11-24T10:12:00Z      # written by `meetkit provision`: a date-time with its offset
 
+    [nodes."ams-001".config]                # the node's settings, sent to it by the gateway (configpub.py)
+    interval_s = 60                         # keys of the firmware's config.json (CONFIG_KEYS)
+    wifi = { ssid = "lab" }                 # the password: the secrets file ([fleet] secrets), never here
+    broker = { host = "meetkit-gw", port = 8883, tls = true }   # the account: the broker folder's secrets
+
 `serials` takes the sensor roles of the board files only (pm, mic, climate), so a mistyped role
-is caught instead of published. A board name is checked for its form only: the gateway on a Pi
-does not ship boards/, and a lab may have boards of its own.
+is caught instead of published. `config` takes the keys of the firmware's config.json that a node
+may be sent (`CONFIG_KEYS`), checked here for their form (a whole number, a string, the tables of
+`wifi` and `broker`, or arrays of them); their ranges are the firmware's own rules, which `meetkit
+fleet set` and `meetkit fleet check` apply (tools/nodeconfig.py) and the node applies again (it
+names what it refuses). The calibration offset is the node's `noise_offset_db` above, not a key of
+`config`: one place for it, beside the date it was measured; the gateway sends it with the rest.
+No password is ever in the register: a `password` or `user` key in `wifi` or `broker` is an error
+(the secrets come from files the gateway reads: gateway/fleet_secrets.py).
+
+A board name is checked for its form only: the gateway on a Pi does not ship boards/, and a lab
+may have boards of its own.
 
     fleet = Fleet(path)
     fleet.node_metadata("ams-001")  # {"lat": 52.3731, "lon": 4.8922, "installed": date(2026, 11, 24), ...} or None
@@ -49,7 +63,15 @@ from .config import _describe, _unknown  # the same wording as gateway.toml's er
 from .payload import NODE_ID
 
 KEYS = ("board", "name", "lat", "lon", "height_m", "installed", "serials", "noise_offset_db", "calibrated",
-        "notes", "chip", "fw", "provisioned")
+        "notes", "chip", "fw", "provisioned", "config")
+#: the keys of a node's `config` table: the keys of the firmware's config.json (firmware/lib/config.py)
+#: that the gateway sends a node, but node_id (never changed remotely) and noise_offset_db (the
+#: register's own key, above); tests/tools/test_fleetfile.py holds this to the firmware's DEFAULTS
+CONFIG_INTS = ("interval_s", "climate_every_s", "ntp_every_s", "rh_high_pct", "spool_kb")
+CONFIG_TEXTS = ("ntp_host", "topic_prefix")
+CONFIG_KEYS = (*CONFIG_INTS, *CONFIG_TEXTS, "wifi", "broker")
+WIFI_KEYS = ("ssid",)
+BROKER_KEYS = ("host", "port", "tls", "ca")
 SERIALS = ("pm", "mic", "climate")  # the sensor roles of the board files and of the records' `sensors`
 BOARD = re.compile(r"[a-z0-9-]{1,64}")
 CHIP = re.compile(r"[0-9a-fA-F]{12}")
@@ -137,6 +159,75 @@ CHECKS: dict[str, Check] = {
 }
 
 
+def _entries(v: Any, where: str, keys: tuple[str, ...], required: str, secret: str, errors: list[str]) -> Any:
+    """A `wifi` or `broker` value: a table of `keys` (`required` among them), or a non-empty array
+    of such tables; None (and the problems in `errors`) when it is not. `secret` says where the
+    password comes from, for a `password` or `user` key, whose value is never repeated."""
+    tables = v if isinstance(v, list) else [v]
+    if not tables:
+        errors.append(f"{where}: an empty array; give one table or more")
+        return None
+    n = len(errors)
+    for i, t in enumerate(tables):
+        at = f"{where}[{i}]" if isinstance(v, list) else where
+        if not isinstance(t, dict):
+            errors.append(f"{at}: must be a table like {{ {required} = \"...\" }}, got {describe(t)}")
+            continue
+        for key, x in t.items():
+            if key in ("password", "user"):
+                errors.append(f"{at}.{key}: never in the register: {secret}")
+            elif key not in keys:
+                errors.append(_unknown(f"{at}.{key}", list(keys)))
+            elif key == "port" and (isinstance(x, bool) or not isinstance(x, int)):
+                errors.append(f"{at}.port: must be a whole number, got {describe(x)}")
+            elif key == "tls" and not isinstance(x, bool):
+                errors.append(f"{at}.tls: must be true or false, got {describe(x)}")
+            elif key not in ("port", "tls") and (not isinstance(x, str) or not x):
+                errors.append(f"{at}.{key}: must be a non-empty string, got {describe(x)}")
+        if required not in t:
+            errors.append(f"{at}.{required}: missing")
+    return None if len(errors) > n else v
+
+
+WIFI_SECRET = ('the password goes in the secrets file named by [fleet] secrets of gateway.toml, '
+               '[wifi] "<ssid>" = "<password>"')
+BROKER_SECRET = ("the node's account (user: its node id, its password) comes from the broker folder's secrets.json, "
+                 "[fleet] broker_secrets of gateway.toml")
+
+
+def _config(v: Any, where: str, errors: list[str]) -> dict[str, Any] | None:
+    """A node's `config` table, its form checked (the firmware's rules check the values)."""
+    if not isinstance(v, dict):
+        errors.append(f'{where}: must be a table [nodes."<id>".config], got {describe(v)}')
+        return None
+    out: dict[str, Any] = {}
+    n = len(errors)
+    for key, x in v.items():
+        at = f"{where}.{key}"
+        if key == "noise_offset_db":
+            errors.append(f"{at}: the calibration is the node's own noise_offset_db (beside `calibrated`), "
+                          "not a key of config; the gateway sends it with the rest")
+        elif key == "node_id":
+            errors.append(f"{at}: a node's id is never changed remotely")
+        elif key not in CONFIG_KEYS:
+            errors.append(_unknown(at, list(CONFIG_KEYS)))
+        elif key in CONFIG_INTS:
+            if isinstance(x, bool) or not isinstance(x, int):
+                errors.append(f"{at}: must be a whole number, got {describe(x)}")
+            else:
+                out[key] = x
+        elif key in CONFIG_TEXTS:
+            if not isinstance(x, str) or not x:
+                errors.append(f"{at}: must be a non-empty string, got {describe(x)}")
+            else:
+                out[key] = x
+        elif key == "wifi":
+            out[key] = _entries(x, at, WIFI_KEYS, "ssid", WIFI_SECRET, errors)
+        else:
+            out[key] = _entries(x, at, BROKER_KEYS, "host", BROKER_SECRET, errors)
+    return None if len(errors) > n else out
+
+
 def _serials(v: Any, where: str, errors: list[str]) -> dict[str, str] | None:
     if not isinstance(v, dict):
         errors.append(f'{where}: must be a table like {{ pm = "...", mic = "..." }}, got {describe(v)}')
@@ -161,6 +252,11 @@ def _node(table: dict[str, Any], where: str, errors: list[str]) -> dict[str, Any
             serials = _serials(value, f"{where}.serials", errors)
             if serials is not None:
                 meta["serials"] = serials
+            continue
+        if key == "config":
+            config = _config(value, f"{where}.config", errors)
+            if config is not None:
+                meta["config"] = config
             continue
         if key not in CHECKS:
             errors.append(_unknown(f"{where}.{key}", list(KEYS)))

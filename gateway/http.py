@@ -26,7 +26,14 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
                     fleet register says of it (name, board, installed, lat, lon, height_m, ...;
                     never its notes) or null; nodes of the register the store never heard of
                     are listed too, flagged "never seen"; with a readable register, nodes not
-                    in it are flagged "not in the register".
+                    in it are flagged "not in the register". Over the air (fleet_status.py): its
+                    "mode", "config" {"wanted", "running", "behind", "published", "problem",
+                    "shown" (without passwords), "last" (its latest config event)}, "crash",
+                    "crashes", "safe_mode", "selftest", "cmd_refused"; what a node wrote is shown
+                    with every password the gateway knows replaced by ***. "rollout": the
+                    newest rollout of a release ({"id", "release", "state", "stage", "reason", ...,
+                    "nodes": [{"node", "stage", "state", "reason", "offers", ...}]},
+                    gateway/rollouts.py) or null.
     /api/series?node=ID&hours=24[&until=UNIX_S]
                     {"node", "since", "until", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
                     "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],
@@ -71,7 +78,7 @@ stopping it first:
 
     self.http = StatusServer(config.store.path, config.http.host, config.http.port,
                              targets=lambda: [t.status() for t in self.forwarders],
-                             fleet=Fleet(config.fleet))
+                             fleet=self.fleet, secrets=self.secrets)
     ... start(): self.http.start()       stop(): self.http.stop() before self.writer.close()
 """
 from __future__ import annotations
@@ -95,8 +102,11 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import CollectorRegistry
 
 from .fleet import Fleet
+from .fleet_secrets import FleetSecrets
+from .fleet_status import NodeState, as_json, states
 from .fleet_view import FleetView, view
 from .http_server import HttpServer, Limits, Request, Response
+from .rollouts import NODE_STATES, ROLLOUT_STATES
 from .payload import BOOT_MAX, FUTURE_MARGIN_S, QUANTITIES, SEQ_MAX, TS_MIN, UP_MAX, plausible_ts
 from .store import SCHEMA_VERSION, Store, StoreError
 
@@ -112,6 +122,8 @@ UNITS = {q: QUANTITIES[q].unit for q in SERIES}
 STALE_S = 15 * 60
 
 Targets = Callable[[], Iterable[dict[str, Any]]]
+#: the serving side of releases (ota.Pieces.status): {"served", "bytes", "refused": {reason: n}, ...}
+OtaStatus = Callable[[], dict[str, Any]]
 
 
 # -- /metrics ---------------------------------------------------------------------------------------
@@ -158,6 +170,8 @@ _COUNTERS = {
     "dead_letters_replayed": ("meetkit_dead_letters_replayed_total",
                               "Dead letters that went through on a replay (meetkit-gateway dead-letters replay).",
                               None),
+    "events.": ("meetkit_events_total", "Events the nodes reported (config, ota, crash, safe_mode, selftest), by kind.",
+                "kind"),
 }
 
 
@@ -254,22 +268,81 @@ def _fleet_metrics(fleet: FleetView, heard: set[str]) -> Iterator[Metric]:
     yield from fams
 
 
+def rollout_doc(store: Store) -> dict[str, Any] | None:
+    """The newest rollout (gateway/rollouts.py) and its nodes, for the page; None if there was none."""
+    rows = store.rollouts(limit=1)
+    if not rows:
+        return None
+    r = rows[0]
+    return {"id": r.id, "release": r.release, "state": r.state, "stage": r.stage, "reason": r.reason,
+            "force": r.force, "canary": r.canary, "wave": r.wave, "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "nodes": [{"node": n.node, "stage": n.stage, "state": n.state, "reason": n.reason, "offers": n.offers,
+                       "offered_at": n.offered_at, "first_offered_at": n.first_offered_at, "updated_at": n.updated_at}
+                      for n in store.rollout_nodes(r.id)]}
+
+
+def _rollout_metrics(store: Store, ota: OtaStatus | None) -> Iterator[Metric]:
+    state = _family("gauge", "meetkit_rollout_state",
+                    "The newest rollout: 1 for the state it is in (running, done, halted, stopped), 0 for the others.",
+                    ("rollout", "release", "state"))
+    stage = _family("gauge", "meetkit_rollout_stage", "The newest rollout's stage under way: 0 canaries, 1.. waves.",
+                    ("rollout", "release"))
+    nodes = _family("gauge", "meetkit_rollout_nodes", "Nodes of the newest rollout, by state.",
+                    ("rollout", "release", "state"))
+    offers = _family("counter", "meetkit_rollout_offers_total", "Offers sent in the newest rollout (repeated until a "
+                     "node answers).", ("rollout", "release"))
+    doc = rollout_doc(store)
+    if doc is not None:
+        lab = [str(doc["id"]), str(doc["release"])]
+        for s in ROLLOUT_STATES:
+            state.add_metric([*lab, s], int(doc["state"] == s))
+        stage.add_metric(lab, doc["stage"])
+        for s in NODE_STATES:
+            nodes.add_metric([*lab, s], sum(n["state"] == s for n in doc["nodes"]))
+        offers.add_metric(lab, sum(n["offers"] for n in doc["nodes"]))
+    yield from (state, stage, nodes, offers)
+    if ota is None:
+        return
+    try:
+        st = ota()
+    except Exception:  # the page and /metrics must not fail with the serving side
+        log.exception("ota() failed")
+        return
+    yield CounterMetricFamily("meetkit_ota_pieces_served_total", "Pieces of releases served to nodes (ota/chunk).",
+                              st["served"])
+    yield CounterMetricFamily("meetkit_ota_bytes_served_total", "Bytes of releases served to nodes.", st["bytes"])
+    refused = CounterMetricFamily("meetkit_ota_requests_refused_total",
+                                  "Requests for pieces (ota/get) not answered, by reason: not_offered (no such release "
+                                  "offered to that node), bad_request, beyond_end, rate (over [ota] pieces_per_s).",
+                                  labels=("reason",))
+    for reason, n in st["refused"].items():
+        refused.add_metric([reason], n)
+    yield refused
+
+
 class StoreCollector:
     """All metrics of the gateway, read when collected: the store's counters, per node, the fleet
-    register, per forwarding target. A prometheus-client custom collector over one open store
-    (a read-only connection lives for one computation: see `_App._answer`)."""
+    register, per forwarding target, the newest rollout and the pieces served. A prometheus-client
+    custom collector over one open store (a read-only connection lives for one computation: see
+    `_App._answer`)."""
 
-    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None) -> None:
+    def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None,
+                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None) -> None:
         self.store = store
         self.targets = targets
         self.fleet = fleet
+        self.secrets = secrets
+        self.ota = ota
 
     def collect(self) -> Iterator[Metric]:
         yield from self._store()
         heard: set[str] = set()
         yield from self._nodes(heard)
+        yield from _over_the_air(states(self.store, self.secrets))
         yield from _fleet_metrics(view(self.fleet), heard)
         yield from self._targets()
+        yield from _rollout_metrics(self.store, self.ota)
 
     def _store(self) -> Iterator[Metric]:
         store = self.store
@@ -366,6 +439,47 @@ class StoreCollector:
         yield from (fam for _key, fam in fams)
 
 
+def _over_the_air(nodes: dict[str, NodeState]) -> Iterator[Metric]:
+    """Per node: its mode, its configuration wanted versus running, its crashes and self-test."""
+    mode = _family("gauge", "meetkit_node_mode", "1 for the mode the node last reported (normal, trial, safe).",
+                   ("node", "mode"))
+    fams = {key: _family("gauge", name, help, ("node",)) for key, name, help in (
+        ("wanted", "meetkit_node_config_wanted_version", "The configuration version the gateway sends the node."),
+        ("running", "meetkit_node_config_running_version", "The configuration version the node says it runs."),
+        ("behind", "meetkit_node_config_behind",
+         "1 while the node does not run the configuration version it is sent."),
+        ("problem", "meetkit_node_config_problem",
+         "1 while the node's configuration is held back (a secret or key missing, the register unreadable)."),
+        ("refused", "meetkit_node_config_refused_keys",
+         "Keys the node refused in its latest configuration event (0: it took them all)."),
+        ("crash_at", "meetkit_node_last_crash_timestamp_seconds", "When the node's latest crash report came, unix s."),
+        ("in_a_row", "meetkit_node_crashes_in_a_row", "Crashes in a row, as the node's latest crash report says."),
+        ("selftest_at", "meetkit_node_selftest_timestamp_seconds", "When the node's latest self-test came, unix s."),
+        ("selftest_failed", "meetkit_node_selftest_failed_items", "Items its latest self-test failed."),
+    )}
+    for node, st in nodes.items():
+        lab = [node]
+        if st.mode is not None:
+            mode.add_metric([node, st.mode], 1)
+        c = st.config
+        if c is not None:
+            values: dict[str, Any] = {"wanted": c.wanted, "running": c.running, "behind": int(c.behind),
+                                      "problem": int(c.problem is not None)}
+            if c.last is not None:
+                values["refused"] = len(c.last.get("refused", {}))
+            for key, v in values.items():
+                if _finite(v) is not None:
+                    fams[key].add_metric(lab, v)
+        if st.crash is not None:
+            fams["crash_at"].add_metric(lab, st.crash["at"])
+            fams["in_a_row"].add_metric(lab, st.crash["count"])
+        if st.selftest is not None and "checks" in st.selftest:
+            fams["selftest_at"].add_metric(lab, st.selftest["at"])
+            fams["selftest_failed"].add_metric(lab, sum(r[0] != "pass" for r in st.selftest["checks"].values()))
+    yield mode
+    yield from fams.values()
+
+
 def _files_size(path: Path) -> int:
     """The store's database and WAL files, in bytes."""
     size = 0
@@ -376,11 +490,12 @@ def _files_size(path: Path) -> int:
     return size
 
 
-def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None) -> str:
+def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None,
+                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None) -> str:
     """/metrics but the status server's own counters, in the text format 0.0.4. A registry of its
     own for each render, since its collector reads the store this computation opened."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store, targets, fleet))
+    registry.register(StoreCollector(store, targets, fleet, secrets, ota))
     return generate_latest(registry).decode()
 
 
@@ -391,9 +506,11 @@ NEVER_SEEN = "never seen"  # in the register, never heard of
 UNREGISTERED = "not in the register"  # heard of, not in a readable register
 
 
-def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None) -> dict[str, Any]:
+def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None,
+              secrets: FleetSecrets | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     reg = view(fleet)
+    air = states(store, secrets)
     boots = store.boots()
     per_node_gaps = gaps(boots)
     records, last_boot, odd = _boots(boots)
@@ -424,6 +541,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
             "boot": boot, "fw": n.fw if isinstance(n.fw, str) else None, "up": up,
             "dropped": _finite(n.dropped), "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
             "last_start": last_start, "flags": health, "register": reg.nodes.get(n.node),
+            **as_json(air.get(n.node, NodeState(n.node))),
         })
     heard = {n["node"] for n in out}
     never = [node for node in reg.nodes if node not in heard]
@@ -431,7 +549,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         out.append({
             "node": node, "online": None, "last_seen": None, "rssi": None, "boot": None, "fw": None, "up": None,
             "dropped": None, "records": 0, "gaps": 0, "last_start": None, "flags": [NEVER_SEEN],
-            "register": reg.nodes[node],
+            "register": reg.nodes[node], **as_json(air.get(node, NodeState(node))),
         })
     rows, error = _targets(targets)
     c = store.counts()
@@ -443,6 +561,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         "alarms": [{"code": a.code, "at": a.at, "reason": a.reason} for a in store.active_alarms()],
         "counts": {"records": c.records, "readings": c.readings, "dead_letters": c.dead_letters,
                    "duplicates": c.duplicates},
+        "rollout": rollout_doc(store),
     }
 
 
@@ -636,13 +755,15 @@ class _App:
             return await self._answer(("healthz",), min(HEALTH_CACHE_S, owner.cache_s), _healthz, health=True)
         if path == "/metrics":
             r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
-                200, metrics_text(store, owner.targets, fleet=owner.fleet).encode(), METRICS))
+                200, metrics_text(store, owner.targets, fleet=owner.fleet, secrets=owner.secrets,
+                                  ota=owner.ota).encode(), METRICS))
             # the one hand-made join: two renders of prometheus-client, the cached one and the live one
             # (their families are distinct), so that a cached answer still shows the server's counters now
             return Response(r.status, r.body + generate_latest(self.live), r.ctype) if r.status == 200 else r
         if path == "/api/nodes":
             return await self._answer(("nodes",), owner.cache_s,
-                                      lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet)))
+                                      lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet,
+                                                                         secrets=owner.secrets)))
         if path == "/api/targets":
             return await self._answer(("targets",), owner.cache_s, self._targets, store=False)
         r = self.static.get(path, req.headers.get("if-none-match"))
@@ -742,9 +863,12 @@ class StatusServer:
 
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
                  targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
-                 limits: Limits = Limits(), cache_s: float = CACHE_S) -> None:
+                 limits: Limits = Limits(), cache_s: float = CACHE_S, secrets: FleetSecrets | None = None,
+                 ota: OtaStatus | None = None) -> None:
         self.store_path = Path(store_path)
+        self.ota = ota  # the pieces served (gateway/ota.py), when [ota] is configured
         self.fleet = fleet  # the fleet register, shared with the forwarders (it locks itself)
+        self.secrets = secrets  # what a node reports is shown with every password known taken out
         self.host = host
         self.requested_port = port
         self.targets = targets

@@ -141,7 +141,7 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
     try:
         with store.savepoint():
             if topic is None:
-                raise Rejected(payload.BAD_VALUE, f"topic {msg.topic!r} is not <prefix>/<node>/up or /status")
+                raise Rejected(payload.BAD_VALUE, f"topic {msg.topic!r} is not <prefix>/<node>/up, /status or /event")
             if msg.truncated:  # its first bytes only (mqtt.py)
                 raise Rejected(payload.OVERSIZED, f"{msg.size} bytes, the limit is {payload.MAX_MESSAGE_BYTES}")
             if topic.kind == "up":
@@ -155,6 +155,11 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
                         added.stored, added.duplicates,
                     )
                 return _ack(batch)
+            elif topic.kind == "event":
+                event = payload.parse_event(msg.payload, topic.node, msg.size)
+                eid = store.add_event(event, msg.received_at)
+                _log_event(event, eid)
+                return None
             else:
                 status = payload.parse_status(msg.payload, topic.node, msg.size)
                 store.set_status(status, msg.received_at, live=not msg.retained)
@@ -174,6 +179,31 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
                                size=msg.size)
     log.warning("rejected %s (dead letter %d): %s", msg.topic, dl, reason)
     return readable(msg.payload, topic.node) if topic is not None and topic.kind == "up" and not msg.truncated else None
+
+
+def _log_event(event: payload.Event, eid: int) -> None:
+    """One line per event; a crash report's traceback stays in the store (the page and the CLI
+    show it), a refusal or a rollback is a warning."""
+    b = event.body
+    if event.kind == "config":
+        what = (f"configuration refused whole: {b.get('reason')}" if event.state else
+                f"configuration version {b.get('version')} taken"
+                + (f", refused: {', '.join(sorted(b.get('refused', {})))}" if b.get("refused") else ""))
+    elif event.kind == "ota":
+        what = f"update {b.get('release', '?')}: {event.state}" + (f" ({b['reason']})" if "reason" in b else "")
+    elif event.kind == "cmd":
+        what = f"command {b.get('id', '?')} refused: {b['reason']}"
+    elif event.kind == "crash":
+        what = f"crashed in boot {b['boot']} after {b['at_up']} s ({b['count']} in a row)"
+    elif event.kind == "safe_mode":
+        what = f"in safe mode after {b['crashes']} crashes in a row"
+    else:
+        failed = sorted(k for k, (result, _) in b.get("checks", {}).items() if result != "pass")
+        what = (f"self-test {b.get('id', '?')} refused: {b.get('reason')}" if event.state else
+                f"self-test {b.get('id', '?')}: " + (f"failed {', '.join(failed)}" if failed else "all passed"))
+    bad = event.state in ("refused", "rolled_back") or event.kind in ("crash", "safe_mode") \
+        or bool(b.get("refused"))
+    log.log(logging.WARNING if bad else logging.INFO, "%s: %s (event %d)", event.node, what, eid)
 
 
 #: Messages whose valid batches are written together: a few statements for all of them, and the

@@ -65,6 +65,9 @@ class Source:
         self._conn_lock = threading.Lock()  # guards `_conn` and `connected` against `ack`
         self._conn = 0  # connection number, +1 on every successful connect
         self._unreachable = False  # to log a run of failed connection attempts once
+        #: called (in paho's thread; keep it tiny) when the broker had no session for the gateway:
+        #: what it queued and retained for us may be gone (configpub.py sends again)
+        self.on_new_session: Callable[[], None] | None = None
         self.acked = 0  # messages acknowledged to the broker
         self.stale = 0  # acks not sent: the message came over an earlier connection
         c = mqtt.Client(
@@ -116,9 +119,10 @@ class Source:
             self.client.ack(msg.mid, msg.qos)
             self.acked += 1
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish with QoS 1 from any thread; paho sends it once connected if it is not now."""
-        self.client.publish(topic, payload, qos=QOS, retain=retain)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish with QoS 1 from any thread; paho sends it once connected if it is not now. The
+        returned info's `is_published()` says when the broker took it (its PUBACK)."""
+        return self.client.publish(topic, payload, qos=QOS, retain=retain)
 
     def pause(self) -> None:
         """Hand no more messages to the sink. The subscriptions stay (they belong to the session):
@@ -147,11 +151,16 @@ class Source:
         if rc.is_failure:
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
+        self.session_present = bool(flags.session_present)
+        if not self.session_present and self.on_new_session is not None:
+            try:  # before `connected` is set: whoever publishes on it sees the lost session first
+                self.on_new_session()
+            except Exception:
+                log.exception("on_new_session failed")
         with self._conn_lock:
             self._conn += 1
             self.connected.set()
         self._unreachable = False
-        self.session_present = bool(flags.session_present)
         log.info(
             "connected to %s (%s)", self.url,
             "session resumed" if self.session_present else "new session: nothing was queued for us",

@@ -281,6 +281,31 @@ class Status:
     fw: str | None = None
     up: int | None = None
     rssi: int | None = None
+    mode: str | None = None  # normal, trial (a new app proving itself) or safe (after crashes in a row)
+    cfg: int | None = None  # the configuration version the node runs (0: never set remotely)
+
+
+#: A node's modes (status `mode`): measuring as usual, a new app on trial, safe mode after crashes.
+MODES = ("normal", "trial", "safe")
+#: The kinds of event a node reports on <prefix>/<node>/event (docs/payload.md, "Events"); `cmd`
+#: is a command the node did not take (a bad MAC, another node's, a command it does not know).
+EVENT_KINDS = ("config", "ota", "cmd", "crash", "safe_mode", "selftest")
+#: An update's steps, as the node reports them (`"kind":"ota"`).
+OTA_STATES = ("accepted", "refused", "installed", "proved", "rolled_back")
+#: A self-test item's result.
+CHECK_RESULTS = ("pass", "fail")
+#: The most of a crash report's traceback a node sends (UTF-8 bytes).
+TRACE_MAX_BYTES = 1500
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event from <prefix>/<node>/event, checked: `body` is the message as received."""
+
+    node: str
+    kind: str
+    body: Mapping[str, Any]
+    state: str | None = None  # the event's `state`, when its kind has one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,7 +723,7 @@ def parse_status(payload: bytes, topic_node: str, size: int | None = None) -> St
     """Validate one message from `<prefix>/<topic_node>/status` (also the node's last will)."""
     obj = decode(payload, size)
     _version(obj)
-    _fields(obj, "", ("v", "node", "online"), ("boot", "fw", "up", "rssi"))
+    _fields(obj, "", ("v", "node", "online"), ("boot", "fw", "up", "rssi", "mode", "cfg"))
     node = _node(obj, topic_node)
     online = obj["online"]
     if not isinstance(online, bool):
@@ -706,7 +731,108 @@ def parse_status(payload: bytes, topic_node: str, size: int | None = None) -> St
     boot = _int(obj["boot"], "boot", high=BOOT_MAX) if "boot" in obj else None
     fw = _str(obj["fw"], "fw") if "fw" in obj else None
     up = _int(obj["up"], "up", high=UP_MAX) if "up" in obj else None
-    rssi = _int(obj["rssi"], "rssi", low=-128) if "rssi" in obj else None
+    # null: a board on Ethernet has no signal to report (uplink.py sends "rssi":null there)
+    rssi = _int(obj["rssi"], "rssi", low=-128) if obj.get("rssi") is not None else None
     if rssi is not None and rssi > 0:
         raise Rejected(OUT_OF_RANGE, f"rssi: {rssi} is outside -128..0 dBm")
-    return Status(node, online, boot, fw, up, rssi)
+    mode = _one_of(obj["mode"], "mode", MODES) if "mode" in obj else None
+    cfg = _int(obj["cfg"], "cfg", high=BOOT_MAX) if "cfg" in obj else None
+    return Status(node, online, boot, fw, up, rssi, mode, cfg)
+
+
+def _one_of(v: Any, where: str, options: tuple[str, ...]) -> str:
+    v = _str(v, where)
+    if v not in options:
+        raise Rejected(BAD_VALUE, f"{where}: {json.dumps(v)} is not one of {', '.join(options)}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# Events (docs/payload.md, "Events"): what a node did with what the gateway sent it, its crash
+# reports and self-tests. Each kind has its fields; like everything else the contract is closed.
+
+#: kind -> (required fields, optional fields), besides v, node and kind
+_EVENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "config": ((), ("version", "applied", "refused", "state", "reason")),
+    "ota": (("state",), ("release", "back_to", "reason")),
+    "cmd": (("state", "reason"), ("id",)),
+    "crash": (("boot", "at_up", "count", "trace"), ()),
+    "safe_mode": (("crashes",), ()),
+    "selftest": ((), ("id", "checks", "state", "reason")),
+}
+
+
+def parse_event(payload: bytes, topic_node: str, size: int | None = None) -> Event:
+    """Validate one message from `<prefix>/<topic_node>/event`, or `Rejected` naming the field."""
+    obj = decode(payload, size)
+    _version(obj)
+    for k in ("node", "kind"):
+        if k not in obj:
+            raise Rejected(MISSING_FIELD, f"{k}: missing")
+    node = _node(obj, topic_node)
+    kind = _one_of(obj["kind"], "kind", EVENT_KINDS)
+    required, optional = _EVENT_FIELDS[kind]
+    _fields(obj, "", ("v", "node", "kind", *required), optional)
+    state: str | None = None
+    if kind == "config":
+        state = _refusal(obj, "version")
+        if "version" in obj:
+            _int(obj["version"], "version", high=BOOT_MAX)
+        applied = obj.get("applied", [])
+        if not isinstance(applied, list):
+            raise Rejected(WRONG_TYPE, f"applied: must be an array of config keys, got {_kind(applied)}")
+        for i, key in enumerate(applied):
+            _str(key, f"applied[{i}]")
+        for key, why in _obj(obj.get("refused", {}), "refused").items():
+            _str(why, f"refused.{key}")
+    elif kind == "ota":
+        state = _one_of(obj["state"], "state", OTA_STATES)
+        for k in ("release", "back_to", "reason"):
+            if k in obj:
+                _str(obj[k], k)
+    elif kind == "cmd":
+        state = _one_of(obj["state"], "state", ("refused",))
+        _str(obj["reason"], "reason")
+        if "id" in obj:
+            _int(obj["id"], "id", high=BOOT_MAX)
+    elif kind == "crash":
+        _int(obj["boot"], "boot", high=BOOT_MAX)
+        _int(obj["at_up"], "at_up", high=UP_MAX)
+        _int(obj["count"], "count", low=1, high=BOOT_MAX)
+        trace = _str(obj["trace"], "trace")
+        if len(trace.encode("utf-8")) > TRACE_MAX_BYTES:
+            raise Rejected(OUT_OF_RANGE, f"trace: {len(trace.encode('utf-8'))} bytes, a node sends at most "
+                                         f"{TRACE_MAX_BYTES}")
+    elif kind == "safe_mode":
+        _int(obj["crashes"], "crashes", low=1, high=BOOT_MAX)
+    else:  # selftest
+        state = _refusal(obj, "id")
+        if "id" in obj:
+            _int(obj["id"], "id", high=BOOT_MAX)
+        if state is None and "checks" not in obj:
+            raise Rejected(MISSING_FIELD, "checks: missing")
+        for item, result in _obj(obj.get("checks", {}), "checks").items():
+            where = f"checks.{item}"
+            if not isinstance(result, list) or len(result) != 2:
+                raise Rejected(WRONG_TYPE, f'{where}: must be ["pass" or "fail", "<detail>"], got {_kind(result)}'
+                               + (f" of {len(result)}" if isinstance(result, list) else ""))
+            _one_of(result[0], f"{where}[0]", CHECK_RESULTS)
+            if not isinstance(result[1], str):
+                raise Rejected(WRONG_TYPE, f"{where}[1]: must be a string, got {_kind(result[1])}")
+    return Event(node, kind, obj, state)
+
+
+def _refusal(obj: dict[str, Any], needed: str) -> str | None:
+    """A config or selftest event either answers (`needed` given) or says the message was not taken
+    (`"state":"refused"` with a `reason`: a bad MAC, another node's): its state, None for an answer."""
+    if "state" not in obj:
+        if needed not in obj:
+            raise Rejected(MISSING_FIELD, f"{needed}: missing (or \"state\":\"refused\" with a reason)")
+        if "reason" in obj:
+            raise Rejected(UNKNOWN_FIELD, 'reason: only with "state":"refused"')
+        return None
+    _one_of(obj["state"], "state", ("refused",))
+    if "reason" not in obj:
+        raise Rejected(MISSING_FIELD, 'reason: missing (a "refused" event says why)')
+    _str(obj["reason"], "reason")
+    return "refused"

@@ -8,7 +8,8 @@ the gateway's clock of now (a record refused as ahead of the clock may be plausi
 - records the store does not hold are stored, as if they had arrived when the dead letter did;
 - values the store holds as refused (null, flag `refused`) or lacks are filled in; values it holds
   are left alone, so a replay never stores anything twice, and replaying again changes nothing;
-- a status message is taken as a replayed one (it does not make its node "seen");
+- a status message is taken as a replayed one (it does not make its node "seen"); an event is
+  stored as if it had arrived when the dead letter did;
 - what is refused still stays a dead letter, with the reason of now; what went through is deleted
   and counted as `dead_letters_replayed`.
 
@@ -38,6 +39,7 @@ class Outcome:
     duplicates: int = 0  # records the store held already
     values: int = 0  # values filled in on records stored before
     statuses: int = 0  # status messages taken
+    events: int = 0  # events taken
     still: list[tuple[int, str]] = field(default_factory=list)  # (dead letter, why it is still refused)
 
 
@@ -54,7 +56,12 @@ def _one(store: Store, topics: Topics, dl: DeadLetter, now: float, out: Outcome)
     topic = topics.parse(dl.topic)
     try:
         if topic is None:
-            raise Rejected(payload.BAD_VALUE, f"topic {dl.topic!r} is not <prefix>/<node>/up or /status")
+            raise Rejected(payload.BAD_VALUE, f"topic {dl.topic!r} is not <prefix>/<node>/up, /status or /event")
+        if topic.kind == "event":
+            store.add_event(payload.parse_event(dl.payload, topic.node), dl.received_at)
+            out.events += 1
+            _done(store, dl, out)
+            return
         if topic.kind == "status":
             store.set_status(payload.parse_status(dl.payload, topic.node), dl.received_at, live=False)
             out.statuses += 1

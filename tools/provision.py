@@ -203,6 +203,27 @@ def make_config(o: Options, board: dict[str, Any], info: BoardInfo | None,
     return cfg, ca
 
 
+def _node_key(o: Options, info: BoardInfo, say: Callable[[str, str], None]) -> bytes | None:
+    """The node's key from the broker folder (made there if it has none yet), for node.key on the
+    flash: what authenticates the gateway's configuration, releases and commands to this node."""
+    if not o.broker_dir:
+        if "node.key" in info.files:
+            say("node key", "the board's node.key is kept")
+        else:
+            say("node key", "none (no --broker-dir): the node will take no configuration, release or command "
+                            "over the air")
+        return None
+    from meetkit_tools import broker
+
+    try:
+        key, made = broker.ensure_node_key(o.broker_dir, o.node_id)
+    except broker.BrokerError as e:
+        raise InputError(f"--broker-dir: {e}") from None
+    say("node key", f"{'new, ' if made else ''}from {Path(o.broker_dir) / broker.NODE_KEYS} (not shown), "
+                    "written as node.key")
+    return key
+
+
 def _fleet_entry(o: Options) -> dict[str, Any] | None:
     if not o.fleet or not o.fleet.exists():
         return None
@@ -285,6 +306,7 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
             raise InputError(f"this board is node {was}, with its spool (sp/) of records not yet delivered: to make it "
                              f"{o.node_id}, run again with --reassign (the records of {was} still on it are deleted)")
         cfg, ca = make_config(o, board, info, say)
+        key = _node_key(o, info, say)
         target = None if o.source else appbuild.Target.from_sys_mpy(info.mpy)
         if target is not None:
             try:
@@ -295,7 +317,7 @@ def _on_board(o: Options, board: dict[str, Any], link: BoardLink, say: Callable[
             app = Path(tmp) / "app"
             meta = {"fw": nodeconfig.fw_version(), "board": o.board, "node": o.node_id}
             try:
-                manifest = appbuild.build(app, target, board, cfg, meta, ca_der=ca)
+                manifest = appbuild.build(app, target, board, cfg, meta, ca_der=ca, node_key=key)
             except appbuild.BuildError as e:
                 raise InputError(str(e)) from None
             files = list(manifest["files"])

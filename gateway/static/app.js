@@ -78,6 +78,66 @@ function fleet(doc) {
   box.hidden = !errors.length;
 }
 
+// the fleet over the air: mode, configuration wanted versus running (what the node refused and
+// why, what is held back), the last crash report and self-test; nothing secret is in the API
+function configCell(c, now) {
+  if (!c) return ["–"];
+  const text = (c.wanted == null ? "–" : c.wanted) + " / " + (c.running == null ? "–" : c.running);
+  if (c.problem) return [text + " ", el("span", {class: "flag held-back", title: c.problem}, "held back"),
+                         el("div", {class: "why"}, c.problem)];
+  const state = c.behind ? el("span", {class: "flag behind"}, c.published ? "sent, not yet running" : "to send")
+                         : el("span", {class: "flag ok"}, "running");
+  const shown = Object.entries(c.shown || {})
+    .map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v));
+  return [el("span", shown.length ? {title: shown.join("\n")} : {}, text + " "), state];
+}
+
+function refusedCell(c, now) {
+  const last = c && c.last;
+  if (!last) return ["–"];
+  if (last.state === "refused") return [el("span", {class: "flag refused"}, "refused whole"), " " + last.reason];
+  const keys = Object.entries(last.refused || {});
+  if (!keys.length) return ["none (version " + last.version + ")"];
+  return keys.map(([k, why]) => el("div", {}, el("span", {class: "flag refused"}, k), " " + why));
+}
+
+function crashCell(n, now) {
+  if (!n.crash) return ["–"];
+  const lines = (n.crash.trace || "").split("\n").filter(l => l.trim());
+  return [el("span", {title: n.crash.trace}, when(n.crash.at, now)),
+          el("div", {class: "why"}, (lines[lines.length - 1] || "") + " (" + n.crash.count + " in a row, " +
+             n.crashes + " kept)")];
+}
+
+function selftestCell(n, now) {
+  const t = n.selftest, r = n.cmd_refused;
+  if (r && (!t || r.at > t.at)) return [when(r.at, now) + " ", el("span", {class: "flag refused"}, "command refused"),
+                                        " " + r.reason];
+  if (!t) return ["–"];
+  if (!t.checks) return [when(t.at, now) + " ", el("span", {class: "flag refused"}, "refused"), " " + t.reason];
+  const items = Object.entries(t.checks).map(([k, [r, d]]) =>
+    el("span", {class: "flag " + (r === "pass" ? "ok" : "failed"), title: d}, k + " " + r));
+  return [el("div", {}, when(t.at, now)), ...items];
+}
+
+function air(doc) {
+  const body = document.querySelector("#air tbody");
+  body.replaceChildren();
+  const shown = doc.nodes.filter(n => n.mode || n.config || n.crash || n.selftest || n.cmd_refused);
+  for (const n of shown) {
+    const bad = n.mode === "safe" || (n.config && (n.config.problem || (n.config.last && n.config.last.state)));
+    body.append(el("tr", {class: bad ? "bad" : "", "data-node": n.node},
+      el("td", {class: "node"}, n.node),
+      el("td", {}, n.mode ? el("span", {class: "flag mode-" + n.mode}, n.mode) : "–"),
+      el("td", {class: "config"}, ...configCell(n.config, doc.now)),
+      el("td", {class: "refused"}, ...refusedCell(n.config, doc.now)),
+      el("td", {class: "crash"}, ...crashCell(n, doc.now)),
+      el("td", {class: "selftest"}, ...selftestCell(n, doc.now))));
+  }
+  if (!shown.length) body.append(el("tr", {}, el("td", {colspan: 6, class: "empty"},
+    "nothing over the air yet: no configuration in the register, no event from a node")));
+}
+
 function targets(doc) {
   const body = document.querySelector("#targets tbody");
   body.replaceChildren();
@@ -92,6 +152,28 @@ function targets(doc) {
     const why = doc.targets_error ? "targets unavailable: " + doc.targets_error : "no forwarding target configured";
     body.append(el("tr", {}, el("td", {colspan: 8, class: "empty"}, why)));
   }
+}
+
+// the newest rollout of a release (meetkit-gateway fleet update): its state, and each node's stage and state
+function rollout(doc) {
+  const box = document.getElementById("rollout");
+  const r = doc.rollout;
+  box.hidden = !r;
+  if (!r) return;
+  const stage = s => s === 0 ? "canary" : "wave " + s;
+  const count = {};
+  for (const n of r.nodes) count[n.state] = (count[n.state] || 0) + 1;
+  document.getElementById("rollout-summary").textContent =
+    "Rollout " + r.id + " of release " + r.release + ": " + (r.state === "halted" ? "HALTED" : r.state) +
+    (r.reason ? " (" + r.reason + ")" : "") + (r.state === "running" ? ", " + stage(r.stage) + " under way" : "") +
+    "; " + Object.entries(count).map(([k, v]) => v + " " + k).join(", ") + "; started " + when(r.created_at, doc.now);
+  box.className = r.state === "halted" ? "halted" : "";
+  const body = document.querySelector("#rollout-nodes tbody");
+  // failed halts the rollout; skipped (no answer in time: away, or silent) does not, but needs a look
+  const cls = {failed: "bad", skipped: "skipped"};
+  body.replaceChildren(...r.nodes.map(n => el("tr", {class: cls[n.state] || "", "data-node": n.node},
+    el("td", {}, n.node), el("td", {}, stage(n.stage)), el("td", {class: "state"}, n.state),
+    el("td", {class: "num"}, n.offers), el("td", {}, ago(doc.now - n.updated_at)), el("td", {}, num(n.reason)))));
 }
 
 function alarms(doc) {
@@ -141,7 +223,7 @@ async function refresh() {
   document.getElementById("summary").textContent =
     heard.length + " nodes heard of" + reg + ", " + c.records + " records, " + c.readings + " readings, " + c.dead_letters +
     " dead letters; updated " + new Date(doc.now * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
-  fleet(doc); targets(doc); alarms(doc);
+  fleet(doc); air(doc); targets(doc); alarms(doc); rollout(doc);
   const plots = document.getElementById("plots");
   for (const n of heard) {
     let section = plots.querySelector('section[data-node="' + CSS.escape(n.node) + '"]');

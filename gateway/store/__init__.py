@@ -14,6 +14,8 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
     cursors       forwarding: each target's cursor, its next readings, its dead letters, its state
     sensorthings  the SensorThings targets' entity ids
     integrity     is the file sound (quick_check), for recovery.py
+    fleet         the fleet over the air: the nodes' events, the configuration each is sent, commands
+    rollouts      staged rollouts of signed releases: a rollout, its nodes by stage
 
 Times are UTC Unix seconds. A `Store` object is used by one thread at a time; open another `Store`
 on the same file for reading from another thread or process (WAL lets readers run beside the
@@ -23,17 +25,21 @@ from __future__ import annotations
 
 from .cursors import Cursors
 from .dead_letters import DEAD_LETTER_MAX
+from .fleet import FleetState
 from .pruning import Pruning
 from .readers import Readers
-from .rows import AlarmRow, Added, Counts, DeadLetter, Latest, Node, Pruned, Reading, TargetState
+from .rollouts import Rollouts
+from .rows import (AlarmRow, Added, CommandRow, Counts, DeadLetter, EventRow, Latest, Node, NodeConfigRow, Pruned,
+                   Reading, RolloutNodeRow, RolloutRow, TargetState)
 from .schema import MIGRATIONS, SCHEMA_VERSION, VACUUM_AT_UPGRADE_MAX, StoreError
 from .sensorthings import SensorThingsIds
 from .writes import Writes
 
 
-class Store(Writes, Pruning, Readers, Cursors, SensorThingsIds):
+class Store(Writes, Pruning, Readers, Cursors, SensorThingsIds, FleetState, Rollouts):
     """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
 
 
-__all__ = ["DEAD_LETTER_MAX", "MIGRATIONS", "SCHEMA_VERSION", "VACUUM_AT_UPGRADE_MAX", "Added", "AlarmRow", "Counts",
-           "DeadLetter", "Latest", "Node", "Pruned", "Reading", "Store", "StoreError", "TargetState"]
+__all__ = ["DEAD_LETTER_MAX", "MIGRATIONS", "SCHEMA_VERSION", "VACUUM_AT_UPGRADE_MAX", "Added", "AlarmRow",
+           "CommandRow", "Counts", "DeadLetter", "EventRow", "Latest", "Node", "NodeConfigRow", "Pruned", "Reading",
+           "RolloutNodeRow", "RolloutRow", "Store", "StoreError", "TargetState"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ..payload import QUANTITIES, SCALAR
 
@@ -83,6 +83,45 @@ class Node:
     status_at: float | None
     last_seen: float | None
     dropped: int | None = None
+    mode: str | None = None  # normal, trial or safe, from the last status that said it
+    cfg: int | None = None  # the configuration version it runs (status `cfg`, config events)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event a node reported (<prefix>/<node>/event), as checked and stored."""
+
+    id: int  # grows with every event stored: a reader's cursor (`Store.events(since_id=...)`)
+    node: str
+    kind: str  # config, ota, crash, safe_mode, selftest
+    state: str | None  # the event's `state` (ota: accepted, refused, installed, proved, rolled_back)
+    at: float  # when the gateway received it
+    body: dict[str, Any]  # the event as the node sent it
+
+
+@dataclass(frozen=True)
+class NodeConfigRow:
+    """The configuration a node is sent (`Store.node_configs`)."""
+
+    node: str
+    version: int  # 0 while none could be made
+    digest: str  # HMAC of the configuration with the node's key: tells a change, holds no secret
+    shown: dict[str, Any]  # the configuration without its passwords
+    made_at: float
+    published_at: float | None  # when the broker took it; None until it did
+    problem: str | None  # why it cannot be made or sent now
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    """A command asked of a node (`Store.add_command`)."""
+
+    id: int  # the command's `id`; the node's answer (an event) carries it
+    node: str
+    cmd: str
+    at: float
+    sent_at: float | None  # when the broker took it; None until then
+    problem: str | None  # why it cannot be sent (no node key)
 
 
 @dataclass(frozen=True)
@@ -151,3 +190,36 @@ _ORDER = {q: i for i, q in enumerate(QUANTITIES)}
 def order(quantity: str) -> int:
     """A quantity's place in the contract's order (an unknown one last)."""
     return _ORDER.get(quantity, len(_ORDER))
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """A staged rollout (`meetkit-gateway fleet update`, gateway/rollouts.py)."""
+
+    id: int
+    release: str  # the release's version
+    force: bool  # a downgrade allowed
+    canary: int  # nodes in stage 0
+    wave: int  # nodes in each later stage
+    state: str  # running, done, halted, stopped
+    stage: int  # the stage under way: 0 the canaries, 1 the first wave...
+    reason: str | None  # why it halted or stopped
+    created_at: float
+    updated_at: float
+    events_seen: int  # events.id of the last event the manager took
+
+
+@dataclass(frozen=True)
+class RolloutNodeRow:
+    """A node of a rollout."""
+
+    rollout: int
+    node: str
+    stage: int
+    state: str  # waiting, offered, accepted, installed, proved, done, failed, skipped
+    reason: str | None
+    offers: int
+    offered_at: float | None  # the last offer
+    accepted_at: float | None
+    updated_at: float
+    first_offered_at: float | None = None  # the first offer: [ota] answer_within_s counts from it

@@ -4,9 +4,11 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 8 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
-`dead_letters.node` and `.size` and `retained_seen`)::
+`dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
+`node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
+`rollout_nodes.first_offered_at`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -61,6 +63,59 @@ Schema, version 5 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
                             status replayed by the broker does not count)
       dropped      INTEGER  records the node's spool dropped by policy (full), ever: the `dropped`
                             of the last batch that carried it; NULL if none did
+      mode         TEXT     normal, trial or safe: from the last status that said it; NULL if none
+      cfg          INTEGER  the configuration version the node runs: from the last status (`cfg`)
+                            or config event (`version`) that said it; NULL if none
+
+    events         what the nodes reported on <prefix>/<node>/event (docs/payload.md, "Events"),
+                   as received and checked; the newest `EVENTS_KEPT` per node and kind are kept
+                   (store/fleet.py), crash reports `CRASHES_KEPT`
+      id, node TEXT, kind TEXT (config, ota, cmd, crash, safe_mode, selftest),
+      state        TEXT     the event's `state` (ota: accepted, refused, installed, proved,
+                            rolled_back; config, cmd, selftest: refused), NULL when it has none
+      at           REAL     when the gateway received it
+      body         TEXT     the event, JSON, as the node sent it
+
+    node_config    the configuration each node is sent (gateway/configpub.py), one row per node
+                   the register has configuration for
+      node         TEXT PRIMARY KEY
+      version      INTEGER  the version of the wanted configuration; counts up per node; 0 while
+                            none could be made
+      digest       TEXT     HMAC-SHA256 (node key) of the configuration: tells a change without
+                            keeping a secret (a Wi-Fi or broker password) in the store
+      shown        TEXT     JSON: the configuration with every password left out, for the page,
+                            /api/nodes and the CLI
+      made_at      REAL     when this version was made
+      published_at REAL     when the broker took it (retained); NULL until it did
+      problem      TEXT     why the node's configuration cannot be made or sent now (a missing
+                            secret or node key, a register that cannot be read); NULL when none
+
+    commands       commands asked of a node (`meetkit-gateway fleet selftest`): the gateway
+                   sends each once; the node answers with an event carrying the same id
+      id INTEGER PRIMARY KEY (the command's `id`), node TEXT, cmd TEXT (selftest), at REAL
+      (asked), sent_at REAL (the broker took it; NULL until then), problem TEXT (why it cannot be
+      sent: no node key)
+
+    rollouts       staged rollouts of a signed release (`meetkit-gateway fleet update`, gateway/rollouts.py)
+      id INTEGER PRIMARY KEY, release TEXT (its version), force INTEGER (1: a downgrade allowed),
+      canary INTEGER, wave INTEGER (nodes per stage), created_at REAL, updated_at REAL,
+      state        TEXT     running, done, halted (by itself: `reason` says why) or stopped (by
+                            the operator)
+      stage        INTEGER  the stage being rolled out: 0 the canaries, 1 the first wave, ...
+      reason       TEXT     why it halted or stopped; NULL otherwise
+      events_seen  INTEGER  events.id of the last event the rollout manager took
+
+    rollout_nodes  one row per node of a rollout
+      rollout INTEGER, node TEXT, PRIMARY KEY (rollout, node); stage INTEGER (0 canary, 1.. wave)
+      state        TEXT     waiting (its stage has not come), offered, accepted, installed, proved
+                            (the event), done (proved, and its status says the release), failed
+                            (rolled back, refused, not proved in time: `reason`), skipped (no
+                            answer within [ota] answer_within_s: `reason`; not a failure)
+      reason       TEXT     the node's reason, or how it ended ("already runs it")
+      offers       INTEGER  offers sent (repeated until the node answers)
+      offered_at   REAL     the last offer; accepted_at REAL: its "accepted" (the clock of
+                            [ota] prove_within_s); updated_at REAL
+      first_offered_at REAL the first offer (the clock of [ota] answer_within_s); NULL until then
 
     counters       name TEXT PRIMARY KEY, value INTEGER
       batches      valid batches        records     records stored      duplicates  records seen again
@@ -240,6 +295,74 @@ MIGRATIONS: list[str] = [
         digest BLOB NOT NULL,
         at REAL NOT NULL
     );
+    """,
+    # 6: the fleet over the air (issue 15): what a node runs (mode, configuration version), its
+    # events, the configuration it is sent (versions), the commands asked of it
+    """
+    ALTER TABLE nodes ADD COLUMN mode TEXT;
+    ALTER TABLE nodes ADD COLUMN cfg INTEGER;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT,
+        at REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_node_kind ON events (node, kind, id);
+    CREATE INDEX events_kind ON events (kind, id);
+    CREATE TABLE node_config (
+        node TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        shown TEXT NOT NULL,
+        made_at REAL NOT NULL,
+        published_at REAL,
+        problem TEXT
+    );
+    CREATE TABLE commands (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        cmd TEXT NOT NULL,
+        at REAL NOT NULL,
+        sent_at REAL,
+        problem TEXT
+    );
+    """,
+    # 7: staged rollouts of signed releases (issue 15): a rollout, its nodes by stage
+    """
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        release TEXT NOT NULL,
+        force INTEGER NOT NULL,
+        canary INTEGER NOT NULL,
+        wave INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        stage INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        events_seen INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE rollout_nodes (
+        rollout INTEGER NOT NULL REFERENCES rollouts (id),
+        node TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        offers INTEGER NOT NULL DEFAULT 0,
+        offered_at REAL,
+        accepted_at REAL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (rollout, node)
+    ) WITHOUT ROWID;
+    """,
+    # 8: when a node was first offered the release: one that answers none of the offers within
+    # [ota] answer_within_s of it is skipped. A rollout under way at the upgrade counts from its
+    # last offer (later than the first: such a node only gets more time).
+    """
+    ALTER TABLE rollout_nodes ADD COLUMN first_offered_at REAL;
+    UPDATE rollout_nodes SET first_offered_at = offered_at WHERE offered_at IS NOT NULL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

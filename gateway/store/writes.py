@@ -181,21 +181,23 @@ class Writes(Base):
         with self._writing():
             self.db.execute(
                 """
-                INSERT INTO nodes (node, online, boot, fw, up, rssi, status_at, last_seen)
-                VALUES (:node, :online, :boot, :fw, :up, :rssi, :at, :seen)
+                INSERT INTO nodes (node, online, boot, fw, up, rssi, status_at, last_seen, mode, cfg)
+                VALUES (:node, :online, :boot, :fw, :up, :rssi, :at, :seen, :mode, :cfg)
                 ON CONFLICT (node) DO UPDATE SET
                     online = excluded.online,
                     boot = coalesce(excluded.boot, boot),
                     fw = coalesce(excluded.fw, fw),
                     up = coalesce(excluded.up, up),
                     rssi = coalesce(excluded.rssi, rssi),
+                    mode = coalesce(excluded.mode, mode),
+                    cfg = coalesce(excluded.cfg, cfg),
                     status_at = excluded.status_at,
                     last_seen = coalesce(max(last_seen, excluded.last_seen), last_seen, excluded.last_seen)
                 """,
                 {
                     "node": status.node, "online": int(status.online), "boot": status.boot,
                     "fw": status.fw, "up": status.up, "rssi": status.rssi, "at": received_at,
-                    "seen": received_at if live else None,
+                    "seen": received_at if live else None, "mode": status.mode, "cfg": status.cfg,
                 },
             )
             self.bump("status")

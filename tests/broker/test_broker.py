@@ -161,7 +161,13 @@ def test_layout_modes_and_contents(tmp_path: Path) -> None:
     assert "\nmax_queued_bytes 100000000\n" in conf  # the gateway's queue while it is away stays generous
     assert f"password_file {out}/mosquitto/passwd" in conf and f"acl_file {out}/mosquitto/acl" in conf
     acl = (out / "mosquitto/acl").read_text()
-    assert "pattern write meetkit/%u/up\npattern write meetkit/%u/status\npattern read meetkit/%u/ack\n" in acl
+    assert ("pattern write meetkit/%u/up\npattern write meetkit/%u/status\npattern write meetkit/%u/event\n"
+            "pattern write meetkit/%u/ota/get\npattern read meetkit/%u/ack\n") in acl
+    # one key per node, 32 random bytes, readable by the owner only
+    assert mode("node-keys.json") == 0o600
+    keys = json.loads((out / "node-keys.json").read_text())["nodes"]
+    assert set(keys) == set(NODES) and len(set(keys.values())) == 2
+    assert all(len(bytes.fromhex(k)) == 32 for k in keys.values())
     text = subprocess.run(["openssl", "x509", "-in", str(out / "mosquitto/server.crt"), "-noout", "-text"],
                           capture_output=True, text=True, check=True).stdout
     assert "DNS:meetkit-gw, DNS:meetkit-gw.local, IP Address:127.0.0.1" in text
@@ -197,6 +203,39 @@ def test_init_again_keeps_ca_keys_and_passwords(tmp_path: Path) -> None:
     broker.init(out, fleet(tmp_path), [], renew_server_cert=True)
     assert (out / "mosquitto/server.crt").read_bytes() != before["mosquitto/server.crt"]
     assert (out / "ca/ca.key").read_bytes() == before["ca/ca.key"]
+
+
+def test_node_keys_are_kept_like_passwords(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    broker.init(out, fleet(tmp_path), ["ams-001"])
+    k1 = json.loads((out / "node-keys.json").read_text())["nodes"]
+    os.chmod(out / "node-keys.json", 0o644)
+    broker.init(out, fleet(tmp_path), ["ams-001", "ams-003"])
+    k2 = json.loads((out / "node-keys.json").read_text())["nodes"]
+    assert k2["ams-001"] == k1["ams-001"] and set(k2) == {"ams-001", "ams-003"}  # the node holds its key: kept
+    assert stat.S_IMODE((out / "node-keys.json").stat().st_mode) == 0o600
+    broker.add_node(out, "ams-004")
+    k3 = json.loads((out / "node-keys.json").read_text())["nodes"]
+    assert {n: k3[n] for n in k2} == k2 and len(bytes.fromhex(k3["ams-004"])) == 32
+    pw = json.loads((out / "secrets.json").read_text())["nodes"]["ams-004"]
+    broker.add_node(out, "ams-004", new_key_if_known=True)  # a stolen board: a new key, the password kept
+    k4 = json.loads((out / "node-keys.json").read_text())["nodes"]
+    assert k4["ams-004"] != k3["ams-004"] and json.loads((out / "secrets.json").read_text())["nodes"]["ams-004"] == pw
+    assert broker.node_key(out, "ams-004") == bytes.fromhex(k4["ams-004"])
+    from meetkit_gateway.signed import NodeKeys  # the gateway reads the same file ([fleet] node_keys)
+
+    assert NodeKeys(out / "node-keys.json").key("ams-004") == bytes.fromhex(k4["ams-004"])
+    # a folder made before node keys: init again gives every known node one, ensure_node_key one node
+    (out / "node-keys.json").unlink()
+    assert broker.ensure_node_key(out, "ams-001")[1] is True
+    broker.init(out, fleet(tmp_path), [])
+    assert set(json.loads((out / "node-keys.json").read_text())["nodes"]) == {"ams-001", "ams-003", "ams-004"}
+    # a damaged file is said, never replaced by new keys the nodes do not have
+    (out / "node-keys.json").write_text("{not json")
+    with pytest.raises(broker.BrokerError, match="node-keys.json: cannot be read"):
+        broker.init(out, fleet(tmp_path), [])
+    with pytest.raises(broker.BrokerError, match="node-keys.json: cannot be read"):
+        broker.add_node(out, "ams-005")
 
 
 def test_init_again_with_a_new_address_signs_a_certificate_that_names_it(tmp_path: Path) -> None:
@@ -243,8 +282,10 @@ def test_cli_prints_paths_never_passwords(tmp_path: Path, capsys: pytest.Capture
     assert main(["broker", "add-node", "ams-002", "--out", str(out)]) == 1  # known: not replaced silently
     text = capsys.readouterr()
     s = json.loads((out / "secrets.json").read_text())
-    for pw in [s["gateway"]["password"], s["monitor"]["password"], *s["nodes"].values()]:
+    keys = json.loads((out / "node-keys.json").read_text())["nodes"]
+    for pw in [s["gateway"]["password"], s["monitor"]["password"], *s["nodes"].values(), *keys.values()]:
         assert pw not in text.out and pw not in text.err
+    assert f'[fleet]\nnode_keys = "{out / "node-keys.json"}"\n' in text.out  # for gateway.toml
     # how to follow the alarm with the monitor account: the command, its options file named, no password
     assert f"  {broker.monitor_command(out, broker.Fleet())}\n" in text.out
     assert f"XDG_CONFIG_HOME={out / 'monitor'} mosquitto_sub -h 127.0.0.1 -p 1883 " in text.out
@@ -368,11 +409,9 @@ def test_add_node_with_the_broker_running(running: Running, gateway: Client) -> 
     assert {u: running.password(u) for u in before} == before
     assert stat.S_IMODE((running.out / broker.SECRETS).stat().st_mode) == 0o600
     running.proc.send_signal(signal.SIGHUP)  # `systemctl reload mosquitto`
-    for _ in range(50):
-        c = Client(running, "ams-009", tls=True, cafile=running.ca)
-        if c.ok:
-            break
-        threading.Event().wait(0.1)
+    deadline = time.monotonic() + 20   # the broker reads its password file again
+    while not (c := Client(running, "ams-009", tls=True, cafile=running.ca)).ok and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert c.ok
     c.pub(f"{P}/ams-009/up", "new")
     c.pub(f"{P}/ams-001/up", "forged")
@@ -460,7 +499,7 @@ class RawNode:
         self.sock.close()
 
 
-def wait_log(b: Running, text: str, timeout: float = 5) -> str:
+def wait_log(b: Running, text: str, timeout: float = 15) -> str:
     deadline = time.monotonic() + timeout
     while text not in (log := b.log.read_text(errors="replace")):
         if time.monotonic() > deadline:
@@ -635,7 +674,8 @@ def test_the_monitor_publishes_nowhere(running: Running, gateway: Client) -> Non
 
 def test_the_monitor_reads_the_alarm_and_the_statuses_only(running: Running, gateway: Client) -> None:
     mon = Client(running, broker.MONITOR_USER)
-    mon.sub("#", f"{P}/+/up", f"{P}/+/ack", f"{P}/ams-001/ack", f"{P}/+/config", "$SYS/#")
+    mon.sub("#", f"{P}/+/up", f"{P}/+/ack", f"{P}/ams-001/ack", f"{P}/+/config", f"{P}/+/ota", f"{P}/+/ota/#",
+            f"{P}/+/cmd", f"{P}/+/event", "$SYS/#")
     node = Client(running, "ams-001", tls=True, cafile=running.ca)
     node.sub(f"{P}/ams-001/ack")
     node.pub(f"{P}/ams-001/up", "a batch")
@@ -643,8 +683,12 @@ def test_the_monitor_reads_the_alarm_and_the_statuses_only(running: Running, gat
     assert gateway.next() == (f"{P}/ams-001/up", b"a batch")
     gateway.pub(f"{P}/ams-001/ack", "an ack")
     assert node.next() == (f"{P}/ams-001/ack", b"an ack")
+    # the gateway's messages to the node and the node's events are the gateway's and the node's alone
+    for kind in ("config", "ota", "ota/chunk", "cmd"):
+        gateway.pub(f"{P}/ams-001/{kind}", f"for the node: {kind}")
+    node.pub(f"{P}/ams-001/event", "an event")
+    node.pub(f"{P}/ams-001/ota/get", "a request")
     gateway.pub(f"{P}/gateway/alarm", "the alarm")
-    # (no account writes <prefix>/<node>/config yet: the ACL gives the monitor no read of it)
     got = [mon.next(), mon.next()]
     assert got == [(f"{P}/ams-001/status", b'{"online":true}'), (f"{P}/gateway/alarm", b"the alarm")]
     with pytest.raises(queue.Empty):
@@ -662,3 +706,66 @@ def test_nodes_cannot_read_the_alarm(running: Running, gateway: Client) -> None:
     assert n.next() == (f"{P}/ams-002/ack", b"control")
     assert n.got.empty() and all(t != f"{P}/gateway/alarm" for t, _ in list(n.retained.queue))
     n.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the fleet over the air (docs/payload.md): configuration, releases and commands come
+# from the gateway's account only; a node writes only its own event and ota/get
+
+TO_NODE = ("config", "ota", "ota/chunk", "cmd")
+
+
+def test_only_the_gateway_publishes_to_a_nodes_config_ota_and_cmd(running: Running) -> None:
+    gw = Client(running, broker.GATEWAY_USER)
+    a = Client(running, "ams-001", tls=True, cafile=running.ca, client_id="ams-001")
+    b = Client(running, "ams-002", tls=True, cafile=running.ca, client_id="ams-002")
+    mon = Client(running, broker.MONITOR_USER)
+    assert gw.ok and a.ok and b.ok and mon.ok
+    a.sub(*(f"{P}/ams-001/{k}" for k in TO_NODE))
+    for kind in TO_NODE:
+        b.pub(f"{P}/ams-001/{kind}", f"b pushes to a: {kind}")  # node B cannot push to node A
+        a.pub(f"{P}/ams-001/{kind}", f"a pushes to itself: {kind}")  # nor A to itself
+        mon.pub(f"{P}/ams-001/{kind}", f"the monitor: {kind}")
+    for kind in TO_NODE:
+        gw.pub(f"{P}/ams-001/{kind}", f"from the gateway: {kind}")
+    got = [a.next() for _ in TO_NODE]
+    assert got == [(f"{P}/ams-001/{k}", f"from the gateway: {k}".encode()) for k in TO_NODE]
+    with pytest.raises(queue.Empty):
+        a.next(timeout=0.3)
+    for c in (gw, a, b, mon):
+        c.close()
+
+
+def test_a_node_reads_only_its_own_config_ota_and_cmd(running: Running) -> None:
+    gw = Client(running, broker.GATEWAY_USER)
+    a = Client(running, "ams-001", tls=True, cafile=running.ca)
+    b = Client(running, "ams-002", tls=True, cafile=running.ca)
+    # Mosquitto grants the subscriptions and checks the ACL on each delivery
+    b.sub("#", f"{P}/+/config", f"{P}/+/ota", f"{P}/+/ota/chunk", f"{P}/+/cmd", f"{P}/ams-001/ota/chunk",
+          f"{P}/ams-002/ota/chunk")
+    a.sub(f"{P}/ams-001/ota/chunk")
+    gw.pub(f"{P}/ams-001/ota/chunk", b"a's piece")
+    for kind in TO_NODE:
+        gw.pub(f"{P}/ams-001/{kind}", "for a")
+    gw.pub(f"{P}/ams-002/ota/chunk", b"b's piece")
+    assert a.next() == (f"{P}/ams-001/ota/chunk", b"a's piece")
+    assert b.next() == (f"{P}/ams-002/ota/chunk", b"b's piece")
+    with pytest.raises(queue.Empty):
+        b.next(timeout=0.3)
+    for c in (gw, a, b):
+        c.close()
+
+
+def test_a_node_writes_only_its_own_event_and_ota_get(running: Running) -> None:
+    gw = Client(running, broker.GATEWAY_USER)
+    gw.sub(f"{P}/+/event", f"{P}/+/ota/get")
+    a = Client(running, "ams-001", tls=True, cafile=running.ca)
+    for topic in (f"{P}/ams-002/event", f"{P}/ams-002/ota/get", f"{P}/gateway/event", f"{P}/ams-001/event/x"):
+        a.pub(topic, "forged")
+    a.pub(f"{P}/ams-001/event", "a's event")
+    a.pub(f"{P}/ams-001/ota/get", "a's request")
+    assert [gw.next(), gw.next()] == [(f"{P}/ams-001/event", b"a's event"), (f"{P}/ams-001/ota/get", b"a's request")]
+    with pytest.raises(queue.Empty):
+        gw.next(timeout=0.3)
+    for c in (gw, a):
+        c.close()

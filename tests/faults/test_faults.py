@@ -88,7 +88,7 @@ def test_broker_restarted_five_times(rig: Rig) -> None:
         for t in at:
             rig.wait_virtual("air-01", t)
             rig.broker.stop()
-            time.sleep(rng.uniform(0.2, 0.8))
+            time.sleep(rng.uniform(0.2, 0.8))  # waits on: the broker away a random while
             rig.broker.start()
 
     rig.run(faults)
@@ -111,14 +111,14 @@ def test_gateway_killed_ten_times_while_ingesting(rig: Rig) -> None:
             before = stored(rig)
             # killed while storing: once it has committed something since its (re)start
             wait_for(lambda: stored(rig) > before, 20, "the gateway to store again")
-            time.sleep(rng.uniform(0.0, 0.2))
+            time.sleep(rng.uniform(0.0, 0.2))  # waits on: a random moment of ingest to kill it in
             p = rig.gateway.proc
             assert p is not None and p.poll() is None, "the gateway should be running"
             p.kill()  # SIGKILL: no clean-up at all
             p.wait()
             kills.append(stored(rig))
             rig.gateway.proc = None
-            time.sleep(rng.uniform(0.05, 0.3))
+            time.sleep(rng.uniform(0.05, 0.3))  # waits on: the gateway away a random while
             rig.gateway.start()
 
     rig.run(faults)

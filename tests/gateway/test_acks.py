@@ -81,8 +81,10 @@ def test_a_dead_lettered_batch_is_acknowledged_when_its_seqs_can_be_read(gateway
     node.publish("meetkit/ams-001/status", {"v": 1, "node": "ams-001", "online": True})  # no ack for status
     node.publish("meetkit/ams-001/up", batch(seqs=[40]))  # a good one, to know all came through
     gateway.wait_committed(6)
-    acks.wait("meetkit/ams-001/ack", 2)
-    time.sleep(0.3)
+    # its ack is the last: the gateway acknowledges in the order it took the messages, so any ack
+    # for those before it has arrived by then
+    wait_for(lambda: {"v": 1, "db": gateway.gateway.db_id, "boot": 3, "seq": [[40, 40]]}
+             in acks.on("meetkit/ams-001/ack"), what="the ack of the good batch")
     db_id = gateway.gateway.db_id
     assert acks.on("meetkit/ams-001/ack") == [
         {"v": 1, "db": db_id, "boot": 3, "seq": [[16, 17]]},
@@ -108,6 +110,12 @@ def test_records_without_a_clock_are_stored_acknowledged_and_queryable(gateway, 
         assert s.untimed(node="ams-003") == 4
 
 
+def acks_sent(broker, client_id: str = "meetkit-gateway") -> int:
+    """Acks to ams-001 the broker received from the gateway (`log_type all`)."""
+    return sum(f"Received PUBLISH from {client_id} " in line and "'meetkit/ams-001/ack'" in line
+               for line in broker.log.read_text().splitlines())
+
+
 def test_the_mqtt_ack_waits_for_the_commit(tmp_path, broker):
     # The broker logs each PUBACK the gateway sends. While another connection holds the database's
     # write lock, the gateway cannot commit: the broker must not hear from it, nor the node.
@@ -128,14 +136,20 @@ def test_the_mqtt_ack_waits_for_the_commit(tmp_path, broker):
         try:
             node2.publish("meetkit/ams-001/up", batch(seqs=[1]))
             wait_for(lambda: g.gateway.writer.received == 2, what="the second message at the gateway")
-            time.sleep(1.0)
+            # the writer stuck in the commit: its loop, which passes every second, stops passing
+            wait_for(lambda: time.monotonic() - g.gateway.writer.alive_at > 1.5, 10, "the writer in the commit")
+            # a marker over the gateway's own connection: whatever it sent before (a PUBACK, an
+            # ack to the node) reaches the broker, which logs it, before the marker
+            g.gateway.source.client.publish("meetkit-test/marker", b"", qos=0)
+            wait_for(lambda: "'meetkit-test/marker'" in broker.log.read_text(), 10, "the marker at the broker")
             assert pubacks(broker) == 1, "the gateway acknowledged a message it had not committed"
-            assert len(acks2.on("meetkit/ams-001/ack")) == 1
+            assert acks_sent(broker) == 1, "the gateway told the node of a batch it had not committed"
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         acks2.wait("meetkit/ams-001/ack", 2, timeout=15)
         wait_for(lambda: pubacks(broker) == 2, what="the second PUBACK")
+        assert acks_sent(broker) == 2
     finally:
         acks2.close()
         node2.close()

@@ -23,8 +23,8 @@ def test_good_config_prints_a_summary(tmp_path):
     assert r.stdout.splitlines() == [
         f"{tmp_path / 'gateway.toml'}: OK",
         "  broker      mqtt://gw@broker.lan:8883 (with password), client id meetkit-gateway, keepalive 60 s",
-        "  subscribes  city/+/up, city/+/status",
-        "  publishes   city/<node>/ack, city/gateway/alarm (retained)",
+        "  subscribes  city/+/up, city/+/status, city/+/event",
+        "  publishes   city/<node>/ack, city/<node>/config (retained), city/<node>/cmd, city/gateway/alarm (retained)",
         "  http        http://127.0.0.1:8080/ (status page, /healthz, /metrics) (loopback only)",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
         "  bounds      at most 2.0 GB in use and 365 days from reception; the oldest records are dropped first",
@@ -180,3 +180,18 @@ def test_run_refuses_a_bad_config_before_connecting(tmp_path):
     assert r.returncode == 1
     assert 'mqtt.port: must be an integer from 1 to 65535, got "x" (a string)' in r.stderr
     assert not (tmp_path / "g.db").exists()
+
+
+def test_check_says_whether_the_fleet_files_can_be_read_never_what_they_hold(tmp_path):
+    (tmp_path / "node-keys.json").write_text('{"nodes": {"ams-001": "' + "ab" * 32 + '"}}')
+    (tmp_path / "fleet-secrets.toml").write_text('[wifi]\nlab = "wifi-SECRET"\n')
+    (tmp_path / "gateway.toml").write_text(
+        '[store]\npath = "data.db"\n[fleet]\nnode_keys = "node-keys.json"\nsecrets = "fleet-secrets.toml"\n'
+        'broker_secrets = "broker/secrets.json"\n')
+    r = cli("check", "--config", str(tmp_path / "gateway.toml"))
+    assert r.returncode == 0, r.stderr
+    assert f"  node keys   {tmp_path / 'node-keys.json'}: readable" in r.stdout.splitlines()
+    assert f"  secrets     {tmp_path / 'fleet-secrets.toml'}: readable" in r.stdout.splitlines()
+    assert (f"  broker pw   {tmp_path / 'broker' / 'secrets.json'}: CANNOT BE READ (what needs it is held back)"
+            in r.stdout.splitlines())
+    assert "wifi-SECRET" not in r.stdout + r.stderr and "abab" not in r.stdout

@@ -96,7 +96,7 @@ def test_replay_after_a_widened_range_stores_what_was_refused_once(config: Path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == ("replayed 1 dead letter: 1 went through and were deleted, 0 still refuse "
                                         "something; 8 records stored, 4 held already, 0 values filled in, "
-                                        "0 status messages")
+                                        "0 status messages, 0 events")
     with Store(db(config), readonly=True) as s:
         pm10 = {g.seq: g for g in s.readings(quantity="pm10")}
         assert sorted(pm10) == list(range(12))

@@ -122,7 +122,7 @@ def test_the_new_keys_refuse_what_they_cannot_use(tmp_path):
         'nodes."ams-001".provisioned: must be a date-time with its offset like 2026-11-24T10:12:00Z (TOML), '
         'got 2026-11-24T10:12:00 (a local date-time, without an offset)',
         'nodes."ams-001".colour: unknown key (known: board, name, lat, lon, height_m, installed, serials, '
-        'noise_offset_db, calibrated, notes, chip, fw, provisioned)',
+        'noise_offset_db, calibrated, notes, chip, fw, provisioned, config)',
         'nodes."ams-002".serials: must be a table like { pm = "...", mic = "..." }, got "PMS5003-1" (a string)',
         'nodes."ams-002".provisioned: must be a date-time with its offset like 2026-11-24T10:12:00Z (TOML), '
         'got 2026-11-24 (a date)',
@@ -163,4 +163,4 @@ def test_meetkit_gateway_check_shows_the_register_and_its_problems(tmp_path):
     assert lines[i + 1:i + 3] == [
         '                nodes."ams-001".lat: must be a number from -90 to 90, got 152.4 (a number)',
         '                nodes."ams-001".colour: unknown key (known: board, name, lat, lon, height_m, installed, '
-        'serials, noise_offset_db, calibrated, notes, chip, fw, provisioned)']
+        'serials, noise_offset_db, calibrated, notes, chip, fw, provisioned, config)']

@@ -159,8 +159,9 @@ def test_a_store_from_a_newer_gateway_is_refused(tmp_path):
     path = tmp_path / "new.db"
     Store(path).close()
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 7")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
 
-    with pytest.raises(StoreError, match=f"schema version 7 is newer than this gateway's {SCHEMA_VERSION}"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} is newer than this gateway's "
+                                         f"{SCHEMA_VERSION}"):
         Store(path)

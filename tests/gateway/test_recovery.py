@@ -22,17 +22,23 @@ GARBAGE = bytes(range(256)) * 32
 
 
 def corrupted_copy(path: Path) -> str:
-    """A store with records whose pages after the first (the schema) are then overwritten: SQLite
-    opens it and reads the schema, `quick_check` finds the damage. Returns its db id."""
+    """A store with records whose pages but the schema's are then overwritten: SQLite opens it and
+    reads the schema, `quick_check` finds the damage. Returns its db id. (The schema has outgrown
+    its first page: SQLite's dbstat says which pages hold it.)"""
     with Store(path) as s:
         for k in range(20):
             s.add_batch(parse_batch(encode(batch(seqs=range(10 * k, 10 * k + 10))), "ams-001"))
         db_id = s.db_id
         s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = s.db.execute("PRAGMA page_size").fetchone()[0]
+        schema = {n for (n,) in s.db.execute("SELECT pageno FROM dbstat WHERE name = 'sqlite_schema'")}
     size = path.stat().st_size
+    rng = random.Random(1)  # fixed bytes: the same damage every run
     with path.open("r+b") as f:
-        f.seek(4096)
-        f.write(random.Random(1).randbytes(size - 4096))  # fixed bytes: the same damage every run
+        for n in range(2, size // page + 1):
+            if n not in schema:
+                f.seek((n - 1) * page)
+                f.write(rng.randbytes(page))
     return db_id
 
 
@@ -133,7 +139,7 @@ def test_a_newer_schema_is_refused_not_moved(tmp_path):
     path = tmp_path / "g.db"
     Store(path).close()
     con = sqlite3.connect(path)
-    con.execute("PRAGMA user_version = 7")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     with pytest.raises(StoreError, match="newer than this gateway's"):
         open_store(path)
@@ -168,10 +174,11 @@ def test_run_stops_with_a_clear_error_on_a_store_it_must_not_touch(tmp_path):
     path = tmp_path / "gateway.db"
     Store(path).close()
     con = sqlite3.connect(path)
-    con.execute("PRAGMA user_version = 7")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     r = cli("run", "--config", str(write_config(tmp_path, 1)), timeout=30)
     assert r.returncode == 1
-    assert f"cannot open the store {path}: {path}: schema version 7 is newer than this gateway's {SCHEMA_VERSION}" in r.stdout
+    assert (f"cannot open the store {path}: {path}: schema version {SCHEMA_VERSION + 1} is newer than this "
+            f"gateway's {SCHEMA_VERSION}") in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []

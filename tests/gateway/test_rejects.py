@@ -386,3 +386,13 @@ def test_metrics_count_what_was_refused_alone(gateway, node):
     assert sample(fams, "meetkit_values_flagged_total", flag="range") == 1
     assert sample(fams, "meetkit_records_refused_total", code="implausible") == 1
     assert sample(fams, "meetkit_dead_letters") == 2
+
+
+def test_a_wired_board_status_without_a_signal_is_taken(gateway, node):
+    """An Ethernet board has no Wi-Fi signal: its status says "rssi":null (firmware/lib/uplink.py)."""
+    node.publish("meetkit/poe-01/status", {"v": 1, "node": "poe-01", "boot": 2, "online": True, "fw": "0.2.0",
+                                           "up": 30, "rssi": None})
+    gateway.wait_committed(1)
+    with gateway.store() as s:
+        (n,) = s.nodes()
+        assert (n.node, n.online, n.rssi, s.counts().dead_letters) == ("poe-01", True, None, 0)

@@ -54,7 +54,7 @@ def test_sigkill_during_ingest_loses_nothing_and_stores_nothing_twice(tmp_path):
                 for name in NODES:
                     seqs = range(k * per_batch, (k + 1) * per_batch)
                     infos.append(node.client.publish(f"meetkit/{name}/up", encode(batch(node=name, seqs=seqs)), qos=1))
-                time.sleep(0.06)
+                time.sleep(0.06)  # waits on: the nodes' pace (the kills fall while they publish)
             for info in infos:
                 info.wait_for_publish(10)
             done.set()
@@ -63,10 +63,10 @@ def test_sigkill_during_ingest_loses_nothing_and_stores_nothing_twice(tmp_path):
         publisher.start()
         at_kill = []
         for k in range(8):
-            time.sleep(rng.uniform(0.2, 0.7))
+            time.sleep(rng.uniform(0.2, 0.7))  # waits on: a random moment of ingest to kill it in
             gw.kill()
             at_kill.append(count(gw.db, "SELECT count(*) FROM records"))
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.3))  # waits on: the gateway away a random while
             gw.start()
             # kill while ingesting, not while starting (a loaded machine can take longer than the
             # pause above to subscribe): each start resumes the session before the next kill
@@ -137,7 +137,9 @@ def test_a_killed_broker_keeps_what_it_saved(tmp_path):
         for k in range(10):
             node.publish("meetkit/ams-001/up", batch(seqs=[k]))
         node.close()
-        time.sleep(2.5)
+        published = time.time()
+        wait_for(lambda: broker.db.exists() and broker.db.stat().st_mtime > published, 15,
+                 "the broker's autosave after the last publish")
         broker.kill()
         broker.start()
         gw.start()

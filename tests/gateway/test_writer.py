@@ -54,7 +54,7 @@ def test_a_message_on_a_foreign_topic_is_dead_lettered_not_lost(tmp_path):
     w.start()
     w.close()
     (dl,) = store.dead_letters()
-    assert dl.reason == "topic 'meetkit/ams-001/up/extra' is not <prefix>/<node>/up or /status"
+    assert dl.reason == "topic 'meetkit/ams-001/up/extra' is not <prefix>/<node>/up, /status or /event"
     store.close()
 
 

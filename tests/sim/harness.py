@@ -1,6 +1,5 @@
 """Run throwaway firmware on the simulated board: a flash folder with main.py, a sim.json, and
-micropython running tools/sim/mpy/simboot.py as the runner would (MICROPYPATH = the simulator's
-modules, build/mpylib, .frozen).
+micropython running the simulator (`-m simboot sim.json` in that folder) as the runner would.
 
 By default the folder itself is the board's root (no littlefs, no flash timing: device-model tests
 read what the program wrote straight from the folder). With `image=True` the folder is staged into
@@ -10,14 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meetkit_tools.dev.micropython import MPYLIB, SIM_MPY, run_mpy
 from meetkit_tools.sim import flashimage
+from meetkit_tools.sim.runner import SIM_JSON, link_host, sim_command, sim_env
 
 START_EPOCH = 1795503600  # 2026-11-24T07:00:00Z
 
@@ -88,7 +88,8 @@ def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict
         (flash / name).write_text(textwrap.dedent(text))
     state_file = tmp / "state.json"
     state_file.unlink(missing_ok=True)
-    sim = {"flash_dir": str(flash.resolve()), "state_file": str(state_file.resolve()),
+    # relative to `tmp`, the process's working directory, as the runner writes them
+    sim = {"flash_dir": flash.name, "state_file": state_file.name,
            "scenario": scenario or SCENARIO, "start_epoch": START_EPOCH, "t_ms": t_ms,
            "until_ms": until_ms, "speed": 0, "seed": seed, "chip_id": "240ac4123456", "rtc": rtc,
            "reset_cause": reset_cause, "devices": DEVICES if devices is None else devices}
@@ -96,12 +97,12 @@ def run_sim(tmp: Path, main: str, *, scenario: dict | None = None, devices: dict
     if image:
         if not keep_image:
             img.unlink(missing_ok=True)
-        sim["flash_image"] = str(img.resolve())
+        sim["flash_image"] = img.name
     sim.update(extra or {})
-    (tmp / "sim.json").write_text(json.dumps(sim))
+    (tmp / SIM_JSON).write_text(json.dumps(sim))
+    link_host(tmp)
     t0 = time.perf_counter()
-    p = run_mpy(script=SIM_MPY / "simboot.py", args=[str((tmp / "sim.json").resolve())],
-                path=[SIM_MPY, MPYLIB], heapsize=heapsize, timeout=timeout, cwd=tmp)
+    p = subprocess.run(sim_command(heapsize), env=sim_env(), cwd=tmp, capture_output=True, timeout=timeout)
     wall = time.perf_counter() - t0
     state = json.loads(state_file.read_text()) if state_file.exists() and state_file.stat().st_size else {}
     return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"),

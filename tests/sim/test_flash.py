@@ -310,14 +310,18 @@ def test_the_firmware_boots_from_the_image_and_after_a_power_cut(tmp_path: Path)
 
 
 def test_the_image_leaves_the_firmware_its_heap_budget(tmp_path: Path) -> None:
+    # No new name in this program: the first one the firmware interns may open a new block of
+    # MicroPython's interned strings (7 KB for 640 names on this 64-bit build), which is the
+    # firmware's cost as on the board, and whether it does depends on how full the simulator left
+    # the last block, not on the ballast this test is about.
     r = run_sim(tmp_path, """
         import gc
         gc.collect()
-        print("@free", gc.mem_free())
+        print(gc.mem_free())
         """, image=True, heapsize=f"{112 + SIM_HEAP_RESERVE // 1024}K", until_ms=None,
                 extra={"heap_budget": 112 * 1024})
     assert r.code == 2, r.out + r.err
-    free = int(r.lines[0].split()[1])
+    free = int(r.lines[0])
     assert 112 * 1024 - 2048 < free <= 112 * 1024 + 64
     st = r.state["stats"]
     # littlefs and its block device included, and the 640-name pool of interned strings that

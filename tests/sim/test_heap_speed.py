@@ -1,4 +1,5 @@
-"""The simulator's own cost: its heap (it shares the firmware's) and its speed.
+"""The simulator's own cost in heap (it shares the firmware's), and an hour of audio read whole.
+Its speed is a figure of bench/sim_time.py (sim_audio_speed_x_realtime), not a limit here.
 
 Figures are printed (pytest -s) and attached to the test report as properties."""
 
@@ -68,12 +69,11 @@ def test_heap_budget_leaves_the_firmware_exactly_its_share(tmp_path: Path) -> No
     assert abs(r.state["stats"]["firmware_heap"] - 112 * 1024) < 256
 
 
-def test_an_hour_of_audio_is_fast(tmp_path: Path, record_property) -> None:
+def test_an_hour_of_audio_is_read_whole(tmp_path: Path) -> None:
     r = run_sim(tmp_path, NODE % {"climate": 1}, scenario=scenario(noise_dbspl={
-        "points": [[0, 60]], "wave": {"amp": 10, "period": 30}}), until_ms=3_600_000, heapsize="112K")
+        "points": [[0, 60]], "wave": {"amp": 10, "period": 30}}), until_ms=3_600_000, heapsize="112K",
+        timeout=600)
     assert r.code == 0, r.out + r.err
     st = r.state["stats"]
     assert st["i2s_samples_read"] >= 48000 * 3600 - 1024 and st["i2s_samples_lost"] == 0
-    print(f"\none simulated hour, 48 kHz audio in 1024-sample blocks (+ PM UART, BME280): {r.wall:.2f} s wall")
-    record_property("wall_s_per_simulated_hour", round(r.wall, 2))
-    assert r.wall < 20
+    assert st["uart_bytes_dropped"] == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from meetkit_tools.sim.board import REGISTRY, SimBoard
+from tests.gateway.conftest import wait_for
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 
@@ -60,9 +61,7 @@ def test_main_runs_after_a_hard_reset_and_ctrl_c_stops_it(board: SimBoard, tmp_p
     ok(board.port, "fs", "cp", str(main), ":main.py", "+", "fs", "cp", str(boot), ":boot.py")
     mark = len(board.console_text())
     ok(board.port, "reset")
-    deadline = time.monotonic() + 10
-    while "main starts" not in board.console_text()[mark:] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: "main starts" in board.console_text()[mark:], 30, "main.py after the reset")
     after = board.console_text()[mark:]
     assert "rst:0xc (SW_CPU_RESET)" in after and "boot.py ran" in after and "main starts" in after
     # mpremote's Ctrl-C stops main.py (a KeyboardInterrupt in it), and the board answers.
@@ -77,8 +76,9 @@ def test_main_runs_after_a_hard_reset_and_ctrl_c_stops_it(board: SimBoard, tmp_p
 
 
 def test_ctrl_c_interrupts_code_sent_without_waiting(board: SimBoard) -> None:
-    ok(board.port, "exec", "--no-follow", "while True: pass")
-    time.sleep(0.5)
+    mark = len(board.console_text())
+    ok(board.port, "exec", "--no-follow", "print('spinning')\nwhile True: pass")
+    wait_for(lambda: "spinning" in board.console_text()[mark:], 30, "the loop running on the board")
     assert ok(board.port, "eval", "1+1").strip() == "2"
 
 

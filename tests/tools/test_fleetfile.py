@@ -104,7 +104,7 @@ def test_a_bad_edit_names_the_problem_and_leaves_the_file_as_it_was(tmp_path):
                                        'quotes), got "2026-11-24" (a string)']),
         ({"serials": {"pms": "X"}}, ['nodes."ams-001".serials.pms: unknown sensor role; did you mean "pm"?']),
         ({"colour": "red"}, ['nodes."ams-001".colour: unknown key (known: board, name, lat, lon, height_m, '
-                             'installed, serials, noise_offset_db, calibrated, notes, chip, fw, provisioned)']),
+                             'installed, serials, noise_offset_db, calibrated, notes, chip, fw, provisioned, config)']),
         ({"lon": None}, ['nodes."ams-001": lat and lon go together']),
     ]
     for fields, errors in cases:
@@ -205,3 +205,53 @@ def test_meetkit_fleet_set_show_and_check(tmp_path, capsys, monkeypatch):
                                  '  nodes."ams-009".lon: must be a number from -180 to 180, got "4.9" (a string)\n')
     assert run(capsys, "fleet", "show", "--fleet", str(tmp_path / "none.toml"))[0] == 1
     assert os.path.exists(path)
+
+
+def test_the_registers_config_keys_are_the_firmwares():
+    """fleet.CONFIG_KEYS is the gateway's list of config.json keys a node may be sent: the firmware's
+    own (firmware/lib/config.py's DEFAULTS) less noise_offset_db (the register's own key, beside
+    `calibrated`), with wifi and broker. A key the firmware gains fails this until the register takes it."""
+    from meetkit_gateway.fleet import CONFIG_KEYS
+    from meetkit_tools import nodeconfig
+
+    firmware = set(nodeconfig.firmware_config().DEFAULTS)
+    assert set(CONFIG_KEYS) == firmware - {"noise_offset_db"} | {"wifi", "broker"}
+
+
+def test_meetkit_fleet_set_config_is_checked_with_the_firmwares_rules(tmp_path, capsys):
+    path = tmp_path / "fleet.toml"
+    path.write_text(HAND_WRITTEN)
+    code, out, err = run(capsys, "fleet", "set", "ams-001", "--fleet", str(path), "--config", "interval_s=120",
+                         "--config", 'broker={"host": "meetkit-gw", "port": 8883, "tls": true}', "--wifi", "lab")
+    assert code == 0, err
+    assert "  config           interval_s 120, broker {\"host\": \"meetkit-gw\", \"port\": 8883, \"tls\": true}, " \
+           "wifi {\"ssid\": \"lab\"}\n" in out
+    text = path.read_text()
+    assert text.startswith(HAND_WRITTEN.split("# ams-002")[0].rstrip("\n"))  # comments and order kept
+    assert ('[nodes."ams-001".config]\ninterval_s = 120\nbroker = {host = "meetkit-gw", port = 8883, tls = true}\n'
+            'wifi = {ssid = "lab"}\n') in text
+    assert fleetfile.get(path, "ams-001")["config"] == {  # type: ignore[index]
+        "interval_s": 120, "broker": {"host": "meetkit-gw", "port": 8883, "tls": True}, "wifi": {"ssid": "lab"}}
+    before = path.read_text()
+    for args, said in (
+        (["--config", "interval_s=5"],
+         'nodes."ams-001".config.interval_s: 5 is not a whole number from 10 to 3600 (the firmware\'s rule)'),
+        (["--config", "spool_kb=99999"],
+         'nodes."ams-001".config.spool_kb: 99999 is not a whole number from 32 to 16384 (the firmware\'s rule)'),
+        (["--config", 'broker={"host": "gw", "tls": "yes"}'],
+         "nodes.\"ams-001\".config.broker.tls: must be true or false, got \"yes\" (a string)"),
+        (["--noise-offset", "25"], 'nodes."ams-001".noise_offset_db: must be a number from -20 to 20, got 25.0'),
+        (["--config", 'wifi={"ssid": "lab", "password": "hunter2-SECRET"}'],
+         'nodes."ams-001".config.wifi.password: never in the register'),
+    ):
+        code, out, err = run(capsys, "fleet", "set", "ams-001", "--fleet", str(path), *args)
+        assert code == 1 and said in err, err
+        assert "hunter2-SECRET" not in out + err
+        assert path.read_text() == before
+    code, out, err = run(capsys, "fleet", "set", "ams-001", "--fleet", str(path), "--config", "interval_s=")
+    assert code == 0 and "interval_s" not in fleetfile.get(path, "ams-001")["config"]  # type: ignore[index]
+    # a register edited by hand past the firmware's rules: `fleet check` names it, as the node would
+    path.write_text(path.read_text().replace('wifi = {ssid = "lab"}', 'wifi = {ssid = "lab"}\nntp_every_s = 5'))
+    code, out, err = run(capsys, "fleet", "check", "--fleet", str(path))
+    assert code == 1 and err == (f"{path}: 1 error\n  nodes.\"ams-001\".config.ntp_every_s: 5 is not a whole number "
+                                 "from 60 to 86400 (the firmware's rule)\n")

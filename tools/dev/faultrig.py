@@ -238,30 +238,35 @@ class Rig:
                 raise TimeoutError(f"{n.spec.node_id} did not finish in {timeout} s")
 
     def caught_up(self) -> bool:
+        seen = self._stored_all(self.cutoff)
+        if seen is None:
+            return False
+        self.cutoff = seen  # what recovered; records the nodes make after this are in transit
+        return True
+
+    def _stored_all(self, within: dict[str, set[tuple[int, int]]] | None) -> dict[str, set[tuple[int, int]]] | None:
+        """What the nodes' ledgers name, if the gateway stored all of it (only what is `within`,
+        if given) but what they dropped; None if something is not stored (yet)."""
         try:
             stored = {(node, boot, seq) for node, boot, seq, _, _ in db_rows(self.gateway.db)}
         except sqlite3.Error:
-            return False
+            return None
         seen = {}
         for nid, n in self.nodes.items():
             led = read_ledger(n.console.read_text(errors="replace"))
             dropped = led.dropped_keys()
-            if any((nid, b, s) not in stored for (b, s) in led.records if (b, s) not in dropped):
-                return False
+            if any((nid, b, s) not in stored for (b, s) in led.records
+                   if (b, s) not in dropped and (within is None or (b, s) in within[nid])):
+                return None
             seen[nid] = set(led.records)
-        self.cutoff = seen  # what recovered; records the nodes make after this are in transit
-        return True
+        return seen
 
-    def settle(self, timeout: float = 30) -> None:
-        """Wait until the gateway stops storing (the last batches committed)."""
-        last = -1
+    def settle(self, timeout: float = 60) -> None:
+        """Wait until the gateway has stored what the nodes made (up to the cut-off, if the run
+        stopped them after recovery), or `timeout`: the judge then names what is missing."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            n = len(db_rows(self.gateway.db)) if self.gateway.db.exists() else 0
-            if n == last:
-                return
-            last = n
-            time.sleep(1.0)  # waits on: the store's record count to stay the same for a second
+        while self._stored_all(self.cutoff) is None and time.monotonic() < end:
+            time.sleep(0.2)  # waits on: the store to hold what the ledgers name
 
     def judge(self, name: str, extra: dict[str, tuple[Ledger, int]] | None = None) -> Outcome:
         """Every node's ledger against the store; `extra`: more ledgers (node id -> (ledger, start

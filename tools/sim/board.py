@@ -6,7 +6,7 @@
 `meetkit sim board` runs one from the command line. The board starts as a fresh MicroPython
 board (an empty littlefs flash image) or from an image given; what is copied to it stays in the
 image. The bridge here owns the pty and runs the MicroPython unix port (`micropython -i
-simboot.py`, on a pty of its own) with the simulated hardware, and adds what the unix port does
+-m simboot`, on a pty of its own) with the simulated hardware, and adds what the unix port does
 not do as an ESP32 does (docs/simulator.md, "A simulated board on a serial port"):
   - a soft reset (Ctrl-D on an empty line) ends the unix process: the bridge prints
     "MPY: soft reboot" and starts it again: boot.py and main.py from the friendly REPL, boot.py
@@ -156,10 +156,9 @@ class SimBoard:
         self._t_ms, self._t0 = t_ms, time.monotonic()
         inner, inner_slave = pty.openpty()
         tty.setraw(inner_slave)
-        cmd = self.node.command()
-        cmd.insert(1, "-i")   # after simboot (boot.py, main.py): the REPL
-        self._proc = subprocess.Popen(cmd, env=self.node.env(), stdin=inner_slave, stdout=inner_slave,
-                                      stderr=inner_slave, start_new_session=True)
+        # -i: after simboot (boot.py, main.py) the REPL
+        self._proc = self.node.spawn("-i", stdin=inner_slave, stdout=inner_slave, stderr=inner_slave,
+                                     start_new_session=True)
         os.close(inner_slave)
         os.set_blocking(inner, False)
         self._inner = inner

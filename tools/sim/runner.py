@@ -37,12 +37,44 @@ POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots 
 # about 18 KB more for the pool of interned strings it opens for the firmware's names
 # (simboot.py's _qstr_room: the board's firmware never pays for pools that size).
 SIM_HEAP_RESERVE = 112 * 1024
+# The simulator's process starts in the node's folder (`-m simboot sim.json`) and reaches its modules
+# and the frozen libraries through two links there, by these relative names. MicroPython interns
+# every MICROPYPATH entry, the script's folder and every module's file name as a qstr that lives in
+# the heap the firmware shares: with absolute paths 19 such names (16 modules' files, 2 MICROPYPATH
+# entries, simboot.py) held the checkout's path, 3.6 KB more at a 190-character path than at a
+# 16-character one, taken from the firmware. With these names it is the same wherever it is.
+SIM_LINK = ".sim"
+LIB_LINK = ".mpylib"
+SIM_JSON = "sim.json"
 
 
 def heap_bytes(size: str) -> int:
     """'112K' -> 114688, '1M' -> 1048576, '4000' -> 4000 (MicroPython's -X heapsize syntax)."""
     mult = {"K": 1024, "M": 1024 * 1024}.get(size[-1:].upper(), 1)
     return int(size[:-1] if mult > 1 else size) * mult
+
+
+def link_host(workdir: Path) -> None:
+    """The links through which a simulator process started in `workdir` imports (SIM_LINK)."""
+    for name, target in ((SIM_LINK, SIM_MPY), (LIB_LINK, MPYLIB)):
+        link = Path(workdir) / name
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        link.unlink(missing_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+
+
+def sim_command(heapsize: int | str | None, *flags: str) -> list[str]:
+    """micropython running the simulator on the sim.json of its working directory, which must be a
+    folder link_host() prepared (run it with sim_env())."""
+    cmd = [micropython_bin(), *flags]
+    if heapsize:
+        cmd += ["-X", f"heapsize={heapsize}"]
+    return cmd + ["-m", "simboot", SIM_JSON]
+
+
+def sim_env() -> dict[str, str]:
+    return dict(os.environ, MICROPYPATH=f"{SIM_LINK}:{LIB_LINK}:.frozen")
 
 
 def micropython_bin() -> str:
@@ -125,7 +157,7 @@ class SimNode:
         self.dir = Path(spec.workdir)
         self.flash = self.dir / "flash"        # the staged firmware, copied into the image at first boot
         self.image = self.dir / "flash.img"    # the flash itself (littlefs)
-        self.sim_json = self.dir / "sim.json"
+        self.sim_json = self.dir / SIM_JSON
         self.state_file = self.dir / "state.json"
         self.console = self.dir / "console.log"
         self.switch = self.dir / "power.switch"  # "1": on; cut_power() writes "0"
@@ -175,13 +207,15 @@ class SimNode:
         # What is wired to the buses is the board's design (boards/<board>.json); the board.json
         # on the flash is what the firmware is told, and may be wrong (the self-test shows it).
         board = json.loads((BOARDS / f"{s.board}.json").read_text())
-        sim = {"flash_dir": str(self.flash.resolve()), "state_file": str(self.state_file.resolve()),
+        # Paths relative to the node's folder, the process's working directory: absolute ones
+        # would leave the folder's path in the heap the firmware shares (see SIM_LINK).
+        sim = {"flash_dir": self._rel(self.flash), "state_file": self._rel(self.state_file),
                "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
                "until_ms": None if s.until_s is None else int(s.until_s * 1000),
                "speed": s.speed, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
                "reset_cause": cause, "devices": devices_for(board),
                "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None,
-               "flash_image": str(self.image.resolve()), "flash_kb": s.flash_kb,
+               "flash_image": self._rel(self.image), "flash_kb": s.flash_kb,
                "flash_writes": writes, "flash_erases": flash.get("flash_erases", 0),
                "flash_bytes": flash.get("flash_bytes", 0), "power_cut_at": cut,
                "flash_timing": s.flash_timing, "mcu": s.mcu or board["mcu"],
@@ -194,15 +228,15 @@ class SimNode:
             sim["rtc_memory"] = rtc_memory
         self.sim_json.write_text(json.dumps(sim))
 
-    # -- running ---------------------------------------------------------------------------------
-    def command(self) -> list[str]:
-        cmd = [micropython_bin()]
-        if self.spec.heapsize:
-            cmd += ["-X", f"heapsize={heap_bytes(self.spec.heapsize) + SIM_HEAP_RESERVE}"]
-        return cmd + [str(SIM_MPY / "simboot.py"), str(self.sim_json.resolve())]
+    def _rel(self, p: Path) -> str:
+        return os.path.relpath(p.absolute(), self.dir.absolute())
 
-    def env(self) -> dict[str, str]:
-        return dict(os.environ, MICROPYPATH=f"{SIM_MPY}:{MPYLIB}:.frozen")
+    # -- running ---------------------------------------------------------------------------------
+    def spawn(self, *flags: str, **popen: Any) -> subprocess.Popen:
+        """The micropython process of one boot, in the node's folder (see SIM_LINK)."""
+        link_host(self.dir)
+        heap = heap_bytes(self.spec.heapsize) + SIM_HEAP_RESERVE if self.spec.heapsize else None
+        return subprocess.Popen(sim_command(heap, *flags), env=sim_env(), cwd=self.dir, **popen)
 
     def start(self) -> "SimNode":
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -238,8 +272,7 @@ class SimNode:
         with self.console.open("ab") as log:
             while not self._stop.is_set():
                 self.boots += 1
-                self._proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                self._proc = self.spawn(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 code = self._proc.wait()
                 self.last_state = st = self._read_state()
                 if code not in (EXIT_RESET, EXIT_POWER_CUT) or "t_ms" not in st or self._stop.is_set():

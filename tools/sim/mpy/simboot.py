@@ -1,7 +1,7 @@
-# The simulator's entry point: `micropython simboot.py /abs/path/sim.json` (MICROPYPATH =
-# tools/sim/mpy:build/mpylib:.frozen). Sets up the virtual board (simsetup), then runs boot.py and
-# main.py from the node's flash (a littlefs image), mounted at '/', as the ESP32 does. Exit codes
-# and state.json: see docs/simulator.md.
+# The simulator's entry point: `micropython -m simboot sim.json` in the node's folder (MICROPYPATH =
+# .sim:.mpylib:.frozen, links there to tools/sim/mpy and build/mpylib: see runner.SIM_LINK). Sets up
+# the virtual board (simsetup), then runs boot.py and main.py from the node's flash (a littlefs
+# image), mounted at '/', as the ESP32 does. Exit codes and state.json: see docs/simulator.md.
 import sys
 import gc
 import os
