@@ -358,3 +358,26 @@ def test_an_offer_is_refused_for_what_does_not_fit_this_node_and_says_why(tmp_pa
     assert got[10] == "on trial with 0.2.0: one update at a time"
     assert got[11] == "manifest: file 'config.json'"
     assert got[12] == "manifest: file '../x.py'"
+
+
+SELFTEST = """
+import mgmt
+console.check("pm", True, "pms5003: PM2.5 12 ug/m3")
+console.check("mic", False, None)   # a check with nothing to add
+host = Host({"node_id": "ams-001", "config_version": 0})
+mgmt._handle(host, b"cmd", sys.stdin.read().encode())
+out(events=host.uplink.events)
+"""
+
+
+def test_the_self_test_answer_is_an_event_the_gateway_takes(tmp_path: Path) -> None:
+    """The answer to `selftest`, as the node sends it, through the gateway's own parser: a check
+    without a detail is an empty string (the contract's detail is a string; null was rejected)."""
+    from meetkit_gateway.payload import parse_event
+
+    img = write_image(tmp_path, {"node.key": KEY.hex().encode()})
+    r = run_fw(HOST + SELFTEST, img, stdin=fleetsim.envelope(KEY, {"node": NODE, "cmd": "selftest", "id": 4}).decode())
+    (raw,) = r["events"]
+    ev = parse_event(raw.encode(), NODE)
+    assert ev.kind == "selftest" and ev.body["id"] == 4
+    assert ev.body["checks"] == {"pm": ["pass", "pms5003: PM2.5 12 ug/m3"], "mic": ["fail", ""]}
