@@ -18,6 +18,7 @@ import console
 KEY_FILE = "node.key"
 OFFER_FILE = "ota.offer"   # an offer as received, while it is looked at (ota.py keeps it as new/ota.json)
 _KIND = {b"config": "config", b"ota": "ota", b"cmd": "cmd"}
+OFFER_PAUSE_MS = 150   # between writing an offer to flash and taking it (handle)
 _EVENTS_MAX = 6   # events kept while the broker is away; past it the oldest goes
 
 
@@ -211,22 +212,33 @@ def verify(f, node_id):
 
 
 def handle(host):
-    """The next message from the gateway in host.inbox, then the events that wait."""
+    """The next message from the gateway in host.inbox, then the events that wait. An offer takes
+    two passes of the loop: one writes it to flash, one OFFER_PAUSE_MS later takes it (each with
+    its own flash erases): the loop reads the audio in between (the I2S DMA holds 107 ms; both at
+    once stalled it longer)."""
+    wait = False
     try:
         if host.dropped_msgs:
             console.warn("mgmt: %d messages from the gateway dropped: they came while two waited"
                          % host.dropped_msgs)
             host.dropped_msgs = 0
         if host.inbox:
-            topic, msg = host.inbox.pop(0)
+            import time
+            topic, msg = host.inbox[0]
             kind = topic[len(host.uplink.base):]
+            if msg is None and time.ticks_diff(time.ticks_ms(), host.offer_due) < 0:
+                wait = True   # the offer on flash, not yet taken
+                return
+            host.inbox.pop(0)
             try:
-                if kind == b"ota":   # 4 KB: on flash, and out of the heap before its body is parsed
+                if msg is not None and kind == b"ota":   # 4 KB: on flash, out of the heap before it is read
                     with open(OFFER_FILE, "wb") as f:
                         f.write(msg)
-                    msg = None   # read from the file, a character at a time: no 4 KB piece
-                    import gc
-                    gc.collect()   # now, while no stale pointer to the message is on the stack
+                    msg = None
+                    host.inbox.insert(0, (topic, None))   # read from the file at the next pass, a character at a time
+                    host.offer_due = time.ticks_add(time.ticks_ms(), OFFER_PAUSE_MS)
+                    wait = True
+                    return
                 _handle(host, kind, msg)
             except MemoryError as e:   # the heap as it is now: the message is refused, the node measures on
                 msg = None
@@ -239,6 +251,9 @@ def handle(host):
                 event(host, {"kind": "ota", "state": "refused", "reason": "%s not written: %r" % (OFFER_FILE, e)})
         flush(host)
     finally:   # their code is heap the node needs; mgmt.py is kept while ota.py or aftercare.py use it
+        if wait:
+            flush(host)
+            return
         try:
             import os
             os.remove(OFFER_FILE)   # taken (new/ota.json) or refused
@@ -310,7 +325,11 @@ def _handle(host, kind, msg):
     what = _KIND.get(kind)
     if what is None:
         return
+    buf = None
     if msg is None:
+        import gc
+        gc.collect()
+        buf = bytearray(1024)   # the download's, before the parse leaves the heap in pieces
         with open(OFFER_FILE, "rb") as f:
             body, why = verify(f, host.cfg["node_id"])
     else:
@@ -328,7 +347,7 @@ def _handle(host, kind, msg):
         cfgapply.apply(host, body)
     elif what == "ota":
         import otaoffer
-        otaoffer.offer(host, body, OFFER_FILE)
+        otaoffer.offer(host, body, OFFER_FILE, buf)
     elif body.get("cmd") == "selftest":
         event(host, {"kind": "selftest", "id": body.get("id"), "checks": console.checks()})
     else:

@@ -106,7 +106,7 @@ def resume(host):
 
 
 class Download:
-    def __init__(self, host, ver, files):
+    def __init__(self, host, ver, files, buf=None):
         self.host = host
         self.ver = ver
         self.files = files
@@ -118,7 +118,7 @@ class Download:
         self.piece = None     # a piece that came, to be written by step()
         self.bad = 0          # sha256 mismatches of the file being fetched
         self.hash = None      # (sha256, open file) while a whole file is checked
-        self.buf = bytearray(1024)
+        self.buf = buf or bytearray(1024)
         self.stray = 0        # pieces that were not the one asked for (late, or another release's)
         self.short = 0        # passes that found the heap too short
 

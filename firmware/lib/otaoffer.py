@@ -82,9 +82,9 @@ def _why_not(host, rel, files, force):
     return None
 
 
-def offer(host, body, path):
+def offer(host, body, path, buf=None):
     """A release offer (body: {"node", "release": manifest, "force"}; path: the envelope as received,
-    on flash: it becomes new/ota.json)."""
+    on flash: it becomes new/ota.json; buf: the download's buffer, made before the offer was read)."""
     rel = body.get("release")
     try:
         v = rel["version"]
@@ -105,7 +105,7 @@ def offer(host, body, path):
     if why is not None:
         ota.refuse(host, v, why)
         return
-    d = ota.Download(host, v, files)   # before the flash is touched: memory may be short
+    d = ota.Download(host, v, files, buf)   # before the flash is touched: memory may be short
     if cur is not None:   # another release replaces the one being fetched
         console.info("ota: %s replaces %s" % (v, cur.ver))
         host.ota = None
