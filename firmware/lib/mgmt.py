@@ -348,9 +348,24 @@ def _handle(host, kind, msg):
     elif what == "ota":
         import otaoffer
         otaoffer.offer(host, body, OFFER_FILE, buf)
-    elif body.get("cmd") == "selftest":
-        event(host, {"kind": "selftest", "id": body.get("id"), "checks": console.checks()})
+    elif body.get("cmd") == "selftest" and _id(body) is not None:
+        _answer(host, body, {"kind": "selftest", "checks": console.checks()})
+    elif body.get("cmd") == "selftest":   # the answer names the command it answers
+        _answer(host, body, {"kind": "cmd", "state": "refused", "reason": "selftest without an id"})
     else:
         console.warn("cmd: %r is not a command of this firmware" % (body.get("cmd"),))
-        event(host, {"kind": "cmd", "state": "refused", "id": body.get("id"),
-                           "reason": "unknown command %r" % (body.get("cmd"),)})
+        _answer(host, body, {"kind": "cmd", "state": "refused", "reason": "unknown command %r" % (body.get("cmd"),)})
+
+
+def _id(body):
+    """The command's id, when it is one the gateway takes (an integer from 0 to 2**30 - 1), else None."""
+    i = body.get("id")
+    return i if type(i) is int and 0 <= i < 1 << 30 else None
+
+
+def _answer(host, body, ev):
+    """An answer to a command, with its id when it has one (never null: the gateway rejects it)."""
+    i = _id(body)
+    if i is not None:
+        ev["id"] = i
+    event(host, ev)

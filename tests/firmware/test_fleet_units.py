@@ -365,19 +365,25 @@ import mgmt
 console.check("pm", True, "pms5003: PM2.5 12 ug/m3")
 console.check("mic", False, None)   # a check with nothing to add
 host = Host({"node_id": "ams-001", "config_version": 0})
-mgmt._handle(host, b"cmd", sys.stdin.read().encode())
+for msg in json.loads(sys.stdin.read()):
+    mgmt._handle(host, b"cmd", msg.encode())
 out(events=host.uplink.events)
 """
 
 
 def test_the_self_test_answer_is_an_event_the_gateway_takes(tmp_path: Path) -> None:
-    """The answer to `selftest`, as the node sends it, through the gateway's own parser: a check
-    without a detail is an empty string (the contract's detail is a string; null was rejected)."""
+    """The answers to commands, as the node sends them, through the gateway's own parser: a check
+    without a detail is an empty string, a command without a usable id is answered without one
+    (the contract's detail is a string and its id an integer: null was rejected)."""
     from meetkit_gateway.payload import parse_event
 
     img = write_image(tmp_path, {"node.key": KEY.hex().encode()})
-    r = run_fw(HOST + SELFTEST, img, stdin=fleetsim.envelope(KEY, {"node": NODE, "cmd": "selftest", "id": 4}).decode())
-    (raw,) = r["events"]
-    ev = parse_event(raw.encode(), NODE)
-    assert ev.kind == "selftest" and ev.body["id"] == 4
-    assert ev.body["checks"] == {"pm": ["pass", "pms5003: PM2.5 12 ug/m3"], "mic": ["fail", ""]}
+    cmds = [{"node": NODE, "cmd": "selftest", "id": 4}, {"node": NODE, "cmd": "selftest"},
+            {"node": NODE, "cmd": "reboot", "id": 5}, {"node": NODE, "cmd": "reboot", "id": "x"}]
+    r = run_fw(HOST + SELFTEST, img, stdin=json.dumps([fleetsim.envelope(KEY, c).decode() for c in cmds]))
+    evs = [parse_event(raw.encode(), NODE) for raw in r["events"]]   # Rejected: the gateway refuses it
+    assert [(e.kind, e.state, e.body.get("id")) for e in evs] == [
+        ("selftest", None, 4), ("cmd", "refused", None), ("cmd", "refused", 5), ("cmd", "refused", None)]
+    assert evs[1].body["reason"] == "selftest without an id"
+    assert evs[0].body["checks"] == {"pm": ["pass", "pms5003: PM2.5 12 ug/m3"], "mic": ["fail", ""]}
+    assert evs[2].body["reason"] == "unknown command 'reboot'"
