@@ -239,8 +239,13 @@ def test_a_tampered_piece_is_fetched_again_and_the_release_refused_after_three(
     gw.offer("tam-01", release)
     ev = gw.wait_event("tam-01", lambda e: e["kind"] == "ota" and e["state"] == "refused", 120)
     assert ev["reason"] == f"{always}: sha256 does not match (3 times)" and ev["release"] == "0.3.0"
-    assert hit == {once: 1, always: 3}
-    assert n.console_text().count(f"ota: {once}: sha256 does not match (1 of 3): fetching it again") == 1
+    # what the node checked: each file whole (a piece asked again, late on a busy machine, is served
+    # and tampered again, so the gateway's count may be higher)
+    assert hit[once] >= 1 and hit[always] >= 3, hit
+    text = n.console_text()
+    assert text.count(f"ota: {once}: sha256 does not match (1 of 3): fetching it again") == 1
+    assert f"ota: {once}: sha256 does not match (2 of 3)" not in text
+    assert text.count(f"ota: {always}: sha256 does not match (2 of 3): fetching it again") == 1
     assert gw.last_status("tam-01")["fw"] == fleetsim.fw_version()
     n.stop()
     assert not [p for p in n.list_flash() if p.startswith("new/") or p.startswith("new")]
