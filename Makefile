@@ -52,9 +52,11 @@ faults: setup
 
 # The long runs (tests/soak), never part of `make test`: a simulated week of the fault suite's
 # faults on two nodes (about half an hour) and a day of steady load on the gateway process, its
-# memory and descriptors watched (24 hours; MEETKIT_SOAK_HOURS=1 for a shorter one).
+# memory and descriptors watched (24 hours; MEETKIT_SOAK_HOURS=1 for a shorter one); and a power
+# cut at every flash program of an install, a rollback and a proof (tests/sim/test_trial.py, about
+# 6 minutes; `make test` cuts at every 5th).
 soak: setup
-	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py
 
 bench: setup
 	$(BIN)/python -m bench

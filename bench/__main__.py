@@ -1,11 +1,12 @@
-from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, payload, provision, sensorthings, sim, sim_time,
-                   start_heap, store, tls, wire)
+from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_heap, payload, provision,
+                   sensorthings, sim, sim_time, start_heap, store, tls, wire)
 
 
 def main() -> None:
     sim.run()
     sim_time.run()
     start_heap.run()
+    ota_heap.run()
     tls.run()
     wire.run()
     noise.run()

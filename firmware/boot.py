@@ -1,29 +1,38 @@
 # Runs first on every start. Modules live in /lib (on the path by default on the ESP32).
 # Nothing here may fail: the node must always reach main.py.
-# First: finish installing an app that `meetkit provision` left complete in new/, or remove an
-# unfinished copy (appswap.py), so main.py never runs half of an update. appswap.py is loaded
-# only when there is something to do (new/ or its marker): compiling it costs heap.
+# First: finish installing an app left complete in new/ (by `meetkit provision` or the node's
+# update), or remove an unfinished copy, so main.py never runs half of an update (appswap.py); a
+# new/ with ota.json and no .ready is an update being downloaded and stays. Else, while a new app is
+# on trial (app.trial), count its start, or put the previous app back (lib/trial.py, trialboot.py).
+# After an install or a rollback the board resets: what compiling them interned (names, short
+# strings) is never freed, and the node starts a few names short of MicroPython's next string pool
+# (docs/developer.md, "Heap"). For the same reason this file and main.py stay small.
 
 
 def _swap():
     import os
-    try:
+    w = []
+    for p in ("app.swap", "new/.ready", "new/ota.json", "new", "app.trial"):
         try:
-            os.stat("new")
+            os.stat(p)
+            w.append(p)
         except OSError:
-            os.stat("app.swap")
-    except OSError:
+            pass
+    try:
+        if "app.swap" in w or "new/.ready" in w or "new" in w and "new/ota.json" not in w:
+            import appswap
+            appswap.finish()
+        elif "app.trial" not in w:
+            return
+        else:
+            import trial
+            if trial.start():   # counted: the node starts on trial
+                return
+    except Exception as e:   # cut short: the node runs what is there, the next start goes on
+        print("boot: %r" % (e,))
         return
-    try:
-        import appswap
-        appswap.finish()
-    except Exception as e:
-        print("boot: appswap: %r" % (e,))
-    try:
-        import sys
-        del sys.modules["appswap"]   # its code is heap the node needs
-    except Exception:
-        pass
+    import machine
+    machine.reset()
 
 
 _swap()

@@ -408,7 +408,7 @@ def cmd_release_build(args: argparse.Namespace) -> int:
     from meetkit_tools import release
 
     try:
-        m = release.build(args.key, args.out, args.board)
+        m = release.build(args.key, args.out, args.board, arch=args.arch)
     except release.ReleaseToolError as e:
         print(f"meetkit release build: {e}", file=sys.stderr)
         return 1
@@ -445,6 +445,9 @@ def add_release_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, required=True, help="the release's folder (new), e.g. releases/0.3.0")
     b.add_argument("--board", action="append", default=[], metavar="B",
                    help="a board the release is for (repeat; default: every board in boards/)")
+    b.add_argument("--arch", default="xtensawin", choices=["xtensawin", "x64"],
+                   help="the .mpy architecture: xtensawin (every ESP32 board; the default) or x64 (the "
+                   "simulator's MicroPython, for simulated nodes)")
     b.set_defaults(func=cmd_release_build)
     v = rel.add_parser("verify", help="check a release's signature and files as the gateway does")
     v.add_argument("dir", type=Path)

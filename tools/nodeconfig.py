@@ -117,10 +117,14 @@ def settable() -> list[str]:
     return sorted(k for k in firmware_config().DEFAULTS if k != "interval_s")
 
 
-def build(node_id: str, interval_s: int, wifi: tuple[str, str] | None, broker: dict[str, Any] | None,
-          extra: dict[str, Any]) -> dict[str, Any]:
+def build(node_id: str, interval_s: int, wifi: tuple[str, str] | list[dict[str, Any]] | None,
+          broker: dict[str, Any] | list[dict[str, Any]] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """config.json: `wifi` one network (ssid, password) or the list the board had (the firmware takes
+    one object or a list of them, for Wi-Fi and brokers alike)."""
     cfg: dict[str, Any] = {"node_id": node_id, "interval_s": interval_s}
-    if wifi:
+    if isinstance(wifi, list):
+        cfg["wifi"] = wifi
+    elif wifi:
         cfg["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
     if broker:
         cfg["broker"] = broker

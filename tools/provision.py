@@ -169,12 +169,16 @@ def make_config(o: Options, board: dict[str, Any], info: BoardInfo | None,
     elif old and isinstance(old.get("wifi"), dict):
         wifi = (old["wifi"].get("ssid"), old["wifi"].get("password", ""))
         say("wifi", f"kept from the board: {wifi[0]}")
+    elif old and isinstance(old.get("wifi"), list) and old["wifi"]:   # networks the gateway set: kept as they are
+        wifi = old["wifi"]
+        say("wifi", "kept from the board: " + ", ".join(str(w.get("ssid")) for w in wifi if isinstance(w, dict)))
     elif not wired(board) and not precheck:
         raise InputError("--wifi SSID: required for a Wi-Fi board (the node would measure but never send)")
     brk, ca = broker_section(o, say, precheck)
-    if brk is None and old and isinstance(old.get("broker"), dict):
+    if brk is None and old and isinstance(old.get("broker"), (dict, list)) and old["broker"]:
         brk = old["broker"]
-        say("broker", f"kept from the board: {brk.get('host')}")
+        say("broker", "kept from the board: " + ", ".join(
+            str(b.get("host")) for b in (brk if isinstance(brk, list) else [brk]) if isinstance(b, dict)))
     if brk is None and not precheck:
         raise InputError("--broker HOST[:PORT]: required (where the node sends its data)")
     # An update keeps what this node had (its interval, calibration, topic prefix...) unless given anew.
@@ -193,7 +197,8 @@ def make_config(o: Options, board: dict[str, Any], info: BoardInfo | None,
                          broker_optional=precheck and brk is None)
     except nodeconfig.ConfigError as e:
         raise InputError("the node would refuse this config: " + "; ".join(e.problems)) from None
-    if ca is None and brk and brk.get("tls") and info and "ca.der" in info.files:
+    if ca is None and any(isinstance(b, dict) and b.get("tls") for b in (brk if isinstance(brk, list) else [brk])) \
+            and info and "ca.der" in info.files:
         say("tls", "the board's ca.der is kept")
     return cfg, ca
 

@@ -2,7 +2,7 @@
 
     meetkit release keygen --out DIR           DIR/release.key (Ed25519, 0600: keep it off the gateway)
                                                and DIR/release.pub (the gateway's [ota] release_keys)
-    meetkit release build --key release.key --out DIR [--board B ...]
+    meetkit release build --key release.key --out DIR [--board B ...] [--arch x64]
     meetkit release verify DIR --pub release.pub
 
 `build` compiles the app with the builder `meetkit provision` uses (tools/appbuild.py, .mpy for
@@ -38,6 +38,7 @@ from meetkit_tools.paths import BOARDS, FIRMWARE
 KEY = "release.key"
 PUB = "release.pub"
 ARCH = "xtensawin"  # ESP32 and ESP32-S3 (appbuild.ARCHS; `sys.implementation._mpy >> 10` == 10)
+SIM_ARCH = "x64"  # the simulator's MicroPython (unix port on x86-64): releases for simulated nodes
 MCUS = ("esp32", "esp32s3")  # the chips whose MicroPython loads xtensawin .mpy
 
 
@@ -122,20 +123,22 @@ def newest_beside(out: Path) -> tuple[str, Path] | None:
     return best
 
 
-def _boards(names: list[str]) -> list[str]:
+def _boards(names: list[str], arch: str = ARCH) -> list[str]:
     known = sorted(p.stem for p in BOARDS.glob("*.json") if not p.stem.endswith(".schema"))
     chosen = list(dict.fromkeys(names)) or known
     for name in chosen:
         if name not in known:
             raise ReleaseToolError(f"--board {name}: unknown board (known: {', '.join(known)})")
         mcu = json.loads((BOARDS / f"{name}.json").read_text()).get("mcu")
-        if mcu not in MCUS:
+        if arch == ARCH and mcu not in MCUS:
             raise ReleaseToolError(f"--board {name}: an {mcu}, whose MicroPython does not load {ARCH} .mpy")
     return chosen
 
 
-def build(key_path: Path, out: Path, boards: list[str] | None = None, firmware: Path = FIRMWARE) -> dict[str, Any]:
-    """Build, sign and check the release of `firmware` into `out` (which must not exist); its manifest."""
+def build(key_path: Path, out: Path, boards: list[str] | None = None, firmware: Path = FIRMWARE,
+          arch: str = ARCH) -> dict[str, Any]:
+    """Build, sign and check the release of `firmware` into `out` (which must not exist); its manifest.
+    `arch`: the .mpy architecture (SIM_ARCH: the simulator's MicroPython, for tests and demos)."""
     out = Path(out).absolute()
     key = load_private_key(key_path)
     if out.exists():
@@ -146,13 +149,15 @@ def build(key_path: Path, out: Path, boards: list[str] | None = None, firmware: 
     if newest is not None and version_key(version) <= version_key(newest[0]):
         raise ReleaseToolError(f"version {version} (FW_VERSION in {firmware / 'lib' / 'config.py'}) is not above the "
                                f"newest release beside it, {newest[0]} in {newest[1]}: versions only go up")
-    chosen = _boards(boards or [])
+    if arch not in (ARCH, SIM_ARCH):
+        raise ReleaseToolError(f"--arch {arch}: one of {ARCH} (the boards), {SIM_ARCH} (the simulator)")
+    chosen = _boards(boards or [], arch)
     try:
         mpy = appbuild.mpy_cross_version()
         micropython = micropython_version()
     except appbuild.BuildError as e:
         raise ReleaseToolError(str(e)) from None
-    target = appbuild.Target(mpy[0], mpy[1], ARCH)
+    target = appbuild.Target(mpy[0], mpy[1], arch)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
         try:
@@ -164,7 +169,7 @@ def build(key_path: Path, out: Path, boards: list[str] | None = None, firmware: 
             if p.is_file():
                 files.append({"path": p.relative_to(tmp / FILES).as_posix(), "size": p.stat().st_size,
                               "sha256": appbuild.sha256(p)})
-        manifest = {"v": releases.FORMAT, "version": version, "mpy": f"{mpy[0]}.{mpy[1]}", "arch": ARCH,
+        manifest = {"v": releases.FORMAT, "version": version, "mpy": f"{mpy[0]}.{mpy[1]}", "arch": arch,
                     "micropython": micropython, "boards": chosen, "files": files,
                     "bytes": sum(f["size"] for f in files)}
         blob = json.dumps(manifest, separators=(",", ":")).encode()

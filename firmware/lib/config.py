@@ -18,6 +18,7 @@ DEFAULTS = {
     "noise_offset_db": 0.0,
     "rh_high_pct": 85,
     "spool_kb": 1700,   # about 10,500 records of 165 bytes (PM, climate, noise): 7.3 days at 1 minute
+    "trial_s": 900,     # a new app not proved within this (a batch acknowledged, its self-test) is rolled back
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
@@ -80,10 +81,19 @@ def load_board(path, problems, chip=None):
 def load_node(path, problems, chip_id, wifi=True):
     """Return the node config with defaults filled in; never raises. `wifi`: the board's network
     is Wi-Fi (an Ethernet board needs no wifi section)."""
-    raw = _read_json(path, problems)
+    return check_node(_read_json(path, problems), problems, chip_id, wifi)
+
+
+def check_node(raw, problems, chip_id, wifi=True):
+    """config.json's content (a dict) checked by the node's rules: the config with defaults filled
+    in, each problem named by its key ("config.<key>...: why"; cfgapply.py refuses a remote
+    setting by it). Wi-Fi networks and brokers may each be one object or a list of them: the
+    first usable one is cfg["wifi"] / cfg["broker"] (today's uplink), all are in "wifis" /
+    "brokers" (a later failover's)."""
     if not isinstance(raw, dict):
         raw = {}
     cfg = dict(DEFAULTS)
+    cfg["config_version"] = 0   # the remote configuration's version it runs (0: never set remotely)
     node_id = raw.get("node_id")
     if _valid_id(node_id):
         cfg["node_id"] = node_id
@@ -91,13 +101,14 @@ def load_node(path, problems, chip_id, wifi=True):
         cfg["node_id"] = "esp32-" + chip_id
         problems.append("node_id: %r is not 1-32 of a-z, 0-9, '-'; using %s" % (node_id, cfg["node_id"]))
     for key, lo, hi in (("interval_s", 10, 3600), ("climate_every_s", 1, 600), ("ntp_every_s", 60, 86400),
-                        ("rh_high_pct", 50, 100), ("spool_kb", 32, 16384)):
+                        ("rh_high_pct", 50, 100), ("spool_kb", 32, 16384), ("trial_s", 120, 86400),
+                        ("config_version", 0, 0x3FFFFFFF)):
         if key in raw:
             v = _int(raw, key, lo, hi, problems, "config")
             if v is not None:
                 cfg[key] = v
     off = raw.get("noise_offset_db", 0.0)
-    if isinstance(off, (int, float)) and -20 <= off <= 20:
+    if isinstance(off, (int, float)) and not isinstance(off, bool) and -20 <= off <= 20:
         cfg["noise_offset_db"] = float(off)
     else:
         problems.append("config.noise_offset_db: %r is not a number from -20 to 20" % (off,))
@@ -107,43 +118,77 @@ def load_node(path, problems, chip_id, wifi=True):
                 cfg[key] = raw[key]
             else:
                 problems.append("config.%s: must be a non-empty string" % key)
-    w = raw.get("wifi")
-    if isinstance(w, dict) and isinstance(w.get("ssid"), str) and w["ssid"]:
-        cfg["wifi"] = {"ssid": w["ssid"], "password": w.get("password") or ""}
-    else:
-        cfg["wifi"] = None
-        if wifi:
-            problems.append("config.wifi.ssid: missing; measuring without an uplink")
-    broker = raw.get("broker")
-    if isinstance(broker, dict) and isinstance(broker.get("host"), str) and broker["host"]:
-        cfg["broker"] = _broker(broker, problems)
-    else:
-        cfg["broker"] = None
+    cfg["wifis"] = _each(raw, "wifi", _wifi, problems)
+    cfg["wifi"] = cfg["wifis"][0] if cfg["wifis"] else None
+    if cfg["wifi"] is None and wifi and "wifi" not in raw:
+        problems.append("config.wifi.ssid: missing; measuring without an uplink")
+    cfg["brokers"] = _each(raw, "broker", _broker, problems)
+    cfg["broker"] = cfg["brokers"][0] if cfg["brokers"] else None
+    if "broker" not in raw:
         problems.append("config.broker.host: missing; measuring without an uplink")
     return cfg
 
 
-def _broker(broker, problems):
-    """The broker section, or None (no uplink) where guessing could send the password in clear.
-    Messages name the keys, never a password's value."""
+def _each(raw, key, check, problems):
+    """The usable entries of config[key]: one object, or a non-empty list of them. An entry that
+    fails is named ("config.wifi[1].ssid: ...") and left out; none left: no uplink."""
+    if key not in raw:
+        return []
+    v = raw[key]
+    one = isinstance(v, dict)
+    if one:
+        v = [v]
+    elif not isinstance(v, list) or not v:
+        problems.append("config.%s: not an object or a non-empty list of them; measuring without an uplink" % key)
+        return []
+    out = []
+    for i in range(len(v)):
+        where = "config.%s" % key if one else "config.%s[%d]" % (key, i)
+        e = check(v[i], problems, where) if isinstance(v[i], dict) else \
+            problems.append("%s: not an object; measuring without an uplink" % where)
+        if e is not None:
+            out.append(e)
+    if not out and not one:
+        problems.append("config.%s: no usable entry; measuring without an uplink" % key)
+    return out
+
+
+def _wifi(w, problems, where):
+    """A network {"ssid", "password"}, or None. Never the password's value in a message."""
+    if not isinstance(w.get("ssid"), str) or not w["ssid"]:
+        problems.append("%s.ssid: missing; measuring without an uplink" % where)
+        return None
+    pw = w.get("password") or ""
+    if not isinstance(pw, str):
+        problems.append("%s.password: must be a string; measuring without an uplink" % where)
+        return None
+    return {"ssid": w["ssid"], "password": pw}
+
+
+def _broker(broker, problems, where):
+    """A broker, or None (no uplink) where guessing could send the password in clear. Messages
+    name the keys, never a password's value."""
+    if not isinstance(broker.get("host"), str) or not broker["host"]:
+        problems.append("%s.host: missing; measuring without an uplink" % where)
+        return None
     tls = broker.get("tls", False)
     if tls is not True and tls is not False:
-        problems.append("config.broker.tls: %r is not true or false; measuring without an uplink" % (tls,))
+        problems.append("%s.tls: %r is not true or false; measuring without an uplink" % (where, tls))
         return None
     b = {"host": broker["host"], "port": 8883 if tls else 1883, "user": broker.get("user"),
          "password": broker.get("password"), "keepalive": 60, "tls": tls, "ca": broker.get("ca", "ca.der")}
     for key in ("user", "password", "ca"):
         if b[key] is not None and (not isinstance(b[key], str) or not b[key]):
-            problems.append("config.broker.%s: must be a non-empty string; measuring without an uplink" % key)
+            problems.append("%s.%s: must be a non-empty string; measuring without an uplink" % (where, key))
             return None
     if b["password"] is not None and b["user"] is None:
-        problems.append("config.broker.password: set, but broker.user is not; measuring without an uplink")
+        problems.append("%s.password: set, but %s.user is not; measuring without an uplink" % (where, where[7:]))
         return None
     if b["user"] is not None and b["password"] is None:  # umqtt would fail on it at every connect
-        problems.append("config.broker.password: missing, but broker.user is set; measuring without an uplink")
+        problems.append("%s.password: missing, but %s.user is set; measuring without an uplink" % (where, where[7:]))
         return None
     if "port" in broker:
-        p = _int(broker, "port", 1, 65535, problems, "config.broker")
+        p = _int(broker, "port", 1, 65535, problems, where)
         if p is not None:
             b["port"] = p
     return b

@@ -10,7 +10,7 @@ import time
 
 _T0 = time.ticks_ms()
 CHECK_GAP_MS = 60000
-_checks = {}    # item -> [printed ok, printed at (ticks), latest ok, its detail while not printed]
+_checks = {}    # item -> [printed ok, printed at (ticks), latest ok, its detail, the change waits to be printed]
 pending = 0     # items whose change waits for its minute
 failing = 0     # items whose latest result is a fail (the status LED shows it)
 
@@ -41,7 +41,7 @@ def check(item, ok, detail):
     now = time.ticks_ms()
     c = _checks.get(item)
     if c is None:
-        _checks[item] = [ok, now, ok, None]
+        _checks[item] = [ok, now, ok, detail, False]
         if not ok:
             failing += 1
         _print(item, ok, detail)
@@ -49,20 +49,20 @@ def check(item, ok, detail):
     if ok != c[2]:
         failing += -1 if ok else 1
         c[2] = ok
+    c[3] = detail   # the latest, for checks()
     if ok == c[0]:   # as printed: nothing to say (a change that came back within the minute)
-        if c[3] is not None:
-            c[3] = None
+        if c[4]:
+            c[4] = False
             pending -= 1
         return
     if time.ticks_diff(now, c[1]) >= CHECK_GAP_MS:
-        if c[3] is not None:
+        if c[4]:
             pending -= 1
-        c[0], c[1], c[3] = ok, now, None
+        c[0], c[1], c[4] = ok, now, False
         _print(item, ok, detail)
-    else:
-        if c[3] is None:
-            pending += 1
-        c[3] = detail
+    elif not c[4]:
+        c[4] = True
+        pending += 1
 
 
 def flush():
@@ -71,9 +71,9 @@ def flush():
     now = time.ticks_ms()
     for item in _checks:
         c = _checks[item]
-        if c[3] is not None and time.ticks_diff(now, c[1]) >= CHECK_GAP_MS:
+        if c[4] and time.ticks_diff(now, c[1]) >= CHECK_GAP_MS:
             _print(item, c[2], c[3])
-            c[0], c[1], c[3] = c[2], now, None
+            c[0], c[1], c[4] = c[2], now, False
             pending -= 1
 
 
@@ -81,3 +81,13 @@ def result(item):
     """The item's latest result: True, False, or None while not known."""
     c = _checks.get(item)
     return None if c is None else c[2]
+
+
+def checks():
+    """The checklist as it stands: {item: ["pass" or "fail", detail]} (the `selftest` command); a
+    check without a detail has "" (the gateway takes a string, never null: docs/payload.md)."""
+    out = {}
+    for item in _checks:
+        c = _checks[item]
+        out[item] = ["pass" if c[2] else "fail", c[3] or ""]
+    return out

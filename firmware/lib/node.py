@@ -6,6 +6,11 @@
 # What survives what (docs/reliability.md): a record is on flash (spool.py) before anything tries
 # to send it and leaves the spool's unacknowledged part only when the gateway says it committed
 # it. What goes out when, and what an acknowledgement does: outbox.py. Here: the batch's JSON.
+#
+# Running the fleet (docs/payload.md): the gateway's configuration, release offers and commands
+# wait in `inbox` for the loop, which hands one at a time to mgmt.py (loaded for it, dropped after);
+# an accepted release is fetched by ota.py, a step per pass; after an update, a rollback or a crash
+# aftercare.py does what the start owes the gateway. None of them is loaded at a plain start.
 import gc
 gc.collect()  # first, while the heap is still in one piece, the large buffers, in one block: once the
 _BATCH_BYTES = const(1800)  # modules are compiled, the heap is fragmented and may not have 5 KB in one piece
@@ -74,7 +79,11 @@ class Node:
             sensors["climate"] = "bme280"
         if self.noise:
             sensors["mic"] = board["mic"]["type"]
-        meta = {"fw": fw, "boot": boot}
+        import os
+        root = os.listdir()
+        self.mode = "trial" if "app.trial" in root else "normal"
+        self.board = board["board"]
+        meta = {"fw": fw, "boot": boot, "mode": self.mode, "cfg": cfg["config_version"]}
         # The envelope is the same for every batch of this boot: built once, kept on flash with the
         # boot's records so that a backlog from before a firmware update goes out with its own.
         self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,' % (
@@ -94,7 +103,17 @@ class Node:
         self.spool_errors = 0
         self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
         self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now)
-        self.uplink = Uplink(cfg, meta, board.get("net"), self.outbox.take_ack)
+        self.uplink = Uplink(cfg, meta, board.get("net"), self._msg)
+        self.inbox = []   # (kind, msg) from the gateway, for the loop (mgmt.py)
+        # restart_why: restart once the interval being measured is spooled; ota: the release being
+        # fetched (ota.py); after: what this start owes the gateway (aftercare.py)
+        self.restart_why = self.ota = self.after = None
+        self.dropped_msgs = 0   # the gateway's messages that came while two waited (mgmt.py says so)
+        for p in ("new", "app.trial", "app.rollback", "crash.txt", "crash.count"):
+            if p in root:   # a download to go on with, an update, a rollback or a crash to see to
+                import aftercare
+                aftercare.start(self)
+                break
         self.seq = 0
         self.up_s = 0
         self._sec_mark = now
@@ -173,6 +192,10 @@ class Node:
             return
         console.info("record %d: %s" % (self.seq - 1, recline.to_json(line, self.keys, None)))
         self.outbox.add(pos, pos + len(line) + 1, self.seq - 1, line)
+        if self.restart_why:   # the interval is on flash: nothing is lost by the restart
+            self.spool.save(now, True)
+            console.info("restarting: %s" % self.restart_why)
+            machine.reset()
 
     # -- sending: the outbox chooses the records, this makes them a batch -----------------------------
     def _publish(self, boot, lines, now):
@@ -218,14 +241,24 @@ class Node:
             self.up_s += 1
             if console.pending:
                 console.flush()
+            if self.after:
+                self.after.step(self, self.outbox.acked)
         if self.pm:
             self.pm.poll(now)
         if self.climate:
             self.climate.poll(now)
-        if time.ticks_diff(now, self.iv_deadline) >= 0:
+        closed = time.ticks_diff(now, self.iv_deadline) >= 0
+        if closed:
             self._close_interval(now)
         outbox = self.outbox
-        if self.uplink.service(now, self.up_s, outbox.waited(now) >= 0):
+        ota = self.ota
+        up = self.uplink.service(now, self.up_s, ota is not None and ota.waiting())
+        if ota and not closed:   # one flash write per pass: a record's or a piece's
+            ota.step(now, up)
+        if self.inbox or up and self.uplink.events:
+            import mgmt   # dropped again by itself
+            mgmt.handle(self)
+        if up:
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
             outbox.send(now, self.uplink.connects, self.anchor is not None, self._extra)
@@ -237,6 +270,19 @@ class Node:
         if self.led:
             self.led.update(now, console.failing, outbox.acked and self.uplink.client is not None
                             and outbox.waited(now) < _ACK_LATE_MS)
+
+    # -- the gateway's messages (docs/payload.md, "Running the fleet") ------------------------------
+    def _msg(self, topic, msg):
+        """umqtt's callback, maybe in the middle of a publish: only keep the message."""
+        if topic.endswith(b"/ack"):
+            self.outbox.take_ack(topic, msg)
+        elif topic.endswith(b"/chunk"):
+            if self.ota:
+                self.ota.take(msg)
+        elif len(self.inbox) < 2:   # an offer is 4 KB: more would be a heap the node needs
+            self.inbox.append((topic, msg))
+        else:
+            self.dropped_msgs += 1
 
     def _synced(self, now):
         self._set_anchor(now)

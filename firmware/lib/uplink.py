@@ -3,8 +3,12 @@
 # broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
 # the connection, to be tried again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
-# node is away they are lost, and it sends those records again); each goes to `on_ack` as it comes,
-# which may be in the middle of a publish (umqtt reads what arrives while it waits for a PUBACK).
+# node is away they are lost, and it sends those records again); its configuration, release offers
+# and their pieces, and commands on config, ota, ota/chunk and cmd (docs/payload.md, "Running the
+# fleet"). Each message goes to `on_msg(topic, msg)` as it comes, which may be in the middle of a
+# publish (umqtt reads what arrives while it waits for a PUBACK): the node only keeps it there.
+# What the node says on <prefix>/<node>/event waits in `events` while the broker is away (mgmt.py
+# publishes them: its code is loaded only for the fleet's messages).
 # With broker.tls the connection is TLS, the broker's certificate checked against the lab CA
 # (ca.der on the flash) and the host name: no CA, no uplink, never a fallback to plaintext.
 import time
@@ -16,7 +20,8 @@ from umqtt.simple import MQTTClient, MQTTException
 _WIFI_RETRY_MS = 20000
 _BACKOFF_MIN_MS = 1000
 _BACKOFF_MAX_MS = 60000
-_POLL_MS = 1000         # how often to look for acknowledgements while some are awaited
+_POLL_MS = 1000         # how often to look for messages (every pass of the loop in a hurry)
+_TOPICS = ("ack", "config", "ota", "ota/chunk", "cmd")   # an older broker ACL may refuse all but ack
 NET_TIMEOUT_MS = 30000  # the self-test's network item fails after this long without a link
 # CONNACK return codes (MQTT 3.1.1): what a technician can act on
 _REFUSED = {1: "protocol version", 2: "client id rejected", 3: "broker unavailable",
@@ -33,20 +38,21 @@ _WIFI = {201: "no access point of this name in range: check wifi.ssid in config.
 
 
 class Uplink:
-    def __init__(self, cfg, meta, net, on_ack):
+    def __init__(self, cfg, meta, net, on_msg):
         """net: board.json's net section as config.load_board passed it (None: unusable);
-        on_ack(topic, msg): takes each acknowledgement message (bytes) from the gateway (umqtt's
-        callback: the acknowledgements are the only topic subscribed to)."""
+        on_msg(topic, msg): takes each message (bytes) from the gateway; meta: fw, boot, mode
+        ("normal", "trial", "safe") and cfg (the configuration's version), for the status."""
         self.wifi = cfg["wifi"]
         self.broker = cfg["broker"]
         self.lan = net is not None and net["type"] == "lan"
         self.node_id = cfg["node_id"]
         prefix = cfg["topic_prefix"]
-        self.topic_up = "%s/%s/up" % (prefix, self.node_id)
-        self.topic_status = "%s/%s/status" % (prefix, self.node_id)
-        self.topic_ack = "%s/%s/ack" % (prefix, self.node_id)
-        self._on_ack = on_ack
-        self.meta = meta  # fw, boot: repeated in the status message
+        self.base = "%s/%s/" % (prefix, self.node_id)
+        self.topic_up = self.base + "up"
+        self.topic_status = self.base + "status"
+        self._on_msg = on_msg
+        self.events = []   # JSON texts for <prefix>/<node>/event (mgmt.py sends them)
+        self.meta = meta  # fw, boot, mode, cfg: repeated in the status message
         self.client = None
         self.enabled = net is not None and (self.lan or self.wifi is not None) and self.broker is not None
         if net is None:
@@ -87,8 +93,10 @@ class Uplink:
     def network_up(self):
         return self.enabled and self.iface.isconnected()
 
-    def service(self, now, up_s, want_acks=False):
-        """Move the connection along; call often. Returns True while the broker is connected."""
+    def service(self, now, up_s, hurry=False):
+        """Move the connection along; call often. Returns True while the broker is connected.
+        Messages are looked for once a second, on every call when `hurry` (a piece of a release
+        is awaited)."""
         if not self.enabled:
             return False
         if not self.iface.isconnected():
@@ -131,13 +139,14 @@ class Uplink:
                 self.client.ping()
                 self.client.check_msg()
                 self._last_tx = now
-            except (OSError, IndexError) as e:
+            except (OSError, IndexError, MemoryError) as e:
                 self._fail(now, "ping", e)
-        elif want_acks and time.ticks_diff(now, self._last_poll) >= _POLL_MS:
+        elif hurry or time.ticks_diff(now, self._last_poll) >= _POLL_MS:
             self._last_poll = now
             try:
                 self.client.check_msg()
-            except (OSError, IndexError) as e:
+            except (OSError, IndexError, MemoryError) as e:
+                # MemoryError: a message too big for the heap as it is; it is lost (clean session)
                 self._fail(now, "receive", e)
         return self.client is not None
 
@@ -162,14 +171,15 @@ class Uplink:
                        password=b["password"], keepalive=b["keepalive"], ssl=self.ssl)
         c.set_last_will(self.topic_status, '{"v":1,"node":"%s","online":false}' % self.node_id,
                         retain=True, qos=1)
-        c.set_callback(self._on_ack)
+        c.set_callback(self._on_msg)
         try:
             c.connect()
-            c.subscribe(self.topic_ack, qos=1)
+            for t in _TOPICS:
+                self._subscribe(c, t)
             self.client = c
             self._last_tx = now
             self._status(up_s)
-        except (OSError, IndexError, ValueError, AssertionError, MQTTException) as e:
+        except (OSError, IndexError, ValueError, AssertionError, MQTTException, MemoryError) as e:
             # IndexError: a closed socket; ValueError: the TLS layer refused the certificate;
             # AssertionError: no CONNACK (a TLS port without broker.tls?); MQTTException: refused
             try:
@@ -186,10 +196,19 @@ class Uplink:
         console.check("broker", True, "%s:%d (%s) as %s" % (b["host"], b["port"], "tls" if self.ssl else "plain",
                                                            b["user"] or "anonymous"))
 
+    def _subscribe(self, c, t):
+        try:
+            c.subscribe(self.base + t, qos=1)
+        except MQTTException:   # refused (0x80): the broker's ACL predates remote management
+            if t == "ack":
+                raise
+            console.warn("mqtt: the broker refused %s%s: no remote management (update its ACL)" % (self.base, t))
+
     def _status(self, up_s):
         rssi = self.rssi()
-        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s}' % (
-            self.node_id, self.meta["boot"], self.meta["fw"], up_s, "null" if rssi is None else rssi)
+        m = self.meta
+        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s,"mode":"%s","cfg":%d}' % (
+            self.node_id, m["boot"], m["fw"], up_s, "null" if rssi is None else rssi, m["mode"], m["cfg"])
         self.client.publish(self.topic_status, msg, retain=True, qos=1)
 
     def publish(self, payload, now):
@@ -198,7 +217,7 @@ class Uplink:
             return False
         try:
             self.client.publish(self.topic_up, payload, qos=1)
-        except (OSError, IndexError) as e:
+        except (OSError, IndexError, MemoryError) as e:   # MemoryError: a message read half (umqtt)
             self._fail(now, "publish", e)
             return False
         self._last_tx = now

@@ -67,6 +67,26 @@ def test_the_firmware_rules_check_the_config() -> None:
     assert e.value.problems == ["config.broker.password: missing, but broker.user is set; measuring without an uplink"]
 
 
+def test_lists_of_networks_and_brokers_pass_the_firmware_rules_and_old_files_still_do() -> None:
+    """config.json's wifi and broker: one object (every config.json so far) or a list of them (the
+    gateway sets one remotely): the firmware's own rules, under CPython, take both and name a bad
+    entry by its place."""
+    nets = [{"ssid": "lab", "password": "pw"}, {"ssid": "lab-2", "password": "pw2"}]
+    brokers = [{"host": "10.0.0.2"}, {"host": "10.0.0.3", "port": 1884}]
+    nodeconfig.check(nodeconfig.build("ams-001", 60, ("lab", "pw"), {"host": "10.0.0.2"}, {}))
+    nodeconfig.check(nodeconfig.build("ams-001", 60, nets, brokers, {"config_version": 4, "trial_s": 600}))
+    with pytest.raises(nodeconfig.ConfigError) as e:
+        nodeconfig.check(nodeconfig.build("ams-001", 60, nets + [{"password": "x"}], brokers + [{"host": ""}], {}))
+    assert e.value.problems == ["config.wifi[2].ssid: missing; measuring without an uplink",
+                                "config.broker[2].host: missing; measuring without an uplink"]
+    with pytest.raises(nodeconfig.ConfigError) as e:
+        nodeconfig.check({"node_id": "ams-001", "wifi": [], "broker": []})
+    assert e.value.problems == [
+        "config.wifi: not an object or a non-empty list of them; measuring without an uplink",
+        "config.broker: not an object or a non-empty list of them; measuring without an uplink"]
+    assert "trial_s" in nodeconfig.settable()
+
+
 def test_app_is_built_for_the_boards_cpu(tmp_path: Path) -> None:
     target = appbuild.Target.from_sys_mpy(6 | 3 << 8 | 10 << 10)
     assert target == appbuild.Target(6, 3, "xtensawin")

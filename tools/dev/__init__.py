@@ -3,6 +3,8 @@ imports the other. Nothing the gateway or the technician's CLI runs imports it; 
 the `dev` extra (numpy, scipy, micropython).
 
 - `micropython`: run code under the real MicroPython unix port (`run_mpy`), the firmware's paths
+- `fleetsim`: the gateway's side of running the fleet for the firmware's tests: signed envelopes,
+  releases built from firmware/, a stand-in gateway that offers them and serves their pieces
 - `noise_ref`: references of the noise pipeline: test signals, float64 designs, a 32-bit twin
 - `noise_kernel`: the noise kernel under micropython, in C (`noise_c/`) and on the Xtensa model
 - `mpyfile`: .mpy files from mpy-cross, read back to each function's machine code

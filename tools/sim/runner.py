@@ -32,9 +32,11 @@ POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots 
 # The simulator's own modules share MicroPython's heap with the firmware. The process gets the
 # firmware's budget plus this reserve, and simboot fills what the simulator does not use with
 # ballast, so the firmware starts with exactly its budget free (see docs/simulator.md). The
-# simulator takes about 62 KB, littlefs and its block device included; with an Ethernet PHY
-# (simlan.py) up to 78 KB (its new names open a new block of MicroPython's interned strings).
-SIM_HEAP_RESERVE = 84 * 1024
+# simulator takes about 74 KB, littlefs and its block device included; with an Ethernet PHY
+# (simlan.py) up to 79 KB (its new names open a new block of MicroPython's interned strings); and
+# about 18 KB more for the pool of interned strings it opens for the firmware's names
+# (simboot.py's _qstr_room: the board's firmware never pays for pools that size).
+SIM_HEAP_RESERVE = 112 * 1024
 # The simulator's process starts in the node's folder (`-m simboot sim.json`) and reaches its modules
 # and the frozen libraries through two links there, by these relative names. MicroPython interns
 # every MICROPYPATH entry, the script's folder and every module's file name as a qstr that lives in
@@ -158,6 +160,7 @@ class SimNode:
         self.sim_json = self.dir / SIM_JSON
         self.state_file = self.dir / "state.json"
         self.console = self.dir / "console.log"
+        self.switch = self.dir / "power.switch"  # "1": on; cut_power() writes "0"
         self.boots = 0
         self.power_cuts_done = 0
         self.exit_code: int | None = None
@@ -216,7 +219,9 @@ class SimNode:
                "flash_writes": writes, "flash_erases": flash.get("flash_erases", 0),
                "flash_bytes": flash.get("flash_bytes", 0), "power_cut_at": cut,
                "flash_timing": s.flash_timing, "mcu": s.mcu or board["mcu"],
-               "wifi": {"ssid": s.wifi_ap[0], "password": s.wifi_ap[1]}}
+               "wifi": {"ssid": s.wifi_ap[0], "password": s.wifi_ap[1]},
+               "power_switch": str(self.switch.resolve())}
+        self.switch.write_text("1")
         if nvs is not None:
             sim["nvs"] = nvs
         if rtc_memory is not None:  # survives a reset or deep sleep, not a power cut
@@ -256,6 +261,12 @@ class SimNode:
         self._stop.clear()
         self.exit_code = None
         return self.start()
+
+    def cut_power(self) -> None:
+        """Cut the power now, wherever the firmware is (within a simulated second): no write is torn
+        (NodeSpec.power_cuts tears one), what was not on flash is lost, and the node powers on again
+        POWER_OFF_MS later as after any power cut (counted in power_cuts_done)."""
+        self.switch.write_text("0")
 
     def _supervise(self) -> None:
         with self.console.open("ab") as log:

@@ -40,6 +40,8 @@ _cut = False            # the power was cut (simflash): the process ends at the 
 ballast = None          # heap held back from the firmware (sim.json heap_budget)
 _held = 0               # its size
 _gc_next = 0            # next sample of the live heap (us)
+_switch = None          # the power switch: a host file opened before the mount (sim.json power_switch)
+_swbuf = bytearray(1)
 
 
 # -- the clock -----------------------------------------------------------------------------------
@@ -82,6 +84,13 @@ def _event():
         # once per simulated second: the live heap (firmware and simulator) after a collection
         _gc_next = now + 1000000
         heap_sample()
+        if _switch is not None:   # the test turned the power off (SimNode.cut_power())
+            _switch.seek(0)
+            if _switch.readinto(_swbuf) and _swbuf[0] == 48:   # "0"
+                if flash is not None:
+                    flash.live = False
+                power_cut()
+                finish("power_cut", 4)
     if speed:
         ahead = int((now - _p0) / speed) - (utime.time_ns() // 1000 - _r0)
         if ahead > 1000:

@@ -29,6 +29,8 @@ def setup(path):
     sim = _load(path)
     # Opened before the flash is mounted at '/': written once, at exit.
     c._state = open(sim["state_file"], "w")
+    if sim.get("power_switch"):   # read once a simulated second: "0" cuts the power (runner.py)
+        c._switch = open(sim["power_switch"], "rb")
     c.now = c.boot = int(sim.get("t_ms") or 0) * 1000
     u = sim.get("until_ms")
     c.until = None if u is None else int(u) * 1000

@@ -1,0 +1,125 @@
+# What a start owes the gateway after an update, a rollback or a crash: loaded at start only when
+# one of these files is on the flash (node.py and safemode.py look), dropped when done. The files
+# and their API are the boot side's (lib/trial.py, lib/crash.py).
+#   app.trial     the app runs on trial (boot.py installed it): it proves itself (started, the
+#                 broker reached, a batch acknowledged, every self-test item that passed before the
+#                 update passes now: trial.state()["checks"], written by ota.py) -> trial.prove(),
+#                 event "proved". A sensor's item failing, or no proof within trial_s ->
+#                 trial.fail(why) and a restart once the interval is spooled: boot.py puts the
+#                 previous app back.
+#   app.rollback  boot.py rolled back: event "rolled_back" once connected, then the file goes.
+#   crash.txt     the last crash: event "crash" once connected (crash.report(), then reported()).
+#   crash.count   crashes in a row: counted from zero again (crash.clear()) after 10 minutes of
+#                 running with a batch acknowledged.
+import os
+import console
+import mgmt
+
+_HARD = ("board", "config", "climate", "pm", "mic")   # the node's own: no outage makes them fail
+_CLEAN_S = 600
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def start(host):
+    """At start, when one of the files above or new/ is on the flash: a download to go on with
+    (ota.resume), and host.after for the rest."""
+    if _exists("new/ota.json"):
+        import ota
+        host.ota = ota.resume(host)
+    a = Aftercare(host)
+    if a.trial or a.rollback or a.crash or a.count:
+        host.after = a
+    else:
+        _done(host)
+
+
+def _done(host):
+    host.after = None
+    import sys
+    if "aftercare" in sys.modules:
+        del sys.modules["aftercare"]
+
+
+class Aftercare:
+    def __init__(self, host):
+        fw = host.uplink.meta["fw"]
+        self.trial = host.mode == "trial"
+        self.rollback = _exists("app.rollback")
+        self.crash = _exists("crash.txt")
+        self.count = _exists("crash.count")
+        self.want = []
+        if self.trial:
+            import trial
+            t = trial.state() or {}
+            self.want = t.get("checks") or []
+            console.info("trial: %s must prove itself within %d s: a batch acknowledged%s" % (
+                fw, host.cfg["trial_s"], "; " + ", ".join(self.want) if self.want else ""))
+
+    def step(self, host, acked):
+        """Once a second; drops itself when nothing is left to do."""
+        connected = host.uplink.client is not None
+        if connected and self.rollback:
+            self.rollback = False
+            import trial
+            r = trial.rollback_report() or {}
+            r = {"kind": "ota", "state": "rolled_back", "release": r.get("release"),
+                 "back_to": r.get("back_to"), "reason": r.get("reason")}
+            console.warn("ota: rolled back from %s to %s: %s" % (r["release"], r["back_to"], r["reason"]))
+            mgmt.event(host, r)
+            trial.clear_rollback()
+        if connected and self.crash:
+            self.crash = False
+            import crash
+            r = crash.report()
+            if r:
+                r["kind"] = "crash"
+                mgmt.event(host, r)
+            crash.reported()
+        if self.count and acked and host.up_s >= _CLEAN_S:
+            self.count = False
+            import crash
+            crash.clear()
+        if self.trial:
+            self._trial(host, connected, acked)
+        if not (self.trial or self.rollback or self.crash or self.count):
+            _done(host)
+
+    def _trial(self, host, connected, acked):
+        up = host.uplink
+        fw = up.meta["fw"]
+        r = console.result
+        why = None
+        for k in self.want:
+            if k in _HARD and r(k) is False:
+                why = "self-test: %s: %s" % (k, console.checks()[k][1])
+                break
+        if why is None:
+            if connected and acked and all(r(k) for k in self.want):
+                self.trial = False
+                import trial
+                trial.prove()
+                console.info("trial: %s proved: the previous app is deleted" % fw)
+                host.mode = up.meta["mode"] = "normal"
+                mgmt.status(host)
+                mgmt.event(host, {"kind": "ota", "state": "proved", "release": fw})
+                return
+            if host.up_s < host.cfg["trial_s"]:
+                return
+            missing = [] if acked else ["no batch acknowledged"]
+            c = console.checks()
+            for k in self.want:
+                if not r(k):
+                    missing.append("%s: %s" % (k, c[k][1] if k in c else "no result yet"))
+            why = "not proved within %d s: %s" % (host.cfg["trial_s"], "; ".join(missing))
+        self.trial = False
+        import trial
+        trial.fail(why)
+        console.error("trial: %s failed: %s; the previous app comes back at the restart" % (fw, why))
+        host.restart_why = "trial failed"

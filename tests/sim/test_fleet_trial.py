@@ -1,0 +1,190 @@
+"""A new app on trial, a rollback, crashes and safe mode, from the running node's side (docs/payload.md,
+"Release offer" and "Events"): simulated nodes (firmware/ as .mpy) against a real Mosquitto, the
+real gateway (its acknowledgements are what proves a new app) and the test-side fleet gateway
+(tools/dev/fleetsim.py), which offers releases built from firmware/, some of them broken on purpose.
+The boot side (appswap.py keeping the previous app, boot.py's rollback, main.py's crash handler)
+is lib/trial.py's and lib/crash.py's; here is what a node reports and how it ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from meetkit_tools.dev import fleetsim
+from meetkit_tools.paths import FIRMWARE
+from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+
+HEAP = "128K"   # a release offer's manifest: see tests/sim/test_fleet_node.py
+OLD = fleetsim.fw_version()
+RAISES = {"lib/node.py": lambda s: s.replace("def main():\n", "def main():\n    raise ValueError('broken release')\n")}
+DEAF = {"lib/sample_noise.py": lambda s: s.replace("if leq is None or over * 100 > n:", "if True:  # deaf")}
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)  # waits on: `cond`
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fleetsim.mpy_firmware(tmp_path_factory.mktemp("fw") / "firmware")
+
+
+class Rig:
+    def __init__(self, tmp: Path, gateway: bool = True) -> None:
+        self.tmp = tmp
+        self.broker = Mosquitto(tmp / "broker").start()
+        self.gateway = GatewayProcess(tmp / "gateway", self.broker.host, self.broker.port).start() if gateway else None
+        self.keys: dict[str, bytes] = {}
+        self.gw = fleetsim.FleetGateway(self.broker.host, self.broker.port, self.keys).start()
+        self.nodes: list[SimNode] = []
+
+    def node(self, node_id: str, firmware: Path, **spec: Any) -> SimNode:
+        key = self.keys[node_id] = fleetsim.new_key()
+        n = SimNode(NodeSpec(node_id=node_id, scenario=load_scenario("quiet-street"), workdir=self.tmp / node_id,
+                             broker_port=self.broker.port, until_s=None, firmware=firmware, heapsize=HEAP,
+                             files={"node.key": key.hex().encode()}, **spec))
+        n.prepare()
+        n.start()
+        self.nodes.append(n)
+        return n
+
+    def status(self, node_id: str, timeout: float = 120, **want: Any) -> dict[str, Any]:
+        def ok() -> dict[str, Any] | None:
+            s = self.gw.last_status(node_id)
+            return s if s and all(s.get(k) == v for k, v in want.items()) else None
+        return wait_for(ok, timeout, f"{node_id}'s status with {want}")
+
+    def ota(self, node_id: str, *states: str, timeout: float = 180) -> dict[str, Any]:
+        return self.gw.wait_event(node_id, lambda e: e["kind"] == "ota" and e["state"] in states, timeout)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        self.gw.stop()
+        if self.gateway:
+            self.gateway.stop()
+        self.broker.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+APP = ("lib", "boot.py", "main.py", "appswap.py")
+
+
+def flash_app(node: SimNode) -> dict[str, bytes]:
+    return node.flash_files(*APP)
+
+
+def staged_app(firmware: Path) -> dict[str, bytes]:
+    """The app as the technician's copy put it on the flash (the node's first boot)."""
+    files = {p.relative_to(firmware).as_posix(): p for p in firmware.rglob("*") if p.is_file()}
+    return {k: p.read_bytes() for k, p in files.items() if k.split("/")[0] in APP}
+
+
+def test_a_release_proves_itself_on_trial_and_the_previous_app_goes(rig: Rig, firmware: Path) -> None:
+    n = rig.node("tr-01", firmware)
+    rig.status("tr-01", mode="normal", fw=OLD)
+    rel = fleetsim.build_release("0.3.0", workdir=rig.tmp)
+    rig.gw.offer("tr-01", rel)
+    assert rig.ota("tr-01", "installed", "refused")["state"] == "installed"
+    rig.status("tr-01", mode="trial", fw="0.3.0")
+    assert rig.ota("tr-01", "proved", "rolled_back")["state"] == "proved"
+    rig.status("tr-01", mode="normal", fw="0.3.0")
+    text = n.console_text()
+    assert "trial: 0.3.0 must prove itself within 900 s: a batch acknowledged; " in text
+    assert text.index("check: gateway: pass") < text.index("trial: 0.3.0 proved")
+    n.stop()
+    files = n.list_flash()
+    assert not [p for p in files if p.endswith(".old") or p.startswith("app.trial") or p.startswith("new")]
+    app = flash_app(n)
+    for f in rel.manifest["files"]:
+        assert app[f["path"]] == rel.files[f["path"]], f["path"]
+
+
+@pytest.mark.parametrize("broken, reason", [
+    (RAISES, "crash: ValueError: broken release"),
+    (DEAF, "self-test: mic: ics43434: "),
+])
+def test_a_broken_release_is_rolled_back_by_itself_and_says_why(rig: Rig, firmware: Path, broken: dict,
+                                                                  reason: str) -> None:
+    n = rig.node("rb-01", firmware)
+    rig.status("rb-01", mode="normal", fw=OLD)
+    before = staged_app(firmware)
+    rig.gw.offer("rb-01", fleetsim.build_release("0.3.0", patch=broken, workdir=rig.tmp))
+    assert rig.ota("rb-01", "installed", "refused")["state"] == "installed"
+    ev = rig.ota("rb-01", "rolled_back", "proved", timeout=300)
+    assert ev["state"] == "rolled_back" and ev["release"] == "0.3.0" and ev["back_to"] == OLD
+    assert ev["reason"].startswith(reason), ev
+    rig.status("rb-01", mode="normal", fw=OLD)
+    if broken is RAISES:   # the crash itself, reported once, its traceback as written on flash
+        (crash,) = wait_for(lambda: rig.gw.events_of("rb-01", "crash"), 60, "the crash report")
+        assert crash["trace"].startswith("Traceback") and "ValueError: broken release" in crash["trace"]
+        assert len(crash["trace"]) <= 1500
+    wait_for(lambda: "check: gateway: pass" in n.console_text().rsplit("meetkit " + OLD, 1)[-1], 120,
+             "a batch acknowledged after the rollback")
+    n.stop()
+    assert flash_app(n) == before
+    assert not [p for p in n.list_flash() if p.endswith(".old") or p.startswith("app.")]
+
+
+def test_a_release_that_never_reaches_a_batch_acknowledged_is_rolled_back(tmp_path: Path, firmware: Path) -> None:
+    r = Rig(tmp_path, gateway=False)   # no gateway acknowledges anything
+    try:
+        r.node("nb-01", firmware, extra_config={"trial_s": 120})
+        r.status("nb-01", fw=OLD)
+        r.gw.offer("nb-01", fleetsim.build_release("0.3.0", workdir=tmp_path))
+        ev = r.ota("nb-01", "rolled_back", "proved", timeout=300)
+        assert ev["reason"] == "not proved within 120 s: no batch acknowledged"
+        r.status("nb-01", fw=OLD, mode="normal")
+    finally:
+        r.close()
+
+
+def test_safe_mode_after_three_crashes_in_a_row_and_out_of_it_with_a_fixed_release(rig: Rig, tmp_path: Path) -> None:
+    broken = fleetsim.mpy_firmware(tmp_path / "broken", firmware=_patched(tmp_path / "src", RAISES))
+    n = rig.node("sm-01", broken)
+    st = rig.status("sm-01", mode="safe", timeout=180)
+    assert st["fw"] == OLD
+    ev = rig.gw.wait_event("sm-01", lambda e: e["kind"] == "safe_mode")
+    assert ev["crashes"] == 3
+    crash = rig.gw.wait_event("sm-01", lambda e: e["kind"] == "crash")
+    assert "ValueError: broken release" in crash["trace"] and crash["count"] == 3
+    text = n.console_text()
+    assert text.count("broken release") >= 3 and "safe mode: 3 crashes in a row" in text
+    assert " I record " not in text   # nothing measured, the spool untouched
+    rig.gw.command("sm-01", "selftest", id=5)
+    checks = rig.gw.wait_event("sm-01", lambda e: e["kind"] == "selftest")["checks"]
+    assert checks["broker"][0] == "pass" and "mic" not in checks
+    rig.gw.offer("sm-01", fleetsim.build_release("0.3.0", workdir=tmp_path))
+    assert rig.ota("sm-01", "installed", "refused")["state"] == "installed"
+    assert rig.ota("sm-01", "proved", "rolled_back", timeout=300)["state"] == "proved"
+    rig.status("sm-01", mode="normal", fw="0.3.0")
+    wait_for(lambda: " I record " in n.console_text(), 120, "a record")
+    n.stop()
+    assert "crash.count" not in n.list_flash()
+
+
+def _patched(out: Path, patch: dict[str, Callable[[str], str]]) -> Path:
+    import shutil
+
+    shutil.copytree(FIRMWARE, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for rel, f in patch.items():
+        p = out / rel
+        p.write_text(f(p.read_text()))
+    return out
