@@ -130,7 +130,11 @@ class OtaNode:
                 self.event("refused", m["version"], reason=why)
                 return
             self.event("accepted", m["version"])
-            got = self.fetch(m)
+            try:
+                got = self.fetch(m)
+            except TimeoutError as e:  # the gateway stopped serving (a halted rollout): said, as a node would
+                self.event("refused", m["version"], reason=str(e))
+                return
             if not all(got.sha_ok.values()):
                 self.event("refused", m["version"], reason="sha256 does not match")
                 return
@@ -169,8 +173,16 @@ class OtaNode:
         for i, f in enumerate(m["files"]):
             data = bytearray()
             while len(data) < f["size"]:
-                self.ask(m["version"], i, len(data))
-                chunk = self.chunks.get(timeout=timeout)
+                chunk = None
+                for _ in range(3):  # a piece not answered is asked again, as the firmware does
+                    self.ask(m["version"], i, len(data))
+                    try:
+                        chunk = self.chunks.get(timeout=timeout)
+                        break
+                    except queue.Empty:
+                        continue
+                if chunk is None:
+                    raise TimeoutError(f"no piece {i}@{len(data)} of {m['version']} in 3 x {timeout} s")
                 head, _, piece = chunk.partition(b"\n")
                 h = json.loads(head)
                 assert (h["release"], h["file"], h["off"]) == (m["version"], i, len(data)), h
