@@ -49,8 +49,17 @@ def _run(tmp: Path, fw: Path, rel: fleetsim.Release | None, i: int) -> dict[str,
         deadline = time.monotonic() + 120
         while gw.last_status("ota-01") is None and time.monotonic() < deadline:
             time.sleep(0.05)  # waits on: the node's first status
+        offers = 0
         if rel is not None:
-            gw.offer("ota-01", rel)
+            # offered again until the node answers, as the gateway does every offer_every_s: an
+            # offer that comes while a batch is being published can cost the node its connection
+            # (a MemoryError in the publish) and, QoS 1 on a clean session, be lost
+            while offers < 5 and not gw.events_of("ota-01", "ota") and n.running:
+                gw.offer("ota-01", rel)
+                offers += 1
+                deadline = time.monotonic() + 10
+                while not gw.events_of("ota-01", "ota") and time.monotonic() < deadline and n.running:
+                    time.sleep(0.1)  # waits on: the node's answer to the offer
         code = n.wait(UNTIL_S)
         st = n.last_state.get("stats", {})
         lines = n.console_text().splitlines()
@@ -62,7 +71,8 @@ def _run(tmp: Path, fw: Path, rel: fleetsim.Release | None, i: int) -> dict[str,
                 cov = min(json.loads(l.split(": ", 1)[1])["cov"] for l in lines[a:b + 1] if " I record " in l)
         return {"code": code, "peak": st["heap_peak"] - st["sim_heap"] if "heap_peak" in st else None,
                 "installed": any(e.get("state") == "installed" for e in gw.events_of("ota-01")),
-                "min_cov": cov, "lost": st.get("i2s_samples_lost")}
+                "min_cov": cov, "lost": st.get("i2s_samples_lost"), "offers": offers,
+                "memory_errors": n.console_text().count("MemoryError")}
     finally:
         gw.stop()
         broker.stop()

@@ -43,6 +43,7 @@ CUTS = 10
 SPEED = 10
 SEED = 15
 APP_ROOT = ("boot.py", "main.py", "appswap.py")
+ABORT = "the new app is removed, the old one stays"
 _CUT = re.compile(r"^--- power cut at t=\d+ ms, flash write (\d+) ---", re.M)
 
 
@@ -72,13 +73,19 @@ def phases(console: str, new: str) -> list[str]:
 
 def delivered_last_boot(db: Path, node: str, console: str) -> bool:
     """The last record the node printed (of its last boot) is in the gateway's database."""
-    recs = re.findall(r' I record (\d+): .*?"boot":\s*(\d+)', console)
-    if not recs or not db.exists():
+    boot, last = None, None
+    for line in console.splitlines():
+        b = re.search(rf" I node {re.escape(node)}, boot (\d+),", line)
+        if b:
+            boot, last = int(b[1]), None
+        r = re.search(r" I record (\d+): ", line)
+        if r:
+            last = int(r[1])
+    if boot is None or last is None or not db.exists():
         return False
-    seq, boot = int(recs[-1][0]), int(recs[-1][1])
     with sqlite3.connect(db) as c:
-        return c.execute("SELECT 1 FROM records WHERE node = ? AND boot = ? AND seq = ?", (node, boot, seq)).fetchone() \
-            is not None
+        return c.execute("SELECT 1 FROM records WHERE node = ? AND boot = ? AND seq = ?",
+                         (node, boot, last)).fetchone() is not None
 
 
 def update_span(tmp: Path, old_fw: Path, new: str) -> tuple[int, int]:
@@ -117,7 +124,10 @@ def batch(tmp: Path, old_fw: Path, new: str, start: int, end: int, rng: random.R
         site.cli("fleet", "update", "--release", new, "--nodes", ",".join(ids), "--canary", str(NODES))
 
         def settled(n: str) -> bool:
-            return any(e.get("state") in ("proved", "rolled_back") for e in site.events(n, "ota"))
+            # proved, rolled back, or the install given up at boot (a file of new/ lost to a cut:
+            # appswap keeps the old app, and the node reports nothing of it)
+            return any(e.get("state") in ("proved", "rolled_back") for e in site.events(n, "ota")) \
+                or ABORT in nodes[n].console_text()
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not all(settled(n) for n in ids):
             time.sleep(1)  # waits on: every node proved or rolled back
@@ -139,7 +149,8 @@ def batch(tmp: Path, old_fw: Path, new: str, start: int, end: int, rng: random.R
             ev = [e.get("state") for e in site.events(n, "ota")]
             out.append({"node": n, "cuts_at": cuts[n], "cut_phases": phases(text, new), "app": which,
                         "leftover": sorted(p for p in files if p.startswith("new/") or p.endswith(".old")),
-                        "delivered": delivered, "events": ev, "resumed": text.count(f"ota: resuming {new}"),
+                        "delivered": delivered, "events": ev, "install_given_up": [
+                            line for line in text.splitlines() if ABORT in line], "resumed": text.count(f"ota: resuming {new}"),
                         "cuts_done": node.power_cuts_done,
                         "bricked": which == "mix" or not delivered
                         or any(p.startswith("new/") for p in files) and "proved" in ev})
@@ -167,6 +178,7 @@ def run() -> None:
            {"nodes": len(results), "cuts": sum(len(r["cut_phases"]) for r in results), "cuts_by_phase": by_phase,
             "cuts_in_the_update": counted, "ended_on": {w: sum(1 for r in results if r["app"] == w)
                                                         for w in ("new", "old", "mix")},
+            "installs_given_up": sum(1 for r in results if r["install_given_up"]),
             "update_span_flash_programs": [start, end], "cuts_per_node": CUTS, "seed": SEED,
             "cut": "a torn flash program (NodeSpec.power_cuts), the node powered on again 1 s later",
             "node": "firmware as release 0.1.9, .mpy, 128K heap, quiet-street, speed 10",
