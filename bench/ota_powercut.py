@@ -6,7 +6,8 @@ real `meetkit-gateway run`, a release built like `meetkit release build --arch x
 First a calibration node is updated without a torn write: a clean cut just before `fleet update`
 and one just after its proof give the flash programs (counted over the node's life) the update
 spans. Then batches of NODES nodes, each given CUTS flash programs drawn at random (seeded) from
-that span, beyond them a margin for the extra boots: at each, that program is torn and the node
+that span (half the nodes) or from its last LATE programs (the other half: the install and the
+first boot are a small part of the span), beyond them a margin for the extra boots: at each, that program is torn and the node
 powers on again (NodeSpec.power_cuts; the simulated littlefs keeps what a real one would). A
 batch is one rollout with every node a canary (`fleet update --canary NODES`). Each cut is placed
 by the console lines before it: download ("ota: R accepted" / resuming, up to "restarting: release
@@ -40,6 +41,7 @@ OLD = "0.1.9"
 NODES = 4
 BATCHES = 3
 CUTS = 10
+LATE = 300
 SPEED = 10
 SEED = 15
 APP_ROOT = ("boot.py", "main.py", "appswap.py")
@@ -115,8 +117,12 @@ def batch(tmp: Path, old_fw: Path, new: str, start: int, end: int, rng: random.R
         rel_dir = tmp / "releases" / new   # signed with this site's key
         site.build_release(FIRMWARE, rel_dir)
         site.cli("release", "add", str(rel_dir))
-        margin = CUTS * 12   # each cut adds a boot's programs: the later phases move on
-        cuts = {n: sorted(rng.sample(range(start, end + margin), CUTS)) for n in ids}
+        # half the nodes cut anywhere in the span (most of it is the download), half in its last
+        # LATE programs and a margin beyond (the install and the first boot: each cut adds a
+        # boot's programs, so the later phases move on)
+        margin = CUTS * 12
+        cuts = {n: sorted(rng.sample(range(start, end + margin) if i % 2 == 0 else range(end - LATE, end + margin),
+                                     CUTS)) for i, n in enumerate(ids)}
         nodes = {n: site.node(n, old_fw, speed=SPEED, power_cuts=cuts[n], seed=k * 10 + i + 1)
                  for i, n in enumerate(ids)}
         wait_for(lambda: all(r.get("fw") == OLD for r in site.status_rows().values())
@@ -180,6 +186,8 @@ def run() -> None:
                                                         for w in ("new", "old", "mix")},
             "installs_given_up": sum(1 for r in results if r["install_given_up"]),
             "update_span_flash_programs": [start, end], "cuts_per_node": CUTS, "seed": SEED,
+            "cut_points": f"half the nodes uniform over the span, half over its last {LATE} programs; "
+                          f"{CUTS * 12} programs of margin beyond it",
             "cut": "a torn flash program (NodeSpec.power_cuts), the node powered on again 1 s later",
             "node": "firmware as release 0.1.9, .mpy, 128K heap, quiet-street, speed 10",
             "judge": "every app file the old app's or the release's byte for byte, nothing in new/ once "
