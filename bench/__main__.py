@@ -1,5 +1,5 @@
-from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_heap, payload, provision,
-                   sensorthings, sim, sim_time, start_heap, store, tls, wire)
+from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_fleet, ota_heap, ota_powercut,
+                   ota_update, payload, provision, sensorthings, sim, sim_time, start_heap, store, tls, wire)
 
 
 def main() -> None:
@@ -7,6 +7,9 @@ def main() -> None:
     sim_time.run()
     start_heap.run()
     ota_heap.run()
+    ota_update.run()
+    ota_powercut.run()
+    ota_fleet.run()
     tls.run()
     wire.run()
     noise.run()

@@ -12,6 +12,8 @@ the `dev` extra (numpy, scipy, micropython).
 - `batches`: firmware-made payload batches, a fixed seeded stream
 - `sensorthings_server`: a strict OGC SensorThings contract server
 - `page_client`: a status-page client refreshing as fast as it can
+- `fleetsite`: a site as an operator runs the fleet over the air (generated broker, the gateway
+  process, a release key and releases, simulated nodes as .mpy), for e2e tests and benchmarks
 - `faultrig`: the fault suite's rig (broker, gateway process, simulated nodes) and ledger judge
 - `hostile`: the hostile-input scenarios as drivers on the rig
 - `results`: benchmark figures appended to build/bench/results.jsonl
