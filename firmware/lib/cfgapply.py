@@ -87,6 +87,11 @@ def apply(host, body):
     on = cfgtrial.on_trial()
     trial = on is not None or text is not None and [k for k in cfgtrial.KEYS if merged.get(k) != raw.get(k)]
     try:
+        if not trial:   # a trial's note a power cut left after its proof
+            try:
+                os.remove(cfgtrial.TRIAL)
+            except OSError:
+                pass
         if trial:   # the previous configuration kept, the trial's note, then the switch
             if on is None:
                 cfgtrial.write(cfgtrial.OLD, text)

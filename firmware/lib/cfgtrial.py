@@ -16,8 +16,8 @@
 #                    holds; "boots": starts under it (more than STARTS: reverted at the start, a
 #                    configuration that crashes the node cannot loop); "broker": it was reached.
 #   config.reverted  JSON {"version", "back_to", "reason", "digest"}: written FIRST by a revert (its
-#                    commit point), then config.json.old renamed over config.json, then config.trial
-#                    removed; a start that finds it naming config.json's version finishes the rename.
+#                    commit point), then config.trial removed, then config.json.old renamed over
+#                    config.json; a start that finds it naming config.json's version finishes.
 #                    Reported on `event` once connected, then renamed to
 #   config.refused   the same: the version the node refused by reverting. The retained configuration
 #                    comes again at every connect: that version with the same content (digest) is
@@ -147,14 +147,14 @@ def revert(t, reason):
 
 
 def _finish():
+    _remove(TRIAL)   # first: config.json.old (with config.reverted) says what is left to do
     if exists(OLD):
         os.rename(OLD, CFG)
-    _remove(TRIAL)
 
 
 def prove():
     _remove(OLD)   # the commit point: from here the configuration stays
-    _remove(TRIAL)
+    _remove(TRIAL)   # left by a power cut just before: unread without config.json.old, the next apply removes it
 
 
 class Running:
