@@ -48,6 +48,7 @@ def apply(host, body):
     import cfgtrial
     dg = cfgtrial.digest(new)
     if cfgtrial.refused(version, dg):   # the retained message at every connect: it was reverted
+        console.info("config: version %d is the one reverted: not taken again" % version)
         return
     try:
         with open(PATH) as f:
