@@ -13,7 +13,9 @@
 #                 running with a batch acknowledged.
 #   config.json.old  a configuration on trial (cfgtrial.py): proved by the broker reached and a
 #                 batch acknowledged (event config "proved"), else reverted after config_trial_s.
-#   config.reverted  a configuration reverted: event config "reverted" once connected.
+#   config.reverted  a configuration reverted: event config "reverted" once connected (when this
+#                 start loads aftercare for something else; else cfgapply.py says it when the
+#                 retained configuration comes at the connection).
 import os
 import console
 import mgmt

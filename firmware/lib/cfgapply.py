@@ -49,6 +49,9 @@ def apply(host, body):
     dg = cfgtrial.digest(new)
     if cfgtrial.refused(version, dg):   # the retained message at every connect: it was reverted
         console.info("config: version %d is the one reverted: not taken again" % version)
+        cfgtrial.report(host)   # the revert not yet said: now (the node just connected)
+        if not host.uplink.events:   # out: the broker took it
+            cfgtrial.reported()
         return
     try:
         with open(PATH) as f:

@@ -1,9 +1,12 @@
 # A remote configuration on trial (docs/payload.md, "Configuration"): one that changes how the node
 # reaches the gateway (KEYS) must prove itself, as a new app does (trial.py), or the node puts the
 # previous configuration back by itself: a wrong Wi-Fi network or broker never strands a node.
-# Loaded only when needed (heap): by cfgapply.py when it starts a trial, by node.py/safemode.py at a
-# start when config.json.old or config.trial is on the flash, by aftercare.py while a trial runs
-# or a revert waits to be reported.
+# Loaded only when needed (heap): by cfgapply.py when a configuration comes, by boot.py at a start
+# when config.json.old is on the flash (dropped after), by aftercare.py while a trial runs (node.py
+# starts aftercare when config.json.old is there). A revert is reported by aftercare.py when it
+# runs anyway, else by cfgapply.py when the retained configuration comes at the connection. Every
+# line added to node.py moves the heap's fragmentation: a form that took one more `if` there left a
+# release's 2 KB pieces no room (tests/sim/test_fleet_trial.py); measure a change.
 #
 # Files at the flash's root, each written whole (a temporary file, then one rename):
 #   config.json.old  the previous configuration, byte for byte: there while a configuration is on

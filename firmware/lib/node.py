@@ -109,14 +109,11 @@ class Node:
         # fetched (ota.py); after: what this start owes the gateway (aftercare.py)
         self.restart_why = self.ota = self.after = None
         self.dropped_msgs = 0   # the gateway's messages that came while two waited (mgmt.py says so)
-        for p in ("new", "app.trial", "app.rollback", "crash.txt", "crash.count"):
-            if p in root:   # a download to go on with, an update, a rollback or a crash to see to
+        for p in ("new", "app.trial", "app.rollback", "crash.txt", "crash.count", "config.json.old"):
+            if p in root:   # a download, an update, a rollback, a crash or a configuration on trial to see to
                 import aftercare
                 aftercare.start(self)
                 break
-        if self.after is None and self.ota is None and ("config.json.old" in root or "config.reverted" in root):
-            import aftercare   # a configuration on trial, or reverted (lib/cfgtrial.py)
-            aftercare.start(self)
         self.seq = 0
         self.up_s = 0
         self._sec_mark = now
@@ -307,13 +304,6 @@ class Node:
 
 def main():
     chip = "".join("%02x" % b for b in machine.unique_id())
-    try:   # a configuration on trial, or a revert a power cut interrupted: before config.json is read
-        __import__("os").stat("config.json.old")
-        import cfgtrial   # lib/cfgtrial.py, loaded only then
-        cfgtrial.boot()
-        del sys.modules["cfgtrial"]
-    except OSError:
-        pass
     # config.py is needed only now: loaded here and dropped after, its code is heap the node needs
     import config
     fw = config.FW_VERSION

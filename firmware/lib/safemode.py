@@ -96,12 +96,6 @@ def main():
     import config
     fw = config.FW_VERSION
     console.info("meetkit %s, chip %s, reset cause %d: SAFE MODE" % (fw, chip, machine.reset_cause()))
-    import os
-    root = os.listdir()
-    if "config.json.old" in root or "config.trial" in root:   # as node.py: a configuration on trial
-        import cfgtrial
-        cfgtrial.boot()
-        del sys.modules["cfgtrial"]
     cfg, board = config.start(chip)
     del config
     del sys.modules["config"]
