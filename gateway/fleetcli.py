@@ -90,8 +90,12 @@ def _config_cell(s: NodeState) -> str:
         return text + " held back"
     if c.wanted is None and c.running is None:
         return "-"
+    if c.reverted is not None and c.behind:
+        return text + " reverted"
     if c.behind:
         return text + (" sent" if c.published else " to send")
+    if c.trial is not None:
+        return text + " on trial"
     return text
 
 
@@ -120,8 +124,17 @@ def details(s: NodeState, full: bool = False) -> list[str]:
             out.append(f"config held back: {c.problem}")
         if c.shown and (full or c.behind):
             out.append("config wanted: " + ", ".join(f"{k} {_value(v)}" for k, v in c.shown.items()))
+        r = c.reverted
+        if r is not None and c.behind:
+            out.append(f"config {r['version']} REVERTED by the node at {iso(r['at'])}: {r['reason']}; it runs "
+                       f"{r['back_to']} again and will not take {r['version']}: change the register to send a new version")
+        if c.trial is not None:
+            out.append(f"config {c.trial['version']} on trial since {iso(c.trial['at'])}: reverted by the node "
+                       f"unless a batch is acknowledged within {c.trial['trial_s']} s")
         last = c.last
-        if last is not None:
+        if last is not None and last.get("state") == "reverted":
+            pass  # said above while it holds; an older one is history
+        elif last is not None:
             if "state" in last:
                 out.append(f"config refused whole at {iso(last['at'])}: {last.get('reason')}")
             else:

@@ -28,7 +28,9 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
                     are listed too, flagged "never seen"; with a readable register, nodes not
                     in it are flagged "not in the register". Over the air (fleet_status.py): its
                     "mode", "config" {"wanted", "running", "behind", "published", "problem",
-                    "shown" (without passwords), "last" (its latest config event)}, "crash",
+                    "shown" (without passwords), "last" (its latest config event but a proof),
+                    "trial" (the wanted version's, while on trial), "reverted" (the node put
+                    its previous configuration back instead of the wanted one)}, "crash",
                     "crashes", "safe_mode", "selftest", "cmd_refused"; what a node wrote is shown
                     with every password the gateway knows replaced by ***. "rollout": the
                     newest rollout of a release ({"id", "release", "state", "stage", "reason", ...,
@@ -448,6 +450,8 @@ def _over_the_air(nodes: dict[str, NodeState]) -> Iterator[Metric]:
         ("running", "meetkit_node_config_running_version", "The configuration version the node says it runs."),
         ("behind", "meetkit_node_config_behind",
          "1 while the node does not run the configuration version it is sent."),
+        ("reverted", "meetkit_node_config_reverted",
+         "1 while the node runs its previous configuration, having reverted the version it is sent."),
         ("problem", "meetkit_node_config_problem",
          "1 while the node's configuration is held back (a secret or key missing, the register unreadable)."),
         ("refused", "meetkit_node_config_refused_keys",
@@ -464,6 +468,7 @@ def _over_the_air(nodes: dict[str, NodeState]) -> Iterator[Metric]:
         c = st.config
         if c is not None:
             values: dict[str, Any] = {"wanted": c.wanted, "running": c.running, "behind": int(c.behind),
+                                      "reverted": int(c.reverted is not None and c.behind),
                                       "problem": int(c.problem is not None)}
             if c.last is not None:
                 values["refused"] = len(c.last.get("refused", {}))

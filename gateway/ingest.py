@@ -185,9 +185,14 @@ def _log_event(event: payload.Event, eid: int) -> None:
     """One line per event; a crash report's traceback stays in the store (the page and the CLI
     show it), a refusal or a rollback is a warning."""
     b = event.body
-    if event.kind == "config":
+    if event.kind == "config" and event.state == "reverted":
+        what = (f"configuration version {b['version']} REVERTED by the node: {b['reason']}; it runs version "
+                f"{b['back_to']} again")
+    elif event.kind == "config" and event.state == "proved":
+        what = f"configuration version {b['version']} proved on trial"
+    elif event.kind == "config":
         what = (f"configuration refused whole: {b.get('reason')}" if event.state else
-                f"configuration version {b.get('version')} taken"
+                f"configuration version {b.get('version')} taken" + (" on trial" if "trial_s" in b else "")
                 + (f", refused: {', '.join(sorted(b.get('refused', {})))}" if b.get("refused") else ""))
     elif event.kind == "ota":
         what = f"update {b.get('release', '?')}: {event.state}" + (f" ({b['reason']})" if "reason" in b else "")
@@ -201,7 +206,7 @@ def _log_event(event: payload.Event, eid: int) -> None:
         failed = sorted(k for k, (result, _) in b.get("checks", {}).items() if result != "pass")
         what = (f"self-test {b.get('id', '?')} refused: {b.get('reason')}" if event.state else
                 f"self-test {b.get('id', '?')}: " + (f"failed {', '.join(failed)}" if failed else "all passed"))
-    bad = event.state in ("refused", "rolled_back") or event.kind in ("crash", "safe_mode") \
+    bad = event.state in ("refused", "rolled_back", "reverted") or event.kind in ("crash", "safe_mode") \
         or bool(b.get("refused"))
     log.log(logging.WARNING if bad else logging.INFO, "%s: %s (event %d)", event.node, what, eid)
 

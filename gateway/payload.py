@@ -292,6 +292,9 @@ MODES = ("normal", "trial", "safe")
 EVENT_KINDS = ("config", "ota", "cmd", "crash", "safe_mode", "selftest")
 #: An update's steps, as the node reports them (`"kind":"ota"`).
 OTA_STATES = ("accepted", "refused", "installed", "proved", "rolled_back")
+#: A configuration's outcomes besides taken (`"kind":"config"` without a state): refused whole, and
+#: the end of its trial (one that changes the node's link): proved, or reverted by the node.
+CONFIG_STATES = ("refused", "proved", "reverted")
 #: A self-test item's result.
 CHECK_RESULTS = ("pass", "fail")
 #: The most of a crash report's traceback a node sends (UTF-8 bytes).
@@ -753,7 +756,7 @@ def _one_of(v: Any, where: str, options: tuple[str, ...]) -> str:
 
 #: kind -> (required fields, optional fields), besides v, node and kind
 _EVENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "config": ((), ("version", "applied", "refused", "state", "reason")),
+    "config": ((), ("version", "applied", "refused", "trial_s", "state", "reason", "back_to")),
     "ota": (("state",), ("release", "back_to", "reason")),
     "cmd": (("state", "reason"), ("id",)),
     "crash": (("boot", "at_up", "count", "trace"), ()),
@@ -775,7 +778,7 @@ def parse_event(payload: bytes, topic_node: str, size: int | None = None) -> Eve
     _fields(obj, "", ("v", "node", "kind", *required), optional)
     state: str | None = None
     if kind == "config":
-        state = _refusal(obj, "version")
+        state = _config_state(obj)
         if "version" in obj:
             _int(obj["version"], "version", high=BOOT_MAX)
         applied = obj.get("applied", [])
@@ -785,6 +788,8 @@ def parse_event(payload: bytes, topic_node: str, size: int | None = None) -> Eve
             _str(key, f"applied[{i}]")
         for key, why in _obj(obj.get("refused", {}), "refused").items():
             _str(why, f"refused.{key}")
+        if "trial_s" in obj:
+            _int(obj["trial_s"], "trial_s", high=BOOT_MAX)
     elif kind == "ota":
         state = _one_of(obj["state"], "state", OTA_STATES)
         for k in ("release", "back_to", "reason"):
@@ -822,7 +827,35 @@ def parse_event(payload: bytes, topic_node: str, size: int | None = None) -> Eve
     return Event(node, kind, obj, state)
 
 
-def _refusal(obj: dict[str, Any], needed: str) -> str | None:
+def _config_state(obj: dict[str, Any]) -> str | None:
+    """A config event: taken (no state: `version`, `applied`, `refused`, `trial_s` when on trial),
+    refused whole (`reason`), or the end of a trial: `proved` (`version`) or `reverted` (`version`,
+    `back_to`: the version the node runs again, `reason`)."""
+    state = obj.get("state")
+    if state not in ("proved", "reverted"):
+        if "back_to" in obj:
+            raise Rejected(UNKNOWN_FIELD, 'back_to: only with "state":"reverted"')
+        if state is not None and "trial_s" in obj:
+            raise Rejected(UNKNOWN_FIELD, "trial_s: only in a configuration taken")
+        return _refusal(obj, "version", CONFIG_STATES)
+    for k in ("applied", "refused", "trial_s"):
+        if k in obj:
+            raise Rejected(UNKNOWN_FIELD, f"{k}: only in a configuration taken")
+    need = ("version", "back_to", "reason") if state == "reverted" else ("version",)
+    for k in need:
+        if k not in obj:
+            raise Rejected(MISSING_FIELD, f'{k}: missing (a "{state}" configuration event names it)')
+    if state == "proved" and "back_to" in obj:
+        raise Rejected(UNKNOWN_FIELD, 'back_to: only with "state":"reverted"')
+    if state == "proved" and "reason" in obj:
+        raise Rejected(UNKNOWN_FIELD, 'reason: only with "state":"refused" or "reverted"')
+    if state == "reverted":
+        _int(obj["back_to"], "back_to", high=BOOT_MAX)
+        _str(obj["reason"], "reason")
+    return str(state)
+
+
+def _refusal(obj: dict[str, Any], needed: str, states: tuple[str, ...] = ("refused",)) -> str | None:
     """A config or selftest event either answers (`needed` given) or says the message was not taken
     (`"state":"refused"` with a `reason`: a bad MAC, another node's): its state, None for an answer."""
     if "state" not in obj:
@@ -831,7 +864,7 @@ def _refusal(obj: dict[str, Any], needed: str) -> str | None:
         if "reason" in obj:
             raise Rejected(UNKNOWN_FIELD, 'reason: only with "state":"refused"')
         return None
-    _one_of(obj["state"], "state", ("refused",))
+    _one_of(obj["state"], "state", states)
     if "reason" not in obj:
         raise Rejected(MISSING_FIELD, 'reason: missing (a "refused" event says why)')
     _str(obj["reason"], "reason")

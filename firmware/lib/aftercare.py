@@ -11,6 +11,11 @@
 #   crash.txt     the last crash: event "crash" once connected (crash.report(), then reported()).
 #   crash.count   crashes in a row: counted from zero again (crash.clear()) after 10 minutes of
 #                 running with a batch acknowledged.
+#   config.json.old  a configuration on trial (cfgtrial.py): proved by the broker reached and a
+#                 batch acknowledged (event config "proved"), else reverted after config_trial_s.
+#   config.reverted  a configuration reverted: event config "reverted" once connected (when this
+#                 start loads aftercare for something else; else cfgapply.py says it when the
+#                 retained configuration comes at the connection).
 import os
 import console
 import mgmt
@@ -34,7 +39,7 @@ def start(host):
         import ota
         host.ota = ota.resume(host)
     a = Aftercare(host)
-    if a.trial or a.rollback or a.crash or a.count:
+    if a.trial or a.rollback or a.crash or a.count or a.cfg or a.reverted:
         host.after = a
     else:
         _done(host)
@@ -54,6 +59,14 @@ class Aftercare:
         self.rollback = _exists("app.rollback")
         self.crash = _exists("crash.txt")
         self.count = _exists("crash.count")
+        self.reverted = _exists("config.reverted")
+        self.cfg = None
+        if _exists("config.json.old"):
+            import cfgtrial
+            if cfgtrial.on_trial():
+                self.cfg = cfgtrial.Running(host)
+                console.info("config: version %d must prove itself within %d s (%d s so far): a batch acknowledged"
+                             % (host.cfg["config_version"], self.cfg.bound, self.cfg.spent))
         self.want = []
         if self.trial:
             import trial
@@ -82,13 +95,23 @@ class Aftercare:
                 r["kind"] = "crash"
                 mgmt.event(host, r)
             crash.reported()
+        if self.reverted and connected:
+            import cfgtrial
+            if self.reverted is True:
+                cfgtrial.report(host)
+                self.reverted = 2
+            elif not host.uplink.events:   # out: the broker took it
+                cfgtrial.reported()
+                self.reverted = False
+        if self.cfg and self.cfg.step(host, connected, acked):
+            self.cfg = None
         if self.count and acked and host.up_s >= _CLEAN_S:
             self.count = False
             import crash
             crash.clear()
         if self.trial:
             self._trial(host, connected, acked)
-        if not (self.trial or self.rollback or self.crash or self.count):
+        if not (self.trial or self.rollback or self.crash or self.count or self.cfg or self.reverted):
             _done(host)
 
     def _trial(self, host, connected, acked):

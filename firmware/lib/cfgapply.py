@@ -5,7 +5,10 @@
 # for every key that fails and names it with the rule's reason, writes config.json whole (a
 # temporary file, then one rename: a power cut leaves the old or the new), reports on `event`, and
 # restarts once the interval it is measuring is spooled. No value is ever printed or sent: a
-# reason names the key and the rule (never a password).
+# reason names the key and the rule (never a password). A configuration that changes how the node
+# reaches the gateway (cfgtrial.KEYS), or any while one is on trial, runs on trial: the previous
+# config.json is kept, and put back by the node itself when the new one has no batch acknowledged
+# within config_trial_s (cfgtrial.py). The version it reverted is not taken again.
 import json
 import os
 import console
@@ -42,11 +45,20 @@ def apply(host, body):
             event(host, {"kind": "config", "state": "refused", "version": version,
                         "reason": "version %d is not above the %d it runs" % (version, running)})
         return
+    import cfgtrial
+    dg = cfgtrial.digest(new)
+    if cfgtrial.refused(version, dg):   # the retained message at every connect: it was reverted
+        console.info("config: version %d is the one reverted: not taken again" % version)
+        cfgtrial.report(host)   # the revert not yet said: now (the node just connected)
+        if not host.uplink.events:   # out: the broker took it
+            cfgtrial.reported()
+        return
     try:
         with open(PATH) as f:
-            raw = json.load(f)
+            text = f.read()
+        raw = json.loads(text)
     except (OSError, ValueError):
-        raw = None
+        raw = text = None
     if not isinstance(raw, dict):
         raw = {}
     import config
@@ -61,7 +73,7 @@ def apply(host, body):
         else:
             refused[k] = "not a setting of this firmware (%s)" % config.FW_VERSION
     problems = []
-    config.check_node(merged, problems, "000000000000", not host.uplink.lan)
+    cfg = config.check_node(merged, problems, "000000000000", not host.uplink.lan)
     for p in problems:
         k, why = _key(p)
         if k in new and k not in refused:
@@ -76,7 +88,19 @@ def apply(host, body):
     applied = [k for k in new if k not in refused]
     changed = [k for k in applied if merged.get(k) != raw.get(k)]
     merged["config_version"] = version
+    on = cfgtrial.on_trial()
+    trial = on is not None or text is not None and [k for k in cfgtrial.KEYS if merged.get(k) != raw.get(k)]
     try:
+        if not trial:   # a trial's note a power cut left after its proof
+            try:
+                os.remove(cfgtrial.TRIAL)
+            except OSError:
+                pass
+        if trial:   # the previous configuration kept, the trial's note, then the switch
+            if on is None:
+                cfgtrial.write(cfgtrial.OLD, text)
+            cfgtrial.write(cfgtrial.TRIAL, {"version": version, "back_to": on[1] if on else running, "boots": 0,
+                                            "spent": 0, "bound": cfg["config_trial_s"], "digest": dg})
         with open(PATH + ".new", "w") as f:
             json.dump(merged, f)
         os.rename(PATH + ".new", PATH)
@@ -88,9 +112,20 @@ def apply(host, body):
     console.info("config: version %d: applied %s%s" % (version, ", ".join(applied) or "nothing",
                                                        "; refused " + "; ".join("%s: %s" % kv for kv in refused.items())
                                                        if refused else ""))
-    event(host, {"kind": "config", "version": version, "applied": applied, "refused": refused})
+    ev = {"kind": "config", "version": version, "applied": applied, "refused": refused}
+    if trial:
+        ev["trial_s"] = cfg["config_trial_s"]
+        console.info("config: version %d on trial: reverted unless a batch is acknowledged within %d s"
+                     % (version, cfg["config_trial_s"]))
+    event(host, ev)
+    cfgtrial.report(host)   # a revert not yet said: now, before its note goes
+    for p in (cfgtrial.REVERTED, cfgtrial.REFUSED):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
     host.cfg["config_version"] = host.uplink.meta["cfg"] = version
-    if changed:
-        host.restart_why = "configuration %d (%s)" % (version, ", ".join(changed))
+    if changed or trial:
+        host.restart_why = "configuration %d (%s)" % (version, ", ".join(changed) or "on trial")
     else:
         status(host)

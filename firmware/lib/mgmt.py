@@ -263,7 +263,7 @@ def handle(host):
         if "otaoffer" in sys.modules:
             del sys.modules["otaoffer"]
         if host.ota is None and host.after is None:
-            for m in ("mgmt", "cfgapply", "otaoffer", "ota"):
+            for m in ("mgmt", "cfgapply", "cfgtrial", "otaoffer", "ota"):
                 if m in sys.modules:
                     del sys.modules[m]
 

@@ -85,17 +85,25 @@ function configCell(c, now) {
   const text = (c.wanted == null ? "–" : c.wanted) + " / " + (c.running == null ? "–" : c.running);
   if (c.problem) return [text + " ", el("span", {class: "flag held-back", title: c.problem}, "held back"),
                          el("div", {class: "why"}, c.problem)];
-  const state = c.behind ? el("span", {class: "flag behind"}, c.published ? "sent, not yet running" : "to send")
-                         : el("span", {class: "flag ok"}, "running");
+  const r = c.reverted;
+  const state = r && c.behind ? el("span", {class: "flag refused", title: r.reason}, "reverted by the node")
+    : c.behind ? el("span", {class: "flag behind"}, c.published ? "sent, not yet running" : "to send")
+    : c.trial ? el("span", {class: "flag behind"}, "on trial")
+    : el("span", {class: "flag ok"}, "running");
   const shown = Object.entries(c.shown || {})
     .map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v));
-  return [el("span", shown.length ? {title: shown.join("\n")} : {}, text + " "), state];
+  const out = [el("span", shown.length ? {title: shown.join("\n")} : {}, text + " "), state];
+  if (r && c.behind) out.push(el("div", {class: "why"}, "runs " + r.back_to + " again; will not take " + r.version +
+                                 ": " + r.reason));
+  return out;
 }
 
 function refusedCell(c, now) {
   const last = c && c.last;
   if (!last) return ["–"];
   if (last.state === "refused") return [el("span", {class: "flag refused"}, "refused whole"), " " + last.reason];
+  if (last.state === "reverted") return [el("span", {class: "flag refused"}, "reverted " + last.version),
+                                         " " + last.reason];
   const keys = Object.entries(last.refused || {});
   if (!keys.length) return ["none (version " + last.version + ")"];
   return keys.map(([k, why]) => el("div", {}, el("span", {class: "flag refused"}, k), " " + why));
@@ -125,7 +133,8 @@ function air(doc) {
   body.replaceChildren();
   const shown = doc.nodes.filter(n => n.mode || n.config || n.crash || n.selftest || n.cmd_refused);
   for (const n of shown) {
-    const bad = n.mode === "safe" || (n.config && (n.config.problem || (n.config.last && n.config.last.state)));
+    const bad = n.mode === "safe" || (n.config && (n.config.problem || (n.config.reverted && n.config.behind) ||
+                                                   (n.config.last && n.config.last.state)));
     body.append(el("tr", {class: bad ? "bad" : "", "data-node": n.node},
       el("td", {class: "node"}, n.node),
       el("td", {}, n.mode ? el("span", {class: "flag mode-" + n.mode}, n.mode) : "–"),

@@ -47,7 +47,13 @@ class FleetState(Base):
                 "DELETE FROM events WHERE node = ? AND kind = ? AND id <= (SELECT id FROM events"
                 " WHERE node = ? AND kind = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (event.node, event.kind, event.node, event.kind, keep))
-            version = event.body.get("version") if event.kind == "config" and event.state is None else None
+            # the configuration version the node says it runs now: the one taken or proved; after a
+            # revert the one it went back to
+            version = None
+            if event.kind == "config" and event.state in (None, "proved"):
+                version = event.body.get("version")
+            elif event.kind == "config" and event.state == "reverted":
+                version = event.body.get("back_to")
             self.db.execute(
                 "INSERT INTO nodes (node, last_seen, cfg) VALUES (?, ?, ?) ON CONFLICT (node) DO UPDATE SET"
                 " last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen),"

@@ -297,6 +297,46 @@ def test_a_power_cut_while_config_json_is_written_leaves_the_old_or_the_new_whol
     assert seen == {0, 4} and cut > 3
 
 
+def test_a_power_cut_at_any_flash_program_of_an_apply_on_trial_leaves_the_old_or_the_new_on_trial(
+        tmp_path: Path) -> None:
+    """A broker changed: the configuration goes on trial (config.json.old, config.trial, then the
+    switch; lib/cfgtrial.py). The power goes at every flash program of that apply, one run each; the
+    next start (cfgtrial.boot(), as node.py calls it) ends on the old configuration with nothing of a
+    trial left, or on the new one on trial with the old one kept byte for byte."""
+    body = {"node": NODE, "version": 4, "config": {"broker": {"host": "10.0.0.9", "user": NODE,
+                                                              "password": "broker-s3cret"}}}
+    old_text = json.dumps(OLD).encode()
+    seen = set()
+    cut = 1
+    while True:
+        img = tmp_path / f"cut{cut}.img"
+        write_image(tmp_path / f"w{cut}", {"config.json": old_text, "board.json": b"{}"})
+        (tmp_path / f"w{cut}" / "flash.img").rename(img)
+        r = run_fw(HOST + APPLY, img, stdin=json.dumps(body), cut_at=cut)
+        after = run_fw(HOST + textwrap.dedent("""
+            import os, cfgtrial
+            cfgtrial.boot()
+            root = os.listdir()
+            out(cfg=json.load(open("config.json")),
+                old=open("config.json.old").read() if "config.json.old" in root else None,
+                trial=json.load(open("config.trial")) if "config.trial" in root else None)
+            """), img)
+        if after["cfg"] == OLD:
+            assert after["old"] is None and after["trial"] is None, after
+            seen.add(0)
+        else:
+            assert after["cfg"] == dict(OLD, broker=body["config"]["broker"], config_version=4), after
+            assert after["old"] == old_text.decode(), after
+            assert {k: after["trial"][k] for k in ("version", "back_to", "boots", "bound")} == {
+                "version": 4, "back_to": 0, "boots": 1, "bound": 300}, after
+            seen.add(4)
+        if not r.get("cut"):
+            assert r["restart"] == "configuration 4 (broker)" and json.loads(r["events"][0])["trial_s"] == 300
+            break   # the apply finished before this program: every program was tried
+        cut += 1
+    assert seen == {0, 4} and cut > 6
+
+
 # -- release offers ---------------------------------------------------------------------------------
 OFFER = """
 import otaoffer, ota, mgmt

@@ -3,7 +3,9 @@ docs/payload.md, "Running the fleet", written from that page (not from the gatew
 checks the signed envelope with its own HMAC-SHA256, takes a configuration only with a version
 above the one it runs, refuses the keys it is told to (naming the rule), answers on `event` and
 with `cfg` in its status, answers a `selftest` command with its checklist, and sends crash reports
-when asked. It never publishes a secret it was sent."""
+when asked. A configuration that changes its link (wifi, broker, topic_prefix, ntp_host) runs on
+trial: proved at once, or, when `fails(config)` says so, reverted (the version is then not taken
+again). It never publishes a secret it was sent."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import hmac
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -20,13 +22,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 class FakeNode:
     def __init__(self, port: int, node: str, key: bytes, *, refuses: dict[str, str] | None = None,
-                 checks: dict[str, list[str]] | None = None, running: int = 0, prefix: str = "meetkit") -> None:
+                 checks: dict[str, list[str]] | None = None, running: int = 0, prefix: str = "meetkit",
+                 fails: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.node = node
         self.key = key
         self.prefix = prefix
         self.refuses = refuses or {}
         self.checks = checks or {"pm": ["pass", "pms5003, 58 frames"], "mic": ["pass", "ics43434, 44.1 dB"]}
         self.running = running  # the configuration version it runs
+        self.fails = fails
+        self.reverted: set[int] = set()  # versions it put back (never taken again)
         self.config: dict[str, Any] = {}  # what it took, passwords included (it is the node)
         self.bodies: list[dict[str, Any]] = []  # every body it took
         self.refused: list[str] = []  # why it took nothing of a message
@@ -47,7 +52,8 @@ class FakeNode:
 
     def publish(self, kind: str, doc: dict[str, Any], retain: bool = False) -> None:
         info = self.client.publish(self._topic(kind), json.dumps(doc, separators=(",", ":")), qos=1, retain=retain)
-        info.wait_for_publish(5)
+        if threading.current_thread() is not getattr(self.client, "_thread", None):
+            info.wait_for_publish(5)  # in paho's own thread (a callback) the PUBACK cannot come while it waits
 
     def status(self) -> None:
         self.publish("status", {"v": 1, "node": self.node, "online": True, "boot": 3, "fw": "0.2.0",
@@ -89,15 +95,26 @@ class FakeNode:
 
     def _configure(self, body: dict[str, Any]) -> None:
         version, config = body["version"], body["config"]
-        if version <= self.running:
-            return  # a replay: nothing changes
+        if version <= self.running or version in self.reverted:
+            return  # a replay, or the version it reverted: nothing changes
         applied = [k for k in config if k not in self.refuses]
         refused = {k: self.refuses[k] for k in config if k in self.refuses}
+        trial = any(k in applied for k in ("wifi", "broker", "topic_prefix", "ntp_host"))
         with self._lock:
+            before, back = dict(self.config), self.running
             self.config.update({k: config[k] for k in applied})
             self.running = version
-        self.event("config", version=version, applied=applied, refused=refused)
+        self.event("config", version=version, applied=applied, refused=refused, **({"trial_s": 300} if trial else {}))
         self.status()
+        if trial and self.fails is not None and self.fails(config):
+            with self._lock:
+                self.config, self.running = before, back
+                self.reverted.add(version)
+            self.event("config", state="reverted", version=version, back_to=back,
+                       reason=f"no broker within 300 s under version {version}")
+            self.status()
+        elif trial:
+            self.event("config", state="proved", version=version)
 
     def taken(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -45,6 +45,8 @@ MORE = [
     {"v": 1, "node": NODE, "kind": "selftest", "state": "refused", "reason": "another node's"},
     {"v": 1, "node": NODE, "kind": "cmd", "state": "refused", "reason": "bad mac"},
     {"v": 1, "node": NODE, "kind": "cmd", "state": "refused", "id": 12, "reason": "unknown command 'reboot'"},
+    {"v": 1, "node": NODE, "kind": "config", "state": "reverted", "version": 3, "back_to": 0,
+     "reason": "not proved in 3 starts under version 3"},
 ]
 
 
@@ -95,7 +97,7 @@ def mutants() -> list[tuple[str, dict[str, Any]]]:
             for sub, value in (base[key].items() if isinstance(base[key], dict) else ()):
                 for j, odd in enumerate(_ODD):
                     out.append((f"{tag}-{key}.{sub}={j}", {**base, key: {**base[key], sub: odd}}))
-        for other in ("state", "reason", "version", "id", "checks", "release"):
+        for other in ("state", "reason", "version", "id", "checks", "release", "back_to", "trial_s"):
             if other not in base:
                 out.append((f"{tag}+{other}", {**base, other: "refused" if other == "state" else
                                                 "bad mac" if other == "reason" else 7}))
@@ -133,6 +135,12 @@ def test_the_mutants_take_and_refuse_some_of_each_kind():
      'reason: missing (a "refused" event says why)'),
     ({"v": 1, "node": NODE, "kind": "config", "version": 3, "refused": {"interval_s": 5}}, payload.WRONG_TYPE,
      "refused.interval_s: must be a string, got an integer"),
+    ({"v": 1, "node": NODE, "kind": "config", "state": "reverted", "version": 8, "reason": "no broker"},
+     payload.MISSING_FIELD, 'back_to: missing (a "reverted" configuration event names it)'),
+    ({"v": 1, "node": NODE, "kind": "config", "state": "proved", "version": 8, "back_to": 7}, payload.UNKNOWN_FIELD,
+     'back_to: only with "state":"reverted"'),
+    ({"v": 1, "node": NODE, "kind": "config", "state": "rolled_back", "reason": "x"}, payload.BAD_VALUE,
+     'state: "rolled_back" is not one of refused, proved, reverted'),
     ({"v": 1, "node": NODE, "kind": "ota", "state": "downloading"}, payload.BAD_VALUE,
      'state: "downloading" is not one of accepted, refused, installed, proved, rolled_back'),
     ({"v": 1, "node": NODE, "kind": "crash", "boot": 1, "at_up": 5, "count": 1, "trace": "x" * 1501},
@@ -189,7 +197,11 @@ def test_events_are_stored_with_their_nodes_state_and_bad_ones_dead_lettered(tmp
         assert [e.state for e in store.events(kind="ota")] == ["accepted", "rolled_back"]
         config = next(e for e in EXAMPLES if e["kind"] == "config")
         (node,) = store.nodes()
-        assert (node.node, node.mode, node.cfg) == (NODE, "trial", config["version"])  # the event's version now
+        # the events' version now: the last says the node reverted version 3 and runs 0 again
+        assert (node.node, node.mode, node.cfg) == (NODE, "trial", 0)
+        with store.transaction():
+            ingest(store, topics, _msg("meetkit/ams-001/event", config, t0 + 100))
+        assert store.nodes()[0].cfg == config["version"]
         letters = store.dead_letters()
         assert sorted((d.node, d.code) for d in letters) == [("ams-001", "bad_value"), ("ams-002", "node_mismatch")]
         counters = store.counters()

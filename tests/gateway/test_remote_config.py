@@ -10,6 +10,8 @@ check the MAC with their own key and answer as docs/payload.md says a node does.
   a password, a node without a key) is held back and said, and nothing is published for it;
 - a node that says it runs a version above the wanted one (the gateway lost its database) gets the
   same configuration again under the next version;
+- a node that reverted a configuration on trial is shown as such (page, API, CLI, /metrics), is
+  not sent that version again as new, and takes the next one the register makes;
 - `fleet selftest` sends the signed command and shows the answer; a node with the wrong key says
   `bad mac` and that is shown; bad events are dead-lettered; crash reports kept, bounded, shown;
 - no secret is in any output: every log, CLI output, page, API answer, /metrics and the store's
@@ -174,6 +176,7 @@ def test_register_edits_go_out_as_new_versions_retained_and_signed_and_nothing_e
         n = wait_for(lambda: (d := fleet.nodes()["ams-001"])["config"]["running"] == 1 and d, 15, "running 1")
         assert n["config"] | {"last": None} == {
             "wanted": 1, "running": 1, "behind": False, "published": True, "problem": None, "last": None,
+            "trial": None, "reverted": None,
             "shown": {"interval_s": 60, "wifi": {"ssid": "lab", "password": "(secret)"},
                       "broker": {"host": "meetkit-gw", "port": 8883, "tls": True, "user": "ams-001",
                                  "password": "(secret)"}, "noise_offset_db": -1.3}}
@@ -249,6 +252,63 @@ def test_a_node_running_a_version_above_the_wanted_one_gets_the_next(fleet: Flee
         wait_for(lambda: fleet.nodes()["ams-002"]["config"]["running"] == 8, 30, "running 8")
     finally:
         node.close()
+    assert fleet.leaks() == []
+
+
+def test_a_configuration_the_node_reverted_is_shown_and_not_sent_again(fleet: Fleet):
+    fleetfile.upsert(fleet.register, "ams-001", {"config": {"interval_s": 60}})
+    fleetfile.upsert(fleet.register, "ams-002", {"config": {"interval_s": 60}})
+    fleet.start()
+    port = fleet.broker.port  # type: ignore[attr-defined]
+    seen = Listener("127.0.0.1", port, "meetkit/+/config")
+    node = FakeNode(port, "ams-001", KEYS["ams-001"], fails=lambda c: c.get("broker", {}).get("host") == "wrong-gw")
+    try:
+        node.wait_running(1)
+        fleetfile.upsert(fleet.register, "ams-001", {"config": {"interval_s": 60, "broker": {"host": "wrong-gw"}}})
+        seen.wait("meetkit/ams-001/config", 2)
+        wait_for(lambda: node.reverted == {2}, 20, "the node's revert")
+
+        def shown() -> dict[str, Any] | None:
+            c = fleet.nodes()["ams-001"]["config"]
+            return c if c["reverted"] and c["running"] == 1 else None
+        c = wait_for(shown, 20, "the revert on /api/nodes")
+        assert (c["wanted"], c["running"], c["behind"], c["trial"]) == (2, 1, True, None)
+        assert c["reverted"] | {"at": 0} == {"at": 0, "state": "reverted", "version": 2, "back_to": 1,
+                                              "reason": "no broker within 300 s under version 2"}
+        assert sample(fleet.metrics(), "meetkit_node_config_reverted", node="ams-001") == 1
+        status = fleet.cli("fleet", "status")
+        assert status.returncode == 0, status.stderr
+        row = next(ln for ln in status.stdout.splitlines() if ln.startswith("ams-001"))
+        assert "2 / 1 reverted" in row
+        assert ("config 2 REVERTED by the node at " in status.stdout and ": no broker within 300 s under version 2; "
+                "it runs 1 again and will not take 2" in status.stdout)
+        dom = browse(fleet.url + "/", "--dump-dom").stdout
+        fleet.outputs.append(dom)
+        table = re.search(r'<table id="air">.*?</table>', dom, re.S)
+        assert table, dom[:3000]
+        rows = {m[1]: m[2] for m in re.finditer(r'<tr class="([^"]*)" data-node="ams-001">(.*?)</tr>', table[0], re.S)}
+        ((cls, row),) = rows.items()
+        assert cls == "bad"
+        assert ('<span class="flag refused" title="no broker within 300 s under version 2">reverted by the node</span>'
+                in row), row
+        assert "runs 1 again; will not take 2: no broker within 300 s under version 2" in row
+        # not sent again as new: a pass for another node goes by, ams-001 stays at the version it reverted
+        fleetfile.upsert(fleet.register, "ams-002", {"config": {"interval_s": 90}})
+        seen.wait("meetkit/ams-002/config", 2)
+        fleet.gateway.stop()   # nor after a restart
+        fleet.start()
+        fleetfile.upsert(fleet.register, "ams-002", {"config": {"interval_s": 120}})
+        seen.wait("meetkit/ams-002/config", 3)
+        assert [b["version"] for b in configs(seen, "ams-001")] == [1, 2]
+        # the register fixed: the next version, on trial, proved
+        fleetfile.upsert(fleet.register, "ams-001", {"config": {"interval_s": 60, "broker": {"host": "meetkit-gw"}}})
+        node.wait_running(3)
+        c = wait_for(lambda: (c := fleet.nodes()["ams-001"]["config"])["running"] == 3 and c, 20, "running 3")
+        assert (c["wanted"], c["behind"], c["reverted"], c["trial"]) == (3, False, None, None)
+        assert sample(fleet.metrics(), "meetkit_node_config_reverted", node="ams-001") == 0
+    finally:
+        node.close()
+        seen.close()
     assert fleet.leaks() == []
 
 
