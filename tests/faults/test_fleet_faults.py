@@ -111,3 +111,62 @@ def test_a_fleet_updated_in_waves(rig: Rig) -> None:
 @pytest.mark.soak
 def test_twenty_nodes_updated_in_waves(rig: Rig) -> None:
     waves(rig, 20, wave=10)
+
+
+# 2 -----------------------------------------------------------------------------------------------
+BAD = [  # (version, patch, its canary, what the canary's rollback says), rolled out one after the other
+    ("0.1.10", RAISES, "bd-01", "crash: ValueError: broken release: raises at import"),
+    ("0.1.11", NO_BROKER, "bd-02", f"not proved within {TRIAL_S} s: no batch acknowledged"),
+    ("0.1.12", DEAF, "bd-03", "self-test: mic: "),
+]
+
+
+def test_bad_releases_halt_the_rollout_at_the_canary(rig: Rig) -> None:
+    # Each release has a canary of its own: a node that rolled back after a crash keeps crash.count
+    # (and less heap) for 10 minutes, and a microphone board then refuses the next offer for
+    # memory (docs/reliability.md); the canary of the deaf release has the microphone.
+    ids = ["bd-01", "bd-02", "bd-03", "bd-04"]
+    for i in ids:
+        fleet_node(rig, i, board=MIC if i == "bd-03" else AIR)
+    for version, patch, _, _ in BAD:
+        rig.fleet.release(version, patch)
+    seen: list[dict] = []
+
+    def rollouts() -> None:
+        rig.fleet.wait_running(ids, OLD)
+        for version, _, canary, why in BAD:
+            order = [canary] + [i for i in ids if i != canary]
+            rig.fleet.update(version, order, canary=1, wave=3)
+            r = rig.fleet.wait_rollout("halted", "done", timeout=600)
+            _, nodes = rig.fleet.rollout()
+            status = rig.fleet.status()
+            alarms = [a.reason for a in rig.fleet.alarms() if a.code == "rollout_halted"]
+            # the canary is back on OLD by itself, and says so in its status
+            wait_for(lambda: (n := rig.fleet.nodes()[canary]).fw == OLD and n.mode == "normal", 120,
+                     f"{canary} back on {OLD}")
+            seen.append({"version": version, "canary": canary, "why": why, "rollout": r, "nodes": nodes,
+                         "status": status, "alarms": alarms, "fw": {k: v.fw for k, v in rig.fleet.nodes().items()},
+                         "asked": {i: rig.fleet.pieces_asked(i, version)[0] for i in ids}})
+
+    rig.run(rollouts, timeout=1500)
+    rig.settle()
+    out = rig.judge("bad releases halt at the canary (3 rollouts)")
+    out.notes["rollouts"] = {s["version"]: s["rollout"].state for s in seen}
+    assert_clean(out)
+    assert len(seen) == len(BAD)
+    for s in seen:
+        r, nodes, canary = s["rollout"], {n.node: n for n in s["nodes"]}, s["canary"]
+        assert r.state == "halted", (s["version"], r)
+        assert f"{canary} (canary) rolled back to {OLD}: {s['why']}" in (r.reason or ""), (s["version"], r.reason)
+        assert nodes[canary].state == "failed"
+        for i in ids:   # no other node was offered it, nor fetched a piece of it
+            if i != canary:
+                assert nodes[i].state == "waiting" and nodes[i].offers == 0, (s["version"], i, nodes[i])
+                assert s["asked"][i] == 0, (s["version"], i)
+        assert s["asked"][canary] > 0
+        assert any(f"release {s['version']} halted" in a for a in s["alarms"]), s["alarms"]
+        assert f"release {s['version']}, HALTED: {canary} (canary) rolled back" in s["status"], s["status"]
+        assert set(s["fw"].values()) == {OLD}, s["fw"]
+    for i in ids:   # every node runs OLD, whole; bd-04 was never offered anything
+        assert rig.fleet.app_of(i) == OLD, i
+    assert "ota:" not in rig.nodes["bd-04"].console_text()
