@@ -54,9 +54,10 @@ faults: setup
 # faults on two nodes (about half an hour) and a day of steady load on the gateway process, its
 # memory and descriptors watched (24 hours; MEETKIT_SOAK_HOURS=1 for a shorter one); and a power
 # cut at every flash program of an install, a rollback and a proof (tests/sim/test_trial.py, about
-# 6 minutes; `make test` cuts at every 5th).
+# 6 minutes; `make test` cuts at every 5th); and a rollout to 20 simulated nodes in waves with the
+# real gateway (tests/faults/test_fleet_faults.py, about a minute; `make test` rolls out to 6).
 soak: setup
-	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/faults/test_fleet_faults.py
 
 bench: setup
 	$(BIN)/python -m bench

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,17 +150,26 @@ def judge(name: str, nodes: dict[str, tuple[Ledger, int]], rows: list[tuple[str,
 
 
 class Rig:
-    """A real Mosquitto, the gateway as its own process, and simulated nodes, in one folder."""
+    """A real Mosquitto, the gateway as its own process, and simulated nodes, in one folder.
 
-    def __init__(self, workdir: Path, gateway_dir: Path | None = None, store_toml: str = "") -> None:
+    `ota`: the gateway also runs the fleet over the air ([fleet] node_keys, [ota] with these keys,
+    e.g. {"offer_every_s": 5}); see Fleet. Nodes made with `rig.node(..., fleet=True)` then run
+    the firmware as release OLD, with a node key the gateway signs with."""
+
+    def __init__(self, workdir: Path, gateway_dir: Path | None = None, store_toml: str = "",
+                 ota: dict[str, float] | None = None) -> None:
         self.dir = Path(workdir)
         self.broker = Mosquitto(self.dir / "broker").start()
+        self.fleet = Fleet(self, self.dir / "fleet", ota) if ota is not None else None
         self.gateway = GatewayProcess(gateway_dir or self.dir / "gateway", self.broker.host, self.broker.port,
-                                      client_id="meetkit-gateway-faults", store_toml=store_toml).start()
+                                      client_id="meetkit-gateway-faults", store_toml=store_toml,
+                                      extra_toml=self.fleet.toml() if self.fleet else "").start()
         self._wait_subscribed()
         self.nodes: dict[str, SimNode] = {}
         self.epochs: dict[str, int] = {}
         self.cutoff: dict[str, set[tuple[int, int]]] | None = None
+        if self.fleet:
+            self.fleet.watch()
 
     def _wait_subscribed(self, timeout: float = 30) -> None:
         # Until the gateway's first subscription, the broker keeps nothing for it: a node that
@@ -166,11 +180,19 @@ class Rig:
                 raise TimeoutError("the gateway did not subscribe")
             time.sleep(0.05)  # waits on: the gateway's log
 
-    def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", **spec: Any) -> SimNode:
-        """A node; it runs TAIL_S past `until_s`, so the record it closes last has time to go."""
+    def node(self, node_id: str, scenario: str | dict[str, Any] = "quiet-street", fleet: bool = False,
+             **spec: Any) -> SimNode:
+        """A node; it runs TAIL_S past `until_s`, so the record it closes last has time to go.
+        `fleet`: run over the air (the rig made with `ota`): release OLD as .mpy, a node key."""
         sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
         if spec.get("until_s") is not None:
             spec["until_s"] += TAIL_S
+        if fleet:
+            if self.fleet is None:
+                raise RuntimeError("a fleet node needs a rig made with ota=")
+            spec.setdefault("firmware", self.fleet.old_firmware())
+            spec.setdefault("heapsize", OTA_HEAP)
+            spec["files"] = dict(spec.get("files") or {}, **{"node.key": self.fleet.add_node(node_id)})
         n = SimNode(NodeSpec(node_id=node_id, scenario=sc, workdir=self.dir / node_id,
                              broker_host=self.broker.host, broker_port=self.broker.port, **spec))
         n.prepare()
@@ -317,8 +339,227 @@ class Rig:
     def close(self) -> None:
         for n in self.nodes.values():
             n.stop()
+        if self.fleet:
+            self.fleet.close()
         self.gateway.stop()
         self.broker.stop()
+
+
+OLD = "0.1.9"   # the release fleet nodes run at first; firmware/ is a newer one (FW_VERSION)
+OTA_HEAP = "128K"   # a release offer's manifest needs it (tests/sim/test_fleet_node.py)
+APP = ("lib", "boot.py", "main.py", "appswap.py")   # the app on a node's flash (appswap.py)
+
+
+class Fleet:
+    """What a rollout needs of the rig: a release key, the node keys the gateway signs with,
+    releases built with `meetkit release build`'s builder (for the simulator's MicroPython) from
+    firmware/ or a broken copy of it, the operator's CLI (`meetkit-gateway release add`, `fleet
+    update`, `fleet status`), the rollout as the gateway's store has it, and every piece each
+    node asked for (a watcher on `<prefix>/+/ota/get`)."""
+
+    def __init__(self, rig: Rig, workdir: Path, ota: dict[str, float]) -> None:
+        from meetkit_tools import release
+
+        self.rig = rig
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key, self.pub = release.keygen(self.dir / "release-key")
+        self.node_keys = self.dir / "node-keys.json"
+        self.keys: dict[str, str] = {}
+        self.node_keys.write_text(json.dumps({"nodes": {}}))
+        self.kept = self.dir / "kept"
+        self.built: dict[str, Path] = {}   # version -> the release's folder
+        self.ota = ota
+        self.gets: dict[str, list[tuple[str, int, int]]] = {}   # node -> (release, file, off) asked
+        self._old: Path | None = None
+        self._lock = threading.Lock()
+        self._watcher: Any = None
+
+    def toml(self) -> str:
+        ota = "".join(f"{k} = {v}\n" for k, v in self.ota.items())
+        return (f'\n[fleet]\nnode_keys = "{self.node_keys}"\n\n'
+                f'[ota]\nrelease_keys = ["{self.pub}"]\nreleases = "{self.kept}"\n{ota}')
+
+    def add_node(self, node_id: str) -> bytes:
+        """A new key for `node_id`, in the gateway's node-keys.json (it reads it again when it
+        changes); the node.key file for its flash."""
+        self.keys[node_id] = secrets.token_hex(32)
+        tmp = self.node_keys.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"nodes": self.keys}))
+        tmp.replace(self.node_keys)
+        return self.keys[node_id].encode()
+
+    def source(self, version: str, patch: dict[str, Callable[[str], str]] | None = None) -> Path:
+        """firmware/ as release `version`, with `patch` (path -> a function of the source) applied."""
+        from meetkit_tools.dev import fleetsim
+        from meetkit_tools.paths import FIRMWARE
+
+        out = self.dir / "src" / version
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(FIRMWARE, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        now = fleetsim.fw_version()
+        patch = dict(patch or {})
+        cfg = patch.get("lib/config.py")
+        patch["lib/config.py"] = lambda s: (cfg(s) if cfg else s).replace(f'FW_VERSION = "{now}"',
+                                                                             f'FW_VERSION = "{version}"')
+        for rel, f in patch.items():
+            p = out / rel
+            text = f(p.read_text())
+            if rel != "lib/config.py" and text == p.read_text():
+                raise ValueError(f"the patch of {rel} changed nothing")
+            p.write_text(text)
+        return out
+
+    def old_firmware(self) -> Path:
+        """Release OLD as a technician's copy puts it on a board (lib/ as .mpy), made once."""
+        from meetkit_tools.dev import fleetsim
+
+        if self._old is None:
+            self._old = fleetsim.mpy_firmware(self.dir / "firmware-old", firmware=self.source(OLD))
+        return self._old
+
+    def release(self, version: str, patch: dict[str, Callable[[str], str]] | None = None) -> dict[str, Any]:
+        """Build and sign release `version` (firmware/, patched), keep it with `release add`; its manifest."""
+        from meetkit_tools import release
+
+        out = self.dir / "releases" / version
+        manifest = release.build(self.key, out, firmware=self.source(version, patch), arch=release.SIM_ARCH)
+        self.cli("release", "add", str(out))
+        self.built[version] = out
+        return manifest
+
+    def files(self, version: str) -> dict[str, bytes]:
+        """The files of a release built here, by path."""
+        from meetkit_gateway.releases import FILES
+
+        root = self.built[version] / FILES
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    def old_files(self) -> dict[str, bytes]:
+        root = self.old_firmware()
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and p.relative_to(root).parts[0] in APP}
+
+    def app_of(self, node_id: str) -> str:
+        """Which whole app the stopped node's flash holds: OLD, a release built here, or "mixed"
+        (what differs), "bricked" (no main.py or boot.py)."""
+        app = self.rig.nodes[node_id].flash_files(*APP)
+        if "main.py" not in app or "boot.py" not in app:
+            return "bricked"
+        if app == self.old_files():
+            return OLD
+        for v in self.built:
+            if app == self.files(v):
+                return v
+        want = self.files(max(self.built, key=_vkey)) if self.built else self.old_files()
+        diff = sorted(p for p in set(app) | set(want) if app.get(p) != want.get(p))
+        return "mixed: " + ", ".join(diff[:8])
+
+    # -- the operator's CLI --------------------------------------------------------------------
+    def cli(self, *args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        exe = Path(sys.executable).with_name("meetkit-gateway")
+        r = subprocess.run([str(exe), *args, "--config", str(self.rig.gateway.conf)], capture_output=True,
+                           text=True, timeout=timeout)
+        if (r.returncode == 0) != ok:
+            raise RuntimeError(f"meetkit-gateway {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        return r
+
+    def wait_running(self, nodes: list[str], fw: str, timeout: float = 120) -> None:
+        """Until the gateway's store has each of `nodes` running `fw` (their status)."""
+        wait_for(lambda: all((n := self.nodes().get(x)) is not None and n.fw == fw for x in nodes), timeout,
+                 f"{nodes} running {fw}, as the gateway has it")
+
+    def update(self, version: str, nodes: list[str], canary: int = 1, wave: int = 10) -> None:
+        """`meetkit-gateway fleet update`, once the gateway has heard every node (it plans from them)."""
+        wait_for(lambda: all(x in self.nodes() for x in nodes), 120, f"the gateway to know {nodes}")
+        self.cli("fleet", "update", "--release", version, "--nodes", ",".join(nodes), "--canary", str(canary),
+                 "--wave", str(wave))
+
+    def status(self) -> str:
+        return self.cli("fleet", "status").stdout
+
+    # -- what the gateway's store says -----------------------------------------------------------
+    def rollout(self) -> tuple[Any, list[Any]]:
+        """The newest rollout and its nodes (RolloutRow, [RolloutNodeRow]); (None, []) before one."""
+        from meetkit_gateway.store import Store
+
+        with Store(self.rig.gateway.db, readonly=True) as s:
+            rows = s.rollouts(limit=1)
+            return (rows[0], s.rollout_nodes(rows[0].id)) if rows else (None, [])
+
+    def wait_rollout(self, *states: str, timeout: float = 600, on_wait: Callable[[], None] | None = None) -> Any:
+        """The newest rollout once it is in one of `states` (TimeoutError naming where it stood)."""
+        end = time.monotonic() + timeout
+        while True:
+            r, nodes = self.rollout()
+            if r is not None and r.state in states:
+                return r
+            if time.monotonic() > end:
+                raise TimeoutError(f"the rollout is not {states}: {r}; {[(n.node, n.state) for n in nodes]}")
+            if on_wait:
+                on_wait()
+            time.sleep(0.5)  # waits on: the rollout in the gateway's store
+
+    def nodes(self) -> dict[str, Any]:
+        """The gateway's view of each node (fw, mode from its status)."""
+        from meetkit_gateway.store import Store
+
+        with Store(self.rig.gateway.db, readonly=True) as s:
+            return {n.node: n for n in s.nodes()}
+
+    def events(self, kind: str, node: str | None = None) -> list[dict[str, Any]]:
+        from meetkit_gateway.store import Store
+
+        with Store(self.rig.gateway.db, readonly=True) as s:
+            return [dict(e.body, node=e.node, at=e.at) for e in s.events(kind, node=node)]
+
+    def alarms(self) -> list[Any]:
+        from meetkit_gateway.store import Store
+
+        with Store(self.rig.gateway.db, readonly=True) as s:
+            return list(s.active_alarms())
+
+    # -- the pieces asked -------------------------------------------------------------------------
+    def watch(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        ready = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"faults-ota-watch-{id(self)}")
+
+        def on_message(client: Any, u: Any, m: Any) -> None:
+            try:
+                d = json.loads(m.payload)
+                g = (str(d["release"]), int(d["file"]), int(d["off"]))
+            except (ValueError, KeyError, TypeError):
+                return
+            with self._lock:
+                self.gets.setdefault(m.topic.split("/")[-3], []).append(g)
+
+        c.on_message = on_message
+        c.on_connect = lambda client, *a: client.subscribe(f"meetkit/+/ota/get", qos=0)
+        c.on_subscribe = lambda *a: ready.set()
+        c.connect(self.rig.broker.host, self.rig.broker.port)
+        c.loop_start()
+        if not ready.wait(15):
+            raise RuntimeError("the piece watcher did not subscribe")
+        self._watcher = c
+
+    def pieces_asked(self, node_id: str, version: str) -> tuple[int, int]:
+        """(requests, distinct pieces) `node_id` asked of release `version`."""
+        with self._lock:
+            g = [x for x in self.gets.get(node_id, []) if x[0] == version]
+        return len(g), len(set(g))
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.loop_stop()
+            self._watcher.disconnect()
+            self._watcher = None
+
+
+def _vkey(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("."))
 
 
 def scenario(base: str = "quiet-street", **faults: list[tuple[float, float]]) -> dict[str, Any]:
