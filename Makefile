@@ -56,7 +56,7 @@ faults: setup
 # cut at every flash program of an install, a rollback and a proof (tests/sim/test_trial.py, about
 # 6 minutes; `make test` cuts at every 5th).
 soak: setup
-	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/sim/test_appswap.py
 
 bench: setup
 	$(BIN)/python -m bench

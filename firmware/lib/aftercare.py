@@ -36,7 +36,7 @@ def start(host):
         import ota
         host.ota = ota.resume(host)
     a = Aftercare(host)
-    if a.trial or a.rollback or a.crash or a.count:
+    if a.trial or a.rollback or a.refused or a.crash or a.count:
         host.after = a
     else:
         _done(host)

@@ -415,3 +415,45 @@ def test_provisioning_over_an_app_on_trial_ends_the_trial(old_node: dict) -> Non
         assert files.get(k) == v, k
     assert not any(k.endswith(".old") for k in files) and "app.trial" not in files
     assert "interval 20 s" in text and "trial: rolled back" not in text
+
+
+def refused_install(old_node: dict, files: dict[str, bytes], leave: int | None = None) -> tuple[str, dict[str, bytes]]:
+    """The node's update (new/ota.json) staged as `files`; with `leave`, files of the technician's
+    (fill/) take the flash but about `leave` blocks. Returns the start's text and the flash's files
+    after it."""
+    node = restore(old_node)
+    files["new/ota.json"] = b'{"v":1,"body":"{}","mac":"00"}'
+    flashimage.write_files(node.image, files)
+    if leave is not None:
+        i = 0
+        while (free := flashimage.statvfs(node.image)["bfree"]) > leave:   # 15 blocks at most a file (the tool's heap)
+            n = min(15, max(1, (free - leave) * 3 // 4))   # its CTZ pointers and the folder's metadata
+            flashimage.write_files(node.image, {f"fill/{i}": b"\0" * (n * 4096 - 512)})
+            i += 1
+        assert free >= leave - 2
+    text = power_on(node, 4)
+    which, after = whole(old_node, node, text, old_node["rel"])
+    assert which == "old" and not any(k.startswith("new/") for k in after)
+    return text, after
+
+
+def test_an_update_missing_a_file_is_refused_with_a_note_the_running_app_reports(old_node: dict) -> None:
+    """new/.ready written but a file missing (no download leaves it so; a damaged flash might): the
+    old app runs on and app.refused says why, for the gateway (aftercare.py: event "refused")."""
+    files = staged(old_node["rel"])
+    del files["new/lib/uplink.mpy"]
+    text, after = refused_install(old_node, files)
+    assert "appswap: lib/uplink.mpy is missing from new/: the new app is removed, the old one stays" in text
+    assert json.loads(after["app.refused"]) == {"release": NEW, "reason": "install failed: lib/uplink.mpy is missing from new/"}
+
+
+def test_an_update_without_room_for_its_copy_is_refused_before_a_file_is_copied(old_node: dict) -> None:
+    """Free flash short of the largest file's copy (the spool or a technician's file took it since
+    the offer): nothing is copied, the old app runs on, app.refused says so."""
+    rel = old_node["rel"]
+    big = -(-max(len(v) for v in rel.values()) // 4096)   # the largest file's blocks
+    text, after = refused_install(old_node, staged(rel), leave=big + 1)
+    assert "appswap: no room to copy " in text and "the new app is removed, the old one stays" in text
+    r = json.loads(after["app.refused"])
+    assert r["release"] == NEW and r["reason"].startswith("install failed: no room to copy ")
+    assert any(k.startswith("fill/") for k in after)
