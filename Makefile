@@ -57,7 +57,7 @@ faults: setup
 # 6 minutes; `make test` cuts at every 5th); and a rollout to 20 simulated nodes in waves with the
 # real gateway (tests/faults/test_fleet_faults.py, about a minute; `make test` rolls out to 6).
 soak: setup
-	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/faults/test_fleet_faults.py
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/sim/test_appswap.py tests/faults/test_fleet_faults.py
 
 bench: setup
 	$(BIN)/python -m bench

@@ -4,23 +4,32 @@
 # sha256}} or a release's {"files": [{"path": ...}, ...]}), and only then the empty new/.ready: the
 # commit point. finish() (called first thing by boot.py, and by provision over the REPL) then puts
 # the files in place, in two phases, each step finished by the next call when the power is cut:
-#   1. every new/X is moved next to its place as X.swp, the manifest as app.json.swp (the old app
-#      untouched). If one is lost the new app cannot be completed: the .swp files and new/ go, and
-#      the old app runs on. Then the marker app.swap is written: from here on the new app is in.
+#   1. every new/X is COPIED next to its place as X.swp (a new file in X's own folder, written and
+#      closed: littlefs commits it in one step at the close), and only then new/X is removed (one
+#      commit in new/). A cut mid-copy leaves new/X whole: the next call copies it again; a cut
+#      after the close finds X.swp whole (new/X gone: done, or still there: copied again). So a
+#      complete new/ is never lost, and the flash needs room for ONE more file than old + new
+#      app (checked first; the offer asks for it, lib/otaoffer.py). The manifest goes last, as
+#      app.json.swp. The old app is untouched. Then the marker app.swap: the new app is in.
 #   2. every X.swp is renamed to X (appswap.py and boot.py first, so a cut boot finishes), then
 #      app.json; /lib keeps only the manifest's files (a stale x.py would shadow a new x.mpy);
 #      new/ and the marker go.
+# Why not new/X -> X.swp (a rename): littlefs moves a file between folders in two commits, and a
+# power cut between them lost the file (and in the simulator the NEXT file's copy as well):
+# bench/ota_powercut.py found a third of the cut nodes back on the old app, the update given up.
 # A release staged with new/trial.json goes on trial, the old app kept: phase 2 first writes
 # app.trial (trial.json plus the old app's files it keeps and the new app's it adds), then moves
 # each old X to X.old before X.swp -> X (a copy for appswap.py and boot.py, which must never be
 # missing), app.json to app.json.old, a stale /lib file to .old. lib/trial.py counts the trial's
 # starts and proves the new app (deletes the .old files); lib/trialboot.py puts the old one back.
 # Without new/trial.json (provision) nothing is kept, and an app on trial is settled first.
+# An install that cannot be made (a release that may not be installed, no room for the copy, a
+# file missing from new/) removes new/ and keeps the old app; when it was the node's update
+# (new/ota.json) it leaves app.refused ({"release", "reason"}): the running app reports it as the
+# event "refused" (lib/aftercare.py), so the gateway's rollout halts at once with the reason.
 # An unfinished new/ is removed, unless it holds new/ota.json: an update the node is downloading.
-# Why not new/X -> X directly: littlefs moves a file between folders in two commits, and in the
-# simulator a power cut between them lost the NEXT file's copy as well (tests/sim/test_appswap.py);
-# a rename within a folder is one commit, atomic. It imports only os and never touches config.json,
-# board.json, ca.der, node.key, sp/, boot.count, crash.* or any file it was not given.
+# It imports only os and never touches config.json, board.json, ca.der, node.key, sp/,
+# boot.count, crash.* or any file it was not given.
 import os
 
 NEW = "new"
@@ -31,6 +40,8 @@ SWP = ".swp"
 OLD = ".old"
 TRIAL = "app.trial"
 TRIAL_NEW = "new/trial.json"
+OTA = "new/ota.json"
+REFUSED = "app.refused"
 
 
 def _exists(p):
@@ -108,7 +119,27 @@ def _sweep(d):
             os.remove(p)
 
 
+def _release():
+    """The release new/ holds (trial.json's or the manifest's version), for app.refused."""
+    for p, k in ((TRIAL_NEW, '"release"'), (NEW + "/" + MANIFEST, '"fw"'), (MANIFEST + SWP, '"fw"')):
+        try:
+            with open(p) as f:
+                t = f.read()
+            i = t.index('"', t.index(":", t.index(k)) + 1) + 1
+            return t[i:t.index('"', i)]
+        except (OSError, ValueError):
+            pass
+    return None
+
+
 def _abort(why):
+    if _exists(OTA):   # the node's update: the running app tells the gateway (lib/aftercare.py)
+        v = _release()
+        with open(REFUSED + ".tmp", "w") as f:
+            f.write('{"release":%s,"reason":"install failed: %s"}' % (
+                "null" if v is None else '"%s"' % v.replace("\\", "").replace('"', ""),
+                why.replace("\\", "/").replace('"', "'")))
+        os.rename(REFUSED + ".tmp", REFUSED)
     _sweep("")
     if _isdir(NEW):
         _rmtree(NEW)
@@ -147,18 +178,45 @@ def _trial(names, keep):
     os.rename(TRIAL + ".tmp", TRIAL)
 
 
+_buf = None
+
+
+def _copy(src, dst):
+    """src -> dst, whole at dst's close (one commit); a fixed 512-byte buffer (boot's heap)."""
+    global _buf
+    if _buf is None:
+        _buf = bytearray(512)
+    b = memoryview(_buf)
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        k = f.readinto(_buf)
+        while k:
+            g.write(b[:k])
+            k = f.readinto(_buf)
+
+
 def _keep(n):
     """n -> n.old; appswap.py and boot.py copied instead: never missing, they finish a cut install."""
     if n not in ("appswap.py", "boot.py"):
         os.rename(n, n + OLD)
         return
-    b = bytearray(512)
-    with open(n, "rb") as f, open(n + ".tmp", "wb") as g:
-        k = f.readinto(b)
-        while k:
-            g.write(b[:k])
-            k = f.readinto(b)
+    _copy(n, n + ".tmp")
     os.rename(n + ".tmp", n + OLD)
+
+
+def _room(names):
+    """None when the flash has room for the largest file's copy (phase 1 holds one file twice at
+    most), else why not."""
+    big = 0
+    for n in names + [MANIFEST]:
+        try:
+            big = max(big, os.stat(NEW + "/" + n)[6])
+        except OSError:
+            pass
+    st = os.statvfs(".")
+    need = (big + st[0] - 1) // st[0] + 2   # its blocks, and 2 for the folders' metadata
+    if st[3] < need:
+        return "no room to copy %d bytes: %d KB free" % (big, st[3] * st[0] // 1024)
+    return None
 
 
 def finish():
@@ -190,17 +248,25 @@ def finish():
         elif _exists(TRIAL):   # provision over an app on trial: settled first
             import trialboot
             trialboot.settle(True)
-        # phase 1: next to their places, the old app untouched
-        for n in names:
-            src = NEW + "/" + n
-            if _exists(src):
-                _makedirs(n)
-                os.rename(src, n + SWP)
-            elif not _exists(n + SWP):
-                return _abort("%s was lost" % n)
-        if _exists(m):
-            os.rename(m, MANIFEST + SWP)
+        why = _room(names)
+        if why:
+            return _abort(why)
+        # phase 1: copied next to their places, the old app untouched
+        try:
+            for n in names + [MANIFEST]:
+                src = NEW + "/" + n
+                if _exists(src):
+                    _makedirs(n)
+                    _copy(src, n + SWP)   # again after a cut: new/X is the original until here
+                    os.remove(src)
+                elif not _exists(n + SWP):
+                    return _abort("%s is missing from new/" % n)
+        except OSError as e:
+            if e.args[0] != 28:   # ENOSPC; anything else: boot.py goes on, the next start tries again
+                raise
+            return _abort("the flash is full (%r)" % (e,))
         open(MARK, "w").close()   # the point of no return
+        print("appswap: %d files copied next to their places: the new app is in" % (len(names) + 1))
     # phase 2 (also after a cut in it): into place
     names = _files(MANIFEST + SWP if _exists(MANIFEST + SWP) else MANIFEST)
     want = {}

@@ -129,10 +129,13 @@ def build(out: Path, target: Target | None, board: dict[str, Any], config: dict[
 
 
 def size_on_flash(out: Path, block: int = 4096) -> int:
-    """Bytes the folder takes on littlefs: every file at least one block, directories one more.
-    (littlefs inlines files under a block's cache size in their directory entry; counting a block
-    each keeps the estimate on the safe side.)"""
-    total = 0
+    """Bytes the folder takes on littlefs while it is installed: every file at least one block,
+    directories one more, and a second copy of the largest file (appswap.py copies each file of
+    new/ beside its place before it removes it). (littlefs inlines files under a block's cache size
+    in their directory entry; counting a block each keeps the estimate on the safe side.)"""
+    total = big = 0
     for p in out.rglob("*"):
-        total += block if p.is_dir() else max(1, -(-p.stat().st_size // block)) * block
-    return total + block
+        n = block if p.is_dir() else max(1, -(-p.stat().st_size // block)) * block
+        total += n
+        big = max(big, 0 if p.is_dir() else n)
+    return total + big + block

@@ -8,6 +8,8 @@
 #                 trial.fail(why) and a restart once the interval is spooled: boot.py puts the
 #                 previous app back.
 #   app.rollback  boot.py rolled back: event "rolled_back" once connected, then the file goes.
+#   app.refused   appswap.py could not install the node's update (its reason): event "refused"
+#                 once connected, then the file goes (the rollout halts with the reason).
 #   crash.txt     the last crash: event "crash" once connected (crash.report(), then reported()).
 #   crash.count   crashes in a row: counted from zero again (crash.clear()) after 10 minutes of
 #                 running with a batch acknowledged.
@@ -39,7 +41,7 @@ def start(host):
         import ota
         host.ota = ota.resume(host)
     a = Aftercare(host)
-    if a.trial or a.rollback or a.crash or a.count or a.cfg or a.reverted:
+    if a.trial or a.rollback or a.refused or a.crash or a.count or a.cfg or a.reverted:
         host.after = a
     else:
         _done(host)
@@ -57,6 +59,7 @@ class Aftercare:
         fw = host.uplink.meta["fw"]
         self.trial = host.mode == "trial"
         self.rollback = _exists("app.rollback")
+        self.refused = _exists("app.refused")
         self.crash = _exists("crash.txt")
         self.count = _exists("crash.count")
         self.reverted = _exists("config.reverted")
@@ -87,6 +90,20 @@ class Aftercare:
             console.warn("ota: rolled back from %s to %s: %s" % (r["release"], r["back_to"], r["reason"]))
             mgmt.event(host, r)
             trial.clear_rollback()
+        if connected and self.refused:
+            self.refused = False
+            import json
+            try:
+                with open("app.refused") as f:
+                    r = json.load(f)
+            except (OSError, ValueError) as e:
+                r = {"reason": "install failed (app.refused unreadable: %r)" % (e,)}
+            if not isinstance(r, dict):
+                r = {}
+            r = {"kind": "ota", "state": "refused", "release": r.get("release"), "reason": r.get("reason")}
+            console.warn("ota: %s not installed: %s" % (r["release"], r["reason"]))
+            mgmt.event(host, r)
+            os.remove("app.refused")
         if connected and self.crash:
             self.crash = False
             import crash
@@ -111,7 +128,7 @@ class Aftercare:
             crash.clear()
         if self.trial:
             self._trial(host, connected, acked)
-        if not (self.trial or self.rollback or self.crash or self.count or self.cfg or self.reverted):
+        if not (self.trial or self.rollback or self.refused or self.crash or self.count or self.cfg or self.reverted):
             _done(host)
 
     def _trial(self, host, connected, acked):

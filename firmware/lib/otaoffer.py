@@ -73,11 +73,16 @@ def _why_not(host, rel, files, force):
             return "built for .mpy %s %s; this MicroPython loads .mpy %s %s" % (rel.get("mpy"), arch, mine, mine_arch)
     st = os.statvfs(".")   # the flash: the node works from its root
     bs = st[0]
-    need = 2 + SPARE_BLOCKS + 2 * _SEG // bs   # new/, its folders; the spare; the spool's two segments
+    # new/, its folders; the spare; the spool's two segments; the install's copy of the largest
+    # file (appswap.py copies each file of new/ next to its place before removing it) and its folder
+    need = 4 + SPARE_BLOCKS + 2 * _SEG // bs
+    big = 0
     for f in files:
         need += (f[1] + bs - 1) // bs
+        big = max(big, f[1])
+    need += (big + bs - 1) // bs
     if st[3] < need:
-        return "needs %d KB of flash free (the release, %d KB to spare); %d KB free" % (
+        return "needs %d KB of flash free (the release, a copy of its largest file, %d KB to spare); %d KB free" % (
             need * bs // 1024, SPARE_BLOCKS * bs // 1024 + 2 * _SEG // 1024, st[3] * bs // 1024)
     return None
 

@@ -384,6 +384,8 @@ def test_an_offer_is_refused_for_what_does_not_fit_this_node_and_says_why(tmp_pa
         {"rel": manifest(), "mode": "trial"},
         {"rel": manifest(files=[{"path": "config.json", "size": 10, "sha256": "ab" * 32}])},
         {"rel": manifest(files=[{"path": "../x.py", "size": 10, "sha256": "ab" * 32}])},
+        # fits the flash once (1.9 MB of 2040 KB free), not with the install's copy of it
+        {"rel": manifest(files=[{"path": "lib/huge.mpy", "size": 1_900_000, "sha256": "ab" * 32}])},
     ])
     assert got[0] is None
     assert got[1] == "0.2.0 is not newer than the 0.2.0 it runs (and not forced)"
@@ -394,10 +396,13 @@ def test_an_offer_is_refused_for_what_does_not_fit_this_node_and_says_why(tmp_pa
     assert got[6] == "built for .mpy 6.3 xtensawin; this MicroPython loads .mpy 6.3 x64"
     assert got[7] == "built for .mpy 6.2 x64; this MicroPython loads .mpy 6.3 x64"
     assert got[8] is None                                       # sources: any MicroPython
-    assert got[9] == "needs 3104 KB of flash free (the release, 96 KB to spare); 2040 KB free"
+    assert got[9] == ("needs 3212 KB of flash free (the release, a copy of its largest file, 96 KB to spare); "
+                      "2040 KB free")
     assert got[10] == "on trial with 0.2.0: one update at a time"
     assert got[11] == "manifest: file 'config.json'"
     assert got[12] == "manifest: file '../x.py'"
+    assert got[13] == ("needs 3824 KB of flash free (the release, a copy of its largest file, 96 KB to spare); "
+                       "2040 KB free")
 
 
 SELFTEST = """

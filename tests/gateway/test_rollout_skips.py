@@ -91,6 +91,17 @@ def test_only_silence_skips_a_node_that_answered_is_held_to_prove_within_s():
     assert by["a"].state == "accepted" and d.skipped == [] and d.stage == 0
 
 
+def test_an_install_the_node_could_not_make_halts_at_once_with_its_reason():
+    """After "installed" the node's boot could not install it (appswap.py: event "refused"): the
+    rollout halts then, not prove_within_s later."""
+    a = node("a", 0, "installed", 1, T0, T0)
+    a.accepted_at = T0
+    why = "install failed: no room to copy 22016 bytes: 12 KB free"
+    by, d = step([a, node("b", 1)], T0 + 90, events=(ev(1, "a", "refused", T0 + 80, reason=why),))
+    assert by["a"].state == "failed" and by["a"].reason == f"refused: {why}"
+    assert d.failed == [f"a (canary) refused: {why}"] and d.offer == []
+
+
 def test_after_a_gateway_restart_a_node_is_offered_again_and_given_a_whole_period_first():
     """The gateway was away for hours: the node's events may still be queued at the broker. The
     first step of this run offers it again; it is skipped only once that offer went unanswered."""
