@@ -95,7 +95,10 @@ def records(node: SimNode) -> list[str]:
 
 # -- configuration and commands -----------------------------------------------------------------------
 def test_a_configuration_is_applied_at_the_end_of_the_interval_and_reported(fleet: Fleet) -> None:
-    n = fleet.node("cfg-01")
+    # A Wi-Fi change runs on trial (cfgtrial, aftercare loaded): at the default 112K the retained
+    # configuration at the next connect was refused for memory (1008 bytes, 14 KB free in pieces);
+    # docs/operator.md says so. The heap offers need too.
+    n = fleet.node("cfg-01", heapsize=OFFER_HEAP)
     st = fleet.online("cfg-01", mode="normal", cfg=0)
     assert st["fw"] == fleetsim.fw_version()
     networks = [{"ssid": "meetkit-lab", "password": "simulated"}, {"ssid": "spare", "password": "spare-s3cret"}]
