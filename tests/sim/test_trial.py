@@ -248,7 +248,9 @@ def test_a_power_cut_at_any_flash_program_of_a_rollback_leaves_the_old_app_whole
     while True:
         node = restore(old_node, "image.failed", failed_state)
         text = power_on(node, 4, cut=k)
-        assert node.power_cuts_done == 1, f"cut {k}: no cut happened"
+        if node.power_cuts_done == 0:   # the start made fewer than k programs: the sweep is past them all
+            assert "trial: rolled back" in text, f"cut {k}: no cut happened and no rollback"
+            break
         first, _, after = text.partition("--- power cut")
         if "trial: rolled back" in first:   # this cut came after the rollback
             break
