@@ -411,7 +411,7 @@ def test_add_node_with_the_broker_running(running: Running, gateway: Client) -> 
     running.proc.send_signal(signal.SIGHUP)  # `systemctl reload mosquitto`
     deadline = time.monotonic() + 20   # the broker reads its password file again
     while not (c := Client(running, "ams-009", tls=True, cafile=running.ca)).ok and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.1)  # waits on: the broker taking the new account
     assert c.ok
     c.pub(f"{P}/ams-009/up", "new")
     c.pub(f"{P}/ams-001/up", "forged")
@@ -504,7 +504,7 @@ def wait_log(b: Running, text: str, timeout: float = 15) -> str:
     while text not in (log := b.log.read_text(errors="replace")):
         if time.monotonic() > deadline:
             raise AssertionError(f"mosquitto log: no {text!r} within {timeout} s")
-        time.sleep(0.05)
+        time.sleep(0.05)  # waits on: the log line
     return log
 
 

@@ -207,7 +207,7 @@ def test_a_blank_board_is_flashed_then_provisioned(site: dict, tmp_path: Path) -
         assert flash.returncode == 0, flash.stdout + flash.stderr
         deadline = time.monotonic() + 30   # the board boots MicroPython once the flasher lets go
         while "flashed; the board boots it" not in board.console_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.1)  # waits on: the condition polled above
         res = provision(site, board.port, *full(site), node="lamp-018")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "result: PASS" in res.stdout

@@ -95,7 +95,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # waits on: the predicate
 
 
 def write_config(tmp_path: Path, port: int, extra_mqtt: str = "", name: str = "gateway.toml",

@@ -124,7 +124,7 @@ class FakeNode:
         deadline = time.monotonic() + timeout
         while self.running < version:
             assert time.monotonic() < deadline, f"{self.node} runs {self.running}, not {version}"
-            time.sleep(0.02)
+            time.sleep(0.02)  # waits on: the running version
 
     def close(self) -> None:
         self.client.disconnect()

@@ -83,7 +83,7 @@ def test_a_wifi_outage_cuts_mqtt_and_it_works_again_after(tmp_path: Path, broker
         sub.publish("simtest/x", b"marker", qos=1).wait_for_publish(30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "marker" not in got:
-            time.sleep(0.05)
+            time.sleep(0.05)  # waits on: the condition polled above
         assert "marker" in got, "the marker did not come back"
     finally:
         sub.loop_stop()

@@ -242,7 +242,7 @@ class FleetGateway:
             for e in self.events_of(node):
                 if pred(e):
                     return e
-            time.sleep(0.05)
+            time.sleep(0.05)  # waits on: the event
         raise AssertionError(f"no such event from {node} within {timeout} s; events: {self.events_of(node)}")
 
     def last_status(self, node: str) -> dict[str, Any] | None:
