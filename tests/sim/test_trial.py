@@ -43,7 +43,7 @@ BROKEN = 'raise ValueError("this release breaks at import")\n'
 PROVE = ('import os\nif "prove.now" in os.listdir():\n    os.remove("prove.now")\n    import trial\n'
          '    print("test: proved", trial.prove())\n')
 SAFE_STAND_IN = ('def main():\n    import time\n    print("SAFE MODE (stand-in)")\n'
-                 '    while True:\n        time.sleep(1)\n')
+                 '    while True:\n        time.sleep(1)  # waits on: the simulated power-off\n')
 
 
 # The power-cut sweeps cut at every 5th flash program in `make test` (about 1/5 of the time, and
