@@ -45,8 +45,9 @@ The API:
                         kept X.old is removed, then app.trial; a power cut in between is finished by
                         boot.py (trialboot.py writes app.proved too if the cut came before it). A cut
                         before the commit leaves the trial on: the next start counts a start of it
-                        and the app proves itself again (the 3rd start's cut: rolled back). Call it once the new app has proved itself
-                        (started, broker reached, a batch acknowledged, the self-test's items pass).
+                        and the app proves itself again (the 3rd start's cut: rolled back). Call it
+                        once the new app has proved itself (started, broker reached, a batch
+                        acknowledged, the self-test's items pass).
   fail(reason)       -> True when app.failed was written (an app on trial, not proved yet), False
                         otherwise. The caller then resets (machine.reset()): boot.py rolls back.
   rollback_report()  -> app.rollback's dict, or None. Report it (event "rolled_back"), then:
