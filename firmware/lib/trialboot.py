@@ -3,7 +3,8 @@
 # settle() rolls back (app.failed: its reason; or the trial's starts used up), or finishes a proof
 # that a power cut interrupted (app.proved written first when the cut came before prove() wrote it:
 # the gateway is told at the next connection, lib/aftercare.py). Each is committed first in
-# app.trial ("proved"; "back": the reason), and every later step is idempotent: a power cut anywhere is finished by the next start.
+# app.trial ("proved"; "back": the reason), and every later step is idempotent: a power cut
+# anywhere is finished by the next start.
 # Rolling back: every kept X.old renamed back to X (appswap.py and boot.py last: until then the new
 # app's, which know how to finish), then the new app's added files removed (after: a module always
 # has one version on the path), app.rollback written (what the node reports), app.failed and
