@@ -54,10 +54,11 @@ faults: setup
 # faults on two nodes (about half an hour) and a day of steady load on the gateway process, its
 # memory and descriptors watched (24 hours; MEETKIT_SOAK_HOURS=1 for a shorter one); and a power
 # cut at every flash program of an install, a rollback and a proof (tests/sim/test_trial.py, about
-# 6 minutes; `make test` cuts at every 5th); and a rollout to 20 simulated nodes in waves with the
+# 6 minutes; `make test` cuts at every 5th), and of a proof in a rollout with the real gateway
+# (tests/sim/test_proof_cut.py, about 4 minutes; `make test`: every 5th); and a rollout to 20 simulated nodes in waves with the
 # real gateway (tests/faults/test_fleet_faults.py, about a minute; `make test` rolls out to 6).
 soak: setup
-	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/sim/test_appswap.py tests/faults/test_fleet_faults.py
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/sim/test_appswap.py tests/sim/test_proof_cut.py tests/faults/test_fleet_faults.py
 
 bench: setup
 	$(BIN)/python -m bench

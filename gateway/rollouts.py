@@ -27,6 +27,13 @@ a second:
    envelope), and offered again every `[ota] offer_every_s` until they answer: nodes come and go.
    Only nodes offered the release and not yet past "accepted" get its pieces (ota.py).
 
+A node may say `proved` twice for the same release (a power cut after the event went out and
+before the node removed its note, app.proved): the second changes nothing. A `proved` that comes
+after the rollout halted (a node that stayed silent past `prove_within_s`, then came back and said
+it: its note survives any power cut) is shown, not taken: the node's row and the rollout's reason
+say when it proved (`late`), and the rollout stays halted: a halt is the operator's to end (a new
+`fleet update` of the release takes the node as done, it runs the release).
+
 Everything is in the store (rollouts, rollout_nodes): a restarted gateway goes on where it was,
 events that arrived meanwhile included. The release is verified again (signature and every file)
 when the manager first needs it, and what is served is what was verified.
@@ -178,6 +185,7 @@ class RolloutManager:
         r = store.running_rollout()
         if r is None:
             self.serve({})
+            self._after_halt(store, now)
             return
         if self._cleared_for != r.id:
             self._cleared_for = r.id
@@ -225,6 +233,25 @@ class RolloutManager:
         for node, payload in offers:  # after the commit: an offer lost in a crash is sent again
             self.offer(node, payload)
         self.serve({n.node: release for n in nodes.values() if n.state in FETCHING} if state == "running" else {})
+
+    def _after_halt(self, store: Store, now: float) -> None:
+        """The newest rollout, when halted: the proofs that came after its halt are shown (`late`)."""
+        rows = store.rollouts(limit=1)
+        if not rows or rows[0].state != "halted":
+            return
+        r = rows[0]
+        events = store.events(kind="ota", since_id=r.events_seen, limit=1000)
+        if not events:
+            return
+        nodes = {n.node: RolloutNode.of(n) for n in store.rollout_nodes(r.id)}
+        said = late(r, nodes, events)
+        with store.transaction():
+            for n in nodes.values():
+                if n.changed:
+                    store.set_rollout_node(r.id, n.node, n.state, n.reason, n.offers, n.offered_at, n.accepted_at,
+                                           now, n.first_offered_at)
+            store.update_rollout(r.id, now, events_seen=events[-1].id,
+                                 reason="; ".join([r.reason or "", *said]) if said else None)
 
     def _halted(self, r: RolloutRow, reason: str) -> None:
         self.serve({})
@@ -298,6 +325,29 @@ def skip_reason(n: RolloutNode, heard: float | None, ota: OtaConfig) -> str:
         return f"not heard since {iso(heard)}, no answer to {offers} in {ota.answer_within_s:.0f} s"
     return (f"heard at {iso(heard)} but no answer to {offers} in {ota.answer_within_s:.0f} s (does its "
             "firmware take offers? is its ota topic in the broker's ACL?)")
+
+
+def late(r: RolloutRow, nodes: dict[str, RolloutNode], events: list[EventRow]) -> list[str]:
+    """The `proved` events of `r`'s release that came after `r` halted, from its nodes: a node that
+    failed (past `prove_within_s`, say) keeps its state, and its reason says when it proved; one the
+    halt caught on its way (offered, accepted, installed) is "proved". `nodes` are changed in place;
+    returned: a line for the rollout's reason per failed node that proved."""
+    out: list[str] = []
+    for e in events:
+        n = nodes.get(e.node)
+        if n is None or e.state != "proved" or e.body.get("release") != r.release:
+            continue
+        if n.state == "failed" and _LATE_PROOF not in (n.reason or ""):
+            n.reason = f"{n.reason}; proved at {iso(e.at)}, {_LATE_PROOF}"
+            out.append(f"{n.node} proved it at {iso(e.at)}, {_LATE_PROOF}")
+            log.warning("rollout %d: %s proved %s at %s, %s", r.id, n.node, r.release, iso(e.at), _LATE_PROOF)
+        elif n.state in ("offered", "accepted", "installed"):
+            n.state = "proved"
+            log.info("rollout %d: %s proved %s after the rollout halted", r.id, n.node, r.release)
+    return out
+
+
+_LATE_PROOF = "after the rollout halted (late; it stays halted)"
 
 
 def decide(r: RolloutRow, nodes: dict[str, RolloutNode], fw: Mapping[str, str | None], events: list[EventRow],

@@ -7,6 +7,12 @@
 #                 event "proved". A sensor's item failing, or no proof within trial_s ->
 #                 trial.fail(why) and a restart once the interval is spooled: boot.py puts the
 #                 previous app back.
+#   app.proved    the trial was proved (trial.prove() writes it right after its commit, or
+#                 trialboot.py when a power cut came first): event "proved" once connected, and the
+#                 file goes only once the broker took it (the uplink's events empty: umqtt's QoS 1
+#                 publish returned on its PUBACK), so a cut anywhere after the proof's commit still
+#                 tells the gateway; a cut after the publish and before the removal sends it twice
+#                 (the gateway takes a second "proved" of the same release as the first).
 #   app.rollback  boot.py rolled back: event "rolled_back" once connected, then the file goes.
 #   app.refused   appswap.py could not install the node's update (its reason): event "refused"
 #                 once connected, then the file goes (the rollout halts with the reason).
@@ -41,7 +47,7 @@ def start(host):
         import ota
         host.ota = ota.resume(host)
     a = Aftercare(host)
-    if a.trial or a.rollback or a.refused or a.crash or a.count or a.cfg or a.reverted:
+    if a.trial or a.rollback or a.refused or a.proved or a.crash or a.count or a.cfg or a.reverted:
         host.after = a
     else:
         _done(host)
@@ -60,6 +66,7 @@ class Aftercare:
         self.trial = host.mode == "trial"
         self.rollback = _exists("app.rollback")
         self.refused = _exists("app.refused")
+        self.proved = _exists("app.proved")   # True: to send; 2: sent, waiting for the broker to take it
         self.crash = _exists("crash.txt")
         self.count = _exists("crash.count")
         self.reverted = _exists("config.reverted")
@@ -128,7 +135,20 @@ class Aftercare:
             crash.clear()
         if self.trial:
             self._trial(host, connected, acked)
-        if not (self.trial or self.rollback or self.refused or self.crash or self.count or self.cfg or self.reverted):
+        if self.proved and connected:
+            import trial
+            if self.proved is True:
+                p = trial.proved_report() or {}
+                rel = p.get("release")
+                if not isinstance(rel, str):   # cannot happen (written whole): the app running is the one proved
+                    rel = host.uplink.meta["fw"]
+                mgmt.event(host, {"kind": "ota", "state": "proved", "release": rel})
+                self.proved = 2
+            if not host.uplink.events:   # out: the broker took it (QoS 1)
+                trial.clear_proved()
+                self.proved = False
+        if not (self.trial or self.rollback or self.refused or self.proved or self.crash or self.count or self.cfg
+                or self.reverted):
             _done(host)
 
     def _trial(self, host, connected, acked):
@@ -148,7 +168,7 @@ class Aftercare:
                 console.info("trial: %s proved: the previous app is deleted" % fw)
                 host.mode = up.meta["mode"] = "normal"
                 mgmt.status(host)
-                mgmt.event(host, {"kind": "ota", "state": "proved", "release": fw})
+                self.proved = True   # the event, from app.proved (step, right after this)
                 return
             if host.up_s < host.cfg["trial_s"]:
                 return

@@ -109,8 +109,10 @@ class Node:
         # fetched (ota.py); after: what this start owes the gateway (aftercare.py)
         self.restart_why = self.ota = self.after = None
         self.dropped_msgs = 0   # the gateway's messages that came while two waited (mgmt.py says so)
-        for p in ("new", "app.trial", "app.rollback", "app.refused", "crash.txt", "crash.count", "config.json.old"):
-            if p in root:   # a download, an update, a rollback, a failed install, a crash or a configuration on trial
+        for p in ("new", "app.trial", "app.rollback", "app.refused", "app.proved", "crash.txt", "crash.count",
+                  "config.json.old"):
+            if p in root:   # a download, an update, a rollback, a failed install, a proof to report, a crash
+                # or a configuration on trial
                 import aftercare
                 aftercare.start(self)
                 break

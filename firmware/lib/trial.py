@@ -12,6 +12,11 @@ Files at the flash's root, each written whole (a temporary file, then one rename
                 within their folder, app.json -> app.json.old among them).
   app.failed    JSON {"reason": "..."}: the trial failed; boot.py rolls back at the next start.
   app.rollback  JSON {"release": new, "back_to": previous, "reason": "..."}: boot.py rolled back.
+  app.proved    JSON {"release": new, "prev": previous}: the trial was proved (written right after
+                the proof's commit, by prove() or by trialboot.py finishing a proof a power cut
+                interrupted): aftercare.py sends the event "proved" from it once connected and
+                removes it once the broker took the event (QoS 1), so a cut anywhere after the
+                commit never leaves the gateway without the proof (it may hear it twice).
 
 Staging a release for a trial (the OTA downloader): new/ mirrors the root with every file of the
 release, new/app.json is the release manifest ("files": a list of {"path": ...} as in
@@ -36,13 +41,19 @@ The API:
   prove()            -> the release proved (str), or None when there was no trial to prove, or
                         app.failed exists (a failed trial is not proved). Deletes the previous app:
                         app.trial is first rewritten with "proved" (the commit point: from there no
-                        rollback), then every kept X.old is removed, then app.trial; a power cut in
-                        between is finished by boot.py. Call it once the new app has proved itself
-                        (started, broker reached, a batch acknowledged, the self-test's items pass).
+                        rollback), then app.proved is written (what the node reports), then every
+                        kept X.old is removed, then app.trial; a power cut in between is finished by
+                        boot.py (trialboot.py writes app.proved too if the cut came before it). A cut
+                        before the commit leaves the trial on: the next start counts a start of it
+                        and the app proves itself again (the 3rd start's cut: rolled back). Call it
+                        once the new app has proved itself (started, broker reached, a batch
+                        acknowledged, the self-test's items pass).
   fail(reason)       -> True when app.failed was written (an app on trial, not proved yet), False
                         otherwise. The caller then resets (machine.reset()): boot.py rolls back.
   rollback_report()  -> app.rollback's dict, or None. Report it (event "rolled_back"), then:
   clear_rollback()   -> removes app.rollback.
+  proved_report()    -> app.proved's dict, or None. Report it (event "proved"), and once the broker
+  clear_proved()     -> took it, this removes app.proved.
 Crash reports and the count of crashes in a row: crash.py.
 """
 import json
@@ -51,6 +62,7 @@ import os
 TRIAL = "app.trial"
 FAILED = "app.failed"
 ROLLBACK = "app.rollback"
+PROVED = "app.proved"
 BOOTS = 3   # starts a new app gets to prove itself
 
 
@@ -108,6 +120,7 @@ def prove():
         return None
     t["proved"] = 1
     _write(TRIAL, t)   # the commit point: from here on the new app stays
+    _write(PROVED, {"release": t.get("release"), "prev": t.get("prev")})   # what the gateway is owed
     for n in t.get("kept", ()):
         try:
             os.remove(n + ".old")
@@ -132,5 +145,17 @@ def rollback_report():
 def clear_rollback():
     try:
         os.remove(ROLLBACK)
+    except OSError:
+        pass
+
+
+def proved_report():
+    r = _load(PROVED)
+    return r if isinstance(r, dict) else None
+
+
+def clear_proved():
+    try:
+        os.remove(PROVED)
     except OSError:
         pass

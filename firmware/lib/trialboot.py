@@ -1,8 +1,10 @@
 # The end of a trial, at the start (trial.start() from boot.py, which then resets the board; appswap.py
 # when provision installs over a trial). What the files hold: lib/trial.py. Loaded only then (heap).
 # settle() rolls back (app.failed: its reason; or the trial's starts used up), or finishes a proof
-# that a power cut interrupted. Each is committed first in app.trial ("proved"; "back": the reason),
-# and every later step is idempotent: a power cut anywhere is finished by the next start.
+# that a power cut interrupted (app.proved written first when the cut came before prove() wrote it:
+# the gateway is told at the next connection, lib/aftercare.py). Each is committed first in
+# app.trial ("proved"; "back": the reason), and every later step is idempotent: a power cut
+# anywhere is finished by the next start.
 # Rolling back: every kept X.old renamed back to X (appswap.py and boot.py last: until then the new
 # app's, which know how to finish), then the new app's added files removed (after: a module always
 # has one version on the path), app.rollback written (what the node reports), app.failed and
@@ -53,6 +55,8 @@ def settle(end):
         if not t.get("proved"):
             t["proved"] = 1
             _write(TRIAL, t)   # the commit point, as trial.prove()
+        elif not _exists("app.proved"):   # proved, and the cut came before its note: the gateway is owed it
+            _write("app.proved", {"release": rel, "prev": t.get("prev")})
         for n in t.get("kept", ()):
             _remove(n + ".old")
         _remove(FAILED)

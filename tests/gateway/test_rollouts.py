@@ -437,3 +437,66 @@ def test_a_node_without_a_node_key_is_refused_up_front_and_halts_a_rollout_under
     assert halted["row"].reason == (f"n02 (wave 1) not offered: {path}: no key for n02 "
                                     "(`meetkit broker add-node n02` makes one)")
     assert halted["nodes"]["n01"].state == "done" and site.nodes["n02"].offers == []
+
+
+def test_a_node_that_says_proved_twice_moves_the_rollout_on_once(site: Site) -> None:
+    """A power cut after the node's "proved" went out and before it removed its note (app.proved)
+    sends it again at the next connection: the second changes nothing."""
+    gate = threading.Event()
+    site.node("n01")
+    site.node("n02", gate=gate)  # the wave waits on trial while the canary says it again
+    site.known({"n01": "0.2.0", "n02": "0.2.0"})
+    add(site, "0.3.0")
+    site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    wait_for(lambda: "installed" in site.nodes["n02"].event_at, 60, "the wave installed")
+    site.nodes["n01"].event("proved", "0.3.0")  # the canary again, as after such a cut
+    gate.set()
+    done = site.wait_rollout("done")
+    assert done["row"].reason is None
+    assert {n: x.state for n, x in done["nodes"].items()} == {"n01": "done", "n02": "done"}
+    assert all(x.reason is None for x in done["nodes"].values())
+    site.nodes["n02"].event("proved", "0.3.0")  # and after the rollout is done
+    with Store(site.gw.db, readonly=True) as s:
+        wait_for(lambda: len([e for e in s.events("ota", node="n02") if e.state == "proved"]) == 2, 15,
+                 "n02's second proof stored")
+        assert [e.state for e in s.events("ota", node="n01")][-2:] == ["proved", "proved"]
+    status = site.cli("fleet", "status").stdout
+    assert "rollout 1: release 0.3.0, done" in status and "2 done" in status, status
+    assert site.rollout()["state"] == "done"
+
+
+@pytest.mark.parametrize("site", [{"prove_within_s": 2}], indirect=True)
+def test_a_proof_that_comes_after_the_rollout_halted_is_shown_and_the_halt_stays(site: Site) -> None:
+    """A node silent past prove_within_s (a power cut, no network) halts the rollout; when it comes
+    back and says "proved" (its note survives the cut) the operator sees it, and decides."""
+    gate = threading.Event()
+    site.node("n01", gate=gate)
+    site.node("n02")
+    site.known({"n01": "0.2.0", "n02": "0.2.0"})
+    add(site, "0.3.0")
+    site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    halted = site.wait_rollout("halted", timeout=30)
+    first = "n01 (canary) not proved within 2 s of accepting it (last: installed)"
+    assert halted["row"].reason == first
+    gate.set()  # back: it proves it now
+    late = wait_for(lambda: (r := site.wait_rollout("halted")) and "proved it at" in (r["row"].reason or "") and r,
+                    30, "the late proof shown")
+    assert re.fullmatch(re.escape(first) + r"; n01 proved it at \S+, after the rollout halted \(late; it stays "
+                        r"halted\)", late["row"].reason), late["row"].reason
+    n01 = late["nodes"]["n01"]
+    assert n01.state == "failed" and n01.reason.endswith("after the rollout halted (late; it stays halted)")
+    assert late["nodes"]["n02"].state == "waiting" and site.nodes["n02"].offers == []
+    status = site.cli("fleet", "status").stdout
+    assert "HALTED: " + first + "; n01 proved it at " in status, status
+    assert HALTED in site.metrics()["meetkit_alarm_active"]["samples"]  # still the operator's to end
+    # said once, however often it says it again
+    site.nodes["n01"].event("proved", "0.3.0")
+    with Store(site.gw.db, readonly=True) as s:
+        wait_for(lambda: s.rollouts(limit=1)[0].events_seen >= max(e.id for e in s.events("ota")), 15,
+                 "the second proof looked at")
+        assert s.rollouts(limit=1)[0].reason == late["row"].reason
+    # the operator goes on: the node runs the release, a new rollout takes it as done
+    r = site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    assert "already  n01 (they run 0.3.0)" in r.stdout, r.stdout
+    done = site.wait_rollout("done", timeout=60)
+    assert {n: x.state for n, x in done["nodes"].items()} == {"n01": "done", "n02": "done"}

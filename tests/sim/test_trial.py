@@ -289,9 +289,12 @@ def test_a_power_cut_at_any_flash_program_of_a_proof_leaves_the_new_app_whole(ol
         if "app.trial" in files:
             kept(old_node, files)
             assert "app.failed" not in files and trial_state(files)["boots"] in (2, 3)
+            assert "app.proved" not in files   # nothing proved to report
             outcomes["trial"].append(k)
         else:
             assert not any(p.endswith(".old") for p in files), sorted(files)
+            # the proof's note, whichever program the cut tore: the node reports it once connected
+            assert json.loads(files["app.proved"]) == {"release": NEW, "prev": OLD}, sorted(files)
             outcomes["proved"].append(k)
         assert "app.rollback" not in files and "trial: rolled back" not in after
         k += stride
