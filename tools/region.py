@@ -180,8 +180,11 @@ def parse_plan(doc: dict[str, Any], path: Path) -> Plan:
         problems.append(f"region.topic_prefix: {prefix!r} must be levels of letters, digits, '-', '_' "
                         f"separated by '/', at most {broker.MAX_PREFIX} characters (the nodes' topic_prefix)")
         prefix = "meetkit"
-    central = _url(region.get("central"), "region.central", ("mqtt", "mqtts"), problems)
-    store = _url(region.get("store"), "region.store", ("http", "https"), problems)
+    if region or isinstance(doc.get("region"), dict):  # a missing [region] is one problem, not five
+        central = _url(region.get("central"), "region.central", ("mqtt", "mqtts"), problems)
+        store = _url(region.get("store"), "region.store", ("http", "https"), problems)
+    else:
+        central = store = ""
 
     gateways: dict[str, Gateway] = {}
     table = doc.get("gateways")
@@ -296,7 +299,7 @@ def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
     docs: dict[str, dict] = {}
     involved = {g.name for g in plan.gateways.values() if g.neighbours} | {
         n for g in plan.gateways.values() for n in g.neighbours}
-    for name in involved:
+    for name in (n for n in plan.gateways if n in involved):  # in the plan's order
         g = plan.gateways[name]
         if g.broker is None:
             why = (f"its nodes fail over to {', '.join(g.neighbours)}" if g.neighbours else "")
