@@ -308,6 +308,15 @@ def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
             problems.append(f"gateways.{name}.broker: not set, and {why}: give its `meetkit broker init` folder")
         else:
             docs[name] = _secrets(plan, g, problems)
+            passwd = g.broker / "mosquitto" / "passwd"
+            if not passwd.is_file():
+                problems.append(f"gateways.{name}.broker: {passwd} not found; run `meetkit broker init --out "
+                                f"{g.broker}` first")
+            visitors = docs[name].get(VISITORS, {})
+            if not isinstance(visitors, dict) or not all(
+                    isinstance(v, dict) and isinstance(v.get("password"), str) for v in visitors.values()):
+                problems.append(f"gateways.{name}.broker: {g.broker / broker.SECRETS}: `{VISITORS}` is not "
+                                '{"<node>": {"password": ..., "home": ...}}; remove it and run accounts again')
     if problems:
         raise RegionError([f"{plan.path}: {p}" for p in problems])
     # One password per node across the region: the node holds one.
@@ -358,8 +367,6 @@ def accounts(plan: Plan) -> list[Accounts]:
         doc = broker.load_secrets(out)
         before: dict[str, dict[str, str]] = dict(doc.get(VISITORS) or {})
         passwd = out / "mosquitto" / "passwd"
-        if not passwd.exists():
-            raise RegionError(f"{passwd}: not found; run `meetkit broker init --out {out}` first")
         lines = [ln for ln in passwd.read_text().splitlines() if ln.strip()]
         users = {ln.split(":", 1)[0] for ln in lines}
         res = Accounts(name)

@@ -219,6 +219,13 @@ def test_what_accounts_refuses_and_writes_nothing(reg: Region, tmp_path: Path, c
     assert main(["region", "accounts", "--plan", str(plan)]) == 1
     err = capsys.readouterr().err
     assert "gateways.ut-2.broker: not set, and its nodes fail over to ut-1; it takes the nodes of ut-1" in err
+    # a folder without its password file: nothing written to the others either
+    plan.write_text(text.replace('[gateways."ut-2"]', '[gateways."ut-2"]\nbroker = "ut-2/broker"'))
+    (reg.ut2 / "mosquitto" / "passwd").rename(reg.ut2 / "passwd.away")
+    before = snapshot()
+    assert main(["region", "accounts", "--plan", str(plan)]) == 1
+    assert f"gateways.ut-2.broker: {reg.ut2 / 'mosquitto' / 'passwd'} not found" in capsys.readouterr().err
+    assert snapshot() == before
     # a folder made for another prefix
     plan.write_text(text.replace('topic_prefix = "meetkit"', 'topic_prefix = "city"'))
     assert main(["region", "accounts", "--plan", str(plan)]) == 1
