@@ -27,7 +27,7 @@ from meetkit_tools.services import GatewayProcess, Mosquitto, free_port, stop_pr
 from .conftest import write_plan
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-SILENT_AFTER_S = 10  # above the gateway's /metrics cache (5 s) plus a scrape and a batch interval
+SILENT_AFTER_S = 15  # well above what /metrics lags the last batch: its cache (5 s), a scrape (1 s), a batch (1 s)
 FOR_S = 1
 
 
