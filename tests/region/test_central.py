@@ -123,3 +123,12 @@ def test_the_files_and_again_keeps_the_passwords(tmp_path: Path, capsys: pytest.
     assert again == {k: v for k, v in secrets.items() if k != "gw-zs-1"}
     assert not (out / "gw-zs-1.password").exists() and "gw-zs-1" not in (out / "mosquitto" / "acl").read_text()
 
+
+
+def test_without_tls_no_certificates(tmp_path: Path) -> None:
+    plan = region.load_plan(write_plan(tmp_path / "region.toml", GATEWAYS, central="mqtt://central.lan"))
+    res = region.central(plan, tmp_path / "central")
+    conf = (res.out / "mosquitto" / "mosquitto.conf").read_text()
+    assert "listener 1883\n" in conf and "cafile" not in conf and "certfile" not in conf
+    assert not (res.out / "ca").exists()
+    assert 'ca_file' not in region.central_forward_toml(plan, "ut-1", res.out)
