@@ -2,7 +2,8 @@
 runs what `meetkit region prometheus` writes, scraping two real `meetkit-gateway run` processes
 (each with its own Mosquitto) every second. Two nodes send batches made by the firmware's own code
 (tools/dev/batches.py), one to each gateway; while they send, no node is silent; when one stops,
-its MeetkitNodeSilent alert fires, and the other's does not."""
+its MeetkitNodeSilent alert fires, and the other's does not. Every rule evaluates on the real
+series without an error; a gateway stopped is MeetkitGatewayDown."""
 
 from __future__ import annotations
 
@@ -155,6 +156,21 @@ def test_prometheus_scrapes_both_gateways_and_a_node_gone_silent_fires(region: d
         wait_until("both nodes in Prometheus", lambda: {(r["metric"]["node"], r["metric"]["gateway"]) for r in
                    prom.query("meetkit_node_last_seen_timestamp_seconds")} == {("ut-0001", "ut-1"), ("zs-0001", "ut-2")},
                    30)
+        # every rule of the generated file evaluates on the real gateways' series without an error
+        # (a matching of labels that does not hold would show here, not in promtool's tests)
+        def rules_ok() -> list[dict] | None:
+            rules = [r for g in get(f"{prom.url}/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+            # a rule not evaluated yet has the zero time
+            return rules if rules and not any(r["lastEvaluation"].startswith("0001") for r in rules) else None
+        rules = wait_until("every rule evaluated", rules_ok, 30)
+        assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
+        assert len(rules) == 11  # 2 + 2 gateways' bounds recorded, 7 alerts
+        bounds = prom.query("meetkit_store_bounded_bytes / on (town, gateway) group_left () meetkit_region:store_max_bytes")
+        assert sorted(r["metric"]["gateway"] for r in bounds) == ["ut-1", "ut-2"]
+        # the recording rule names, per node, the gateway that heard it last
+        wait_until("meetkit_region:node_last_heard for both nodes", lambda: sorted(
+            (r["metric"]["node"], r["metric"]["gateway"]) for r in prom.query("meetkit_region:node_last_heard"))
+            == [("ut-0001", "ut-1"), ("zs-0001", "ut-2")], 30)
         # While both send: never silent, not even pending, for longer than the alert needs to fire
         # (silent-after + for + a few scrapes): a window of observation, asserted at every look.
         until = time.monotonic() + SILENT_AFTER_S + FOR_S + 5
@@ -175,6 +191,13 @@ def test_prometheus_scrapes_both_gateways_and_a_node_gone_silent_fires(region: d
         assert took >= SILENT_AFTER_S - 6  # not before it was silent (the gateway's cache 5 s, a scrape 1 s)
         assert "zs-0001" not in firing  # the other goes on sending
         assert b.is_alive()
+        # a gateway that stops: MeetkitGatewayDown for it alone
+        assert prom.alerts("MeetkitGatewayDown") == {}
+        region["gateways"]["ut-2"][1].stop()
+        down = wait_until("MeetkitGatewayDown firing for ut-2", lambda: [
+            a["labels"] for a in get(f"{prom.url}/api/v1/alerts")["data"]["alerts"]
+            if a["labels"]["alertname"] == "MeetkitGatewayDown" and a["state"] == "firing"], 30)
+        assert [(d["town"], d["gateway"]) for d in down] == [("zeist", "ut-2")]
     finally:
         a.stop()
         b.stop()
