@@ -26,10 +26,11 @@ system-deps:
 	  || { echo "installing victoria-metrics, chromium, openssl (apt): the gateway's upstream, page and TLS tests"; \
 	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	       victoria-metrics chromium openssl >/dev/null; }
-# promtool (Debian ships it in prometheus) checks /metrics in the tests; where systemd runs, the
+# promtool (Debian ships it in prometheus) checks /metrics and the region's alert rules in the tests,
+# and the region's tests run /usr/bin/prometheus itself (tests/region); where systemd runs, the
 # package also starts a Prometheus server on :9090 (`systemctl disable --now prometheus` stops it)
-	@command -v promtool >/dev/null 2>&1 \
-	  || { echo "installing prometheus (apt): promtool checks the gateway's /metrics"; apt-get update -qq && \
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
+	  || { echo "installing prometheus (apt): promtool and Prometheus for the gateway's /metrics and the region's alerts"; apt-get update -qq && \
 	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml

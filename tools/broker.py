@@ -71,6 +71,10 @@ PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 CA_DAYS = 3650
 SERVER_DAYS = 825
 SECRETS = "secrets.json"
+# secrets.json's neighbours' nodes, {"<node>": {"password", "home"}}: written by `meetkit region
+# accounts` (tools/region.py), kept by `init` (in the password file; no node key: this gateway
+# sends a visiting node its acks only)
+VISITORS = "visitors"
 NODE_KEYS = "node-keys.json"
 NODE_KEY_BYTES = 32
 
@@ -533,9 +537,15 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
             raise BrokerError(f"{out / SECRETS}: has a node {user!r}, an id reserved for the {user} account; "
                               "remove it from `nodes` and give that node another id")
     added = [n for n in dict.fromkeys(nodes) if n not in known]
+    # A neighbour's nodes (`meetkit region accounts`): kept, with the password their node holds.
+    visitors: dict[str, dict] = dict(doc.get(VISITORS) or {})
     for n in added:
+        if n in visitors:
+            raise BrokerError(f"node id {n!r}: a node of gateway {visitors[n].get('home')!r} has an account here "
+                              "already (`meetkit region accounts`); a node has one id in the region")
         known[n] = new_password()
-    doc = {"prefix": fleet.prefix, "gateway": gateway, "monitor": monitor, "nodes": known}
+    doc = {"prefix": fleet.prefix, "gateway": gateway, "monitor": monitor, "nodes": known,
+           **({VISITORS: visitors} if visitors else {})}
     # The secrets first: a password the file does not hold must never be in the password file.
     written.append(save_secrets(out, doc))
     keys = load_node_keys(out)
@@ -546,7 +556,7 @@ def init(out: Path, fleet: Fleet, nodes: list[str], renew_server_cert: bool = Fa
         os.chmod(out / NODE_KEYS, 0o600)
         kept.append(out / NODE_KEYS)
     written.append(write_passwd(out, {GATEWAY_USER: gateway["password"], MONITOR_USER: monitor["password"],
-                                      **known}))
+                                      **known, **{n: v["password"] for n, v in visitors.items()}}))
     _write(out / GATEWAY_PASSWORD, gateway["password"] + "\n", 0o600)
     _write(out / MONITOR_PASSWORD, monitor["password"] + "\n", 0o600)
     _write(out / MONITOR_DIR / "mosquitto_sub", mosquitto_sub_options(monitor["password"]), 0o600)
@@ -585,6 +595,9 @@ def add_node(out: Path, node: str, new_password_if_known: bool = False, new_key_
     nodes = doc.setdefault("nodes", {})
     keys = load_node_keys(out)
     known = node in nodes
+    if node in (doc.get(VISITORS) or {}):
+        raise BrokerError(f"node id {node!r}: a node of gateway {doc[VISITORS][node].get('home')!r} has an account "
+                          "here already (`meetkit region accounts`); a node has one id in the region")
     if known and not (new_password_if_known or new_key_if_known):
         raise BrokerError(f"node {node}: has an account already (--new-password to replace its password, "
                           "--new-key its node key)")

@@ -504,6 +504,175 @@ def add_board_parsers(sub: argparse._SubParsersAction) -> None:
     fm.set_defaults(func=cmd_flash_micropython)
 
 
+
+# -- meetkit region ---------------------------------------------------------------------------------
+
+def _plan(args: argparse.Namespace, cmd: str):
+    from meetkit_tools import region
+
+    try:
+        plan = region.load_plan(args.plan)
+    except region.RegionError as e:
+        for p in e.problems:
+            print(f"meetkit region {cmd}: {p}", file=sys.stderr)
+        return None
+    return plan
+
+
+def _region_errors(cmd: str, e: Exception) -> int:
+    for p in getattr(e, "problems", [str(e)]):
+        print(f"meetkit region {cmd}: {p}", file=sys.stderr)
+    return 1
+
+
+def cmd_region_check(args: argparse.Namespace) -> int:
+    plan = _plan(args, "check")
+    if plan is None:
+        return 1
+    for w in plan.warnings():
+        print(f"note: {w}")
+    for town, gws in plan.towns.items():
+        print(f"town {town}: " + ", ".join(
+            f"{g} ({plan.gateways[g].host}; fails over to {', '.join(plan.gateways[g].neighbours) or 'none'})"
+            for g in gws))
+    print(f"region {plan.name}: {len(plan.gateways)} gateway(s) in {len(plan.towns)} town(s), "
+          f"prefix {plan.topic_prefix}, central {plan.central}, store {plan.store}: the plan holds")
+    return 0
+
+
+def cmd_region_accounts(args: argparse.Namespace) -> int:
+    from meetkit_tools import broker, region
+
+    plan = _plan(args, "accounts")
+    if plan is None:
+        return 1
+    try:
+        results = region.accounts(plan)
+    except (region.RegionError, broker.BrokerError) as e:
+        return _region_errors("accounts", e)
+    for r in results:
+        g = plan.gateways[r.gateway]
+        said = [f"added {n} (of {h})" for n, h in r.added] + [f"changed {n} (of {h})" for n, h in r.changed]
+        said += [f"removed {n}" for n in r.removed]
+        print(f"gateway {r.gateway}: " + ("; ".join(said) if said else "nothing to do")
+              + f" ({r.kept} visiting account(s) as they were)")
+        if said:
+            print(f"  next: copy {g.broker}/mosquitto/passwd to that broker and `sudo systemctl reload mosquitto`")
+    if not results:
+        print("no gateway has neighbours: no accounts to make")
+    return 0
+
+
+def cmd_region_central(args: argparse.Namespace) -> int:
+    from meetkit_tools import broker, region
+
+    plan = _plan(args, "central")
+    if plan is None:
+        return 1
+    opts = region.CentralOptions(install_dir=args.install_dir, persistence_location=args.persistence_dir)
+    try:
+        res = region.central(plan, args.out, opts)
+    except (region.RegionError, broker.BrokerError) as e:
+        return _region_errors("central", e)
+    for p in res.written:
+        print(f"wrote {p}")
+    for p in res.kept:
+        print(f"kept  {p}")
+    print(f"accounts: {', '.join(res.accounts)} (passwords in {res.out / region.CENTRAL_SECRETS}, mode 0600)")
+    print("next: on the central broker, with mosquitto/ copied there:")
+    print(f"  sudo install -d -o root -g mosquitto -m 0750 {args.install_dir}")
+    print(f"  sudo install -o root -g mosquitto -m 0640 {res.out}/mosquitto/* {args.install_dir}/")
+    print(f"  sudo cp {args.install_dir}/mosquitto.conf /etc/mosquitto/mosquitto.conf && sudo systemctl restart mosquitto")
+    print("each gateway: its <account>.password (and ca/ca.crt) beside gateway.toml, and this [[forward]] target:")
+    for g in plan.gateways:
+        print(f"\n# {g}\n{region.central_forward_toml(plan, g, res.out)}")
+    return 0
+
+
+def cmd_region_prometheus(args: argparse.Namespace) -> int:
+    from meetkit_tools import region
+
+    plan = _plan(args, "prometheus")
+    if plan is None:
+        return 1
+    th = region.Thresholds(scrape_interval_s=args.scrape_interval, evaluation_interval_s=args.evaluation_interval,
+                           silent_after_s=args.silent_after, for_s=getattr(args, "for"),
+                           forward_behind_s=args.forward_behind, backlog_window_s=args.backlog_window,
+                           backlog_records=args.backlog_records, store_near=args.store_near,
+                           failover_after_s=args.failover_after)
+    try:
+        paths = region.prometheus(plan, args.out, th, args.alertmanager)
+    except region.RegionError as e:
+        return _region_errors("prometheus", e)
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"check: promtool check config {paths[0]}")
+    print("next: both files into /etc/prometheus/ on the machine that runs Prometheus, and "
+          "`sudo systemctl reload prometheus`")
+    return 0
+
+
+def _duration(text: str) -> float:
+    from meetkit_tools import region
+
+    try:
+        return region.seconds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_region_parser(sub: argparse._SubParsersAction) -> None:
+    from meetkit_tools import region
+
+    reg = sub.add_parser("region", help="a region of gateways from its plan (region.toml): accounts for failover, "
+                         "the central broker, Prometheus and its alerts").add_subparsers(dest="region_cmd", required=True)
+
+    def plan_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--plan", type=Path, default=Path("region.toml"), help="the region plan (default region.toml)")
+
+    rc = reg.add_parser("check", help="check the plan; every problem names its key")
+    plan_arg(rc)
+    rc.set_defaults(func=cmd_region_check)
+    ra = reg.add_parser("accounts", help="every gateway's Mosquitto accepts the nodes of the gateways that list it "
+                        "as a neighbour (their ids and passwords, from their broker folders); idempotent")
+    plan_arg(ra)
+    ra.set_defaults(func=cmd_region_accounts)
+    rz = reg.add_parser("central", help="the central Mosquitto's conf, password file and ACL: a gw-<gateway> account "
+                        "per gateway publishing only under <prefix>/<town>/#, a read-only `reader`")
+    plan_arg(rz)
+    rz.add_argument("--out", type=Path, default=BUILD / "central", help="folder for the files (default build/central)")
+    rz.add_argument("--install-dir", type=Path, default=Path("/etc/mosquitto/meetkit"),
+                    help="where mosquitto/ goes on the central broker (default /etc/mosquitto/meetkit)")
+    rz.add_argument("--persistence-dir", default="/var/lib/mosquitto/")
+    rz.set_defaults(func=cmd_region_central)
+    d = region.Thresholds()
+    rp = reg.add_parser("prometheus", help="prometheus.yml (every gateway's /metrics, labelled town and gateway) "
+                        "and meetkit-alerts.yml; durations in seconds or with a unit (10m, 1h)")
+    plan_arg(rp)
+    rp.add_argument("--out", type=Path, default=BUILD / "prometheus", help="folder (default build/prometheus)")
+    rp.add_argument("--scrape-interval", type=_duration, default=d.scrape_interval_s, metavar="DURATION",
+                    help="how often every /metrics is read (default 1m)")
+    rp.add_argument("--evaluation-interval", type=_duration, default=d.evaluation_interval_s, metavar="DURATION",
+                    help="how often the rules are evaluated (default 1m)")
+    rp.add_argument("--silent-after", type=_duration, default=d.silent_after_s, metavar="DURATION",
+                    help="a node no gateway heard for this long is silent (default 10m: three batches of a "
+                    "town's nodes)")
+    rp.add_argument("--for", type=_duration, default=d.for_s, metavar="DURATION",
+                    help="how long a condition holds before its alert fires (default 5m; a halted rollout at once)")
+    rp.add_argument("--forward-behind", type=_duration, default=d.forward_behind_s, metavar="DURATION",
+                    help="the oldest record not yet forwarded to a target is older than this (default 15m)")
+    rp.add_argument("--backlog-window", type=_duration, default=d.backlog_window_s, metavar="DURATION",
+                    help="over this long (default 30m) ...")
+    rp.add_argument("--backlog-records", type=int, default=d.backlog_records, metavar="N",
+                    help="... a node's records held not yet safe grew by N or more (default 20)")
+    rp.add_argument("--store-near", type=float, default=d.store_near, metavar="FRACTION",
+                    help="a store fills this much of its bound (default 0.9)")
+    rp.add_argument("--failover-after", type=_duration, default=d.failover_after_s, metavar="DURATION",
+                    help="a node on a neighbour's broker this long (default 10m)")
+    rp.add_argument("--alertmanager", action="append", default=[], metavar="HOST:PORT",
+                    help="where Prometheus sends the alerts (repeat; default: nowhere, they show in Prometheus)")
+    rp.set_defaults(func=cmd_region_prometheus)
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="meetkit", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -572,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "again: until then the gateway's messages to it are refused as `bad mac`)")
     ba.set_defaults(func=cmd_broker_add_node)
 
+    add_region_parser(sub)
     _add_provision(sub)
     add_fleet_parser(sub)
     add_release_parser(sub)
