@@ -106,6 +106,9 @@ class SafeAcks:
             self._store = None
 
     def start(self) -> "SafeAcks":
+        """Before the forwarders start: every move of their cursors from here on is seen."""
+        self._store = Store(self.store_path, readonly=True)
+        self._cursor = self._store.safe_cursor(self.targets)
         self._thread = threading.Thread(target=self.run, name="safe-acks", daemon=True)
         self._thread.start()
         log.info("region: acknowledgements carry `safe` (records taken by %s)", ", ".join(self.targets))

@@ -115,9 +115,9 @@ class Gateway:
         if self.ota is not None and self.rollouts is not None:
             self.ota.start()
             self.rollouts.start()
-        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward, region=self.config.region)
         if self.safe is not None:
-            self.safe.start()
+            self.safe.start()  # before the forwarders: it sees every move of their cursors
+        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward, region=self.config.region)
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
