@@ -329,3 +329,68 @@ def test_sensorthings_without_a_region_would_create_the_failed_over_records_twic
     finally:
         sta.stop()
     assert len(set(obs)) == 15 and len(obs) == 20  # 5..9 twice
+
+
+# -- [region] in gateway.toml ------------------------------------------------------------------------------
+
+def check(tmp_path: Path, text: str) -> tuple[int, str]:
+    from .conftest import cli
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[store]\npath = "gateway.db"\n' + text)
+    r = cli("check", "--config", str(path))
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_check_names_every_problem_of_region(tmp_path):
+    vm_target = '[[forward]]\nname = "vm-region"\ntype = "influx"\nurl = "http://vm:8428"\ndb = "m"\n'
+    code, out = check(tmp_path, '[region]\ntown = "Utrecht"\ngateway = "ut_1"\nsafe_targets = ["vm-regio", "off"]\n'
+                                + vm_target + '[[forward]]\nname = "off"\ntype = "influx"\nurl = "http://x"\n'
+                                'db = "m"\nenabled = false\n')
+    assert code != 0
+    assert 'region.town: must be 1 to 32 of a-z, 0-9 and "-" (the region plan\'s names), got "Utrecht"' in out
+    assert 'region.gateway: must be 1 to 32 of a-z, 0-9 and "-"' in out
+    assert 'region.safe_targets: "vm-regio" is not the name of a [[forward]] target (the targets: off, vm-region)' in out
+    assert 'region.safe_targets: "off" is disabled (enabled = false): no record would ever be safe' in out
+    code, out = check(tmp_path, '[region]\ntown = "utrecht"\n')
+    assert code != 0 and "region.gateway: missing" in out and "region.safe_targets: missing" in out
+    code, out = check(tmp_path, '[region]\ntown = "utrecht"\ngateway = "ut-1"\nsafe_targets = []\n')
+    assert code != 0 and "region.safe_targets: must be a non-empty array of [[forward]] target names" in out
+    code, out = check(tmp_path, '[[forward]]\nname = "c"\ntype = "mqtt"\nurl = "mqtt://c"\ntopic = "m/{town}/{node}"\n')
+    assert code != 0 and 'forward ("c").topic: {town} needs [region]' in out
+    code, out = check(tmp_path, '[region]\ntown = "utrecht"\ngateway = "ut-1"\nsafe_targets = ["vm-region"]\n'
+                      + vm_target)
+    assert code == 0, out
+    assert "region      town utrecht, gateway ut-1" in out
+    cfg = configuration.load(tmp_path / "gateway.toml")
+    assert cfg.region == RegionConfig("utrecht", "ut-1", ("vm-region",))
+
+
+# -- a visiting node: status via and held -------------------------------------------------------------------
+
+def test_a_visiting_node_is_shown_as_such_with_what_it_holds(tmp_path, broker):
+    g = Running(configuration.load(write_config(tmp_path, broker.port))).wait_subscribed()
+    node = Publisher(broker.host, broker.port)
+    try:
+        status = {"v": 1, "node": NODE, "online": True, "boot": 3, "via": 1, "held": 240}
+        node.publish(f"meetkit/{NODE}/status", status)
+        node.publish("meetkit/ams-002/status", {"v": 1, "node": "ams-002", "online": True, "via": 0, "held": 0})
+        node.publish("meetkit/ams-003/status", {"v": 1, "node": "ams-003", "online": True, "via": 16})
+        g.wait_committed(3)
+        from meetkit_gateway.http import metrics_text as render, nodes_doc
+        with g.store() as s:
+            text = render(s, lambda: [])
+            doc = {n["node"]: n for n in nodes_doc(s, lambda: [])["nodes"]}
+            assert [d.reason for d in s.dead_letters()] == ["via: 16 is outside 0..15"]
+        assert 'meetkit_node_via{node="ams-001"} 1.0' in text and 'meetkit_node_held_records{node="ams-001"} 240.0' in text
+        assert 'meetkit_node_via{node="ams-002"} 0.0' in text
+        assert "visiting" in doc[NODE]["flags"] and (doc[NODE]["via"], doc[NODE]["held"]) == (1, 240)
+        assert "visiting" not in doc["ams-002"]["flags"]
+        # its last will says neither: what it said last stays
+        node.publish(f"meetkit/{NODE}/status", {"v": 1, "node": NODE, "online": False})
+        g.wait_committed(4)
+        with g.store() as s:
+            assert {n.node: (n.via, n.held) for n in s.nodes()}[NODE] == (1, 240)
+    finally:
+        node.close()
+        g.stop()
