@@ -10,6 +10,14 @@ acknowledgements when the region targets take what was acknowledged before (docs
   pair differs from the last one the node was sent (with a batch or alone). A node whose records
   were not forwarded gets nothing. A node seen again after the gateway started gets its pair with
   its next acknowledgement; nodes due when the gateway stops are told with their next one then.
+
+Order. A pair is true when it is read; it can be smaller than one sent before when a record below
+that one arrives late (a batch the store refused for want of disk space, sent again after later
+ones). The node therefore applies each acknowledgement's pair to the records acknowledged up to
+then (docs/payload.md). For that to hold, a pair must reach the node before the acknowledgement of
+any record committed after the pair was read: the writer (read the pairs of its group, publish its
+acknowledgements) and this thread (read the pairs, publish them) each do both under `lock`, and
+paho sends what is published in order.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ class SafeAcks:
         self.every_s = every_s
         self.clock = clock
         self.standalone = 0  # standalone safe acknowledgements sent (the log says so at the end)
-        self._lock = threading.Lock()  # _sent: the writer's thread and ours
+        #: held while pairs are read and published (the writer's thread and ours): see "Order" above
+        self.lock = threading.RLock()
         self._sent: dict[str, SafePair] = {}  # the last pair each node was sent
         self._alone_at: dict[str, float] = {}  # when each node last got a standalone one
         self._due: set[str] = set()
@@ -57,9 +66,10 @@ class SafeAcks:
     # -- with the batches' acknowledgements (the writer's thread) --------------------------------------
 
     def for_batches(self, store: Store, nodes: Iterable[str]) -> dict[str, SafePair]:
-        """The pair of each node (one query on the writer's connection, after its commit)."""
-        pairs = store.safe_pairs(self.targets, nodes)
-        with self._lock:
+        """The pair of each node (one query on the writer's connection, after its commit); call
+        with `lock` held until the acknowledgements carrying them are published."""
+        with self.lock:
+            pairs = store.safe_pairs(self.targets, nodes)
             self._sent.update(pairs)
         return pairs
 
@@ -76,15 +86,19 @@ class SafeAcks:
             if self._cursor is not None and cursor > self._cursor:
                 self._due.update(s.nodes_between(self._cursor, cursor))
             self._cursor = cursor  # also when it went back (an operator's replay): from there on
-            ready = [n for n in self._due if now - self._alone_at.get(n, -self.every_s) >= self.every_s]
-            pairs = s.safe_pairs(self.targets, ready) if ready else {}
+        ready = [n for n in self._due if now - self._alone_at.get(n, -self.every_s) >= self.every_s]
+        if not ready:
+            return 0
+        with self.lock:
+            return self._send(s.safe_pairs(self.targets, ready), now)
+
+    def _send(self, pairs: dict[str, SafePair], now: float) -> int:
         sent = 0
         for node, pair in pairs.items():
             self._due.discard(node)
-            with self._lock:
-                if self._sent.get(node, _UNSENT) == pair:
-                    continue  # the node has this pair already (its last acknowledgement carried it)
-                self._sent[node] = pair
+            if self._sent.get(node, _UNSENT) == pair:
+                continue  # the node has this pair already (its last acknowledgement carried it)
+            self._sent[node] = pair
             try:
                 self.publish(self.topics.ack(node), safe_payload(self.db_id, pair))
             except Exception:  # one odd node id must not stop the others'

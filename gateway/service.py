@@ -180,24 +180,31 @@ class Gateway:
         return problem is None
 
     def _committed(self, done: Sequence[Done]) -> None:
-        pairs: dict[str, SafePair] = {}
-        if self.safe is not None:
-            try:
-                pairs = self.safe.for_batches(self.store, {ack.node for _, ack in done if ack is not None})
-            except Exception:  # the pair is a bonus: the batches are committed and acknowledged all the same
-                log.exception("region: could not read the safe pairs")
+        if self.safe is None:
+            self._acknowledge(done, None)
+        else:
+            with self.safe.lock:  # a standalone pair read before this commit goes out before these (safe_acks.py)
+                try:
+                    pairs = self.safe.for_batches(self.store, {ack.node for _, ack in done if ack is not None})
+                except Exception:  # the pair is a bonus: the batches are committed and acknowledged all the same
+                    log.exception("region: could not read the safe pairs")
+                    pairs = {}
+                self._acknowledge(done, pairs)
+        for msg, _ in done:
+            self.source.ack(msg)
+        if self.forwarders is not None:
+            self.forwarders.wake()
+
+    def _acknowledge(self, done: Sequence[Done], pairs: dict[str, SafePair] | None) -> None:
+        """Each batch's acknowledgement; in a region with its node's safe pair (None: not a region)."""
         for msg, ack in done:
             if ack is not None:
-                payload = (ack.payload(self.store.db_id) if self.safe is None
+                payload = (ack.payload(self.store.db_id) if pairs is None
                            else ack.payload(self.store.db_id, pairs.get(ack.node)))
                 try:
                     self.source.publish(self.topics.ack(ack.node), payload)
                 except Exception:  # one odd topic must not hold back the broker's acks below
                     log.exception("could not acknowledge %s to node %r", msg.topic, ack.node)
-        for msg, _ in done:
-            self.source.ack(msg)
-        if self.forwarders is not None:
-            self.forwarders.wake()
 
     def _refused(self, group: Sequence[Inbound]) -> None:
         for msg in group:

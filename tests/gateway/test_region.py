@@ -394,3 +394,30 @@ def test_a_visiting_node_is_shown_as_such_with_what_it_holds(tmp_path, broker):
     finally:
         node.close()
         g.stop()
+
+
+# -- the pair itself (store/safe.py) ---------------------------------------------------------------------
+
+def test_the_safe_pair_is_just_before_the_earliest_record_not_yet_taken(tmp_path):
+    from meetkit_gateway.store.safe import pair_before
+
+    assert pair_before(3 * 2**30 + 17) == (3, 16)
+    assert pair_before(3 * 2**30) == (2, 2**30 - 1)
+    assert pair_before(0) is None
+    with Store(tmp_path / "g.db") as s:
+        assert s.safe_pairs(("vm",), [NODE]) == {NODE: None}  # no record: []
+        s.add_batch(payload.parse_batch(encode(batch(seqs=range(10, 21))), NODE))
+        s.add_batch(payload.parse_batch(encode(batch(node="ams-002", boot=0, seqs=range(0, 3))), "ams-002"))
+        assert s.safe_pairs(("vm",), [NODE, "ams-002"]) == {NODE: (3, 9), "ams-002": None}  # no cursor yet: none taken
+        s.add_cursor("vm", T := 1795510800.0)
+        s.add_cursor("central", T)
+        s.set_cursor("vm", 11, T)  # took ams-001's 10..20
+        assert s.safe_pairs(("vm",), [NODE]) == {NODE: (3, 20)}  # all taken: its latest
+        assert s.safe_pairs(("vm", "central"), [NODE]) == {NODE: (3, 9)}  # the lowest cursor of the targets
+        # a record below the pair sent arrives late (refused for want of disk space, sent again after
+        # later ones): the pair is the truth again, smaller (docs/payload.md: the node applies each one
+        # to what was acknowledged up to then)
+        s.add_batch(payload.parse_batch(encode(batch(seqs=[5])), NODE))
+        assert s.safe_pairs(("vm",), [NODE]) == {NODE: (3, 4)}
+        assert {node: n for node, (n, _) in s.unsafe_records(("vm",)).items()} == {"ams-002": 3, NODE: 1}
+        assert s.nodes_between(0, 11) == [NODE]
