@@ -359,9 +359,10 @@ def test_check_names_every_problem_of_region(tmp_path):
     code, out = check(tmp_path, '[[forward]]\nname = "c"\ntype = "mqtt"\nurl = "mqtt://c"\ntopic = "m/{town}/{node}"\n')
     assert code != 0 and 'forward ("c").topic: {town} needs [region]' in out
     code, out = check(tmp_path, '[region]\ntown = "utrecht"\ngateway = "ut-1"\nsafe_targets = ["vm-region"]\n'
-                      + vm_target)
+                      + vm_target + '[[forward]]\nname = "central"\ntype = "mqtt"\nurl = "mqtt://c"\n')
     assert code == 0, out
     assert "region      town utrecht, gateway ut-1" in out
+    assert "region      central publishes on meetkit/utrecht/{node}/records" in out
     cfg = configuration.load(tmp_path / "gateway.toml")
     assert cfg.region == RegionConfig("utrecht", "ut-1", ("vm-region",))
 
