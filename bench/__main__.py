@@ -1,5 +1,5 @@
 from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_fleet, ota_heap, ota_powercut,
-                   ota_update, payload, provision, sensorthings, sim, sim_time, start_heap, store, tls, wire)
+                   ota_update, payload, provision, region, sensorthings, sim, sim_time, start_heap, store, tls, wire)
 
 
 def main() -> None:
@@ -21,6 +21,7 @@ def main() -> None:
     forward.run()
     sensorthings.run()
     store.run()
+    region.run()
     provision.run()
     hostile.run()
 

@@ -12,6 +12,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     payload      the node payload contract v1: parse and validate a message, or reject it with a
                  reason (docs/payload.schema.json is its oracle)
     acks         the acknowledgement a node gets for each batch once it is committed (`Ack`)
+    safe_acks    a region: the safe pair in every acknowledgement, standalone safe acknowledgements
     store/       the SQLite store (`Store`), the only package with SQL, a module per concern:
       store.schema        the tables, their migrations, auto-vacuum
       store.base          the connection: open, transactions, read snapshots, counters
@@ -21,6 +22,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
       store.pruning       dropping the oldest records; the file's pages
       store.readers       queries for the CLI, the status page and /metrics, export
       store.cursors       forwarding: the cursors, the next readings, refused batches, a target's state
+      store.safe          a region: each node's safe pair, its records not yet safe
       store.sensorthings  the SensorThings targets' entity ids
       store.integrity     quick_check, for recovery
       store.fleet         the nodes' events, the configuration each node is sent, commands

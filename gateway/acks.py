@@ -17,6 +17,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+#: a node's safe pair: (boot, seq), or None for `[]` (nothing of it safe yet)
+SafePair = tuple[int, int] | None
+#: `safe` left out: a gateway on its own (no [region])
+NO_REGION = object()
+
 from .payload import BOOT_MAX, MAX_MESSAGE_BYTES, SEQ_MAX, Batch
 
 VERSION = 1
@@ -46,9 +51,18 @@ class Ack:
     def of(cls, batch: Batch) -> "Ack":
         return cls(batch.node, batch.boot, batch.held_seqs())
 
-    def payload(self, db_id: str) -> bytes:
-        doc = {"v": VERSION, "db": db_id, "boot": self.boot, "seq": [list(r) for r in ranges(self.seqs)]}
+    def payload(self, db_id: str, safe: SafePair | object = NO_REGION) -> bytes:
+        doc: dict[str, Any] = {"v": VERSION, "db": db_id, "boot": self.boot,
+                               "seq": [list(r) for r in ranges(self.seqs)]}
+        if safe is not NO_REGION:
+            doc["safe"] = [] if safe is None else list(safe)  # type: ignore[arg-type]
         return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def safe_payload(db_id: str, safe: SafePair) -> bytes:
+    """A standalone safe acknowledgement: the pair moved without a batch to acknowledge."""
+    doc = {"v": VERSION, "db": db_id, "safe": [] if safe is None else list(safe)}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _count(v: Any, high: int) -> int | None:

@@ -142,6 +142,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  forward     {_target(t)}")
     if not cfg.forward:
         print("  forward     no targets")
+    if cfg.region is not None:
+        r = cfg.region
+        print(f"  region      town {r.town}, gateway {r.gateway}: acknowledgements carry `safe`, a record being safe "
+              f"once {' and '.join(r.safe_targets)} took it; every series forwarded carries town={r.town}")
+        for t in cfg.forward:
+            if t.type == "mqtt":
+                print(f"  region      {t.name} publishes on {configuration.region_topic(t.topic, r.town)}")
     if cfg.fleet is not None:
         _print_fleet(cfg.fleet)
     _print_fleet_files(cfg)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -138,6 +139,19 @@ class OtaConfig:
     pieces_per_s: float = 20.0  # per node: more requests than this are dropped (counted)
 
 
+#: a town's or a gateway's name in a region (the region plan's rule): 1 to 32 of a-z, 0-9, "-"
+REGION_NAME = re.compile(r"[a-z0-9-]{1,32}")
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """[region]: this gateway is one of a region's (docs/operator.md, "A region of gateways")."""
+
+    town: str  # every series it forwards carries it; the central MQTT topics too
+    gateway: str  # its name in the region plan (not in any series: two gateways write the same one)
+    safe_targets: tuple[str, ...]  # [[forward]] names whose acceptance makes a record safe
+
+
 @dataclass(frozen=True)
 class Config:
     mqtt: MqttConfig
@@ -149,6 +163,7 @@ class Config:
     fleet: Path | None = None  # [fleet] path: the nodes' positions (gateway/fleet.py)
     fleet_files: FleetFiles = FleetFiles()  # [fleet] node_keys, secrets, broker_secrets
     ota: OtaConfig | None = None  # [ota]; None: no releases, no rollouts
+    region: RegionConfig | None = None  # [region]; None: a gateway on its own (acks without `safe`)
 
 
 class ConfigError(Exception):
@@ -294,9 +309,9 @@ def _topic_template(v: Any) -> tuple[Any, str | None]:
     if err:
         return None, err
     try:
-        sample = v.format(node="n")
+        sample = v.format(node="n", town="t")
     except (KeyError, IndexError, ValueError) as e:
-        return None, f'may contain {{node}} and no other placeholder ({type(e).__name__}: {e}), got "{v}"'
+        return None, f'may contain {{node}}, {{town}} and no other placeholder ({type(e).__name__}: {e}), got "{v}"'
     if any(c in sample for c in "+#\0") or sample.startswith(("/", "$")) or sample.endswith("/") or "//" in sample:
         return None, f'must be an MQTT topic without wildcards, "$", empty levels or a leading/trailing "/", got "{v}"'
     return v, None
@@ -362,6 +377,20 @@ def _level(v: Any) -> tuple[Any, str | None]:
     return v.upper(), None
 
 
+def _region_name(v: Any) -> tuple[Any, str | None]:
+    if not isinstance(v, str) or not REGION_NAME.fullmatch(v):
+        return None, f"must be 1 to 32 of a-z, 0-9 and \"-\" (the region plan's names), got {_describe(v)}"
+    return v, None
+
+
+def _target_names(v: Any) -> tuple[Any, str | None]:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        return None, f"must be a non-empty array of [[forward]] target names, got {_describe(v)}"
+    if len(set(v)) != len(v):
+        return None, f"names a target twice: {_describe(v)}"
+    return tuple(v), None
+
+
 SECTIONS: dict[str, dict[str, Check]] = {
     "mqtt": {
         "host": _text(),
@@ -379,6 +408,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
     "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
+    "region": {"town": _region_name, "gateway": _region_name, "safe_targets": _target_names},
     "ota": {"release_keys": _paths, "releases": _text(), "offer_every_s": _seconds(1, 86400),
             "prove_within_s": _seconds(1, 7 * 86400), "answer_within_s": _seconds(1, 30 * 86400),
             "piece_max_bytes": _integer(256, 8192),
@@ -430,6 +460,16 @@ TYPE_CHECKS: dict[str, dict[str, Check]] = {"mqtt": {"url": _mqtt_url}, "sensor.
 TYPE_REQUIRED: dict[str, tuple[str, ...]] = {"sensor.community": ("name", "type", "sensors")}
 SENSORTHINGS_BATCH = 1000  # readings per CreateObservations request unless `batch` says otherwise
 SECRET_FILES = ("token_file", "password_file", "ca_file", "cert_file", "key_file")
+
+
+def region_topic(template: str, town: str) -> str:
+    """An mqtt target's topic template in a region: `{town}` as written, else the town as the
+    second level (the central broker's ACL gives each town's gateways `<prefix>/<town>/#`):
+    "meetkit/{node}/records" -> "meetkit/utrecht/{node}/records"."""
+    if "{town}" in template:
+        return template.replace("{town}", town)
+    first, _, rest = template.partition("/")
+    return f"{first}/{town}/{rest}" if rest else f"{first}/{town}"
 
 
 def _relative(value: str, source: Path | None) -> Path:
@@ -578,6 +618,10 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
     fleet_files = FleetFiles(**{k: _relative(v, source) for k, v in values["fleet"].items() if k != "path"})
     ota = _ota(doc.get("ota"), values["ota"], values["store"], fleet_files.node_keys, source, errors)
     forward = tuple(replace(t, fleet=fleet) if t.type == "sensorthings" and t.fleet is None else t for t in forward)
+    region = _region(doc.get("region"), values["region"], doc.get("forward"), forward, errors)
+    for t in forward:
+        if t.type == "mqtt" and "{town}" in t.topic and "region" not in doc:
+            errors.append(f'forward ("{t.name}").topic: {{town}} needs [region] (its town)')
     mqtt = values["mqtt"]
     if "password_file" in mqtt:
         _mqtt_password_file(mqtt, source, errors)
@@ -595,7 +639,29 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
         fleet=fleet,
         fleet_files=fleet_files,
         ota=ota,
+        region=region,
     )
+
+
+def _region(section: Any, values: dict[str, Any], forward_doc: Any, forward: tuple[ForwardConfig, ...],
+            errors: list[str]) -> RegionConfig | None:
+    """[region] (None without it): town, gateway and safe_targets all required; every safe target
+    must be an enabled [[forward]] target (a record is safe once it took it)."""
+    if not isinstance(section, dict):
+        return None
+    for key in ("town", "gateway", "safe_targets"):
+        if key not in section:
+            errors.append(f"region.{key}: missing (required in [region])")
+    known = {t.name: t for t in forward}
+    # a target whose own table had an error is not in `forward`: name only the truly unknown
+    written = {t.get("name") for t in forward_doc if isinstance(t, dict)} if isinstance(forward_doc, list) else set()
+    for name in values.get("safe_targets", ()):
+        if name not in written:
+            hint = f" (the targets: {', '.join(sorted(known))})" if known else " (there is no [[forward]] target)"
+            errors.append(f'region.safe_targets: "{name}" is not the name of a [[forward]] target{hint}')
+        elif name in known and not known[name].enabled:
+            errors.append(f'region.safe_targets: "{name}" is disabled (enabled = false): no record would ever be safe')
+    return RegionConfig(**values) if len(values) == 3 else None
 
 
 def _ota(section: Any, values: dict[str, Any], store: dict[str, Any], node_keys: Path | None,

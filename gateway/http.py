@@ -103,13 +103,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from .config import RegionConfig
 from .fleet import Fleet
 from .fleet_secrets import FleetSecrets
 from .fleet_status import NodeState, as_json, states
 from .fleet_view import FleetView, view
 from .http_server import HttpServer, Limits, Request, Response
 from .rollouts import NODE_STATES, ROLLOUT_STATES
-from .payload import BOOT_MAX, FUTURE_MARGIN_S, QUANTITIES, SEQ_MAX, TS_MIN, UP_MAX, plausible_ts
+from .payload import BOOT_MAX, FUTURE_MARGIN_S, QUANTITIES, SEQ_MAX, TS_MIN, UP_MAX, VIA_MAX, plausible_ts
 from .store import SCHEMA_VERSION, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,9 @@ class StoreCollector:
     `_App._answer`)."""
 
     def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None,
-                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None) -> None:
+                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None,
+                 region: RegionConfig | None = None) -> None:
+        self.region = region
         self.store = store
         self.targets = targets
         self.fleet = fleet
@@ -341,6 +344,7 @@ class StoreCollector:
         yield from self._store()
         heard: set[str] = set()
         yield from self._nodes(heard)
+        yield from self._region(heard)
         yield from _over_the_air(states(self.store, self.secrets))
         yield from _fleet_metrics(view(self.fleet), heard)
         yield from self._targets()
@@ -405,16 +409,40 @@ class StoreCollector:
              "Records missing between the lowest and highest sequence number of each boot, summed."),
             ("meetkit_node_spool_dropped_total", "counter",
              "Records the node's spool dropped by policy (full), as the node last reported."),
+            ("meetkit_node_via", "gauge",
+             "The index in the node's broker list of the broker it is on, per its last status (0: its own "
+             "gateway's; above 0: failed over, visiting a neighbour)."),
+            ("meetkit_node_held_records", "gauge",
+             "Records the node's spool holds that are not yet safe, per its last status."),
         )]
         for n in self.store.nodes():
             heard.add(n.node)
             lab = [str(n.node)]
             for fam, value in zip(fams, (_finite(n.last_seen), _boot(n.boot, last_boot.get(n.node)), n.online,
                                          _finite(n.rssi), records.get(n.node, 0), per_node_gaps.get(n.node, 0),
-                                         _finite(n.dropped))):
+                                         _finite(n.dropped), _finite(n.via), _finite(n.held))):
                 if value is not None:
                     fam.add_metric(lab, value)
         yield from fams
+
+    def _region(self, heard: set[str]) -> Iterator[Metric]:
+        """With [region]: per node, the records this store holds that the region's store does not
+        have yet, and the age of the oldest (0 and 0 for a node with none)."""
+        if self.region is None:
+            return
+        count = _family("gauge", "meetkit_node_unsafe_records",
+                        "Records of the node held in this store that the region's store has not taken yet.", ("node",))
+        oldest = _family("gauge", "meetkit_node_unsafe_oldest_seconds",
+                         "Seconds since the oldest of the node's records not yet safe was received (0: none).",
+                         ("node",))
+        unsafe = self.store.unsafe_records(self.region.safe_targets)
+        now = time.time()
+        for node in sorted(heard | set(unsafe)):
+            n, first = unsafe.get(node, (0, None))
+            count.add_metric([node], n)
+            oldest.add_metric([node], 0 if first is None else max(0.0, now - first))
+        yield count
+        yield oldest
 
     def _targets(self) -> Iterator[Metric]:
         rows, error = _targets(self.targets)
@@ -496,11 +524,12 @@ def _files_size(path: Path) -> int:
 
 
 def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None,
-                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None) -> str:
+                 secrets: FleetSecrets | None = None, ota: OtaStatus | None = None,
+                 region: RegionConfig | None = None) -> str:
     """/metrics but the status server's own counters, in the text format 0.0.4. A registry of its
     own for each render, since its collector reads the store this computation opened."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store, targets, fleet, secrets, ota))
+    registry.register(StoreCollector(store, targets, fleet, secrets, ota, region))
     return generate_latest(registry).decode()
 
 
@@ -509,6 +538,7 @@ def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None,
 
 NEVER_SEEN = "never seen"  # in the register, never heard of
 UNREGISTERED = "not in the register"  # heard of, not in a readable register
+VISITING = "visiting"  # its status says `via` > 0: it failed over to a neighbour's broker
 
 
 def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None,
@@ -535,6 +565,9 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
             health.insert(0, "stale")
         if reg.usable and n.node not in reg.nodes:
             health.append(UNREGISTERED)
+        via = n.via if _int_in(n.via, 1, VIA_MAX) else None
+        if via is not None:  # failed over: on a neighbour's broker (its status says which of its list)
+            health.append(VISITING)
         boot = _boot(n.boot, last_boot.get(n.node))
         up = n.up if _int_in(n.up, 0, UP_MAX) else None
         last_start = _start(l.start, now) if l else None
@@ -545,7 +578,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
             "node": n.node, "online": n.online, "last_seen": last_seen, "rssi": _finite(n.rssi),
             "boot": boot, "fw": n.fw if isinstance(n.fw, str) else None, "up": up,
             "dropped": _finite(n.dropped), "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
-            "last_start": last_start, "flags": health, "register": reg.nodes.get(n.node),
+            "via": _finite(n.via), "held": _finite(n.held), "last_start": last_start, "flags": health, "register": reg.nodes.get(n.node),
             **as_json(air.get(n.node, NodeState(n.node))),
         })
     heard = {n["node"] for n in out}
@@ -553,7 +586,8 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
     for node in never:
         out.append({
             "node": node, "online": None, "last_seen": None, "rssi": None, "boot": None, "fw": None, "up": None,
-            "dropped": None, "records": 0, "gaps": 0, "last_start": None, "flags": [NEVER_SEEN],
+            "dropped": None, "records": 0, "gaps": 0, "via": None, "held": None, "last_start": None,
+            "flags": [NEVER_SEEN],
             "register": reg.nodes[node], **as_json(air.get(node, NodeState(node))),
         })
     rows, error = _targets(targets)
@@ -761,7 +795,7 @@ class _App:
         if path == "/metrics":
             r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
                 200, metrics_text(store, owner.targets, fleet=owner.fleet, secrets=owner.secrets,
-                                  ota=owner.ota).encode(), METRICS))
+                                  ota=owner.ota, region=owner.region).encode(), METRICS))
             # the one hand-made join: two renders of prometheus-client, the cached one and the live one
             # (their families are distinct), so that a cached answer still shows the server's counters now
             return Response(r.status, r.body + generate_latest(self.live), r.ctype) if r.status == 200 else r
@@ -869,8 +903,9 @@ class StatusServer:
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
                  targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
                  limits: Limits = Limits(), cache_s: float = CACHE_S, secrets: FleetSecrets | None = None,
-                 ota: OtaStatus | None = None) -> None:
+                 ota: OtaStatus | None = None, region: RegionConfig | None = None) -> None:
         self.store_path = Path(store_path)
+        self.region = region  # [region]: /metrics has each node's records not yet safe
         self.ota = ota  # the pieces served (gateway/ota.py), when [ota] is configured
         self.fleet = fleet  # the fleet register, shared with the forwarders (it locks itself)
         self.secrets = secrets  # what a node reports is shown with every password known taken out

@@ -132,6 +132,8 @@ _INT_MAX = 2**63 - 1
 #: records at the shortest interval (10 s)
 BOOT_MAX = 2**30 - 1
 SEQ_MAX = 2**30 - 1
+#: a status's `via`: the index in the node's broker list of the broker it is on (0: its own)
+VIA_MAX = 15
 #: seconds since boot: 34 years
 UP_MAX = 2**30 - 1
 #: 2026-01-01T00:00:00Z: no meetkit node measured before
@@ -283,6 +285,8 @@ class Status:
     rssi: int | None = None
     mode: str | None = None  # normal, trial (a new app proving itself) or safe (after crashes in a row)
     cfg: int | None = None  # the configuration version the node runs (0: never set remotely)
+    via: int | None = None  # the index in its broker list of the broker it is on (0: its own gateway's)
+    held: int | None = None  # records its spool holds that are not yet safe (docs/payload.md, "Safe in the region")
 
 
 #: A node's modes (status `mode`): measuring as usual, a new app on trial, safe mode after crashes.
@@ -726,7 +730,7 @@ def parse_status(payload: bytes, topic_node: str, size: int | None = None) -> St
     """Validate one message from `<prefix>/<topic_node>/status` (also the node's last will)."""
     obj = decode(payload, size)
     _version(obj)
-    _fields(obj, "", ("v", "node", "online"), ("boot", "fw", "up", "rssi", "mode", "cfg"))
+    _fields(obj, "", ("v", "node", "online"), ("boot", "fw", "up", "rssi", "mode", "cfg", "via", "held"))
     node = _node(obj, topic_node)
     online = obj["online"]
     if not isinstance(online, bool):
@@ -740,7 +744,9 @@ def parse_status(payload: bytes, topic_node: str, size: int | None = None) -> St
         raise Rejected(OUT_OF_RANGE, f"rssi: {rssi} is outside -128..0 dBm")
     mode = _one_of(obj["mode"], "mode", MODES) if "mode" in obj else None
     cfg = _int(obj["cfg"], "cfg", high=BOOT_MAX) if "cfg" in obj else None
-    return Status(node, online, boot, fw, up, rssi, mode, cfg)
+    via = _int(obj["via"], "via", high=VIA_MAX) if "via" in obj else None
+    held = _int(obj["held"], "held", high=SEQ_MAX) if "held" in obj else None
+    return Status(node, online, boot, fw, up, rssi, mode, cfg, via, held)
 
 
 def _one_of(v: Any, where: str, options: tuple[str, ...]) -> str:

@@ -27,6 +27,7 @@ from typing import Sequence
 
 from . import config as configuration
 from . import memory
+from .acks import SafePair
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
 from .configpub import ConfigPublisher
@@ -40,6 +41,7 @@ from .ota import OtaLink
 from .recovery import MovedAside, open_store
 from .retention import Bounds
 from .rollouts import RolloutManager
+from .safe_acks import SafeAcks
 from .signed import NodeKeys
 from .store import Store
 from .systemd import Notifier
@@ -83,6 +85,10 @@ class Gateway:
             self.ota = OtaLink(config.mqtt, config.ota, self.topics)
             self.rollouts = RolloutManager(config.store.path, config.ota, self.node_keys, self.ota.offer,
                                            self.ota.pieces.serve, self.alarms)
+        # A region (docs/payload.md, "Safe in the region"): acknowledgements carry the safe pair
+        self.safe: SafeAcks | None = None
+        if config.region is not None:
+            self.safe = SafeAcks(config.region, config.store.path, self.topics, self.source.publish, self.store.db_id)
         self.forwarders: Forwarders | None = None
         self.http: StatusServer | None = None
         self._stopped = False
@@ -109,13 +115,15 @@ class Gateway:
         if self.ota is not None and self.rollouts is not None:
             self.ota.start()
             self.rollouts.start()
-        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward)
+        if self.safe is not None:
+            self.safe.start()  # before the forwarders: it sees every move of their cursors
+        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward, region=self.config.region)
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
                                      fleet=self.fleet, secrets=self.secrets,
                                      ota=self.ota.pieces.status if self.ota is not None else None,
-                                     ).start()  # logs where it listens
+                                     region=self.config.region).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
@@ -137,6 +145,8 @@ class Gateway:
         # out over the connection before the disconnect.
         self.writer.close()
         self.source.stop()
+        if self.safe is not None:
+            self.safe.stop()
         if self.forwarders is not None:
             self.forwarders.stop()  # a batch in flight is sent again at the next start
         if close_store:
@@ -170,16 +180,31 @@ class Gateway:
         return problem is None
 
     def _committed(self, done: Sequence[Done]) -> None:
-        for msg, ack in done:
-            if ack is not None:
+        if self.safe is None:
+            self._acknowledge(done, None)
+        else:
+            with self.safe.lock:  # a standalone pair read before this commit goes out before these (safe_acks.py)
                 try:
-                    self.source.publish(self.topics.ack(ack.node), ack.payload(self.store.db_id))
-                except Exception:  # one odd topic must not hold back the broker's acks below
-                    log.exception("could not acknowledge %s to node %r", msg.topic, ack.node)
+                    pairs = self.safe.for_batches(self.store, {ack.node for _, ack in done if ack is not None})
+                except Exception:  # the pair is a bonus: the batches are committed and acknowledged all the same
+                    log.exception("region: could not read the safe pairs")
+                    pairs = {}
+                self._acknowledge(done, pairs)
         for msg, _ in done:
             self.source.ack(msg)
         if self.forwarders is not None:
             self.forwarders.wake()
+
+    def _acknowledge(self, done: Sequence[Done], pairs: dict[str, SafePair] | None) -> None:
+        """Each batch's acknowledgement; in a region with its node's safe pair (None: not a region)."""
+        for msg, ack in done:
+            if ack is not None:
+                payload = (ack.payload(self.store.db_id) if pairs is None
+                           else ack.payload(self.store.db_id, pairs.get(ack.node)))
+                try:
+                    self.source.publish(self.topics.ack(ack.node), payload)
+                except Exception:  # one odd topic must not hold back the broker's acks below
+                    log.exception("could not acknowledge %s to node %r", msg.topic, ack.node)
 
     def _refused(self, group: Sequence[Inbound]) -> None:
         for msg in group:

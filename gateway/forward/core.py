@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from .. import plausible
-from ..config import ForwardConfig
+from ..config import ForwardConfig, RegionConfig
 from ..store import Reading, Store
 
 log = logging.getLogger(__name__)
@@ -362,19 +362,21 @@ class Forwarder:
         return out
 
 
-def make_sender(cfg: ForwardConfig, store_path: str | Path) -> Sender:
+def make_sender(cfg: ForwardConfig, store_path: str | Path, region: RegionConfig | None = None) -> Sender:
+    """The target's sender; in a `region` every series carries the town (influx), the central
+    MQTT topics name it, and SensorThings looks each Observation up before it creates it."""
     if cfg.type == "influx":
         from .influx import InfluxSender
 
-        return InfluxSender(cfg)
+        return InfluxSender(cfg, town=region.town if region else None)
     if cfg.type == "sensorthings":
         from .sensorthings import SensorThingsSender
 
-        return SensorThingsSender(cfg, store_path)
+        return SensorThingsSender(cfg, store_path, region=region is not None)
     if cfg.type == "mqtt":
         from .mqtt_upstream import MqttSender
 
-        return MqttSender(cfg)
+        return MqttSender(cfg, region)
     if cfg.type == "sensor.community":
         from .sensor_community import SensorCommunitySender
 
@@ -392,9 +394,10 @@ class Forwarders:
 
     @classmethod
     def start(cls, store_path: str | Path, targets: Sequence[ForwardConfig],
-              stop: threading.Event | None = None, **options: Any) -> "Forwarders":
+              stop: threading.Event | None = None, region: RegionConfig | None = None,
+              **options: Any) -> "Forwarders":
         """A thread per enabled target, started. `options` go to each `Forwarder` (tests)."""
-        fw = [Forwarder(t.name, store_path, make_sender(t, store_path), batch=t.batch, **options)
+        fw = [Forwarder(t.name, store_path, make_sender(t, store_path, region), batch=t.batch, **options)
               for t in targets if t.enabled]
         return cls(fw, stop).run()
 

@@ -7,7 +7,10 @@ The mapping, one line per reading (a quantity of a record):
     meetkit,node=<node>,quantity=<quantity> avg=<f>,min=<f>,max=<f>,n=<i>i,flags="<flags>" <start>
 
 - measurement: `measurement` of the target (default `meetkit`); tags: `node` and `quantity` only,
-  so a series stays one series across firmware updates (board and firmware are in the store);
+  so a series stays one series across firmware updates (board and firmware are in the store); in a
+  region (`[region]`) also `town` first: `meetkit,town=utrecht,node=...`. Never the gateway: a
+  record forwarded by two gateways (before and after a failover) must be the same point of the
+  same series, which VictoriaMetrics then keeps once and InfluxDB overwrites;
 - fields: `avg`, `min`, `max` as floats, `n` as an integer; a quantity the node sends as a plain
   number (LA10, LA50, LA90, LZeq, cov) has `avg` only; `flags` (a string field, comma-separated
   quality flags) only when there are any; a reading with no value and no flags is not sent;
@@ -47,9 +50,9 @@ def _string(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def encode_lines(rows: Sequence[Row], measurement: str = "meetkit") -> bytes:
+def encode_lines(rows: Sequence[Row], measurement: str = "meetkit", town: str | None = None) -> bytes:
     """The line-protocol body for `rows` (see the module's docstring for the mapping)."""
-    m = _measurement(measurement)
+    m = _measurement(measurement) + ("" if town is None else f",town={_tag(town)}")
     series: dict[tuple[str, str], str] = {}  # escaped once per node and quantity, not once per row
     out: list[str] = []
     for r in rows:
@@ -74,8 +77,9 @@ class InfluxSender:
 
     kind = "influxdb"
 
-    def __init__(self, cfg: ForwardConfig) -> None:
+    def __init__(self, cfg: ForwardConfig, town: str | None = None) -> None:
         self.cfg = cfg
+        self.town = town  # [region]: every series carries it
         self.conn = Connection(cfg.url, cfg.timeout)
         base = self.conn.path.rstrip("/")
         if cfg.api == "v2":
@@ -87,7 +91,7 @@ class InfluxSender:
         return auth_header(self.cfg, "Token")
 
     def send(self, rows: Sequence[Row]) -> Result:
-        body = encode_lines(rows, self.cfg.measurement)
+        body = encode_lines(rows, self.cfg.measurement, self.town)
         if not body:
             return Result(True)
         try:

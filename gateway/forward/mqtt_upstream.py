@@ -10,6 +10,14 @@ The message, on the topic template with `{node}` filled in (UTF-8 JSON, no white
      "readings":{"pm25":{"avg":5.2,"min":4.0,"max":7.0,"n":58,"unit":"ug/m3","flags":["rh_high"]},
                  "LA90":{"avg":49.6,"min":null,"max":null,"n":null,"unit":"dB","flags":[]}, ...}}
 
+In a region (`[region]` in gateway.toml) the topic names the town (config.region_topic): `{town}`
+where the template says, else as its second level, "meetkit/{node}/records" becoming
+"meetkit/utrecht/{node}/records" (the central broker's ACL lets a town's gateways publish under
+`<prefix>/<town>/#` only), and the client id names the gateway (`meetkit-gateway-<gateway>-<name>`,
+unless `client_id` is set): the town's gateways share the central broker and must not take each
+other's connection. The message is the same from every gateway (no gateway in it), so a record
+forwarded by two (before and after a failover) is twice the same message.
+
 (node, boot, seq) identifies a record for ever (docs/payload.md) and `start` is its interval start
 in UTC Unix seconds: a message that comes again (a retry after a lost PUBACK, a restart between
 the broker's PUBACK and the cursor's commit, an operator's replay) is byte for byte the same, so a
@@ -49,7 +57,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ..config import ForwardConfig
+from ..config import ForwardConfig, RegionConfig, region_topic
 from ..plausible import finite
 from ..timefmt import iso
 from .core import Refused, Result, Row
@@ -141,13 +149,15 @@ class MqttSender:
 
     kind = "mqtt"
 
-    def __init__(self, cfg: ForwardConfig) -> None:
+    def __init__(self, cfg: ForwardConfig, region: RegionConfig | None = None) -> None:
         self.cfg = cfg
         parts = urlsplit(cfg.url)
         self.tls = parts.scheme == "mqtts"
         self.host = parts.hostname or ""
         self.port = parts.port or (8883 if self.tls else 1883)
-        self.client_id = cfg.client_id or f"meetkit-gateway-{cfg.name}"
+        self.topic = cfg.topic if region is None else region_topic(cfg.topic, region.town)
+        gateway = "" if region is None else f"{region.gateway}-"
+        self.client_id = cfg.client_id or f"meetkit-gateway-{gateway}{cfg.name}"
         self.v5 = cfg.protocol == "v5"
         self._conn: _Connection | None = None
 
@@ -203,7 +213,7 @@ class MqttSender:
         return conn
 
     def send(self, rows: Sequence[Row]) -> Result:
-        messages = encode_records(rows, self.cfg.topic)
+        messages = encode_records(rows, self.topic)
         if not messages:
             return Result(True)
         if self._conn is not None and self._conn.lost is not None:  # dropped while idle: a fresh start

@@ -53,6 +53,18 @@ fetched (`GET Datastreams(<id>)/Observations?$filter=resultTime ge .. and result
 again. A Datastream found on the service (made by an earlier database or another gateway) starts
 with its newest Observation's resultTime as mark. New readings, the normal case, cost no lookup.
 
+Across gateways (a region, `[region]` in gateway.toml). Gateways with stores of their own forward
+the same record when a node fails over from one to another (each gets it from the node's spool),
+and neither one's `sent_until` knows what the other sent. So in a region every Observation carries
+its record's `boot` and `seq` in `parameters`, and before any reading is created the service is
+asked which of the batch's records its Datastream has already (`GET Datastreams(<id>)/Observations
+?$filter=parameters/boot eq 3 and parameters/seq ge 16 and parameters/seq le 17&$select=parameters`,
+one request per Datastream and boot of the batch): those are not created again, whichever gateway
+made them. It costs that request for every batch, new readings too, and it narrows the race
+without closing it: two gateways sending the same record within the same moment (between one's
+lookup and its create) can still both create it; after a failover they do not, since the node
+sends its spool to one gateway at a time.
+
 Older stores. Records with an implausible time never reach this target (core.py passes them
 over). But a gateway before issue 13 may have sent one (a phenomenonTime in 2100) or marked one
 (`sent_until` of the year 318857, when formatting it failed after the mark was written): a mark
@@ -114,8 +126,9 @@ class SensorThingsSender:
 
     kind = "sensorthings"
 
-    def __init__(self, cfg: ForwardConfig, store_path: str | Path) -> None:
+    def __init__(self, cfg: ForwardConfig, store_path: str | Path, region: bool = False) -> None:
         self.cfg = cfg
+        self.region = region  # look each record up on the service before creating it
         self.store_path = Path(store_path)
         self.service = cfg.url
         self.client = Client(cfg.url, cfg.timeout, self._auth)
@@ -341,6 +354,25 @@ class SensorThingsSender:
                 select="phenomenonTime", top=str(TOP))
         return {span for v in found if (span := model.interval(v.get("phenomenonTime", ""))) is not None}
 
+    def _records_there(self, ds: Entity, rows: list[Row]) -> set[tuple[int, int]]:
+        """(boot, seq) of the rows' records the Datastream already has an Observation of (a
+        region: made by this gateway or another one), one request per boot."""
+        seqs: dict[int, list[int]] = {}
+        for r in rows:
+            seqs.setdefault(r.boot, []).append(r.seq)
+        there: set[tuple[int, int]] = set()
+        for boot, ss in seqs.items():
+            with self._gone_on_404("Datastream", ds.key):
+                found = self.client.values(
+                    f"/Datastreams({key(ds.id)})/Observations",
+                    filter=f"parameters/boot eq {boot} and parameters/seq ge {min(ss)} and parameters/seq le {max(ss)}",
+                    select="parameters", top=str(TOP))
+            for v in found:
+                p = v.get("parameters")
+                if isinstance(p, dict) and isinstance(p.get("seq"), int):
+                    there.add((boot, p["seq"]))
+        return there
+
     # -- a batch ---------------------------------------------------------------------------------------
 
     def send(self, rows: Sequence[Row]) -> Result:
@@ -381,13 +413,16 @@ class SensorThingsSender:
             if ds.sent_until is not None and any(model.end(r) <= ds.sent_until for r in group):
                 there = self._existing(ds, [r for r in group if model.end(r) <= ds.sent_until])
                 group = [r for r in group if (r.start, model.end(r)) not in there]
+            if group and self.region:
+                made = self._records_there(ds, group)
+                group = [r for r in group if (r.boot, r.seq) not in made]
             if group:
                 sending[ds.key] = (ds, group)
         if not sending:
             return Result(True, refused=refused_readings(refused))
         self._mark(sending)
         body = [{"Datastream": {"@iot.id": ds.id}, "components": list(model.COMPONENTS),
-                 "dataArray@iot.count": len(group), "dataArray": [model.observation(r) for r in group]}
+                 "dataArray@iot.count": len(group), "dataArray": [model.observation(r, self.region) for r in group]}
                 for ds, group in sending.values()]
         status, answers = self.client.create_observations(body)
         order = [(ds, r) for ds, group in sending.values() for r in group]

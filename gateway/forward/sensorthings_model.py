@@ -29,7 +29,7 @@ mandatory properties). Pure functions: no I/O here.
   LAeq the energy mean; for LA10.., LZeq, cov the one number), resultTime = the interval's end
   (when the node had the result: deterministic, so the same reading is the same Observation), and
   parameters = {min, max, n} when the node sent a summary plus {flags: [...]} when it flagged the
-  reading. The flags go to `parameters`, not `resultQuality`: that one is an ISO 19157
+  reading, and in a region {boot, seq} of its record (the Datastream names the node). The flags go to `parameters`, not `resultQuality`: that one is an ISO 19157
   DQ_Element, which a list of codes is not. A reading with no value (the node had no valid sample,
   its flags say why) is not an OM_Measurement and is not sent; the store keeps it.
 """
@@ -244,10 +244,12 @@ def end(row: Row) -> int:
     return row.start + row.dur
 
 
-def observation(row: Row) -> list[Any]:
-    """The dataArray row for `row`, in COMPONENTS' order (the reading must have a value)."""
+def observation(row: Row, record: bool = False) -> list[Any]:
+    """The dataArray row for `row`, in COMPONENTS' order (the reading must have a value);
+    `record`: parameters also carry the record's `boot` and `seq` (a region: they are what the
+    Observation is looked up by before it is created, sensorthings.py)."""
     assert row.avg is not None
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {"boot": row.boot, "seq": row.seq} if record else {}
     if row.n is not None:  # an infinity an older store may hold: null, JSON has no way to write it
         params.update({"min": finite(row.min), "max": finite(row.max), "n": row.n})
     if row.flags:

@@ -55,7 +55,10 @@ function fleet(doc) {
   const body = document.querySelector("#fleet tbody");
   body.replaceChildren();
   for (const n of doc.nodes) {
-    const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f.replace(/ /g, "-")}, f))
+    // a visiting node (failed over to a neighbour's gateway) says on which broker of its list it is
+    const tip = f => f === "visiting" ? {title: "on broker " + n.via + " of its list (0: its own gateway's); " +
+                                              num(n.held) + " records in its spool not yet safe"} : {};
+    const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f.replace(/ /g, "-"), ...tip(f)}, f))
                                  : [el("span", {class: "flag ok"}, "ok")];
     const bad = n.flags.includes("stale") || n.flags.includes("offline");
     const r = n.register || {};

@@ -12,6 +12,7 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
     pruning       dropping the oldest records, the file's pages (what the bound compares)
     readers       queries for the CLI, the status page and /metrics, export
     cursors       forwarding: each target's cursor, its next readings, its dead letters, its state
+    safe          a region of gateways: each node's safe pair, its records not yet safe
     sensorthings  the SensorThings targets' entity ids
     integrity     is the file sound (quick_check), for recovery.py
     fleet         the fleet over the air: the nodes' events, the configuration each is sent, commands
@@ -29,6 +30,7 @@ from .fleet import FleetState
 from .pruning import Pruning
 from .readers import Readers
 from .rollouts import Rollouts
+from .safe import Safe
 from .rows import (AlarmRow, Added, CommandRow, Counts, DeadLetter, EventRow, Latest, Node, NodeConfigRow, Pruned,
                    Reading, RolloutNodeRow, RolloutRow, TargetState)
 from .schema import MIGRATIONS, SCHEMA_VERSION, VACUUM_AT_UPGRADE_MAX, StoreError
@@ -36,7 +38,7 @@ from .sensorthings import SensorThingsIds
 from .writes import Writes
 
 
-class Store(Writes, Pruning, Readers, Cursors, SensorThingsIds, FleetState, Rollouts):
+class Store(Writes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts):
     """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
 
 

@@ -104,7 +104,8 @@ class Readers(Base):
 
     def nodes(self) -> list[Node]:
         rows = self.db.execute(
-            "SELECT node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg FROM nodes ORDER BY node"
+            "SELECT node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held"
+            " FROM nodes ORDER BY node"
         )
         return [Node(r[0], None if r[1] is None else bool(r[1]), *r[2:]) for r in rows]
 

@@ -85,6 +85,8 @@ class Node:
     dropped: int | None = None
     mode: str | None = None  # normal, trial or safe, from the last status that said it
     cfg: int | None = None  # the configuration version it runs (status `cfg`, config events)
+    via: int | None = None  # its broker list's index of the broker it is on (status `via`; 0: its own)
+    held: int | None = None  # records its spool holds not yet safe (status `held`)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 8 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
 `node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
-`rollout_nodes.first_offered_at`)::
+`rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -66,6 +66,9 @@ Schema, version 8 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       mode         TEXT     normal, trial or safe: from the last status that said it; NULL if none
       cfg          INTEGER  the configuration version the node runs: from the last status (`cfg`)
                             or config event (`version`) that said it; NULL if none
+      via, held    INTEGER  from the last status that said them (a region, docs/payload.md "Safe in
+                            the region"): the index in its broker list of the broker it is on (0:
+                            its own gateway's), the records its spool holds not yet safe; NULL if none
 
     events         what the nodes reported on <prefix>/<node>/event (docs/payload.md, "Events"),
                    as received and checked; the newest `EVENTS_KEPT` per node and kind are kept
@@ -363,6 +366,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rollout_nodes ADD COLUMN first_offered_at REAL;
     UPDATE rollout_nodes SET first_offered_at = offered_at WHERE offered_at IS NOT NULL;
+    """,
+    # 9: a region of gateways (issue 16): a node's records by id, so that its records not yet safe
+    # (after the region targets' cursors) are found without reading those already forwarded
+    # (store/safe.py); what its status says of failover: `via` and `held`
+    """
+    CREATE INDEX records_node_id ON records (node, id);
+    ALTER TABLE nodes ADD COLUMN via INTEGER;
+    ALTER TABLE nodes ADD COLUMN held INTEGER;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

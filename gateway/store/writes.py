@@ -181,8 +181,8 @@ class Writes(Base):
         with self._writing():
             self.db.execute(
                 """
-                INSERT INTO nodes (node, online, boot, fw, up, rssi, status_at, last_seen, mode, cfg)
-                VALUES (:node, :online, :boot, :fw, :up, :rssi, :at, :seen, :mode, :cfg)
+                INSERT INTO nodes (node, online, boot, fw, up, rssi, status_at, last_seen, mode, cfg, via, held)
+                VALUES (:node, :online, :boot, :fw, :up, :rssi, :at, :seen, :mode, :cfg, :via, :held)
                 ON CONFLICT (node) DO UPDATE SET
                     online = excluded.online,
                     boot = coalesce(excluded.boot, boot),
@@ -191,6 +191,8 @@ class Writes(Base):
                     rssi = coalesce(excluded.rssi, rssi),
                     mode = coalesce(excluded.mode, mode),
                     cfg = coalesce(excluded.cfg, cfg),
+                    via = coalesce(excluded.via, via),
+                    held = coalesce(excluded.held, held),
                     status_at = excluded.status_at,
                     last_seen = coalesce(max(last_seen, excluded.last_seen), last_seen, excluded.last_seen)
                 """,
@@ -198,6 +200,7 @@ class Writes(Base):
                     "node": status.node, "online": int(status.online), "boot": status.boot,
                     "fw": status.fw, "up": status.up, "rssi": status.rssi, "at": received_at,
                     "seen": received_at if live else None, "mode": status.mode, "cfg": status.cfg,
+                    "via": status.via, "held": status.held,
                 },
             )
             self.bump("status")

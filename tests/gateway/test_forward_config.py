@@ -249,7 +249,7 @@ url = "mqtt://broker/extra"
         'forward[1] ("m2"): cert_file and key_file go together',
         'forward[1] ("m2").ca_file: only used with an mqtts:// url',
         'forward[1] ("m2").cert_file: only used with an mqtts:// url',
-        "forward[2] (\"m3\").topic: may contain {node} and no other placeholder (KeyError: 'station'), "
+        "forward[2] (\"m3\").topic: may contain {node}, {town} and no other placeholder (KeyError: 'station'), "
         'got "city/{station}"',
         'forward[2] ("m3").client_id: must be at most 128 bytes without "+", "#" or "/", got "a/b"',
         'forward[2] ("m3").protocol: must be one of v5, v3.1.1, got "5" (a string)',

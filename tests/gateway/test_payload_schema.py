@@ -343,3 +343,60 @@ def test_every_acknowledgement_the_gateway_makes_passes_the_schema():
         assert ACK_V.is_valid(doc) and WHOLE_V.is_valid(doc), doc
         flat = [s for r in doc["seq"] for s in r]
         assert flat == sorted(flat) and all(a <= b for a, b in doc["seq"])  # beyond the schema
+
+
+# -- a region (docs/payload.md, "Safe in the region") -------------------------------------------------
+
+REGION_STATUS = {**STATUS, "via": 1, "held": 240}
+
+
+@pytest.mark.parametrize("key,value", [(k, v) for k in ("via", "held")
+                                       for v in (0, 1, 15, 16, -1, 2**30 - 1, 2**30, 1.5, None, "1", True, [])])
+def test_status_via_and_held_get_the_same_verdict(key, value):
+    doc = {**REGION_STATUS, key: value}
+    try:
+        st = payload.parse_status(encode(doc), TOPIC_NODE)
+        taken = True
+    except Rejected:
+        taken = False
+    assert taken == STATUS_V.is_valid(doc)
+    assert taken == (isinstance(value, int) and not isinstance(value, bool)
+                     and 0 <= value <= (15 if key == "via" else 2**30 - 1))
+    if taken:
+        assert getattr(st, key) == value
+
+
+def test_every_acknowledgement_with_safe_and_every_standalone_one_passes_the_schema():
+    rng = random.Random(16)
+    for _ in range(300):
+        seqs = tuple(rng.sample(range(0, 2**30 - 1, rng.choice([1, 3, 100000])), rng.randint(1, 30)))
+        pair = rng.choice([None, (rng.randrange(2**30), rng.randrange(2**30)), (0, 0), (2**30 - 1, 2**30 - 1)])
+        doc = json.loads(acks.Ack("ams-001", rng.randrange(2**30), seqs).payload("3f9c0a1b2c3d4e5f", pair))
+        assert doc["safe"] == ([] if pair is None else list(pair))
+        assert ACK_V.is_valid(doc) and WHOLE_V.is_valid(doc), doc
+        alone = json.loads(acks.safe_payload("3f9c0a1b2c3d4e5f", pair))
+        assert set(alone) == {"v", "db", "safe"} and ACK_V.is_valid(alone), alone
+
+
+@pytest.mark.parametrize("doc", [
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "boot": 3, "seq": [[16, 17]], "safe": [3]},
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "boot": 3, "seq": [[16, 17]], "safe": [3, 12, 1]},
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "boot": 3, "seq": [[16, 17]], "safe": [-1, 12]},
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "boot": 3, "seq": [[16, 17]], "safe": [3, 2**30]},
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "boot": 3, "seq": [[16, 17]], "safe": None},
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "boot": 3, "safe": [3, 17]},  # half a batch ack
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f", "seq": [[16, 17]], "safe": [3, 17]},
+    {"v": 1, "db": "3f9c0a1b2c3d4e5f"},  # neither a batch's nor a safe acknowledgement
+])
+def test_the_schema_refuses_a_malformed_safe_acknowledgement(doc):
+    assert not ACK_V.is_valid(doc)
+
+
+def test_the_region_examples_of_payload_md_pass_the_schema():
+    text = (Path(__file__).parents[2] / "docs" / "payload.md").read_text()
+    section = text.split("### Safe in the region", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```json", 1)[1].split("```", 1)[0]
+    docs = [json.loads(line) for line in block.splitlines() if line.strip()]
+    assert len(docs) == 2 and "boot" in docs[0] and "boot" not in docs[1]
+    for doc in docs:
+        assert ACK_V.is_valid(doc), doc

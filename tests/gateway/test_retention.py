@@ -338,7 +338,7 @@ def test_a_schema_3_store_is_upgraded_with_its_data_and_vacuumed_once(tmp_path, 
     schema3(path, 3000)
     caplog.set_level("INFO")
     with Store(path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (8,)
+        assert s.db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) and SCHEMA_VERSION >= 8
         assert s.incremental  # converted by one VACUUM
         assert s.counts().records == 3000 and s.counts().readings == 6000 and s.pruned_upto == 0
         assert [(r.quantity, r.avg) for r in s.readings(node="ams-001", since=T0 + 60 * 2999)] == [
