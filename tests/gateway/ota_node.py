@@ -37,6 +37,10 @@ PIECE = 2048
 MPY = "6.3"
 
 
+class Closed(Exception):
+    """The node was closed (its power gone) while a helper thread of it was at work: it stops there."""
+
+
 @dataclass
 class Fetched:
     release: str
@@ -62,6 +66,11 @@ class OtaNode:
         self.busy = threading.Lock()
         self.boot = 1
         self.mode = "normal"
+        # the threads that answer offers (not in paho's); close() stops and joins them before the
+        # connection goes, so none of them acts on a closed client after its test
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node)
         self.c.username_pw_set(node, broker.password(node))
         self.subscribed = threading.Event()
@@ -77,11 +86,13 @@ class OtaNode:
     # -- what it sends -------------------------------------------------------------------------------
 
     def status(self) -> None:
+        self._check_open()
         doc = {"v": 1, "node": self.node, "online": True, "boot": self.boot, "fw": self.fw, "up": 5,
                "mode": self.mode}
         self.c.publish(f"{P}/{self.node}/status", json.dumps(doc), qos=1).wait_for_publish(5)
 
     def event(self, state: str, release: str | None = None, **more: str) -> None:
+        self._check_open()
         doc: dict[str, Any] = {"v": 1, "node": self.node, "kind": "ota", "state": state}
         if release is not None:
             doc["release"] = release
@@ -92,12 +103,50 @@ class OtaNode:
 
     def ask(self, release: str, file: int, off: int, length: int = PIECE, topic_node: str | None = None) -> None:
         """One ota/get (QoS 1, so that the broker has it before whatever the test sends next)."""
+        self._check_open()
         req = {"v": 1, "release": release, "file": file, "off": off, "len": length}
         self.c.publish(f"{P}/{topic_node or self.node}/ota/get", json.dumps(req), qos=1).wait_for_publish(5)
 
     def close(self) -> None:
+        """Power off: the helper threads stop where they are (waiting for a piece or the gate, or
+        before their next message), then the connection goes."""
+        with self._threads_lock:
+            self._closed.set()
+            threads = list(self._threads)
+        for t in threads:
+            t.join(15)   # a publish under way waits 5 s at most for its PUBACK
+        alive = [t.name for t in threads if t.is_alive()]
         self.c.disconnect()
         self.c.loop_stop()
+        assert not alive, f"{self.node}: {alive} did not stop when the node was closed"
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise Closed(self.node)
+
+    def _spawn(self, target: Any, *args: Any, **kw: Any) -> None:
+        """`target` in a thread of its own (not paho's, which must go on reading), stopped by close()."""
+        def run() -> None:
+            try:
+                target(*args, **kw)
+            except Closed:   # closed meanwhile: a node without power says nothing more
+                pass
+        with self._threads_lock:
+            if self._closed.is_set():
+                return
+            t = threading.Thread(target=run, name=f"{self.node} {target.__name__}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _wait(self, ready: Any, timeout: float) -> bool:
+        """Wait up to `timeout` s for `ready()`, in steps, leaving at once when the node is closed."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self._check_open()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)  # waits on: `ready`, or the node closed
+        return True
 
     # -- what it receives ----------------------------------------------------------------------------
 
@@ -111,11 +160,11 @@ class OtaNode:
                 raise SignatureError("another node's")
         except SignatureError as e:
             self.bad_offers.append(str(e))
-            threading.Thread(target=self.event, args=("refused",), kwargs={"reason": str(e)}).start()
+            self._spawn(self.event, "refused", reason=str(e))
             return
         self.offers.append(body)
         self.offered_at.append(time.monotonic())
-        threading.Thread(target=self._offer, args=(body,), daemon=True).start()  # not in paho's thread
+        self._spawn(self._offer, body)
 
     def _offer(self, body: dict[str, Any]) -> None:
         if self.behaviour == "silent":
@@ -149,7 +198,7 @@ class OtaNode:
                 self.event("rolled_back", m["version"], back_to=old, reason="ImportError: no module named 'sds'")
                 return
             if self.gate is not None:
-                self.gate.wait(60)
+                self._wait(self.gate.is_set, 60)
             self.event("proved", m["version"])
             self.mode = "normal"
             self.status()
@@ -176,11 +225,9 @@ class OtaNode:
                 chunk = None
                 for _ in range(3):  # a piece not answered is asked again, as the firmware does
                     self.ask(m["version"], i, len(data))
-                    try:
-                        chunk = self.chunks.get(timeout=timeout)
+                    if self._wait(lambda: not self.chunks.empty(), timeout):
+                        chunk = self.chunks.get_nowait()   # only this thread takes pieces
                         break
-                    except queue.Empty:
-                        continue
                 if chunk is None:
                     raise TimeoutError(f"no piece {i}@{len(data)} of {m['version']} in 3 x {timeout} s")
                 head, _, piece = chunk.partition(b"\n")

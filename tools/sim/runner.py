@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from meetkit_tools.paths import BOARDS, FIRMWARE, MPYLIB, SCENARIOS, SIM_MPY
 from meetkit_tools.sim import flashimage
@@ -138,6 +138,11 @@ class NodeSpec:
     # Cut the power at these flash programs (writeblocks calls counted over the node's life,
     # from 1 at its first boot): that write is torn, the node powers on again.
     power_cuts: list[int] | None = None
+    # Called with the programs so far before each boot's settings are written (sim.json): the
+    # boot to come is cut at the first of power_cuts beyond them, so a caller may set it here,
+    # aimed at where that boot is (what the console shows so far) rather than at a guess made
+    # before the node started (bench/ota_powercut.py aims at an update's install and first boot).
+    before_boot: Callable[[int], None] | None = None
     firmware: Path = FIRMWARE   # what prepare() stages (tests run their own programs)
     # Charge flash programs and erases to the virtual clock (a 4 KB erase stalls the CPU 45 ms).
     flash_timing: bool = False
@@ -203,6 +208,8 @@ class SimNode:
                    flash: dict[str, Any]) -> None:
         s = self.spec
         writes = flash.get("flash_writes", 0)
+        if s.before_boot is not None:
+            s.before_boot(writes)
         cut = min((c for c in s.power_cuts or () if c > writes), default=None)
         # What is wired to the buses is the board's design (boards/<board>.json); the board.json
         # on the flash is what the firmware is told, and may be wrong (the self-test shows it).
@@ -287,7 +294,8 @@ class SimNode:
                     self._write_sim(t_ms=st["t_ms"] + POWER_OFF_MS, rtc=None, cause="power_on",
                                     nvs=st.get("nvs"), rtc_memory=None, flash=flash)
                 else:
-                    log.write(f"--- reset ({st.get('cause')}) at t={st['t_ms']} ms ---\n".encode())
+                    log.write(f"--- reset ({st.get('cause')}) at t={st['t_ms']} ms, flash write "
+                              f"{flash.get('flash_writes')} ---\n".encode())
                     self._write_sim(t_ms=st["t_ms"], rtc=st.get("rtc"), cause=st.get("cause", "soft"),
                                     nvs=st.get("nvs"), rtc_memory=st.get("rtc_memory"), flash=flash)
                 log.flush()
