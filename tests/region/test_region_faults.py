@@ -71,14 +71,25 @@ def test_a_gateway_cut_off_from_the_region_then_back(reg: Region, hours: int) ->
     """ut-1 loses VictoriaMetrics and the central broker (its proxies to them cut) while its node
     keeps sending to it: ut-1 stores and acknowledges, forwards nothing, then catches up."""
     ut1 = reg.gateways["ut-1"]
-    sent = []
-    ok = reg.run(lambda: during(reg, "ut-0001", T0, hours, ut1.cut_off,
-                                lambda: (sent.append(ut1.sent()), ut1.rejoin())))
+    sent: list[int] = []
+    retries: list[int] = []
+
+    def cut() -> None:
+        retries.append(ut1.counter("forward.vm-region.retries"))
+        ut1.cut_off()
+
+    def back() -> None:
+        sent.append(ut1.sent())
+        retries.append(ut1.counter("forward.vm-region.retries"))
+        ut1.rejoin()
+
+    ok = reg.run(lambda: during(reg, "ut-0001", T0, hours, cut, back))
     out = reg.judge(f"gateway cut off from the region {hours} h")
     assert_clean(out, ok)
     led = read_ledger(reg.nodes["ut-0001"].console_text())
     in_cut = [r for r in led.records.values() if T0 + 60 <= r["up"] < T0 + hours * H - 60]
     assert len(in_cut) >= hours * 50, "the node kept measuring through the cut"
+    assert retries[1] > retries[0], "ut-1 could not reach the region's store during the cut"
     assert ut1.sent() > sent[0], "ut-1 forwarded what it held once back"
     # the central feed: every record of the three nodes once, each under its town
     assert out.notes["central_missing"] == 0 and out.notes["central_copies"] == 0

@@ -155,12 +155,18 @@ class RegionGateway:
         self.sent_before_destroyed = 0
 
     def toml(self) -> str:
+        """[region] and the two targets: the central one as `meetkit region central` prints it, its
+        URL the proxy's and its password file where the rig keeps it."""
+        central = []
+        for line in region.central_forward_toml(self.rig.plan, self.name, self.rig.central.dir).splitlines():
+            if line.startswith("url = "):
+                line = f'url = "mqtt://127.0.0.1:{self.central_proxy.port}"'
+            elif line.startswith("password_file = "):
+                line = f'password_file = "{self.rig.central.password_file(self.name)}"'
+            central.append(line)
         return (f'\n[region]\ntown = "{self.town}"\ngateway = "{self.name}"\nsafe_targets = ["{VM_TARGET}"]\n\n'
                 f'[[forward]]\nname = "{VM_TARGET}"\ntype = "influx"\nurl = "{self.vm_proxy.url}"\ndb = "meetkit"\n\n'
-                f'[[forward]]\nname = "central"\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{self.central_proxy.port}"\n'
-                f'username = "{region.CENTRAL_GATEWAY.format(gateway=self.name)}"\n'
-                f'password_file = "{self.rig.central.password_file(self.name)}"\n'
-                f'topic = "{PREFIX}/{self.town}/{{node}}/records"\nprotocol = "v5"\n')
+                + "\n".join(central) + "\n")
 
     def start(self) -> "RegionGateway":
         self.broker.start()
@@ -498,8 +504,9 @@ class Region:
     def sent(self) -> int:
         return sum(g.sent() for g in self.gateways.values())
 
-    def judge(self, name: str) -> Outcome:
-        """Every node's ledger (up to the cut-off, when the run caught up) against the region's store."""
+    def judge(self, name: str, central_timeout: float = 60) -> Outcome:
+        """Every node's ledger (up to the cut-off, when the run caught up) against the region's
+        store; and the central feed's copies of them (notes central_missing, central_copies)."""
         consoles = {nid: n.console_text() for nid, n in self.nodes.items()}
         nodes = {nid: (read_ledger(text), self.epochs[nid]) for nid, text in consoles.items()}
         in_transit = 0
@@ -512,9 +519,16 @@ class Region:
         samples = region_samples(self.vm, list(self.nodes))
         out = judge_region(f"region: {name}", nodes, samples, self.sent())
         out.notes["in_transit_at_stop"] = in_transit
-        with self.central._lock:  # the central feed, for the records judged
-            got = dict(self.central.got)
+        # The central feed, for the records judged: its forwarder may still be backing off (up to
+        # 30 s after the region came back) when the store already holds everything.
         judged = [(nid, b, s) for nid, (led, _) in nodes.items() for (b, s) in led.records]
+        end = time.monotonic() + central_timeout
+        while True:
+            with self.central._lock:
+                got = dict(self.central.got)
+            if all(k in got for k in judged) or time.monotonic() > end:
+                break
+            time.sleep(0.2)  # waits on: the central reader to have every record judged
         out.notes["central_missing"] = sum(1 for k in judged if k not in got)
         out.notes["central_copies"] = sum(got[k] - 1 for k in judged if k in got)
         out.crashes = sum(text.count(" E unexpected error") for text in consoles.values())
