@@ -208,11 +208,11 @@ class RegionGateway:
     def destroy(self) -> None:
         """The Pi gone for good: the gateway and its Mosquitto killed, its database deleted (what it
         sent to the region is read first, for the resend count)."""
-        self.sent_before_destroyed = self.sent()
         if self.process is not None:
             self.process.kill()
         kill_process(self.broker.proc)
         self.broker.proc = None
+        self.sent_before_destroyed = self.sent()
         for p in self.db.parent.glob("gateway.db*"):
             p.unlink()
         self.destroyed = True
