@@ -40,8 +40,8 @@ from meetkit_tools.dev.batches import NodeStream, node_stream
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics
 
 GATEWAYS = (1, 4, 8)
-NODES = 10   # per gateway
-RECORDS = 120   # per node: two hours of one record a minute
+NODES = 20   # per gateway
+RECORDS = 180   # per node: three hours of one record a minute
 RUNS = 3
 T0 = 1795510800
 TARGET = "vm-region"
