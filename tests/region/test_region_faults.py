@@ -163,3 +163,4 @@ def test_a_gateway_destroyed_its_nodes_fail_over(reg: Region) -> None:
                  timeout=45)   # ut-2 is in the region all along: once failed over (120 simulated s), seconds
     out = reg.judge("gateway destroyed, nodes fail over", central_timeout=10)
     assert_clean(out, ok)
+    assert any(n == "ut-0001" for n, *_ in db_rows(reg.gateways["ut-2"].db)), "ut-2, first of its neighbours, took it"
