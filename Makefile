@@ -47,9 +47,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -m "not soak" -n 3 --dist loadfile
 
-# The fault suite alone, with its table and the faults_* figures in build/bench/results.jsonl.
+# The fault suite alone (and the region's scenarios), with its table and the faults_* and region_*
+# figures in build/bench/results.jsonl.
 faults: setup
-	MEETKIT_FAULTS_RECORD=1 $(BIN)/python -m pytest -q -rA tests/faults
+	MEETKIT_FAULTS_RECORD=1 $(BIN)/python -m pytest -q -rA tests/faults tests/region/test_region_faults.py
 
 # The long runs (tests/soak), never part of `make test`: a simulated week of the fault suite's
 # faults on two nodes (about half an hour) and a day of steady load on the gateway process, its
@@ -57,9 +58,11 @@ faults: setup
 # cut at every flash program of an install, a rollback and a proof (tests/sim/test_trial.py, about
 # 6 minutes; `make test` cuts at every 5th), and of a proof in a rollout with the real gateway
 # (tests/sim/test_proof_cut.py, about 4 minutes; `make test`: every 5th); and a rollout to 20 simulated nodes in waves with the
-# real gateway (tests/faults/test_fleet_faults.py, about a minute; `make test` rolls out to 6).
+# real gateway (tests/faults/test_fleet_faults.py, about a minute; `make test` rolls out to 6); and a
+# gateway of a region cut off from the regional store for 6 simulated hours (tests/region/test_region_faults.py;
+# `make test`: one hour).
 soak: setup
-	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/sim/test_appswap.py tests/sim/test_proof_cut.py tests/faults/test_fleet_faults.py
+	$(BIN)/python -m pytest -q -rA -s -m soak tests/soak tests/sim/test_trial.py tests/sim/test_appswap.py tests/sim/test_proof_cut.py tests/faults/test_fleet_faults.py tests/region/test_region_faults.py
 
 bench: setup
 	$(BIN)/python -m bench

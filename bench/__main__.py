@@ -1,5 +1,5 @@
 from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_fleet, ota_heap, ota_powercut,
-                   ota_update, payload, provision, region, sensorthings, sim, sim_time, start_heap, store, tls, wire)
+                   ota_update, payload, provision, region, region_load, sensorthings, sim, sim_time, start_heap, store, tls, wire)
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     sensorthings.run()
     store.run()
     region.run()
+    region_load.run()
     provision.run()
     hostile.run()
 

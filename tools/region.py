@@ -538,7 +538,9 @@ def central_forward_toml(plan: Plan, gateway: str, out: Path) -> str:
              f'username = "{acct}"', f'password_file = "/etc/meetkit-gateway/{acct}.password"   # from {out}']
     if urlsplit(plan.central).scheme == "mqtts":
         lines.append(f'ca_file = "/etc/meetkit-gateway/central-ca.crt"   # {out}/ca/ca.crt')
-    lines += [f'topic = "{plan.topic_prefix}/{g.town}/{{node}}/records"', 'protocol = "v5"']
+    # {town}, not the town itself: without the placeholder the gateway puts its town in as the second
+    # level (config.region_topic), and a literal town there would be doubled
+    lines += [f'topic = "{plan.topic_prefix}/{{town}}/{{node}}/records"   # {{town}}: {g.town}', 'protocol = "v5"']
     return "\n".join(lines)
 
 

@@ -238,10 +238,13 @@ class FleetBroker:
     ports. Only what a test must have of its own differs from the Pi: ports, persistence, log,
     no pid file, and the user that runs us (root would switch to `mosquitto`)."""
 
-    def __init__(self, workdir: Path, nodes: list[str], prefix: str = "meetkit") -> None:
+    def __init__(self, workdir: Path, nodes: list[str], prefix: str = "meetkit", ca_from: Path | None = None) -> None:
+        """`ca_from`: another `meetkit broker init` folder whose lab CA this one takes (a region's
+        gateways share one CA, docs/operator.md "A region of gateways")."""
         from meetkit_tools import broker
 
         self.workdir = Path(workdir)
+        self.ca_from = ca_from
         self.out = self.workdir / "broker"
         self.host = "127.0.0.1"
         self.fleet = broker.Fleet(prefix=prefix, hostname="meetkit-gw", ips=[self.host], plain_port=free_port(),
@@ -259,11 +262,18 @@ class FleetBroker:
     def tls_port(self) -> int:
         return self.fleet.tls_port
 
-    def start(self) -> "FleetBroker":
+    def init(self) -> "FleetBroker":
+        """`meetkit broker init` of the folder (again: keeps what is there, visitors included)."""
         from meetkit_tools import broker
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.ca_from is not None and not (self.out / "ca").exists():
+            shutil.copytree(Path(self.ca_from) / "ca", self.out / "ca")
         broker.init(self.out, self.fleet, self.nodes)
+        return self
+
+    def start(self) -> "FleetBroker":
+        self.init()
         with (self.workdir / "mosquitto.out").open("ab") as log:
             self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(self.out / "mosquitto" / "mosquitto.conf")],
                                          stdout=log, stderr=subprocess.STDOUT)

@@ -110,12 +110,16 @@ def test_the_files_and_again_keeps_the_passwords(tmp_path: Path, capsys: pytest.
         assert (out / f"{name}.password").stat().st_mode & 0o777 == 0o600
         assert pw not in (out / "mosquitto" / "passwd").read_text()
     # what each gateway's gateway.toml takes, printed: the gateway's own configuration reads it
-    assert 'topic = "meetkit/zeist/{node}/records"' in printed and 'username = "gw-zs-1"' in printed
+    assert 'topic = "meetkit/{town}/{node}/records"   # {town}: zeist' in printed and 'username = "gw-zs-1"' in printed
     block = printed.split("# zs-1\n", 1)[1]
-    conf = config.parse(tomllib.loads('[mqtt]\nhost = "127.0.0.1"\n[store]\npath = "g.db"\n' + block))
+    conf = config.parse(tomllib.loads('[mqtt]\nhost = "127.0.0.1"\n[store]\npath = "g.db"\n[region]\ntown = "zeist"\n'
+                                      'gateway = "zs-1"\nsafe_targets = ["central"]\n' + block))
     (target,) = conf.forward
     assert (target.type, target.url, target.username, target.topic) == (
-        "mqtt", "mqtts://central.example.org:8883", "gw-zs-1", "meetkit/zeist/{node}/records")
+        "mqtt", "mqtts://central.example.org:8883", "gw-zs-1", "meetkit/{town}/{node}/records")
+    # where that gateway publishes: under its town once (a literal town in the template was doubled,
+    # meetkit/zeist/zeist/..., which the ACL let through)
+    assert config.region_topic(target.topic, "zeist") == "meetkit/zeist/{node}/records"
     # again, with zs-1 gone: the passwords kept, its account gone
     write_plan(plan, {k: v for k, v in GATEWAYS.items() if k != "zs-1"})
     assert main(["region", "central", "--plan", str(plan), "--out", str(out)]) == 0

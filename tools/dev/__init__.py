@@ -16,5 +16,8 @@ the `dev` extra (numpy, scipy, micropython).
   process, a release key and releases, simulated nodes as .mpy), for e2e tests and benchmarks
 - `faultrig`: the fault suite's rig (broker, gateway process, simulated nodes) and ledger judge
 - `hostile`: the hostile-input scenarios as drivers on the rig
+- `regionrig`: the regional rig (gateways with their own Mosquitto, one VictoriaMetrics, one central
+  broker, simulated nodes with broker lists) and the regional ledger judge
+- `tcpproxy`: a loopback TCP proxy a test cuts and mends (a gateway cut off from the region)
 - `results`: benchmark figures appended to build/bench/results.jsonl
 """

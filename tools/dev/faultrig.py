@@ -149,6 +149,31 @@ def judge(name: str, nodes: dict[str, tuple[Ledger, int]], rows: list[tuple[str,
     return out
 
 
+def virtual_s(console: Path) -> float:
+    """How far a node's simulated time has got, from its console: its last uptime, after its last
+    reset (the runner's marker carries the virtual clock)."""
+    t0 = 0.0
+    up = 0.0
+    try:
+        text = console.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0.0
+    for line in text.splitlines()[-400:]:
+        m = _RESET.search(line)
+        if m:
+            t0, up = int(m.group(1)) / 1000, 0.0
+            continue
+        head = line[:8].strip()
+        if head.isdigit():
+            up = float(head)
+    if "--- " in text and t0 == 0.0:  # the last reset is further back than 400 lines
+        for line in text.splitlines():
+            m = _RESET.search(line)
+            if m:
+                t0 = int(m.group(1)) / 1000
+    return t0 + up
+
+
 class Rig:
     """A real Mosquitto, the gateway as its own process, and simulated nodes, in one folder.
 
@@ -202,26 +227,7 @@ class Rig:
 
     def virtual_s(self, node_id: str) -> float:
         """How far a node's simulated time has got: its console's last uptime, after its last reset."""
-        t0 = 0.0
-        up = 0.0
-        try:
-            text = self.nodes[node_id].console.read_text(errors="replace")
-        except FileNotFoundError:
-            return 0.0
-        for line in text.splitlines()[-400:]:
-            m = _RESET.search(line)
-            if m:
-                t0, up = int(m.group(1)) / 1000, 0.0
-                continue
-            head = line[:8].strip()
-            if head.isdigit():
-                up = float(head)
-        if "--- " in text and t0 == 0.0:  # the last reset is further back than 400 lines
-            for line in text.splitlines():
-                m = _RESET.search(line)
-                if m:
-                    t0 = int(m.group(1)) / 1000
-        return t0 + up
+        return virtual_s(self.nodes[node_id].console)
 
     def wait_virtual(self, node_id: str, t_s: float, timeout: float = 300) -> None:
         end = time.monotonic() + timeout

@@ -172,6 +172,7 @@ class SimNode:
         self.last_state: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
         self._stop = threading.Event()
+        self._hold = False   # power_off(): the next power cut leaves the node off
         self._thread: threading.Thread | None = None
         if not spec.chip_id:
             spec.chip_id = "240ac4" + f"{zlib.crc32(spec.node_id.encode()) & 0xFFFFFF:06x}"
@@ -275,6 +276,15 @@ class SimNode:
         POWER_OFF_MS later as after any power cut (counted in power_cuts_done)."""
         self.switch.write_text("0")
 
+    def power_off(self, timeout: float = 60) -> None:
+        """Cut the power and leave it off, as a technician unplugging the node: it stops within a
+        simulated second, nothing torn, its virtual clock saved; power_on() goes on from there."""
+        self._hold = True
+        self.switch.write_text("0")
+        self.wait(timeout)
+        if self.running:
+            raise TimeoutError(f"{self.spec.node_id} did not power off within {timeout} s")
+
     def _supervise(self) -> None:
         with self.console.open("ab") as log:
             while not self._stop.is_set():
@@ -286,6 +296,12 @@ class SimNode:
                     self.exit_code = code
                     return
                 flash = st.get("stats", {})
+                if code == EXIT_POWER_CUT and self._hold:  # power_off(): stays off until power_on()
+                    self._hold = False
+                    self.exit_code = code
+                    log.write(f"--- power cut at t={st['t_ms']} ms, flash write "
+                              f"{flash.get('flash_writes')} (left off) ---\n".encode())
+                    return
                 if code == EXIT_POWER_CUT:
                     # power-on: the RTC restarts at 2000-01-01 and RTC memory is gone; NVS stays
                     self.power_cuts_done += 1
