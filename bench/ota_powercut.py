@@ -55,7 +55,8 @@ from typing import Any
 
 from bench.results import record
 from meetkit_tools.dev import fleetsim
-from meetkit_tools.dev.fleetsite import Site, firmware_as, wait_for
+from meetkit_tools.dev.fleetsite import Site, firmware_as
+from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.paths import FIRMWARE
 
 OLD = "0.1.9"

@@ -34,7 +34,8 @@ from typing import Any
 from bench.results import median, record
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.paths import FIRMWARE
-from meetkit_tools.dev.fleetsite import Site, firmware_as, sim_times, wait_for
+from meetkit_tools.dev.fleetsite import Site, firmware_as, sim_times
+from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.sim.runner import load_scenario
 
 NODE = "ota-01"

@@ -16,12 +16,10 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
-
 from meetkit_gateway.store import Store
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.paths import FIRMWARE
@@ -29,21 +27,12 @@ from meetkit_tools.services import FleetBroker, GatewayProcess
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
 from ..gateway.conftest import CLI
+from meetkit_tools.dev.waits import wait_for
 
 NODE = "fg-01"
 OLD = "0.1.9"
 NEW = fleetsim.fw_version()
 MEETKIT = str(Path(CLI).with_name("meetkit"))
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)  # waits on: `cond`
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def run(*args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:

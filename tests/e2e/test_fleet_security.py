@@ -34,7 +34,8 @@ from paho.mqtt.packettypes import PacketTypes
 
 from meetkit_tools import broker as broker_tool
 from meetkit_tools.dev import fleetsim
-from meetkit_tools.dev.fleetsite import Site, firmware_as, wait_for
+from meetkit_tools.dev.fleetsite import Site, firmware_as
+from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.paths import FIRMWARE
 
 A, B = "sa-01", "sb-01"

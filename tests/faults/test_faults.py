@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from meetkit_tools.dev.faultrig import Rig, db_rows, read_ledger, scenario
+from meetkit_tools.dev.waits import wait_for
 
 AIR = "esp32-devkitc-air"
 INFLIGHT_MAX_RECORDS = 4 * 12   # node.py: INFLIGHT_MAX batches of at most about 12 records
@@ -37,15 +38,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         yield r
     finally:
         r.close()
-
-
-def wait_for(cond, timeout: float, what: str, step: float = 0.2) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stored(rig: Rig) -> int:

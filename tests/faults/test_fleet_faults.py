@@ -23,7 +23,8 @@ from typing import Iterator
 import pytest
 
 from meetkit_tools.dev import fleetsim
-from meetkit_tools.dev.faultrig import AIR, OLD, Rig, read_ledger, wait_for
+from meetkit_tools.dev.faultrig import AIR, OLD, Rig, read_ledger
+from meetkit_tools.dev.waits import wait_for
 
 NEW = fleetsim.fw_version()
 MIC = "esp32-devkitc"   # a board with the ICS-43434 microphone

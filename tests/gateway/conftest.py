@@ -21,6 +21,7 @@ from meetkit_gateway.service import Gateway
 from meetkit_gateway.store import Store
 
 from meetkit_tools.dev.sensorthings_server import SensorThingsServer
+from meetkit_tools.dev.waits import wait_for
 
 CLI = str(Path(sys.executable).parent / "meetkit-gateway")
 
@@ -85,17 +86,6 @@ def batch(node: str = "ams-001", boot: int = 3, seqs: range | list[int] = range(
 
 def encode(doc: dict[str, Any] | bytes) -> bytes:
     return doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)  # waits on: the predicate
 
 
 def write_config(tmp_path: Path, port: int, extra_mqtt: str = "", name: str = "gateway.toml",

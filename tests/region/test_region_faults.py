@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from meetkit_tools.dev.faultrig import H, Outcome, db_rows, read_ledger
 from meetkit_tools.dev.regionrig import Region
+from meetkit_tools.dev.waits import wait_for
 
 NODES = {"ut-1": ["ut-0001"], "ut-2": ["ut-0101"], "zs-1": ["zs-0001"]}
 T0 = 0.5 * H   # simulated time of the node the fault is timed by, before the fault starts
@@ -48,14 +49,6 @@ def assert_clean(out: Outcome, caught_up: bool) -> None:
     assert out.crashes == 0, "the firmware hit an unexpected error (see the node's console.log)"
     assert out.wrong_time == 0 and "wrong_values" not in out.notes, out.problems
     assert caught_up
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)  # waits on: cond
 
 
 def during(reg: Region, node: str, start: float, hours: float, begin, end) -> None:

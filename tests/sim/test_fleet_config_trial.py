@@ -18,7 +18,8 @@ from meetkit_gateway.store import Store
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.services import free_port
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
-from tests.sim.test_fleet_trial import Rig, wait_for
+from meetkit_tools.dev.waits import wait_for
+from tests.sim.test_fleet_trial import Rig
 
 TRIAL_FILES = ("config.json.old", "config.trial", "config.json.tmp", "config.json.new", "config.trial.tmp")
 

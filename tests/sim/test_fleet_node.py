@@ -17,25 +17,15 @@ import collections
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
 
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.services import Mosquitto
-from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+from meetkit_tools.sim.runner import SimNode, load_scenario
+from meetkit_tools.dev.waits import wait_for
 
 OFFER_HEAP = "128K"
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)  # waits on: `cond`
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -48,38 +38,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> fleetsim.Release:
     return fleetsim.build_release("0.3.0", workdir=tmp_path_factory.mktemp("rel"))
 
 
-class Fleet:
-    def __init__(self, tmp: Path, firmware: Path) -> None:
-        self.tmp = tmp
-        self.firmware = firmware
-        self.broker = Mosquitto(tmp / "broker").start()
-        self.keys: dict[str, bytes] = {}
-        self.gw = fleetsim.FleetGateway(self.broker.host, self.broker.port, self.keys).start()
-        self.nodes: list[SimNode] = []
-
-    def node(self, node_id: str, **spec: Any) -> SimNode:
-        key = self.keys[node_id] = fleetsim.new_key()
-        spec.setdefault("scenario", load_scenario("quiet-street"))
-        n = SimNode(NodeSpec(node_id=node_id, workdir=self.tmp / node_id, broker_port=self.broker.port,
-                             until_s=None, firmware=self.firmware, files={"node.key": key.hex().encode()},
-                             **spec))
-        n.prepare()
-        n.start()
-        self.nodes.append(n)
-        return n
-
-    def online(self, node_id: str, timeout: float = 60, **want: Any) -> dict[str, Any]:
-        """The node's latest status once it says online and has the fields in `want`."""
-        def ok() -> dict[str, Any] | None:
-            s = self.gw.last_status(node_id)
-            return s if s and all(s.get(k) == v for k, v in want.items()) else None
-        return wait_for(ok, timeout, f"{node_id} online with {want}")
-
-    def close(self) -> None:
-        for n in self.nodes:
-            n.stop()
-        self.gw.stop()
-        self.broker.stop()
+Fleet = fleetsim.SimFleet
 
 
 @pytest.fixture
@@ -99,7 +58,7 @@ def test_a_configuration_is_applied_at_the_end_of_the_interval_and_reported(flee
     # configuration at the next connect was refused for memory (1008 bytes, 14 KB free in pieces);
     # docs/operator.md says so. The heap offers need too.
     n = fleet.node("cfg-01", heapsize=OFFER_HEAP)
-    st = fleet.online("cfg-01", mode="normal", cfg=0)
+    st = fleet.status("cfg-01", mode="normal", cfg=0)
     assert st["fw"] == fleetsim.fw_version()
     networks = [{"ssid": "meetkit-lab", "password": "simulated"}, {"ssid": "spare", "password": "spare-s3cret"}]
     fleet.gw.configure("cfg-01", 3, {"interval_s": 30, "noise_offset_db": 99, "wifi": networks})
@@ -107,7 +66,7 @@ def test_a_configuration_is_applied_at_the_end_of_the_interval_and_reported(flee
     assert sorted(ev["applied"]) == ["interval_s", "wifi"] and ev["version"] == 3
     assert ev["refused"] == {"noise_offset_db": "99 is not a number from -20 to 20"}
     # restarted once the interval it was measuring is spooled, and runs version 3
-    st = fleet.online("cfg-01", cfg=3, boot=1)
+    st = fleet.status("cfg-01", cfg=3, boot=1)
     assert st["mode"] == "normal"
     wait_for(lambda: "interval 30 s" in n.console_text(), 60, "the new interval")
     lines = n.console_text().splitlines()
@@ -126,7 +85,7 @@ def test_a_configuration_is_applied_at_the_end_of_the_interval_and_reported(flee
 
 def test_the_self_test_on_request_and_what_is_refused(fleet: Fleet) -> None:
     fleet.node("cmd-01")
-    fleet.online("cmd-01")
+    fleet.status("cmd-01")
     gw = fleet.gw
     wait_for(lambda: "check: mic: pass" in fleet.nodes[0].console_text(), 60, "the microphone's check")
     gw.command("cmd-01", "selftest", id=12)
@@ -153,7 +112,7 @@ def test_the_self_test_on_request_and_what_is_refused(fleet: Fleet) -> None:
 # -- releases ---------------------------------------------------------------------------------------
 def test_offers_that_do_not_fit_the_node_are_refused_and_named(fleet: Fleet, release: fleetsim.Release) -> None:
     n = fleet.node("off-01", heapsize=OFFER_HEAP)
-    fleet.online("off-01")
+    fleet.status("off-01")
     gw = fleet.gw
     old = fleetsim.Release(dict(release.manifest, version="0.1.9"), release.files)
     other_board = fleetsim.Release(dict(release.manifest, boards=["esp32-s3-devkitc-1"]), release.files)
@@ -180,7 +139,7 @@ def test_a_download_goes_on_after_a_broker_restart_and_a_power_cut(fleet: Fleet,
     is cut. Every piece is fetched once (a retry at most), the files are the release's, and the node
     restarts into it."""
     n = fleet.node("dl-01", heapsize=OFFER_HEAP)
-    fleet.online("dl-01")
+    fleet.status("dl-01")
     gw = fleet.gw
     served: list[fleetsim.Get] = []
     allow = [10]
@@ -209,7 +168,7 @@ def test_a_download_goes_on_after_a_broker_restart_and_a_power_cut(fleet: Fleet,
     allow[0] = 10_000
     done = gw.wait_event("dl-01", lambda e: e["kind"] == "ota" and e["state"] != "accepted", 120)
     assert done["state"] == "installed"
-    fleet.online("dl-01", fw="0.3.0", timeout=120)
+    fleet.status("dl-01", fw="0.3.0", timeout=120)
     pieces = {(g.file, g.off) for g in served}
     want = {(i, off) for i, f in enumerate(release.manifest["files"]) for off in range(0, max(f["size"], 1), 2048)}
     assert pieces == want
@@ -226,7 +185,7 @@ def test_a_download_goes_on_after_a_broker_restart_and_a_power_cut(fleet: Fleet,
 def test_a_tampered_piece_is_fetched_again_and_the_release_refused_after_three(
         fleet: Fleet, release: fleetsim.Release) -> None:
     n = fleet.node("tam-01", heapsize=OFFER_HEAP)
-    fleet.online("tam-01")
+    fleet.status("tam-01")
     gw = fleet.gw
     once = release.path(1)
     always = release.path(4)
@@ -262,7 +221,7 @@ def test_the_noise_meter_keeps_its_coverage_through_a_download(fleet: Fleet, rel
     n = fleet.node("cov-01", heapsize=OFFER_HEAP, scenario=load_scenario("busy-road"), interval_s=10,
                    flash_timing=True, speed=10)
     n.spec.until_s = 240
-    fleet.online("cov-01")
+    fleet.status("cov-01")
     fleet.gw.offer("cov-01", release)
     assert fleet.gw.wait_event("cov-01", lambda e: e["kind"] == "ota" and e["state"] != "accepted",
                                120)["state"] == "installed"

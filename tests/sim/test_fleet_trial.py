@@ -8,16 +8,15 @@ is lib/trial.py's and lib/crash.py's; here is what a node reports and how it end
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.paths import FIRMWARE
-from meetkit_tools.services import GatewayProcess, Mosquitto
-from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+from meetkit_tools.sim.runner import SimNode
+from meetkit_tools.dev.waits import wait_for
 
 HEAP = "128K"   # a release offer's manifest: see tests/sim/test_fleet_node.py
 OLD = fleetsim.fw_version()
@@ -25,56 +24,16 @@ RAISES = {"lib/node.py": lambda s: s.replace("def main():\n", "def main():\n    
 DEAF = {"lib/sample_noise.py": lambda s: s.replace("if leq is None or over * 100 > n:", "if True:  # deaf")}
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)  # waits on: `cond`
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fleetsim.mpy_firmware(tmp_path_factory.mktemp("fw") / "firmware")
 
 
-class Rig:
+class Rig(fleetsim.SimFleet):
+    """The stand-in gateway for offers and commands; the real gateway acknowledging batches."""
+
     def __init__(self, tmp: Path, gateway: bool = True) -> None:
-        self.tmp = tmp
-        self.broker = Mosquitto(tmp / "broker").start()
-        self.gateway = GatewayProcess(tmp / "gateway", self.broker.host, self.broker.port).start() if gateway else None
-        self.keys: dict[str, bytes] = {}
-        self.gw = fleetsim.FleetGateway(self.broker.host, self.broker.port, self.keys).start()
-        self.nodes: list[SimNode] = []
-
-    def node(self, node_id: str, firmware: Path, **spec: Any) -> SimNode:
-        key = self.keys[node_id] = fleetsim.new_key()
-        n = SimNode(NodeSpec(node_id=node_id, scenario=load_scenario("quiet-street"), workdir=self.tmp / node_id,
-                             broker_port=self.broker.port, until_s=None, firmware=firmware, heapsize=HEAP,
-                             files={"node.key": key.hex().encode(), **spec.pop("files", {})}, **spec))
-        n.prepare()
-        n.start()
-        self.nodes.append(n)
-        return n
-
-    def status(self, node_id: str, timeout: float = 120, **want: Any) -> dict[str, Any]:
-        def ok() -> dict[str, Any] | None:
-            s = self.gw.last_status(node_id)
-            return s if s and all(s.get(k) == v for k, v in want.items()) else None
-        return wait_for(ok, timeout, f"{node_id}'s status with {want}")
-
-    def ota(self, node_id: str, *states: str, timeout: float = 180) -> dict[str, Any]:
-        return self.gw.wait_event(node_id, lambda e: e["kind"] == "ota" and e["state"] in states, timeout)
-
-    def close(self) -> None:
-        for n in self.nodes:
-            n.stop()
-        self.gw.stop()
-        if self.gateway:
-            self.gateway.stop()
-        self.broker.stop()
+        super().__init__(tmp, gateway=gateway, heapsize=HEAP)
 
 
 @pytest.fixture

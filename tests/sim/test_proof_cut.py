@@ -20,17 +20,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from meetkit_gateway.store import Store
+
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.faultrig import AIR, Rig
 from meetkit_tools.sim import flashimage
 from meetkit_tools.sim.runner import SimNode
+from meetkit_tools.dev.waits import wait_for
 
 NEW = fleetsim.fw_version()
 NODE = "pc-01"
@@ -56,17 +56,6 @@ HOOK = '''def prove():
 PATCH = {"lib/trial.py": lambda s: s.replace("def prove():\n", HOOK, 1)}
 STRIDES = pytest.mark.parametrize("stride", [pytest.param(1, marks=pytest.mark.soak, id="every-program"),
                                              pytest.param(5, id="every-5th-program")])
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)  # waits on: `cond`
 
 
 class Kept:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meetkit_tools.sim.board import REGISTRY, SimBoard
-from tests.gateway.conftest import wait_for
+from meetkit_tools.dev.waits import wait_for
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 

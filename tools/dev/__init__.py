@@ -19,5 +19,6 @@ the `dev` extra (numpy, scipy, micropython).
 - `regionrig`: the regional rig (gateways with their own Mosquitto, one VictoriaMetrics, one central
   broker, simulated nodes with broker lists) and the regional ledger judge
 - `tcpproxy`: a loopback TCP proxy a test cuts and mends (a gateway cut off from the region)
+- `waits`: `wait_for`, how tests, rigs and benchmarks wait (on something observable, with a deadline)
 - `results`: benchmark figures appended to build/bench/results.jsonl
 """

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
 
 AIR = "esp32-devkitc-air"   # the nodes' board: no microphone, so an hour simulates in seconds
@@ -575,12 +576,3 @@ def scenario(base: str = "quiet-street", **faults: list[tuple[float, float]]) ->
     for kind, windows in faults.items():
         sc["faults"] += [{"kind": kind, "from": a, "to": b} for a, b in windows]
     return sc
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> None:
-    """Until `cond()` is true; TimeoutError naming `what` after `timeout` s."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(step)  # waits on: cond

@@ -255,3 +255,58 @@ class FleetGateway:
     def gets_of(self, node: str) -> list[Get]:
         with self._lock:
             return [g for g in self.gets if g.node == node]
+
+
+class SimFleet:
+    """The firmware's side of the fleet under test: a real Mosquitto, the stand-in gateway
+    (FleetGateway) signing with each node's key, and with `gateway` the real gateway process
+    acknowledging batches (a node proves a release only with a batch acknowledged); nodes are
+    simulated boards running `firmware` (as .mpy: `mpy_firmware`) with node.key on their flash."""
+
+    def __init__(self, tmp: Path, firmware: Path | None = None, *, gateway: bool = False,
+                 heapsize: str | None = None) -> None:
+        from meetkit_tools.services import GatewayProcess, Mosquitto   # the dev side's, not the Pi's
+        self.tmp = tmp
+        self.firmware = firmware
+        self.heapsize = heapsize
+        self.broker = Mosquitto(tmp / "broker").start()
+        self.gateway = GatewayProcess(tmp / "gateway", self.broker.host, self.broker.port).start() if gateway else None
+        self.keys: dict[str, bytes] = {}
+        self.gw = FleetGateway(self.broker.host, self.broker.port, self.keys).start()
+        self.nodes: list[Any] = []
+
+    def node(self, node_id: str, firmware: Path | None = None, **spec: Any) -> Any:
+        """A node started on the quiet street (unless `scenario`), its key known to the stand-in."""
+        from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+        key = self.keys[node_id] = new_key()
+        spec.setdefault("scenario", load_scenario("quiet-street"))
+        if self.heapsize:
+            spec.setdefault("heapsize", self.heapsize)
+        files = {"node.key": key.hex().encode(), **spec.pop("files", {})}
+        n = SimNode(NodeSpec(node_id=node_id, workdir=self.tmp / node_id, broker_port=self.broker.port,
+                             until_s=None, firmware=firmware or self.firmware, files=files, **spec))
+        n.prepare()
+        n.start()
+        self.nodes.append(n)
+        return n
+
+    def status(self, node_id: str, timeout: float = 120, **want: Any) -> dict[str, Any]:
+        """The node's latest status once it has the fields in `want`."""
+        from meetkit_tools.dev.waits import wait_for
+
+        def ok() -> dict[str, Any] | None:
+            s = self.gw.last_status(node_id)
+            return s if s and all(s.get(k) == v for k, v in want.items()) else None
+        return wait_for(ok, timeout, f"{node_id}'s status with {want}")
+
+    def ota(self, node_id: str, *states: str, timeout: float = 180) -> dict[str, Any]:
+        """The node's next ota event in one of `states`."""
+        return self.gw.wait_event(node_id, lambda e: e["kind"] == "ota" and e["state"] in states, timeout)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        self.gw.stop()
+        if self.gateway:
+            self.gateway.stop()
+        self.broker.stop()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from meetkit_tools import release as rel
 from meetkit_tools.dev import fleetsim
@@ -28,16 +28,6 @@ from meetkit_tools.sim.runner import POWER_OFF_MS, NodeSpec, SimNode, load_scena
 
 CLI = str(Path(sys.executable).parent / "meetkit-gateway")
 BOARD = "esp32-devkitc"
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)  # waits on: `cond`
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def firmware_as(version: str, out: Path, firmware: Path = FIRMWARE) -> Path:
