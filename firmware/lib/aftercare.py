@@ -13,10 +13,12 @@
 #                 publish returned on its PUBACK), so a cut anywhere after the proof's commit still
 #                 tells the gateway; a cut after the publish and before the removal sends it twice
 #                 (the gateway takes a second "proved" of the same release as the first).
-#   app.rollback  boot.py rolled back: event "rolled_back" once connected, then the file goes.
+#   app.rollback  boot.py rolled back: event "rolled_back" once connected; the file goes once the
+#                 broker took it (as app.proved's).
 #   app.refused   appswap.py could not install the node's update (its reason): event "refused"
-#                 once connected, then the file goes (the rollout halts with the reason).
-#   crash.txt     the last crash: event "crash" once connected (crash.report(), then reported()).
+#                 once connected (the rollout halts with the reason); the file goes as above.
+#   crash.txt     the last crash: event "crash" once connected (crash.report(), then reported()
+#                 once the broker took it).
 #   crash.count   crashes in a row: counted from zero again (crash.clear()) after 10 minutes of
 #                 running with a batch acknowledged.
 #   config.json.old  a configuration on trial (cfgtrial.py): proved by the broker reached and a
@@ -88,37 +90,48 @@ class Aftercare:
     def step(self, host, acked):
         """Once a second; drops itself when nothing is left to do."""
         connected = host.uplink.client is not None
+        # A report's file goes only once the broker took its event (the uplink's events empty:
+        # umqtt's QoS 1 publish returned on its PUBACK): a cut in between sends it again.
         if connected and self.rollback:
-            self.rollback = False
             import trial
-            r = trial.rollback_report() or {}
-            r = {"kind": "ota", "state": "rolled_back", "release": r.get("release"),
-                 "back_to": r.get("back_to"), "reason": r.get("reason")}
-            console.warn("ota: rolled back from %s to %s: %s" % (r["release"], r["back_to"], r["reason"]))
-            mgmt.event(host, r)
-            trial.clear_rollback()
-        if connected and self.refused:
-            self.refused = False
-            import json
-            try:
-                with open("app.refused") as f:
-                    r = json.load(f)
-            except (OSError, ValueError) as e:
-                r = {"reason": "install failed (app.refused unreadable: %r)" % (e,)}
-            if not isinstance(r, dict):
-                r = {}
-            r = {"kind": "ota", "state": "refused", "release": r.get("release"), "reason": r.get("reason")}
-            console.warn("ota: %s not installed: %s" % (r["release"], r["reason"]))
-            mgmt.event(host, r)
-            os.remove("app.refused")
-        if connected and self.crash:
-            self.crash = False
-            import crash
-            r = crash.report()
-            if r:
-                r["kind"] = "crash"
+            if self.rollback is True:
+                r = trial.rollback_report() or {}
+                r = {"kind": "ota", "state": "rolled_back", "release": r.get("release"),
+                     "back_to": r.get("back_to"), "reason": r.get("reason")}
+                console.warn("ota: rolled back from %s to %s: %s" % (r["release"], r["back_to"], r["reason"]))
                 mgmt.event(host, r)
-            crash.reported()
+                self.rollback = 2
+            if not host.uplink.events:
+                trial.clear_rollback()
+                self.rollback = False
+        if connected and self.refused:
+            if self.refused is True:
+                import json
+                try:
+                    with open("app.refused") as f:
+                        r = json.load(f)
+                except (OSError, ValueError) as e:
+                    r = {"reason": "install failed (app.refused unreadable: %r)" % (e,)}
+                if not isinstance(r, dict):
+                    r = {}
+                r = {"kind": "ota", "state": "refused", "release": r.get("release"), "reason": r.get("reason")}
+                console.warn("ota: %s not installed: %s" % (r["release"], r["reason"]))
+                mgmt.event(host, r)
+                self.refused = 2
+            if not host.uplink.events:
+                os.remove("app.refused")
+                self.refused = False
+        if connected and self.crash:
+            import crash
+            if self.crash is True:
+                r = crash.report()
+                if r:
+                    r["kind"] = "crash"
+                    mgmt.event(host, r)
+                self.crash = 2
+            if not host.uplink.events:
+                crash.reported()
+                self.crash = False
         if self.reverted and connected:
             import cfgtrial
             if self.reverted is True:
