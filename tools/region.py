@@ -23,8 +23,10 @@ Commands (each reads the plan and checks it whole first; nothing is written when
     accounts    every gateway's Mosquitto accepts the nodes of the gateways that list it as a
                 neighbour: their node ids and passwords (a node has one broker password for every
                 broker of its list), read from the neighbours' broker folders' secrets.json, added
-                to this gateway's password file and kept in its secrets.json under `visitors` (so
-                that `meetkit broker init` again keeps them). The ACL's `pattern` lines already
+                to this gateway's password file and kept in its secrets.json under `visitors`, each
+                with its home gateway and that gateway's town (so that `meetkit broker init` again
+                keeps them, and the gateway forwards a visitor's records under its home town:
+                gateway/visitors.py reads `home` and `town`, never a password). The ACL's `pattern` lines already
                 give every account its own topics only. Idempotent: prints what it added, changed
                 or removed.
     central     the central Mosquitto's conf, password file and ACL: `gw-<gateway>` per gateway,
@@ -270,7 +272,9 @@ def load_plan(path: Path | str) -> Plan:
 class Accounts:
     gateway: str
     added: list[tuple[str, str]] = field(default_factory=list)  # (node, its home gateway)
-    changed: list[tuple[str, str]] = field(default_factory=list)  # a new password (or a new home)
+    changed: list[tuple[str, str]] = field(default_factory=list)  # a new password (the passwd file changes)
+    # (node, home gateway, town): a new home or town only (secrets.json changes, not the passwd file)
+    moved: list[tuple[str, str, str]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: int = 0
 
@@ -292,7 +296,9 @@ def _secrets(plan: Plan, g: Gateway, problems: list[str]) -> dict:
 
 
 def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
-    """gateway -> {node: {"password", "home"}}: what each gateway with a broker folder must accept.
+    """gateway -> {node: {"password", "home", "town"}}: what each gateway with a broker folder must
+    accept, with each visitor's home gateway and that gateway's town (the gateway forwards a
+    visitor's records under its home town: gateway/visitors.py reads `home` and `town` back).
     RegionError when a folder is missing or unreadable, when a node has two passwords in the
     region, or when a gateway's nodes cannot trust a neighbour's certificate."""
     problems: list[str] = []
@@ -316,7 +322,7 @@ def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
             if not isinstance(visitors, dict) or not all(
                     isinstance(v, dict) and isinstance(v.get("password"), str) for v in visitors.values()):
                 problems.append(f"gateways.{name}.broker: {g.broker / broker.SECRETS}: `{VISITORS}` is not "
-                                '{"<node>": {"password": ..., "home": ...}}; remove it and run accounts again')
+                                '{"<node>": {"password": ..., "home": ..., "town": ...}}; remove it and run accounts again')
     if problems:
         raise RegionError([f"{plan.path}: {p}" for p in problems])
     # One password per node across the region: the node holds one.
@@ -350,7 +356,7 @@ def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
                 if node in own:
                     continue  # the same node and password (checked above): an account here already
                 if node not in visitors:
-                    visitors[node] = {"password": pw, "home": home}
+                    visitors[node] = {"password": pw, "home": home, "town": plan.gateways[home].town}
         out[name] = visitors
     if problems:
         raise RegionError(problems)
@@ -376,13 +382,21 @@ def accounts(plan: Plan) -> list[Accounts]:
             if old is None:
                 res.added.append((node, v["home"]))
                 rehash[node] = v["password"]
-            elif old.get("password") != v["password"] or old.get("home") != v["home"] or node not in users:
+            elif old.get("password") != v["password"] or node not in users:
                 res.changed.append((node, v["home"]))
                 rehash[node] = v["password"]
+            elif old.get("home") != v["home"] or old.get("town") != v["town"]:
+                # a new home, or the town an older `accounts` did not write: the gateway's table only
+                res.moved.append((node, v["home"], v["town"]))
             else:
                 res.kept += 1
         res.removed = sorted(set(before) - set(visitors))
-        if not (rehash or res.removed):
+        if not (rehash or res.removed or res.moved):
+            results.append(res)
+            continue
+        if not (rehash or res.removed):  # the password file stays as it is
+            doc[VISITORS] = {n: visitors[n] for n in sorted(visitors)}
+            broker.save_secrets(out, doc)
             results.append(res)
             continue
         hashed = broker.hash_passwords(rehash, passwd.parent) if rehash else []
