@@ -15,7 +15,8 @@ The plan, `region.toml`, is the operator's (kept beside the fleet registers):
     http = 8080                # its status server (/metrics), for Prometheus
     neighbours = ["ut-2"]      # where its nodes fail over to, in order
     broker = "ut-1/broker"     # its `meetkit broker init` folder (optional; relative to the plan)
-    store_max_bytes = 2000000000   # its gateway.toml [store] max_bytes (optional; the gateway's default)
+    store_max_bytes = 500000000    # optional: the bound its store-near-its-bound alert measures against,
+                                   # instead of the gateway's own meetkit_store_max_bytes ([store] max_bytes)
 
 Commands (each reads the plan and checks it whole first; nothing is written when it has a problem):
 
@@ -54,8 +55,6 @@ from meetkit_tools import broker
 
 NAME = re.compile(r"^[a-z0-9-]{1,32}$")  # town, gateway and region names
 HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
-#: the gateway's own default of [store] max_bytes (gateway/config.py)
-STORE_MAX_BYTES = 2_000_000_000
 CENTRAL_READER = "reader"
 CENTRAL_GATEWAY = "gw-{gateway}"
 CENTRAL_SECRETS = "central-secrets.json"
@@ -82,7 +81,8 @@ class Gateway:
     http: int = 8080
     neighbours: tuple[str, ...] = ()
     broker: Path | None = None
-    store_max_bytes: int = STORE_MAX_BYTES
+    # the alert's bound for its store; None: the gateway's own, /metrics meetkit_store_max_bytes
+    store_max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -218,11 +218,12 @@ def parse_plan(doc: dict[str, Any], path: Path) -> Plan:
                 problems.append(f"{key}.broker: {folder!r} is not a folder (the gateway's `meetkit broker init` --out)")
             else:
                 broker_dir = (path.parent / folder).absolute() if not Path(folder).is_absolute() else Path(folder)
-        bound = g.get("store_max_bytes", STORE_MAX_BYTES)
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound <= 0:
+        bound = g.get("store_max_bytes")
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound <= 0):
             problems.append(f"{key}.store_max_bytes: {bound!r} is not a positive number of bytes "
-                            "(the gateway's [store] max_bytes)")
-            bound = STORE_MAX_BYTES
+                            "(the bound of the gateway's store for its alert; leave it out for the gateway's own "
+                            "[store] max_bytes)")
+            bound = None
         gateways[gname] = Gateway(gname, town, host, port, http, tuple(neighbours), broker_dir, bound)
 
     seen_at: dict[tuple[str, int], str] = {}
@@ -634,8 +635,8 @@ ALERTS = {
     "MeetkitSpoolBacklogGrowing": "the node's records held and not yet safe (its status `held`) grew by "
                                   "{backlog_records} or more over {backlog_window}",
     "MeetkitForwardingBehind": "the oldest record not yet forwarded to a target is older than {behind}",
-    "MeetkitStoreNearBound": "the gateway's store fills more than {near} of its bound ([store] max_bytes, "
-                             "the plan's store_max_bytes)",
+    "MeetkitStoreNearBound": "the gateway's store fills more than {near} of its bound (its [store] max_bytes, "
+                             "or the plan's store_max_bytes)",
     "MeetkitFailoverInProgress": "the node is on a neighbour's broker (its status `via` above 0) for {failover}",
     "MeetkitRolloutHalted": "the gateway's newest rollout of a release halted (`meetkit-gateway rollout`)",
 }
@@ -710,11 +711,20 @@ def alerts_yml(plan: Plan, th: Thresholds) -> str:
         "      # per node, wherever it is: the records its spool holds not yet safe, its broker (0: home)",
         "      - record: meetkit_region:node_held_records",
         f"        expr: {_q('max by (node) (meetkit_node_held_records and on (node, gateway) meetkit_region:node_last_heard)')}",
-        "      # every gateway's store bound, from the plan (gateways.<name>.store_max_bytes)",
     ]
-    for g in plan.gateways.values():
-        lines += ["      - record: meetkit_region:store_max_bytes", f"        expr: vector({g.store_max_bytes})",
+    # Each gateway's store bound: the plan's store_max_bytes where it gives one, else the gateway's own
+    # [store] max_bytes as it exports it (meetkit_store_max_bytes); recorded before the rule that uses
+    # the plan's values (the rules of a group run in order)
+    own = f"max by (town, gateway) (meetkit_store_max_bytes{{{j}}})"
+    given = [g for g in plan.gateways.values() if g.store_max_bytes is not None]
+    if given:
+        lines.append("      # the bounds the plan gives (gateways.<name>.store_max_bytes)")
+    for g in given:
+        lines += ["      - record: meetkit_region:store_max_bytes_plan", f"        expr: vector({g.store_max_bytes})",
                   f"        labels: {{town: {_q(g.town)}, gateway: {_q(g.name)}}}"]
+    lines += ["      # every gateway's store bound: the plan's, else its own [store] max_bytes",
+              "      - record: meetkit_region:store_max_bytes",
+              f"        expr: {_q(f'meetkit_region:store_max_bytes_plan or on (town, gateway) {own}' if given else own)}"]
     lines += ["  - name: meetkit-region", "    rules:"]
     _rule(lines, th, "MeetkitGatewayDown", f"up{{{j}}} == 0", th.for_s, "critical",
           "gateway {{ $labels.gateway }} ({{ $labels.town }}) does not answer on /metrics")
