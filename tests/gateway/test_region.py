@@ -262,6 +262,7 @@ def test_a_visitor_is_forwarded_under_its_home_town_and_an_unknown_one_under_our
         assert "meetkit_region_unknown_visitor_records_total 4.0" in text  # xx-0001's records, once
         assert "meetkit_region_visitors_error 0.0" in text and "meetkit_region_visitors 1.0" in text
         assert "pw-" not in text
+        assert gauge(text, "meetkit_store_max_bytes") == 2_000_000_000  # [store] max_bytes, the default
         nodes = {n["node"]: n for n in json.loads(urllib.request.urlopen(f"{url}/api/nodes", timeout=10).read())["nodes"]}
         assert "unknown visitor" in nodes["xx-0001"]["flags"] and nodes["xx-0001"]["town"] == "zeist"
         assert "unknown visitor" not in nodes[NODE]["flags"] and nodes[NODE]["town"] == "utrecht"
@@ -325,10 +326,17 @@ def test_two_gateways_of_two_towns_forwarding_a_visitors_records_write_each_once
         neighbour.stop()
 
 
+def gauge(text: str, name: str) -> float | None:
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return None if m is None else float(m[1])
+
+
 def test_without_a_table_every_node_goes_under_the_gateways_town_and_none_is_unknown(tmp_path, broker, vm):
     """No [region] visitors and no [fleet] broker_secrets: the gateway cannot tell a visitor, says
-    so in `check`, forwards every node under its town and counts nothing."""
-    gw = GatewayProcess(tmp_path / "gw", broker.host, broker.port, extra_toml=region_toml(vm.url, "zs-1", "zeist")).start()
+    so in `check`, forwards every node under its town and counts nothing. /metrics has its store's
+    bound (what the region's MeetkitStoreNearBound divides by)."""
+    gw = GatewayProcess(tmp_path / "gw", broker.host, broker.port, extra_toml=region_toml(vm.url, "zs-1", "zeist"),
+                        store_toml='max_bytes = "500 MB"\n').start()
     node = Publisher(broker.host, broker.port)
     try:
         url = ready(gw)
@@ -337,6 +345,7 @@ def test_without_a_table_every_node_goes_under_the_gateways_town_and_none_is_unk
         assert {s["metric"]["town"] for s in series(vm)} == {"zeist"}
         text = metrics_text(url)
         assert "meetkit_region_unknown_visitor_records_total 0.0" in text and "meetkit_region_visitors_error" not in text
+        assert gauge(text, "meetkit_store_max_bytes") == 500_000_000
         nodes = json.loads(urllib.request.urlopen(f"{url}/api/nodes", timeout=10).read())["nodes"]
         assert [n["flags"] for n in nodes if n["node"] == NODE] == [[]]
     finally:
