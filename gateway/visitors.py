@@ -144,8 +144,10 @@ class Visitors:
 
     def why_unknown(self) -> str:
         """What the page says of an unknown visitor."""
-        how = (copied_at_start(self.path, "`meetkit region accounts` wrote the new secrets.json")
-               if is_credential(self.path) else "run `meetkit region accounts` and copy its secrets.json here")
+        path = self.path
+        how = (copied_at_start(path, "`meetkit region accounts` wrote the new secrets.json")
+               if path is not None and is_credential(path)
+               else "run `meetkit region accounts` and copy its secrets.json here")
         return (f"not a node of this gateway nor a visitor of the region plan in {self.path}: forwarded under this "
                 f"gateway's town, {self.own_town}, not its home town; {how}")
 
