@@ -13,6 +13,8 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
                  reason (docs/payload.schema.json is its oracle)
     acks         the acknowledgement a node gets for each batch once it is committed (`Ack`)
     safe_acks    a region: the safe pair in every acknowledgement, standalone safe acknowledgements
+    visitors     a region: the home town of each node forwarded (a visiting node's from the broker
+                 folder's secrets.json), unknown visitors
     store/       the SQLite store (`Store`), the only package with SQL, a module per concern:
       store.schema        the tables, their migrations, auto-vacuum
       store.base          the connection: open, transactions, read snapshots, counters

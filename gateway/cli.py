@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from . import __version__, config as configuration, plausible, pm_humidity, rolloutcli
-from .config import Config, ConfigError
+from .config import Config, ConfigError, RegionConfig
 from .payload import QUANTITIES
 from .store import Store, StoreError
 from .table import nodes_table, readings_table
@@ -145,10 +145,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.region is not None:
         r = cfg.region
         print(f"  region      town {r.town}, gateway {r.gateway}: acknowledgements carry `safe`, a record being safe "
-              f"once {' and '.join(r.safe_targets)} took it; every series forwarded carries town={r.town}")
+              f"once {' and '.join(r.safe_targets)} took it; every series forwarded carries the node's home town")
+        print(f"  region      {_visitors(r)}")
         for t in cfg.forward:
             if t.type == "mqtt":
-                print(f"  region      {t.name} publishes on {configuration.region_topic(t.topic, r.town)}")
+                print(f"  region      {t.name} publishes on {configuration.region_topic(t.topic, r.town)} "
+                      "(each message with its node's home town)")
     if cfg.fleet is not None:
         _print_fleet(cfg.fleet)
     _print_fleet_files(cfg)
@@ -156,6 +158,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _visitors(r: RegionConfig) -> str:
+    """Where the visitors' home towns come from, and how many it gives (never a password: the
+    table keeps node ids, homes and towns only)."""
+    from .visitors import Visitors
+
+    if r.visitors is None:
+        return (f"no visitors' table ([region] visitors or [fleet] broker_secrets): every node is forwarded "
+                f"under town={r.town}, a visiting one too")
+    st = Visitors(r.visitors, r.town).state()
+    if st.error is not None:
+        return f"visitors' home towns: {st.error}; until it can be read every node is forwarded under town={r.town}"
+    said = f"visitors' home towns from {r.visitors}: {st.visitors} visitor(s); any other node under town={r.town}"
+    return said + "".join(f"\n  region      {p}" for p in st.problems)
 
 
 def _print_ota(cfg: Config) -> None:

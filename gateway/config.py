@@ -150,6 +150,10 @@ class RegionConfig:
     town: str  # every series it forwards carries it; the central MQTT topics too
     gateway: str  # its name in the region plan (not in any series: two gateways write the same one)
     safe_targets: tuple[str, ...]  # [[forward]] names whose acceptance makes a record safe
+    # the broker folder's secrets.json: its visitors' home towns (gateway/visitors.py reads only the
+    # node ids, `home` and `town` of it, never a password); default [fleet] broker_secrets; None: no
+    # file, every node forwarded under `town`
+    visitors: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -408,7 +412,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "log": {"level": _level},
     "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
     "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
-    "region": {"town": _region_name, "gateway": _region_name, "safe_targets": _target_names},
+    "region": {"town": _region_name, "gateway": _region_name, "safe_targets": _target_names, "visitors": _text()},
     "ota": {"release_keys": _paths, "releases": _text(), "offer_every_s": _seconds(1, 86400),
             "prove_within_s": _seconds(1, 7 * 86400), "answer_within_s": _seconds(1, 30 * 86400),
             "piece_max_bytes": _integer(256, 8192),
@@ -619,6 +623,9 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Config:
     ota = _ota(doc.get("ota"), values["ota"], values["store"], fleet_files.node_keys, source, errors)
     forward = tuple(replace(t, fleet=fleet) if t.type == "sensorthings" and t.fleet is None else t for t in forward)
     region = _region(doc.get("region"), values["region"], doc.get("forward"), forward, errors)
+    if region is not None:  # a visitor's home town: from [region] visitors, else the broker folder's secrets
+        visitors = values["region"].get("visitors")
+        region = replace(region, visitors=_relative(visitors, source) if visitors else fleet_files.broker_secrets)
     for t in forward:
         if t.type == "mqtt" and "{town}" in t.topic and "region" not in doc:
             errors.append(f'forward ("{t.name}").topic: {{town}} needs [region] (its town)')
@@ -661,7 +668,9 @@ def _region(section: Any, values: dict[str, Any], forward_doc: Any, forward: tup
             errors.append(f'region.safe_targets: "{name}" is not the name of a [[forward]] target{hint}')
         elif name in known and not known[name].enabled:
             errors.append(f'region.safe_targets: "{name}" is disabled (enabled = false): no record would ever be safe')
-    return RegionConfig(**values) if len(values) == 3 else None
+    if not all(key in values for key in ("town", "gateway", "safe_targets")):
+        return None
+    return RegionConfig(values["town"], values["gateway"], values["safe_targets"])
 
 
 def _ota(section: Any, values: dict[str, Any], store: dict[str, Any], node_keys: Path | None,

@@ -112,6 +112,7 @@ from .http_server import HttpServer, Limits, Request, Response
 from .rollouts import NODE_STATES, ROLLOUT_STATES
 from .payload import BOOT_MAX, FUTURE_MARGIN_S, QUANTITIES, SEQ_MAX, TS_MIN, UP_MAX, VIA_MAX, plausible_ts
 from .store import SCHEMA_VERSION, Store, StoreError
+from .visitors import UNKNOWN_VISITOR, Visitors
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +333,11 @@ class StoreCollector:
 
     def __init__(self, store: Store, targets: Targets, fleet: Fleet | None = None,
                  secrets: FleetSecrets | None = None, ota: OtaStatus | None = None,
-                 region: RegionConfig | None = None) -> None:
+                 region: RegionConfig | None = None, visitors: Visitors | None = None,
+                 store_max_bytes: int | None = None) -> None:
         self.region = region
+        self.visitors = visitors
+        self.store_max_bytes = store_max_bytes
         self.store = store
         self.targets = targets
         self.fleet = fleet
@@ -362,7 +366,7 @@ class StoreCollector:
             if label is None:
                 fams[key].add_metric([], counters.get(key, 0))
         for key, value in counters.items():
-            if key in _COUNTERS:
+            if key in _COUNTERS or key == UNKNOWN_VISITOR:  # that one with the region's (_region)
                 continue
             for prefix, (_name, _help, label) in _COUNTERS.items():
                 if label is not None and key.startswith(prefix):
@@ -389,6 +393,10 @@ class StoreCollector:
              store.bounded_bytes()),
         ):
             yield GaugeMetricFamily(name, help, value)
+        if self.store_max_bytes is not None:  # what the region's MeetkitStoreNearBound divides by
+            yield GaugeMetricFamily("meetkit_store_max_bytes",
+                                    "The store's bound, [store] max_bytes: what meetkit_store_bounded_bytes is held to.",
+                                    self.store_max_bytes)
         alarms = _family("gauge", "meetkit_alarm_active", "1 while an alarm is raised, by code.", ("code",))
         for a in store.active_alarms():
             alarms.add_metric([a.code], 1)
@@ -443,6 +451,19 @@ class StoreCollector:
             oldest.add_metric([node], 0 if first is None else max(0.0, now - first))
         yield count
         yield oldest
+        # the visiting nodes' home towns (visitors.py): records of a node the table does not know are
+        # forwarded under this gateway's town, and counted
+        yield CounterMetricFamily("meetkit_region_unknown_visitor_records_total",
+                                  "Records stored of nodes neither this gateway's nor visitors the region plan gave "
+                                  "an account here ([region] visitors): forwarded under this gateway's town, not "
+                                  "their home town.", self.store.counters().get(UNKNOWN_VISITOR, 0))
+        if self.visitors is not None and self.visitors.path is not None:
+            st = self.visitors.state()
+            yield GaugeMetricFamily("meetkit_region_visitors_error",
+                                    "1 while the visitors' table ([region] visitors) cannot be read or has an entry "
+                                    "without a town.", int(st.error is not None or bool(st.problems)))
+            yield GaugeMetricFamily("meetkit_region_visitors", "Visiting nodes the visitors' table gives a home town.",
+                                    st.visitors)
 
     def _targets(self) -> Iterator[Metric]:
         rows, error = _targets(self.targets)
@@ -525,11 +546,12 @@ def _files_size(path: Path) -> int:
 
 def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None,
                  secrets: FleetSecrets | None = None, ota: OtaStatus | None = None,
-                 region: RegionConfig | None = None) -> str:
+                 region: RegionConfig | None = None, visitors: Visitors | None = None,
+                 store_max_bytes: int | None = None) -> str:
     """/metrics but the status server's own counters, in the text format 0.0.4. A registry of its
     own for each render, since its collector reads the store this computation opened."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store, targets, fleet, secrets, ota, region))
+    registry.register(StoreCollector(store, targets, fleet, secrets, ota, region, visitors, store_max_bytes))
     return generate_latest(registry).decode()
 
 
@@ -539,10 +561,12 @@ def metrics_text(store: Store, targets: Targets, fleet: Fleet | None = None,
 NEVER_SEEN = "never seen"  # in the register, never heard of
 UNREGISTERED = "not in the register"  # heard of, not in a readable register
 VISITING = "visiting"  # its status says `via` > 0: it failed over to a neighbour's broker
+#: in a region, a node neither this gateway's nor a visitor of the plan: forwarded under this gateway's town
+UNKNOWN = "unknown visitor"
 
 
 def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: Fleet | None = None,
-              secrets: FleetSecrets | None = None) -> dict[str, Any]:
+              secrets: FleetSecrets | None = None, visitors: Visitors | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     reg = view(fleet)
     air = states(store, secrets)
@@ -550,8 +574,10 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
     per_node_gaps = gaps(boots)
     records, last_boot, odd = _boots(boots)
     latest = {l.node: l for l in store.latest()}
+    nodes = store.nodes()
+    towns = visitors.towns({n.node for n in nodes}) if visitors is not None else {}
     out = []
-    for n in store.nodes():
+    for n in nodes:
         l = latest.get(n.node)
         flags: set[str] = set()
         if l is not None:
@@ -568,6 +594,8 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         via = n.via if _int_in(n.via, 1, VIA_MAX) else None
         if via is not None:  # failed over: on a neighbour's broker (its status says which of its list)
             health.append(VISITING)
+        if visitors is not None and visitors.unknown(n.node):
+            health.append(UNKNOWN)
         boot = _boot(n.boot, last_boot.get(n.node))
         up = n.up if _int_in(n.up, 0, UP_MAX) else None
         last_start = _start(l.start, now) if l else None
@@ -579,6 +607,7 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
             "boot": boot, "fw": n.fw if isinstance(n.fw, str) else None, "up": up,
             "dropped": _finite(n.dropped), "records": records.get(n.node, 0), "gaps": per_node_gaps.get(n.node, 0),
             "via": _finite(n.via), "held": _finite(n.held), "last_start": last_start, "flags": health, "register": reg.nodes.get(n.node),
+            **({"town": towns[n.node]} if n.node in towns else {}),
             **as_json(air.get(n.node, NodeState(n.node))),
         })
     heard = {n["node"] for n in out}
@@ -601,7 +630,15 @@ def nodes_doc(store: Store, targets: Targets, now: float | None = None, fleet: F
         "counts": {"records": c.records, "readings": c.readings, "dead_letters": c.dead_letters,
                    "duplicates": c.duplicates},
         "rollout": rollout_doc(store),
+        **({"region": _region_doc(visitors)} if visitors is not None else {}),
     }
+
+
+def _region_doc(visitors: Visitors) -> dict[str, Any]:
+    """The visitors' table as the page tells it: where from, what is wrong with it."""
+    st = visitors.state()
+    return {"town": visitors.own_town, "visitors_file": st.path, "visitors": st.visitors, "error": st.error,
+            "problems": list(st.problems), "unknown": visitors.why_unknown() if st.path is not None else None}
 
 
 def series_doc(store: Store, node: str, hours: float, now: float | None = None,
@@ -795,14 +832,16 @@ class _App:
         if path == "/metrics":
             r = await self._answer(("metrics",), owner.cache_s, lambda store: Response(
                 200, metrics_text(store, owner.targets, fleet=owner.fleet, secrets=owner.secrets,
-                                  ota=owner.ota, region=owner.region).encode(), METRICS))
+                                  ota=owner.ota, region=owner.region, visitors=owner.visitors,
+                                  store_max_bytes=owner.store_max_bytes).encode(), METRICS))
             # the one hand-made join: two renders of prometheus-client, the cached one and the live one
             # (their families are distinct), so that a cached answer still shows the server's counters now
             return Response(r.status, r.body + generate_latest(self.live), r.ctype) if r.status == 200 else r
         if path == "/api/nodes":
             return await self._answer(("nodes",), owner.cache_s,
                                       lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet,
-                                                                         secrets=owner.secrets)))
+                                                                         secrets=owner.secrets,
+                                                                         visitors=owner.visitors)))
         if path == "/api/targets":
             return await self._answer(("targets",), owner.cache_s, self._targets, store=False)
         r = self.static.get(path, req.headers.get("if-none-match"))
@@ -903,9 +942,12 @@ class StatusServer:
     def __init__(self, store_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
                  targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
                  limits: Limits = Limits(), cache_s: float = CACHE_S, secrets: FleetSecrets | None = None,
-                 ota: OtaStatus | None = None, region: RegionConfig | None = None) -> None:
+                 ota: OtaStatus | None = None, region: RegionConfig | None = None,
+                 visitors: Visitors | None = None, store_max_bytes: int | None = None) -> None:
         self.store_path = Path(store_path)
         self.region = region  # [region]: /metrics has each node's records not yet safe
+        self.visitors = visitors  # [region]: each node's home town; the page flags unknown visitors
+        self.store_max_bytes = store_max_bytes  # [store] max_bytes: /metrics's meetkit_store_max_bytes
         self.ota = ota  # the pieces served (gateway/ota.py), when [ota] is configured
         self.fleet = fleet  # the fleet register, shared with the forwarders (it locks itself)
         self.secrets = secrets  # what a node reports is shown with every password known taken out

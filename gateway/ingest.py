@@ -50,8 +50,12 @@ from .retention import Bounds, Pruner
 from .store import Store
 from .timefmt import iso
 from .topics import Topic, Topics
+from .visitors import UNKNOWN_VISITOR
 
 log = logging.getLogger(__name__)
+
+#: in a region, whether a node is an unknown visitor (gateway/visitors.py, `Visitors.unknown`)
+Unknown = Callable[[str], bool]
 
 INTERNAL = "internal"  # rejection code for a message the gateway failed on
 
@@ -125,11 +129,19 @@ def _keep_refused(store: Store, msg: Inbound, batch: payload.Batch) -> None:
     store.bump("flagged.range", flagged)
 
 
-def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
+def _count_unknown(store: Store, batch: payload.Batch, stored: int, unknown: Unknown | None) -> None:
+    """In a region: the records stored of a node the visitors' table does not know, forwarded under
+    this gateway's town for want of its home town (gateway/visitors.py)."""
+    if unknown is not None and stored and unknown(batch.node):
+        store.bump(UNKNOWN_VISITOR, stored)
+
+
+def ingest(store: Store, topics: Topics, msg: Inbound, unknown: Unknown | None = None) -> Ack | None:
     """Validate one message and write what it means: records, a node status or a dead letter.
     Call inside a transaction; the caller commits. Returns what to acknowledge to the node once
     that commit is done: every seq of a batch the store now holds (stored now or before, or kept
-    as a refused record); the readable seqs of a batch that was dead-lettered whole."""
+    as a refused record); the readable seqs of a batch that was dead-lettered whole. `unknown`: in
+    a region, whether a node is an unknown visitor (its records are counted)."""
     topic = topics.parse(msg.topic)
     if msg.retained:
         digest = hashlib.sha256(msg.payload).digest()
@@ -148,6 +160,7 @@ def ingest(store: Store, topics: Topics, msg: Inbound) -> Ack | None:
                 batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size)
                 added = store.add_batch(batch, msg.received_at)
                 _keep_refused(store, msg, batch)
+                _count_unknown(store, batch, added.stored, unknown)
                 if batch.records:
                     log.debug(
                         "%s: boot %d seq %d..%d: %d stored, %d duplicates",
@@ -216,7 +229,8 @@ def _log_event(event: payload.Event, eid: int) -> None:
 JOINT_WRITE = 100
 
 
-def ingest_group(store: Store, topics: Topics, group: Sequence[Inbound]) -> list[Ack | None]:
+def ingest_group(store: Store, topics: Topics, group: Sequence[Inbound],
+                 unknown: Unknown | None = None) -> list[Ack | None]:
     """`ingest` for each message of `group`, in one transaction the caller holds and commits; what
     to acknowledge for each, in order.
 
@@ -227,11 +241,12 @@ def ingest_group(store: Store, topics: Topics, group: Sequence[Inbound]) -> list
     alone."""
     acks: list[Ack | None] = []
     for start in range(0, len(group), JOINT_WRITE):
-        acks += _ingest_together(store, topics, group[start:start + JOINT_WRITE])
+        acks += _ingest_together(store, topics, group[start:start + JOINT_WRITE], unknown)
     return acks
 
 
-def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound]) -> list[Ack | None]:
+def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound],
+                     unknown: Unknown | None) -> list[Ack | None]:
     """`ingest_group` for up to `JOINT_WRITE` messages."""
     acks: list[Ack | None] = [None] * len(group)
     valid: list[tuple[int, payload.Batch]] = []
@@ -243,20 +258,21 @@ def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound]) -> 
                 continue
             except Exception:  # Rejected, or a bug: `ingest` parses it again and keeps the dead letter
                 pass
-        acks[i] = ingest(store, topics, msg)
+        acks[i] = ingest(store, topics, msg, unknown)
     if not valid:
         return acks
     try:
         with store.savepoint():
             added = store.add_batches([(batch, group[i].received_at) for i, batch in valid])
-            for i, batch in valid:
+            for (i, batch), a in zip(valid, added):
                 _keep_refused(store, group[i], batch)
+                _count_unknown(store, batch, a.stored, unknown)
     except Exception as e:
         if _store_failed(e):
             raise  # the whole group is refused or retried
         log.exception("failed on %d batches together; taking them one by one", len(valid))
         for i, _ in valid:
-            acks[i] = ingest(store, topics, group[i])
+            acks[i] = ingest(store, topics, group[i], unknown)
         return acks
     for (i, batch), a in zip(valid, added):
         if batch.records:
@@ -317,8 +333,10 @@ class Writer:
         alarms: Alarms | None = None,
         summary_every: float = 60.0,
         bounds: Bounds | None = None,
+        unknown: Unknown | None = None,
     ) -> None:
         self.store = store
+        self.unknown = unknown  # in a region: an unknown visitor's records are counted (visitors.py)
         self.topics = topics
         self.max_group = max_group
         self.on_committed = on_committed
@@ -430,7 +448,7 @@ class Writer:
             started = time.monotonic()
             try:
                 with self.store.transaction():
-                    done = [Done(m, a) for m, a in zip(group, ingest_group(self.store, self.topics, group))]
+                    done = [Done(m, a) for m, a in zip(group, ingest_group(self.store, self.topics, group, self.unknown))]
                 break
             except sqlite3.Error as e:
                 code = refusal(e)

@@ -46,6 +46,7 @@ from .signed import NodeKeys
 from .store import Store
 from .systemd import Notifier
 from .topics import Topics
+from .visitors import Visitors
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,13 @@ class Gateway:
             self.store, self.moved = open_store(config.store.path)
         else:
             self.store, self.moved = store, None
+        # A region: each node's home town, for what is forwarded (a visitor's is not this gateway's)
+        self.visitors: Visitors | None = None
+        if config.region is not None:
+            self.visitors = Visitors(config.region.visitors, config.region.town)
         self.writer = Writer(
             self.store, self.topics, on_committed=self._committed, on_refused=self._refused, alarms=self.alarms,
-            bounds=Bounds.of(config),
+            bounds=Bounds.of(config), unknown=self.visitors.unknown if self.visitors is not None else None,
         )
         self.source = Source(config.mqtt, self.topics, self.writer.submit)
         self.alarms.publish = lambda payload: self.source.publish(self.topics.alarm, payload, retain=True)
@@ -117,13 +122,15 @@ class Gateway:
             self.rollouts.start()
         if self.safe is not None:
             self.safe.start()  # before the forwarders: it sees every move of their cursors
-        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward, region=self.config.region)
+        self.forwarders = Forwarders.start(self.config.store.path, self.config.forward, region=self.config.region,
+                                           visitors=self.visitors)
         http = self.config.http
         try:
             self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
                                      fleet=self.fleet, secrets=self.secrets,
                                      ota=self.ota.pieces.status if self.ota is not None else None,
-                                     region=self.config.region).start()  # logs where it listens
+                                     region=self.config.region, visitors=self.visitors,
+                                     store_max_bytes=self.config.store.max_bytes).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self

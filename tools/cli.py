@@ -554,10 +554,15 @@ def cmd_region_accounts(args: argparse.Namespace) -> int:
         g = plan.gateways[r.gateway]
         said = [f"added {n} (of {h})" for n, h in r.added] + [f"changed {n} (of {h})" for n, h in r.changed]
         said += [f"removed {n}" for n in r.removed]
-        print(f"gateway {r.gateway}: " + ("; ".join(said) if said else "nothing to do")
+        towns = [f"{n} now of {h} ({t})" for n, h, t in r.moved]
+        print(f"gateway {r.gateway}: " + ("; ".join(said + towns) if said or towns else "nothing to do")
               + f" ({r.kept} visiting account(s) as they were)")
         if said:
             print(f"  next: copy {g.broker}/mosquitto/passwd to that broker and `sudo systemctl reload mosquitto`")
+        if said or towns:
+            # the gateway forwards each visitor under its home town, from this file ([region] visitors)
+            print(f"  next: copy {g.broker}/secrets.json to that gateway (its [region] visitors or [fleet] "
+                  "broker_secrets) and restart it if it reads it as a credential")
     if not results:
         print("no gateway has neighbours: no accounts to make")
     return 0

@@ -15,7 +15,8 @@ The plan, `region.toml`, is the operator's (kept beside the fleet registers):
     http = 8080                # its status server (/metrics), for Prometheus
     neighbours = ["ut-2"]      # where its nodes fail over to, in order
     broker = "ut-1/broker"     # its `meetkit broker init` folder (optional; relative to the plan)
-    store_max_bytes = 2000000000   # its gateway.toml [store] max_bytes (optional; the gateway's default)
+    store_max_bytes = 500000000    # optional: the bound its store-near-its-bound alert measures against,
+                                   # instead of the gateway's own meetkit_store_max_bytes ([store] max_bytes)
 
 Commands (each reads the plan and checks it whole first; nothing is written when it has a problem):
 
@@ -23,8 +24,10 @@ Commands (each reads the plan and checks it whole first; nothing is written when
     accounts    every gateway's Mosquitto accepts the nodes of the gateways that list it as a
                 neighbour: their node ids and passwords (a node has one broker password for every
                 broker of its list), read from the neighbours' broker folders' secrets.json, added
-                to this gateway's password file and kept in its secrets.json under `visitors` (so
-                that `meetkit broker init` again keeps them). The ACL's `pattern` lines already
+                to this gateway's password file and kept in its secrets.json under `visitors`, each
+                with its home gateway and that gateway's town (so that `meetkit broker init` again
+                keeps them, and the gateway forwards a visitor's records under its home town:
+                gateway/visitors.py reads `home` and `town`, never a password). The ACL's `pattern` lines already
                 give every account its own topics only. Idempotent: prints what it added, changed
                 or removed.
     central     the central Mosquitto's conf, password file and ACL: `gw-<gateway>` per gateway,
@@ -52,8 +55,6 @@ from meetkit_tools import broker
 
 NAME = re.compile(r"^[a-z0-9-]{1,32}$")  # town, gateway and region names
 HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
-#: the gateway's own default of [store] max_bytes (gateway/config.py)
-STORE_MAX_BYTES = 2_000_000_000
 CENTRAL_READER = "reader"
 CENTRAL_GATEWAY = "gw-{gateway}"
 CENTRAL_SECRETS = "central-secrets.json"
@@ -80,7 +81,8 @@ class Gateway:
     http: int = 8080
     neighbours: tuple[str, ...] = ()
     broker: Path | None = None
-    store_max_bytes: int = STORE_MAX_BYTES
+    # the alert's bound for its store; None: the gateway's own, /metrics meetkit_store_max_bytes
+    store_max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -216,11 +218,12 @@ def parse_plan(doc: dict[str, Any], path: Path) -> Plan:
                 problems.append(f"{key}.broker: {folder!r} is not a folder (the gateway's `meetkit broker init` --out)")
             else:
                 broker_dir = (path.parent / folder).absolute() if not Path(folder).is_absolute() else Path(folder)
-        bound = g.get("store_max_bytes", STORE_MAX_BYTES)
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound <= 0:
+        bound = g.get("store_max_bytes")
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound <= 0):
             problems.append(f"{key}.store_max_bytes: {bound!r} is not a positive number of bytes "
-                            "(the gateway's [store] max_bytes)")
-            bound = STORE_MAX_BYTES
+                            "(the bound of the gateway's store for its alert; leave it out for the gateway's own "
+                            "[store] max_bytes)")
+            bound = None
         gateways[gname] = Gateway(gname, town, host, port, http, tuple(neighbours), broker_dir, bound)
 
     seen_at: dict[tuple[str, int], str] = {}
@@ -270,7 +273,9 @@ def load_plan(path: Path | str) -> Plan:
 class Accounts:
     gateway: str
     added: list[tuple[str, str]] = field(default_factory=list)  # (node, its home gateway)
-    changed: list[tuple[str, str]] = field(default_factory=list)  # a new password (or a new home)
+    changed: list[tuple[str, str]] = field(default_factory=list)  # a new password (the passwd file changes)
+    # (node, home gateway, town): a new home or town only (secrets.json changes, not the passwd file)
+    moved: list[tuple[str, str, str]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: int = 0
 
@@ -292,7 +297,9 @@ def _secrets(plan: Plan, g: Gateway, problems: list[str]) -> dict:
 
 
 def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
-    """gateway -> {node: {"password", "home"}}: what each gateway with a broker folder must accept.
+    """gateway -> {node: {"password", "home", "town"}}: what each gateway with a broker folder must
+    accept, with each visitor's home gateway and that gateway's town (the gateway forwards a
+    visitor's records under its home town: gateway/visitors.py reads `home` and `town` back).
     RegionError when a folder is missing or unreadable, when a node has two passwords in the
     region, or when a gateway's nodes cannot trust a neighbour's certificate."""
     problems: list[str] = []
@@ -316,7 +323,7 @@ def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
             if not isinstance(visitors, dict) or not all(
                     isinstance(v, dict) and isinstance(v.get("password"), str) for v in visitors.values()):
                 problems.append(f"gateways.{name}.broker: {g.broker / broker.SECRETS}: `{VISITORS}` is not "
-                                '{"<node>": {"password": ..., "home": ...}}; remove it and run accounts again')
+                                '{"<node>": {"password": ..., "home": ..., "town": ...}}; remove it and run accounts again')
     if problems:
         raise RegionError([f"{plan.path}: {p}" for p in problems])
     # One password per node across the region: the node holds one.
@@ -350,7 +357,7 @@ def wanted_visitors(plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
                 if node in own:
                     continue  # the same node and password (checked above): an account here already
                 if node not in visitors:
-                    visitors[node] = {"password": pw, "home": home}
+                    visitors[node] = {"password": pw, "home": home, "town": plan.gateways[home].town}
         out[name] = visitors
     if problems:
         raise RegionError(problems)
@@ -376,13 +383,21 @@ def accounts(plan: Plan) -> list[Accounts]:
             if old is None:
                 res.added.append((node, v["home"]))
                 rehash[node] = v["password"]
-            elif old.get("password") != v["password"] or old.get("home") != v["home"] or node not in users:
+            elif old.get("password") != v["password"] or node not in users:
                 res.changed.append((node, v["home"]))
                 rehash[node] = v["password"]
+            elif old.get("home") != v["home"] or old.get("town") != v["town"]:
+                # a new home, or the town an older `accounts` did not write: the gateway's table only
+                res.moved.append((node, v["home"], v["town"]))
             else:
                 res.kept += 1
         res.removed = sorted(set(before) - set(visitors))
-        if not (rehash or res.removed):
+        if not (rehash or res.removed or res.moved):
+            results.append(res)
+            continue
+        if not (rehash or res.removed):  # the password file stays as it is
+            doc[VISITORS] = {n: visitors[n] for n in sorted(visitors)}
+            broker.save_secrets(out, doc)
             results.append(res)
             continue
         hashed = broker.hash_passwords(rehash, passwd.parent) if rehash else []
@@ -620,8 +635,8 @@ ALERTS = {
     "MeetkitSpoolBacklogGrowing": "the node's records held and not yet safe (its status `held`) grew by "
                                   "{backlog_records} or more over {backlog_window}",
     "MeetkitForwardingBehind": "the oldest record not yet forwarded to a target is older than {behind}",
-    "MeetkitStoreNearBound": "the gateway's store fills more than {near} of its bound ([store] max_bytes, "
-                             "the plan's store_max_bytes)",
+    "MeetkitStoreNearBound": "the gateway's store fills more than {near} of its bound (its [store] max_bytes, "
+                             "or the plan's store_max_bytes)",
     "MeetkitFailoverInProgress": "the node is on a neighbour's broker (its status `via` above 0) for {failover}",
     "MeetkitRolloutHalted": "the gateway's newest rollout of a release halted (`meetkit-gateway rollout`)",
 }
@@ -696,11 +711,20 @@ def alerts_yml(plan: Plan, th: Thresholds) -> str:
         "      # per node, wherever it is: the records its spool holds not yet safe, its broker (0: home)",
         "      - record: meetkit_region:node_held_records",
         f"        expr: {_q('max by (node) (meetkit_node_held_records and on (node, gateway) meetkit_region:node_last_heard)')}",
-        "      # every gateway's store bound, from the plan (gateways.<name>.store_max_bytes)",
     ]
-    for g in plan.gateways.values():
-        lines += ["      - record: meetkit_region:store_max_bytes", f"        expr: vector({g.store_max_bytes})",
+    # Each gateway's store bound: the plan's store_max_bytes where it gives one, else the gateway's own
+    # [store] max_bytes as it exports it (meetkit_store_max_bytes); recorded before the rule that uses
+    # the plan's values (the rules of a group run in order)
+    own = f"max by (town, gateway) (meetkit_store_max_bytes{{{j}}})"
+    given = [g for g in plan.gateways.values() if g.store_max_bytes is not None]
+    if given:
+        lines.append("      # the bounds the plan gives (gateways.<name>.store_max_bytes)")
+    for g in given:
+        lines += ["      - record: meetkit_region:store_max_bytes_plan", f"        expr: vector({g.store_max_bytes})",
                   f"        labels: {{town: {_q(g.town)}, gateway: {_q(g.name)}}}"]
+    lines += ["      # every gateway's store bound: the plan's, else its own [store] max_bytes",
+              "      - record: meetkit_region:store_max_bytes",
+              f"        expr: {_q(f'meetkit_region:store_max_bytes_plan or on (town, gateway) {own}' if given else own)}"]
     lines += ["  - name: meetkit-region", "    rules:"]
     _rule(lines, th, "MeetkitGatewayDown", f"up{{{j}}} == 0", th.for_s, "critical",
           "gateway {{ $labels.gateway }} ({{ $labels.town }}) does not answer on /metrics")

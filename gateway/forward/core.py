@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 from .. import plausible
 from ..config import ForwardConfig, RegionConfig
 from ..store import Reading, Store
+from ..visitors import Visitors
 
 log = logging.getLogger(__name__)
 
@@ -362,13 +363,18 @@ class Forwarder:
         return out
 
 
-def make_sender(cfg: ForwardConfig, store_path: str | Path, region: RegionConfig | None = None) -> Sender:
-    """The target's sender; in a `region` every series carries the town (influx), the central
-    MQTT topics name it, and SensorThings looks each Observation up before it creates it."""
+def make_sender(cfg: ForwardConfig, store_path: str | Path, region: RegionConfig | None = None,
+                visitors: Visitors | None = None) -> Sender:
+    """The target's sender; in a `region` every series carries the node's home town (influx; a
+    visitor's from `visitors`, default the table [region] visitors names), the central MQTT topics
+    name the gateway's town and each message the node's home town, and SensorThings looks each
+    Observation up before it creates it."""
+    if region is not None and visitors is None:
+        visitors = Visitors(region.visitors, region.town)
     if cfg.type == "influx":
         from .influx import InfluxSender
 
-        return InfluxSender(cfg, town=region.town if region else None)
+        return InfluxSender(cfg, town=region.town if region else None, visitors=visitors)
     if cfg.type == "sensorthings":
         from .sensorthings import SensorThingsSender
 
@@ -376,7 +382,7 @@ def make_sender(cfg: ForwardConfig, store_path: str | Path, region: RegionConfig
     if cfg.type == "mqtt":
         from .mqtt_upstream import MqttSender
 
-        return MqttSender(cfg, region)
+        return MqttSender(cfg, region, visitors)
     if cfg.type == "sensor.community":
         from .sensor_community import SensorCommunitySender
 
@@ -395,9 +401,9 @@ class Forwarders:
     @classmethod
     def start(cls, store_path: str | Path, targets: Sequence[ForwardConfig],
               stop: threading.Event | None = None, region: RegionConfig | None = None,
-              **options: Any) -> "Forwarders":
+              visitors: Visitors | None = None, **options: Any) -> "Forwarders":
         """A thread per enabled target, started. `options` go to each `Forwarder` (tests)."""
-        fw = [Forwarder(t.name, store_path, make_sender(t, store_path, region), batch=t.batch, **options)
+        fw = [Forwarder(t.name, store_path, make_sender(t, store_path, region, visitors), batch=t.batch, **options)
               for t in targets if t.enabled]
         return cls(fw, stop).run()
 

@@ -8,9 +8,10 @@ The mapping, one line per reading (a quantity of a record):
 
 - measurement: `measurement` of the target (default `meetkit`); tags: `node` and `quantity` only,
   so a series stays one series across firmware updates (board and firmware are in the store); in a
-  region (`[region]`) also `town` first: `meetkit,town=utrecht,node=...`. Never the gateway: a
-  record forwarded by two gateways (before and after a failover) must be the same point of the
-  same series, which VictoriaMetrics then keeps once and InfluxDB overwrites;
+  region (`[region]`) also `town` first: `meetkit,town=utrecht,node=...`, the node's HOME town (a
+  visiting node's from gateway/visitors.py, whatever gateway forwards it). Never the gateway: a
+  record forwarded by two gateways (before and after a failover, of one town or two) must be the
+  same point of the same series, which VictoriaMetrics then keeps once and InfluxDB overwrites;
 - fields: `avg`, `min`, `max` as floats, `n` as an integer; a quantity the node sends as a plain
   number (LA10, LA50, LA90, LZeq, cov) has `avg` only; `flags` (a string field, comma-separated
   quality flags) only when there are any; a reading with no value and no flags is not sent;
@@ -28,10 +29,11 @@ from __future__ import annotations
 import http.client
 import logging
 from math import isfinite
-from typing import Sequence
+from typing import Mapping, Sequence
 from urllib.parse import urlencode
 
 from ..config import ForwardConfig
+from ..visitors import Visitors
 from .core import Result, Row, auth_header
 from .http_target import RETRYABLE_4XX, Connection
 
@@ -50,9 +52,14 @@ def _string(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def encode_lines(rows: Sequence[Row], measurement: str = "meetkit", town: str | None = None) -> bytes:
-    """The line-protocol body for `rows` (see the module's docstring for the mapping)."""
-    m = _measurement(measurement) + ("" if town is None else f",town={_tag(town)}")
+def encode_lines(rows: Sequence[Row], measurement: str = "meetkit",
+                 town: str | Mapping[str, str] | None = None) -> bytes:
+    """The line-protocol body for `rows` (see the module's docstring for the mapping). `town`: the
+    one town of every series, or each node's (node -> town, every node of `rows` in it)."""
+    m = _measurement(measurement)
+    if isinstance(town, str):
+        m += f",town={_tag(town)}"
+    towns = town if isinstance(town, Mapping) else None
     series: dict[tuple[str, str], str] = {}  # escaped once per node and quantity, not once per row
     out: list[str] = []
     for r in rows:
@@ -67,7 +74,8 @@ def encode_lines(rows: Sequence[Row], measurement: str = "meetkit", town: str | 
         if fields:
             head = series.get((r.node, r.quantity))
             if head is None:
-                head = series[r.node, r.quantity] = f"{m},node={_tag(r.node)},quantity={_tag(r.quantity)}"
+                at = "" if towns is None else f",town={_tag(towns[r.node])}"
+                head = series[r.node, r.quantity] = f"{m}{at},node={_tag(r.node)},quantity={_tag(r.quantity)}"
             out.append(f"{head} {','.join(fields)} {int(r.start)}")
     return ("\n".join(out) + "\n").encode() if out else b""
 
@@ -77,9 +85,10 @@ class InfluxSender:
 
     kind = "influxdb"
 
-    def __init__(self, cfg: ForwardConfig, town: str | None = None) -> None:
+    def __init__(self, cfg: ForwardConfig, town: str | None = None, visitors: Visitors | None = None) -> None:
         self.cfg = cfg
-        self.town = town  # [region]: every series carries it
+        self.town = town  # [region]: every series carries a town: this one ...
+        self.visitors = visitors  # ... or, with the visitors' table, each node's home town
         self.conn = Connection(cfg.url, cfg.timeout)
         base = self.conn.path.rstrip("/")
         if cfg.api == "v2":
@@ -91,7 +100,10 @@ class InfluxSender:
         return auth_header(self.cfg, "Token")
 
     def send(self, rows: Sequence[Row]) -> Result:
-        body = encode_lines(rows, self.cfg.measurement, self.town)
+        town: str | Mapping[str, str] | None = self.town
+        if self.visitors is not None:
+            town = self.visitors.towns({r.node for r in rows})
+        body = encode_lines(rows, self.cfg.measurement, town)
         if not body:
             return Result(True)
         try:

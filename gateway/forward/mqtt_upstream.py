@@ -15,8 +15,12 @@ where the template says, else as its second level, "meetkit/{node}/records" beco
 "meetkit/utrecht/{node}/records" (the central broker's ACL lets a town's gateways publish under
 `<prefix>/<town>/#` only), and the client id names the gateway (`meetkit-gateway-<gateway>-<name>`,
 unless `client_id` is set): the town's gateways share the central broker and must not take each
-other's connection. The message is the same from every gateway (no gateway in it), so a record
-forwarded by two (before and after a failover) is twice the same message.
+other's connection. The message then carries the node's HOME town after `node`
+(`{"v":1,"node":"zs-0001","town":"zeist","boot":3,...}`): a visiting node's (gateway/visitors.py)
+on the topic of the town that forwards it, since the central ACL lets a gateway publish under its
+own town only; consumers file a record by its `town`. The message is the same from every gateway
+(no gateway in it), so a record forwarded by two (before and after a failover) is twice the same
+message.
 
 (node, boot, seq) identifies a record for ever (docs/payload.md) and `start` is its interval start
 in UTC Unix seconds: a message that comes again (a retry after a lost PUBACK, a restart between
@@ -48,7 +52,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -60,6 +64,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ..config import ForwardConfig, RegionConfig, region_topic
 from ..plausible import finite
 from ..timefmt import iso
+from ..visitors import Visitors
 from .core import Refused, Result, Row
 
 log = logging.getLogger(__name__)
@@ -77,19 +82,23 @@ class Message:
     payload: bytes
 
 
-def encode_records(rows: Sequence[Row], topic: str) -> list[Message]:
-    """One message per record of `rows` (which come in record order), as the docstring shows."""
+def encode_records(rows: Sequence[Row], topic: str, towns: Mapping[str, str] | None = None) -> list[Message]:
+    """One message per record of `rows` (which come in record order), as the docstring shows;
+    `towns` (in a region: node -> its home town, every node of `rows` in it) adds `town`."""
     out: list[Message] = []
     groups: dict[int, list[Row]] = {}
     for r in rows:
         groups.setdefault(r.record_id, []).append(r)
     for record_id, rs in groups.items():
         r = rs[0]
-        doc = {"v": 1, "node": r.node, "boot": r.boot, "seq": r.seq, "start": r.start, "time": iso(r.start),
-               "dur": r.dur, "fw": r.fw, "board": r.board,
-               "readings": {g.quantity: {"avg": finite(g.avg), "min": finite(g.min), "max": finite(g.max),
-                                         "n": g.n, "unit": g.unit,
-                                         "flags": g.flags.split(",") if g.flags else []} for g in rs}}
+        doc: dict[str, Any] = {"v": 1, "node": r.node}
+        if towns is not None:
+            doc["town"] = towns[r.node]
+        doc |= {"boot": r.boot, "seq": r.seq, "start": r.start, "time": iso(r.start),
+                "dur": r.dur, "fw": r.fw, "board": r.board,
+                "readings": {g.quantity: {"avg": finite(g.avg), "min": finite(g.min), "max": finite(g.max),
+                                          "n": g.n, "unit": g.unit,
+                                          "flags": g.flags.split(",") if g.flags else []} for g in rs}}
         payload = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         out.append(Message(record_id, len(rs), topic.format(node=r.node), payload))
     return out
@@ -149,8 +158,11 @@ class MqttSender:
 
     kind = "mqtt"
 
-    def __init__(self, cfg: ForwardConfig, region: RegionConfig | None = None) -> None:
+    def __init__(self, cfg: ForwardConfig, region: RegionConfig | None = None, visitors: Visitors | None = None) -> None:
         self.cfg = cfg
+        # in a region each message says the node's home town (`visitors`; without: the gateway's)
+        self.town = region.town if region is not None else None
+        self.visitors = visitors if region is not None else None
         parts = urlsplit(cfg.url)
         self.tls = parts.scheme == "mqtts"
         self.host = parts.hostname or ""
@@ -213,7 +225,10 @@ class MqttSender:
         return conn
 
     def send(self, rows: Sequence[Row]) -> Result:
-        messages = encode_records(rows, self.topic)
+        nodes = {r.node for r in rows} if self.town is not None else set()
+        towns = (None if self.town is None else self.visitors.towns(nodes) if self.visitors is not None
+                 else dict.fromkeys(nodes, self.town))
+        messages = encode_records(rows, self.topic, towns)
         if not messages:
             return Result(True)
         if self._conn is not None and self._conn.lost is not None:  # dropped while idle: a fresh start

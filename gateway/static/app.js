@@ -57,7 +57,9 @@ function fleet(doc) {
   for (const n of doc.nodes) {
     // a visiting node (failed over to a neighbour's gateway) says on which broker of its list it is
     const tip = f => f === "visiting" ? {title: "on broker " + n.via + " of its list (0: its own gateway's); " +
-                                              num(n.held) + " records in its spool not yet safe"} : {};
+                                              num(n.held) + " records in its spool not yet safe" +
+                                              (n.town ? "; forwarded under its home town, " + n.town : "")}
+      : f === "unknown visitor" && doc.region ? {title: doc.region.unknown} : {};
     const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f.replace(/ /g, "-"), ...tip(f)}, f))
                                  : [el("span", {class: "flag ok"}, "ok")];
     const bad = n.flags.includes("stale") || n.flags.includes("offline");
@@ -78,7 +80,15 @@ function fleet(doc) {
   box.replaceChildren(...(errors.length ? [el("p", {}, "The fleet register " + doc.fleet.path +
       " cannot be read; names, positions and never-seen nodes are not shown until it is fixed (ingest goes on):"),
     el("ul", {}, ...errors.map(e => el("li", {}, e)))] : []));
-  box.hidden = !errors.length;
+  // in a region: the visitors' home towns (what a visiting node's records are forwarded under)
+  const rg = doc.region, unknown = doc.nodes.filter(n => n.flags.includes("unknown visitor"));
+  const towns = rg ? [rg.error, ...rg.problems].filter(x => x) : [];
+  if (towns.length) box.append(el("p", {}, "The visitors' table " + rg.visitors_file + " cannot be used whole; " +
+      "a visitor it does not give a town is forwarded under " + rg.town + " (ingest goes on):"),
+    el("ul", {}, ...towns.map(e => el("li", {}, e))));
+  if (unknown.length) box.append(el("p", {}, unknown.length + " unknown visitor(s), " +
+      unknown.map(n => n.node).join(", ") + ": " + rg.unknown));
+  box.hidden = !(errors.length || towns.length || unknown.length);
 }
 
 // the fleet over the air: mode, configuration wanted versus running (what the node refused and

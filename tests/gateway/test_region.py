@@ -39,8 +39,9 @@ NODE = "ams-001"
 TOWN = "utrecht"
 
 
-def region_toml(vm_url: str, gateway: str = "ut-1", town: str = TOWN) -> str:
-    return (f'\n[region]\ntown = "{town}"\ngateway = "{gateway}"\nsafe_targets = ["vm-region"]\n\n'
+def region_toml(vm_url: str, gateway: str = "ut-1", town: str = TOWN, visitors: Path | None = None) -> str:
+    table = "" if visitors is None else f'visitors = "{visitors}"\n'
+    return (f'\n[region]\ntown = "{town}"\ngateway = "{gateway}"\nsafe_targets = ["vm-region"]\n{table}\n'
             f'[[forward]]\nname = "vm-region"\ntype = "influx"\nurl = "{vm_url}"\ndb = "meetkit"\n')
 
 
@@ -207,6 +208,164 @@ def test_two_gateways_forwarding_the_same_records_write_each_once_with_the_town(
         home.stop()
         other.stop()
         neighbour.stop()
+
+
+# -- (2b) a visiting node's records carry its HOME town ----------------------------------------------------
+
+def broker_secrets(path: Path, own: list[str], visitors: dict[str, tuple[str, str]]) -> Path:
+    """A broker folder's secrets.json as `meetkit broker init` and `meetkit region accounts` write it:
+    own nodes with their passwords, visitors with theirs, their home gateway and its town."""
+    path.write_text(json.dumps({"prefix": "meetkit", "nodes": {n: f"pw-{n}-secret" for n in own},
+                                "visitors": {n: {"password": f"pw-{n}-secret", "home": home, "town": town}
+                                             for n, (home, town) in visitors.items()}}))
+    return path
+
+
+def towns(vm: VictoriaMetrics, node: str) -> dict[str, dict[str, list[int]]]:
+    """quantity -> town -> the timestamps of the node's samples there."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for s in series(vm, node):
+        out.setdefault(s["metric"]["quantity"], {})[s["metric"]["town"]] = sorted(s["timestamps"])
+    return out
+
+
+def test_a_visitor_is_forwarded_under_its_home_town_and_an_unknown_one_under_ours_and_counted(tmp_path, broker, vm):
+    """A gateway of zeist with a visitor from utrecht (its table from the broker folder's secrets.json,
+    [region] visitors): the visitor's series carry town="utrecht", the gateway's own node's "zeist",
+    a node the table does not know "zeist" too, counted and flagged; the central feed publishes all
+    under zeist's topics (its ACL), each message saying the node's home town. The table is read
+    again when it changes: the unknown node, now a visitor, goes under its home town."""
+    central = Mosquitto(tmp_path / "central").start()
+    got: list[tuple[str, dict[str, Any]]] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="reader")
+    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
+    sub.connect(central.host, central.port)
+    sub.loop_start()
+    sub.subscribe("meetkit/#", 1)
+    table = broker_secrets(tmp_path / "secrets.json", ["zs-0001"], {NODE: ("ut-1", "utrecht")})
+    extra = region_toml(vm.url, "zs-1", "zeist", visitors=table) + (
+        f'\n[[forward]]\nname = "central"\ntype = "mqtt"\nurl = "mqtt://{central.host}:{central.port}"\n')
+    gw = GatewayProcess(tmp_path / "gw", broker.host, broker.port, extra_toml=extra).start()
+    node = Publisher(broker.host, broker.port)
+    try:
+        url = ready(gw)
+        node.publish(f"meetkit/{NODE}/up", batch(seqs=range(0, 3)))
+        node.publish("meetkit/zs-0001/up", batch(node="zs-0001", seqs=range(0, 3)))
+        node.publish("meetkit/xx-0001/up", batch(node="xx-0001", seqs=range(0, 4)))
+        for n in (NODE, "zs-0001", "xx-0001"):
+            wait_for(lambda: metric(url, "meetkit_node_unsafe_records", n) == 0, 30, f"{n} forwarded")
+        stamps = [(1795510800 + 60 * k) * 1000 for k in range(3)]
+        assert towns(vm, NODE) == {"pm25": {"utrecht": stamps}, "temp": {"utrecht": stamps}}
+        assert towns(vm, "zs-0001") == {"pm25": {"zeist": stamps}, "temp": {"zeist": stamps}}
+        assert set(towns(vm, "xx-0001")["pm25"]) == {"zeist"}
+        text = metrics_text(url)
+        assert "meetkit_region_unknown_visitor_records_total 4.0" in text  # xx-0001's records, once
+        assert "meetkit_region_visitors_error 0.0" in text and "meetkit_region_visitors 1.0" in text
+        assert "pw-" not in text
+        assert gauge(text, "meetkit_store_max_bytes") == 2_000_000_000  # [store] max_bytes, the default
+        nodes = {n["node"]: n for n in json.loads(urllib.request.urlopen(f"{url}/api/nodes", timeout=10).read())["nodes"]}
+        assert "unknown visitor" in nodes["xx-0001"]["flags"] and nodes["xx-0001"]["town"] == "zeist"
+        assert "unknown visitor" not in nodes[NODE]["flags"] and nodes[NODE]["town"] == "utrecht"
+        assert "unknown visitor" not in nodes["zs-0001"]["flags"]
+        doc = json.loads(urllib.request.urlopen(f"{url}/api/nodes", timeout=10).read())
+        assert f"forwarded under this gateway's town, zeist" in doc["region"]["unknown"] and "pw-" not in json.dumps(doc)
+        # the central feed: zeist's topics (the only ones its account may publish under), the home town inside
+        wait_for(lambda: len(got) >= 10, 30, "ten records on the central broker")
+        mine = {(d["node"], d["seq"]): (t, d["town"]) for t, d in got}
+        assert mine[(NODE, 0)] == (f"meetkit/zeist/{NODE}/records", "utrecht")
+        assert mine[("zs-0001", 0)] == ("meetkit/zeist/zs-0001/records", "zeist")
+        assert mine[("xx-0001", 0)] == ("meetkit/zeist/xx-0001/records", "zeist")
+        assert list(got[0][1])[:3] == ["v", "node", "town"]
+        # `meetkit region accounts` makes xx-0001 a visitor from utrecht: read again, no restart
+        broker_secrets(table, ["zs-0001"], {NODE: ("ut-1", "utrecht"), "xx-0001": ("ut-2", "utrecht")})
+        node.publish("meetkit/xx-0001/up", batch(node="xx-0001", seqs=range(4, 6)))
+        wait_for(lambda: "utrecht" in towns(vm, "xx-0001")["pm25"], 30, "xx-0001's new records under utrecht")
+        assert towns(vm, "xx-0001")["pm25"]["utrecht"] == [(1795510800 + 60 * k) * 1000 for k in (4, 5)]
+        assert "meetkit_region_unknown_visitor_records_total 4.0" in metrics_text(url)
+    finally:
+        node.close()
+        gw.stop()
+        sub.disconnect()
+        sub.loop_stop()
+        central.stop()
+
+
+def test_two_gateways_of_two_towns_forwarding_a_visitors_records_write_each_once(tmp_path, broker, vm):
+    """The node fails over from its home in utrecht to a neighbour in zeist: it sent 0..9 home, then
+    (its spool holding what was not yet safe) 5..14 to zeist's gateway, whose table names it a
+    visitor from utrecht. One series per quantity, town="utrecht", every record once; the zeist
+    gateway's own node stays zeist's."""
+    neighbour = Mosquitto(tmp_path / "broker-2").start()
+    home = GatewayProcess(tmp_path / "ut-1", broker.host, broker.port,
+                          extra_toml=region_toml(vm.url, "ut-1", "utrecht",
+                                                 broker_secrets(tmp_path / "ut-1.json", [NODE], {}))).start()
+    visited = GatewayProcess(tmp_path / "zs-1", neighbour.host, neighbour.port,
+                             extra_toml=region_toml(vm.url, "zs-1", "zeist", broker_secrets(
+                                 tmp_path / "zs-1.json", ["zs-0001"], {NODE: ("ut-1", "utrecht")}))).start()
+    a, b = Publisher(broker.host, broker.port), Publisher(neighbour.host, neighbour.port)
+    try:
+        urls = ready(home), ready(visited)
+        a.publish(f"meetkit/{NODE}/up", batch(seqs=range(0, 10)))
+        b.publish(f"meetkit/{NODE}/up", batch(seqs=range(5, 15)))
+        b.publish("meetkit/zs-0001/up", batch(node="zs-0001", seqs=range(0, 2)))
+        for url in urls:
+            wait_for(lambda: metric(url, "meetkit_node_unsafe_records") == 0, 30, "both gateways forwarded all")
+        wait_for(lambda: metric(urls[1], "meetkit_node_unsafe_records", "zs-0001") == 0, 30, "zs-0001 forwarded")
+        stored = series(vm)
+        assert len(stored) == 2, [s["metric"] for s in stored]  # pm25 and temp: one series each, from both gateways
+        for s in stored:
+            assert s["metric"]["town"] == "utrecht"
+            assert sorted(s["timestamps"]) == [(1795510800 + 60 * k) * 1000 for k in range(15)]  # every record once
+        assert {s["metric"]["town"] for s in series(vm, "zs-0001")} == {"zeist"}
+        assert all("meetkit_region_unknown_visitor_records_total 0.0" in metrics_text(u) for u in urls)
+    finally:
+        a.close()
+        b.close()
+        home.stop()
+        visited.stop()
+        neighbour.stop()
+
+
+def gauge(text: str, name: str) -> float | None:
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return None if m is None else float(m[1])
+
+
+def test_without_a_table_every_node_goes_under_the_gateways_town_and_none_is_unknown(tmp_path, broker, vm):
+    """No [region] visitors and no [fleet] broker_secrets: the gateway cannot tell a visitor, says
+    so in `check`, forwards every node under its town and counts nothing. /metrics has its store's
+    bound (what the region's MeetkitStoreNearBound divides by)."""
+    gw = GatewayProcess(tmp_path / "gw", broker.host, broker.port, extra_toml=region_toml(vm.url, "zs-1", "zeist"),
+                        store_toml='max_bytes = "500 MB"\n').start()
+    node = Publisher(broker.host, broker.port)
+    try:
+        url = ready(gw)
+        node.publish(f"meetkit/{NODE}/up", batch(seqs=range(0, 2)))
+        wait_for(lambda: metric(url, "meetkit_node_unsafe_records") == 0, 30, "forwarded")
+        assert {s["metric"]["town"] for s in series(vm)} == {"zeist"}
+        text = metrics_text(url)
+        assert "meetkit_region_unknown_visitor_records_total 0.0" in text and "meetkit_region_visitors_error" not in text
+        assert gauge(text, "meetkit_store_max_bytes") == 500_000_000
+        nodes = json.loads(urllib.request.urlopen(f"{url}/api/nodes", timeout=10).read())["nodes"]
+        assert [n["flags"] for n in nodes if n["node"] == NODE] == [[]]
+    finally:
+        node.close()
+        gw.stop()
+
+
+def test_check_says_where_the_visitors_towns_come_from(tmp_path):
+    vm_target = '[[forward]]\nname = "vm-region"\ntype = "influx"\nurl = "http://vm:8428"\ndb = "m"\n'
+    region = '[region]\ntown = "zeist"\ngateway = "zs-1"\nsafe_targets = ["vm-region"]\n'
+    code, out = check(tmp_path, region + vm_target)
+    assert code == 0 and "no visitors' table ([region] visitors or [fleet] broker_secrets)" in out
+    table = broker_secrets(tmp_path / "secrets.json", ["zs-0001"], {NODE: ("ut-1", "utrecht")})
+    code, out = check(tmp_path, f'[fleet]\nbroker_secrets = "{table}"\n' + region + vm_target)  # the default
+    assert code == 0 and f"visitors' home towns from {table}: 1 visitor(s); any other node under town=zeist" in out
+    assert configuration.load(tmp_path / "gateway.toml").region.visitors == table
+    code, out = check(tmp_path, region + 'visitors = "secrets.json"\n' + vm_target)  # relative to gateway.toml
+    assert code == 0 and f"visitors' home towns from {table}" in out and "pw-" not in out
+    code, out = check(tmp_path, region + 'visitors = "missing.json"\n' + vm_target)
+    assert code == 0 and f"{tmp_path / 'missing.json'}: cannot read it (No such file or directory)" in out
 
 
 # -- (3) without [region]: no safe, no region metrics ---------------------------------------------------

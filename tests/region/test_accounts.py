@@ -14,6 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from meetkit_gateway.visitors import Visitors
+from meetkit_gateway.visitors import parse as parse_visitors
 from meetkit_tools import broker, region
 from meetkit_tools.cli import main
 from meetkit_tools.services import Mosquitto, free_port
@@ -100,7 +102,7 @@ def test_accounts_adds_the_neighbours_nodes_and_again_nothing(reg: Region, capsy
     # the visitors are kept apart from the gateway's own nodes: no node key, nothing signed for them
     s1 = secrets(reg.ut1)
     assert set(s1["nodes"]) == {"ut-0001", "ut-0002"}
-    assert s1["visitors"] == {"ut-0101": {"password": reg.password("ut-0101"), "home": "ut-2"}}
+    assert s1["visitors"] == {"ut-0101": {"password": reg.password("ut-0101"), "home": "ut-2", "town": "utrecht"}}
     assert "ut-0101" not in json.loads((reg.ut1 / broker.NODE_KEYS).read_text())["nodes"]
     assert oct((reg.ut1 / "mosquitto" / "passwd").stat().st_mode & 0o777) == "0o640"
     assert reg.password("ut-0101") not in (reg.ut1 / "mosquitto" / "passwd").read_text()  # hashed
@@ -230,3 +232,39 @@ def test_what_accounts_refuses_and_writes_nothing(reg: Region, tmp_path: Path, c
     plan.write_text(text.replace('topic_prefix = "meetkit"', 'topic_prefix = "city"'))
     assert main(["region", "accounts", "--plan", str(plan)]) == 1
     assert "made for the prefix 'meetkit', the region's is 'city'" in capsys.readouterr().err
+
+
+def test_each_visitor_has_its_home_town_which_the_gateway_reads(tmp_path: Path, capsys) -> None:
+    """Two towns that take each other's nodes: each visitor is written with its home gateway and
+    that gateway's town, and the gateway's own reader of the file (gateway/visitors.py) gives a
+    visitor its home town, its own nodes its own town, and calls any other node unknown; it keeps
+    no password. A table an older `accounts` wrote without towns gets them, the password file
+    untouched."""
+    ut1 = broker_folder(tmp_path / "ut-1", ["ut-0001"])
+    zs1 = broker_folder(tmp_path / "zs-1", ["zs-0001"], ca_from=ut1)
+    plan = write_plan(tmp_path / "region.toml", {
+        "ut-1": {"town": "utrecht", "host": "10.0.1.1", "neighbours": ["zs-1"], "broker": "ut-1/broker"},
+        "zs-1": {"town": "zeist", "host": "10.0.2.1", "neighbours": ["ut-1"], "broker": "zs-1/broker"}})
+    assert main(["region", "accounts", "--plan", str(plan)]) == 0
+    capsys.readouterr()
+    assert secrets(zs1)["visitors"] == {"ut-0001": {"password": secrets(ut1)["nodes"]["ut-0001"], "home": "ut-1",
+                                                    "town": "utrecht"}}
+    v = Visitors(zs1 / broker.SECRETS, "zeist")
+    assert (v.town("ut-0001"), v.town("zs-0001"), v.town("xx-0001")) == ("utrecht", "zeist", "zeist")
+    assert (v.unknown("ut-0001"), v.unknown("zs-0001"), v.unknown("xx-0001")) == (False, False, True)
+    assert v.state().error is None and v.state().visitors == 1
+    table = repr(parse_visitors((zs1 / broker.SECRETS).read_text()))
+    assert all(pw not in table for pw in [*secrets(zs1)["nodes"].values(), secrets(ut1)["nodes"]["ut-0001"]])
+    assert Visitors(ut1 / broker.SECRETS, "utrecht").town("zs-0001") == "zeist"
+    # a table without towns (an older `accounts`): those visitors are unknown until accounts runs again
+    doc = secrets(zs1)
+    del doc["visitors"]["ut-0001"]["town"]
+    broker.save_secrets(zs1, doc)
+    assert v.unknown("ut-0001") and v.town("ut-0001") == "zeist"
+    assert v.state().problems == ('visitors."ut-0001": no town (run `meetkit region accounts` again: it writes '
+                                  "each visitor's home and town)",)
+    passwd = (zs1 / "mosquitto" / "passwd").read_bytes()
+    assert main(["region", "accounts", "--plan", str(plan)]) == 0
+    assert "gateway zs-1: ut-0001 now of ut-1 (utrecht) (0 visiting account(s) as they were)" in capsys.readouterr().out
+    assert (zs1 / "mosquitto" / "passwd").read_bytes() == passwd  # no new password: the broker needs nothing
+    assert secrets(zs1)["visitors"]["ut-0001"]["town"] == "utrecht" and v.town("ut-0001") == "utrecht"

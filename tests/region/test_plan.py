@@ -44,7 +44,7 @@ def test_the_example_plan_holds_and_check_says_what_it_is(capsys: pytest.Capture
     assert plan.towns == {"utrecht": ["ut-1", "ut-2"], "zeist": ["zs-1"]}
     assert plan.gateways["ut-1"].neighbours == ("ut-2", "zs-1")
     assert plan.gateways["ut-2"].port == 8883 and plan.gateways["ut-2"].http == 8080  # the defaults
-    assert plan.gateways["zs-1"].store_max_bytes == 500_000_000
+    assert plan.gateways["zs-1"].store_max_bytes == 500_000_000 and plan.gateways["ut-1"].store_max_bytes is None
     assert plan.gateways["ut-2"].broker == (EXAMPLE_PLAN.parent / "ut-2" / "broker").absolute()  # beside the plan
     assert main(["region", "check", "--plan", str(EXAMPLE_PLAN)]) == 0
     out = capsys.readouterr().out

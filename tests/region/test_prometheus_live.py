@@ -164,7 +164,11 @@ def test_prometheus_scrapes_both_gateways_and_a_node_gone_silent_fires(region: d
             return rules if rules and not any(r["lastEvaluation"].startswith("0001") for r in rules) else None
         rules = wait_until("every rule evaluated", rules_ok, 30)
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
-        assert len(rules) == 11  # 2 + 2 gateways' bounds recorded, 7 alerts
+        assert len(rules) == 10  # 2 + the gateways' store bounds recorded, 7 alerts
+        # no store_max_bytes in the plan: each gateway's bound is its own [store] max_bytes, as it exports it
+        bounds = prom.query("meetkit_region:store_max_bytes")
+        assert sorted((r["metric"]["gateway"], r["value"][1]) for r in bounds) == [("ut-1", "2000000000"),
+                                                                                   ("ut-2", "2000000000")]
         bounds = prom.query("meetkit_store_bounded_bytes / on (town, gateway) group_left () meetkit_region:store_max_bytes")
         assert sorted(r["metric"]["gateway"] for r in bounds) == ["ut-1", "ut-2"]
         # the recording rule names, per node, the gateway that heard it last

@@ -35,7 +35,7 @@ def test_promtool_checks_the_config_and_the_rules_and_the_rule_tests_pass(tmp_pa
     r = promtool("check", "config", "prometheus.yml", cwd=out)
     assert r.returncode == 0 and "SUCCESS: 1 rule files found" in r.stdout, r.stdout + r.stderr
     r = promtool("check", "rules", "meetkit-alerts.yml", cwd=out)
-    assert r.returncode == 0 and "SUCCESS: 12 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 11 rules found" in r.stdout, r.stdout + r.stderr
     r = promtool("test", "rules", RULE_TESTS.name, cwd=out)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
     conf = (out / "prometheus.yml").read_text()
@@ -62,12 +62,30 @@ def test_a_moved_threshold_fails_its_alerts_tests(tmp_path: Path, options: list[
     assert failed == alerts, r.stdout
 
 
-def test_the_store_bound_comes_from_the_plan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bound", [pytest.param("store_max_bytes = 600000000", id="moved"),
+                                   pytest.param("", id="left-out")])
+def test_the_store_bound_comes_from_the_plan_where_it_gives_one(tmp_path: Path, bound: str) -> None:
+    """zs-1's bound in the plan moved, or left out (then its gateway's own 2 GB, which the rule
+    tests give it): its alert no longer fires where the tests say it does."""
     plan = tmp_path / "region.toml"
-    plan.write_text(EXAMPLE_PLAN.read_text().replace("store_max_bytes = 500000000", "store_max_bytes = 600000000"))
+    plan.write_text(EXAMPLE_PLAN.read_text().replace("store_max_bytes = 500000000", bound))
     out = generate(tmp_path / "out", plan=plan)
     r = promtool("test", "rules", RULE_TESTS.name, cwd=out)
     assert r.returncode != 0 and "alertname: MeetkitStoreNearBound" in r.stdout
+    got = r.stdout.split("got:")[1]
+    assert 'gateway="ut-2"' in got and 'gateway="zs-1"' not in got, r.stdout  # ut-2's own bound still fires
+
+
+def test_without_a_bound_in_the_plan_the_gateways_own_is_used(tmp_path: Path) -> None:
+    """The rule tests' ut-2 has no store_max_bytes in the plan: its alert comes from the bound its
+    gateway exports. Moved there (its meetkit_store_max_bytes 600 MB), its alert goes."""
+    out = generate(tmp_path)
+    tests = (out / RULE_TESTS.name).read_text()
+    moved = tests.replace("""gateway="ut-2"}'\n        values: '500000000x30'""", """gateway="ut-2"}'\n        values: '600000000x30'""")
+    assert moved != tests
+    (out / RULE_TESTS.name).write_text(moved)
+    r = promtool("test", "rules", RULE_TESTS.name, cwd=out)
+    assert r.returncode != 0 and "alertname: MeetkitStoreNearBound" in r.stdout, r.stdout
 
 
 def test_thresholds_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,6 +46,7 @@ def assert_clean(out: Outcome, caught_up: bool) -> None:
     assert out.lost == 0, out.problems
     assert out.duplicated == 0, out.problems
     assert out.notes["in_two_towns"] == 0, out.problems
+    assert out.notes.get("wrong_town", 0) == 0, out.problems  # each node's records under its home town
     assert out.crashes == 0, "the firmware hit an unexpected error (see the node's console.log)"
     assert out.wrong_time == 0 and "wrong_values" not in out.notes, out.problems
     assert caught_up
@@ -114,19 +115,15 @@ def test_a_gateways_own_broker_down_while_the_gateway_runs(reg: Region) -> None:
     assert ut1.process is not None and ut1.process.running
 
 
-TWO_TOWNS = pytest.mark.xfail(strict=True, reason=(
-    "a moved node sends its whole spool again to its new gateway (a new db), which forwards it under "
-    "ITS town: the records made before the move are in the series of both towns (the series' town is "
-    "the forwarding gateway's, docs/operator.md 'Forwarding in a region'); a design question for issue 16"))
-
-
 @pytest.mark.parametrize("to", [pytest.param("ut-2", id="same-town"),
-                                pytest.param("zs-1", id="other-town", marks=TWO_TOWNS)])
+                                pytest.param("zs-1", id="other-town")])
 def test_a_node_moved_to_another_gateway(reg: Region, to: str) -> None:
     """ut-0001 taken from ut-1 (utrecht) to `to`: powered off, its config.json's broker list
     rewritten on its flash (`to` first, then `to`'s neighbours), powered on (not re-provisioned: it
-    keeps its spool and boot counter). Every record once in the region; in another town, the
-    records made before the move stay utrecht's."""
+    keeps its spool and boot counter). Every record once in the region, all of them under utrecht,
+    its home in the plan (assert_clean): in another town too, the new gateway's table (`meetkit
+    region accounts`) names it a visitor from utrecht, so the spool it sends again there is the same
+    series as before the move."""
     def move() -> None:
         reg.wait_virtual("ut-0001", T0)
         reg.move("ut-0001", to)
