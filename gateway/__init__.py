@@ -47,6 +47,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     configpub    the thread that sends the nodes their configuration (versions, retained) and commands
     signed       the signed envelope (HMAC-SHA256, the node's key) of what the gateway sends a node;
                  the node keys file
+    watched      a file read again when it changes (the secrets, node keys and visitors files)
     credentials  systemd's service credentials: is a file one (a copy made at start), and the
                  restart that renews it
     export       open-data export: CSV or JSON Lines, one row per reading

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .credentials import copied_at_start, is_credential
+from .watched import WatchedFile, unreadable
 
 MASK = "***"
 
@@ -45,28 +46,23 @@ class _File:
         self.path = path
         self.setting = setting
         self.parse = parse
-        self._stamp: tuple[int, int, int] | None = None
+        self._file = WatchedFile(path) if path is not None else None
         self.values: dict[str, str] = {}
         self.error: str | None = None
 
     def refresh(self) -> None:
-        if self.path is None:
+        if self.path is None or self._file is None:
             self.values, self.error = {}, f"no {self.setting} in gateway.toml"
             return
         try:
-            st = self.path.stat()
-        except OSError as e:
-            self._stamp, self.values = None, {}
-            self.error = f"{self.path}: cannot read it ({e.strerror or e})"
-            return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self.values, self.error = self.parse(self.path.read_text(encoding="utf-8")), None
+            text = self._file.read_if_changed()
         except (OSError, UnicodeDecodeError) as e:
-            self.values, self.error = {}, f"{self.path}: cannot read it ({getattr(e, 'strerror', None) or 'not UTF-8'})"
+            self.values, self.error = {}, f"{self.path}: cannot read it ({unreadable(e)})"
+            return
+        if text is None:
+            return
+        try:
+            self.values, self.error = self.parse(text), None
         except ValueError as e:
             self.values, self.error = {}, f"{self.path}: {e}"
 

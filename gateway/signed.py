@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .credentials import copied_at_start, is_credential
+from .watched import WatchedFile, unreadable
 
 VERSION = 1
 KEY_BYTES = 32
@@ -90,30 +91,26 @@ class NodeKeys:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._file = WatchedFile(path) if path is not None else None
         self._keys: dict[str, bytes] = {}
         self._error: str | None = None  # why the file cannot be used, as last read
         self._bad: list[str] = []  # nodes whose key is not 64 hex digits
 
     def _load(self) -> None:
-        if self.path is None:
+        if self.path is None or self._file is None:
             self._keys, self._error = {}, "no node keys configured ([fleet] node_keys in gateway.toml)"
             return
         try:
-            st = self.path.stat()
-        except OSError as e:
-            self._stamp, self._keys = None, {}
-            self._error = f"{self.path}: cannot read the node keys: {e.strerror or e}"
+            text = self._file.read_if_changed()
+        except (OSError, UnicodeDecodeError) as e:
+            self._keys, self._error = {}, f"{self.path}: cannot read the node keys: {unreadable(e)}"
             return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
+        if text is None:
             return
-        self._stamp = stamp
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            self._keys = {}
-            self._error = f"{self.path}: cannot read the node keys: {getattr(e, 'strerror', None) or type(e).__name__}"
+            doc = json.loads(text)
+        except ValueError as e:
+            self._keys, self._error = {}, f"{self.path}: cannot read the node keys: {type(e).__name__}"
             return
         nodes = doc.get("nodes") if isinstance(doc, dict) else None
         if not isinstance(nodes, dict):

@@ -36,6 +36,7 @@ from typing import Any
 
 from .config import REGION_NAME
 from .credentials import copied_at_start, is_credential
+from .watched import WatchedFile, unreadable
 
 UNKNOWN_VISITOR = "region.unknown_visitor"  # the store's counter: records of unknown visitors stored
 
@@ -95,26 +96,22 @@ class Visitors:
         self.path = path
         self.own_town = own_town
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._file = WatchedFile(path) if path is not None else None
         self._table = Table()
         self._error: str | None = None
 
     def _refresh(self) -> None:
-        if self.path is None:
+        if self._file is None:
             return
         try:
-            st = self.path.stat()
-        except OSError as e:
-            self._stamp, self._error = None, f"{self.path}: cannot read it ({e.strerror or e})"
-            return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self._table, self._error = parse(self.path.read_text(encoding="utf-8")), None
+            text = self._file.read_if_changed()
         except (OSError, UnicodeDecodeError) as e:
-            self._error = f"{self.path}: cannot read it ({getattr(e, 'strerror', None) or 'not UTF-8'})"
+            self._error = f"{self.path}: cannot read it ({unreadable(e)})"   # the table last read goes on
+            return
+        if text is None:
+            return
+        try:
+            self._table, self._error = parse(text), None
         except ValueError as e:
             self._error = f"{self.path}: {e}"
 

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.cli import main
 from meetkit_tools.dev.batches import node_stream
 from meetkit_tools.services import GatewayProcess, Mosquitto, free_port, stop_process, wait_listening
@@ -102,14 +103,7 @@ class Prometheus:
 
 
 def wait_until(what: str, predicate, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.2)  # waits on: the predicate (Prometheus scrapes and evaluates every second)
+    return wait_for(predicate, timeout, what, step=0.2)   # Prometheus scrapes and evaluates every second
 
 
 @pytest.fixture
