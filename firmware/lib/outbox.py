@@ -172,7 +172,9 @@ class Outbox:
                 old, db, spool.held, "" if spool.region else " (all the spool holds)"))
             self._inflight = []
             self._scan = 0
-        spool.set_region(safe is not None)
+        if (safe is not None) != spool.region:
+            import safepos
+            safepos.region(spool, safe is not None)
         for b in self._inflight:
             if b[_BOOT] != boot:
                 continue
@@ -188,4 +190,5 @@ class Outbox:
             b[_RECS] = keep
         self._inflight = [b for b in self._inflight if b[_RECS]]
         if safe:   # after this acknowledgement's records: the pair covers those acknowledged up to now
-            spool.set_safe(safe[0], safe[1])
+            import safepos
+            safepos.advance(spool, safe[0], safe[1])

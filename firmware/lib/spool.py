@@ -20,6 +20,7 @@
 # RAM holds one small entry per segment (at most budget / SEG_BYTES + 1), whatever the number of
 # boots: a node that reboots often fills segments with several boots each.
 import os
+import sys
 import json
 import time
 import console
@@ -64,7 +65,9 @@ class Spool:
         for s in self.segs:
             self.total += s[1]
         self.cur = self.safe = self._first()
-        self._load_state()
+        import spstate   # read once at the start, then dropped: its code is heap the node needs
+        spstate.load(self)
+        del sys.modules["spstate"]
 
     # -- files --------------------------------------------------------------------------------
     def _seg(self, n):
@@ -86,53 +89,6 @@ class Spool:
             return None
         f.seek(off)
         return f
-
-    def _load_state(self):
-        held = None
-        try:
-            with open(self.dir + "/state") as f:
-                st = json.load(f)
-            self.dropped = st["dropped"]
-            self.db = st.get("db")
-            self.region = st.get("reg") == 1
-            cur = st["cur"]
-            safe = st.get("safe", cur)   # an older firmware's state: what it acknowledged was safe
-            if self._find(cur >> 16) >= 0:
-                self.cur = cur
-                for p, e in st["acked"]:
-                    if p > cur:
-                        self.acked[p] = e
-                if safe <= cur and self._find(safe >> 16) >= 0:
-                    self.safe = safe
-                    # the count saved, and the records appended after that save (a few at most)
-                    end = st.get("end", -1)
-                    i = self._find(end >> 16)
-                    if i >= 0 and (end & 0xFFFF) <= self.segs[i][1] and "held" in st:
-                        held = st["held"] + self._count(end)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            if self.segs:  # from the oldest: sending again is harmless, losing is not
-                console.warn("spool: state unreadable (%r); re-sending from the oldest record" % e)
-        if self.safe > self.cur:
-            self.safe = self.cur
-        self._normalise()
-        if held is None:   # no count to trust (a power cut after a segment was dropped): count them
-            held = self._count(self.safe) - (0 if self.region else len(self.acked))
-        self.held = held
-
-    def _count(self, pos):
-        """Records from pos to the end of the spool: a scan of flash, only at a start without a count
-        saved and when a database change makes everything unsafe again."""
-        k = 0
-        for n, size in self.segs:
-            if (n << 16 | size) <= pos:
-                continue
-            f = self._open(n, pos & 0xFFFF if pos >> 16 == n else 0)
-            if f is not None:
-                with f:
-                    for line in f:
-                        if line[-1:] == "\n":
-                            k += 1
-        return k
 
     def save(self, now, force=False):
         if not (self.dirty and (force or time.ticks_diff(now, self._saved) >= SAVE_MS)):
@@ -339,55 +295,6 @@ class Spool:
             self.safe = self.cur
         self.dirty = True
 
-    def set_region(self, on):
-        """Whether the gateway's acknowledgements carry `safe` (each says; a change is a gateway
-        reconfigured or another one)."""
-        if on == self.region:
-            return
-        self.region = on
-        if on:   # acknowledged past the cursor: no longer safe by that alone
-            self.held += len(self.acked)
-        else:    # a lone gateway's disk is the system of record: what it acknowledged is safe
-            self.safe = self.cur
-            self.held = self._count(self.cur) - len(self.acked)
-        self.dirty = True
-
-    def set_safe(self, b, s):
-        """A region's gateway says its database's records up to (boot b, seq s) are in the region's
-        store: the safe position moves over the records acknowledged under it (before the cursor)
-        that are at or before (b, s), from where it is. It never moves back: a smaller pair (a late
-        record) releases nothing more."""
-        pos = self.safe
-        cur = self.cur
-        k = 0
-        for n, size in self.segs:
-            if pos >= cur:
-                break
-            if (n << 16 | size) <= pos:
-                continue
-            off = pos & 0xFFFF if pos >> 16 == n else 0
-            f = self._open(n, off)
-            if f is None:
-                pos = n << 16 | size
-                continue
-            with f:
-                while off < size and (n << 16 | off) < cur:
-                    line = f.readline()
-                    if not line or line[-1] != "\n":
-                        off = size
-                        break
-                    rb = recline.boot_of(line)
-                    if rb > b or rb == b and recline.seq_of(line) > s:
-                        cur = -1   # stop here
-                        break
-                    off += len(line)
-                    k += 1
-            pos = n << 16 | off
-        if k:
-            self.safe = pos
-            self.held -= k
-            self.dirty = True
-
     def _normalise(self):
         # A cursor before the oldest segment, or at the end of one, moves to the next record's.
         if self.segs and self.cur < self.segs[0][0] << 16:
@@ -413,12 +320,6 @@ class Spool:
         return old
 
     def replay(self):
-        """What is not safe is unacknowledged again: the gateway lost what it had. After a lone
-        gateway that is everything on flash (how a fresh database is refilled), after a region's
-        gateway what follows the safe position: what the region may lack, never what it confirmed."""
-        if not self.region:
-            self.safe = self._first()
-            self.held = self._count(self.safe)
-        self.cur = self.safe
-        self.acked = {}
-        self.dirty = True
+        """What is not safe is unacknowledged again: the gateway lost what it had (safepos.py)."""
+        import safepos
+        safepos.replay(self)
