@@ -83,7 +83,7 @@ class Node:
         root = os.listdir()
         self.mode = "trial" if "app.trial" in root else "normal"
         self.board = board["board"]
-        meta = {"fw": fw, "boot": boot, "mode": self.mode, "cfg": cfg["config_version"]}
+        meta = {"fw": fw, "boot": boot, "mode": self.mode, "cfg": cfg["config_version"], "held": 0}
         # The envelope is the same for every batch of this boot: built once, kept on flash with the
         # boot's records so that a backlog from before a firmware update goes out with its own.
         self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,' % (
@@ -254,6 +254,7 @@ class Node:
             self._close_interval(now)
         outbox = self.outbox
         ota = self.ota
+        self.uplink.meta["held"] = self.spool.held   # for the status at the next connection
         up = self.uplink.service(now, self.up_s, ota is not None and ota.waiting())
         if ota and not closed:   # one flash write per pass: a record's or a piece's
             ota.step(now, up)
