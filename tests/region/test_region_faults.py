@@ -14,6 +14,7 @@ cut-off) under the `soak` marker. The rows go into the fault table `make test` a
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -157,8 +158,20 @@ def test_a_node_moved_to_another_gateway(reg: Region, to: str) -> None:
         twice = {int(re.search(r" seq (\d+) ", p).group(1)) for p in out.problems if "in the series of" in p}
         assert twice <= set(before[len(before) - resent:]), (twice, resent, before[-resent:])
     assert "(left off)" in text and text.count(" I node ut-0001, boot ") == 2, "powered off, then on again"
+    held = node_held(reg.gateways[to].db, "ut-0001")
+    assert held is not None and 0 <= held <= len(read_ledger(text).records), "its status says held, and the gateway took it"
     moved = {(b, q) for n, b, q, _, _ in db_rows(reg.gateways[to].db) if n == "ut-0001"}
     assert {k for k in read_ledger(text).records if k[0] == 1} <= moved | out_of(reg, "ut-0001"), "sent to its new home"
+
+
+def node_held(db: Path, node: str) -> int | None:
+    """`held` of the node's latest status, as the gateway stored it."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT held FROM nodes WHERE node = ?", (node,)).fetchone()
+    finally:
+        con.close()
+    return None if row is None else row[0]
 
 
 def out_of(reg: Region, node: str) -> set[tuple[int, int]]:
