@@ -1,0 +1,178 @@
+"""A node fails over between the brokers of its `broker` list and comes back (firmware/lib/uplink.py,
+firmware/lib/failover.py; docs/operator.md "A region of gateways"): a simulated node running the
+firmware with two brokers in its list, two real Mosquittos, each with its own real gateway
+(`meetkit-gateway run`, its own database). Times are the node's simulated seconds, from its
+console (each line starts with its uptime); the node runs at 20 times real time so that a broker
+stopped or started between two of its lines is placed within about a second of its time."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from meetkit_tools.dev.faultrig import AIR, db_rows, read_ledger, virtual_s
+from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
+
+NODE = "fo-01"
+FAILOVER_S = 30   # the shortest failover_after_s and failback_every_s the firmware takes
+FAILBACK_S = 60
+INTERVAL_S = 10   # a record (a console line) every 10 simulated s: the console's clock is never older
+SPEED = 20
+RETRY_S = 60      # the uplink's longest pause between two connects (uplink.py _BACKOFF_MAX_MS)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)  # waits on: `cond`
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Site:
+    """A gateway's Mosquitto and the gateway on it."""
+
+    def __init__(self, tmp: Path, name: str) -> None:
+        self.broker = Mosquitto(tmp / f"{name}-broker").start()
+        self.gateway = GatewayProcess(tmp / f"{name}-gw", self.broker.host, self.broker.port,
+                                      client_id=f"meetkit-gateway-{name}").start()
+        self.gateway.wait_log("subscribed to ", timeout=30)
+
+    @property
+    def where(self) -> str:
+        return f"{self.broker.host}:{self.broker.port}"
+
+    def stored(self) -> set[tuple[int, int]]:
+        try:
+            return {(b, s) for n, b, s, _, _ in db_rows(self.gateway.db) if n == NODE}
+        except Exception:   # the database is made at the gateway's first commit
+            return set()
+
+    def retained_status(self) -> dict[str, Any]:
+        """The node's retained status on this broker, as a new subscriber gets it."""
+        got: list[bytes] = []
+        done = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-status-reader")
+        c.on_connect = lambda cl, *a: cl.subscribe(f"meetkit/{NODE}/status", qos=1)
+        c.on_message = lambda cl, u, m: (got.append(m.payload), done.set())
+        c.connect(self.broker.host, self.broker.port)
+        c.loop_start()
+        try:
+            assert done.wait(10), "no retained status"
+        finally:
+            c.loop_stop()
+            c.disconnect()
+        return json.loads(got[0])
+
+    def close(self) -> None:
+        self.gateway.stop()
+        self.broker.stop()
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[tuple[Site, Site]]:
+    home = Site(tmp_path, "home")
+    try:
+        other = Site(tmp_path, "other")
+    except BaseException:
+        home.close()
+        raise
+    try:
+        yield home, other
+    finally:
+        home.close()
+        other.close()
+
+
+def node(tmp: Path, brokers: list[Site], **config: Any) -> SimNode:
+    extra = {"broker": [{"host": s.broker.host, "port": s.broker.port} for s in brokers],
+             "failover_after_s": FAILOVER_S, "failback_every_s": FAILBACK_S, **config}
+    n = SimNode(NodeSpec(node_id=NODE, scenario=load_scenario("quiet-street"), workdir=tmp / NODE, board=AIR,
+                         interval_s=INTERVAL_S, until_s=None, speed=SPEED, extra_config=extra))
+    n.prepare()
+    n.start()
+    return n
+
+
+def lines(n: SimNode, pattern: str) -> list[tuple[int, re.Match[str]]]:
+    """(uptime s, match) of every console line matching `pattern`, in order."""
+    out = []
+    for line in n.console_text().splitlines():
+        head = line[:8].strip()
+        m = re.search(pattern, line)
+        if m and head.isdigit():
+            out.append((int(head), m))
+    return out
+
+
+def first_after(n: SimNode, pattern: str, t: float) -> int | None:
+    return next((u for u, _ in lines(n, pattern) if u >= t), None)
+
+
+def made(n: SimNode) -> set[tuple[int, int]]:
+    return set(read_ledger(n.console_text()).records)
+
+
+def test_home_broker_down_the_node_fails_over_and_comes_back(tmp_path: Path, sites: tuple[Site, Site]) -> None:
+    home, other = sites
+    n = node(tmp_path, [home, other])
+    try:
+        wait_for(lambda: lines(n, r" I check: gateway: pass: first batch stored"), 60, "the first batch acknowledged at home")
+        assert home.retained_status()["via"] == 0
+        assert not other.stored()
+
+        # Home's broker stopped: the node notices at its next poll, fails over after FAILOVER_S,
+        # and its records are acknowledged by the other gateway (a new database id).
+        t_stop = virtual_s(n.console)
+        home.broker.stop()
+        over = wait_for(lambda: lines(n, r" W mqtt: (\S+) unreachable for (\d+) s: failing over to (\S+) \(2 of 2\)"),
+                        60, "the failover")
+        t_lost = first_after(n, r" W mqtt: .* failed ", t_stop)
+        assert t_lost is not None
+        t_over, m = over[0]
+        assert m[1] == home.where and m[3] == other.where
+        assert FAILOVER_S - 1 <= t_over - t_lost <= FAILOVER_S + RETRY_S, (t_lost, t_over)
+        t_acked = wait_for(lambda: first_after(n, r" W gateway database changed ", t_over), 60,
+                           "the other gateway's acknowledgement")
+        assert t_acked - t_lost <= FAILOVER_S + RETRY_S, "its batches acknowledged within failover_after_s + a retry"
+        wait_for(lambda: other.stored(), 30, "records at the other gateway")
+        status = other.retained_status()
+        assert status["online"] is True and status["via"] == 1
+
+        # Some records made while away, then home's broker back: the node tries home every
+        # FAILBACK_S and goes back when it answers.
+        n_away = len(made(n))
+        wait_for(lambda: len(made(n)) >= n_away + 6, 60, "records made while away")
+        t_start = virtual_s(n.console)
+        home.broker.start()
+        t_home = wait_for(lambda: first_after(n, r" W mqtt: back to the home broker " + re.escape(home.where), 0),
+                          60, "the node back home")
+        assert t_start < t_home <= t_start + FAILBACK_S + INTERVAL_S + 5, (t_start, t_home)
+        assert first_after(n, r" I mqtt: connected to " + re.escape(home.where), t_home) is not None
+        after = {k for k in made(n) if k not in home.stored()}
+        wait_for(lambda: after <= home.stored(), 60, "the records made meanwhile acknowledged at home again")
+
+        # Nothing lost: every record the node made is in one of the two gateways (made before
+        # `everything` was read: later ones may be on their way)
+        everything = made(n)
+        wait_for(lambda: everything <= home.stored() | other.stored(), 60, "every record in a gateway")
+        assert len(everything) >= 12
+        st = home.retained_status()
+        assert st["online"] is True and st["via"] == 0
+        assert other.retained_status() == {"v": 1, "node": NODE, "online": False}, \
+            "left the other broker saying so (no last will needed)"
+        text = n.console_text()
+        assert text.count("failing over to") == 1 and text.count("back to the home broker") == 1
+        assert " E unexpected error" not in text
+    finally:
+        n.stop()
