@@ -91,8 +91,8 @@ def check_node(raw, problems, chip_id, wifi=True):
     """config.json's content (a dict) checked by the node's rules: the config with defaults filled
     in, each problem named by its key ("config.<key>...: why"; cfgapply.py refuses a remote
     setting by it). Wi-Fi networks and brokers may each be one object or a list of them: the
-    first usable one is cfg["wifi"] / cfg["broker"] (today's uplink), all are in "wifis" /
-    "brokers" (a later failover's)."""
+    first usable one is cfg["wifi"] / cfg["broker"], all are in "wifis" / "brokers" (the
+    broker list the uplink fails over along, failover.py; at most 16)."""
     if not isinstance(raw, dict):
         raw = {}
     cfg = dict(DEFAULTS)
@@ -128,6 +128,9 @@ def check_node(raw, problems, chip_id, wifi=True):
     if cfg["wifi"] is None and wifi and "wifi" not in raw:
         problems.append("config.wifi.ssid: missing; measuring without an uplink")
     cfg["brokers"] = _each(raw, "broker", _broker, problems)
+    if len(cfg["brokers"]) > 16:   # the status's `via` is 0..15
+        problems.append("config.broker: more than 16 usable entries; using the first 16")
+        del cfg["brokers"][16:]
     cfg["broker"] = cfg["brokers"][0] if cfg["brokers"] else None
     if "broker" not in raw:
         problems.append("config.broker.host: missing; measuring without an uplink")
