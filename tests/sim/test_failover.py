@@ -176,3 +176,39 @@ def test_home_broker_down_the_node_fails_over_and_comes_back(tmp_path: Path, sit
         assert " E unexpected error" not in text
     finally:
         n.stop()
+
+
+def test_home_down_from_the_start_and_the_list_wraps(tmp_path: Path, sites: tuple[Site, Site]) -> None:
+    """Home's broker never up: the node goes to the second after failover_after_s of failing
+    connects from its start. The second's broker stopped too: after failover_after_s the node wraps
+    round to home (1 of 2), which still does not answer, and after failover_after_s more to the
+    second again, whose broker is back by then: its records there, nothing lost."""
+    home, other = sites
+    home.broker.stop()
+    n = node(tmp_path, [home, other])
+    try:
+        over = r" W mqtt: (\S+) unreachable for (\d+) s: failing over to (\S+) \((\d) of 2\)"
+        wait_for(lambda: lines(n, over), 60, "the first failover")
+        t_first_fail = lines(n, r" W mqtt: connect .* failed ")[0][0]
+        t1, m = lines(n, over)[0]
+        assert (m[1], m[3], m[4]) == (home.where, other.where, "2")
+        assert FAILOVER_S - 1 <= t1 - t_first_fail <= FAILOVER_S + 1
+        wait_for(lambda: lines(n, r" I check: gateway: pass: first batch stored"), 60, "the first batch acknowledged")
+        assert other.stored() and not home.stored()
+
+        other.broker.stop()
+        wait_for(lambda: len(lines(n, over)) >= 2, 60, "the wrap round to home")
+        t2, m = lines(n, over)[1]
+        assert (m[1], m[3], m[4]) == (other.where, home.where, "1")
+        other.broker.start()
+        wait_for(lambda: len(lines(n, over)) >= 3, 60, "the second again")
+        t3, m = lines(n, over)[2]
+        assert (m[1], m[3], m[4]) == (home.where, other.where, "2")
+        assert FAILOVER_S - 1 <= t3 - t2 <= FAILOVER_S + 1
+        assert first_after(n, r" I mqtt: connected to " + re.escape(other.where), t3) is not None
+        everything = made(n)
+        wait_for(lambda: everything <= other.stored(), 60, "every record at the second gateway")
+        assert other.retained_status()["via"] == 1
+        assert " E unexpected error" not in n.console_text()
+    finally:
+        n.stop()
