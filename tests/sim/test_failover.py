@@ -8,6 +8,7 @@ stopped or started between two of its lines is placed within about a second of i
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import threading
 import time
@@ -212,3 +213,66 @@ def test_home_down_from_the_start_and_the_list_wraps(tmp_path: Path, sites: tupl
         assert " E unexpected error" not in n.console_text()
     finally:
         n.stop()
+
+
+class TlsSite:
+    """A gateway's Mosquitto as `meetkit broker init` makes it (accounts, ACL, a TLS listener with
+    the lab CA) and the gateway on its loopback listener. `like`: a site whose CA and accounts
+    this one takes (one lab CA for the region; the node's one password, as `meetkit region
+    accounts` gives it)."""
+
+    def __init__(self, tmp: Path, name: str, like: "TlsSite | None" = None) -> None:
+        from meetkit_tools.services import FleetBroker
+
+        self.broker = FleetBroker(tmp / name, [NODE], ca_from=like.broker.out if like else None)
+        if like is not None:
+            self.broker.out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(like.broker.out / "secrets.json", self.broker.out / "secrets.json")
+        self.broker.start()
+        self.gateway = GatewayProcess(tmp / f"{name}-gw", self.broker.host, self.broker.plain_port,
+                                      client_id=f"meetkit-gateway-{name}", mqtt_toml=self.broker.gateway_toml()).start()
+        self.gateway.wait_log("subscribed to ", timeout=30)
+        self.where = f"{self.broker.host}:{self.broker.tls_port}"
+
+    def entry(self) -> dict[str, Any]:
+        return {"host": self.broker.host, "port": self.broker.tls_port, "tls": True, "user": NODE,
+                "password": self.broker.password(NODE)}
+
+    stored = Site.stored
+
+    def close(self) -> None:
+        self.gateway.stop()
+        self.broker.stop()
+
+
+def test_over_tls_with_one_lab_ca(tmp_path: Path) -> None:
+    """Two brokers with TLS listeners and the region's one lab CA, the node's own account on both:
+    the node fails over with TLS (never in clear) and comes back home."""
+    home = TlsSite(tmp_path, "home")
+    other = None
+    n = None
+    try:
+        other = TlsSite(tmp_path, "other", like=home)
+        n = SimNode(NodeSpec(node_id=NODE, scenario=load_scenario("quiet-street"), workdir=tmp_path / NODE, board=AIR,
+                             interval_s=INTERVAL_S, until_s=None, speed=SPEED, files={"ca.der": home.broker.ca_der},
+                             extra_config={"broker": [home.entry(), other.entry()], "failover_after_s": FAILOVER_S,
+                                           "failback_every_s": FAILBACK_S}))
+        n.prepare()
+        n.start()
+        wait_for(lambda: lines(n, r" I check: gateway: pass: first batch stored"), 60, "the first batch acknowledged at home")
+        home.broker.stop()
+        wait_for(lambda: lines(n, r" W gateway database changed "), 60, "the other gateway's acknowledgement")
+        assert lines(n, r" I mqtt: connected to " + re.escape(other.where) + r" \(tls\)")
+        home.broker.start()
+        wait_for(lambda: lines(n, r" W mqtt: back to the home broker " + re.escape(home.where)), 60, "back home")
+        wait_for(lambda: len(lines(n, r" W gateway database changed ")) >= 2, 60, "home's acknowledgement again")
+        everything = made(n)
+        wait_for(lambda: everything <= home.stored() | other.stored(), 60, "every record in a gateway")
+        assert all("(tls)" in m.string for _, m in lines(n, r" I mqtt: connected to "))
+        assert " E unexpected error" not in n.console_text()
+    finally:
+        if n is not None:
+            n.stop()
+        home.close()
+        if other is not None:
+            other.close()
