@@ -95,10 +95,12 @@ def sites(tmp_path: Path) -> Iterator[tuple[Site, Site]]:
         other.close()
 
 
-def node(tmp: Path, brokers: list[Site], **config: Any) -> SimNode:
+def node(tmp: Path, brokers: list[Site], faults: list[dict[str, Any]] | None = None, **config: Any) -> SimNode:
     extra = {"broker": [{"host": s.broker.host, "port": s.broker.port} for s in brokers],
              "failover_after_s": FAILOVER_S, "failback_every_s": FAILBACK_S, **config}
-    n = SimNode(NodeSpec(node_id=NODE, scenario=load_scenario("quiet-street"), workdir=tmp / NODE, board=AIR,
+    sc = load_scenario("quiet-street")
+    sc["faults"] = faults or []
+    n = SimNode(NodeSpec(node_id=NODE, scenario=sc, workdir=tmp / NODE, board=AIR,
                          interval_s=INTERVAL_S, until_s=None, speed=SPEED, extra_config=extra))
     n.prepare()
     n.start()
@@ -276,3 +278,19 @@ def test_over_tls_with_one_lab_ca(tmp_path: Path) -> None:
         home.close()
         if other is not None:
             other.close()
+
+
+def test_a_wifi_outage_is_not_a_broker_outage(tmp_path: Path, sites: tuple[Site, Site]) -> None:
+    """The node's Wi-Fi away for 140 simulated s (longer than failover_after_s), both brokers up:
+    the failover clock runs only while the network is up, so the node stays with its home broker."""
+    home, other = sites
+    n = node(tmp_path, [home, other], faults=[{"kind": "wifi_down", "from": 60, "to": 200}])
+    try:
+        wait_for(lambda: virtual_s(n.console) >= 300, 120, "the node past the outage")
+        everything = made(n)
+        wait_for(lambda: everything <= home.stored(), 60, "every record at home")
+        text = n.console_text()
+        assert lines(n, r" W wifi: link lost") and lines(n, r" I mqtt: connected to ")[-1][0] >= 200, "the outage was felt"
+        assert "failing over" not in text and not other.stored()
+    finally:
+        n.stop()
