@@ -91,7 +91,7 @@ def run() -> None:
             "node_accepted_to_proved_s_median": median(spans) if spans else None,
             "node_accepted_to_proved_s_max": max(spans, default=None),
             "nodes_on_the_release_by_wall_s": stages, "release_bytes": m["bytes"], "release_files": len(m["files"]),
-            "node": "firmware as release 0.1.9, .mpy, 128K heap, quiet-street, 60 s intervals, flash untimed",
+            "node": f"firmware as release 0.1.9, .mpy, {fleetsim.OFFER_HEAP} heap, quiet-street, 60 s intervals, flash untimed",
             "gateway": "real `meetkit-gateway run` on the generated broker accounts and ACL; offer_every_s 30",
             "machine": "2 shared cores: 20 micropython processes at speed 2 (speed 10 does not keep up)",
             "command": ".venv/bin/python -m bench.ota_fleet", "per_node": per})

@@ -39,7 +39,7 @@ from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.paths import FIRMWARE
 from meetkit_tools.sim.runner import SimNode, load_scenario
 
-HEAP = "128K"
+HEAP = fleetsim.OFFER_HEAP
 OLD = "0.1.9"
 NODE = "ota-01"
 RUNS = 2

@@ -397,7 +397,7 @@ def run() -> None:
                           "download; each aimed at the boot to come (NodeSpec.before_boot), uniform over the "
                           "calibration's length of the phase that boot is in",
             "cut": "a torn flash program (NodeSpec.power_cuts), the node powered on again 1 s later",
-            "node": "firmware as release 0.1.9, .mpy, 128K heap, quiet-street, speed 10",
+            "node": f"firmware as release 0.1.9, .mpy, {fleetsim.OFFER_HEAP} heap, quiet-street, speed 10",
             "site": "generated broker accounts and ACL, the real meetkit-gateway run, offer_every_s 30, "
                     "prove_within_s 1800; one rollout per batch, every node a canary",
             "judge": "every app file the old app's or the release's byte for byte (X.swp, X.old aside), nothing in "

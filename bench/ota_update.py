@@ -89,7 +89,7 @@ def run() -> None:
     covs = [r["min_cov"] for r in runs if r["min_cov"] is not None]
     common = {"release_bytes": runs[0]["release_bytes"], "release_files": runs[0]["release_files"],
               "release": "firmware/ as `meetkit release build --arch x64` makes it (lib/ as .mpy), provision's app",
-              "node": "firmware as release 0.1.9, .mpy, 128K heap, busy-road, flash timing on, speed 10",
+              "node": f"firmware as release 0.1.9, .mpy, {fleetsim.OFFER_HEAP} heap, busy-road, flash timing on, speed 10",
               "gateway": "real `meetkit-gateway run`, `fleet update --canary 1`, generated broker accounts and ACL",
               "pacing": "firmware default: 2048-byte pieces, next asked 250 ms after the last is written",
               "command": ".venv/bin/python -m bench.ota_update", "runs": runs}

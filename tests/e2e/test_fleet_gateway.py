@@ -66,7 +66,7 @@ class Site:
         b = dict(self.broker.node_broker(NODE), port=self.broker.plain_port, tls=False)
         self.node = SimNode(NodeSpec(node_id=NODE, scenario=load_scenario("quiet-street"), workdir=self.tmp / NODE,
                                      broker_port=self.broker.plain_port, until_s=None, firmware=firmware,
-                                     heapsize="128K", extra_config={"broker": b},
+                                     heapsize=fleetsim.OFFER_HEAP, extra_config={"broker": b},
                                      files={"node.key": keys[NODE].encode()}))
         self.node.prepare()
         self.node.start()

@@ -484,8 +484,9 @@ def test_a_proof_that_comes_after_the_rollout_halted_is_shown_and_the_halt_stays
     add(site, "0.3.0")
     site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
     halted = site.wait_rollout("halted", timeout=30)
-    first = "n01 (canary) not proved within 2 s of accepting it (last: installed)"
-    assert halted["row"].reason == first
+    # where the node got in 2 s depends on the machine's speed: its fetch or its install
+    first = halted["row"].reason
+    assert re.fullmatch(r"n01 \(canary\) not proved within 2 s of accepting it \(last: (accepted|installed)\)", first), first
     gate.set()  # back: it proves it now
     late = wait_for(lambda: (r := site.wait_rollout("halted")) and "proved it at" in (r["row"].reason or "") and r,
                     30, "the late proof shown")

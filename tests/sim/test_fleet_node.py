@@ -6,8 +6,8 @@ status.
 
 The nodes run firmware/ as provision puts it on a board (lib/ compiled to .mpy, here for the
 simulator's x64): a node then loads its management modules without compiling them in its heap, as
-the board does. A release offer needs 120 KB of the 64-bit simulator's heap (its manifest, parsed,
-beside the download's code): those nodes get 128 KB (docs/simulator.md, "Heap"); the others the
+the board does. A release offer needs about 120 KB of the 64-bit simulator's heap (its manifest, parsed,
+beside the download's code): those nodes get fleetsim.OFFER_HEAP (docs/simulator.md, "Heap"); the others the
 usual 112 KB."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from meetkit_tools.services import Mosquitto
 from meetkit_tools.sim.runner import SimNode, load_scenario
 from meetkit_tools.dev.waits import wait_for
 
-OFFER_HEAP = "128K"
+OFFER_HEAP = fleetsim.OFFER_HEAP
 
 
 @pytest.fixture(scope="module")

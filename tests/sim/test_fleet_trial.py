@@ -18,7 +18,7 @@ from meetkit_tools.paths import FIRMWARE
 from meetkit_tools.sim.runner import SimNode
 from meetkit_tools.dev.waits import wait_for
 
-HEAP = "128K"   # a release offer's manifest: see tests/sim/test_fleet_node.py
+HEAP = fleetsim.OFFER_HEAP   # a release offer's manifest
 OLD = fleetsim.fw_version()
 RAISES = {"lib/node.py": lambda s: s.replace("def main():\n", "def main():\n    raise ValueError('broken release')\n")}
 DEAF = {"lib/sample_noise.py": lambda s: s.replace("if leq is None or over * 100 > n:", "if True:  # deaf")}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.dev.fleetsim import OFFER_HEAP
 from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
 
@@ -356,7 +357,7 @@ class Rig:
 
 
 OLD = "0.1.9"   # the release fleet nodes run at first; firmware/ is a newer one (FW_VERSION)
-OTA_HEAP = "128K"   # a release offer's manifest needs it (tests/sim/test_fleet_node.py)
+OTA_HEAP = OFFER_HEAP   # a release offer's manifest needs it
 APP = ("lib", "boot.py", "main.py", "appswap.py")   # the app on a node's flash (appswap.py)
 
 

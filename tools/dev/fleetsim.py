@@ -28,6 +28,13 @@ from meetkit_tools.paths import FIRMWARE
 PIECE_MAX = 2048
 
 
+#: The simulated heap of a node that takes release offers: a release offer's manifest, parsed,
+#: beside the running node needs about 120 KB of the 64-bit simulator's heap (the board's 32-bit
+#: objects take about half). The margin at 128K is thin: firmware that keeps more code resident
+#: gets offers refused for memory, depending on fragmentation (docs/developer.md).
+OFFER_HEAP = "128K"
+
+
 def new_key() -> bytes:
     return secrets.token_bytes(32)
 

@@ -113,7 +113,7 @@ class Site:
         """A simulated node with its generated account (plain listener) and node key."""
         b = dict(self.broker.node_broker(node_id), port=self.broker.plain_port, tls=False)
         spec.setdefault("scenario", load_scenario("quiet-street"))
-        spec.setdefault("heapsize", "128K")   # an offer's manifest needs it on the 64-bit simulator
+        spec.setdefault("heapsize", fleetsim.OFFER_HEAP)   # an offer's manifest needs it on the 64-bit simulator
         spec.setdefault("until_s", None)
         extra = dict(spec.pop("extra_config", {}), broker=b)
         n = SimNode(NodeSpec(node_id=node_id, workdir=self.tmp / node_id, broker_port=self.broker.plain_port,
