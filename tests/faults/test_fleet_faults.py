@@ -25,6 +25,7 @@ import pytest
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.faultrig import AIR, OLD, Rig, read_ledger
 from meetkit_tools.dev.waits import wait_for
+from tests.faults.test_faults import assert_clean
 
 NEW = fleetsim.fw_version()
 MIC = "esp32-devkitc"   # a board with the ICS-43434 microphone
@@ -53,15 +54,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def fleet_node(rig: Rig, node_id: str, board: str = AIR, **spec) -> None:
     rig.node(node_id, "quiet-street", fleet=True, board=board, until_s=None, speed=SPEED,
              seed=int(node_id[-2:]), extra_config={"trial_s": TRIAL_S}, **spec)
-
-
-def assert_clean(out) -> None:
-    assert out.generated > 0
-    assert out.lost == 0, out.problems
-    assert out.duplicated == 0, out.problems
-    assert out.wrong_time == 0, out.problems
-    assert out.untimed == 0, out.problems
-    assert out.crashes == 0, "the firmware hit an unexpected error (see the node's console.log)"
 
 
 # 1 -----------------------------------------------------------------------------------------------

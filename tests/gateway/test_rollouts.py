@@ -473,7 +473,8 @@ def test_a_node_that_says_proved_twice_moves_the_rollout_on_once(site: Site) -> 
     assert site.rollout()["state"] == "done"
 
 
-@pytest.mark.parametrize("site", [{"prove_within_s": 2}], indirect=True)
+# 10 s: time for the node's fetch and install on a slow machine; it then waits on `gate` (on trial)
+@pytest.mark.parametrize("site", [{"prove_within_s": 10}], indirect=True)
 def test_a_proof_that_comes_after_the_rollout_halted_is_shown_and_the_halt_stays(site: Site) -> None:
     """A node silent past prove_within_s (a power cut, no network) halts the rollout; when it comes
     back and says "proved" (its note survives the cut) the operator sees it, and decides."""
@@ -484,9 +485,8 @@ def test_a_proof_that_comes_after_the_rollout_halted_is_shown_and_the_halt_stays
     add(site, "0.3.0")
     site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
     halted = site.wait_rollout("halted", timeout=30)
-    # where the node got in 2 s depends on the machine's speed: its fetch or its install
-    first = halted["row"].reason
-    assert re.fullmatch(r"n01 \(canary\) not proved within 2 s of accepting it \(last: (accepted|installed)\)", first), first
+    first = "n01 (canary) not proved within 10 s of accepting it (last: installed)"
+    assert halted["row"].reason == first
     gate.set()  # back: it proves it now
     late = wait_for(lambda: (r := site.wait_rollout("halted")) and "proved it at" in (r["row"].reason or "") and r,
                     30, "the late proof shown")

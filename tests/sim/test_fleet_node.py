@@ -7,7 +7,7 @@ status.
 The nodes run firmware/ as provision puts it on a board (lib/ compiled to .mpy, here for the
 simulator's x64): a node then loads its management modules without compiling them in its heap, as
 the board does. A release offer needs about 120 KB of the 64-bit simulator's heap (its manifest, parsed,
-beside the download's code): those nodes get fleetsim.OFFER_HEAP (docs/simulator.md, "Heap"); the others the
+beside the download's code): those nodes get fleetsim.OFFER_HEAP (144 KB) (docs/simulator.md, "Heap"); the others the
 usual 112 KB."""
 
 from __future__ import annotations

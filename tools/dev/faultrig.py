@@ -232,13 +232,7 @@ class Rig:
         return virtual_s(self.nodes[node_id].console)
 
     def wait_virtual(self, node_id: str, t_s: float, timeout: float = 300) -> None:
-        end = time.monotonic() + timeout
-        while self.virtual_s(node_id) < t_s:
-            if time.monotonic() > end:
-                raise TimeoutError(f"{node_id} did not reach {t_s} s of simulated time")
-            if not self.nodes[node_id].running:
-                raise RuntimeError(f"{node_id} stopped before {t_s} s")
-            time.sleep(0.05)  # waits on: the node's console
+        wait_virtual(node_id, self.nodes[node_id], t_s, timeout)
 
     def start(self) -> None:
         for n in self.nodes.values():
@@ -568,6 +562,18 @@ class Fleet:
 
 def _vkey(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split("."))
+
+
+def wait_virtual(node_id: str, node: SimNode, t_s: float, timeout: float = 300) -> None:
+    """Until `node`'s simulated time reaches `t_s`; TimeoutError after `timeout` s, RuntimeError when
+    it stopped first."""
+    end = time.monotonic() + timeout
+    while virtual_s(node.console) < t_s:
+        if time.monotonic() > end:
+            raise TimeoutError(f"{node_id} did not reach {t_s} s of simulated time")
+        if not node.running:
+            raise RuntimeError(f"{node_id} stopped before {t_s} s")
+        time.sleep(0.05)  # waits on: the node's console
 
 
 def scenario(base: str = "quiet-street", **faults: list[tuple[float, float]]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from meetkit_tools import region
-from meetkit_tools.dev.faultrig import AIR, RESULTS, TAIL_S, TS_TOLERANCE_S, Ledger, Outcome, read_ledger, virtual_s
+from meetkit_tools.dev.faultrig import AIR, RESULTS, TAIL_S, TS_TOLERANCE_S, Ledger, Outcome, read_ledger, virtual_s, wait_virtual
 from meetkit_tools.dev.tcpproxy import TcpProxy
 from meetkit_tools.services import (FleetBroker, GatewayProcess, VictoriaMetrics, free_port, kill_process,
                                     mosquitto_bin, stop_process, wait_listening)
@@ -457,13 +457,7 @@ class Region:
         return virtual_s(self.nodes[node_id].console)
 
     def wait_virtual(self, node_id: str, t_s: float, timeout: float = 300) -> None:
-        end = time.monotonic() + timeout
-        while self.virtual_s(node_id) < t_s:
-            if time.monotonic() > end:
-                raise TimeoutError(f"{node_id} did not reach {t_s} s of simulated time")
-            if not self.nodes[node_id].running:
-                raise RuntimeError(f"{node_id} stopped before {t_s} s")
-            time.sleep(0.05)  # waits on: the node's console
+        wait_virtual(node_id, self.nodes[node_id], t_s, timeout)
 
     def start(self) -> None:
         for n in self.nodes.values():
