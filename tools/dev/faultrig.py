@@ -151,15 +151,20 @@ def judge(name: str, nodes: dict[str, tuple[Ledger, int]], rows: list[tuple[str,
     return out
 
 
-def virtual_s(console: Path) -> float:
+def virtual_s(console: Path, at: str | None = None) -> float:
     """How far a node's simulated time has got, from its console: its last uptime, after its last
-    reset (the runner's marker carries the virtual clock)."""
+    reset (the runner's marker carries the virtual clock). With `at`: where it was when the console
+    first showed that text (0.0 while it has not)."""
     t0 = 0.0
     up = 0.0
     try:
         text = console.read_text(errors="replace")
     except FileNotFoundError:
         return 0.0
+    if at is not None:
+        if at not in text:
+            return 0.0
+        text = text[:text.index(at)]
     for line in text.splitlines()[-400:]:
         m = _RESET.search(line)
         if m:

@@ -270,11 +270,21 @@ class SimNode:
         self.exit_code = None
         return self.start()
 
-    def cut_power(self) -> None:
-        """Cut the power now, wherever the firmware is (within a simulated second): no write is torn
+    def cut_power(self, at_s: float | None = None) -> None:
+        """Cut the power now, wherever the firmware is (within a simulated second), or at the first
+        simulated second at or after `at_s` (virtual seconds, as faultrig.virtual_s counts them), so
+        a test's cut lands where it means whatever the machine's speed: no write is torn
         (NodeSpec.power_cuts tears one), what was not on flash is lost, and the node powers on again
         POWER_OFF_MS later as after any power cut (counted in power_cuts_done)."""
-        self.switch.write_text("0")
+        if at_s is None:
+            self.switch.write_text("0")
+            return
+        # one write over the "1", no truncation first: the simulator reads the old byte or all of it
+        fd = os.open(self.switch, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"@%010d" % int(at_s * 1000), 0)
+        finally:
+            os.close(fd)
 
     def power_off(self, timeout: float = 60) -> None:
         """Cut the power and leave it off, as a technician unplugging the node: it stops within a

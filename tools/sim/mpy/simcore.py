@@ -41,7 +41,7 @@ ballast = None          # heap held back from the firmware (sim.json heap_budget
 _held = 0               # its size
 _gc_next = 0            # next sample of the live heap (us)
 _switch = None          # the power switch: a host file opened before the mount (sim.json power_switch)
-_swbuf = bytearray(1)
+_swbuf = bytearray(12)   # "0", or "@" and the virtual ms to cut at (10 digits)
 
 
 # -- the clock -----------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def _event():
         heap_sample()
         if _switch is not None:   # the test turned the power off (SimNode.cut_power())
             _switch.seek(0)
-            if _switch.readinto(_swbuf) and _swbuf[0] == 48:   # "0"
+            if _switch.readinto(_swbuf) and (_swbuf[0] == 48 or _swbuf[0] == 64 and now >= _cut_at()):
                 if flash is not None:
                     flash.live = False
                 power_cut()
@@ -96,6 +96,15 @@ def _event():
         if ahead > 1000:
             utime.sleep_us(ahead)
     _sched()
+
+
+@micropython.native
+def _cut_at():
+    """The virtual time (us) of a cut set ahead ("@" and 10 digits of ms, SimNode.cut_power(at_s))."""
+    ms = 0
+    for i in range(1, 11):
+        ms = ms * 10 + _swbuf[i] - 48
+    return ms * 1000
 
 
 @micropython.native
