@@ -40,7 +40,7 @@ _ACK_LATE_MS = const(30000)  # a batch unacknowledged for longer: the status LED
 
 
 def next_boot():
-    """Persisted boot counter: read, add one, write atomically (rename), return."""
+    # Persisted boot counter: read, add one, write atomically (rename), return.
     n = 0
     try:
         with open(BOOT_FILE) as f:
@@ -152,7 +152,7 @@ class Node:
         self._align(now, 0)
 
     def _align(self, now, elapsed_ms):
-        """Set the interval's timestamp and deadline: on the UTC grid when the clock is known."""
+        # Set the interval's timestamp and deadline: on the UTC grid when the clock is known.
         iv = self.iv_s
         t = self.clock.unix_ms()
         if t is None:
@@ -201,7 +201,7 @@ class Node:
 
     # -- sending: the outbox chooses the records, this makes them a batch -----------------------------
     def _publish(self, boot, lines, now):
-        """One batch of record lines of `boot`, as many as fit; returns how many went out (0: none)."""
+        # One batch of record lines of `boot`, as many as fit; returns how many went out (0: none).
         if boot == self.boot:
             env, keys, anchor = self.envelope, self.keys, self.anchor
         else:
@@ -254,6 +254,7 @@ class Node:
             self._close_interval(now)
         outbox = self.outbox
         ota = self.ota
+        self.uplink.meta["held"] = self.spool.held   # for the status at the next connection
         up = self.uplink.service(now, self.up_s, ota is not None and ota.waiting())
         if ota and not closed:   # one flash write per pass: a record's or a piece's
             ota.step(now, up)
@@ -275,7 +276,7 @@ class Node:
 
     # -- the gateway's messages (docs/payload.md, "Running the fleet") ------------------------------
     def _msg(self, topic, msg):
-        """umqtt's callback, maybe in the middle of a publish: only keep the message."""
+        # umqtt's callback, maybe in the middle of a publish: only keep the message.
         if topic.endswith(b"/ack"):
             self.outbox.take_ack(topic, msg)
         elif topic.endswith(b"/chunk"):

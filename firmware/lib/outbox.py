@@ -11,8 +11,10 @@
 #   old one's acknowledgements are lost.
 # - An acknowledgement names one boot and ranges of seqs. Records of batches in flight that it
 #   covers are acknowledged on the spool; anything else in it (a late one, another boot's, a seq
-#   never sent) changes nothing. A database id other than the last one means the gateway lost what
-#   it had: everything on flash is sent again.
+#   never sent) changes nothing. A region's gateway adds `safe`, a (boot, seq) pair: the spool's
+#   safe position moves over the acknowledged records it covers (a lone gateway's acknowledgement
+#   is safe by itself). A database id other than the last one means the gateway lost what it had,
+#   or is another one: what is not safe is sent again (spool.py).
 # The outbox knows nothing of MQTT or of the batch's JSON: the node hands it `publish(boot, lines,
 # now)`, which sends what fits of the record lines in one batch and returns how many (0: nothing
 # went out). The tests (tests/firmware/test_outbox.py) hand it their own. The node calls send()
@@ -141,27 +143,38 @@ class Outbox:
         acks.append(msg)
 
     def _ack(self, msg):
-        """{"db": id, "boot": b, "seq": [[first, last], ...]}: what the gateway's database holds."""
+        """{"db": id, "boot": b, "seq": [[first, last], ...]}: what the gateway's database holds; with
+        "safe": [b, s] (or []) from a region's gateway, what of it is in the region's store, also
+        alone ({"db": id, "safe": [b, s]}, docs/payload.md "Safe in the region")."""
         try:
             a = json.loads(msg)
-            db, boot, ranges = a["db"], a["boot"], a["seq"]
+            db, safe = a["db"], a.get("safe")
+            if safe is None or "seq" in a or "boot" in a:
+                boot, ranges = a["boot"], a["seq"]
+            else:   # a standalone safe acknowledgement: the region's store caught up
+                boot, ranges = None, ()
             for r in ranges:   # checked here: a bad range must not stop the node half-way
                 if len(r) != 2 or type(r[0]) is not int or type(r[1]) is not int:
                     raise ValueError
-            if type(db) is not str:
+            if type(db) is not str or safe is not None and (type(safe) is not list or safe and (
+                    len(safe) != 2 or type(safe[0]) is not int or type(safe[1]) is not int)):
                 raise ValueError
         except (ValueError, KeyError, TypeError, IndexError):
             console.warn("ack: not understood: %r" % msg[:60])
             return
-        if not self.acked:
+        if not self.acked and boot is not None:
             self.acked = True
             console.check("gateway", True, "first batch stored (db %s)" % db)
-        old = self._spool.set_db(db, time.ticks_ms())
+        spool = self._spool
+        old = spool.set_db(db, time.ticks_ms())
         if old is not None:
-            console.warn("gateway database changed (%s -> %s): sending the spool again" % (old, db))
+            console.warn("gateway database changed (%s -> %s): sending again %d records not yet safe%s" % (
+                old, db, spool.held, "" if spool.region else " (all the spool holds)"))
             self._inflight = []
             self._scan = 0
-        spool = self._spool
+        if (safe is not None) != spool.region:
+            import safepos
+            safepos.region(spool, safe is not None)
         for b in self._inflight:
             if b[_BOOT] != boot:
                 continue
@@ -176,3 +189,6 @@ class Outbox:
                     keep.append(r)
             b[_RECS] = keep
         self._inflight = [b for b in self._inflight if b[_RECS]]
+        if safe:   # after this acknowledgement's records: the pair covers those acknowledged up to now
+            import safepos
+            safepos.advance(spool, safe[0], safe[1])

@@ -5,15 +5,22 @@
 #   s<n>          segment n: record lines (recline.py), appended; a new segment after SEG_BYTES
 #   b<boot>       a boot's batch envelope and quantity keys (JSON), written with its first record
 #   t<boot>       a boot's clock anchor: Unix ms at uptime 0, once NTP set the clock
-#   state         the ack cursor, acknowledged records past it, the dropped count, the gateway's db id
-# A record is addressed by pos = n << 16 | byte offset. Everything before the cursor is acknowledged;
-# it stays on flash (a gateway that lost its database can ask for it again) until the byte budget
-# needs the space: then whole segments go, oldest first, and records in them that were never
-# acknowledged are counted as dropped. The state is saved at most every SAVE_MS: after a power cut
-# a few acknowledged records may be sent again, which the gateway's de-duplication absorbs.
+#   state         the ack cursor, acknowledged records past it, the safe position, the count of
+#                 records not yet safe, the dropped count, the gateway's db id and whether it is a
+#                 region's (its acknowledgements carry `safe`, docs/payload.md "Safe in the region")
+# A record is addressed by pos = n << 16 | byte offset. Everything before the cursor is acknowledged
+# by the gateway's database `db`; everything before the safe position (at or before the cursor) is
+# safe: on a lone gateway's disk (safe = cursor), or in a region's store (the gateway's `safe` pair
+# covered it). Records stay on flash until the byte budget needs the space: then whole segments go,
+# oldest first, and records in them not yet safe are counted as dropped. Another `db` makes what is
+# not safe unacknowledged again: after a lone gateway everything on flash (a fresh database is
+# refilled), after a region's gateway what follows the safe position (what the region may lack).
+# The state is saved at most every SAVE_MS: after a power cut a few acknowledged records may be sent
+# again, which the gateway's de-duplication absorbs, and the safe position is at worst older.
 # RAM holds one small entry per segment (at most budget / SEG_BYTES + 1), whatever the number of
 # boots: a node that reboots often fills segments with several boots each.
 import os
+import sys
 import json
 import time
 import console
@@ -38,8 +45,10 @@ class Spool:
         self.segs = []          # [n, size], oldest first
         self.total = 0          # bytes in segments
         self.acked = {}         # pos -> end of acknowledged records past the cursor
-        self.dropped = 0        # unacknowledged records dropped for space, ever
+        self.dropped = 0        # records not yet safe dropped for space, ever
         self.db = None          # the gateway database that acknowledged last
+        self.region = False     # its acknowledgements carry `safe` (a region's gateway)
+        self.held = 0           # records on flash not yet safe (the status's `held`): counted, not scanned
         self.dirty = False
         self._saved = time.ticks_ms()
         self._boots = {}        # boot -> (envelope, keys, anchor ms or None), a small cache
@@ -55,8 +64,10 @@ class Spool:
         self.segs.sort()
         for s in self.segs:
             self.total += s[1]
-        self.cur = self._first()
-        self._load_state()
+        self.cur = self.safe = self._first()
+        import spstate   # read once at the start, then dropped: its code is heap the node needs
+        spstate.load(self)
+        del sys.modules["spstate"]
 
     # -- files --------------------------------------------------------------------------------
     def _seg(self, n):
@@ -79,23 +90,6 @@ class Spool:
         f.seek(off)
         return f
 
-    def _load_state(self):
-        try:
-            with open(self.dir + "/state") as f:
-                st = json.load(f)
-            self.dropped = st["dropped"]
-            self.db = st.get("db")
-            cur = st["cur"]
-            if self._find(cur >> 16) >= 0:
-                self.cur = cur
-                for p, e in st["acked"]:
-                    if p > cur:
-                        self.acked[p] = e
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            if self.segs:  # from the oldest: sending again is harmless, losing is not
-                console.warn("spool: state unreadable (%r); re-sending from the oldest record" % e)
-        self._normalise()
-
     def save(self, now, force=False):
         if not (self.dirty and (force or time.ticks_diff(now, self._saved) >= SAVE_MS)):
             return
@@ -103,9 +97,10 @@ class Spool:
         tmp = self.dir + "/state.new"
         try:
             with open(tmp, "w") as f:
-                f.write('{"cur":%d,"dropped":%d,"db":%s,"acked":[%s]}' % (
-                    self.cur, self.dropped, json.dumps(self.db),
-                    ",".join("[%d,%d]" % kv for kv in self.acked.items())))
+                s = self.segs[-1] if self.segs else (0, 0)
+                f.write('{"cur":%d,"safe":%d,"held":%d,"end":%d,"reg":%d,"dropped":%d,"db":%s,"acked":[%s]}' % (
+                    self.cur, self.safe, self.held, s[0] << 16 | s[1], self.region, self.dropped,
+                    json.dumps(self.db), ",".join("[%d,%d]" % kv for kv in self.acked.items())))
             os.rename(tmp, self.dir + "/state")
         except OSError as e:  # the records are safe; at worst some are sent again
             console.error("spool: state not saved: %r" % e)
@@ -184,6 +179,7 @@ class Spool:
         pos = s[0] << 16 | s[1]
         s[1] += len(line) + 1
         self.total += len(line) + 1
+        self.held += 1
         self._normalise()
         self._make_room()
         return pos
@@ -210,12 +206,14 @@ class Spool:
     def _drop_oldest(self):
         n, size = self.segs.pop(0)
         lost = {}   # boot -> [count, first seq, last seq]
-        f = self._open(n, self.cur & 0xFFFF) if self.cur >> 16 == n else None
+        # not yet safe: from the safe position on (on a lone gateway: but what it acknowledged)
+        off = self.safe & 0xFFFF if self.safe >> 16 == n else 0
+        f = self._open(n, off) if self.safe >> 16 <= n else None
+        acked = {} if self.region else self.acked
         if f is not None:
-            off = self.cur & 0xFFFF
             with f:
                 for line in f:
-                    if (n << 16 | off) not in self.acked and line[-1:] == "\n":
+                    if (n << 16 | off) not in acked and line[-1:] == "\n":
                         b, s = recline.boot_of(line), recline.seq_of(line)
                         c = lost.get(b)
                         if c is None:
@@ -233,9 +231,12 @@ class Spool:
             del self.acked[p]
         if self.cur >> 16 == n:
             self.cur = self.segs[0][0] << 16
+        if self.safe >> 16 <= n:
+            self.safe = self.segs[0][0] << 16
         for b, c in lost.items():
             self.dropped += c[0]
-            console.warn("spool: full, dropped %d unacknowledged records of boot %d: seq %d..%d" % (c[0], b, c[1], c[2]))
+            self.held -= c[0]
+            console.warn("spool: full, dropped %d records not yet safe of boot %d: seq %d..%d" % (c[0], b, c[1], c[2]))
         self.dirty = True
 
     # -- reading ------------------------------------------------------------------------------
@@ -284,9 +285,14 @@ class Spool:
         if pos < self.cur or pos in self.acked:
             return
         self.acked[pos] = end
+        region = self.region
+        if not region:   # a lone gateway: what it acknowledged is safe
+            self.held -= 1
         while self.cur in self.acked:
             self.cur = self.acked.pop(self.cur)
             self._normalise()
+        if not region:
+            self.safe = self.cur
         self.dirty = True
 
     def _normalise(self):
@@ -300,8 +306,9 @@ class Spool:
 
     def set_db(self, db, now):
         """The gateway database that acknowledged, from an acknowledgement. Another than the last
-        one lost what it had: everything on flash is unacknowledged again (replay). A new id is
-        saved at once. Returns the id it replaced, None if it is the first or the same."""
+        one (a gateway that lost its database, or another gateway): what is not safe is
+        unacknowledged again (replay). A new id is saved at once. Returns the id it replaced, None
+        if it is the first or the same."""
         old = self.db
         if db == old:
             return None
@@ -313,7 +320,6 @@ class Spool:
         return old
 
     def replay(self):
-        """Everything on flash is unacknowledged again: the gateway lost what it had."""
-        self.cur = self._first()
-        self.acked = {}
-        self.dirty = True
+        """What is not safe is unacknowledged again: the gateway lost what it had (safepos.py)."""
+        import safepos
+        safepos.replay(self)

@@ -207,8 +207,8 @@ class Uplink:
     def _status(self, up_s):
         rssi = self.rssi()
         m = self.meta
-        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s,"mode":"%s","cfg":%d}' % (
-            self.node_id, m["boot"], m["fw"], up_s, "null" if rssi is None else rssi, m["mode"], m["cfg"])
+        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s,"mode":"%s","cfg":%d,"held":%d}' % (
+            self.node_id, m["boot"], m["fw"], up_s, "null" if rssi is None else rssi, m["mode"], m["cfg"], m.get("held", 0))
         self.client.publish(self.topic_status, msg, retain=True, qos=1)
 
     def publish(self, payload, now):

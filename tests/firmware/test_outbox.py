@@ -93,6 +93,20 @@ def unacked():
         out += [[recline.boot_of(l), recline.seq_of(l)] for _, _, l in lines]
 
 
+def unsafe():    # the records from the spool's safe position on: what a new database gets again
+    out = []
+    for n, size in sp.segs:
+        if (n << 16 | size) <= sp.safe:
+            continue
+        f = sp._open(n, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0)
+        if f is not None:
+            with f:
+                for l in f:
+                    if l[-1:] == "\\n":
+                        out.append([recline.boot_of(l), recline.seq_of(l)])
+    return out
+
+
 print("R {}")
 for cmd in sys.stdin:
     c = json.loads(cmd)
@@ -125,6 +139,8 @@ for cmd in sys.stdin:
     r["awaiting"] = r["waited"] >= 0
     r["writes"] = dev.writes
     r["db"] = sp.db
+    r["unsafe"] = unsafe()
+    r["held"] = sp.held
     r["sent"] = sent
     print("R " + json.dumps(r))
     del sent[:]
@@ -205,12 +221,13 @@ class Rig:
     def link(self, **kw: Any) -> None:
         self.do("link", set=kw)
 
-    def ack(self, seqs: list[int], boot: int | None = None, db: str = DB) -> dict[str, Any]:
-        return self.do("ack", msg=self.ack_msg(seqs, boot, db))
+    def ack(self, seqs: list[int], boot: int | None = None, db: str = DB, **safe: Any) -> dict[str, Any]:
+        return self.do("ack", msg=self.ack_msg(seqs, boot, db, **safe))
 
-    def ack_msg(self, seqs: list[int], boot: int | None = None, db: str = DB) -> str:
-        """The gateway's acknowledgement (meetkit_gateway.acks) of `seqs` of `boot` (this one)."""
-        return Ack(NODE, self.boot if boot is None else boot, tuple(seqs)).payload(db).decode()
+    def ack_msg(self, seqs: list[int], boot: int | None = None, db: str = DB, **safe: Any) -> str:
+        """The gateway's acknowledgement (meetkit_gateway.acks) of `seqs` of `boot` (this one);
+        safe=(boot, seq) or safe=None: a region's gateway's, with its safe pair (None: `[]`)."""
+        return Ack(NODE, self.boot if boot is None else boot, tuple(seqs)).payload(db, **safe).decode()
 
     def state(self) -> dict[str, Any]:
         return self.do("state")

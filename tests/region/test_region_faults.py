@@ -13,6 +13,8 @@ cut-off) under the `soak` marker. The rows go into the fault table `make test` a
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Iterator
@@ -122,8 +124,9 @@ def test_a_node_moved_to_another_gateway(reg: Region, to: str) -> None:
     rewritten on its flash (`to` first, then `to`'s neighbours), powered on (not re-provisioned: it
     keeps its spool and boot counter). Every record once in the region, all of them under utrecht,
     its home in the plan (assert_clean): in another town too, the new gateway's table (`meetkit
-    region accounts`) names it a visitor from utrecht, so the spool it sends again there is the same
-    series as before the move."""
+    region accounts`) names it a visitor from utrecht, so what it sends again there is the same
+    series as before the move. And it sends only what was not yet safe when it was switched off
+    (ut-1's last safe pair did not cover it), not its spool."""
     def move() -> None:
         reg.wait_virtual("ut-0001", T0)
         reg.move("ut-0001", to)
@@ -131,11 +134,30 @@ def test_a_node_moved_to_another_gateway(reg: Region, to: str) -> None:
 
     ok = reg.run(move)
     out = reg.judge(f"node moved to {to} ({reg.gateways[to].town})")
-    assert_clean(out, ok)
     text = reg.nodes["ut-0001"].console_text()
+    before = sorted(s for b, s in read_ledger(text).records if b == 0)   # made before the move
+    m = re.findall(r"gateway database changed \(\w+ -> \w+\): sending again (\d+) records not yet safe$", text, re.M)
+    assert len(m) == 1, "one new database: the new gateway's"
+    resent = int(m[0])
+    out.notes["resent_records"] = resent
+    # not the spool: what ut-1 had not yet made safe, the newest records before the move
+    assert resent < len(before) // 2, (resent, len(before))
+    assert_clean(out, ok)   # the same series (its home town's): a record sent again is deduplicated
     assert "(left off)" in text and text.count(" I node ut-0001, boot ") == 2, "powered off, then on again"
+    held = node_held(reg.gateways[to].db, "ut-0001")
+    assert held is not None and 0 <= held <= len(read_ledger(text).records), "its status says held, and the gateway took it"
     moved = {(b, q) for n, b, q, _, _ in db_rows(reg.gateways[to].db) if n == "ut-0001"}
     assert {k for k in read_ledger(text).records if k[0] == 1} <= moved | out_of(reg, "ut-0001"), "sent to its new home"
+
+
+def node_held(db: Path, node: str) -> int | None:
+    """`held` of the node's latest status, as the gateway stored it."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT held FROM nodes WHERE node = ?", (node,)).fetchone()
+    finally:
+        con.close()
+    return None if row is None else row[0]
 
 
 def out_of(reg: Region, node: str) -> set[tuple[int, int]]:

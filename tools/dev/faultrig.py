@@ -40,7 +40,10 @@ RESULTS: list["Outcome"] = []   # for the table `make faults` prints
 
 _BOOT = re.compile(r" I node (\S+), boot (\d+),")
 _RECORD = re.compile(r" I record (\d+): (\{.*\})$")
-_DROPPED = re.compile(r" W spool: full, dropped (\d+) unacknowledged records of boot (\d+): seq (\d+)\.\.(\d+)")
+# the node's line for records it dropped for space (firmware/lib/spool.py); "unacknowledged
+# records" before the safe position (issue 16) made it "records not yet safe"
+_DROPPED = re.compile(r" W spool: full, dropped (\d+) (?:unacknowledged records|records not yet safe) of boot (\d+): "
+                      r"seq (\d+)\.\.(\d+)")
 _RESET = re.compile(r"^--- .*\bat t=(\d+) ms")
 
 
