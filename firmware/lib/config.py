@@ -20,6 +20,8 @@ DEFAULTS = {
     "spool_kb": 1700,   # about 10,500 records of 165 bytes (PM, climate, noise): 7.3 days at 1 minute
     "trial_s": 900,     # a new app not proved within this (a batch acknowledged, its self-test) is rolled back
     "config_trial_s": 300,   # a remote configuration that changes the link, not proved within this, is reverted
+    "failover_after_s": 120,   # the broker in use unreachable this long: the next of the `broker` list
+    "failback_every_s": 600,   # while on another than the first (home), try the home broker this often
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
@@ -89,8 +91,8 @@ def check_node(raw, problems, chip_id, wifi=True):
     """config.json's content (a dict) checked by the node's rules: the config with defaults filled
     in, each problem named by its key ("config.<key>...: why"; cfgapply.py refuses a remote
     setting by it). Wi-Fi networks and brokers may each be one object or a list of them: the
-    first usable one is cfg["wifi"] / cfg["broker"] (today's uplink), all are in "wifis" /
-    "brokers" (a later failover's)."""
+    first usable one is cfg["wifi"] / cfg["broker"], all are in "wifis" / "brokers" (the
+    broker list the uplink fails over along, failover.py; at most 16)."""
     if not isinstance(raw, dict):
         raw = {}
     cfg = dict(DEFAULTS)
@@ -103,7 +105,8 @@ def check_node(raw, problems, chip_id, wifi=True):
         problems.append("node_id: %r is not 1-32 of a-z, 0-9, '-'; using %s" % (node_id, cfg["node_id"]))
     for key, lo, hi in (("interval_s", 10, 3600), ("climate_every_s", 1, 600), ("ntp_every_s", 60, 86400),
                         ("rh_high_pct", 50, 100), ("spool_kb", 32, 16384), ("trial_s", 120, 86400),
-                        ("config_trial_s", 60, 3600),
+                        ("config_trial_s", 60, 3600), ("failover_after_s", 30, 3600),
+                        ("failback_every_s", 60, 86400),
                         ("config_version", 0, 0x3FFFFFFF)):
         if key in raw:
             v = _int(raw, key, lo, hi, problems, "config")
@@ -125,6 +128,9 @@ def check_node(raw, problems, chip_id, wifi=True):
     if cfg["wifi"] is None and wifi and "wifi" not in raw:
         problems.append("config.wifi.ssid: missing; measuring without an uplink")
     cfg["brokers"] = _each(raw, "broker", _broker, problems)
+    if len(cfg["brokers"]) > 16:   # the status's `via` is 0..15
+        problems.append("config.broker: more than 16 usable entries; using the first 16")
+        del cfg["brokers"][16:]
     cfg["broker"] = cfg["brokers"][0] if cfg["brokers"] else None
     if "broker" not in raw:
         problems.append("config.broker.host: missing; measuring without an uplink")

@@ -11,6 +11,9 @@
 # publishes them: its code is loaded only for the fleet's messages).
 # With broker.tls the connection is TLS, the broker's certificate checked against the lab CA
 # (ca.der on the flash) and the host name: no CA, no uplink, never a fallback to plaintext.
+# `broker` may be a list (the home gateway's first): failover.py, loaded only when a switch to
+# another or a try of the home broker is due, moves between them; here only the index of the one in
+# use (`via`, in the status) and two timers.
 import time
 import random
 import network
@@ -43,7 +46,12 @@ class Uplink:
         on_msg(topic, msg): takes each message (bytes) from the gateway; meta: fw, boot, mode
         ("normal", "trial", "safe") and cfg (the configuration's version), for the status."""
         self.wifi = cfg["wifi"]
-        self.broker = cfg["broker"]
+        self.brokers = cfg["brokers"]
+        self.broker = cfg["broker"]   # the one in use: brokers[via]
+        self.via = 0
+        self._fo_ms = cfg["failover_after_s"] * 1000
+        self._fb_ms = cfg["failback_every_s"] * 1000
+        self.switches = 0   # failovers and returns home
         self.lan = net is not None and net["type"] == "lan"
         self.node_id = cfg["node_id"]
         prefix = cfg["topic_prefix"]
@@ -74,7 +82,8 @@ class Uplink:
                 self.iface = network.WLAN(network.STA_IF)
             self.enabled = self.iface is not None
         self._link = False
-        self._down_since = time.ticks_ms()
+        # _lost: since when the broker in use is not connected (None: it is); _fb: the last try home
+        self._down_since = self._lost = self._fb = time.ticks_ms()
         self._net_ok = None     # the self-test's network result so far
         self._wifi_try = None
         self._next_try = time.ticks_ms()
@@ -124,14 +133,22 @@ class Uplink:
             return False
         if not self._link:
             self._link = True
+            self._lost = now   # the failover clock runs only while the network is up
             if self._net_ok is not True:
                 self._net_ok = True
                 ip = self.iface.ifconfig()[0]
                 console.check("network", True, "ethernet %s" % ip if self.lan else
                               "wifi %s %s %s dBm" % (self.wifi["ssid"], ip, self.rssi()))
         if self.client is None:
+            if len(self.brokers) > 1 and time.ticks_diff(now, self._lost) >= self._fo_ms:
+                import failover   # to the next broker of the list
+                failover.step(self, now, up_s)
             if time.ticks_diff(now, self._next_try) >= 0:
                 self._connect(now, up_s)
+            return self.client is not None
+        if self.via and time.ticks_diff(now, self._fb) >= self._fb_ms:
+            import failover   # on a neighbour's broker: is the home broker back?
+            failover.step(self, now, up_s)
             return self.client is not None
         keepalive_ms = self.broker["keepalive"] * 500  # ping at half the keepalive
         if time.ticks_diff(now, self._last_tx) >= keepalive_ms:
@@ -178,6 +195,7 @@ class Uplink:
                 self._subscribe(c, t)
             self.client = c
             self._last_tx = now
+            self._lost = None
             self._status(up_s)
         except (OSError, IndexError, ValueError, AssertionError, MQTTException, MemoryError) as e:
             # IndexError: a closed socket; ValueError: the TLS layer refused the certificate;
@@ -207,8 +225,9 @@ class Uplink:
     def _status(self, up_s):
         rssi = self.rssi()
         m = self.meta
-        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s,"mode":"%s","cfg":%d,"held":%d}' % (
-            self.node_id, m["boot"], m["fw"], up_s, "null" if rssi is None else rssi, m["mode"], m["cfg"], m.get("held", 0))
+        msg = '{"v":1,"node":"%s","boot":%d,"online":true,"fw":"%s","up":%d,"rssi":%s,"mode":"%s","cfg":%d,"via":%d,"held":%d}' % (
+            self.node_id, m["boot"], m["fw"], up_s, "null" if rssi is None else rssi, m["mode"], m["cfg"], self.via,
+            m.get("held", 0))
         self.client.publish(self.topic_status, msg, retain=True, qos=1)
 
     def publish(self, payload, now):
@@ -234,6 +253,8 @@ class Uplink:
     def _fail(self, now, what, err, fatal=False):
         self.failures += 1
         self._drop()
+        if self._lost is None:
+            self._lost = now
         # Full jitter on an exponential backoff: a street of nodes does not reconnect in step.
         wait = self._backoff // 2 + random.getrandbits(16) % (self._backoff // 2 + 1)
         self._next_try = time.ticks_add(now, wait)

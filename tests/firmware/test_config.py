@@ -95,3 +95,25 @@ def test_missing_board_file(tmp_path: Path) -> None:
     r, out = load(tmp_path, GOOD, None)
     assert "board.json: missing" in out
     assert r["board"]["board"] == "unknown"
+
+
+def test_failover_settings_and_a_broker_list(tmp_path: Path) -> None:
+    """failover_after_s and failback_every_s: defaults, their ranges, each broker its own fields,
+    at most 16 brokers (the status's `via` is 0 to 15)."""
+    r, _ = load(tmp_path, GOOD)
+    assert r["cfg"]["failover_after_s"] == 120 and r["cfg"]["failback_every_s"] == 600
+    brokers = [{"host": "gw-1", "tls": True, "user": "ams-001", "password": "pw"},
+               {"host": "gw-2", "port": 1884, "user": "ams-001", "password": "pw", "ca": "region.der", "tls": True}]
+    r, _ = load(tmp_path, dict(GOOD, broker=brokers, failover_after_s=30, failback_every_s=86400))
+    cfg = r["cfg"]
+    assert r["problems"] == []
+    assert (cfg["failover_after_s"], cfg["failback_every_s"]) == (30, 86400)
+    assert [(b["host"], b["port"], b["ca"]) for b in cfg["brokers"]] == [("gw-1", 8883, "ca.der"),
+                                                                         ("gw-2", 1884, "region.der")]
+    r, _ = load(tmp_path, dict(GOOD, failover_after_s=29, failback_every_s=59))
+    assert r["problems"] == ["config.failover_after_s: 29 is not a whole number from 30 to 3600",
+                             "config.failback_every_s: 59 is not a whole number from 60 to 86400"]
+    assert r["cfg"]["failover_after_s"] == 120 and r["cfg"]["failback_every_s"] == 600
+    r, _ = load(tmp_path, dict(GOOD, broker=[{"host": f"gw-{i}"} for i in range(17)]))
+    assert r["problems"] == ["config.broker: more than 16 usable entries; using the first 16"]
+    assert [b["host"] for b in r["cfg"]["brokers"]] == [f"gw-{i}" for i in range(16)]

@@ -270,6 +270,20 @@ def test_a_bad_entry_in_a_list_of_networks_refuses_the_list(tmp_path: Path) -> N
     assert "orphan-s3cret" not in r["console"] + json.dumps(r["events"])
 
 
+def test_the_failover_settings_and_a_broker_list_over_the_air(tmp_path: Path) -> None:
+    """failover_after_s and failback_every_s are taken by their rules, and a broker list with
+    them (home first, a neighbour's next)."""
+    brokers = [{"host": "10.0.1.1", "tls": True, "user": NODE, "password": "broker-s3cret"},
+               {"host": "10.0.1.2", "tls": True, "user": NODE, "password": "broker-s3cret"}]
+    body = {"node": NODE, "version": 4, "config": {"failover_after_s": 60, "failback_every_s": 10, "broker": brokers}}
+    r, cfg = apply(tmp_path, body)
+    (ev,) = r["events"]
+    assert sorted(ev["applied"]) == ["broker", "failover_after_s"]
+    assert ev["refused"] == {"failback_every_s": "10 is not a whole number from 60 to 86400"}
+    assert cfg["failover_after_s"] == 60 and "failback_every_s" not in cfg and cfg["broker"] == brokers
+    assert ev["trial_s"] == 300   # a new broker list changes the link: on trial
+
+
 def test_a_power_cut_while_config_json_is_written_leaves_the_old_or_the_new_whole(tmp_path: Path) -> None:
     """The power goes at every flash program the configuration's write makes, one run each: at the
     next start config.json is the old one or the new one, whole, and the node's rules take it."""
