@@ -67,8 +67,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             tot = {c: sum(getattr(r, c) for r in region) for c in COLUMNS}
             record("region_lost_records", tot["lost"], "records", "lower",
                    {"scenarios": [r.row() for r in region], "generated": tot["generated"], "command": "make faults",
-                    "note": "every node's ledger against the regional VictoriaMetrics; the scenarios that wait "
-                            "for node failover (xfail) count too"})
+                    "note": "every node's ledger against the regional VictoriaMetrics"})
             record("region_duplicate_records", tot["duplicated"], "records", "lower",
                    {"generated": tot["generated"], "command": "make faults",
                     "note": "records with more than one sample at their time in the region's store (one series "

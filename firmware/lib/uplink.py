@@ -141,14 +141,12 @@ class Uplink:
                               "wifi %s %s %s dBm" % (self.wifi["ssid"], ip, self.rssi()))
         if self.client is None:
             if len(self.brokers) > 1 and time.ticks_diff(now, self._lost) >= self._fo_ms:
-                import failover   # to the next broker of the list
-                failover.step(self, now, up_s)
+                self._failover(now, up_s)
             if time.ticks_diff(now, self._next_try) >= 0:
                 self._connect(now, up_s)
             return self.client is not None
         if self.via and time.ticks_diff(now, self._fb) >= self._fb_ms:
-            import failover   # on a neighbour's broker: is the home broker back?
-            failover.step(self, now, up_s)
+            self._failover(now, up_s)
             return self.client is not None
         keepalive_ms = self.broker["keepalive"] * 500  # ping at half the keepalive
         if time.ticks_diff(now, self._last_tx) >= keepalive_ms:
@@ -166,6 +164,18 @@ class Uplink:
                 # MemoryError: a message too big for the heap as it is; it is lost (clean session)
                 self._fail(now, "receive", e)
         return self.client is not None
+
+    def _failover(self, now, up_s):
+        try:
+            import failover   # loaded when a step is due, dropped after (failover.py)
+        except MemoryError:   # no room for it in the heap just now: again in 10 s, never a reset
+            console.warn("mqtt: failover put off 10 s: no memory to load it")
+            if self.client is None:
+                self._lost = time.ticks_add(now, 10000 - self._fo_ms)
+            else:
+                self._fb = time.ticks_add(now, 10000 - self._fb_ms)
+            return
+        failover.step(self, now, up_s)
 
     def _why_down(self, now):
         """Why the network is not up, for the self-test: what the interface reports."""

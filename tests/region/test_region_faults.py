@@ -173,5 +173,11 @@ def test_a_gateway_destroyed_its_nodes_fail_over(reg: Region) -> None:
     ok = reg.run(lambda: (reg.wait_virtual("ut-0001", T0), ut1.destroy(), reg.wait_virtual("ut-0001", T0 + 1 * H)),
                  timeout=45)   # ut-2 is in the region all along: once failed over (120 simulated s), seconds
     out = reg.judge("gateway destroyed, nodes fail over", central_timeout=10)
+    text = reg.nodes["ut-0001"].console_text()
+    m = re.findall(r"gateway database changed \(\w+ -> \w+\): sending again (\d+) records not yet safe", text)
+    assert len(m) == 1, "one new database: ut-2's"
+    out.notes["resent_records"] = int(m[0])
+    # what ut-1 had not yet confirmed safe, not the spool: the node had made T0/60 records before
+    assert int(m[0]) < T0 // 60 // 2, (m[0], T0)
     assert_clean(out, ok)
     assert any(n == "ut-0001" for n, *_ in db_rows(reg.gateways["ut-2"].db)), "ut-2, first of its neighbours, took it"

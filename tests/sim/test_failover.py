@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
+from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.faultrig import AIR, db_rows, read_ledger, virtual_s
 from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
@@ -95,13 +96,21 @@ def sites(tmp_path: Path) -> Iterator[tuple[Site, Site]]:
         other.close()
 
 
-def node(tmp: Path, brokers: list[Site], faults: list[dict[str, Any]] | None = None, **config: Any) -> SimNode:
+@pytest.fixture(scope="module")
+def mpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The firmware as `meetkit provision` puts it on a board (lib/ as .mpy): a node loads the
+    failover module when a step is due, as the board does, without compiling it in its heap."""
+    return fleetsim.mpy_firmware(tmp_path_factory.mktemp("fw") / "firmware")
+
+
+def node(tmp: Path, brokers: list[Site], firmware: Path, faults: list[dict[str, Any]] | None = None,
+         **config: Any) -> SimNode:
     extra = {"broker": [{"host": s.broker.host, "port": s.broker.port} for s in brokers],
              "failover_after_s": FAILOVER_S, "failback_every_s": FAILBACK_S, **config}
     sc = load_scenario("quiet-street")
     sc["faults"] = faults or []
     n = SimNode(NodeSpec(node_id=NODE, scenario=sc, workdir=tmp / NODE, board=AIR,
-                         interval_s=INTERVAL_S, until_s=None, speed=SPEED, extra_config=extra))
+                         interval_s=INTERVAL_S, until_s=None, speed=SPEED, extra_config=extra, firmware=firmware))
     n.prepare()
     n.start()
     return n
@@ -126,9 +135,9 @@ def made(n: SimNode) -> set[tuple[int, int]]:
     return set(read_ledger(n.console_text()).records)
 
 
-def test_home_broker_down_the_node_fails_over_and_comes_back(tmp_path: Path, sites: tuple[Site, Site]) -> None:
+def test_home_broker_down_the_node_fails_over_and_comes_back(tmp_path: Path, sites: tuple[Site, Site], mpy: Path) -> None:
     home, other = sites
-    n = node(tmp_path, [home, other])
+    n = node(tmp_path, [home, other], mpy)
     try:
         wait_for(lambda: lines(n, r" I check: gateway: pass: first batch stored"), 60, "the first batch acknowledged at home")
         assert home.retained_status()["via"] == 0
@@ -181,14 +190,14 @@ def test_home_broker_down_the_node_fails_over_and_comes_back(tmp_path: Path, sit
         n.stop()
 
 
-def test_home_down_from_the_start_and_the_list_wraps(tmp_path: Path, sites: tuple[Site, Site]) -> None:
+def test_home_down_from_the_start_and_the_list_wraps(tmp_path: Path, sites: tuple[Site, Site], mpy: Path) -> None:
     """Home's broker never up: the node goes to the second after failover_after_s of failing
     connects from its start. The second's broker stopped too: after failover_after_s the node wraps
     round to home (1 of 2), which still does not answer, and after failover_after_s more to the
     second again, whose broker is back by then: its records there, nothing lost."""
     home, other = sites
     home.broker.stop()
-    n = node(tmp_path, [home, other])
+    n = node(tmp_path, [home, other], mpy)
     try:
         over = r" W mqtt: (\S+) unreachable for (\d+) s: failing over to (\S+) \((\d) of 2\)"
         wait_for(lambda: lines(n, over), 60, "the first failover")
@@ -247,7 +256,7 @@ class TlsSite:
         self.broker.stop()
 
 
-def test_over_tls_with_one_lab_ca(tmp_path: Path) -> None:
+def test_over_tls_with_one_lab_ca(tmp_path: Path, mpy: Path) -> None:
     """Two brokers with TLS listeners and the region's one lab CA, the node's own account on both:
     the node fails over with TLS (never in clear) and comes back home."""
     home = TlsSite(tmp_path, "home")
@@ -257,6 +266,7 @@ def test_over_tls_with_one_lab_ca(tmp_path: Path) -> None:
         other = TlsSite(tmp_path, "other", like=home)
         n = SimNode(NodeSpec(node_id=NODE, scenario=load_scenario("quiet-street"), workdir=tmp_path / NODE, board=AIR,
                              interval_s=INTERVAL_S, until_s=None, speed=SPEED, files={"ca.der": home.broker.ca_der},
+                             firmware=mpy,
                              extra_config={"broker": [home.entry(), other.entry()], "failover_after_s": FAILOVER_S,
                                            "failback_every_s": FAILBACK_S}))
         n.prepare()
@@ -280,11 +290,11 @@ def test_over_tls_with_one_lab_ca(tmp_path: Path) -> None:
             other.close()
 
 
-def test_a_wifi_outage_is_not_a_broker_outage(tmp_path: Path, sites: tuple[Site, Site]) -> None:
+def test_a_wifi_outage_is_not_a_broker_outage(tmp_path: Path, sites: tuple[Site, Site], mpy: Path) -> None:
     """The node's Wi-Fi away for 140 simulated s (longer than failover_after_s), both brokers up:
     the failover clock runs only while the network is up, so the node stays with its home broker."""
     home, other = sites
-    n = node(tmp_path, [home, other], faults=[{"kind": "wifi_down", "from": 60, "to": 200}])
+    n = node(tmp_path, [home, other], mpy, faults=[{"kind": "wifi_down", "from": 60, "to": 200}])
     try:
         wait_for(lambda: virtual_s(n.console) >= 300, 120, "the node past the outage")
         everything = made(n)
@@ -292,5 +302,36 @@ def test_a_wifi_outage_is_not_a_broker_outage(tmp_path: Path, sites: tuple[Site,
         text = n.console_text()
         assert lines(n, r" W wifi: link lost") and lines(n, r" I mqtt: connected to ")[-1][0] >= 200, "the outage was felt"
         assert "failing over" not in text and not other.stored()
+    finally:
+        n.stop()
+
+
+def test_no_room_to_load_the_failover_module_puts_it_off_never_a_reset(tmp_path: Path, sites: tuple[Site, Site],
+                                                                        mpy: Path) -> None:
+    """The failover module is loaded when a step is due; a heap with no room for it just then (the
+    firmware from source at 100 KB did that now and then: compiling it needs a few KB in one piece)
+    must not cost a reset. Here its import always fails as the heap would (MemoryError): the node
+    says so, tries again 10 s later, stays on its home broker's retries and keeps measuring."""
+    home, other = sites
+    fw = tmp_path / "firmware"
+    shutil.copytree(mpy, fw)
+    (fw / "lib" / "failover.mpy").unlink()
+    (fw / "lib" / "failover.py").write_text('raise MemoryError("memory allocation failed, allocating 4096 bytes")\n')
+    n = node(tmp_path, [home, other], fw)
+    try:
+        wait_for(lambda: lines(n, r" I check: gateway: pass: first batch stored"), 60, "the first batch acknowledged at home")
+        home.broker.stop()
+        put_off = wait_for(lambda: lines(n, r" W mqtt: failover put off 10 s: no memory to load it$"), 60,
+                           "the failover put off")
+        t0 = put_off[0][0]
+        wait_for(lambda: virtual_s(n.console) >= t0 + 60, 60, "a simulated minute more")
+        later = [t for t, _ in lines(n, r" W mqtt: failover put off ")]
+        assert len(later) >= 5 and all(b - a >= 10 for a, b in zip(later, later[1:])), later   # 10 s apart
+        assert len([t for t, _ in lines(n, r" I record \d+: ") if t > t0]) >= 5, "it kept measuring"
+        text = n.console_text()
+        assert " E unexpected error" not in text and "--- reset" not in text and "failing over to" not in text
+        home.broker.start()
+        wait_for(lambda: first_after(n, r" I mqtt: connected to " + re.escape(home.where), t0), 60,
+                 "home again without the failover")
     finally:
         n.stop()

@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 from meetkit_tools import region
 from meetkit_tools.dev.faultrig import AIR, RESULTS, TAIL_S, TS_TOLERANCE_S, Ledger, Outcome, read_ledger, virtual_s, wait_virtual
+from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.tcpproxy import TcpProxy
 from meetkit_tools.services import (FleetBroker, GatewayProcess, VictoriaMetrics, free_port, kill_process,
                                     mosquitto_bin, stop_process, wait_listening)
@@ -373,6 +374,7 @@ class Region:
                  gateways: dict[str, tuple[str, tuple[str, ...]]] | None = None, store_toml: str = "") -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._mpy: Path | None = None   # the nodes' firmware as .mpy, made at the first node
         self.spec = dict(gateways or REGION)
         self.store_toml = store_toml
         self.vm = VictoriaMetrics(self.dir / "vm")
@@ -428,6 +430,12 @@ class Region:
         if spec.get("until_s") is not None:
             spec["until_s"] += TAIL_S
         spec.setdefault("board", AIR)
+        # as `meetkit provision` puts it on a board: lib/ as .mpy (compiling the failover module in
+        # a running node's heap, as from source, needs room a board never has to find)
+        if "firmware" not in spec:
+            if self._mpy is None:
+                self._mpy = fleetsim.mpy_firmware(self.dir / "firmware")
+            spec["firmware"] = self._mpy
         brokers = self.broker_list(node_id, gateway, self.password(node_id, gateway))
         extra = dict(spec.pop("extra_config", {}), broker=brokers)
         g = self.gateways[gateway]
