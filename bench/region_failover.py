@@ -25,7 +25,7 @@ of RUNS runs, each a fresh region; `detail` has the parts (felt -> failing over,
 connected, connected -> acknowledged), each run's, and the regional judge's lost and duplicated
 records of each run (every record the node made against the regional VictoriaMetrics).
 
-Alone: `.venv/bin/python -m bench.region_failover` (about 3 minutes).
+Alone: `.venv/bin/python -m bench.region_failover` (about 6 minutes).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from meetkit_tools.dev.faultrig import db_rows
 from meetkit_tools.dev.regionrig import Region, region_samples
 
 NODE = "ut-0001"
-T0 = 300          # simulated seconds of the node before its gateway is destroyed
+T0 = 1800         # simulated seconds of the node before its gateway is destroyed (30 records: a spool to not resend)
 SPEED = 20
 RUNS = 3
 FAILOVER_AFTER_S = 120   # the firmware's default (config.py)
