@@ -17,6 +17,10 @@ newest record; then VictoriaMetrics must hold every point (counted through its q
 of DRAIN_RUNS, each with a fresh VictoriaMetrics and the cursor set back. Lower is better; the
 issue asks for 60 s at most on this machine.
 
+gateway_disk_write_bytes_per_reading: in the same gateway runs, the bytes the gateway process wrote
+to disk (/proc/PID/io write_bytes: database, WAL and checkpoints, log) per reading stored, median of
+RUNS (issue 17: what an SD card wears by).
+
 gateway_rss_mb: the gateway process's peak resident memory (VmHWM) under either load, the larger.
 """
 
@@ -63,6 +67,16 @@ def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a running process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def disk_write_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to the storage layer (/proc/PID/io write_bytes: the
+    database, its WAL and checkpoints, logs; not sockets), as the kernel counts them when a page is
+    dirtied."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/io has no write_bytes")
 
 
 def log_tail(gw: GatewayProcess, lines: int = 30) -> str:
@@ -144,6 +158,7 @@ class IngestRun:
     publish_s: float  # until every publisher had its messages through the broker
     rss_mib: float | None = None  # the gateway's peak
     cpu_s: float | None = None  # the gateway's CPU time (user + system) on the stream
+    disk_write_bytes: int | None = None  # what the gateway process wrote to disk on the stream
 
 
 def mosquitto_sub_run(workdir: Path, streams: list[batches.NodeStream], files: dict[str, Path]) -> IngestRun:
@@ -181,20 +196,21 @@ def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[st
         acks = Subscriber(broker, "meetkit/+/ack", messages, workdir / "acks.txt", payload=True)
         assert gw.proc is not None
         with load(gw) if load is not None else nullcontext():
-            cpu0 = cpu_s(gw.proc.pid)
+            cpu0, disk0 = cpu_s(gw.proc.pid), disk_write_bytes(gw.proc.pid)
             t0 = time.time()
             publish_s = publish(broker, streams, files)
             got = acks.wait(TIMEOUT_S)
         if not gw.running:
             raise SystemExit(f"benchmark: the gateway exited with {gw.proc.returncode}:\n{log_tail(gw)}")
         rss, cpu = peak_rss_mib(gw.proc.pid), cpu_s(gw.proc.pid) - cpu0
+        disk = disk_write_bytes(gw.proc.pid) - disk0
     finally:
         if acks is not None:
             acks.stop()
         gw.stop()
         broker.stop()
     check_ingested(gw, streams, got)
-    return IngestRun(got[-1][0] - t0, publish_s, rss, cpu)
+    return IngestRun(got[-1][0] - t0, publish_s, rss, cpu, disk)
 
 
 def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: list[tuple[float, str, str]]) -> None:
@@ -266,6 +282,13 @@ def measure_ingest(tmp: Path) -> float | None:
                 pair_ratios=[round(r, 3) for r in ratios], goal=0.8,
                 reference="mosquitto_sub -q 1 receiving the same stream from the same publishers, "
                           "first publish to the last message received"))
+    per_reading = [r.disk_write_bytes / readings for r in gw_runs if r.disk_write_bytes is not None]
+    record("gateway_disk_write_bytes_per_reading", round(median(per_reading), 1), "bytes", "lower",
+           dict(common, runs=[round(x, 1) for x in per_reading],
+                counted="/proc/<gateway pid>/io write_bytes from the first publish to the last acknowledgement: "
+                        "the database, its WAL and the checkpoints in that time (the one at close not counted), "
+                        "the log; on ext4 (the bench's temporary folder)",
+                sd_card="a 32 GB card's life scales with bytes written: see docs/operator.md"))
     rss = [r.rss_mib for r in gw_runs if r.rss_mib is not None]
     return max(rss) if rss else None
 
