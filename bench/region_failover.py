@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.results import median, record
 from meetkit_tools.dev.faultrig import db_rows
 from meetkit_tools.dev.regionrig import Region, region_samples
+from meetkit_tools.dev.waits import wait_for
 
 NODE = "ut-0001"
 T0 = 1800         # simulated seconds of the node before its gateway is destroyed (30 records: a spool to not resend)
@@ -56,16 +56,6 @@ def _times(console: str, pattern: str) -> list[int]:
     return out
 
 
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)  # waits on: `cond`
-    raise TimeoutError(f"{what}: not within {timeout} s")
-
-
 def one_run(tmp: Path) -> dict[str, Any]:
     reg = Region(tmp, {"ut-1": [NODE]})
     try:
@@ -74,13 +64,13 @@ def one_run(tmp: Path) -> dict[str, Any]:
         snap: dict[str, set[int]] = {}
 
         def fault() -> None:
-            _wait(lambda: "I check: gateway: pass: first batch stored" in n.console_text(), 120, "an ack at home")
+            wait_for(lambda: "I check: gateway: pass: first batch stored" in n.console_text(), 120, "an ack at home")
             reg.wait_virtual(NODE, T0)
             seen["before"] = reg.virtual_s(NODE)
             reg.gateways["ut-1"].destroy()
             # what the region held of the node when ut-1 died (nothing forwards it until ut-2 does)
             snap["ts"] = {ts for (_, ts) in region_samples(reg.vm, [NODE])[NODE]}
-            _wait(lambda: [t for t in _times(n.console_text(), r" W gateway database changed ") if t >= seen["before"]],
+            wait_for(lambda: [t for t in _times(n.console_text(), r" W gateway database changed ") if t >= seen["before"]],
                   300, "an acknowledgement from ut-2")
 
         caught = reg.run(fault, timeout=300)

@@ -11,9 +11,8 @@ import json
 import shutil
 import re
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.faultrig import AIR, db_rows, read_ledger, virtual_s
 from meetkit_tools.services import GatewayProcess, Mosquitto
+from meetkit_tools.dev.waits import wait_for
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
 NODE = "fo-01"
@@ -29,16 +29,6 @@ FAILBACK_S = 60
 INTERVAL_S = 10   # a record (a console line) every 10 simulated s: the console's clock is never older
 SPEED = 20
 RETRY_S = 60      # the uplink's longest pause between two connects (uplink.py _BACKOFF_MAX_MS)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)  # waits on: `cond`
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Site:
