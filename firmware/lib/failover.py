@@ -8,7 +8,7 @@
 #   broker's status topic (retained: its gateway no longer counts it as visiting), disconnects
 #   cleanly (no last will) and connects home at once.
 # A new session (and, at another gateway, a new database id in its acknowledgements) makes the
-# outbox send again what is not acknowledged (outbox.py): nothing else is carried over.
+# outbox send again what is not yet safe (outbox.py, safepos.py): nothing else is carried over.
 import sys
 import time
 import socket
