@@ -155,7 +155,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     o = pv.Options(port=args.port, board=args.board, node_id=args.node_id, wifi_ssid=args.wifi,
                    wifi_password=wifi_password, broker=args.broker, broker_dir=args.broker_dir, tls=args.tls,
                    broker_user=args.broker_user, broker_password=broker_password,
-                   broker_reload=args.broker_reload, interval_s=args.interval, settings=settings,
+                   broker_reload=args.broker_reload, neighbours=args.neighbour, interval_s=args.interval,
+                   settings=settings,
                    source=args.source, fleet=fleet, fleet_fields=fleet_fields, gateway=args.gateway,
                    timeout_s=args.timeout, reassign=args.reassign)
     return pv.provision(o)
@@ -185,6 +186,9 @@ def _add_provision(sub: "argparse._SubParsersAction") -> None:
     net.add_argument("--broker-password-file", type=Path)
     net.add_argument("--broker-reload", metavar="CMD", help="run after a new account is written, e.g. "
                      "'sudo systemctl reload mosquitto' when the broker runs here")
+    net.add_argument("--neighbour", action="append", default=[], metavar="HOST[:PORT]",
+                     help="a neighbouring gateway's broker the node fails over to (repeat, in order; the same "
+                     "account, TLS and CA as --broker; docs/technician.md \"A list of brokers\")")
     p.add_argument("--interval", type=int, help="seconds per record (10-3600; default: the board's own, else 60)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config.json key (docs/technician.md), e.g. noise_offset_db=-1.2")

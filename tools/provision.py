@@ -54,6 +54,7 @@ class Options:
     broker_user: str | None = None
     broker_password: str | None = None
     broker_reload: str | None = None   # a command that makes the running broker read its password file
+    neighbours: list[str] = field(default_factory=list)   # HOST[:PORT] of the brokers it fails over to, in order
     interval_s: int | None = None     # None: the board's own, else 60
     settings: dict[str, Any] = field(default_factory=dict)   # --set key=value
     source: bool = False
@@ -93,10 +94,15 @@ def _split_host(s: str) -> tuple[str, int | None]:
 
 
 def broker_section(o: Options, say: Callable[[str, str], None],
-                   precheck: bool = False) -> tuple[dict[str, Any] | None, bytes | None]:
+                   precheck: bool = False) -> tuple[dict[str, Any] | list[dict[str, Any]] | None, bytes | None]:
     """config.json's broker section and the CA for the node; a new account when the broker
-    folder has none for the node (`precheck`: none is made, a placeholder stands in)."""
+    folder has none for the node (`precheck`: none is made, a placeholder stands in). With
+    neighbours, a list: the gateway's broker first, then each neighbour's with the same account,
+    TLS and CA (a region has one lab CA, and `meetkit region accounts` gives the neighbours the
+    node's account)."""
     if not o.broker:
+        if o.neighbours:
+            raise InputError("--neighbour: needs --broker (the node's own gateway's broker comes first in its list)")
         if o.broker_dir:
             raise InputError("--broker HOST[:PORT]: required with --broker-dir (the address the node reaches "
                              "the broker at: an --ip or the --hostname given to meetkit broker init)")
@@ -140,7 +146,17 @@ def broker_section(o: Options, say: Callable[[str, str], None],
         sec["user"] = user
     if password:
         sec["password"] = password
-    return sec, ca
+    if not o.neighbours:
+        return sec, ca
+    brokers = [sec]
+    for n in o.neighbours:
+        h, p = _split_host(n)
+        entry = {k: v for k, v in sec.items() if k != "port"} | {"host": h}
+        if p is not None:
+            entry["port"] = p
+        brokers.append(entry)
+    say("broker", "fails over to " + ", ".join(o.neighbours) + " (docs/technician.md, \"A list of brokers\")")
+    return brokers, ca
 
 
 def _reload_broker(o: Options, say: Callable[[str, str], None]) -> None:
