@@ -212,6 +212,38 @@ def test_two_gateways_forwarding_the_same_records_write_each_once_with_the_town(
 
 # -- (2b) a visiting node's records carry its HOME town ----------------------------------------------------
 
+class CentralFeed:
+    """A central Mosquitto and a reader of everything published on it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.broker = Mosquitto(tmp / "central").start()
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        self.sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="reader")
+        self.sub.on_message = lambda c, u, m: self.got.append((m.topic, json.loads(m.payload)))
+        self.sub.connect(self.broker.host, self.broker.port)
+        self.sub.loop_start()
+        self.sub.subscribe("meetkit/#", 1)
+
+    def forward_toml(self) -> str:
+        """A gateway's [[forward]] to it."""
+        return (f'\n[[forward]]\nname = "central"\ntype = "mqtt"\n'
+                f'url = "mqtt://{self.broker.host}:{self.broker.port}"\n')
+
+    def close(self) -> None:
+        self.sub.disconnect()
+        self.sub.loop_stop()
+        self.broker.stop()
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[CentralFeed]:
+    c = CentralFeed(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
 def broker_secrets(path: Path, own: list[str], visitors: dict[str, tuple[str, str]]) -> Path:
     """A broker folder's secrets.json as `meetkit broker init` and `meetkit region accounts` write it:
     own nodes with their passwords, visitors with theirs, their home gateway and its town."""
@@ -229,22 +261,17 @@ def towns(vm: VictoriaMetrics, node: str) -> dict[str, dict[str, list[int]]]:
     return out
 
 
-def test_a_visitor_is_forwarded_under_its_home_town_and_an_unknown_one_under_ours_and_counted(tmp_path, broker, vm):
+def test_a_visitor_is_forwarded_under_its_home_town_and_an_unknown_one_under_ours_and_counted(tmp_path, broker, vm,
+                                                                                            central):
     """A gateway of zeist with a visitor from utrecht (its table from the broker folder's secrets.json,
     [region] visitors): the visitor's series carry town="utrecht", the gateway's own node's "zeist",
     a node the table does not know "zeist" too, counted and flagged; the central feed publishes all
     under zeist's topics (its ACL), each message saying the node's home town. The table is read
     again when it changes: the unknown node, now a visitor, goes under its home town."""
-    central = Mosquitto(tmp_path / "central").start()
-    got: list[tuple[str, dict[str, Any]]] = []
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="reader")
-    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
-    sub.connect(central.host, central.port)
-    sub.loop_start()
-    sub.subscribe("meetkit/#", 1)
+    got = central.got
     table = broker_secrets(tmp_path / "secrets.json", ["zs-0001"], {NODE: ("ut-1", "utrecht")})
     extra = region_toml(vm.url, "zs-1", "zeist", visitors=table) + (
-        f'\n[[forward]]\nname = "central"\ntype = "mqtt"\nurl = "mqtt://{central.host}:{central.port}"\n')
+        central.forward_toml())
     gw = GatewayProcess(tmp_path / "gw", broker.host, broker.port, extra_toml=extra).start()
     node = Publisher(broker.host, broker.port)
     try:
@@ -285,9 +312,6 @@ def test_a_visitor_is_forwarded_under_its_home_town_and_an_unknown_one_under_our
     finally:
         node.close()
         gw.stop()
-        sub.disconnect()
-        sub.loop_stop()
-        central.stop()
 
 
 def test_two_gateways_of_two_towns_forwarding_a_visitors_records_write_each_once(tmp_path, broker, vm):
@@ -395,16 +419,9 @@ def test_without_a_region_acks_have_no_safe_and_metrics_no_unsafe_records(tmp_pa
 
 # -- (4) the central MQTT topic names the town ----------------------------------------------------------
 
-def test_the_central_mqtt_forwarder_publishes_under_the_town(tmp_path, broker, vm):
-    central = Mosquitto(tmp_path / "central").start()
-    got: list[tuple[str, dict[str, Any]]] = []
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="reader")
-    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
-    sub.connect(central.host, central.port)
-    sub.loop_start()
-    sub.subscribe("meetkit/#", 1)
-    extra = region_toml(vm.url) + (f'\n[[forward]]\nname = "central"\ntype = "mqtt"\n'
-                                   f'url = "mqtt://{central.host}:{central.port}"\n')
+def test_the_central_mqtt_forwarder_publishes_under_the_town(tmp_path, broker, vm, central):
+    got = central.got
+    extra = region_toml(vm.url) + central.forward_toml()
     gw = GatewayProcess(tmp_path / "gw", broker.host, broker.port, extra_toml=extra).start()
     node = Publisher(broker.host, broker.port)
     try:
@@ -417,9 +434,6 @@ def test_the_central_mqtt_forwarder_publishes_under_the_town(tmp_path, broker, v
     finally:
         node.close()
         gw.stop()
-        sub.disconnect()
-        sub.loop_stop()
-        central.stop()
 
 
 def test_region_topic_puts_the_town_second_unless_the_template_places_it():
