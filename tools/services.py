@@ -21,6 +21,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def hold_port() -> socket.socket:
+    """A loopback port kept bound (not listening) until the caller closes the socket, for a server
+    whose port must be known long before it starts: while held, no other test worker's bind(0) and
+    no outgoing connection gets it. Close it right before the server binds."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
 def mosquitto_bin() -> str:
     for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if cand and Path(cand).exists():

@@ -39,6 +39,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -51,8 +52,8 @@ from meetkit_tools import region
 from meetkit_tools.dev.faultrig import AIR, RESULTS, TAIL_S, TS_TOLERANCE_S, Ledger, Outcome, read_ledger, virtual_s, wait_virtual
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.tcpproxy import TcpProxy
-from meetkit_tools.services import (FleetBroker, GatewayProcess, VictoriaMetrics, free_port, kill_process,
-                                    mosquitto_bin, stop_process, wait_listening)
+from meetkit_tools.services import (FleetBroker, GatewayProcess, VictoriaMetrics, free_port, hold_port,
+                                    kill_process, mosquitto_bin, stop_process, wait_listening)
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
 
 __all__ = ["AIR", "REGION", "Region", "RegionGateway", "Central", "judge_region", "region_samples"]
@@ -77,9 +78,12 @@ class Central:
     on a loopback port: the plan's `central` is mqtt://), and a `reader` that keeps every record
     message it gets, to count (node, boot, seq) across gateways."""
 
-    def __init__(self, workdir: Path, port: int) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.dir = Path(workdir)
-        self.port = port
+        # held from here to start(): the plan and the gateways need the port long before the
+        # broker binds it, and a port merely picked was once taken by another test worker meanwhile
+        self._hold: socket.socket | None = hold_port()
+        self.port: int = self._hold.getsockname()[1]
         self.proc: subprocess.Popen | None = None
         self.got: dict[tuple[str, int, int], int] = {}
         self.topics: set[str] = set()
@@ -96,6 +100,9 @@ class Central:
         return self.dir / f"{region.CENTRAL_GATEWAY.format(gateway=gateway)}.password"
 
     def start(self) -> "Central":
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
         with (self.dir / "central.out").open("ab") as log:
             self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(self.dir / "mosquitto" / "mosquitto.conf")],
                                          stdout=log, stderr=subprocess.STDOUT)
@@ -121,16 +128,34 @@ class Central:
                 self.got[key] = self.got.get(key, 0) + 1
                 self.topics.add(m.topic.rsplit("/", 2)[0])
 
+        refused: list[Any] = []
+
+        def on_connect(client: Any, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            if rc.is_failure:
+                refused.append(rc)
+                ready.set()
+            else:
+                client.subscribe(f"{PREFIX}/#", qos=1)
+
         c.on_message = on_message
-        c.on_connect = lambda client, *a: client.subscribe(f"{PREFIX}/#", qos=1)
+        c.on_connect = on_connect
         c.on_subscribe = lambda *a: ready.set()
         c.connect("127.0.0.1", self.port)
         c.loop_start()
-        if not ready.wait(15):
-            raise RuntimeError("the central reader did not subscribe")
+        ok = ready.wait(15) and not refused
+        if not ok:
+            c.loop_stop()
+            log = self.dir / "central.log"
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            alive = self.proc is not None and self.proc.poll() is None
+            raise RuntimeError(f"the central reader did not subscribe (refused: {refused}, "
+                               f"our mosquitto running: {alive}); central.log ends:\n{tail}")
         self._reader = c
 
     def stop(self) -> None:
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
         if self._reader is not None:
             self._reader.loop_stop()
             self._reader.disconnect()
@@ -378,7 +403,7 @@ class Region:
         self.spec = dict(gateways or REGION)
         self.store_toml = store_toml
         self.vm = VictoriaMetrics(self.dir / "vm")
-        self.central = Central(self.dir / "central", free_port())
+        self.central = Central(self.dir / "central")
         self.gateways: dict[str, RegionGateway] = {}
         self.nodes: dict[str, SimNode] = {}
         self.epochs: dict[str, int] = {}
