@@ -20,6 +20,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
       store.base          the connection: open, transactions, read snapshots, counters
       store.rows          `Reading`, the one type of a reading (CLI, page, export, forwarders); other rows
       store.writes        ingest's writes: batches, status, alarms, retained messages, replayed values
+      store.envelopes     payload v2: each node boot's envelope, sent once per session
       store.dead_letters  what was refused, kept for replay, and its budgets
       store.pruning       dropping the oldest records; the file's pages
       store.readers       queries for the CLI, the status page and /metrics, export

@@ -46,6 +46,8 @@ class Ack:
     node: str
     boot: int
     seqs: tuple[int, ...]
+    #: payload v2: the gateway has no envelope for this boot; the node sends it with its next batch
+    env: bool = False
 
     @classmethod
     def of(cls, batch: Batch) -> "Ack":
@@ -56,6 +58,8 @@ class Ack:
                                "seq": [list(r) for r in ranges(self.seqs)]}
         if safe is not NO_REGION:
             doc["safe"] = [] if safe is None else list(safe)  # type: ignore[arg-type]
+        if self.env:
+            doc["env"] = 1
         return json.dumps(doc, separators=(",", ":")).encode()
 
 

@@ -209,15 +209,23 @@ class Node:
             if env is None:  # its file is gone: this boot's envelope with the old boot number
                 env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
             keys = keys or self.keys
+        # Payload v2: the envelope goes with the first batch of each boot in a session (and when the
+        # gateway asks for it again), every other batch is the boot and the records.
+        sent = self.outbox.env_sent
+        if boot in sent:
+            head = b'{"v":2,"boot":%d,' % boot
+        else:
+            head = (env.replace('{"v":1,', '{"v":2,', 1) + '"keys":%s,"dec":[%s],' % (
+                json.dumps(keys).replace(", ", ","), ",".join(str(recline.DEC.get(k, 2)) for k in keys))).encode()
         # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
         buf = _BUF
         mv = memoryview(buf)
-        head = env.encode() + b'"dropped":%d,"recs":[' % self.spool.dropped
+        head += b'"dropped":%d,"recs":[' % self.spool.dropped
         i = len(head)
         mv[:i] = head
         n = 0
         for line in lines:
-            r = recline.to_json(line, keys, anchor).encode()
+            r = recline.to_v2(line, keys, anchor).encode()
             if n and i + len(r) + 3 > len(buf):
                 break
             if n:
@@ -229,6 +237,8 @@ class Node:
         mv[i:i + 2] = b"]}"
         if not self.uplink.publish(mv[:i + 2], now):
             return 0
+        if boot not in sent:
+            sent.append(boot)
         return n
 
     # -- the loop --------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class Outbox:
         self._tick = now        # the last backlog step
         self._session = 0
         self._acks = []
+        self.env_sent = []      # boots whose envelope went out in this session (payload v2)
         self.acked = False      # the gateway acknowledged a batch since the start
 
     # -- what the node tells it ---------------------------------------------------------------------
@@ -85,6 +86,7 @@ class Outbox:
         if session != self._session:  # a new session: the old one's acknowledgements are gone
             self._session = session
             self._inflight = []
+            self.env_sent = []
             self._scan = 0
         inflight = self._inflight
         live = self._live
@@ -162,7 +164,7 @@ class Outbox:
         except (ValueError, KeyError, TypeError, IndexError):
             console.warn("ack: not understood: %r" % msg[:60])
             return
-        if not self.acked and boot is not None:
+        if not self.acked and boot is not None and ranges:
             self.acked = True
             console.check("gateway", True, "first batch stored (db %s)" % db)
         spool = self._spool
@@ -171,6 +173,12 @@ class Outbox:
             console.warn("gateway database changed (%s -> %s): sending again %d records not yet safe%s" % (
                 old, db, spool.held, "" if spool.region else " (all the spool holds)"))
             self._inflight = []
+            self.env_sent = []
+            self._scan = 0
+        if a.get("env"):   # the gateway does not know this boot's envelope: resend with it, soon
+            if boot in self.env_sent:
+                self.env_sent.remove(boot)
+            self._inflight = [b for b in self._inflight if b[_BOOT] != boot]
             self._scan = 0
         if (safe is not None) != spool.region:
             import safepos

@@ -7,6 +7,11 @@
 # the ESP32's 2 MB file system. ts is "-" while the clock is unknown; an empty field is a null.
 # flags: <key index><flag letters>,...  e.g. 0wh,2w    errors: role=count,role=count
 
+# Payload v2 (docs/payload.md) sends values as integers: value = integer / 10**DEC[key]. A step
+# finer than the sensor's own, so nothing a sensor says is lost.
+DEC = {"pm1": 1, "pm25": 1, "pm10": 1, "temp": 2, "rh": 2, "press": 2, "LAeq": 2, "LA10": 2, "LA50": 2,
+       "LA90": 2, "LZeq": 2, "cov": 3}
+
 FLAGS = {"missing": "m", "checksum": "c", "warmup": "w", "rh_high": "h", "partial": "p",
          "overload": "o", "floor": "f"}
 _NAMES = {v: k for k, v in FLAGS.items()}
@@ -49,7 +54,12 @@ def to_json(line, keys, anchor_ms):
     for i, k in enumerate(keys):
         v = f[i + 1] if i + 1 < len(f) - 2 else ""
         out.append('"%s":%s' % (k, ("[%s]" % v if "," in v else v) if v else "null"))
-    fl, er = f[-2], f[-1]
+    _extra(out, keys, f[-2], f[-1])
+    return ",".join(out) + "}"
+
+
+def _extra(out, keys, fl, er):
+    # a record's flags and error counts, as payload v1 writes them
     if fl:
         fs = []
         for kv in fl.split(","):
@@ -60,4 +70,41 @@ def to_json(line, keys, anchor_ms):
         out.append('"f":{' + ",".join(fs) + "}")
     if er:
         out.append('"err":{' + ",".join('"%s":%s' % tuple(kv.split("=")) for kv in er.split(",")) + "}")
-    return ",".join(out) + "}"
+
+
+def _fx(t, d):
+    """Decimal text ("-3.25") as an integer of 10**-d steps, without float: exact on any port."""
+    i = t.find(".")
+    if i < 0:
+        return int(t) * 10 ** d
+    frac = t[i + 1:]
+    if len(frac) > d:   # finer than the step: round half away from zero
+        v = abs(int(t[:i] + frac[:d] or "0")) + (frac[d] >= "5")
+        return -v if t[0] == "-" else v
+    return int(t[:i] + frac + "0" * (d - len(frac)))
+
+
+def to_v2(line, keys, anchor_ms):
+    """The record as payload v2's array: [seq,ts,up,dur,q...] in the boot's key order, a summary as
+    [a,a-min,max-a,n] in steps of 10**-DEC[key], then {"f":..,"err":..} when it has any."""
+    f = line.split("|")
+    _, seq, ts, up, dur = f[0].split(" ")
+    if ts == "-":
+        ts = "null" if anchor_ms is None else str((anchor_ms + int(up) * 1000 + 500) // 1000)
+    out = ["[%s,%s,%s,%s" % (seq, ts, up, dur)]
+    for i, k in enumerate(keys):
+        v = f[i + 1] if i + 1 < len(f) - 2 else ""
+        d = DEC.get(k, 2)
+        if not v:
+            out.append("null")
+        elif "," in v:
+            a, lo, hi, n = v.split(",")
+            a = _fx(a, d)
+            out.append("[%d,%d,%d,%s]" % (a, a - _fx(lo, d), _fx(hi, d) - a, n))
+        else:
+            out.append(str(_fx(v, d)))
+    if f[-2] or f[-1]:
+        x = []
+        _extra(x, keys, f[-2], f[-1])
+        out.append("{" + ",".join(x) + "}")
+    return ",".join(out) + "]"

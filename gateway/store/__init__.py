@@ -8,6 +8,7 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
     rows          what readers get: `Reading` (one type for the CLI, the page, export and the
                   forwarders) and the rows of the other tables
     writes        ingest's writes: batches, status, alarms, retained messages seen, replayed values
+    envelopes     payload v2: each node boot's envelope, sent once per session
     dead_letters  what was refused: kept, listed, replayed, and their own budgets
     pruning       dropping the oldest records, the file's pages (what the bound compares)
     readers       queries for the CLI, the status page and /metrics, export
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from .cursors import Cursors
 from .dead_letters import DEAD_LETTER_MAX
+from .envelopes import Envelopes
 from .fleet import FleetState
 from .pruning import Pruning
 from .readers import Readers
@@ -38,7 +40,7 @@ from .sensorthings import SensorThingsIds
 from .writes import Writes
 
 
-class Store(Writes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts):
+class Store(Writes, Envelopes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts):
     """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
 
 

@@ -4,11 +4,12 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 10 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
 `node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
-`rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`)::
+`rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`;
+version 9 `envelopes`)::
 
     records        one row per interval record a node measured; (node, boot, seq) is unique
       id           INTEGER PRIMARY KEY
@@ -98,6 +99,13 @@ Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       id INTEGER PRIMARY KEY (the command's `id`), node TEXT, cmd TEXT (selftest), at REAL
       (asked), sent_at REAL (the broker took it; NULL until then), problem TEXT (why it cannot be
       sent: no node key)
+
+    envelopes      payload v2 (docs/payload.md): a node boot's envelope, which the node sends with the
+                   first batch of the boot in each session, for the boot's later batches
+      node TEXT, boot INTEGER, PRIMARY KEY (node, boot)
+      body         TEXT     JSON: fw, board, sensors, units, keys (the order of the records' values),
+                            dec (their decimals)
+      at           REAL     when the gateway last received it
 
     rollouts       staged rollouts of a signed release (`meetkit-gateway fleet update`, gateway/rollouts.py)
       id INTEGER PRIMARY KEY, release TEXT (its version), force INTEGER (1: a downgrade allowed),
@@ -374,6 +382,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX records_node_id ON records (node, id);
     ALTER TABLE nodes ADD COLUMN via INTEGER;
     ALTER TABLE nodes ADD COLUMN held INTEGER;
+    """,
+    # 10: payload v2 (issue 17): a node boot's envelope, sent once per session, kept for the boot's
+    # later batches (store/envelopes.py)
+    """
+    CREATE TABLE envelopes (
+        node TEXT NOT NULL,
+        boot INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (node, boot)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
