@@ -186,7 +186,7 @@ def ingest(store: Store, topics: Topics, msg: Inbound, unknown: Unknown | None =
     except payload.NoEnvelope as e:  # not kept: the node still has it, and sends it with the envelope
         store.bump("envelope_asked")
         log.info("%s: %s: asked for the envelope", msg.topic, e.reason)
-        return Ack(topic.node, e.boot, (), env=True) if topic is not None else None
+        return Ack(topic.node, e.boot, (), env=True, compact=True) if topic is not None else None
     except Rejected as e:
         code, reason = e.code, e.reason
     except Exception as e:  # a bug must not lose the message: keep it with what went wrong

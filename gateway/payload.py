@@ -264,16 +264,19 @@ class Envelope:
     units: Mapping[str, str]
     keys: tuple[str, ...]
     dec: tuple[int, ...]
+    #: Unix seconds at the boot's uptime 0, once the node's clock is known: a record's ts is sent
+    #: as ts - t0 - up, a few digits instead of ten
+    t0: int | None = None
 
     def to_json(self) -> str:
         return json.dumps({"fw": self.fw, "board": self.board, "sensors": dict(self.sensors),
-                           "units": dict(self.units), "keys": list(self.keys), "dec": list(self.dec)},
-                          separators=(",", ":"))
+                           "units": dict(self.units), "keys": list(self.keys), "dec": list(self.dec),
+                           "t0": self.t0}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "Envelope":
         d = json.loads(text)
-        return cls(d["fw"], d["board"], d["sensors"], d["units"], tuple(d["keys"]), tuple(d["dec"]))
+        return cls(d["fw"], d["board"], d["sensors"], d["units"], tuple(d["keys"]), tuple(d["dec"]), d.get("t0"))
 
 
 #: the envelope the gateway has for a node's boot (the store's), or None
@@ -295,6 +298,8 @@ class Batch:
     refused: tuple[Refusal, ...] = ()
     #: a v2 batch's envelope when it carried one (the store keeps it for the boot's later batches)
     envelope: Envelope | None = None
+    #: the payload version the node sent (its acknowledgement is in the form it reads)
+    version: int = 1
 
     def unit(self, quantity: str) -> str:
         return self.units.get(quantity, QUANTITIES[quantity].unit)
@@ -560,11 +565,20 @@ def _records(recs: Any, units: Mapping[str, str], now: float,
         raise Rejected(BAD_VALUE, "recs: must hold at least one record")
     records: list[Record] = []
     refused: list[Refusal] = []
+    prev: list[Any] | None = None  # v2: the record before, its numbers whole (the deltas' base)
+    unreadable = ""  # v2: a record before could not be read, so neither can the deltas after it
     for i, r in enumerate(recs):
         where = f"recs[{i}]"
         try:
             if env is not None:
-                r = _v1_record(r, where, env)
+                if unreadable:
+                    raise Rejected(BAD_VALUE, f"{where}: its deltas cannot be read after {unreadable}, which could "
+                                              "not be read")
+                try:
+                    r, prev = _v1_record(r, where, env, prev)
+                except Rejected:
+                    unreadable = where
+                    raise
             rec, problems = _record(r, where, units, now)
             if records and rec.seq <= records[-1].seq:
                 raise Rejected(BAD_VALUE, f"{where}.seq: {rec.seq} after {records[-1].seq}; records go oldest "
@@ -587,11 +601,11 @@ DEC_MAX = 6
 def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope_of: EnvelopeOf | None) -> Batch:
     """A v2 batch: the boot's envelope as carried (then checked whole) or as kept (`envelope_of`),
     the records made into v1's form and checked as v1's are."""
-    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "dropped"))
+    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "dropped"))
     boot = _int(obj["boot"], "boot", high=BOOT_MAX)
     dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
     carried = None
-    if any(k in obj for k in _V2_ENVELOPE):
+    if any(k in obj for k in (*_V2_ENVELOPE, "t0")):
         for k in _V2_ENVELOPE:
             if k not in obj:
                 raise Rejected(MISSING_FIELD, f"{k}: missing (a v2 envelope is sent whole: {', '.join(_V2_ENVELOPE)})")
@@ -604,7 +618,7 @@ def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope
                                         "(payload v2 sends it with a boot's first batch of each session)")
     records, refused = _records(obj["recs"], env.units, now, env)
     return Batch(topic_node, boot, env.fw, env.board, env.sensors, env.units, tuple(records), dropped,
-                 tuple(refused), carried)
+                 tuple(refused), carried, 2)
 
 
 def _envelope_v2(obj: dict[str, Any]) -> Envelope:
@@ -623,7 +637,8 @@ def _envelope_v2(obj: dict[str, Any]) -> Envelope:
         raise Rejected(BAD_VALUE, f"dec: {len(dec)} decimals for {len(keys)} keys")
     for i, d in enumerate(dec):
         _int(d, f"dec[{i}]", high=DEC_MAX)
-    return Envelope(_str(obj["fw"], "fw"), _str(obj["board"], "board"), sensors, units, tuple(keys), tuple(dec))
+    t0 = _int(obj["t0"], "t0", low=TS_MIN - UP_MAX) if "t0" in obj else None
+    return Envelope(_str(obj["fw"], "fw"), _str(obj["board"], "board"), sensors, units, tuple(keys), tuple(dec), t0)
 
 
 def _fixed(v: Any, where: str) -> int:
@@ -633,33 +648,50 @@ def _fixed(v: Any, where: str) -> int:
     return v
 
 
-def _v1_record(r: Any, where: str, env: Envelope) -> dict[str, Any]:
-    """A v2 record, `[seq, ts, up, dur, q...]` and maybe `{"f":..,"err":..}`, as v1 would have sent it:
-    a value is its integer / 10**dec (the same float v1's decimal text gives), a summary
-    `[a, a-min, max-a, n]` is `[avg, min, max, n]`."""
+def _v1_record(r: Any, where: str, env: Envelope, prev: list[Any] | None) -> tuple[dict[str, Any], list[Any]]:
+    """A v2 record, `[seq, ts, up, dur, q...]` and maybe `{"f":..,"err":..}`, as v1 would have sent it,
+    and its numbers whole for the next record. After a batch's first record, a number where the
+    record before had one is the difference from it (a summary's four each); with the envelope's
+    `t0`, ts is ts - t0 - up; a value is its integer / 10**dec (the float v1's decimal text gives),
+    a summary `[a, a-min, max-a, n]` is `[avg, min, max, n]`."""
     if not isinstance(r, list):
         raise Rejected(WRONG_TYPE, f"{where}: must be an array (payload v2), got {_kind(r)}")
     k = len(env.keys)
     if len(r) not in (4 + k, 5 + k):
         raise Rejected(BAD_VALUE, f"{where}: {len(r)} items; the envelope's {k} keys make {4 + k}, or {5 + k} "
                                   "with flags and errors")
-    out: dict[str, Any] = dict(zip(_RECORD_FIELDS, r[:4]))
-    for j, (key, d, v) in enumerate(zip(env.keys, env.dec, r[4:4 + k]), start=4):
+    cur: list[Any] = []
+    for j, x in enumerate(r[:4 + k]):
+        p = prev[j] if prev is not None else None
+        at = f"{where}[{j}]"
+        if x is None:
+            cur.append(None)
+        elif isinstance(x, list):
+            if j < 4 or len(x) != 4:
+                raise Rejected(BAD_VALUE, f"{at}: a summary is [a, a-min, max-a, n], got {json.dumps(x)[:40]}")
+            v = tuple(_fixed(y, f"{at}[{i}]") for i, y in enumerate(x))
+            cur.append(tuple(a + b for a, b in zip(v, p)) if isinstance(p, tuple) else v)
+        else:
+            v0 = _fixed(x, at)
+            cur.append(v0 + p if type(p) is int else v0)
+    seq, ts, up, dur = cur[:4]
+    if ts is not None and env.t0 is not None and up is not None:
+        ts += env.t0 + up
+    out: dict[str, Any] = {"seq": seq, "ts": ts, "up": up, "dur": dur}
+    for key, d, v in zip(env.keys, env.dec, cur[4:]):
         scale = 10 ** d
         if v is None:
             out[key] = None
-        elif isinstance(v, list):
-            if len(v) != 4:
-                raise Rejected(BAD_VALUE, f"{where}[{j}]: a summary is [a, a-min, max-a, n], got {len(v)} items")
-            a, lo, hi = (_fixed(x, f"{where}[{j}][{i}]") for i, x in enumerate(v[:3]))
-            out[key] = [a / scale, (a - lo) / scale, (a + hi) / scale, v[3]]
+        elif isinstance(v, tuple):
+            a, lo, hi, n = v
+            out[key] = [a / scale, (a - lo) / scale, (a + hi) / scale, n]
         else:
-            out[key] = _fixed(v, f"{where}[{j}]") / scale
+            out[key] = v / scale
     if len(r) == 5 + k:
         extra = _obj(r[-1], f"{where}[{4 + k}]")
         _fields(extra, f"{where}[{4 + k}]", (), ("f", "err"))
         out.update(extra)
-    return out
+    return out, cur
 
 
 def _readable_seq(r: Any) -> int | None:

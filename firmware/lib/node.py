@@ -101,8 +101,9 @@ class Node:
                 console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
-        self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
-        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now)
+        self._extra = 0   # what a record's JSON adds to its line (payload v2: less than 0), once keys are known
+        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
+                             cfg["batch_records"])
         self.uplink = Uplink(cfg, meta, board.get("net"), self._msg)
         self.inbox = []   # (kind, msg) from the gateway, for the loop (mgmt.py)
         # restart_why: restart once the interval being measured is spooled; ota: the release being
@@ -141,6 +142,7 @@ class Node:
         if t is None or self.anchor is not None:
             return
         self.anchor = t - self._up_ms(now)
+        self.outbox.env_sent = []   # the envelope again, with t0: shorter times in the records
         try:
             self.spool.set_anchor(self.boot, self.anchor)
         except OSError as e:
@@ -185,7 +187,7 @@ class Node:
         try:
             if self.keys is None:
                 self.keys = recline.keys_of(parts)
-                self._extra = 24 + sum(len(k) + 5 for k in self.keys)
+                self._extra = -(len(line) // 3)   # payload v2's array is shorter than the line
                 self.spool.begin_boot(self.boot, self.envelope, self.keys)
             pos = self.spool.append(line)
         except OSError as e:  # flash failing: count it and go on measuring
@@ -212,20 +214,26 @@ class Node:
         # Payload v2: the envelope goes with the first batch of each boot in a session (and when the
         # gateway asks for it again), every other batch is the boot and the records.
         sent = self.outbox.env_sent
+        t0 = None if anchor is None else anchor // 1000
         if boot in sent:
             head = b'{"v":2,"boot":%d,' % boot
         else:
-            head = (env.replace('{"v":1,', '{"v":2,', 1) + '"keys":%s,"dec":[%s],' % (
-                json.dumps(keys).replace(", ", ","), ",".join(str(recline.DEC.get(k, 2)) for k in keys))).encode()
+            head = (env.replace('{"v":1,', '{"v":2,', 1) + '"keys":%s,"dec":[%s],%s' % (
+                json.dumps(keys).replace(", ", ","), ",".join(str(recline.DEC.get(k, 2)) for k in keys),
+                "" if t0 is None else '"t0":%d,' % t0)).encode()
         # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
         buf = _BUF
         mv = memoryview(buf)
-        head += b'"dropped":%d,"recs":[' % self.spool.dropped
+        if self.spool.dropped:
+            head += b'"dropped":%d,' % self.spool.dropped
+        head += b'"recs":['
         i = len(head)
         mv[:i] = head
         n = 0
+        prev = None
         for line in lines:
-            r = recline.to_v2(line, keys, anchor).encode()
+            r, prev = recline.to_v2(line, keys, anchor, t0, prev)
+            r = r.encode()
             if n and i + len(r) + 3 > len(buf):
                 break
             if n:

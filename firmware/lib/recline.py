@@ -84,27 +84,46 @@ def _fx(t, d):
     return int(t[:i] + frac + "0" * (d - len(frac)))
 
 
-def to_v2(line, keys, anchor_ms):
-    """The record as payload v2's array: [seq,ts,up,dur,q...] in the boot's key order, a summary as
-    [a,a-min,max-a,n] in steps of 10**-DEC[key], then {"f":..,"err":..} when it has any."""
+def to_v2(line, keys, anchor_ms, t0, prev):
+    """The record as payload v2's array, and its integers for the next record's deltas (`prev`: the
+    batch's record before, or None). [seq,ts,up,dur,q...] in the boot's key order, a summary as
+    [a,a-min,max-a,n] in steps of 10**-DEC[key]; with the boot's `t0` (Unix s at uptime 0) ts is
+    ts-t0-up; after the first record of a batch every number that was a number in the record
+    before too is the difference from it. Then {"f":..,"err":..} when the record has any."""
     f = line.split("|")
     _, seq, ts, up, dur = f[0].split(" ")
+    up = int(up)
     if ts == "-":
-        ts = "null" if anchor_ms is None else str((anchor_ms + int(up) * 1000 + 500) // 1000)
-    out = ["[%s,%s,%s,%s" % (seq, ts, up, dur)]
+        ts = None if anchor_ms is None else (anchor_ms + up * 1000 + 500) // 1000
+    else:
+        ts = int(ts)
+    if ts is not None and t0 is not None:
+        ts -= t0 + up
+    cur = [int(seq), ts, up, int(dur)]
     for i, k in enumerate(keys):
         v = f[i + 1] if i + 1 < len(f) - 2 else ""
         d = DEC.get(k, 2)
         if not v:
-            out.append("null")
+            cur.append(None)
         elif "," in v:
             a, lo, hi, n = v.split(",")
             a = _fx(a, d)
-            out.append("[%d,%d,%d,%s]" % (a, a - _fx(lo, d), _fx(hi, d) - a, n))
+            cur.append((a, a - _fx(lo, d), _fx(hi, d) - a, int(n)))
         else:
-            out.append(str(_fx(v, d)))
+            cur.append(_fx(v, d))
+    out = []
+    for j, x in enumerate(cur):
+        p = prev[j] if prev is not None and j < len(prev) else None
+        if x is None:
+            out.append("null")
+        elif type(x) is tuple:
+            if type(p) is tuple:
+                x = (x[0] - p[0], x[1] - p[1], x[2] - p[2], x[3] - p[3])
+            out.append("[%d,%d,%d,%d]" % x)
+        else:
+            out.append(str(x - p if type(p) is int else x))
     if f[-2] or f[-1]:
         x = []
         _extra(x, keys, f[-2], f[-1])
         out.append("{" + ",".join(x) + "}")
-    return ",".join(out) + "]"
+    return "[" + ",".join(out) + "]", cur

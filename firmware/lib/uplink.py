@@ -148,7 +148,8 @@ class Uplink:
         if self.via and time.ticks_diff(now, self._fb) >= self._fb_ms:
             self._failover(now, up_s)
             return self.client is not None
-        keepalive_ms = self.broker["keepalive"] * 500  # ping at half the keepalive
+        # ping after 3/4 of the keepalive without sending: not at all while records go every minute
+        keepalive_ms = self.broker["keepalive"] * 750
         if time.ticks_diff(now, self._last_tx) >= keepalive_ms:
             try:
                 self.client.ping()
