@@ -18,6 +18,9 @@ from meetkit_gateway import payload
 from meetkit_gateway.payload import NoEnvelope
 
 from .conftest import Running, wait_for
+from .test_payload_schema import validator
+
+BATCH_V2_V, ACK_V = validator("batch_v2"), validator("ack")
 
 NOW = time.time()
 _spec = importlib.util.spec_from_file_location("recline", Path(__file__).parents[2] / "firmware" / "lib" / "recline.py")
@@ -88,6 +91,8 @@ def test_v2_says_exactly_what_v1_says(timed, anchor, old_lzeq):
     assert two.envelope is not None and two.envelope.keys == tuple(keys)
     assert two.records[4].values["pm25"] is None and two.records[3].flags["LAeq"] == ("partial", "floor")
     assert len(v2(ls, keys, anchor, envelope=False)) < len(v1(ls, keys, anchor)) / 2
+    assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor))) and \
+        BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor, envelope=False)))
 
 
 def test_a_batch_without_an_envelope_takes_the_kept_one_or_is_refused_for_want_of_it():
@@ -157,7 +162,7 @@ def test_old_and_new_nodes_side_by_side_through_the_gateway(gateway_config, node
         node.publish("meetkit/new-1/up", v2(ls[1:3], keys, ANCHOR_MS, envelope=False))
         got = acks.wait("meetkit/old-1/ack", 1) + acks.wait("meetkit/new-1/ack", 2)
         assert [a["seq"] for a in got] == [[[16, 18]], [16], [[17, 18]]]  # v2's in its compact form
-        assert [("v" in a) for a in got] == [True, False, False]
+        assert [("v" in a) for a in got] == [True, False, False] and all(ACK_V.is_valid(a) for a in got)
     finally:
         g.stop()
     g = Running(gateway_config).wait_subscribed()  # the envelope comes from the store now
@@ -176,3 +181,24 @@ def test_old_and_new_nodes_side_by_side_through_the_gateway(gateway_config, node
         assert not [k for k in counters if k.startswith(("rejected.", "refused_"))]
     finally:
         g.stop()
+
+
+def test_the_v2_examples_of_payload_md_are_the_gateways():
+    """docs/payload.md's two v2 batches are read as written, the second with the first's envelope,
+    and the compact acknowledgement shown is what the gateway publishes."""
+    from .conftest import DOCS, json_examples
+
+    first, second, ack = json_examples(DOCS / "payload.md")["Payload v2"]
+    a = payload.parse_batch(first.encode(), "ams-001", 1795510800 + 3600)
+    b = payload.parse_batch(second.encode(), "ams-001", 1795510800 + 3600, envelope_of=lambda n, boot: a.envelope)
+    assert not a.refused and not b.refused and BATCH_V2_V.is_valid(json.loads(first))
+    r17, r18 = a.records
+    assert (r17.seq, r17.ts, r17.values["pm1"], r17.flags, dict(r17.err)) == \
+        (17, 1795510800, (3.1, 2.0, 5.0, 58), {"pm25": ("rh_high",)}, {"pm": 2})
+    assert (r18.seq, r18.ts, r18.up, r18.values["pm1"], r18.values["LA10"]) == \
+        (18, 1795510860, 1080, (3.3, 2.0, 5.0, 58), (59.1, None, None, None))
+    assert [(r.seq, r.ts) for r in b.records] == [(19, 1795510920)]
+    from meetkit_gateway.acks import Ack
+    doc = json.loads(ack)
+    assert Ack("ams-001", 3, (17, 19, 20, 21), compact=True).payload(doc["db"]) == \
+        json.dumps(doc, separators=(",", ":")).encode() and ACK_V.is_valid(doc)
