@@ -267,16 +267,19 @@ class Envelope:
     #: Unix seconds at the boot's uptime 0, once the node's clock is known: a record's ts is sent
     #: as ts - t0 - up, a few digits instead of ten
     t0: int | None = None
+    #: per key, 1: its summaries are written as four numbers without brackets
+    sums: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({"fw": self.fw, "board": self.board, "sensors": dict(self.sensors),
                            "units": dict(self.units), "keys": list(self.keys), "dec": list(self.dec),
-                           "t0": self.t0}, separators=(",", ":"))
+                           "t0": self.t0, "sum": list(self.sums)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "Envelope":
         d = json.loads(text)
-        return cls(d["fw"], d["board"], d["sensors"], d["units"], tuple(d["keys"]), tuple(d["dec"]), d.get("t0"))
+        return cls(d["fw"], d["board"], d["sensors"], d["units"], tuple(d["keys"]), tuple(d["dec"]), d.get("t0"),
+                   tuple(d.get("sum", ())))
 
 
 #: the envelope the gateway has for a node's boot (the store's), or None
@@ -384,10 +387,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def decode(payload: bytes, size: int | None = None) -> dict[str, Any]:
+def decode(payload: bytes, size: int | None = None, short_batch: bool = False) -> dict[str, Any]:
     """The JSON object in `payload`, or `Rejected` (size, encoding, syntax, not an object). `size`:
     the message's size when `payload` is only its first bytes (the gateway does not hold a message
-    larger than the contract allows)."""
+    larger than the contract allows). `short_batch`: an array is taken too, as payload v2's short
+    batch `[2, boot, record, ...]` (made the object `{"v":2,"boot":..,"recs":[..]}`)."""
     size = len(payload) if size is None else size
     if size > MAX_MESSAGE_BYTES:
         raise Rejected(OVERSIZED, f"{size} bytes, the limit is {MAX_MESSAGE_BYTES}")
@@ -401,6 +405,8 @@ def decode(payload: bytes, size: int | None = None) -> dict[str, Any]:
         )
     except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise Rejected(NOT_JSON, f"not JSON: {e}") from None
+    if short_batch and isinstance(obj, list) and len(obj) >= 3 and obj[0] == 2 and type(obj[0]) is int:
+        return {"v": 2, "boot": obj[1], "recs": obj[2:]}
     if not isinstance(obj, dict):
         raise Rejected(WRONG_TYPE, f"the message must be a JSON object, got {_kind(obj)}")
     return obj
@@ -534,7 +540,7 @@ def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size:
         batch = _plainly_valid_batch(payload, topic_node, now)
         if batch is not None:
             return batch
-    return _checked_batch(decode(payload, size), topic_node, now, envelope_of)
+    return _checked_batch(decode(payload, size, short_batch=True), topic_node, now, envelope_of)
 
 
 def _checked_batch(obj: dict[str, Any], topic_node: str, now: float, envelope_of: EnvelopeOf | None = None) -> Batch:
@@ -601,11 +607,11 @@ DEC_MAX = 6
 def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope_of: EnvelopeOf | None) -> Batch:
     """A v2 batch: the boot's envelope as carried (then checked whole) or as kept (`envelope_of`),
     the records made into v1's form and checked as v1's are."""
-    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "dropped"))
+    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "sum", "dropped"))
     boot = _int(obj["boot"], "boot", high=BOOT_MAX)
     dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
     carried = None
-    if any(k in obj for k in (*_V2_ENVELOPE, "t0")):
+    if any(k in obj for k in (*_V2_ENVELOPE, "t0", "sum")):
         for k in _V2_ENVELOPE:
             if k not in obj:
                 raise Rejected(MISSING_FIELD, f"{k}: missing (a v2 envelope is sent whole: {', '.join(_V2_ENVELOPE)})")
@@ -638,7 +644,13 @@ def _envelope_v2(obj: dict[str, Any]) -> Envelope:
     for i, d in enumerate(dec):
         _int(d, f"dec[{i}]", high=DEC_MAX)
     t0 = _int(obj["t0"], "t0", low=TS_MIN - UP_MAX) if "t0" in obj else None
-    return Envelope(_str(obj["fw"], "fw"), _str(obj["board"], "board"), sensors, units, tuple(keys), tuple(dec), t0)
+    sums = obj.get("sum", [])
+    if not isinstance(sums, list) or sums and len(sums) != len(keys):
+        raise Rejected(BAD_VALUE, f"sum: must be an array of 0 or 1 per key ({len(keys)})")
+    for i, x in enumerate(sums):
+        _int(x, f"sum[{i}]", high=1)
+    return Envelope(_str(obj["fw"], "fw"), _str(obj["board"], "board"), sensors, units, tuple(keys), tuple(dec), t0,
+                    tuple(sums))
 
 
 def _fixed(v: Any, where: str) -> int:
@@ -646,6 +658,37 @@ def _fixed(v: Any, where: str) -> int:
         raise Rejected(WRONG_TYPE, f"{where}: must be an integer (payload v2 sends values in fixed point), "
                                    f"got {_kind(v)}")
     return v
+
+
+def _items(r: list[Any], where: str, env: Envelope) -> tuple[list[Any], dict[str, Any] | None]:
+    """A v2 record's items, one per place (seq, ts, up, dur, then a key each: a summary as a list of
+    four), and its flags and errors object. A key of `sum` has its summary's four numbers in line;
+    a list in a key's place is a summary of four in brackets, or a plain number as [x]."""
+    k = len(env.keys)
+    sums = env.sums or (0,) * k
+    items: list[Any] = list(r[:4])
+    i = 4
+    try:
+        for j in range(k):
+            x = r[i]
+            if isinstance(x, list) and len(x) == 1:
+                items.append(x[0])
+                i += 1
+            elif x is None or isinstance(x, list) or not sums[j]:
+                items.append(x)
+                i += 1
+            else:
+                items.append(r[i:i + 4])
+                if len(items[-1]) != 4:
+                    raise IndexError
+                i += 4
+    except IndexError:
+        raise Rejected(BAD_VALUE, f"{where}: {len(r)} items, too few for the envelope's {k} keys") from None
+    rest = r[i:]
+    if len(r) < 4 or len(rest) > 1 or rest and not isinstance(rest[0], dict):
+        raise Rejected(BAD_VALUE, f"{where}: {len(r)} items, not [seq, ts, up, dur] and one place per key of the "
+                                  f"envelope's {k} (then flags and errors)")
+    return items, rest[0] if rest else None
 
 
 def _v1_record(r: Any, where: str, env: Envelope, prev: list[Any] | None) -> tuple[dict[str, Any], list[Any]]:
@@ -656,19 +699,16 @@ def _v1_record(r: Any, where: str, env: Envelope, prev: list[Any] | None) -> tup
     a summary `[a, a-min, max-a, n]` is `[avg, min, max, n]`."""
     if not isinstance(r, list):
         raise Rejected(WRONG_TYPE, f"{where}: must be an array (payload v2), got {_kind(r)}")
-    k = len(env.keys)
-    if len(r) not in (4 + k, 5 + k):
-        raise Rejected(BAD_VALUE, f"{where}: {len(r)} items; the envelope's {k} keys make {4 + k}, or {5 + k} "
-                                  "with flags and errors")
+    items, extra = _items(r, where, env)
     cur: list[Any] = []
-    for j, x in enumerate(r[:4 + k]):
+    for j, x in enumerate(items):
         p = prev[j] if prev is not None else None
-        at = f"{where}[{j}]"
+        at = f"{where}[{j}]" if j < 4 else f"{where} {env.keys[j - 4]}"
         if x is None:
             cur.append(None)
         elif isinstance(x, list):
             if j < 4 or len(x) != 4:
-                raise Rejected(BAD_VALUE, f"{at}: a summary is [a, a-min, max-a, n], got {json.dumps(x)[:40]}")
+                raise Rejected(BAD_VALUE, f"{at}: a summary is a, a-min, max-a, n; got {json.dumps(x)[:40]}")
             v = tuple(_fixed(y, f"{at}[{i}]") for i, y in enumerate(x))
             cur.append(tuple(a + b for a, b in zip(v, p)) if isinstance(p, tuple) else v)
         else:
@@ -687,9 +727,8 @@ def _v1_record(r: Any, where: str, env: Envelope, prev: list[Any] | None) -> tup
             out[key] = [a / scale, (a - lo) / scale, (a + hi) / scale, n]
         else:
             out[key] = v / scale
-    if len(r) == 5 + k:
-        extra = _obj(r[-1], f"{where}[{4 + k}]")
-        _fields(extra, f"{where}[{4 + k}]", (), ("f", "err"))
+    if extra is not None:
+        _fields(extra, f"{where} flags and errors", (), ("f", "err"))
         out.update(extra)
     return out, cur
 

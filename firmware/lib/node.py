@@ -215,18 +215,23 @@ class Node:
         # gateway asks for it again), every other batch is the boot and the records.
         sent = self.outbox.env_sent
         t0 = None if anchor is None else anchor // 1000
-        if boot in sent:
+        short = boot in sent and not self.spool.dropped   # [2,boot,records...]: no keys at all
+        if short:
+            head = b'[2,%d,' % boot
+        elif boot in sent:
             head = b'{"v":2,"boot":%d,' % boot
         else:
-            head = (env.replace('{"v":1,', '{"v":2,', 1) + '"keys":%s,"dec":[%s],%s' % (
+            head = (env.replace('{"v":1,', '{"v":2,', 1) + '"keys":%s,"dec":[%s],"sum":[%s],%s' % (
                 json.dumps(keys).replace(", ", ","), ",".join(str(recline.DEC.get(k, 2)) for k in keys),
+                ",".join("1" if k in recline.SUM else "0" for k in keys),
                 "" if t0 is None else '"t0":%d,' % t0)).encode()
         # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
         buf = _BUF
         mv = memoryview(buf)
         if self.spool.dropped:
             head += b'"dropped":%d,' % self.spool.dropped
-        head += b'"recs":['
+        if not short:
+            head += b'"recs":['
         i = len(head)
         mv[:i] = head
         n = 0
@@ -242,8 +247,13 @@ class Node:
             mv[i:i + len(r)] = r
             i += len(r)
             n += 1
-        mv[i:i + 2] = b"]}"
-        if not self.uplink.publish(mv[:i + 2], now):
+        if short:
+            buf[i] = 93  # ]
+            i += 1
+        else:
+            mv[i:i + 2] = b"]}"
+            i += 2
+        if not self.uplink.publish(mv[:i], now):
             return 0
         if boot not in sent:
             sent.append(boot)

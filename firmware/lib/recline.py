@@ -12,6 +12,10 @@
 DEC = {"pm1": 1, "pm25": 1, "pm10": 1, "temp": 2, "rh": 2, "press": 2, "LAeq": 2, "LA10": 2, "LA50": 2,
        "LA90": 2, "LZeq": 2, "cov": 3}
 
+# The quantities the samplers give as [avg, min, max, n]: payload v2 writes these four numbers
+# without brackets (the envelope's "sum" says which keys); any other summary keeps its brackets.
+SUM = ("pm1", "pm25", "pm10", "temp", "rh", "press", "LAeq")
+
 FLAGS = {"missing": "m", "checksum": "c", "warmup": "w", "rh_high": "h", "partial": "p",
          "overload": "o", "floor": "f"}
 _NAMES = {v: k for k, v in FLAGS.items()}
@@ -87,7 +91,8 @@ def _fx(t, d):
 def to_v2(line, keys, anchor_ms, t0, prev):
     """The record as payload v2's array, and its integers for the next record's deltas (`prev`: the
     batch's record before, or None). [seq,ts,up,dur,q...] in the boot's key order, a summary as
-    [a,a-min,max-a,n] in steps of 10**-DEC[key]; with the boot's `t0` (Unix s at uptime 0) ts is
+    a,a-min,max-a,n in steps of 10**-DEC[key] (bracketed, and a plain number of a SUM key too, when
+    the key's form is not the one SUM says); with the boot's `t0` (Unix s at uptime 0) ts is
     ts-t0-up; after the first record of a batch every number that was a number in the record
     before too is the difference from it. Then {"f":..,"err":..} when the record has any."""
     f = line.split("|")
@@ -114,14 +119,16 @@ def to_v2(line, keys, anchor_ms, t0, prev):
     out = []
     for j, x in enumerate(cur):
         p = prev[j] if prev is not None and j < len(prev) else None
+        inline = j >= 4 and keys[j - 4] in SUM
         if x is None:
             out.append("null")
         elif type(x) is tuple:
             if type(p) is tuple:
                 x = (x[0] - p[0], x[1] - p[1], x[2] - p[2], x[3] - p[3])
-            out.append("[%d,%d,%d,%d]" % x)
+            out.append(("%d,%d,%d,%d" if inline else "[%d,%d,%d,%d]") % x)
         else:
-            out.append(str(x - p if type(p) is int else x))
+            x = str(x - p if type(p) is int else x)
+            out.append("[" + x + "]" if inline else x)
     if f[-2] or f[-1]:
         x = []
         _extra(x, keys, f[-2], f[-1])

@@ -64,16 +64,16 @@ def v1(ls: list[str], keys: list[str], anchor: int | None) -> bytes:
 def v2(ls: list[str], keys: list[str], anchor: int | None, envelope: bool = True, boot: int = 3) -> bytes:
     t0 = None if anchor is None else anchor // 1000
     if envelope:
-        head = ENV.replace('{"v":1,', '{"v":2,') + '"keys":%s,"dec":%s,%s' % (
+        head = ENV.replace('{"v":1,', '{"v":2,') + '"keys":%s,"dec":%s,"sum":%s,%s' % (
             json.dumps(keys, separators=(",", ":")), json.dumps([recline.DEC[k] for k in keys]),
-            "" if t0 is None else '"t0":%d,' % t0)
+            json.dumps([int(k in recline.SUM) for k in keys]), "" if t0 is None else '"t0":%d,' % t0)
         head = head.replace('"boot":3,', '"boot":%d,' % boot)
-    else:
-        head = '{"v":2,"boot":%d,' % boot
     recs, prev = [], None
     for x in ls:
         r, prev = recline.to_v2(x, keys, anchor, t0, prev)
         recs.append(r)
+    if not envelope:  # the short form, as the node sends it when its spool dropped nothing
+        return ("[2,%d,%s]" % (boot, ",".join(recs))).encode()
     return (head + '"recs":[' + ",".join(recs) + "]}").encode()
 
 
@@ -91,8 +91,12 @@ def test_v2_says_exactly_what_v1_says(timed, anchor, old_lzeq):
     assert two.envelope is not None and two.envelope.keys == tuple(keys)
     assert two.records[4].values["pm25"] is None and two.records[3].flags["LAeq"] == ("partial", "floor")
     assert len(v2(ls, keys, anchor, envelope=False)) < len(v1(ls, keys, anchor)) / 2
-    assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor))) and \
-        BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor, envelope=False)))
+    assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor)))
+    assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor, envelope=False)))
+    long = json.loads(v2(ls, keys, anchor, envelope=False))  # the same as an object, as with `dropped`
+    long = {"v": 2, "boot": long[1], "dropped": 4, "recs": long[2:]}
+    assert payload.parse_batch(json.dumps(long).encode(), "ams-001", NOW,
+                               envelope_of=lambda n, b: two.envelope).records == one.records
 
 
 def test_a_batch_without_an_envelope_takes_the_kept_one_or_is_refused_for_want_of_it():
@@ -111,23 +115,23 @@ def test_a_batch_without_an_envelope_takes_the_kept_one_or_is_refused_for_want_o
 def test_a_record_that_cannot_be_read_refuses_itself_and_the_deltas_after_it():
     ls, keys = lines(4)
     doc = json.loads(v2(ls, keys, ANCHOR_MS))
-    doc["recs"][1][4] = [3.1, 1, 1, 58]  # a float where v2 has integers
+    doc["recs"][1][4] = 3.1  # a float where v2 has integers
     b = payload.parse_batch(json.dumps(doc).encode(), "ams-001", NOW)
     assert [r.seq for r in b.records] == [16]
     # refused whole, their seqs not taken as read (so not acknowledged: the node keeps them)
     assert [(f.seq, f.whole) for f in b.refused] == [(None, True)] * 3 and b.held_seqs() == (16,)
-    assert "recs[1][4][0]: must be an integer" in b.refused[0].reason
+    assert "recs[1] pm1[0]: must be an integer" in b.refused[0].reason
     assert "cannot be read after recs[1]" in b.refused[1].reason
     short = json.loads(v2(ls[:1], keys, ANCHOR_MS))
     short["recs"][0] = short["recs"][0][:5]
     (f,) = payload.parse_batch(json.dumps(short).encode(), "ams-001", NOW).refused
-    assert f.whole and "recs[0]: 5 items; the envelope's 12 keys make 16" in f.reason
+    assert f.whole and "recs[0]: 5 items, too few for the envelope's 12 keys" in f.reason
 
 
 def test_a_value_out_of_range_is_refused_alone_as_in_v1():
     ls, keys = lines(1)
     doc = json.loads(v2(ls, keys, ANCHOR_MS))
-    doc["recs"][0][4 + keys.index("rh")][0] = 12000  # 120 %RH
+    doc["recs"][0][4 + 4 * keys.index("rh")] = 12000  # 120 %RH (the summaries before it: four numbers each)
     b = payload.parse_batch(json.dumps(doc).encode(), "ams-001", NOW)
     (rec,) = b.records
     assert rec.values["rh"] is None and rec.flags["rh"] == ("refused",)
