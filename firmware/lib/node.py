@@ -28,7 +28,7 @@ import soundlevel   # the largest compile (the noise kernel) first, while the he
 del soundlevel      # sample_noise takes it from sys.modules
 # The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
 # been compiled, used and dropped; the samplers only where the board has the sensor (heap).
-recline = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
+recline = recv2 = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
 
 BOOT_FILE = "boot.count"
 _WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
@@ -211,49 +211,17 @@ class Node:
             if env is None:  # its file is gone: this boot's envelope with the old boot number
                 env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
             keys = keys or self.keys
-        # Payload v2: the envelope goes with the first batch of each boot in a session (and when the
-        # gateway asks for it again), every other batch is the boot and the records.
+        global recv2
+        if recv2 is None:
+            try:
+                import recv2
+            except MemoryError:   # no room to load it just now: the records wait, the next pass tries
+                console.warn("batch put off: no memory to load recv2")
+                return 0
         sent = self.outbox.env_sent
-        t0 = None if anchor is None else anchor // 1000
-        short = boot in sent and not self.spool.dropped   # [2,boot,records...]: no keys at all
-        if short:
-            head = b'[2,%d,' % boot
-        elif boot in sent:
-            head = b'{"v":2,"boot":%d,' % boot
-        else:
-            head = (env.replace('{"v":1,', '{"v":2,', 1) + '"keys":%s,"dec":[%s],"sum":[%s],%s' % (
-                json.dumps(keys).replace(", ", ","), ",".join(str(recline.DEC.get(k, 2)) for k in keys),
-                ",".join("1" if k in recline.SUM else "0" for k in keys),
-                "" if t0 is None else '"t0":%d,' % t0)).encode()
-        # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
-        buf = _BUF
-        mv = memoryview(buf)
-        if self.spool.dropped:
-            head += b'"dropped":%d,' % self.spool.dropped
-        if not short:
-            head += b'"recs":['
-        i = len(head)
-        mv[:i] = head
-        n = 0
-        prev = None
-        for line in lines:
-            r, prev = recline.to_v2(line, keys, anchor, t0, prev)
-            r = r.encode()
-            if n and i + len(r) + 3 > len(buf):
-                break
-            if n:
-                buf[i] = 44  # ,
-                i += 1
-            mv[i:i + len(r)] = r
-            i += len(r)
-            n += 1
-        if short:
-            buf[i] = 93  # ]
-            i += 1
-        else:
-            mv[i:i + 2] = b"]}"
-            i += 2
-        if not self.uplink.publish(mv[:i], now):
+        n, size = recv2.batch(_BUF, boot, lines, env if boot not in sent else None, keys, anchor,
+                              self.spool.dropped)
+        if not self.uplink.publish(memoryview(_BUF)[:size], now):
             return 0
         if boot not in sent:
             sent.append(boot)

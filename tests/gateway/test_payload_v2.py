@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,19 @@ from .test_payload_schema import validator
 BATCH_V2_V, ACK_V = validator("batch_v2"), validator("ack")
 
 NOW = time.time()
-_spec = importlib.util.spec_from_file_location("recline", Path(__file__).parents[2] / "firmware" / "lib" / "recline.py")
-recline = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(recline)  # type: ignore[union-attr]
+
+
+def _firmware(name: str) -> Any:
+    """A module of firmware/lib (plain Python both ports run), imported as the node imports it."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "firmware" / "lib" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+recline = _firmware("recline")
+recv2 = _firmware("recv2")
 
 ENV = ('{"v":1,"node":"ams-001","boot":3,"fw":"0.2.0","board":"esp32-devkitc",'
        '"sensors":{"pm":"pms5003","climate":"bme280","mic":"ics43434"},'
@@ -61,20 +72,14 @@ def v1(ls: list[str], keys: list[str], anchor: int | None) -> bytes:
     return (ENV + '"recs":[' + ",".join(recline.to_json(x, keys, anchor) for x in ls) + "]}").encode()
 
 
-def v2(ls: list[str], keys: list[str], anchor: int | None, envelope: bool = True, boot: int = 3) -> bytes:
-    t0 = None if anchor is None else anchor // 1000
-    if envelope:
-        head = ENV.replace('{"v":1,', '{"v":2,') + '"keys":%s,"dec":%s,"sum":%s,%s' % (
-            json.dumps(keys, separators=(",", ":")), json.dumps([recline.DEC[k] for k in keys]),
-            json.dumps([int(k in recline.SUM) for k in keys]), "" if t0 is None else '"t0":%d,' % t0)
-        head = head.replace('"boot":3,', '"boot":%d,' % boot)
-    recs, prev = [], None
-    for x in ls:
-        r, prev = recline.to_v2(x, keys, anchor, t0, prev)
-        recs.append(r)
-    if not envelope:  # the short form, as the node sends it when its spool dropped nothing
-        return ("[2,%d,%s]" % (boot, ",".join(recs))).encode()
-    return (head + '"recs":[' + ",".join(recs) + "]}").encode()
+def v2(ls: list[str], keys: list[str], anchor: int | None, envelope: bool = True, boot: int = 3,
+       dropped: int = 0) -> bytes:
+    """The batch the node makes of these lines (recv2.batch, into a buffer as big as the node's)."""
+    buf = bytearray(4096)
+    env = ENV.replace('"boot":3,', '"boot":%d,' % boot) if envelope else None
+    n, size = recv2.batch(buf, boot, ls, env, keys, anchor, dropped)
+    assert n == len(ls)
+    return bytes(buf[:size])
 
 
 @pytest.mark.parametrize("timed,anchor,old_lzeq", [(True, ANCHOR_MS, False), (True, None, False),
@@ -93,10 +98,10 @@ def test_v2_says_exactly_what_v1_says(timed, anchor, old_lzeq):
     assert len(v2(ls, keys, anchor, envelope=False)) < len(v1(ls, keys, anchor)) / 2
     assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor)))
     assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor, envelope=False)))
-    long = json.loads(v2(ls, keys, anchor, envelope=False))  # the same as an object, as with `dropped`
-    long = {"v": 2, "boot": long[1], "dropped": 4, "recs": long[2:]}
-    assert payload.parse_batch(json.dumps(long).encode(), "ams-001", NOW,
-                               envelope_of=lambda n, b: two.envelope).records == one.records
+    long = v2(ls, keys, anchor, envelope=False, dropped=4)  # the object form: it has more to say
+    assert BATCH_V2_V.is_valid(json.loads(long)) and long.startswith(b'{"v":2,"boot":3,"dropped":4,"recs":[[')
+    b = payload.parse_batch(long, "ams-001", NOW, envelope_of=lambda n, b: two.envelope)
+    assert b.records == one.records and b.dropped == 4
 
 
 def test_a_batch_without_an_envelope_takes_the_kept_one_or_is_refused_for_want_of_it():
