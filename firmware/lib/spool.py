@@ -2,13 +2,15 @@
 #
 # Layout under DIR (littlefs on the board: a file's new content counts only once it is closed, so a
 # power cut leaves each file wholly old or wholly new):
-#   s<n>          segment n: record lines (recline.py), appended; a new segment after SEG_BYTES
+#   s<n>          segment n: records (recline.py: a length byte, then the record's bits; each but a
+#                 segment's first coded as its changes from the one before), appended; a new
+#                 segment after SEG_BYTES
 #   b<boot>       a boot's batch envelope and quantity keys (JSON), written with its first record
 #   t<boot>       a boot's clock anchor: Unix ms at uptime 0, once NTP set the clock
 #   state         the ack cursor, acknowledged records past it, the safe position, the count of
 #                 records not yet safe, the dropped count, the gateway's db id and whether it is a
 #                 region's (its acknowledgements carry `safe`, docs/payload.md "Safe in the region")
-# A record is addressed by pos = n << 16 | byte offset. Everything before the cursor is acknowledged
+# A record is addressed by pos = n << 16 | byte offset (of its length byte). Everything before the cursor is acknowledged
 # by the gateway's database `db`; everything before the safe position (at or before the cursor) is
 # safe: on a lone gateway's disk (safe = cursor), or in a region's store (the gateway's `safe` pair
 # covered it). Records stay on flash until the byte budget needs the space: then whole segments go,
@@ -29,6 +31,8 @@ import recline
 DIR = "sp"
 SEG_BYTES = 16384
 SAVE_MS = 30000
+_FRAME = bytearray(256)   # one record as read (its length fits a byte)
+_MV = memoryview(_FRAME)
 
 
 def _int(s):
@@ -52,6 +56,8 @@ class Spool:
         self.dirty = False
         self._saved = time.ticks_ms()
         self._boots = {}        # boot -> (envelope, keys, anchor ms or None), a small cache
+        self._last = None       # the record appended last, and its segment: the next one's reference
+        self._ctx = None        # (pos, record before it): where the last walk can go on decoding
         try:
             os.mkdir(dirname)
         except OSError:
@@ -131,12 +137,11 @@ class Spool:
 
     def _oldest_boot(self):
         for n, size in self.segs:
-            f = self._open(n, 0)
-            if f is not None:
-                with f:
-                    line = f.readline()
-                if line:
-                    return recline.boot_of(line)
+            b = None
+            for r in self.recs(n, size, 0, False, 1):   # runs to its end (one record): the file closes
+                b = r[2][0]
+            if b is not None:
+                return b
         return None
 
     def set_anchor(self, boot, unix_ms_at_up0):
@@ -167,22 +172,62 @@ class Spool:
         return b
 
     # -- writing ------------------------------------------------------------------------------
-    def append(self, line):
-        """Store one record line (no newline); returns its pos. Raises OSError if flash fails."""
+    def append(self, rec):
+        """Store one record (recline.record); returns its (pos, end). Raises OSError if flash fails."""
         segs = self.segs
         if not segs or segs[-1][1] >= SEG_BYTES:
             segs.append([segs[-1][0] + 1 if segs else max(1, self.cur >> 16), 0])
         s = segs[-1]
-        with open(self._seg(s[0]), "a") as f:
-            f.write(line)
-            f.write("\n")
+        last = self._last
+        b = recline.pack(rec, last[1] if last is not None and last[0] == s[0] else None)
+        with open(self._seg(s[0]), "ab") as f:
+            f.write(b)
+        self._last = (s[0], rec)
         pos = s[0] << 16 | s[1]
-        s[1] += len(line) + 1
-        self.total += len(line) + 1
+        s[1] += len(b)
+        self.total += len(b)
         self.held += 1
         self._normalise()
         self._make_room()
-        return pos
+        return pos, pos + len(b)
+
+    def recs(self, n, size, start, full=True, most=-1):
+        """(pos, end, record) of segment n's records from byte offset start on (at most `most`), read
+        from the segment's first record or from where the last full walk stopped: each is decoded
+        from the one before. full False: headers only (recline.unpack). A caller that stops early
+        closes it (the file stays open until then)."""
+        f = self._open(n, 0)
+        if f is None:
+            return
+        with f:
+            off = 0
+            prev = None
+            c = self._ctx
+            if full and c is not None and c[0] >> 16 == n and c[0] & 0xFFFF <= start:
+                off = c[0] & 0xFFFF
+                prev = c[1]
+                f.seek(off)
+            mv = _MV
+            while off < size and most:
+                if f.readinto(mv[:1]) != 1:
+                    return
+                k = _FRAME[0]
+                end = off + 1 + k
+                if not k or end > size or f.readinto(mv[:k]) != k:
+                    return   # cut short: not a record (littlefs commits whole writes; a guard)
+                try:
+                    prev = recline.unpack(mv[:k], prev, full)
+                except (ValueError, IndexError):
+                    console.error("spool: s%d damaged at %d" % (n, off))
+                    return
+                if prev[8] is None and full:
+                    prev[8] = self.boot_info(prev[0])[1]
+                if off >= start:
+                    most -= 1
+                    if full:
+                        self._ctx = (n << 16 | end, prev)
+                    yield n << 16 | off, n << 16 | end, prev
+                off = end
 
     def _free_bytes(self):
         try:
@@ -208,20 +253,17 @@ class Spool:
         lost = {}   # boot -> [count, first seq, last seq]
         # not yet safe: from the safe position on (on a lone gateway: but what it acknowledged)
         off = self.safe & 0xFFFF if self.safe >> 16 == n else 0
-        f = self._open(n, off) if self.safe >> 16 <= n else None
         acked = {} if self.region else self.acked
-        if f is not None:
-            with f:
-                for line in f:
-                    if (n << 16 | off) not in acked and line[-1:] == "\n":
-                        b, s = recline.boot_of(line), recline.seq_of(line)
-                        c = lost.get(b)
-                        if c is None:
-                            lost[b] = [1, s, s]
-                        else:
-                            c[0] += 1
-                            c[2] = s
-                    off += len(line)
+        if self.safe >> 16 <= n:
+            for p, _, r in self.recs(n, size, off, False):
+                if p not in acked:
+                    b, s = r[0], r[1]
+                    c = lost.get(b)
+                    if c is None:
+                        lost[b] = [1, s, s]
+                    else:
+                        c[0] += 1
+                        c[2] = s
         try:
             os.remove(self._seg(n))
         except OSError:
@@ -242,8 +284,8 @@ class Spool:
     # -- reading ------------------------------------------------------------------------------
     def read(self, pos, max_bytes, skip, now_boot, may_send_now_boot, extra=0):
         """Records from pos on that are not acknowledged and not in `skip` (pos -> anything), all of
-        one boot and about max_bytes, counting each line's length plus `extra`.
-        Returns (boot, [(pos, end, line)], next_pos); boot None when there is nothing to send."""
+        one boot and about max_bytes, counting each one's bytes on flash plus `extra`.
+        Returns (boot, [(pos, end, record)], next_pos); boot None when there is nothing to send."""
         if pos < self.cur:
             pos = self.cur
         out = []
@@ -252,32 +294,21 @@ class Spool:
         for n, size in self.segs:
             if (n << 16 | size) <= pos:
                 continue
-            off = pos & 0xFFFF if pos >> 16 == n else 0
-            f = self._open(n, off)
-            if f is None:
-                pos = n << 16 | size
-                continue
+            g = self.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0)
             try:
-                while off < size:
-                    line = f.readline()
-                    if not line or line[-1] != "\n":
-                        off = size
-                        break
-                    p = n << 16 | off
+                for p, e, r in g:
                     if p in self.acked or p in skip:
-                        off += len(line)
                         continue
-                    b = recline.boot_of(line)
+                    b = r[0]
                     if (boot is not None and b != boot) or (b == now_boot and not may_send_now_boot) \
-                            or (out and got + len(line) + extra > max_bytes):
+                            or (out and got + e - p + extra > max_bytes):
                         return boot, out, p  # another boot, a boot without its time yet, or full
                     boot = b
-                    off += len(line)
-                    out.append((p, n << 16 | off, line[:-1]))
-                    got += len(line) + extra
+                    out.append((p, e, r))
+                    got += e - p + extra
             finally:
-                f.close()
-            pos = n << 16 | off
+                g.close()
+            pos = n << 16 | size
         return boot, out, pos
 
     # -- acknowledgements -----------------------------------------------------------------------

@@ -50,10 +50,6 @@ def count(sp, pos):
     for n, size in sp.segs:
         if (n << 16 | size) <= pos:
             continue
-        f = sp._open(n, pos & 0xFFFF if pos >> 16 == n else 0)
-        if f is not None:
-            with f:
-                for line in f:
-                    if line[-1:] == "\n":
-                        k += 1
+        for _ in sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, False):
+            k += 1
     return k

@@ -170,8 +170,8 @@ def test_a_full_spool_counts_what_is_not_yet_safe_as_dropped(tmp_path: Path) -> 
     import console, safepos
     lines_seen = []
     console.warn = lambda m: lines_seen.append(m)
-    spool.SEG_BYTES = 1000
-    sp = Spool(3000)
+    spool.SEG_BYTES = 200
+    sp = Spool(600)
     sp.region = True
     fill(sp, 1, range(40))
     _, lines, _ = sp.read(0, 100000, {}, 1, True)
@@ -181,12 +181,11 @@ def test_a_full_spool_counts_what_is_not_yet_safe_as_dropped(tmp_path: Path) -> 
     fill(sp, 1, range(40, 100))
     left = []
     for n, size in sp.segs:
-        with open(sp._seg(n)) as f:
-            left += [recline.seq_of(l) for l in f]
-    print("OUT", json.dumps([sp.held, sp.dropped, sp.total <= 3000, left]))
+        left += [recline.seq_of(l) for _, _, l in sp.recs(n, size, 0, False)]
+    print("OUT", json.dumps([sp.held, sp.dropped, sp.total <= 600, left]))
     print("OUT", json.dumps(lines_seen))
     sp.save(time.ticks_ms(), True)
-    sp2 = Spool(3000)
+    sp2 = Spool(600)
     print("OUT", json.dumps([sp2.held, sp2.dropped]))
     """)
     assert out[0] == [20, 0]
@@ -241,21 +240,17 @@ spool.SEG_BYTES = 1024
 from spool import Spool
 from outbox import Outbox
 
+KEYS = ["pm25"]
 def rec(boot, seq):
-    return recline.encode(boot, seq, 1795500000 + 60 * seq, 60 * seq, 60, ['"pm25":[%d.5,1,9,60]' % seq], {}, {})
+    return recline.record(boot, seq, 1795500000 + 60 * seq, 60 * seq, 60, [("pm25", (seq * 10 + 5, 10, 90, 60))], {}, {}, KEYS)
 
 def on_flash(sp):
     out, safe = [], []
     for n, size in sp.segs:
-        f = sp._open(n, 0)
-        off = 0
-        with f:
-            for l in f:
-                if l[-1:] == "\\n":
-                    out.append([recline.boot_of(l), recline.seq_of(l)])
-                    if (n << 16 | off) < sp.safe:
-                        safe.append(out[-1])
-                off += len(l)
+        for p, _, l in sp.recs(n, size, 0, False):
+            out.append([recline.boot_of(l), recline.seq_of(l)])
+            if p < sp.safe:
+                safe.append(out[-1])
     return out, safe
 
 if not fresh:    # after the cut: what the flash says
@@ -286,13 +281,13 @@ for step in range(8):
     for _ in range(3):
         line = rec(1, seq)
         try:
-            pos = sp.append(line)
+            pos, end = sp.append(line)
         except OSError:   # the power went while it was written: not stored
             break
         if not dev.live:
             break
         print("@rec 1 %d" % seq)
-        ob.add(pos, pos + len(line) + 1, seq, line)
+        ob.add(pos, end, seq, line)
         seq += 1
     if not dev.live:
         break

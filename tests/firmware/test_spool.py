@@ -15,9 +15,10 @@ PRELUDE = """
 import os, json, time
 import spool, recline
 from spool import Spool
+KEYS = ["pm25", "temp"]
 def rec(seq, ts=1795500000, boot=1):
-    parts = ['"pm25":[%d.5,1,9,60]' % seq, '"temp":null']
-    return recline.encode(boot, seq, ts and ts + 60 * seq, 60 * seq, 60, parts, {}, {})
+    parts = [("pm25", (seq * 10 + 5, 10, 90, 60)), ("temp", None)]
+    return recline.record(boot, seq, ts and ts + 60 * seq, 60 * seq, 60, parts, {}, {}, KEYS)
 def fill(sp, boot, seqs, ts=1795500000):
     return [sp.append(rec(s, ts, boot)) for s in seqs]
 def ack_all(sp, lines):
@@ -81,30 +82,30 @@ def test_batches_hold_one_boot_and_stay_under_the_size(tmp_path: Path) -> None:
     fill(sp, 2, range(5))
     pos = 0
     while True:
-        boot, lines, pos = sp.read(pos, 400, {}, 99, True)
+        boot, lines, pos = sp.read(pos, 40, {}, 99, True)
         if boot is None:
             break
-        print("OUT", json.dumps([boot, seqs(lines), sum(len(l) + 1 for _, _, l in lines)]))
+        print("OUT", json.dumps([boot, seqs(lines), sum(e - p for p, e, _ in lines)]))
     """)
     assert [b for b, _, _ in out].count(1) >= 2
-    assert all(size <= 400 for _, _, size in out)
+    assert all(size <= 40 for _, _, size in out), "counted in bytes on flash"
     assert [s for b, ss, _ in out if b == 1 for s in ss] == list(range(20))
     assert [s for b, ss, _ in out if b == 2 for s in ss] == list(range(5))
 
 
 def test_full_spool_drops_oldest_counts_only_unacknowledged(tmp_path: Path) -> None:
     out = mpy(tmp_path, """
-    spool.SEG_BYTES = 1000
-    sp = Spool(3000)
-    fill(sp, 1, range(12))                    # 12 lines of ~60 bytes: one segment and a bit
+    spool.SEG_BYTES = 200
+    sp = Spool(600)
+    fill(sp, 1, range(12))                    # 12 records of a few bytes, in the first segment
     _, lines, _ = sp.read(0, 100000, {}, 1, True)
     ack_all(sp, lines)                          # all acknowledged: these may go without a count
     fill(sp, 1, range(12, 100))
-    print("OUT", json.dumps([sp.dropped, sp.total <= 3000]))
+    print("OUT", json.dumps([sp.dropped, sp.total <= 600]))
     left = drain(sp)
     print("OUT", json.dumps(left))
     sp.save(time.ticks_ms(), True)
-    print("OUT", json.dumps(Spool(3000).dropped))
+    print("OUT", json.dumps(Spool(600).dropped))
     """)
     dropped, within = out[0]
     left = [s for _, s in out[1]]
@@ -139,26 +140,38 @@ def test_current_boot_waits_for_the_clock(tmp_path: Path) -> None:
     assert out == [[1, [0, 1, 2]], None]
 
 
-def test_record_line_is_the_payload_record(tmp_path: Path) -> None:
+def test_a_record_on_flash_is_the_payload_record(tmp_path: Path) -> None:
     out = mpy(tmp_path, """
-    parts = ['"pm1":[3.1,2,5,58]', '"pm25":null', '"temp":[-1.25,-1.3,-1.2,12]', '"LZeq":[55.2,48.1,67.3,60]']
+    keys = ["pm1", "pm25", "temp", "LZeq", "cov"]
+    parts = [("pm1", (31, 20, 50, 58)), ("pm25", None), ("temp", (-125, -130, -120, 12)), ("LZeq", 5521),
+             ("cov", 998)]
     flags = {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}
-    line = recline.encode(3, 17, None, 1020, 60, parts, flags, {"pm": 2})
-    keys = recline.keys_of(parts)
-    print("OUT", json.dumps(line))
-    print("OUT", recline.to_json(line, keys, None))
-    print("OUT", recline.to_json(line, keys, 1795509780400))
-    line = recline.encode(3, 18, 1795510800, 1080, 60, parts, {}, {})
-    print("OUT", recline.to_json(line, keys, None))
+    a = recline.record(3, 17, None, 1020, 60, parts, flags, {"pm": 2}, keys)
+    b = recline.record(3, 18, 1795510800, 1080, 60, parts, {}, {}, keys)
+    fa = recline.pack(a, None)
+    fb = recline.pack(b, a)                 # its changes from the record before it
+    a2 = recline.unpack(memoryview(fa)[1:], None)
+    a2[8] = keys                            # a key frame's keys: the boot's file (spool.py)
+    b2 = recline.unpack(memoryview(fb)[1:], a2)
+    print("OUT", json.dumps([len(fa), fa[0] + 1, len(fb), fb[0] + 1]))
+    print("OUT", recline.to_json(a2, keys, None))
+    print("OUT", recline.to_json(a2, keys, 1795509780400))
+    print("OUT", recline.to_json(b2, keys, None))
+    print("OUT", recline.to_v2(a2, None))
+    print("OUT", recline.to_v2(b2, None))
     """)
-    line, unknown, anchored, plain = out
-    assert len(line) < 100
+    (la, fa, lb, fb), unknown, anchored, plain, v2a, v2b = out
+    assert la == fa and lb == fb, "a length byte, then the record"
+    assert lb < la // 2, "a record like the one before it costs a few bytes"
     assert unknown == {"seq": 17, "ts": None, "up": 1020, "dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": None,
-                       "temp": [-1.25, -1.3, -1.2, 12], "LZeq": [55.2, 48.1, 67.3, 60],
+                       "temp": [-1.25, -1.3, -1.2, 12], "LZeq": 55.21, "cov": 0.998,
                        "f": {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}, "err": {"pm": 2}}
     assert anchored["ts"] == 1795510800, "uptime 1020 s after an anchor 1795509780.4 rounds to the second"
     assert plain == {"seq": 18, "ts": 1795510800, "up": 1080, "dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": None,
-                     "temp": [-1.25, -1.3, -1.2, 12], "LZeq": [55.2, 48.1, 67.3, 60]}
+                     "temp": [-1.25, -1.3, -1.2, 12], "LZeq": 55.21, "cov": 0.998}
+    assert v2a == [17, None, 1020, 60, [31, 11, 19, 58], None, [-125, 5, 5, 12], 5521, 998,
+                   {"f": {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}, "err": {"pm": 2}}]
+    assert v2b == [18, 1795510800, 1080, 60, [31, 11, 19, 58], None, [-125, 5, 5, 12], 5521, 998]
 
 
 def test_unreadable_state_resends_everything(tmp_path: Path) -> None:
@@ -177,8 +190,8 @@ def test_unreadable_state_resends_everything(tmp_path: Path) -> None:
 
 def test_many_short_boots_share_segments_and_old_boot_files_go(tmp_path: Path) -> None:
     out = mpy(tmp_path, """
-    spool.SEG_BYTES = 1000
-    sp = Spool(3000)
+    spool.SEG_BYTES = 200
+    sp = Spool(600)
     for boot in range(200):                   # a node on a flaky supply: one record per boot
         sp.begin_boot(boot, '{"v":1,"boot":%d,' % boot, ["pm25", "temp"])
         sp.append(rec(0, boot=boot))
