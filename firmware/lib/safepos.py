@@ -38,7 +38,7 @@ def advance(sp, b, s):
             break
         if (n << 16 | size) <= pos:
             continue
-        g = sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, False)
+        g = sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, 1)
         pos = n << 16 | size
         try:
             for p, e, r in g:

@@ -31,6 +31,7 @@ import recline
 DIR = "sp"
 SEG_BYTES = 16384
 SAVE_MS = 30000
+KEY_EVERY = 32   # a key frame every so many records: a read decodes at most that many to get going
 _FRAME = bytearray(256)   # one record as read (its length fits a byte)
 _MV = memoryview(_FRAME)
 
@@ -56,7 +57,7 @@ class Spool:
         self.dirty = False
         self._saved = time.ticks_ms()
         self._boots = {}        # boot -> (envelope, keys, anchor ms or None), a small cache
-        self._last = None       # the record appended last, and its segment: the next one's reference
+        self._last = None       # (segment, the record appended last, records since a key frame)
         self._ctx = None        # (pos, record before it): where the last walk can go on decoding
         try:
             os.mkdir(dirname)
@@ -138,7 +139,7 @@ class Spool:
     def _oldest_boot(self):
         for n, size in self.segs:
             b = None
-            for r in self.recs(n, size, 0, False, 1):   # runs to its end (one record): the file closes
+            for r in self.recs(n, size, 0, 1, 1):   # runs to its end (one record): the file closes
                 b = r[2][0]
             if b is not None:
                 return b
@@ -179,10 +180,11 @@ class Spool:
             segs.append([segs[-1][0] + 1 if segs else max(1, self.cur >> 16), 0])
         s = segs[-1]
         last = self._last
-        b = recline.pack(rec, last[1] if last is not None and last[0] == s[0] else None)
+        ref = last[1] if last is not None and last[0] == s[0] and last[2] < KEY_EVERY - 1 else None
+        b = recline.pack(rec, ref)
         with open(self._seg(s[0]), "ab") as f:
             f.write(b)
-        self._last = (s[0], rec)
+        self._last = (s[0], rec, 0 if ref is None else last[2] + 1)
         pos = s[0] << 16 | s[1]
         s[1] += len(b)
         self.total += len(b)
@@ -191,40 +193,56 @@ class Spool:
         self._make_room()
         return pos, pos + len(b)
 
-    def recs(self, n, size, start, full=True, most=-1):
-        """(pos, end, record) of segment n's records from byte offset start on (at most `most`), read
-        from the segment's first record or from where the last full walk stopped: each is decoded
-        from the one before. full False: headers only (recline.unpack). A caller that stops early
-        closes it (the file stays open until then)."""
+    def recs(self, n, size, start, what=2, most=-1):
+        """(pos, end, record) of segment n's records from byte offset start on, at most `most`.
+        what: 2 the records, 1 their headers only (recline.unpack), 0 their places only (record
+        None). A record is decoded from the one before it: from the key frame at or before start
+        (one every KEY_EVERY records), or from where the last walk of what 2 stopped. A caller that
+        stops early closes it (the file stays open until then)."""
         f = self._open(n, 0)
         if f is None:
             return
         with f:
             off = 0
             prev = None
+            mv = _MV
             c = self._ctx
-            if full and c is not None and c[0] >> 16 == n and c[0] & 0xFFFF <= start:
+            if what == 2 and c is not None and c[0] >> 16 == n and c[0] & 0xFFFF <= start:
                 off = c[0] & 0xFFFF
                 prev = c[1]
-                f.seek(off)
-            mv = _MV
+            if what:   # the last key frame before start, if it comes after that
+                o = off
+                while o < start:
+                    f.seek(o)
+                    if f.readinto(mv[:2]) != 2:
+                        return
+                    if _FRAME[1] & 0x80:
+                        off = o
+                        prev = None
+                    o += 1 + _FRAME[0]
+            f.seek(off)
             while off < size and most:
                 if f.readinto(mv[:1]) != 1:
                     return
                 k = _FRAME[0]
                 end = off + 1 + k
-                if not k or end > size or f.readinto(mv[:k]) != k:
+                if not k or end > size:
                     return   # cut short: not a record (littlefs commits whole writes; a guard)
-                try:
-                    prev = recline.unpack(mv[:k], prev, full)
-                except (ValueError, IndexError):
-                    console.error("spool: s%d damaged at %d" % (n, off))
-                    return
-                if prev[8] is None and full:
-                    prev[8] = self.boot_info(prev[0])[1]
+                if what:
+                    if f.readinto(mv[:k]) != k:
+                        return
+                    try:
+                        prev = recline.unpack(mv[:k], prev, what == 2)
+                    except (ValueError, IndexError):
+                        console.error("spool: s%d damaged at %d" % (n, off))
+                        return
+                    if what == 2 and prev[8] is None:
+                        prev[8] = self.boot_info(prev[0])[1]
+                else:
+                    f.seek(end)
                 if off >= start:
                     most -= 1
-                    if full:
+                    if what == 2:
                         self._ctx = (n << 16 | end, prev)
                     yield n << 16 | off, n << 16 | end, prev
                 off = end
@@ -255,7 +273,7 @@ class Spool:
         off = self.safe & 0xFFFF if self.safe >> 16 == n else 0
         acked = {} if self.region else self.acked
         if self.safe >> 16 <= n:
-            for p, _, r in self.recs(n, size, off, False):
+            for p, _, r in self.recs(n, size, off, 1):
                 if p not in acked:
                     b, s = r[0], r[1]
                     c = lost.get(b)

@@ -50,6 +50,6 @@ def count(sp, pos):
     for n, size in sp.segs:
         if (n << 16 | size) <= pos:
             continue
-        for _ in sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, False):
+        for _ in sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, 0):
             k += 1
     return k

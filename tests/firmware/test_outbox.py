@@ -101,7 +101,7 @@ def unsafe():    # the records from the spool's safe position on: what a new dat
     for n, size in sp.segs:
         if (n << 16 | size) <= sp.safe:
             continue
-        for _, _, l in sp.recs(n, size, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0, False):
+        for _, _, l in sp.recs(n, size, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0, 1):
             out.append([recline.boot_of(l), recline.seq_of(l)])
     return out
 
