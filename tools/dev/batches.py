@@ -10,30 +10,18 @@ drains: about five records (60 readings) per message. Seeded: the same stream ev
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from dataclasses import dataclass
-from types import ModuleType
 
 from meetkit_gateway.payload import QUANTITIES
-from meetkit_tools.paths import FIRMWARE
+from meetkit_tools.dev.spoolfile import firmware_module, recline
 
 BATCH_BYTES = 1800  # firmware/lib/node.py: a batch stays under about 2 KB
 QUANTITIES_PER_RECORD = 12
 INTERVAL_S = 60
 
-
-def _firmware_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"firmware_{name}", FIRMWARE / "lib" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stats = _firmware_module("stats")
-recline = _firmware_module("recline")
+stats = firmware_module("stats")
 
 
 @dataclass(frozen=True)
