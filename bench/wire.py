@@ -8,7 +8,11 @@ better; airRohr spends about 40 bytes per value (one JSON object {"value_type","
 over HTTP). The bytes are counted by a TCP relay between node and broker, not by the simulator.
 
 spool_days_at_1min: days of 1-minute records the default spool budget holds, from the bytes the
-records of that run take on flash. Higher is better; the issue asks for at least 7.
+records of that run take on flash: the spool's segment files (sp/s<n>, littlefs file sizes, which
+the budget counts) over the records in them, decoded on the host by the firmware's own recline
+(tools/dev/spoolfile.py), key frames and length bytes included. The boot's envelope file (sp/b<n>)
+and the state file are a few hundred bytes per boot and not counted. Higher is better; issue 17
+asks for at least 30 (all sensors: PMS5003, BME280, ICS43434).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.results import record
+from meetkit_tools.dev import spoolfile
 from meetkit_tools.services import GatewayProcess, Mosquitto, free_port
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
@@ -88,8 +93,9 @@ def run() -> None:
             values = con.execute("SELECT count(avg) + count(min) + count(max) FROM readings").fetchone()[0]
             recs = con.execute("SELECT count(*) FROM records").fetchone()[0]
             con.close()
-            spool = sum(len(node.read_flash(path) or b"") for path in node.list_flash("sp")
-                        if re.fullmatch(r"sp/s\d+", path))
+            segs = [node.read_flash(path) or b"" for path in node.list_flash("sp") if re.fullmatch(r"sp/s\d+", path)]
+            spool = sum(len(s) for s in segs)
+            on_flash = sum(len(spoolfile.segment_records(s)) for s in segs)
         finally:
             relay.close()
             gw.stop()
@@ -100,7 +106,8 @@ def run() -> None:
             "records": recs, "hours": HOURS, "board": "esp32-devkitc (PMS5003, BME280, ICS43434)",
             "vs_airrohr_ratio": round(total / values / AIRROHR_BYTES_PER_VALUE, 3),
             "value": "one avg, min or max of one quantity over one interval"})
-    per_rec = spool / recs if recs else float("nan")
+    per_rec = spool / on_flash if on_flash else float("nan")
     record("spool_days_at_1min", round(SPOOL_BUDGET / per_rec / 1440, 2), "days", "higher",
-           {"spool_bytes": spool, "records": recs, "bytes_per_record": round(per_rec, 1),
-            "budget_bytes": SPOOL_BUDGET, "goal_days": 7})
+           {"spool_bytes": spool, "records": on_flash, "records_stored_by_gateway": recs,
+            "bytes_per_record": round(per_rec, 1), "budget_bytes": SPOOL_BUDGET, "goal_days": 30,
+            "scenario": "busy-road", "hours": HOURS})
