@@ -329,6 +329,7 @@ def main():
     from uplink import Uplink
     from spool import Spool
     import recline
+    import recjson
     from clock import Clock
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:

@@ -32,8 +32,6 @@ DIR = "sp"
 SEG_BYTES = 16384
 SAVE_MS = 30000
 KEY_EVERY = 32   # a key frame every so many records: a read decodes at most that many to get going
-_FRAME = bytearray(256)   # one record as read (its length fits a byte)
-_MV = memoryview(_FRAME)
 
 
 def _int(s):
@@ -91,7 +89,7 @@ class Spool:
 
     def _open(self, n, off):
         try:
-            f = open(self._seg(n))
+            f = open(self._seg(n), "rb")
         except OSError:
             return None
         f.seek(off)
@@ -120,7 +118,7 @@ class Spool:
         and remove the files of boots older than the oldest record on flash (boots only grow)."""
         with open("%s/b%d" % (self.dir, boot), "w") as f:
             f.write(json.dumps({"env": envelope, "keys": keys}))
-        self._boots[boot] = (envelope, keys, None)
+        self._cache(boot, (envelope, keys, None))
         self._forget_old_boots(boot)
 
     def _forget_old_boots(self, boot):
@@ -138,11 +136,12 @@ class Spool:
 
     def _oldest_boot(self):
         for n, size in self.segs:
-            b = None
-            for r in self.recs(n, size, 0, 1, 1):   # runs to its end (one record): the file closes
-                b = r[2][0]
-            if b is not None:
-                return b
+            f = self._open(n, 1)   # a segment starts with a key frame: its boot in bytes 1-4
+            if f is not None:
+                with f:
+                    b = f.read(4)
+                if len(b) == 4:
+                    return int.from_bytes(b, "big") & 0x7FFFFFFF
         return None
 
     def set_anchor(self, boot, unix_ms_at_up0):
@@ -167,9 +166,13 @@ class Spool:
                     anchor = int(f.read())
             except (OSError, ValueError):
                 pass
-            if len(self._boots) >= 4:  # a cache, not an index of every boot on flash
-                self._boots = {}
-            b = self._boots[boot] = (env, keys, anchor)
+            b = self._cache(boot, (env, keys, anchor))
+        return b
+
+    def _cache(self, boot, b):
+        if len(self._boots) >= 4:  # a cache, not an index of every boot on flash
+            self._boots = {}
+        self._boots[boot] = b
         return b
 
     # -- writing ------------------------------------------------------------------------------
@@ -194,58 +197,9 @@ class Spool:
         return pos, pos + len(b)
 
     def recs(self, n, size, start, what=2, most=-1):
-        """(pos, end, record) of segment n's records from byte offset start on, at most `most`.
-        what: 2 the records, 1 their headers only (recline.unpack), 0 their places only (record
-        None). A record is decoded from the one before it: from the key frame at or before start
-        (one every KEY_EVERY records), or from where the last walk of what 2 stopped. A caller that
-        stops early closes it (the file stays open until then)."""
-        f = self._open(n, 0)
-        if f is None:
-            return
-        with f:
-            off = 0
-            prev = None
-            mv = _MV
-            c = self._ctx
-            if what == 2 and c is not None and c[0] >> 16 == n and c[0] & 0xFFFF <= start:
-                off = c[0] & 0xFFFF
-                prev = c[1]
-            if what:   # the last key frame before start, if it comes after that
-                o = off
-                while o < start:
-                    f.seek(o)
-                    if f.readinto(mv[:2]) != 2:
-                        return
-                    if _FRAME[1] & 0x80:
-                        off = o
-                        prev = None
-                    o += 1 + _FRAME[0]
-            f.seek(off)
-            while off < size and most:
-                if f.readinto(mv[:1]) != 1:
-                    return
-                k = _FRAME[0]
-                end = off + 1 + k
-                if not k or end > size:
-                    return   # cut short: not a record (littlefs commits whole writes; a guard)
-                if what:
-                    if f.readinto(mv[:k]) != k:
-                        return
-                    try:
-                        prev = recline.unpack(mv[:k], prev, what == 2)
-                    except (ValueError, IndexError):
-                        console.error("spool: s%d damaged at %d" % (n, off))
-                        return
-                    if what == 2 and prev[8] is None:
-                        prev[8] = self.boot_info(prev[0])[1]
-                else:
-                    f.seek(end)
-                if off >= start:
-                    most -= 1
-                    if what == 2:
-                        self._ctx = (n << 16 | end, prev)
-                    yield n << 16 | off, n << 16 | end, prev
-                off = end
+        """(pos, end, record) of segment n's records from byte offset start on: recread.recs."""
+        import recread   # at the first read of flash, not at the start (heap)
+        return recread.recs(self, n, size, start, what, most)
 
     def _free_bytes(self):
         try:

@@ -13,7 +13,7 @@ from meetkit_tools.dev.micropython import FIRMWARE_LIB, run_mpy
 
 PRELUDE = """
 import os, json, time
-import spool, recline
+import spool, recline, recread
 from spool import Spool
 KEYS = ["pm25", "temp"]
 def rec(seq, ts=1795500000, boot=1):
@@ -150,9 +150,9 @@ def test_a_record_on_flash_is_the_payload_record(tmp_path: Path) -> None:
     b = recline.record(3, 18, 1795510800, 1080, 60, parts, {}, {}, keys)
     fa = recline.pack(a, None)
     fb = recline.pack(b, a)                 # its changes from the record before it
-    a2 = recline.unpack(memoryview(fa)[1:], None)
+    a2 = recread.unpack(memoryview(fa)[1:], None)
     a2[8] = keys                            # a key frame's keys: the boot's file (spool.py)
-    b2 = recline.unpack(memoryview(fb)[1:], a2)
+    b2 = recread.unpack(memoryview(fb)[1:], a2)
     print("OUT", json.dumps([len(fa), fa[0] + 1, len(fb), fb[0] + 1]))
     print("OUT", recline.to_json(a2, keys, None))
     print("OUT", recline.to_json(a2, keys, 1795509780400))

@@ -12,21 +12,31 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from types import ModuleType
 
 from meetkit_tools.paths import FIRMWARE
 
 
 def firmware_module(name: str) -> ModuleType:
-    """A module of firmware/lib loaded under CPython (those that import nothing of MicroPython's)."""
-    spec = importlib.util.spec_from_file_location(f"firmware_{name}", FIRMWARE / "lib" / f"{name}.py")
+    """A module of firmware/lib loaded under CPython (those that import nothing of MicroPython's),
+    under its firmware name: recline imports recjson and recread by those names when it needs them."""
+    if name in _loaded:
+        return _loaded[name]
+    spec = importlib.util.spec_from_file_location(name, FIRMWARE / "lib" / f"{name}.py")
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+    module = _loaded[name] = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
 
+_loaded: dict[str, ModuleType] = {}
+
+
 recline = firmware_module("recline")
+recread = firmware_module("recread")
+firmware_module("recjson")
 
 
 def segment_records(data: bytes) -> list[list]:
@@ -39,7 +49,7 @@ def segment_records(data: bytes) -> list[list]:
         body = data[off + 1:off + 1 + k]
         if not k or len(body) != k:
             raise ValueError(f"a record cut short at byte {off}")
-        prev = recline.unpack(body, prev)
+        prev = recread.unpack(body, prev)
         out.append(prev)
         off += 1 + k
     return out
