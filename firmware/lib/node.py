@@ -196,7 +196,7 @@ class Node:
             console.error("spool: record %d not stored: %r" % (self.seq - 1, e))
             return
         console.info("record %d: %s" % (self.seq - 1, recline.to_json(rec, self.keys, None)))
-        self.outbox.add(pos, end, self.seq - 1, rec)
+        self.outbox.add(pos, end, self.seq - 1, recline.pack(rec, None))   # kept compact while it waits
         if self.restart_why:   # the interval is on flash: nothing is lost by the restart
             self.spool.save(now, True)
             console.info("restarting: %s" % self.restart_why)
@@ -329,7 +329,6 @@ def main():
     from uplink import Uplink
     from spool import Spool
     import recline
-    import recjson
     from clock import Clock
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:
@@ -337,6 +336,8 @@ def main():
         import bme280   # compiled now, before the samplers' buffers: Climate takes it from sys.modules
     if "pm" in board:
         from sample_pm import PM
+        __import__("sds011" if board["pm"]["type"] == "sds011" else "plantower")   # as bme280
+    import recread   # the spool's reader, needed at the first read of a backlog: compiled now (heap)
     try:
         boot = next_boot()
     except OSError as e:

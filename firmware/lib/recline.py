@@ -84,12 +84,22 @@ def record(boot, seq, ts, up, dur, parts, flags, errs, keys):
     return [boot, seq, ts, up, dur, vals, fl, errs, keys, _shape[1]]
 
 
+def _rec(rec, keys=None):
+    # a record kept compact while it waits to be sent: pack(rec, None), a key frame of about 70 bytes
+    # against some 250 as a list on the ESP32 (outbox.py keeps up to 8)
+    if type(rec) is bytes:
+        import recread
+        rec = recread.unpack(memoryview(rec)[1:], None)
+        rec[8] = keys
+    return rec
+
+
 def boot_of(rec):
-    return rec[0]
+    return _rec(rec)[0]
 
 
 def seq_of(rec):
-    return rec[1]
+    return _rec(rec)[1]
 
 
 def _ref(boot, shape):
@@ -170,15 +180,59 @@ def pack(rec, prev):
     return bytes(_B[:_len])
 
 
-# -- JSON: recjson.py, loaded at the first record sent or shown (its code is heap the start needs) --
+# -- JSON ------------------------------------------------------------------------------------------
+def _num(v, d):
+    # fixed point as the shortest decimal text: exact, no float on the way
+    if v is None:
+        return "null"
+    t = "%d" % abs(v)
+    if d:
+        t = "0" * (d + 1 - len(t)) + t
+        f = t[-d:].rstrip("0")
+        t = t[:-d] + ("." + f if f else "")
+    return "-" + t if v < 0 else t
+
+
+def _text(rec, keys, anchor_ms, v2):
+    vals = rec[5]
+    ts = rec[2]
+    if ts is None and anchor_ms is not None:
+        # made before the clock was known: its time from the boot's anchor (Unix ms at uptime 0)
+        ts = (anchor_ms + rec[3] * 1000 + 500) // 1000
+    out = [("[%d,%s,%d,%d" if v2 else '{"seq":%d,"ts":%s,"up":%d,"dur":%d') % (
+        rec[1], "null" if ts is None else "%d" % ts, rec[3], rec[4])]
+    j = 0
+    for k, s in zip(keys, rec[9]):
+        v = vals[j]
+        d = 0 if v2 else DEC.get(k, 0)
+        if s > 255 and v is not None:
+            lo, hi = vals[j + 1], vals[j + 2]
+            if v2:
+                lo, hi = v - lo, hi - v
+            v = "[%s,%s,%s,%d]" % (_num(v, d), _num(lo, d), _num(hi, d), vals[j + 3])
+        else:
+            v = _num(v, d)
+        out.append(v if v2 else '"%s":%s' % (k, v))
+        j += 4 if s > 255 else 1
+    x = []
+    flags, errs = rec[6], rec[7]
+    if flags:
+        x.append('"f":{' + ",".join('"%s":["%s"]' % (keys[i], '","'.join(
+            f for b, f in enumerate(FLAGS) if flags[i] >> b & 1)) for i in range(len(keys)) if i in flags) + "}")
+    if errs:
+        x.append('"err":{' + ",".join('"%s":%d' % (r, errs[r]) for r in ROLES if r in errs) + "}")
+    if x:
+        out.append("{%s}" % ",".join(x) if v2 else ",".join(x))
+    return ",".join(out) + ("]" if v2 else "}")
+
+
 def to_json(rec, keys, anchor_ms):
-    """The record as payload v1's JSON object."""
-    import recjson
-    return recjson.text(rec, keys, anchor_ms, False)
+    """The record (a list, or its bytes from pack(rec, None)) as payload v1's JSON object."""
+    return _text(_rec(rec, keys), keys, anchor_ms, False)
 
 
 def to_v2(rec, anchor_ms, keys=None):
     """The record as payload v2's array: [seq, ts, up, dur, q...], a summary as [avg, avg - min,
     max - avg, n], all integers at DEC decimals; then {"f":..., "err":...} if it has any."""
-    import recjson
-    return recjson.text(rec, keys or rec[8], anchor_ms, True)
+    rec = _rec(rec, keys)
+    return _text(rec, keys or rec[8], anchor_ms, True)

@@ -1,12 +1,11 @@
 # The spool's reader: a segment's records from flash (spool.py has the files), their bits back into
 # records (recline.py has the format). Loaded at the spool's first read, not at the start: its code
 # is heap the start needs.
-from recline import ROLES, _ref, _nulls
+from recline import ROLES, _B, _ref, _nulls
 
 _R = None   # the record being read, and the bit position in it
 _pos = 0
-_FRAME = bytearray(256)   # one record as read from flash (its length fits a byte)
-_MV = memoryview(_FRAME)
+_MV = memoryview(_B)   # one record as read from flash: recline's buffer (never both at once)
 
 
 def _get(n):
@@ -94,39 +93,30 @@ def unpack(buf, prev, full=True):
     return rec
 
 
-def recs(sp, n, size, start, what, most):
-    """(pos, end, record) of segment n's records from byte offset start on, at most `most`.
-    what: 2 the records, 1 their headers only (unpack), 0 their places only (record
-    None). A record is decoded from the one before it: from the key frame at or before start
-    (one every KEY_EVERY records), or from where the last walk of what 2 stopped. A caller that
-    stops early closes it (the file stays open until then)."""
-    import recread   # at the first read, not at the start (heap)
+def recs(sp, n, size, start, what=2):
+    """(pos, end, record) of segment n's records from byte offset start on. what: 2 the records,
+    1 their headers only (unpack), 0 their places only (record None). A record is decoded from the
+    one before it, from the key frame at or before start (one every spool.KEY_EVERY records). A
+    caller that stops early closes it (the file stays open until then)."""
     f = sp._open(n, 0)
     if f is None:
         return
     with f:
-        off = 0
-        prev = None
+        off = o = 0
         mv = _MV
-        c = sp._ctx
-        if what == 2 and c is not None and c[0] >> 16 == n and c[0] & 0xFFFF <= start:
-            off = c[0] & 0xFFFF
-            prev = c[1]
-        if what:   # the last key frame before start, if it comes after that
-            o = off
-            while o < start:
-                f.seek(o)
-                if f.readinto(mv[:2]) != 2:
-                    return
-                if _FRAME[1] & 0x80:
-                    off = o
-                    prev = None
-                o += 1 + _FRAME[0]
+        while what and o < start:   # the last key frame before start
+            f.seek(o)
+            if f.readinto(mv[:2]) != 2:
+                return
+            if _B[1] & 0x80:
+                off = o
+            o += 1 + _B[0]
         f.seek(off)
-        while off < size and most:
+        prev = None
+        while off < size:
             if f.readinto(mv[:1]) != 1:
                 return
-            k = _FRAME[0]
+            k = _B[0]
             end = off + 1 + k
             if not k or end > size:
                 return   # cut short: not a record (littlefs commits whole writes; a guard)
@@ -136,7 +126,7 @@ def recs(sp, n, size, start, what, most):
                 try:
                     prev = unpack(mv[:k], prev, what == 2)
                 except (ValueError, IndexError):
-                    import console
+                    import console   # here: the host's tools read with this module too (tools/dev/spoolfile.py)
                     console.error("spool: s%d damaged at %d" % (n, off))
                     return
                 if what == 2 and prev[8] is None:
@@ -144,8 +134,5 @@ def recs(sp, n, size, start, what, most):
             else:
                 f.seek(end)
             if off >= start:
-                most -= 1
-                if what == 2:
-                    sp._ctx = (n << 16 | end, prev)
                 yield n << 16 | off, n << 16 | end, prev
             off = end

@@ -30,6 +30,7 @@ def advance(sp, b, s):
     the safe position moves over the records acknowledged under that database (before the cursor)
     that are at or before (b, s), from where it is. It never moves back: a smaller pair (after a
     late record) releases nothing more, and covers nothing acknowledged after it."""
+    import recread
     pos = sp.safe
     cur = sp.cur
     k = 0
@@ -38,7 +39,7 @@ def advance(sp, b, s):
             break
         if (n << 16 | size) <= pos:
             continue
-        g = sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, 1)
+        g = recread.recs(sp, n, size, pos & 0xFFFF if pos >> 16 == n else 0, 1)
         pos = n << 16 | size
         try:
             for p, e, r in g:

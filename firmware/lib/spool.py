@@ -56,7 +56,6 @@ class Spool:
         self._saved = time.ticks_ms()
         self._boots = {}        # boot -> (envelope, keys, anchor ms or None), a small cache
         self._last = None       # (segment, the record appended last, records since a key frame)
-        self._ctx = None        # (pos, record before it): where the last walk can go on decoding
         try:
             os.mkdir(dirname)
         except OSError:
@@ -118,7 +117,9 @@ class Spool:
         and remove the files of boots older than the oldest record on flash (boots only grow)."""
         with open("%s/b%d" % (self.dir, boot), "w") as f:
             f.write(json.dumps({"env": envelope, "keys": keys}))
-        self._cache(boot, (envelope, keys, None))
+        if len(self._boots) >= 4:  # a cache, not an index of every boot on flash
+            self._boots = {}
+        self._boots[boot] = (envelope, keys, None)
         self._forget_old_boots(boot)
 
     def _forget_old_boots(self, boot):
@@ -166,13 +167,9 @@ class Spool:
                     anchor = int(f.read())
             except (OSError, ValueError):
                 pass
-            b = self._cache(boot, (env, keys, anchor))
-        return b
-
-    def _cache(self, boot, b):
-        if len(self._boots) >= 4:  # a cache, not an index of every boot on flash
-            self._boots = {}
-        self._boots[boot] = b
+            if len(self._boots) >= 4:
+                self._boots = {}
+            b = self._boots[boot] = (env, keys, anchor)
         return b
 
     # -- writing ------------------------------------------------------------------------------
@@ -196,11 +193,6 @@ class Spool:
         self._make_room()
         return pos, pos + len(b)
 
-    def recs(self, n, size, start, what=2, most=-1):
-        """(pos, end, record) of segment n's records from byte offset start on: recread.recs."""
-        import recread   # at the first read of flash, not at the start (heap)
-        return recread.recs(self, n, size, start, what, most)
-
     def _free_bytes(self):
         try:
             st = os.statvfs(self.dir)
@@ -215,49 +207,18 @@ class Spool:
             free = self._free_bytes()
             if self.total <= self.budget and (free is None or free >= 2 * SEG_BYTES):
                 break
-            self._drop_oldest()
+            import spdrop   # only when full
+            spdrop.drop_oldest(self)
             dropped = True
         if dropped:
             self._forget_old_boots(-1)
-
-    def _drop_oldest(self):
-        n, size = self.segs.pop(0)
-        lost = {}   # boot -> [count, first seq, last seq]
-        # not yet safe: from the safe position on (on a lone gateway: but what it acknowledged)
-        off = self.safe & 0xFFFF if self.safe >> 16 == n else 0
-        acked = {} if self.region else self.acked
-        if self.safe >> 16 <= n:
-            for p, _, r in self.recs(n, size, off, 1):
-                if p not in acked:
-                    b, s = r[0], r[1]
-                    c = lost.get(b)
-                    if c is None:
-                        lost[b] = [1, s, s]
-                    else:
-                        c[0] += 1
-                        c[2] = s
-        try:
-            os.remove(self._seg(n))
-        except OSError:
-            pass
-        self.total -= size
-        for p in [p for p in self.acked if p >> 16 == n]:
-            del self.acked[p]
-        if self.cur >> 16 == n:
-            self.cur = self.segs[0][0] << 16
-        if self.safe >> 16 <= n:
-            self.safe = self.segs[0][0] << 16
-        for b, c in lost.items():
-            self.dropped += c[0]
-            self.held -= c[0]
-            console.warn("spool: full, dropped %d records not yet safe of boot %d: seq %d..%d" % (c[0], b, c[1], c[2]))
-        self.dirty = True
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, pos, max_bytes, skip, now_boot, may_send_now_boot, extra=0):
         """Records from pos on that are not acknowledged and not in `skip` (pos -> anything), all of
         one boot and about max_bytes, counting each one's bytes on flash plus `extra`.
         Returns (boot, [(pos, end, record)], next_pos); boot None when there is nothing to send."""
+        import recread   # compiled by node.main at the start
         if pos < self.cur:
             pos = self.cur
         out = []
@@ -266,7 +227,7 @@ class Spool:
         for n, size in self.segs:
             if (n << 16 | size) <= pos:
                 continue
-            g = self.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0)
+            g = recread.recs(self, n, size, pos & 0xFFFF if pos >> 16 == n else 0)
             try:
                 for p, e, r in g:
                     if p in self.acked or p in skip:

@@ -46,10 +46,11 @@ def load(sp):
 
 def count(sp, pos):
     """Records from pos to the end of the spool (a scan of flash; safepos.py's too)."""
+    import recread
     k = 0
     for n, size in sp.segs:
         if (n << 16 | size) <= pos:
             continue
-        for _ in sp.recs(n, size, pos & 0xFFFF if pos >> 16 == n else 0, 0):
+        for _ in recread.recs(sp, n, size, pos & 0xFFFF if pos >> 16 == n else 0, 0):
             k += 1
     return k

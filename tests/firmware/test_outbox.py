@@ -43,7 +43,7 @@ if fresh:
     os.VfsLfs2.mkfs(dev)
 os.mount(os.VfsLfs2(dev), "/flash")
 os.chdir("/flash")
-import time, recline, outbox
+import time, recline, recread, outbox
 from spool import Spool
 from outbox import Outbox
 
@@ -101,7 +101,7 @@ def unsafe():    # the records from the spool's safe position on: what a new dat
     for n, size in sp.segs:
         if (n << 16 | size) <= sp.safe:
             continue
-        for _, _, l in sp.recs(n, size, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0, 1):
+        for _, _, l in recread.recs(sp, n, size, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0, 1):
             out.append([recline.boot_of(l), recline.seq_of(l)])
     return out
 

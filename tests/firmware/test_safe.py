@@ -181,7 +181,7 @@ def test_a_full_spool_counts_what_is_not_yet_safe_as_dropped(tmp_path: Path) -> 
     fill(sp, 1, range(40, 100))
     left = []
     for n, size in sp.segs:
-        left += [recline.seq_of(l) for _, _, l in sp.recs(n, size, 0, 1)]
+        left += [recline.seq_of(l) for _, _, l in recread.recs(sp, n, size, 0, 1)]
     print("OUT", json.dumps([sp.held, sp.dropped, sp.total <= 600, left]))
     print("OUT", json.dumps(lines_seen))
     sp.save(time.ticks_ms(), True)
@@ -235,7 +235,7 @@ if fresh:
     os.VfsLfs2.mkfs(dev)
 os.mount(os.VfsLfs2(dev), "/flash")
 os.chdir("/flash")
-import time, recline, console, spool
+import time, recline, recread, console, spool
 spool.SEG_BYTES = 1024
 from spool import Spool
 from outbox import Outbox
@@ -247,7 +247,7 @@ def rec(boot, seq):
 def on_flash(sp):
     out, safe = [], []
     for n, size in sp.segs:
-        for p, _, l in sp.recs(n, size, 0, 1):
+        for p, _, l in recread.recs(sp, n, size, 0, 1):
             out.append([recline.boot_of(l), recline.seq_of(l)])
             if p < sp.safe:
                 safe.append(out[-1])

@@ -20,7 +20,7 @@ from meetkit_tools.paths import FIRMWARE
 
 def firmware_module(name: str) -> ModuleType:
     """A module of firmware/lib loaded under CPython (those that import nothing of MicroPython's),
-    under its firmware name: recline imports recjson and recread by those names when it needs them."""
+    under its firmware name: recread imports recline by that name."""
     if name in _loaded:
         return _loaded[name]
     spec = importlib.util.spec_from_file_location(name, FIRMWARE / "lib" / f"{name}.py")
@@ -36,7 +36,6 @@ _loaded: dict[str, ModuleType] = {}
 
 recline = firmware_module("recline")
 recread = firmware_module("recread")
-firmware_module("recjson")
 
 
 def segment_records(data: bytes) -> list[list]:
