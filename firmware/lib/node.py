@@ -337,7 +337,6 @@ def main():
     if "pm" in board:
         from sample_pm import PM
         __import__("sds011" if board["pm"]["type"] == "sds011" else "plantower")   # as bme280
-    import recread   # the spool's reader, needed at the first read of a backlog: compiled now (heap)
     try:
         boot = next_boot()
     except OSError as e:

@@ -218,7 +218,7 @@ class Spool:
         """Records from pos on that are not acknowledged and not in `skip` (pos -> anything), all of
         one boot and about max_bytes, counting each one's bytes on flash plus `extra`.
         Returns (boot, [(pos, end, record)], next_pos); boot None when there is nothing to send."""
-        import recread   # compiled by node.main at the start
+        import recread   # at the first read (a backlog, or a record sent): its code is heap the start needs
         if pos < self.cur:
             pos = self.cur
         out = []
