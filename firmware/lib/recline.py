@@ -1,15 +1,16 @@
-# A record as a few dozen bits on flash (spool.py), and back to the payload's JSON when it is sent.
-# A month of 1-minute records must fit the 4 MB board's spool budget: about 40 bytes each.
+# A record as a few dozen bits on flash (spool.py), and as the payload's JSON when it is sent or
+# shown. A month of 1-minute records must fit the 4 MB board's spool budget: about 40 bytes each.
 #
 # A record in memory (a list): [boot, seq, ts, up, dur, vals, flags, errs, keys, shape]
 #   vals   flat, in the boot's key order: a summary takes 4 slots (avg, min, max, n), a plain
 #          quantity 1; fixed-point integers at DEC decimals (value = integer / 10**dec), None: no value
 #   flags  {key index: bits of FLAGS}     errs  {role: count}     keys  the boot's quantity keys
 #   shape  per key its _K: a summary or not, and the codes' parameters
-# On flash: a length byte, then the record's bits (written here, read by recread.py). A key frame (a segment's first record, a boot's
-# first) holds its boot in its first 4 bytes, everything else absolute and the shape, so a segment
-# decodes from its own bytes alone;
-# every other record holds its changes from the segment's record before it: seq +1, up +dur,
+# While it waits in the outbox it is kept as pack(rec, None), its bytes as a key frame.
+# On flash (written here, read by recread.py): a length byte, then the record's bits. A key frame
+# (a segment's first record, every spool.KEY_EVERY-th, a boot's first) holds its boot in its first
+# 4 bytes, everything else absolute and the shape, so a segment decodes from its own bytes alone.
+# Every other record holds its changes from the segment's record before it: seq +1, up +dur,
 # ts +dur, the same n, the same nulls, flags and errors cost a bit each; averages and plain numbers
 # are the change since that record, min and max the distance from the average. Each number is an
 # Exp-Golomb code of order k (signed ones zigzagged): k bits for the usual size, two bits more per
@@ -17,9 +18,8 @@
 
 DEC = {"pm1": 1, "pm25": 1, "pm10": 1, "temp": 2, "rh": 2, "press": 2, "LAeq": 2, "LA10": 2, "LA50": 2,
        "LA90": 2, "LZeq": 2, "cov": 3}
-# k for a quantity's change from one record to the next and for its min/max spread; a summary if
-# it has the second (measured on the simulator's scenarios, bench/wire.py)
-# it has the second: 0x100 | k << 4 | k of its spread (ints, not tuples: heap)
+# k for a quantity's change from one record to the next and, for a summary, of its min/max spread:
+# 0x100 | k << 4 | k of the spread (ints, not tuples: heap); measured on the simulator's scenarios
 _K = {"pm1": 0x145, "pm25": 0x145, "pm10": 0x145, "temp": 0x123, "rh": 0x144, "press": 0x122,
       "LAeq": 0x179, "LA10": 7, "LA50": 7, "LA90": 7, "LZeq": 7, "cov": 0}
 FLAGS = ("missing", "partial", "warmup", "checksum", "rh_high", "overload", "floor")
