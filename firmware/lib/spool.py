@@ -102,7 +102,7 @@ class Spool:
         try:
             with open(tmp, "w") as f:
                 s = self.segs[-1] if self.segs else (0, 0)
-                f.write('{"cur":%d,"safe":%d,"held":%d,"end":%d,"reg":%d,"dropped":%d,"db":%s,"acked":[%s]}' % (
+                f.write('{"fmt":2,"cur":%d,"safe":%d,"held":%d,"end":%d,"reg":%d,"dropped":%d,"db":%s,"acked":[%s]}' % (
                     self.cur, self.safe, self.held, s[0] << 16 | s[1], self.region, self.dropped,
                     json.dumps(self.db), ",".join("[%d,%d]" % kv for kv in self.acked.items())))
             os.rename(tmp, self.dir + "/state")

@@ -263,3 +263,50 @@ def test_every_record_reads_back_as_written_from_any_position(tmp_path: Path) ->
                 assert v1[k] == [a / dec, (a - lo) / dec, (a + hi) / dec, n], (k, j1, j2)
         extra = v2[16] if len(v2) > 16 else {}
         assert extra == {x: v1[x] for x in ("f", "err") if x in v1}
+
+
+def test_an_update_rewrites_an_older_firmwares_text_spool_and_loses_nothing(tmp_path: Path) -> None:
+    """A node updated from the firmware that spooled text lines: its backlog is rewritten as binary
+    records at the first start (a torn try before it left a .new file), each record as it was; the
+    older state's positions were in the text, so what follows its cursor's segment start is sent
+    again (the gateway keeps a boot and seq once), nothing is lost."""
+    out = mpy(tmp_path, """
+    os.mkdir("sp")
+    keys = ["pm25", "temp", "LAeq", "cov"]
+    with open("sp/b3", "w") as f:
+        f.write(json.dumps({"env": '{"v":1,"boot":3,', "keys": keys}))
+    lines = ["3 %d %s %d 60|%d.5,1,9,60|-1.25,-1.3,-1.2,12||0.998|%s|%s" % (
+        s, "-" if s < 2 else 1795500000 + 60 * s, 60 * s, s, "0wh,2m" if s == 1 else "", "pm=2" if s == 3 else "")
+        for s in range(6)]
+    lines[4] = lines[4].replace("||", "|55.2,48.1,67.3,60|", 1)
+    with open("sp/s1", "w") as f:
+        f.write("".join(l + "\\n" for l in lines[:4]))
+    with open("sp/s2", "w") as f:
+        f.write("".join(l + "\\n" for l in lines[4:]))
+    with open("sp/s1.new", "w") as f:
+        f.write("torn")
+    cur = 1 << 16 | len(lines[0]) + 1      # the older firmware's cursor: the first record acknowledged
+    with open("sp/state", "w") as f:
+        f.write('{"cur":%d,"safe":%d,"held":5,"end":%d,"reg":0,"dropped":0,"db":"aaaa000000000001","acked":[]}' % (
+            cur, cur, 2 << 16 | len(lines[4]) + len(lines[5]) + 2))
+    sp = Spool(100000)
+    for _ in range(2):
+        pos = 0
+        while True:
+            boot, recs, pos = sp.read(pos, 2000, {}, 99, True)
+            if boot is None:
+                break
+            for _, _, r in recs:
+                print("OUT", recline.to_json(r, keys, None))
+        sp.save(time.ticks_ms(), True)
+        sp = Spool(100000)                   # and again: nothing more to convert
+    print("OUT", json.dumps([sp.held, sorted(e[0] for e in os.ilistdir("sp") if e[0][0] == "s")]))
+    """)
+    *recs, (held, files) = out
+    want = [{"seq": s, "ts": None if s < 2 else 1795500000 + 60 * s, "up": 60 * s, "dur": 60,
+             "pm25": [s + 0.5, 1, 9, 60], "temp": [-1.25, -1.3, -1.2, 12],
+             "LAeq": [55.2, 48.1, 67.3, 60] if s == 4 else None, "cov": 0.998} for s in range(6)]
+    want[1]["f"] = {"pm25": ["warmup", "rh_high"], "LAeq": ["missing"]}
+    want[3]["err"] = {"pm": 2}
+    assert recs == want + want, "every record, as it was, read at both starts"
+    assert held == 6 and files == ["s1", "s2", "state"], "the torn try is gone"
