@@ -90,7 +90,7 @@ def _rec(rec, keys=None):
     if type(rec) is bytes:
         import recread
         rec = recread.unpack(memoryview(rec)[1:], None)
-        rec[8] = keys
+        rec[8] = keys or _shape[0]   # waiting records are the running boot's
     return rec
 
 
@@ -202,8 +202,9 @@ def _text(rec, keys, anchor_ms, v2):
     out = [("[%d,%s,%d,%d" if v2 else '{"seq":%d,"ts":%s,"up":%d,"dur":%d') % (
         rec[1], "null" if ts is None else "%d" % ts, rec[3], rec[4])]
     j = 0
-    for k, s in zip(keys, rec[9]):
+    for i, s in enumerate(rec[9]):
         v = vals[j]
+        k = None if v2 else keys[i]
         d = 0 if v2 else DEC.get(k, 0)
         if s > 255 and v is not None:
             lo, hi = vals[j + 1], vals[j + 2]

@@ -310,3 +310,20 @@ def test_an_update_rewrites_an_older_firmwares_text_spool_and_loses_nothing(tmp_
     want[3]["err"] = {"pm": 2}
     assert recs == want + want, "every record, as it was, read at both starts"
     assert held == 6 and files == ["s1", "s2", "state"], "the torn try is gone"
+
+
+def test_a_record_waiting_in_the_outbox_is_its_key_frame_and_reads_as_the_record(tmp_path: Path) -> None:
+    """The node keeps a record that waits to be sent as pack(rec, None): its JSON, v1 and v2, its
+    boot and seq are the record's, keys given or not (the running boot's)."""
+    out = mpy(tmp_path, """
+    keys = ["pm25", "LAeq", "cov"]
+    parts = [("pm25", (305, 200, 410, 58)), ("LAeq", (6543, 5810, 8022, 60)), ("cov", 1000)]
+    r = recline.record(2, 40, 1795500000, 2400, 60, parts, {"LAeq": ["floor"]}, {"mic": 1}, keys)
+    b = recline.pack(r, None)
+    print("OUT", json.dumps([len(b), recline.boot_of(b), recline.seq_of(b)]))
+    print("OUT", json.dumps([recline.to_json(r, keys, None), recline.to_json(b, keys, None)]))
+    print("OUT", json.dumps([recline.to_v2(r, None), recline.to_v2(b, None)]))
+    """)
+    (size, boot, seq), (j1, j2), (v1, v2) = out
+    assert size < 60 and (boot, seq) == (2, 40)
+    assert j1 == j2 and v1 == v2 == '[40,1795500000,2400,60,[305,105,105,58],[6543,733,1479,60],1000,{"f":{"LAeq":["floor"]},"err":{"mic":1}}]'
