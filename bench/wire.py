@@ -111,3 +111,7 @@ def run() -> None:
            {"spool_bytes": spool, "records": on_flash, "records_stored_by_gateway": recs,
             "bytes_per_record": round(per_rec, 1), "budget_bytes": SPOOL_BUDGET, "goal_days": 30,
             "scenario": "busy-road", "hours": HOURS})
+
+
+if __name__ == "__main__":
+    run()
