@@ -101,6 +101,7 @@ class Node:
                 console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
+        self._v2_retry = now   # payload v2's module, loaded at the first batch (tried again after this)
         self._extra = 0   # what a record's JSON adds to its line (payload v2: less than 0), once keys are known
         self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
                              cfg["batch_records"])
@@ -216,10 +217,13 @@ class Node:
             keys = keys or self.keys
         global recv2
         if recv2 is None:
+            if time.ticks_diff(now, self._v2_retry) < 0:
+                return 0
             try:
                 import recv2
-            except MemoryError:   # no room to load it just now: the records wait, the next pass tries
-                console.warn("batch put off: no memory to load recv2")
+            except MemoryError:   # no room to load it just now: the records wait on flash
+                self._v2_retry = time.ticks_add(now, 10000)
+                console.warn("batch put off 10 s: no memory to load recv2")
                 return 0
         sent = self.outbox.env_sent
         n, size = recv2.batch(_BUF, boot, lines, env if boot not in sent else None, keys, anchor,

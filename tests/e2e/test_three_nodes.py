@@ -28,9 +28,11 @@ NODES = (("street-01", "quiet-street", "esp32-devkitc"),
 # from the exact one (tests/firmware/test_bme280.py) on top of 2.6 Pa steps at x1 oversampling;
 # PM: whole ug/m3 (Plantower) or 0.1 (SDS011); sound: the interval's edges (the node's clock is
 # set in whole seconds) and, for Fast levels, the fluctuation of 125 ms of pink noise (about
-# 0.1 dB standard deviation, so +-0.5 dB at the extremes of an interval's 60,000 values).
+# 0.1 dB standard deviation, so +-0.5 dB at the extremes of an interval's 60,000 values). LZeq's
+# truth is LAeq plus the simulated sound's long-run Z-A difference; one minute of a construction site
+# differs from it by up to 0.33 dB (seen since the node reports 0.01 dB, not 0.1).
 TOL = {"temp": 0.05, "rh": 0.2, "press": 0.06, "pm1": 0.75, "pm25": 0.75, "pm10": 0.75,
-       "LAeq": 0.3, "LZeq": 0.3, "LA10": 0.5, "LA50": 0.5, "LA90": 0.5}
+       "LAeq": 0.3, "LZeq": 0.4, "LA10": 0.5, "LA50": 0.5, "LA90": 0.5}
 TOL_MINMAX = {"temp": 0.05, "rh": 0.3, "press": 0.08, "pm1": 1.0, "pm25": 1.0, "pm10": 1.0, "LAeq": 0.8}
 NOISE = ("LAeq", "LA10", "LA50", "LA90", "LZeq")
 # the simulated sound's flat level minus its A-weighted one (tools/sim/mpy/dev_mic.py)
