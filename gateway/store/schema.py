@@ -375,7 +375,72 @@ MIGRATIONS: list[str] = [
     ALTER TABLE nodes ADD COLUMN via INTEGER;
     ALTER TABLE nodes ADD COLUMN held INTEGER;
     """,
+    # 10: the compact layout (issue 17): a record's readings in one row (`recs.vals`, values.py),
+    # its batch's envelope once per boot (`boots`), nodes by a small integer (`nodes.id`). The
+    # records of `records` and `readings` are moved into `recs` afterwards, in slices that survive
+    # a power cut (compact.py), which then drops them and makes `records` a view.
+    """
+    CREATE TABLE nodes_10 (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL UNIQUE,
+        online INTEGER,
+        boot INTEGER,
+        fw TEXT,
+        up INTEGER,
+        rssi INTEGER,
+        status_at REAL,
+        last_seen REAL,
+        dropped INTEGER,
+        mode TEXT,
+        cfg INTEGER,
+        via INTEGER,
+        held INTEGER
+    );
+    INSERT INTO nodes_10 (node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held)
+        SELECT node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held
+        FROM nodes ORDER BY node;
+    DROP TABLE nodes;
+    ALTER TABLE nodes_10 RENAME TO nodes;
+    CREATE TABLE boots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        node INTEGER NOT NULL REFERENCES nodes (id),
+        boot INTEGER NOT NULL,
+        fw TEXT NOT NULL,
+        board TEXT NOT NULL,
+        sensors TEXT NOT NULL,
+        units TEXT NOT NULL
+    );
+    CREATE INDEX boots_node_boot ON boots (node, boot);
+    CREATE TABLE recs (
+        id INTEGER PRIMARY KEY,
+        node INTEGER NOT NULL,
+        boot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER,
+        start INTEGER,
+        up INTEGER NOT NULL,
+        dur INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        env INTEGER NOT NULL,
+        err TEXT,
+        nv INTEGER NOT NULL,
+        vals BLOB NOT NULL,
+        UNIQUE (node, boot, seq)
+    );
+    CREATE INDEX recs_node_start ON recs (node, start);
+    CREATE INDEX recs_node_id ON recs (node, id);
+    CREATE INDEX recs_untimed ON recs (node, boot) WHERE start IS NULL;
+    """,
 ]
+#: what `records` is once the records are in `recs` (compact.py makes it): schema 9's table as a
+#: view, for a person's (and a test's) SQL
+RECORDS_VIEW = """
+    CREATE VIEW records AS
+    SELECT r.id AS id, n.node AS node, r.boot AS boot, r.seq AS seq, r.ts AS ts, r.start AS start, r.up AS up,
+           r.dur AS dur, r.received_at AS received_at, b.fw AS fw, b.board AS board, b.sensors AS sensors,
+           r.err AS err
+    FROM recs AS r JOIN nodes AS n ON n.id = r.node JOIN boots AS b ON b.id = r.env
+"""
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: An older store at most this big is converted to incremental auto-vacuum by one VACUUM when it is
@@ -388,10 +453,17 @@ VACUUM_AT_UPGRADE_MAX = 256 * 1024 * 1024
 def migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
     """Apply the missing steps of `MIGRATIONS` (in one transaction), or refuse a version this code
     does not know; a store opened read-only must be at `SCHEMA_VERSION` already."""
+    from . import compact  # it reads and writes records by the codec, which needs payload's
+
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION}")
     if version == SCHEMA_VERSION:
+        if compact.pending(db):
+            if readonly:
+                raise StoreError(f"{path}: its records are being moved to the compact layout of schema "
+                                 f"{SCHEMA_VERSION} (the gateway does it as it starts); try again when it runs")
+            compact.convert(db, path)
         return
     if readonly:
         raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
@@ -407,6 +479,7 @@ def migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    compact.convert(db, path)
     if version > 0:
         convert_to_incremental(db, path)
 

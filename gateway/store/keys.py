@@ -1,0 +1,100 @@
+"""The small integers a record row refers to: a node's `nodes.id` and its batch's envelope, a
+`boots` row (schema.py). Both are looked up for every record written and read, so they are cached;
+a row never changes once committed (boots ids are never used again: AUTOINCREMENT), so a cache of
+another process or connection is never wrong, only incomplete. What a rolled-back transaction made
+is forgotten with it (`forget`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Mapping, NamedTuple
+
+_CACHED_MAX = 10_000
+
+
+class Boot(NamedTuple):
+    """A `boots` row: a node boot's envelope, as its batches carried it."""
+
+    node: int
+    boot: int
+    fw: str
+    board: str
+    sensors: str  # JSON object, as stored
+    units: dict[str, str]
+
+
+def dumps(obj: Mapping[str, Any]) -> str:
+    """A JSON object as the store keeps it: compact, keys sorted."""
+    return json.dumps(dict(obj), separators=(",", ":"), sort_keys=True)
+
+
+class Keys:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self._node_ids: dict[str, int] = {}
+        self._node_names: dict[int, str] = {}
+        self._boot_ids: dict[tuple[int, int, str, str, str, str], int] = {}
+        self._boots: dict[int, Boot] = {}
+
+    def forget(self) -> None:
+        """After a rollback: ids made in it may be gone (or be given to something else)."""
+        self._node_ids.clear()
+        self._node_names.clear()
+        self._boot_ids.clear()
+        self._boots.clear()
+
+    def node_id(self, node: str, make: bool = True) -> int | None:
+        """`nodes.id` of `node`; a row made for it when it has none and `make` (else None)."""
+        nid = self._node_ids.get(node)
+        if nid is None:
+            row = self.db.execute("SELECT id FROM nodes WHERE node = ?", (node,)).fetchone()
+            if row is None:
+                if not make:
+                    return None
+                row = self.db.execute("INSERT INTO nodes (node) VALUES (?) RETURNING id", (node,)).fetchone()
+            nid = row[0]
+            if len(self._node_ids) >= _CACHED_MAX:
+                self._node_ids.clear()
+            self._node_ids[node] = nid
+        return nid
+
+    def node_name(self, nid: int) -> str:
+        name = self._node_names.get(nid)
+        if name is None:
+            if len(self._node_names) >= _CACHED_MAX:
+                self._node_names.clear()
+            name = self._node_names[nid] = self.db.execute("SELECT node FROM nodes WHERE id = ?", (nid,)).fetchone()[0]
+        return name
+
+    def boot_id(self, nid: int, boot: int, fw: str, board: str, sensors: str, units: str) -> int:
+        """The `boots` row of this envelope (sensors and units as `dumps` writes them), made if new."""
+        key = (nid, boot, fw, board, sensors, units)
+        bid = self._boot_ids.get(key)
+        if bid is None:
+            row = self.db.execute(
+                "SELECT id FROM boots WHERE node = ? AND boot = ? AND fw = ? AND board = ? AND sensors = ?"
+                " AND units = ? ORDER BY id DESC LIMIT 1", key).fetchone()
+            if row is None:
+                row = self.db.execute("INSERT INTO boots (node, boot, fw, board, sensors, units)"
+                                      " VALUES (?, ?, ?, ?, ?, ?) RETURNING id", key).fetchone()
+            bid = row[0]
+            if len(self._boot_ids) >= _CACHED_MAX:
+                self._boot_ids.clear()
+            self._boot_ids[key] = bid
+        return bid
+
+    def boot(self, bid: int) -> Boot:
+        b = self._boots.get(bid)
+        if b is None:
+            nid, boot, fw, board, sensors, units = self.db.execute(
+                "SELECT node, boot, fw, board, sensors, units FROM boots WHERE id = ?", (bid,)).fetchone()
+            if len(self._boots) >= _CACHED_MAX:
+                self._boots.clear()
+            b = self._boots[bid] = Boot(nid, boot, fw, board, sensors, json.loads(units))
+        return b
+
+    def latest_boot(self, nid: int, boot: int) -> int | None:
+        """The newest `boots` row of a node's boot, None when it has none."""
+        row = self.db.execute("SELECT max(id) FROM boots WHERE node = ? AND boot = ?", (nid, boot)).fetchone()
+        return row[0]
