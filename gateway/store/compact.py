@@ -112,9 +112,11 @@ def _move_slice(db: sqlite3.Connection, keys: Keys, slice_: int) -> int:
         units = keys.boot(bid).units
         items = [(q, (avg, lo, hi, n), flags, None if unit == unit_of(units, q) else unit)
                  for q, avg, lo, hi, n, unit, flags in mine]
-        rows.append((rid, nid, boot, seq, ts, start, up, dur, received_at, bid, err, len(items), encode(items)))
-    db.executemany("INSERT INTO recs (id, node, boot, seq, ts, start, up, dur, received_at, env, err, nv, vals)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        shape, vals = encode(items)
+        rows.append((rid, nid, boot, seq, ts, start, up, dur, received_at, bid, err, len(items), keys.shape_id(shape),
+                     vals))
+    db.executemany("INSERT INTO recs (id, node, boot, seq, ts, start, up, dur, received_at, env, err, nv, shape, vals)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     db.execute("INSERT INTO meta (key, value) VALUES ('compact_upto', ?)"
                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(last),))
     return len(recs)

@@ -36,6 +36,8 @@ class Keys:
         self._node_names: dict[int, str] = {}
         self._boot_ids: dict[tuple[int, int, str, str, str, str], int] = {}
         self._boots: dict[int, Boot] = {}
+        self._shape_ids: dict[bytes, int] = {}
+        self._shapes: dict[int, bytes] = {}
 
     def forget(self) -> None:
         """After a rollback: ids made in it may be gone (or be given to something else)."""
@@ -43,6 +45,8 @@ class Keys:
         self._node_names.clear()
         self._boot_ids.clear()
         self._boots.clear()
+        self._shape_ids.clear()
+        self._shapes.clear()
 
     def node_id(self, node: str, make: bool = True) -> int | None:
         """`nodes.id` of `node`; a row made for it when it has none and `make` (else None)."""
@@ -93,6 +97,27 @@ class Keys:
                 self._boots.clear()
             b = self._boots[bid] = Boot(nid, boot, fw, board, sensors, json.loads(units))
         return b
+
+    def shape_id(self, heads: bytes) -> int:
+        """The `shapes` row of a record shape (values.py), made if new."""
+        sid = self._shape_ids.get(heads)
+        if sid is None:
+            row = self.db.execute("SELECT id FROM shapes WHERE heads = ?", (heads,)).fetchone()
+            if row is None:
+                row = self.db.execute("INSERT INTO shapes (heads) VALUES (?) RETURNING id", (heads,)).fetchone()
+            sid = row[0]
+            if len(self._shape_ids) >= _CACHED_MAX:
+                self._shape_ids.clear()
+            self._shape_ids[heads] = sid
+        return sid
+
+    def shape(self, sid: int) -> bytes:
+        heads = self._shapes.get(sid)
+        if heads is None:
+            if len(self._shapes) >= _CACHED_MAX:
+                self._shapes.clear()
+            heads = self._shapes[sid] = self.db.execute("SELECT heads FROM shapes WHERE id = ?", (sid,)).fetchone()[0]
+        return heads
 
     def latest_boot(self, nid: int, boot: int) -> int | None:
         """The newest `boots` row of a node's boot, None when it has none."""

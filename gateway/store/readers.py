@@ -149,9 +149,11 @@ class Readers(Base):
         if nid is None:
             return []
         wanted = frozenset(quantities)
-        rows = self.db.execute("SELECT start, vals FROM recs WHERE node = ? AND start >= ? ORDER BY start, boot, seq",
+        rows = self.db.execute("SELECT start, shape, vals FROM recs WHERE node = ? AND start >= ? ORDER BY start, boot, seq",
                                (nid, since))
-        return [(start, d[0], d[1]) for start, vals in rows for d in decode(vals, _NO_UNITS) if d[0] in wanted]
+        shape = self.keys.shape
+        return [(start, d[0], d[1]) for start, sid, vals in rows for d in decode(shape(sid), vals, _NO_UNITS)
+                if d[0] in wanted]
 
     def newest_start(self, node: str, upto: float | None = None) -> int | None:
         """The latest interval start of a node's records (None: no timed record), of those

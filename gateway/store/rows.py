@@ -57,17 +57,17 @@ class Reading(NamedTuple):
 make_reading: Callable[[tuple], Reading] = partial(tuple.__new__, Reading)  # type: ignore[arg-type]
 
 #: The columns of `recs AS r` that `expand` takes, in its order.
-RECORD_COLUMNS = "r.id, r.node, r.start, r.dur, r.env, r.boot, r.seq, r.vals"
+RECORD_COLUMNS = "r.id, r.node, r.start, r.dur, r.env, r.boot, r.seq, r.shape, r.vals"
 
 
 def expand(keys: Keys, rows: Iterable[tuple], quantities: Container[str] | None = None) -> Iterator[Reading]:
     """The `Reading`s of records (rows of `RECORD_COLUMNS`), a record's together in the contract's
     order (values.py), of `quantities` only when given."""
-    name, boot_of = keys.node_name, keys.boot
-    for rid, nid, start, dur, env, boot, seq, vals in rows:
+    name, boot_of, shape_of = keys.node_name, keys.boot, keys.shape
+    for rid, nid, start, dur, env, boot, seq, shape, vals in rows:
         b = boot_of(env)
         head, tail = (rid, name(nid), start, dur, b.board, b.fw), (b.sensors, boot, seq)
-        for d in decode(vals, b.units):
+        for d in decode(shape_of(shape), vals, b.units):
             if quantities is None or d[0] in quantities:
                 yield make_reading(head + d + tail)
 

@@ -411,6 +411,10 @@ MIGRATIONS: list[str] = [
         units TEXT NOT NULL
     );
     CREATE INDEX boots_node_boot ON boots (node, boot);
+    CREATE TABLE shapes (
+        id INTEGER PRIMARY KEY,
+        heads BLOB NOT NULL UNIQUE
+    );
     CREATE TABLE recs (
         id INTEGER PRIMARY KEY,
         node INTEGER NOT NULL,
@@ -424,6 +428,7 @@ MIGRATIONS: list[str] = [
         env INTEGER NOT NULL,
         err TEXT,
         nv INTEGER NOT NULL,
+        shape INTEGER NOT NULL,
         vals BLOB NOT NULL,
         UNIQUE (node, boot, seq)
     );

@@ -8,15 +8,18 @@ older gateway stored) is kept as the 8 bytes of its float. A summary's min and m
 small differences from its avg, n in the smallest integer that holds it; flags as bits when they are
 in the order the gateway writes them, else as text.
 
-Layout (little-endian):
+Layout (little-endian), in two parts: a record's shape (`recs.shape`, a row of `shapes`: the same
+for most records of a node, so kept once) and its fields (`recs.vals`):
 
-    mask    uint16   bit i: `CODES[i]` is in the record; bit 15: `extra` follows the fields
-    heads   one byte per quantity in the mask, in `CODES` order: bits 0-3 its kind (`KINDS`, the
-            struct format of its fields), bits 4-6 k, bit 7 a uint16 of flag bits after its fields
-    fields  the quantities' fields, in the same order
-    extra   JSON: [[quantity, avg, min, max, n, unit, flags], ...], what the bytes above cannot say:
-            a quantity not in `CODES`, a value that is no float, flags in another order, a unit other
-            than the record's boot gives (an older store's), an avg without min when n is given...
+    shape   mask     uint16: bit i: `CODES[i]` is in the record; bit 15: `extra` follows the fields
+            heads    one byte per quantity in the mask, in `CODES` order: bits 0-3 its kind (`KINDS`,
+                     the struct format of its fields), bits 4-6 k, bit 7 a uint16 of flag bits
+                     after its fields
+    vals    fields   the quantities' fields, in the same order
+            extra    JSON: [[quantity, avg, min, max, n, unit, flags], ...], what the bytes above
+                     cannot say: a quantity not in `CODES`, a value that is no float, flags in another
+                     order, a unit other than the record's boot gives (an older store's), an avg
+                     without min when n is given...
 
 `CODES`, `FLAG_BITS`, `KINDS` and `OFFSETS` are the stored format: only append to them.
 """
@@ -158,18 +161,19 @@ _pack_cache: dict[bytes, struct.Struct] = {}
 
 
 def _struct(heads: bytes) -> struct.Struct:
+    """The struct of the fields of quantities with `heads` (the shape without its mask)."""
     s = _pack_cache.get(heads)
     if s is None:
-        fmt = "<H" + "B" * len(heads) + "".join(KINDS[h & 15] + ("H" if h & 0x80 else "") for h in heads)
+        fmt = "<" + "".join(KINDS[h & 15] + ("H" if h & 0x80 else "") for h in heads)
         s = struct.Struct(fmt)
         if len(_pack_cache) < 4096:
             _pack_cache[heads] = s
     return s
 
 
-def encode(readings: Iterable[tuple[str, Fields, tuple[str, ...] | str, str | None]]) -> bytes:
-    """The BLOB of a record's readings: (quantity, (avg, min, max, n), flags, unit) each, unit None
-    when it is the one the record's boot gives it (`unit_of`); flags a tuple, or text as stored."""
+def encode(readings: Iterable[tuple[str, Fields, tuple[str, ...] | str, str | None]]) -> tuple[bytes, bytes]:
+    """(shape, vals) of a record's readings: (quantity, (avg, min, max, n), flags, unit) each, unit
+    None when it is the one the record's boot gives it (`unit_of`); flags a tuple, or text as stored."""
     mask = 0
     heads: list[tuple[int, int, list[Any]]] = []
     extra: list[list[Any]] = []
@@ -188,17 +192,18 @@ def encode(readings: Iterable[tuple[str, Fields, tuple[str, ...] | str, str | No
         heads.append((code, one[0], one[1]))  # type: ignore[arg-type]
     heads.sort(key=lambda h: h[0])
     hb = bytes(h[1] for h in heads)
-    fields = [x for h in heads for x in h[2]]
+    vals = _struct(hb).pack(*[x for h in heads for x in h[2]])
     if extra:
         mask |= _EXTRA_BIT
-    out = _struct(hb).pack(mask, *hb, *fields)
-    if extra:
-        out += json.dumps(extra, separators=(",", ":")).encode()
-    return out
+        vals += json.dumps(extra, separators=(",", ":")).encode()
+    return _MASK.pack(mask) + hb, vals
 
 
-def encode_record(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> tuple[bytes, int]:
-    """The BLOB of a record as ingest has it (payload.Record's values and flags: a quantity with
+_MASK = struct.Struct("<H")
+
+
+def encode_record(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> tuple[bytes, bytes, int]:
+    """(shape, vals) of a record as ingest has it (payload.Record's values and flags: a quantity with
     flags but no value is stored as no value with its flags) and how many readings it holds.
 
     Ingest's path, tens of thousands of records a second: a record as the firmware sends it (its
@@ -206,20 +211,20 @@ def encode_record(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]
     inline; anything else by `encode`."""
     fast = _fast(values, flags)
     if fast is not None:
-        return fast, len(values)
+        return fast[0], fast[1], len(values)
     items: list[tuple[str, Fields, tuple[str, ...] | str, str | None]] = []
     for q, v in values.items():
         items.append((q, v or _NONE, flags.get(q, ()), None))
     for q, fl in flags.items():
         if q not in values:
             items.append((q, _NONE, fl, None))
-    return encode(items), len(items)
+    return (*encode(items), len(items))
 
 
 _FAST = {q: (i, tuple((_P[k], OFFSETS.get(q, 0) * _P[k], k << 4) for k in _TRY[q])) for i, q in enumerate(CODES)}
 
 
-def _fast(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> bytes | None:
+def _fast(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> tuple[bytes, bytes] | None:
     heads = bytearray()
     fields: list[int] = []
     mask, last = 0, -1
@@ -271,23 +276,24 @@ def _fast(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> by
     if flags and not flags.keys() <= values.keys():
         return None
     hb = bytes(heads)
-    return _struct(hb).pack(mask, *hb, *fields)
+    return _MASK.pack(mask) + hb, _struct(hb).pack(*fields)
 
 
 _NONE: Fields = (None, None, None, None)
 
 
 class _Plan:
-    """How to read the fields of records with one mask and heads."""
+    """How to read the fields of records of one shape."""
 
     __slots__ = ("struct", "items", "extra")
 
-    def __init__(self, mask: int, heads: bytes) -> None:
+    def __init__(self, shape: bytes) -> None:
+        mask, heads = _MASK.unpack_from(shape)[0], shape[2:]
         self.struct = _struct(heads)
         self.extra = bool(mask & _EXTRA_BIT)
         codes = [i for i in range(15) if mask >> i & 1]
         items = []
-        at = 1 + len(heads)
+        at = 0
         for code, h in zip(codes, heads):
             kind, k, flagged = h & 15, h >> 4 & 7, bool(h & 0x80)
             width = len(KINDS[kind])
@@ -300,24 +306,16 @@ class _Plan:
 _plans: dict[bytes, _Plan] = {}
 
 
-def _plan(blob: bytes) -> tuple[_Plan, int]:
-    mask = blob[0] | blob[1] << 8
-    count = (mask & 0x7FFF).bit_count()
-    key = blob[:2 + count]
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _Plan(mask, key[2:])
-        if len(_plans) < 4096:
-            _plans[key] = plan
-    return plan, count
-
-
-def decode(blob: bytes, units: Mapping[str, str]) -> list[Decoded]:
-    """The readings of a record's BLOB, in `CODES` order, then `extra`'s; a reading's unit is
+def decode(shape: bytes, vals: bytes, units: Mapping[str, str]) -> list[Decoded]:
+    """The readings of a record, in `CODES` order, then `extra`'s; a reading's unit is
     `unit_of(units, q)` unless `extra` says another."""
-    plan, _ = _plan(blob)
+    plan = _plans.get(shape)
+    if plan is None:
+        plan = _Plan(shape)
+        if len(_plans) < 4096:
+            _plans[shape] = plan
     s = plan.struct
-    f = s.unpack_from(blob)
+    f = s.unpack_from(vals)
     out: list[Decoded] = []
     for q, kind, p, off, at, fl in plan.items:
         unit = units.get(q) or _DEFAULT_UNITS.get(q, "")
@@ -336,6 +334,6 @@ def decode(blob: bytes, units: Mapping[str, str]) -> list[Decoded]:
         else:  # MF
             out.append((q, f[at], f[at + 1], f[at + 2], f[at + 3], unit, flags))
     if plan.extra:
-        for q, avg, lo, hi, n, unit, flags in json.loads(blob[s.size:]):
+        for q, avg, lo, hi, n, unit, flags in json.loads(vals[s.size:]):
             out.append((q, avg, lo, hi, n, unit if unit is not None else unit_of(units, q), flags))
     return out

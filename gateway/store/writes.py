@@ -61,6 +61,7 @@ class Writes(Base):
             stored_to: set[tuple[int, int]] = set()  # (node id, boot) with records stored now
             seen: dict[str, tuple[float, int | None]] = {}  # node -> (last received, last `dropped` said)
             envs: dict[tuple[str, int, str, str, int, int], int] = {}
+            shapes: dict[bytes, int] = {}
             for batch, received_at in batches:
                 node, boot = batch.node, batch.boot
                 stored = 0
@@ -79,9 +80,12 @@ class Writes(Base):
                             continue
                         held_now.add(rec.seq)  # a seq twice: the second is a duplicate
                         err = dumps(rec.err) if rec.err else None
-                        vals, nv = encode_record(rec.values, rec.flags)
+                        shape, vals, nv = encode_record(rec.values, rec.flags)
+                        sid = shapes.get(shape)
+                        if sid is None:
+                            sid = shapes[shape] = keys.shape_id(shape)
                         records += (next_id, nid, boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur,
-                                    received_at, env, err, nv, vals)
+                                    received_at, env, err, nv, sid, vals)
                         next_id += 1
                         stored += 1
                     if stored:
@@ -91,8 +95,8 @@ class Writes(Base):
                               batch.dropped if batch.dropped is not None or last is None else last[1])
                 out.append(Added(stored, len(batch.records) - stored))
             self._insert_rows(
-                "INSERT INTO recs (id, node, boot, seq, ts, start, up, dur, received_at, env, err, nv, vals)",
-                13, records,
+                "INSERT INTO recs (id, node, boot, seq, ts, start, up, dur, received_at, env, err, nv, shape, vals)",
+                14, records,
             )
             for nid, boot in stored_to:
                 self._derive_start(nid, boot)
@@ -177,13 +181,13 @@ class Writes(Base):
             if nid is None:
                 return 0
             for rec in batch.records:
-                row = self.db.execute("SELECT id, env, vals FROM recs WHERE node = ? AND boot = ? AND seq = ?",
+                row = self.db.execute("SELECT id, env, shape, vals FROM recs WHERE node = ? AND boot = ? AND seq = ?",
                                       (nid, batch.boot, rec.seq)).fetchone()
                 if row is None:
                     continue
-                rid, env, vals = row
+                rid, env, sid, vals = row
                 units = self.keys.boot(env).units
-                have = {r[0]: r for r in decode(vals, units)}
+                have = {r[0]: r for r in decode(self.keys.shape(sid), vals, units)}
                 for q in rec.quantities():
                     fl = rec.flags.get(q, ())
                     if q not in QUANTITIES or REFUSED in fl:
@@ -195,7 +199,9 @@ class Writes(Base):
                     restored += 1
                 items = [(q, (avg, lo, hi, n), flags, None if unit == unit_of(units, q) else unit)
                          for q, avg, lo, hi, n, unit, flags in have.values()]
-                self.db.execute("UPDATE recs SET vals = ?, nv = ? WHERE id = ?", (encode(items), len(items), rid))
+                shape, vals = encode(items)
+                self.db.execute("UPDATE recs SET shape = ?, vals = ?, nv = ? WHERE id = ?",
+                                (self.keys.shape_id(shape), vals, len(items), rid))
         return restored
 
     def set_status(self, status: Status, received_at: float | None = None, *, live: bool = True) -> None:
