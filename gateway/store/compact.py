@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..payload import QUANTITIES
 from .keys import Keys, dumps
 from .schema import RECORDS_VIEW
-from .values import encode, unit_of
+from .values import CODES, encode, encode_fast, unit_of
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +110,37 @@ def _move_slice(db: sqlite3.Connection, keys: Keys, slice_: int) -> int:
         mine = readings.get(rid, [])
         bid = _boot(db, keys, nid, boot, fw, board, sensors, {q: unit for q, *_, unit, _ in mine})  # type: ignore[misc]
         units = keys.boot(bid).units
-        items = [(q, (avg, lo, hi, n), flags, None if unit == unit_of(units, q) else unit)
-                 for q, avg, lo, hi, n, unit, flags in mine]
-        shape, vals = encode(items)
-        rows.append((rid, nid, boot, seq, ts, start, up, dur, received_at, bid, err, len(items), keys.shape_id(shape),
+        coded = _as_ingest(mine, units)
+        if coded is None:
+            items = [(q, (avg, lo, hi, n), flags, None if unit == unit_of(units, q) else unit)
+                     for q, avg, lo, hi, n, unit, flags in mine]
+            shape, vals = encode(items)
+        else:
+            shape, vals = coded
+        rows.append((rid, nid, boot, seq, ts, start, up, dur, received_at, bid, err, len(mine), keys.shape_id(shape),
                      vals))
     db.executemany("INSERT INTO recs (id, node, boot, seq, ts, start, up, dur, received_at, env, err, nv, shape, vals)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     db.execute("INSERT INTO meta (key, value) VALUES ('compact_upto', ?)"
                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(last),))
     return len(recs)
+
+
+def _as_ingest(readings: list[tuple[Any, ...]], units: dict[str, str]) -> tuple[bytes, bytes] | None:
+    """Ingest's quick encoding of a record's readings as schema 9 held them, when they are as
+    ingest writes them (known quantities, the boot's units, flags as written); None otherwise."""
+    values: dict[str, Any] = {}
+    flags: dict[str, tuple[str, ...]] = {}
+    for q, avg, lo, hi, n, unit, fl in sorted(readings, key=lambda r: _ORDER.get(r[0], 99)):
+        if q not in _ORDER or unit != unit_of(units, q) or (lo is None) != (hi is None) or (lo is None) != (n is None):
+            return None
+        values[q] = None if avg is None and lo is None and hi is None and n is None else (avg, lo, hi, n)
+        if fl:
+            flags[q] = tuple(fl.split(","))
+    return encode_fast(values, flags)
+
+
+_ORDER = {q: i for i, q in enumerate(CODES)}
 
 
 def _boot(db: sqlite3.Connection, keys: Keys, nid: int, boot: int, fw: str, board: str, sensors: str,

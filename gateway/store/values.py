@@ -209,7 +209,7 @@ def encode_record(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]
     Ingest's path, tens of thousands of records a second: a record as the firmware sends it (its
     quantities in `CODES` order, each at the decimals `_TRY` names, in the narrow kinds) is encoded
     inline; anything else by `encode`."""
-    fast = _fast(values, flags)
+    fast = encode_fast(values, flags)
     if fast is not None:
         return fast[0], fast[1], len(values)
     items: list[tuple[str, Fields, tuple[str, ...] | str, str | None]] = []
@@ -224,7 +224,8 @@ def encode_record(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]
 _FAST = {q: (i, tuple((_P[k], OFFSETS.get(q, 0) * _P[k], k << 4) for k in _TRY[q])) for i, q in enumerate(CODES)}
 
 
-def _fast(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> tuple[bytes, bytes] | None:
+def encode_fast(values: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]) -> tuple[bytes, bytes] | None:
+    """`encode_record`'s inline path alone: (shape, vals), or None for a record it does not take."""
     heads = bytearray()
     fields: list[int] = []
     mask, last = 0, -1
