@@ -4,15 +4,19 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 10 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
 `node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
-`rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`)::
+`rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`;
+version 9 kept a record in a `records` table with its envelope, and each of its readings as a row
+of `readings`; migration 10 moves them into `recs`, store/compact.py)::
 
-    records        one row per interval record a node measured; (node, boot, seq) is unique
-      id           INTEGER PRIMARY KEY
-      node         TEXT     node id
+    recs           one row per interval record a node measured, its readings in it; (node, boot,
+                   seq) is unique. About 140 bytes with the 12 quantities, indexes included
+                   (bench/store.py), against about 680 in version 9.
+      id           INTEGER PRIMARY KEY  the record's id: forward cursors and pruning follow it
+      node         INTEGER  -> nodes.id
       boot         INTEGER  the node's boot counter
       seq          INTEGER  sequence number within the boot
       ts           INTEGER  interval start as the node sent it; NULL while its clock was not known
@@ -22,22 +26,37 @@ Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       up           INTEGER  seconds since boot at the interval start
       dur          INTEGER  interval length, seconds
       received_at  REAL     when the gateway received the batch
+      env          INTEGER  -> boots.id: the envelope of the record's batch (fw, board, sensors, units)
+      err          TEXT     JSON object: role -> failed reads in the interval; NULL when none
+      nv           INTEGER  how many readings `vals` holds (counts without reading them)
+      shape        INTEGER  -> shapes.id: which quantities the record has and how each is kept
+      vals         BLOB     the readings' fields (store/values.py): per quantity the node's
+                            [avg, min, max, n] (a plain number: avg only; LA10, LA50, LA90, cov,
+                            LZeq since the noise pipeline), or no value (the node had no valid
+                            sample: its flags say why); its quality flags. Every value comes back
+                            as exactly the float it was: a decimal as fixed point (M / 10**k), any
+                            other float as its 8 bytes; what the shape cannot say (a quantity not
+                            in the contract, a unit other than the boot's) as JSON after the fields
+      a reading's unit is its boot's (`boots.units`), else the contract's
+
+    records        a VIEW: version 9's table, for a person's SQL: id, node (the node id as TEXT),
+                   boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err. The
+                   readings are only in `recs.vals`: `meetkit-gateway readings` and `export` show them
+
+    boots          the envelopes of the nodes' batches: one row per node boot (one more whenever a
+                   batch of the same boot carried another envelope), kept while a record of that
+                   boot is (`Store.envelope_of` reads it)
+      id           INTEGER PRIMARY KEY AUTOINCREMENT (never used again: readers cache rows by id)
+      node         INTEGER  -> nodes.id
+      boot         INTEGER
       fw, board    TEXT     firmware version and board file of the batch
       sensors      TEXT     JSON object: sensor type per role (for per-type corrections)
-      err          TEXT     JSON object: role -> failed reads in the interval; NULL when none
+      units        TEXT     JSON object: unit per quantity, as the batch gave them
 
-    readings       one row per quantity of a record
-      record_id    INTEGER  -> records.id
-      quantity     TEXT     pm1, pm25, pm10, temp, rh, press, LAeq, LA10, LA50, LA90, LZeq, cov
-      avg, min, max REAL    the node's [avg, min, max, n]; for a quantity sent as a plain number
-                            (LA10, LA50, LA90, cov, LZeq since the noise pipeline) avg is that
-                            number and min, max and n are NULL; all NULL when the node had no
-                            valid sample (`flags` says why)
-      n            INTEGER  samples that went into the value (for LAeq: whole seconds of audio);
-                            NULL with the value and for a plain number
-      unit         TEXT     unit the batch gave for the quantity
-      flags        TEXT     quality flags, comma-separated; '' when none
-      PRIMARY KEY (record_id, quantity)
+    shapes         the shapes of records' `vals` (store/values.py): few, as a node sends the same
+                   quantities in the same ranges
+      id INTEGER PRIMARY KEY, heads BLOB UNIQUE (a bit mask of the quantities, then one byte per
+      quantity: how its fields are kept, its decimals, whether flags follow)
 
     dead_letters   what the gateway refused, kept to be looked at and replayed (replay.py): a
                    message rejected whole (up to DEAD_LETTER_MAX bytes of it), or the records of
@@ -55,7 +74,8 @@ Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       topic TEXT PRIMARY KEY, digest BLOB (sha256 of the payload), at REAL
 
     nodes          one row per node ever heard of
-      node         TEXT PRIMARY KEY
+      id           INTEGER PRIMARY KEY  what `recs` and `boots` refer to (version 10)
+      node         TEXT UNIQUE  the node id
       online       INTEGER  1/0 from the last status message (0 after its last will); NULL if none
       boot, fw, up, rssi    from the last status message that carried them
       status_at    REAL     when the last status message was received
@@ -134,8 +154,9 @@ Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
       db_id        16 hex digits, random, made with the database: the nodes' acknowledgements carry
                    it, and a node that sees a new one sends again all it still holds
       created_at   Unix seconds
-      pruned_upto  the highest records.id ever pruned (retention.py): new records get ids above it,
+      pruned_upto  the highest record id ever pruned (retention.py): new records get ids above it,
                    so ids only grow even when every record was pruned (forward cursors are ids)
+      compact_upto while migration 10 moves version 9's records: the last id moved (compact.py)
 
     alarms         what went wrong with the store, newest last (see alarms.py)
       id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
@@ -143,13 +164,13 @@ Schema, version 9 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; versio
 
     forward_cursors   one row per upstream target (gateway/forward/), made on its first run
       target       TEXT PRIMARY KEY  the target's name in gateway.toml
-      last_id      INTEGER  records.id of the last record handed on (sent or dead-lettered)
+      last_id      INTEGER  id of the last record handed on (sent or dead-lettered)
       last_success REAL     when the target last accepted a batch; NULL if never
       last_error   TEXT     the last failure (cleared by a success); NULL if none
       updated_at   REAL
 
     forward_dead_letters  batches a target refused for good (a 4xx), with the reason
-      id, target TEXT, first_id, last_id INTEGER (records.id range of the batch), readings
+      id, target TEXT, first_id, last_id INTEGER (record id range of the batch), readings
       INTEGER, at REAL, status INTEGER (HTTP status), reason TEXT
 
     counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,

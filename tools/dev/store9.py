@@ -103,25 +103,25 @@ def forward(con: sqlite3.Connection, after: int, upto: int, limit: int) -> list[
     return list(map(make_reading, con.execute(FORWARD_SQL, (after, upto, limit))))
 
 
-def fill(con: sqlite3.Connection, nodes: int, records: int, t0: int, group: int = 200) -> int:
+def batches(nodes: int, records: int, t0: int) -> list[tuple[Batch, float]]:
     """`nodes` nodes' `records` firmware-made records each (tools/dev/batches.py: the 12 quantities,
-    batches of about five), stored as schema 9 did, received a second after each record's
-    interval; the records stored."""
+    batches of about five), parsed, each with its reception a second after its last interval."""
     from meetkit_gateway.payload import parse_batch
 
     from .batches import streams
 
     now = t0 + records * 60 + 3600
-    pending: list[tuple[Batch, float]] = []
-    stored = 0
+    out = []
     for stream in streams(nodes, records, t0):
         for msg in stream.messages:
             b = parse_batch(msg, stream.node, now)
-            pending.append((b, b.records[-1].ts + 61.25))
-            stored += len(b.records)
-            if len(pending) == group:
-                add_batches(con, pending)
-                pending = []
-    if pending:
-        add_batches(con, pending)
-    return stored
+            out.append((b, b.records[-1].ts + 61.25))  # type: ignore[operator]
+    return out
+
+
+def fill(con: sqlite3.Connection, nodes: int, records: int, t0: int, group: int = 200) -> int:
+    """`batches(nodes, records, t0)` stored as schema 9 did; the records stored."""
+    todo = batches(nodes, records, t0)
+    for k in range(0, len(todo), group):
+        add_batches(con, todo[k:k + group])
+    return sum(len(b.records) for b, _ in todo)
