@@ -42,7 +42,7 @@ _EXTRA_BIT = 0x8000
 #: an avg is kept as M - OFFSETS[q] * 10**k: pressure near 1000 hPa fits 16 bits at 0.01 hPa
 OFFSETS = {"press": 1000}
 #: decimals tried first for a quantity (what its node sends); then 0..7
-_TRY = {"pm1": (1,), "pm25": (1,), "pm10": (1,), "temp": (2,), "rh": (1, 2), "press": (2,), "LAeq": (1, 2),
+_TRY = {"pm1": (1, 2), "pm25": (1, 2), "pm10": (1, 2), "temp": (2,), "rh": (1, 2), "press": (2,), "LAeq": (1, 2),
         "LA10": (1, 2), "LA50": (1, 2), "LA90": (1, 2), "LZeq": (1, 2), "cov": (3,)}
 _ALL_K = tuple(range(8))
 _P = tuple(10**k for k in range(8))
