@@ -17,11 +17,15 @@ store_forward_new_vs_old_ratio: the readers' queries (export's, `readings`', the
   record's readings in one row), the same firmware-made records in both, alternating, medians:
   old seconds over new, above 1 today's is faster.
 store_compact_migration_records_per_s: how fast migration 10 moves a schema-9 store's records.
+store_disk_write_bytes_per_reading_field: bytes the process writes to disk per reading when each
+  batch of one record is its own commit (as in the field: a record goes out when it closes, and a
+  minute's few batches seldom meet in one group), not a backlog's groups.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -46,6 +50,7 @@ SMALL, LARGE = 20_000, 200_000  # records (x 12 readings)
 #: the old and the new layout side by side: nodes x records of firmware-made data, runs of each query
 COMPARE_NODES, COMPARE_RECORDS, COMPARE_RUNS = 20, 2000, 5
 FORWARD_BATCH = 5000  # a forwarder's default batch of readings
+FIELD_RECORDS = 4000  # records committed a batch at a time (after as many to warm up)
 
 RECORD = {"dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": [5.2, 4, 7, 58], "pm10": [8.9, 6, 12, 58],
           "temp": [12.34, 12.3, 12.4, 12], "rh": [81.2, 80.9, 81.5, 12], "press": [1013.21, 1013.1, 1013.3, 12],
@@ -246,6 +251,37 @@ def bench_old_vs_new(work: Path) -> None:
             "note": "this machine's disk; the gateway's start waits for it (store/compact.py)"})
 
 
+def _write_bytes() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    raise RuntimeError("/proc/self/io has no write_bytes")
+
+
+def bench_field_writes(work: Path) -> None:
+    """What a commit of one record costs the disk, as in the field: a node's batch a minute, each
+    its own transaction (a group of one), after a warm-up that fills the WAL once."""
+    with Store(work / "field.db") as s:
+        # a batch of one record, as a node sends a record when it closes
+        todo = [(dataclasses.replace(b, records=(r,)), at) for b, at in batches(FIELD_RECORDS * 2) for r in b.records]
+        warm, timed = todo[:len(todo) // 2], todo[len(todo) // 2:]
+        for b, at in warm:
+            with s.transaction():
+                s.add_batches([(b, at)])
+        before = _write_bytes()
+        records = 0
+        for b, at in timed:
+            with s.transaction():
+                records += s.add_batches([(b, at)])[0].stored
+        written = _write_bytes() - before
+    readings = records * 12
+    record("store_disk_write_bytes_per_reading_field", round(written / readings, 1), "bytes/reading", "lower",
+           {"records": records, "records_per_commit": 1, "bytes_written": written,
+            "what": "/proc/self/io write_bytes of the process (WAL, checkpoints into the file) per reading, "
+                    "each batch of one record its own commit (synchronous = FULL)"})
+
+
 EXPORT = """
 import resource, sys, time
 from pathlib import Path
@@ -307,6 +343,7 @@ def run() -> None:
         bench_upgrade(work)
         bench_export(work)
         bench_old_vs_new(work)
+        bench_field_writes(work)
 
 
 if __name__ == "__main__":
