@@ -4,7 +4,7 @@
 
 The gateway of <rev> is taken out of git (`git archive`) into a temporary folder and put first on
 the import path of its subprocesses; this checkout's gateway runs in the others. Both read the same
-store: `bench/backlog.py`'s (50 nodes, 12 readings a record, built by SQL), so the comparison holds
+store: `bench/backlog.py`'s (50 nodes, 12 readings a record), so the comparison holds
 only for code that still opens that schema. Each workload runs RUNS times per side, the sides taking
 turns, a fresh process each (imports and caches as a user's command has them):
 

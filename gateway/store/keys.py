@@ -38,6 +38,7 @@ class Keys:
         self._boots: dict[int, Boot] = {}
         self._shape_ids: dict[bytes, int] = {}
         self._shapes: dict[int, bytes] = {}
+        self._recent: dict[tuple[int, int, str, str], tuple[dict[str, str], dict[str, str], int]] = {}
 
     def forget(self) -> None:
         """After a rollback: ids made in it may be gone (or be given to something else)."""
@@ -47,6 +48,7 @@ class Keys:
         self._boots.clear()
         self._shape_ids.clear()
         self._shapes.clear()
+        self._recent.clear()
 
     def node_id(self, node: str, make: bool = True) -> int | None:
         """`nodes.id` of `node`; a row made for it when it has none and `make` (else None)."""
@@ -86,6 +88,20 @@ class Keys:
             if len(self._boot_ids) >= _CACHED_MAX:
                 self._boot_ids.clear()
             self._boot_ids[key] = bid
+        return bid
+
+    def batch_boot(self, nid: int, boot: int, fw: str, board: str, sensors: Mapping[str, str],
+                   units: Mapping[str, str]) -> int:
+        """`boot_id` of a batch's envelope: compared with the boot's last one as dicts, without
+        making its JSON (ingest: every batch of a boot carries the same)."""
+        key = (nid, boot, fw, board)
+        last = self._recent.get(key)
+        if last is not None and last[0] == sensors and last[1] == units:
+            return last[2]
+        bid = self.boot_id(nid, boot, fw, board, dumps(sensors), dumps(units))
+        if len(self._recent) >= _CACHED_MAX:
+            self._recent.clear()
+        self._recent[key] = (dict(sensors), dict(units), bid)
         return bid
 
     def boot(self, bid: int) -> Boot:

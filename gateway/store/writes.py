@@ -60,7 +60,6 @@ class Writes(Base):
             records: list[object] = []
             stored_to: set[tuple[int, int]] = set()  # (node id, boot) with records stored now
             seen: dict[str, tuple[float, int | None]] = {}  # node -> (last received, last `dropped` said)
-            envs: dict[tuple[str, int, str, str, int, int], int] = {}
             shapes: dict[bytes, int] = {}
             for batch, received_at in batches:
                 node, boot = batch.node, batch.boot
@@ -68,13 +67,7 @@ class Writes(Base):
                 if batch.records:
                     nid = nids[node]
                     held_now = held[nid, boot]
-                    # sensors and units by identity: a group's batches of one node share neither,
-                    # so the key is cheap and the JSON is made once per envelope
-                    ek = (node, boot, batch.fw, batch.board, id(batch.sensors), id(batch.units))
-                    env = envs.get(ek)
-                    if env is None:
-                        env = envs[ek] = keys.boot_id(nid, boot, batch.fw, batch.board, dumps(batch.sensors),
-                                                      dumps(batch.units))
+                    env = keys.batch_boot(nid, boot, batch.fw, batch.board, batch.sensors, batch.units)
                     for rec in batch.records:
                         if rec.seq in held_now:
                             continue
