@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 _CACHED_MAX = 10_000
 
@@ -50,45 +50,47 @@ class Keys:
         self._shapes.clear()
         self._recent.clear()
 
+    def _made(self, cache: dict[Any, int], key: Any, find: str, make: str | None, args: tuple[Any, ...]) -> int | None:
+        """The id in `cache` under `key`, else the first row of `find`, else (unless `make` is None)
+        the id of the row `make` inserts (a `RETURNING id`); kept in `cache`."""
+        rid = cache.get(key)
+        if rid is None:
+            row = self.db.execute(find, args).fetchone()
+            if row is None or row[0] is None:
+                if make is None:
+                    return None
+                row = self.db.execute(make, args).fetchone()
+            rid = row[0]
+            if len(cache) >= _CACHED_MAX:
+                cache.clear()
+            cache[key] = rid
+        return rid
+
+    def _row(self, cache: dict[int, Any], rid: int, sql: str, made: Callable[[tuple], Any] = lambda r: r) -> Any:
+        """`made` of the row `sql` reads by id, kept in `cache` (a row never changes once committed)."""
+        row = cache.get(rid)
+        if row is None:
+            if len(cache) >= _CACHED_MAX:
+                cache.clear()
+            row = cache[rid] = made(self.db.execute(sql, (rid,)).fetchone())
+        return row
+
     def node_id(self, node: str, make: bool = True) -> int | None:
         """`nodes.id` of `node`; a row made for it when it has none and `make` (else None)."""
-        nid = self._node_ids.get(node)
-        if nid is None:
-            row = self.db.execute("SELECT id FROM nodes WHERE node = ?", (node,)).fetchone()
-            if row is None:
-                if not make:
-                    return None
-                row = self.db.execute("INSERT INTO nodes (node) VALUES (?) RETURNING id", (node,)).fetchone()
-            nid = row[0]
-            if len(self._node_ids) >= _CACHED_MAX:
-                self._node_ids.clear()
-            self._node_ids[node] = nid
-        return nid
+        return self._made(self._node_ids, node, "SELECT id FROM nodes WHERE node = ?",
+                          "INSERT INTO nodes (node) VALUES (?) RETURNING id" if make else None, (node,))
 
     def node_name(self, nid: int) -> str:
-        name = self._node_names.get(nid)
-        if name is None:
-            if len(self._node_names) >= _CACHED_MAX:
-                self._node_names.clear()
-            name = self._node_names[nid] = self.db.execute("SELECT node FROM nodes WHERE id = ?", (nid,)).fetchone()[0]
-        return name
+        return self._row(self._node_names, nid, "SELECT node FROM nodes WHERE id = ?")[0]
 
     def boot_id(self, nid: int, boot: int, fw: str, board: str, sensors: str, units: str) -> int:
         """The `boots` row of this envelope (sensors and units as `dumps` writes them), made if new."""
         key = (nid, boot, fw, board, sensors, units)
-        bid = self._boot_ids.get(key)
-        if bid is None:
-            row = self.db.execute(
-                "SELECT id FROM boots WHERE node = ? AND boot = ? AND fw = ? AND board = ? AND sensors = ?"
-                " AND units = ? ORDER BY id DESC LIMIT 1", key).fetchone()
-            if row is None:
-                row = self.db.execute("INSERT INTO boots (node, boot, fw, board, sensors, units)"
-                                      " VALUES (?, ?, ?, ?, ?, ?) RETURNING id", key).fetchone()
-            bid = row[0]
-            if len(self._boot_ids) >= _CACHED_MAX:
-                self._boot_ids.clear()
-            self._boot_ids[key] = bid
-        return bid
+        return self._made(self._boot_ids, key,  # type: ignore[return-value]
+                          "SELECT max(id) FROM boots WHERE node = ? AND boot = ? AND fw = ? AND board = ?"
+                          " AND sensors = ? AND units = ?",
+                          "INSERT INTO boots (node, boot, fw, board, sensors, units) VALUES (?, ?, ?, ?, ?, ?)"
+                          " RETURNING id", key)
 
     def batch_boot(self, nid: int, boot: int, fw: str, board: str, sensors: Mapping[str, str],
                    units: Mapping[str, str]) -> int:
@@ -105,35 +107,16 @@ class Keys:
         return bid
 
     def boot(self, bid: int) -> Boot:
-        b = self._boots.get(bid)
-        if b is None:
-            nid, boot, fw, board, sensors, units = self.db.execute(
-                "SELECT node, boot, fw, board, sensors, units FROM boots WHERE id = ?", (bid,)).fetchone()
-            if len(self._boots) >= _CACHED_MAX:
-                self._boots.clear()
-            b = self._boots[bid] = Boot(nid, boot, fw, board, sensors, json.loads(units))
-        return b
+        return self._row(self._boots, bid, "SELECT node, boot, fw, board, sensors, units FROM boots WHERE id = ?",
+                         lambda r: Boot(*r[:5], json.loads(r[5])))
 
     def shape_id(self, heads: bytes) -> int:
         """The `shapes` row of a record shape (values.py), made if new."""
-        sid = self._shape_ids.get(heads)
-        if sid is None:
-            row = self.db.execute("SELECT id FROM shapes WHERE heads = ?", (heads,)).fetchone()
-            if row is None:
-                row = self.db.execute("INSERT INTO shapes (heads) VALUES (?) RETURNING id", (heads,)).fetchone()
-            sid = row[0]
-            if len(self._shape_ids) >= _CACHED_MAX:
-                self._shape_ids.clear()
-            self._shape_ids[heads] = sid
-        return sid
+        return self._made(self._shape_ids, heads, "SELECT id FROM shapes WHERE heads = ?",  # type: ignore[return-value]
+                          "INSERT INTO shapes (heads) VALUES (?) RETURNING id", (heads,))
 
     def shape(self, sid: int) -> bytes:
-        heads = self._shapes.get(sid)
-        if heads is None:
-            if len(self._shapes) >= _CACHED_MAX:
-                self._shapes.clear()
-            heads = self._shapes[sid] = self.db.execute("SELECT heads FROM shapes WHERE id = ?", (sid,)).fetchone()[0]
-        return heads
+        return self._row(self._shapes, sid, "SELECT heads FROM shapes WHERE id = ?")[0]
 
     def latest_boot(self, nid: int, boot: int) -> int | None:
         """The newest `boots` row of a node's boot, None when it has none."""
