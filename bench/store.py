@@ -16,7 +16,7 @@ store_forward_new_vs_old_ratio: the readers' queries (export's, `readings`', the
   forwarder's batches) on schema 9's layout (one row per reading) over the same on today's (a
   record's readings in one row), the same firmware-made records in both, alternating, medians:
   old seconds over new, above 1 today's is faster.
-store_compact_migration_records_per_s: how fast migration 10 moves a schema-9 store's records.
+store_compact_migration_records_per_s: how fast migration 11 moves a schema-9 store's records.
 store_disk_write_bytes_per_reading_field: bytes the process writes to disk per reading when each
   batch of one record is its own commit (as in the field: a record goes out when it closes, and a
   minute's few batches seldom meet in one group), not a backlog's groups.
@@ -162,7 +162,7 @@ def bench_upgrade(work: Path) -> None:
     record("upgrade_vacuum_vs_quick_check_ratio", round(median(vac) / median(chk), 2), "ratio", "lower",
            {"file_mb": round(size / 1e6, 1), "upgrade_s_median": round(median(vac), 3),
             "quick_check_s_median": round(median(chk), 3), "vacuum_mb_per_s": round(size / 1e6 / median(vac), 1),
-            "runs": len(vac), "note": "the upgrade VACUUMs stores up to VACUUM_AT_UPGRADE_MAX only; since schema 10 it also "
+            "runs": len(vac), "note": "the upgrade VACUUMs stores up to VACUUM_AT_UPGRADE_MAX only; since schema 11 it also "
                     "moves the records to the compact layout first (store_compact_migration_records_per_s)"})
 
 

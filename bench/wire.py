@@ -1,11 +1,13 @@
 """What the node spends on the wire and on flash per measured value.
 
-wire_bytes_per_value: MQTT bytes on the wire (TCP payload both ways between node and broker:
+wire_bytes_per_value: payload v2 (docs/payload.md), MQTT bytes on the wire (TCP payload both ways between node and broker:
 CONNECT, SUBSCRIBE, status, batches, PUBACKs, the gateway's acknowledgements, pings) per measured
 value the gateway stored. A measured value is one number a data user gets: the avg, min or max of
 one quantity over one interval (n, flags and timestamps are not counted as values). Lower is
 better; airRohr spends about 40 bytes per value (one JSON object {"value_type","value"} per value,
 over HTTP). The bytes are counted by a TCP relay between node and broker, not by the simulator.
+wire_bytes_per_value_batch5, _batch15: the same with the node's `batch_records` 5 and 15 (a metered
+link: a record waits until that many are there).
 
 spool_days_at_1min: days of 1-minute records the default spool budget holds, from the bytes the
 records of that run take on flash. Higher is better; the issue asks for at least 7.
@@ -28,6 +30,8 @@ from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 HOURS = 2.0
 AIRROHR_BYTES_PER_VALUE = 40.0
 SPOOL_BUDGET = 1700 * 1024   # firmware/lib/config.py's default spool_kb
+#: records per batch (the node's batch_records): 1 is the default, a record out when it closes
+BATCHES = (1, 5, 15)
 
 
 class Relay:
@@ -71,35 +75,50 @@ class Relay:
         self._srv.close()
 
 
+def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int]:
+    """(relay, values stored, records stored, spool bytes) of a node sending `batch` records a batch."""
+    broker = Mosquitto(w / "broker").start()
+    gw = GatewayProcess(w / "gw", broker.host, broker.port, client_id="bench-gateway").start()
+    relay = Relay((broker.host, broker.port))
+    try:
+        node = SimNode(NodeSpec(node_id="bench-wire", scenario=load_scenario("busy-road"), workdir=w / "n",
+                                broker_port=relay.port, until_s=HOURS * 3600,
+                                extra_config={"batch_records": batch}))
+        node.prepare()
+        node.start()
+        node.wait(1800)
+        time.sleep(2)
+        with Store(gw.db, readonly=True) as s:  # a record's readings are in its row (store/values.py)
+            values = sum((g.avg is not None) + (g.min is not None) + (g.max is not None) for g in s.readings())
+            recs = s.counts().records
+        spool = sum(len(node.read_flash(path) or b"") for path in node.list_flash("sp")
+                    if re.fullmatch(r"sp/s\d+", path))
+    finally:
+        relay.close()
+        gw.stop()
+        broker.stop()
+    return relay, values, recs, spool
+
+
 def run() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        w = Path(tmp)
-        broker = Mosquitto(w / "broker").start()
-        gw = GatewayProcess(w / "gw", broker.host, broker.port, client_id="bench-gateway").start()
-        relay = Relay((broker.host, broker.port))
-        try:
-            node = SimNode(NodeSpec(node_id="bench-wire", scenario=load_scenario("busy-road"), workdir=w / "n",
-                                    broker_port=relay.port, until_s=HOURS * 3600))
-            node.prepare()
-            node.start()
-            node.wait(1800)
-            time.sleep(2)
-            with Store(gw.db, readonly=True) as s:  # a record's readings are in its row (store/values.py)
-                values = sum((g.avg is not None) + (g.min is not None) + (g.max is not None) for g in s.readings())
-                recs = s.counts().records
-            spool = sum(len(node.read_flash(path) or b"") for path in node.list_flash("sp")
-                        if re.fullmatch(r"sp/s\d+", path))
-        finally:
-            relay.close()
-            gw.stop()
-            broker.stop()
-    total = relay.up + relay.down
-    record("wire_bytes_per_value", round(total / values, 2), "bytes/value", "lower",
-           {"bytes_node_to_broker": relay.up, "bytes_broker_to_node": relay.down, "values": values,
-            "records": recs, "hours": HOURS, "board": "esp32-devkitc (PMS5003, BME280, ICS43434)",
-            "vs_airrohr_ratio": round(total / values / AIRROHR_BYTES_PER_VALUE, 3),
-            "value": "one avg, min or max of one quantity over one interval"})
-    per_rec = spool / recs if recs else float("nan")
-    record("spool_days_at_1min", round(SPOOL_BUDGET / per_rec / 1440, 2), "days", "higher",
-           {"spool_bytes": spool, "records": recs, "bytes_per_record": round(per_rec, 1),
-            "budget_bytes": SPOOL_BUDGET, "goal_days": 7})
+    for batch in BATCHES:
+        with tempfile.TemporaryDirectory() as tmp:
+            relay, values, recs, spool = _measure(Path(tmp), batch)
+        total = relay.up + relay.down
+        name = "wire_bytes_per_value" + ("" if batch == 1 else f"_batch{batch}")
+        record(name, round(total / values, 2), "bytes/value", "lower",
+               {"bytes_node_to_broker": relay.up, "bytes_broker_to_node": relay.down, "values": values,
+                "records": recs, "hours": HOURS, "batch_records": batch, "payload": 2,
+                "board": "esp32-devkitc (PMS5003, BME280, ICS43434)",
+                "vs_airrohr_ratio": round(total / values / AIRROHR_BYTES_PER_VALUE, 3),
+                "value": "one avg, min or max of one quantity over one interval"})
+        if batch != 1:
+            continue
+        per_rec = spool / recs if recs else float("nan")
+        record("spool_days_at_1min", round(SPOOL_BUDGET / per_rec / 1440, 2), "days", "higher",
+               {"spool_bytes": spool, "records": recs, "bytes_per_record": round(per_rec, 1),
+                "budget_bytes": SPOOL_BUDGET, "goal_days": 30})
+
+
+if __name__ == "__main__":
+    run()

@@ -46,16 +46,24 @@ class Ack:
     node: str
     boot: int
     seqs: tuple[int, ...]
+    #: payload v2: the gateway has no envelope for this boot; the node sends it with its next batch
+    env: bool = False
+    #: to a node that sends payload v2: no `v`, a range of one seq as that seq
+    compact: bool = False
 
     @classmethod
     def of(cls, batch: Batch) -> "Ack":
-        return cls(batch.node, batch.boot, batch.held_seqs())
+        return cls(batch.node, batch.boot, batch.held_seqs(), compact=batch.version == 2)
 
     def payload(self, db_id: str, safe: SafePair | object = NO_REGION) -> bytes:
-        doc: dict[str, Any] = {"v": VERSION, "db": db_id, "boot": self.boot,
-                               "seq": [list(r) for r in ranges(self.seqs)]}
+        doc: dict[str, Any] = {"db": db_id, "boot": self.boot,
+                               "seq": [(a if a == b and self.compact else [a, b]) for a, b in ranges(self.seqs)]}
+        if not self.compact:
+            doc = {"v": VERSION, **doc}
         if safe is not NO_REGION:
             doc["safe"] = [] if safe is None else list(safe)  # type: ignore[arg-type]
+        if self.env:
+            doc["env"] = 1
         return json.dumps(doc, separators=(",", ":")).encode()
 
 

@@ -157,7 +157,9 @@ def ingest(store: Store, topics: Topics, msg: Inbound, unknown: Unknown | None =
             if msg.truncated:  # its first bytes only (mqtt.py)
                 raise Rejected(payload.OVERSIZED, f"{msg.size} bytes, the limit is {payload.MAX_MESSAGE_BYTES}")
             if topic.kind == "up":
-                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size)
+                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size, store.envelope)
+                if batch.envelope is not None:
+                    store.add_envelope(batch.node, batch.boot, batch.envelope, msg.received_at)
                 added = store.add_batch(batch, msg.received_at)
                 _keep_refused(store, msg, batch)
                 _count_unknown(store, batch, added.stored, unknown)
@@ -181,6 +183,10 @@ def ingest(store: Store, topics: Topics, msg: Inbound, unknown: Unknown | None =
                     " (retained)" if msg.retained else "",
                 )
                 return None
+    except payload.NoEnvelope as e:  # not kept: the node still has it, and sends it with the envelope
+        store.bump("envelope_asked")
+        log.info("%s: %s: asked for the envelope", msg.topic, e.reason)
+        return Ack(topic.node, e.boot, (), env=True, compact=True) if topic is not None else None
     except Rejected as e:
         code, reason = e.code, e.reason
     except Exception as e:  # a bug must not lose the message: keep it with what went wrong
@@ -254,7 +260,10 @@ def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound],
         topic = topics.parse(msg.topic)
         if topic is not None and topic.kind == "up" and not msg.retained:
             try:
-                valid.append((i, payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size)))
+                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size, store.envelope)
+                if batch.envelope is not None:  # before the boot's next batch in this group is read
+                    store.add_envelope(batch.node, batch.boot, batch.envelope, msg.received_at)
+                valid.append((i, batch))
                 continue
             except Exception:  # Rejected, or a bug: `ingest` parses it again and keeps the dead letter
                 pass

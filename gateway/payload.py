@@ -1,4 +1,9 @@
-"""The node payload contract, version 1 (docs/payload.md), as code.
+"""The node payload contract, versions 1 and 2 (docs/payload.md), as code.
+
+Version 2 says the same as version 1 in fewer bytes: a boot's envelope (node, fw, board, sensors,
+units, and the order and decimals of its quantities) goes once per session, not in every batch, and
+a record is an array of integers. `parse_batch` turns a v2 batch into what v1 would have said, so
+every check, flag, refusal and dead letter is the same for both.
 
 `parse_batch` and `parse_status` turn the bytes of one MQTT message into a typed `Batch` or
 `Status`, or raise `Rejected` with a short machine-readable `code` (used for the counters) and a
@@ -21,12 +26,14 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, NamedTuple
+from typing import Annotated, Any, Callable, Literal, Mapping, NamedTuple
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 VERSION = 1
+#: the batch versions this gateway takes
+BATCH_VERSIONS = (1, 2)
 
 #: The contract says a batch stays under about 2 KB; twice that is clearly not a batch.
 MAX_MESSAGE_BYTES = 4096
@@ -163,6 +170,9 @@ WRONG_TYPE = "wrong_type"
 OUT_OF_RANGE = "out_of_range"
 BAD_VALUE = "bad_value"
 IMPLAUSIBLE = "implausible"  # a time, duration or counter outside the contract's plausible values
+#: a v2 batch without an envelope, of a boot whose envelope the gateway does not have: not kept
+#: (the node still has it), the node is asked for the envelope (docs/payload.md, "Payload v2")
+NO_ENVELOPE = "no_envelope"
 
 
 class Rejected(Exception):
@@ -172,6 +182,14 @@ class Rejected(Exception):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class NoEnvelope(Rejected):
+    """A v2 batch of a boot whose envelope the gateway does not have (`NO_ENVELOPE`)."""
+
+    def __init__(self, boot: int, reason: str) -> None:
+        super().__init__(NO_ENVELOPE, reason)
+        self.boot = boot
 
 
 class _ValueFields(NamedTuple):
@@ -236,6 +254,39 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class Envelope:
+    """What payload v2 sends once per boot and session: what v1 repeats in every batch, and the
+    order (`keys`) and decimals (`dec`) of the record arrays' values."""
+
+    fw: str
+    board: str
+    sensors: Mapping[str, str]
+    units: Mapping[str, str]
+    keys: tuple[str, ...]
+    dec: tuple[int, ...]
+    #: Unix seconds at the boot's uptime 0, once the node's clock is known: a record's ts is sent
+    #: as ts - t0 - up, a few digits instead of ten
+    t0: int | None = None
+    #: per key, 1: its summaries are written as four numbers without brackets
+    sums: tuple[int, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"fw": self.fw, "board": self.board, "sensors": dict(self.sensors),
+                           "units": dict(self.units), "keys": list(self.keys), "dec": list(self.dec),
+                           "t0": self.t0, "sum": list(self.sums)}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Envelope":
+        d = json.loads(text)
+        return cls(d["fw"], d["board"], d["sensors"], d["units"], tuple(d["keys"]), tuple(d["dec"]), d.get("t0"),
+                   tuple(d.get("sum", ())))
+
+
+#: the envelope the gateway has for a node's boot (the store's), or None
+EnvelopeOf = Callable[[str, int], "Envelope | None"]
+
+
+@dataclass(frozen=True)
 class Batch:
     node: str
     boot: int
@@ -248,6 +299,10 @@ class Batch:
     dropped: int | None = None
     #: records and values refused, in the order of `recs`
     refused: tuple[Refusal, ...] = ()
+    #: a v2 batch's envelope when it carried one (the store keeps it for the boot's later batches)
+    envelope: Envelope | None = None
+    #: the payload version the node sent (its acknowledgement is in the form it reads)
+    version: int = 1
 
     def unit(self, quantity: str) -> str:
         return self.units.get(quantity, QUANTITIES[quantity].unit)
@@ -332,10 +387,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def decode(payload: bytes, size: int | None = None) -> dict[str, Any]:
+def decode(payload: bytes, size: int | None = None, short_batch: bool = False) -> dict[str, Any]:
     """The JSON object in `payload`, or `Rejected` (size, encoding, syntax, not an object). `size`:
     the message's size when `payload` is only its first bytes (the gateway does not hold a message
-    larger than the contract allows)."""
+    larger than the contract allows). `short_batch`: an array is taken too, as payload v2's short
+    batch `[2, boot, record, ...]` (made the object `{"v":2,"boot":..,"recs":[..]}`)."""
     size = len(payload) if size is None else size
     if size > MAX_MESSAGE_BYTES:
         raise Rejected(OVERSIZED, f"{size} bytes, the limit is {MAX_MESSAGE_BYTES}")
@@ -349,6 +405,8 @@ def decode(payload: bytes, size: int | None = None) -> dict[str, Any]:
         )
     except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise Rejected(NOT_JSON, f"not JSON: {e}") from None
+    if short_batch and isinstance(obj, list) and len(obj) >= 3 and obj[0] == 2 and type(obj[0]) is int:
+        return {"v": 2, "boot": obj[1], "recs": obj[2:]}
     if not isinstance(obj, dict):
         raise Rejected(WRONG_TYPE, f"the message must be a JSON object, got {_kind(obj)}")
     return obj
@@ -419,12 +477,14 @@ def _fields(obj: dict[str, Any], where: str, required: tuple[str, ...], optional
             raise Rejected(UNKNOWN_FIELD, f"{prefix}{k}: not a field of payload v{VERSION}")
 
 
-def _version(obj: dict[str, Any]) -> None:
+def _version(obj: dict[str, Any], known: tuple[int, ...] = (VERSION,)) -> int:
     if "v" not in obj:
         raise Rejected(MISSING_FIELD, "v: missing")
     v = obj["v"]
-    if v != VERSION or isinstance(v, bool) or not isinstance(v, int):
-        raise Rejected(VERSION_UNKNOWN, f"v: payload version {json.dumps(v)} is not known (this gateway knows {VERSION})")
+    if v not in known or isinstance(v, bool) or not isinstance(v, int):
+        raise Rejected(VERSION_UNKNOWN, f"v: payload version {json.dumps(v)} is not known (this gateway knows "
+                                        f"{' and '.join(map(str, known))})")
+    return v
 
 
 def _node(obj: dict[str, Any], topic_node: str) -> str:
@@ -469,21 +529,24 @@ def _ts(v: Any, where: str, now: float) -> int | None:
 _ENVELOPE_REQUIRED = ("v", "node", "boot", "fw", "board", "sensors", "units", "recs")
 
 
-def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size: int | None = None) -> Batch:
-    """Validate one message from `<prefix>/<topic_node>/up` against payload v1: the envelope as a
-    whole (`Rejected`), each record and value on its own (`Batch.refused`). `now`: the gateway's
-    clock when it received the message (a record may not start far past it); `size`: see `decode`."""
+def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size: int | None = None,
+                envelope_of: EnvelopeOf | None = None) -> Batch:
+    """Validate one message from `<prefix>/<topic_node>/up` against payload v1 or v2: the envelope as
+    a whole (`Rejected`), each record and value on its own (`Batch.refused`). `now`: the gateway's
+    clock when it received the message (a record may not start far past it); `size`: see `decode`;
+    `envelope_of`: the envelope kept for a node's boot, for a v2 batch that does not carry one."""
     now = time.time() if now is None else now
     if size is None or size <= MAX_MESSAGE_BYTES:
         batch = _plainly_valid_batch(payload, topic_node, now)
         if batch is not None:
             return batch
-    return _checked_batch(decode(payload, size), topic_node, now)
+    return _checked_batch(decode(payload, size, short_batch=True), topic_node, now, envelope_of)
 
 
-def _checked_batch(obj: dict[str, Any], topic_node: str, now: float) -> Batch:
+def _checked_batch(obj: dict[str, Any], topic_node: str, now: float, envelope_of: EnvelopeOf | None = None) -> Batch:
     """The batch in `obj`, checked field by field so that each refusal names the field wrong."""
-    _version(obj)
+    if _version(obj, BATCH_VERSIONS) == 2:
+        return _checked_batch_v2(obj, topic_node, now, envelope_of)
     _fields(obj, "", _ENVELOPE_REQUIRED, ("dropped",))
     node = _node(obj, topic_node)
     boot = _int(obj["boot"], "boot", high=BOOT_MAX)
@@ -494,16 +557,34 @@ def _checked_batch(obj: dict[str, Any], topic_node: str, now: float) -> Batch:
     # A unit is checked with the values that use it: a quantity this gateway does not know yet (a
     # newer firmware's) or a wrong unit costs those values only.
     units = {q: _str(unit, f"units.{q}") for q, unit in _obj(obj["units"], "units").items()}
-    recs = obj["recs"]
+    records, refused = _records(obj["recs"], units, now, None)
+    return Batch(node, boot, fw, board, sensors, units, tuple(records), dropped, tuple(refused))
+
+
+def _records(recs: Any, units: Mapping[str, str], now: float,
+             env: Envelope | None) -> tuple[list[Record], list[Refusal]]:
+    """The records of `recs` and the refusals among them; `env`: a v2 batch's envelope (its records
+    are arrays, each made into what v1 would have sent before it is checked)."""
     if not isinstance(recs, list):
         raise Rejected(WRONG_TYPE, f"recs: must be an array, got {_kind(recs)}")
     if not recs:
         raise Rejected(BAD_VALUE, "recs: must hold at least one record")
     records: list[Record] = []
     refused: list[Refusal] = []
+    prev: list[Any] | None = None  # v2: the record before, its numbers whole (the deltas' base)
+    unreadable = ""  # v2: a record before could not be read, so neither can the deltas after it
     for i, r in enumerate(recs):
         where = f"recs[{i}]"
         try:
+            if env is not None:
+                if unreadable:
+                    raise Rejected(BAD_VALUE, f"{where}: its deltas cannot be read after {unreadable}, which could "
+                                              "not be read")
+                try:
+                    r, prev = _v1_record(r, where, env, prev)
+                except Rejected:
+                    unreadable = where
+                    raise
             rec, problems = _record(r, where, units, now)
             if records and rec.seq <= records[-1].seq:
                 raise Rejected(BAD_VALUE, f"{where}.seq: {rec.seq} after {records[-1].seq}; records go oldest "
@@ -515,7 +596,141 @@ def _checked_batch(obj: dict[str, Any], topic_node: str, now: float) -> Batch:
         if problems:
             refused.append(Refusal(i, rec.seq, problems[0].code, "; ".join(p.reason for p in problems), r,
                                    whole=False, count=len(problems)))
-    return Batch(node, boot, fw, board, sensors, units, tuple(records), dropped, tuple(refused))
+    return records, refused
+
+
+_V2_ENVELOPE = ("node", "fw", "board", "sensors", "units", "keys", "dec")
+#: the most decimals a v2 value may have (its integer / 10**dec)
+DEC_MAX = 6
+
+
+def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope_of: EnvelopeOf | None) -> Batch:
+    """A v2 batch: the boot's envelope as carried (then checked whole) or as kept (`envelope_of`),
+    the records made into v1's form and checked as v1's are."""
+    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "sum", "dropped"))
+    boot = _int(obj["boot"], "boot", high=BOOT_MAX)
+    dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
+    carried = None
+    if any(k in obj for k in (*_V2_ENVELOPE, "t0", "sum")):
+        for k in _V2_ENVELOPE:
+            if k not in obj:
+                raise Rejected(MISSING_FIELD, f"{k}: missing (a v2 envelope is sent whole: {', '.join(_V2_ENVELOPE)})")
+        _node(obj, topic_node)
+        env = carried = _envelope_v2(obj)
+    else:
+        env = envelope_of(topic_node, boot) if envelope_of is not None else None
+        if env is None:
+            raise NoEnvelope(boot, f"boot {boot}: no envelope kept for this boot, and the batch has none "
+                                        "(payload v2 sends it with a boot's first batch of each session)")
+    records, refused = _records(obj["recs"], env.units, now, env)
+    return Batch(topic_node, boot, env.fw, env.board, env.sensors, env.units, tuple(records), dropped,
+                 tuple(refused), carried, 2)
+
+
+def _envelope_v2(obj: dict[str, Any]) -> Envelope:
+    sensors = {k: _str(v, f"sensors.{k}") for k, v in _obj(obj["sensors"], "sensors").items()}
+    units = {q: _str(unit, f"units.{q}") for q, unit in _obj(obj["units"], "units").items()}
+    keys, dec = obj["keys"], obj["dec"]
+    if not isinstance(keys, list):
+        raise Rejected(WRONG_TYPE, f"keys: must be an array, got {_kind(keys)}")
+    if not isinstance(dec, list):
+        raise Rejected(WRONG_TYPE, f"dec: must be an array, got {_kind(dec)}")
+    for i, k in enumerate(keys):
+        _str(k, f"keys[{i}]")
+        if k in keys[:i]:
+            raise Rejected(BAD_VALUE, f"keys[{i}]: {k!r} twice")
+    if len(dec) != len(keys):
+        raise Rejected(BAD_VALUE, f"dec: {len(dec)} decimals for {len(keys)} keys")
+    for i, d in enumerate(dec):
+        _int(d, f"dec[{i}]", high=DEC_MAX)
+    t0 = _int(obj["t0"], "t0", low=TS_MIN - UP_MAX) if "t0" in obj else None
+    sums = obj.get("sum", [])
+    if not isinstance(sums, list) or sums and len(sums) != len(keys):
+        raise Rejected(BAD_VALUE, f"sum: must be an array of 0 or 1 per key ({len(keys)})")
+    for i, x in enumerate(sums):
+        _int(x, f"sum[{i}]", high=1)
+    return Envelope(_str(obj["fw"], "fw"), _str(obj["board"], "board"), sensors, units, tuple(keys), tuple(dec), t0,
+                    tuple(sums))
+
+
+def _fixed(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise Rejected(WRONG_TYPE, f"{where}: must be an integer (payload v2 sends values in fixed point), "
+                                   f"got {_kind(v)}")
+    return v
+
+
+def _items(r: list[Any], where: str, env: Envelope) -> tuple[list[Any], dict[str, Any] | None]:
+    """A v2 record's items, one per place (seq, ts, up, dur, then a key each: a summary as a list of
+    four), and its flags and errors object. A key of `sum` has its summary's four numbers in line;
+    a list in a key's place is a summary of four in brackets, or a plain number as [x]."""
+    k = len(env.keys)
+    sums = env.sums or (0,) * k
+    items: list[Any] = list(r[:4])
+    i = 4
+    try:
+        for j in range(k):
+            x = r[i]
+            if isinstance(x, list) and len(x) == 1:
+                items.append(x[0])
+                i += 1
+            elif x is None or isinstance(x, list) or not sums[j]:
+                items.append(x)
+                i += 1
+            else:
+                items.append(r[i:i + 4])
+                if len(items[-1]) != 4:
+                    raise IndexError
+                i += 4
+    except IndexError:
+        raise Rejected(BAD_VALUE, f"{where}: {len(r)} items, too few for the envelope's {k} keys") from None
+    rest = r[i:]
+    if len(r) < 4 or len(rest) > 1 or rest and not isinstance(rest[0], dict):
+        raise Rejected(BAD_VALUE, f"{where}: {len(r)} items, not [seq, ts, up, dur] and one place per key of the "
+                                  f"envelope's {k} (then flags and errors)")
+    return items, rest[0] if rest else None
+
+
+def _v1_record(r: Any, where: str, env: Envelope, prev: list[Any] | None) -> tuple[dict[str, Any], list[Any]]:
+    """A v2 record, `[seq, ts, up, dur, q...]` and maybe `{"f":..,"err":..}`, as v1 would have sent it,
+    and its numbers whole for the next record. After a batch's first record, a number where the
+    record before had one is the difference from it (a summary's four each); with the envelope's
+    `t0`, ts is ts - t0 - up; a value is its integer / 10**dec (the float v1's decimal text gives),
+    a summary `[a, a-min, max-a, n]` is `[avg, min, max, n]`."""
+    if not isinstance(r, list):
+        raise Rejected(WRONG_TYPE, f"{where}: must be an array (payload v2), got {_kind(r)}")
+    items, extra = _items(r, where, env)
+    cur: list[Any] = []
+    for j, x in enumerate(items):
+        p = prev[j] if prev is not None else None
+        at = f"{where}[{j}]" if j < 4 else f"{where} {env.keys[j - 4]}"
+        if x is None:
+            cur.append(None)
+        elif isinstance(x, list):
+            if j < 4 or len(x) != 4:
+                raise Rejected(BAD_VALUE, f"{at}: a summary is a, a-min, max-a, n; got {json.dumps(x)[:40]}")
+            v = tuple(_fixed(y, f"{at}[{i}]") for i, y in enumerate(x))
+            cur.append(tuple(a + b for a, b in zip(v, p)) if isinstance(p, tuple) else v)
+        else:
+            v0 = _fixed(x, at)
+            cur.append(v0 + p if type(p) is int else v0)
+    seq, ts, up, dur = cur[:4]
+    if ts is not None and env.t0 is not None and up is not None:
+        ts += env.t0 + up
+    out: dict[str, Any] = {"seq": seq, "ts": ts, "up": up, "dur": dur}
+    for key, d, v in zip(env.keys, env.dec, cur[4:]):
+        scale = 10 ** d
+        if v is None:
+            out[key] = None
+        elif isinstance(v, tuple):
+            a, lo, hi, n = v
+            out[key] = [a / scale, (a - lo) / scale, (a + hi) / scale, n]
+        else:
+            out[key] = v / scale
+    if extra is not None:
+        _fields(extra, f"{where} flags and errors", (), ("f", "err"))
+        out.update(extra)
+    return out, cur
 
 
 def _readable_seq(r: Any) -> int | None:

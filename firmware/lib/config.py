@@ -22,6 +22,7 @@ DEFAULTS = {
     "config_trial_s": 300,   # a remote configuration that changes the link, not proved within this, is reverted
     "failover_after_s": 120,   # the broker in use unreachable this long: the next of the `broker` list
     "failback_every_s": 600,   # while on another than the first (home), try the home broker this often
+    "batch_records": 1,   # records per batch: more for a metered link (fewer bytes, later delivery)
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
@@ -106,7 +107,7 @@ def check_node(raw, problems, chip_id, wifi=True):
     for key, lo, hi in (("interval_s", 10, 3600), ("climate_every_s", 1, 600), ("ntp_every_s", 60, 86400),
                         ("rh_high_pct", 50, 100), ("spool_kb", 32, 16384), ("trial_s", 120, 86400),
                         ("config_trial_s", 60, 3600), ("failover_after_s", 30, 3600),
-                        ("failback_every_s", 60, 86400),
+                        ("failback_every_s", 60, 86400), ("batch_records", 1, 15),
                         ("config_version", 0, 0x3FFFFFFF)):
         if key in raw:
             v = _int(raw, key, lo, hi, problems, "config")
@@ -184,7 +185,7 @@ def _broker(broker, problems, where):
         problems.append("%s.tls: %r is not true or false; measuring without an uplink" % (where, tls))
         return None
     b = {"host": broker["host"], "port": 8883 if tls else 1883, "user": broker.get("user"),
-         "password": broker.get("password"), "keepalive": 60, "tls": tls, "ca": broker.get("ca", "ca.der")}
+         "password": broker.get("password"), "keepalive": 90, "tls": tls, "ca": broker.get("ca", "ca.der")}
     for key in ("user", "password", "ca"):
         if b[key] is not None and (not isinstance(b[key], str) or not b[key]):
             problems.append("%s.%s: must be a non-empty string; measuring without an uplink" % (where, key))

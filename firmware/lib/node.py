@@ -28,7 +28,7 @@ import soundlevel   # the largest compile (the noise kernel) first, while the he
 del soundlevel      # sample_noise takes it from sys.modules
 # The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
 # been compiled, used and dropped; the samplers only where the board has the sensor (heap).
-recline = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
+recline = recv2 = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
 
 BOOT_FILE = "boot.count"
 _WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
@@ -101,8 +101,9 @@ class Node:
                 console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
-        self._extra = 100   # what a record's JSON adds to its line (key names), once keys are known
-        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now)
+        self._extra = 0   # what a record's JSON adds to its line (payload v2: less than 0), once keys are known
+        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
+                             cfg["batch_records"])
         self.uplink = Uplink(cfg, meta, board.get("net"), self._msg)
         self.inbox = []   # (kind, msg) from the gateway, for the loop (mgmt.py)
         # restart_why: restart once the interval being measured is spooled; ota: the release being
@@ -141,6 +142,7 @@ class Node:
         if t is None or self.anchor is not None:
             return
         self.anchor = t - self._up_ms(now)
+        self.outbox.env_sent = []   # the envelope again, with t0: shorter times in the records
         try:
             self.spool.set_anchor(self.boot, self.anchor)
         except OSError as e:
@@ -185,7 +187,7 @@ class Node:
         try:
             if self.keys is None:
                 self.keys = recline.keys_of(parts)
-                self._extra = 24 + sum(len(k) + 5 for k in self.keys)
+                self._extra = -(len(line) // 3)   # payload v2's array is shorter than the line
                 self.spool.begin_boot(self.boot, self.envelope, self.keys)
             pos = self.spool.append(line)
         except OSError as e:  # flash failing: count it and go on measuring
@@ -209,26 +211,20 @@ class Node:
             if env is None:  # its file is gone: this boot's envelope with the old boot number
                 env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
             keys = keys or self.keys
-        # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
-        buf = _BUF
-        mv = memoryview(buf)
-        head = env.encode() + b'"dropped":%d,"recs":[' % self.spool.dropped
-        i = len(head)
-        mv[:i] = head
-        n = 0
-        for line in lines:
-            r = recline.to_json(line, keys, anchor).encode()
-            if n and i + len(r) + 3 > len(buf):
-                break
-            if n:
-                buf[i] = 44  # ,
-                i += 1
-            mv[i:i + len(r)] = r
-            i += len(r)
-            n += 1
-        mv[i:i + 2] = b"]}"
-        if not self.uplink.publish(mv[:i + 2], now):
+        global recv2
+        if recv2 is None:
+            try:
+                import recv2
+            except MemoryError:   # no room to load it just now: the records wait, the next pass tries
+                console.warn("batch put off: no memory to load recv2")
+                return 0
+        sent = self.outbox.env_sent
+        n, size = recv2.batch(_BUF, boot, lines, env if boot not in sent else None, keys, anchor,
+                              self.spool.dropped)
+        if not self.uplink.publish(memoryview(_BUF)[:size], now):
             return 0
+        if boot not in sent:
+            sent.append(boot)
         return n
 
     # -- the loop --------------------------------------------------------------------------------

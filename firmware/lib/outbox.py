@@ -46,8 +46,10 @@ _RECS = const(2)
 
 
 class Outbox:
-    def __init__(self, spool, boot, room, publish, now):
-        """room: bytes of record lines a batch may hold, each line counted with send()'s `extra`."""
+    def __init__(self, spool, boot, room, publish, now, batch=1):
+        """room: bytes of record lines a batch may hold, each line counted with send()'s `extra`;
+        batch: new records go out when this many wait (config batch_records, for metered links)."""
+        self._batch = batch
         self._spool = spool
         self._boot = boot
         self._room = room
@@ -58,6 +60,7 @@ class Outbox:
         self._tick = now        # the last backlog step
         self._session = 0
         self._acks = []
+        self.env_sent = []      # boots whose envelope went out in this session (payload v2)
         self.acked = False      # the gateway acknowledged a batch since the start
 
     # -- what the node tells it ---------------------------------------------------------------------
@@ -65,7 +68,7 @@ class Outbox:
         """A new record, on flash from pos to end."""
         live = self._live
         live.append((pos, end, seq, line))
-        if len(live) > _LIVE_MAX:  # an outage: the older ones wait in the backlog
+        if len(live) > max(_LIVE_MAX, self._batch):  # an outage: the older ones wait in the backlog
             p = live.pop(0)[_POS]
             if self._scan > p:
                 self._scan = p
@@ -85,11 +88,13 @@ class Outbox:
         if session != self._session:  # a new session: the old one's acknowledgements are gone
             self._session = session
             self._inflight = []
+            self.env_sent = []
             self._scan = 0
         inflight = self._inflight
         live = self._live
         tick = time.ticks_diff(now, self._tick) >= _BACKLOG_GAP_MS
-        if not (tick or live and timed and len(inflight) < _INFLIGHT_MAX):
+        due = len(live) >= self._batch and timed
+        if not (tick or due and len(inflight) < _INFLIGHT_MAX):
             return   # most passes of the loop (50 a second)
         if tick:
             self._tick = now
@@ -101,7 +106,7 @@ class Outbox:
         if len(inflight) >= _INFLIGHT_MAX:
             return
         room = self._room
-        if live and timed:   # new records first
+        if due:   # new records first
             recs = []
             size = 0
             for r in live:
@@ -154,7 +159,7 @@ class Outbox:
             else:   # a standalone safe acknowledgement: the region's store caught up
                 boot, ranges = None, ()
             for r in ranges:   # checked here: a bad range must not stop the node half-way
-                if len(r) != 2 or type(r[0]) is not int or type(r[1]) is not int:
+                if type(r) is not int and (len(r) != 2 or type(r[0]) is not int or type(r[1]) is not int):
                     raise ValueError
             if type(db) is not str or safe is not None and (type(safe) is not list or safe and (
                     len(safe) != 2 or type(safe[0]) is not int or type(safe[1]) is not int)):
@@ -162,7 +167,7 @@ class Outbox:
         except (ValueError, KeyError, TypeError, IndexError):
             console.warn("ack: not understood: %r" % msg[:60])
             return
-        if not self.acked and boot is not None:
+        if not self.acked and boot is not None and ranges:
             self.acked = True
             console.check("gateway", True, "first batch stored (db %s)" % db)
         spool = self._spool
@@ -171,6 +176,12 @@ class Outbox:
             console.warn("gateway database changed (%s -> %s): sending again %d records not yet safe%s" % (
                 old, db, spool.held, "" if spool.region else " (all the spool holds)"))
             self._inflight = []
+            self.env_sent = []
+            self._scan = 0
+        if a.get("env"):   # the gateway does not know this boot's envelope: resend with it, soon
+            if boot in self.env_sent:
+                self.env_sent.remove(boot)
+            self._inflight = [b for b in self._inflight if b[_BOOT] != boot]
             self._scan = 0
         if (safe is not None) != spool.region:
             import safepos
@@ -181,8 +192,8 @@ class Outbox:
             keep = []
             for r in b[_RECS]:
                 s = r[_SEQ]
-                for lo_hi in ranges:
-                    if lo_hi[0] <= s <= lo_hi[1]:
+                for lo_hi in ranges:   # [first, last], or one seq (the ack of a v2 batch)
+                    if lo_hi == s if type(lo_hi) is int else lo_hi[0] <= s <= lo_hi[1]:
                         spool.ack(r[_POS], r[_END])
                         break
                 else:

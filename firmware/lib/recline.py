@@ -49,7 +49,12 @@ def to_json(line, keys, anchor_ms):
     for i, k in enumerate(keys):
         v = f[i + 1] if i + 1 < len(f) - 2 else ""
         out.append('"%s":%s' % (k, ("[%s]" % v if "," in v else v) if v else "null"))
-    fl, er = f[-2], f[-1]
+    _extra(out, keys, f[-2], f[-1])
+    return ",".join(out) + "}"
+
+
+def _extra(out, keys, fl, er):
+    # a record's flags and error counts, as payload v1 writes them
     if fl:
         fs = []
         for kv in fl.split(","):
@@ -60,4 +65,3 @@ def to_json(line, keys, anchor_ms):
         out.append('"f":{' + ",".join(fs) + "}")
     if er:
         out.append('"err":{' + ",".join('"%s":%s' % tuple(kv.split("=")) for kv in er.split(",")) + "}")
-    return ",".join(out) + "}"

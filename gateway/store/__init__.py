@@ -4,13 +4,14 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
 `Store` is one class made of a part per concern, each a module here:
 
     schema        the tables (described there), their migrations, auto-vacuum
-    compact       migration 10: schema 9's records and readings moved into `recs`, slice by slice
+    compact       migration 11: schema 9's records and readings moved into `recs`, slice by slice
     values        a record's readings in one BLOB (`recs.vals`) and its shape: exact, compact
     keys          the node ids, boots (envelopes) and shapes a record's row refers to, cached
     base          the connection: open (and migrate), transactions, read snapshots, counters, meta
     rows          what readers get: `Reading` (one type for the CLI, the page, export and the
                   forwarders) and the rows of the other tables
     writes        ingest's writes: batches, status, alarms, retained messages seen, replayed values
+    envelopes     payload v2: each node boot's envelope, sent once per session
     dead_letters  what was refused: kept, listed, replayed, and their own budgets
     pruning       dropping the oldest records, the file's pages (what the bound compares)
     readers       queries for the CLI, the status page and /metrics, export
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from .cursors import Cursors
 from .dead_letters import DEAD_LETTER_MAX
+from .envelopes import Envelopes
 from .fleet import FleetState
 from .pruning import Pruning
 from .readers import Readers
@@ -41,7 +43,7 @@ from .sensorthings import SensorThingsIds
 from .writes import Writes
 
 
-class Store(Writes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts):
+class Store(Writes, Envelopes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts):
     """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
 
 

@@ -1,4 +1,4 @@
-"""The second half of migration 10: the records of schema 9's `records` and `readings` moved into
+"""The second half of migration 11: the records of the older layout (`records` and `readings`) moved into
 `recs` (a record's readings in one BLOB, values.py) and `boots`, keeping every record's id, times,
 `received_at`, `err`, and every reading's values, n, unit and flags exactly.
 
@@ -53,7 +53,7 @@ def convert(db: sqlite3.Connection, path: Path, slice_: int = SLICE,
     keys = Keys(db)
     left = db.execute("SELECT count(*) FROM records WHERE id > ?", (_mark(db),)).fetchone()[0]
     if left:
-        log.warning("%s: moving %d records to the compact layout of schema 10 (takes a while for a big "
+        log.warning("%s: moving %d records to the compact layout of schema 11 (takes a while for a big "
                     "store; the gateway starts taking data once it is done)", path, left)
     started = logged = time.monotonic()
     moved = 0

@@ -4,13 +4,13 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 10 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 11 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
 `node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
 `rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`;
-version 9 kept a record in a `records` table with its envelope, and each of its readings as a row
-of `readings`; migration 10 moves them into `recs`, store/compact.py)::
+version 9 `envelopes`; up to version 10 a record was a row of a `records` table with its envelope,
+and each of its readings a row of `readings`: migration 11 moves them into `recs`, store/compact.py)::
 
     recs           one row per interval record a node measured, its readings in it; (node, boot,
                    seq) is unique. About 140 bytes with the 12 quantities, indexes included
@@ -39,7 +39,7 @@ of `readings`; migration 10 moves them into `recs`, store/compact.py)::
                             in the contract, a unit other than the boot's) as JSON after the fields
       a reading's unit is its boot's (`boots.units`), else the contract's
 
-    records        a VIEW: version 9's table, for a person's SQL: id, node (the node id as TEXT),
+    records        a VIEW: version 10's table, for a person's SQL: id, node (the node id as TEXT),
                    boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err. The
                    readings are only in `recs.vals`: `meetkit-gateway readings` and `export` show them
 
@@ -74,7 +74,7 @@ of `readings`; migration 10 moves them into `recs`, store/compact.py)::
       topic TEXT PRIMARY KEY, digest BLOB (sha256 of the payload), at REAL
 
     nodes          one row per node ever heard of
-      id           INTEGER PRIMARY KEY  what `recs` and `boots` refer to (version 10)
+      id           INTEGER PRIMARY KEY  what `recs` and `boots` refer to (version 11)
       node         TEXT UNIQUE  the node id
       online       INTEGER  1/0 from the last status message (0 after its last will); NULL if none
       boot, fw, up, rssi    from the last status message that carried them
@@ -119,6 +119,13 @@ of `readings`; migration 10 moves them into `recs`, store/compact.py)::
       (asked), sent_at REAL (the broker took it; NULL until then), problem TEXT (why it cannot be
       sent: no node key)
 
+    envelopes      payload v2 (docs/payload.md): a node boot's envelope, which the node sends with the
+                   first batch of the boot in each session, for the boot's later batches
+      node TEXT, boot INTEGER, PRIMARY KEY (node, boot)
+      body         TEXT     JSON: fw, board, sensors, units, keys (the order of the records' values),
+                            dec (their decimals)
+      at           REAL     when the gateway last received it
+
     rollouts       staged rollouts of a signed release (`meetkit-gateway fleet update`, gateway/rollouts.py)
       id INTEGER PRIMARY KEY, release TEXT (its version), force INTEGER (1: a downgrade allowed),
       canary INTEGER, wave INTEGER (nodes per stage), created_at REAL, updated_at REAL,
@@ -156,7 +163,7 @@ of `readings`; migration 10 moves them into `recs`, store/compact.py)::
       created_at   Unix seconds
       pruned_upto  the highest record id ever pruned (retention.py): new records get ids above it,
                    so ids only grow even when every record was pruned (forward cursors are ids)
-      compact_upto while migration 10 moves version 9's records: the last id moved (compact.py)
+      compact_upto while migration 11 moves the older layout's records: the last id moved (compact.py)
 
     alarms         what went wrong with the store, newest last (see alarms.py)
       id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
@@ -396,12 +403,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE nodes ADD COLUMN via INTEGER;
     ALTER TABLE nodes ADD COLUMN held INTEGER;
     """,
-    # 10: the compact layout (issue 17): a record's readings in one row (`recs.vals`, values.py),
+    # 10: payload v2 (issue 17): a node boot's envelope, sent once per session, kept for the boot's
+    # later batches (store/envelopes.py)
+    """
+    CREATE TABLE envelopes (
+        node TEXT NOT NULL,
+        boot INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (node, boot)
+    ) WITHOUT ROWID;
+    """,
+    # 11: the compact layout (issue 17): a record's readings in one row (`recs.vals`, values.py),
     # its batch's envelope once per boot (`boots`), nodes by a small integer (`nodes.id`). The
     # records of `records` and `readings` are moved into `recs` afterwards, in slices that survive
     # a power cut (compact.py), which then drops them and makes `records` a view.
     """
-    CREATE TABLE nodes_10 (
+    CREATE TABLE nodes_new (
         id INTEGER PRIMARY KEY,
         node TEXT NOT NULL UNIQUE,
         online INTEGER,
@@ -417,11 +435,11 @@ MIGRATIONS: list[str] = [
         via INTEGER,
         held INTEGER
     );
-    INSERT INTO nodes_10 (node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held)
+    INSERT INTO nodes_new (node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held)
         SELECT node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held
         FROM nodes ORDER BY node;
     DROP TABLE nodes;
-    ALTER TABLE nodes_10 RENAME TO nodes;
+    ALTER TABLE nodes_new RENAME TO nodes;
     CREATE TABLE boots (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         node INTEGER NOT NULL REFERENCES nodes (id),
@@ -458,7 +476,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recs_untimed ON recs (node, boot) WHERE start IS NULL;
     """,
 ]
-#: what `records` is once the records are in `recs` (compact.py makes it): schema 9's table as a
+#: what `records` is once the records are in `recs` (compact.py makes it): the older layout's table as a
 #: view, for a person's (and a test's) SQL
 RECORDS_VIEW = """
     CREATE VIEW records AS

@@ -326,7 +326,7 @@ def test_an_acknowledgement_of_records_not_in_flight_changes_nothing(rig: Rig) -
     rig.ack([4, 5, 6, 7, 100])   # seqs never sent, or of a record not made yet
     rig.ack([0, 1, 2, 3], boot=rig.boot - 1)   # the same seqs of another boot (a late one)
     rig.ack([0, 1, 2, 3], boot=rig.boot + 7)
-    for bad in ('{"v":1,"db":"x","boot":1,"seq":[5]}', '{"v":1,"db":"x","boot":1,"seq":"ab"}',
+    for bad in ('{"v":1,"db":"x","boot":1,"seq":[5.5]}', '{"v":1,"db":"x","boot":1,"seq":"ab"}',
                 '{"v":1,"db":"x","boot":1,"seq":[[0,"3"]]}', '{"v":1,"db":7,"boot":1,"seq":[[0,3]]}',
                 '[1,2]', '{"v":1,', '{"v":1,"boot":1,"seq":[[0,3]]}'):
         rig.do("ack", msg=bad)
@@ -639,3 +639,17 @@ def test_a_power_cut_while_the_ack_state_is_written_loses_nothing(tmp_path: Path
         cut += 1
         assert cut < 100
     assert cut > 1 and outcomes == {False, True}
+
+
+def test_the_compact_acknowledgement_of_a_v2_batch_and_a_request_for_the_envelope(rig: Rig) -> None:
+    """A v2 node's acknowledgement names a single seq as that seq (meetkit_gateway.acks, `compact`);
+    `env` says the gateway lacks the boot's envelope: what is in flight of that boot goes again, soon,
+    with it (docs/payload.md, "Payload v2")."""
+    rig.do("anchor")
+    rig.add(4)
+    assert rig.run(200) == [[0, 1, 2, 3]]
+    rig.do("ack", msg=Ack(NODE, rig.boot, (0, 2, 3), compact=True).payload(DB).decode())
+    assert rig.unacked() == [1]
+    rig.do("ack", msg=Ack(NODE, rig.boot, (), env=True, compact=True).payload(DB).decode())
+    assert rig.run(5_000) == [[1]], "sent again within the backlog's gap, not after the acknowledgement's wait"
+    assert not any("not understood" in line for line in rig.console)

@@ -1,4 +1,4 @@
-"""Migration 10 (issue 17): a store of schema 9 (one row per reading) moved to the compact layout
+"""Migration 11 (issue 17): a store of schema 9 (one row per reading) moved to the compact layout
 keeps every record and every value exactly, also when the gateway is killed in the middle of it.
 
 The store is built as schema 9's gateway wrote it (tools/dev/store9.py: firmware-made records of

@@ -1,6 +1,6 @@
 """A store of schema 9, the layout before the compact one (one `records` row per record with its
 envelope, one `readings` row per quantity), written and read as gateway/store did then: what the
-migration to schema 10 starts from (tests/gateway/test_compact_migration.py) and the OLD side of
+migration to schema 11 starts from (tests/gateway/test_compact_migration.py) and the OLD side of
 bench/store.py's side-by-side timings of the readers' queries.
 
 `create` makes the file with the gateway's own first nine migrations; `add_batches` is schema 9's

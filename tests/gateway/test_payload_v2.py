@@ -1,0 +1,213 @@
+"""Payload v2 (docs/payload.md, "Payload v2"): a boot's envelope once per session, records as arrays
+of fixed-point integers, deltas after a batch's first record. It says exactly what v1 says: the
+same Batch out of the gateway for the same records, whichever version the node speaks, the
+batches made by the firmware's own record module (firmware/lib/recline.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meetkit_gateway import payload
+from meetkit_gateway.payload import NoEnvelope
+
+from .conftest import Running, wait_for
+from .test_payload_schema import validator
+
+BATCH_V2_V, ACK_V = validator("batch_v2"), validator("ack")
+
+NOW = time.time()
+
+
+def _firmware(name: str) -> Any:
+    """A module of firmware/lib (plain Python both ports run), imported as the node imports it."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "firmware" / "lib" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+recline = _firmware("recline")
+recv2 = _firmware("recv2")
+
+ENV = ('{"v":1,"node":"ams-001","boot":3,"fw":"0.2.0","board":"esp32-devkitc",'
+       '"sensors":{"pm":"pms5003","climate":"bme280","mic":"ics43434"},'
+       '"units":{"pm1":"ug/m3","pm25":"ug/m3","pm10":"ug/m3","temp":"degC","rh":"%","press":"hPa",'
+       '"LAeq":"dB","LA10":"dB","LA50":"dB","LA90":"dB","LZeq":"dB","cov":"1"},')
+ANCHOR_MS = 1795509840_437  # Unix ms at the boot's uptime 0
+
+
+def parts(i: int, *, pm25: bool = True, old_lzeq: bool = False) -> list[str]:
+    """One record's quantities as the samplers write them (varied by i, some negative)."""
+    return [f'"pm1":[{3 + i % 4}.{i % 10},2,{5 + i},58]',
+            f'"pm25":[{5 + i}.2,4,{7 + 2 * i},58]' if pm25 else '"pm25":null',
+            f'"pm10":[8.9,6,{12 + i},{58 - i % 3}]',
+            f'"temp":[-{i % 3}.{i % 7}5,-{i % 3 + 1}.3,0.4,12]',
+            f'"rh":[81.2{i % 10},80.9,81.5,12]',
+            f'"press":[1013.2{i % 10},1013.1,1013.3,12]',
+            f'"LAeq":[{55 + i}.{i % 10},48.3,{67 + i}.1,60]', f'"LA10":{58 + i}.4', '"LA50":53.9', '"LA90":49.6',
+            '"LZeq":[63.8,60.1,70.2,60]' if old_lzeq else f'"LZeq":{63 - i}.8', f'"cov":0.9{i % 10}7']
+
+
+def lines(n: int, timed: bool = True, **kw: Any) -> tuple[list[str], list[str]]:
+    out = []
+    for i in range(n):
+        flags = {"pm25": ["rh_high"]} if i == 1 else {"LAeq": ["partial", "floor"]} if i == 3 else {}
+        errs = {"pm": 2} if i == 2 else {}
+        p = parts(i, pm25=i != 4, **kw)
+        out.append(recline.encode(3, 16 + i, 1795510800 + 60 * i if timed else None, 960 + 60 * i, 60, p,
+                                  flags, errs))
+    return out, recline.keys_of(p)
+
+
+def v1(ls: list[str], keys: list[str], anchor: int | None) -> bytes:
+    return (ENV + '"recs":[' + ",".join(recline.to_json(x, keys, anchor) for x in ls) + "]}").encode()
+
+
+def v2(ls: list[str], keys: list[str], anchor: int | None, envelope: bool = True, boot: int = 3,
+       dropped: int = 0) -> bytes:
+    """The batch the node makes of these lines (recv2.batch, into a buffer as big as the node's)."""
+    buf = bytearray(4096)
+    env = ENV.replace('"boot":3,', '"boot":%d,' % boot) if envelope else None
+    n, size = recv2.batch(buf, boot, ls, env, keys, anchor, dropped)
+    assert n == len(ls)
+    return bytes(buf[:size])
+
+
+@pytest.mark.parametrize("timed,anchor,old_lzeq", [(True, ANCHOR_MS, False), (True, None, False),
+                                                   (False, ANCHOR_MS, False), (False, None, False),
+                                                   (True, ANCHOR_MS, True)],
+                         ids=["timed", "timed-no-t0", "untimed-anchored", "untimed", "old-lzeq"])
+def test_v2_says_exactly_what_v1_says(timed, anchor, old_lzeq):
+    ls, keys = lines(6, timed, old_lzeq=old_lzeq)
+    one = payload.parse_batch(v1(ls, keys, anchor), "ams-001", NOW)
+    two = payload.parse_batch(v2(ls, keys, anchor), "ams-001", NOW)
+    assert not one.refused and not two.refused
+    assert two.records == one.records  # the same floats, flags, errors and times
+    assert (two.fw, two.board, dict(two.sensors), dict(two.units)) == (one.fw, one.board, one.sensors, one.units)
+    assert two.envelope is not None and two.envelope.keys == tuple(keys)
+    assert two.records[4].values["pm25"] is None and two.records[3].flags["LAeq"] == ("partial", "floor")
+    assert len(v2(ls, keys, anchor, envelope=False)) < len(v1(ls, keys, anchor)) / 2
+    assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor)))
+    assert BATCH_V2_V.is_valid(json.loads(v2(ls, keys, anchor, envelope=False)))
+    long = v2(ls, keys, anchor, envelope=False, dropped=4)  # the object form: it has more to say
+    assert BATCH_V2_V.is_valid(json.loads(long)) and long.startswith(b'{"v":2,"boot":3,"dropped":4,"recs":[[')
+    b = payload.parse_batch(long, "ams-001", NOW, envelope_of=lambda n, b: two.envelope)
+    assert b.records == one.records and b.dropped == 4
+
+
+def test_a_batch_without_an_envelope_takes_the_kept_one_or_is_refused_for_want_of_it():
+    ls, keys = lines(3)
+    kept = payload.parse_batch(v2(ls[:1], keys, ANCHOR_MS), "ams-001", NOW).envelope
+    later = payload.parse_batch(v2(ls[1:], keys, ANCHOR_MS, envelope=False), "ams-001", NOW,
+                                envelope_of=lambda node, boot: kept if (node, boot) == ("ams-001", 3) else None)
+    assert [r.seq for r in later.records] == [17, 18] and later.envelope is None
+    assert later.records == payload.parse_batch(v1(ls[1:], keys, ANCHOR_MS), "ams-001", NOW).records
+    with pytest.raises(NoEnvelope) as e:
+        payload.parse_batch(v2(ls[1:], keys, ANCHOR_MS, envelope=False, boot=4), "ams-001", NOW,
+                            envelope_of=lambda node, boot: None)
+    assert e.value.boot == 4 and e.value.code == "no_envelope"
+
+
+def test_a_record_that_cannot_be_read_refuses_itself_and_the_deltas_after_it():
+    ls, keys = lines(4)
+    doc = json.loads(v2(ls, keys, ANCHOR_MS))
+    doc["recs"][1][4] = 3.1  # a float where v2 has integers
+    b = payload.parse_batch(json.dumps(doc).encode(), "ams-001", NOW)
+    assert [r.seq for r in b.records] == [16]
+    # refused whole, their seqs not taken as read (so not acknowledged: the node keeps them)
+    assert [(f.seq, f.whole) for f in b.refused] == [(None, True)] * 3 and b.held_seqs() == (16,)
+    assert "recs[1] pm1[0]: must be an integer" in b.refused[0].reason
+    assert "cannot be read after recs[1]" in b.refused[1].reason
+    short = json.loads(v2(ls[:1], keys, ANCHOR_MS))
+    short["recs"][0] = short["recs"][0][:5]
+    (f,) = payload.parse_batch(json.dumps(short).encode(), "ams-001", NOW).refused
+    assert f.whole and "recs[0]: 5 items, too few for the envelope's 12 keys" in f.reason
+
+
+def test_a_value_out_of_range_is_refused_alone_as_in_v1():
+    ls, keys = lines(1)
+    doc = json.loads(v2(ls, keys, ANCHOR_MS))
+    doc["recs"][0][4 + 4 * keys.index("rh")] = 12000  # 120 %RH (the summaries before it: four numbers each)
+    b = payload.parse_batch(json.dumps(doc).encode(), "ams-001", NOW)
+    (rec,) = b.records
+    assert rec.values["rh"] is None and rec.flags["rh"] == ("refused",)
+    (f,) = b.refused
+    assert not f.whole and "rh" in f.reason
+    # the dead letter is a v1 batch, to be replayed as it is
+    body, _, _ = b.dead_letter()
+    assert json.loads(body)["v"] == 1 and json.loads(body)["recs"][0]["rh"][0] == 120.0
+
+
+def _rows(db: Path, node: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT r.boot, r.seq, r.ts, r.up, r.dur, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags"
+            " FROM records r JOIN readings g ON g.record_id = r.id WHERE r.node = ? ORDER BY r.seq, g.quantity",
+            (node,)).fetchall()
+    finally:
+        con.close()
+
+
+def test_old_and_new_nodes_side_by_side_through_the_gateway(gateway_config, node, acks):
+    """A v1 node and a v2 node send the same records: the store holds the same rows for both; the
+    v2 node's later batches, without their envelope, are read with the one kept, also after the
+    gateway restarted; a batch of a boot whose envelope the gateway never got is not stored, and the
+    node is asked for it."""
+    g = Running(gateway_config).wait_subscribed()
+    ls, keys = lines(6)
+    try:
+        node.publish("meetkit/old-1/up", v1(ls[:3], keys, ANCHOR_MS).replace(b'"ams-001"', b'"old-1"'))
+        node.publish("meetkit/new-1/up", v2(ls[:1], keys, ANCHOR_MS).replace(b'"ams-001"', b'"new-1"'))
+        node.publish("meetkit/new-1/up", v2(ls[1:3], keys, ANCHOR_MS, envelope=False))
+        got = acks.wait("meetkit/old-1/ack", 1) + acks.wait("meetkit/new-1/ack", 2)
+        assert [a["seq"] for a in got] == [[[16, 18]], [16], [[17, 18]]]  # v2's in its compact form
+        assert [("v" in a) for a in got] == [True, False, False] and all(ACK_V.is_valid(a) for a in got)
+    finally:
+        g.stop()
+    g = Running(gateway_config).wait_subscribed()  # the envelope comes from the store now
+    try:
+        node.publish("meetkit/old-1/up", v1(ls[3:], keys, ANCHOR_MS).replace(b'"ams-001"', b'"old-1"'))
+        node.publish("meetkit/new-1/up", v2(ls[3:], keys, ANCHOR_MS, envelope=False))
+        node.publish("meetkit/new-1/up", v2(ls[:2], keys, ANCHOR_MS, envelope=False, boot=9))
+        got = acks.wait("meetkit/old-1/ack", 2)[1:] + acks.wait("meetkit/new-1/ack", 4)[2:]
+        assert {"db": g.gateway.db_id, "boot": 9, "seq": [], "env": 1} in got
+        assert sorted(json.dumps(a["seq"]) for a in got if a["seq"]) == ["[[19, 21]]", "[[19, 21]]"]
+        wait_for(lambda: len(_rows(g.cfg.store.path, "new-1")) == 6 * 12, what="the v2 node's rows")
+        assert _rows(g.cfg.store.path, "new-1") == _rows(g.cfg.store.path, "old-1")
+        with g.store() as s:
+            counters = s.counters()
+        assert counters.get("envelope_asked") == 1
+        assert not [k for k in counters if k.startswith(("rejected.", "refused_"))]
+    finally:
+        g.stop()
+
+
+def test_the_v2_examples_of_payload_md_are_the_gateways():
+    """docs/payload.md's two v2 batches are read as written, the second with the first's envelope,
+    and the compact acknowledgement shown is what the gateway publishes."""
+    from .conftest import DOCS, json_examples
+
+    first, second, ack = json_examples(DOCS / "payload.md")["Payload v2"]
+    a = payload.parse_batch(first.encode(), "ams-001", 1795510800 + 3600)
+    b = payload.parse_batch(second.encode(), "ams-001", 1795510800 + 3600, envelope_of=lambda n, boot: a.envelope)
+    assert not a.refused and not b.refused and BATCH_V2_V.is_valid(json.loads(first))
+    r17, r18 = a.records
+    assert (r17.seq, r17.ts, r17.values["pm1"], r17.flags, dict(r17.err)) == \
+        (17, 1795510800, (3.1, 2.0, 5.0, 58), {"pm25": ("rh_high",)}, {"pm": 2})
+    assert (r18.seq, r18.ts, r18.up, r18.values["pm1"], r18.values["LA10"]) == \
+        (18, 1795510860, 1080, (3.3, 2.0, 5.0, 58), (59.1, None, None, None))
+    assert [(r.seq, r.ts) for r in b.records] == [(19, 1795510920)]
+    from meetkit_gateway.acks import Ack
+    doc = json.loads(ack)
+    assert Ack("ams-001", 3, (17, 19, 20, 21), compact=True).payload(doc["db"]) == \
+        json.dumps(doc, separators=(",", ":")).encode() and ACK_V.is_valid(doc)
