@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from bench import backlog
 from bench.results import median, record
-from meetkit_gateway.store import Store
+from meetkit_gateway.store import Store, StoreError
 from meetkit_tools.dev import batches
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics, stop_process
 
@@ -215,8 +215,18 @@ def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[st
 
 def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: list[tuple[float, str, str]]) -> None:
     """Every record committed, none refused or rejected, every seq acknowledged with this store's id."""
-    with Store(gw.db, readonly=True) as store:
-        counts, db_id = store.counts(), store.db_id
+    try:
+        with Store(gw.db, readonly=True) as store:
+            counts, db_id = store.counts(), store.db_id
+    except StoreError:  # an older gateway's store (bench/against.py --ingest): read a copy, migrated
+        copy = gw.db.with_name("checked.db")
+        src = sqlite3.connect(gw.db)
+        try:
+            src.execute(f"VACUUM INTO '{copy}'")
+        finally:
+            src.close()
+        with Store(copy) as store:
+            counts, db_id = store.counts(), store.db_id
     records = sum(s.records for s in streams)
     readings = sum(s.readings for s in streams)
     problems = []
