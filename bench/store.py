@@ -20,6 +20,7 @@ store_compact_migration_records_per_s: how fast migration 11 moves a schema-9 st
 store_disk_write_bytes_per_reading_field: bytes the process writes to disk per reading when each
   batch of one record is its own commit (as in the field: a record goes out when it closes, and a
   minute's few batches seldom meet in one group), not a backlog's groups.
+store_disk_write_field_new_vs_old_ratio: that over schema 9's layout's, side by side.
 """
 
 from __future__ import annotations
@@ -261,25 +262,38 @@ def _write_bytes() -> int:
 
 def bench_field_writes(work: Path) -> None:
     """What a commit of one record costs the disk, as in the field: a node's batch a minute, each
-    its own transaction (a group of one), after a warm-up that fills the WAL once."""
+    its own transaction (a group of one), after a warm-up that fills the WAL once; today's layout
+    and schema 9's (tools/dev/store9.py's writer) with the same records."""
+    # a batch of one record, as a node sends a record when it closes
+    todo = [(dataclasses.replace(b, records=(r,)), at) for b, at in batches(FIELD_RECORDS * 2) for r in b.records]
+    warm, timed = todo[:len(todo) // 2], todo[len(todo) // 2:]
+    written = {}
     with Store(work / "field.db") as s:
-        # a batch of one record, as a node sends a record when it closes
-        todo = [(dataclasses.replace(b, records=(r,)), at) for b, at in batches(FIELD_RECORDS * 2) for r in b.records]
-        warm, timed = todo[:len(todo) // 2], todo[len(todo) // 2:]
         for b, at in warm:
             with s.transaction():
                 s.add_batches([(b, at)])
         before = _write_bytes()
-        records = 0
         for b, at in timed:
             with s.transaction():
-                records += s.add_batches([(b, at)])[0].stored
-        written = _write_bytes() - before
-    readings = records * 12
-    record("store_disk_write_bytes_per_reading_field", round(written / readings, 1), "bytes/reading", "lower",
-           {"records": records, "records_per_commit": 1, "bytes_written": written,
-            "what": "/proc/self/io write_bytes of the process (WAL, checkpoints into the file) per reading, "
-                    "each batch of one record its own commit (synchronous = FULL)"})
+                s.add_batches([(b, at)])
+        written["new"] = _write_bytes() - before
+    con = store9.create(work / "field9.db")
+    for one in warm:
+        store9.add_batches(con, [one])
+    before = _write_bytes()
+    for one in timed:
+        store9.add_batches(con, [one])
+    written["old"] = _write_bytes() - before
+    con.close()
+    readings = len(timed) * 12
+    what = ("/proc/self/io write_bytes of the process (WAL, checkpoints into the file) per reading, each batch of "
+            "one record its own commit (synchronous = FULL)")
+    record("store_disk_write_bytes_per_reading_field", round(written["new"] / readings, 1), "bytes/reading", "lower",
+           {"records": len(timed), "records_per_commit": 1, "bytes_written": written["new"], "what": what,
+            "schema9_bytes_per_reading": round(written["old"] / readings, 1)})
+    record("store_disk_write_field_new_vs_old_ratio", round(written["new"] / written["old"], 3), "ratio", "lower",
+           {"new_bytes": written["new"], "old_bytes": written["old"], "records": len(timed), "what": what + ": "
+            "today's layout over schema 9's (tools/dev/store9.py, its writer without the counters), same records"})
 
 
 EXPORT = """
