@@ -10,7 +10,11 @@ wire_bytes_per_value_batch5, _batch15: the same with the node's `batch_records` 
 link: a record waits until that many are there).
 
 spool_days_at_1min: days of 1-minute records the default spool budget holds, from the bytes the
-records of that run take on flash. Higher is better; the issue asks for at least 7.
+records of that run take on flash: the spool's segment files (sp/s<n>, littlefs file sizes, which
+the budget counts) over the records in them, decoded on the host by the firmware's own recline
+(tools/dev/spoolfile.py), key frames and length bytes included. The boot's envelope file (sp/b<n>)
+and the state file are a few hundred bytes per boot and not counted. Higher is better; issue 17
+asks for at least 30 (all sensors: PMS5003, BME280, ICS43434).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from bench.results import record
 from meetkit_gateway.store import Store
+from meetkit_tools.dev import spoolfile
 from meetkit_tools.services import GatewayProcess, Mosquitto, free_port
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
@@ -75,8 +80,9 @@ class Relay:
         self._srv.close()
 
 
-def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int]:
-    """(relay, values stored, records stored, spool bytes) of a node sending `batch` records a batch."""
+def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int, int]:
+    """(relay, values stored, records stored, spool bytes, records in them) of a node sending `batch`
+    records a batch."""
     broker = Mosquitto(w / "broker").start()
     gw = GatewayProcess(w / "gw", broker.host, broker.port, client_id="bench-gateway").start()
     relay = Relay((broker.host, broker.port))
@@ -88,22 +94,23 @@ def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int]:
         node.start()
         node.wait(1800)
         time.sleep(2)
-        with Store(gw.db, readonly=True) as s:  # a record's readings are in its row (store/values.py)
-            values = sum((g.avg is not None) + (g.min is not None) + (g.max is not None) for g in s.readings())
-            recs = s.counts().records
-        spool = sum(len(node.read_flash(path) or b"") for path in node.list_flash("sp")
-                    if re.fullmatch(r"sp/s\d+", path))
+        with Store(gw.db, readonly=True) as st:  # a record's readings are in its row (store/values.py)
+            values = sum((g.avg is not None) + (g.min is not None) + (g.max is not None) for g in st.readings())
+            recs = st.counts().records
+        segs = [node.read_flash(path) or b"" for path in node.list_flash("sp") if re.fullmatch(r"sp/s\d+", path)]
+        spool = sum(len(s) for s in segs)
+        on_flash = sum(len(spoolfile.segment_records(s)) for s in segs)
     finally:
         relay.close()
         gw.stop()
         broker.stop()
-    return relay, values, recs, spool
+    return relay, values, recs, spool, on_flash
 
 
 def run() -> None:
     for batch in BATCHES:
         with tempfile.TemporaryDirectory() as tmp:
-            relay, values, recs, spool = _measure(Path(tmp), batch)
+            relay, values, recs, spool, on_flash = _measure(Path(tmp), batch)
         total = relay.up + relay.down
         name = "wire_bytes_per_value" + ("" if batch == 1 else f"_batch{batch}")
         record(name, round(total / values, 2), "bytes/value", "lower",
@@ -114,10 +121,11 @@ def run() -> None:
                 "value": "one avg, min or max of one quantity over one interval"})
         if batch != 1:
             continue
-        per_rec = spool / recs if recs else float("nan")
+        per_rec = spool / on_flash if on_flash else float("nan")
         record("spool_days_at_1min", round(SPOOL_BUDGET / per_rec / 1440, 2), "days", "higher",
-               {"spool_bytes": spool, "records": recs, "bytes_per_record": round(per_rec, 1),
-                "budget_bytes": SPOOL_BUDGET, "goal_days": 30})
+               {"spool_bytes": spool, "records": on_flash, "records_stored_by_gateway": recs,
+                "bytes_per_record": round(per_rec, 1), "budget_bytes": SPOOL_BUDGET, "goal_days": 30,
+                "scenario": "busy-road", "hours": HOURS})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ DEFAULTS = {
     "ntp_every_s": 3600,
     "noise_offset_db": 0.0,
     "rh_high_pct": 85,
-    "spool_kb": 1700,   # about 10,500 records of 165 bytes (PM, climate, noise): 7.3 days at 1 minute
+    "spool_kb": 1700,   # about 64,000 records of 27 bytes (PM, climate, noise): 44 days at 1 minute
     "trial_s": 900,     # a new app not proved within this (a batch acknowledged, its self-test) is rolled back
     "config_trial_s": 300,   # a remote configuration that changes the link, not proved within this, is reverted
     "failover_after_s": 120,   # the broker in use unreachable this long: the next of the `broker` list

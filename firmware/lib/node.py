@@ -181,21 +181,24 @@ class Node:
                "rh_max": self.climate.rh_max() if self.climate else None}
         for s in self.samplers:
             s.fill(parts, flags, errs, ctx)
-        line = recline.encode(self.boot, self.seq, self.iv_ts, self.iv_up, dur, parts, flags, errs)
+        first = self.keys is None
+        if first:
+            self.keys = recline.keys_of(parts)
+            # what a record's payload v2 array adds to its bytes on flash (numbers as text)
+            self._extra = 8 * len(self.keys)
+        rec = recline.record(self.boot, self.seq, self.iv_ts, self.iv_up, dur, parts, flags, errs, self.keys)
         self.seq += 1
         self._start_interval(now)
         try:
-            if self.keys is None:
-                self.keys = recline.keys_of(parts)
-                self._extra = -(len(line) // 3)   # payload v2's array is shorter than the line
+            if first:
                 self.spool.begin_boot(self.boot, self.envelope, self.keys)
-            pos = self.spool.append(line)
+            pos, end = self.spool.append(rec)
         except OSError as e:  # flash failing: count it and go on measuring
             self.spool_errors += 1
             console.error("spool: record %d not stored: %r" % (self.seq - 1, e))
             return
-        console.info("record %d: %s" % (self.seq - 1, recline.to_json(line, self.keys, None)))
-        self.outbox.add(pos, pos + len(line) + 1, self.seq - 1, line)
+        console.info("record %d: %s" % (self.seq - 1, recline.to_json(rec, self.keys, None)))
+        self.outbox.add(pos, end, self.seq - 1, recline.pack(rec, None))   # kept compact while it waits
         if self.restart_why:   # the interval is on flash: nothing is lost by the restart
             self.spool.save(now, True)
             console.info("restarting: %s" % self.restart_why)
@@ -329,6 +332,7 @@ def main():
         import bme280   # compiled now, before the samplers' buffers: Climate takes it from sys.modules
     if "pm" in board:
         from sample_pm import PM
+        __import__("sds011" if board["pm"]["type"] == "sds011" else "plantower")   # as bme280
     try:
         boot = next_boot()
     except OSError as e:

@@ -7,8 +7,6 @@
 # pair covered them after they were acknowledged under its database). sp.held counts the records on
 # flash that are not: kept up to date by the spool as it appends, acknowledges and drops; counted
 # here from flash only when a change makes it unknown.
-import recline
-
 
 def count(sp, pos):
     """Records from pos to the end of the spool (a scan of flash)."""
@@ -32,6 +30,7 @@ def advance(sp, b, s):
     the safe position moves over the records acknowledged under that database (before the cursor)
     that are at or before (b, s), from where it is. It never moves back: a smaller pair (after a
     late record) releases nothing more, and covers nothing acknowledged after it."""
+    import recread
     pos = sp.safe
     cur = sp.cur
     k = 0
@@ -40,24 +39,20 @@ def advance(sp, b, s):
             break
         if (n << 16 | size) <= pos:
             continue
-        off = pos & 0xFFFF if pos >> 16 == n else 0
-        f = sp._open(n, off)
-        if f is None:   # the file is gone (a flash error): nothing of it can be sent again either
-            pos = n << 16 | size
-            continue
-        with f:
-            while off < size and (n << 16 | off) < cur:
-                line = f.readline()
-                if not line or line[-1] != "\n":
-                    off = size
+        g = recread.recs(sp, n, size, pos & 0xFFFF if pos >> 16 == n else 0, 1)
+        pos = n << 16 | size
+        try:
+            for p, e, r in g:
+                if p >= cur:
+                    pos = p
                     break
-                rb = recline.boot_of(line)
-                if rb > b or rb == b and recline.seq_of(line) > s:
+                if r[0] > b or r[0] == b and r[1] > s:
+                    pos = p
                     cur = -1   # the first record past the pair: the position stops before it
                     break
-                off += len(line)
                 k += 1
-        pos = n << 16 | off
+        finally:
+            g.close()
     if k:
         sp.safe = pos
         sp.held -= k

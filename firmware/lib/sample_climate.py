@@ -27,9 +27,9 @@ class Climate:
         self.dev = None
         self.errors = 0
         self._next = now
-        self._t = Stat(100, 2)    # 0.01 degC
-        self._h = Stat(1024, 1)   # 1/1024 %RH
-        self._p = Stat(100, 2)    # Pa -> hPa
+        self._t = Stat()            # 0.01 degC, the record's step (recline.DEC)
+        self._h = Stat(100, 1024)   # 1/1024 %RH -> 0.01 %RH
+        self._p = Stat()            # Pa = 0.01 hPa
 
     def poll(self, now):
         if time.ticks_diff(now, self._next) < 0:
@@ -76,7 +76,7 @@ class Climate:
     def fill(self, parts, flags, errs, ctx):
         expected = ctx["dur"] * 1000 // self.every_ms
         for k, st in (("temp", self._t), ("rh", self._h), ("press", self._p)):
-            parts.append('"%s":%s' % (k, st.result()))
+            parts.append((k, st.result()))
             if not st.n:
                 flags[k] = ["missing"]
             elif st.n < expected // 2:

@@ -6,7 +6,6 @@
 # no work per loop.
 import console
 from soundlevel import SoundLevel, RATE
-from stats import num
 
 MIC_CHECK_BLOCKS = 50  # the microphone's first check after a second of audio (20 ms blocks)
 
@@ -53,11 +52,12 @@ class Noise:
         cov = min(1.0, n / want) if want > 0 else 0.0
         leq = r["LAeq"]
         if leq is None:  # no audio, or only zeros: a digital microphone is never exactly silent
-            parts.append('"LAeq":null')
+            parts.append(("LAeq", None))
             flags["LAeq"] = ["missing"]
         else:
-            parts.append('"LAeq":[%s,%s,%s,%d]' % (num(leq, 1), _db(r["LAFmin"]), _db(r["LAFmax"]),
-                                                  n // RATE))
+            lo, hi = r["LAFmin"], r["LAFmax"]   # None only without a whole fast block: the level is all
+            parts.append(("LAeq", (_cdb(leq), _cdb(leq if lo is None else lo), _cdb(leq if hi is None else hi),
+                                   n // RATE)))
             f = []
             if cov < 0.99:
                 f.append("partial")
@@ -69,11 +69,12 @@ class Noise:
                 flags["LAeq"] = f
         for k in ("LA10", "LA50", "LA90", "LZeq"):
             v = r[k] if leq is not None else None
-            parts.append('"%s":%s' % (k, _db(v)))
+            parts.append((k, _cdb(v)))
             if k != "LZeq" and v is not None and v < self.floor + 3.0:
                 flags[k] = ["floor"]
-        parts.append('"cov":' + num(cov, 3))
+        parts.append(("cov", round(cov * 1000)))
 
 
-def _db(v):
-    return "null" if v is None else num(v, 1)
+def _cdb(v):
+    # dB -> 0.01 dB, the record's step (recline.DEC): a float op per indicator and interval
+    return None if v is None else round(v * 100)

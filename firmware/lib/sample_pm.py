@@ -24,7 +24,7 @@ class PM:
             from sds011 import SDS011
             self.dev = SDS011(uart)
             self.keys = ("pm25", "pm10")
-            self.scale = 10  # SDS011 reports 0.1 ug/m3: keep tenths as integers
+            self.scale = 10  # SDS011 reports 0.1 ug/m3: keep tenths as integers, the record's step
         else:
             from plantower import PMS5003
             set_pin = Pin(sec["set"], Pin.OUT, value=1) if "set" in sec else None
@@ -33,7 +33,7 @@ class PM:
             self.keys = ("pm1", "pm25", "pm10")
             self.scale = 1
         self.units = {k: "ug/m3" for k in self.keys}
-        self.stats = [Stat(self.scale, 1) for _ in self.keys]
+        self.stats = [Stat(10 // self.scale) for _ in self.keys]   # 0.1 ug/m3 (recline.DEC)
         self._warm_until = time.ticks_add(now, PM_WARMUP_MS)
         self._warming = True
         self._saw_warmup = True
@@ -76,7 +76,7 @@ class PM:
         self._errs0 = self.dev.checksum_errors
         humid = ctx["rh_max"] is not None and ctx["rh_max"] > ctx["rh_high"]
         for k, st in zip(self.keys, self.stats):
-            parts.append('"%s":%s' % (k, st.result()))
+            parts.append((k, st.result()))
             f = []
             if not st.n:
                 f.append("missing")

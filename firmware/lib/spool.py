@@ -2,13 +2,15 @@
 #
 # Layout under DIR (littlefs on the board: a file's new content counts only once it is closed, so a
 # power cut leaves each file wholly old or wholly new):
-#   s<n>          segment n: record lines (recline.py), appended; a new segment after SEG_BYTES
+#   s<n>          segment n: records (recline.py: a length byte, then the record's bits; each but a
+#                 segment's first coded as its changes from the one before), appended; a new
+#                 segment after SEG_BYTES
 #   b<boot>       a boot's batch envelope and quantity keys (JSON), written with its first record
 #   t<boot>       a boot's clock anchor: Unix ms at uptime 0, once NTP set the clock
 #   state         the ack cursor, acknowledged records past it, the safe position, the count of
 #                 records not yet safe, the dropped count, the gateway's db id and whether it is a
 #                 region's (its acknowledgements carry `safe`, docs/payload.md "Safe in the region")
-# A record is addressed by pos = n << 16 | byte offset. Everything before the cursor is acknowledged
+# A record is addressed by pos = n << 16 | byte offset (of its length byte). Everything before the cursor is acknowledged
 # by the gateway's database `db`; everything before the safe position (at or before the cursor) is
 # safe: on a lone gateway's disk (safe = cursor), or in a region's store (the gateway's `safe` pair
 # covered it). Records stay on flash until the byte budget needs the space: then whole segments go,
@@ -29,6 +31,7 @@ import recline
 DIR = "sp"
 SEG_BYTES = 16384
 SAVE_MS = 30000
+KEY_EVERY = 32   # a key frame every so many records: a read decodes at most that many to get going
 
 
 def _int(s):
@@ -52,6 +55,7 @@ class Spool:
         self.dirty = False
         self._saved = time.ticks_ms()
         self._boots = {}        # boot -> (envelope, keys, anchor ms or None), a small cache
+        self._last = None       # (segment, the record appended last, records since a key frame)
         try:
             os.mkdir(dirname)
         except OSError:
@@ -84,7 +88,7 @@ class Spool:
 
     def _open(self, n, off):
         try:
-            f = open(self._seg(n))
+            f = open(self._seg(n), "rb")
         except OSError:
             return None
         f.seek(off)
@@ -98,7 +102,7 @@ class Spool:
         try:
             with open(tmp, "w") as f:
                 s = self.segs[-1] if self.segs else (0, 0)
-                f.write('{"cur":%d,"safe":%d,"held":%d,"end":%d,"reg":%d,"dropped":%d,"db":%s,"acked":[%s]}' % (
+                f.write('{"fmt":2,"cur":%d,"safe":%d,"held":%d,"end":%d,"reg":%d,"dropped":%d,"db":%s,"acked":[%s]}' % (
                     self.cur, self.safe, self.held, s[0] << 16 | s[1], self.region, self.dropped,
                     json.dumps(self.db), ",".join("[%d,%d]" % kv for kv in self.acked.items())))
             os.rename(tmp, self.dir + "/state")
@@ -113,6 +117,8 @@ class Spool:
         and remove the files of boots older than the oldest record on flash (boots only grow)."""
         with open("%s/b%d" % (self.dir, boot), "w") as f:
             f.write(json.dumps({"env": envelope, "keys": keys}))
+        if len(self._boots) >= 4:  # a cache, not an index of every boot on flash
+            self._boots = {}
         self._boots[boot] = (envelope, keys, None)
         self._forget_old_boots(boot)
 
@@ -131,12 +137,12 @@ class Spool:
 
     def _oldest_boot(self):
         for n, size in self.segs:
-            f = self._open(n, 0)
+            f = self._open(n, 1)   # a segment starts with a key frame: its boot in bytes 1-4
             if f is not None:
                 with f:
-                    line = f.readline()
-                if line:
-                    return recline.boot_of(line)
+                    b = f.read(4)
+                if len(b) == 4:
+                    return int.from_bytes(b, "big") & 0x7FFFFFFF
         return None
 
     def set_anchor(self, boot, unix_ms_at_up0):
@@ -161,28 +167,31 @@ class Spool:
                     anchor = int(f.read())
             except (OSError, ValueError):
                 pass
-            if len(self._boots) >= 4:  # a cache, not an index of every boot on flash
+            if len(self._boots) >= 4:
                 self._boots = {}
             b = self._boots[boot] = (env, keys, anchor)
         return b
 
     # -- writing ------------------------------------------------------------------------------
-    def append(self, line):
-        """Store one record line (no newline); returns its pos. Raises OSError if flash fails."""
+    def append(self, rec):
+        """Store one record (recline.record); returns its (pos, end). Raises OSError if flash fails."""
         segs = self.segs
         if not segs or segs[-1][1] >= SEG_BYTES:
             segs.append([segs[-1][0] + 1 if segs else max(1, self.cur >> 16), 0])
         s = segs[-1]
-        with open(self._seg(s[0]), "a") as f:
-            f.write(line)
-            f.write("\n")
+        last = self._last
+        ref = last[1] if last is not None and last[0] == s[0] and last[2] < KEY_EVERY - 1 else None
+        b = recline.pack(rec, ref)
+        with open(self._seg(s[0]), "ab") as f:
+            f.write(b)
+        self._last = (s[0], rec, 0 if ref is None else last[2] + 1)
         pos = s[0] << 16 | s[1]
-        s[1] += len(line) + 1
-        self.total += len(line) + 1
+        s[1] += len(b)
+        self.total += len(b)
         self.held += 1
         self._normalise()
         self._make_room()
-        return pos
+        return pos, pos + len(b)
 
     def _free_bytes(self):
         try:
@@ -198,52 +207,18 @@ class Spool:
             free = self._free_bytes()
             if self.total <= self.budget and (free is None or free >= 2 * SEG_BYTES):
                 break
-            self._drop_oldest()
+            import spdrop   # only when full
+            spdrop.drop_oldest(self)
             dropped = True
         if dropped:
             self._forget_old_boots(-1)
 
-    def _drop_oldest(self):
-        n, size = self.segs.pop(0)
-        lost = {}   # boot -> [count, first seq, last seq]
-        # not yet safe: from the safe position on (on a lone gateway: but what it acknowledged)
-        off = self.safe & 0xFFFF if self.safe >> 16 == n else 0
-        f = self._open(n, off) if self.safe >> 16 <= n else None
-        acked = {} if self.region else self.acked
-        if f is not None:
-            with f:
-                for line in f:
-                    if (n << 16 | off) not in acked and line[-1:] == "\n":
-                        b, s = recline.boot_of(line), recline.seq_of(line)
-                        c = lost.get(b)
-                        if c is None:
-                            lost[b] = [1, s, s]
-                        else:
-                            c[0] += 1
-                            c[2] = s
-                    off += len(line)
-        try:
-            os.remove(self._seg(n))
-        except OSError:
-            pass
-        self.total -= size
-        for p in [p for p in self.acked if p >> 16 == n]:
-            del self.acked[p]
-        if self.cur >> 16 == n:
-            self.cur = self.segs[0][0] << 16
-        if self.safe >> 16 <= n:
-            self.safe = self.segs[0][0] << 16
-        for b, c in lost.items():
-            self.dropped += c[0]
-            self.held -= c[0]
-            console.warn("spool: full, dropped %d records not yet safe of boot %d: seq %d..%d" % (c[0], b, c[1], c[2]))
-        self.dirty = True
-
     # -- reading ------------------------------------------------------------------------------
     def read(self, pos, max_bytes, skip, now_boot, may_send_now_boot, extra=0):
         """Records from pos on that are not acknowledged and not in `skip` (pos -> anything), all of
-        one boot and about max_bytes, counting each line's length plus `extra`.
-        Returns (boot, [(pos, end, line)], next_pos); boot None when there is nothing to send."""
+        one boot and about max_bytes, counting each one's bytes on flash plus `extra`.
+        Returns (boot, [(pos, end, record)], next_pos); boot None when there is nothing to send."""
+        import recread   # at the first read (a backlog, or a record sent): its code is heap the start needs
         if pos < self.cur:
             pos = self.cur
         out = []
@@ -252,32 +227,21 @@ class Spool:
         for n, size in self.segs:
             if (n << 16 | size) <= pos:
                 continue
-            off = pos & 0xFFFF if pos >> 16 == n else 0
-            f = self._open(n, off)
-            if f is None:
-                pos = n << 16 | size
-                continue
+            g = recread.recs(self, n, size, pos & 0xFFFF if pos >> 16 == n else 0)
             try:
-                while off < size:
-                    line = f.readline()
-                    if not line or line[-1] != "\n":
-                        off = size
-                        break
-                    p = n << 16 | off
+                for p, e, r in g:
                     if p in self.acked or p in skip:
-                        off += len(line)
                         continue
-                    b = recline.boot_of(line)
+                    b = r[0]
                     if (boot is not None and b != boot) or (b == now_boot and not may_send_now_boot) \
-                            or (out and got + len(line) + extra > max_bytes):
+                            or (out and got + e - p + extra > max_bytes):
                         return boot, out, p  # another boot, a boot without its time yet, or full
                     boot = b
-                    off += len(line)
-                    out.append((p, n << 16 | off, line[:-1]))
-                    got += len(line) + extra
+                    out.append((p, e, r))
+                    got += e - p + extra
             finally:
-                f.close()
-            pos = n << 16 | off
+                g.close()
+            pos = n << 16 | size
         return boot, out, pos
 
     # -- acknowledgements -----------------------------------------------------------------------

@@ -4,16 +4,41 @@
 # counted from flash, a few at most), the dropped count, the gateway's database id and whether it
 # is a region's (docs/payload.md "Safe in the region"). What cannot be trusted is made safe:
 # an unreadable state sends everything again, an unknown count is counted from flash.
+import sys
 import json
 import console
+
+
+def is_text(sp, n):
+    """Segment n holds an older firmware's text lines: its second byte is a digit or a space, where
+    a binary segment's first record (a key frame) has its top bit set."""
+    f = sp._open(n, 0)
+    if f is None:
+        return False
+    with f:
+        b = f.read(2)
+    return len(b) == 2 and not b[1] & 0x80
 
 
 def load(sp):
     """Fill sp's cursor, acknowledged records, safe position, held count, dropped count and db."""
     held = None
+    for s in sp.segs[::-1]:   # the newest segment with records: text only before an update to binary
+        if s[1]:
+            if is_text(sp, s[0]):
+                import spconvert
+                spconvert.convert(sp)
+                del sys.modules["spconvert"]
+            break
     try:
         with open(sp.dir + "/state") as f:
             st = json.load(f)
+        if "fmt" not in st:   # an older firmware's: its positions were in text lines, rewritten since
+            for k in ("cur", "safe", "end"):
+                if k in st:
+                    st[k] = st[k] >> 16 << 16   # its segment's start: what follows is sent again
+            st["acked"] = ()
+            st.pop("held", None)
         sp.dropped = st["dropped"]
         sp.db = st.get("db")
         sp.region = st.get("reg") == 1
@@ -46,14 +71,11 @@ def load(sp):
 
 def count(sp, pos):
     """Records from pos to the end of the spool (a scan of flash; safepos.py's too)."""
+    import recread
     k = 0
     for n, size in sp.segs:
         if (n << 16 | size) <= pos:
             continue
-        f = sp._open(n, pos & 0xFFFF if pos >> 16 == n else 0)
-        if f is not None:
-            with f:
-                for line in f:
-                    if line[-1:] == "\n":
-                        k += 1
+        for _ in recread.recs(sp, n, size, pos & 0xFFFF if pos >> 16 == n else 0, 0):
+            k += 1
     return k

@@ -191,7 +191,8 @@ def test_ntp_only_after_two_hours(rig: Rig) -> None:
 
 # 7 -----------------------------------------------------------------------------------------------
 def test_spool_full_drops_oldest_counts_and_reports(rig: Rig) -> None:
-    outage = (600, 600 + 8 * H)
+    # the smallest spool (32 KB) holds about 30 hours of this board's records (about 18 bytes each)
+    outage = (600, 600 + 36 * H)
     n = rig.node("air-01", scenario(wifi_down=[outage]), board=AIR, until_s=outage[1] + H,
                  extra_config={"spool_kb": 32})
     rig.run()

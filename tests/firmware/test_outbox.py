@@ -43,7 +43,7 @@ if fresh:
     os.VfsLfs2.mkfs(dev)
 os.mount(os.VfsLfs2(dev), "/flash")
 os.chdir("/flash")
-import time, recline, outbox
+import time, recline, recread, outbox
 from spool import Spool
 from outbox import Outbox
 
@@ -73,9 +73,12 @@ def loop(ms):
             sp.save(now)
 
 
+KEYS = ["pm25", "temp"]
+
+
 def rec(seq):
-    parts = ['"pm25":[%d.5,1,9,60]' % seq, '"temp":[12.5,12.4,12.6,12]']
-    return recline.encode(boot, seq, None, 60 * seq, 60, parts, {}, {})
+    parts = [("pm25", (seq * 10 + 5, 10, 90, 60)), ("temp", (1250, 1240, 1260, 12))]
+    return recline.record(boot, seq, None, 60 * seq, 60, parts, {}, {}, KEYS)
 
 
 sp = Spool(int(sys.argv[4]))
@@ -98,12 +101,8 @@ def unsafe():    # the records from the spool's safe position on: what a new dat
     for n, size in sp.segs:
         if (n << 16 | size) <= sp.safe:
             continue
-        f = sp._open(n, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0)
-        if f is not None:
-            with f:
-                for l in f:
-                    if l[-1:] == "\\n":
-                        out.append([recline.boot_of(l), recline.seq_of(l)])
+        for _, _, l in recread.recs(sp, n, size, sp.safe & 0xFFFF if sp.safe >> 16 == n else 0, 1):
+            out.append([recline.boot_of(l), recline.seq_of(l)])
     return out
 
 
@@ -117,8 +116,8 @@ for cmd in sys.stdin:
             line = rec(seq)
             if seq == 0:
                 sp.begin_boot(boot, '{"v":1,"boot":%d,' % boot, ["pm25", "temp"])
-            pos = sp.append(line)
-            ob.add(pos, pos + len(line) + 1, seq, line)
+            pos, end = sp.append(line)
+            ob.add(pos, end, seq, line)
             seq += 1
     elif op == "anchor":
         link["timed"] = True

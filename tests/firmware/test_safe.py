@@ -170,8 +170,8 @@ def test_a_full_spool_counts_what_is_not_yet_safe_as_dropped(tmp_path: Path) -> 
     import console, safepos
     lines_seen = []
     console.warn = lambda m: lines_seen.append(m)
-    spool.SEG_BYTES = 1000
-    sp = Spool(3000)
+    spool.SEG_BYTES = 200
+    sp = Spool(600)
     sp.region = True
     fill(sp, 1, range(40))
     _, lines, _ = sp.read(0, 100000, {}, 1, True)
@@ -181,12 +181,11 @@ def test_a_full_spool_counts_what_is_not_yet_safe_as_dropped(tmp_path: Path) -> 
     fill(sp, 1, range(40, 100))
     left = []
     for n, size in sp.segs:
-        with open(sp._seg(n)) as f:
-            left += [recline.seq_of(l) for l in f]
-    print("OUT", json.dumps([sp.held, sp.dropped, sp.total <= 3000, left]))
+        left += [recline.seq_of(l) for _, _, l in recread.recs(sp, n, size, 0, 1)]
+    print("OUT", json.dumps([sp.held, sp.dropped, sp.total <= 600, left]))
     print("OUT", json.dumps(lines_seen))
     sp.save(time.ticks_ms(), True)
-    sp2 = Spool(3000)
+    sp2 = Spool(600)
     print("OUT", json.dumps([sp2.held, sp2.dropped]))
     """)
     assert out[0] == [20, 0]
@@ -236,32 +235,31 @@ if fresh:
     os.VfsLfs2.mkfs(dev)
 os.mount(os.VfsLfs2(dev), "/flash")
 os.chdir("/flash")
-import time, recline, console, spool
-spool.SEG_BYTES = 1024
+import time, recline, recread, console, spool
+spool.SEG_BYTES = 96    # records of a few bytes: several segments,
+spool.KEY_EVERY = 4     # and key frames inside them
 from spool import Spool
 from outbox import Outbox
 
+KEYS = ["pm25"]
 def rec(boot, seq):
-    return recline.encode(boot, seq, 1795500000 + 60 * seq, 60 * seq, 60, ['"pm25":[%d.5,1,9,60]' % seq], {}, {})
+    return recline.record(boot, seq, 1795500000 + 60 * seq, 60 * seq, 60, [("pm25", (seq * 10 + 5, 10, 90, 60))], {}, {}, KEYS)
 
 def on_flash(sp):
-    out, safe = [], []
+    out, safe, wrong = [], [], []
     for n, size in sp.segs:
-        f = sp._open(n, 0)
-        off = 0
-        with f:
-            for l in f:
-                if l[-1:] == "\\n":
-                    out.append([recline.boot_of(l), recline.seq_of(l)])
-                    if (n << 16 | off) < sp.safe:
-                        safe.append(out[-1])
-                off += len(l)
-    return out, safe
+        for p, _, l in recread.recs(sp, n, size, 0):
+            out.append([recline.boot_of(l), recline.seq_of(l)])
+            if p < sp.safe:
+                safe.append(out[-1])
+            if recline.to_json(l, KEYS, None) != recline.to_json(rec(l[0], l[1]), KEYS, None):
+                wrong.append(out[-1])   # every record decodes to what was written
+    return out, safe, wrong
 
 if not fresh:    # after the cut: what the flash says
     sp = Spool(60000)
-    allr, safe = on_flash(sp)
-    print("R " + json.dumps({"all": allr, "safe": safe, "held": sp.held}))
+    allr, safe, wrong = on_flash(sp)
+    print("R " + json.dumps({"all": allr, "safe": safe, "held": sp.held, "wrong": wrong}))
     raise SystemExit
 
 sent = []
@@ -286,13 +284,13 @@ for step in range(8):
     for _ in range(3):
         line = rec(1, seq)
         try:
-            pos = sp.append(line)
+            pos, end = sp.append(line)
         except OSError:   # the power went while it was written: not stored
             break
         if not dev.live:
             break
         print("@rec 1 %d" % seq)
-        ob.add(pos, pos + len(line) + 1, seq, line)
+        ob.add(pos, end, seq, line)
         seq += 1
     if not dev.live:
         break
@@ -354,7 +352,9 @@ def confirmed(lines: list[str]) -> set[tuple[int, int]]:
 def test_a_power_cut_at_any_flash_program_loses_no_record_and_never_oversteps_the_pair(tmp_path: Path) -> None:
     """Records appended, acknowledged by a region's gateway with a lagging pair, standalone pairs, a
     move to another region's gateway, the state saved: the power cut at every flash program in
-    turn. After each, every record the node had stored is on flash, those before the safe position
+    turn. After each, every record the node had stored is on flash and reads back as it was
+    written (binary records, each coded from the one before: several segments, key frames inside
+    them), those before the safe position
     are all ones the gateway confirmed, and the count of held records is right."""
     (tmp_path / "whole").mkdir()
     whole, lines = _cuts_run(tmp_path / "whole", 0, True)
@@ -371,6 +371,7 @@ def test_a_power_cut_at_any_flash_program_loses_no_record_and_never_oversteps_th
         on_flash = {tuple(r) for r in after["all"]}
         safe = {tuple(r) for r in after["safe"]}
         assert stored <= on_flash, f"cut {cut}: records lost: {sorted(stored - on_flash)}"
+        assert not after["wrong"], f"cut {cut}: records that read back otherwise than written: {after['wrong']}"
         assert safe <= confirmed(lines), f"cut {cut}: safe but never confirmed: {sorted(safe - confirmed(lines))}"
         assert after["held"] == len(on_flash) - len(safe), f"cut {cut}: held {after['held']}"
         cuts_with_safe += bool(safe)

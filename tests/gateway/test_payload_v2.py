@@ -46,34 +46,35 @@ ENV = ('{"v":1,"node":"ams-001","boot":3,"fw":"0.2.0","board":"esp32-devkitc",'
 ANCHOR_MS = 1795509840_437  # Unix ms at the boot's uptime 0
 
 
-def parts(i: int, *, pm25: bool = True, old_lzeq: bool = False) -> list[str]:
-    """One record's quantities as the samplers write them (varied by i, some negative)."""
-    return [f'"pm1":[{3 + i % 4}.{i % 10},2,{5 + i},58]',
-            f'"pm25":[{5 + i}.2,4,{7 + 2 * i},58]' if pm25 else '"pm25":null',
-            f'"pm10":[8.9,6,{12 + i},{58 - i % 3}]',
-            f'"temp":[-{i % 3}.{i % 7}5,-{i % 3 + 1}.3,0.4,12]',
-            f'"rh":[81.2{i % 10},80.9,81.5,12]',
-            f'"press":[1013.2{i % 10},1013.1,1013.3,12]',
-            f'"LAeq":[{55 + i}.{i % 10},48.3,{67 + i}.1,60]', f'"LA10":{58 + i}.4', '"LA50":53.9', '"LA90":49.6',
-            '"LZeq":[63.8,60.1,70.2,60]' if old_lzeq else f'"LZeq":{63 - i}.8', f'"cov":0.9{i % 10}7']
+def parts(i: int, *, pm25: bool = True) -> list[tuple[str, Any]]:
+    """One record's quantities as the samplers hand them: fixed-point integers at recline.DEC
+    (varied by i, some negative), a summary as (avg, min, max, n)."""
+    return [("pm1", (30 + i % 4 * 10 + i % 10, 20, 50 + 10 * i, 58)),
+            ("pm25", (52 + 10 * i, 40, 70 + 20 * i, 58) if pm25 else None),
+            ("pm10", (89, 60, 120 + 10 * i, 58 - i % 3)),
+            ("temp", (-(i % 3) * 100 - (i % 7) * 10 - 5, -(i % 3 + 1) * 100 - 30, 40, 12)),
+            ("rh", (8120 + i % 10, 8090, 8150, 12)), ("press", (101320 + i % 10, 101310, 101330, 12)),
+            ("LAeq", (5500 + 100 * i + 10 * (i % 10), 4830, 6710 + 100 * i, 60)), ("LA10", 5840 + 100 * i),
+            ("LA50", 5390), ("LA90", 4960), ("LZeq", 6380 - 100 * i), ("cov", 907 + 10 * (i % 10))]
 
 
-def lines(n: int, timed: bool = True, **kw: Any) -> tuple[list[str], list[str]]:
+def lines(n: int, timed: bool = True) -> tuple[list[Any], list[str]]:
+    """n records of boot 3 from seq 16 as the node makes them (recline.record), and their keys."""
+    keys = [k for k, _ in parts(0)]
     out = []
     for i in range(n):
         flags = {"pm25": ["rh_high"]} if i == 1 else {"LAeq": ["partial", "floor"]} if i == 3 else {}
         errs = {"pm": 2} if i == 2 else {}
-        p = parts(i, pm25=i != 4, **kw)
-        out.append(recline.encode(3, 16 + i, 1795510800 + 60 * i if timed else None, 960 + 60 * i, 60, p,
-                                  flags, errs))
-    return out, recline.keys_of(p)
+        out.append(recline.record(3, 16 + i, 1795510800 + 60 * i if timed else None, 960 + 60 * i, 60,
+                                  parts(i, pm25=i != 4), flags, errs, keys))
+    return out, keys
 
 
-def v1(ls: list[str], keys: list[str], anchor: int | None) -> bytes:
+def v1(ls: list[Any], keys: list[str], anchor: int | None) -> bytes:
     return (ENV + '"recs":[' + ",".join(recline.to_json(x, keys, anchor) for x in ls) + "]}").encode()
 
 
-def v2(ls: list[str], keys: list[str], anchor: int | None, envelope: bool = True, boot: int = 3,
+def v2(ls: list[Any], keys: list[str], anchor: int | None, envelope: bool = True, boot: int = 3,
        dropped: int = 0) -> bytes:
     """The batch the node makes of these lines (recv2.batch, into a buffer as big as the node's)."""
     buf = bytearray(4096)
@@ -83,12 +84,10 @@ def v2(ls: list[str], keys: list[str], anchor: int | None, envelope: bool = True
     return bytes(buf[:size])
 
 
-@pytest.mark.parametrize("timed,anchor,old_lzeq", [(True, ANCHOR_MS, False), (True, None, False),
-                                                   (False, ANCHOR_MS, False), (False, None, False),
-                                                   (True, ANCHOR_MS, True)],
-                         ids=["timed", "timed-no-t0", "untimed-anchored", "untimed", "old-lzeq"])
-def test_v2_says_exactly_what_v1_says(timed, anchor, old_lzeq):
-    ls, keys = lines(6, timed, old_lzeq=old_lzeq)
+@pytest.mark.parametrize("timed,anchor", [(True, ANCHOR_MS), (True, None), (False, ANCHOR_MS), (False, None)],
+                         ids=["timed", "timed-no-t0", "untimed-anchored", "untimed"])
+def test_v2_says_exactly_what_v1_says(timed, anchor):
+    ls, keys = lines(6, timed)
     one = payload.parse_batch(v1(ls, keys, anchor), "ams-001", NOW)
     two = payload.parse_batch(v2(ls, keys, anchor), "ams-001", NOW)
     assert not one.refused and not two.refused

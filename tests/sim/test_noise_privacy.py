@@ -14,6 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from meetkit_gateway import payload
+from meetkit_tools.dev import spoolfile
 from meetkit_tools.paths import ROOT
 from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
@@ -21,9 +22,8 @@ from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 AUDIO_BYTES_PER_S = 48000 * 3  # 24-bit samples
 SECONDS = 900
 NOISE = {"LAeq", "LA10", "LA50", "LA90", "LZeq", "cov"}
-SPOOL_LINE = re.compile(r"^\d+ \d+ (\d+|-) \d+ \d+(\|[^|]*)*$")
 LOG_LINE = re.compile(r"^ *\d+ [IWE] [ -~]{1,200}$")
-RECORD_LINE = re.compile(r"^ *\d+ I record \d+: (\{[ -~]+\})$")
+RECORD_LINE = re.compile(r"^ *\d+ I record \d+: (\{[ -~]+\})$", re.M)
 
 
 def test_only_indicators_leave_the_noise_meter(tmp_path: Path) -> None:
@@ -81,11 +81,12 @@ def test_only_indicators_leave_the_noise_meter(tmp_path: Path) -> None:
         elif re.fullmatch(r"sp/t\d+", path):
             int(data)
         elif re.fullmatch(r"sp/s\d+", path):
-            for line in data.decode().splitlines():
-                assert SPOOL_LINE.match(line), line
+            spoolfile.segment_records(data)   # whole records and nothing else
         else:
             raise AssertionError(f"unexpected file on flash: {path}")
     assert any(p.startswith("sp/s") for p in files)
+    assert [r for _, r in spoolfile.read_spool(files, anchored=False)] == [
+        json.loads(m) for m in RECORD_LINE.findall(node.console_text())], "the records, as the console showed them"
 
     # 3. the console holds log lines and nothing else
     console = node.console_text()

@@ -10,6 +10,7 @@ the `dev` extra (numpy, scipy, micropython).
 - `mpyfile`: .mpy files from mpy-cross, read back to each function's machine code
 - `xtensa`: the ESP32's Xtensa core, enough to run and count one viper function
 - `batches`: firmware-made payload batches, a fixed seeded stream
+- `spoolfile`: a node's spool (its files under sp/) decoded on the host by the firmware's recline
 - `sensorthings_server`: a strict OGC SensorThings contract server
 - `page_client`: a status-page client refreshing as fast as it can
 - `fleetsite`: a site as an operator runs the fleet over the air (generated broker, the gateway

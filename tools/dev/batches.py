@@ -10,30 +10,18 @@ drains: about five records (60 readings) per message. Seeded: the same stream ev
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from dataclasses import dataclass
-from types import ModuleType
 
 from meetkit_gateway.payload import QUANTITIES
-from meetkit_tools.paths import FIRMWARE
+from meetkit_tools.dev.spoolfile import firmware_module, recline
 
 BATCH_BYTES = 1800  # firmware/lib/node.py: a batch stays under about 2 KB
 QUANTITIES_PER_RECORD = 12
 INTERVAL_S = 60
 
-
-def _firmware_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"firmware_{name}", FIRMWARE / "lib" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stats = _firmware_module("stats")
-recline = _firmware_module("recline")
+stats = firmware_module("stats")
 
 
 @dataclass(frozen=True)
@@ -57,30 +45,31 @@ def _envelope(node: str, boot: int) -> str:
             f'"sensors":{dumps(sensors)},"units":{dumps(units)},')
 
 
-def _record_line(rng: random.Random, boot: int, seq: int, ts: int) -> tuple[str, list[str]]:
+def _record_line(rng: random.Random, boot: int, seq: int, ts: int) -> tuple[list, list[str]]:
     """One minute of a street: PM frames every ~1 s, climate every 5 s, noise levels."""
     pm = rng.uniform(2.0, 35.0)
-    pm_stats = [stats.Stat(1, 1) for _ in range(3)]
+    pm_stats = [stats.Stat(10) for _ in range(3)]   # ug/m3 -> 0.1 ug/m3, as firmware/lib/sample_pm.py
     for _ in range(58):
         frame = pm * rng.uniform(0.8, 1.25)
         for st, share in zip(pm_stats, (0.6, 1.0, 1.6)):
             st.add(int(frame * share))
-    t, h, p = stats.Stat(100, 2), stats.Stat(1024, 1), stats.Stat(100, 2)
+    t, h, p = stats.Stat(), stats.Stat(100, 1024), stats.Stat()
     temp, rh = rng.uniform(2.0, 28.0), rng.uniform(40.0, 95.0)
     for _ in range(12):
         t.add(int((temp + rng.uniform(-0.1, 0.1)) * 100))
         h.add(int((rh + rng.uniform(-0.5, 0.5)) * 1024))
         p.add(int(rng.uniform(101300, 101330)))
     la = rng.uniform(45.0, 75.0)
-    num = stats.num
-    parts = [f'"{k}":{st.result()}' for k, st in zip(("pm1", "pm25", "pm10"), pm_stats)]
-    parts += [f'"temp":{t.result()}', f'"rh":{h.result()}', f'"press":{p.result()}']
-    parts.append(f'"LAeq":[{num(la, 1)},{num(la - rng.uniform(5, 12), 1)},{num(la + rng.uniform(6, 20), 1)},60]')
-    parts += [f'"LA10":{num(la + 3.1, 1)}', f'"LA50":{num(la - 1.2, 1)}', f'"LA90":{num(la - 5.4, 1)}',
-              f'"LZeq":{num(la + 8.3, 1)}', f'"cov":{num(rng.uniform(0.995, 1.0), 3)}']
+    cdb = lambda v: round(v * 100)  # noqa: E731  (dB -> 0.01 dB, as firmware/lib/sample_noise.py)
+    parts = [(k, st.result()) for k, st in zip(("pm1", "pm25", "pm10"), pm_stats)]
+    parts += [("temp", t.result()), ("rh", h.result()), ("press", p.result())]
+    parts.append(("LAeq", (cdb(la), cdb(la - rng.uniform(5, 12)), cdb(la + rng.uniform(6, 20)), 60)))
+    parts += [("LA10", cdb(la + 3.1)), ("LA50", cdb(la - 1.2)), ("LA90", cdb(la - 5.4)), ("LZeq", cdb(la + 8.3)),
+              ("cov", round(rng.uniform(0.995, 1.0) * 1000))]
     flags = {"pm25": ["rh_high"], "pm10": ["rh_high"]} if rh > 85 else {}
     errs = {"pm": 1} if rng.random() < 0.02 else {}
-    return recline.encode(boot, seq, ts, seq * INTERVAL_S + 12, INTERVAL_S, parts, flags, errs), parts
+    keys = recline.keys_of(parts)
+    return recline.record(boot, seq, ts, seq * INTERVAL_S + 12, INTERVAL_S, parts, flags, errs, keys), keys
 
 
 def node_stream(node: str, records: int, t0: int, seed: int, boot: int = 1) -> NodeStream:
@@ -90,10 +79,8 @@ def node_stream(node: str, records: int, t0: int, seed: int, boot: int = 1) -> N
     messages: list[bytes] = []
     batch: list[str] = []
     size = len(head) + 2
-    keys: list[str] = []
     for seq in range(records):
-        line, parts = _record_line(rng, boot, seq, t0 + seq * INTERVAL_S)
-        keys = keys or recline.keys_of(parts)
+        line, keys = _record_line(rng, boot, seq, t0 + seq * INTERVAL_S)
         rec = recline.to_json(line, keys, None)
         if batch and size + len(rec) + 1 > BATCH_BYTES:
             messages.append((head + ",".join(batch) + "]}").encode())
