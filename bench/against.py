@@ -31,10 +31,12 @@ faster now. Never asserts."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from bench import backlog
 from bench.results import median, record
@@ -99,9 +101,36 @@ def once(what: str, db: Path, tag: str, old: Path | None) -> dict:
     return json.loads(r.stdout)
 
 
-def drain_vm(rev: str, old: Path, work: Path) -> None:
-    import os
+def _turns(runs: int, old: Path) -> Iterator[tuple[int, str]]:
+    """(run, side) of `runs` runs a side, the sides taking turns (which goes first changing too);
+    during an "old" turn the gateway processes started import <rev>'s gateway (PYTHONPATH)."""
+    saved = os.environ.get("PYTHONPATH")
+    try:
+        for k in range(runs):
+            for side in ("old", "new") if k % 2 == 0 else ("new", "old"):
+                if side == "old":
+                    os.environ["PYTHONPATH"] = str(old)
+                else:
+                    os.environ.pop("PYTHONPATH", None)
+                yield k, side
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
+
+def _old_gateway(rev: str, work: Path) -> Path:
+    """<rev>'s gateway out of git, as an importable meetkit_gateway in work/old; that folder."""
+    old = work / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    (old / "gateway").rename(old / "meetkit_gateway")
+    return old
+
+
+def drain_vm(rev: str, old: Path, work: Path) -> None:
     from bench import gateway
     from meetkit_tools.services import Mosquitto
 
@@ -110,22 +139,12 @@ def drain_vm(rev: str, old: Path, work: Path) -> None:
     broker = Mosquitto(work / "drain-broker").start()
     times: dict[str, list[float]] = {"old": [], "new": []}
     cpu: dict[str, list[float]] = {"old": [], "new": []}
-    saved = os.environ.get("PYTHONPATH")
     try:
-        for k in range(gateway.DRAIN_RUNS):
-            for side in ("old", "new") if k % 2 == 0 else ("new", "old"):
-                if side == "old":
-                    os.environ["PYTHONPATH"] = str(old)  # the gateway process imports <rev>'s
-                else:
-                    os.environ.pop("PYTHONPATH", None)
-                r = gateway.drain_run(work, b, broker, 2 * k + (side == "new"))
-                times[side].append(r.seconds)
-                cpu[side].append(r.gateway_cpu_s)
+        for k, side in _turns(gateway.DRAIN_RUNS, old):
+            r = gateway.drain_run(work, b, broker, 2 * k + (side == "new"))
+            times[side].append(r.seconds)
+            cpu[side].append(r.gateway_cpu_s)
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
         broker.stop()
     ratio = median(times["new"]) / median(times["old"])
     record("against_drain_vm_ratio", round(ratio, 3), "ratio", "lower", {
@@ -137,37 +156,16 @@ def drain_vm(rev: str, old: Path, work: Path) -> None:
 
 
 def ingest_vm(rev: str, old: Path, work: Path, runs: int = 5) -> None:
-    import os
-    import time
-
     from bench import gateway
-    from meetkit_tools.dev import batches
 
-    t0 = int(time.time()) // 60 * 60 - 14 * 86400
-    streams = batches.streams(gateway.NODES, gateway.RECORDS_PER_NODE, t0)
-    files = {}
-    for st in streams:
-        files[st.node] = work / f"{st.node}.lines"
-        files[st.node].write_bytes(b"\n".join(st.messages) + b"\n")
+    streams, files = gateway.ingest_stream(work)
     messages = sum(len(st.messages) for st in streams)
     times: dict[str, list[float]] = {"old": [], "new": []}
     cpu: dict[str, list[float]] = {"old": [], "new": []}
-    saved = os.environ.get("PYTHONPATH")
-    try:
-        for k in range(runs):
-            for side in ("old", "new") if k % 2 == 0 else ("new", "old"):
-                if side == "old":
-                    os.environ["PYTHONPATH"] = str(old)  # the gateway process imports <rev>'s
-                else:
-                    os.environ.pop("PYTHONPATH", None)
-                r = gateway.gateway_run(work / f"ingest-{side}-{k}", streams, files)
-                times[side].append(r.seconds)
-                cpu[side].append((r.cpu_s or 0) / messages * 1e6)
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    for k, side in _turns(runs, old):
+        r = gateway.gateway_run(work / f"ingest-{side}-{k}", streams, files)
+        times[side].append(r.seconds)
+        cpu[side].append((r.cpu_s or 0) / messages * 1e6)
     ratio = median(times["new"]) / median(times["old"])
     record("against_ingest_vm_ratio", round(ratio, 3), "ratio", "lower", {
         "rev": rev, "new_s": [round(t, 3) for t in times["new"]], "old_s": [round(t, 3) for t in times["old"]],
@@ -181,11 +179,7 @@ def ingest_vm(rev: str, old: Path, work: Path, runs: int = 5) -> None:
 def run(rev: str, with_gateway: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
         work = Path(tmp)
-        old = work / "old"
-        old.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-        (old / "gateway").rename(old / "meetkit_gateway")
+        old = _old_gateway(rev, work)
         b = backlog.build(work / "gateway.db", READINGS)
         for what in ("export", "drain", "readings", "series"):
             times: dict[str, list[float]] = {"old": [], "new": []}
@@ -212,12 +206,7 @@ def ingest_only(rev: str) -> None:
     """`ingest_vm` alone (`--ingest`): it needs no store of one schema, so any two revs compare."""
     with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
         work = Path(tmp)
-        old = work / "old"
-        old.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-        (old / "gateway").rename(old / "meetkit_gateway")
-        ingest_vm(rev, old, work)
+        ingest_vm(rev, _old_gateway(rev, work), work)
 
 
 if __name__ == "__main__":

@@ -250,14 +250,21 @@ def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: 
                          + f"\n{log_tail(gw)}")
 
 
-def measure_ingest(tmp: Path) -> float | None:
-    """Records the two ingest figures; returns the gateway's peak RSS, MiB."""
+def ingest_stream(workdir: Path) -> tuple[list[batches.NodeStream], dict[str, Path]]:
+    """The ingest stream (NODES nodes' RECORDS_PER_NODE records, ending two weeks ago) and a file
+    of each node's messages, a line each, in `workdir`, for `publish`."""
     t0 = int(time.time()) // 60 * 60 - 14 * 86400
     streams = batches.streams(NODES, RECORDS_PER_NODE, t0)
     files = {}
     for s in streams:
-        files[s.node] = tmp / f"{s.node}.lines"
+        files[s.node] = workdir / f"{s.node}.lines"
         files[s.node].write_bytes(b"\n".join(s.messages) + b"\n")  # compact JSON: no newline inside
+    return streams, files
+
+
+def measure_ingest(tmp: Path) -> float | None:
+    """Records the two ingest figures; returns the gateway's peak RSS, MiB."""
+    streams, files = ingest_stream(tmp)
     readings = sum(s.readings for s in streams)
     messages = sum(len(s.messages) for s in streams)
     gw_runs: list[IngestRun] = []
