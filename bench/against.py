@@ -1,10 +1,10 @@
 """The store's readers against an earlier commit of the gateway, side by side in one run.
 
-    .venv/bin/python -m bench.against <git rev> [--gateway]    (e.g. main, or the commit before a change)
+    .venv/bin/python -m bench.against <git rev> [--gateway | --ingest]    (e.g. main, or the commit before a change)
 
 The gateway of <rev> is taken out of git (`git archive`) into a temporary folder and put first on
 the import path of its subprocesses; this checkout's gateway runs in the others. Both read the same
-store: `bench/backlog.py`'s (50 nodes, 12 readings a record, built by SQL), so the comparison holds
+store: `bench/backlog.py`'s (50 nodes, 12 readings a record), so the comparison holds
 only for code that still opens that schema. Each workload runs RUNS times per side, the sides taking
 turns, a fresh process each (imports and caches as a user's command has them):
 
@@ -21,6 +21,9 @@ With `--gateway` also:
 drain_vm      bench/gateway.py's drain, side by side: the real `meetkit-gateway run` process
               forwarding a backlog of 3 million readings to a fresh VictoriaMetrics, from process
               start to the cursor at the newest record (`drain_run`); 3 runs a side
+ingest_vm     bench/gateway.py's ingest, side by side: the real gateway process taking its stream
+              through a fresh Mosquitto into a fresh store (`gateway_run`), first publish to the
+              last acknowledgement; 5 runs a side (a new store each: any schema compares)
 
 Each figure `against_<workload>_ratio` is this checkout's median time over <rev>'s: below 1 is
 faster now. Never asserts."""
@@ -28,10 +31,12 @@ faster now. Never asserts."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from bench import backlog
 from bench.results import median, record
@@ -96,9 +101,36 @@ def once(what: str, db: Path, tag: str, old: Path | None) -> dict:
     return json.loads(r.stdout)
 
 
-def drain_vm(rev: str, old: Path, work: Path) -> None:
-    import os
+def _turns(runs: int, old: Path) -> Iterator[tuple[int, str]]:
+    """(run, side) of `runs` runs a side, the sides taking turns (which goes first changing too);
+    during an "old" turn the gateway processes started import <rev>'s gateway (PYTHONPATH)."""
+    saved = os.environ.get("PYTHONPATH")
+    try:
+        for k in range(runs):
+            for side in ("old", "new") if k % 2 == 0 else ("new", "old"):
+                if side == "old":
+                    os.environ["PYTHONPATH"] = str(old)
+                else:
+                    os.environ.pop("PYTHONPATH", None)
+                yield k, side
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
+
+def _old_gateway(rev: str, work: Path) -> Path:
+    """<rev>'s gateway out of git, as an importable meetkit_gateway in work/old; that folder."""
+    old = work / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    (old / "gateway").rename(old / "meetkit_gateway")
+    return old
+
+
+def drain_vm(rev: str, old: Path, work: Path) -> None:
     from bench import gateway
     from meetkit_tools.services import Mosquitto
 
@@ -107,22 +139,12 @@ def drain_vm(rev: str, old: Path, work: Path) -> None:
     broker = Mosquitto(work / "drain-broker").start()
     times: dict[str, list[float]] = {"old": [], "new": []}
     cpu: dict[str, list[float]] = {"old": [], "new": []}
-    saved = os.environ.get("PYTHONPATH")
     try:
-        for k in range(gateway.DRAIN_RUNS):
-            for side in ("old", "new") if k % 2 == 0 else ("new", "old"):
-                if side == "old":
-                    os.environ["PYTHONPATH"] = str(old)  # the gateway process imports <rev>'s
-                else:
-                    os.environ.pop("PYTHONPATH", None)
-                r = gateway.drain_run(work, b, broker, 2 * k + (side == "new"))
-                times[side].append(r.seconds)
-                cpu[side].append(r.gateway_cpu_s)
+        for k, side in _turns(gateway.DRAIN_RUNS, old):
+            r = gateway.drain_run(work, b, broker, 2 * k + (side == "new"))
+            times[side].append(r.seconds)
+            cpu[side].append(r.gateway_cpu_s)
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
         broker.stop()
     ratio = median(times["new"]) / median(times["old"])
     record("against_drain_vm_ratio", round(ratio, 3), "ratio", "lower", {
@@ -133,14 +155,31 @@ def drain_vm(rev: str, old: Path, work: Path) -> None:
           flush=True)
 
 
+def ingest_vm(rev: str, old: Path, work: Path, runs: int = 5) -> None:
+    from bench import gateway
+
+    streams, files = gateway.ingest_stream(work)
+    messages = sum(len(st.messages) for st in streams)
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    cpu: dict[str, list[float]] = {"old": [], "new": []}
+    for k, side in _turns(runs, old):
+        r = gateway.gateway_run(work / f"ingest-{side}-{k}", streams, files)
+        times[side].append(r.seconds)
+        cpu[side].append((r.cpu_s or 0) / messages * 1e6)
+    ratio = median(times["new"]) / median(times["old"])
+    record("against_ingest_vm_ratio", round(ratio, 3), "ratio", "lower", {
+        "rev": rev, "new_s": [round(t, 3) for t in times["new"]], "old_s": [round(t, 3) for t in times["old"]],
+        "new_gateway_cpu_us_per_message": [round(c) for c in cpu["new"]],
+        "old_gateway_cpu_us_per_message": [round(c) for c in cpu["old"]],
+        "messages": messages, "what": "this checkout's median ingest time over rev's (bench/gateway.py's stream)"})
+    print(f"ingest_vm: new/old {ratio:.3f} (new {median(times['new']):.2f} s, old {median(times['old']):.2f} s; "
+          f"CPU per message new {median(cpu['new']):.0f} us, old {median(cpu['old']):.0f} us)", flush=True)
+
+
 def run(rev: str, with_gateway: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
         work = Path(tmp)
-        old = work / "old"
-        old.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-        (old / "gateway").rename(old / "meetkit_gateway")
+        old = _old_gateway(rev, work)
         b = backlog.build(work / "gateway.db", READINGS)
         for what in ("export", "drain", "readings", "series"):
             times: dict[str, list[float]] = {"old": [], "new": []}
@@ -160,8 +199,19 @@ def run(rev: str, with_gateway: bool = False) -> None:
                   f"{counts})", flush=True)
         if with_gateway:
             drain_vm(rev, old, work)
+            ingest_vm(rev, old, work)
+
+
+def ingest_only(rev: str) -> None:
+    """`ingest_vm` alone (`--ingest`): it needs no store of one schema, so any two revs compare."""
+    with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
+        work = Path(tmp)
+        ingest_vm(rev, _old_gateway(rev, work), work)
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--gateway"]
-    run(args[0] if args else "HEAD", "--gateway" in sys.argv[1:])
+    args = [a for a in sys.argv[1:] if a not in ("--gateway", "--ingest")]
+    if "--ingest" in sys.argv[1:]:
+        ingest_only(args[0] if args else "HEAD")
+    else:
+        run(args[0] if args else "HEAD", "--gateway" in sys.argv[1:])

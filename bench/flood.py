@@ -28,7 +28,6 @@ from pathlib import Path
 from bench import gateway as gwbench
 from bench.results import median, record
 from meetkit_gateway import payload
-from meetkit_tools.dev import batches
 from meetkit_tools.services import GatewayProcess, Mosquitto, stop_process
 
 FLOOD_MESSAGES = 1000
@@ -192,12 +191,7 @@ def flood_run(workdir: Path, count: int = FLOOD_MESSAGES, size: int = FLOOD_BYTE
 
 def normal_load_peak_mib(workdir: Path) -> float | None:
     """The gateway's peak under one run of bench/gateway.py's ingest stream."""
-    t0 = int(time.time()) // 60 * 60 - 14 * 86400
-    streams = batches.streams(gwbench.NODES, gwbench.RECORDS_PER_NODE, t0)
-    files = {}
-    for s in streams:
-        files[s.node] = workdir / f"{s.node}.lines"
-        files[s.node].write_bytes(b"\n".join(s.messages) + b"\n")
+    streams, files = gwbench.ingest_stream(workdir)
     return gwbench.gateway_run(workdir / "ingest", streams, files).rss_mib
 
 

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from bench import backlog
 from bench.results import median, record
-from meetkit_gateway.store import Store
+from meetkit_gateway.store import Store, StoreError
 from meetkit_tools.dev import batches
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics, stop_process
 
@@ -215,8 +215,18 @@ def gateway_run(workdir: Path, streams: list[batches.NodeStream], files: dict[st
 
 def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: list[tuple[float, str, str]]) -> None:
     """Every record committed, none refused or rejected, every seq acknowledged with this store's id."""
-    with Store(gw.db, readonly=True) as store:
-        counts, db_id = store.counts(), store.db_id
+    try:
+        with Store(gw.db, readonly=True) as store:
+            counts, db_id = store.counts(), store.db_id
+    except StoreError:  # an older gateway's store (bench/against.py --ingest): read a copy, migrated
+        copy = gw.db.with_name("checked.db")
+        src = sqlite3.connect(gw.db)
+        try:
+            src.execute(f"VACUUM INTO '{copy}'")
+        finally:
+            src.close()
+        with Store(copy) as store:
+            counts, db_id = store.counts(), store.db_id
     records = sum(s.records for s in streams)
     readings = sum(s.readings for s in streams)
     problems = []
@@ -240,14 +250,21 @@ def check_ingested(gw: GatewayProcess, streams: list[batches.NodeStream], acks: 
                          + f"\n{log_tail(gw)}")
 
 
-def measure_ingest(tmp: Path) -> float | None:
-    """Records the two ingest figures; returns the gateway's peak RSS, MiB."""
+def ingest_stream(workdir: Path) -> tuple[list[batches.NodeStream], dict[str, Path]]:
+    """The ingest stream (NODES nodes' RECORDS_PER_NODE records, ending two weeks ago) and a file
+    of each node's messages, a line each, in `workdir`, for `publish`."""
     t0 = int(time.time()) // 60 * 60 - 14 * 86400
     streams = batches.streams(NODES, RECORDS_PER_NODE, t0)
     files = {}
     for s in streams:
-        files[s.node] = tmp / f"{s.node}.lines"
+        files[s.node] = workdir / f"{s.node}.lines"
         files[s.node].write_bytes(b"\n".join(s.messages) + b"\n")  # compact JSON: no newline inside
+    return streams, files
+
+
+def measure_ingest(tmp: Path) -> float | None:
+    """Records the two ingest figures; returns the gateway's peak RSS, MiB."""
+    streams, files = ingest_stream(tmp)
     readings = sum(s.readings for s in streams)
     messages = sum(len(s.messages) for s in streams)
     gw_runs: list[IngestRun] = []

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import re
 import socket
-import sqlite3
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from bench.results import record
+from meetkit_gateway.store import Store
 from meetkit_tools.dev import spoolfile
 from meetkit_tools.services import GatewayProcess, Mosquitto, free_port
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
@@ -94,10 +94,9 @@ def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int, int]:
         node.start()
         node.wait(1800)
         time.sleep(2)
-        con = sqlite3.connect(gw.db)
-        values = con.execute("SELECT count(avg) + count(min) + count(max) FROM readings").fetchone()[0]
-        recs = con.execute("SELECT count(*) FROM records").fetchone()[0]
-        con.close()
+        with Store(gw.db, readonly=True) as st:  # a record's readings are in its row (store/values.py)
+            values = sum((g.avg is not None) + (g.min is not None) + (g.max is not None) for g in st.readings())
+            recs = st.counts().records
         segs = [node.read_flash(path) or b"" for path in node.list_flash("sp") if re.fullmatch(r"sp/s\d+", path)]
         spool = sum(len(s) for s in segs)
         on_flash = sum(len(spoolfile.segment_records(s)) for s in segs)

@@ -17,6 +17,9 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
                  folder's secrets.json), unknown visitors
     store/       the SQLite store (`Store`), the only package with SQL, a module per concern:
       store.schema        the tables, their migrations, auto-vacuum
+      store.compact       migration 11: the records moved to the compact layout, in power-cut-safe slices
+      store.values        a record's readings in one BLOB: exact fixed point, a fallback for the rest
+      store.keys          the node ids, boots (envelopes) and shapes a record row refers to, cached
       store.base          the connection: open, transactions, read snapshots, counters
       store.rows          `Reading`, the one type of a reading (CLI, page, export, forwarders); other rows
       store.writes        ingest's writes: batches, status, alarms, retained messages, replayed values

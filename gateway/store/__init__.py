@@ -4,6 +4,9 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
 `Store` is one class made of a part per concern, each a module here:
 
     schema        the tables (described there), their migrations, auto-vacuum
+    compact       migration 11: schema 9's records and readings moved into `recs`, slice by slice
+    values        a record's readings in one BLOB (`recs.vals`) and its shape: exact, compact
+    keys          the node ids, boots (envelopes) and shapes a record's row refers to, cached
     base          the connection: open (and migrate), transactions, read snapshots, counters, meta
     rows          what readers get: `Reading` (one type for the CLI, the page, export and the
                   forwarders) and the rows of the other tables

@@ -10,6 +10,7 @@ from typing import Iterator, Self
 from urllib.parse import quote
 
 from . import schema
+from .keys import Keys
 from .schema import StoreError
 
 
@@ -22,6 +23,7 @@ class Base:
         self._counts: dict[str, int] | None = None
         #: nodes that got dead letters since the pruner last looked at their budgets
         self.dead_letter_nodes: set[str | None] = set()
+        self.keys: Keys
         if readonly:
             if not self.path.exists():
                 raise StoreError(f"{self.path}: no store there (has the gateway run yet?)")
@@ -45,6 +47,7 @@ class Base:
             if not readonly and self._meta("db_id") is None:  # only if someone deleted it
                 self.db.execute("INSERT INTO meta (key, value) VALUES ('db_id', lower(hex(randomblob(8))))")
             self.db_id: str = self._meta("db_id") or ""
+            self.keys = Keys(self.db)
         except BaseException:
             self.db.close()  # a corrupt file is moved aside next: let go of it
             raise
@@ -89,6 +92,7 @@ class Base:
             self.db.execute("COMMIT")
         except BaseException:
             self._counts = None  # the increments go with the rest
+            self.keys.forget()  # so do the ids it made
             if self.db.in_transaction:  # SQLite may have rolled back by itself already
                 self.db.execute("ROLLBACK")
             raise
@@ -103,6 +107,7 @@ class Base:
         except BaseException:
             self.db.execute("ROLLBACK TO one")
             self.db.execute("RELEASE one")
+            self.keys.forget()
             self._counts = counts  # its counter increments too (also any written meanwhile: rolled back)
             raise
         self.db.execute("RELEASE one")

@@ -4,16 +4,13 @@ these read and write what it decided."""
 
 from __future__ import annotations
 
-from .base import Base
-from .rows import READING_COLUMNS, Reading, TargetState, make_reading
+from itertools import islice
 
-#: A target's readings of the timed records in (after, upto], in record order, a record's together.
-_FORWARD_SQL = f"""
-    SELECT {READING_COLUMNS}
-    FROM records AS r JOIN readings AS g ON g.record_id = r.id
-    WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL
-    ORDER BY r.id, g.quantity
-"""
+from .base import Base
+from .rows import RECORD_COLUMNS, Reading, TargetState, expand
+
+#: A target's timed records in (after, upto], in record order.
+_FORWARD_SQL = f"SELECT {RECORD_COLUMNS} FROM recs AS r WHERE r.id > ? AND r.id <= ? AND r.start IS NOT NULL ORDER BY r.id"
 #: What `advance_cursor` may set besides the cursor.
 _CURSOR_FIELDS = frozenset({"last_success", "last_error"})
 
@@ -25,7 +22,7 @@ class Cursors(Base):
                         " ON CONFLICT (target) DO NOTHING", (target, at))
 
     def cursor(self, target: str) -> int:
-        """records.id of the last record the target handed on; 0 when none (or no cursor yet)."""
+        """The id of the last record the target handed on; 0 when none (or no cursor yet)."""
         row = self.db.execute("SELECT last_id FROM forward_cursors WHERE target = ?", (target,)).fetchone()
         return row[0] if row else 0
 
@@ -76,30 +73,29 @@ class Cursors(Base):
     # -- the next batch (in the forwarder's snapshot) ----------------------------------------------
 
     def newest_record_id(self) -> int:
-        return self.db.execute("SELECT max(id) FROM records").fetchone()[0] or 0
+        return self.db.execute("SELECT max(id) FROM recs").fetchone()[0] or 0
 
     def first_held_untimed(self, after: int, since: float, ahead: float) -> int | None:
         """The lowest id above `after` of a record without a known start received in (since,
         ahead], unless its boot has a record without a start received at or before `since`: the
         record that holds a target's batch back (core.py says why)."""
         return self.db.execute(
-            """SELECT min(r.id) FROM records AS r
+            """SELECT min(r.id) FROM recs AS r
                WHERE r.start IS NULL AND r.id > :after AND r.received_at > :since AND r.received_at <= :ahead
-                 AND NOT EXISTS (SELECT 1 FROM records AS o WHERE o.node = r.node AND o.boot = r.boot
+                 AND NOT EXISTS (SELECT 1 FROM recs AS o WHERE o.node = r.node AND o.boot = r.boot
                                  AND o.start IS NULL AND o.received_at <= :since)""",
             {"after": after, "since": since, "ahead": ahead},
         ).fetchone()[0]
 
     def forward_readings(self, after: int, upto: int, limit: int | None = None) -> list[Reading]:
         """Up to `limit` (None: all) readings of the timed records in (after, upto], by record id,
-        a record's readings by quantity."""
-        if limit is None:
-            return list(map(make_reading, self.db.execute(_FORWARD_SQL, (after, upto))))
-        return list(map(make_reading, self.db.execute(_FORWARD_SQL + " LIMIT ?", (after, upto, limit))))
+        a record's readings in the contract's order."""
+        readings = expand(self.keys, self.db.execute(_FORWARD_SQL, (after, upto)))
+        return list(readings if limit is None else islice(readings, limit))
 
     def untimed_between(self, after: int, upto: int) -> int:
         """Records in (after, upto] without a known start."""
-        return self.db.execute("SELECT count(*) FROM records WHERE start IS NULL AND id > ? AND id <= ?",
+        return self.db.execute("SELECT count(*) FROM recs WHERE start IS NULL AND id > ? AND id <= ?",
                                (after, upto)).fetchone()[0]
 
     # -- for /metrics and the status page ----------------------------------------------------------
@@ -111,8 +107,8 @@ class Cursors(Base):
             row = self.db.execute("SELECT last_id, last_success, last_error FROM forward_cursors WHERE target = ?",
                                   (target,)).fetchone()
             last_id, last_success, last_error = row if row else (0, None, None)
-            queue = self.db.execute("SELECT count(*) FROM readings WHERE record_id > ?", (last_id,)).fetchone()[0]
-            oldest = self.db.execute("SELECT received_at FROM records WHERE id > ? ORDER BY id LIMIT 1",
+            queue = self.db.execute("SELECT coalesce(sum(nv), 0) FROM recs WHERE id > ?", (last_id,)).fetchone()[0]
+            oldest = self.db.execute("SELECT received_at FROM recs WHERE id > ? ORDER BY id LIMIT 1",
                                      (last_id,)).fetchone()
             counters = dict(self.db.execute("SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
                                             (len(prefix), prefix)))

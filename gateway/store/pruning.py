@@ -10,24 +10,29 @@ from .rows import Pruned
 class Pruning(DeadLetters):
     def oldest_records(self, limit: int) -> list[tuple[int, float]]:
         """(id, received_at) of the `limit` records with the lowest ids: the next to prune."""
-        return self.db.execute("SELECT id, received_at FROM records ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return self.db.execute("SELECT id, received_at FROM recs ORDER BY id LIMIT ?", (limit,)).fetchall()
 
     def record_id_span(self) -> tuple[int, int] | None:
         """(lowest, highest) record id, None when there are no records."""
-        lo, hi = self.db.execute("SELECT min(id), max(id) FROM records").fetchone()
+        lo, hi = self.db.execute("SELECT min(id), max(id) FROM recs").fetchone()
         return None if lo is None else (lo, hi)
 
     def drop_records(self, upto: int, after: int = 0) -> Pruned:
-        """Delete the records with ids up to `upto` and their readings; `after` is a forward cursor
-        (the lowest of the enabled targets'): records above it count as not yet forwarded
-        everywhere. Ids stay monotonic: see `pruned_upto`."""
+        """Delete the records with ids up to `upto` (their readings with them) and the envelopes
+        of boots no record is left of; `after` is a forward cursor (the lowest of the enabled
+        targets'): records above it count as not yet forwarded everywhere. Ids stay monotonic:
+        see `pruned_upto`."""
         with self._writing():
             n, unforwarded, first = self.db.execute(
-                "SELECT count(*), count(*) FILTER (WHERE id > ?), min(id) FROM records WHERE id <= ?",
+                "SELECT count(*), count(*) FILTER (WHERE id > ?), min(id) FROM recs WHERE id <= ?",
                 (after, upto),
             ).fetchone()
-            self.db.execute("DELETE FROM readings WHERE record_id <= ?", (upto,))
-            self.db.execute("DELETE FROM records WHERE id <= ?", (upto,))
+            envs = [e for (e,) in self.db.execute("SELECT DISTINCT env FROM recs WHERE id <= ?", (upto,))]
+            self.db.execute("DELETE FROM recs WHERE id <= ?", (upto,))
+            self.db.executemany(
+                "DELETE FROM boots WHERE id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM recs AS r WHERE r.node = boots.node AND r.boot = boots.boot)",
+                [(e,) for e in envs])
             self.db.execute(
                 "INSERT INTO meta (key, value) VALUES ('pruned_upto', ?) ON CONFLICT (key) DO UPDATE"
                 " SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",

@@ -1,5 +1,5 @@
 """Queries for readers: the CLI (`readings`, `nodes`, `status`), the status page and /metrics
-(gateway/http.py), export. Readings come as `Reading`s, made straight from the cursor's rows."""
+(gateway/http.py), export. Readings come as `Reading`s, a record's from its row (rows.expand)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ from typing import Iterator, Sequence
 
 from ..payload import BOOT_MAX, DUR_MAX, FUTURE_MARGIN_S, SEQ_MAX, TS_MIN
 from .base import Base
-from .rows import READING_COLUMNS, AlarmRow, Counts, Latest, Node, Reading, make_reading, order
+from .rows import RECORD_COLUMNS, AlarmRow, Counts, Latest, Node, Reading, expand, order
+from .values import decode
 
-_READING_SQL = f"SELECT {READING_COLUMNS} FROM readings AS g JOIN records AS r ON r.id = g.record_id"
-
-#: export's readings of one node in a period, by start, record by record
-_EXPORT_SQL = f"""
-    SELECT {READING_COLUMNS}
-    FROM records AS r JOIN readings AS g ON g.record_id = r.id
-    WHERE r.node = ? AND r.start >= ? AND r.start < ? {{quantities}}
-    ORDER BY r.start, r.id
-"""
+_NO_UNITS: dict[str, str] = {}
 
 
 class Readers(Base):
@@ -25,39 +18,50 @@ class Readers(Base):
         c = self.counters()
         one = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
         return Counts(
-            records=one("SELECT count(*) FROM records"),
-            readings=one("SELECT count(*) FROM readings"),
+            records=one("SELECT count(*) FROM recs"),
+            readings=one("SELECT coalesce(sum(nv), 0) FROM recs"),
             dead_letters=one("SELECT count(*) FROM dead_letters"),
             nodes=one("SELECT count(*) FROM nodes"),
             duplicates=c.get("duplicates", 0),
             rejected={k.removeprefix("rejected."): v for k, v in c.items() if k.startswith("rejected.")},
         )
 
+    def _node_ids(self, nodes: Sequence[str]) -> list[int]:
+        """The ids of those of `nodes` the store knows."""
+        ids = (self.keys.node_id(n, make=False) for n in nodes)
+        return [i for i in ids if i is not None]
+
     def readings(
         self, node: str | None = None, since: float | None = None, quantity: str | None = None
     ) -> list[Reading]:
         """Readings of records whose interval starts at or after `since` (records without a known
         start are left out), by node, start, then quantity in the contract's order."""
+        # node by node (the outer loop over `nodes`): each a range of the (node, start) index
         where, args = ["r.start IS NOT NULL"], list[object]()
         if since is not None:
             where.append("r.start >= ?")
             args.append(since)
         if node is not None:
-            where.append("r.node = ?")
-            args.append(node)
-        if quantity is not None:
-            where.append("g.quantity = ?")
-            args.append(quantity)
-        out = list(map(make_reading, self.db.execute(_READING_SQL + " WHERE " + " AND ".join(where), args)))
+            nid = self.keys.node_id(node, make=False)
+            if nid is None:
+                return []
+            where.append("n.id = ?")
+            args.append(nid)
+        rows = self.db.execute(f"SELECT {RECORD_COLUMNS} FROM nodes AS n CROSS JOIN recs AS r ON r.node = n.id"
+                               " WHERE " + " AND ".join(where), args)
+        out = list(expand(self.keys, rows, None if quantity is None else (quantity,)))
         out.sort(key=lambda g: (g.node, g.start, g.boot, g.seq, order(g.quantity)))
         return out
 
     def untimed(self, node: str | None = None, since: float | None = None) -> int:
         """Records with no known start yet (received at or after `since`)."""
-        sql, args = "SELECT count(*) FROM records WHERE start IS NULL", list[object]()
+        sql, args = "SELECT count(*) FROM recs WHERE start IS NULL", list[object]()
         if node is not None:
+            nid = self.keys.node_id(node, make=False)
+            if nid is None:
+                return 0
             sql += " AND node = ?"
-            args.append(node)
+            args.append(nid)
         if since is not None:
             sql += " AND received_at >= ?"
             args.append(since)
@@ -67,9 +71,10 @@ class Readers(Base):
         """Records of `nodes` received in [since, until) (None: open) whose start is known but whose
         interval or counters an older gateway stored outside the contract's plausible values: the
         rule of plausible.record, in SQL (a TEXT or an infinity fails every BETWEEN, as there)."""
-        if not nodes:
+        ids = self._node_ids(nodes)
+        if not ids:
             return 0
-        where, args = [f"node IN ({','.join('?' * len(nodes))})"], list[object](nodes)
+        where, args = [f"node IN ({','.join('?' * len(ids))})"], list[object](ids)
         if since is not None:
             where.append("received_at >= ?")
             args.append(since)
@@ -77,7 +82,7 @@ class Readers(Base):
             where.append("received_at < ?")
             args.append(until)
         return self.db.execute(
-            "SELECT count(*) FROM records WHERE start IS NOT NULL AND " + " AND ".join(where) +
+            "SELECT count(*) FROM recs WHERE start IS NOT NULL AND " + " AND ".join(where) +
             " AND NOT (start BETWEEN ? AND ? AND dur BETWEEN 1 AND ? AND boot BETWEEN 0 AND ?"
             " AND seq BETWEEN 0 AND ?)",
             (*args, TS_MIN, now + FUTURE_MARGIN_S, DUR_MAX, BOOT_MAX, SEQ_MAX),
@@ -88,17 +93,17 @@ class Readers(Base):
         # Driven from `nodes` (every node that sent a batch has a row): one index lookup on
         # UNIQUE (node, boot, seq) per node, instead of a walk over all records.
         recs = self.db.execute(
-            """
-            SELECT r.id, r.node, r.boot, r.seq, r.start, r.dur, r.received_at
-            FROM nodes AS n JOIN records AS r
-              ON r.id = (SELECT id FROM records WHERE node = n.node ORDER BY boot DESC, seq DESC LIMIT 1)
+            f"""
+            SELECT {RECORD_COLUMNS}, r.received_at
+            FROM nodes AS n JOIN recs AS r
+              ON r.id = (SELECT id FROM recs WHERE node = n.id ORDER BY boot DESC, seq DESC LIMIT 1)
             ORDER BY n.node
             """
         ).fetchall()
         out = []
-        for rid, node, boot, seq, start, dur, received_at in recs:
-            rows = self.db.execute(_READING_SQL + " WHERE g.record_id = ?", (rid,))
-            readings = sorted(map(make_reading, rows), key=lambda g: order(g.quantity))
+        for row in recs:
+            readings = list(expand(self.keys, (row[:-1],)))  # the contract's order
+            rid, node, start, dur, boot, seq, received_at = row[0], self.keys.node_name(row[1]), *row[2:4], *row[5:7], row[-1]
             out.append(Latest(node, boot, seq, start, dur, received_at, {g.quantity: g for g in readings}))
         return out
 
@@ -122,12 +127,12 @@ class Readers(Base):
         """(node, boot, min seq, max seq, records) per boot of every node, by node then boot: the
         records missing inside a boot are max - min + 1 - records. One pass over the (node, boot,
         seq) index, no table rows read."""
-        return self.db.execute(
-            "SELECT node, boot, min(seq), max(seq), count(*) FROM records GROUP BY node, boot ORDER BY node, boot"
-        ).fetchall()
+        rows = self.db.execute(
+            "SELECT node, boot, min(seq), max(seq), count(*) FROM recs GROUP BY node, boot").fetchall()
+        return sorted((self.keys.node_name(nid), *rest) for nid, *rest in rows)  # type: ignore[misc]
 
     def readings_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return self.db.execute("SELECT coalesce(sum(nv), 0) FROM recs").fetchone()[0]
 
     def active_alarms(self) -> list[AlarmRow]:
         """The newest row of each alarm code whose newest row says raised."""
@@ -140,20 +145,26 @@ class Readers(Base):
     def series(self, node: str, since: float, quantities: tuple[str, ...]) -> list[tuple[int, str, float | None]]:
         """(start, quantity, avg) of a node's records starting at or after `since`, by start:
         what a plot of the node's last hours draws. Uses the (node, start) index."""
-        marks = ",".join("?" * len(quantities))
-        return self.db.execute(
-            "SELECT r.start, g.quantity, g.avg FROM records AS r JOIN readings AS g ON g.record_id = r.id"
-            f" WHERE r.node = ? AND r.start >= ? AND g.quantity IN ({marks}) ORDER BY r.start, r.boot, r.seq",
-            (node, since, *quantities),
-        ).fetchall()
+        nid = self.keys.node_id(node, make=False)
+        if nid is None:
+            return []
+        wanted = frozenset(quantities)
+        rows = self.db.execute("SELECT start, shape, vals FROM recs WHERE node = ? AND start >= ? ORDER BY start, boot, seq",
+                               (nid, since))
+        shape = self.keys.shape
+        return [(start, d[0], d[1]) for start, sid, vals in rows for d in decode(shape(sid), vals, _NO_UNITS)
+                if d[0] in wanted]
 
     def newest_start(self, node: str, upto: float | None = None) -> int | None:
         """The latest interval start of a node's records (None: no timed record), of those
         starting at or before `upto` when given (an older store may hold starts far in the future)."""
+        nid = self.keys.node_id(node, make=False)
+        if nid is None:
+            return None
         if upto is None:
-            return self.db.execute("SELECT max(start) FROM records WHERE node = ?", (node,)).fetchone()[0]
-        return self.db.execute("SELECT max(start) FROM records WHERE node = ? AND start <= ?",
-                               (node, upto)).fetchone()[0]
+            return self.db.execute("SELECT max(start) FROM recs WHERE node = ?", (nid,)).fetchone()[0]
+        return self.db.execute("SELECT max(start) FROM recs WHERE node = ? AND start <= ?",
+                               (nid, upto)).fetchone()[0]
 
     def node_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM nodes").fetchone()[0]
@@ -167,16 +178,20 @@ class Readers(Base):
     def export_readings(self, node: str, since: float, until: float,
                         quantities: Sequence[str] = ()) -> Iterator[Reading]:
         """`node`'s readings of `quantities` (all for none) in records starting in [since, until),
-        by start, a record's readings together (in no set order), as the cursor yields them: memory
-        does not grow with their number. Walks the (node, start) index."""
-        where = f"AND g.quantity IN ({','.join('?' * len(quantities))})" if quantities else ""
-        rows = self.db.execute(_EXPORT_SQL.format(quantities=where), (node, since, until, *quantities))
-        return map(make_reading, rows)
+        by start, a record's readings together (in the contract's order), as the cursor yields
+        them: memory does not grow with their number. Walks the (node, start) index."""
+        nid = self.keys.node_id(node, make=False)
+        if nid is None:
+            return iter(())
+        rows = self.db.execute(f"SELECT {RECORD_COLUMNS} FROM recs AS r WHERE r.node = ? AND r.start >= ?"
+                               " AND r.start < ? ORDER BY r.start, r.id", (nid, since, until))
+        return expand(self.keys, rows, frozenset(quantities) if quantities else None)
 
     def untimed_received(self, nodes: Sequence[str], since: float, until: float) -> int:
         """Records of `nodes` received in [since, until) whose start is not known (yet)."""
-        if not nodes:
+        ids = self._node_ids(nodes)
+        if not ids:
             return 0
         return self.db.execute(
-            f"SELECT count(*) FROM records WHERE start IS NULL AND node IN ({','.join('?' * len(nodes))})"
-            " AND received_at >= ? AND received_at < ?", (*nodes, since, until)).fetchone()[0]
+            f"SELECT count(*) FROM recs WHERE start IS NULL AND node IN ({','.join('?' * len(ids))})"
+            " AND received_at >= ? AND received_at < ?", (*ids, since, until)).fetchone()[0]

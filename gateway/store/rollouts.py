@@ -75,6 +75,7 @@ class Rollouts(Base):
     def node_boards(self) -> dict[str, str]:
         """The board of every node's newest record (what it said it is)."""
         rows = self.db.execute(
-            "SELECT n.node, r.board FROM nodes AS n JOIN records AS r"
-            " ON r.id = (SELECT id FROM records WHERE node = n.node ORDER BY boot DESC, seq DESC LIMIT 1)")
+            "SELECT n.node, b.board FROM nodes AS n JOIN recs AS r"
+            " ON r.id = (SELECT id FROM recs WHERE node = n.id ORDER BY boot DESC, seq DESC LIMIT 1)"
+            " JOIN boots AS b ON b.id = r.env")
         return dict(rows.fetchall())

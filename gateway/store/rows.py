@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Container, Iterable, Iterator, NamedTuple
 
 from ..payload import QUANTITIES, SCALAR
+from .keys import Keys
+from .values import decode
 
 
 class Reading(NamedTuple):
@@ -51,12 +53,23 @@ class Reading(NamedTuple):
         return q is not None and q.form == SCALAR
 
 
-#: A `Reading` from a row of `READING_COLUMNS`, without a Python call in between (tuple.__new__).
+#: A `Reading` from a tuple in its order, without a Python call in between (tuple.__new__).
 make_reading: Callable[[tuple], Reading] = partial(tuple.__new__, Reading)  # type: ignore[arg-type]
 
-#: The columns of a `Reading`, in its order, over `records AS r JOIN readings AS g`.
-READING_COLUMNS = ("r.id, r.node, r.start, r.dur, r.board, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit,"
-                   " g.flags, r.sensors, r.boot, r.seq")
+#: The columns of `recs AS r` that `expand` takes, in its order.
+RECORD_COLUMNS = "r.id, r.node, r.start, r.dur, r.env, r.boot, r.seq, r.shape, r.vals"
+
+
+def expand(keys: Keys, rows: Iterable[tuple], quantities: Container[str] | None = None) -> Iterator[Reading]:
+    """The `Reading`s of records (rows of `RECORD_COLUMNS`), a record's together in the contract's
+    order (values.py), of `quantities` only when given."""
+    name, boot_of, shape_of = keys.node_name, keys.boot, keys.shape
+    for rid, nid, start, dur, env, boot, seq, shape, vals in rows:
+        b = boot_of(env)
+        head, tail = (rid, name(nid), start, dur, b.board, b.fw), (b.sensors, boot, seq)
+        for d in decode(shape_of(shape), vals, b.units):
+            if quantities is None or d[0] in quantities:
+                yield make_reading(head + d + tail)
 
 
 @dataclass(frozen=True)

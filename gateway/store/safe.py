@@ -7,7 +7,7 @@ untimed past the hold, implausible: core.py), so those never hold a node's pair 
 safe pair is the (boot, seq) just before its earliest record still after the lowest of those
 cursors, or its latest record when none is.
 
-Cost: the index `records_node_id` (node, id) reaches a node's records after the cursor without
+Cost: the index `recs_node_id` (node, id) reaches a node's records after the cursor without
 reading the ones already forwarded, so a pair costs its node's unforwarded records (a region away
 for 6 hours: 360 per node at one a minute), whatever the store holds (bench/region.py)."""
 
@@ -53,11 +53,11 @@ class Safe(Base):
         rows = self.db.execute(
             f"""WITH c(cur) AS ({_cursor_sql(len(targets))})
                 SELECT n.node,
-                       (SELECT min(r.boot * {SEQ_SPAN} + r.seq) FROM records AS r INDEXED BY records_node_id
-                        WHERE r.node = n.node AND r.id > (SELECT cur FROM c)),
-                       (SELECT r.boot * {SEQ_SPAN} + r.seq FROM records AS r
-                        WHERE r.node = n.node ORDER BY r.boot DESC, r.seq DESC LIMIT 1)
-                FROM (SELECT value AS node FROM json_each(?)) AS n""",
+                       (SELECT min(r.boot * {SEQ_SPAN} + r.seq) FROM recs AS r INDEXED BY recs_node_id
+                        WHERE r.node = n.id AND r.id > (SELECT cur FROM c)),
+                       (SELECT r.boot * {SEQ_SPAN} + r.seq FROM recs AS r
+                        WHERE r.node = n.id ORDER BY r.boot DESC, r.seq DESC LIMIT 1)
+                FROM json_each(?) AS j JOIN nodes AS n ON n.node = j.value""",
             (*targets, json.dumps(names)),
         ).fetchall()
         out: dict[str, Pair | None] = {name: None for name in names}
@@ -71,10 +71,11 @@ class Safe(Base):
     def nodes_between(self, after: int, upto: int) -> list[str]:
         """The nodes with records in (after, upto]: those a cursor's move made safe."""
         return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT node FROM records WHERE id > ? AND id <= ?", (after, upto))]
+            "SELECT n.node FROM nodes AS n WHERE n.id IN (SELECT node FROM recs WHERE id > ? AND id <= ?)",
+            (after, upto))]
 
     def unsafe_records(self, targets: tuple[str, ...]) -> dict[str, tuple[int, float]]:
         """Per node with records not yet safe: how many, and when the oldest was received."""
-        return {node: (n, oldest) for node, n, oldest in self.db.execute(
-            f"SELECT node, count(*), min(received_at) FROM records WHERE id > ({_cursor_sql(len(targets))})"
+        return {self.keys.node_name(nid): (n, oldest) for nid, n, oldest in self.db.execute(
+            f"SELECT node, count(*), min(received_at) FROM recs WHERE id > ({_cursor_sql(len(targets))})"
             " GROUP BY node", targets)}

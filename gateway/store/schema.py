@@ -4,16 +4,19 @@ Times are UTC Unix seconds. The schema's version is kept in ``PRAGMA user_versio
 store for writing applies the missing steps of `MIGRATIONS` in order, opening one read-only refuses
 a version this code does not know.
 
-Schema, version 10 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
+Schema, version 11 (version 1 lacked `meta`, `alarms` and `nodes.dropped`; version 2 the
 `forward_*` tables; version 3 lacked `meta.pruned_upto` and incremental auto-vacuum; version 4
 `dead_letters.node` and `.size` and `retained_seen`; version 5 `nodes.mode` and `.cfg`, `events`,
 `node_config` and `commands`; version 6 `rollouts` and `rollout_nodes`; version 7
 `rollout_nodes.first_offered_at`; version 8 the index `records_node_id` and `nodes.via`, `.held`;
-version 9 `envelopes`)::
+version 9 `envelopes`; up to version 10 a record was a row of a `records` table with its envelope,
+and each of its readings a row of `readings`: migration 11 moves them into `recs`, store/compact.py)::
 
-    records        one row per interval record a node measured; (node, boot, seq) is unique
-      id           INTEGER PRIMARY KEY
-      node         TEXT     node id
+    recs           one row per interval record a node measured, its readings in it; (node, boot,
+                   seq) is unique. About 140 bytes with the 12 quantities, indexes included
+                   (bench/store.py), against about 680 in version 9.
+      id           INTEGER PRIMARY KEY  the record's id: forward cursors and pruning follow it
+      node         INTEGER  -> nodes.id
       boot         INTEGER  the node's boot counter
       seq          INTEGER  sequence number within the boot
       ts           INTEGER  interval start as the node sent it; NULL while its clock was not known
@@ -23,22 +26,37 @@ version 9 `envelopes`)::
       up           INTEGER  seconds since boot at the interval start
       dur          INTEGER  interval length, seconds
       received_at  REAL     when the gateway received the batch
+      env          INTEGER  -> boots.id: the envelope of the record's batch (fw, board, sensors, units)
+      err          TEXT     JSON object: role -> failed reads in the interval; NULL when none
+      nv           INTEGER  how many readings `vals` holds (counts without reading them)
+      shape        INTEGER  -> shapes.id: which quantities the record has and how each is kept
+      vals         BLOB     the readings' fields (store/values.py): per quantity the node's
+                            [avg, min, max, n] (a plain number: avg only; LA10, LA50, LA90, cov,
+                            LZeq since the noise pipeline), or no value (the node had no valid
+                            sample: its flags say why); its quality flags. Every value comes back
+                            as exactly the float it was: a decimal as fixed point (M / 10**k), any
+                            other float as its 8 bytes; what the shape cannot say (a quantity not
+                            in the contract, a unit other than the boot's) as JSON after the fields
+      a reading's unit is its boot's (`boots.units`), else the contract's
+
+    records        a VIEW: version 10's table, for a person's SQL: id, node (the node id as TEXT),
+                   boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err. The
+                   readings are only in `recs.vals`: `meetkit-gateway readings` and `export` show them
+
+    boots          the envelopes of the nodes' batches: one row per node boot (one more whenever a
+                   batch of the same boot carried another envelope), kept while a record of that
+                   boot is (`Store.envelope_of` reads it)
+      id           INTEGER PRIMARY KEY AUTOINCREMENT (never used again: readers cache rows by id)
+      node         INTEGER  -> nodes.id
+      boot         INTEGER
       fw, board    TEXT     firmware version and board file of the batch
       sensors      TEXT     JSON object: sensor type per role (for per-type corrections)
-      err          TEXT     JSON object: role -> failed reads in the interval; NULL when none
+      units        TEXT     JSON object: unit per quantity, as the batch gave them
 
-    readings       one row per quantity of a record
-      record_id    INTEGER  -> records.id
-      quantity     TEXT     pm1, pm25, pm10, temp, rh, press, LAeq, LA10, LA50, LA90, LZeq, cov
-      avg, min, max REAL    the node's [avg, min, max, n]; for a quantity sent as a plain number
-                            (LA10, LA50, LA90, cov, LZeq since the noise pipeline) avg is that
-                            number and min, max and n are NULL; all NULL when the node had no
-                            valid sample (`flags` says why)
-      n            INTEGER  samples that went into the value (for LAeq: whole seconds of audio);
-                            NULL with the value and for a plain number
-      unit         TEXT     unit the batch gave for the quantity
-      flags        TEXT     quality flags, comma-separated; '' when none
-      PRIMARY KEY (record_id, quantity)
+    shapes         the shapes of records' `vals` (store/values.py): few, as a node sends the same
+                   quantities in the same ranges
+      id INTEGER PRIMARY KEY, heads BLOB UNIQUE (a bit mask of the quantities, then one byte per
+      quantity: how its fields are kept, its decimals, whether flags follow)
 
     dead_letters   what the gateway refused, kept to be looked at and replayed (replay.py): a
                    message rejected whole (up to DEAD_LETTER_MAX bytes of it), or the records of
@@ -56,7 +74,8 @@ version 9 `envelopes`)::
       topic TEXT PRIMARY KEY, digest BLOB (sha256 of the payload), at REAL
 
     nodes          one row per node ever heard of
-      node         TEXT PRIMARY KEY
+      id           INTEGER PRIMARY KEY  what `recs` and `boots` refer to (version 11)
+      node         TEXT UNIQUE  the node id
       online       INTEGER  1/0 from the last status message (0 after its last will); NULL if none
       boot, fw, up, rssi    from the last status message that carried them
       status_at    REAL     when the last status message was received
@@ -142,8 +161,9 @@ version 9 `envelopes`)::
       db_id        16 hex digits, random, made with the database: the nodes' acknowledgements carry
                    it, and a node that sees a new one sends again all it still holds
       created_at   Unix seconds
-      pruned_upto  the highest records.id ever pruned (retention.py): new records get ids above it,
+      pruned_upto  the highest record id ever pruned (retention.py): new records get ids above it,
                    so ids only grow even when every record was pruned (forward cursors are ids)
+      compact_upto while migration 11 moves the older layout's records: the last id moved (compact.py)
 
     alarms         what went wrong with the store, newest last (see alarms.py)
       id, at REAL, code TEXT (corrupt_db, disk_full, disk_error), active INTEGER (1 raised,
@@ -151,13 +171,13 @@ version 9 `envelopes`)::
 
     forward_cursors   one row per upstream target (gateway/forward/), made on its first run
       target       TEXT PRIMARY KEY  the target's name in gateway.toml
-      last_id      INTEGER  records.id of the last record handed on (sent or dead-lettered)
+      last_id      INTEGER  id of the last record handed on (sent or dead-lettered)
       last_success REAL     when the target last accepted a batch; NULL if never
       last_error   TEXT     the last failure (cleared by a success); NULL if none
       updated_at   REAL
 
     forward_dead_letters  batches a target refused for good (a 4xx), with the reason
-      id, target TEXT, first_id, last_id INTEGER (records.id range of the batch), readings
+      id, target TEXT, first_id, last_id INTEGER (record id range of the batch), readings
       INTEGER, at REAL, status INTEGER (HTTP status), reason TEXT
 
     counters of forwarding, per target <t>: forward.<t>.sent (readings accepted), .retries,
@@ -394,7 +414,77 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (node, boot)
     ) WITHOUT ROWID;
     """,
+    # 11: the compact layout (issue 17): a record's readings in one row (`recs.vals`, values.py),
+    # its batch's envelope once per boot (`boots`), nodes by a small integer (`nodes.id`). The
+    # records of `records` and `readings` are moved into `recs` afterwards, in slices that survive
+    # a power cut (compact.py), which then drops them and makes `records` a view.
+    """
+    CREATE TABLE nodes_new (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL UNIQUE,
+        online INTEGER,
+        boot INTEGER,
+        fw TEXT,
+        up INTEGER,
+        rssi INTEGER,
+        status_at REAL,
+        last_seen REAL,
+        dropped INTEGER,
+        mode TEXT,
+        cfg INTEGER,
+        via INTEGER,
+        held INTEGER
+    );
+    INSERT INTO nodes_new (node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held)
+        SELECT node, online, boot, fw, up, rssi, status_at, last_seen, dropped, mode, cfg, via, held
+        FROM nodes ORDER BY node;
+    DROP TABLE nodes;
+    ALTER TABLE nodes_new RENAME TO nodes;
+    CREATE TABLE boots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        node INTEGER NOT NULL REFERENCES nodes (id),
+        boot INTEGER NOT NULL,
+        fw TEXT NOT NULL,
+        board TEXT NOT NULL,
+        sensors TEXT NOT NULL,
+        units TEXT NOT NULL
+    );
+    CREATE INDEX boots_node_boot ON boots (node, boot);
+    CREATE TABLE shapes (
+        id INTEGER PRIMARY KEY,
+        heads BLOB NOT NULL UNIQUE
+    );
+    CREATE TABLE recs (
+        id INTEGER PRIMARY KEY,
+        node INTEGER NOT NULL,
+        boot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER,
+        start INTEGER,
+        up INTEGER NOT NULL,
+        dur INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        env INTEGER NOT NULL,
+        err TEXT,
+        nv INTEGER NOT NULL,
+        shape INTEGER NOT NULL,
+        vals BLOB NOT NULL,
+        UNIQUE (node, boot, seq)
+    );
+    CREATE INDEX recs_node_start ON recs (node, start);
+    CREATE INDEX recs_node_id ON recs (node, id);
+    CREATE INDEX recs_untimed ON recs (node, boot) WHERE start IS NULL;
+    """,
 ]
+#: what `records` is once the records are in `recs` (compact.py makes it): the older layout's table as a
+#: view, for a person's (and a test's) SQL
+RECORDS_VIEW = """
+    CREATE VIEW records AS
+    SELECT r.id AS id, n.node AS node, r.boot AS boot, r.seq AS seq, r.ts AS ts, r.start AS start, r.up AS up,
+           r.dur AS dur, r.received_at AS received_at, b.fw AS fw, b.board AS board, b.sensors AS sensors,
+           r.err AS err
+    FROM recs AS r JOIN nodes AS n ON n.id = r.node JOIN boots AS b ON b.id = r.env
+"""
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: An older store at most this big is converted to incremental auto-vacuum by one VACUUM when it is
@@ -407,10 +497,17 @@ VACUUM_AT_UPGRADE_MAX = 256 * 1024 * 1024
 def migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
     """Apply the missing steps of `MIGRATIONS` (in one transaction), or refuse a version this code
     does not know; a store opened read-only must be at `SCHEMA_VERSION` already."""
+    from . import compact  # it reads and writes records by the codec, which needs payload's
+
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION}")
     if version == SCHEMA_VERSION:
+        if compact.pending(db):
+            if readonly:
+                raise StoreError(f"{path}: its records are being moved to the compact layout of schema "
+                                 f"{SCHEMA_VERSION} (the gateway does it as it starts); try again when it runs")
+            compact.convert(db, path)
         return
     if readonly:
         raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
@@ -426,6 +523,7 @@ def migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    compact.convert(db, path)
     if version > 0:
         convert_to_incremental(db, path)
 

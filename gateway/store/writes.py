@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..payload import QUANTITIES, REFUSED, Batch, Status
 from .base import Base
+from .keys import dumps
 from .rows import Added
+from .values import decode, encode, encode_record, unit_of
 
-_UNITS = {q.key: q.unit for q in QUANTITIES.values()}
 _NO_VALUE = (None, None, None, None)  # avg, min, max, n of a quantity without a value
 #: Rows in one INSERT: at most 999 parameters (SQLite builds before 3.32), and few statements
 #: to prepare (a last, shorter statement has each count up to this one).
@@ -30,65 +31,68 @@ class Writes(Base):
         after the other would; what each did with its records.
 
         A few statements for all of them (the writer passes a whole group): one look per node and
-        boot for the seqs already held, one INSERT per `_ROWS_PER_INSERT` rows. A statement per
-        batch and per row was most of the time a batch took, also because SQLite lets go of the
-        GIL at every statement, to the MQTT thread, and waits to get it back."""
-        spans: dict[tuple[str, int], tuple[int, int]] = {}
-        for batch, _ in batches:
-            seqs = [rec.seq for rec in batch.records]
-            if not seqs:
-                continue
-            span = spans.get((batch.node, batch.boot))
-            lo, hi = min(seqs), max(seqs)
-            spans[batch.node, batch.boot] = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
+        boot for the seqs already held, one INSERT per `_ROWS_PER_INSERT` records, a record's
+        readings in its row (values.py). A statement per batch and per row was most of the time a
+        batch took, also because SQLite lets go of the GIL at every statement, to the MQTT thread,
+        and waits to get it back."""
+        keys = self.keys
+        spans: dict[tuple[int, int], tuple[int, int]] = {}
         out: list[Added] = []
         with self._writing():
+            nids = {}
+            for batch, _ in batches:
+                recs = batch.records
+                if not recs:
+                    continue
+                nid = nids.get(batch.node)
+                if nid is None:
+                    nid = nids[batch.node] = keys.node_id(batch.node)
+                span = spans.get((nid, batch.boot))
+                lo, hi = min(r.seq for r in recs), max(r.seq for r in recs)
+                spans[nid, batch.boot] = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
             held = {
                 key: {seq for (seq,) in self.db.execute(
-                    "SELECT seq FROM records WHERE node = ? AND boot = ? AND seq BETWEEN ? AND ?", (*key, lo, hi))}
+                    "SELECT seq FROM recs WHERE node = ? AND boot = ? AND seq BETWEEN ? AND ?", (*key, lo, hi))}
                 for key, (lo, hi) in spans.items()
             }
             next_id = self._next_record_id()
             # The rows go flat, one parameter after the other, as a multi-row INSERT takes them.
             records: list[object] = []
-            readings: list[object] = []
-            stored_to: set[tuple[str, int]] = set()  # (node, boot) with records stored now
+            stored_to: set[tuple[int, int]] = set()  # (node id, boot) with records stored now
             seen: dict[str, tuple[float, int | None]] = {}  # node -> (last received, last `dropped` said)
+            shapes: dict[bytes, int] = {}
             for batch, received_at in batches:
-                node, boot, held_now = batch.node, batch.boot, held.setdefault((batch.node, batch.boot), set())
-                sensors = json.dumps(dict(batch.sensors), separators=(",", ":"), sort_keys=True)
-                units = {**_UNITS, **batch.units}  # as `batch.unit(q)`, looked up once
+                node, boot = batch.node, batch.boot
                 stored = 0
-                for rec in batch.records:
-                    if rec.seq in held_now:
-                        continue
-                    held_now.add(rec.seq)  # a seq twice: the second is a duplicate
-                    err = json.dumps(dict(rec.err), separators=(",", ":"), sort_keys=True) if rec.err else None
-                    records += (next_id, node, boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur,
-                                received_at, batch.fw, batch.board, sensors, err)
-                    values, flags = rec.values, rec.flags
-                    for q, v in values.items():  # a plain number has only avg: min, max, n stay NULL
-                        if q in QUANTITIES:
-                            fl = flags.get(q)
-                            readings += (next_id, q, *(v or _NO_VALUE), units[q], ",".join(fl) if fl else "")
-                    for q, fl in flags.items():  # flags without a value
-                        if q not in values and q in QUANTITIES:
-                            readings += (next_id, q, *_NO_VALUE, units[q], ",".join(fl))
-                    next_id += 1
-                    stored += 1
-                if stored:
-                    stored_to.add((node, boot))
+                if batch.records:
+                    nid = nids[node]
+                    held_now = held[nid, boot]
+                    env = keys.batch_boot(nid, boot, batch.fw, batch.board, batch.sensors, batch.units)
+                    for rec in batch.records:
+                        if rec.seq in held_now:
+                            continue
+                        held_now.add(rec.seq)  # a seq twice: the second is a duplicate
+                        err = dumps(rec.err) if rec.err else None
+                        shape, vals, nv = encode_record(rec.values, rec.flags)
+                        sid = shapes.get(shape)
+                        if sid is None:
+                            sid = shapes[shape] = keys.shape_id(shape)
+                        records += (next_id, nid, boot, rec.seq, rec.ts, rec.ts, rec.up, rec.dur,
+                                    received_at, env, err, nv, sid, vals)
+                        next_id += 1
+                        stored += 1
+                    if stored:
+                        stored_to.add((nid, boot))
                 last = seen.get(node)
                 seen[node] = (received_at if last is None else max(last[0], received_at),
                               batch.dropped if batch.dropped is not None or last is None else last[1])
                 out.append(Added(stored, len(batch.records) - stored))
             self._insert_rows(
-                "INSERT INTO records (id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err)",
-                13, records,
+                "INSERT INTO recs (id, node, boot, seq, ts, start, up, dur, received_at, env, err, nv, shape, vals)",
+                14, records,
             )
-            self._insert_rows("INSERT INTO readings (record_id, quantity, avg, min, max, n, unit, flags)", 8, readings)
-            for node, boot in stored_to:
-                self._derive_start(node, boot)
+            for nid, boot in stored_to:
+                self._derive_start(nid, boot)
             self.db.executemany(
                 "INSERT INTO nodes (node, last_seen, dropped) VALUES (?, ?, ?)"
                 " ON CONFLICT (node) DO UPDATE SET"
@@ -119,23 +123,35 @@ class Writes(Base):
         # Above every id there is and every id ever pruned: SQLite alone would start again at 1
         # once all records were pruned, behind the forward cursors, which would then skip them.
         return self.db.execute(
-            "SELECT max(coalesce((SELECT max(id) FROM records), 0),"
+            "SELECT max(coalesce((SELECT max(id) FROM recs), 0),"
             " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_upto'), 0)) + 1"
         ).fetchone()[0]
 
-    def _derive_start(self, node: str, boot: int) -> None:
+    def _derive_start(self, nid: int, boot: int) -> None:
         # Records of a boot without `ts` get their start from a record of the same boot that has
         # one (payload.md: "with one record of the same boot that has ts, any ts of that boot
         # follows"): the next such record, else the previous one. Runs whenever records of that
         # boot arrive, so a later batch with a clock fills in the earlier records.
-        ref = """(SELECT ref.ts + (r.up - ref.up) FROM records AS ref
+        ref = """(SELECT ref.ts + (r.up - ref.up) FROM recs AS ref
                   WHERE ref.node = r.node AND ref.boot = r.boot AND ref.ts IS NOT NULL
                   AND ref.seq {op} r.seq ORDER BY ref.seq {order} LIMIT 1)"""
         self.db.execute(
-            f"UPDATE records AS r SET start = coalesce({ref.format(op='>', order='ASC')}, "
+            f"UPDATE recs AS r SET start = coalesce({ref.format(op='>', order='ASC')}, "
             f"{ref.format(op='<', order='DESC')}) WHERE r.node = ? AND r.boot = ? AND r.start IS NULL",
-            (node, boot),
+            (nid, boot),
         )
+
+    def envelope_of(self, node: str, boot: int) -> dict[str, Any] | None:
+        """{"fw", "board", "sensors", "units"} of `node`'s `boot` as its newest stored batch carried
+        them, or None when no record of that boot was stored (cached: see keys.py)."""
+        nid = self.keys.node_id(node, make=False)
+        if nid is None:
+            return None
+        bid = self.keys.latest_boot(nid, boot)
+        if bid is None:
+            return None
+        b = self.keys.boot(bid)
+        return {"fw": b.fw, "board": b.board, "sensors": json.loads(b.sensors), "units": dict(b.units)}
 
     def retained_seen(self, topic: str, digest: bytes) -> bool:
         """This retained message was handled before (the broker hands it over at every subscription)."""
@@ -152,26 +168,33 @@ class Writes(Base):
         """For records of `batch` that are stored already: write the values the store lacks or
         holds as refused (flag `refused`), as a replayed dead letter brings them after a fix; the
         values it holds are left as they are. Returns how many were written."""
-        units = {**_UNITS, **batch.units}
         restored = 0
         with self._writing():
+            nid = self.keys.node_id(batch.node, make=False)
+            if nid is None:
+                return 0
             for rec in batch.records:
-                row = self.db.execute("SELECT id FROM records WHERE node = ? AND boot = ? AND seq = ?",
-                                      (batch.node, batch.boot, rec.seq)).fetchone()
+                row = self.db.execute("SELECT id, env, shape, vals FROM recs WHERE node = ? AND boot = ? AND seq = ?",
+                                      (nid, batch.boot, rec.seq)).fetchone()
                 if row is None:
                     continue
-                have = dict(self.db.execute("SELECT quantity, flags FROM readings WHERE record_id = ?", (row[0],)))
+                rid, env, sid, vals = row
+                units = self.keys.boot(env).units
+                have = {r[0]: r for r in decode(self.keys.shape(sid), vals, units)}
                 for q in rec.quantities():
                     fl = rec.flags.get(q, ())
                     if q not in QUANTITIES or REFUSED in fl:
                         continue
-                    if q in have and REFUSED not in have[q].split(","):
+                    if q in have and REFUSED not in have[q][6].split(","):
                         continue
-                    v = rec.values.get(q)
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO readings (record_id, quantity, avg, min, max, n, unit, flags)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (row[0], q, *(v or _NO_VALUE), units[q], ",".join(fl)))
+                    unit = batch.unit(q)
+                    have[q] = (q, *(rec.values.get(q) or _NO_VALUE), unit, ",".join(fl))
                     restored += 1
+                items = [(q, (avg, lo, hi, n), flags, None if unit == unit_of(units, q) else unit)
+                         for q, avg, lo, hi, n, unit, flags in have.values()]
+                shape, vals = encode(items)
+                self.db.execute("UPDATE recs SET shape = ?, vals = ?, nv = ? WHERE id = ?",
+                                (self.keys.shape_id(shape), vals, len(items), rid))
         return restored
 
     def set_status(self, status: Status, received_at: float | None = None, *, live: bool = True) -> None:

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import pytest
 
+from meetkit_gateway.store import Store
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 from tests.metrics import parse_exposition, sample
@@ -126,8 +127,8 @@ def test_the_gateway_stored_an_hour_of_both_nodes(fed: dict) -> None:
     # forwarded: everything the gateway stored reached VictoriaMetrics, and its /metrics says so
     (target,) = doc["targets"]
     assert target["name"] == "city-influx" and target["up"] is True and target["queue_rows"] == 0, target
-    with sqlite3.connect(fed["db"]) as db:
-        readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    with Store(fed["db"], readonly=True) as s:
+        readings = s.counts().readings
     with urllib.request.urlopen(fed["url"] + "/metrics", timeout=10) as r:
         metrics = parse_exposition(r.read().decode())
     fleet = {name[len("meetkit_fleet_"):]: sample(metrics, name)

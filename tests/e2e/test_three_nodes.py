@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from meetkit_gateway.store import Store
 from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.mpy.scenario import Scenario
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario, scenario_epoch
@@ -155,15 +156,12 @@ def steep(sc: Scenario, t0: float, dur: float) -> bool:
 
 
 def test_values_match_the_scenario_truth(hour: dict) -> None:
-    db = sqlite3.connect(hour["db"])
     checked = 0
     for node in hour["nodes"]:
         sc = Scenario(node.spec.scenario)
         epoch = scenario_epoch(node.spec.scenario)
-        rows = db.execute(
-            "SELECT r.start, r.dur, g.quantity, g.avg, g.min, g.max, g.flags FROM records r "
-            "JOIN readings g ON g.record_id = r.id WHERE r.node = ? AND r.start IS NOT NULL",
-            (node.spec.node_id,)).fetchall()
+        with Store(hour["db"], readonly=True) as s:
+            rows = [(g.start, g.dur, g.quantity, g.avg, g.min, g.max, g.flags) for g in s.readings(node.spec.node_id)]
         assert rows
         for start, dur, q, avg, lo, hi, flags in rows:
             t0 = start - epoch
@@ -191,11 +189,11 @@ def test_values_match_the_scenario_truth(hour: dict) -> None:
 
 
 def test_pm_is_flagged_at_high_humidity(hour: dict) -> None:
-    db = sqlite3.connect(hour["db"])
-    rows = db.execute(
-        "SELECT r.node, r.id, g.flags, (SELECT max FROM readings WHERE record_id = r.id AND quantity = 'rh') "
-        "FROM records r JOIN readings g ON g.record_id = r.id WHERE g.quantity = 'pm25' AND g.avg IS NOT NULL"
-    ).fetchall()
+    with Store(hour["db"], readonly=True) as s:
+        readings = s.readings()
+    rh_max = {g.record_id: g.max for g in readings if g.quantity == "rh"}
+    rows = [(g.node, g.record_id, g.flags, rh_max.get(g.record_id)) for g in readings
+            if g.quantity == "pm25" and g.avg is not None]
     seen = {True: 0, False: 0}
     for node, rid, flags, rh_max in rows:
         if rh_max is None:

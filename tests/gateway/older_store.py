@@ -2,8 +2,8 @@
 implausible times and counters beside ordinary records, for the tests of every reader.
 
 `build(path, t0, implausible=True)` fills it through the Store API (batches of `payload.Batch` made
-directly: ingest refuses such records now, an older gateway did not) and raw SQL (what no batch can
-carry: infinities, a reception time or a node status from a clock that was wrong). With
+directly: ingest refuses such records now, an older gateway did not, nor values no JSON can carry,
+infinities) and raw SQL (a reception time or a node status from a clock that was wrong). With
 `implausible=False` it holds the same ordinary records and values and nothing else: a reader must
 give the same for both (`CLEAN` is what it must leave out).
 
@@ -27,6 +27,7 @@ Every implausible record has pm25 and temp, so a reader that let one through wou
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def ordinary(t0: int) -> list[dict[str, Any]]:
     ex["recs"][1]["ts"] = t0
     odd_values = batch(node="ams-004", boot=1, seqs=[0], ts0=t0)
     odd_values["units"]["rh"] = "%"
-    odd_values["recs"][0]["rh"] = [50.0, 50.0, 50.0, 12]  # made -5 by SQL below
+    odd_values["recs"][0]["rh"] = [50.0, 50.0, 50.0, 12]  # made -5 below
     return [ex, batch(node="ams-002", boot=3, seqs=range(3), ts0=t0), odd_values]
 
 
@@ -89,14 +90,15 @@ def build(path: Path, t0: int = T0, *, implausible_too: bool = True, received_at
             s.add_batch(_batch("ams-003", 3, _rec(0, None)), 1e308)
         # ordinary and implausible batches interleaved, as the records of one fleet arrive
         for doc, mixed in zip(ordinary(t0), (odd[:3], odd[3:5], odd[5:])):
-            s.add_batch(payload.parse_batch(encode(doc), doc["node"]), received_at)
+            b = payload.parse_batch(encode(doc), doc["node"])
+            if b.node == "ams-004":  # the values an older gateway could keep, in REAL columns
+                (rec,) = b.records
+                b = dataclasses.replace(b, records=(dataclasses.replace(
+                    rec, values={**rec.values, **{q: Value(*v) for q, v in ODD_VALUES.items()}}),))
+            s.add_batch(b, received_at)
             for b in mixed:
                 s.add_batch(b, received_at)
         db = s.db
-        (rid,) = db.execute("SELECT id FROM records WHERE node = 'ams-004'").fetchone()
-        for q, (avg, lo, hi, n) in ODD_VALUES.items():
-            db.execute("UPDATE readings SET avg = ?, min = ?, max = ?, n = ? WHERE record_id = ? AND quantity = ?",
-                       (avg, lo, hi, n, rid, q))
         if implausible_too:  # what a node's status and the gateway's alarms may say with a wrong clock
             db.execute("INSERT INTO nodes (node, online, boot, fw, up, rssi, status_at, last_seen, dropped)"
                        " VALUES ('ams-003', 1, ?, '0.1.0', ?, ?, -1e308, 1e308, ?)"

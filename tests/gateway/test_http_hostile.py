@@ -402,14 +402,14 @@ def test_busy_clients_get_cached_answers_one_computation_each(db: Path) -> None:
 HUGE = 2**63 - 1
 
 
-def raw_record(con: sqlite3.Connection, node: str, boot: int, seq: int, start: int | None, dur: int = 60,
+def raw_record(store: Store, node: str, boot: int, seq: int, start: int | None, dur: int = 60,
                avg: float = 5.0) -> None:
-    cur = con.execute(
-        "INSERT INTO records (node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors)"
-        " VALUES (?, ?, ?, ?, ?, 60, ?, ?, '0.1.0', 'esp32-devkitc', '{}')",
-        (node, boot, seq, start, start, dur, time.time()))
-    con.execute("INSERT INTO readings (record_id, quantity, avg, min, max, n, unit) VALUES (?, 'pm25', ?, ?, ?, 1, 'ug/m3')",
-                (cur.lastrowid, avg, avg, avg))
+    """A record as an older gateway could store it (no checks), through the store (a Batch made
+    directly), the node's last_seen left as it was."""
+    seen = {n.node: n.last_seen for n in store.nodes()}
+    store.add_batch(payload.Batch(node, boot, "0.1.0", "esp32-devkitc", {}, {"pm25": "ug/m3"}, (
+        payload.Record(seq, start, 60, dur, {"pm25": payload.Value(avg, avg, avg, 1)}),)), time.time())
+    store.db.execute("UPDATE nodes SET last_seen = ? WHERE node = ?", (seen.get(node), node))
 
 
 @pytest.fixture
@@ -419,20 +419,16 @@ def old_store(tmp_path: Path) -> Path:
     with Store(path) as store:
         add(store, "odd-01", 3, [0, 1, 2, 5], NOW - 7200)  # 3 and 4 missing: 2 gaps
         store.set_status(payload.Status("odd-01", True, boot=4, fw="0.1.0", up=60, rssi=-70))
-    con = sqlite3.connect(path, isolation_level=None)
-    try:
-        raw_record(con, "odd-01", 4, 0, 0)
-        raw_record(con, "odd-01", 4, 1, 10**13)
-        raw_record(con, "odd-01", 4, 2, 2**62)
-        raw_record(con, "odd-01", 4, 3, NOW - 600, dur=10**9, avg=float("inf"))
-        raw_record(con, "odd-01", HUGE, 0, NOW - 300)
-        raw_record(con, "odd-01", 5, HUGE, NOW - 200)
-        con.execute("UPDATE nodes SET boot = ?, up = ?, dropped = ? WHERE node = 'odd-01'", (HUGE, 2**62, HUGE))
+        raw_record(store, "odd-01", 4, 0, 0)
+        raw_record(store, "odd-01", 4, 1, 10**13)
+        raw_record(store, "odd-01", 4, 2, 2**62)
+        raw_record(store, "odd-01", 4, 3, NOW - 600, dur=10**9, avg=float("inf"))
+        raw_record(store, "odd-01", HUGE, 0, NOW - 300)
+        raw_record(store, "odd-01", 5, HUGE, NOW - 200)
+        store.db.execute("UPDATE nodes SET boot = ?, up = ?, dropped = ? WHERE node = 'odd-01'", (HUGE, 2**62, HUGE))
         for seq, start in enumerate((0, 10**13, 2**62)):  # a node whose clock was never right
-            raw_record(con, "future-01", 1, seq, start)
-        con.execute("INSERT INTO nodes (node, last_seen) VALUES ('future-01', ?)", (time.time(),))
-    finally:
-        con.close()
+            raw_record(store, "future-01", 1, seq, start)
+        store.db.execute("UPDATE nodes SET last_seen = ? WHERE node = 'future-01'", (time.time(),))
     return path
 
 

@@ -32,11 +32,8 @@ def test_valid_batch_is_stored_with_all_fields(gateway, node):
         ("ams-001", 3, 17, 1795510800, 1795510800, 1020, 60, "0.2.0", "esp32-devkitc",
          '{"climate":"bme280","mic":"ics43434","pm":"pms5003"}', '{"pm":2}'),
     ]
-    readings = rows(
-        db,
-        "SELECT r.seq, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags"
-        " FROM readings g JOIN records r ON r.id = g.record_id ORDER BY r.seq, g.quantity",
-    )
+    with Store(db, readonly=True) as s:
+        readings = sorted((g.seq, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags) for g in s.readings())
     assert readings == [
         (16, "pm1", 3.0, 2.0, 4.0, 57, "ug/m3", ""),
         (16, "pm25", None, None, None, None, "ug/m3", "missing"),

@@ -5,7 +5,6 @@ and the flags overload and floor, from the broker to SQLite."""
 from __future__ import annotations
 
 import copy
-import sqlite3
 from typing import Any
 
 import pytest
@@ -17,18 +16,10 @@ from .conftest import OLD_FIRMWARE, encode, example
 
 
 def readings(path: Any, seq: int | None = None) -> dict[str, tuple]:
-    """quantity -> (avg, min, max, n, unit, flags) as SQLite holds them."""
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute(
-            "SELECT g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags"
-            " FROM readings g JOIN records r ON r.id = g.record_id"
-            + ("" if seq is None else " WHERE r.seq = ?"),
-            () if seq is None else (seq,),
-        ).fetchall()
-    finally:
-        db.close()
-    return {q: tuple(rest) for q, *rest in rows}
+    """quantity -> (avg, min, max, n, unit, flags) as the store holds them."""
+    with Store(path, readonly=True) as s:
+        return {g.quantity: (g.avg, g.min, g.max, g.n, g.unit, g.flags) for g in s.readings()
+                if seq is None or g.seq == seq}
 
 
 def noise_record(**fields: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ import pytest
 
 from meetkit_gateway import payload
 from meetkit_gateway.payload import NoEnvelope
+from meetkit_gateway.store import Store
+from meetkit_gateway.store.rows import RECORD_COLUMNS, expand
 
 from .conftest import Running, wait_for
 from .test_payload_schema import validator
@@ -147,14 +148,13 @@ def test_a_value_out_of_range_is_refused_alone_as_in_v1():
 
 
 def _rows(db: Path, node: str) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(
-            "SELECT r.boot, r.seq, r.ts, r.up, r.dur, r.fw, g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags"
-            " FROM records r JOIN readings g ON g.record_id = r.id WHERE r.node = ? ORDER BY r.seq, g.quantity",
-            (node,)).fetchall()
-    finally:
-        con.close()
+    """Every reading of the node's records, timed or not, with its record's fields."""
+    with Store(db, readonly=True) as s:
+        recs = {r[0]: r[1:] for r in s.db.execute(
+            "SELECT id, boot, seq, ts, up, dur, fw FROM records WHERE node = ?", (node,))}
+        readings = expand(s.keys, s.db.execute(f"SELECT {RECORD_COLUMNS} FROM recs AS r WHERE r.id IN "
+                                               f"({','.join('?' * len(recs))})", tuple(recs)))
+        return sorted((*recs[g.record_id], g.quantity, g.avg, g.min, g.max, g.n, g.unit, g.flags) for g in readings)
 
 
 def test_old_and_new_nodes_side_by_side_through_the_gateway(gateway_config, node, acks):

@@ -60,8 +60,9 @@ def ids(store: Store) -> list[int]:
 
 
 def orphans(store: Store) -> int:
-    return store.db.execute(
-        "SELECT count(*) FROM readings WHERE record_id NOT IN (SELECT id FROM records)").fetchone()[0]
+    """Envelopes kept of boots none of whose records is left."""
+    return store.db.execute("SELECT count(*) FROM boots AS b WHERE NOT EXISTS"
+                            " (SELECT 1 FROM recs AS r WHERE r.node = b.node AND r.boot = b.boot)").fetchone()[0]
 
 
 def file_size(path: Path) -> int:
@@ -88,7 +89,8 @@ class Published:
 def test_the_bytes_bound_drops_the_oldest_whole_records_and_the_file_shrinks(tmp_path):
     path = tmp_path / "g.db"
     with Store(path) as s:
-        fill(s, 8000)
+        fill(s, 12_000)
+        fill(s, 12_000, node="ams-002")  # ids 12001..24000 (a node's seqs, a minute apart, end before now)
         full = s.used_bytes()
         assert full > 1_500_000
         bound = 1_000_000
@@ -96,10 +98,10 @@ def test_the_bytes_bound_drops_the_oldest_whole_records_and_the_file_shrinks(tmp
         prune(p)
         assert bound * (LOW_WATER - 0.02) < s.bounded_bytes() <= bound * LOW_WATER  # down to the low-water mark
         kept = ids(s)
-        assert kept == list(range(8000 - len(kept) + 1, 8001))  # the newest, a contiguous suffix
+        assert kept == list(range(24_000 - len(kept) + 1, 24_001))  # the newest, a contiguous suffix
         assert orphans(s) == 0
         c = s.counters()
-        assert c["dropped.bytes"] == 8000 - len(kept) and "dropped.age" not in c
+        assert c["dropped.bytes"] == 24_000 - len(kept) and "dropped.age" not in c
         assert c.get("dropped.unforwarded", 0) == 0  # no forwarding targets: nothing waits
         assert s.incremental
     # the pages freed went back to the file system, but for the slack that new records reuse
@@ -286,7 +288,7 @@ def test_record_ids_stay_monotonic_even_when_every_record_was_pruned(tmp_path):
 
 def test_the_writer_prunes_between_groups_without_refusing_anything(tmp_path):
     s = Store(tmp_path / "g.db")
-    bound = 1_000_000
+    bound = 400_000  # under half of what the 12 000 records take
     w = Writer(s, Topics(), max_group=20, bounds=Bounds(bound, 0))
     msgs = [Inbound("meetkit/ams-001/up", encode(records("ams-001", 1, range(k, k + 25))), time.time(), mid=k + 1,
                     qos=1)
@@ -470,19 +472,20 @@ def test_bounded_gateway_drops_the_oldest_and_tells_the_operator(tmp_path, broke
     alarms = Listener(broker.host, broker.port, "meetkit/gateway/alarm", "meetkit/+/ack")
     g = Running(configuration.load(conf)).wait_subscribed()
     node = Publisher(broker.host, broker.port)
-    n = 8000
+    n, boots = 8000, 3  # about 1.8 MB of records (a record's readings in one row: about 75 bytes with two)
     try:
-        for k in range(0, n, 25):
-            node.publish("meetkit/ams-001/up", records("ams-001", 1, range(k, k + 25)))
-        alarm = alarms.wait("meetkit/gateway/alarm", 1, timeout=30)[0]
+        for boot in range(1, boots + 1):
+            for k in range(0, n, 25):
+                node.publish("meetkit/ams-001/up", records("ams-001", boot, range(k, k + 25)))
+        alarm = alarms.wait("meetkit/gateway/alarm", 1, timeout=60)[0]
         assert (alarm["alarm"], alarm["active"]) == ("dropped_unforwarded", True)
-        acks = alarms.wait("meetkit/ams-001/ack", n // 25, timeout=30)
-        assert sorted(s for a in acks for lo, hi in a["seq"] for s in range(lo, hi + 1)) == list(range(n))
+        acks = alarms.wait("meetkit/ams-001/ack", boots * n // 25, timeout=60)
+        assert sorted(s for a in acks for lo, hi in a["seq"] for s in range(lo, hi + 1)) == sorted(list(range(n)) * boots)
         with g.store() as s:
             wait_for(lambda: s.used_bytes() <= 1_000_000, 20, "the store within its bound")
             c = s.counters()
-            assert c["records"] == n and c["dropped.bytes"] == c["dropped.unforwarded"] > 0
-            assert s.counts().records == n - c["dropped.bytes"]
+            assert c["records"] == boots * n and c["dropped.bytes"] == c["dropped.unforwarded"] > 0
+            assert s.counts().records == boots * n - c["dropped.bytes"]
             assert [a.code for a in s.active_alarms()] == ["dropped_unforwarded"]
         with urllib.request.urlopen(g.gateway.http.url + "/metrics", timeout=5) as r:
             fams = parse_exposition(r.read().decode())

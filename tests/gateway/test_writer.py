@@ -100,7 +100,7 @@ def test_a_bug_in_one_batch_of_a_group_loses_only_that_one(tmp_path):
     # where the gateway expects none): the group is taken again one by one, that batch is
     # dead-lettered as an internal error, all the others are stored and acknowledged.
     store = Store(tmp_path / "g.db")
-    store.db.execute("CREATE TRIGGER bug BEFORE INSERT ON readings WHEN NEW.avg = 66.6"
+    store.db.execute("CREATE TRIGGER bug BEFORE INSERT ON recs WHEN NEW.seq = 3"
                      " BEGIN SELECT RAISE(ABORT, 'a bug'); END")
     bad = batch(seqs=[3])
     bad["recs"][0]["temp"] = [66.6, 12.0, 70.0, 12]

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from meetkit_gateway.store import Store
 from meetkit_tools.dev.faultrig import AIR, H, Ledger, Outcome, Rig, db_rows
 from meetkit_tools.dev.page_client import PageClient
 from meetkit_tools.dev.results import record
@@ -325,8 +326,8 @@ def flood_while_writer_held(rig: Rig) -> Run:
     out.notes.update({k: round(v, 1) for k, v in mem.items()})
     out.notes["flood"] = f"{FLOOD_QOS0} x 1 MB QoS 0 + {FLOOD_QOS1} x 1 MB QoS 1 on air-01's up topic"
     out.notes["rejected_oversized"] = seen["rejected_oversized"] = counter(rig, "rejected.oversized")
-    seen["flood_readings_stored"] = _query(
-        rig, "SELECT count(*) FROM readings WHERE quantity = 'temp' AND avg = 99.0")[0]
+    with Store(rig.gateway.db, readonly=True) as s:
+        seen["flood_readings_stored"] = sum(g.avg == 99.0 for g in s.readings(quantity="temp"))
     return Run(out, seen)
 
 
