@@ -102,7 +102,8 @@ class Node:
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
         self._v2_retry = now   # payload v2's module, loaded at the first batch (tried again after this)
-        self._extra = 0   # what a record's JSON adds to its line (payload v2: less than 0), once keys are known
+        self._extra = 100   # what a record's payload text adds to its bytes on flash (set once keys are known):
+        # it bounds how many records a backlog read holds at once
         self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
                              cfg["batch_records"])
         self.uplink = Uplink(cfg, meta, board.get("net"), self._msg)
@@ -215,16 +216,8 @@ class Node:
             if env is None:  # its file is gone: this boot's envelope with the old boot number
                 env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
             keys = keys or self.keys
-        global recv2
         if recv2 is None:
-            if time.ticks_diff(now, self._v2_retry) < 0:
-                return 0
-            try:
-                import recv2
-            except MemoryError:   # no room to load it just now: the records wait on flash
-                self._v2_retry = time.ticks_add(now, 10000)
-                console.warn("batch put off 10 s: no memory to load recv2")
-                return 0
+            return 0   # not loaded yet (_load_v2): the records wait on flash
         sent = self.outbox.env_sent
         n, size = recv2.batch(_BUF, boot, lines, env if boot not in sent else None, keys, anchor,
                               self.spool.dropped)
@@ -233,6 +226,18 @@ class Node:
         if boot not in sent:
             sent.append(boot)
         return n
+
+    def _load_v2(self, now):
+        # Payload v2's module, at the first connection: not at the start (its code is heap the start
+        # needs), and before a backlog's records are read (they would hold the heap it compiles in).
+        global recv2
+        if time.ticks_diff(now, self._v2_retry) < 0:
+            return
+        try:
+            import recv2
+        except MemoryError:   # no room just now: the records wait on flash, tried again in 10 s
+            self._v2_retry = time.ticks_add(now, 10000)
+            console.warn("batches put off 10 s: no memory to load recv2")
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self):
@@ -267,6 +272,8 @@ class Node:
         if up:
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
+            if recv2 is None:
+                self._load_v2(now)
             outbox.send(now, self.uplink.connects, self.anchor is not None, self._extra)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
             if self.clock.sync(now):
@@ -320,7 +327,7 @@ def main():
     gc.collect()
     if not board["usable"]:   # no measuring, no reset: the REPL stays for the technician
         return
-    global recline, Clock, Spool, Uplink, Outbox, PM, Climate, Noise
+    global recline, recv2, Clock, Spool, Uplink, Outbox, PM, Climate, Noise
     if "mic" in board:
         from sample_noise import Noise
     else:   # compiled first in case it is needed; a board without a microphone gives its heap back
@@ -329,6 +336,7 @@ def main():
     from uplink import Uplink
     from spool import Spool
     import recline
+    import recv2   # compiled at the start: later a backlog's records and TLS leave no room to
     from clock import Clock
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:

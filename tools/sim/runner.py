@@ -37,6 +37,11 @@ POWER_OFF_MS = 1000   # how long a cut node stays without power before it boots 
 # about 18 KB more for the pool of interned strings it opens for the firmware's names
 # (simboot.py's _qstr_room: the board's firmware never pays for pools that size).
 SIM_HEAP_RESERVE = 112 * 1024
+# A node whose broker is TLS: the unix port's mbedTLS takes its record buffers (two of about 16.7 KB)
+# and the session from MicroPython's heap; the ESP32 port's takes them from ESP-IDF's heap, not the
+# one the firmware's figures count (micropython/micropython#6065: "~20KB of buffers in the esp-idf
+# heap (not the MP heap)"). Without this the simulated node pays for TLS twice.
+SIM_TLS_RESERVE = 40 * 1024
 # The simulator's process starts in the node's folder (`-m simboot sim.json`) and reaches its modules
 # and the frozen libraries through two links there, by these relative names. MicroPython interns
 # every MICROPYPATH entry, the script's folder and every module's file name as a qstr that lives in
@@ -243,8 +248,17 @@ class SimNode:
     def spawn(self, *flags: str, **popen: Any) -> subprocess.Popen:
         """The micropython process of one boot, in the node's folder (see SIM_LINK)."""
         link_host(self.dir)
-        heap = heap_bytes(self.spec.heapsize) + SIM_HEAP_RESERVE if self.spec.heapsize else None
+        heap = (heap_bytes(self.spec.heapsize) + SIM_HEAP_RESERVE + (SIM_TLS_RESERVE if self._tls() else 0)
+                if self.spec.heapsize else None)
         return subprocess.Popen(sim_command(heap, *flags), env=sim_env(), cwd=self.dir, **popen)
+
+    def _tls(self) -> bool:
+        """The node's config.json names a TLS broker (see SIM_TLS_RESERVE)."""
+        try:
+            broker = json.loads((self.flash / "config.json").read_text()).get("broker")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return any(isinstance(b, dict) and b.get("tls") for b in (broker if isinstance(broker, list) else [broker]))
 
     def start(self) -> "SimNode":
         self.dir.mkdir(parents=True, exist_ok=True)
