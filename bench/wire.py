@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.results import record
 from meetkit_gateway.store import Store
-from meetkit_tools.dev import spoolfile
+from meetkit_tools.dev import fleetsim, spoolfile
 from meetkit_tools.services import GatewayProcess, Mosquitto, free_port
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
@@ -87,9 +87,12 @@ def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int, int]:
     gw = GatewayProcess(w / "gw", broker.host, broker.port, client_id="bench-gateway").start()
     relay = Relay((broker.host, broker.port))
     try:
+        # payload v2, the firmware as .mpy as provision puts it on a board (from source, compiling
+        # payload v2's module may not fit the simulated heap: the node then sends v1)
         node = SimNode(NodeSpec(node_id="bench-wire", scenario=load_scenario("busy-road"), workdir=w / "n",
                                 broker_port=relay.port, until_s=HOURS * 3600,
-                                extra_config={"batch_records": batch}))
+                                extra_config={"batch_records": batch, "payload": 2},
+                                firmware=fleetsim.mpy_firmware(w / "firmware")))
         node.prepare()
         node.start()
         node.wait(1800)

@@ -68,7 +68,7 @@ KEYS = ("board", "name", "lat", "lon", "height_m", "installed", "serials", "nois
 #: that the gateway sends a node, but node_id (never changed remotely) and noise_offset_db (the
 #: register's own key, above); tests/tools/test_fleetfile.py holds this to the firmware's DEFAULTS
 CONFIG_INTS = ("interval_s", "climate_every_s", "ntp_every_s", "rh_high_pct", "spool_kb", "trial_s",
-               "config_trial_s", "failover_after_s", "failback_every_s", "batch_records")
+               "config_trial_s", "failover_after_s", "failback_every_s", "batch_records", "payload")
 CONFIG_TEXTS = ("ntp_host", "topic_prefix")
 CONFIG_KEYS = (*CONFIG_INTS, *CONFIG_TEXTS, "wifi", "broker")
 WIFI_KEYS = ("ssid",)

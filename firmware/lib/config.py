@@ -23,6 +23,7 @@ DEFAULTS = {
     "failover_after_s": 120,   # the broker in use unreachable this long: the next of the `broker` list
     "failback_every_s": 600,   # while on another than the first (home), try the home broker this often
     "batch_records": 1,   # records per batch: more for a metered link (fewer bytes, later delivery)
+    "payload": 1,   # 2: payload v2, a third of the bytes (docs/payload.md); its gateway must take v2
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")
@@ -107,7 +108,7 @@ def check_node(raw, problems, chip_id, wifi=True):
     for key, lo, hi in (("interval_s", 10, 3600), ("climate_every_s", 1, 600), ("ntp_every_s", 60, 86400),
                         ("rh_high_pct", 50, 100), ("spool_kb", 32, 16384), ("trial_s", 120, 86400),
                         ("config_trial_s", 60, 3600), ("failover_after_s", 30, 3600),
-                        ("failback_every_s", 60, 86400), ("batch_records", 1, 15),
+                        ("failback_every_s", 60, 86400), ("batch_records", 1, 15), ("payload", 1, 2),
                         ("config_version", 0, 0x3FFFFFFF)):
         if key in raw:
             v = _int(raw, key, lo, hi, problems, "config")

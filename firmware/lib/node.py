@@ -101,7 +101,7 @@ class Node:
                 console.error("led: cannot start: %r" % e)
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
-        self._v2_retry = now   # payload v2's module, loaded at the first batch (tried again after this)
+        self._v2 = cfg["payload"] == 2
         self._extra = 100   # what a record's payload text adds to its bytes on flash (set once keys are known):
         # it bounds how many records a backlog read holds at once
         self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
@@ -186,8 +186,8 @@ class Node:
         first = self.keys is None
         if first:
             self.keys = recline.keys_of(parts)
-            # what a record's payload v2 array adds to its bytes on flash (numbers as text)
-            self._extra = 8 * len(self.keys)
+            # what a record's JSON adds to its bytes on flash (key names, numbers as text)
+            self._extra = 24 + sum(len(k) + 20 for k in self.keys)
         rec = recline.record(self.boot, self.seq, self.iv_ts, self.iv_up, dur, parts, flags, errs, self.keys)
         self.seq += 1
         self._start_interval(now)
@@ -208,7 +208,7 @@ class Node:
 
     # -- sending: the outbox chooses the records, this makes them a batch -----------------------------
     def _publish(self, boot, lines, now):
-        # One batch of record lines of `boot`, as many as fit; returns how many went out (0: none).
+        # One batch of records of `boot`, as many as fit; returns how many went out (0: none).
         if boot == self.boot:
             env, keys, anchor = self.envelope, self.keys, self.anchor
         else:
@@ -216,31 +216,33 @@ class Node:
             if env is None:  # its file is gone: this boot's envelope with the old boot number
                 env = self.envelope.replace('"boot":%d,' % self.boot, '"boot":%d,' % boot)
             keys = keys or self.keys
-        if recv2 is None:
-            return 0   # not loaded yet (_load_v2): the records wait on flash
-        sent = self.outbox.env_sent
-        n, size = recv2.batch(_BUF, boot, lines, env if boot not in sent else None, keys, anchor,
-                              self.spool.dropped)
-        if not self.uplink.publish(memoryview(_BUF)[:size], now):
+        # Into one buffer allocated at start: a fragmented heap may no longer have 2 KB in one piece.
+        buf = _BUF
+        if recv2 is not None:   # payload v2 (config `payload` 2)
+            return recv2.publish(self, buf, boot, lines, env, keys, anchor, now)
+        mv = memoryview(buf)
+        head = env.encode() + b'"dropped":%d,"recs":[' % self.spool.dropped
+        i = len(head)
+        mv[:i] = head
+        n = 0
+        for line in lines:
+            r = recline.to_json(line, keys, anchor).encode()
+            if n and i + len(r) + 3 > len(buf):
+                break
+            if n:
+                buf[i] = 44  # ,
+                i += 1
+            mv[i:i + len(r)] = r
+            i += len(r)
+            n += 1
+        mv[i:i + 2] = b"]}"
+        if not self.uplink.publish(mv[:i + 2], now):
             return 0
-        if boot not in sent:
-            sent.append(boot)
         return n
-
-    def _load_v2(self, now):
-        # Payload v2's module, at the first connection: not at the start (its code is heap the start
-        # needs), and before a backlog's records are read (they would hold the heap it compiles in).
-        global recv2
-        if time.ticks_diff(now, self._v2_retry) < 0:
-            return
-        try:
-            import recv2
-        except MemoryError:   # no room just now: the records wait on flash, tried again in 10 s
-            self._v2_retry = time.ticks_add(now, 10000)
-            console.warn("batches put off 10 s: no memory to load recv2")
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self):
+        global recv2
         if self.noise:
             self.noise.read()
         else:
@@ -272,9 +274,15 @@ class Node:
         if up:
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
-            if recv2 is None:
-                self._load_v2(now)
-            outbox.send(now, self.uplink.connects, self.anchor is not None, self._extra)
+            if self._v2:   # payload v2's module: at the first connection, not the start (heap)
+                self._v2 = False
+                try:
+                    import recv2
+                except MemoryError:   # from source only (a board's .mpy loads): payload v1, which gateways take
+                    console.warn("payload v1: no memory to load recv2")
+            # what a record's payload text adds to its bytes on flash: v2's a third of v1's
+            outbox.send(now, self.uplink.connects, self.anchor is not None,
+                        self._extra if recv2 is None else self._extra // 3)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
             if self.clock.sync(now):
                 self._synced(now)
@@ -327,7 +335,7 @@ def main():
     gc.collect()
     if not board["usable"]:   # no measuring, no reset: the REPL stays for the technician
         return
-    global recline, recv2, Clock, Spool, Uplink, Outbox, PM, Climate, Noise
+    global recline, Clock, Spool, Uplink, Outbox, PM, Climate, Noise
     if "mic" in board:
         from sample_noise import Noise
     else:   # compiled first in case it is needed; a board without a microphone gives its heap back
@@ -336,7 +344,6 @@ def main():
     from uplink import Uplink
     from spool import Spool
     import recline
-    import recv2   # compiled at the start: later a backlog's records and TLS leave no room to
     from clock import Clock
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:

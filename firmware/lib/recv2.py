@@ -91,3 +91,14 @@ def batch(buf, boot, recs, env, keys, anchor, dropped):
         return n, i + 1
     mv[i:i + 2] = b"]}"
     return n, i + 2
+
+
+def publish(node, buf, boot, recs, env, keys, anchor, now):
+    """node.py's _publish in payload v2: the envelope with the boot's first batch of the session."""
+    sent = node.outbox.env_sent
+    n, size = batch(buf, boot, recs, env if boot not in sent else None, keys, anchor, node.spool.dropped)
+    if not node.uplink.publish(buf[:size], now):
+        return 0
+    if boot not in sent:
+        sent.append(boot)
+    return n
