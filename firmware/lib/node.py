@@ -102,8 +102,8 @@ class Node:
         self.spool = Spool(cfg["spool_kb"] * 1024)
         self.spool_errors = 0
         self._v2 = cfg["payload"] == 2
-        self._extra = 100   # what a record's payload text adds to its bytes on flash (set once keys are known):
-        # it bounds how many records a backlog read holds at once
+        self._extra = 300   # what a record's payload text adds to its bytes on flash (set once keys are known):
+        # it bounds how many records a backlog read holds at once (each a list while it is sent)
         self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
                              cfg["batch_records"])
         self.uplink = Uplink(cfg, meta, board.get("net"), self._msg)
@@ -344,6 +344,7 @@ def main():
     from uplink import Uplink
     from spool import Spool
     import recline
+    import recread   # compiled now, while the heap is emptiest: later (a first send, a backlog) it may not fit
     from clock import Clock
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:
