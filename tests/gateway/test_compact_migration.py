@@ -23,6 +23,7 @@ import pytest
 from meetkit_gateway.store import SCHEMA_VERSION, Store
 from meetkit_gateway.store.rows import RECORD_COLUMNS, expand
 from meetkit_tools.dev import store9
+from meetkit_tools.dev.waits import wait_for
 
 T0 = 1795510800
 RECORD = "id, node, boot, seq, ts, start, up, dur, received_at, fw, board, sensors, err"
@@ -122,6 +123,19 @@ def test_the_compact_layout_keeps_every_record_and_value_exactly(older, tmp_path
 MIGRATE = "import sys; from meetkit_gateway.store import Store; Store(sys.argv[1]).close()"
 
 
+def moved(path: Path) -> bool:
+    """A slice of the records' move is committed: its progress mark is in `meta` (read-only, as
+    another process may; locked or not there yet: False)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
+        try:
+            return con.execute("SELECT 1 FROM meta WHERE key = 'compact_upto'").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
 def test_a_kill_at_any_moment_of_the_migration_loses_and_doubles_nothing(older, tmp_path):
     """SIGKILL at random moments of the migration (a power cut as far as SQLite is concerned: what
     was not committed is gone), then a start: it goes on from where it was."""
@@ -136,7 +150,13 @@ def test_a_kill_at_any_moment_of_the_migration_loses_and_doubles_nothing(older, 
         for side in ("-wal", "-shm"):
             Path(f"{path}{side}").unlink(missing_ok=True)
         p = subprocess.Popen([sys.executable, "-c", MIGRATE, str(path)], stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.2, 1.0) * whole)  # a moment of it, not waiting for a condition
+        if k % 2 == 0:
+            # aimed: right after a slice of the move is committed (its progress mark readable), so
+            # that kills land in the middle of the move on a fast machine and a slow one alike
+            wait_for(lambda: moved(path) or p.poll() is not None, 30 + 10 * whole,
+                     "the first slice of the move committed", step=0.002)
+        else:
+            time.sleep(rng.uniform(0.2, 1.0) * whole)  # waits on nothing on purpose: a kill at a random moment
         p.kill()
         p.communicate()
         con = sqlite3.connect(path)

@@ -5,9 +5,7 @@ batches made by the firmware's own record module (firmware/lib/recline.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ from meetkit_gateway.payload import NoEnvelope
 from meetkit_gateway.store import Store
 from meetkit_gateway.store.rows import RECORD_COLUMNS, expand
 
+from meetkit_tools.dev import spoolfile
+
 from .conftest import Running, wait_for
 from .test_payload_schema import validator
 
@@ -27,17 +27,9 @@ BATCH_V2_V, ACK_V = validator("batch_v2"), validator("ack")
 NOW = time.time()
 
 
-def _firmware(name: str) -> Any:
-    """A module of firmware/lib (plain Python both ports run), imported as the node imports it."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "firmware" / "lib" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
-
-
-recline = _firmware("recline")
-recv2 = _firmware("recv2")
+# the firmware's own record modules, as the node runs them (loaded once, under their firmware names)
+recline = spoolfile.firmware_module("recline")
+recv2 = spoolfile.firmware_module("recv2")
 
 ENV = ('{"v":1,"node":"ams-001","boot":3,"fw":"0.2.0","board":"esp32-devkitc",'
        '"sensors":{"pm":"pms5003","climate":"bme280","mic":"ics43434"},'
