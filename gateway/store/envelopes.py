@@ -32,6 +32,13 @@ class Envelopes(Base):
             cache.clear()
         cache[(node, boot)] = env
 
+    def forget_envelopes(self, boots: list[tuple[str, int]]) -> None:
+        """Delete the envelopes of these (node, boot)s (in the caller's transaction)."""
+        self.db.executemany("DELETE FROM envelopes WHERE node = ? AND boot = ?", boots)
+        cache = self._envelopes()
+        for key in boots:
+            cache.pop(key, None)
+
     def _envelopes(self) -> dict[tuple[str, int], Envelope]:
         cache: dict[tuple[str, int], Envelope] | None = getattr(self, "_envelope_cache", None)
         if cache is None:

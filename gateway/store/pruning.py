@@ -18,8 +18,8 @@ class Pruning(DeadLetters):
         return None if lo is None else (lo, hi)
 
     def drop_records(self, upto: int, after: int = 0) -> Pruned:
-        """Delete the records with ids up to `upto` (their readings with them) and the envelopes
-        of boots no record is left of; `after` is a forward cursor (the lowest of the enabled
+        """Delete the records with ids up to `upto` (their readings with them), and the boots
+        (and payload v2 envelopes) no record is left of; `after` is a forward cursor (the lowest of the enabled
         targets'): records above it count as not yet forwarded everywhere. Ids stay monotonic:
         see `pruned_upto`."""
         with self._writing():
@@ -29,10 +29,16 @@ class Pruning(DeadLetters):
             ).fetchone()
             envs = [e for (e,) in self.db.execute("SELECT DISTINCT env FROM recs WHERE id <= ?", (upto,))]
             self.db.execute("DELETE FROM recs WHERE id <= ?", (upto,))
+            gone = [(str(node), int(boot)) for e in envs for node, boot in self.db.execute(
+                "SELECT n.node, b.boot FROM boots AS b JOIN nodes AS n ON n.id = b.node WHERE b.id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM recs AS r WHERE r.node = b.node AND r.boot = b.boot)", (e,))]
             self.db.executemany(
                 "DELETE FROM boots WHERE id = ?"
                 " AND NOT EXISTS (SELECT 1 FROM recs AS r WHERE r.node = boots.node AND r.boot = boots.boot)",
                 [(e,) for e in envs])
+            # payload v2's envelope of such a boot goes too: should its node send that boot again,
+            # the gateway asks for the envelope (docs/payload.md, "Payload v2")
+            self.forget_envelopes(gone)
             self.db.execute(
                 "INSERT INTO meta (key, value) VALUES ('pruned_upto', ?) ON CONFLICT (key) DO UPDATE"
                 " SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",

@@ -16,7 +16,7 @@ from meetkit_gateway.alarms import DROPPED_UNFORWARDED, Alarms
 from meetkit_gateway.forward import Forwarder, Result
 from meetkit_gateway.http import StatusServer
 from meetkit_gateway.ingest import Inbound, Writer
-from meetkit_gateway.payload import parse_batch
+from meetkit_gateway.payload import Envelope, parse_batch
 from meetkit_gateway.retention import LOW_WATER, SLACK, Bounds, Pruner
 from meetkit_gateway.store import MIGRATIONS, SCHEMA_VERSION, Store
 from meetkit_gateway.topics import Topics
@@ -135,6 +135,26 @@ def test_the_age_bound_drops_what_was_received_before_it(tmp_path):
         assert left == [("ams-001", T0 - 35 * DAY, 50), ("ams-002", T0 - 3600, 10)]
         assert s.counters()["dropped.age"] == 50 and "dropped.bytes" not in s.counters()
         assert orphans(s) == 0
+
+
+def test_payload_v2_envelopes_go_with_the_last_record_of_their_boot(tmp_path):
+    """A v2 node's envelope (one row per boot) is kept while a record of its boot is; pruned with
+    the boot's last record, so the table does not grow for ever. A boot sent again later is asked
+    for its envelope (test_payload_v2)."""
+    env = Envelope("1.0", "esp32-devkitc", {"pm": "pms5003"}, {"pm25": "ug/m3"}, ("pm25",), (1,))
+    with Store(tmp_path / "g.db") as s:
+        fill(s, 10, boot=1, received_at=T0 - 40 * DAY)
+        fill(s, 10, boot=2, received_at=T0 - 40 * DAY + 3600)
+        fill(s, 10, boot=3, received_at=T0 - 3600)
+        with s.transaction():
+            for boot in (1, 2, 3, 4):   # 4: an envelope whose boot sent no record yet
+                s.add_envelope("ams-001", boot, env, T0 - 40 * DAY)
+        prune(Pruner(s, Bounds(2_000_000_000, 35), Alarms(), clock=lambda: T0))
+        kept = [b for (b,) in s.db.execute("SELECT boot FROM envelopes ORDER BY boot")]
+        assert kept == [3, 4]
+        assert s.envelope("ams-001", 1) is None and s.envelope("ams-001", 3) == env
+    with Store(tmp_path / "g.db") as s:   # and not only in the cache
+        assert s.envelope("ams-001", 2) is None and s.envelope("ams-001", 4) == env
 
 
 def test_only_a_prefix_goes_so_ids_stay_ordered(tmp_path):
