@@ -6,7 +6,7 @@
     meetkit-gateway nodes    --config gateway.toml
     meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
                              [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
-    meetkit-gateway publish  --config gateway.toml --out DIR [--tz Europe/Amsterdam] [--days 365]
+    meetkit-gateway publish  --config gateway.toml --out DIR [--tz Europe/Amsterdam] [--days 365] [--at WHEN]
     meetkit-gateway fleet status   --config gateway.toml [--node ID]
     meetkit-gateway fleet selftest NODE --config gateway.toml [--wait S]     (fleetcli.py)
     meetkit-gateway fleet update   --release R --config gateway.toml [--nodes a,b] [--canary N] [--wave M]
@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     pb.add_argument("--tz", default="Europe/Amsterdam", metavar="ZONE",
                     help="the local time of days and noise periods, an IANA zone (default Europe/Amsterdam)")
     pb.add_argument("--days", type=int, default=365, metavar="N", help="days of daily values (default 365)")
+    pb.add_argument("--at", metavar="WHEN", help="the page as it was at WHEN, an ISO time, UTC if no zone "
+                                                 "(default: now)")
     rolloutcli.add_release_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
                                                                 help="the gateway's TOML file"))
     return p

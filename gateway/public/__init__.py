@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..config import Config
 from ..fleet import FleetError, load
 from ..store import Store, StoreError
+from ..timefmt import parse_since
 from .gather import Site, gather
 from .site import write
 
@@ -43,6 +44,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if not 1 <= args.days <= DAYS_MAX:
         print(f"--days: must be from 1 to {DAYS_MAX}, got {args.days}", file=sys.stderr)
         return 2
+    now = time.time()
+    if args.at is not None:
+        try:
+            now = parse_since(args.at, now)
+        except ValueError as e:
+            print(f"--at: {e}", file=sys.stderr)
+            return 2
     if cfg.fleet is None:
         print(f"{cfg.source}: publish needs [fleet] path: the public page shows the locations of the fleet "
               "register, and nothing of a node that is not in it", file=sys.stderr)
@@ -60,7 +68,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         with Store(cfg.store.path, readonly=True) as store:
-            site, written = publish(store, register, out, tz, time.time(), args.days)
+            site, written = publish(store, register, out, tz, now, args.days)
     except StoreError as e:
         print(e, file=sys.stderr)
         return 1
