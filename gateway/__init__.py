@@ -56,8 +56,9 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     credentials  systemd's service credentials: is a file one (a copy made at start), and the
                  restart that renews it
     public/      the public page for residents, a static site (`meetkit-gateway publish`): indicators
-                 (daily PM means, LAeq, Lden and Lnight in local time, coverage), site (the pages
-                 in English and Dutch, downloads), texts (the words of both)
+                 (daily PM means, LAeq, Lden and Lnight in local time, coverage), gather (each
+                 location of the fleet register with its values), site (the pages in English and
+                 Dutch, downloads), texts (the words of both)
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
     releases     signed app releases: verify the Ed25519 signature and every file, keep them

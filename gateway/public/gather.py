@@ -62,7 +62,7 @@ class Site:
     generated: float
     tz: ZoneInfo
     first: dt.date
-    today: dt.date
+    today: dt.date  # the last day shown: the day before the page's
     locations: list[Location]
     unregistered: list[str]  # nodes with data that the register does not name: not published
 
@@ -72,8 +72,9 @@ def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def gather(store: Store, register: dict[str, dict[str, Any]], tz: ZoneInfo, now: float, days: int) -> Site:
-    """Every location of `register` with its values of the `days` local days up to today."""
-    today = dt.datetime.fromtimestamp(now, tz).date()
+    """Every location of `register` with its values of the `days` local days up to yesterday: a
+    day is published once it is over (today is in the last hour's values and the plots)."""
+    today = dt.datetime.fromtimestamp(now, tz).date() - dt.timedelta(days=1)  # the last day that is over
     first = today - dt.timedelta(days=days - 1)
     known = set(store.node_ids())
     locations = []

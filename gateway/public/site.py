@@ -276,7 +276,7 @@ def _who(loc: Location, lang: str) -> str:
         state = "" if v is None else t["above"] if v > limit else t["below"]
         rows.append(f'<tr class="who-row{cls}" data-indicator="{key}"><td>{e(label)}</td>'
                     f'<td class="v" data-v="{"" if v is None else round(v, 2)}">{num(v, lang)}</td>'
-                    f'<td>{e(guide)}</td><td>{e(state)}{"; " if state and note else ""}{e(note)}</td></tr>')
+                    f'<td data-label="{e(t["who"])}">{e(guide)}</td><td>{e(state)}{"; " if state and note else ""}{e(note)}</td></tr>')
 
     for q in ("pm25", "pm10"):
         days = valid(loc.days, q)
