@@ -5,8 +5,10 @@ public_publish_vs_export_ratio: seconds of `publish` (gather and write the whole
   of `export --format json` of the same node's same days and quantities (pm25, pm10, LAeq): the
   store's streaming reader of the same records, the least work that reads them. Side by side on one
   file, alternating, medians of REPEAT runs each. The detail has the absolute times, records per
-  second, and what a year of one node takes at that rate (the default `--days 365` reads it all at
-  every run).
+  second, and what a year of one node takes at that rate (a first run, without a cache).
+public_publish_cached_vs_cold_ratio: seconds of `publish` when the last run's cache is there and no
+  record changed (it reads the store's hourly fingerprints and the last 7 days for the plots) over
+  a run without the cache (every day computed). Medians of REPEAT runs each, alternating.
 
     .venv/bin/python -m bench.public
 """
@@ -25,6 +27,7 @@ from bench.results import median, record
 from meetkit_gateway.export import Selection, export
 from meetkit_gateway.payload import parse_batch
 from meetkit_gateway.public import publish
+from meetkit_gateway.public.site import CACHE
 from meetkit_gateway.store import Store
 
 DAYS = 30
@@ -72,12 +75,18 @@ def run() -> None:
         n = build(work / "gateway.db", now)
         register = {NODE: {"name": "Dam", "lat": 52.37, "lon": 4.89}}
         tz = ZoneInfo("Europe/Amsterdam")
-        pub, exp = [], []
+        pub, exp, warm = [], [], []
         for _ in range(REPEAT):
+            (work / "site" / CACHE).unlink(missing_ok=True)
             with Store(work / "gateway.db", readonly=True) as s:
                 t = time.perf_counter()
                 publish(s, register, work / "site", tz, now, DAYS + 1)
                 pub.append(time.perf_counter() - t)
+            with Store(work / "gateway.db", readonly=True) as s:
+                t = time.perf_counter()
+                site, _ = publish(s, register, work / "site", tz, now, DAYS + 1)
+                warm.append(time.perf_counter() - t)
+                assert site.counts["computed"] == 0, site.counts
             with Store(work / "gateway.db", readonly=True) as s:
                 t = time.perf_counter()
                 export(s, Selection(since=now - (DAYS + 1) * 86400, quantities=("pm25", "pm10", "LAeq")), "json",
@@ -89,6 +98,10 @@ def run() -> None:
         "export_json_s": round(e, 3), "publish_records_per_s": round(n / p),
         "year_of_one_node_s": round(365 * 1440 / (n / p), 1),
         "publish_runs_s": [round(x, 3) for x in pub], "export_runs_s": [round(x, 3) for x in exp]})
+    w = median(warm)
+    record("public_publish_cached_vs_cold_ratio", w / p, "ratio", "lower", {
+        "records": n, "days": DAYS, "cached_s": round(w, 3), "cold_s": round(p, 3), "repeat": REPEAT,
+        "cached_runs_s": [round(x, 3) for x in warm]})
 
 
 if __name__ == "__main__":

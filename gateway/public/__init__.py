@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,15 +24,27 @@ from ..fleet import FleetError, load
 from ..store import Store, StoreError
 from ..timefmt import parse_since
 from .gather import Site, gather
-from .site import write
+from .site import CACHE, write
 
 DAYS_MAX = 3660  # ten years: more is a typo, and a slow one
 
 
 def publish(store: Store, register: dict[str, dict[str, Any]], out: Path, tz: ZoneInfo, now: float,
             days: int) -> tuple[Site, list[Path]]:
-    site = gather(store, register, tz, now, days)
+    """Gather and write the site into `out`, with the days of the last run's cache there that did
+    not change."""
+    site = gather(store, register, tz, now, days, read_cache(out))
     return site, write(site, out)
+
+
+def read_cache(out: Path) -> dict[str, Any] | None:
+    """The last run's cache in `out`; None when there is none or it cannot be read (then every
+    day is computed: the cache only saves time)."""
+    try:
+        doc = json.loads((out / CACHE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -77,7 +90,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     with_data = sum(1 for loc in site.locations if loc.days)
     print(f"published {len(site.locations)} location(s), {with_data} with data, days {site.first} to {site.today} "
-          f"({tz.key}): {out / 'index.html'} (English), {out / 'nl.html'} (Dutch), {len(written)} files")
+          f"({tz.key}): {out / 'index.html'} (English), {out / 'nl.html'} (Dutch), {len(written)} files; "
+          f"{site.counts['computed']} day(s) computed, {site.counts['reused']} unchanged since the last run")
     if site.unregistered:
         print(f"left out {len(site.unregistered)} node(s) not in the fleet register: {', '.join(site.unregistered)}")
     bad = sum(loc.implausible for loc in site.locations)

@@ -7,6 +7,8 @@
     DIR/data/series.js                 the plots' data, as a script: the page works from a file
                                        (file:// forbids fetch) as from any static host
     DIR/assets/                        the page's CSS and JS, uPlot (vendored, no CDN) and its licence
+    DIR/.publish-cache.json            each day's values and the fingerprint of its records, for the
+                                       next run (gather.py); nothing that is not on the page
 
 The tables are HTML as written: the page reads without JavaScript; the script draws the plots.
 Each file is replaced whole (a temporary file renamed over it), the pages last, so a web server
@@ -39,13 +41,14 @@ DAILY_ROWS = 31  # days in a page's table; the downloads have all
 PM_NOTES = ("rh_high", "range")
 NOISE_NOTES = ("floor", "overload", "range")
 NOTE_MIN = 0.01  # a flag on less of the time than this is not worth a note
+CACHE = ".publish-cache.json"
 
 
 def write(site: Site, out: Path) -> list[Path]:
     """Write the site into `out` (made if missing); the files written."""
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "assets").mkdir(exist_ok=True)
-    written = []
+    written = [_replace(out / CACHE, json.dumps(site.cache, separators=(",", ":")).encode())]
     for src, name in ASSETS.items():
         written.append(_replace(out / "assets" / name, src.read_bytes()))
     daily, hourly = daily_rows(site), hourly_rows(site)

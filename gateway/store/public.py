@@ -27,3 +27,15 @@ class Public(Base):
             for d in decode(shape(sid), vals, _NO_UNITS):
                 if d[0] in quantities:
                     yield start, dur, boot, seq, d[0], d[1], d[6]
+
+    def public_hours(self, node: str, since: float, until: float) -> list[tuple[int, int, float, int]]:
+        """(hour, records, newest reception, highest id) per UTC hour (start // 3600) of `node`'s
+        records starting in [since, until): what tells the public page which days changed since it
+        last computed them (a record added, replayed or pruned changes its hour's row) without
+        reading a value. One walk of the (node, start) index."""
+        nid = self.keys.node_id(node, make=False)
+        if nid is None:
+            return []
+        return self.db.execute(
+            "SELECT start / 3600, count(*), max(received_at), max(id) FROM recs WHERE node = ? AND start >= ?"
+            " AND start < ? GROUP BY start / 3600 ORDER BY 1", (nid, since, until)).fetchall()

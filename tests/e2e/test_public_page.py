@@ -16,6 +16,7 @@ import csv
 import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,45 @@ def test_publish_says_what_it_wrote_and_left_out(site):
                  "data/series.js", "assets/uPlot.iife.min.js", "assets/uPlot.min.css", "assets/public.js",
                  "assets/public.css", "assets/uPlot.LICENSE.txt"):
         assert (site["out"] / name).is_file(), name
-    assert not list(site["out"].rglob(".*")), "no temporary file left behind"
+    assert [p.name for p in site["out"].rglob(".*")] == [".publish-cache.json"], "no temporary file left behind"
+    assert "3 day(s) computed, 0 unchanged since the last run" in out, out  # 24, 25 and 26 October
+
+
+def publish(work: Path, out: Path) -> str:
+    done = subprocess.run([CLI, "publish", "--config", str(work / "gateway.toml"), "--out", str(out), "--days", "7",
+                           "--at", AT.isoformat()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_later_run_computes_again_only_the_days_whose_records_changed(site, tmp_path):
+    work = tmp_path
+    shutil.copy(site["work"] / "gateway.db", work / "gateway.db")
+    shutil.copy(site["work"] / "fleet.toml", work / "fleet.toml")
+    shutil.copy(site["work"] / "gateway.toml", work / "gateway.toml")
+    shutil.copytree(site["out"], work / "site")
+    assert "0 day(s) computed, 3 unchanged" in publish(work, work / "site")
+    assert (work / "site" / "data" / "daily.csv").read_bytes() == (site["out"] / "data" / "daily.csv").read_bytes()
+    # Sunday's missing evening hours arrive late, from the node's spool after an outage
+    lo = int(dt.datetime(2026, 10, 25, 19, tzinfo=AMS).timestamp())
+    late = [{"seq": 10_000 + i, "ts": t, "up": 0, "dur": STEP, "pm25": [21.0, 20.0, 22.0, 290],
+             "pm10": [42.0, 41.0, 43.0, 290], "LAeq": [50.0, 45.0, 60.0, STEP]}
+            for i, t in enumerate(range(lo, lo + 2 * 3600, STEP))]
+    with Store(work / "gateway.db") as s:
+        for i in range(0, len(late), 12):
+            doc = {"v": 1, "node": NODE, "boot": 8, "fw": "0.2.0", "board": "esp32-devkitc",
+                   "sensors": {"pm": "pms5003", "mic": "ics43434"},
+                   "units": {"pm25": "ug/m3", "pm10": "ug/m3", "LAeq": "dB"}, "recs": late[i:i + 12]}
+            s.add_batch(payload.parse_batch(json.dumps(doc).encode(), NODE, now=AT.timestamp()))
+    assert "1 day(s) computed, 2 unchanged" in publish(work, work / "site")
+    rows = daily({"out": work / "site"})
+    # the whole evening at 50 now: Lden = 10 log10((12·10^6 + 4·10^5.5 + 8·10^5.5) / 24), the 9-hour night at 45
+    assert (rows["2026-10-25"]["lden"], rows["2026-10-25"]["levening_coverage"]) == ("58.18", "1.0")
+    # and a run without the cache gives the same files
+    (work / "site" / ".publish-cache.json").unlink()
+    before = (work / "site" / "data" / "daily.json").read_text()
+    assert "3 day(s) computed, 0 unchanged" in publish(work, work / "site")
+    assert json.loads((work / "site" / "data" / "daily.json").read_text())["daily"] == json.loads(before)["daily"]
 
 
 def daily(site) -> dict[str, dict[str, str]]:
