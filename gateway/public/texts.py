@@ -1,5 +1,5 @@
 """The public page's words, in English and Dutch: one dict per language, the same keys in both
-(tests/gateway/test_public_site.py holds them to that). `{...}` fields are filled in by site.py."""
+(tests/gateway/test_public_texts.py holds them to that). `{...}` fields are filled in by site.py."""
 
 from __future__ import annotations
 

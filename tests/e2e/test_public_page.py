@@ -303,6 +303,6 @@ def test_the_page_in_chromium(site, lang, width):
     shot = ROOT / "build" / "screens" / f"public-{lang}-{width}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
-    done = browse(url, f"--screenshot={shot}", f"--window-size={width},1800")
+    done = browse(url, f"--screenshot={shot}", f"--window-size={width},{2600 if width > 800 else 4200}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

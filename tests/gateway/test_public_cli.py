@@ -4,6 +4,9 @@ and counted, the site otherwise the same as from the same store without them."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,24 @@ def test_an_older_store_s_implausible_records_are_left_out_and_counted(tmp_path)
     for f in ("daily.csv", "hourly.csv"):
         assert (odd / "site" / "data" / f).read_text() == (clean / "site" / "data" / f).read_text(), f
     assert (clean / "site" / "data" / "hourly.csv").read_text().count("\n") > 1  # it had something to show
+
+
+def test_the_publisher_s_systemd_unit_is_hardened():
+    """packaging/meetkit-public.service: the gateway's dynamic user (to read the store), a oneshot that
+    writes only its web folder, no network; systemd-analyze rates it "OK" (2.0 at most), offline."""
+    unit = Path(__file__).resolve().parents[2] / "packaging" / "meetkit-public.service"
+    text = unit.read_text()
+    for line in ("Type=oneshot", "DynamicUser=yes", "User=meetkit-gateway", "StateDirectory=meetkit-gateway",
+                 "ReadWritePaths=/var/www/meetkit-public", "PrivateNetwork=yes", "ProtectSystem=strict",
+                 "publish --config /etc/meetkit/gateway.toml --out /var/www/meetkit-public"):
+        assert line in text, line
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze not found (Debian: package systemd)")
+    res = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout + res.stderr)
+    assert m, res.stdout + res.stderr
+    assert float(m[1]) <= 2.0, res.stdout
+    timer = unit.with_suffix(".timer").read_text()
+    assert "OnUnitActiveSec=10min" in timer and "WantedBy=timers.target" in timer

@@ -24,6 +24,8 @@
     });
     return {
       title: el.dataset.label, width: Math.max(200, el.clientWidth), height: 240, series: series,
+      // ticks at midnights and hours of the operator's zone, whatever the visitor's own
+      tzDate: function (t) { return uPlot.tzDate(new Date(t * 1000), tz); },
       scales: { x: { time: true } },
       axes: [
         { values: function (u, splits) { return splits.map(function (t) { return dayFmt.format(new Date(t * 1000)); }); },
