@@ -266,7 +266,8 @@ def _now(site: Site, loc: Location, lang: str) -> str:
             last = t["now_last"].format(t=time_label(loc.last, site, lang)) if loc.last else ""
             value = f'<span class="none" data-q="{q}">{e(t["now_none"])}</span> <span class="u">{e(last)}</span>'
         cards.append(f'<div class="card"><div class="q">{e(label)}</div><div>{value}</div></div>')
-    return f'<h3>{e(t["now"])}</h3><div class="now">{"".join(cards)}</div>'
+    return (f'<h3>{e(t["now"])}</h3><p class="small">{e(t["now_note"])}</p>'
+            f'<div class="now">{"".join(cards)}</div>')
 
 
 def _who(loc: Location, lang: str) -> str:

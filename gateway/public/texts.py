@@ -15,6 +15,7 @@ EN: dict[str, str] = {
     "installed": "measuring since {d}",
     "no_position": "position not published",
     "now": "Last hour",
+    "now_note": "the mean of the 60 minutes before the update, when measurements cover at least 45 of them",
     "now_none": "no current value",
     "now_last": "last data {t}",
     "pm25": "PM2.5",
@@ -72,7 +73,8 @@ follow the changes well, but their absolute values can differ from an official r
 ±10 µg/m³ or ±10–15 %, whichever is larger. In humid air (relative humidity above 85 %) particles take up water
 and the sensor reads too high: such minutes are flagged <em>humid air</em>, and the values are shown as measured,
 not corrected. The WHO's 2021 air quality guidelines are 15 µg/m³ (PM2.5) and 45 µg/m³ (PM10) for a 24-hour mean
-and 5 and 15 µg/m³ for the mean of a year.</p>
+and 5 and 15 µg/m³ for the mean of a year; the 24-hour levels allow 3–4 days a year above them (their 99th
+percentile).</p>
 <h3>Noise</h3>
 <p>The sensor computes the A-weighted equivalent sound level (LAeq, in dB(A)) of every minute itself; no sound is
 recorded or sent. The measuring chain is accurate to a few hundredths of a decibel, but the MEMS microphone has a
@@ -92,8 +94,7 @@ table says <em>too little data</em> (the coverage is in the downloads). The mean
 the days that count (noise levels energetically); with fewer than a year of them they are an indication, not the
 annual value the WHO compares with. Hourly means need 75 % of the hour; the plots leave the others out.</p>
 """,
-    "footer": ("Measured by the living lab's sensors. Plots by uPlot (MIT licence). The data may be reused; "
-               "please name the source."),
+    "footer": "Measured by the living lab's sensors. Plots by uPlot (MIT licence).",
     "generated": "updated {t}",
 }
 
@@ -110,6 +111,7 @@ NL: dict[str, str] = {
     "installed": "meet sinds {d}",
     "no_position": "positie niet gepubliceerd",
     "now": "Afgelopen uur",
+    "now_note": "het gemiddelde van de 60 minuten voor het bijwerken, als metingen er minstens 45 van dekken",
     "now_none": "geen actuele waarde",
     "now_last": "laatste meting {t}",
     "pm25": "PM2.5",
@@ -167,7 +169,8 @@ veranderingen goed, maar hun waarden kunnen ongeveer ±10 µg/m³ of ±10–15 %
 een officieel meetstation. In vochtige lucht (relatieve vochtigheid boven 85 %) nemen deeltjes water op en meet de
 sensor te hoog: die minuten zijn gemarkeerd als <em>vochtige lucht</em>; de waarden staan er zoals gemeten, niet
 gecorrigeerd. De WHO-advieswaarden van 2021 zijn 15 µg/m³ (PM2.5) en 45 µg/m³ (PM10) voor een 24-uursgemiddelde
-en 5 en 15 µg/m³ voor een jaargemiddelde.</p>
+en 5 en 15 µg/m³ voor een jaargemiddelde; de 24-uurswaarden laten 3–4 dagen per jaar daarboven toe (hun
+99e percentiel).</p>
 <h3>Geluid</h3>
 <p>De sensor berekent zelf het A-gewogen equivalente geluidsniveau (LAeq, in dB(A)) van elke minuut; er wordt geen
 geluid opgenomen of verstuurd. De rekenketen is tot op enkele honderdsten van een decibel nauwkeurig, maar de
@@ -188,8 +191,7 @@ er <em>te weinig metingen</em> (de dekking staat in de downloads). Gemiddelden o
 van de dagen die tellen (geluid energetisch); met minder dan een jaar aan dagen zijn ze een indicatie, niet de
 jaarwaarde waarmee de WHO vergelijkt. Uurgemiddelden vragen 75 % van het uur; de grafieken laten de andere weg.</p>
 """,
-    "footer": ("Gemeten door de sensoren van het living lab. Grafieken met uPlot (MIT-licentie). De gegevens mogen "
-               "hergebruikt worden met bronvermelding."),
+    "footer": "Gemeten door de sensoren van het living lab. Grafieken met uPlot (MIT-licentie).",
     "generated": "bijgewerkt {t}",
 }
 
