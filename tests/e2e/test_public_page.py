@@ -304,6 +304,14 @@ def test_the_page_in_chromium(site, lang, width):
     assert section.count('class="uplot') == 2 and section.count("<canvas") >= 2, "two plots"
     # what the browser shows is what was written: the values, from the store
     assert who_rows(dom) == who_rows(page(site, lang))
+    rows = daily(site)
+    columns = {"pm25": "pm25", "pm10": "pm10", "laeq": "laeq_24h", "lday": "lday", "levening": "levening",
+               "lnight": "lnight", "lden": "lden"}
+    shown = {m[1]: dict(re.findall(r'data-q="(\w+)" data-v="([^"]*)"', m[2]))
+             for m in re.finditer(r'<tr data-date="([\d-]+)">(.*?)</tr>', section)}
+    assert set(shown) == set(rows)
+    for date, cells in shown.items():
+        assert cells == {q: rows[date][c] for q, c in columns.items()}, date  # the table is the download
     for secret in INTERNALS:
         assert secret not in dom, secret
     shot = ROOT / "build" / "screens" / f"public-{lang}-{width}.png"
