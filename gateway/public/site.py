@@ -8,7 +8,7 @@
                                        (file:// forbids fetch) as from any static host
     DIR/assets/                        the page's CSS and JS, uPlot (vendored, no CDN) and its licence
     DIR/.publish-cache.json            each day's values and the fingerprint of its records, for the
-                                       next run (gather.py); nothing that is not on the page
+                                       next run (gather.py); nothing of a node
 
 The tables are HTML as written: the page reads without JavaScript; the script draws the plots.
 Each file is replaced whole (a temporary file renamed over it), the pages last, so a web server
