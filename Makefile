@@ -81,6 +81,8 @@ install-gateway:
 	install -m 0644 docs/operator.md $(DESTDIR)$(PREFIX)/docs/operator.md
 	[ -f $(DESTDIR)/etc/meetkit/gateway.toml ] || install -m 0644 gateway/gateway.example.toml $(DESTDIR)/etc/meetkit/gateway.toml
 	install -m 0644 packaging/meetkit-gateway.service $(DESTDIR)/etc/systemd/system/meetkit-gateway.service
+	# the public page's publisher, not enabled (docs/operator.md, "The public page")
+	install -m 0644 packaging/meetkit-public.service packaging/meetkit-public.timer $(DESTDIR)/etc/systemd/system/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 	  systemctl daemon-reload && systemctl enable --now meetkit-gateway && \
 	  systemctl --no-pager status meetkit-gateway | head -5; \

@@ -1,4 +1,4 @@
-from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_fleet, ota_heap, ota_powercut,
+from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_fleet, ota_heap, ota_powercut, public,
                    ota_update, payload, provision, region, region_failover, region_load, region_scenarios, sensorthings, sim, sim_time, start_heap, store, tls, wire)
 
 
@@ -27,6 +27,7 @@ def main() -> None:
     region_scenarios.run()
     provision.run()
     hostile.run()
+    public.run()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
       store.dead_letters  what was refused, kept for replay, and its budgets
       store.pruning       dropping the oldest records; the file's pages
       store.readers       queries for the CLI, the status page and /metrics, export
+      store.public        the public page's reads: a node's intervals of a few quantities
       store.cursors       forwarding: the cursors, the next readings, refused batches, a target's state
       store.safe          a region: each node's safe pair, its records not yet safe
       store.sensorthings  the SensorThings targets' entity ids
@@ -54,6 +55,10 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     watched      a file read again when it changes (the secrets, node keys and visitors files)
     credentials  systemd's service credentials: is a file one (a copy made at start), and the
                  restart that renews it
+    public/      the public page for residents, a static site (`meetkit-gateway publish`): indicators
+                 (daily PM means, LAeq, Lden and Lnight in local time, coverage), gather (each
+                 location of the fleet register with its values), site (the pages in English and
+                 Dutch, downloads), texts (the words of both)
     export       open-data export: CSV or JSON Lines, one row per reading
     pm_humidity  humidity correction of optical PM (kappa-Koehler), next to the raw values
     releases     signed app releases: verify the Ed25519 signature and every file, keep them

@@ -6,6 +6,7 @@
     meetkit-gateway nodes    --config gateway.toml
     meetkit-gateway export   --config gateway.toml [--since 7d] [--until ...] [--node ID]... [--quantity Q]...
                              [--format csv|json] [--output FILE] [--pm-correction [--kappa 0.3]]
+    meetkit-gateway publish  --config gateway.toml --out DIR [--tz Europe/Amsterdam] [--days 365] [--at WHEN]
     meetkit-gateway fleet status   --config gateway.toml [--node ID]
     meetkit-gateway fleet selftest NODE --config gateway.toml [--wait S]     (fleetcli.py)
     meetkit-gateway fleet update   --release R --config gateway.toml [--nodes a,b] [--canary N] [--wave M]
@@ -92,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
     e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
                    help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
+    pb = command("publish", "write the public page for residents, a static site any web host serves, into DIR "
+                            "(docs/operator.md, \"The public page\")")
+    pb.add_argument("--out", required=True, metavar="DIR", help="the site's folder (made if missing)")
+    pb.add_argument("--tz", default="Europe/Amsterdam", metavar="ZONE",
+                    help="the local time of days and noise periods, an IANA zone (default Europe/Amsterdam)")
+    pb.add_argument("--days", type=int, default=365, metavar="N", help="days of daily values (default 365)")
+    pb.add_argument("--at", metavar="WHEN", help="the page as it was at WHEN, an ISO time, UTC if no zone "
+                                                 "(default: now)")
     rolloutcli.add_release_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
                                                                 help="the gateway's TOML file"))
     return p
@@ -441,6 +450,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .public import run  # only this command needs it (start-up time)
+
+    cfg = _load(args.config)
+    return 1 if cfg is None else run(cfg, args)
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from . import deadletters
 
@@ -467,7 +483,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "readings": cmd_readings, "nodes": cmd_nodes, "export": cmd_export,
-            "dead-letters": cmd_dead_letters, "fleet": cmd_fleet, "release": cmd_release}
+            "dead-letters": cmd_dead_letters, "fleet": cmd_fleet, "release": cmd_release, "publish": cmd_publish}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ SQL statement on it (tests/gateway/test_store_home.py checks that no other modul
     dead_letters  what was refused: kept, listed, replayed, and their own budgets
     pruning       dropping the oldest records, the file's pages (what the bound compares)
     readers       queries for the CLI, the status page and /metrics, export
+    public        the public page's reads: a node's intervals of a few quantities (gateway/public/)
     cursors       forwarding: each target's cursor, its next readings, its dead letters, its state
     safe          a region of gateways: each node's safe pair, its records not yet safe
     sensorthings  the SensorThings targets' entity ids
@@ -33,6 +34,7 @@ from .dead_letters import DEAD_LETTER_MAX
 from .envelopes import Envelopes
 from .fleet import FleetState
 from .pruning import Pruning
+from .public import Public
 from .readers import Readers
 from .rollouts import Rollouts
 from .safe import Safe
@@ -43,7 +45,7 @@ from .sensorthings import SensorThingsIds
 from .writes import Writes
 
 
-class Store(Writes, Envelopes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts):
+class Store(Writes, Envelopes, Pruning, Readers, Cursors, Safe, SensorThingsIds, FleetState, Rollouts, Public):
     """The store at `path`, opened for writing (made and migrated as needed) or `readonly`."""
 
 

@@ -276,6 +276,10 @@ def test_install_gateway_puts_only_the_gateway_on_the_pi(tmp_path: Path) -> None
     assert (root / "etc/systemd/system/meetkit-gateway.service").read_text() == UNIT.read_text()
     assert (root / "etc/meetkit/gateway.toml").exists()
     venv = root / "opt/meetkit/venv"
+    for unit in ("meetkit-public.service", "meetkit-public.timer"):  # the public page's, not enabled
+        assert (root / "etc/systemd/system" / unit).read_text() == (ROOT / "packaging" / unit).read_text()
+    site = next((venv / "lib").glob("python3*/site-packages/meetkit_gateway"))
+    assert (site / "public/static/public.js").is_file() and (site / "static/vendor/uPlot.iife.min.js").is_file()
     freeze = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=freeze"],
                             capture_output=True, text=True, timeout=120).stdout
     names = {line.split("==")[0].lower().replace("_", "-") for line in freeze.split() if "==" in line}
