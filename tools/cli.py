@@ -683,7 +683,10 @@ def add_region_parser(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=cmd_region_prometheus)
 
 def build_parser() -> argparse.ArgumentParser:
+    from meetkit_gateway import __version__
+
     ap = argparse.ArgumentParser(prog="meetkit", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sim = sub.add_parser("sim", help="the hardware simulator").add_subparsers(dest="sim_cmd", required=True)
