@@ -40,6 +40,15 @@ if TYPE_CHECKING:
     from .export import Selection
 
 
+# Where `make install-gateway` puts the configuration and the systemd unit reads it.
+DEFAULT_CONFIG = "/etc/meetkit/gateway.toml"
+
+
+def _config_arg(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                   help=f"the gateway's TOML file (default {DEFAULT_CONFIG}, where install puts it)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meetkit-gateway",
@@ -50,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--config", required=True, metavar="PATH", help="the gateway's TOML file")
+        _config_arg(c)
         return c
 
     command("run", "receive and store until SIGTERM or SIGINT")
@@ -74,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=50, help="list: at most this many (default 50)")
     from .fleetcli import add_parser as fleet_parser
 
-    fleet_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
-                                               help="the gateway's TOML file"))
+    fleet_parser(sub, _config_arg)
     e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
     e.add_argument("--since", metavar="WHEN",
                    help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
@@ -89,11 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="csv (with FILE-metadata.json, CSVW) or json (JSON Lines) (default: csv)")
     e.add_argument("--output", metavar="FILE", help="write FILE (whole or not at all) instead of stdout")
     e.add_argument("--pm-correction", action="store_true",
-                   help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
+                   help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values "
+                        "(with --quantity pm25: pm25 and pm25_corr; --quantity pm25_corr alone: only that)")
     e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
                    help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
-    rolloutcli.add_release_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
-                                                                help="the gateway's TOML file"))
+    rolloutcli.add_release_parser(sub, _config_arg)
     return p
 
 
@@ -105,6 +113,9 @@ def _load(path: str) -> Config | None:
         print(f"{e.source}: {n} error{'s' if n > 1 else ''}", file=sys.stderr)
         for err in e.errors:
             print(f"  {err}", file=sys.stderr)
+        if path == DEFAULT_CONFIG and not Path(path).exists():
+            print(f"  (the default --config: `make install-gateway` puts the example there, docs/operator.md; "
+                  "or name yours with --config PATH)", file=sys.stderr)
         return None
 
 
@@ -390,7 +401,10 @@ def _export_selection(args: argparse.Namespace, now: float) -> "Selection | str"
         return "--quantity: the corrected quantities (pm25_corr, ...) need --pm-correction"
     if not 0 < args.kappa <= 1.5:
         return f"--kappa: must be above 0 and at most 1.5, got {args.kappa:g}"
-    return Selection(times["since"], times["until"], tuple(args.node), tuple(args.quantity),
+    quantities = list(dict.fromkeys(args.quantity))
+    if args.pm_correction:  # `--quantity pm25 --pm-correction`: pm25 and its corrected twin, pm25_corr
+        quantities += [c for q in args.quantity if (c := pm_humidity.CORRECTED.get(q)) and c not in quantities]
+    return Selection(times["since"], times["until"], tuple(args.node), tuple(quantities),
                      Correction(args.kappa) if args.pm_correction else None)
 
 
