@@ -184,8 +184,9 @@ def _add_provision(sub: "argparse._SubParsersAction") -> None:
     net.add_argument("--broker-user", help="an account made elsewhere (password from $MEETKIT_BROKER_PASSWORD, "
                      "--broker-password-file or a prompt)")
     net.add_argument("--broker-password-file", type=Path)
-    net.add_argument("--broker-reload", metavar="CMD", help="run after a new account is written, e.g. "
-                     "'sudo systemctl reload mosquitto' when the broker runs here")
+    net.add_argument("--broker-reload", metavar="CMD", help="run through the shell (/bin/sh -c) after a new account "
+                     "is written, e.g. 'sudo systemctl reload mosquitto' when the broker runs here, or "
+                     "'sudo install -m 0640 build/broker/mosquitto/passwd /etc/mosquitto/meetkit/ && sudo kill -HUP PID'")
     net.add_argument("--neighbour", action="append", default=[], metavar="HOST[:PORT]",
                      help="a neighbouring gateway's broker the node fails over to (repeat, in order; the same "
                      "account, TLS and CA as --broker; docs/technician.md \"A list of brokers\")")
