@@ -19,6 +19,7 @@ usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -127,6 +128,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{cfg.source}: 1 error", file=sys.stderr)
         print(f"  store.path: the folder {cfg.store.path.parent} does not exist", file=sys.stderr)
         return 1
+    busy = _http_busy(cfg)
+    if busy is not None and not busy.startswith("in use by"):
+        print(f"{cfg.source}: 1 error", file=sys.stderr)
+        print(f"  http: {busy}", file=sys.stderr)
+        return 1
     m = cfg.mqtt
     user = f"{m.username}@" if m.username else ""
     password = (f" (password from {m.password_file})" if m.password_file is not None
@@ -140,7 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     h = cfg.http
     host = f"[{h.host}]" if ":" in h.host else h.host
     print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
-          + (" (loopback only)" if h.host in ("127.0.0.1", "::1", "localhost") else ""))
+          + (" (loopback only)" if h.host in ("127.0.0.1", "::1", "localhost") else "")
+          + (f"; {busy}" if busy else ""))
     exists = "" if cfg.store.path.exists() else " (created on the first run)"
     print(f"  store       {cfg.store.path}{exists}")
     age = f"{cfg.store.max_age_days} days from reception" if cfg.store.max_age_days else "no age bound"
@@ -169,6 +176,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _http_busy(cfg: Config) -> str | None:
+    """None when `run` can listen on [http] host and port; "in use by a running meetkit gateway ..."
+    when one answers /healthz there (this one, running: `run` would have to wait for it to stop);
+    else what keeps it from listening and what to do."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .http_server import listen_error, probe_listen
+
+    h = cfg.http
+    err = probe_listen(h.host, h.port)
+    if err is None:
+        return None
+    if err.errno == errno.EADDRINUSE:
+        ask = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(h.host, h.host)
+        try:
+            try:
+                with urllib.request.urlopen(f"http://{f'[{ask}]' if ':' in ask else ask}:{h.port}/healthz",
+                                            timeout=3) as r:
+                    doc = json.loads(r.read())
+            except urllib.error.HTTPError as e:  # 503: a gateway, not healthy
+                doc = json.loads(e.read())
+            if isinstance(doc, dict) and "db_id" in doc:
+                return f"in use by a running meetkit gateway (database {doc['db_id']}): `run` starts once it stops"
+        except (OSError, ValueError):
+            pass  # not a gateway's page (or none that answers): another program
+    return listen_error(h.host, h.port, err)
 
 
 def _visitors(r: RegionConfig) -> str:
@@ -308,7 +345,7 @@ def _setup_logging(cfg: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .service import run  # paho is imported only by the command that talks to the broker
+    from .service import StartupError, run  # paho is imported only by the command that talks to the broker
 
     cfg = _load(args.config)
     if cfg is None:
@@ -316,6 +353,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg)
     try:
         return run(cfg, Path(args.config))
+    except StartupError as e:  # the status page's port taken, say: nothing was started
+        logging.getLogger("meetkit_gateway").error("cannot start: %s", e)
+        return 1
     except (StoreError, sqlite3.Error, OSError) as e:  # a locked or unreadable store: not moved aside
         logging.getLogger("meetkit_gateway").error("cannot open the store %s: %s", cfg.store.path, e)
         return 1
