@@ -51,16 +51,29 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_board(args: argparse.Namespace) -> int:
-    from meetkit_tools.sim.board import SimBoard
+    from meetkit_tools.sim.board import BoardInUse, SimBoard
 
     ssid, sep, password = args.wifi.partition(":")
-    board = SimBoard(args.workdir or BUILD / "sim-board" / args.board, board=args.board, flash=args.flash,
-                     flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password),
-                     blank=args.blank)
-    board.start()
+    # Without --name or --workdir: the board design's name, or the first of <board>-2, -3, ... that
+    # no running board holds, so boards started side by side get their own flash, console and chip id.
+    names = [args.name] if args.name or args.workdir else [args.board] + [f"{args.board}-{i}" for i in range(2, 100)]
+    for name in names:
+        board = SimBoard(args.workdir or BUILD / "sim-board" / name, board=args.board, flash=args.flash,
+                         flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password),
+                         blank=args.blank)
+        try:
+            board.start()
+            break
+        except BoardInUse as e:
+            if len(names) == 1 or args.flash:
+                print(f"meetkit sim board: {e}", file=sys.stderr)
+                return 1
+    else:
+        print("meetkit sim board: 99 boards of this design run already: give --name", file=sys.stderr)
+        return 1
     print(board.port, flush=True)
-    print(f"simulated {args.board} on {board.port}: flash {board.node.image}, console also in {board.console_log}; "
-          f"Ctrl-C (or SIGTERM) powers it off", flush=True)
+    print(f"simulated {args.board} on {board.port}: folder {board.workdir}, flash {board.node.image}, chip id "
+          f"{board.chip_id}, console also in {board.console_log}; Ctrl-C (or SIGTERM) powers it off", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -707,7 +720,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "SIGTERM. The board behaves as an ESP32 with MicroPython: its flash is a littlefs image "
                         "that persists, its sensors are the board file's, its Wi-Fi finds one access point.")
     sb.add_argument("--board", default="esp32-devkitc", help="the board design: sensors and chip (boards/)")
-    sb.add_argument("--flash", type=Path, help="the flash image (default build/sim-board/<board>/flash.img; "
+    sb.add_argument("--name", help="the board's own name: its folder build/sim-board/NAME (flash image, console.log) "
+                    "and its chip id come from it (default: the --board design's name, or NAME-2, -3, ... while "
+                    "that one runs); a folder a running board holds is refused")
+    sb.add_argument("--flash", type=Path, help="the flash image (default flash.img in the board's folder; "
                     "made empty when missing)")
     sb.add_argument("--flash-kb", type=int, default=2048, help="the filesystem's size (2048: ESP32_GENERIC's vfs)")
     sb.add_argument("--speed", type=float, default=1, help="times real time for the simulated clock (default 1)")
@@ -716,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the access point the board finds (default meetkit-lab:simulated)")
     sb.add_argument("--blank", action="store_true", help="a board without MicroPython: its port speaks the ESP32 "
                     "ROM bootloader until `meetkit flash-micropython --no-reset` has flashed MicroPython")
-    sb.add_argument("--workdir", type=Path)
+    sb.add_argument("--workdir", type=Path, help="the board's folder itself (instead of --name)")
     sb.set_defaults(func=cmd_sim_board)
 
     demo = sub.add_parser("demo", help="a broker, the gateway and three simulated nodes, live")
