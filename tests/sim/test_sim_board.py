@@ -170,3 +170,27 @@ def test_the_folder_of_a_board_that_was_killed_is_taken_over(tmp_path: Path) -> 
             SimBoard(tmp_path / "b", blank=True).start()
         assert ok(b.port, "eval", "1+1").strip() == "2"
     assert not (tmp_path / "b" / "board.lock").exists()
+
+
+def test_flashing_a_blank_board_without_no_reset_says_one_thing_and_the_board_runs_that_release(
+        tmp_path: Path) -> None:
+    from meetkit_tools.sim.mpimage import micropython_firmware
+
+    firmware = tmp_path / "ESP32_GENERIC-20241129-v1.24.1.bin"
+    firmware.write_bytes(micropython_firmware("esp32", "v1.24.1"))
+    with SimBoard(tmp_path / "b", blank=True) as b:
+        res = subprocess.run([sys.executable, "-m", "meetkit_tools.cli", "flash-micropython", "--port", b.port,
+                              "--firmware", str(firmware)], capture_output=True, text=True, timeout=120)
+        said = res.stdout + res.stderr
+        assert res.returncode == 0, said
+        assert f"{b.port} has no DTR/RTS lines (a simulated board, or a network port): the board is not reset" in said
+        assert "Not reset (no DTR/RTS lines): a simulated board starts MicroPython once" in said
+        assert "Reset the board through RTS" not in said and "Chip was NOT reset" not in said
+        assert "The board now holds MicroPython v1.24.1" in said
+        wait_for(lambda: "MicroPython v1.24.1 flashed; the board boots it" in b.console_text(), 30, "the board boots")
+        uname = "import os; u = os.uname(); print(u.release, u.version)"
+        assert ok(b.port, "exec", uname).strip() == "1.24.1 v1.24.1 (meetkit simulator)"
+    with SimBoard(tmp_path / "b") as b:   # powered on again: the release stays what was flashed
+        assert ok(b.port, "exec", uname).strip().split()[0] == "1.24.1"
+    with SimBoard(tmp_path / "fresh") as b:   # a board that was never flashed by us: the simulator's own
+        assert ok(b.port, "exec", uname).strip().split()[0] == "1.29.0"

@@ -83,6 +83,8 @@ def default_chip_id(workdir: Path) -> str:
 class _Node(SimNode):
     """The simulator's node, staged as a board fresh from MicroPython: nothing on its flash."""
 
+    micropython: str | None = None   # "1.24.1": the MicroPython flashed onto the board (a --blank one)
+
     def stage_empty(self) -> None:
         self.flash.mkdir(parents=True, exist_ok=True)
         for p in self.flash.iterdir():
@@ -94,6 +96,8 @@ class _Node(SimNode):
                         flash=st.get("stats", {}))
         sim = json.loads(self.sim_json.read_text())
         sim["repl"] = repl
+        if self.micropython:   # the release flashed (os.uname() says it), not the unix port's own
+            sim["micropython"] = self.micropython
         self.sim_json.write_text(json.dumps(sim))
 
 
@@ -113,6 +117,7 @@ class SimBoard:
         self.board = board
         self.port = ""
         self.console_log = self.workdir / "console.log"
+        self.version_file = self.workdir / "micropython.version"   # what was flashed, kept with the flash
         self.resets = 0
         self._master = -1
         self._proc: subprocess.Popen | None = None
@@ -197,6 +202,10 @@ class SimBoard:
             chip = json.loads((BOARDS / f"{self.board}.json").read_text()).get("mcu", "esp32")
             self._rom = RomBootloader(chip, self.workdir / "rom-flash.bin", mac=self.chip_id)
         else:
+            try:
+                self.node.micropython = self.version_file.read_text().strip() or None
+            except OSError:
+                self.node.micropython = None
             self._spawn("board", 0, None, "power_on", {})
         self._thread = threading.Thread(target=self._pump, name=f"simboard-{self.port}", daemon=True)
         self._thread.start()
@@ -400,6 +409,8 @@ class SimBoard:
         version = self._rom.micropython()
         self._rom = None
         self.node.image.unlink(missing_ok=True)
+        self.node.micropython = version[0].lstrip("v")
+        self.version_file.write_text(self.node.micropython + "\n")
         self._register()
         self._log.write(f"[simulator: MicroPython {version[0]} flashed; the board boots it]\n".encode())
         self._spawn("board", 0, None, "power_on", {})
