@@ -96,3 +96,25 @@ def test_wrong_options_are_refused_before_anything_runs(tmp_path: Path) -> None:
     r = run("--password-file", str(secrets), "--node-id", "sr-01")
     assert r.returncode == 2 and "no password for sr-01 in it (`meetkit broker add-node sr-01` makes one)" in r.stderr
     assert not (tmp_path / "n").exists()
+
+
+def test_the_simulator_doc_has_every_option_of_sim_run_and_every_key_of_the_scenario_files() -> None:
+    import json
+
+    from meetkit_tools.cli import build_parser
+    from meetkit_tools.paths import ROOT, SCENARIOS
+
+    doc = (ROOT / "docs" / "simulator.md").read_text()
+    section = doc[doc.index("## Running one node: `meetkit sim run`"):doc.index("## A simulated board on a serial port")]
+    sim = next(a for a in build_parser()._actions if a.dest == "cmd").choices["sim"]
+    run = next(a for a in sim._actions if a.dest == "sim_cmd").choices["run"]
+    options = [o for a in run._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    assert len(options) >= 12
+    assert [o for o in options if f"`{o}" not in section] == []
+    assert "**Exit status**" in section and "delivered N of M records (acknowledged by the gateway" in section
+    scen = doc[doc.index("## Scenario files"):doc.index("## The MicroPython side")]
+    for path in sorted(SCENARIOS.glob("*.json")):
+        s = json.loads(path.read_text())
+        assert f"`{path.stem}`" in scen, path.stem
+        assert [k for k in [*s, *s["truth"]] if f"`{k}`" not in scen] == [], path.name
+        assert [f["kind"] for f in s["faults"] if f"`{f['kind']}`" not in scen] == [], path.name
