@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import Broker, free_port
 
-from .conftest import CLI, cli
+from .conftest import CLI, cli, wait_for
 from .test_process import Process
 
 
@@ -74,3 +74,32 @@ def test_config_defaults_to_etc_meetkit_gateway_toml() -> None:
             assert r.stderr.splitlines()[:2] == [f"{default}: 1 error", "  cannot read the file: No such file or directory"]
             assert "--config PATH" in r.stderr
     assert "(default /etc/meetkit/gateway.toml, where install puts it)" in " ".join(cli("run", "--help").stdout.split())
+
+
+def test_a_reload_onto_a_taken_port_goes_on_with_the_old_configuration(tmp_path: Path, broker: Broker) -> None:
+    import signal
+
+    port = free_port()
+    config = config_with_port(tmp_path, broker, port)
+    gw = Process(config)
+    other = socket.create_server(("127.0.0.1", 0))
+    try:
+        gw.wait_log(f"status page and /metrics on http://127.0.0.1:{port}")
+        taken = other.getsockname()[1]
+        config_with_port(tmp_path, broker, taken)   # the operator edits [http] port to a taken one
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_log(f"SIGHUP: cannot listen on 127.0.0.1:{taken} for the status page")
+        gw.wait_log("going on with the old configuration")
+        # the old port is served again, by a gateway that runs on
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as page:
+                    return json.loads(page.read())["status"] == "ok"
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "/healthz on the old port")
+        assert gw.proc.poll() is None
+    finally:
+        other.close()
+        assert gw.stop() == 0
