@@ -12,6 +12,8 @@
                                    [--force];  fleet stop --config gateway.toml                (rolloutcli.py)
     meetkit-gateway release add DIR --config gateway.toml;  release list --config gateway.toml
 
+--config defaults to /etc/meetkit/gateway.toml (where `make install-gateway` puts it).
+
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
 usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 """

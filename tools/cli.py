@@ -179,6 +179,10 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
     from meetkit_tools.sim.board import BoardInUse, SimBoard
 
     ssid, sep, password = args.wifi.partition(":")
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.name):
+        print(f"meetkit sim board: --name {args.name!r}: letters, digits, '.', '_', '-' (a folder under "
+              "build/sim-board)", file=sys.stderr)
+        return 2
     # Without --name or --workdir: the board design's name, or the first of <board>-2, -3, ... that
     # no running board holds, so boards started side by side get their own flash, console and chip id.
     names = [args.name] if args.name or args.workdir else [args.board] + [f"{args.board}-{i}" for i in range(2, 100)]
