@@ -92,7 +92,8 @@ def _sim_ca(path: Path) -> bytes:
 def cmd_sim_run(args: argparse.Namespace) -> int:
     from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
-    host, port = args.broker or ("127.0.0.1", 8883 if args.tls else 1883)
+    # With TLS the node checks the name: by default this machine's, as `meetkit broker init` names the certificate
+    host, port = args.broker or ((socket.gethostname(), 8883) if args.tls else ("127.0.0.1", 1883))
     workdir = args.workdir or BUILD / "sim" / args.node_id
     user = args.user or None
     try:
@@ -841,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scenario", default="busy-road", help="scenario name or JSON file")
     run.add_argument("--node-id", default="sim-001")
     run.add_argument("--board", default="esp32-devkitc")
-    run.add_argument("--broker", type=_broker, default=None, help="HOST:PORT (default 127.0.0.1:1883, with --tls :8883)")
+    run.add_argument("--broker", type=_broker, default=None, help="HOST:PORT (default 127.0.0.1:1883; with --tls this machine's name, as the certificate of "
+                     "`meetkit broker init` has it, :8883); with --tls a name or address in the broker's certificate")
     run.add_argument("--user", help="the broker account (default with a password: the node id, as `meetkit broker "
                      "init` names them)")
     run.add_argument("--password-file", type=Path, metavar="FILE", help="its password: a file with the password, or "
