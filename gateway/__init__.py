@@ -77,4 +77,6 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     table        plain-text tables for the terminal
 """
 
-__version__ = "0.1.0"
+# The one version number of meetkit (pyproject.toml reads it; `meetkit --version` and `meetkit-gateway
+# --version` print it); the node's app says the same (firmware/lib/config.py FW_VERSION, a test checks).
+__version__ = "0.2.0"

@@ -13,6 +13,8 @@
                                    [--force];  fleet stop --config gateway.toml                (rolloutcli.py)
     meetkit-gateway release add DIR --config gateway.toml;  release list --config gateway.toml
 
+--config defaults to /etc/meetkit/gateway.toml (where `make install-gateway` puts it).
+
 Exit status: 0 done, 1 a problem with the configuration or the store (printed to stderr), 2 wrong
 usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 """
@@ -20,6 +22,7 @@ usage (`fleet selftest`: 1 also for a failed item, 3 for no answer in time).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -41,6 +44,15 @@ if TYPE_CHECKING:
     from .export import Selection
 
 
+# Where `make install-gateway` puts the configuration and the systemd unit reads it.
+DEFAULT_CONFIG = "/etc/meetkit/gateway.toml"
+
+
+def _config_arg(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                   help=f"the gateway's TOML file (default {DEFAULT_CONFIG}, where install puts it)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meetkit-gateway",
@@ -51,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--config", required=True, metavar="PATH", help="the gateway's TOML file")
+        _config_arg(c)
         return c
 
     command("run", "receive and store until SIGTERM or SIGINT")
@@ -75,8 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=50, help="list: at most this many (default 50)")
     from .fleetcli import add_parser as fleet_parser
 
-    fleet_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
-                                               help="the gateway's TOML file"))
+    fleet_parser(sub, _config_arg)
     e = command("export", "write stored readings as open data (CSV or JSON Lines), to a file or stdout")
     e.add_argument("--since", metavar="WHEN",
                    help="intervals starting at or after WHEN: 24h, 7d, or an ISO time, UTC if no zone "
@@ -90,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="csv (with FILE-metadata.json, CSVW) or json (JSON Lines) (default: csv)")
     e.add_argument("--output", metavar="FILE", help="write FILE (whole or not at all) instead of stdout")
     e.add_argument("--pm-correction", action="store_true",
-                   help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values")
+                   help="add humidity-corrected PM (pm1_corr, pm25_corr, pm10_corr) next to the raw values "
+                        "(with --quantity pm25: pm25 and pm25_corr; --quantity pm25_corr alone: only that)")
     e.add_argument("--kappa", type=float, default=pm_humidity.KAPPA, metavar="K",
                    help=f"the aerosol's hygroscopicity for --pm-correction (default {pm_humidity.KAPPA})")
     pb = command("publish", "write the public page for residents, a static site any web host serves, into DIR "
@@ -101,8 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     pb.add_argument("--days", type=int, default=365, metavar="N", help="days of daily values (default 365)")
     pb.add_argument("--at", metavar="WHEN", help="the page as it was at WHEN, an ISO time, UTC if no zone "
                                                  "(default: now)")
-    rolloutcli.add_release_parser(sub, lambda c: c.add_argument("--config", required=True, metavar="PATH",
-                                                                help="the gateway's TOML file"))
+    rolloutcli.add_release_parser(sub, _config_arg)
     return p
 
 
@@ -114,6 +125,9 @@ def _load(path: str) -> Config | None:
         print(f"{e.source}: {n} error{'s' if n > 1 else ''}", file=sys.stderr)
         for err in e.errors:
             print(f"  {err}", file=sys.stderr)
+        if path == DEFAULT_CONFIG and not Path(path).exists():
+            print(f"  (the default --config: `make install-gateway` puts the example there, docs/operator.md; "
+                  "or name yours with --config PATH)", file=sys.stderr)
         return None
 
 
@@ -124,6 +138,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not cfg.store.path.parent.is_dir():
         print(f"{cfg.source}: 1 error", file=sys.stderr)
         print(f"  store.path: the folder {cfg.store.path.parent} does not exist", file=sys.stderr)
+        return 1
+    busy = _http_busy(cfg)
+    if busy is not None and not busy.startswith("in use by"):
+        print(f"{cfg.source}: 1 error", file=sys.stderr)
+        print(f"  http: {busy}", file=sys.stderr)
         return 1
     m = cfg.mqtt
     user = f"{m.username}@" if m.username else ""
@@ -138,7 +157,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     h = cfg.http
     host = f"[{h.host}]" if ":" in h.host else h.host
     print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
-          + (" (loopback only)" if h.host in ("127.0.0.1", "::1", "localhost") else ""))
+          + (" (loopback only)" if h.host in ("127.0.0.1", "::1", "localhost") else "")
+          + (f"; {busy}" if busy else ""))
     exists = "" if cfg.store.path.exists() else " (created on the first run)"
     print(f"  store       {cfg.store.path}{exists}")
     age = f"{cfg.store.max_age_days} days from reception" if cfg.store.max_age_days else "no age bound"
@@ -167,6 +187,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.store.path.exists():
         _print_store(cfg)
     return 0
+
+
+def _http_busy(cfg: Config) -> str | None:
+    """None when `run` can listen on [http] host and port; "in use by a running meetkit gateway ..."
+    when one answers /healthz there (this one, running: `run` would have to wait for it to stop);
+    else what keeps it from listening and what to do."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .http_server import listen_error, probe_listen
+
+    h = cfg.http
+    err = probe_listen(h.host, h.port)
+    if err is None:
+        return None
+    if err.errno == errno.EADDRINUSE:
+        ask = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(h.host, h.host)
+        try:
+            try:
+                with urllib.request.urlopen(f"http://{f'[{ask}]' if ':' in ask else ask}:{h.port}/healthz",
+                                            timeout=3) as r:
+                    doc = json.loads(r.read())
+            except urllib.error.HTTPError as e:  # 503: a gateway, not healthy
+                doc = json.loads(e.read())
+            if isinstance(doc, dict) and "db_id" in doc:
+                return f"in use by a running meetkit gateway (database {doc['db_id']}): `run` starts once it stops"
+        except (OSError, ValueError):
+            pass  # not a gateway's page (or none that answers): another program
+    return listen_error(h.host, h.port, err)
 
 
 def _visitors(r: RegionConfig) -> str:
@@ -306,7 +356,7 @@ def _setup_logging(cfg: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .service import run  # paho is imported only by the command that talks to the broker
+    from .service import StartupError, run  # paho is imported only by the command that talks to the broker
 
     cfg = _load(args.config)
     if cfg is None:
@@ -314,6 +364,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg)
     try:
         return run(cfg, Path(args.config))
+    except StartupError as e:  # the status page's port taken, say: nothing was started
+        logging.getLogger("meetkit_gateway").error("cannot start: %s", e)
+        return 1
     except (StoreError, sqlite3.Error, OSError) as e:  # a locked or unreadable store: not moved aside
         logging.getLogger("meetkit_gateway").error("cannot open the store %s: %s", cfg.store.path, e)
         return 1
@@ -399,7 +452,10 @@ def _export_selection(args: argparse.Namespace, now: float) -> "Selection | str"
         return "--quantity: the corrected quantities (pm25_corr, ...) need --pm-correction"
     if not 0 < args.kappa <= 1.5:
         return f"--kappa: must be above 0 and at most 1.5, got {args.kappa:g}"
-    return Selection(times["since"], times["until"], tuple(args.node), tuple(args.quantity),
+    quantities = list(dict.fromkeys(args.quantity))
+    if args.pm_correction:  # `--quantity pm25 --pm-correction`: pm25 and its corrected twin, pm25_corr
+        quantities += [c for q in args.quantity if (c := pm_humidity.CORRECTED.get(q)) and c not in quantities]
+    return Selection(times["since"], times["until"], tuple(args.node), tuple(quantities),
                      Correction(args.kappa) if args.pm_correction else None)
 
 

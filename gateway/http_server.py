@@ -34,6 +34,7 @@ import asyncio
 import concurrent.futures
 import errno
 import logging
+import os
 import socket
 import threading
 import time
@@ -601,3 +602,29 @@ def _timed(fn: Callable[[], T]) -> tuple[bool, Any, float]:
         return True, fn(), time.thread_time() - t
     except Exception as e:
         return False, e, time.thread_time() - t
+
+
+def listen_error(host: str, port: int, e: OSError) -> str:
+    """Why the server cannot listen on host:port, and what the operator can do about it."""
+    where = f"{f'[{host}]' if ':' in host else host}:{port}"
+    why = os.strerror(e.errno) if e.errno else str(e)   # create_server's strerror repeats the address
+    if e.errno == errno.EADDRINUSE:
+        hint = (f"another program listens there (a gateway already running? `sudo ss -ltnp 'sport = :{port}'` names "
+                "it): stop it, or set another [http] port in gateway.toml")
+    elif e.errno == errno.EACCES:
+        hint = "a port below 1024 needs privileges the gateway does not have: set [http] port to 1024 or above"
+    elif e.errno == errno.EADDRNOTAVAIL:
+        hint = f"{host} is not an address of this machine: set [http] host"
+    else:
+        hint = "check [http] host and port in gateway.toml"
+    return f"cannot listen on {where} for the status page, /healthz and /metrics: {why}; {hint}"
+
+
+def probe_listen(host: str, port: int) -> OSError | None:
+    """Whether a server could listen on host:port now (bound and closed at once; port 0: always)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as e:
+        return e
+    return None

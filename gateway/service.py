@@ -35,6 +35,7 @@ from .fleet import Fleet
 from .fleet_secrets import FleetSecrets
 from .forward import Forwarders
 from .http import StatusServer
+from .http_server import listen_error
 from .ingest import Done, Inbound, Writer
 from .mqtt import Source
 from .ota import OtaLink
@@ -49,6 +50,10 @@ from .topics import Topics
 from .visitors import Visitors
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured (the message says why and what to change)."""
 
 
 class Gateway:
@@ -113,7 +118,20 @@ class Gateway:
         self.alarms.save(self.store)  # before anything else, so `meetkit-gateway check` shows it
 
     def start(self) -> "Gateway":
+        """Raises StartupError, nothing started, when the status page's port cannot be had."""
         log.info("store %s, database %s", self.config.store.path, self.store.db_id)
+        # The status page first: a gateway without its page and /healthz looks dead to the operator
+        # and to any monitor, so a taken port is a start-up error (systemd says why, and restarts).
+        http = self.config.http
+        try:
+            self.http = StatusServer(self.config.store.path, http.host, http.port,
+                                     targets=lambda: self.forwarders.status() if self.forwarders is not None else [],
+                                     fleet=self.fleet, secrets=self.secrets,
+                                     ota=self.ota.pieces.status if self.ota is not None else None,
+                                     region=self.config.region, visitors=self.visitors,
+                                     store_max_bytes=self.config.store.max_bytes).start()  # logs where it listens
+        except OSError as e:
+            raise StartupError(listen_error(http.host, http.port, e)) from None
         self.writer.start()
         self.source.start()
         self.configpub.start()
@@ -124,15 +142,6 @@ class Gateway:
             self.safe.start()  # before the forwarders: it sees every move of their cursors
         self.forwarders = Forwarders.start(self.config.store.path, self.config.forward, region=self.config.region,
                                            visitors=self.visitors)
-        http = self.config.http
-        try:
-            self.http = StatusServer(self.config.store.path, http.host, http.port, targets=self.forwarders.status,
-                                     fleet=self.fleet, secrets=self.secrets,
-                                     ota=self.ota.pieces.status if self.ota is not None else None,
-                                     region=self.config.region, visitors=self.visitors,
-                                     store_max_bytes=self.config.store.max_bytes).start()  # logs where it listens
-        except OSError as e:  # a busy port must not stop the data: log it and go on without
-            log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
 
     def stop(self, close_store: bool = True) -> None:
@@ -274,7 +283,12 @@ def run(config: Config, path: Path | None = None, notifier: Notifier | None = No
     signal.signal(signal.SIGHUP, on_signal)
     memory.fix_mmap_threshold()  # before the threads: RSS comes back down after large messages
     raise_open_files()
-    gateway = Gateway(config).start()
+    gateway = Gateway(config)
+    try:
+        gateway.start()
+    except StartupError:
+        gateway.store.close()
+        raise
     sd.ready(f"store {config.store.path}")
     tick = min(1.0, sd.watchdog_s / 4) if sd.watchdog_s else 1.0
     try:
@@ -309,6 +323,14 @@ def _reload(gateway: Gateway, path: Path | None, sd: Notifier) -> Gateway:
     # for a large store on an SD card) while nothing is ingested and the watchdog is not fed.
     same = new.store.path == gateway.config.store.path
     gateway.stop(close_store=not same)
-    gateway = Gateway(new, store=gateway.store if same else None).start()
-    sd.ready(f"store {new.store.path}")
+    old = gateway
+    gateway = Gateway(new, store=old.store if same else None)
+    try:
+        gateway.start()
+    except StartupError as e:  # the old configuration's port was let go a moment ago: take it again
+        log.error("SIGHUP: %s; going on with the old configuration", e)
+        if not same:
+            gateway.store.close()
+        gateway = Gateway(old.config, store=old.store if same else None).start()
+    sd.ready(f"store {gateway.config.store.path}")
     return gateway

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import datetime as dt
 import signal
 import socket
@@ -22,45 +23,187 @@ def _broker(s: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# A connection attempt the node repeats with backoff: shown once, then counted (a refused password
+# would otherwise fill the console for the whole run).
+_RETRY_LINE = re.compile(r"^\s*\d+ [EW] mqtt: (.+?) failed \((.*)\); next try in \d+ s$")
+
+
+class _Console:
+    """The node's console as `sim run` shows it: whole lines, each kind of repeated failure once."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.sent = start
+        self.repeats: dict[tuple[str, str], int] = {}
+
+    def show(self, text: str, final: bool = False) -> None:
+        end = len(text) if final else text.rfind("\n", self.sent) + 1
+        if end <= self.sent:
+            return
+        for line in text[self.sent:end].splitlines():
+            m = _RETRY_LINE.match(line)
+            if m:
+                key = (m[1], m[2])
+                self.repeats[key] = self.repeats.get(key, 0) + 1
+                if self.repeats[key] == 2:
+                    print("  (the node tries again with backoff: more lines like the one above are counted, "
+                          "not shown)")
+                if self.repeats[key] > 1:
+                    continue
+            print(line)
+        sys.stdout.flush()
+        self.sent = end
+
+
+def _sim_password(args: argparse.Namespace, user: str) -> str | None:
+    """The broker password: --password-file (the password, or `meetkit broker init`'s secrets.json:
+    the entry of --user), else $MEETKIT_BROKER_PASSWORD, else None."""
+    if args.password_file is None:
+        return os.environ.get("MEETKIT_BROKER_PASSWORD") or None
+    text = args.password_file.read_text()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("nodes"), dict):
+        if user not in doc["nodes"]:
+            raise ValueError(f"--password-file {args.password_file}: no password for {user} in it "
+                             f"(`meetkit broker add-node {user}` makes one)")
+        return str(doc["nodes"][user])
+    password = text.strip()
+    if not password or "\n" in password:
+        raise ValueError(f"--password-file {args.password_file}: expected the password alone on one line "
+                         "(or the secrets.json of `meetkit broker init`)")
+    return password
+
+
+def _sim_ca(path: Path) -> bytes:
+    """The lab CA as DER (the node's ca.der), from a PEM (ca.crt) or DER (ca.der) file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = path.read_bytes()
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise ValueError(f"--ca {path}: not a certificate (PEM or DER): {e}") from None
+    return cert.public_bytes(Encoding.DER)
+
+
 def cmd_sim_run(args: argparse.Namespace) -> int:
     from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
-    host, port = args.broker
-    spec = NodeSpec(node_id=args.node_id, scenario=load_scenario(args.scenario),
-                    workdir=args.workdir or BUILD / "sim" / args.node_id, board=args.board,
+    # With TLS the node checks the name: by default this machine's, as `meetkit broker init` names the certificate
+    host, port = args.broker or ((socket.gethostname(), 8883) if args.tls else ("127.0.0.1", 1883))
+    workdir = args.workdir or BUILD / "sim" / args.node_id
+    user = args.user or None
+    try:
+        password = _sim_password(args, user or args.node_id)
+        if password is not None and user is None:
+            user = args.node_id   # `meetkit broker init` names each node's account by its id
+        if user is not None and password is None:
+            raise ValueError(f"--user {user}: give its password with --password-file (or $MEETKIT_BROKER_PASSWORD)")
+        if args.ca and not args.tls:
+            raise ValueError("--ca is the lab CA for --tls: add --tls")
+        if args.tls and not args.ca:
+            raise ValueError("--tls needs --ca: the lab CA the node checks the broker against (ca/ca.crt or "
+                             "ca/ca.der in the folder of `meetkit broker init`)")
+        ca = _sim_ca(args.ca) if args.ca else None
+    except (OSError, ValueError) as e:
+        print(f"meetkit sim run: {e}", file=sys.stderr)
+        return 2
+    broker: dict = {"host": host, "port": port}
+    if user is not None:
+        broker.update(user=user, password=password)
+    files: dict[str, bytes] = {}
+    firmware = None
+    if ca is not None:
+        broker["tls"] = True
+        files["ca.der"] = ca
+        # TLS's buffers and compiling the firmware from source do not fit the node's heap together:
+        # the firmware goes on as `meetkit provision` puts it on a board, compiled (.mpy)
+        firmware = _mpy_firmware(workdir / "firmware.mpy")
+    spec = NodeSpec(node_id=args.node_id, scenario=load_scenario(args.scenario), workdir=workdir, board=args.board,
                     broker_host=host, broker_port=port, interval_s=args.interval,
                     until_s=None if args.hours is None else args.hours * 3600, speed=args.speed,
-                    heapsize=args.heapsize)
+                    heapsize=args.heapsize, extra_config={"broker": broker}, files=files)
+    if firmware is not None:
+        spec.firmware = firmware
     node = SimNode(spec)
     node.prepare()
+    mark = len(node.console_text())   # console.log keeps earlier runs: this run's lines from here
     node.start()
-    print(f"node {spec.node_id}: scenario {spec.scenario['name']}, console {node.console}")
-    sent = 0
+    who = user or "anonymous"
+    print(f"node {spec.node_id}: scenario {spec.scenario['name']}, broker {host}:{port}"
+          f"{' (tls)' if ca is not None else ''} as {who}, console {node.console}", flush=True)
+    console = _Console(mark)
     try:
         while node.running:
-            text = node.console_text()
-            sys.stdout.write(text[sent:])
-            sys.stdout.flush()
-            sent = len(text)
+            console.show(node.console_text())
             time.sleep(0.2)
     except KeyboardInterrupt:
         node.stop()
-    sys.stdout.write(node.console_text()[sent:])
+    text = node.console_text()
+    console.show(text, final=True)
+    for (what, why), n in console.repeats.items():
+        if n > 1:
+            print(f"node {spec.node_id}: {what} failed {n} times ({why})")
+    run = text[mark:]
+    made = len(re.findall(r" I record \d+: \{", run))
+    # the node's own count: each record once, when the gateway's acknowledgement says it is committed
+    acked = sum(int(n) for n in re.findall(r" I ack: (\d+) stored by the gateway", run))
     print(f"node {spec.node_id}: stopped (exit {node.exit_code}, {node.boots} boot(s)); state {node.last_state.get('stats')}")
-    return 0 if node.exit_code in (0, None) else 1
+    refused = any("refused the login" in why for _, why in console.repeats)
+    why = (f"; the other {made - acked} wait in the node's spool (sent again at its next connection)" if 0 < acked < made
+           else "" if acked else "; none: the broker refused the login (check --user and --password-file)" if refused
+           else "; none: is a gateway running on that broker, and the node's account right?")
+    print(f"node {spec.node_id}: delivered {acked} of {made} records (acknowledged by the gateway: committed to its "
+          f"database){why}")
+    if node.exit_code not in (0, None):
+        return 1
+    return 0 if acked else 1
+
+
+def _mpy_firmware(out: Path) -> Path:
+    """firmware/ with lib/ compiled for the simulator's MicroPython (x64), made afresh in `out`."""
+    import shutil
+
+    from meetkit_tools.appbuild import Target, build_code, mpy_cross_version
+
+    if out.exists():
+        shutil.rmtree(out)
+    ver, sub = mpy_cross_version()
+    build_code(out, Target(ver, sub, "x64"))
+    return out
 
 
 def cmd_sim_board(args: argparse.Namespace) -> int:
-    from meetkit_tools.sim.board import SimBoard
+    from meetkit_tools.sim.board import BoardInUse, SimBoard
 
     ssid, sep, password = args.wifi.partition(":")
-    board = SimBoard(args.workdir or BUILD / "sim-board" / args.board, board=args.board, flash=args.flash,
-                     flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password),
-                     blank=args.blank)
-    board.start()
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.name):
+        print(f"meetkit sim board: --name {args.name!r}: letters, digits, '.', '_', '-' (a folder under "
+              "build/sim-board)", file=sys.stderr)
+        return 2
+    # Without --name or --workdir: the board design's name, or the first of <board>-2, -3, ... that
+    # no running board holds, so boards started side by side get their own flash, console and chip id.
+    names = [args.name] if args.name or args.workdir else [args.board] + [f"{args.board}-{i}" for i in range(2, 100)]
+    for name in names:
+        board = SimBoard(args.workdir or BUILD / "sim-board" / name, board=args.board, flash=args.flash,
+                         flash_kb=args.flash_kb, speed=args.speed, scenario=args.scenario, wifi=(ssid, password),
+                         blank=args.blank)
+        try:
+            board.start()
+            break
+        except BoardInUse as e:
+            if len(names) == 1 or args.flash:
+                print(f"meetkit sim board: {e}", file=sys.stderr)
+                return 1
+    else:
+        print("meetkit sim board: 99 boards of this design run already: give --name", file=sys.stderr)
+        return 1
     print(board.port, flush=True)
-    print(f"simulated {args.board} on {board.port}: flash {board.node.image}, console also in {board.console_log}; "
-          f"Ctrl-C (or SIGTERM) powers it off", flush=True)
+    print(f"simulated {args.board} on {board.port}: folder {board.workdir}, flash {board.node.image}, chip id "
+          f"{board.chip_id}, console also in {board.console_log}; Ctrl-C (or SIGTERM) powers it off", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -184,8 +327,9 @@ def _add_provision(sub: "argparse._SubParsersAction") -> None:
     net.add_argument("--broker-user", help="an account made elsewhere (password from $MEETKIT_BROKER_PASSWORD, "
                      "--broker-password-file or a prompt)")
     net.add_argument("--broker-password-file", type=Path)
-    net.add_argument("--broker-reload", metavar="CMD", help="run after a new account is written, e.g. "
-                     "'sudo systemctl reload mosquitto' when the broker runs here")
+    net.add_argument("--broker-reload", metavar="CMD", help="run through the shell (/bin/sh -c) after a new account "
+                     "is written, e.g. 'sudo systemctl reload mosquitto' when the broker runs here, or "
+                     "'sudo install -m 0640 build/broker/mosquitto/passwd /etc/mosquitto/meetkit/ && sudo kill -HUP PID'")
     net.add_argument("--neighbour", action="append", default=[], metavar="HOST[:PORT]",
                      help="a neighbouring gateway's broker the node fails over to (repeat, in order; the same "
                      "account, TLS and CA as --broker; docs/technician.md \"A list of brokers\")")
@@ -683,15 +827,31 @@ def add_region_parser(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=cmd_region_prometheus)
 
 def build_parser() -> argparse.ArgumentParser:
+    from meetkit_gateway import __version__
+
     ap = argparse.ArgumentParser(prog="meetkit", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sim = sub.add_parser("sim", help="the hardware simulator").add_subparsers(dest="sim_cmd", required=True)
-    run = sim.add_parser("run", help="run one simulated node against a broker")
+    run = sim.add_parser("run", help="run one simulated node against a broker",
+                         description="Runs the firmware on one simulated node, its console on stdout, and ends "
+                         "with `node ID: delivered N of M records (acknowledged by the gateway ...)`. Exit "
+                         "status: 0 some records were acknowledged, 1 none were (or the node crashed), 2 wrong "
+                         "options. docs/simulator.md, \"meetkit sim run\".")
     run.add_argument("--scenario", default="busy-road", help="scenario name or JSON file")
     run.add_argument("--node-id", default="sim-001")
     run.add_argument("--board", default="esp32-devkitc")
-    run.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883), help="HOST:PORT")
+    run.add_argument("--broker", type=_broker, default=None, help="HOST:PORT (default 127.0.0.1:1883; with --tls this machine's name, as the certificate of "
+                     "`meetkit broker init` has it, :8883); with --tls a name or address in the broker's certificate")
+    run.add_argument("--user", help="the broker account (default with a password: the node id, as `meetkit broker "
+                     "init` names them)")
+    run.add_argument("--password-file", type=Path, metavar="FILE", help="its password: a file with the password, or "
+                     "the secrets.json of `meetkit broker init` (the entry of --user); else $MEETKIT_BROKER_PASSWORD")
+    run.add_argument("--tls", action="store_true", help="TLS to the broker, its certificate checked against --ca "
+                     "(the node runs its firmware compiled, .mpy, as provision puts it: TLS needs the heap)")
+    run.add_argument("--ca", type=Path, metavar="FILE", help="the lab CA (ca/ca.crt or ca/ca.der of `meetkit broker "
+                     "init`): on the node's flash as ca.der")
     run.add_argument("--interval", type=int, default=60, help="interval in seconds")
     run.add_argument("--hours", type=float, default=1.0, help="simulated hours to run")
     run.add_argument("--speed", type=float, default=0, help="times real time (0: as fast as possible)")
@@ -703,7 +863,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "SIGTERM. The board behaves as an ESP32 with MicroPython: its flash is a littlefs image "
                         "that persists, its sensors are the board file's, its Wi-Fi finds one access point.")
     sb.add_argument("--board", default="esp32-devkitc", help="the board design: sensors and chip (boards/)")
-    sb.add_argument("--flash", type=Path, help="the flash image (default build/sim-board/<board>/flash.img; "
+    sb.add_argument("--name", help="the board's own name: its folder build/sim-board/NAME (flash image, console.log) "
+                    "and its chip id come from it (default: the --board design's name, or NAME-2, -3, ... while "
+                    "that one runs); a folder a running board holds is refused")
+    sb.add_argument("--flash", type=Path, help="the flash image (default flash.img in the board's folder; "
                     "made empty when missing)")
     sb.add_argument("--flash-kb", type=int, default=2048, help="the filesystem's size (2048: ESP32_GENERIC's vfs)")
     sb.add_argument("--speed", type=float, default=1, help="times real time for the simulated clock (default 1)")
@@ -712,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the access point the board finds (default meetkit-lab:simulated)")
     sb.add_argument("--blank", action="store_true", help="a board without MicroPython: its port speaks the ESP32 "
                     "ROM bootloader until `meetkit flash-micropython --no-reset` has flashed MicroPython")
-    sb.add_argument("--workdir", type=Path)
+    sb.add_argument("--workdir", type=Path, help="the board's folder itself (instead of --name)")
     sb.set_defaults(func=cmd_sim_board)
 
     demo = sub.add_parser("demo", help="a broker, the gateway and three simulated nodes, live")

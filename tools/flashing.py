@@ -192,6 +192,28 @@ def _installed(esp, chip: Chip) -> str | None:
     return desc.version if desc and desc.project == "micropython" else None
 
 
+def has_modem_lines(port: str) -> bool:
+    """Whether DTR and RTS can be set on `port` (a USB-serial chip: yes; a pseudo-terminal, as a
+    simulated board has, or a network port: no, and esptool's reset would only warn)."""
+    import errno
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return True   # esptool says what is wrong with the port
+    try:
+        fcntl.ioctl(fd, termios.TIOCMGET, struct.pack("I", 0))
+    except OSError as e:
+        return e.errno not in (errno.ENOTTY, errno.EINVAL)
+    finally:
+        os.close(fd)
+    return True
+
+
 def _connect_error(e: Exception, port: str, no_reset: bool) -> FlashError:
     msg = str(e)
     if "Wrong boot mode" in msg:
@@ -247,6 +269,13 @@ def flash_micropython(port: str, firmware: Path, board: str | None = None, *, re
     started = time.monotonic()
     esp = None
     stage = "connecting"
+    # A port without DTR/RTS (a simulated board's pty) cannot reset the board: say so once, and do
+    # not let esptool try (it would warn "Chip was NOT reset" beside a claim that it was).
+    lines_missing = reset and not has_modem_lines(port)
+    if lines_missing:
+        reset = False
+        say(f"{port} has no DTR/RTS lines (a simulated board, or a network port): the board is not reset "
+            "through them, it must be waiting in its bootloader (as with --no-reset)")
     after = "no-reset" if not reset else "hard-reset"
     try:
         say(f"Connecting to {port}" + (" (the board must be waiting in its bootloader)" if not reset
@@ -311,6 +340,9 @@ def flash_micropython(port: str, firmware: Path, board: str | None = None, *, re
         reset_chip(esp, after)
         if reset:
             say("Reset the board through RTS: MicroPython is starting")
+        elif lines_missing:
+            say("Not reset (no DTR/RTS lines): a simulated board starts MicroPython once this program lets go "
+                "of the port; a real one: press EN (RST)")
         else:
             say("The board still waits in its bootloader: press EN (RST) to start MicroPython")
         say(f"Next: meetkit provision --port {port} --board {board or 'BOARD'} --node-id ID")

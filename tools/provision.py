@@ -18,7 +18,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -165,7 +164,8 @@ def _reload_broker(o: Options, say: Callable[[str, str], None]) -> None:
                       "mosquitto/passwd to the broker if it runs elsewhere, then `sudo systemctl reload mosquitto` "
                       "(or give --broker-reload CMD)")
         return
-    res = subprocess.run(shlex.split(o.broker_reload), capture_output=True, text=True)
+    # Through /bin/sh, as typed: a compound command (`install ... && kill -HUP PID`) works as in a terminal
+    res = subprocess.run(o.broker_reload, shell=True, capture_output=True, text=True)
     if res.returncode:
         raise InputError(f"--broker-reload {o.broker_reload!r} failed ({res.returncode}): "
                          f"{(res.stderr or res.stdout).strip()[:200]}")

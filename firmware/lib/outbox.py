@@ -186,6 +186,7 @@ class Outbox:
         if (safe is not None) != spool.region:
             import safepos
             safepos.region(spool, safe is not None)
+        n = 0
         for b in self._inflight:
             if b[_BOOT] != boot:
                 continue
@@ -195,11 +196,14 @@ class Outbox:
                 for lo_hi in ranges:   # [first, last], or one seq (the ack of a v2 batch)
                     if lo_hi == s if type(lo_hi) is int else lo_hi[0] <= s <= lo_hi[1]:
                         spool.ack(r[_POS], r[_END])
+                        n += 1
                         break
                 else:
                     keep.append(r)
             b[_RECS] = keep
         self._inflight = [b for b in self._inflight if b[_RECS]]
+        if n:   # each record once: what the gateway committed (`meetkit sim run` adds these up)
+            console.info("ack: %d stored by the gateway" % n)
         if safe:   # after this acknowledgement's records: the pair covers those acknowledged up to now
             import safepos
             safepos.advance(spool, safe[0], safe[1])

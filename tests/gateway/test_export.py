@@ -146,6 +146,18 @@ def test_pm_correction_against_hand_computed_values(config):
     assert [d["avg"] for d in map(json.loads, r.stdout.splitlines())] == [7.33, 4.07, 1.26, None, None]
 
 
+def test_the_docs_example_quantity_pm25_with_pm_correction_gives_pm25_and_pm25_corr(config):
+    # docs/operator.md: `export --quantity pm25 --pm-correction`; RH 50 and 80 as above
+    fill(config, humid([50, 80]))
+    r = export(config, "--quantity", "pm25", "--pm-correction")
+    assert r.returncode == 0, r.stderr
+    assert corrected(r) == [("pm25", "10.0", "5.0", "20.0", ""), ("pm25_corr", "8.46", "4.23", "16.92", "corrected"),
+                            ("pm25", "10.0", "5.0", "20.0", ""), ("pm25_corr", "5.79", "2.89", "11.58", "corrected")]
+    # asked for the corrected one alone: that one alone, as before
+    r = export(config, "--quantity", "pm25_corr", "--pm-correction")
+    assert [q for q, *_ in corrected(r)] == ["pm25_corr", "pm25_corr"]
+
+
 def test_the_formula_itself():
     assert pm_humidity.growth(0) == 1.0
     assert pm_humidity.growth(80) == pytest.approx(1 + (0.3 / 1.65) / 0.25)

@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 import tty
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,52 @@ from meetkit_tools.paths import BUILD
 from meetkit_tools.sim.runner import EXIT_RESET, NodeSpec, SimNode, load_scenario
 
 REGISTRY = BUILD / "sim-boards"
+LOCK = "board.lock"   # in the board's folder while it runs: "<pid> <port>"
 FRIENDLY_PROMPTS = (b">>> ", b"... ")
 RAW_PROMPTS = (b"raw REPL; CTRL-B to exit\r\n>", b"\x04>")
 STARTUP_S = 0.3   # the unix port installs its SIGINT handler once it runs the script
 
 
+class BoardInUse(Exception):
+    """The board's folder (its flash, console and state) belongs to a board that is running."""
+
+
+_held: set[Path] = set()   # the folders this process's boards hold
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process: alive
+        return True
+    return True
+
+
+def in_use(workdir: Path) -> str | None:
+    """Who runs a board in `workdir` ("pid 1234, /dev/pts/3"), or None: no running board holds it."""
+    folder = Path(workdir).absolute()
+    try:
+        pid_text, _, port = (folder / LOCK).read_text().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() and folder not in _held or not _alive(pid):
+        return None   # left by a board that ended without stopping (killed): stale
+    return f"pid {pid}" + (f", {port.strip()}" if port.strip() else "")
+
+
+def default_chip_id(workdir: Path) -> str:
+    """A chip id (and MAC) of the board's own, from its folder: distinct for boards side by side,
+    the same for the same board run again (its flash persists there too)."""
+    return "240ac4" + f"{zlib.crc32(str(Path(workdir).absolute()).encode()) & 0xFFFFFF:06x}"
+
+
 class _Node(SimNode):
     """The simulator's node, staged as a board fresh from MicroPython: nothing on its flash."""
+
+    micropython: str | None = None   # "1.24.1": the MicroPython flashed onto the board (a --blank one)
 
     def stage_empty(self) -> None:
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -56,6 +96,8 @@ class _Node(SimNode):
                         flash=st.get("stats", {}))
         sim = json.loads(self.sim_json.read_text())
         sim["repl"] = repl
+        if self.micropython:   # the release flashed (os.uname() says it), not the unix port's own
+            sim["micropython"] = self.micropython
         self.sim_json.write_text(json.dumps(sim))
 
 
@@ -65,8 +107,9 @@ class SimBoard:
                  wifi: tuple[str, str] = ("meetkit-lab", "simulated"), heapsize: str | None = "112K",
                  seed: int = 1, chip_id: str = "", blank: bool = False) -> None:
         self.workdir = Path(workdir)
+        self.chip_id = chip_id or default_chip_id(self.workdir)
         spec = NodeSpec(node_id=f"board-{board}", scenario=load_scenario(scenario), workdir=self.workdir,
-                        board=board, until_s=None, speed=speed, heapsize=heapsize, seed=seed, chip_id=chip_id,
+                        board=board, until_s=None, speed=speed, heapsize=heapsize, seed=seed, chip_id=self.chip_id,
                         flash_kb=flash_kb, wifi_ap=wifi)
         self.node = _Node(spec)
         if flash is not None:
@@ -74,6 +117,7 @@ class SimBoard:
         self.board = board
         self.port = ""
         self.console_log = self.workdir / "console.log"
+        self.version_file = self.workdir / "micropython.version"   # what was flashed, kept with the flash
         self.resets = 0
         self._master = -1
         self._proc: subprocess.Popen | None = None
@@ -90,7 +134,54 @@ class SimBoard:
 
     # -- life --------------------------------------------------------------------------------------
     def start(self) -> "SimBoard":
+        """Raises BoardInUse, touching nothing, when a running board holds the folder or the flash image."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock()
+            return self._start()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _lock(self) -> None:
+        """The folder is this board's while it runs: a second board there (a `--blank` one would
+        wipe the flash) is refused while the first one's process lives."""
+        folder = self.workdir.absolute()
+        for attempt in range(2):
+            try:
+                fd = os.open(folder / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                who = in_use(folder)
+                if who is not None or attempt:
+                    raise BoardInUse(f"{folder} is in use by a running simulated board ({who or 'starting'}): "
+                                     "stop that board first (Ctrl-C), or give this one another --name "
+                                     "(or --workdir)") from None
+                (folder / LOCK).unlink(missing_ok=True)   # stale: its board was killed
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} ")
+            _held.add(folder)
+            self._locked = True
+            break
+        image = str(self.node.image.absolute())
+        for entry in REGISTRY.glob("*.json"):
+            try:
+                other = json.loads(entry.read_text())
+            except (OSError, ValueError):
+                continue
+            if other.get("flash") == image and _alive(int(other.get("pid", 0))) and \
+                    (other.get("pid") != os.getpid() or other.get("port") != self.port):
+                raise BoardInUse(f"the flash image {image} is in use by the simulated board on {other.get('port')} "
+                                 f"(pid {other.get('pid')}): stop that board first (Ctrl-C), or give this one "
+                                 "another --flash")
+
+    def _unlock(self) -> None:
+        if getattr(self, "_locked", False):
+            self._locked = False
+            _held.discard(self.workdir.absolute())
+            (self.workdir / LOCK).unlink(missing_ok=True)
+
+    def _start(self) -> "SimBoard":
         self.node.stage_empty()
         self.node.state_file.unlink(missing_ok=True)
         self._master, slave = pty.openpty()
@@ -109,14 +200,19 @@ class SimBoard:
             from meetkit_tools.sim.rom import RomBootloader
 
             chip = json.loads((BOARDS / f"{self.board}.json").read_text()).get("mcu", "esp32")
-            self._rom = RomBootloader(chip, self.workdir / "rom-flash.bin")
+            self._rom = RomBootloader(chip, self.workdir / "rom-flash.bin", mac=self.chip_id)
         else:
+            try:
+                self.node.micropython = self.version_file.read_text().strip() or None
+            except OSError:
+                self.node.micropython = None
             self._spawn("board", 0, None, "power_on", {})
         self._thread = threading.Thread(target=self._pump, name=f"simboard-{self.port}", daemon=True)
         self._thread.start()
         REGISTRY.mkdir(parents=True, exist_ok=True)
         self._registry = REGISTRY / f"{os.getpid()}-{Path(self.port).name}.json"
         self._register()
+        (self.workdir / LOCK).write_text(f"{os.getpid()} {self.port}")
         return self
 
     def _register(self) -> None:
@@ -137,6 +233,7 @@ class SimBoard:
             self._registry.unlink(missing_ok=True)
         if getattr(self, "_log", None):
             self._log.close()
+        self._unlock()
 
     def __enter__(self) -> "SimBoard":
         return self.start()
@@ -312,6 +409,8 @@ class SimBoard:
         version = self._rom.micropython()
         self._rom = None
         self.node.image.unlink(missing_ok=True)
+        self.node.micropython = version[0].lstrip("v")
+        self.version_file.write_text(self.node.micropython + "\n")
         self._register()
         self._log.write(f"[simulator: MicroPython {version[0]} flashed; the board boots it]\n".encode())
         self._spawn("board", 0, None, "power_on", {})

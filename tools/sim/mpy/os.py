@@ -9,5 +9,5 @@ _MACHINE = {"esp32": "Generic ESP32 module with ESP32", "esp32s3": "Generic ESP3
 def uname():
     from collections import namedtuple
     r = namedtuple("uname_result", ("sysname", "nodename", "release", "version", "machine"))
-    return r("esp32", "esp32", "1.29.0", "v1.29.0 (meetkit simulator)",
+    return r("esp32", "esp32", _c.mp_release, "v%s (meetkit simulator)" % _c.mp_release,
              _MACHINE.get(_c.mcu, "Generic %s module with %s" % (_c.mcu.upper(), _c.mcu.upper())))

@@ -18,6 +18,7 @@ start_epoch = 0
 rtc_off = 0              # RTC (us since 2000-01-01) = now + rtc_off
 reset_cause = "power_on"
 mcu = "esp32"
+mp_release = "1.29.0"   # the release os.uname() reports: the unix port's, or the one flashed (sim.json)
 repl = None             # on a serial port (tools/sim/board.py): "board" or "raw", else None
 chip_id = b"\x24\x0a\xc4\x00\x00\x01"
 scen = None

@@ -40,6 +40,8 @@ def setup(path):
     c.start_epoch = sim.get("start_epoch") or 0
     c.reset_cause = sim.get("reset_cause") or "power_on"
     c.mcu = sim.get("mcu") or "esp32"
+    if sim.get("micropython"):
+        c.mp_release = sim["micropython"]
     c.repl = sim.get("repl") or None   # a board on a serial port: "board" (boot.py, main.py) or "raw" (boot.py)
     if sim.get("chip_id"):
         c.chip_id = _hex(sim["chip_id"])
