@@ -280,10 +280,9 @@ class Node:
                     import recv2
                 except MemoryError:   # from source only (a board's .mpy loads): payload v1, which gateways take
                     console.warn("payload v1: no memory to load recv2")
-            # what a record's payload text adds to its bytes on flash; v2's packed bits add a third of
-            # them, but a fifth of v1's keeps a batch (and a backlog read's records) to about 15
+            # what a record's payload text adds to its bytes on flash: v2's a third of v1's
             outbox.send(now, self.uplink.connects, self.anchor is not None,
-                        self._extra if recv2 is None else self._extra // 5)
+                        self._extra if recv2 is None else self._extra // 3)
         elif not self.clock.synced and self.uplink.network_up() and self.clock.due(now):
             if self.clock.sync(now):
                 self._synced(now)
