@@ -44,25 +44,27 @@ class Unreadable(ValueError):
 
 
 class _Bits:
+    # the bits as a text of "0" and "1": a code's run of zeros is found by str.find, in C
     def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0  # in bits
+        self.bits = format(int.from_bytes(data, "big"), f"0{len(data) * 8}b") if data else ""
+        self.pos = 0
 
     def get(self, n: int) -> int:
         end = self.pos + n
-        if end > len(self.data) * 8:
+        if end > len(self.bits):
             raise Unreadable("the bytes end inside a record")
-        v = int.from_bytes(self.data[self.pos >> 3:(end + 7) >> 3], "big")
-        v = v >> (-end & 7) & ((1 << n) - 1)
+        v = int(self.bits[self.pos:end], 2) if n else 0
         self.pos = end
         return v
 
     def ueg(self, k: int) -> int:
-        z = 0
-        while not self.get(1):
-            z += 1
-            if z > _ZEROS_MAX:
-                raise Unreadable("a code longer than any number a node writes")
+        one = self.bits.find("1", self.pos, self.pos + _ZEROS_MAX + 1)
+        if one < 0:
+            if len(self.bits) - self.pos <= _ZEROS_MAX:
+                raise Unreadable("the bytes end inside a record")
+            raise Unreadable("a code longer than any number a node writes")
+        z = one - self.pos
+        self.pos = one + 1
         return (1 << z + k | self.get(z + k)) - (1 << k)
 
     def zg(self, k: int) -> int:
@@ -72,6 +74,9 @@ class _Bits:
     def align(self) -> None:
         if self.get(-self.pos & 7):
             raise Unreadable("a record's padding is not zero")
+
+    def left(self) -> int:
+        return len(self.bits) - self.pos
 
 
 def _nulls(vals: tuple) -> int:
@@ -93,7 +98,7 @@ def records(data: bytes, boot: int, shape: tuple[int, ...]) -> list[PackedRecord
     out: list[PackedRecord] = []
     prev = PackedRecord(boot, -1, None, 0, 0, (), {}, {})
     try:
-        while bits.pos < len(data) * 8:
+        while bits.left():
             prev = _record(bits, prev, shape, boot)
             out.append(prev)
     except Unreadable as e:
