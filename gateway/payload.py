@@ -630,6 +630,9 @@ def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope
     if isinstance(recs, list) and len(recs) == 1 and isinstance(recs[0], str):  # the short form's
         recs = recs[0]
     if isinstance(recs, str):
+        if carried is None and not env.codes:   # kept from the array form: the node sends it again, with k
+            raise NoEnvelope(boot, f"boot {boot}: the envelope kept for this boot has no k, which packed records "
+                                   "need (payload v2 sends it with a boot's first batch of each session)")
         records, refused = _packed_records(recs, boot, env, now)
     else:
         records, refused = _records(recs, env.units, now, env)

@@ -224,9 +224,14 @@ def test_packed_records_that_cannot_be_read_are_refused_from_there_on_and_not_ac
                      (base64.b64encode(whole + b"\x01").decode(), "packed record 6")):
         b = payload.parse_batch(json.dumps(dict(doc, recs=bad)).encode(), "ams-001", NOW)
         assert b.refused[-1].whole and b.refused[-1].seq is None and why in b.refused[-1].reason, bad
-    # a kept envelope from the array form (no k) cannot read packed records
+    # an envelope without k cannot read packed records: one kept (of the array form) is asked for again
     old = payload.Envelope("0.2.0", "esp32-devkitc", {}, {"pm1": "ug/m3"}, ("pm1",), (1,), None, (1,))
-    b = payload.parse_batch(b'[2,3,"AAAA"]', "ams-001", NOW, envelope_of=lambda n, boot: old)
+    with pytest.raises(NoEnvelope) as e:
+        payload.parse_batch(b'[2,3,"AAAA"]', "ams-001", NOW, envelope_of=lambda n, boot: old)
+    assert "has no k" in e.value.reason
+    no_k = json.loads(v2(ls, keys, ANCHOR_MS))
+    del no_k["k"]
+    b = payload.parse_batch(json.dumps(no_k).encode(), "ams-001", NOW)
     assert not b.records and "need the envelope's k" in b.refused[0].reason
 
 
