@@ -11,6 +11,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
                  full (`Writer`)
     payload      the node payload contract v1: parse and validate a message, or reject it with a
                  reason (docs/payload.schema.json is its oracle)
+    packed       payload v2's packed records: the spool's bits read back into integers
     acks         the acknowledgement a node gets for each batch once it is committed (`Ack`)
     safe_acks    a region: the safe pair in every acknowledgement, standalone safe acknowledgements
     visitors     a region: the home town of each node forwarded (a visiting node's from the broker

@@ -31,6 +31,8 @@ from typing import Annotated, Any, Callable, Literal, Mapping, NamedTuple
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from . import packed
+
 VERSION = 1
 #: the batch versions this gateway takes
 BATCH_VERSIONS = (1, 2)
@@ -269,17 +271,19 @@ class Envelope:
     t0: int | None = None
     #: per key, 1: its summaries are written as four numbers without brackets
     sums: tuple[int, ...] = ()
+    #: per key, how packed records code it (`k`: 256 and up a summary; packed.py), () when not sent
+    codes: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({"fw": self.fw, "board": self.board, "sensors": dict(self.sensors),
                            "units": dict(self.units), "keys": list(self.keys), "dec": list(self.dec),
-                           "t0": self.t0, "sum": list(self.sums)}, separators=(",", ":"))
+                           "t0": self.t0, "sum": list(self.sums), "k": list(self.codes)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "Envelope":
         d = json.loads(text)
         return cls(d["fw"], d["board"], d["sensors"], d["units"], tuple(d["keys"]), tuple(d["dec"]), d.get("t0"),
-                   tuple(d.get("sum", ())))
+                   tuple(d.get("sum", ())), tuple(d.get("k", ())))
 
 
 #: the envelope the gateway has for a node's boot (the store's), or None
@@ -607,11 +611,11 @@ DEC_MAX = 6
 def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope_of: EnvelopeOf | None) -> Batch:
     """A v2 batch: the boot's envelope as carried (then checked whole) or as kept (`envelope_of`),
     the records made into v1's form and checked as v1's are."""
-    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "sum", "dropped"))
+    _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "sum", "k", "dropped"))
     boot = _int(obj["boot"], "boot", high=BOOT_MAX)
     dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
     carried = None
-    if any(k in obj for k in (*_V2_ENVELOPE, "t0", "sum")):
+    if any(k in obj for k in (*_V2_ENVELOPE, "t0", "sum", "k")):
         for k in _V2_ENVELOPE:
             if k not in obj:
                 raise Rejected(MISSING_FIELD, f"{k}: missing (a v2 envelope is sent whole: {', '.join(_V2_ENVELOPE)})")
@@ -622,7 +626,16 @@ def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope
         if env is None:
             raise NoEnvelope(boot, f"boot {boot}: no envelope kept for this boot, and the batch has none "
                                         "(payload v2 sends it with a boot's first batch of each session)")
-    records, refused = _records(obj["recs"], env.units, now, env)
+    recs = obj["recs"]
+    if isinstance(recs, list) and len(recs) == 1 and isinstance(recs[0], str):  # the short form's
+        recs = recs[0]
+    if isinstance(recs, str):
+        if carried is None and not env.codes:   # kept from the array form: the node sends it again, with k
+            raise NoEnvelope(boot, f"boot {boot}: the envelope kept for this boot has no k, which packed records "
+                                   "need (payload v2 sends it with a boot's first batch of each session)")
+        records, refused = _packed_records(recs, boot, env, now)
+    else:
+        records, refused = _records(recs, env.units, now, env)
     return Batch(topic_node, boot, env.fw, env.board, env.sensors, env.units, tuple(records), dropped,
                  tuple(refused), carried, 2)
 
@@ -649,8 +662,13 @@ def _envelope_v2(obj: dict[str, Any]) -> Envelope:
         raise Rejected(BAD_VALUE, f"sum: must be an array of 0 or 1 per key ({len(keys)})")
     for i, x in enumerate(sums):
         _int(x, f"sum[{i}]", high=1)
+    codes = obj.get("k", [])
+    if not isinstance(codes, list) or codes and len(codes) != len(keys):
+        raise Rejected(BAD_VALUE, f"k: must be an array of a code per key ({len(keys)})")
+    for i, x in enumerate(codes):
+        _int(x, f"k[{i}]", high=511)
     return Envelope(_str(obj["fw"], "fw"), _str(obj["board"], "board"), sensors, units, tuple(keys), tuple(dec), t0,
-                    tuple(sums))
+                    tuple(sums), tuple(codes))
 
 
 def _fixed(v: Any, where: str) -> int:
@@ -665,7 +683,7 @@ def _items(r: list[Any], where: str, env: Envelope) -> tuple[list[Any], dict[str
     four), and its flags and errors object. A key of `sum` has its summary's four numbers in line;
     a list in a key's place is a summary of four in brackets, or a plain number as [x]."""
     k = len(env.keys)
-    sums = env.sums or (0,) * k
+    sums = env.sums or tuple(int(c >= packed.SUMMARY_CODE) for c in env.codes) or (0,) * k
     items: list[Any] = list(r[:4])
     i = 4
     try:
@@ -717,20 +735,56 @@ def _v1_record(r: Any, where: str, env: Envelope, prev: list[Any] | None) -> tup
     seq, ts, up, dur = cur[:4]
     if ts is not None and env.t0 is not None and up is not None:
         ts += env.t0 + up
+    out = _v1_fields(seq, ts, up, dur, env, [v if not isinstance(v, tuple) else (v[0], v[0] - v[1], v[0] + v[2], v[3])
+                                             for v in cur[4:]])
+    if extra is not None:
+        _fields(extra, f"{where} flags and errors", (), ("f", "err"))
+        out.update(extra)
+    return out, cur
+
+
+def _v1_fields(seq: Any, ts: Any, up: Any, dur: Any, env: Envelope, vals: list[Any]) -> dict[str, Any]:
+    """A record as v1 says it, from its whole numbers: a value integer / 10**dec (the float v1's
+    decimal text gives), a summary (avg, min, max, n) as [avg, min, max, n]."""
     out: dict[str, Any] = {"seq": seq, "ts": ts, "up": up, "dur": dur}
-    for key, d, v in zip(env.keys, env.dec, cur[4:]):
+    for key, d, v in zip(env.keys, env.dec, vals):
         scale = 10 ** d
         if v is None:
             out[key] = None
         elif isinstance(v, tuple):
             a, lo, hi, n = v
-            out[key] = [a / scale, (a - lo) / scale, (a + hi) / scale, n]
+            out[key] = [a / scale, lo / scale, hi / scale, n]
         else:
             out[key] = v / scale
-    if extra is not None:
-        _fields(extra, f"{where} flags and errors", (), ("f", "err"))
-        out.update(extra)
-    return out, cur
+    return out
+
+
+def _packed_records(text: str, boot: int, env: Envelope, now: float) -> tuple[list[Record], list[Refusal]]:
+    """Packed records (one base64 string, packed.py) as v1's, checked as v1's are. Those from the
+    first that cannot be read on are refused as one, whole, with no seq (not acknowledged: the node
+    sends them again)."""
+    if not text:
+        raise Rejected(BAD_VALUE, "recs: must hold at least one record")
+    bad = ""
+    try:
+        if not env.codes:
+            raise packed.Unreadable("packed records need the envelope's k, and the one kept for this boot has none")
+        got = packed.records(packed.decode_text(text), boot, env.codes)
+    except packed.Unreadable as e:
+        bad, got = e.args[0], e.args[1] if len(e.args) > 1 else []
+    recs: list[dict[str, Any]] = []
+    for p in got:
+        r = _v1_fields(p.seq, p.ts, p.up, p.dur, env, list(p.vals))
+        if p.flags:
+            r["f"] = {env.keys[i]: [f for b, f in enumerate(packed.FLAGS) if fl >> b & 1] for i, fl in p.flags.items()}
+        if p.errs:
+            r["err"] = dict(p.errs)
+        recs.append(r)
+    records, refused = _records(recs, env.units, now, None) if recs else ([], [])
+    if bad:
+        refused.append(Refusal(len(recs), None, BAD_VALUE, f"recs: {bad}; it and any after it cannot be read",
+                               text, whole=True))
+    return records, refused
 
 
 def _readable_seq(r: Any) -> int | None:

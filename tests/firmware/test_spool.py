@@ -38,6 +38,27 @@ def drain(sp, boot_now=99):
 """
 
 
+def _v2_records(packed: str, keys: list[str]) -> list[dict]:
+    """The records of a short packed v2 batch [2, boot, "..."] as the gateway reads them (its own
+    reader, gateway/packed.py), in v1's JSON form."""
+    from meetkit_gateway import packed as gw
+    from meetkit_tools.dev.spoolfile import recline   # for the codes of the keys (the envelope's k)
+    _, boot, text = json.loads(packed)
+    dec = {"pm1": 1, "pm25": 1, "pm10": 1, "cov": 3}
+    out = []
+    for r in gw.records(gw.decode_text(text), boot, tuple(recline._K.get(k, 6) for k in keys)):
+        j: dict = {"seq": r.seq, "ts": r.ts, "up": r.up, "dur": r.dur}
+        for k, v in zip(keys, r.vals):
+            d = 10 ** dec.get(k, 2)
+            j[k] = None if v is None else [v[0] / d, v[1] / d, v[2] / d, v[3]] if isinstance(v, tuple) else v / d
+        if r.flags:
+            j["f"] = {keys[i]: [f for b, f in enumerate(gw.FLAGS) if fl >> b & 1] for i, fl in r.flags.items()}
+        if r.errs:
+            j["err"] = r.errs
+        out.append(j)
+    return out
+
+
 def mpy(tmp_path: Path, body: str) -> list:
     code = PRELUDE + textwrap.dedent(body)
     r = run_mpy(code, path=[FIRMWARE_LIB], cwd=tmp_path, heapsize="256K")
@@ -157,10 +178,11 @@ def test_a_record_on_flash_is_the_payload_record(tmp_path: Path) -> None:
     print("OUT", recline.to_json(a2, keys, None))
     print("OUT", recline.to_json(a2, keys, 1795509780400))
     print("OUT", recline.to_json(b2, keys, None))
-    print("OUT", recv2.to_v2(a2, keys, None, None, None)[0])
-    print("OUT", recv2.to_v2(b2, keys, None, None, None)[0])
+    buf = bytearray(2312)
+    n, size = recv2.batch(buf, 3, [a2, b2], None, keys, None, 0)
+    print("OUT", json.dumps([n, bytes(buf[:size]).decode()]))
     """)
-    (la, fa, lb, fb), unknown, anchored, plain, v2a, v2b = out
+    (la, fa, lb, fb), unknown, anchored, plain, (n, packed) = out
     assert la == fa and lb == fb, "a length byte, then the record"
     assert lb < la // 2, "a record like the one before it costs a few bytes"
     assert unknown == {"seq": 17, "ts": None, "up": 1020, "dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": None,
@@ -169,11 +191,8 @@ def test_a_record_on_flash_is_the_payload_record(tmp_path: Path) -> None:
     assert anchored["ts"] == 1795510800, "uptime 1020 s after an anchor 1795509780.4 rounds to the second"
     assert plain == {"seq": 18, "ts": 1795510800, "up": 1080, "dur": 60, "pm1": [3.1, 2, 5, 58], "pm25": None,
                      "temp": [-1.25, -1.3, -1.2, 12], "LZeq": 55.21, "cov": 0.998}
-    # payload v2 (recv2): the same integers, a summary's four in line (tests/gateway/test_payload_v2.py
-    # holds v2 to v1 through the gateway)
-    assert v2a == [17, None, 1020, 60, 31, 11, 19, 58, None, -125, 5, 5, 12, 5521, 998,
-                   {"f": {"pm25": ["missing"], "pm1": ["warmup", "rh_high"]}, "err": {"pm": 2}}]
-    assert v2b == [18, 1795510800, 1080, 60, 31, 11, 19, 58, None, -125, 5, 5, 12, 5521, 998]
+    # payload v2 (recv2) as MicroPython makes it, read by the gateway's own reader: the same records
+    assert n == 2 and _v2_records(packed, ["pm1", "pm25", "temp", "LZeq", "cov"]) == [unknown, plain]
 
 
 def test_unreadable_state_resends_everything(tmp_path: Path) -> None:
@@ -231,6 +250,8 @@ def test_every_record_reads_back_as_written_from_any_position(tmp_path: Path) ->
     sp = Spool(1000000)
     sp.begin_boot(4, '{"v":1,"boot":4,', KEYS12)
     written = []
+    made = []
+    buf = bytearray(2312)
     for i in range(150):
         parts = [(k, value(k, i)) for k in KEYS12]
         flags = {"pm25": ["rh_high"], "LAeq": ["partial", "floor"]} if i %% 7 == 0 else {}
@@ -238,7 +259,12 @@ def test_every_record_reads_back_as_written_from_any_position(tmp_path: Path) ->
         r = recline.record(4, i + (i > 90), None if i < 40 else 1795500000 + 60 * i, 60 * i + i %% 2, 60, parts, flags, errs, KEYS12)
         p, e = sp.append(r)
         written.append(p)
-        print("OUT", json.dumps([recline.to_json(r, KEYS12, None), recv2.to_v2(r, KEYS12, None, None, None)[0]]))
+        made.append(r)
+        print("OUT", json.dumps(recline.to_json(r, KEYS12, None)))
+        if len(made) == 15:   # payload v2's batch of these records, the clock never known
+            n, size = recv2.batch(buf, 4, made, None, KEYS12, None, 0)
+            print("OUT", json.dumps([n, bytes(buf[:size]).decode()]))
+            made = []
     sp = Spool(1000000)        # a restart: nothing but the flash
     for start in (0, 1, 17, 31, 32, 33, 95, 149):
         pos = written[start]
@@ -249,26 +275,15 @@ def test_every_record_reads_back_as_written_from_any_position(tmp_path: Path) ->
             for _, _, r in recs:
                 print("OUT", json.dumps([start, recline.to_json(r, KEYS12, None)]))
     """ % KEYS12)
-    written = out[:150]
+    written = [j for j in out[:160] if isinstance(j, str)]
+    batches = [j for j in out[:160] if isinstance(j, list)]
+    reads = out[160:]
     for start in (0, 1, 17, 31, 32, 33, 95, 149):
-        got = [j for s, j in out[150:] if s == start]
-        assert got == [j for j, _ in written[start:]], f"read from record {start}"
-    for j1, j2 in written:
-        v1, v2 = json.loads(j1), json.loads(j2)
-        assert v2[:4] == [v1["seq"], v1["ts"], v1["up"], v1["dur"]]
-        q = v2[4:]
-        for k in KEYS12:
-            dec = 10 ** {"pm1": 1, "pm25": 1, "pm10": 1, "cov": 3}.get(k, 2)
-            summary = k in ("pm1", "pm25", "pm10", "temp", "rh", "press", "LAeq")
-            if q[0] is None or not summary:
-                assert v1[k] == (None if q[0] is None else q[0] / dec), (k, j1, j2)
-                q = q[1:]
-            else:
-                a, lo, hi, n = q[:4]
-                assert v1[k] == [a / dec, (a - lo) / dec, (a + hi) / dec, n], (k, j1, j2)
-                q = q[4:]
-        extra = q[0] if q else {}
-        assert extra == {x: v1[x] for x in ("f", "err") if x in v1}
+        got = [j for s, j in reads if s == start]
+        assert got == written[start:], f"read from record {start}"
+    # payload v2 as MicroPython makes it, read by the gateway's own reader: every record as v1 says it
+    assert [n for n, _ in batches] == [15] * 10
+    assert [r for _, packed in batches for r in _v2_records(packed, KEYS12)] == [json.loads(j) for j in written]
 
 
 def test_an_update_rewrites_an_older_firmwares_text_spool_and_loses_nothing(tmp_path: Path) -> None:
@@ -328,8 +343,9 @@ def test_a_record_waiting_in_the_outbox_is_its_key_frame_and_reads_as_the_record
     b = recline.pack(r, None)
     print("OUT", json.dumps([len(b), recline.boot_of(b), recline.seq_of(b)]))
     print("OUT", json.dumps([recline.to_json(r, keys, None), recline.to_json(b, keys, None)]))
-    print("OUT", json.dumps([recv2.to_v2(r, keys, None, None, None)[0], recv2.to_v2(b, keys, None, None, None)[0]]))
+    buf = bytearray(2312)
+    print("OUT", json.dumps([bytes(buf[:recv2.batch(buf, 2, [x], None, keys, None, 0)[1]]).decode() for x in (r, b)]))
     """)
     (size, boot, seq), (j1, j2), (v1, v2) = out
     assert size < 60 and (boot, seq) == (2, 40)
-    assert j1 == j2 and v1 == v2 == '[40,1795500000,2400,60,305,105,105,58,6543,733,1479,60,1000,{"f":{"LAeq":["floor"]},"err":{"mic":1}}]'
+    assert j1 == j2 and v1 == v2 and _v2_records(v1, ["pm25", "LAeq", "cov"]) == [json.loads(j1)]
