@@ -130,7 +130,8 @@ class Gateway:
                                      fleet=self.fleet, secrets=self.secrets,
                                      ota=self.ota.pieces.status if self.ota is not None else None,
                                      region=self.config.region, visitors=self.visitors,
-                                     store_max_bytes=self.config.store.max_bytes).start()  # logs where it listens
+                                     store_max_bytes=self.config.store.max_bytes,
+                                     timezone=http.timezone).start()  # logs where it listens
         except OSError as e:  # a busy port must not stop the data: log it and go on without
             log.error("status page: cannot listen on %s:%d: %s; going on without it", http.host, http.port, e)
         return self
