@@ -7,16 +7,6 @@ const RANGES = [[1, "1 h"], [24, "24 h"], [168, "7 d"], [720, "30 d"]];  // hour
 let HOURS = 24;
 let TZ = "UTC";  // until the first answer says the gateway's
 const REFRESH_MS = 60000;
-const PLOTS = [
-  // title, series: [key, label, colour, scale], scales' units
-  {title: "PM (µg/m³)", series: [["pm25", "PM2.5", "#c0392b", "ug"], ["pm10", "PM10", "#e67e22", "ug"]]},
-  {title: "Noise (dB(A))", series: [["LAeq", "LAeq", "#2c3e50", "dB"], ["LA10", "LA10", "#8e44ad", "dB"],
-                                    ["LA90", "LA90", "#16a085", "dB"]]},
-  {title: "Temperature (°C), humidity (%)", series: [["temp", "T °C", "#d35400", "degC"], ["rh", "RH %", "#2980b9", "%"]]},
-  {title: "Pressure (hPa)", series: [["press", "p hPa", "#7f8c8d", "hPa"]]},
-];
-const charts = {};  // "node/plot index" -> uPlot
-const wins = {};  // node -> {since, until}: its plots' time range, unix s
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -377,6 +367,7 @@ async function nodeView(id) {
   const n = doc.node, r = n.register || {}, rec = doc.record;
   const box = document.getElementById("node-body");
   document.getElementById("node-title").textContent = "Node " + n.node + (r.name ? " — " + r.name : "");
+  document.getElementById("summary").textContent = "Node " + n.node + "; updated " + fullTime(doc.now) + " (" + TZ + ")";
   const flags = n.flags.length ? n.flags.map(f => el("span", {class: "flag " + f.replace(/ /g, "-")}, f))
                                : [el("span", {class: "flag ok"}, "ok")];
   const sensors = rec ? Object.entries(rec.sensors).map(([k, v]) => k + ": " + v).join(", ") : "";
