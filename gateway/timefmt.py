@@ -68,7 +68,3 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"{name!r} is not a time zone this system knows (an IANA name such as "
                          "Europe/Amsterdam or UTC; the tzdata package has them)") from None
 
-
-def local_text(t: float, tz: ZoneInfo) -> str:
-    """`07-12-2026 05:43:10 CET`: day before month, 24-hour clock, in `tz` (the status page's way)."""
-    return datetime.fromtimestamp(t, tz).strftime("%d-%m-%Y %H:%M:%S %Z")
