@@ -166,6 +166,7 @@ def banner(url: str, port: int, conf: Path, backfill_h: float) -> str:
              f"the nodes fill in the last {backfill_h:g} h as fast as they can, then run live on the wall clock;",
              "try, in another terminal:"]
     lines += [f"  {c}" for c in commands(conf)]
+    lines.append("(the last hour's readings are there once every node's `behind` says live)")
     return "\n".join(lines)
 
 
