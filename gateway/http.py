@@ -683,7 +683,7 @@ def series_doc(store: Store, node: str, hours: float, now: float | None = None,
     rows = (store.series(node, since, quantities) if not step
             else store.series_buckets(node, since, end + 1, step, quantities, ENERGETIC))
     for start, quantity, avg in rows:
-        start = _start(start, now) if not step else start if _start(start + step - 1, now) is not None else None
+        start = _start(start, now)  # a bucket's start too: TS_MIN is a multiple of every bucket
         if start is None or quantity not in cols:
             continue
         if start > end:
