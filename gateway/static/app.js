@@ -86,7 +86,7 @@ function fleet(doc) {
          n.last_seen == null ? "never" : ago(doc.now - n.last_seen)),
       el("td", {class: "num"}, num(n.rssi)), el("td", {class: "num"}, num(n.boot)), el("td", {}, num(n.fw)),
       el("td", {class: "num"}, n.records), el("td", {class: "num"}, n.gaps),
-      el("td", {class: "num"}, num(n.dropped)), el("td", {}, ...flags)));
+      el("td", {class: "num"}, num(n.dropped)), el("td", {class: "health"}, ...flags)));
   }
   if (!doc.nodes.length) body.append(el("tr", {}, el("td", {colspan: 13, class: "empty"}, "no node heard of yet")));
   const box = document.getElementById("fleet-errors");
@@ -459,4 +459,6 @@ async function route() {
 rangeButtons();
 window.addEventListener("hashchange", route);
 route();
-setInterval(route, REFRESH_MS);
+// a range beyond a day is drawn from means the gateway keeps 5 minutes: redrawn as often
+let ticks = 0;
+setInterval(() => { ticks += 1; if (HOURS <= 24 || ticks % 5 === 0) route(); }, REFRESH_MS);
