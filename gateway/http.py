@@ -904,8 +904,8 @@ class _App:
         try:
             if path == "/api/series":
                 node, hours, until, qs = series_query(query, time.time())
-                # a long range costs a pass over up to 43,200 records a node (about a second on a
-                # loaded 2-core machine) and its buckets change slowly: kept for LONG_CACHE_S
+                # a long range costs a pass over up to 43,200 records a node (0.7 s: bench/status_page.py)
+                # and its buckets change slowly: kept for LONG_CACHE_S
                 ttl = self.owner.cache_s
                 if ttl and bucket_for(hours):  # (cache_s 0, for tests, is kept)
                     ttl = max(ttl, LONG_CACHE_S)

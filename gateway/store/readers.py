@@ -170,22 +170,38 @@ class Readers(Base):
         rows = self.db.execute("SELECT start - start % ?, shape, vals FROM recs WHERE node = ? AND start >= ?"
                                " AND start < ? ORDER BY start", (step, nid, since, until))
         shape = self.keys.shape
-        sums: dict[tuple[int, str], list[float]] = {}
+        out: list[tuple[int, str, float]] = []
+        cur: int | None = None
+        sums: dict[str, list[float]] = {}  # the bucket under way (rows come by start): quantity -> [sum, n]
+
+        def flush() -> None:
+            for q, (total, n) in sorted(sums.items(), key=lambda kv: order(kv[0])):
+                mean = total / n
+                out.append((cur, q, 10 * math.log10(mean) if q in energetic and mean > 0 else mean))  # type: ignore[arg-type]
+            sums.clear()
+
         for bucket, sid, vals in rows:
+            if bucket != cur:
+                flush()
+                cur = bucket
             for d in decode(shape(sid), vals, _NO_UNITS):
-                q, v = d[0], d[1]
-                if q not in wanted or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                q = d[0]
+                if q not in wanted:
                     continue
-                if q in energetic and not -100 < v < 300:  # no sound level: 10^(v/10) would overflow
+                v = d[1]
+                if v is None or v - v != 0:  # no value, NaN or an infinity
                     continue
-                acc = sums.setdefault((bucket, q), [0.0, 0])
-                acc[0] += 10 ** (v / 10) if q in energetic else v
-                acc[1] += 1
-        out = []
-        for (bucket, q), (total, n) in sums.items():
-            mean = total / n
-            out.append((bucket, q, 10 * math.log10(mean) if q in energetic and mean > 0 else mean))
-        out.sort(key=lambda r: (r[0], order(r[1])))
+                if q in energetic:
+                    if not -100 < v < 300:  # no sound level: 10^(v/10) would overflow
+                        continue
+                    v = 10 ** (v / 10)
+                acc = sums.get(q)
+                if acc is None:
+                    sums[q] = [v, 1]
+                else:
+                    acc[0] += v
+                    acc[1] += 1
+        flush()
         return out
 
     def newest_start(self, node: str, upto: float | None = None) -> int | None:
