@@ -130,7 +130,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 #: the quantities the status page plots, in its order
 SERIES = ("pm25", "pm10", "LAeq", "LA10", "LA90", "temp", "rh", "press")
-UNITS = {q: QUANTITIES[q].unit for q in SERIES}
 #: a node not heard from for this long is flagged `stale` on the page (records are 1 min apart,
 #: batches a few minutes)
 STALE_S = 15 * 60
@@ -651,8 +650,6 @@ def _region_doc(visitors: Visitors) -> dict[str, Any]:
             "problems": list(st.problems), "unknown": visitors.why_unknown() if st.path is not None else None}
 
 
-#: the ranges of the page's buttons, hours, and the bucket each is drawn at (0: every record)
-RANGES = {1: 0, 24: 0, 168: 600, 720: 3600}
 #: sound levels, averaged as energy over a bucket
 ENERGETIC = frozenset({"LAeq", "LA10", "LA90", "LAmax", "LAmin", "LCeq", "LZeq"})
 
