@@ -41,8 +41,9 @@ $(STAMP): pyproject.toml
 $(MPYLIB): $(STAMP) tools/mpylib.py
 	$(BIN)/python -m meetkit_tools.mpylib build/mpylib
 
+# DEMO_PORT=8090: the status page's port (default 8470, or $$MEETKIT_DEMO_PORT)
 demo: setup
-	$(BIN)/meetkit demo
+	$(BIN)/meetkit demo $(if $(DEMO_PORT),--port $(DEMO_PORT))
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not soak" -n 3 --dist loadfile

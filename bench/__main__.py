@@ -1,5 +1,6 @@
 from bench import (flood, forward, gateway, hostile, http_clients, noise, ota, ota_fleet, ota_heap, ota_powercut, public,
-                   ota_update, payload, provision, region, region_failover, region_load, region_scenarios, sensorthings, sim, sim_time, start_heap, store, tls, wire)
+                   ota_update, payload, provision, region, region_failover, region_load, region_scenarios, sensorthings, sim,
+                   sim_time, start_heap, status_page, store, tls, wire)
 
 
 def main() -> None:
@@ -28,6 +29,7 @@ def main() -> None:
     provision.run()
     hostile.run()
     public.run()
+    status_page.run()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ class HttpConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # the page's one time zone for its tables and plots (IANA name; 24-hour clock, day before month)
+    timezone: str = "Europe/Amsterdam"
 
 
 FORWARD_TYPES = ("influx", "mqtt", "sensor.community", "sensorthings")
@@ -236,6 +238,19 @@ def _choice(options: tuple[str, ...]) -> Check:
         return v, None
 
     return check
+
+
+def _timezone(v: Any) -> tuple[Any, str | None]:
+    from .timefmt import zone
+
+    v, err = _text()(v)
+    if err:
+        return None, err
+    try:
+        zone(v)
+    except ValueError as e:
+        return None, str(e)
+    return v, None
 
 
 def _boolean(v: Any) -> tuple[Any, str | None]:
@@ -410,7 +425,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
               "dead_letters_max_bytes": _size, "dead_letters_node_max_bytes": _size,
               "dead_letters_node_max": _integer(1, 10_000_000)},
     "log": {"level": _level},
-    "http": {"host": _text(), "port": _integer(0, 65535)},  # 0: any free port (tests)
+    "http": {"host": _text(), "port": _integer(0, 65535),  # 0: any free port (tests)
+             "timezone": _timezone},
     "fleet": {"path": _text(), "node_keys": _text(), "secrets": _text(), "broker_secrets": _text()},
     "region": {"town": _region_name, "gateway": _region_name, "safe_targets": _target_names, "visitors": _text()},
     "ota": {"release_keys": _paths, "releases": _text(), "offer_every_s": _seconds(1, 86400),

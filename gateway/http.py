@@ -20,7 +20,7 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
     /metrics        Prometheus text exposition format 0.0.4, written by prometheus-client from
                     `StoreCollector` (cached like the rest), then from `ServerCollector`: the status
                     server's own counters (meetkit_http_*, live).
-    /api/nodes      {"now", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...},
+    /api/nodes      {"now", "tz", "nodes": [...], "targets": [...], "alarms": [...], "counts": {...},
                     "fleet": {"path", "errors", "registered", "never_seen", "unregistered"}}:
                     the fleet table of the status page. Each node has "register": what the
                     fleet register says of it (name, board, installed, lat, lon, height_m, ...;
@@ -36,15 +36,25 @@ a plain decimal) is a 400 {"error": "..."} that names the parameter.
                     newest rollout of a release ({"id", "release", "state", "stage", "reason", ...,
                     "nodes": [{"node", "stage", "state", "reason", "offers", ...}]},
                     gateway/rollouts.py) or null.
-    /api/series?node=ID&hours=24[&until=UNIX_S]
-                    {"node", "since", "until", "now", "start": [unix s...], "pm25": [...], "pm10": [...],
-                    "LAeq": [...], "LA10": [...], "LA90": [...], "temp": [...], "rh": [...],
-                    "press": [...], "units": {...}}: one column per quantity aligned with
-                    "start" (the record's interval start), null where a record had no value.
-                    node: 1 to 64 printable characters; hours: 0 < hours <= 168 (default 24);
+    /api/series?node=ID&hours=24[&until=UNIX_S][&q=pm25,pm10,...]
+                    {"node", "since", "until", "now", "step", "first", "last", "tz", "start": [unix s...],
+                    "pm25": [...], "pm10": [...], "LAeq": [...], "LA10": [...], "LA90": [...],
+                    "temp": [...], "rh": [...], "press": [...], "units": {...}}: one column per
+                    quantity (q: these quantities of the contract instead) aligned with "start"
+                    (the record's interval start), null where a record had no value. Up to 24 h
+                    every record ("step" 0); beyond, means over buckets of "step" s (10 min up to
+                    7 days, 1 h up to 30: sound levels averaged as energy), computed by the store
+                    and, being a pass over up to a month of records, served again for 5 minutes.
+                    node: 1 to 64 printable characters; hours: 0 < hours <= 720 (default 24);
                     until: from TS_MIN (2026-01-01) to a day from now. Without `until`, the window
                     ends now, or at the node's newest record when it has none in the last
                     `hours` (a node long silent still shows its last day of data).
+    /api/node?node=ID
+                    {"now", "tz", "node": {its row of /api/nodes}, "record": the newest record whole
+                    ({"start", "dur", "boot", "seq", "board", "fw", "sensors", "readings": [{"quantity",
+                    "avg", "min", "max", "n", "unit", "flags"}]}) or null, "boots": [{"boot",
+                    "first_seq", "last_seq", "records", "missing"}]}: the page's node view; 404 for a
+                    node neither heard of nor in the register.
     /api/targets    {"now", "targets": [...]}: the forwarding targets as `targets()` gives them.
     /               the status page: gateway/static/index.html, app.js, style.css and uPlot
                     (gateway/static/vendor/, MIT), all served from memory (read at start, with an
@@ -120,7 +130,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 #: the quantities the status page plots, in its order
 SERIES = ("pm25", "pm10", "LAeq", "LA10", "LA90", "temp", "rh", "press")
-UNITS = {q: QUANTITIES[q].unit for q in SERIES}
 #: a node not heard from for this long is flagged `stale` on the page (records are 1 min apart,
 #: batches a few minutes)
 STALE_S = 15 * 60
@@ -641,23 +650,38 @@ def _region_doc(visitors: Visitors) -> dict[str, Any]:
             "problems": list(st.problems), "unknown": visitors.why_unknown() if st.path is not None else None}
 
 
+#: sound levels, averaged as energy over a bucket
+ENERGETIC = frozenset({"LAeq", "LA10", "LA90", "LAmax", "LAmin", "LCeq", "LZeq"})
+
+
+def bucket_for(hours: float) -> int:
+    """The bucket (s) a range of `hours` is drawn at: every record up to a day (at most 1440 points a
+    series), 10 min up to a week (1008), an hour beyond (720 for 30 days)."""
+    return 0 if hours <= 24 else 600 if hours <= 168 else 3600
+
+
 def series_doc(store: Store, node: str, hours: float, now: float | None = None,
-               until: float | None = None) -> dict[str, Any]:
-    """The node's records of the `hours` before `until` (default: now). When the node has no
-    record in that window (silent for longer, or a clock far off), the window ends at its newest
-    record instead: the page then shows the node's last hours of data, dated. Records whose
-    start is not plausible (payload.plausible_ts: before the project, or far past now) are left
-    out, and so is a value that is not a finite number."""
+               until: float | None = None, quantities: tuple[str, ...] = SERIES) -> dict[str, Any]:
+    """The node's records of the `hours` before `until` (default: now), every record up to a day
+    and means over buckets beyond (`bucket_for`: "step" in the answer, 0 for every record). When
+    the node has no record in that window (silent for longer, or a clock far off), the window ends
+    at its newest record instead: the page then shows the node's last hours of data, dated.
+    "first" and "last": the first and last start shown (None: none), so that the page fits its
+    time axis to the data. Records whose start is not plausible (payload.plausible_ts: before the
+    project, or far past now) are left out, and so is a value that is not a finite number."""
     now = time.time() if now is None else now
     end = now if until is None else until
     newest = _start(store.newest_start(node, upto=now + FUTURE_MARGIN_S), now)
     if until is None and newest is not None and not end - hours * 3600 <= newest <= end:
         end = newest + 60
     since = int(end - hours * 3600)
+    step = bucket_for(hours)
     starts: list[float | int] = []
-    cols: dict[str, list[float | int | None]] = {q: [] for q in SERIES}
-    for start, quantity, avg in store.series(node, since, SERIES):
-        start = _start(start, now)
+    cols: dict[str, list[float | int | None]] = {q: [] for q in quantities}
+    rows = (store.series(node, since, quantities) if not step
+            else store.series_buckets(node, since, end + 1, step, quantities, ENERGETIC))
+    for start, quantity, avg in rows:
+        start = _start(start, now)  # a bucket's start too: TS_MIN is a multiple of every bucket
         if start is None or quantity not in cols:
             continue
         if start > end:
@@ -667,8 +691,45 @@ def series_doc(store: Store, node: str, hours: float, now: float | None = None,
             for col in cols.values():
                 col.append(None)
         cols[quantity][-1] = _finite(avg)
-    return {"node": node, "since": since, "until": end, "now": now, "hours": hours, "start": starts, **cols,
-            "units": UNITS}
+    return {"node": node, "since": since, "until": end, "now": now, "hours": hours, "step": step,
+            "first": starts[0] if starts else None, "last": starts[-1] if starts else None,
+            "start": starts, **cols, "units": {q: QUANTITIES[q].unit for q in quantities}}
+
+
+def node_doc(store: Store, node: str, targets: Targets, now: float | None = None, fleet: Fleet | None = None,
+             secrets: FleetSecrets | None = None, visitors: Visitors | None = None) -> dict[str, Any] | None:
+    """One node for the page's node view: its row of /api/nodes (flags, firmware, configuration,
+    register), its newest record whole (every quantity with its min, max, unit and flags, the
+    sensors, board and firmware that made it) and each boot's records and sequence gaps; None for a
+    node neither heard of nor in the register."""
+    now = time.time() if now is None else now
+    doc = nodes_doc(store, targets, now=now, fleet=fleet, secrets=secrets, visitors=visitors)
+    row = next((n for n in doc["nodes"] if n["node"] == node), None)
+    if row is None:
+        return None
+    latest = next((l for l in store.latest() if l.node == node), None)
+    record = None
+    if latest is not None:
+        some = next(iter(latest.readings.values()), None)
+        record = {"start": _start(latest.start, now), "dur": _finite(latest.dur), "boot": _finite(latest.boot),
+                  "seq": _finite(latest.seq), "received_at": _finite(latest.received_at),
+                  "board": some.board if some else None, "fw": some.fw if some else None,
+                  "sensors": _sensors(some.sensors) if some else {},
+                  "readings": [{"quantity": r.quantity, "avg": _finite(r.avg), "min": _finite(r.min),
+                                "max": _finite(r.max), "n": _finite(r.n), "unit": r.unit,
+                                "flags": list(r.flag_names)} for r in latest.readings.values()]}
+    boots = [{"boot": b, "first_seq": lo, "last_seq": hi, "records": n,
+              "missing": max(0, hi - lo + 1 - n) if _boot_ok(b, lo, hi) else 0}
+             for name, b, lo, hi, n in store.boots() if name == node]
+    return {"now": now, "node": row, "record": record, "boots": boots}
+
+
+def _sensors(text: str) -> dict[str, Any]:
+    try:
+        v = json.loads(text)
+    except ValueError:
+        return {}
+    return v if isinstance(v, dict) else {}
 
 
 # -- query strings -----------------------------------------------------------------------------------
@@ -713,9 +774,27 @@ def decimal(name: str, text: str, low: float, high: float, what: str, low_open: 
     return value
 
 
-def series_query(query: str, now: float) -> tuple[str, float, float | None]:
-    """node, hours, until of /api/series."""
-    q = parse_query(query, ("node", "hours", "until"))
+def node_query(query: str) -> str:
+    """node of /api/node."""
+    node = parse_query(query, ("node",)).get("node", "")
+    if not node or len(node) > NODE_MAX or not node.isprintable():
+        raise BadQuery(f"node: required, a node id of 1 to {NODE_MAX} printable characters")
+    return node
+
+
+def quantities_query(text: str) -> tuple[str, ...]:
+    """`q` of /api/series: quantities of the contract, comma-separated."""
+    qs = tuple(text.split(","))
+    bad = [q for q in qs if q not in QUANTITIES]
+    if not text or bad or len(set(qs)) != len(qs):
+        raise BadQuery(f"q: quantities of the contract, comma-separated, each once ({', '.join(QUANTITIES)}); "
+                       f"got {text[:80]!r}")
+    return qs
+
+
+def series_query(query: str, now: float) -> tuple[str, float, float | None, tuple[str, ...]]:
+    """node, hours, until and q of /api/series."""
+    q = parse_query(query, ("node", "hours", "until", "q"))
     node = q.get("node", "")
     if not node or len(node) > NODE_MAX or not node.isprintable():
         raise BadQuery(f"node: required, a node id of 1 to {NODE_MAX} printable characters")
@@ -725,7 +804,7 @@ def series_query(query: str, now: float) -> tuple[str, float, float | None]:
     if "until" in q:
         until = decimal("until", q["until"], TS_MIN, now + FUTURE_MARGIN_S,
                         f"unix seconds from {TS_MIN} (2026-01-01) to a day from now")
-    return node, hours, until
+    return node, hours, until, quantities_query(q["q"]) if "q" in q else SERIES
 
 
 # -- the server ------------------------------------------------------------------------------------
@@ -734,9 +813,10 @@ def series_query(query: str, now: float) -> tuple[str, float, float | None]:
 #: every 15 s or more, and every answer from the store costs the writer's interpreter time
 CACHE_S = 5.0
 HEALTH_CACHE_S = 1.0
+LONG_CACHE_S = 300.0  # /api/series beyond a day (means over 10 min or an hour)
 CACHED_ANSWERS = 256  # at most this many answers kept (each /api/series query is one)
 NODE_MAX = 64
-MAX_HOURS = 168
+MAX_HOURS = 720  # 30 days: the page's longest range
 JSON = "application/json"
 METRICS = CONTENT_TYPE_PLAIN_0_0_4
 _NO_PARAMS: tuple[str, ...] = ()
@@ -820,9 +900,19 @@ class _App:
         path, query = req.path, req.query
         try:
             if path == "/api/series":
-                node, hours, until = series_query(query, time.time())
-                return await self._answer(("series", node, hours, until), self.owner.cache_s,
-                                          lambda store: _json(200, series_doc(store, node, hours, until=until)))
+                node, hours, until, qs = series_query(query, time.time())
+                # a long range costs a pass over up to 43,200 records a node (0.7 s: bench/status_page.py)
+                # and its buckets change slowly: kept for LONG_CACHE_S
+                ttl = self.owner.cache_s
+                if ttl and bucket_for(hours):  # (cache_s 0, for tests, is kept)
+                    ttl = max(ttl, LONG_CACHE_S)
+                return await self._answer(("series", node, hours, until, qs), ttl,
+                                          lambda store: _json(200, series_doc(store, node, hours, until=until,
+                                                                              quantities=qs)
+                                                              | {"tz": self.owner.timezone}))
+            if path == "/api/node":
+                node = node_query(query)
+                return await self._answer(("node", node), self.owner.cache_s, lambda store: self._node(store, node))
             parse_query(query, _NO_PARAMS)
         except BadQuery as e:
             return _json(400, {"error": str(e)})
@@ -841,11 +931,19 @@ class _App:
             return await self._answer(("nodes",), owner.cache_s,
                                       lambda store: _json(200, nodes_doc(store, owner.targets, fleet=owner.fleet,
                                                                          secrets=owner.secrets,
-                                                                         visitors=owner.visitors)))
+                                                                         visitors=owner.visitors)
+                                                          | {"tz": owner.timezone}))
         if path == "/api/targets":
             return await self._answer(("targets",), owner.cache_s, self._targets, store=False)
         r = self.static.get(path, req.headers.get("if-none-match"))
         return r if r is not None else Response(404, b"not found\n")
+
+    def _node(self, store: Store, node: str) -> Response:
+        o = self.owner
+        doc = node_doc(store, node, o.targets, fleet=o.fleet, secrets=o.secrets, visitors=o.visitors)
+        if doc is None:
+            return _json(404, {"error": f"node: {node[:64]!r} is neither heard of nor in the fleet register"})
+        return _json(200, doc | {"tz": o.timezone})
 
     def _targets(self) -> Response:
         rows, error = _targets(self.owner.targets)
@@ -943,8 +1041,10 @@ class StatusServer:
                  targets: Targets = lambda: [], static: Path = STATIC, fleet: Fleet | None = None,
                  limits: Limits = Limits(), cache_s: float = CACHE_S, secrets: FleetSecrets | None = None,
                  ota: OtaStatus | None = None, region: RegionConfig | None = None,
-                 visitors: Visitors | None = None, store_max_bytes: int | None = None) -> None:
+                 visitors: Visitors | None = None, store_max_bytes: int | None = None,
+                 timezone: str = "Europe/Amsterdam") -> None:
         self.store_path = Path(store_path)
+        self.timezone = timezone  # [http] timezone: the page shows every time in it
         self.region = region  # [region]: /metrics has each node's records not yet safe
         self.visitors = visitors  # [region]: each node's home town; the page flags unknown visitors
         self.store_max_bytes = store_max_bytes  # [store] max_bytes: /metrics's meetkit_store_max_bytes

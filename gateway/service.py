@@ -129,7 +129,8 @@ class Gateway:
                                      fleet=self.fleet, secrets=self.secrets,
                                      ota=self.ota.pieces.status if self.ota is not None else None,
                                      region=self.config.region, visitors=self.visitors,
-                                     store_max_bytes=self.config.store.max_bytes).start()  # logs where it listens
+                                     store_max_bytes=self.config.store.max_bytes,
+                                     timezone=http.timezone).start()  # logs where it listens
         except OSError as e:
             raise StartupError(listen_error(http.host, http.port, e)) from None
         self.writer.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import plausible
 
@@ -57,3 +58,13 @@ def start_text(t: Any, now: float) -> str:
     if t is None:
         return "-"
     return iso(t) if plausible.start(t, now) else raw(t)
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name` (`Europe/Amsterdam`, `UTC`); ValueError naming it otherwise."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not a time zone this system knows (an IANA name such as "
+                         "Europe/Amsterdam or UTC; the tzdata package has them)") from None
+

@@ -217,7 +217,7 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from meetkit_tools.demo import run_demo
 
-    return run_demo(workdir=args.workdir, speed=args.speed, hours=args.hours)
+    return run_demo(workdir=args.workdir, backfill_h=args.backfill, port=args.port, duration=args.duration)
 
 
 def cmd_broker_init(args: argparse.Namespace) -> int:
@@ -880,8 +880,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a broker, the gateway and three simulated nodes, live")
     demo.add_argument("--workdir", type=Path, default=BUILD / "demo")
-    demo.add_argument("--speed", type=float, default=60, help="times real time (default 60: a minute a second)")
-    demo.add_argument("--hours", type=float, default=None, help="stop after this many simulated hours")
+    demo.add_argument("--port", type=int, default=None,
+                      help="the status page's port (default: $MEETKIT_DEMO_PORT, else 8470)")
+    demo.add_argument("--backfill", type=float, default=24, metavar="HOURS",
+                      help="hours of records the nodes fill in, fast, before running live (default 24)")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after this many seconds (default: at Ctrl-C or SIGTERM)")
     demo.set_defaults(func=cmd_demo)
 
     bro = sub.add_parser("broker", help="Mosquitto's configuration, accounts, ACL and TLS for the fleet"

@@ -122,10 +122,13 @@ class GatewayProcess:
     broker's persistent session, and the same database is used."""
 
     def __init__(self, workdir: Path, broker_host: str, broker_port: int, client_id: str = "meetkit-gateway",
-                 mqtt_toml: str | None = None, extra_toml: str = "", store_toml: str = "") -> None:
+                 mqtt_toml: str | None = None, extra_toml: str = "", store_toml: str = "",
+                 http_port: int = 0) -> None:
         """`mqtt_toml`: the whole [mqtt] table instead of host and port (an account, say: the
         lines `meetkit broker init` prints); the client id is added to it. `extra_toml`: more
-        tables at the end ([[forward]] targets, say). `store_toml`: more keys of [store] (bounds)."""
+        tables at the end ([[forward]] targets, say). `store_toml`: more keys of [store] (bounds).
+        `http_port`: the status page's port (0: a free one, read from the log by status_url())."""
+        self.http_port = http_port
         self.workdir = Path(workdir)
         self.mqtt_toml = mqtt_toml
         self.extra_toml = extra_toml
@@ -147,7 +150,7 @@ class GatewayProcess:
         mqtt = self.mqtt_toml or f'[mqtt]\nhost = "{host}"\nport = {port}'
         self.conf.write_text(f'{mqtt}\nclient_id = "{self.client_id}"\n\n'
                              f'[store]\npath = "{self.db}"\n{self.store_toml}\n[log]\nlevel = "INFO"\n\n'
-                             f'[http]\nhost = "127.0.0.1"\nport = 0\n{self.extra_toml}')
+                             f'[http]\nhost = "127.0.0.1"\nport = {self.http_port}\n{self.extra_toml}')
         exe = Path(sys.executable).parent / "meetkit-gateway"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([str(exe) if exe.exists() else "meetkit-gateway", "run",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
 
 from ..payload import BOOT_MAX, DUR_MAX, FUTURE_MARGIN_S, SEQ_MAX, TS_MIN
@@ -154,6 +155,54 @@ class Readers(Base):
         shape = self.keys.shape
         return [(start, d[0], d[1]) for start, sid, vals in rows for d in decode(shape(sid), vals, _NO_UNITS)
                 if d[0] in wanted]
+
+    def series_buckets(self, node: str, since: float, until: float, step: int, quantities: tuple[str, ...],
+                       energetic: frozenset[str] = frozenset()) -> list[tuple[int, str, float]]:
+        """(bucket start, quantity, mean) of a node's records starting in [since, until), in buckets of
+        `step` seconds aligned to multiples of it, by bucket then quantity: a long range of the
+        status page at a few hundred points rather than a record a minute. A quantity in
+        `energetic` (a sound level in dB) is averaged as energy, 10 log10(mean(10^(L/10))), as an
+        LAeq over the bucket is; the others arithmetically. Non-finite values are left out."""
+        nid = self.keys.node_id(node, make=False)
+        if nid is None or step < 1:
+            return []
+        wanted = frozenset(quantities)
+        rows = self.db.execute("SELECT start - start % ?, shape, vals FROM recs WHERE node = ? AND start >= ?"
+                               " AND start < ? ORDER BY start", (step, nid, since, until))
+        shape = self.keys.shape
+        out: list[tuple[int, str, float]] = []
+        cur: int | None = None
+        sums: dict[str, list[float]] = {}  # the bucket under way (rows come by start): quantity -> [sum, n]
+
+        def flush() -> None:
+            for q, (total, n) in sorted(sums.items(), key=lambda kv: order(kv[0])):
+                mean = total / n
+                out.append((cur, q, 10 * math.log10(mean) if q in energetic and mean > 0 else mean))  # type: ignore[arg-type]
+            sums.clear()
+
+        for bucket, sid, vals in rows:
+            if bucket != cur:
+                flush()
+                cur = bucket
+            for d in decode(shape(sid), vals, _NO_UNITS):
+                q = d[0]
+                if q not in wanted:
+                    continue
+                v = d[1]
+                if v is None or v - v != 0:  # no value, NaN or an infinity
+                    continue
+                if q in energetic:
+                    if not -100 < v < 300:  # no sound level: 10^(v/10) would overflow
+                        continue
+                    v = 10 ** (v / 10)
+                acc = sums.get(q)
+                if acc is None:
+                    sums[q] = [v, 1]
+                else:
+                    acc[0] += v
+                    acc[1] += 1
+        flush()
+        return out
 
     def newest_start(self, node: str, upto: float | None = None) -> int | None:
         """The latest interval start of a node's records (None: no timed record), of those

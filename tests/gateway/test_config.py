@@ -96,6 +96,7 @@ def test_only_store_path_is_required(tmp_path):
         "localhost", 1883, "meetkit", 60, "meetkit-gateway")
     assert (cfg.mqtt.username, cfg.mqtt.password, cfg.log.level) == (None, None, "INFO")
     assert (cfg.store.max_bytes, cfg.store.max_age_days) == (2_000_000_000, 365)
+    assert cfg.http.timezone == "Europe/Amsterdam"  # the status page's times
 
 
 def test_the_example_config_is_valid(tmp_path):
@@ -129,6 +130,9 @@ BAD = [
         'store.max_bytes: must be a size like "2 GB" or "500 MB" or a number of bytes, at least 1 MB, '
         "got 1000 (an integer)"]),
     ('[store]\npath = "g.db"\nmax_byte = 1000\n', ['store.max_byte: unknown key; did you mean "max_bytes"?']),
+    ('[store]\npath = "g.db"\n[http]\ntimezone = "Europe/Amsterdamm"\n', [
+        "http.timezone: 'Europe/Amsterdamm' is not a time zone this system knows (an IANA name such as "
+        "Europe/Amsterdam or UTC; the tzdata package has them)"]),
     # every problem at once
     ('[mqtt]\nport = 0\nclient_id = ""\nfoo = 1\n[log]\nlevel = 3\n', [
         "mqtt.port: must be an integer from 1 to 65535, got 0 (an integer)",

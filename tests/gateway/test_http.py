@@ -321,3 +321,49 @@ def test_without_a_register_no_node_is_flagged_for_it(server: StatusServer) -> N
     assert all("not in the register" not in n["flags"] and n["register"] is None for n in doc["nodes"])
     fams = parse_exposition(get(server, "/metrics")[2].decode())
     assert fams["meetkit_fleet_error"]["samples"] == {} and fams["meetkit_fleet_nodes_registered"]["samples"] == {}
+
+
+# -- the page's ranges, its node view and its time zone ------------------------------------------------
+
+
+def test_a_week_comes_in_ten_minute_means_laeq_as_energy(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    t0 = (NOW - 2 * 86400) // 600 * 600
+    doc = batch(node="w-01", boot=1, seqs=range(20), ts0=t0)
+    for i, rec in enumerate(doc["recs"]):  # LAeq 50 dB for 9 minutes and 60 dB for one, per bucket
+        level = 60.0 if i % 10 == 9 else 50.0
+        rec["LAeq"] = [level, level - 2, level + 2, 60]
+    doc["units"]["LAeq"] = "dB"
+    with Store(path) as store:
+        store.add_batch(payload.parse_batch(encode(doc), "w-01"), received_at=time.time())
+    with StatusServer(path, "127.0.0.1", 0, timezone="Asia/Kolkata") as s:
+        week = json.loads(get(s, "/api/series?node=w-01&hours=168")[2])
+        day = json.loads(get(s, f"/api/series?node=w-01&hours=24&until={t0 + 86400}")[2])
+        some = json.loads(get(s, "/api/series?node=w-01&hours=168&q=LAeq,temp")[2])
+        nodes = json.loads(get(s, "/api/nodes")[2])
+    assert week["step"] == 600 and week["start"] == [t0, t0 + 600]
+    assert (week["first"], week["last"]) == (t0, t0 + 600)
+    # pm25 avg is 5 + seq: the arithmetic mean of 5..14 and 15..24; LAeq the energy mean
+    assert week["pm25"] == [9.5, 19.5]
+    energy = 10 * __import__("math").log10((9 * 10 ** 5 + 10 ** 6) / 10)
+    assert week["LAeq"] == [pytest.approx(energy), pytest.approx(energy)] and energy > 51.5
+    assert day["step"] == 0 and len(day["start"]) == 20 and day["first"] == t0  # a day: every record
+    assert set(some) >= {"LAeq", "temp"} and "pm25" not in some and some["temp"] == [12.5, 12.5]
+    assert week["tz"] == nodes["tz"] == "Asia/Kolkata"
+
+
+def test_the_node_view_has_the_newest_record_whole_and_each_boots_gaps(server: StatusServer) -> None:
+    status, _, body = get(server, "/api/node?node=ams-001")
+    assert status == 200
+    doc = json.loads(body)
+    assert doc["tz"] == "Europe/Amsterdam"  # the default of [http] timezone
+    assert doc["node"]["node"] == "ams-001" and doc["node"]["fw"] == "0.2.0" and doc["node"]["gaps"] == 4
+    rec = doc["record"]
+    assert (rec["boot"], rec["seq"], rec["fw"], rec["board"]) == (4, 13, "0.1.0", "esp32-devkitc")
+    assert rec["sensors"] == {"pm": "pms5003", "climate": "bme280"}
+    assert {r["quantity"]: (r["avg"], r["min"], r["max"], r["n"], r["unit"]) for r in rec["readings"]} == {
+        "pm25": (18.0, 4.0, 20.0, 58, "ug/m3"), "temp": (12.5, 12.0, 13.0, 12, "degC")}
+    assert doc["boots"] == [{"boot": 3, "first_seq": 0, "last_seq": 6, "records": 5, "missing": 2},
+                            {"boot": 4, "first_seq": 10, "last_seq": 13, "records": 2, "missing": 2}]
+    status, _, body = get(server, "/api/node?node=nobody")
+    assert status == 404 and "nobody" in json.loads(body)["error"]

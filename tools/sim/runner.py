@@ -157,6 +157,9 @@ class NodeSpec:
     wifi_ap: tuple[str, str] = ("meetkit-lab", "simulated")
     # The simulated chip ("esp32", "esp32s3"); None: the board file's mcu.
     mcu: str | None = None
+    # On the wall clock: as fast as it can (speed ignored) until the virtual clock, from the
+    # scenario's start, reaches the real time now, then in real time (`make demo`'s backfill).
+    live: bool = False
 
 
 class SimNode:
@@ -225,7 +228,7 @@ class SimNode:
         sim = {"flash_dir": self._rel(self.flash), "state_file": self._rel(self.state_file),
                "scenario": s.scenario, "start_epoch": scenario_epoch(s.scenario), "t_ms": t_ms,
                "until_ms": None if s.until_s is None else int(s.until_s * 1000),
-               "speed": s.speed, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
+               "speed": 0 if s.live else s.speed, "live": s.live, "seed": s.seed + self.boots, "chip_id": s.chip_id, "rtc": rtc,
                "reset_cause": cause, "devices": devices_for(board),
                "heap_budget": heap_bytes(s.heapsize) if s.heapsize else None,
                "flash_image": self._rel(self.image), "flash_kb": s.flash_kb,

@@ -13,6 +13,7 @@ now = 0                  # virtual clock, us since scenario start
 boot = 0                 # `now` at this boot
 until = None
 speed = 0
+live = False             # run as fast as it can until the clock reaches the wall clock, then at speed 1
 seed = 1
 start_epoch = 0
 rtc_off = 0              # RTC (us since 2000-01-01) = now + rtc_off
@@ -92,11 +93,21 @@ def _event():
                     flash.live = False
                 power_cut()
                 finish("power_cut", 4)
+    if live and not speed and start_epoch * 1000000 + now >= utime.time_ns() // 1000:
+        go_live()
     if speed:
         ahead = int((now - _p0) / speed) - (utime.time_ns() // 1000 - _r0)
         if ahead > 1000:
             utime.sleep_us(ahead)
     _sched()
+
+
+def go_live():
+    """From now on in real time: the backfill (sim.json `live`) caught up with the wall clock."""
+    global speed, _p0, _r0
+    speed = 1
+    _p0 = now
+    _r0 = utime.time_ns() // 1000
 
 
 @micropython.native

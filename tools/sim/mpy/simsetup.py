@@ -35,6 +35,7 @@ def setup(path):
     u = sim.get("until_ms")
     c.until = None if u is None else int(u) * 1000
     c.speed = sim.get("speed") or 0
+    c.live = bool(sim.get("live"))
     c.seed = sim.get("seed") or 1
     c._rnd = (c.seed * 2654435761 + 1) & 0xFFFFFFFF or 1
     c.start_epoch = sim.get("start_epoch") or 0
