@@ -108,8 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     pb = command("publish", "write the public page for residents, a static site any web host serves, into DIR "
                             "(docs/operator.md, \"The public page\")")
     pb.add_argument("--out", required=True, metavar="DIR", help="the site's folder (made if missing)")
-    pb.add_argument("--tz", default="Europe/Amsterdam", metavar="ZONE",
-                    help="the local time of days and noise periods, an IANA zone (default Europe/Amsterdam)")
+    pb.add_argument("--tz", metavar="ZONE",
+                    help="the local time of days and noise periods, an IANA zone (default: [http] timezone, "
+                         "Europe/Amsterdam unless set)")
     pb.add_argument("--days", type=int, default=365, metavar="N", help="days of daily values (default 365)")
     pb.add_argument("--at", metavar="WHEN", help="the page as it was at WHEN, an ISO time, UTC if no zone "
                                                  "(default: now)")

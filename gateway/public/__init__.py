@@ -49,10 +49,11 @@ def read_cache(out: Path) -> dict[str, Any] | None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     """`meetkit-gateway publish`: 0 written, 1 a problem with the register, store or folder, 2 usage."""
+    zone = args.tz or cfg.http.timezone   # the operator's page's zone unless told otherwise
     try:
-        tz = ZoneInfo(args.tz)
+        tz = ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        print(f"--tz: {args.tz!r} is not a time zone (an IANA name like Europe/Amsterdam)", file=sys.stderr)
+        print(f"--tz: {zone!r} is not a time zone (an IANA name like Europe/Amsterdam)", file=sys.stderr)
         return 2
     if not 1 <= args.days <= DAYS_MAX:
         print(f"--days: must be from 1 to {DAYS_MAX}, got {args.days}", file=sys.stderr)

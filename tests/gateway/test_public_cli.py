@@ -4,6 +4,7 @@ and counted, the site otherwise the same as from the same store without them."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -101,3 +102,13 @@ def test_the_publisher_s_systemd_unit_is_hardened():
     assert float(m[1]) <= 2.0, res.stdout
     timer = unit.with_suffix(".timer").read_text()
     assert "OnUnitActiveSec=10min" in timer and "WantedBy=timers.target" in timer
+
+
+@pytest.mark.parametrize("extra, zone", [((), "America/Sao_Paulo"), (("--tz", "Europe/Brussels"), "Europe/Brussels")])
+def test_the_days_are_in_the_operators_time_zone_unless_told(tmp_path, extra, zone):
+    """The page's days and noise periods follow `[http] timezone` (the status page's) by default."""
+    config = setup(tmp_path)
+    config.write_text(config.read_text() + '[http]\ntimezone = "America/Sao_Paulo"\n')
+    done = publish(config, tmp_path / "site", *extra)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "site" / "data" / "daily.json").read_text())["timezone"] == zone
