@@ -159,7 +159,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     host = f"[{h.host}]" if ":" in h.host else h.host
     print(f"  http        http://{host}:{h.port}/ (status page, /healthz, /metrics)"
           + (" (loopback only)" if h.host in ("127.0.0.1", "::1", "localhost") else "")
-          + (f"; {busy}" if busy else ""))
+          + (f"; {busy}" if busy else "") + f"; times in {h.timezone}")
     exists = "" if cfg.store.path.exists() else " (created on the first run)"
     print(f"  store       {cfg.store.path}{exists}")
     age = f"{cfg.store.max_age_days} days from reception" if cfg.store.max_age_days else "no age bound"

@@ -25,7 +25,7 @@ def test_good_config_prints_a_summary(tmp_path):
         "  broker      mqtt://gw@broker.lan:8883 (with password), client id meetkit-gateway, keepalive 60 s",
         "  subscribes  city/+/up, city/+/status, city/+/event",
         "  publishes   city/<node>/ack, city/<node>/config (retained), city/<node>/cmd, city/gateway/alarm (retained)",
-        "  http        http://127.0.0.1:8080/ (status page, /healthz, /metrics) (loopback only)",
+        "  http        http://127.0.0.1:8080/ (status page, /healthz, /metrics) (loopback only); times in Europe/Amsterdam",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",  # relative to the file
         "  bounds      at most 2.0 GB in use and 365 days from reception; the oldest records are dropped first",
         "  refused     dead letters within 2000 and 2.0 MB per node, 64.0 MB in all (outside the bound above)",
@@ -68,7 +68,7 @@ enabled = false
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[4:10] == [
-        "  http        http://0.0.0.0:9100/ (status page, /healthz, /metrics)",
+        "  http        http://0.0.0.0:9100/ (status page, /healthz, /metrics); times in Europe/Amsterdam",
         f"  store       {tmp_path / 'data.db'} (created on the first run)",
         "  bounds      at most 500.0 MB in use and 30 days from reception; the oldest records are dropped first",
         "  refused     dead letters within 2000 and 2.0 MB per node, 64.0 MB in all (outside the bound above)",
