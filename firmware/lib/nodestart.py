@@ -59,6 +59,13 @@ def start():
     if "pm" in board:
         from sample_pm import PM
         __import__("sds011" if board["pm"]["type"] == "sds011" else "plantower")   # as bme280
+    # compiled now, not where they are used at the end of make(), with every object of the node in
+    # the heap: the spool's state reader (spool.py drops it), the Ethernet driver, the status LED
+    __import__("spstate")
+    if (board.get("net") or {}).get("type") == "lan":
+        __import__("lan")
+    if board.get("led"):
+        __import__("led")
     return cfg, board, fw
 
 
