@@ -27,7 +27,7 @@ import soundlevel   # the largest compile (the noise kernel) first, while the he
 del soundlevel      # sample_noise takes it from sys.modules
 # The rest is imported by nodestart.py once config.py and boardfile.py, needed only at the start,
 # have been compiled, used and dropped; the samplers only where the board has the sensor (heap).
-recline = recv2 = None   # modules: recline set by nodestart.py, recv2 by main() (payload v2)
+recline = recv2 = None   # modules: recline set by nodestart.py, recv2 by _v2() (payload v2)
 
 _WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
 # After a Ctrl-C (a technician's mpremote): the ESP32's watchdog cannot be stopped, only given
@@ -220,20 +220,16 @@ class Node:
             raise
 
 
-def _readers(node):
-    # The spool's reader and payload v2's module, compiled once the start's code is gone (in its
-    # room): at a first send, with a backlog's records or TLS's buffers in the heap, they might not fit.
+def _v2(node):
+    # payload v2's module, compiled once the start's code is gone, in its room: at the first
+    # connection, with a backlog's records or TLS's buffers in the heap, it might not fit.
     global recv2
-    try:
-        import recread   # recline and the spool take it from sys.modules
-    except MemoryError:   # loaded at the spool's first read then
-        pass
     if node.cfg["payload"] == 2:
         try:
             import recv2
         except MemoryError:   # from source only (a board's .mpy loads): payload v1, which gateways take
             console.warn("payload v1: no memory to load recv2")
-    gc.collect()
+        gc.collect()
 
 
 def main():
@@ -249,7 +245,7 @@ def main():
         made = nodestart = None
         del sys.modules["nodestart"]
         gc.collect()
-        _readers(node)
+        _v2(node)
         node.run()
     except Exception as e:  # a bug, not a sensor: log it, wait, start afresh
         sys.print_exception(e)

@@ -51,6 +51,7 @@ def start():
     from spool import Spool
     import recline
     N.recline = recline
+    import recread   # compiled now, while the heap is emptiest: later (a first send, a backlog) it may not fit
     from clock import Clock
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:
