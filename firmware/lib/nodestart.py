@@ -48,11 +48,14 @@ def start():
         del sys.modules["soundlevel"]
         gc.collect()
     from uplink import Uplink
+    gc.collect()
     from spool import Spool
+    gc.collect()
     import recline
     N.recline = recline
     import recread   # compiled now, while the heap is emptiest: later (a first send, a backlog) it may not fit
     from clock import Clock
+    gc.collect()
     from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
     if "climate" in board:
         from sample_climate import Climate
