@@ -47,6 +47,8 @@ def start():
     else:   # compiled first in case it is needed; a board without a microphone gives its heap back
         del sys.modules["soundlevel"]
         gc.collect()
+    # a collection between the large compiles: each parse's garbage is gone before the next
+    # module's code is placed (measured: 2 KB less heap to start in, bench/start_heap.py)
     from uplink import Uplink
     gc.collect()
     from spool import Spool
@@ -69,7 +71,10 @@ def start():
     if (board.get("net") or {}).get("type") == "lan":
         __import__("lan")
     if board.get("led"):
-        __import__("led")
+        try:
+            __import__("led")
+        except ImportError:   # make() says so
+            pass
     return cfg, board, fw
 
 
