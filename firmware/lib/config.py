@@ -23,7 +23,7 @@ DEFAULTS = {
     "failover_after_s": 120,   # the broker in use unreachable this long: the next of the `broker` list
     "failback_every_s": 600,   # while on another than the first (home), try the home broker this often
     "batch_records": 1,   # records per batch: more for a metered link (fewer bytes, later delivery)
-    "payload": 1,   # 2: payload v2, a third of the bytes (docs/payload.md); its gateway must take v2
+    "payload": 2,   # payload v2, a third of v1's bytes (docs/payload.md); 1: v1, for a gateway older than v2
 }
 
 PM_TYPES = ("pms5003", "pms7003", "sds011")

@@ -113,6 +113,7 @@ def died(exc):
     import sys
     import gc
     sys.modules.pop("node", None)   # its buffers: heap for the report
+    sys.modules.pop("nodestart", None)   # the start's code, which holds node too
     gc.collect()
     why = record(exc)
     try:

@@ -18,7 +18,6 @@ _MEM = memoryview(bytearray(_BATCH_BYTES + 512 + 5120 + 3840))
 _BUF = _MEM[:_BATCH_BYTES + 512]  # a batch (under about 2 KB)
 _HIST = _MEM[_BATCH_BYTES + 512:_BATCH_BYTES + 512 + 5120]  # the noise histogram (soundlevel.NB uint32)
 _AUDIO = _MEM[_BATCH_BYTES + 512 + 5120:]  # a block of audio (20 ms, 960 32-bit samples)
-import json
 import sys
 import time
 import machine
@@ -26,11 +25,10 @@ from micropython import const
 import console
 import soundlevel   # the largest compile (the noise kernel) first, while the heap is emptiest;
 del soundlevel      # sample_noise takes it from sys.modules
-# The rest is imported by main() once config.py and boardfile.py, needed only at the start, have
-# been compiled, used and dropped; the samplers only where the board has the sensor (heap).
-recline = recv2 = Clock = Spool = Uplink = Outbox = PM = Climate = Noise = None
+# The rest is imported by nodestart.py once config.py and boardfile.py, needed only at the start,
+# have been compiled, used and dropped; the samplers only where the board has the sensor (heap).
+recline = recv2 = None   # modules: recline set by nodestart.py, recv2 by _v2() (payload v2)
 
-BOOT_FILE = "boot.count"
 _WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
 # After a Ctrl-C (a technician's mpremote): the ESP32's watchdog cannot be stopped, only given
 # a longer timeout. Long enough to work at the REPL, short enough that a node left interrupted
@@ -39,102 +37,8 @@ _TECH_WDT_MS = const(30 * 60 * 1000)
 _ACK_LATE_MS = const(30000)  # a batch unacknowledged for longer: the status LED says "not delivering"
 
 
-def next_boot():
-    # Persisted boot counter: read, add one, write atomically (rename), return.
-    n = 0
-    try:
-        with open(BOOT_FILE) as f:
-            n = int(f.read()) + 1
-    except (OSError, ValueError):
-        pass
-    with open(BOOT_FILE + ".new", "w") as f:
-        f.write(str(n))
-    import os
-    os.rename(BOOT_FILE + ".new", BOOT_FILE)
-    return n
-
-
 class Node:
-    def __init__(self, cfg, board, boot, fw):
-        now = time.ticks_ms()
-        self.cfg = cfg
-        self.boot = boot
-        self.iv_s = cfg["interval_s"]
-        self.samplers = []
-        self.pm = self.climate = self.noise = None
-        sensors = {}
-        if "pm" in board:
-            self.pm = self._make("pm", lambda: PM(board["pm"], now))
-        if "climate" in board:
-            self.climate = self._make("climate", lambda: Climate(board["i2c"], board["climate"],
-                                                                 cfg["climate_every_s"], now))
-        if "mic" in board:
-            self.noise = self._make("mic", lambda: Noise(board["mic"], cfg["noise_offset_db"], _HIST, _AUDIO))
-        units = {}
-        for s in self.samplers:
-            units.update(s.units)
-        if self.pm:
-            sensors["pm"] = self.pm.kind
-        if self.climate:
-            sensors["climate"] = "bme280"
-        if self.noise:
-            sensors["mic"] = board["mic"]["type"]
-        import os
-        root = os.listdir()
-        self.mode = "trial" if "app.trial" in root else "normal"
-        self.board = board["board"]
-        meta = {"fw": fw, "boot": boot, "mode": self.mode, "cfg": cfg["config_version"]}
-        # The envelope is the same for every batch of this boot: built once, kept on flash with the
-        # boot's records so that a backlog from before a firmware update goes out with its own.
-        self.envelope = ('{"v":1,"node":%s,"boot":%d,"fw":%s,"board":%s,"sensors":%s,"units":%s,' % (
-            json.dumps(cfg["node_id"]), boot, json.dumps(fw), json.dumps(board["board"]),
-            json.dumps(sensors), json.dumps(units))).replace('", "', '","').replace('": "', '":"')
-        self.keys = None       # quantity order of this boot's record lines, from its first record
-        self.anchor = None     # Unix ms at uptime 0, once the clock is known
-        self.clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
-        self.led = None
-        if board.get("led"):
-            try:
-                from led import Led   # only on a board with a status LED
-                self.led = Led(board["led"])
-            except (OSError, ValueError, ImportError) as e:
-                console.error("led: cannot start: %r" % e)
-        self.spool = Spool(cfg["spool_kb"] * 1024)
-        self.spool_errors = 0
-        self._v2 = cfg["payload"] == 2
-        self._extra = 300   # what a record's payload text adds to its bytes on flash (set once keys are known):
-        # it bounds how many records a backlog read holds at once (each a list while it is sent)
-        self.outbox = Outbox(self.spool, boot, _BATCH_BYTES - len(self.envelope) - 30, self._publish, now,
-                             cfg["batch_records"])
-        self.uplink = Uplink(cfg, meta, board.get("net"), self._msg)
-        self.inbox = []   # (kind, msg) from the gateway, for the loop (mgmt.py)
-        # restart_why: restart once the interval being measured is spooled; ota: the release being
-        # fetched (ota.py); after: what this start owes the gateway (aftercare.py)
-        self.restart_why = self.ota = self.after = None
-        self.dropped_msgs = 0   # the gateway's messages that came while two waited (mgmt.py says so)
-        for p in ("new", "app.trial", "app.rollback", "app.refused", "app.proved", "crash.txt", "crash.count",
-                  "config.json.old"):
-            if p in root:   # a download, an update, a rollback, a failed install, a proof to report, a crash
-                # or a configuration on trial
-                import aftercare
-                aftercare.start(self)
-                break
-        self.seq = 0
-        self.up_s = 0
-        self._sec_mark = now
-        if self.clock.unix_ms() is not None:  # the RTC kept the time over a reset
-            self._set_anchor(now)
-        self._start_interval(now)
-
-    def _make(self, role, factory):
-        try:
-            s = factory()
-        except (OSError, ValueError) as e:
-            console.error("%s: cannot start: %r" % (role, e))
-            return None
-        self.samplers.append(s)
-        return s
-
+    # made and filled by nodestart.py (the start's code is dropped after)
     # -- intervals ---------------------------------------------------------------------------
     def _up_ms(self, now):
         return self.up_s * 1000 + time.ticks_diff(now, self._sec_mark)
@@ -242,7 +146,6 @@ class Node:
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self):
-        global recv2
         if self.noise:
             self.noise.read()
         else:
@@ -274,12 +177,6 @@ class Node:
         if up:
             if self.clock.due(now) and self.clock.sync(now):
                 self._synced(now)
-            if self._v2:   # payload v2's module: at the first connection, not the start (heap)
-                self._v2 = False
-                try:
-                    import recv2
-                except MemoryError:   # from source only (a board's .mpy loads): payload v1, which gateways take
-                    console.warn("payload v1: no memory to load recv2")
             # what a record's payload text adds to its bytes on flash: v2's a third of v1's
             outbox.send(now, self.uplink.connects, self.anchor is not None,
                         self._extra if recv2 is None else self._extra // 3)
@@ -323,46 +220,32 @@ class Node:
             raise
 
 
+def _v2(node):
+    # payload v2's module, compiled once the start's code is gone, in its room: at the first
+    # connection, with a backlog's records or TLS's buffers in the heap, it might not fit.
+    global recv2
+    if node.cfg["payload"] == 2:
+        try:
+            import recv2
+        except MemoryError:   # from source only (a board's .mpy loads): payload v1, which gateways take
+            console.warn("payload v1: no memory to load recv2")
+        gc.collect()
+
+
 def main():
-    chip = "".join("%02x" % b for b in machine.unique_id())
-    # config.py is needed only now: loaded here and dropped after, its code is heap the node needs
-    import config
-    fw = config.FW_VERSION
-    console.info("meetkit %s, chip %s, reset cause %d" % (fw, chip, machine.reset_cause()))
-    cfg, board = config.start(chip)   # the board and config self-test lines too
-    del config
-    del sys.modules["config"]
-    gc.collect()
-    if not board["usable"]:   # no measuring, no reset: the REPL stays for the technician
+    # The start (nodestart.py: the configuration, the modules this board needs, the Node made) is
+    # compiled, run once and dropped: its code is heap the loop needs. What escapes its first part
+    # (the configuration, the modules) goes to main.py's crash handler, as before it had a Node.
+    import nodestart
+    made = nodestart.start()   # None: the board cannot measure; the REPL stays for the technician
+    if made is None:
         return
-    global recline, Clock, Spool, Uplink, Outbox, PM, Climate, Noise
-    if "mic" in board:
-        from sample_noise import Noise
-    else:   # compiled first in case it is needed; a board without a microphone gives its heap back
-        del sys.modules["soundlevel"]
-        gc.collect()
-    from uplink import Uplink
-    from spool import Spool
-    import recline
-    import recread   # compiled now, while the heap is emptiest: later (a first send, a backlog) it may not fit
-    from clock import Clock
-    from outbox import Outbox   # here: the order of compiling decides the smallest heap that starts
-    if "climate" in board:
-        from sample_climate import Climate
-        import bme280   # compiled now, before the samplers' buffers: Climate takes it from sys.modules
-    if "pm" in board:
-        from sample_pm import PM
-        __import__("sds011" if board["pm"]["type"] == "sds011" else "plantower")   # as bme280
     try:
-        boot = next_boot()
-    except OSError as e:
-        console.error("boot counter: %r" % e)
-        boot = 0
-    console.info("node %s, boot %d, board %s, interval %d s" % (cfg["node_id"], boot, board["board"], cfg["interval_s"]))
-    gc.collect()
-    try:
-        node = Node(cfg, board, boot, fw)
+        node = nodestart.make(*made)
+        made = nodestart = None
+        del sys.modules["nodestart"]
         gc.collect()
+        _v2(node)
         node.run()
     except Exception as e:  # a bug, not a sensor: log it, wait, start afresh
         sys.print_exception(e)

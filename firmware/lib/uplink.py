@@ -14,6 +14,7 @@
 # `broker` may be a list (the home gateway's first): failover.py, loaded only when a switch to
 # another or a try of the home broker is due, moves between them; here only the index of the one in
 # use (`via`, in the status) and two timers.
+import sys
 import time
 import random
 import network
@@ -26,18 +27,6 @@ _BACKOFF_MAX_MS = 60000
 _POLL_MS = 1000         # how often to look for messages (every pass of the loop in a hurry)
 _TOPICS = ("ack", "config", "ota", "ota/chunk", "cmd")   # an older broker ACL may refuse all but ack
 NET_TIMEOUT_MS = 30000  # the self-test's network item fails after this long without a link
-# CONNACK return codes (MQTT 3.1.1): what a technician can act on
-_REFUSED = {1: "protocol version", 2: "client id rejected", 3: "broker unavailable",
-            4: "bad user name or password", 5: "not authorised: check broker.user and broker.password"}
-# WLAN.status() while not connected: the ESP32 port reports ESP-IDF's reason codes
-_PASSWORD = "the access point refused the password: check wifi.password in config.json"
-_WIFI = {201: "no access point of this name in range: check wifi.ssid in config.json",
-         202: _PASSWORD, 15: _PASSWORD, 204: _PASSWORD,
-         203: "the access point refused the association (full? a MAC filter?)",
-         200: "the access point stopped answering",
-         # STAT_CONNECTING: the official port reports 201/202 itself, other failures (a WPA2
-         # handshake timing out on a wrong password, say) only as "still connecting"
-         1001: "still trying: a wrong wifi.password, or the signal too weak (check both)"}
 
 
 class Uplink:
@@ -117,7 +106,7 @@ class Uplink:
                     self._drop()
             if self._net_ok is not False and time.ticks_diff(now, self._down_since) >= NET_TIMEOUT_MS:
                 self._net_ok = False
-                console.check("network", False, self._why_down(now))
+                console.check("network", False, _explain("why_down", self, now) or "no link")
             if self.lan:   # the Ethernet driver brings the link up by itself
                 return False
             if self._wifi_try is None or time.ticks_diff(now, self._wifi_try) >= _WIFI_RETRY_MS:
@@ -178,20 +167,6 @@ class Uplink:
             return
         failover.step(self, now, up_s)
 
-    def _why_down(self, now):
-        """Why the network is not up, for the self-test: what the interface reports."""
-        t = time.ticks_diff(now, self._down_since) // 1000
-        try:
-            st = self.iface.status()
-        except (OSError, ValueError):
-            st = None
-        if self.lan:
-            if st == getattr(network, "ETH_CONNECTED", 3):
-                return "ethernet: link up but no address from DHCP for %d s" % t
-            return "ethernet: no link for %d s: check the cable, the switch port and its PoE" % t
-        return "wifi %s: no connection for %d s (status %s): %s" % (
-            self.wifi["ssid"], t, st, _WIFI.get(st, "is the access point in range and on?"))
-
     def _connect(self, now, up_s):
         b = self.broker
         where = "%s:%d%s" % (b["host"], b["port"], " (tls)" if self.ssl else "")
@@ -215,7 +190,8 @@ class Uplink:
                 c.sock.close()
             except Exception:
                 pass
-            why = _why(e)
+            # a refusal or a certificate in words (upwhy.py); a socket's error as it is
+            why = isinstance(e, (ValueError, AssertionError, MQTTException)) and _explain("why", e) or repr(e)
             console.check("broker", False, "%s:%d: %s" % (b["host"], b["port"], why))
             self._fail(now, "connect " + where, why, isinstance(e, (ValueError, MQTTException)))
             return
@@ -276,39 +252,25 @@ class Uplink:
                                                    % (what, err if isinstance(err, str) else repr(err), wait // 1000))
 
 
-def _why(e):
-    """A one-line reason; never the password (umqtt's exceptions do not carry it)."""
-    if isinstance(e, MQTTException):
-        rc = e.args[0] if e.args else None
-        if rc == 0x80:
-            return "broker refused the subscription to the acknowledgements (the ACL?)"
-        return "broker refused the login, code %s: %s" % (rc, _REFUSED.get(rc, "unknown"))
-    if isinstance(e, ValueError):  # mbedtls's text, e.g. "The certificate is not correctly signed..."
-        return "tls: certificate rejected: " + " ".join(str(e.args[0] if e.args else e).split())
-    if isinstance(e, AssertionError):
-        return "no MQTT answer (is broker.tls right for this port?)"
-    return repr(e)
+
+def _explain(name, *args):
+    """A failure's reason from upwhy.py, loaded for it and dropped after (its texts are heap the
+    node needs); None when there is no room to load it just now."""
+    try:
+        import upwhy
+    except MemoryError:
+        return None
+    try:
+        return getattr(upwhy, name)(*args)
+    finally:
+        del sys.modules["upwhy"]
 
 
 def _tls_context(ca_path):
-    """An SSLContext that trusts only the lab CA (DER) and checks the broker's host name, or None
-    with the reason on the console. Made once: the parsed CA stays with it."""
-    import ssl  # only with TLS: the module and mbedtls's state cost memory
+    """An SSLContext that trusts only the lab CA (ca_path, DER) and checks the broker's host name,
+    or None with the reason on the console (upwhy.tls_context). Made once: the parsed CA stays."""
+    import upwhy   # at the start (or a failover's switch): no room for it is the start's failure
     try:
-        with open(ca_path, "rb") as f:
-            ca = f.read()
-    except OSError:
-        console.error("mqtt: tls: %s is missing on the flash: no uplink (copy the lab CA's ca.der "
-                      "next to config.json)" % ca_path)
-        console.check("broker", False, "tls: %s is missing on the flash: no uplink" % ca_path)
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    try:
-        ctx.load_verify_locations(cadata=ca)
-    except (ValueError, OSError) as e:
-        console.error("mqtt: tls: %s is not a CA certificate in DER form (%s): no uplink" % (ca_path, e))
-        console.check("broker", False, "tls: %s is not a CA certificate in DER form: no uplink" % ca_path)
-        return None
-    return ctx
-
+        return upwhy.tls_context(ca_path)
+    finally:
+        del sys.modules["upwhy"]

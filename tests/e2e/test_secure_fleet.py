@@ -145,6 +145,7 @@ def test_nodes_deliver_over_tls_with_their_accounts(fleet: dict, node_id: str) -
     port = fleet["broker"].tls_port
     assert f"mqtt: connected to 127.0.0.1:{port} (tls)" in text, text[-3000:]
     assert "Traceback" not in text and "MemoryError" not in text and " E " not in text, text[-3000:]
+    assert "payload v1: no memory" not in text, "payload v2 (the default) loaded beside TLS, from source"
     recs = fleet["first"][node_id]
     assert len(recs) >= MINUTES - 2
     # every record the node closed is in the gateway's database, once

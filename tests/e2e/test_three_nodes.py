@@ -122,6 +122,7 @@ def test_every_node_ran_the_hour_without_crash_or_memory_error(hour: dict) -> No
         text = n.console_text()
         assert n.exit_code == 0, f"{n.spec.node_id} exited {n.exit_code}:\n{text[-3000:]}"
         assert "MemoryError" not in text and "Traceback" not in text, text[-3000:]
+        assert "payload v1: no memory" not in text, "payload v2 (the default) loaded from source"
         assert n.boots == 1
         assert n.last_state["t_ms"] >= 3600 * 1000
 

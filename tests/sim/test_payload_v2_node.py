@@ -1,13 +1,15 @@
-"""A node set to payload v2 (config `payload` 2; docs/payload.md, "Payload v2") against the real
-gateway: it sends v2 (the envelope with its first batch of the session, then the short form), and
-the store holds every record of its console exactly as the console showed it, also across a
-restart of the gateway and with records batched for a metered link. The firmware runs as .mpy, as
-provision puts it on a board."""
+"""A node with the default configuration (payload v2; docs/payload.md, "Payload v2") against the
+real gateway: it sends v2 (the envelope with its first batch of the session, then the short form),
+and the store holds every record of its console exactly as the console showed it, also across a
+restart of the gateway and with records batched for a metered link. The firmware runs from source
+(the simulator's default heap: recv2 must fit there too) and as .mpy, as provision puts it on a
+board. A node whose recv2 cannot be loaded says so and sends v1, which the gateway stores as well."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -17,6 +19,7 @@ from meetkit_gateway import packed
 from meetkit_gateway.store import Store
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.waits import wait_for
+from meetkit_tools.paths import FIRMWARE
 from meetkit_tools.services import GatewayProcess, Mosquitto
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 
@@ -34,8 +37,8 @@ def stored(db: Path, node: str) -> dict[int, dict]:
     return out
 
 
-@pytest.mark.parametrize("batch", [1, 5])
-def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, batch: int) -> None:
+@pytest.mark.parametrize("form,batch", [("source", 1), ("mpy", 5)])
+def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, form: str, batch: int) -> None:
     broker = Mosquitto(tmp_path / "broker").start()
     gateway = GatewayProcess(tmp_path / "gw", broker.host, broker.port).start()
     ups: list[bytes] = []
@@ -45,10 +48,11 @@ def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, bat
     spy.subscribe("meetkit/v2-01/up", qos=1)
     spy.loop_start()
     try:
-        node = SimNode(NodeSpec(node_id="v2-01", scenario=load_scenario("busy-road"), workdir=tmp_path / "n",
-                                broker_port=broker.port, until_s=MINUTES * 60, seed=5,
-                                extra_config={"payload": 2, "batch_records": batch},
-                                firmware=fleetsim.mpy_firmware(tmp_path / "firmware"))).start()
+        spec = NodeSpec(node_id="v2-01", scenario=load_scenario("busy-road"), workdir=tmp_path / "n",
+                        broker_port=broker.port, until_s=MINUTES * 60, seed=5, extra_config={"batch_records": batch})
+        if form == "mpy":
+            spec.firmware = fleetsim.mpy_firmware(tmp_path / "firmware")
+        node = SimNode(spec).start()
         wait_for(lambda: len(ups) >= 2, 300, "two batches")
         gateway.stop()      # the envelope is kept in the store: the next batches, without it, are read
         gateway.start()
@@ -81,3 +85,40 @@ def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, bat
         assert isinstance(text, str)
         sizes.append(len(packed.records(packed.decode_text(text), boot, codes[boot])))
     assert max(sizes) == batch and sum(sizes) >= len(got)
+
+
+def test_a_node_without_room_for_recv2_says_so_and_sends_v1(tmp_path: Path) -> None:
+    """From source in a heap below what recv2 needs, its compile fails with MemoryError (here its
+    import always does): the node warns once, sends payload v1 and the gateway stores every record."""
+    fw = tmp_path / "firmware"
+    shutil.copytree(FIRMWARE, fw)
+    (fw / "lib" / "recv2.py").write_text('raise MemoryError("memory allocation failed, allocating 1024 bytes")\n')
+    broker = Mosquitto(tmp_path / "broker").start()
+    gateway = GatewayProcess(tmp_path / "gw", broker.host, broker.port).start()
+    ups: list[bytes] = []
+    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="spy")
+    spy.on_message = lambda c, u, m: ups.append(m.payload)
+    spy.connect(broker.host, broker.port)
+    spy.subscribe("meetkit/v1-01/up", qos=1)
+    spy.loop_start()
+    try:
+        spec = NodeSpec(node_id="v1-01", scenario=load_scenario("busy-road"), workdir=tmp_path / "n",
+                        broker_port=broker.port, until_s=5 * 60, seed=5)
+        spec.firmware = fw
+        node = SimNode(spec).start()
+        assert node.wait(600) == 0, node.console_text()[-3000:]
+        console = node.console_text()
+        want = {int(seq): json.loads(rec) for seq, rec in RECORD_LINE.findall(console)}
+        wait_for(lambda: len(stored(gateway.db, "v1-01")) >= len(want) - 1, 60, "the records in the store")
+        got = stored(gateway.db, "v1-01")
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
+        gateway.stop()
+        broker.stop()
+    assert console.count(" W payload v1: no memory to load recv2") == 1, console[-3000:]
+    assert "Traceback" not in console and "--- reset" not in console
+    assert len(want) >= 3 and ups
+    assert all(json.loads(p)["v"] == 1 for p in ups), "v1 only"
+    for seq, rec in got.items():
+        assert rec == {k: v for k, v in want[seq].items() if k not in ("seq", "ts", "up", "dur", "f", "err")}, seq
