@@ -87,8 +87,7 @@ def _measure(w: Path, batch: int) -> tuple[Relay, int, int, int, int]:
     gw = GatewayProcess(w / "gw", broker.host, broker.port, client_id="bench-gateway").start()
     relay = Relay((broker.host, broker.port))
     try:
-        # payload v2, the firmware as .mpy as provision puts it on a board (from source, compiling
-        # payload v2's module may not fit the simulated heap: the node then sends v1)
+        # payload v2 (the default, said anyway), the firmware as .mpy as provision puts it on a board
         node = SimNode(NodeSpec(node_id="bench-wire", scenario=load_scenario("busy-road"), workdir=w / "n",
                                 broker_port=relay.port, until_s=HOURS * 3600,
                                 extra_config={"batch_records": batch, "payload": 2},

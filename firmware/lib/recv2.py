@@ -1,5 +1,5 @@
-# Records (recline.py) as a batch of payload v2 (docs/payload.md, "Payload v2"). Loaded at the first
-# batch, not at the start: its code is heap the start needs (bench/start_heap.py).
+# Records (recline.py) as a batch of payload v2 (docs/payload.md, "Payload v2"). Compiled right
+# after the start (node.main), in the room the start's own code leaves (bench/start_heap.py).
 #
 # The records go packed: the spool's own bits (recline.pack) without their length bytes, in base64,
 # one string for the batch. Each is coded against the batch's record before it; the first against
