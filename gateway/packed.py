@@ -294,9 +294,11 @@ class Quick:
             if len(self.layouts) >= 256:  # a node does not send hundreds of null patterns
                 self.layouts.clear()
                 self.none = self.layouts[self.none.mask] = self.none
-            lay = self.layouts[mask] = Layout(self.shape, mask)
-            # a whole record with the same nulls as the record before (most records), ts delta or whole
+            lay = Layout(self.shape, mask)
+            # a whole record with the same nulls as the record before (most records), ts delta or
+            # whole; made before another thread can find the layout
             lay.full_re = [re.compile(s + "1" + lay.body) for s in self.start]
+            self.layouts[mask] = lay
         return lay
 
 
