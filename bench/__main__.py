@@ -15,6 +15,8 @@ def main() -> None:
     wire.run()
     noise.run()
     payload.run()
+    from bench import payload_v2  # beside payload's: what a v2 record costs against a v1 one
+    payload_v2.run()
     gateway.run()
     flood.run()
     http_clients.run()

@@ -21,11 +21,13 @@ The contract is closed: a field this module does not know is refused, not silent
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
 import re
 import time
 from dataclasses import dataclass, field
+from operator import add, le, truediv
 from typing import Annotated, Any, Callable, Literal, Mapping, NamedTuple
 
 import msgspec
@@ -541,7 +543,14 @@ def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size:
     `envelope_of`: the envelope kept for a node's boot, for a v2 batch that does not carry one."""
     now = time.time() if now is None else now
     if size is None or size <= MAX_MESSAGE_BYTES:
-        batch = _plainly_valid_batch(payload, topic_node, now)
+        # v2's short batch (an array) and object (the firmware writes its version first) are never a
+        # plainly valid v1 batch
+        if payload[:1] == b"[":
+            batch = _plainly_valid_short(payload, topic_node, now, envelope_of)
+        elif not payload.startswith(b'{"v":2'):
+            batch = _plainly_valid_batch(payload, topic_node, now)
+        else:
+            batch = None
         if batch is not None:
             return batch
     return _checked_batch(decode(payload, size, short_batch=True), topic_node, now, envelope_of)
@@ -765,6 +774,9 @@ def _packed_records(text: str, boot: int, env: Envelope, now: float) -> tuple[li
     sends them again)."""
     if not text:
         raise Rejected(BAD_VALUE, "recs: must hold at least one record")
+    quick = _quick_packed(text, env, now)
+    if quick is not None:
+        return quick, []
     bad = ""
     try:
         if not env.codes:
@@ -1144,3 +1156,200 @@ def _refusal(obj: dict[str, Any], needed: str, states: tuple[str, ...] = ("refus
         raise Rejected(MISSING_FIELD, 'reason: missing (a "refused" event says why)')
     _str(obj["reason"], "reason")
     return "refused"
+
+
+# -- the quick way for packed records (payload v2) ----------------------------------------------
+# A node's packed records are read by packed.quick_records (a record's bits cut into codes by a
+# regular expression, its deltas added with map()) and checked a run of records at a time (those
+# with the same null keys) with map() over their numbers, against bounds made once per envelope and
+# layout. Anything but plainly valid records (a value outside its rated range, a time not
+# plausible, bits that are not records, an envelope whose keys or units the checks would refuse)
+# gives None, and `_packed_records` takes the checked way, whose Batch, refusals and dead letters
+# are the only ones (tests/gateway/test_payload_v2.py compares both ways on every firmware-made
+# batch and on hostile ones). The same Records come out: the same integers divided by the same
+# 10**dec, the same bounds compared.
+
+
+class _QuickBuild:
+    """For one layout of an envelope's records (packed.Layout), what checks and makes the Records of
+    a run of them: bounds, scales and pickers over the run's numbers, made once per run length."""
+
+    def __init__(self, keys: tuple[str, ...], dec: tuple[int, ...], lay: packed.Layout) -> None:
+        self.sums = [keys[i] for i in lay.sums]
+        self.plains = [keys[i] for i in lay.plains]
+        self.scale = dict(zip(keys, (10 ** d for d in dec)))
+        present = set(self.sums + self.plains)
+        #: the keys of a record's values in the contract's order (those not null; `nulls` has all)
+        self.keys = [k for k in QUANTITIES if k in present]
+        self.nulls = dict.fromkeys(k for k in QUANTITIES if k in keys) if len(present) < len(keys) else None
+        self.runs: dict[int, tuple[Any, ...]] = {}
+
+    def _rated(self, k: str) -> tuple[int, int]:
+        """The least and the most integer whose value (integer / 10**dec) lies within k's rated range
+        (its bounds are integers, so comparing integers is comparing the floats as the checks do)."""
+        q, s = QUANTITIES[k], self.scale[k]
+        return int(q.low * s), int(q.high * s)
+
+    def run(self, r: int) -> tuple[Any, ...]:
+        """For r records of packed.Layout's `nums` (per record: averages, plain numbers, counts, min -
+        average, max - average): pickers of the averages twice and of the spreads (their sums are
+        the mins and maxes, appended to nums: `w`), the least and the most each number of `w` may be,
+        where the mins end, the picker of the averages, plain numbers, mins and maxes to divide and
+        their scales, the picker of each Value's four fields in their quotients + w + [None], and
+        Value once a value."""
+        got = self.runs.get(r)
+        if got is not None:
+            return got
+        sums, plains = self.sums, self.plains
+        ns, np = len(sums), len(plains)
+        w1 = 4 * ns + np
+        bases = range(0, r * w1, w1)
+        avgs = [b + j for b in bases for j in range(ns)]
+        ext = r * w1  # where the mins start in w, r * ns later the maxes
+        rated = [self._rated(k) for k in sums + plains]
+        counts = [(QUANTITIES[k].n_low, _INT_MAX) for k in sums]
+        spread = [(-_INT_MAX, _INT_MAX)] * (2 * ns)  # min - average, max - average: as the mins and maxes
+        bounds = (rated + counts + spread) * r + [self._rated(k) for k in sums] * r * 2
+        divided = [x for b in bases for x in [b + j for j in range(ns + np)] +
+                   [ext + b // w1 * ns + j for j in range(ns)] + [ext + (r + b // w1) * ns + j for j in range(ns)]]
+        scales = [self.scale[k] for k in sums + plains + sums + sums] * r
+        f1 = 3 * ns + np
+        none = len(divided) + r * w1 + 2 * r * ns  # the None after w
+        fields: list[int] = []
+        for i, b in enumerate(bases):
+            at = {k: (i * f1 + j, i * f1 + ns + np + j, i * f1 + 2 * ns + np + j, len(divided) + b + ns + np + j)
+                  for j, k in enumerate(sums)}
+            at.update((k, (i * f1 + ns + j, none, none, none)) for j, k in enumerate(plains))
+            fields += [x for k in self.keys for x in at[k]]
+        got = (packed.picker(avgs * 2),
+               packed.picker([b + 2 * ns + np + j for b in bases for j in range(ns)] +
+                             [b + 3 * ns + np + j for b in bases for j in range(ns)]),
+               [lo for lo, _ in bounds], [hi for _, hi in bounds], ext + r * ns, packed.picker(divided), scales,
+               packed.picker(fields), (Value,) * (r * len(self.keys)))
+        if len(self.runs) >= 64:
+            self.runs.clear()
+        self.runs[r] = got
+        return got
+
+
+class _QuickEnvelope:
+    """What the quick way makes once per envelope (keys, decimals, k): the quick reader of its k,
+    and a _QuickBuild per layout."""
+
+    def __init__(self, env: Envelope) -> None:
+        self.reader = packed.quick(env.codes)
+        self.keys, self.dec = env.keys, env.dec
+        self.builds: dict[packed.Layout, _QuickBuild] = {}
+
+    def build(self, lay: packed.Layout) -> _QuickBuild:
+        if len(self.builds) >= 256:
+            self.builds.clear()
+        b = self.builds[lay] = _QuickBuild(self.keys, self.dec, lay)
+        return b
+
+
+def _quick_takes(env: Envelope) -> bool:
+    """Every key of the envelope is a quantity, in its unit, coded in a form the checks take: else
+    the checks refuse something in every record (also of a null value), and the quick way leaves
+    them to it."""
+    if not env.codes or len(env.codes) != len(env.keys):
+        return False
+    for k, c in zip(env.keys, env.codes):
+        q = QUANTITIES.get(k)
+        if q is None or env.units.get(k) != q.unit or not (float(q.low).is_integer() and float(q.high).is_integer()):
+            return False
+        if (q.form == SUMMARY and c < packed.SUMMARY_CODE) or (q.form == SCALAR and c >= packed.SUMMARY_CODE):
+            return False
+    return True
+
+
+#: id(envelope) -> (the envelope, its quick way or None): the store hands out the same Envelope for
+#: a boot's batches; the entry holds the envelope, so that its id is no other's meanwhile
+_quick_by_id: dict[int, tuple[Envelope, _QuickEnvelope | None]] = {}
+#: (keys, dec, k) -> the quick way: the same for every boot of a firmware's nodes
+_quick_by_shape: dict[tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]], _QuickEnvelope] = {}
+_QUICK_CACHED = 1024
+#: a packed flags number -> its flags' names (packed.FLAGS, bit 0 first)
+_FLAG_NAMES = tuple(tuple(f for b, f in enumerate(packed.FLAGS) if n >> b & 1) for n in range(128))
+
+
+def _quick_envelope(env: Envelope) -> _QuickEnvelope | None:
+    got = _quick_by_id.get(id(env))
+    if got is not None and got[0] is env:
+        return got[1]
+    q = None
+    if _quick_takes(env):
+        shape = (env.keys, env.dec, env.codes)
+        q = _quick_by_shape.get(shape)
+        if q is None:
+            if len(_quick_by_shape) >= _QUICK_CACHED:
+                _quick_by_shape.clear()
+            q = _quick_by_shape[shape] = _QuickEnvelope(env)
+    if len(_quick_by_id) >= _QUICK_CACHED:
+        _quick_by_id.clear()
+    _quick_by_id[id(env)] = (env, q)
+    return q
+
+
+def _quick_packed(text: str, env: Envelope, now: float) -> list[Record] | None:
+    """`_packed_records(text, ...)`'s records when they are plainly valid (then it refuses none), else None."""
+    qe = _quick_envelope(env)
+    if qe is None:
+        return None
+    try:
+        data = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):  # not base64 (or not ASCII): the checked way says why
+        return None
+    runs = packed.quick_records(data, qe.reader)
+    if not runs:
+        return None
+    keys = env.keys
+    ts_max = now + FUTURE_MARGIN_S
+    out = []
+    last_flags: dict[int, int] | None = None
+    named: dict[str, tuple[str, ...]] = {}
+    for lay, heads, w in runs:
+        b = qe.builds.get(lay) or qe.build(lay)
+        avgs, spreads, least, most, maxes, divided, scales, fields, values = b.run(len(heads))
+        mins = len(w)
+        w += map(add, avgs(w), spreads(w))
+        if not (all(map(le, least, w)) and all(map(le, w, most)) and all(map(le, w[mins:maxes], w[maxes:]))):
+            return None
+        f = list(map(truediv, divided(w), scales))
+        f += w
+        f.append(None)
+        it = iter(fields(f))
+        vals = map(_new_tuple, values, zip(it, it, it, it))
+        for seq, ts, up, dur, flags, errs in heads:
+            if not (seq <= SEQ_MAX and 0 <= up <= UP_MAX and 1 <= dur <= DUR_MAX
+                    and (ts is None or TS_MIN <= ts <= ts_max)):
+                return None
+            if flags is not last_flags:
+                named = {keys[i]: _FLAG_NAMES[n] for i, n in flags.items()}
+                last_flags = flags
+            if b.nulls is None:
+                v = dict(zip(b.keys, vals))
+            else:
+                v = b.nulls.copy()
+                v.update(zip(b.keys, vals))
+            out.append(Record(seq, ts, up, dur, v, named.copy() if named else {}, errs))
+    return out
+
+
+_short_decode = msgspec.json.Decoder(tuple[Literal[2], _ints(0, BOOT_MAX), str]).decode  # type: ignore[misc]
+
+
+def _plainly_valid_short(payload: bytes, topic_node: str, now: float, envelope_of: EnvelopeOf | None) -> Batch | None:
+    """`_checked_batch(decode(payload))` for a short v2 batch `[2,boot,"records"]` of a boot whose
+    envelope is kept, with records plainly valid; None for anything else."""
+    if len(payload) > MAX_MESSAGE_BYTES or envelope_of is None:
+        return None
+    try:
+        _, boot, text = _short_decode(payload)
+    except msgspec.MsgspecError:  # not JSON, not this form, a boot out of range: the checks say why
+        return None
+    env = envelope_of(topic_node, boot) if text else None
+    records = _quick_packed(text, env, now) if env is not None else None
+    if records is None:
+        return None
+    return Batch(topic_node, boot, env.fw, env.board, env.sensors, env.units, tuple(records), None, (), None, 2)
