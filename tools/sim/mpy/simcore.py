@@ -12,8 +12,8 @@ BYTE_US = 1042           # one UART byte at 9600 8N1
 now = 0                  # virtual clock, us since scenario start
 boot = 0                 # `now` at this boot
 until = None
-speed = 0
-live = False             # run as fast as it can until the clock reaches the wall clock, then at speed 1
+speed = 0                # N: N times real time; 0: as fast as it can; -1 (sim.json `live`): as fast
+                         # as it can until the clock reaches the wall clock, then real time
 seed = 1
 start_epoch = 0
 rtc_off = 0              # RTC (us since 2000-01-01) = now + rtc_off
@@ -71,7 +71,7 @@ def t_s(t=None):
 
 @micropython.native
 def _event():
-    global now, _gc_next
+    global now, _gc_next, speed, _p0, _r0
     if _exit is not None:
         raise SystemExit(_exit)
     if _cut:
@@ -93,21 +93,15 @@ def _event():
                     flash.live = False
                 power_cut()
                 finish("power_cut", 4)
-    if live and not speed and start_epoch * 1000000 + now >= utime.time_ns() // 1000:
-        go_live()
-    if speed:
+    if speed < 0 and start_epoch * 1000000 + now >= utime.time_ns() // 1000:
+        speed = 1   # the backfill caught up with the wall clock: real time from now on
+        _p0 = now
+        _r0 = utime.time_ns() // 1000
+    if speed > 0:
         ahead = int((now - _p0) / speed) - (utime.time_ns() // 1000 - _r0)
         if ahead > 1000:
             utime.sleep_us(ahead)
     _sched()
-
-
-def go_live():
-    """From now on in real time: the backfill (sim.json `live`) caught up with the wall clock."""
-    global speed, _p0, _r0
-    speed = 1
-    _p0 = now
-    _r0 = utime.time_ns() // 1000
 
 
 @micropython.native

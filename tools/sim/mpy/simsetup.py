@@ -34,8 +34,7 @@ def setup(path):
     c.now = c.boot = int(sim.get("t_ms") or 0) * 1000
     u = sim.get("until_ms")
     c.until = None if u is None else int(u) * 1000
-    c.speed = sim.get("speed") or 0
-    c.live = bool(sim.get("live"))
+    c.speed = -1 if sim.get("live") else sim.get("speed") or 0   # no name of its own: qstrs are heap
     c.seed = sim.get("seed") or 1
     c._rnd = (c.seed * 2654435761 + 1) & 0xFFFFFFFF or 1
     c.start_epoch = sim.get("start_epoch") or 0
