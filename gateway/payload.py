@@ -622,7 +622,8 @@ def _checked_batch_v2(obj: dict[str, Any], topic_node: str, now: float, envelope
     the records made into v1's form and checked as v1's are."""
     _fields(obj, "", ("v", "boot", "recs"), (*_V2_ENVELOPE, "t0", "sum", "k", "dropped"))
     boot = _int(obj["boot"], "boot", high=BOOT_MAX)
-    dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else None
+    # v2 says `dropped` whenever it is not 0 (v1 in every batch): a batch without it says 0
+    dropped = _int(obj["dropped"], "dropped") if "dropped" in obj else 0
     carried = None
     if any(k in obj for k in (*_V2_ENVELOPE, "t0", "sum", "k")):
         for k in _V2_ENVELOPE:
@@ -1352,4 +1353,4 @@ def _plainly_valid_short(payload: bytes, topic_node: str, now: float, envelope_o
     records = _quick_packed(text, env, now) if env is not None else None
     if records is None:
         return None
-    return Batch(topic_node, boot, env.fw, env.board, env.sensors, env.units, tuple(records), None, (), None, 2)
+    return Batch(topic_node, boot, env.fw, env.board, env.sensors, env.units, tuple(records), 0, (), None, 2)

@@ -262,6 +262,9 @@ def test_a_batch_without_an_envelope_takes_the_kept_one_or_is_refused_for_want_o
     assert BATCH_V2_V.is_valid(json.loads(long)) and long.startswith(b'{"v":2,"boot":3,"dropped":4,"recs":"')
     b = payload.parse_batch(long, "ams-001", NOW, envelope_of=lambda n, b: kept)
     assert b.records == later.records and b.dropped == 4
+    # the node says `dropped` whenever it is not 0: a batch without it (the short form, the envelope's
+    # batch) says 0, as the firmware's v1 "dropped":0 does (the page and `nodes` show 0, not unknown)
+    assert later.dropped == 0 and payload.parse_batch(v2(ls[:1], keys, ANCHOR_MS), "ams-001", NOW).dropped == 0
     with pytest.raises(NoEnvelope) as e:
         payload.parse_batch(v2(ls[1:], keys, ANCHOR_MS, envelope=False, boot=4), "ams-001", NOW,
                             envelope_of=lambda node, boot: None)

@@ -202,7 +202,7 @@ def test_a_canary_that_rolls_back_halts_the_rollout_and_no_other_node_changes(si
     dom = browse(site.url + "/", "--dump-dom").stdout  # the page itself, in a real browser
     summary = re.search(r'<p id="rollout-summary">([^<]*)</p>', dom)
     assert summary and summary[1].startswith(f"Rollout 1 of release 0.3.0: HALTED ({html.escape(reason, quote=False)})")
-    assert re.search(r'<tr class="bad" data-node="n01"><td>n01</td><td>canary</td><td class="state">failed</td>', dom)
+    assert re.search(r'<tr class="bad" data-node="n01"><td[^>]*>n01</td><td[^>]*>canary</td><td class="state"[^>]*>failed</td>', dom)
     fams = wait_for(lambda: (m := site.metrics()) and HALTED in m["meetkit_alarm_active"]["samples"] and m, 15,
                     "the rollout_halted alarm on /metrics")
     assert sample(fams, "meetkit_rollout_state", rollout="1", release="0.3.0", state="halted") == 1
@@ -298,7 +298,8 @@ def test_a_node_away_or_silent_is_skipped_and_the_rollout_ends_without_it(site: 
     summary = re.search(r'<p id="rollout-summary">([^<]*)</p>', dom)
     assert summary and summary[1].startswith("Rollout 1 of release 0.3.0: done (2 nodes skipped: n02, n03); "
                                              "2 done, 2 skipped"), summary
-    assert re.search(r'<tr class="skipped" data-node="n02"><td>n02</td><td>wave 1</td><td class="state">skipped</td>',
+    assert re.search(r'<tr class="skipped" data-node="n02"><td[^>]*>n02</td><td[^>]*>wave 1</td>'
+                     r'<td class="state"[^>]*>skipped</td>',
                      dom)
     # n02 comes back: this rollout is over for it; a new one of the same release offers it
     back = site.node("n02")
