@@ -1072,12 +1072,17 @@ class StatusServer:
         host = self.host if ":" not in self.host else f"[{self.host}]"
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
 
-    def start(self) -> "StatusServer":
+    def start(self, announce: bool = True) -> "StatusServer":
+        """Listen (OSError when the port cannot be had); `announce`: log where (else `announce()`)."""
         if self.server is not None:
             raise RuntimeError("the status server is running already")
         self.server = HttpServer(_App(self), self.host, self.requested_port, self.limits).start()
-        log.info("status page and /metrics on %s", self.url)
+        if announce:
+            self.announce()
         return self
+
+    def announce(self) -> None:
+        log.info("status page and /metrics on %s", self.url)
 
     def stop(self) -> None:
         if self.server is not None:

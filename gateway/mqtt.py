@@ -65,6 +65,7 @@ class Source:
         self._conn_lock = threading.Lock()  # guards `_conn` and `connected` against `ack`
         self._conn = 0  # connection number, +1 on every successful connect
         self._unreachable = False  # to log a run of failed connection attempts once
+        self._refused = False  # the broker refused the last connection (credentials, ACL)
         #: called (in paho's thread; keep it tiny) when the broker had no session for the gateway:
         #: what it queued and retained for us may be gone (configpub.py sends again)
         self.on_new_session: Callable[[], None] | None = None
@@ -150,7 +151,9 @@ class Source:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             log.error("broker %s refused the connection: %s", self.url, rc)
+            self._refused = True
             return
+        self._refused = False
         self.session_present = bool(flags.session_present)
         if not self.session_present and self.on_new_session is not None:
             try:  # before `connected` is set: whoever publishes on it sees the lost session first
@@ -189,6 +192,15 @@ class Source:
             return
         log.info("subscribed to %s", ", ".join(self.topics.subscriptions))
         self.subscribed.set()
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait until subscribed, or the broker found away or refusing, at most `timeout` s; True
+        when subscribed."""
+        deadline = time.monotonic() + timeout
+        while not self.subscribed.wait(0.05):
+            if self._unreachable or self._refused or time.monotonic() > deadline:
+                return False
+        return True
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._accept_lock:

@@ -56,6 +56,10 @@ class StartupError(Exception):
     """The gateway cannot start as configured (the message says why and what to change)."""
 
 
+#: how long the start waits for its subscription before saying it runs (a broker away: not at all)
+SETTLE_S = 10.0
+
+
 class Gateway:
     """Start it, stop it; `run` does both around the process's signals."""
 
@@ -130,11 +134,15 @@ class Gateway:
                                      ota=self.ota.pieces.status if self.ota is not None else None,
                                      region=self.config.region, visitors=self.visitors,
                                      store_max_bytes=self.config.store.max_bytes,
-                                     timezone=http.timezone).start()  # logs where it listens
+                                     timezone=http.timezone).start(announce=False)
         except OSError as e:
             raise StartupError(listen_error(http.host, http.port, e)) from None
         self.writer.start()
         self.source.start()
+        # the page's line says "running" (to the operator, to tests): after the subscription, so
+        # that what nodes send from then on is taken; a broker away or refusing does not hold it up
+        self.source.wait_settled(SETTLE_S)
+        self.http.announce()
         self.configpub.start()
         if self.ota is not None and self.rollouts is not None:
             self.ota.start()
