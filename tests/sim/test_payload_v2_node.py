@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -37,17 +39,29 @@ def stored(db: Path, node: str) -> dict[int, dict]:
     return out
 
 
-@pytest.mark.parametrize("form,batch", [("source", 1), ("mpy", 5)])
-def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, form: str, batch: int) -> None:
+@contextmanager
+def site(tmp_path: Path, node: str) -> Iterator[tuple[Mosquitto, GatewayProcess, list[bytes]]]:
+    """A broker, the gateway, and what `node` publishes on its up topic (a spy's list)."""
     broker = Mosquitto(tmp_path / "broker").start()
     gateway = GatewayProcess(tmp_path / "gw", broker.host, broker.port).start()
     ups: list[bytes] = []
     spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="spy")
     spy.on_message = lambda c, u, m: ups.append(m.payload)
     spy.connect(broker.host, broker.port)
-    spy.subscribe("meetkit/v2-01/up", qos=1)
+    spy.subscribe(f"meetkit/{node}/up", qos=1)
     spy.loop_start()
     try:
+        yield broker, gateway, ups
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
+        gateway.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("form,batch", [("source", 1), ("mpy", 5)])
+def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, form: str, batch: int) -> None:
+    with site(tmp_path, "v2-01") as (broker, gateway, ups):
         spec = NodeSpec(node_id="v2-01", scenario=load_scenario("busy-road"), workdir=tmp_path / "n",
                         broker_port=broker.port, until_s=MINUTES * 60, seed=5, extra_config={"batch_records": batch})
         if form == "mpy":
@@ -61,11 +75,6 @@ def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, for
         want = {int(seq): json.loads(rec) for seq, rec in RECORD_LINE.findall(console)}
         wait_for(lambda: len(stored(gateway.db, "v2-01")) >= len(want) - batch, 60, "the records in the store")
         got = stored(gateway.db, "v2-01")
-    finally:
-        spy.loop_stop()
-        spy.disconnect()
-        gateway.stop()
-        broker.stop()
     assert "payload v1: no memory" not in console and "Traceback" not in console
     assert len(want) >= MINUTES - 2
     for seq, rec in got.items():
@@ -93,15 +102,7 @@ def test_a_node_without_room_for_recv2_says_so_and_sends_v1(tmp_path: Path) -> N
     fw = tmp_path / "firmware"
     shutil.copytree(FIRMWARE, fw)
     (fw / "lib" / "recv2.py").write_text('raise MemoryError("memory allocation failed, allocating 1024 bytes")\n')
-    broker = Mosquitto(tmp_path / "broker").start()
-    gateway = GatewayProcess(tmp_path / "gw", broker.host, broker.port).start()
-    ups: list[bytes] = []
-    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="spy")
-    spy.on_message = lambda c, u, m: ups.append(m.payload)
-    spy.connect(broker.host, broker.port)
-    spy.subscribe("meetkit/v1-01/up", qos=1)
-    spy.loop_start()
-    try:
+    with site(tmp_path, "v1-01") as (broker, gateway, ups):
         spec = NodeSpec(node_id="v1-01", scenario=load_scenario("busy-road"), workdir=tmp_path / "n",
                         broker_port=broker.port, until_s=5 * 60, seed=5)
         spec.firmware = fw
@@ -111,11 +112,6 @@ def test_a_node_without_room_for_recv2_says_so_and_sends_v1(tmp_path: Path) -> N
         want = {int(seq): json.loads(rec) for seq, rec in RECORD_LINE.findall(console)}
         wait_for(lambda: len(stored(gateway.db, "v1-01")) >= len(want) - 1, 60, "the records in the store")
         got = stored(gateway.db, "v1-01")
-    finally:
-        spy.loop_stop()
-        spy.disconnect()
-        gateway.stop()
-        broker.stop()
     assert console.count(" W payload v1: no memory to load recv2") == 1, console[-3000:]
     assert "Traceback" not in console and "--- reset" not in console
     assert len(want) >= 3 and ups
