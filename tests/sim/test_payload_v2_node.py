@@ -86,14 +86,15 @@ def test_a_v2_node_delivers_every_record_as_its_console_says(tmp_path: Path, for
     assert all(d[0] == 2 if isinstance(d, list) else d["v"] == 2 for d in docs), "v2 only"
     assert sum(isinstance(d, dict) and "keys" in d for d in docs) >= 1, "the envelope went with a first batch"
     assert sum(isinstance(d, list) for d in docs) >= 1, "the short form for the others"
-    # the records packed (docs/payload.md, "Packed records"): one string a batch, `batch` records in it
+    # the records packed (docs/payload.md, "Packed records"): one string a batch, `batch` records in
+    # it as they close; the few made while the gateway restarted go together, as a backlog does
     codes = {d["boot"]: tuple(d["k"]) for d in docs if isinstance(d, dict) and "k" in d}
     sizes = []
     for d in docs:
         boot, text = (d[1], d[2]) if isinstance(d, list) else (d["boot"], d["recs"])
         assert isinstance(text, str)
         sizes.append(len(packed.records(packed.decode_text(text), boot, codes[boot])))
-    assert max(sizes) == batch and sum(sizes) >= len(got)
+    assert max(set(sizes), key=sizes.count) == batch and sum(sizes) >= len(got), sizes
 
 
 def test_a_node_without_room_for_recv2_says_so_and_sends_v1(tmp_path: Path) -> None:
