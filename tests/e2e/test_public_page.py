@@ -27,6 +27,7 @@ import pytest
 
 from meetkit_gateway import payload
 from meetkit_gateway.store import Store
+from meetkit_tools.dev.chromium import browse
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -275,20 +276,6 @@ def test_nothing_of_the_node_s_internals_is_public(site, lang):
         for secret in INTERNALS:
             assert secret not in data, (f, secret)
     assert "<audio" not in text and "http://" not in text.replace("http://www.w3.org", "")  # no CDN
-
-
-def chromium() -> str:
-    for cand in ("chromium", "chromium-browser"):
-        if path := shutil.which(cand):
-            return path
-    pytest.fail("chromium is not installed: run `make setup` (apt-get install chromium)")
-
-
-def browse(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--hide-scrollbars", "--allow-file-access-from-files", "--virtual-time-budget=10000", *extra, url],
-        capture_output=True, text=True, timeout=90)
 
 
 @pytest.mark.parametrize("lang", ["en", "nl"])

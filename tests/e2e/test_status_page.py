@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -29,7 +27,7 @@ import pytest
 
 from meetkit_gateway.store import Store
 from meetkit_tools.demo import on_the_wall_clock
-from meetkit_tools.dev.chromium import Chromium
+from meetkit_tools.dev.chromium import Chromium, browse
 from meetkit_tools.services import GatewayProcess, Mosquitto, VictoriaMetrics
 from meetkit_tools.sim.runner import NodeSpec, SimNode, load_scenario
 from tests.metrics import parse_exposition, sample
@@ -57,27 +55,9 @@ name = "Spui (bracket only)"
 """
 
 
-
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.load(r)
-
-
-def chromium() -> str:
-    for cand in ("chromium", "chromium-browser"):
-        path = shutil.which(cand)
-        if path:
-            return path
-    pytest.fail("chromium is not installed: run `make setup` (apt-get install chromium)")
-
-
-def browse(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    # --virtual-time-budget: the page's fetches and scripts run, then the DOM is dumped
-    return subprocess.run(
-        [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--no-first-run", "--hide-scrollbars", "--virtual-time-budget=10000", *extra, url],
-        capture_output=True, text=True, timeout=90,
-    )
 
 
 @pytest.fixture(scope="module")

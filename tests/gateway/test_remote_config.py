@@ -36,7 +36,7 @@ from meetkit_gateway.store import Store
 from meetkit_tools import fleetfile
 from meetkit_tools.services import GatewayProcess
 from tests.conftest import Broker
-from tests.e2e.test_status_page import browse
+from meetkit_tools.dev.chromium import browse
 from tests.metrics import parse_exposition, sample
 
 from .conftest import CLI, Listener, Publisher, wait_for

@@ -27,7 +27,7 @@ from meetkit_tools import release as rel
 from meetkit_tools.paths import FIRMWARE
 from meetkit_tools.services import FleetBroker, GatewayProcess
 
-from ..e2e.test_status_page import browse
+from meetkit_tools.dev.chromium import browse
 from ..metrics import parse_exposition, sample
 from .conftest import CLI, wait_for
 from .ota_node import OtaNode

@@ -25,6 +25,16 @@ def chromium_bin() -> str:
     raise RuntimeError("chromium is not installed: run `make setup` (apt-get install chromium)")
 
 
+def browse(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """One headless run of Chromium on `url` with `extra` flags (e.g. --dump-dom); the page's
+    fetches and scripts run first (--virtual-time-budget). file:// pages may load their data."""
+    return subprocess.run(
+        [chromium_bin(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--no-first-run", "--hide-scrollbars", "--allow-file-access-from-files", "--virtual-time-budget=10000",
+         *extra, url],
+        capture_output=True, text=True, timeout=90)
+
+
 class BrowserError(RuntimeError):
     """Chromium answered a command with an error, or a script in the page threw."""
 
