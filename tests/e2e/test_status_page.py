@@ -94,8 +94,17 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         sim_wall = time.monotonic() - started
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # and forwarded: the queue to VictoriaMetrics empties
+            # with every stored reading sent: a queue can be empty for a moment while the nodes'
+            # last batches still come in from the broker
             if [t.get("queue_rows") for t in get_json(url + "/api/targets")["targets"]] == [0]:
-                break
+                with Store(gateway.db, readonly=True) as s:
+                    readings = s.counts().readings
+                with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+                    metrics = parse_exposition(r.read().decode())
+                sent = metrics.get("meetkit_forward_sent_rows_total", {}).get("samples", {}).get(
+                    frozenset({"target": "city-influx", "kind": "influxdb"}.items()), 0)
+                if sent >= readings:
+                    break
             time.sleep(0.2)
         yield {"url": url, "db": gateway.db, "work": work, "sim_wall": sim_wall, "nodes": nodes, "vm": vm,
                "begun": begun}
