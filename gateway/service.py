@@ -1,10 +1,10 @@
 """The running gateway: broker -> queue -> writer -> store -> acknowledgements, and the order to
 start and stop them in.
 
-After each commit, for every message in it: the node's acknowledgement is published (batches only),
-then the broker gets its MQTT ack. A group the store refused (disk full) gets MQTT acks but no
-acknowledgements to the nodes: the broker goes on delivering, the nodes keep those records and send
-them again.
+After each commit: each node gets one acknowledgement per boot for all its batches in the commit
+(acks.merge), then the broker gets its MQTT ack for every message. A group the store refused (disk
+full) gets MQTT acks but no acknowledgements to the nodes: the broker goes on delivering, the nodes
+keep those records and send them again.
 
 Stopping keeps everything that was received: take no more messages (what the broker sends meanwhile
 stays unacknowledged in the session and comes again), let the writer commit and acknowledge all
@@ -27,7 +27,7 @@ from typing import Sequence
 
 from . import config as configuration
 from . import memory
-from .acks import SafePair
+from .acks import SafePair, merge
 from .alarms import CORRUPT_DB, Alarms
 from .config import Config, ConfigError
 from .configpub import ConfigPublisher
@@ -221,15 +221,15 @@ class Gateway:
             self.forwarders.wake()
 
     def _acknowledge(self, done: Sequence[Done], pairs: dict[str, SafePair] | None) -> None:
-        """Each batch's acknowledgement; in a region with its node's safe pair (None: not a region)."""
-        for msg, ack in done:
-            if ack is not None:
-                payload = (ack.payload(self.store.db_id) if pairs is None
-                           else ack.payload(self.store.db_id, pairs.get(ack.node)))
-                try:
-                    self.source.publish(self.topics.ack(ack.node), payload)
-                except Exception:  # one odd topic must not hold back the broker's acks below
-                    log.exception("could not acknowledge %s to node %r", msg.topic, ack.node)
+        """The commit's acknowledgements, one per node and boot however many of its batches the
+        commit holds (acks.merge); in a region with its node's safe pair (None: not a region)."""
+        for ack in merge(a for _, a in done if a is not None):
+            payload = (ack.payload(self.store.db_id) if pairs is None
+                       else ack.payload(self.store.db_id, pairs.get(ack.node)))
+            try:
+                self.source.publish(self.topics.ack(ack.node), payload)
+            except Exception:  # one odd topic must not hold back the broker's acks below
+                log.exception("could not acknowledge boot %d to node %r", ack.boot, ack.node)
 
     def _refused(self, group: Sequence[Inbound]) -> None:
         for msg in group:

@@ -153,9 +153,20 @@ class Listener:
         wait_for(lambda: len(self.on(topic)) >= n, timeout, f"{n} messages on {topic}")
         return self.on(topic)[:n]
 
+    def acked(self, topic: str) -> list[int]:
+        """Every seq the acknowledgements on `topic` name, in the order they name them (a seq twice
+        if two name it). The gateway sends one per node and boot for all the batches of a commit,
+        so the messages themselves are not one per batch."""
+        return seqs_of(self.on(topic))
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def seqs_of(acks: list[dict[str, Any]]) -> list[int]:
+    """The seqs of acknowledgements, their ranges spelled out (a compact one's lone seqs too)."""
+    return [s for a in acks for r in a.get("seq", ()) for s in ([r] if isinstance(r, int) else range(r[0], r[1] + 1))]
 
 
 def pubacks(broker: Any, client_id: str = "meetkit-gateway") -> int:

@@ -1,5 +1,6 @@
 """After the commit, and only then: the node's acknowledgement on <prefix>/<node>/ack and the MQTT
-ack to the broker. The acknowledgement names the database and the seqs the database holds."""
+ack to the broker. The acknowledgement names the database and the seqs the database holds: one
+message per node and boot for all the batches of that node and boot in the commit."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import time
 import pytest
 
 from meetkit_gateway import config as configuration
-from meetkit_gateway.acks import ranges
+from meetkit_gateway.acks import MAX_RANGES, Ack, merge, ranges, split
 
-
-from .conftest import Listener, Publisher, Running, batch, example, pubacks, wait_for, write_config
+from .conftest import Listener, Publisher, Running, batch, example, pubacks, seqs_of, wait_for, write_config
 
 DB_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -62,7 +62,9 @@ def test_ranges():
 def test_duplicates_are_acknowledged_again(gateway, node, acks):
     b = batch(seqs=range(3))
     node.publish("meetkit/ams-001/up", b)
+    acks.wait("meetkit/ams-001/ack", 1)
     node.publish("meetkit/ams-001/up", b)  # the node did not hear the first ack, say
+    acks.wait("meetkit/ams-001/ack", 2)
     node.publish("meetkit/ams-001/up", batch(seqs=range(2, 5)))  # overlaps: 2 is a duplicate
     first, second, third = acks.wait("meetkit/ams-001/ack", 3)
     assert first == second == {"v": 1, "db": gateway.gateway.db_id, "boot": 3, "seq": [[0, 2]]}
@@ -81,15 +83,12 @@ def test_a_dead_lettered_batch_is_acknowledged_when_its_seqs_can_be_read(gateway
     node.publish("meetkit/ams-001/status", {"v": 1, "node": "ams-001", "online": True})  # no ack for status
     node.publish("meetkit/ams-001/up", batch(seqs=[40]))  # a good one, to know all came through
     gateway.wait_committed(6)
-    # its ack is the last: the gateway acknowledges in the order it took the messages, so any ack
-    # for those before it has arrived by then
-    wait_for(lambda: {"v": 1, "db": gateway.gateway.db_id, "boot": 3, "seq": [[40, 40]]}
-             in acks.on("meetkit/ams-001/ack"), what="the ack of the good batch")
+    # 40 is acknowledged last: the gateway acknowledges in the order it took the messages, so any
+    # ack for those before it has arrived by then (in the same message, if they share a commit)
+    wait_for(lambda: 40 in acks.acked("meetkit/ams-001/ack"), what="the ack of the good batch")
     db_id = gateway.gateway.db_id
-    assert acks.on("meetkit/ams-001/ack") == [
-        {"v": 1, "db": db_id, "boot": 3, "seq": [[16, 17]]},
-        {"v": 1, "db": db_id, "boot": 3, "seq": [[40, 40]]},
-    ]
+    assert acks.acked("meetkit/ams-001/ack") == [16, 17, 40]
+    assert all(a == {"v": 1, "db": db_id, "boot": 3, "seq": a["seq"]} for a in acks.on("meetkit/ams-001/ack"))
     assert acks.on("meetkit/ams-002/ack") == [{"v": 1, "db": db_id, "boot": 3, "seq": [[16, 17]]}]
     with gateway.store() as s:
         assert s.counts().dead_letters == 4
@@ -190,8 +189,9 @@ def test_acks_keep_flowing_when_many_batches_arrive_at_once(gateway, broker, ack
             info.wait_for_publish(10)
     finally:
         node.close()
-    got = acks.wait("meetkit/ams-004/ack", 300, timeout=30)
-    assert sorted(a["seq"][0][0] for a in got) == list(range(300))
+    # each seq once: in the ack of its commit, with the others of that commit
+    wait_for(lambda: len(acks.acked("meetkit/ams-004/ack")) >= 300, 30, "every seq acknowledged")
+    assert sorted(acks.acked("meetkit/ams-004/ack")) == list(range(300))
     with gateway.store() as s:
         assert s.counts().records == 300
 
@@ -219,6 +219,67 @@ def test_publishing_acks_from_the_writer_thread_while_paho_runs(gateway, broker,
         t.start()
     for t in threads:
         t.join(30)
-    for name in nodes:
-        got = acks.wait(f"meetkit/{name}/ack", 20)
-        assert [a["seq"] for a in got] == [[[s, s]] for s in range(20)]
+    for name in nodes:  # in order, each once, whichever of them shared a commit
+        wait_for(lambda: len(acks.acked(f"meetkit/{name}/ack")) >= 20, what=f"the acks of {name}")
+        assert acks.acked(f"meetkit/{name}/ack") == list(range(20))
+
+
+# -- one acknowledgement per node and boot for a commit ---------------------------------------------
+
+
+def test_merge_joins_each_node_and_boot_and_keeps_the_order_of_first_appearance():
+    a = Ack("ams-001", 3, (16, 17))
+    b = Ack("ams-002", 3, (5,))
+    env = Ack("ams-001", 9, (), env=True, compact=True)
+    c = Ack("ams-001", 3, (18, 20, 17))  # a duplicate 17 among them
+    d = Ack("ams-001", 4, (0,))
+    v2 = Ack("ams-001", 3, (30,), compact=True)  # another form: another message
+    assert merge([a, b, env, c, d, v2]) == [
+        Ack("ams-001", 3, (16, 17, 18, 20)), b, env, d, v2,
+    ]
+    assert merge([env, env]) == [env, env]  # each asks on its own
+    assert merge([]) == []
+
+
+def test_a_merged_ack_of_too_many_ranges_is_split_and_stays_under_1_kb():
+    top = 2**30 - 1
+    seqs = tuple(s for k in range(MAX_RANGES + 5) for s in (top - 300 + 3 * k, top - 299 + 3 * k))
+    parts = merge([Ack("ams-001", top, seqs[:40]), Ack("ams-001", top, seqs[40:])])
+    assert [len(ranges(p.seqs)) for p in parts] == [MAX_RANGES, 5]
+    assert sorted(s for p in parts for s in p.seqs) == sorted(seqs)
+    # the largest an acknowledgement can be: 32 ranges of 10-digit seqs, a 10-digit boot, a safe pair
+    assert max(len(p.payload("f" * 16, (top, top))) for p in parts) < 1024
+    assert split(Ack("ams-001", 3, tuple(range(500)))) == [Ack("ams-001", 3, tuple(range(500)))]  # one range
+
+
+def test_two_batches_of_a_node_in_one_commit_get_one_ack_two_nodes_two_an_env_ack_its_own(gateway, node, acks):
+    """While another connection holds the store's write lock the writer waits in its commit; the
+    messages that arrive meanwhile are committed together when it is let go."""
+    w = gateway.gateway.writer
+    lock = sqlite3.connect(gateway.cfg.store.path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        node.publish("meetkit/ams-009/up", batch(node="ams-009", seqs=[0]))  # the writer takes it, and waits
+        wait_for(lambda: w.received == 1 and w.backlog == 0, what="the first message in the writer's hands")
+        node.publish("meetkit/ams-001/up", batch(seqs=[1, 2]))
+        node.publish("meetkit/ams-002/up", batch(node="ams-002", seqs=[5]))
+        node.publish("meetkit/ams-001/up", b'[2,9,"AAAA"]')  # v2, a boot whose envelope it lacks
+        node.publish("meetkit/ams-001/up", batch(seqs=[3, 7]))
+        node.publish("meetkit/ams-001/up", batch(boot=4, seqs=[0]))
+        wait_for(lambda: w.received == 6, what="the messages at the gateway")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    gateway.wait_committed(6)
+    assert w.groups == 2
+    db = gateway.gateway.db_id
+    wait_for(lambda: len(acks.messages) >= 5, what="the acks")
+    assert [(t, doc) for t, doc, _ in acks.messages] == [
+        ("meetkit/ams-009/ack", {"v": 1, "db": db, "boot": 3, "seq": [[0, 0]]}),
+        ("meetkit/ams-001/ack", {"v": 1, "db": db, "boot": 3, "seq": [[1, 3], [7, 7]]}),
+        ("meetkit/ams-002/ack", {"v": 1, "db": db, "boot": 3, "seq": [[5, 5]]}),
+        ("meetkit/ams-001/ack", {"db": db, "boot": 9, "seq": [], "env": 1}),
+        ("meetkit/ams-001/ack", {"v": 1, "db": db, "boot": 4, "seq": [[0, 0]]}),
+    ]
+    # the broker still gets its MQTT ack (PUBACK) for each message, merged or not
+    wait_for(lambda: gateway.gateway.source.acked == 6, what="a PUBACK for each of the 6 messages")
