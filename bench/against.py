@@ -162,18 +162,22 @@ def ingest_vm(rev: str, old: Path, work: Path, runs: int = 5) -> None:
     messages = sum(len(st.messages) for st in streams)
     times: dict[str, list[float]] = {"old": [], "new": []}
     cpu: dict[str, list[float]] = {"old": [], "new": []}
+    acks: dict[str, list[int | None]] = {"old": [], "new": []}
     for k, side in _turns(runs, old):
         r = gateway.gateway_run(work / f"ingest-{side}-{k}", streams, files)
         times[side].append(r.seconds)
         cpu[side].append((r.cpu_s or 0) / messages * 1e6)
+        acks[side].append(r.acks)
     ratio = median(times["new"]) / median(times["old"])
     record("against_ingest_vm_ratio", round(ratio, 3), "ratio", "lower", {
         "rev": rev, "new_s": [round(t, 3) for t in times["new"]], "old_s": [round(t, 3) for t in times["old"]],
         "new_gateway_cpu_us_per_message": [round(c) for c in cpu["new"]],
         "old_gateway_cpu_us_per_message": [round(c) for c in cpu["old"]],
+        "new_ack_messages": acks["new"], "old_ack_messages": acks["old"],
         "messages": messages, "what": "this checkout's median ingest time over rev's (bench/gateway.py's stream)"})
     print(f"ingest_vm: new/old {ratio:.3f} (new {median(times['new']):.2f} s, old {median(times['old']):.2f} s; "
-          f"CPU per message new {median(cpu['new']):.0f} us, old {median(cpu['old']):.0f} us)", flush=True)
+          f"CPU per message new {median(cpu['new']):.0f} us, old {median(cpu['old']):.0f} us; "
+          f"ack messages for {messages} messages new {acks['new']}, old {acks['old']})", flush=True)
 
 
 def run(rev: str, with_gateway: bool = False) -> None:
