@@ -4,6 +4,7 @@ message per node and boot for all the batches of that node and boot in the commi
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import threading
@@ -283,3 +284,18 @@ def test_two_batches_of_a_node_in_one_commit_get_one_ack_two_nodes_two_an_env_ac
     ]
     # the broker still gets its MQTT ack (PUBACK) for each message, merged or not
     wait_for(lambda: gateway.gateway.source.acked == 6, what="a PUBACK for each of the 6 messages")
+
+
+def test_every_acknowledgement_merge_makes_is_one_the_schema_allows():
+    from .test_payload_schema import validator
+
+    ack_v = validator("ack")
+    seqs = tuple(range(0, 200, 2))  # 100 ranges of one seq
+    for compact in (False, True):
+        parts = merge([Ack("ams-001", 3, seqs, compact=compact)])
+        assert len(parts) == 4
+        for p in parts:
+            doc = json.loads(p.payload("0123456789abcdef"))
+            assert ack_v.is_valid(doc), doc
+    too_many = json.loads(Ack("ams-001", 3, seqs).payload("0123456789abcdef"))
+    assert not ack_v.is_valid(too_many)  # what the gateway sent before it split
