@@ -159,6 +159,43 @@ def test_acks_carry_the_safe_pair_and_standalone_ones_follow_the_region_store(tm
         gw.stop()
 
 
+def test_batches_committed_together_get_one_acknowledgement_with_the_pair(tmp_path, broker, vm):
+    """The writer waits in its commit while another connection holds the store's write lock: the
+    node's two batches that arrive meanwhile go into one commit, and one acknowledgement, which
+    carries the node's safe pair as each does."""
+    import sqlite3
+
+    vm.stop()  # nothing forwarded: the pair stays where it is while the test looks
+    path = write_config(tmp_path, broker.port)
+    path.write_text(path.read_text() + region_toml(vm.url))
+    g = Running(configuration.load(path)).wait_subscribed()
+    acks = Acks(broker)
+    node = Publisher(broker.host, broker.port)
+    w = g.gateway.writer
+    try:
+        lock = sqlite3.connect(g.cfg.store.path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            node.publish("meetkit/ams-009/up", batch(node="ams-009", seqs=[0]))
+            wait_for(lambda: w.received == 1 and w.backlog == 0, what="the first message in the writer's hands")
+            node.publish(f"meetkit/{NODE}/up", batch(seqs=range(0, 3)))
+            node.publish(f"meetkit/{NODE}/up", batch(seqs=range(3, 5)))
+            wait_for(lambda: w.received == 3, what="both batches at the gateway")
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        g.wait_committed(3)
+        ack = acks.next_batch_ack(0)
+        assert ack == {"v": 1, "db": g.gateway.db_id, "boot": 3, "seq": [[0, 4]], "safe": [2, 2**30 - 1]}
+        node.publish(f"meetkit/{NODE}/up", batch(seqs=[5]))  # its ack comes after any other of those
+        assert acks.next_batch_ack(1)["seq"] == [[5, 5]]
+        assert w.groups == 3 and len(acks.all()) == 2
+    finally:
+        node.close()
+        acks.close()
+        g.stop()
+
+
 def test_records_the_store_never_forwards_do_not_hold_the_pair_back(tmp_path, broker, vm):
     """A record refused on its own is acknowledged (kept as a dead letter) but never forwarded: the
     pair passes it."""
