@@ -6,8 +6,8 @@
 `seq` lists, as sorted inclusive ranges, the seqs that the database now holds of every batch of
 that node and boot committed together (`merge`: one message, not one per batch): stored now,
 stored before (duplicates), or kept in the dead-letter table: a record refused on its own, or the
-whole batch when it was rejected but its boot and seqs could still be read (`readable`). Only values the contract allows are acknowledged: a boot or seq beyond `BOOT_MAX` /
-`SEQ_MAX` never is. `db` is the database's id: a node that sees another id than before sends again
+whole batch when it was rejected but its boot and seqs could still be read (`readable`). Only
+values the contract allows are acknowledged: a boot or seq beyond `BOOT_MAX` / `SEQ_MAX` never is. `db` is the database's id: a node that sees another id than before sends again
 everything its spool still holds.
 """
 
@@ -29,6 +29,7 @@ VERSION = 1
 #: to 16 until its loop takes them (firmware/lib/outbox.py, _ACKS_MAX). 32 ranges of the largest
 #: seqs, the largest boot and a safe pair make 856 bytes, under the 1 KB docs/payload.md promises.
 MAX_RANGES = 32
+
 
 def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted inclusive ranges covering exactly `seqs`: [3, 1, 2, 7] -> [(1, 3), (7, 7)]."""
