@@ -7,8 +7,9 @@
 that node and boot committed together (`merge`: one message, not one per batch): stored now,
 stored before (duplicates), or kept in the dead-letter table: a record refused on its own, or the
 whole batch when it was rejected but its boot and seqs could still be read (`readable`). Only
-values the contract allows are acknowledged: a boot or seq beyond `BOOT_MAX` / `SEQ_MAX` never is. `db` is the database's id: a node that sees another id than before sends again
-everything its spool still holds.
+values the contract allows are acknowledged: a boot or seq beyond `BOOT_MAX` / `SEQ_MAX` never is.
+`db` is the database's id: a node that sees another id than before sends again everything its
+spool still holds.
 """
 
 from __future__ import annotations
