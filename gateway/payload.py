@@ -233,6 +233,10 @@ class Record:
     values: Mapping[str, Value | None]
     flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     err: Mapping[str, int] = field(default_factory=dict)
+    #: the store's encoding of `values` and `flags`, (shape, vals, readings) as
+    #: store.values.encode_record gives it, when the quick path made it on the way (else None):
+    #: not part of what the record says, so not compared
+    enc: tuple[bytes, bytes, int] | None = field(default=None, compare=False, repr=False)
 
     def quantities(self) -> list[str]:
         """Every quantity the record says something about (a value or flags), in contract order."""
@@ -942,12 +946,20 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch |
     records = []
     last_seq = -1
     ts_max = now + FUTURE_MARGIN_S
+    encode = _encoder()
+    every_unit = len(units) == len(_KEYS)  # (units within `_UNIT_ITEMS`): every quantity's
     for r in doc.recs:
         seq, ts, up, dur, *given, f, err = _quick_fields(r)
         if seq <= last_seq or (ts is not None and ts > ts_max):
             return None
         last_seq = seq
-        values: dict[str, Value | None] = {}
+        enc = encode(given, None if f is UNSET else f, UNSET, _quick_fields)
+        if enc is not None and (every_unit or {k for k, x in zip(_KEYS, given) if x is not UNSET} <= units.keys()):
+            # the values stay in `enc` until something asks for them
+            records.append(Record(seq, ts, up, dur, _Stored(enc), {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()},
+                                  {} if err is UNSET else err, enc))
+            continue
+        values = {}
         for k, x in zip(_KEYS, given):
             if x is UNSET:
                 continue
@@ -966,6 +978,53 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch |
         records.append(Record(seq, ts, up, dur, values, flags, {} if err is UNSET else err))
     return Batch(node, doc.boot, doc.fw, doc.board, doc.sensors, units, tuple(records),
                  None if doc.dropped is UNSET else doc.dropped)
+
+
+_encode_decoded: Callable[..., tuple[bytes, bytes, int] | None] | None = None
+
+
+def _encoder() -> Callable[..., tuple[bytes, bytes, int] | None]:
+    """store.values.encode_decoded, imported once the payload module is (the store imports it)."""
+    global _encode_decoded
+    if _encode_decoded is None:
+        from .store.values import encode_decoded
+        _encode_decoded = encode_decoded
+    return _encode_decoded
+
+
+class _Stored(Mapping[str, "Value | None"]):
+    """A quick-path record's values, kept as the store encodes them (`Record.enc`) and made into
+    Values only when something asks for them (the store writes `enc`; nothing on ingest's way reads
+    them): the Values the loop of `_plainly_valid_batch` makes, as the encoding gives back exactly
+    the numbers it was made of (store/values.py)."""
+
+    __slots__ = ("_enc", "_values")
+
+    def __init__(self, enc: tuple[bytes, bytes, int]) -> None:
+        self._enc = enc
+        self._values: dict[str, Value | None] | None = None
+
+    def _dict(self) -> dict[str, Value | None]:
+        if self._values is None:
+            from .store.values import readings_of
+            self._values = {q: None if v is None else _new_tuple(Value, v)
+                            for q, v in readings_of(self._enc[0], self._enc[1]).items()}
+        return self._values
+
+    def keys(self) -> Any:
+        return self._dict().keys()
+
+    def __getitem__(self, key: str) -> Value | None:
+        return self._dict()[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return self._enc[2]
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 _SUMMARY_TEXT = "[avg, min, max, n]"

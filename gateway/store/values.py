@@ -338,3 +338,112 @@ def decode(shape: bytes, vals: bytes, units: Mapping[str, str]) -> list[Decoded]
         for q, avg, lo, hi, n, unit, flags in json.loads(vals[s.size:]):
             out.append((q, avg, lo, hi, n, unit if unit is not None else unit_of(units, q), flags))
     return out
+
+
+
+# -- ingest's quick path: a record as payload v1's quick path decodes it ----------------------------
+# `encode_decoded` gives what `encode_record` gives, from a record's values as msgspec decoded them
+# (payload.py, `_plainly_valid_batch`), without the Values and the dict built only to be encoded:
+# the same M = round(x * 10**k) at the first k of `_TRY` that gives each of a value's numbers back
+# exactly, the same checks, the same bytes (tests/gateway/test_values_decoded.py compares them over
+# the benchmark's stream and odd values). A node sends the same few thousand numbers again and
+# again, so the Ms of a number at each k are kept (`_MEMO_MAX` of them per `_TRY`).
+
+#: numbers whose M is kept, per `_TRY` entry
+_MEMO_MAX = 8192
+_memos: dict[tuple[int, ...], dict[float, int]] = {}
+
+
+def _m(memo: dict[float, int], x: float, p: int) -> int | None:
+    """x's M at scale p (None when M / p is not x), kept in `memo` (a zero never is: -0.0 == 0.0
+    as a key, but -0.0 has no M)."""
+    m = _fixed(x, p)
+    if x and m is not None:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[x] = m
+    return m
+
+
+# Per quantity of `CODES`, in order: its name, mask bit, memo of Ms at its last k, that k's scale,
+# d = 10**(last k - first k), and (offset, head bits) at the first k and at the last. A number
+# whose M at the last k is a multiple of d has M // d at the first one (and none when it has
+# none at the last: `_TRY`'s ks are ascending, and a decimal exact at k is exact at any larger k).
+_QUICK = tuple(
+    (q, 1 << i, _memos.setdefault(_TRY[q], {}), _P[_TRY[q][-1]], _P[_TRY[q][-1] - _TRY[q][0]],
+     OFFSETS.get(q, 0) * _P[_TRY[q][0]], _TRY[q][0] << 4, OFFSETS.get(q, 0) * _P[_TRY[q][-1]], _TRY[q][-1] << 4)
+    for i, q in enumerate(CODES))
+assert all(len(t) <= 2 and list(t) == sorted(t) for t in _TRY.values())  # a first k and a last
+
+
+def encode_decoded(given: Iterable[Any], flags: Mapping[str, Any] | None, absent: Any,
+                   fields_of: Any) -> tuple[bytes, bytes, int] | None:
+    """`encode_record` of a record's values as payload's quick path decodes them, one per quantity
+    of `CODES` in its order: `absent` (not in the record), None (null), a number (int or float: a
+    scalar), or a summary whose `fields_of(x)` is (avg, min, max, n); `flags`: quantity -> flag
+    names, or None. None when `encode_fast` would not take the record (the caller then encodes its
+    Values with `encode_record`), and for a summary whose min is above its max."""
+    heads = bytearray()
+    fields: list[int] = []
+    mask = nv = 0
+    for (q, bit, memo, p, d, off1, kb1, off2, kb2), x in zip(_QUICK, given):
+        if x is absent:
+            continue
+        nv += 1
+        mask |= bit
+        if x is None:
+            head = NULL
+        elif type(x) is float or type(x) is int:
+            a = memo.get(x)
+            if a is None:
+                a = _m(memo, x, p)
+                if a is None:
+                    return None
+            if d != 1 and not a % d:
+                a = a // d - off1
+                head = S16 | kb1
+            else:
+                a -= off2
+                head = S16 | kb2
+            if not -32768 <= a < 32768:
+                return None
+            fields.append(a)
+        else:
+            avg, lo, hi, n = fields_of(x)
+            a, mn, mx = memo.get(avg), memo.get(lo), memo.get(hi)
+            if a is None or mn is None or mx is None:
+                a, mn, mx = _m(memo, avg, p), _m(memo, lo, p), _m(memo, hi, p)
+                if a is None or mn is None or mx is None:
+                    return None
+            if mn > mx:  # min above max: not plainly valid, the caller's loop says so
+                return None
+            if d != 1 and not (a % d or mn % d or mx % d):
+                mn, mx, a = (mn - a) // d, (mx - a) // d, a // d - off1
+                head = kb1
+            else:
+                mn, mx, a = mn - a, mx - a, a - off2
+                head = kb2
+            if not (-32768 <= a < 32768 and 0 <= n < 256 and -32768 <= mn and mx < 32768):
+                return None
+            head |= M8 if -128 <= mn and mx < 128 else M16
+            fields += (a, mn, mx, n)
+        if flags:
+            fl = flags.get(q)
+            if fl:
+                bits = _flag_bits(tuple(fl))
+                if bits is None:
+                    return None
+                head |= 0x80
+                fields.append(bits)
+        heads.append(head)
+    if flags and any(q not in _CODE or not mask >> _CODE[q] & 1 for q in flags):
+        return None
+    hb = bytes(heads)
+    return _MASK.pack(mask) + hb, _struct(hb).pack(*fields), nv
+
+
+def readings_of(shape: bytes, vals: bytes) -> dict[str, Fields | None]:
+    """The values `encode_decoded` encoded, back: quantity -> (avg, min, max, n), None for null
+    (exactly the floats and counts given: see the module's docstring)."""
+    return {q: None if avg is None and n is None else (avg, lo, hi, n)
+            for q, avg, lo, hi, n, _, _ in decode(shape, vals, _DEFAULT_UNITS)}
