@@ -953,7 +953,7 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch |
         if seq <= last_seq or (ts is not None and ts > ts_max):
             return None
         last_seq = seq
-        enc = encode(given, None if f is UNSET else f, UNSET, _quick_fields)
+        enc = encode(given, None if f is UNSET else f, _quick_fields)
         if enc is not None and (every_unit or {k for k, x in zip(_KEYS, given) if x is not UNSET} <= units.keys()):
             # the values stay in `enc` until something asks for them
             records.append(Record(seq, ts, up, dur, _Stored(enc), {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()},

@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from msgspec import UNSET
 
 from ..payload import QUANTITIES
 
@@ -376,70 +378,134 @@ _QUICK = tuple(
 assert all(len(t) <= 2 and list(t) == sorted(t) for t in _TRY.values())  # a first k and a last
 
 
-def encode_decoded(given: Iterable[Any], flags: Mapping[str, Any] | None, absent: Any,
-                   fields_of: Any) -> tuple[bytes, bytes, int] | None:
+def encode_decoded(given: Sequence[Any], flags: Mapping[str, Any] | None,
+                   fields_of: Callable[[Any], tuple[Any, ...]]) -> tuple[bytes, bytes, int] | None:
     """`encode_record` of a record's values as payload's quick path decodes them, one per quantity
-    of `CODES` in its order: `absent` (not in the record), None (null), a number (int or float: a
+    of `CODES` in its order: UNSET (not in the record), None (null), a number (int or float: a
     scalar), or a summary whose `fields_of(x)` is (avg, min, max, n); `flags`: quantity -> flag
     names, or None. None when `encode_fast` would not take the record (the caller then encodes its
-    Values with `encode_record`), and for a summary whose min is above its max."""
-    heads = bytearray()
-    fields: list[int] = []
-    mask = nv = 0
-    for (q, bit, memo, p, d, off1, kb1, off2, kb2), x in zip(_QUICK, given):
-        if x is absent:
-            continue
-        nv += 1
-        mask |= bit
-        if x is None:
-            head = NULL
-        elif type(x) is float or type(x) is int:
-            a = memo.get(x)
-            if a is None:
-                a = _m(memo, x, p)
-                if a is None:
-                    return None
-            if d != 1 and not a % d:
-                a = a // d - off1
-                head = S16 | kb1
+    Values with `encode_record`), and for a summary whose min is above its max.
+
+    The records of a node are alike (the same quantities, each a summary, a number or null), so
+    the work is done by a function made for records of that layout (`_made`), the last one used
+    tried first."""
+    global _last
+    got = _last(given, flags, fields_of)
+    if got is _OTHER:
+        if not _SAME_ORDER or len(given) != len(CODES):
+            return None
+        layout = "".join(_ABSENT if x is UNSET else _NULL if x is None else
+                         _NUMBER if type(x) is float or type(x) is int else _SUMMARY for x in given)
+        fn = _made.get(layout)
+        if fn is None:
+            if len(_made) >= 256:
+                _made.clear()
+            fn = _made[layout] = _make(layout)
+        _last = fn
+        got = fn(given, flags, fields_of)
+    return got  # type: ignore[no-any-return]
+
+
+#: a quantity's slot in a record's layout: absent, null, a number, a summary
+_ABSENT, _NULL, _NUMBER, _SUMMARY = "-", "Z", "N", "S"
+#: what a made function gives for a record of another layout
+_OTHER = object()
+#: the payload's quantities are `CODES`, in that order (else `encode_decoded` takes nothing)
+_SAME_ORDER = CODES == tuple(QUANTITIES)
+_made: dict[str, Callable[..., Any]] = {}
+
+
+def _make(layout: str) -> Callable[..., Any]:
+    """`encode_decoded` for records of `layout` (a slot per quantity of `CODES`), its checks and
+    constants written out, a slot's fields in local variables: a third of the work of a loop
+    over the quantities. It gives `_OTHER` for a record of another layout."""
+    env: dict[str, Any] = {"A": UNSET, "F": float, "I": int, "OTHER": _OTHER, "_m": _m, "_struct": _struct,
+                           "_with_flags": _with_flags, "M8": M8, "M16": M16}
+    xs = ", ".join(f"x{j}" for j in range(len(layout)))
+    guard, body, heads, fields = [], [], [], []
+    present = [j for j, c in enumerate(layout) if c != _ABSENT]
+    for j, c in enumerate(layout):
+        q, _, memo, p, d, off1, kb1, off2, kb2 = _QUICK[j]
+        env[f"g{j}"], env[f"memo{j}"] = memo.get, memo
+        x = f"x{j}"
+        if c == _ABSENT:
+            guard.append(f"{x} is not A")
+        elif c == _NULL:
+            guard.append(f"{x} is not None")
+            heads.append(str(NULL))
+        elif c == _NUMBER:
+            guard.append(f"(type({x}) is not F and type({x}) is not I)")
+            body += [f"a{j} = g{j}({x})",
+                     f"if a{j} is None:",
+                     f"    a{j} = _m(memo{j}, {x}, {p})",
+                     f"    if a{j} is None: return None"]
+            if d != 1:
+                body += [f"if a{j} % {d}: a{j} -= {off2}; h{j} = {S16 | kb2}",
+                         f"else: a{j} = a{j} // {d} - {off1}; h{j} = {S16 | kb1}"]
             else:
-                a -= off2
-                head = S16 | kb2
-            if not -32768 <= a < 32768:
-                return None
-            fields.append(a)
+                body += [f"a{j} -= {off2}; h{j} = {S16 | kb2}"]
+            body.append(f"if not -32768 <= a{j} < 32768: return None")
+            heads.append(f"h{j}")
+            fields.append(f"a{j}")
         else:
-            avg, lo, hi, n = fields_of(x)
-            a, mn, mx = memo.get(avg), memo.get(lo), memo.get(hi)
-            if a is None or mn is None or mx is None:
-                a, mn, mx = _m(memo, avg, p), _m(memo, lo, p), _m(memo, hi, p)
-                if a is None or mn is None or mx is None:
-                    return None
-            if mn > mx:  # min above max: not plainly valid, the caller's loop says so
-                return None
-            if d != 1 and not (a % d or mn % d or mx % d):
-                mn, mx, a = (mn - a) // d, (mx - a) // d, a // d - off1
-                head = kb1
+            guard.append(f"{x} is None or {x} is A or type({x}) is F or type({x}) is I")
+            a, lo, hi, n = f"a{j}", f"l{j}", f"h{j}", f"n{j}"
+            body += [f"v, u, w, {n} = fields_of({x})",
+                     f"{a}, {lo}, {hi} = g{j}(v), g{j}(u), g{j}(w)",
+                     f"if {a} is None or {lo} is None or {hi} is None:",
+                     f"    {a}, {lo}, {hi} = _m(memo{j}, v, {p}), _m(memo{j}, u, {p}), _m(memo{j}, w, {p})",
+                     f"    if {a} is None or {lo} is None or {hi} is None: return None",
+                     f"if {lo} > {hi}: return None  # min above max: not plainly valid, the caller says so"]
+            if d != 1:
+                body += [f"if {a} % {d} or {lo} % {d} or {hi} % {d}:",
+                         f"    {lo} -= {a}; {hi} -= {a}; {a} -= {off2}; k{j} = {kb2}",
+                         "else:",
+                         f"    {lo} = ({lo} - {a}) // {d}; {hi} = ({hi} - {a}) // {d}; {a} = {a} // {d} - {off1}; k{j} = {kb1}"]
             else:
-                mn, mx, a = mn - a, mx - a, a - off2
-                head = kb2
-            if not (-32768 <= a < 32768 and 0 <= n < 256 and -32768 <= mn and mx < 32768):
-                return None
-            head |= M8 if -128 <= mn and mx < 128 else M16
-            fields += (a, mn, mx, n)
-        if flags:
-            fl = flags.get(q)
-            if fl:
-                bits = _flag_bits(tuple(fl))
-                if bits is None:
-                    return None
-                head |= 0x80
-                fields.append(bits)
-        heads.append(head)
-    if flags and any(q not in _CODE or not mask >> _CODE[q] & 1 for q in flags):
+                body += [f"{lo} -= {a}; {hi} -= {a}; {a} -= {off2}; k{j} = {kb2}"]
+            body += [f"if not (-32768 <= {a} < 32768 and 0 <= {n} < 256 and -32768 <= {lo} and {hi} < 32768): return None",
+                     f"k{j} |= M8 if -128 <= {lo} and {hi} < 128 else M16"]
+            heads.append(f"k{j}")
+            fields += [a, lo, hi, n]
+    env["CODES"] = tuple(CODES[j] for j in present)
+    env["WIDTHS"] = tuple({_NULL: 0, _NUMBER: 1, _SUMMARY: 4}[layout[j]] for j in present)
+    env["MASK"] = _MASK.pack(sum(1 << j for j in present))
+    src = [f"def made(given, flags, fields_of):",
+           f"    {xs}, = given",
+           f"    if {' or '.join(guard)}: return OTHER",
+           *(f"    {line}" for line in body),
+           f"    hb = bytes(({''.join(h + ', ' for h in heads)}))",
+           f"    f = ({''.join(x + ', ' for x in fields)})",
+           f"    if flags: return _with_flags(CODES, WIDTHS, hb, f, flags, MASK)",
+           f"    return MASK + hb, _struct(hb).pack(*f), {len(present)}"]
+    exec("\n".join(src), env)
+    return env["made"]  # type: ignore[no-any-return]
+
+
+def _with_flags(codes: tuple[str, ...], widths: tuple[int, ...], hb: bytes, f: tuple[int, ...],
+                flags: Mapping[str, Any], mask: bytes) -> tuple[bytes, bytes, int] | None:
+    """A record's encoding with its flags: each flagged quantity's head bit, the flags' bits after
+    its fields, as `encode_fast` writes them; None when it would not take them."""
+    if not flags.keys() <= set(codes):
         return None
+    heads = bytearray(hb)
+    fields: list[int] = []
+    at = 0
+    for i, (q, width) in enumerate(zip(codes, widths)):
+        fields += f[at:at + width]
+        at += width
+        fl = flags.get(q)
+        if fl:
+            bits = _flag_bits(tuple(fl))
+            if bits is None:
+                return None
+            heads[i] |= 0x80
+            fields.append(bits)
     hb = bytes(heads)
-    return _MASK.pack(mask) + hb, _struct(hb).pack(*fields), nv
+    return mask + hb, _struct(hb).pack(*fields), len(codes)
+
+
+_last: Callable[..., Any] = lambda given, flags, fields_of: _OTHER
 
 
 def readings_of(shape: bytes, vals: bytes) -> dict[str, Fields | None]:
