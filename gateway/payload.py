@@ -540,11 +540,13 @@ _ENVELOPE_REQUIRED = ("v", "node", "boot", "fw", "board", "sensors", "units", "r
 
 
 def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size: int | None = None,
-                envelope_of: EnvelopeOf | None = None) -> Batch:
+                envelope_of: EnvelopeOf | None = None, encoded: bool = False) -> Batch:
     """Validate one message from `<prefix>/<topic_node>/up` against payload v1 or v2: the envelope as
     a whole (`Rejected`), each record and value on its own (`Batch.refused`). `now`: the gateway's
     clock when it received the message (a record may not start far past it); `size`: see `decode`;
-    `envelope_of`: the envelope kept for a node's boot, for a v2 batch that does not carry one."""
+    `envelope_of`: the envelope kept for a node's boot, for a v2 batch that does not carry one;
+    `encoded`: the records of a v1 batch on the quick path come encoded for the store (`Record.enc`:
+    ingest's writer), their Values made only when asked for."""
     now = time.time() if now is None else now
     if size is None or size <= MAX_MESSAGE_BYTES:
         # v2's short batch (an array) and object (the firmware writes its version first) are never a
@@ -552,7 +554,7 @@ def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size:
         if payload[:1] == b"[":
             batch = _plainly_valid_short(payload, topic_node, now, envelope_of)
         elif not payload.startswith(b'{"v":2'):
-            batch = _plainly_valid_batch(payload, topic_node, now)
+            batch = _plainly_valid_batch(payload, topic_node, now, encoded)
         else:
             batch = None
         if batch is not None:
@@ -930,9 +932,9 @@ _KEYS = tuple(QUANTITIES)
 _new_tuple = tuple.__new__  # a Value of fields just checked, without Value.__new__'s check again
 
 
-def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch | None:
+def _plainly_valid_batch(payload: bytes, topic_node: str, now: float, encoded: bool = False) -> Batch | None:
     """`_checked_batch(decode(payload))` for a batch that is plainly valid, found quickly; None
-    for anything else."""
+    for anything else. `encoded`: each record encoded for the store on the way (`parse_batch`)."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return None
     try:
@@ -946,14 +948,14 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch |
     records = []
     last_seq = -1
     ts_max = now + FUTURE_MARGIN_S
-    encode = _encoder()
+    encode = _encoder() if encoded else None
     every_unit = len(units) == len(_KEYS)  # (units within `_UNIT_ITEMS`): every quantity's
     for r in doc.recs:
         seq, ts, up, dur, *given, f, err = _quick_fields(r)
         if seq <= last_seq or (ts is not None and ts > ts_max):
             return None
         last_seq = seq
-        enc = encode(given, None if f is UNSET else f, _quick_fields)
+        enc = encode(given, None if f is UNSET else f, _quick_fields) if encode is not None else None
         if enc is not None and (every_unit or {k for k, x in zip(_KEYS, given) if x is not UNSET} <= units.keys()):
             # the values stay in `enc` until something asks for them
             records.append(Record(seq, ts, up, dur, _Stored(enc), {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()},

@@ -32,7 +32,7 @@ def full(data: bytes, node: str) -> Batch:
 
 def both(data: bytes, node: str) -> tuple[Batch, Batch]:
     """The quick path's Batch and the full checks' one, asserted equal, each Value a Value."""
-    quick, checked = payload.parse_batch(data, node, NOW), full(data, node)
+    quick, checked = payload.parse_batch(data, node, NOW, encoded=True), full(data, node)
     assert quick == checked
     for q, c in zip(quick.records, checked.records):
         assert dict(q.values) == c.values and list(q.values) == list(c.values) and len(q.values) == len(c.values)
@@ -67,7 +67,7 @@ def test_the_benchmark_stream_is_encoded_on_the_way_and_stored_the_same(tmp_path
     data, node = streams[0].messages[0], streams[0].node
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert stored(tmp_path / "a", payload.parse_batch(data, node, NOW)) == stored(tmp_path / "b", full(data, node))
+    assert stored(tmp_path / "a", payload.parse_batch(data, node, NOW, encoded=True)) == stored(tmp_path / "b", full(data, node))
 
 
 def _number(rng: random.Random, q: str, odd: float) -> float | int:
@@ -178,8 +178,8 @@ def test_records_of_several_layouts_in_one_batch():
 
 def test_a_summary_with_min_above_max_is_still_refused_by_the_full_checks():
     rec = {"seq": 1, "ts": TS, "up": 60, "dur": 60, "pm25": [5.2, 7, 4, 58]}
-    assert payload._plainly_valid_batch(doc([rec]), "ams-001", NOW) is None
-    assert payload.parse_batch(doc([rec]), "ams-001", NOW).refused
+    assert payload._plainly_valid_batch(doc([rec]), "ams-001", NOW, encoded=True) is None
+    assert payload.parse_batch(doc([rec]), "ams-001", NOW, encoded=True).refused
 
 
 def test_encode_decoded_is_encode_record_for_any_numbers():
