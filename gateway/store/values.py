@@ -389,66 +389,74 @@ def encode_decoded(given: Sequence[Any], flags: Mapping[str, Any] | None,
     The records of a node are alike (the same quantities, each a summary, a number or null), so
     the work is done by a function made for records of that layout (`_made`), the last one used
     tried first."""
-    global _last
-    got = _last(given, flags, fields_of)
-    if got is _OTHER:
-        if not _SAME_ORDER or len(given) != len(CODES):
-            return None
-        layout = "".join(_ABSENT if x is UNSET else _NULL if x is None else
-                         _NUMBER if type(x) is float or type(x) is int else _SUMMARY for x in given)
-        fn = _made.get(layout)
+    fn = _by_types.get(tuple(map(type, given)))
+    if fn is None:
+        fn = _for_types(given)
         if fn is None:
-            if len(_made) >= 256:
-                _made.clear()
-            fn = _made[layout] = _make(layout)
-        _last = fn
-        got = fn(given, flags, fields_of)
-    return got  # type: ignore[no-any-return]
+            return None
+    return fn(given, flags, fields_of)  # type: ignore[no-any-return]
+
+
+def _for_types(given: Sequence[Any]) -> Callable[..., Any] | None:
+    """The made function for records whose values have the types of `given`'s."""
+    if not _SAME_ORDER or len(given) != len(CODES):
+        return None
+    layout = "".join(_ABSENT if x is UNSET else _NULL if x is None else
+                     _NUMBER if type(x) is float or type(x) is int else _SUMMARY for x in given)
+    fn = _made.get(layout)
+    if fn is None:
+        if len(_made) >= 256:
+            _made.clear()
+        fn = _made[layout] = _make(layout)
+    if len(_by_types) >= 1024:
+        _by_types.clear()
+    _by_types[tuple(map(type, given))] = fn
+    return fn
 
 
 #: a quantity's slot in a record's layout: absent, null, a number, a summary
 _ABSENT, _NULL, _NUMBER, _SUMMARY = "-", "Z", "N", "S"
-#: what a made function gives for a record of another layout
-_OTHER = object()
 #: the payload's quantities are `CODES`, in that order (else `encode_decoded` takes nothing)
 _SAME_ORDER = CODES == tuple(QUANTITIES)
 _made: dict[str, Callable[..., Any]] = {}
+#: the made function by the types of a record's values (they say its layout)
+_by_types: dict[tuple[type, ...], Callable[..., Any]] = {}
 
 
 def _make(layout: str) -> Callable[..., Any]:
     """`encode_decoded` for records of `layout` (a slot per quantity of `CODES`), its checks and
     constants written out, a slot's fields in local variables: a third of the work of a loop
-    over the quantities. It gives `_OTHER` for a record of another layout."""
-    env: dict[str, Any] = {"A": UNSET, "F": float, "I": int, "OTHER": _OTHER, "_m": _m, "_struct": _struct,
+    over the quantities. Only for records of that layout."""
+    env: dict[str, Any] = {"_m": _m, "_struct": _struct,
                            "_with_flags": _with_flags, "M8": M8, "M16": M16}
     xs = ", ".join(f"x{j}" for j in range(len(layout)))
-    guard, body, heads, fields = [], [], [], []
+    body: list[str] = []
+    heads: list[str] = []
+    fields: list[str] = []
     present = [j for j, c in enumerate(layout) if c != _ABSENT]
     for j, c in enumerate(layout):
         q, _, memo, p, d, off1, kb1, off2, kb2 = _QUICK[j]
         env[f"g{j}"], env[f"memo{j}"] = memo.get, memo
         x = f"x{j}"
         if c == _ABSENT:
-            guard.append(f"{x} is not A")
-        elif c == _NULL:
-            guard.append(f"{x} is not None")
+            continue
+        if c == _NULL:
             heads.append(str(NULL))
         elif c == _NUMBER:
-            guard.append(f"(type({x}) is not F and type({x}) is not I)")
             body += [f"a{j} = g{j}({x})",
                      f"if a{j} is None:",
                      f"    a{j} = _m(memo{j}, {x}, {p})",
                      f"    if a{j} is None: return None"]
+            last = f"a{j} -= {off2}; " if off2 else ""
             if d != 1:
-                body += [f"if a{j} % {d}: a{j} -= {off2}; h{j} = {S16 | kb2}",
-                         f"else: a{j} = a{j} // {d} - {off1}; h{j} = {S16 | kb1}"]
+                body += [f"if a{j} % {d}: {last}h{j} = {S16 | kb2}",
+                         f"else: a{j} = a{j} // {d}{f' - {off1}' if off1 else ''}; h{j} = {S16 | kb1}"]
             else:
-                body += [f"a{j} -= {off2}; h{j} = {S16 | kb2}"]
+                body += [f"{last}h{j} = {S16 | kb2}"]
             body.append(f"if not -32768 <= a{j} < 32768: return None")
             heads.append(f"h{j}")
             fields.append(f"a{j}")
         else:
-            guard.append(f"{x} is None or {x} is A or type({x}) is F or type({x}) is I")
             a, lo, hi, n = f"a{j}", f"l{j}", f"h{j}", f"n{j}"
             body += [f"v, u, w, {n} = fields_of({x})",
                      f"{a}, {lo}, {hi} = g{j}(v), g{j}(u), g{j}(w)",
@@ -456,56 +464,58 @@ def _make(layout: str) -> Callable[..., Any]:
                      f"    {a}, {lo}, {hi} = _m(memo{j}, v, {p}), _m(memo{j}, u, {p}), _m(memo{j}, w, {p})",
                      f"    if {a} is None or {lo} is None or {hi} is None: return None",
                      f"if {lo} > {hi}: return None  # min above max: not plainly valid, the caller says so"]
+            last = f"{lo} -= {a}; {hi} -= {a}; " + (f"{a} -= {off2}; " if off2 else "") + f"k{j} = {kb2}"
             if d != 1:
                 body += [f"if {a} % {d} or {lo} % {d} or {hi} % {d}:",
-                         f"    {lo} -= {a}; {hi} -= {a}; {a} -= {off2}; k{j} = {kb2}",
+                         f"    {last}",
                          "else:",
-                         f"    {lo} = ({lo} - {a}) // {d}; {hi} = ({hi} - {a}) // {d}; {a} = {a} // {d} - {off1}; k{j} = {kb1}"]
+                         f"    {lo} = ({lo} - {a}) // {d}; {hi} = ({hi} - {a}) // {d}; "
+                         f"{a} = {a} // {d}{f' - {off1}' if off1 else ''}; k{j} = {kb1}"]
             else:
-                body += [f"{lo} -= {a}; {hi} -= {a}; {a} -= {off2}; k{j} = {kb2}"]
+                body.append(last)
             body += [f"if not (-32768 <= {a} < 32768 and 0 <= {n} < 256 and -32768 <= {lo} and {hi} < 32768): return None",
                      f"k{j} |= M8 if -128 <= {lo} and {hi} < 128 else M16"]
             heads.append(f"k{j}")
             fields += [a, lo, hi, n]
-    env["CODES"] = tuple(CODES[j] for j in present)
-    env["WIDTHS"] = tuple({_NULL: 0, _NUMBER: 1, _SUMMARY: 4}[layout[j]] for j in present)
+    where, end = {}, 0
+    for i, j in enumerate(present):
+        end += {_NULL: 0, _NUMBER: 1, _SUMMARY: 4}[layout[j]]
+        where[CODES[j]] = (i, end)
+    env["WHERE"] = where
     env["MASK"] = _MASK.pack(sum(1 << j for j in present))
     src = [f"def made(given, flags, fields_of):",
            f"    {xs}, = given",
-           f"    if {' or '.join(guard)}: return OTHER",
            *(f"    {line}" for line in body),
            f"    hb = bytes(({''.join(h + ', ' for h in heads)}))",
            f"    f = ({''.join(x + ', ' for x in fields)})",
-           f"    if flags: return _with_flags(CODES, WIDTHS, hb, f, flags, MASK)",
+           f"    if flags: return _with_flags(WHERE, hb, f, flags, MASK)",
            f"    return MASK + hb, _struct(hb).pack(*f), {len(present)}"]
     exec("\n".join(src), env)
     return env["made"]  # type: ignore[no-any-return]
 
 
-def _with_flags(codes: tuple[str, ...], widths: tuple[int, ...], hb: bytes, f: tuple[int, ...],
-                flags: Mapping[str, Any], mask: bytes) -> tuple[bytes, bytes, int] | None:
+def _with_flags(where: Mapping[str, tuple[int, int]], hb: bytes, f: tuple[int, ...], flags: Mapping[str, Any],
+                mask: bytes) -> tuple[bytes, bytes, int] | None:
     """A record's encoding with its flags: each flagged quantity's head bit, the flags' bits after
-    its fields, as `encode_fast` writes them; None when it would not take them."""
-    if not flags.keys() <= set(codes):
-        return None
-    heads = bytearray(hb)
-    fields: list[int] = []
-    at = 0
-    for i, (q, width) in enumerate(zip(codes, widths)):
-        fields += f[at:at + width]
-        at += width
-        fl = flags.get(q)
+    its fields (`where`: a quantity's head and the end of its fields), as `encode_fast` writes
+    them; None when it would not take them."""
+    marks = []
+    for q, fl in flags.items():
+        at = where.get(q)
+        if at is None:  # flags of a quantity the record does not have
+            return None
         if fl:
             bits = _flag_bits(tuple(fl))
             if bits is None:
                 return None
-            heads[i] |= 0x80
-            fields.append(bits)
+            marks.append((at, bits))
+    heads = bytearray(hb)
+    fields = list(f)
+    for (i, end), bits in sorted(marks, reverse=True):  # from the last, so that each end still holds
+        heads[i] |= 0x80
+        fields.insert(end, bits)
     hb = bytes(heads)
-    return mask + hb, _struct(hb).pack(*fields), len(codes)
-
-
-_last: Callable[..., Any] = lambda given, flags, fields_of: _OTHER
+    return mask + hb, _struct(hb).pack(*fields), len(where)
 
 
 def readings_of(shape: bytes, vals: bytes) -> dict[str, Fields | None]:
