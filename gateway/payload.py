@@ -958,10 +958,10 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float, encoded: b
         enc = encode(given, None if f is UNSET else f, _quick_fields) if encode is not None else None
         if enc is not None and (every_unit or {k for k, x in zip(_KEYS, given) if x is not UNSET} <= units.keys()):
             # the values stay in `enc` until something asks for them
-            records.append(Record(seq, ts, up, dur, _Stored(enc), {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()},
-                                  {} if err is UNSET else err, enc))
+            flags = {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()}
+            records.append(Record(seq, ts, up, dur, _Stored(enc), flags, {} if err is UNSET else err, enc))
             continue
-        values = {}
+        values: dict[str, Value | None] = {}
         for k, x in zip(_KEYS, given):
             if x is UNSET:
                 continue
@@ -986,7 +986,7 @@ _encode_decoded: Callable[..., tuple[bytes, bytes, int] | None] | None = None
 
 
 def _encoder() -> Callable[..., tuple[bytes, bytes, int] | None]:
-    """store.values.encode_decoded, imported once the payload module is (the store imports it)."""
+    """store.values.encode_decoded, imported on first use (store.values imports this module)."""
     global _encode_decoded
     if _encode_decoded is None:
         from .store.values import encode_decoded

@@ -349,7 +349,8 @@ def decode(shape: bytes, vals: bytes, units: Mapping[str, str]) -> list[Decoded]
 # the same M = round(x * 10**k) at the first k of `_TRY` that gives each of a value's numbers back
 # exactly, the same checks, the same bytes (tests/gateway/test_values_decoded.py compares them over
 # the benchmark's stream and odd values). A node sends the same few thousand numbers again and
-# again, so the Ms of a number at each k are kept (`_MEMO_MAX` of them per `_TRY`).
+# again, so a number's M at its quantity's last k is kept (`_MEMO_MAX` numbers per `_TRY` entry,
+# a few hundred KB each), which halves the cost.
 
 #: numbers whose M is kept, per `_TRY` entry
 _MEMO_MAX = 8192
@@ -387,14 +388,17 @@ def encode_decoded(given: Sequence[Any], flags: Mapping[str, Any] | None,
     Values with `encode_record`), and for a summary whose min is above its max.
 
     The records of a node are alike (the same quantities, each a summary, a number or null), so
-    the work is done by a function made for records of that layout (`_made`), the last one used
-    tried first."""
+    the work is done by a function made for records of that layout (`_make`), found by the types
+    of the record's values."""
     fn = _by_types.get(tuple(map(type, given)))
     if fn is None:
         fn = _for_types(given)
         if fn is None:
             return None
-    return fn(given, flags, fields_of)  # type: ignore[no-any-return]
+    try:
+        return fn(given, flags, fields_of)  # type: ignore[no-any-return]
+    except (OverflowError, ValueError, TypeError, struct.error):  # as `encode_fast`: the caller's way
+        return None
 
 
 def _for_types(given: Sequence[Any]) -> Callable[..., Any] | None:
@@ -427,8 +431,7 @@ def _make(layout: str) -> Callable[..., Any]:
     """`encode_decoded` for records of `layout` (a slot per quantity of `CODES`), its checks and
     constants written out, a slot's fields in local variables: a third of the work of a loop
     over the quantities. Only for records of that layout."""
-    env: dict[str, Any] = {"_m": _m, "_struct": _struct,
-                           "_with_flags": _with_flags, "M8": M8, "M16": M16}
+    env: dict[str, Any] = {"_m": _m, "_struct": _struct, "_with_flags": _with_flags}
     xs = ", ".join(f"x{j}" for j in range(len(layout)))
     body: list[str] = []
     heads: list[str] = []
@@ -473,8 +476,9 @@ def _make(layout: str) -> Callable[..., Any]:
                          f"{a} = {a} // {d}{f' - {off1}' if off1 else ''}; k{j} = {kb1}"]
             else:
                 body.append(last)
-            body += [f"if not (-32768 <= {a} < 32768 and 0 <= {n} < 256 and -32768 <= {lo} and {hi} < 32768): return None",
-                     f"k{j} |= M8 if -128 <= {lo} and {hi} < 128 else M16"]
+            body += [f"if not (-32768 <= {a} < 32768 and 0 <= {n} < 256 and -32768 <= {lo} and {hi} < 32768):",
+                     "    return None",
+                     f"k{j} |= {M8} if -128 <= {lo} and {hi} < 128 else {M16}"]
             heads.append(f"k{j}")
             fields += [a, lo, hi, n]
     where, end = {}, 0

@@ -67,7 +67,8 @@ def test_the_benchmark_stream_is_encoded_on_the_way_and_stored_the_same(tmp_path
     data, node = streams[0].messages[0], streams[0].node
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert stored(tmp_path / "a", payload.parse_batch(data, node, NOW, encoded=True)) == stored(tmp_path / "b", full(data, node))
+    quick = payload.parse_batch(data, node, NOW, encoded=True)
+    assert stored(tmp_path / "a", quick) == stored(tmp_path / "b", full(data, node))
 
 
 def _number(rng: random.Random, q: str, odd: float) -> float | int:
