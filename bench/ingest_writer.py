@@ -10,11 +10,12 @@ thread: only what the writer thread does.
 
 gateway_writer_cpu_vs_rev_ratio: the same against another commit's gateway side by side (`main`
 unless given): its gateway taken out of git (bench/against.py) and imported in the other runs, the
-two taking turns, RUNS runs each, a fresh process each; this checkout's median over rev's. Below 1
-is less CPU now.
+two taking turns, RUNS runs each, a fresh process each (both in the same one would not be fair:
+two gateways' objects weigh on the garbage collector, more on the one that makes more of them);
+this checkout's median over rev's. Below 1 is less CPU now.
 
     .venv/bin/python bench/ingest_writer.py [G] [-p]           one run, G messages a group (100)
-    .venv/bin/python -m bench.ingest_writer [rev]              the figures (about a minute)
+    .venv/bin/python -m bench.ingest_writer [rev]              the figures (about 1.5 minutes)
 
 `-p`: a cProfile of the run, the 25 functions that take most time themselves.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = 100  # the writer's groups under load: `Writer`'s max_group takes what queued meanwhile
 NODES, RECORDS = 20, 1000
-RUNS = 5
+RUNS = 7
 
 
 def stream() -> list:
