@@ -18,6 +18,8 @@ def main() -> None:
     from bench import payload_v2  # beside payload's: what a v2 record costs against a v1 one
     payload_v2.run()
     gateway.run()
+    from bench import ingest_writer  # the writer thread's path alone, against main's
+    ingest_writer.run()
     from bench import paho_alone  # the ceiling of gateway.run's ingest ratio: paho alone
     paho_alone.run()
     flood.run()

@@ -157,7 +157,8 @@ def ingest(store: Store, topics: Topics, msg: Inbound, unknown: Unknown | None =
             if msg.truncated:  # its first bytes only (mqtt.py)
                 raise Rejected(payload.OVERSIZED, f"{msg.size} bytes, the limit is {payload.MAX_MESSAGE_BYTES}")
             if topic.kind == "up":
-                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size, store.envelope)
+                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size, store.envelope,
+                                            encoded=True)
                 if batch.envelope is not None:
                     store.add_envelope(batch.node, batch.boot, batch.envelope, msg.received_at)
                 added = store.add_batch(batch, msg.received_at)
@@ -260,7 +261,8 @@ def _ingest_together(store: Store, topics: Topics, group: Sequence[Inbound],
         topic = topics.parse(msg.topic)
         if topic is not None and topic.kind == "up" and not msg.retained:
             try:
-                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size, store.envelope)
+                batch = payload.parse_batch(msg.payload, topic.node, msg.received_at, msg.size, store.envelope,
+                                            encoded=True)
                 if batch.envelope is not None:  # before the boot's next batch in this group is read
                     store.add_envelope(batch.node, batch.boot, batch.envelope, msg.received_at)
                 valid.append((i, batch))

@@ -233,6 +233,10 @@ class Record:
     values: Mapping[str, Value | None]
     flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     err: Mapping[str, int] = field(default_factory=dict)
+    #: the store's encoding of `values` and `flags`, (shape, vals, readings) as
+    #: store.values.encode_record gives it, when the quick path made it on the way (else None):
+    #: not part of what the record says, so not compared
+    enc: tuple[bytes, bytes, int] | None = field(default=None, compare=False, repr=False)
 
     def quantities(self) -> list[str]:
         """Every quantity the record says something about (a value or flags), in contract order."""
@@ -536,11 +540,13 @@ _ENVELOPE_REQUIRED = ("v", "node", "boot", "fw", "board", "sensors", "units", "r
 
 
 def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size: int | None = None,
-                envelope_of: EnvelopeOf | None = None) -> Batch:
+                envelope_of: EnvelopeOf | None = None, encoded: bool = False) -> Batch:
     """Validate one message from `<prefix>/<topic_node>/up` against payload v1 or v2: the envelope as
     a whole (`Rejected`), each record and value on its own (`Batch.refused`). `now`: the gateway's
     clock when it received the message (a record may not start far past it); `size`: see `decode`;
-    `envelope_of`: the envelope kept for a node's boot, for a v2 batch that does not carry one."""
+    `envelope_of`: the envelope kept for a node's boot, for a v2 batch that does not carry one;
+    `encoded`: the records of a v1 batch on the quick path come encoded for the store (`Record.enc`:
+    ingest's writer), their Values made only when asked for."""
     now = time.time() if now is None else now
     if size is None or size <= MAX_MESSAGE_BYTES:
         # v2's short batch (an array) and object (the firmware writes its version first) are never a
@@ -548,7 +554,7 @@ def parse_batch(payload: bytes, topic_node: str, now: float | None = None, size:
         if payload[:1] == b"[":
             batch = _plainly_valid_short(payload, topic_node, now, envelope_of)
         elif not payload.startswith(b'{"v":2'):
-            batch = _plainly_valid_batch(payload, topic_node, now)
+            batch = _plainly_valid_batch(payload, topic_node, now, encoded)
         else:
             batch = None
         if batch is not None:
@@ -926,9 +932,9 @@ _KEYS = tuple(QUANTITIES)
 _new_tuple = tuple.__new__  # a Value of fields just checked, without Value.__new__'s check again
 
 
-def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch | None:
+def _plainly_valid_batch(payload: bytes, topic_node: str, now: float, encoded: bool = False) -> Batch | None:
     """`_checked_batch(decode(payload))` for a batch that is plainly valid, found quickly; None
-    for anything else."""
+    for anything else. `encoded`: each record encoded for the store on the way (`parse_batch`)."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return None
     try:
@@ -942,11 +948,19 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch |
     records = []
     last_seq = -1
     ts_max = now + FUTURE_MARGIN_S
+    encode = _encoder() if encoded else None
+    every_unit = len(units) == len(_KEYS)  # (units within `_UNIT_ITEMS`): every quantity's
     for r in doc.recs:
         seq, ts, up, dur, *given, f, err = _quick_fields(r)
         if seq <= last_seq or (ts is not None and ts > ts_max):
             return None
         last_seq = seq
+        enc = encode(given, None if f is UNSET else f, _quick_fields) if encode is not None else None
+        if enc is not None and (every_unit or {k for k, x in zip(_KEYS, given) if x is not UNSET} <= units.keys()):
+            # the values stay in `enc` until something asks for them
+            flags = {} if f is UNSET else {q: tuple(fl) for q, fl in f.items()}
+            records.append(Record(seq, ts, up, dur, _Stored(enc), flags, {} if err is UNSET else err, enc))
+            continue
         values: dict[str, Value | None] = {}
         for k, x in zip(_KEYS, given):
             if x is UNSET:
@@ -966,6 +980,53 @@ def _plainly_valid_batch(payload: bytes, topic_node: str, now: float) -> Batch |
         records.append(Record(seq, ts, up, dur, values, flags, {} if err is UNSET else err))
     return Batch(node, doc.boot, doc.fw, doc.board, doc.sensors, units, tuple(records),
                  None if doc.dropped is UNSET else doc.dropped)
+
+
+_encode_decoded: Callable[..., tuple[bytes, bytes, int] | None] | None = None
+
+
+def _encoder() -> Callable[..., tuple[bytes, bytes, int] | None]:
+    """store.values.encode_decoded, imported on first use (store.values imports this module)."""
+    global _encode_decoded
+    if _encode_decoded is None:
+        from .store.values import encode_decoded
+        _encode_decoded = encode_decoded
+    return _encode_decoded
+
+
+class _Stored(Mapping[str, "Value | None"]):
+    """A quick-path record's values, kept as the store encodes them (`Record.enc`) and made into
+    Values only when something asks for them (the store writes `enc`; nothing on ingest's way reads
+    them): the Values the loop of `_plainly_valid_batch` makes, as the encoding gives back exactly
+    the numbers it was made of (store/values.py)."""
+
+    __slots__ = ("_enc", "_values")
+
+    def __init__(self, enc: tuple[bytes, bytes, int]) -> None:
+        self._enc = enc
+        self._values: dict[str, Value | None] | None = None
+
+    def _dict(self) -> dict[str, Value | None]:
+        if self._values is None:
+            from .store.values import readings_of
+            self._values = {q: None if v is None else _new_tuple(Value, v)
+                            for q, v in readings_of(self._enc[0], self._enc[1]).items()}
+        return self._values
+
+    def keys(self) -> Any:
+        return self._dict().keys()
+
+    def __getitem__(self, key: str) -> Value | None:
+        return self._dict()[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return self._enc[2]
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 _SUMMARY_TEXT = "[avg, min, max, n]"

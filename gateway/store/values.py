@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from msgspec import UNSET
 
 from ..payload import QUANTITIES
 
@@ -338,3 +340,190 @@ def decode(shape: bytes, vals: bytes, units: Mapping[str, str]) -> list[Decoded]
         for q, avg, lo, hi, n, unit, flags in json.loads(vals[s.size:]):
             out.append((q, avg, lo, hi, n, unit if unit is not None else unit_of(units, q), flags))
     return out
+
+
+
+# -- ingest's quick path: a record as payload v1's quick path decodes it ----------------------------
+# `encode_decoded` gives what `encode_record` gives, from a record's values as msgspec decoded them
+# (payload.py, `_plainly_valid_batch`), without the Values and the dict built only to be encoded:
+# the same M = round(x * 10**k) at the first k of `_TRY` that gives each of a value's numbers back
+# exactly, the same checks, the same bytes (tests/gateway/test_values_decoded.py compares them over
+# the benchmark's stream and odd values). A node sends the same few thousand numbers again and
+# again, so a number's M at its quantity's last k is kept (`_MEMO_MAX` numbers per `_TRY` entry,
+# a few hundred KB each), which halves the cost.
+
+#: numbers whose M is kept, per `_TRY` entry
+_MEMO_MAX = 8192
+_memos: dict[tuple[int, ...], dict[float, int]] = {}
+
+
+def _m(memo: dict[float, int], x: float, p: int) -> int | None:
+    """x's M at scale p (None when M / p is not x), kept in `memo` (a zero never is: -0.0 == 0.0
+    as a key, but -0.0 has no M)."""
+    m = _fixed(x, p)
+    if x and m is not None:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[x] = m
+    return m
+
+
+# Per quantity of `CODES`, in order: its name, mask bit, memo of Ms at its last k, that k's scale,
+# d = 10**(last k - first k), and (offset, head bits) at the first k and at the last. A number
+# whose M at the last k is a multiple of d has M // d at the first one (and none when it has
+# none at the last: `_TRY`'s ks are ascending, and a decimal exact at k is exact at any larger k).
+_QUICK = tuple(
+    (q, 1 << i, _memos.setdefault(_TRY[q], {}), _P[_TRY[q][-1]], _P[_TRY[q][-1] - _TRY[q][0]],
+     OFFSETS.get(q, 0) * _P[_TRY[q][0]], _TRY[q][0] << 4, OFFSETS.get(q, 0) * _P[_TRY[q][-1]], _TRY[q][-1] << 4)
+    for i, q in enumerate(CODES))
+assert all(len(t) <= 2 and list(t) == sorted(t) for t in _TRY.values())  # a first k and a last
+
+
+def encode_decoded(given: Sequence[Any], flags: Mapping[str, Any] | None,
+                   fields_of: Callable[[Any], tuple[Any, ...]]) -> tuple[bytes, bytes, int] | None:
+    """`encode_record` of a record's values as payload's quick path decodes them, one per quantity
+    of `CODES` in its order: UNSET (not in the record), None (null), a number (int or float: a
+    scalar), or a summary whose `fields_of(x)` is (avg, min, max, n); `flags`: quantity -> flag
+    names, or None. None when `encode_fast` would not take the record (the caller then encodes its
+    Values with `encode_record`), and for a summary whose min is above its max.
+
+    The records of a node are alike (the same quantities, each a summary, a number or null), so
+    the work is done by a function made for records of that layout (`_make`), found by the types
+    of the record's values."""
+    fn = _by_types.get(tuple(map(type, given)))
+    if fn is None:
+        fn = _for_types(given)
+        if fn is None:
+            return None
+    try:
+        return fn(given, flags, fields_of)  # type: ignore[no-any-return]
+    except (OverflowError, ValueError, TypeError, struct.error):  # as `encode_fast`: the caller's way
+        return None
+
+
+def _for_types(given: Sequence[Any]) -> Callable[..., Any] | None:
+    """The made function for records whose values have the types of `given`'s."""
+    if not _SAME_ORDER or len(given) != len(CODES):
+        return None
+    layout = "".join(_ABSENT if x is UNSET else _NULL if x is None else
+                     _NUMBER if type(x) is float or type(x) is int else _SUMMARY for x in given)
+    fn = _made.get(layout)
+    if fn is None:
+        if len(_made) >= 256:
+            _made.clear()
+        fn = _made[layout] = _make(layout)
+    if len(_by_types) >= 1024:
+        _by_types.clear()
+    _by_types[tuple(map(type, given))] = fn
+    return fn
+
+
+#: a quantity's slot in a record's layout: absent, null, a number, a summary
+_ABSENT, _NULL, _NUMBER, _SUMMARY = "-", "Z", "N", "S"
+#: the payload's quantities are `CODES`, in that order (else `encode_decoded` takes nothing)
+_SAME_ORDER = CODES == tuple(QUANTITIES)
+_made: dict[str, Callable[..., Any]] = {}
+#: the made function by the types of a record's values (they say its layout)
+_by_types: dict[tuple[type, ...], Callable[..., Any]] = {}
+
+
+def _make(layout: str) -> Callable[..., Any]:
+    """`encode_decoded` for records of `layout` (a slot per quantity of `CODES`), its checks and
+    constants written out, a slot's fields in local variables: a third of the work of a loop
+    over the quantities. Only for records of that layout."""
+    env: dict[str, Any] = {"_m": _m, "_struct": _struct, "_with_flags": _with_flags}
+    xs = ", ".join(f"x{j}" for j in range(len(layout)))
+    body: list[str] = []
+    heads: list[str] = []
+    fields: list[str] = []
+    present = [j for j, c in enumerate(layout) if c != _ABSENT]
+    for j, c in enumerate(layout):
+        q, _, memo, p, d, off1, kb1, off2, kb2 = _QUICK[j]
+        env[f"g{j}"], env[f"memo{j}"] = memo.get, memo
+        x = f"x{j}"
+        if c == _ABSENT:
+            continue
+        if c == _NULL:
+            heads.append(str(NULL))
+        elif c == _NUMBER:
+            body += [f"a{j} = g{j}({x})",
+                     f"if a{j} is None:",
+                     f"    a{j} = _m(memo{j}, {x}, {p})",
+                     f"    if a{j} is None: return None"]
+            last = f"a{j} -= {off2}; " if off2 else ""
+            if d != 1:
+                body += [f"if a{j} % {d}: {last}h{j} = {S16 | kb2}",
+                         f"else: a{j} = a{j} // {d}{f' - {off1}' if off1 else ''}; h{j} = {S16 | kb1}"]
+            else:
+                body += [f"{last}h{j} = {S16 | kb2}"]
+            body.append(f"if not -32768 <= a{j} < 32768: return None")
+            heads.append(f"h{j}")
+            fields.append(f"a{j}")
+        else:
+            a, lo, hi, n = f"a{j}", f"l{j}", f"h{j}", f"n{j}"
+            body += [f"v, u, w, {n} = fields_of({x})",
+                     f"{a}, {lo}, {hi} = g{j}(v), g{j}(u), g{j}(w)",
+                     f"if {a} is None or {lo} is None or {hi} is None:",
+                     f"    {a}, {lo}, {hi} = _m(memo{j}, v, {p}), _m(memo{j}, u, {p}), _m(memo{j}, w, {p})",
+                     f"    if {a} is None or {lo} is None or {hi} is None: return None",
+                     f"if {lo} > {hi}: return None  # min above max: not plainly valid, the caller says so"]
+            last = f"{lo} -= {a}; {hi} -= {a}; " + (f"{a} -= {off2}; " if off2 else "") + f"k{j} = {kb2}"
+            if d != 1:
+                body += [f"if {a} % {d} or {lo} % {d} or {hi} % {d}:",
+                         f"    {last}",
+                         "else:",
+                         f"    {lo} = ({lo} - {a}) // {d}; {hi} = ({hi} - {a}) // {d}; "
+                         f"{a} = {a} // {d}{f' - {off1}' if off1 else ''}; k{j} = {kb1}"]
+            else:
+                body.append(last)
+            body += [f"if not (-32768 <= {a} < 32768 and 0 <= {n} < 256 and -32768 <= {lo} and {hi} < 32768):",
+                     "    return None",
+                     f"k{j} |= {M8} if -128 <= {lo} and {hi} < 128 else {M16}"]
+            heads.append(f"k{j}")
+            fields += [a, lo, hi, n]
+    where, end = {}, 0
+    for i, j in enumerate(present):
+        end += {_NULL: 0, _NUMBER: 1, _SUMMARY: 4}[layout[j]]
+        where[CODES[j]] = (i, end)
+    env["WHERE"] = where
+    env["MASK"] = _MASK.pack(sum(1 << j for j in present))
+    src = [f"def made(given, flags, fields_of):",
+           f"    {xs}, = given",
+           *(f"    {line}" for line in body),
+           f"    hb = bytes(({''.join(h + ', ' for h in heads)}))",
+           f"    f = ({''.join(x + ', ' for x in fields)})",
+           f"    if flags: return _with_flags(WHERE, hb, f, flags, MASK)",
+           f"    return MASK + hb, _struct(hb).pack(*f), {len(present)}"]
+    exec("\n".join(src), env)
+    return env["made"]  # type: ignore[no-any-return]
+
+
+def _with_flags(where: Mapping[str, tuple[int, int]], hb: bytes, f: tuple[int, ...], flags: Mapping[str, Any],
+                mask: bytes) -> tuple[bytes, bytes, int] | None:
+    """A record's encoding with its flags: each flagged quantity's head bit, the flags' bits after
+    its fields (`where`: a quantity's head and the end of its fields), as `encode_fast` writes
+    them; None when it would not take them."""
+    marks = []
+    for q, fl in flags.items():
+        at = where.get(q)
+        if at is None:  # flags of a quantity the record does not have
+            return None
+        if fl:
+            bits = _flag_bits(tuple(fl))
+            if bits is None:
+                return None
+            marks.append((at, bits))
+    heads = bytearray(hb)
+    fields = list(f)
+    for (i, end), bits in sorted(marks, reverse=True):  # from the last, so that each end still holds
+        heads[i] |= 0x80
+        fields.insert(end, bits)
+    hb = bytes(heads)
+    return mask + hb, _struct(hb).pack(*fields), len(where)
+
+
+def readings_of(shape: bytes, vals: bytes) -> dict[str, Fields | None]:
+    """The values `encode_decoded` encoded, back: quantity -> (avg, min, max, n), None for null
+    (exactly the floats and counts given: see the module's docstring)."""
+    return {q: None if avg is None and n is None else (avg, lo, hi, n)
+            for q, avg, lo, hi, n, _, _ in decode(shape, vals, _DEFAULT_UNITS)}

@@ -73,7 +73,8 @@ class Writes(Base):
                             continue
                         held_now.add(rec.seq)  # a seq twice: the second is a duplicate
                         err = dumps(rec.err) if rec.err else None
-                        shape, vals, nv = encode_record(rec.values, rec.flags)
+                        enc = rec.enc  # the quick path's, made while it read the values
+                        shape, vals, nv = enc if enc is not None else encode_record(rec.values, rec.flags)
                         sid = shapes.get(shape)
                         if sid is None:
                             sid = shapes[shape] = keys.shape_id(shape)
