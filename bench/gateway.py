@@ -336,7 +336,7 @@ def measure_ingest(tmp: Path) -> float | None:
                 mosquitto_sub_readings_per_s_runs=[round(r) for r in sub_rate],
                 mosquitto_sub_seconds_runs=[round(r.seconds, 3) for r in sub_runs],
                 mosquitto_sub_publish_s_runs=[round(r.publish_s, 3) for r in sub_runs],
-                pair_ratios=[round(r, 3) for r in ratios], goal=0.8,
+                pair_ratios=[round(r, 3) for r in ratios], goal=0.5,  # issue 17 (issue 5 asked 0.8)
                 reference="mosquitto_sub -q 1 receiving the same stream from the same publishers, "
                           "first publish to the last message received"))
     per_reading = [r.disk_write_bytes / readings for r in gw_runs if r.disk_write_bytes is not None]
