@@ -37,7 +37,7 @@ def paho_alone_run(workdir: Path, streams: list[batches.NodeStream], files: dict
         all_acked = threading.Event()
         taken: list[int] = [0]
 
-        def sink(msg: Inbound) -> None:  # in paho's thread, as the writer's acks are not: a ceiling
+        def sink(msg: Inbound) -> None:  # in the network thread, as the writer's acks are not: a ceiling
             assert source is not None
             source.ack(msg)
             taken[0] += 1

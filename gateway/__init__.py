@@ -6,7 +6,7 @@ picture of the data path; tests/gateway/test_docs.py fails when either misses a 
     mqtt         the paho-mqtt client in a persistent session, acknowledging by hand (`Source`)
     topics       <prefix>/<node>/up, /status, /event, /ack, /config, /cmd and <prefix>/gateway/alarm
     memory       give the heap back after a burst of large messages (glibc's mmap threshold)
-    inbox        the FIFO between paho's thread and the writer, bounded in items and in bytes
+    inbox        the FIFO between the MQTT network thread and the writer, bounded in items and in bytes
     ingest       the writer thread: commits messages in groups, or refuses them when the disk is
                  full (`Writer`)
     payload      the node payload contract v1: parse and validate a message, or reject it with a

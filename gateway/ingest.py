@@ -1,12 +1,12 @@
 """From received messages to committed rows: a queue and the one thread that writes the store.
 
 The MQTT side only wraps each message in an `Inbound` and calls `Writer.submit` (a queue put), so
-paho's network thread does not wait for the disk while the gateway keeps up. The writer thread
-takes everything queued, up to `max_group` messages, and handles them in ONE transaction: while one
+the MQTT network thread (mqtt.py) does not wait for the disk while the gateway keeps up. The
+writer thread takes everything queued, up to `max_group` messages, and handles them in ONE transaction: while one
 commit is being synced, the next group builds up, so the cost of a commit is shared by however many
 messages arrived meanwhile. What is held, queued or in the group being committed, is bounded in
-messages and in bytes (`MAX_QUEUE_BYTES`): past either, `submit` blocks paho's thread, which stops
-reading, and the broker keeps the rest unacknowledged until the store takes some.
+messages and in bytes (`MAX_QUEUE_BYTES`): past either, `submit` blocks the network thread, which
+stops reading, and the broker keeps the rest unacknowledged until the store takes some.
 
 The valid batches of a group are written together, with a few statements (`ingest_group`); every
 other message (a status, a rejected batch, a retained message) gets a savepoint of its own. A batch
@@ -324,7 +324,7 @@ _STOP = object()
 
 #: What the messages held (queued, or in the group being committed) may take in memory: about 4000
 #: node messages of 4 KB, 8 times the largest group. Past it (or past `max_queue` messages),
-#: `submit` blocks: paho's thread stops reading and the broker keeps the rest (docs/reliability.md).
+#: `submit` blocks: the network thread stops reading and the broker keeps the rest (docs/reliability.md).
 MAX_QUEUE_BYTES = 16 * 1024 * 1024
 
 
@@ -357,7 +357,7 @@ class Writer:
         self.pruner = Pruner(store, bounds, self.alarms) if bounds is not None else None
         self._prune_failed_at = -summary_every
         # Bounded in messages and bytes, until committed: when the disk cannot keep up, submit()
-        # blocks paho's thread, which stops reading from the broker; the broker holds the rest
+        # blocks the network thread, which stops reading from the broker; the broker holds the rest
         # (QoS 1, unacknowledged) instead of our memory.
         self._queue: Inbox[object] = Inbox(max_queue, max_queue_bytes)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)

@@ -188,7 +188,7 @@ class Gateway:
 
         - the writer's loop passed within `within_s` (it passes every second, idle or not; a hung
           commit stops it);
-        - paho's network thread runs (it reconnects by itself: a broker that is away is no hang);
+        - the MQTT network thread runs (it reconnects by itself: a broker that is away is no hang);
         - the process can open a socket, so paho can open its next connection to the broker: a
           gateway out of file descriptors can neither reconnect nor take a message, and waits for
           the restart the starved watchdog brings."""
