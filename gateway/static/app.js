@@ -281,6 +281,11 @@ function axisSize(u, values, ai, cycle) {
   return Math.ceil(gap + widest + 8);
 }
 
+function newestInLegend(u) {
+  const last = u.data[0].length - 1;
+  if (u.cursor.idx == null && last >= 0) u.setLegend({idx: last});
+}
+
 function plot(key, title, series, data, parent) {
   const scales = [...new Set(series.map(s => s[3]))];
   const cols = [data.start, ...series.map(s => data[s[0]] || [])];
@@ -299,6 +304,8 @@ function plot(key, title, series, data, parent) {
     axes: [{values: timeLabels, size: axisSize, space: 60},
            ...scales.map((sc, j) => ({scale: sc, side: j ? 1 : 3, size: axisSize, values: numLabels,
                                       grid: {show: j === 0}}))],
+    // the legend says the newest point while the cursor is not over the plot (uPlot's own: dashes)
+    hooks: {ready: [newestInLegend], setCursor: [newestInLegend]},
   };
   const box = el("div", {class: "plot", "data-plot": series.map(s => s[0]).join(",")});
   parent.append(box);

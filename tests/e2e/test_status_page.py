@@ -221,6 +221,15 @@ AXES = """
 })()
 """
 
+#: for every uPlot chart: its legend's time and values as shown, and the time of its newest point
+LEGENDS = """
+Object.entries(charts).map(([key, u]) => {
+  const cells = [...u.root.querySelectorAll(".u-legend .u-series .u-value")].map(e => e.textContent);
+  const xs = u.data[0];
+  return {key, time: cells[0], values: cells.slice(1), want: xs.length ? fullTime(xs[xs.length - 1]) : null};
+})
+"""
+
 #: every table cell shown, with its column's name and where it is; and the page's widths
 CELLS = """
 (() => ({
@@ -298,6 +307,10 @@ def test_the_page_measured_in_chromium(fed: dict, width: int) -> None:
             assert abs(ch["x"][0] - fed["begun"]) < 600, (ch["key"], ch["x"], fed["begun"])
             assert ch["x"][1] - ch["x"][0] < 2 * 3600, ch["x"]
         n = check_axes(charts, f"{width} px, 24 h")
+        # with no cursor over a plot, its legend says the newest point, not dashes
+        for leg in b.js(LEGENDS):
+            assert leg["want"] and leg["time"] == leg["want"], leg
+            assert any(v != "–" for v in leg["values"]), leg
         # the pressure axis: four-digit values with their decimals, whole (the old page cut them: ..,015.03)
         press = [a for ch in charts if ch["title"].startswith("Pressure") for a in ch["axes"] if a["side"] == 3]
         assert all(float(l) > 900 for a in press for l in a["labels"] if l), press
