@@ -4,14 +4,14 @@
 # power cut the download goes on from what new/ holds, without a new offer.
 # Download.step(), called from the main loop, does one small thing per pass, so that the audio
 # keeps flowing (the loop is paced by blocking I2S reads of 20 ms; the DMA holds 85 ms): ask one
-# piece (ota/get, 2048 bytes at most), write the piece that came to new/<path> (appended: littlefs
-# commits it at close, so a power cut leaves the file as it was before the piece or after it), or
-# hash 1 KB of a whole file. The next piece is asked only once the last is written and GAP_MS have
-# passed. A file whose sha256 does not match is fetched again; the third mismatch refuses the
-# release. When every file matches: new/app.json (appswap.py's manifest), new/trial.json (the
-# trial's note: lib/trial.py) and new/.ready (the commit point), event "installed", and the host
-# restarts into the new app once the interval it measures is spooled (boot.py installs it, on
-# trial: aftercare.py proves it).
+# piece (ota/get, 2048 bytes at most, fewer once one did not fit the heap: _step), write the piece
+# that came to new/<path> (appended: littlefs commits it at close, so a power cut leaves the file as
+# it was before the piece or after it), or hash 1 KB of a whole file. The next piece is asked only
+# once the last is written and GAP_MS have passed. A file whose sha256 does not match is fetched
+# again; the third mismatch refuses the release. When every file matches: new/app.json (appswap.py's
+# manifest), new/trial.json (the trial's note: lib/trial.py) and new/.ready (the commit point), event
+# "installed", and the host restarts into the new app once the interval it measures is spooled
+# (boot.py installs it, on trial: aftercare.py proves it).
 import os
 import json
 import time
@@ -23,6 +23,7 @@ NEW = "new"
 OFFER = "new/ota.json"
 READY = "new/.ready"
 PIECE = const(2048)
+PIECE_MIN = const(256)       # the smallest piece asked when the heap is short
 GAP_MS = const(250)          # between a piece written and the next asked
 RETRY_MS = const(10000)      # a piece not come by then is asked again (QoS 0: it may be lost)
 TRIES = const(3)             # sha256 mismatches of one file before the release is refused
@@ -121,6 +122,8 @@ class Download:
         self.buf = buf or bytearray(1024)
         self.stray = 0        # pieces that were not the one asked for (late, or another release's)
         self.short = 0        # passes that found the heap too short
+        self.len = PIECE      # the most asked in one piece
+        self.oom = 0          # the uplink's count of MemoryErrors when the piece was asked
 
     def waiting(self):
         """A piece is asked and not come: the uplink looks for it on every pass."""
@@ -184,11 +187,18 @@ class Download:
             return
         if self.asked is None and time.ticks_diff(now, self.due) < 0:
             return
-        n = min(PIECE, size - self.off)
+        n = min(self.len, size - self.off)
+        if self.asked is not None and up.oom != self.oom and n > PIECE_MIN:
+            # The connection went for want of heap while the piece was on its way: umqtt reads a
+            # message whole, so the same piece asked again would fail again. Half as much, and no
+            # more for the rest of this download: growing back would cost a connection if it failed.
+            self.len = n = max(n // 2, PIECE_MIN)
+            console.warn("ota: a piece did not fit the heap: asking %d bytes at most" % n)
         if mgmt.send(host, "ota/get", '{"v":1,"release":%s,"file":%d,"off":%d,"len":%d}' % (
                 json.dumps(self.ver), self.i, self.off, n), now):
             self.asked = now
             self.session = up.connects
+            self.oom = up.oom
 
     def _write(self, now):
         p = self.piece

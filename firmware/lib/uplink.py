@@ -1,7 +1,8 @@
 # The network (Wi-Fi, or Ethernet on a board whose board.json says net.type "lan") and MQTT.
 # Nothing here blocks the measuring for long: the network is started and polled, the
-# broker is tried with jittered exponential backoff (capped at 60 s), and any socket error drops
-# the connection, to be tried again later. What was not sent stays with the caller.
+# broker is tried with jittered exponential backoff (capped at 60 s; it starts again only after a
+# connection that held a minute: _fail), and any socket error drops the connection, to be tried
+# again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
 # node is away they are lost, and it sends those records again); its configuration, release offers
 # and their pieces, and commands on config, ota, ota/chunk and cmd (docs/payload.md, "Running the
@@ -81,6 +82,7 @@ class Uplink:
         self._last_poll = 0
         self.connects = 0
         self.failures = 0
+        self.oom = 0   # connections lost to a MemoryError (ota.py then asks smaller pieces)
 
     def rssi(self):
         try:
@@ -196,7 +198,7 @@ class Uplink:
             self._fail(now, "connect " + where, why, isinstance(e, (ValueError, MQTTException)))
             return
         self.connects += 1
-        self._backoff = _BACKOFF_MIN_MS
+        self._next_try = now   # while connected: since when (_fail)
         console.info("mqtt: connected to " + where)
         console.check("broker", True, "%s:%d (%s) as %s" % (b["host"], b["port"], "tls" if self.ssl else "plain",
                                                            b["user"] or "anonymous"))
@@ -240,6 +242,13 @@ class Uplink:
 
     def _fail(self, now, what, err, fatal=False):
         self.failures += 1
+        if isinstance(err, MemoryError):
+            self.oom += 1
+        # The backoff starts again only after a connection that held a minute (or so long that the
+        # ticks wrapped), not at each connect: one that fails at once, the same way each time (a
+        # message too big for the heap, sent again on the new connection), is tried ever less often.
+        if self.client is not None and not 0 <= time.ticks_diff(now, self._next_try) < _BACKOFF_MAX_MS:
+            self._backoff = _BACKOFF_MIN_MS
         self._drop()
         if self._lost is None:
             self._lost = now
