@@ -176,9 +176,10 @@ class Gateway:
             self.forwarders.stop()  # a batch in flight is sent again at the next start
         if close_store:
             self.store.close()
+        # stale: committed, but received over a connection since lost; the broker delivers them again
         log.info(
-            "stopped: %d messages received, %d committed, %d refused",
-            self.writer.received, self.writer.committed, self.writer.refused,
+            "stopped: %d messages received, %d committed, %d refused; %d acknowledged to the broker, %d stale",
+            self.writer.received, self.writer.committed, self.writer.refused, self.source.acked, self.source.stale,
         )
 
     # -- the writer's hooks (the writer thread) -----------------------------------------------------
