@@ -19,6 +19,9 @@ system-deps:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null \
 	  || { echo "installing python3-venv (apt)"; apt-get update -qq && \
 	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null; }
+	@command -v ip >/dev/null 2>&1 || command -v /usr/sbin/ip >/dev/null 2>&1 \
+	  || { echo "installing iproute2 (apt): a network namespace for a node whose gateway goes silent"; \
+	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
 	@command -v gcc >/dev/null 2>&1 \
 	  || { echo "installing gcc (apt): the noise kernel's C reference"; apt-get update -qq && \
 	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; }

@@ -245,6 +245,7 @@ def main():
         made = nodestart = None
         del sys.modules["nodestart"]
         gc.collect()
+        import mqttwait   # uplink.py's, compiled here: in the room the start's code left, before recv2
         _v2(node)
         node.run()
     except Exception as e:  # a bug, not a sensor: log it, wait, start afresh

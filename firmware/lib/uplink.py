@@ -1,7 +1,8 @@
 # The network (Wi-Fi, or Ethernet on a board whose board.json says net.type "lan") and MQTT.
-# Nothing here blocks the measuring for long: the network is started and polled, the
-# broker is tried with jittered exponential backoff (capped at 60 s; it starts again only after a
-# connection that held a minute: _fail), and any socket error drops the connection, to be tried
+# Nothing here blocks the measuring for long: the network is started and polled, umqtt's socket
+# waits 5 s at most (mqttwait.py: a gateway gone silent), the broker is tried with jittered
+# exponential backoff (capped at 60 s; it starts again only after a connection that held a minute:
+# _fail), and any socket error drops the connection, to be tried
 # again later. What was not sent stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
 # node is away they are lost, and it sends those records again); its configuration, release offers
@@ -20,7 +21,7 @@ import time
 import random
 import network
 import console
-from umqtt.simple import MQTTClient, MQTTException
+from umqtt.simple import MQTTException
 
 _WIFI_RETRY_MS = 20000
 _BACKOFF_MIN_MS = 1000
@@ -172,8 +173,9 @@ class Uplink:
     def _connect(self, now, up_s):
         b = self.broker
         where = "%s:%d%s" % (b["host"], b["port"], " (tls)" if self.ssl else "")
-        c = MQTTClient(self.node_id, b["host"], port=b["port"], user=b["user"],
-                       password=b["password"], keepalive=b["keepalive"], ssl=self.ssl)
+        import mqttwait   # node.main() loaded it after the start, where its heap fits
+        c = mqttwait.Client(self.node_id, b["host"], port=b["port"], user=b["user"],
+                            password=b["password"], keepalive=b["keepalive"], ssl=self.ssl)
         c.set_last_will(self.topic_status, '{"v":1,"node":"%s","online":false}' % self.node_id,
                         retain=True, qos=1)
         c.set_callback(self._on_msg)

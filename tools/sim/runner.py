@@ -160,6 +160,9 @@ class NodeSpec:
     # On the wall clock: as fast as it can (speed ignored) until the virtual clock, from the
     # scenario's start, reaches the real time now, then in real time (`make demo`'s backfill).
     live: bool = False
+    # The network namespace the node's process runs in (`ip netns exec`; tools/dev/silentlink.py):
+    # its own path to the broker, which a test can make silent. None: the host's.
+    netns: str | None = None
 
 
 class SimNode:
@@ -253,7 +256,10 @@ class SimNode:
         link_host(self.dir)
         heap = (heap_bytes(self.spec.heapsize) + SIM_HEAP_RESERVE + (SIM_TLS_RESERVE if self._tls() else 0)
                 if self.spec.heapsize else None)
-        return subprocess.Popen(sim_command(heap, *flags), env=sim_env(), cwd=self.dir, **popen)
+        cmd = sim_command(heap, *flags)
+        if self.spec.netns:
+            cmd = ["ip", "netns", "exec", self.spec.netns, *cmd]
+        return subprocess.Popen(cmd, env=sim_env(), cwd=self.dir, **popen)
 
     def _tls(self) -> bool:
         """The node's config.json names a TLS broker (see SIM_TLS_RESERVE)."""

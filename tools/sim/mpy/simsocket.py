@@ -5,6 +5,11 @@
 # Wi-Fi round trip would (the loopback broker's own timing is neither the board's nor repeatable).
 # A socket is a stream (io.IOBase: readinto, write, ioctl), so the board's `ssl`/`tls` module
 # (mbedtls) wraps it as on the ESP32: TLS records go through this shim, and the Wi-Fi cuts them.
+# A peer that does not answer (a gateway gone silent: no RST, no ICMP) costs the board's time, not
+# the host's (the virtual clock stands still in a blocking host call): a blocking connect or read
+# that gets nothing within 2 real seconds (the loopback answers in milliseconds) charges the
+# virtual clock what the board would wait, its settimeout() or, without one, lwIP's own giving up
+# (in _io), and raises as the board does.
 import io
 import micropython
 import usocket as _s
@@ -47,6 +52,7 @@ class socket(io.IOBase):
         _c.tick()
         self._s = _s.socket(_s.AF_INET, type if type in (1, 2) else 1)
         self._link = None
+        self.settimeout(None)
 
     @micropython.native
     def _io(self, name, us, *a):
@@ -57,7 +63,18 @@ class socket(io.IOBase):
             _c.count("socket_cut")
             raise OSError(104)  # ECONNRESET
         _c.advance(us)
-        return getattr(self._s, name)(*a)
+        try:
+            return getattr(self._s, name)(*a)
+        except OSError as e:
+            if e.errno != 110 or self.timeout == 0:   # ETIMEDOUT: nothing within 2 s (settimeout)
+                raise e
+        # A silent peer: the board waits its timeout, or until lwIP gives up (ESP-IDF's defaults):
+        # a connect after the SYN and 12 retries 1.5 s apart (19.5 s); unacknowledged data after
+        # 12 retries backing off to 192 s (22 min: the watchdog first). (New names cost the
+        # simulator's heap: a pool of interned strings.)
+        t = 19500000 if name == "connect" else 1341000000
+        _c.advance(t if self.timeout is None else min(t, int(self.timeout * 1000000)))
+        raise OSError(116)   # ETIMEDOUT (the ESP32's newlib number)
 
     @micropython.native
     def connect(self, addr):
@@ -110,11 +127,12 @@ class socket(io.IOBase):
 
     @micropython.native
     def setblocking(self, flag):
-        self._s.setblocking(flag)
+        self.settimeout(None if flag else 0)
 
     @micropython.native
     def settimeout(self, t):
-        self._s.settimeout(t)
+        self.timeout = t   # the firmware's: None blocks, 0 does not
+        self._s.settimeout(0 if t == 0 else 2)   # the host waits 2 s at most (see the top)
 
     @micropython.native
     def setsockopt(self, level, opt, val):
