@@ -60,6 +60,7 @@ KEEP_BYTES = max(DEAD_LETTER_MAX, MAX_MESSAGE_BYTES + 1)
 RETRY_MIN_S = 1.0  # between connection attempts: from 1 s, doubling, up to 30 s
 RETRY_MAX_S = 30.0
 TICK_S = 1.0  # the longest the network thread waits: keepalive pings are sent from its loop
+LINGER_S = 2.0  # at the stop: how long the last writes may take to reach the broker (`_linger`)
 READ_BURST = 256  # packets read at most before the thread writes what they made (the PUBACKs)
 
 
@@ -198,7 +199,7 @@ class Source:
         # the external-loop API: paho tells us when it has packets to write (a publish from
         # another thread wakes the network thread), and of every socket it opens and closes
         c.on_socket_open = self._on_socket
-        c.on_socket_close = self._on_socket
+        c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
         self.client = c
 
@@ -292,6 +293,29 @@ class Source:
         # last, a DISCONNECT, goes out first)
         self.client.flush(sock)
         self.client.reset_buffers()
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._quit:
+            self._linger(sock)
+        self._on_socket(client, userdata, sock)
+
+    def _linger(self, sock: Any) -> None:
+        """At the stop, before paho closes the socket: send all that is written (the last PUBACKs, the
+        DISCONNECT), then read until the broker closes its side, at most LINGER_S. Closed at once
+        with the broker's messages still arriving, the socket would be reset, and a reset makes the
+        broker's system drop what it received and its broker had not read yet: PUBACKs for messages
+        the store holds, which the broker would then deliver again."""
+        c = self.client
+        deadline = time.monotonic() + LINGER_S
+        try:
+            while c.unflushed() and select.select([], [sock], [], max(0.0, deadline - time.monotonic()))[1]:
+                c.flush(sock)
+            sock.shutdown(socket.SHUT_WR)
+            while select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                if not sock.recv(65536):
+                    return  # the broker closed: it read all we sent
+        except OSError:  # reset or gone already: nothing more to do for it
+            pass
 
     def _run(self) -> None:
         self._net_ident = threading.get_ident()
