@@ -29,7 +29,8 @@ del soundlevel      # sample_noise takes it from sys.modules
 # have been compiled, used and dropped; the samplers only where the board has the sensor (heap).
 recline = recv2 = None   # modules: recline set by nodestart.py, recv2 by _v2() (payload v2)
 
-_WDT_MS = const(90000)  # longer than the slowest blocking step (an MQTT connect on a bad link)
+# well past the slowest blocking step: a TLS connect on a bad link, each of its socket calls 5 s at most (mqttwait.py)
+_WDT_MS = const(90000)
 # After a Ctrl-C (a technician's mpremote): the ESP32's watchdog cannot be stopped, only given
 # a longer timeout. Long enough to work at the REPL, short enough that a node left interrupted
 # starts measuring again by itself (docs/technician.md, "The watchdog and the REPL").
