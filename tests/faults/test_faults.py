@@ -191,10 +191,11 @@ def test_ntp_only_after_two_hours(rig: Rig) -> None:
 
 # 7 -----------------------------------------------------------------------------------------------
 def test_spool_full_drops_oldest_counts_and_reports(rig: Rig) -> None:
-    # the smallest spool (32 KB) holds about 30 hours of this board's records (about 18 bytes each)
-    outage = (600, 600 + 36 * H)
+    # the smallest spool (32 KB) holds about 1,800 of this board's records (about 18 bytes each):
+    # at an interval of 15 s, about 7.5 hours
+    outage = (600, 600 + 9 * H)
     n = rig.node("air-01", scenario(wifi_down=[outage]), board=AIR, until_s=outage[1] + H,
-                 extra_config={"spool_kb": 32})
+                 interval_s=15, extra_config={"spool_kb": 32})
     rig.run()
     rig.settle()
     out = rig.judge("spool full")
