@@ -18,7 +18,7 @@
 # tried again LATER_MS after and twice as long each time, and abandoned after LATER_TRIES tries more
 # (new/ removed, event "refused" with the reason, which the rollout shows). One that fits and then
 # starves the node (a MemoryError elsewhere restarts it: node.main) is abandoned the same way at
-# its fifth start (new/ota.starts counts them). The node must always come back to measuring: an
+# its fourth restart (new/ota.starts counts them; a power cut is not one). The node must always come back to measuring: an
 # update can be offered again, an interval not measured is lost, and a crash loop on a lamppost is
 # a ladder.
 import os
@@ -31,7 +31,7 @@ from micropython import const
 NEW = "new"
 OFFER = "new/ota.json"
 READY = "new/.ready"
-STARTS = "new/ota.starts"   # starts with the download on (resume)
+STARTS = "new/ota.starts"   # restarts with the download on, power cuts not counted (resume)
 PIECE = const(2048)
 PIECE_MIN = const(256)       # the smallest piece asked when the heap is short
 GAP_MS = const(250)          # between a piece written and the next asked
@@ -40,7 +40,7 @@ TRIES = const(3)             # sha256 mismatches of one file before the release 
 LATER_MS = const(60000)      # a download the heap could not take at start: tried again after
 LATER_TRIES = const(3)       # ... 1, 2 and 4 minutes, then abandoned
 FIRST_MS = const(5000)       # from the start to the download's first step: the start's code gone
-STARTS_MAX = const(4)        # starts with a download on: a 5th abandons it (a restart loop ends)
+STARTS_MAX = const(4)        # restarts with a download on: the 4th abandons it
 
 
 def _size(p):
@@ -110,19 +110,22 @@ def resume(host):
     download from the loop, or None (new/ cleared)."""
     if _exists(READY):
         return None
-    try:   # this start counted: restarts the download causes end (STARTS_MAX)
+    try:   # restarts while it is on, counted: those the download causes end (STARTS_MAX)
         with open(STARTS) as f:
             k = int(f.read())
     except (OSError, ValueError):
         k = 0
-    if k >= STARTS_MAX:
-        _abandon(host, "the node restarted %d times while it was on" % k)
-        return None
-    try:
-        with open(STARTS, "w") as f:
-            f.write("%d" % (k + 1))
-    except OSError:
-        pass
+    import machine
+    if machine.reset_cause() != machine.PWRON_RESET:   # a power cut is not the download's doing
+        k += 1
+        if k >= STARTS_MAX:
+            _abandon(host, "the node restarted %d times while it was on" % k)
+            return None
+        try:
+            with open(STARTS, "w") as f:
+                f.write("%d" % k)
+        except OSError:
+            pass
     return Later(host, 0, FIRST_MS)
 
 

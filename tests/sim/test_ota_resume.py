@@ -4,8 +4,8 @@ The defect: ota.resume() parsed the offer kept in new/ota.json in the start, bes
 made; at 112K and 120K that raised MemoryError, node.main reset the board, and every start did the
 same: no record measured or sent again, no crash counted, no safe mode. Now the download goes on from
 the loop; one the heap cannot take is put off and abandoned after a few tries, one that starves the
-node is abandoned at its fifth start, either with an event the rollout shows, and the node measures
-and delivers throughout.
+node is abandoned at its fourth restart (power cuts not counted), either with an
+event the rollout shows, and the node measures and delivers throughout.
 
 Simulated nodes (firmware/ as .mpy) against a real Mosquitto, the real gateway storing the records
 and the test-side fleet gateway (tools/dev/fleetsim.py) offering the release and serving its pieces.
@@ -74,7 +74,7 @@ def test_a_download_under_way_at_a_restart_with_less_heap_ends_and_the_node_meas
     text = n.console_text()[before:]
     assert not gw.events_of(NODE, "crash")
     # no crash loop: a restart the download causes (a MemoryError elsewhere in the node) is counted,
-    # and the fifth start with it on abandons it
+    # and the fourth abandons it (the power-on start is not counted)
     end = text.index(": abandoned, removed" if ev["state"] == "refused" else "ota: 0.9.0 complete")
     assert starts(text[:end]) <= 5, text
     if ev["state"] == "refused":
