@@ -170,7 +170,8 @@ def _load(host, n):
 
 class Later:
     """A download to go on with from the loop (resume): nothing asked or kept meanwhile."""
-    ver = files = None   # an offer meanwhile replaces it (otaoffer.py)
+    ver = OFFER   # what an offer meanwhile replaces (otaoffer.py says so)
+    files = None
 
     def __init__(self, host, n, ms):
         self.host = host
