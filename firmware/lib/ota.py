@@ -18,9 +18,9 @@
 # tried again LATER_MS after and twice as long each time, and abandoned after LATER_TRIES tries more
 # (new/ removed, event "refused" with the reason, which the rollout shows). One that fits and then
 # starves the node (a MemoryError elsewhere restarts it: node.main) is abandoned the same way at
-# its fourth restart (new/ota.starts counts them; a power cut is not one). The node must always come back to measuring: an
-# update can be offered again, an interval not measured is lost, and a crash loop on a lamppost is
-# a ladder.
+# its fourth restart (new/ota.starts counts them; a power cut is not one). The node must always
+# come back to measuring: an update can be offered again, an interval not measured is lost, and a
+# crash loop on a lamppost is a ladder.
 import os
 import json
 import time
