@@ -12,6 +12,15 @@
 # manifest), new/trial.json (the trial's note: lib/trial.py) and new/.ready (the commit point), event
 # "installed", and the host restarts into the new app once the interval it measures is spooled
 # (boot.py installs it, on trial: aftercare.py proves it).
+# A download under way at a start goes on from the loop, FIRST_MS after, not in the start: parsed
+# beside the node being made, the manifest did not fit heaps the node measures in (a MemoryError
+# there restarts the node, and did so at every start). One the heap cannot take is put off (Later),
+# tried again LATER_MS after and twice as long each time, and abandoned after LATER_TRIES tries more
+# (new/ removed, event "refused" with the reason, which the rollout shows). One that fits and then
+# starves the node (a MemoryError elsewhere restarts it: node.main) is abandoned the same way at
+# its fourth restart (new/ota.starts counts them; a power cut is not one). The node must always
+# come back to measuring: an update can be offered again, an interval not measured is lost, and a
+# crash loop on a lamppost is a ladder.
 import os
 import json
 import time
@@ -22,11 +31,16 @@ from micropython import const
 NEW = "new"
 OFFER = "new/ota.json"
 READY = "new/.ready"
+STARTS = "new/ota.starts"   # restarts with the download on, power cuts not counted (resume)
 PIECE = const(2048)
 PIECE_MIN = const(256)       # the smallest piece asked when the heap is short
 GAP_MS = const(250)          # between a piece written and the next asked
 RETRY_MS = const(10000)      # a piece not come by then is asked again (QoS 0: it may be lost)
 TRIES = const(3)             # sha256 mismatches of one file before the release is refused
+LATER_MS = const(60000)      # a download the heap could not take at start: tried again after
+LATER_TRIES = const(3)       # ... 1, 2 and 4 minutes, then abandoned
+FIRST_MS = const(5000)       # from the start to the download's first step: the start's code gone
+STARTS_MAX = const(4)        # restarts with a download on: the 4th abandons it
 
 
 def _size(p):
@@ -84,26 +98,101 @@ def refuse(host, v, why):
     say(host, "refused", v, reason=why)
 
 
+def _abandon(host, why):
+    console.error("ota: %s: %s: abandoned, removed" % (OFFER, why))
+    rmtree(NEW)
+    # the release unread: an event without one, which the gateway's rollout takes as its own
+    mgmt.event(host, {"kind": "ota", "state": "refused", "reason": "download abandoned: " + why})
+
+
 def resume(host):
-    """At start: the download new/ota.json holds, checked again, or None (new/ cleared)."""
+    """At start (aftercare.py), with new/ota.json on the flash: a Later that goes on with the
+    download from the loop, or None (new/ cleared)."""
     if _exists(READY):
         return None
+    try:   # restarts while it is on, counted: those the download causes end (STARTS_MAX)
+        with open(STARTS) as f:
+            k = int(f.read())
+    except (OSError, ValueError):
+        k = 0
+    import machine
+    if machine.reset_cause() != machine.PWRON_RESET:   # a power cut is not the download's doing
+        k += 1
+        if k >= STARTS_MAX:
+            _abandon(host, "the node restarted %d times while it was on" % k)
+            return None
+        try:
+            with open(STARTS, "w") as f:
+                f.write("%d" % k)
+        except OSError:
+            pass
+    return Later(host, 0, FIRST_MS)
+
+
+def _load(host, n):
+    """The download new/ota.json holds, checked again, or None (new/ cleared); a Later when the heap
+    could not take it (n: the tries before this one)."""
+    import gc
     try:
-        with open(OFFER, "rb") as f:
-            body, why = mgmt.verify(f, host.cfg["node_id"])
-    except OSError:
-        body, why = None, "missing"
-    try:   # checked when it was accepted, and its MAC now
-        rel = body["release"]
-        import gc
-        gc.collect()   # copies, as otaoffer._files makes them: a heap in pieces fetches nothing
-        d = Download(host, rel["version"], [("%s" % f["path"], f["size"], "%s" % f["sha256"]) for f in rel["files"]])
-    except (ValueError, KeyError, TypeError):
-        console.warn("ota: %s: cannot resume (%s): removed" % (OFFER, why or "not a release"))
-        rmtree(NEW)
+        buf = bytearray(1024)   # before the parse, as otaoffer's: 1 KB in one piece is likelier now
+        try:
+            with open(OFFER, "rb") as f:
+                body, why = mgmt.verify(f, host.cfg["node_id"])
+        except OSError:
+            body, why = None, "missing"
+        try:   # checked when it was accepted, and its MAC now
+            rel = body["release"]
+            fs = rel["files"]
+            body = None
+            out = []
+            gc.collect()
+            while fs:   # copies, as otaoffer._files makes them (a heap in pieces fetches nothing); each
+                f = fs.pop()   # parsed entry left to the collector as it is copied: the peak is lower
+                out.append(("%s" % f["path"], f["size"], "%s" % f["sha256"]))
+            out.reverse()
+            d = Download(host, rel["version"], out, buf)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            console.warn("ota: %s: cannot resume (%s): removed" % (OFFER, why or "not a release"))
+            rmtree(NEW)
+            return None
+    except MemoryError as e:
+        buf = body = rel = fs = out = None
+        gc.collect()
+        why = "no memory to resume the download (%s; %d bytes free)" % (e, gc.mem_free())
+        if n < LATER_TRIES:
+            console.warn("ota: %s: %s: trying again in %d s" % (OFFER, why, (LATER_MS << n) // 1000))
+            return Later(host, n + 1, LATER_MS << n)
+        _abandon(host, "%s, %d times" % (why, n + 1))
         return None
     console.info("ota: resuming %s from what %s/ holds" % (d.ver, NEW))
     return d
+
+
+class Later:
+    """A download to go on with from the loop (resume): nothing asked or kept meanwhile."""
+    ver = OFFER   # what an offer meanwhile replaces (otaoffer.py says so)
+    files = None
+
+    def __init__(self, host, n, ms):
+        self.host = host
+        self.n = n
+        self.due = time.ticks_add(time.ticks_ms(), ms)
+
+    def waiting(self):
+        return False
+
+    def take(self, msg):
+        pass
+
+    def step(self, now, connected):
+        if time.ticks_diff(now, self.due) < 0:
+            return
+        host = self.host
+        host.ota = None
+        d = _load(host, self.n)
+        if d is None:
+            _drop(host)
+        host.ota = d
 
 
 class Download:

@@ -510,3 +510,20 @@ def test_a_proof_that_comes_after_the_rollout_halted_is_shown_and_the_halt_stays
     assert "already  n01 (they run 0.3.0)" in r.stdout, r.stdout
     done = site.wait_rollout("done", timeout=60)
     assert {n: x.state for n, x in done["nodes"].items()} == {"n01": "done", "n02": "done"}
+
+
+def test_a_download_a_node_abandons_halts_the_rollout_with_why(site: Site) -> None:
+    """A node that gave up a download it had accepted (firmware/lib/ota.py: its heap could not take
+    the kept offer after a restart) reports `refused` without a release, as it could not read which:
+    the rollout under way takes it as its own and halts with the node's reason."""
+    n = site.node("n01", behaviour="accept")
+    site.node("n02")
+    site.known({"n01": "0.2.0", "n02": "0.2.0"})
+    add(site, "0.3.0")
+    site.cli("fleet", "update", "--release", "0.3.0", "--nodes", "n01,n02", "--canary", "1")
+    wait_for(lambda: n.fetched, 60, "the canary's download")
+    why = "download abandoned: the node restarted 4 times while it was on"
+    n.event("refused", reason=why)
+    halted = site.wait_rollout("halted", timeout=30)
+    assert halted["row"].reason == f"n01 (canary) refused: {why}"
+    assert site.nodes["n02"].offers == []
