@@ -235,12 +235,16 @@ def _v2(node):
 
 def main():
     # The start (nodestart.py: the configuration, the modules this board needs, the Node made) is
-    # compiled, run once and dropped: its code is heap the loop needs. What escapes its first part
-    # (the configuration, the modules) goes to main.py's crash handler, as before it had a Node.
+    # compiled, run once and dropped: its code is heap the loop needs. What escapes the start, or the
+    # loop before its first record, goes to main.py's crash handler (crash.py: reported, counted, a
+    # trial failed, safe mode after 3 in a row): a failure at every start must not reset for ever.
+    # Later, a node that has measured resets and measures again: reported, not counted, as an
+    # occasional MemoryError at a tight heap must not put a measuring node in safe mode.
     import nodestart
     made = nodestart.start()   # None: the board cannot measure; the REPL stays for the technician
     if made is None:
         return
+    node = None
     try:
         node = nodestart.make(*made)
         made = nodestart = None
@@ -249,8 +253,14 @@ def main():
         import mqttwait   # uplink.py's, compiled here: in the room the start's code left, before recv2
         _v2(node)
         node.run()
-    except Exception as e:  # a bug, not a sensor: log it, wait, start afresh
-        sys.print_exception(e)
+    except Exception as e:
+        if node is None or not node.seq:   # no record yet: a crash
+            raise
+        node = None
+        try:
+            __import__("crash").died(e, 0)
+        except Exception:   # no heap for the report: the reset all the same
+            pass
         console.error("unexpected error; resetting in 10 s")
         time.sleep_ms(10000)
         machine.reset()

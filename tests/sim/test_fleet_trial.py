@@ -139,6 +139,46 @@ def test_safe_mode_after_three_crashes_in_a_row_and_out_of_it_with_a_fixed_relea
     assert "crash.count" not in n.list_flash()
 
 
+# after nodestart.start(): a bug in what the start makes (payload v2's module loaded by _v2)
+START_RAISES = {"lib/node.py": lambda s: s.replace("def _v2(node):\n",
+                                                   "def _v2(node):\n    raise ValueError('broken start')\n")}
+# the loop of a node that has measured: its second interval's close fails, at every start
+LOOP_RAISES = {"lib/node.py": lambda s: s.replace("def _close_interval(self, now):\n",
+                                                  "def _close_interval(self, now):\n"
+                                                  "        if self.seq == 1:\n"
+                                                  "            raise ValueError('loop bug')\n")}
+
+
+def test_a_start_that_fails_after_nodestart_every_time_ends_in_safe_mode_and_is_reported(rig: Rig,
+                                                                                          tmp_path: Path) -> None:
+    """node.py's catch-all once reset such a node every 10 s for ever, with no report and no safe mode."""
+    broken = fleetsim.mpy_firmware(tmp_path / "broken", firmware=_patched(tmp_path / "src", START_RAISES))
+    n = rig.node("ss-01", broken)
+    rig.status("ss-01", mode="safe", timeout=180)
+    assert rig.gw.wait_event("ss-01", lambda e: e["kind"] == "safe_mode")["crashes"] == 3
+    crash = rig.gw.wait_event("ss-01", lambda e: e["kind"] == "crash")
+    assert "ValueError: broken start" in crash["trace"] and crash["count"] == 3
+    text = n.console_text()
+    assert "unexpected error; resetting" not in text and " I record " not in text
+
+
+def test_errors_in_the_loop_of_a_node_that_measured_are_reported_and_it_measures_again(rig: Rig,
+                                                                                        tmp_path: Path) -> None:
+    """An error after the first record of a start: a reset, the node measures again; reported with count 0,
+    never counted towards safe mode, however often (here at every start, more than 3 in a row)."""
+    broken = fleetsim.mpy_firmware(tmp_path / "broken", firmware=_patched(tmp_path / "src", LOOP_RAISES))
+    n = rig.node("lp-01", broken, extra_config={"interval_s": 10})
+    wait_for(lambda: n.console_text().count("unexpected error; resetting") >= 4, 300, "4 loop errors")
+    wait_for(lambda: n.console_text().rsplit("unexpected error; resetting", 1)[-1].count(" I record 0: "), 120,
+             "a record after the 4th")
+    st = rig.status("lp-01", mode="normal")
+    assert st["fw"] == OLD
+    crash = rig.gw.wait_event("lp-01", lambda e: e["kind"] == "crash")
+    assert "ValueError: loop bug" in crash["trace"] and crash["count"] == 0
+    assert not rig.gw.events_of("lp-01", "safe_mode") and "safe mode" not in n.console_text()
+    assert "crash.count" not in n.list_flash()
+
+
 def _patched(out: Path, patch: dict[str, Callable[[str], str]]) -> Path:
     import shutil
 
