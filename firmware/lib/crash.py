@@ -114,14 +114,18 @@ def safe_mode():
 
 def died(exc, n=1):
     """main.py, with what escaped node: the report, app.failed on trial (main.py then resets).
-    node.py, n=0: a node that had measured: the report only (node.py then resets)."""
+    node.py, n=0: a node that had measured: the report only, then 10 s (node.py then resets)."""
     import sys
     import gc
     sys.modules.pop("node", None)   # its buffers: heap for the report
     sys.modules.pop("nodestart", None)   # the start's code, which holds node too
     gc.collect()
     why = record(exc, n)
-    if not n:
+    if not n:   # as node.py did: said, then 10 s before its reset (flash written at most every 10 s)
+        import console
+        import time
+        console.error("unexpected error; resetting in 10 s")
+        time.sleep(10)
         return
     try:
         import trial

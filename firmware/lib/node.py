@@ -244,7 +244,6 @@ def main():
     made = nodestart.start()   # None: the board cannot measure; the REPL stays for the technician
     if made is None:
         return
-    node = None
     try:
         node = nodestart.make(*made)
         made = nodestart = None
@@ -254,13 +253,11 @@ def main():
         _v2(node)
         node.run()
     except Exception as e:
-        if node is None or not node.seq:   # no record yet: a crash
+        if made or not node.seq:   # nodestart.make failed, or no record yet: a crash
             raise
         node = None
         try:
-            __import__("crash").died(e, 0)
+            __import__("crash").died(e, 0)   # the report, a 10 s wait
         except Exception:   # no heap for the report: the reset all the same
             pass
-        console.error("unexpected error; resetting in 10 s")
-        time.sleep_ms(10000)
         machine.reset()
