@@ -13,8 +13,9 @@ node (which should never return: a reset when a fix arrives; if it does, the boa
 without safemode.py starts normally and says so. main.py hands what escapes node (its import
 included, not KeyboardInterrupt; node.py hands it on only before the first record) to died():
 record(), trial.fail() when an app is on trial; then it waits 5 s and resets. node.py calls
-died(exc, 0) for an error after the first record: crash.txt only (reported, count 0), as the node
-measures again after its reset; it is not a crash in a row (no safe mode) and fails no trial.
+died(exc, 0) for an error in the loop after the first record, or a MemoryError anywhere in the
+loop: crash.txt only (reported, count 0; a MemoryError not even that), as the node measures again
+after its reset; it is not a crash in a row (no safe mode) and fails no trial.
 
 The API:
   record(exc, n=1) -> "ValueError: the message" (the traceback's last line). Prints the traceback,
@@ -120,7 +121,10 @@ def died(exc, n=1):
     sys.modules.pop("node", None)   # its buffers: heap for the report
     sys.modules.pop("nodestart", None)   # the start's code, which holds node too
     gc.collect()
-    why = record(exc, n)
+    if n or not isinstance(exc, MemoryError):
+        why = record(exc, n)
+    else:   # the loop at a tight heap (a backlog, a download): no report, whose heap at the next start
+        sys.print_exception(exc)   # could be the next MemoryError (ota.py bounds such restarts)
     if not n:   # as node.py did: said, then 10 s before its reset (flash written at most every 10 s)
         import console
         import time

@@ -236,10 +236,10 @@ def _v2(node):
 def main():
     # The start (nodestart.py: the configuration, the modules this board needs, the Node made) is
     # compiled, run once and dropped: its code is heap the loop needs. What escapes the start, or the
-    # loop before its first record, goes to main.py's crash handler (crash.py: reported, counted, a
-    # trial failed, safe mode after 3 in a row): a failure at every start must not reset for ever.
-    # Later, a node that has measured resets and measures again: reported, not counted, as an
-    # occasional MemoryError at a tight heap must not put a measuring node in safe mode.
+    # loop before its first record (but a MemoryError), goes to main.py's crash handler (crash.py:
+    # reported, counted, a trial failed, safe mode after 3 in a row): a failure at every start must
+    # not reset for ever. Else the node resets and measures again, reported, not counted: a
+    # MemoryError at a tight heap must not put a node that can measure in safe mode (which does not).
     import nodestart
     made = nodestart.start()   # None: the board cannot measure; the REPL stays for the technician
     if made is None:
@@ -251,9 +251,10 @@ def main():
         gc.collect()
         import mqttwait   # uplink.py's, compiled here: in the room the start's code left, before recv2
         _v2(node)
+        made = False   # the loop: a MemoryError there is the heap's state (a backlog, a download), not counted
         node.run()
     except Exception as e:
-        if made or not node.seq:   # nodestart.make failed, or no record yet: a crash
+        if made is not False or not node.seq and not isinstance(e, MemoryError):   # a crash
             raise
         node = None
         try:
