@@ -178,6 +178,27 @@ def test_errors_in_the_loop_of_a_node_that_measured_are_reported_and_it_measures
     assert "crash.count" not in n.list_flash()
 
 
+# a crash report the heap cannot take at its first two tries
+REPORT_NO_HEAP = {"lib/crash.py": lambda s: s.replace("def report():\n", "_TRIES = [0]\n\n\ndef report():\n"
+                                                      "    _TRIES[0] += 1\n"
+                                                      "    if _TRIES[0] < 3:\n"
+                                                      "        raise MemoryError('no heap for the report')\n")}
+
+
+def test_a_crash_report_the_heap_cannot_take_is_sent_later_and_never_restarts_the_node(rig: Rig,
+                                                                                       tmp_path: Path) -> None:
+    """Else a report left at a tight heap would fail at every start: a restart loop of its own."""
+    fw = fleetsim.mpy_firmware(tmp_path / "fw", firmware=_patched(tmp_path / "src", REPORT_NO_HEAP))
+    crash_txt = b"boot 3 up 40 s\nTraceback (most recent call last):\nValueError: earlier\n"
+    n = rig.node("rp-01", fw, files={"crash.txt": crash_txt})
+    ev = rig.gw.wait_event("rp-01", lambda e: e["kind"] == "crash")
+    assert ev["trace"].endswith("ValueError: earlier\n") and ev["boot"] == 3
+    wait_for(lambda: "crash.txt" not in n.list_flash(), 60, "crash.txt removed once sent")
+    wait_for(lambda: " I record 0: " in n.console_text(), 120, "a record")
+    text = n.console_text()
+    assert text.count(" I meetkit ") == 1 and "Traceback" not in text
+
+
 def _patched(out: Path, patch: dict[str, Callable[[str], str]]) -> Path:
     import shutil
 
