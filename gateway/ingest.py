@@ -219,7 +219,8 @@ def _log_event(event: payload.Event, eid: int) -> None:
     elif event.kind == "cmd":
         what = f"command {b.get('id', '?')} refused: {b['reason']}"
     elif event.kind == "crash":
-        what = f"crashed in boot {b['boot']} after {b['at_up']} s ({b['count']} in a row)"
+        what = f"crashed in boot {b['boot']} after {b['at_up']} s " + (
+            f"({b['count']} in a row)" if b["count"] else "(while measuring: restarted, not counted)")
     elif event.kind == "safe_mode":
         what = f"in safe mode after {b['crashes']} crashes in a row"
     else:

@@ -1152,7 +1152,7 @@ def parse_event(payload: bytes, topic_node: str, size: int | None = None) -> Eve
     elif kind == "crash":
         _int(obj["boot"], "boot", high=BOOT_MAX)
         _int(obj["at_up"], "at_up", high=UP_MAX)
-        _int(obj["count"], "count", low=1, high=BOOT_MAX)
+        _int(obj["count"], "count", high=BOOT_MAX)   # 0: an error after the node measured, not counted
         trace = _str(obj["trace"], "trace")
         if len(trace.encode("utf-8")) > TRACE_MAX_BYTES:
             raise Rejected(OUT_OF_RANGE, f"trace: {len(trace.encode('utf-8'))} bytes, a node sends at most "

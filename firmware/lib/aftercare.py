@@ -124,12 +124,15 @@ class Aftercare:
         if connected and self.crash:
             import crash
             if self.crash is True:
-                r = crash.report()
-                if r:
-                    r["kind"] = "crash"
-                    mgmt.event(host, r)
-                self.crash = 2
-            if not host.uplink.events:
+                try:
+                    r = crash.report()
+                    if r:
+                        r["kind"] = "crash"
+                        mgmt.event(host, r)
+                    self.crash = 2
+                except MemoryError:   # a heap in pieces (a download, a backlog): tried again in a second;
+                    pass              # the report must never be an error of its own, at every start
+            if self.crash == 2 and not host.uplink.events:
                 crash.reported()
                 self.crash = False
         if self.reverted and connected:

@@ -3,25 +3,28 @@ report, and the count of crashes in a row that selects safe mode. Loaded only wh
 
 Files at the flash's root, each written whole (a temporary file, then one rename):
   crash.txt     the last unhandled exception: the line "boot <n> up <s> s" (n: boot.count as it
-                stood, which a crash at import has not counted yet; s: seconds since the start),
-                then the traceback as sys.print_exception writes it (its last 1500 characters).
+                stood, which a crash at import has not counted yet; s: seconds since the start;
+                " loop" after it: an error of a node that had measured, not counted), then the traceback as sys.print_exception writes it (its last 1500 characters).
   crash.count   crashes in a row (a decimal number).
 
 main.py, at a start with crash.count, calls safe_mode(): when crash.count >= 3 and no app is on
 trial (a trial's crash rolls back instead), it imports safemode and runs safemode.main() instead of
 node (which should never return: a reset when a fix arrives; if it does, the board resets). An app
 without safemode.py starts normally and says so. main.py hands what escapes node (its import
-included, not KeyboardInterrupt) to died(): record(), trial.fail() when an app is on trial; then it
-waits 5 s and resets.
+included, not KeyboardInterrupt; node.py hands it on only before the first record) to died():
+record(), trial.fail() when an app is on trial; then it waits 5 s and resets. node.py calls
+died(exc, 0) for an error in the loop after the first record, or a MemoryError anywhere in the
+loop: crash.txt only (reported, count 0; a MemoryError not even that), as the node measures again
+after its reset; it is not a crash in a row (no safe mode) and fails no trial.
 
 The API:
-  record(exc)  -> "ValueError: the message" (the traceback's last line). Prints the traceback,
-                  writes crash.txt, adds one to crash.count. Never raises.
+  record(exc, n=1) -> "ValueError: the message" (the traceback's last line). Prints the traceback,
+                  writes crash.txt, adds n (1 or 0) to crash.count. Never raises.
   count()      -> crashes in a row (0 without crash.count).
   clear()      -> removes crash.count: the run of crashes is over (the node after 10 minutes of
                   running with a batch acknowledged; safe mode when a fix arrives).
   report()     -> the pending report as the crash event's fields, {"boot": n, "at_up": s,
-                  "count": crashes in a row, "trace": "Traceback ...\\nValueError: ..."}, or None.
+                  "count": crashes in a row (0: not counted), "trace": "Traceback ..."}, or None.
                   Publish it, then:
   reported()   -> removes crash.txt (the report went out; crash.count stays).
 """
@@ -57,7 +60,7 @@ def count():
     return _int(COUNT)
 
 
-def record(exc):
+def record(exc, n=1):
     import sys
     import time
     import io
@@ -74,11 +77,13 @@ def record(exc):
             up = time.ticks_diff(time.ticks_ms(), sys.modules["console"]._T0)
         else:   # the board's ticks count from its start
             up = time.ticks_ms()
-        _write(TXT, "boot %d up %d s\n%s" % (_int("boot.count"), up // 1000, trace[-TRACE_MAX:]))
+        _write(TXT, "boot %d up %d s%s\n%s" % (_int("boot.count"), up // 1000, "" if n else " loop",
+                                               trace[-TRACE_MAX:]))
     except Exception as e:   # a full or failing flash: the reset must still happen
         print("crash: crash.txt: %r" % (e,))
     try:
-        _write(COUNT, str(count() + 1))
+        if n:
+            _write(COUNT, str(count() + 1))
     except Exception as e:
         print("crash: crash.count: %r" % (e,))
     return why
@@ -108,14 +113,24 @@ def safe_mode():
     return True
 
 
-def died(exc):
-    """main.py, with what escaped node: the report, app.failed on trial (main.py then resets)."""
+def died(exc, n=1):
+    """main.py, with what escaped node: the report, app.failed on trial (main.py then resets).
+    node.py, n=0: a node that had measured: the report only, then 10 s (node.py then resets)."""
     import sys
     import gc
     sys.modules.pop("node", None)   # its buffers: heap for the report
     sys.modules.pop("nodestart", None)   # the start's code, which holds node too
     gc.collect()
-    why = record(exc)
+    if n or not isinstance(exc, MemoryError):
+        why = record(exc, n)
+    else:   # the loop at a tight heap (a backlog, a download): no report, whose heap at the next start
+        sys.print_exception(exc)   # could be the next MemoryError (ota.py bounds such restarts)
+    if not n:   # as node.py did: said, then 10 s before its reset (flash written at most every 10 s)
+        import console
+        import time
+        console.error("unexpected error; resetting in 10 s")
+        time.sleep(10)
+        return
     try:
         import trial
         if trial.fail("crash: " + why):
@@ -140,7 +155,7 @@ def report():
         boot, up = int(p[1]), int(p[3])
     except (IndexError, ValueError):
         boot = up = None
-    return {"boot": boot, "at_up": up, "count": count(), "trace": trace[-TRACE_MAX:]}
+    return {"boot": boot, "at_up": up, "count": 0 if len(p) > 5 else count(), "trace": trace[-TRACE_MAX:]}
 
 
 def reported():

@@ -235,8 +235,11 @@ def _v2(node):
 
 def main():
     # The start (nodestart.py: the configuration, the modules this board needs, the Node made) is
-    # compiled, run once and dropped: its code is heap the loop needs. What escapes its first part
-    # (the configuration, the modules) goes to main.py's crash handler, as before it had a Node.
+    # compiled, run once and dropped: its code is heap the loop needs. What escapes the start, or the
+    # loop before its first record (but a MemoryError), goes to main.py's crash handler (crash.py:
+    # reported, counted, a trial failed, safe mode after 3 in a row): a failure at every start must
+    # not reset for ever. Else the node resets and measures again, reported, not counted: a
+    # MemoryError at a tight heap must not put a node that can measure in safe mode (which does not).
     import nodestart
     made = nodestart.start()   # None: the board cannot measure; the REPL stays for the technician
     if made is None:
@@ -248,9 +251,14 @@ def main():
         gc.collect()
         import mqttwait   # uplink.py's, compiled here: in the room the start's code left, before recv2
         _v2(node)
+        made = False   # the loop: a MemoryError there is the heap's state (a backlog, a download), not counted
         node.run()
-    except Exception as e:  # a bug, not a sensor: log it, wait, start afresh
-        sys.print_exception(e)
-        console.error("unexpected error; resetting in 10 s")
-        time.sleep_ms(10000)
+    except Exception as e:
+        if made is not False or not node.seq and not isinstance(e, MemoryError):   # a crash
+            raise
+        node = None
+        try:
+            __import__("crash").died(e, 0)   # the report, a 10 s wait
+        except Exception:   # no heap for the report: the reset all the same
+            pass
         machine.reset()

@@ -22,6 +22,14 @@ HEAP = fleetsim.OFFER_HEAP   # a release offer's manifest
 OLD = fleetsim.fw_version()
 RAISES = {"lib/node.py": lambda s: s.replace("def main():\n", "def main():\n    raise ValueError('broken release')\n")}
 DEAF = {"lib/sample_noise.py": lambda s: s.replace("if leq is None or over * 100 > n:", "if True:  # deaf")}
+# after nodestart.start(): a bug in what the start makes (payload v2's module loaded by _v2)
+START_RAISES = {"lib/node.py": lambda s: s.replace("def _v2(node):\n",
+                                                   "def _v2(node):\n    raise ValueError('broken start')\n")}
+# the loop of a node that has measured: its second interval's close fails, at every start
+LOOP_RAISES = {"lib/node.py": lambda s: s.replace("def _close_interval(self, now):\n",
+                                                  "def _close_interval(self, now):\n"
+                                                  "        if self.seq == 1:\n"
+                                                  "            raise ValueError('loop bug')\n")}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +86,7 @@ def test_a_release_proves_itself_on_trial_and_the_previous_app_goes(rig: Rig, fi
 
 @pytest.mark.parametrize("broken, reason", [
     (RAISES, "crash: ValueError: broken release"),
+    (START_RAISES, "crash: ValueError: broken start"),
     (DEAF, "self-test: mic: ics43434: "),
 ])
 def test_a_broken_release_is_rolled_back_by_itself_and_says_why(rig: Rig, firmware: Path, broken: dict,
@@ -91,9 +100,9 @@ def test_a_broken_release_is_rolled_back_by_itself_and_says_why(rig: Rig, firmwa
     assert ev["state"] == "rolled_back" and ev["release"] == "0.3.0" and ev["back_to"] == OLD
     assert ev["reason"].startswith(reason), ev
     rig.status("rb-01", mode="normal", fw=OLD)
-    if broken is RAISES:   # the crash itself, reported once, its traceback as written on flash
+    if broken is not DEAF:   # the crash itself, reported once, its traceback as written on flash
         (crash,) = wait_for(lambda: rig.gw.events_of("rb-01", "crash"), 60, "the crash report")
-        assert crash["trace"].startswith("Traceback") and "ValueError: broken release" in crash["trace"]
+        assert crash["trace"].startswith("Traceback") and reason[len("crash: "):] in crash["trace"]
         assert len(crash["trace"]) <= 1500
     wait_for(lambda: "check: gateway: pass" in n.console_text().rsplit("meetkit " + OLD, 1)[-1], 120,
              "a batch acknowledged after the rollback")
@@ -137,6 +146,57 @@ def test_safe_mode_after_three_crashes_in_a_row_and_out_of_it_with_a_fixed_relea
     wait_for(lambda: " I record " in n.console_text(), 120, "a record")
     n.stop()
     assert "crash.count" not in n.list_flash()
+
+
+def test_a_start_that_fails_after_nodestart_every_time_ends_in_safe_mode_and_is_reported(rig: Rig,
+                                                                                          tmp_path: Path) -> None:
+    """node.py's catch-all once reset such a node every 10 s for ever, with no report and no safe mode."""
+    broken = fleetsim.mpy_firmware(tmp_path / "broken", firmware=_patched(tmp_path / "src", START_RAISES))
+    n = rig.node("ss-01", broken)
+    rig.status("ss-01", mode="safe", timeout=180)
+    assert rig.gw.wait_event("ss-01", lambda e: e["kind"] == "safe_mode")["crashes"] == 3
+    crash = rig.gw.wait_event("ss-01", lambda e: e["kind"] == "crash")
+    assert "ValueError: broken start" in crash["trace"] and crash["count"] == 3
+    text = n.console_text()
+    assert "unexpected error; resetting" not in text and " I record " not in text
+
+
+def test_errors_in_the_loop_of_a_node_that_measured_are_reported_and_it_measures_again(rig: Rig,
+                                                                                        tmp_path: Path) -> None:
+    """An error after the first record of a start: a reset, the node measures again; reported with count 0,
+    never counted towards safe mode, however often (here at every start, more than 3 in a row)."""
+    broken = fleetsim.mpy_firmware(tmp_path / "broken", firmware=_patched(tmp_path / "src", LOOP_RAISES))
+    n = rig.node("lp-01", broken, extra_config={"interval_s": 10})
+    wait_for(lambda: n.console_text().count("unexpected error; resetting") >= 4, 300, "4 loop errors")
+    wait_for(lambda: n.console_text().rsplit("unexpected error; resetting", 1)[-1].count(" I record 0: "), 120,
+             "a record after the 4th")
+    st = rig.status("lp-01", mode="normal")
+    assert st["fw"] == OLD
+    crash = rig.gw.wait_event("lp-01", lambda e: e["kind"] == "crash")
+    assert "ValueError: loop bug" in crash["trace"] and crash["count"] == 0
+    assert not rig.gw.events_of("lp-01", "safe_mode") and "safe mode" not in n.console_text()
+    assert "crash.count" not in n.list_flash()
+
+
+# a crash report the heap cannot take at its first two tries
+REPORT_NO_HEAP = {"lib/crash.py": lambda s: s.replace("def report():\n", "_TRIES = [0]\n\n\ndef report():\n"
+                                                      "    _TRIES[0] += 1\n"
+                                                      "    if _TRIES[0] < 3:\n"
+                                                      "        raise MemoryError('no heap for the report')\n")}
+
+
+def test_a_crash_report_the_heap_cannot_take_is_sent_later_and_never_restarts_the_node(rig: Rig,
+                                                                                       tmp_path: Path) -> None:
+    """Else a report left at a tight heap would fail at every start: a restart loop of its own."""
+    fw = fleetsim.mpy_firmware(tmp_path / "fw", firmware=_patched(tmp_path / "src", REPORT_NO_HEAP))
+    crash_txt = b"boot 3 up 40 s\nTraceback (most recent call last):\nValueError: earlier\n"
+    n = rig.node("rp-01", fw, files={"crash.txt": crash_txt})
+    ev = rig.gw.wait_event("rp-01", lambda e: e["kind"] == "crash")
+    assert ev["trace"].endswith("ValueError: earlier\n") and ev["boot"] == 3
+    wait_for(lambda: "crash.txt" not in n.list_flash(), 60, "crash.txt removed once sent")
+    wait_for(lambda: " I record 0: " in n.console_text(), 120, "a record")
+    text = n.console_text()
+    assert text.count(" I meetkit ") == 1 and "Traceback" not in text
 
 
 def _patched(out: Path, patch: dict[str, Callable[[str], str]]) -> Path:

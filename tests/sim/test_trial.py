@@ -232,9 +232,14 @@ def test_a_release_that_crashes_at_import_is_rolled_back_at_the_next_start(old_n
     assert json.loads(files["app.rollback"]) == {"release": NEW, "back_to": OLD, "reason": reason}
     head, _, trace = files["crash.txt"].decode().partition("\n")
     assert head.startswith("boot ") and head.endswith(" s")
-    assert trace.startswith("Traceback (most recent call last):") and trace.rstrip().endswith(
-        "ValueError: this release breaks at import")
-    assert files["crash.count"] == b"1"
+    assert trace.startswith("Traceback (most recent call last):")
+    if files["crash.count"] == b"1":   # the old app started
+        assert trace.rstrip().endswith("ValueError: this release breaks at import")
+    else:   # at 112K the old app, compiled from source, may not fit its start with aftercare.py (the
+        # sim's heap: twice the board's per object): each such start is a crash (it was an endless
+        # reset loop nobody saw), and the third starts safe mode, which keeps the node reachable
+        assert trace.rstrip().split("\n")[-1].startswith("MemoryError"), trace
+        assert int(files["crash.count"]) <= 3 and (files["crash.count"] != b"3" or "SAFE MODE" in after)
 
 
 @STRIDES

@@ -315,8 +315,9 @@ class Rig:
         nodes |= extra or {}
         out = judge(name, nodes, db_rows(self.gateway.db), self.reported_dropped())
         out.notes["in_transit_at_stop"] = in_transit
-        # A firmware exception (it resets the node) is a bug even when nothing was lost.
-        out.crashes = sum(text.count(" E unexpected error") for text in consoles.values())
+        # A firmware exception (it resets the node) is a bug even when nothing was lost: crash.py prints its
+        # traceback, a crash at the start (main.py) and an error in the loop (node.py) alike.
+        out.crashes = sum(text.count("Traceback (most recent call last)") for text in consoles.values())
         return out
 
     def stored(self) -> int:

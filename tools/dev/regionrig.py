@@ -578,7 +578,7 @@ class Region:
             time.sleep(0.2)  # waits on: the central reader to have every record judged
         out.notes["central_missing"] = sum(1 for k in judged if k not in got)
         out.notes["central_copies"] = sum(got[k] - 1 for k in judged if k in got)
-        out.crashes = sum(text.count(" E unexpected error") for text in consoles.values())
+        out.crashes = sum(text.count("Traceback (most recent call last)") for text in consoles.values())
         return out
 
     def close(self) -> None:
