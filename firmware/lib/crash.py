@@ -4,7 +4,8 @@ report, and the count of crashes in a row that selects safe mode. Loaded only wh
 Files at the flash's root, each written whole (a temporary file, then one rename):
   crash.txt     the last unhandled exception: the line "boot <n> up <s> s" (n: boot.count as it
                 stood, which a crash at import has not counted yet; s: seconds since the start;
-                " loop" after it: an error of a node that had measured, not counted), then the traceback as sys.print_exception writes it (its last 1500 characters).
+                " loop" after it: an error of a node that had measured, not counted), then the
+                traceback as sys.print_exception writes it (its last 1500 characters).
   crash.count   crashes in a row (a decimal number).
 
 main.py, at a start with crash.count, calls safe_mode(): when crash.count >= 3 and no app is on
