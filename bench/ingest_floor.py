@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from bench.gateway import RUNS, gateway_run, ingest_stream, mosquitto_sub_run
 from bench.results import median, record
@@ -53,6 +55,21 @@ gc.freeze()  # the made batches are not the collector's work during the run
 '''
 
 
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """`values` in os.environ meanwhile (the gateway processes started inherit them), then as before."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         work = Path(tmp)
@@ -65,33 +82,17 @@ def run() -> None:
         free: list[float] = []
         sub: list[float] = []
         cpu: list[float] = []
-        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "MEETKIT_PARSED_STREAM")}
-        try:
-            for i in range(RUNS):  # alternately, which goes first changing too
-                pair = ["sub", "free"]
-                for kind in pair if i % 2 == 0 else reversed(pair):
-                    if kind == "sub":
-                        r = mosquitto_sub_run(work / f"sub{i}", streams, files)
-                        sub.append(readings / r.seconds)
-                        continue
-                    os.environ["PYTHONPATH"] = str(site)
-                    os.environ["MEETKIT_PARSED_STREAM"] = str(work)
-                    try:
-                        r = gateway_run(work / f"free{i}", streams, files)
-                    finally:
-                        for k, v in saved.items():
-                            if v is None:
-                                os.environ.pop(k, None)
-                            else:
-                                os.environ[k] = v
-                    free.append(readings / r.seconds)
-                    cpu.append((r.cpu_s or 0) / messages * 1e6)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        for i in range(RUNS):  # alternately, which goes first changing too
+            pair = ["sub", "free"]
+            for kind in pair if i % 2 == 0 else reversed(pair):
+                if kind == "sub":
+                    r = mosquitto_sub_run(work / f"sub{i}", streams, files)
+                    sub.append(readings / r.seconds)
+                    continue
+                with _environ(PYTHONPATH=str(site), MEETKIT_PARSED_STREAM=str(work)):
+                    r = gateway_run(work / f"free{i}", streams, files)
+                free.append(readings / r.seconds)
+                cpu.append((r.cpu_s or 0) / messages * 1e6)
     record("gateway_parse_free_vs_mosquitto_sub_ratio", round(median(free) / median(sub), 3), "ratio", "higher",
            {"gateway_readings_per_s": round(median(free)), "mosquitto_sub_readings_per_s": round(median(sub)),
             "gateway_readings_per_s_runs": [round(r) for r in free],
