@@ -102,7 +102,8 @@ def _config_cell(s: NodeState) -> str:
 def _crash_cell(s: NodeState) -> str:
     if s.crash is None:
         return "-"
-    return f"{iso(s.crash['at'])} ({s.crash['count']} in a row)" if s.crash["count"] else f"{iso(s.crash['at'])} (while measuring)"
+    how = f"{s.crash['count']} in a row" if s.crash["count"] else "while measuring"
+    return f"{iso(s.crash['at'])} ({how})"
 
 
 def _selftest_cell(s: NodeState) -> str:

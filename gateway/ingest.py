@@ -2,9 +2,9 @@
 
 The MQTT side only wraps each message in an `Inbound` and calls `Writer.submit` (a queue put), so
 the MQTT network thread (mqtt.py) does not wait for the disk while the gateway keeps up. The
-writer thread takes everything queued, up to `max_group` messages, and handles them in ONE transaction: while one
-commit is being synced, the next group builds up, so the cost of a commit is shared by however many
-messages arrived meanwhile. What is held, queued or in the group being committed, is bounded in
+writer thread takes everything queued, up to `max_group` messages, and handles them in ONE
+transaction: while one commit is being synced, the next group builds up, so the cost of a commit is
+shared by however many messages arrived meanwhile. What is held, queued or in the group being committed, is bounded in
 messages and in bytes (`MAX_QUEUE_BYTES`): past either, `submit` blocks the network thread, which
 stops reading, and the broker keeps the rest unacknowledged until the store takes some.
 
