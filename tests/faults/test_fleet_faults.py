@@ -146,7 +146,7 @@ def test_bad_releases_halt_the_rollout_at_the_canary(rig: Rig) -> None:
 
     rig.run(rollouts, timeout=1500)
     rig.settle()
-    out = rig.judge("bad releases halt at the canary (3 rollouts)")
+    out = rig.judge("bad releases halt at the canary (3 rollouts)", expected=("broken release: raises at import",))
     out.notes["rollouts"] = {s["version"]: s["rollout"].state for s in seen}
     assert_clean(out)
     assert len(seen) == len(BAD)

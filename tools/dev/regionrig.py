@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from meetkit_tools import region
-from meetkit_tools.dev.faultrig import AIR, RESULTS, TAIL_S, TS_TOLERANCE_S, Ledger, Outcome, read_ledger, virtual_s, wait_virtual
+from meetkit_tools.dev.faultrig import (AIR, RESULTS, TAIL_S, TS_TOLERANCE_S, Ledger, Outcome, crashes, read_ledger,
+                                        virtual_s, wait_virtual)
 from meetkit_tools.dev import fleetsim
 from meetkit_tools.dev.tcpproxy import TcpProxy
 from meetkit_tools.services import (FleetBroker, GatewayProcess, VictoriaMetrics, free_port, hold_port,
@@ -578,7 +579,7 @@ class Region:
             time.sleep(0.2)  # waits on: the central reader to have every record judged
         out.notes["central_missing"] = sum(1 for k in judged if k not in got)
         out.notes["central_copies"] = sum(got[k] - 1 for k in judged if k in got)
-        out.crashes = sum(text.count("Traceback (most recent call last)") for text in consoles.values())
+        out.crashes = sum(crashes(text) for text in consoles.values())
         return out
 
     def close(self) -> None:
