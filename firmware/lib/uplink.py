@@ -2,8 +2,8 @@
 # Nothing here blocks the measuring for long: the network is started and polled, umqtt's socket
 # waits 5 s at most (mqttwait.py: a gateway gone silent), the broker is tried with jittered
 # exponential backoff (capped at 60 s; it starts again only after a connection that held a minute:
-# _fail), and any socket error drops the connection, to be tried
-# again later. What was not sent stays with the caller.
+# _fail), and any socket error drops the connection, to be tried again later. What was not sent
+# stays with the caller.
 # The gateway's acknowledgements arrive on <prefix>/<node>/ack (QoS 1, clean session: while the
 # node is away they are lost, and it sends those records again); its configuration, release offers
 # and their pieces, and commands on config, ota, ota/chunk and cmd (docs/payload.md, "Running the
