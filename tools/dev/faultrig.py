@@ -186,11 +186,14 @@ def virtual_s(console: Path, at: str | None = None) -> float:
 
 def crashes(console: str, expected: tuple[str, ...] = ()) -> int:
     """The tracebacks in a node's console, but those whose exception line (the first line after it
-    that is not indented) holds one of `expected`."""
+    that is not indented) holds one of `expected`, and the simulator's power cuts (the flash's EIO
+    that stops the firmware at the cut, the line "--- power cut" next)."""
     n = 0
     for part in console.split("Traceback (most recent call last)")[1:]:
-        line = next((l for l in part.splitlines()[1:] if l and not l[0].isspace()), "")
-        n += not any(e in line for e in expected)
+        lines = part.splitlines()[1:]
+        at = next((i for i, l in enumerate(lines) if l and not l[0].isspace()), len(lines))
+        line, after = (lines[at:at + 2] + ["", ""])[:2]
+        n += not (any(e in line for e in expected) or after.startswith("--- power cut"))
     return n
 
 
